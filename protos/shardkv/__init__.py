@@ -1,0 +1,1 @@
+"""shardkv: a distributed key-value database; the generated wire API lives in shardkv.v1."""

@@ -1,0 +1,46 @@
+"""Fixtures that start real processes and always stop them, printing their logs on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import Cluster, Proc, shardd_proc, start_cluster
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed
+
+
+@pytest.fixture
+def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proc]:
+    """One running shardd with its data in a temp dir."""
+    proc = shardd_proc(tmp_path, "n1").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if _failed(request):
+            print(f"===== {proc.name} log =====\n{proc.log()[-20000:]}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Three nodes (N=3, R=W=2) and one router, as real processes."""
+    running = start_cluster(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+        if _failed(request):
+            print(running.logs())

@@ -1,0 +1,250 @@
+"""Real processes for integration tests: shardd nodes and routers on loopback ports.
+
+Every process writes its log to a file in the test's temp dir; a test that fails prints
+the logs (see conftest.py). Processes are stopped by their PID, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+STARTUP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(address: str, timeout_s: float = STARTUP_TIMEOUT_S, service: str = "") -> None:
+    """Blocks until the gRPC health service at address answers SERVING."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as err:
+                last = err
+            time.sleep(0.05)
+    raise TimeoutError(f"{address} not SERVING after {timeout_s}s: {last}")
+
+
+@dataclass
+class Proc:
+    """One server process started from its console script; restartable with the same args."""
+
+    name: str
+    argv: list[str]
+    address: str
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, *, wait: bool = True) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            try:
+                wait_serving(self.address)
+            except TimeoutError:
+                self.stop()
+                raise TimeoutError(f"{self.name} did not start:\n{self.log()}") from None
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            assert self.popen is not None
+            self.popen.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def restart(self) -> Proc:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def shardd_proc(
+    base: Path, node_id: str, *, port: int | None = None, extra: Sequence[str] = ()
+) -> Proc:
+    """A shardd for node_id with its data under base/node_id (not started yet)."""
+    port = port or free_port()
+    address = f"127.0.0.1:{port}"
+    argv = [
+        str(BIN / "shardd"),
+        "--id", node_id,
+        "--listen", address,
+        "--data", str(base / node_id),
+        *extra,
+    ]
+    return Proc(node_id, argv, address, base / f"{node_id}.log")
+
+
+def write_cluster_toml(
+    path: Path,
+    nodes: Sequence[Proc],
+    *,
+    replication: int = 3,
+    read_quorum: int = 2,
+    write_quorum: int = 2,
+    health_interval_ms: int = 200,
+    weights: Sequence[int] | None = None,
+) -> Path:
+    """Writes the topology file a router reads (the format README documents)."""
+    lines = [
+        "epoch = 1",
+        f"replication = {replication}",
+        f"read_quorum = {read_quorum}",
+        f"write_quorum = {write_quorum}",
+        "",
+        "[timeouts]",
+        "request_ms = 3000",
+        "node_call_ms = 1000",
+        f"health_interval_ms = {health_interval_ms}",
+        "hint_interval_ms = 500",
+        "",
+    ]
+    for index, node in enumerate(nodes):
+        weight = weights[index] if weights else 1
+        lines += [
+            "[[nodes]]",
+            f'id = "{node.name}"',
+            f'address = "{node.address}"',
+            f"weight = {weight}",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def router_proc(
+    base: Path, config: Path, router_id: str = "r1", *, port: int | None = None,
+    extra: Sequence[str] = (),
+) -> Proc:
+    """A router reading config (not started yet)."""
+    port = port or free_port()
+    address = f"127.0.0.1:{port}"
+    argv = [
+        str(BIN / "shardkv-router"),
+        "--id", router_id,
+        "--config", str(config),
+        "--listen", address,
+        *extra,
+    ]
+    return Proc(router_id, argv, address, base / f"{router_id}.log")
+
+
+@dataclass
+class Cluster:
+    """Nodes plus routers, all real processes; stop() ends every one of them."""
+
+    base: Path
+    nodes: list[Proc]
+    routers: list[Proc]
+    config: Path
+
+    @property
+    def router(self) -> Proc:
+        return self.routers[0]
+
+    def node(self, node_id: str) -> Proc:
+        return next(n for n in self.nodes if n.name == node_id)
+
+    def all(self) -> list[Proc]:
+        return [*self.routers, *self.nodes]
+
+    def stop(self) -> None:
+        for proc in self.all():
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.log()[-20000:]}" for p in self.all())
+
+
+def start_cluster(
+    base: Path,
+    *,
+    nodes: int = 3,
+    routers: int = 1,
+    replication: int = 3,
+    read_quorum: int = 2,
+    write_quorum: int = 2,
+    router_extra: Sequence[str] = (),
+    node_extra: Sequence[str] = (),
+) -> Cluster:
+    """Starts nodes n1..nN and routers r1..rM and waits until every one is SERVING."""
+    node_procs = [shardd_proc(base, f"n{i + 1}", extra=node_extra) for i in range(nodes)]
+    config = write_cluster_toml(
+        base / "cluster.toml",
+        node_procs,
+        replication=replication,
+        read_quorum=read_quorum,
+        write_quorum=write_quorum,
+    )
+    router_procs = [
+        router_proc(base, config, f"r{i + 1}", extra=router_extra) for i in range(routers)
+    ]
+    cluster = Cluster(base, node_procs, router_procs, config)
+    try:
+        for proc in node_procs:
+            proc.start(wait=False)
+        for proc in node_procs:
+            wait_serving(proc.address)
+        for proc in router_procs:
+            proc.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
