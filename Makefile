@@ -33,3 +33,24 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The local cluster: NODES, N, R, W choose the topology of a new cluster; VAR holds its
+# topology, data, logs and pid files; PORT is the router's port, nodes take the next ones.
+VAR ?= var
+PORT ?= 7100
+CLUSTER := $(BIN)/python scripts/local_cluster.py --var $(VAR) --base-port $(PORT)
+CLUSTER_OPTS := $(if $(NODES),--nodes $(NODES)) $(if $(N),--n $(N)) $(if $(R),--r $(R)) $(if $(W),--w $(W))
+
+.PHONY: cluster cluster-status cluster-stop cluster-clean
+
+cluster: $(STAMP)
+	$(CLUSTER) start $(CLUSTER_OPTS)
+
+cluster-status: $(STAMP)
+	$(CLUSTER) status
+
+cluster-stop: $(STAMP)
+	$(CLUSTER) stop
+
+cluster-clean: $(STAMP)
+	$(CLUSTER) clean

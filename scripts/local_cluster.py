@@ -1,0 +1,234 @@
+"""Runs a local shardkv cluster in the background for `make cluster` and friends.
+
+Everything lives under one directory (var/ by default): the topology (cluster.toml), one
+data directory, log file and pid file per process. `start` launches only what is not
+running, so a node that was killed comes back with its data; `stop` sends SIGTERM by PID
+and waits; `clean` stops and removes the directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Member:
+    """One process of the local cluster: a node or the router."""
+
+    name: str
+    address: str
+    argv: tuple[str, ...]
+
+    def pid_file(self, var: Path) -> Path:
+        return var / "run" / f"{self.name}.pid"
+
+    def log_file(self, var: Path) -> Path:
+        return var / "log" / f"{self.name}.log"
+
+
+def write_config(path: Path, *, nodes: int, base_port: int, n: int, r: int, w: int) -> None:
+    lines = [
+        "# Topology of the local cluster, written by `make cluster`.",
+        "# N = replicas per key, R / W = default read / write quorums (R + W > N reads your writes).",
+        "epoch = 1",
+        f"replication = {n}",
+        f"read_quorum = {r}",
+        f"write_quorum = {w}",
+        "",
+        "[timeouts]",
+        "request_ms = 5000",
+        "node_call_ms = 2000",
+        "health_interval_ms = 500",
+        "hint_interval_ms = 1000",
+    ]
+    for i in range(1, nodes + 1):
+        lines += ["", "[[nodes]]", f'id = "n{i}"', f'address = "127.0.0.1:{base_port + i}"', "weight = 1"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def members(var: Path, config: Path, router_address: str) -> list[Member]:
+    """The router first, then every node of the topology file."""
+    topology = tomllib.loads(config.read_text())
+    router = Member(
+        "router",
+        router_address,
+        (str(BIN / "shardkv-router"), "--id", "r1", "--config", str(config),
+         "--listen", router_address),
+    )
+    nodes = [
+        Member(
+            node["id"],
+            node["address"],
+            (str(BIN / "shardd"), "--id", node["id"], "--listen", node["address"],
+             "--data", str(var / "data" / node["id"])),
+        )
+        for node in topology["nodes"]
+    ]
+    return [router, *nodes]
+
+
+def running_pid(member: Member, var: Path) -> int | None:
+    """The member's PID when its pid file names a live process of this cluster."""
+    try:
+        pid = int(member.pid_file(var).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid if member.address.encode() in cmdline else None
+
+
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1.0
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def launch(member: Member, var: Path) -> int:
+    member.log_file(var).parent.mkdir(parents=True, exist_ok=True)
+    member.pid_file(var).parent.mkdir(parents=True, exist_ok=True)
+    with member.log_file(var).open("ab") as log:
+        proc = subprocess.Popen(
+            member.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    member.pid_file(var).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def wait_all_serving(cluster: list[Member], var: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    pending = list(cluster)
+    while pending and time.monotonic() < deadline:
+        for member in list(pending):
+            if running_pid(member, var) is None:
+                tail = member.log_file(var).read_text(errors="replace")[-2000:]
+                sys.exit(f"{member.name} exited during start-up; its log ends:\n{tail}")
+            if serving(member.address):
+                pending.remove(member)
+        time.sleep(0.1)
+    if pending:
+        names = ", ".join(m.name for m in pending)
+        sys.exit(f"not SERVING after {START_TIMEOUT_S:.0f}s: {names}; see {var / 'log'}")
+
+
+def check_matches(config: Path, args: argparse.Namespace) -> None:
+    """Refuses settings that differ from an existing cluster's: its data was placed by them."""
+    topology = tomllib.loads(config.read_text())
+    existing = {
+        "NODES": len(topology["nodes"]),
+        "N": topology["replication"],
+        "R": topology["read_quorum"],
+        "W": topology["write_quorum"],
+    }
+    asked = {"NODES": args.nodes, "N": args.n, "R": args.r, "W": args.w}
+    differ = [f"{k}={asked[k]} (cluster has {v})" for k, v in existing.items()
+              if asked[k] is not None and asked[k] != v]
+    if differ:
+        sys.exit(f"{config} already describes a cluster with other settings: {', '.join(differ)}."
+                 f" Edit {config} and restart, or `make cluster-clean` to start afresh (drops data).")
+
+
+def start(args: argparse.Namespace) -> None:
+    var: Path = args.var
+    config = var / "cluster.toml"
+    var.mkdir(parents=True, exist_ok=True)
+    if config.exists():
+        check_matches(config, args)
+    else:
+        nodes = args.nodes or 3
+        n = args.n or min(3, nodes)
+        quorum = n // 2 + 1
+        write_config(config, nodes=nodes, base_port=args.base_port, n=n,
+                     r=args.r or quorum, w=args.w or quorum)
+    cluster = members(var, config, f"127.0.0.1:{args.base_port}")
+    # Nodes before the router, so that the router finds them up.
+    for member in [*cluster[1:], cluster[0]]:
+        if running_pid(member, var) is None:
+            pid = launch(member, var)
+            print(f"started {member.name} pid={pid}")
+    wait_all_serving(cluster, var)
+    router, nodes = cluster[0], cluster[1:]
+    print(f"router  {router.address}")
+    for node in nodes:
+        print(f"node    {node.name} {node.address}")
+    print(f"topology: {config}; logs: {var / 'log'}")
+    print(f"try:    .venv/bin/shardctl --addr {router.address} put hello world "
+          f"&& .venv/bin/shardctl --addr {router.address} get hello")
+
+
+def status(args: argparse.Namespace) -> None:
+    var: Path = args.var
+    config = var / "cluster.toml"
+    if not config.exists():
+        print(f"no cluster in {var} (run make cluster)")
+        return
+    for member in members(var, config, f"127.0.0.1:{args.base_port}"):
+        pid = running_pid(member, var)
+        state = "SERVING" if pid and serving(member.address) else ("running" if pid else "stopped")
+        print(f"{member.name:8} {member.address:22} pid={pid or '-':<8} {state}")
+
+
+def stop(args: argparse.Namespace) -> None:
+    var: Path = args.var
+    config = var / "cluster.toml"
+    if not config.exists():
+        return
+    cluster = members(var, config, f"127.0.0.1:{args.base_port}")
+    pids = {m.name: pid for m in cluster if (pid := running_pid(m, var)) is not None}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for name, pid in pids.items():
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            print(f"{name} pid={pid} did not stop in {STOP_TIMEOUT_S:.0f}s; sending SIGKILL")
+            os.kill(pid, signal.SIGKILL)
+        print(f"stopped {name} pid={pid}")
+    for member in cluster:
+        member.pid_file(var).unlink(missing_ok=True)
+
+
+def clean(args: argparse.Namespace) -> None:
+    stop(args)
+    shutil.rmtree(args.var, ignore_errors=True)
+    print(f"removed {args.var}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["start", "status", "stop", "clean"])
+    parser.add_argument("--var", type=Path, default=Path("var"))
+    parser.add_argument("--base-port", type=int, default=7100, help="router port; nodes follow")
+    parser.add_argument("--nodes", type=int, help="number of nodes (default 3)")
+    parser.add_argument("--n", type=int, help="replication factor N (default min(3, nodes))")
+    parser.add_argument("--r", type=int, help="read quorum R (default N/2+1)")
+    parser.add_argument("--w", type=int, help="write quorum W (default N/2+1)")
+    args = parser.parse_args()
+    args.var = args.var.resolve()
+    {"start": start, "status": status, "stop": stop, "clean": clean}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
