@@ -1,0 +1,95 @@
+"""The ring places keys evenly, by weight, stably, and the same way in every router."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from shardkv.router.ring import DEFAULT_VNODES, Ring
+from uhashring import HashRing
+
+KEYS = [f"key-{i}".encode() for i in range(100_000)]
+
+
+def primaries(ring: Ring, keys: list[bytes] = KEYS) -> dict[bytes, str]:
+    return {key: ring.preference_list(key, 1)[0] for key in keys}
+
+
+def test_equal_nodes_share_evenly() -> None:
+    counts = Counter(primaries(Ring({f"n{i}": 1 for i in range(1, 6)})).values())
+    mean = len(KEYS) / 5
+    assert len(counts) == 5
+    for node_id, count in counts.items():
+        assert abs(count - mean) <= 0.10 * mean, (node_id, count, mean)
+
+
+def test_weights_are_proportional() -> None:
+    ring = Ring({"a": 1, "b": 1, "c": 2})
+    counts = Counter(primaries(ring).values())
+    expected = {"a": 0.25, "b": 0.25, "c": 0.5}
+    for node_id, fraction in expected.items():
+        assert counts[node_id] / len(KEYS) == pytest.approx(fraction, abs=0.04)
+        assert ring.shares()[node_id] == pytest.approx(fraction, abs=0.04)
+    assert sum(ring.shares().values()) == pytest.approx(1.0)
+
+
+def test_adding_a_node_moves_about_one_sixth() -> None:
+    before = primaries(Ring({f"n{i}": 1 for i in range(1, 6)}))
+    after = primaries(Ring({f"n{i}": 1 for i in range(1, 7)}))
+    moved = [key for key in KEYS if before[key] != after[key]]
+    assert 0.10 <= len(moved) / len(KEYS) <= 0.25
+    # Every key that moved went to the new node: none moved between two old nodes.
+    assert {after[key] for key in moved} == {"n6"}
+
+
+@pytest.mark.parametrize("node_count", [1, 2, 3, 7, 12])
+def test_preference_lists_are_distinct_and_full(node_count: int) -> None:
+    ring = Ring({f"n{i}": 1 + i % 3 for i in range(node_count)})
+    for key in KEYS[:2000]:
+        for n in (1, 3, 5, 10):
+            prefs = ring.preference_list(key, n)
+            assert len(prefs) == min(n, node_count)
+            assert len(set(prefs)) == len(prefs)
+        walk = list(ring.walk(key))
+        assert sorted(walk) == sorted(ring.nodes)
+        assert tuple(walk[:3]) == ring.preference_list(key, 3)
+        assert list(ring.fallbacks(key, 2, skip=frozenset({walk[-1]}))) == walk[2:-1]
+
+
+def test_same_topology_same_placement() -> None:
+    weights = {"n1": 1, "n2": 2, "n3": 1, "n4": 1}
+    one, two = Ring(weights), Ring(dict(reversed(list(weights.items()))))
+    assert all(one.preference_list(k, 3) == two.preference_list(k, 3) for k in KEYS[:5000])
+
+
+def test_pinned_placements() -> None:
+    """Changing the key normalisation or the hash would silently re-place every key."""
+    ring = Ring({"n1": 1, "n2": 1, "n3": 1})
+    assert ring.preference_list(b"alpha", 3) == ("n3", "n1", "n2")
+    assert ring.preference_list(b"gamma", 3) == ("n1", "n2", "n3")
+    assert ring.preference_list(b"user:42", 3) == ("n3", "n2", "n1")
+    assert ring.preference_list(b"\x00\xff", 3) == ("n3", "n2", "n1")
+
+
+def test_ascii_keys_agree_with_uhashring() -> None:
+    """The lookup table places keys exactly as uhashring's own ketama ring does."""
+    weights = {f"n{i}": 1 + i % 2 for i in range(1, 8)}
+    ring = Ring(weights)
+    reference = HashRing(
+        {n: {"weight": w, "vnodes": DEFAULT_VNODES} for n, w in weights.items()}, hash_fn="ketama"
+    )
+    for key in KEYS[:3000]:
+        expected = tuple(reference.iterate_nodes(key.decode()))[:4]
+        assert ring.preference_list(key, 4) == expected
+
+
+def test_lookup_cost_at_100_nodes() -> None:
+    """Reports the per-lookup cost (see the report); timing is not asserted."""
+    for node_count in (3, 10, 100):
+        ring = Ring({f"n{i}": 1 for i in range(node_count)})
+        start = time.perf_counter()
+        for key in KEYS[:20_000]:
+            ring.preference_list(key, 3)
+        micros = (time.perf_counter() - start) / 20_000 * 1e6
+        print(f"preference_list at {node_count} nodes: {micros:.2f} us")
