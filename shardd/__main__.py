@@ -1,0 +1,139 @@
+"""The `shardd` command: reads flags, sets up logging, serves until SIGTERM or SIGINT.
+
+    shardd --id n1 --listen 127.0.0.1:7101 --data ./data/n1
+
+Exits 0 after a graceful shutdown, 1 when the node cannot start (data directory or listen
+address unusable; one log line says why), 2 for a bad flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from shardkv.limits import DEFAULT_LIMITS
+from shardkv.shardd.server import ListenError, ServerConfig, ShardServer
+from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
+
+log = logging.getLogger("shardkv.shardd")
+
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """A byte count such as 1048576, 64KiB, 512MiB or 2GiB."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match and _UNITS.get(match.group(2).lower())
+    if not match or not unit or int(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive size: {text!r} (e.g. 1048576, 64MiB)")
+    return int(match.group(1)) * unit
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def _address(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not a host:port address: {text!r}")
+    return text
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
+    """The server config and the log level the flags ask for."""
+    parser = argparse.ArgumentParser(prog="shardd", description="shardkv storage node")
+    parser.add_argument("--id", required=True, help="stable node id, as in cluster.toml")
+    parser.add_argument("--listen", type=_address, default="127.0.0.1:7101",
+                        help="host:port to serve on (port 0: any free port)")
+    parser.add_argument("--data", type=Path, required=True, help="data directory (LMDB)")
+    parser.add_argument("--no-sync", action="store_true",
+                        help="skip fsync on commit: faster, but acknowledged writes can be "
+                             "lost on a crash (benchmarks only)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--max-value-bytes", type=_size, default=DEFAULT_LIMITS.max_value_bytes)
+    parser.add_argument("--max-batch-items", type=_positive,
+                        default=DEFAULT_LIMITS.max_batch_items)
+    parser.add_argument("--max-message-bytes", type=_size,
+                        default=DEFAULT_LIMITS.max_message_bytes)
+    parser.add_argument("--map-size", type=_size, default=DEFAULT_MAP_SIZE,
+                        help="initial LMDB map size; it doubles when full")
+    parser.add_argument("--max-map-size", type=_size, default=DEFAULT_MAX_MAP_SIZE,
+                        help="the map never grows beyond this; writes then fail with "
+                             "RESOURCE_EXHAUSTED while reads keep working")
+    parser.add_argument("--max-concurrent-rpcs", type=_positive, default=2048,
+                        help="calls beyond this many in flight get RESOURCE_EXHAUSTED")
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds in-flight calls get to finish on shutdown")
+    args = parser.parse_args(argv)
+    if not args.id.strip():
+        parser.error("--id must not be empty")
+    if args.map_size > args.max_map_size:
+        parser.error(f"--map-size {args.map_size} exceeds --max-map-size {args.max_map_size}")
+    limits = replace(DEFAULT_LIMITS, max_value_bytes=args.max_value_bytes,
+                     max_batch_items=args.max_batch_items,
+                     max_message_bytes=args.max_message_bytes)
+    return ServerConfig(
+        node_id=args.id, data_dir=args.data, listen=args.listen, sync=not args.no_sync,
+        limits=limits, map_size=args.map_size, max_map_size=args.max_map_size,
+        max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
+    ), args.log_level
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per event: ts=… level=… logger=… event=<message>, tracebacks escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}"
+                f" level={record.levelname} logger={record.name} event={record.getMessage()}")
+        if record.exc_info:
+            line += " exc=" + repr(self.formatException(record.exc_info))
+        return line.replace("\n", "\\n")
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    server = ShardServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, level = parse_args(argv)
+    setup_logging(level)
+    try:
+        asyncio.run(serve(config))
+    except (StoreOpenError, ListenError) as exc:
+        log.error("cannot start node_id=%s error=%s", config.node_id, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

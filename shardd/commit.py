@@ -1,0 +1,148 @@
+"""Group commit: concurrent writes share one LMDB transaction and one fsync.
+
+LMDB allows one write transaction at a time and an fsync costs far more than a put, so a
+single committer loop takes everything pending (up to a cap), runs one `Store.apply` on a
+dedicated worker thread (never the event loop's), and then answers each caller with its
+own slice of the results. Writes that arrive while a commit runs wait for the next one.
+A caller is answered only after its commit is durable; a failed commit fails only its own
+callers, and the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from shardkv.shardd.records import Hint, Record
+from shardkv.shardd.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class CommitterClosed(RuntimeError):
+    """The committer is shutting down and takes no new writes."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    records: Sequence[Record]
+    hints: Sequence[Hint]
+    future: asyncio.Future[list[bool]]
+
+    def items(self) -> int:
+        return len(self.records) + len(self.hints)
+
+    def size(self) -> int:
+        return sum(r.size() for r in self.records) + sum(h.record.size() for h in self.hints)
+
+
+class GroupCommitter:
+    """Queues writes from many coroutines and commits them together.
+
+    max_items and max_bytes cap one commit (a single larger request still goes alone), so
+    one transaction never grows without bound. `commits` and `items` count what was done.
+    """
+
+    def __init__(
+        self, store: Store, *, max_items: int = 4096, max_bytes: int = 64 << 20
+    ) -> None:
+        self._store = store
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._pending: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardd-commit")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        self.items = 0
+
+    async def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
+        """Stores records newer than the stored ones and parks hints; returns per record
+        whether it was stored. Returns only once the commit holding them is durable."""
+        if self._closing:
+            raise CommitterClosed("the node is shutting down and takes no new writes")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._pending.append(_Request(records, hints, future))
+        self._wakeup.set()
+        # A caller that is cancelled leaves its write queued: a timed-out write may still
+        # happen, which is what callers must assume anyway.
+        return await asyncio.shield(future)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Runs another write (e.g. deleting hints) on the commit thread between commits, so
+        every write transaction of the node starts from that one thread."""
+        if self._closing:
+            raise CommitterClosed("the node is shutting down and takes no new writes")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def close(self) -> None:
+        """Commits what is pending, then stops the loop and its thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._take()
+                records = [r for request in batch for r in request.records]
+                hints = [h for request in batch for h in request.hints]
+                try:
+                    applied = await loop.run_in_executor(
+                        self._executor, self._store.apply, records, hints
+                    )
+                except Exception as exc:  # noqa: BLE001 - handed to the callers of this commit
+                    log.warning("commit failed items=%d error=%r", len(records) + len(hints), exc)
+                    for request in batch:
+                        request.future.set_exception(exc)
+                else:
+                    self._answer(batch, applied)
+                self.commits += 1
+                self.items += len(records) + len(hints)
+            if self._closing:
+                return
+
+    def _take(self) -> list[_Request]:
+        """The oldest pending requests that fit in one commit (at least one)."""
+        count = items = size = 0
+        for request in self._pending:
+            if count and (items + request.items() > self._max_items
+                          or size + request.size() > self._max_bytes):
+                break
+            count += 1
+            items += request.items()
+            size += request.size()
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        return batch
+
+    @staticmethod
+    def _answer(batch: list[_Request], applied: list[bool]) -> None:
+        offset = 0
+        for request in batch:
+            end = offset + len(request.records)
+            request.future.set_result(applied[offset:end])
+            offset = end
+
+
+def _retrieve(future: asyncio.Future[list[bool]]) -> None:
+    """Marks a commit's error as retrieved: the loop logged it already, and a caller that
+    gave up waiting would otherwise make asyncio report it again at garbage collection."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,132 @@
+"""The asynchronous face of one node's storage: reads on worker threads, writes through group
+commit, and versions for the node's own writes from its hybrid logical clock.
+
+The gRPC services call only this; it keeps every LMDB call off the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from shardkv.hlc import HybridClock, writer_number
+from shardkv.shardd.commit import GroupCommitter
+from shardkv.shardd.records import Hint, Record
+from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Store
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write of the node's own KV API: store value under key, or delete the key."""
+
+    key: bytes
+    value: bytes = b""
+    delete: bool = False
+
+
+class NodeStorage:
+    """Owns the store, its group committer and the read threads of one node."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        node_id: str,
+        clock: HybridClock | None = None,
+        read_workers: int = 4,
+        commit_max_items: int = 4096,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
+    ) -> None:
+        self.store = store
+        self.committer = GroupCommitter(store, max_items=commit_max_items)
+        self.clock = clock or HybridClock()
+        self.writer = writer_number(node_id)
+        self._page_bytes = page_bytes
+        self._reads = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="shardd-read")
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reads, functools.partial(fn, *args))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
+        """Replica writes: stores records newer than the stored ones and parks hints.
+
+        The clock observes every incoming version first, so a later write through this
+        node's own API orders after what routers wrote here."""
+        for record in records:
+            self.clock.observe(record.version)
+        return await self.committer.apply(records, hints)
+
+    async def write(self, writes: Sequence[Write]) -> list[Record]:
+        """The node's own writes, versioned by its clock; returns the records written.
+
+        A write can lose to a stored record this clock never saw (written before a restart
+        by a router whose clock runs ahead); the clock then moves past it and the write is
+        retried once. Losing again means a newer write arrived meanwhile and follows ours."""
+        records = [self._versioned(w) for w in writes]
+        applied = await self.committer.apply(records)
+        lost = [i for i, ok in enumerate(applied) if not ok]
+        if lost:
+            for stored in await self.read([records[i].key for i in lost]):
+                if stored is not None:
+                    self.clock.observe(stored.version)
+            retry = [replace(records[i], version=self.clock.now()) for i in lost]
+            await self.committer.apply(retry)
+            for i, record in zip(lost, retry, strict=True):
+                records[i] = record
+        return records
+
+    def _versioned(self, write: Write) -> Record:
+        value = b"" if write.delete else write.value
+        return Record(write.key, value, self.clock.now(), self.writer, write.delete)
+
+    async def delete_hints(self, target: str, records: Sequence[Record]) -> int:
+        """Removes handed-back hints (on the commit thread, like every other write)."""
+        return await self.committer.run(self.store.delete_hints, target, records)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def read(self, keys: Sequence[bytes]) -> list[Record | None]:
+        return await self._in_thread(self.store.read, keys)
+
+    async def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[Record], bytes]:
+        scan = functools.partial(self.store.scan, max_bytes=self._page_bytes)
+        return await self._in_thread(scan, start, end, limit)
+
+    async def batches(
+        self, start: bytes, end: bytes, batch_size: int
+    ) -> AsyncIterator[list[Record]]:
+        """Every record of [start, end) in batches, each read on a worker thread in its own
+        transaction, so a slow consumer holds no LMDB snapshot open."""
+        batches = self.store.iter_range(start, end, batch_size, max_bytes=self._page_bytes)
+        while True:
+            batch = await self._in_thread(next, batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    async def digest(self, start: bytes, end: bytes) -> tuple[bytes, int]:
+        return await self._in_thread(self.store.digest, start, end)
+
+    async def hint_summary(self) -> dict[str, int]:
+        return await self._in_thread(self.store.hint_summary)
+
+    async def read_hints(self, target: str, limit: int) -> list[Record]:
+        read = functools.partial(self.store.read_hints, max_bytes=self._page_bytes)
+        return await self._in_thread(read, target, limit)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commits pending writes, then closes the store once running reads finished."""
+        await self.committer.close()
+        self._reads.shutdown(wait=False)
+        await asyncio.to_thread(self.store.close)

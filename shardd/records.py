@@ -1,0 +1,94 @@
+"""How one record is laid out as an LMDB value, and which of two records wins.
+
+An LMDB value is a fixed 13-byte header followed by the value bytes:
+
+    version  u64  big-endian  hybrid logical clock (see shardkv.hlc)
+    writer   u32  big-endian  tie-break number of the writer that assigned the version
+    flags    u8               bit 0 = tombstone (the record marks a delete; no value bytes)
+
+Records are ordered by (version, writer): the higher pair wins on every replica, so all
+replicas settle on the same record whatever order the writes reach them in.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct(">QIB")
+TOMBSTONE = 0x01
+# Length prefixes used only when hashing records for digests (see digest_bytes).
+_LENGTH = struct.Struct(">I")
+
+Stamp = tuple[int, int]
+
+
+class CorruptRecord(ValueError):
+    """A stored value is shorter than the record header: the file was damaged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One versioned key: a value, or a tombstone when the key was deleted."""
+
+    key: bytes
+    value: bytes
+    version: int
+    writer: int
+    tombstone: bool = False
+
+    @property
+    def stamp(self) -> Stamp:
+        """The (version, writer) pair that orders this record against others."""
+        return (self.version, self.writer)
+
+    def newer_than(self, stamp: Stamp | None) -> bool:
+        """Whether this record wins against a stored record with stamp (None = nothing)."""
+        return stamp is None or self.stamp > stamp
+
+    def size(self) -> int:
+        """Approximate bytes this record takes on the wire, for paging by size."""
+        return len(self.key) + len(self.value) + 32
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """A record parked on this node for target, a replica that was down when it was written."""
+
+    target: str
+    record: Record
+
+
+def encode(record: Record) -> bytes:
+    """The LMDB value of a record; a tombstone keeps no value bytes."""
+    if record.tombstone:
+        return HEADER.pack(record.version, record.writer, TOMBSTONE)
+    return HEADER.pack(record.version, record.writer, 0) + record.value
+
+
+def decode(key: bytes, raw: bytes) -> Record:
+    """The record stored under key as raw (the LMDB value)."""
+    if len(raw) < HEADER.size:
+        raise CorruptRecord(f"stored value of key {key[:64]!r} has {len(raw)} bytes, "
+                            f"shorter than the {HEADER.size}-byte header")
+    version, writer, flags = HEADER.unpack_from(raw)
+    tombstone = bool(flags & TOMBSTONE)
+    return Record(key, b"" if tombstone else bytes(raw[HEADER.size:]), version, writer, tombstone)
+
+
+def stamp_of(raw: bytes) -> Stamp:
+    """The (version, writer) of a stored value, without copying its value bytes."""
+    version, writer, _ = HEADER.unpack_from(raw)
+    return (version, writer)
+
+
+def digest_bytes(record: Record) -> bytes:
+    """The unambiguous byte form of a record that range digests hash, in this order:
+    key length, key, version, writer, tombstone flag, value length, value."""
+    return b"".join((
+        _LENGTH.pack(len(record.key)),
+        record.key,
+        HEADER.pack(record.version, record.writer, TOMBSTONE if record.tombstone else 0),
+        _LENGTH.pack(len(record.value)),
+        record.value,
+    ))

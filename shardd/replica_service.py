@@ -1,0 +1,125 @@
+"""The internal Replica API that routers use: versioned records, hints, ranges and digests.
+
+Each handler validates the request, delegates to NodeStorage and builds the answer; errors
+are mapped by shardkv.shardd.errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc.aio
+
+from shardkv.limits import Limits
+from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
+from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
+from shardkv.shardd.node import NodeStorage
+from shardkv.shardd.validate import check_range, check_record, check_target, response_budget
+from shardkv.v1 import replica_pb2, replica_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):  # type: ignore[misc]
+    """shardkv.v1.Replica on one node."""
+
+    def __init__(self, storage: NodeStorage, *, limits: Limits) -> None:
+        self._storage = storage
+        self._limits = limits
+
+    @unary
+    async def Apply(
+        self, request: replica_pb2.ApplyRequest, context: Context
+    ) -> replica_pb2.ApplyResponse:
+        self._limits.check_batch(request.records, "Apply records")
+        self._limits.check_batch(request.hints, "Apply hints")
+        for record in request.records:
+            check_record(self._limits, record)
+        for hint in request.hints:
+            check_target(hint.target)
+            check_record(self._limits, hint.record)
+        applied = await self._storage.apply(
+            [record_from_pb(r) for r in request.records],
+            [hint_from_pb(h) for h in request.hints],
+        )
+        return replica_pb2.ApplyResponse(applied=applied)
+
+    @unary
+    async def Read(
+        self, request: replica_pb2.ReadRequest, context: Context
+    ) -> replica_pb2.ReadResponse:
+        self._limits.check_batch(request.keys, "Read keys")
+        for key in request.keys:
+            self._limits.check_key(key)
+        records = await self._storage.read(list(request.keys))
+        size = sum(r.size() for r in records if r is not None)
+        if size > response_budget(self._limits):
+            raise ResponseTooLarge(
+                f"{len(records)} records of {size} bytes exceed the message limit of"
+                f" {self._limits.max_message_bytes} bytes; read fewer keys per call"
+            )
+        return replica_pb2.ReadResponse(records=[
+            missing_pb(key) if record is None else record_to_pb(record)
+            for key, record in zip(request.keys, records, strict=True)
+        ])
+
+    @unary
+    async def ScanRecords(
+        self, request: replica_pb2.ScanRecordsRequest, context: Context
+    ) -> replica_pb2.ScanRecordsResponse:
+        start, end = check_range(request.start, request.end)
+        limit = self._limits.page_size(request.limit)
+        records, next_start = await self._storage.scan(start, end, limit)
+        return replica_pb2.ScanRecordsResponse(
+            records=[record_to_pb(r) for r in records], next_start=next_start
+        )
+
+    @streaming
+    async def StreamRange(
+        self, request: replica_pb2.StreamRangeRequest, context: Context
+    ) -> AsyncIterator[replica_pb2.RecordBatch]:
+        start, end = check_range(request.start, request.end)
+        batch_size = self._limits.page_size(request.batch_size)
+        async for batch in self._storage.batches(start, end, batch_size):
+            yield replica_pb2.RecordBatch(records=[record_to_pb(r) for r in batch])
+
+    @unary
+    async def Digest(
+        self, request: replica_pb2.DigestRequest, context: Context
+    ) -> replica_pb2.DigestResponse:
+        start, end = check_range(request.start, request.end)
+        digest, count = await self._storage.digest(start, end)
+        return replica_pb2.DigestResponse(digest=digest, count=count)
+
+    @unary
+    async def HintSummary(
+        self, request: replica_pb2.HintSummaryRequest, context: Context
+    ) -> replica_pb2.HintSummaryResponse:
+        summary = await self._storage.hint_summary()
+        return replica_pb2.HintSummaryResponse(targets=[
+            replica_pb2.HintCount(target=target, count=count)
+            for target, count in sorted(summary.items())
+        ])
+
+    @unary
+    async def ReadHints(
+        self, request: replica_pb2.ReadHintsRequest, context: Context
+    ) -> replica_pb2.ReadHintsResponse:
+        check_target(request.target)
+        limit = self._limits.page_size(request.limit)
+        records = await self._storage.read_hints(request.target, limit)
+        return replica_pb2.ReadHintsResponse(records=[record_to_pb(r) for r in records])
+
+    @unary
+    async def DeleteHints(
+        self, request: replica_pb2.DeleteHintsRequest, context: Context
+    ) -> replica_pb2.DeleteHintsResponse:
+        check_target(request.target)
+        self._limits.check_batch(request.records, "DeleteHints records")
+        for record in request.records:
+            self._limits.check_key(record.key)
+        deleted = await self._storage.delete_hints(
+            request.target, [record_from_pb(r) for r in request.records]
+        )
+        return replica_pb2.DeleteHintsResponse(deleted=deleted)

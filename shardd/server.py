@@ -1,0 +1,143 @@
+"""The shardd gRPC server: KV, Replica, health and reflection over one node's store.
+
+`ShardServer(config).start()` opens the store, binds and serves, returning the bound port
+(listen on port 0 to let the OS pick one); `stop(grace)` turns health to NOT_SERVING, lets
+in-flight calls finish for up to grace seconds, commits pending writes and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shardkv.limits import DEFAULT_LIMITS, Limits
+from shardkv.shardd.kv_service import KVServicer
+from shardkv.shardd.node import NodeStorage
+from shardkv.shardd.replica_service import ReplicaServicer
+from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
+from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
+REPLICA_SERVICE = replica_pb2.DESCRIPTOR.services_by_name["Replica"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class ListenError(RuntimeError):
+    """The listen address could not be bound (in use, or not a valid host:port)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a node needs to serve; __main__ builds it from flags."""
+
+    node_id: str
+    data_dir: Path
+    listen: str = "127.0.0.1:7101"
+    # fsync every commit; False is for benchmarks only (acknowledged writes may be lost).
+    sync: bool = True
+    limits: Limits = field(default=DEFAULT_LIMITS)
+    map_size: int = DEFAULT_MAP_SIZE
+    max_map_size: int = DEFAULT_MAX_MAP_SIZE
+    # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
+    max_concurrent_rpcs: int = 2048
+    # Seconds in-flight calls get to finish on shutdown.
+    grace_s: float = 5.0
+    read_workers: int = 4
+    commit_max_items: int = 4096
+
+
+class ShardServer:
+    """One storage node's gRPC server and the store behind it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._server: grpc.aio.Server | None = None
+        self._storage: NodeStorage | None = None
+        self._health = health.aio.HealthServicer()
+        self.address = ""
+
+    @property
+    def storage(self) -> NodeStorage:
+        assert self._storage is not None, "the server is not started"
+        return self._storage
+
+    async def start(self) -> int:
+        """Opens the store, binds the listen address and serves; returns the bound port."""
+        config = self.config
+        store = await asyncio.to_thread(
+            Store, config.data_dir, sync=config.sync, map_size=config.map_size,
+            max_map_size=config.max_map_size,
+        )
+        self._storage = NodeStorage(
+            store, node_id=config.node_id, read_workers=config.read_workers,
+            commit_max_items=config.commit_max_items,
+            page_bytes=config.limits.max_message_bytes // 4,
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", config.limits.max_message_bytes),
+                ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        kv_pb2_grpc.add_KVServicer_to_server(
+            KVServicer(self._storage, limits=config.limits), server)
+        replica_pb2_grpc.add_ReplicaServicer_to_server(
+            ReplicaServicer(self._storage, limits=config.limits), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (KV_SERVICE, REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+        try:
+            port = _bind(server, config.listen)
+            await server.start()
+        except BaseException:
+            await server.stop(None)
+            await self._storage.close()
+            raise
+        self._server = server
+        for service in ("", KV_SERVICE, REPLICA_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        host = config.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+        log.info("serving node_id=%s address=%s data=%s sync=%s", config.node_id,
+                 self.address, config.data_dir, config.sync)
+        return port
+
+    async def wait(self) -> None:
+        """Returns when the server has stopped."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drains in-flight calls (up to grace seconds), then pending commits, then closes
+        the store. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        grace = self.config.grace_s if grace is None else grace
+        log.info("stopping node_id=%s grace_s=%s", self.config.node_id, grace)
+        await self._health.enter_graceful_shutdown()
+        await server.stop(grace)
+        await self.storage.close()
+        log.info("stopped node_id=%s", self.config.node_id)
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> int:
+    """Binds listen; grpc raises or answers port 0 on failure, turned into one clear error."""
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise ListenError(f"cannot listen on {listen}: address in use or invalid ({exc})") from exc
+    if not port:
+        raise ListenError(f"cannot listen on {listen}: address in use or invalid")
+    return int(port)

@@ -1,0 +1,326 @@
+"""The node's LMDB store: versioned records with last-write-wins, parked hints, range digests.
+
+One LMDB environment per node. User records live in the named database "data"; hints for
+another node live in a named database "hints:<target>" each (target + key would exceed
+LMDB's 511-byte key limit in one database). Every method is synchronous and opens and
+closes its own transaction, so callers run it on a worker thread, never on an event loop.
+
+The map grows (doubling) when a commit finds it full, up to max_map_size; beyond that a
+write raises StoreFull while reads keep working. Commits are fsync'd unless sync=False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from shardkv.limits import LimitExceeded, after
+from shardkv.shardd.gate import Gate, StoreClosed
+from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAX_MAP_SIZE = 64 << 30
+# Bytes of records one scan page or streamed batch holds at most (one record may overshoot).
+DEFAULT_PAGE_BYTES = 8 << 20
+MAX_TARGET_BYTES = 255
+_DATA_DB = b"data"
+_HINT_PREFIX = b"hints:"
+
+T = TypeVar("T")
+_Db = lmdb._Database  # the handle type py-lmdb returns from open_db
+
+
+class StoreOpenError(OSError):
+    """The data directory cannot hold a store (not writable, not a directory, damaged)."""
+
+
+class StoreFull(Exception):
+    """The map reached its configured maximum size: writes fail, reads keep working."""
+
+
+__all__ = ["Store", "StoreClosed", "StoreFull", "StoreOpenError", "StoreStats", "check_target"]
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Cheap counters for admin and metrics."""
+
+    entries: int
+    hints: int
+    map_size: int
+    max_map_size: int
+    used_bytes: int
+
+
+def check_target(target: str) -> None:
+    """Raises LimitExceeded unless target can name a hint database."""
+    if not target:
+        raise LimitExceeded("hint target must not be empty")
+    if len(target.encode()) > MAX_TARGET_BYTES:
+        raise LimitExceeded(
+            f"hint target {target[:64]!r} exceeds the limit of {MAX_TARGET_BYTES} bytes"
+        )
+
+
+class Store:
+    """Records and hints of one node in one LMDB environment at path."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sync: bool = True,
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        max_dbs: int = 1024,
+        max_readers: int = 126,
+    ) -> None:
+        if map_size > max_map_size:
+            raise ValueError(f"map_size {map_size} exceeds max_map_size {max_map_size}")
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreOpenError(f"cannot open the store in {self.path}: not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._env = lmdb.open(
+                str(self.path), map_size=map_size, max_dbs=max_dbs, max_readers=max_readers,
+                sync=sync, metasync=sync, subdir=True,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise StoreOpenError(f"cannot open the store in {self.path}: {exc}") from exc
+        stale = self._env.reader_check()
+        if stale:
+            log.warning("cleared stale reader slots path=%s count=%d", self.path, stale)
+        self._gate = Gate()
+        # An existing file may already be larger than map_size; LMDB then maps the file.
+        self._map_size = int(self._env.info()["map_size"])
+        self._max_map_size = max(max_map_size, self._map_size)
+        self._page_size = int(self._env.stat()["psize"])
+        self._max_key = int(self._env.max_key_size())
+        self._hint_dbs: dict[str, _Db] = {}
+        with self._env.begin(write=True) as txn:
+            self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
+            names = [key for key, _ in txn.cursor() if key.startswith(_HINT_PREFIX)]
+            for name in names:
+                target = name[len(_HINT_PREFIX):].decode()
+                self._hint_dbs[target] = self._env.open_db(name, txn=txn, create=False)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
+        """Stores each record that is newer than the stored one, and parks each hint that is
+        newer than the parked one, all in one durable transaction. Returns, per record,
+        whether it was stored."""
+        for record in records:
+            self._check_key(record.key)
+        for hint in hints:
+            check_target(hint.target)
+            self._check_key(hint.record.key)
+
+        def body(txn: lmdb.Transaction, new_dbs: dict[str, _Db]) -> list[bool]:
+            applied = [_put_if_newer(txn, self._data, record) for record in records]
+            for hint in hints:
+                db = self._hint_db_for_write(txn, hint.target, new_dbs)
+                _put_if_newer(txn, db, hint.record)
+            return applied
+
+        return self._write(body)
+
+    def delete_hints(self, target: str, records: Sequence[Record]) -> int:
+        """Removes the hints for target whose parked (version, writer) still equals the given
+        record's, so a hint re-parked with a newer version meanwhile survives. Returns how
+        many were removed."""
+        db = self._hint_dbs.get(target)
+        if db is None:
+            return 0
+
+        def body(txn: lmdb.Transaction, new_dbs: dict[str, _Db]) -> int:
+            deleted = 0
+            for record in records:
+                if not record.key or len(record.key) > self._max_key:
+                    continue
+                raw = txn.get(record.key, db=db)
+                if raw is not None and stamp_of(raw) == record.stamp:
+                    txn.delete(record.key, db=db)
+                    deleted += 1
+            return deleted
+
+        return self._write(body)
+
+    def _write(self, body: Callable[[lmdb.Transaction, dict[str, _Db]], T]) -> T:
+        """Runs body in one write transaction, growing the map and retrying when it is full."""
+        while True:
+            seen = self._map_size
+            new_dbs: dict[str, _Db] = {}
+            try:
+                with self._gate.shared():
+                    with self._env.begin(write=True) as txn:
+                        result = body(txn, new_dbs)
+                    # Handles opened in a transaction are valid only once it committed.
+                    self._hint_dbs.update(new_dbs)
+                return result
+            except lmdb.MapFullError:
+                self._grow(seen)
+
+    def _grow(self, seen: int) -> None:
+        """Doubles the map (up to the maximum) unless another writer grew it since seen."""
+        with self._gate.exclusive():
+            if self._map_size != seen:
+                return
+            if seen >= self._max_map_size:
+                raise StoreFull(
+                    f"store at {self.path} is full: map size {seen} bytes reached the"
+                    f" configured maximum of {self._max_map_size} bytes"
+                )
+            self._env.set_mapsize(min(self._max_map_size, seen * 2))
+            self._map_size = int(self._env.info()["map_size"])
+        log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
+
+    def _hint_db_for_write(
+        self, txn: lmdb.Transaction, target: str, new_dbs: dict[str, _Db]
+    ) -> _Db:
+        db = self._hint_dbs.get(target) or new_dbs.get(target)
+        if db is None:
+            db = self._env.open_db(_HINT_PREFIX + target.encode(), txn=txn, create=True)
+            new_dbs[target] = db
+        return db
+
+    def _check_key(self, key: bytes) -> None:
+        if not key or len(key) > self._max_key:
+            raise LimitExceeded(
+                f"key of {len(key)} bytes is outside 1..{self._max_key} bytes"
+                f" (key starts {key[:32]!r})"
+            )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def read(self, keys: Sequence[bytes]) -> list[Record | None]:
+        """The stored record of each key (tombstones included); None where there is none."""
+        with self._gate.shared(), self._env.begin() as txn:
+            out: list[Record | None] = []
+            for key in keys:
+                # LMDB rejects empty and oversized keys; no such key can be stored.
+                raw = txn.get(key, db=self._data) if 0 < len(key) <= self._max_key else None
+                out.append(None if raw is None else decode(key, raw))
+            return out
+
+    def scan(
+        self, start: bytes, end: bytes, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
+    ) -> tuple[list[Record], bytes]:
+        """Up to limit records of [start, end) (end b"" = open) in key order, tombstones
+        included, stopping early once max_bytes are collected. Returns the records and the
+        key the next page starts at, b"" when the range is exhausted."""
+        if limit < 1:
+            raise ValueError(f"scan limit must be positive, got {limit}")
+        with self._gate.shared(), self._env.begin() as txn:
+            return self._page(txn, self._data, start, end, limit, max_bytes)
+
+    def iter_range(
+        self, start: bytes, end: bytes, batch_size: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
+    ) -> Iterator[list[Record]]:
+        """Every record of [start, end) in batches; each batch is read in its own short
+        transaction, so no transaction stays open while the consumer holds a batch."""
+        while True:
+            batch, start = self.scan(start, end, batch_size, max_bytes=max_bytes)
+            if batch:
+                yield batch
+            if not start:
+                return
+
+    def digest(self, start: bytes, end: bytes) -> tuple[bytes, int]:
+        """SHA-256 over every record of [start, end) in key order, and how many there are."""
+        hasher = hashlib.sha256()
+        count = 0
+        with self._gate.shared(), self._env.begin() as txn, txn.cursor(self._data) as cursor:
+            for key, raw in self._walk(cursor, start, end):
+                hasher.update(digest_bytes(decode(key, raw)))
+                count += 1
+        return hasher.digest(), count
+
+    def hint_summary(self) -> dict[str, int]:
+        """How many hints wait for each target (targets with none are left out)."""
+        dbs = list(self._hint_dbs.items())
+        with self._gate.shared(), self._env.begin() as txn:
+            counts = {target: int(txn.stat(db)["entries"]) for target, db in dbs}
+        return {target: count for target, count in counts.items() if count}
+
+    def read_hints(
+        self, target: str, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
+    ) -> list[Record]:
+        """Up to limit hints parked for target, in key order."""
+        db = self._hint_dbs.get(target)
+        if db is None:
+            return []
+        with self._gate.shared(), self._env.begin() as txn:
+            records, _ = self._page(txn, db, b"", b"", limit, max_bytes)
+        return records
+
+    def stats(self) -> StoreStats:
+        """Record and hint counts and map sizes; cheap (reads database headers only)."""
+        dbs = list(self._hint_dbs.values())
+        with self._gate.shared(), self._env.begin() as txn:
+            entries = int(txn.stat(self._data)["entries"])
+            hints = sum(int(txn.stat(db)["entries"]) for db in dbs)
+            info = self._env.info()
+        return StoreStats(
+            entries=entries,
+            hints=hints,
+            map_size=int(info["map_size"]),
+            max_map_size=self._max_map_size,
+            used_bytes=(int(info["last_pgno"]) + 1) * self._page_size,
+        )
+
+    def _page(
+        self, txn: lmdb.Transaction, db: _Db, start: bytes, end: bytes, limit: int,
+        max_bytes: int,
+    ) -> tuple[list[Record], bytes]:
+        records: list[Record] = []
+        size = 0
+        with txn.cursor(db) as cursor:
+            for key, raw in self._walk(cursor, start, end):
+                if len(records) >= limit or size >= max_bytes:
+                    return records, after(records[-1].key)
+                record = decode(key, raw)
+                records.append(record)
+                size += record.size()
+        return records, b""
+
+    def _walk(self, cursor: lmdb.Cursor, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of [start, end) in key order. A start longer than LMDB's key limit
+        (a resume point after a maximal key) is sought by its prefix, then skipped past."""
+        seek = start[: self._max_key]
+        positioned = cursor.set_range(seek) if seek else cursor.first()
+        while positioned:
+            key = cursor.key()
+            if end and key >= end:
+                return
+            if key >= start:
+                yield key, cursor.value()
+            positioned = cursor.next()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Waits for open transactions, then closes the environment (idempotent)."""
+        try:
+            with self._gate.exclusive():
+                self._gate.close()
+                self._env.close()
+        except StoreClosed:
+            return
+
+
+def _put_if_newer(txn: lmdb.Transaction, db: _Db, record: Record) -> bool:
+    raw = txn.get(record.key, db=db)
+    if raw is not None and not record.newer_than(stamp_of(raw)):
+        return False
+    txn.put(record.key, encode(record), db=db)
+    return True
