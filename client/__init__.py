@@ -1,0 +1,49 @@
+"""The shardkv client SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+from shardkv.client import Client
+
+with Client("127.0.0.1:7100") as kv:
+    version = kv.put("greeting", b"hello")
+    assert kv.get("greeting") == b"hello"
+"""
+
+from .aio import AsyncClient
+from .core import Consistency, Record
+from .errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ShardKVError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from .retry import RetryPolicy
+from .sync import Client
+from .transport import TLSConfig
+
+__all__ = [
+    "AsyncClient",
+    "Cancelled",
+    "Client",
+    "Consistency",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Record",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "ShardKVError",
+    "TLSConfig",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+]

@@ -1,0 +1,252 @@
+"""``AsyncClient``: the asyncio shell of the SDK over grpc.aio (mirror of ``Client``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import Message
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+from . import core
+from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
+from .coalesce import AsyncBatcher
+from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
+from .errors import ShardKVError
+from .retry import DEFAULT_RETRY, RetryPolicy
+from .transport import TLSConfig, channel_options
+
+
+class AsyncClient(ClientBase):
+    """The asyncio client; same methods and semantics as ``Client`` (see its docstring),
+    each a coroutine, and ``scan`` an async iterator.
+
+    Create it inside the event loop that uses it. Concurrent ``get``/``put``/``delete``
+    calls from many tasks are coalesced into batch RPCs (see ``shardkv.client.coalesce``).
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        consistency: Consistency | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        super().__init__(
+            targets, timeout=timeout, consistency=consistency, retry=retry, tls=tls, token=token
+        )
+        credentials = tls.credentials() if tls else None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        for address in self._targets.addresses:
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(
+                    address, options=channel_options(), interceptors=interceptors
+                )
+            else:
+                channel = grpc.aio.secure_channel(
+                    address, credentials, options=channel_options(), interceptors=interceptors
+                )
+            self._channels[address] = channel
+        self._kv = {a: kv_pb2_grpc.KVStub(c) for a, c in self._channels.items()}
+        self._admin = {a: admin_pb2_grpc.AdminStub(c) for a, c in self._channels.items()}
+        self._getters: dict[Consistency | None, AsyncBatcher[bytes, Record | None]] = {}
+        self._writers: dict[Consistency | None, AsyncBatcher[kv_pb2.Mutation, int]] = {}
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes every channel; calls still running fail with ``Cancelled``."""
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+    async def get(
+        self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
+    ) -> bytes | None:
+        record = await self.get_record(key, consistency=consistency, timeout=timeout)
+        return None if record is None else record.value
+
+    async def get_record(
+        self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
+    ) -> Record | None:
+        raw = core.check_key(key)
+        return await self._getter(self._level(consistency)).submit(raw, self._deadline(timeout))
+
+    async def put(
+        self,
+        key: KeyLike,
+        value: ValueLike,
+        *,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        mutation = core.put_mutation(key, value)
+        return await self._writer(self._level(consistency)).submit(
+            mutation, self._deadline(timeout)
+        )
+
+    async def delete(
+        self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
+    ) -> int:
+        mutation = core.delete_mutation(key)
+        return await self._writer(self._level(consistency)).submit(
+            mutation, self._deadline(timeout)
+        )
+
+    async def get_many(
+        self,
+        keys: Iterable[KeyLike],
+        *,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> dict[bytes, bytes]:
+        wanted = core.check_keys(keys)
+        level, deadline = self._level(consistency), self._deadline(timeout)
+        pages = await asyncio.gather(
+            *(self._batch_get(chunk, deadline, level) for chunk in core.chunks(wanted))
+        )
+        return core.found_values(outcome for page in pages for outcome in page)
+
+    async def put_many(
+        self,
+        mapping: Mapping[KeyLike, ValueLike],
+        *,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> dict[bytes, int]:
+        mutations = core.put_mutations(mapping)
+        level, deadline = self._level(consistency), self._deadline(timeout)
+        chunks = list(core.chunks(mutations))
+        pages = await asyncio.gather(*(self._batch_write(c, deadline, level) for c in chunks))
+        return core.written_versions(
+            (m.key, outcome)
+            for chunk, page in zip(chunks, pages, strict=True)
+            for m, outcome in zip(chunk, page, strict=True)
+        )
+
+    def scan(
+        self,
+        *,
+        prefix: KeyLike = b"",
+        start: KeyLike = b"",
+        end: KeyLike = b"",
+        page_size: int = 0,
+        limit: int | None = None,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Record]:
+        plan = core.scan_plan(
+            prefix=prefix,
+            start=start,
+            end=end,
+            page_size=page_size,
+            limit=limit,
+            level=self._level(consistency),
+        )
+        return self._pages(plan, timeout)
+
+    async def topology(self, *, timeout: float | None = None) -> admin_pb2.Topology:
+        reply = await self._invoke(
+            "GetTopology",
+            admin_pb2.GetTopologyRequest(),
+            Attempts(self._deadline(timeout)),
+            admin=True,
+        )
+        assert isinstance(reply, admin_pb2.Topology)
+        return reply
+
+    async def health(self, *, timeout: float | None = None) -> admin_pb2.ClusterHealth:
+        reply = await self._invoke(
+            "GetHealth",
+            admin_pb2.GetHealthRequest(),
+            Attempts(self._deadline(timeout)),
+            admin=True,
+        )
+        assert isinstance(reply, admin_pb2.ClusterHealth)
+        return reply
+
+    async def _pages(self, plan: ScanPlan, timeout: float | None) -> AsyncIterator[Record]:
+        token, returned = b"", 0
+        while not plan.done(returned):
+            request = plan.request(token, returned)
+            reply = await self._invoke("Scan", request, Attempts(self._deadline(timeout)))
+            for record in core.page_records(reply)[: request.limit]:
+                yield record
+                returned += 1
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def _getter(self, level: Consistency | None) -> AsyncBatcher[bytes, Record | None]:
+        batcher = self._getters.get(level)
+        if batcher is None:
+            batcher = AsyncBatcher(
+                partial(self._batch_get, level=level),
+                key_of=bytes,
+                max_batch=MAX_BATCH,
+                max_in_flight=MAX_IN_FLIGHT,
+            )
+            self._getters[level] = batcher
+        return batcher
+
+    def _writer(self, level: Consistency | None) -> AsyncBatcher[kv_pb2.Mutation, int]:
+        batcher = self._writers.get(level)
+        if batcher is None:
+            batcher = AsyncBatcher(
+                partial(self._batch_write, level=level),
+                key_of=core.mutation_key,
+                max_batch=MAX_BATCH,
+                max_in_flight=MAX_IN_FLIGHT,
+            )
+            self._writers[level] = batcher
+        return batcher
+
+    async def _batch_get(
+        self, keys: list[bytes], deadline: float, level: Consistency | None
+    ) -> list[Record | ShardKVError | None]:
+        request = core.batch_get_request(keys, level)
+        reply = await self._invoke("BatchGet", request, Attempts(deadline))
+        return core.get_outcomes(keys, reply)
+
+    async def _batch_write(
+        self, mutations: list[kv_pb2.Mutation], deadline: float, level: Consistency | None
+    ) -> list[int | ShardKVError]:
+        request = core.batch_write_request(mutations, level)
+        reply = await self._invoke("BatchWrite", request, Attempts(deadline))
+        return core.write_outcomes(mutations, reply)
+
+    async def _invoke(
+        self, method: str, request: Message, attempts: Attempts, *, admin: bool = False
+    ) -> Any:
+        """One RPC with retries and fail-over (see ``RetryPolicy``)."""
+        stubs: Mapping[str, Any] = self._admin if admin else self._kv
+        while True:
+            target, remaining = self._next_target(attempts, method)
+            try:
+                reply = await getattr(stubs[target], method)(
+                    request, timeout=remaining, metadata=self._metadata
+                )
+            except grpc.RpcError as err:
+                error, wait = self._after_failure(attempts, target, err)
+                if wait is None:
+                    raise error from err
+                await asyncio.sleep(wait)
+            else:
+                self._succeeded(target)
+                return reply

@@ -1,0 +1,103 @@
+"""What ``Client`` and ``AsyncClient`` hold in common: their options and the per-call
+bookkeeping of deadlines, consistency and retries. No I/O; each shell adds its own
+channels, its own sleeping and its own batchers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from shardkv.limits import DEFAULT_LIMITS
+
+from .core import Consistency
+from .errors import DeadlineExceeded, ShardKVError, from_rpc_error
+from .retry import RetryPolicy
+from .transport import Targets, TLSConfig, auth_metadata, split_targets
+
+# Batch calls per batcher (kind of call x consistency) running at once: enough that one
+# slow call does not stall the others, few enough that batches stay large.
+MAX_IN_FLIGHT = 4
+MAX_BATCH = DEFAULT_LIMITS.max_batch_items
+
+
+@dataclass(slots=True)
+class Attempts:
+    """The retry bookkeeping of one call: which routers it tried and since when."""
+
+    deadline: float
+    started: float = field(default_factory=time.monotonic)
+    tried: list[str] = field(default_factory=list)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+class ClientBase:
+    """Options and per-call helpers shared by both shells (see ``Client`` for the docs)."""
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        timeout: float,
+        consistency: Consistency | None,
+        retry: RetryPolicy,
+        tls: TLSConfig | None,
+        token: str | None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        self._targets = Targets(split_targets(targets))
+        self._timeout = timeout
+        self._consistency = consistency
+        self._retry = retry
+        self._tls = tls
+        self._metadata = auth_metadata(token)
+
+    @property
+    def targets(self) -> list[str]:
+        """The router addresses this client spreads its calls over."""
+        return list(self._targets.addresses)
+
+    def _deadline(self, timeout: float | None) -> float:
+        """The time.monotonic() by which a call must be answered."""
+        seconds = self._timeout if timeout is None else timeout
+        if seconds <= 0:
+            raise ValueError(f"timeout must be positive, got {seconds}")
+        return time.monotonic() + seconds
+
+    def _level(self, consistency: Consistency | None) -> Consistency | None:
+        """The call's level, else the client's (None = the cluster's default)."""
+        return self._consistency if consistency is None else consistency
+
+    def _next_target(self, attempts: Attempts, method: str) -> tuple[str, float]:
+        """The router for the next attempt and the seconds it may take."""
+        remaining = attempts.remaining()
+        if remaining <= 0:
+            last = f" (last tried {attempts.tried[-1]})" if attempts.tried else ""
+            raise DeadlineExceeded(f"{method}: timeout passed before an answer{last}")
+        target = self._targets.pick(attempts.tried)
+        attempts.tried.append(target)
+        return target, remaining
+
+    def _after_failure(
+        self, attempts: Attempts, target: str, err: grpc.RpcError
+    ) -> tuple[ShardKVError, float | None]:
+        """The error of a failed attempt and how long to wait before retrying (None: raise)."""
+        error = from_rpc_error(err, target=target)
+        now = time.monotonic()
+        wait = self._retry.delay(
+            error.code,
+            failed_attempts=len(attempts.tried),
+            elapsed=now - attempts.started,
+            remaining=attempts.deadline - now,
+            untried_target=self._targets.untried(attempts.tried),
+        )
+        if error.code is grpc.StatusCode.UNAVAILABLE:
+            self._targets.failed(target)
+        return error, wait
+
+    def _succeeded(self, target: str) -> None:
+        self._targets.succeeded(target)

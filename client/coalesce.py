@@ -1,0 +1,248 @@
+"""Coalescing: concurrent single-key calls travel together in one batch RPC.
+
+Why: a gRPC call costs hundreds of microseconds of CPU on each side, an item inside a
+batch a few (DESIGN.md, Performance). So ``get``, ``put`` and ``delete`` of one client,
+called concurrently from tasks or threads, are sent as one ``BatchGet`` / ``BatchWrite``.
+
+One mechanism: even a lone ``get`` travels as a ``BatchGet`` of one key, and a lone
+``put`` as a ``BatchWrite`` of one mutation; the unary ``Get``/``Put``/``Delete`` RPCs are
+not used by the SDK. A batch of one costs the same on the wire, and one code path means
+one set of semantics (per-item status, versions) to test.
+
+How, for both flavours below:
+
+- There is one batcher per kind of call and consistency level: only items that fit in
+  the same request share a batcher.
+- When fewer than ``max_in_flight`` batch calls of that batcher are running, a new one
+  starts at once with everything pending. No timer and no waiting for company: a lone
+  call goes out immediately, so coalescing adds no latency.
+- Otherwise the item waits; when a running call returns, its sender takes everything
+  queued (up to ``max_batch`` items, the server's batch limit) and sends it next.
+- Every caller gets its own outcome: its item's result, its item's own error (from the
+  reply's per-item status), or its own copy of the error that failed the whole call.
+- Every caller keeps its own deadline. One whose deadline passes gets
+  ``DeadlineExceeded`` at once: if its item was still queued it is never sent; if it was
+  already sent the answer is dropped and the outcome is unknown. A batch call runs until
+  the latest deadline among its items.
+
+``AsyncBatcher`` (asyncio): the sender is a task of its own, so everything submitted in
+the same event-loop turn leaves in one call, and a caller's cancellation never cancels a
+batch that others wait on.
+
+``ThreadBatcher`` (threads sharing a ``Client``): there is no spare thread, so a caller
+that finds a free slot becomes the leader: it takes the queue, sends the batch and hands
+out the results, while the followers wait on a condition. When a leader is done, a
+follower still queued takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from .errors import Cancelled, DeadlineExceeded, ShardKVError
+
+I = TypeVar("I")  # noqa: E741 - the item type of a batch
+R = TypeVar("R")
+
+# An outcome per item, in order; raises ShardKVError when the whole call failed.
+AsyncSend = Callable[[list[I], float], Awaitable[Sequence[R | ShardKVError]]]
+ThreadSend = Callable[[list[I], float], Sequence[R | ShardKVError]]
+
+
+class _Waiter(Protocol):
+    deadline: float
+
+
+_W = TypeVar("_W", bound=_Waiter)
+
+
+def _take(queue: deque[_W], max_items: int, live: Callable[[_W], bool]) -> list[_W]:
+    """Pops up to max_items waiters still wanting an answer, oldest first."""
+    now = time.monotonic()
+    batch: list[_W] = []
+    while queue and len(batch) < max_items:
+        waiter = queue.popleft()
+        if waiter.deadline > now and live(waiter):
+            batch.append(waiter)
+    return batch
+
+
+def _timed_out(key: bytes) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"no answer for key {key[:64]!r} within the timeout; the outcome is unknown",
+        keys=(key,),
+    )
+
+
+def _whole_call_failed(batch_size: int, err: Exception) -> list[Exception]:
+    """The outcome of every item when the call itself failed: an error object per caller."""
+    if isinstance(err, ShardKVError):
+        return [err.copy() for _ in range(batch_size)]
+    return [err] * batch_size  # a bug in send: better raised everywhere than hung on
+
+
+@dataclass(eq=False, slots=True)
+class _AsyncWaiter(Generic[I, R]):
+    item: I
+    deadline: float
+    future: asyncio.Future[R]
+
+
+class AsyncBatcher(Generic[I, R]):
+    """Coalesces concurrent ``submit`` calls of one event loop into batch calls of ``send``."""
+
+    def __init__(
+        self,
+        send: AsyncSend[I, R],
+        *,
+        key_of: Callable[[I], bytes],
+        max_batch: int,
+        max_in_flight: int,
+    ) -> None:
+        self._send = send
+        self._key_of = key_of
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._queue: deque[_AsyncWaiter[I, R]] = deque()
+        self._in_flight = 0
+        self._starting = False  # a sender task exists that has not taken its batch yet
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: I, deadline: float) -> R:
+        """The outcome of item, sent in some batch; deadline is a time.monotonic() value."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._queue.append(_AsyncWaiter(item, deadline, future))
+        if not self._starting and self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            self._starting = True
+            task = loop.create_task(self._sender())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.wait_for(future, deadline - time.monotonic())
+        except TimeoutError:
+            raise _timed_out(self._key_of(item)) from None
+
+    async def _sender(self) -> None:
+        """Sends what is queued, then what queued up meanwhile, until the queue is empty."""
+        try:
+            batch = _take(self._queue, self._max_batch, self._live)
+            self._starting = False
+            while batch:
+                await self._dispatch(batch)
+                batch = _take(self._queue, self._max_batch, self._live)
+        finally:
+            self._in_flight -= 1
+
+    @staticmethod
+    def _live(waiter: _AsyncWaiter[I, R]) -> bool:
+        return not waiter.future.done()  # done = the caller timed out or was cancelled
+
+    async def _dispatch(self, batch: list[_AsyncWaiter[I, R]]) -> None:
+        outcomes: Sequence[R | Exception]
+        try:
+            outcomes = await self._send(
+                [waiter.item for waiter in batch], max(waiter.deadline for waiter in batch)
+            )
+        except asyncio.CancelledError:
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_exception(Cancelled("the client was closed"))
+            raise
+        except Exception as err:
+            outcomes = _whole_call_failed(len(batch), err)
+        for waiter, outcome in zip(batch, outcomes, strict=True):
+            if waiter.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                waiter.future.set_exception(outcome)
+            else:
+                waiter.future.set_result(outcome)
+
+
+class _State(enum.Enum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DONE = "done"
+    ABANDONED = "abandoned"
+
+
+@dataclass(eq=False, slots=True)
+class _ThreadWaiter(Generic[I, R]):
+    item: I
+    deadline: float
+    state: _State = _State.QUEUED
+    outcome: R | Exception | None = field(default=None)
+
+
+class ThreadBatcher(Generic[I, R]):
+    """Coalesces concurrent ``submit`` calls from threads into batch calls of ``send``."""
+
+    def __init__(
+        self,
+        send: ThreadSend[I, R],
+        *,
+        key_of: Callable[[I], bytes],
+        max_batch: int,
+        max_in_flight: int,
+    ) -> None:
+        self._send = send
+        self._key_of = key_of
+        self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._queue: deque[_ThreadWaiter[I, R]] = deque()
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    def submit(self, item: I, deadline: float) -> R:
+        """The outcome of item, sent in some batch; deadline is a time.monotonic() value."""
+        waiter: _ThreadWaiter[I, R] = _ThreadWaiter(item, deadline)
+        with self._cond:
+            self._queue.append(waiter)
+            while waiter.state is not _State.DONE:
+                now = time.monotonic()
+                if now >= waiter.deadline:
+                    waiter.state = _State.ABANDONED
+                    raise _timed_out(self._key_of(item))
+                if waiter.state is _State.QUEUED and self._in_flight < self._max_in_flight:
+                    self._lead()
+                else:
+                    self._cond.wait(waiter.deadline - now)
+        if isinstance(waiter.outcome, Exception):
+            raise waiter.outcome
+        return waiter.outcome  # type: ignore[return-value]  # DONE: an R
+
+    @staticmethod
+    def _live(waiter: _ThreadWaiter[I, R]) -> bool:
+        return waiter.state is _State.QUEUED
+
+    def _lead(self) -> None:
+        """With the lock held: take a batch, send it without the lock, hand out outcomes."""
+        batch = _take(self._queue, self._max_batch, self._live)
+        for waiter in batch:
+            waiter.state = _State.SENT
+        self._in_flight += 1
+        outcomes: Sequence[R | Exception] | None = None
+        self._cond.release()
+        try:
+            outcomes = self._send([waiter.item for waiter in batch], max(w.deadline for w in batch))
+        except Exception as err:
+            outcomes = _whole_call_failed(len(batch), err)
+        finally:
+            self._cond.acquire()
+            self._in_flight -= 1
+            if outcomes is None:  # the leader was interrupted (KeyboardInterrupt...)
+                outcomes = [Cancelled("the thread sending this batch was interrupted")] * len(batch)
+            for waiter, outcome in zip(batch, outcomes, strict=True):
+                if waiter.state is _State.SENT:
+                    waiter.outcome = outcome
+                    waiter.state = _State.DONE
+            self._cond.notify_all()

@@ -1,0 +1,252 @@
+"""The SDK's pure core: key and value normalisation, limit checks, request building and
+response conversion, shared by ``Client`` and ``AsyncClient``. No I/O happens here.
+
+Keys and values are bytes on the wire. The SDK accepts ``str`` too and encodes it as
+UTF-8 in exactly one place (``to_bytes``), so ``"k"`` and ``b"k"`` are the same key.
+Everything is checked against ``shardkv.limits.DEFAULT_LIMITS`` before sending, so a value
+over the limit fails with ``InvalidArgument`` without a round trip.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from shardkv.limits import DEFAULT_LIMITS, LimitExceeded, scan_range
+from shardkv.v1 import kv_pb2
+
+from .errors import Internal, InvalidArgument, ShardKVError, from_item_status
+
+KeyLike = bytes | bytearray | memoryview | str
+ValueLike = bytes | bytearray | memoryview | str
+T = TypeVar("T")
+
+
+class Consistency(enum.IntEnum):
+    """How many replicas must answer a request. Unset (None) means the cluster's defaults,
+    R for reads and W for writes, from its cluster.toml."""
+
+    ONE = kv_pb2.ONE
+    QUORUM = kv_pb2.QUORUM
+    ALL = kv_pb2.ALL
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored record: key, value and the version (hybrid logical clock) that wrote it."""
+
+    key: bytes
+    value: bytes
+    version: int
+
+
+def to_bytes(data: KeyLike, what: str = "key") -> bytes:
+    """bytes as they are, str as UTF-8: the one place where keys and values are normalised."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
+
+
+_WIRE_LEVELS = {
+    Consistency.ONE: kv_pb2.ONE,
+    Consistency.QUORUM: kv_pb2.QUORUM,
+    Consistency.ALL: kv_pb2.ALL,
+}
+
+
+def wire_consistency(level: Consistency | None) -> kv_pb2.Consistency:
+    """The proto enum value for a level; None is the cluster default."""
+    return kv_pb2.CONSISTENCY_DEFAULT if level is None else _WIRE_LEVELS[level]
+
+
+def check_key(key: KeyLike) -> bytes:
+    """The key as bytes, or InvalidArgument naming the limit it breaks."""
+    raw = to_bytes(key)
+    try:
+        DEFAULT_LIMITS.check_key(raw)
+    except LimitExceeded as err:
+        raise InvalidArgument(str(err), keys=(raw,)) from err
+    return raw
+
+
+def check_value(key: bytes, value: ValueLike) -> bytes:
+    """The value as bytes, or InvalidArgument naming the key and the limit."""
+    raw = to_bytes(value, "value")
+    try:
+        DEFAULT_LIMITS.check_value(key, raw)
+    except LimitExceeded as err:
+        raise InvalidArgument(str(err), keys=(key,)) from err
+    return raw
+
+
+def check_keys(keys: Iterable[KeyLike]) -> list[bytes]:
+    """Distinct keys as bytes, in first-seen order, each checked."""
+    return list(dict.fromkeys(check_key(key) for key in keys))
+
+
+def put_mutation(key: KeyLike, value: ValueLike) -> kv_pb2.Mutation:
+    raw = check_key(key)
+    return kv_pb2.Mutation(key=raw, value=check_value(raw, value))
+
+
+def delete_mutation(key: KeyLike) -> kv_pb2.Mutation:
+    return kv_pb2.Mutation(key=check_key(key), delete=True)
+
+
+def mutation_key(mutation: kv_pb2.Mutation) -> bytes:
+    return mutation.key
+
+
+def put_mutations(mapping: Mapping[KeyLike, ValueLike]) -> list[kv_pb2.Mutation]:
+    """One mutation per distinct key (a str key and its UTF-8 bytes are one key: last wins)."""
+    by_key = {m.key: m for m in (put_mutation(key, value) for key, value in mapping.items())}
+    return list(by_key.values())
+
+
+def chunks(items: Sequence[T], size: int = DEFAULT_LIMITS.max_batch_items) -> Iterator[list[T]]:
+    """items split into lists of at most size (the server's batch limit)."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def batch_get_request(keys: Sequence[bytes], level: Consistency | None) -> kv_pb2.BatchGetRequest:
+    return kv_pb2.BatchGetRequest(keys=keys, consistency=wire_consistency(level))
+
+
+def batch_write_request(
+    mutations: Sequence[kv_pb2.Mutation], level: Consistency | None
+) -> kv_pb2.BatchWriteRequest:
+    return kv_pb2.BatchWriteRequest(mutations=mutations, consistency=wire_consistency(level))
+
+
+def get_outcomes(
+    keys: Sequence[bytes], reply: kv_pb2.BatchGetResponse
+) -> list[Record | ShardKVError | None]:
+    """Per key: its Record, None when not found, or the error of its ItemStatus."""
+    _check_length(len(keys), len(reply.results), "BatchGet")
+    outcomes: list[Record | ShardKVError | None] = []
+    for key, result in zip(keys, reply.results, strict=True):
+        if result.status.code:
+            outcomes.append(from_item_status(result.status.code, result.status.message, key))
+        elif result.found:
+            outcomes.append(Record(key, result.value, result.version))
+        else:
+            outcomes.append(None)
+    return outcomes
+
+
+def write_outcomes(
+    mutations: Sequence[kv_pb2.Mutation], reply: kv_pb2.BatchWriteResponse
+) -> list[int | ShardKVError]:
+    """Per mutation: the version written, or the error of its ItemStatus."""
+    _check_length(len(mutations), len(reply.results), "BatchWrite")
+    outcomes: list[int | ShardKVError] = []
+    for mutation, result in zip(mutations, reply.results, strict=True):
+        if result.status.code:
+            outcomes.append(
+                from_item_status(result.status.code, result.status.message, mutation.key)
+            )
+        else:
+            outcomes.append(result.version)
+    return outcomes
+
+
+def found_values(outcomes: Iterable[Record | ShardKVError | None]) -> dict[bytes, bytes]:
+    """get_many's answer: found keys only; the first per-item error is raised."""
+    found: dict[bytes, bytes] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, ShardKVError):
+            raise outcome
+        if outcome is not None:
+            found[outcome.key] = outcome.value
+    return found
+
+
+def written_versions(outcomes: Iterable[tuple[bytes, int | ShardKVError]]) -> dict[bytes, int]:
+    """put_many's answer: the version per key, or one error naming every key that failed.
+
+    The error is of the class of the first failure; its ``keys`` lists all failed keys.
+    Keys not named were written.
+    """
+    versions: dict[bytes, int] = {}
+    failures: dict[bytes, ShardKVError] = {}
+    for key, outcome in outcomes:
+        if isinstance(outcome, ShardKVError):
+            failures[key] = outcome
+        else:
+            versions[key] = outcome
+    if failures:
+        first = next(iter(failures.values()))
+        names = ", ".join(repr(key[:64]) for key in list(failures)[:10])
+        more = f" and {len(failures) - 10} more" if len(failures) > 10 else ""
+        raise type(first)(
+            f"{len(failures)} of {len(failures) + len(versions)} writes failed"
+            f" (keys {names}{more}); first error: {first.details}",
+            code=first.code,
+            keys=list(failures),
+        )
+    return versions
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPlan:
+    """A checked scan: the range, the page size and the total limit (None = all)."""
+
+    start: bytes
+    end: bytes
+    page_size: int
+    limit: int | None
+    consistency: kv_pb2.Consistency
+
+    def request(self, page_token: bytes, returned: int) -> kv_pb2.ScanRequest:
+        """The request for the next page, after `returned` records so far."""
+        size = self.page_size
+        if self.limit is not None:
+            size = min(size, self.limit - returned)
+        return kv_pb2.ScanRequest(
+            start=self.start,
+            end=self.end,
+            limit=size,
+            page_token=page_token,
+            consistency=self.consistency,
+        )
+
+    def done(self, returned: int) -> bool:
+        return self.limit is not None and returned >= self.limit
+
+
+def scan_plan(
+    *,
+    prefix: KeyLike,
+    start: KeyLike,
+    end: KeyLike,
+    page_size: int,
+    limit: int | None,
+    level: Consistency | None,
+) -> ScanPlan:
+    """Checks a scan's arguments (InvalidArgument when they are wrong) and plans its pages.
+
+    A prefix is sent as the [prefix, prefix_end) range it stands for, so paging needs
+    only one shape of request.
+    """
+    try:
+        first, last = scan_range(to_bytes(prefix), to_bytes(start), to_bytes(end))
+        size = DEFAULT_LIMITS.page_size(page_size)
+    except LimitExceeded as err:
+        raise InvalidArgument(str(err)) from err
+    if limit is not None and limit < 0:
+        raise InvalidArgument(f"limit must not be negative, got {limit}")
+    return ScanPlan(first, last, size, limit, wire_consistency(level))
+
+
+def page_records(reply: kv_pb2.ScanResponse) -> list[Record]:
+    return [Record(kv.key, kv.value, kv.version) for kv in reply.records]
+
+
+def _check_length(asked: int, answered: int, rpc: str) -> None:
+    if asked != answered:
+        raise Internal(f"{rpc} answered {answered} results for {asked} items (server bug)")

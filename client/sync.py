@@ -1,0 +1,284 @@
+"""``Client``: the blocking shell of the SDK over sync gRPC (mirror of ``AsyncClient``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+from . import core
+from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
+from .coalesce import ThreadBatcher
+from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
+from .errors import ShardKVError
+from .retry import DEFAULT_RETRY, RetryPolicy
+from .transport import TLSConfig, channel_options
+
+
+class Client(ClientBase):
+    """A shardkv client: talks to one or more routers (or a single shardd) over gRPC.
+
+    ``targets`` is "host:port", "host:port,host:port" or a list: calls are spread over
+    the addresses round robin and fail over to the next when one is unreachable.
+
+    Options: ``timeout`` (seconds) is each call's default; ``consistency`` the default
+    level (None = the cluster's R and W); ``retry`` when and how often to repeat a call
+    after UNAVAILABLE (see ``RetryPolicy``: reads and writes are both safe to repeat);
+    ``tls`` turns on TLS, mutual when it has a client certificate; ``token`` is sent as
+    ``authorization: Bearer <token>`` with every call; ``interceptors`` wrap every channel.
+
+    Every method takes keyword ``consistency=`` and ``timeout=`` overriding the defaults.
+    Keys and values are bytes, or str encoded as UTF-8. They are checked against the
+    server's limits before sending (``InvalidArgument`` without a round trip).
+
+    Single-key calls (``get``, ``get_record``, ``put``, ``delete``) made concurrently by
+    threads sharing this client travel together in one batch RPC (see
+    ``shardkv.client.coalesce``); each caller still gets its own result, error and
+    timeout. ``get_many`` and ``put_many`` split what they get into batches of the
+    server's limit. ``scan`` pages transparently; its timeout applies to each page.
+
+    Errors are ``ShardKVError`` subclasses; ``DeadlineExceeded`` means the outcome is
+    unknown (a write may or may not have happened). Use as a context manager or call
+    ``close()``.
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        consistency: Consistency | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        super().__init__(
+            targets, timeout=timeout, consistency=consistency, retry=retry, tls=tls, token=token
+        )
+        credentials = tls.credentials() if tls else None
+        self._channels: dict[str, grpc.Channel] = {}
+        for address in self._targets.addresses:
+            if credentials is None:
+                channel = grpc.insecure_channel(address, options=channel_options())
+            else:
+                channel = grpc.secure_channel(address, credentials, options=channel_options())
+            self._channels[address] = grpc.intercept_channel(channel, *interceptors)
+        self._kv = {a: kv_pb2_grpc.KVStub(c) for a, c in self._channels.items()}
+        self._admin = {a: admin_pb2_grpc.AdminStub(c) for a, c in self._channels.items()}
+        self._getters: dict[Consistency | None, ThreadBatcher[bytes, Record | None]] = {}
+        self._writers: dict[Consistency | None, ThreadBatcher[kv_pb2.Mutation, int]] = {}
+        self._batchers_lock = threading.Lock()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes every channel; calls still running fail with ``Cancelled``."""
+        for channel in self._channels.values():
+            channel.close()
+
+    def get(
+        self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
+    ) -> bytes | None:
+        """The value of key, or None when it was never written or was deleted."""
+        record = self.get_record(key, consistency=consistency, timeout=timeout)
+        return None if record is None else record.value
+
+    def get_record(
+        self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
+    ) -> Record | None:
+        """The record of key with its version, or None when it is missing."""
+        raw = core.check_key(key)
+        return self._getter(self._level(consistency)).submit(raw, self._deadline(timeout))
+
+    def put(
+        self,
+        key: KeyLike,
+        value: ValueLike,
+        *,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Stores value under key; returns the version assigned to the write."""
+        mutation = core.put_mutation(key, value)
+        return self._writer(self._level(consistency)).submit(mutation, self._deadline(timeout))
+
+    def delete(
+        self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
+    ) -> int:
+        """Deletes key (missing keys too); returns the version of the tombstone."""
+        mutation = core.delete_mutation(key)
+        return self._writer(self._level(consistency)).submit(mutation, self._deadline(timeout))
+
+    def get_many(
+        self,
+        keys: Iterable[KeyLike],
+        *,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> dict[bytes, bytes]:
+        """The values of the keys that exist; missing keys are absent from the answer."""
+        wanted = core.check_keys(keys)
+        level, deadline = self._level(consistency), self._deadline(timeout)
+        return core.found_values(
+            outcome
+            for chunk in core.chunks(wanted)
+            for outcome in self._batch_get(chunk, deadline, level)
+        )
+
+    def put_many(
+        self,
+        mapping: Mapping[KeyLike, ValueLike],
+        *,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> dict[bytes, int]:
+        """Stores every pair; returns the version per key.
+
+        When some items fail, every batch is still sent and then one error is raised, of
+        the class of the first failure, whose ``keys`` names every key not written.
+        """
+        mutations = core.put_mutations(mapping)
+        level, deadline = self._level(consistency), self._deadline(timeout)
+        return core.written_versions(
+            (m.key, outcome)
+            for chunk in list(core.chunks(mutations))
+            for m, outcome in zip(chunk, self._batch_write(chunk, deadline, level), strict=True)
+        )
+
+    def scan(
+        self,
+        *,
+        prefix: KeyLike = b"",
+        start: KeyLike = b"",
+        end: KeyLike = b"",
+        page_size: int = 0,
+        limit: int | None = None,
+        consistency: Consistency | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Record]:
+        """Live records with the prefix, or in [start, end), in key order.
+
+        Fetches ``page_size`` records per call (0 = the server's default) as the iterator
+        advances, stopping after ``limit`` records when given. Arguments are checked at
+        once; ``timeout`` applies to each page.
+        """
+        plan = core.scan_plan(
+            prefix=prefix,
+            start=start,
+            end=end,
+            page_size=page_size,
+            limit=limit,
+            level=self._level(consistency),
+        )
+        return self._pages(plan, timeout)
+
+    def topology(self, *, timeout: float | None = None) -> admin_pb2.Topology:
+        """The cluster's topology as the router sees it (Admin service; routers only)."""
+        reply = self._invoke(
+            "GetTopology",
+            admin_pb2.GetTopologyRequest(),
+            Attempts(self._deadline(timeout)),
+            admin=True,
+        )
+        assert isinstance(reply, admin_pb2.Topology)
+        return reply
+
+    def health(self, *, timeout: float | None = None) -> admin_pb2.ClusterHealth:
+        """Whether every node is up, and each node's state (Admin service; routers only)."""
+        reply = self._invoke(
+            "GetHealth",
+            admin_pb2.GetHealthRequest(),
+            Attempts(self._deadline(timeout)),
+            admin=True,
+        )
+        assert isinstance(reply, admin_pb2.ClusterHealth)
+        return reply
+
+    def _pages(self, plan: ScanPlan, timeout: float | None) -> Iterator[Record]:
+        token, returned = b"", 0
+        while not plan.done(returned):
+            request = plan.request(token, returned)
+            reply = self._invoke("Scan", request, Attempts(self._deadline(timeout)))
+            for record in core.page_records(reply)[: request.limit]:
+                yield record
+                returned += 1
+            token = reply.next_page_token
+            if not token:
+                return
+
+    def _getter(self, level: Consistency | None) -> ThreadBatcher[bytes, Record | None]:
+        with self._batchers_lock:
+            batcher = self._getters.get(level)
+            if batcher is None:
+                batcher = ThreadBatcher(
+                    partial(self._batch_get, level=level),
+                    key_of=bytes,
+                    max_batch=MAX_BATCH,
+                    max_in_flight=MAX_IN_FLIGHT,
+                )
+                self._getters[level] = batcher
+            return batcher
+
+    def _writer(self, level: Consistency | None) -> ThreadBatcher[kv_pb2.Mutation, int]:
+        with self._batchers_lock:
+            batcher = self._writers.get(level)
+            if batcher is None:
+                batcher = ThreadBatcher(
+                    partial(self._batch_write, level=level),
+                    key_of=core.mutation_key,
+                    max_batch=MAX_BATCH,
+                    max_in_flight=MAX_IN_FLIGHT,
+                )
+                self._writers[level] = batcher
+            return batcher
+
+    def _batch_get(
+        self, keys: list[bytes], deadline: float, level: Consistency | None
+    ) -> list[Record | ShardKVError | None]:
+        request = core.batch_get_request(keys, level)
+        return core.get_outcomes(keys, self._invoke("BatchGet", request, Attempts(deadline)))
+
+    def _batch_write(
+        self, mutations: list[kv_pb2.Mutation], deadline: float, level: Consistency | None
+    ) -> list[int | ShardKVError]:
+        request = core.batch_write_request(mutations, level)
+        return core.write_outcomes(
+            mutations, self._invoke("BatchWrite", request, Attempts(deadline))
+        )
+
+    def _invoke(
+        self, method: str, request: Message, attempts: Attempts, *, admin: bool = False
+    ) -> Any:
+        """One RPC with retries and fail-over (see ``RetryPolicy``)."""
+        stubs: Mapping[str, Any] = self._admin if admin else self._kv
+        while True:
+            target, remaining = self._next_target(attempts, method)
+            try:
+                reply = getattr(stubs[target], method)(
+                    request, timeout=remaining, metadata=self._metadata
+                )
+            except grpc.RpcError as err:
+                error, wait = self._after_failure(attempts, target, err)
+                if wait is None:
+                    raise error from err
+                time.sleep(wait)
+            else:
+                self._succeeded(target)
+                return reply

@@ -1,0 +1,127 @@
+"""How the SDK reaches routers: target lists, round robin with fail-over, TLS and the token.
+
+Shared by both shells; nothing here opens a connection. ``Targets`` spreads calls over
+several router addresses and steers away from one that just failed; the shells build
+one gRPC channel per address with ``channel_options`` and ``credentials``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from shardkv.limits import DEFAULT_LIMITS
+
+# How long a router that answered UNAVAILABLE is passed over by the round robin (it is
+# still used when every router is in that state). gRPC reconnects in the background, so
+# this only saves the calls that would fail fast in the meantime.
+FAILED_TARGET_COOLDOWN_S = 2.0
+
+PemSource = str | Path | bytes
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """Options every SDK channel gets: message caps that fit the largest batch or page."""
+    return [
+        ("grpc.max_send_message_length", DEFAULT_LIMITS.max_message_bytes),
+        ("grpc.max_receive_message_length", DEFAULT_LIMITS.max_message_bytes),
+    ]
+
+
+def split_targets(targets: str | Sequence[str]) -> list[str]:
+    """Router addresses from "h:p", "h:p,h:p" or a sequence of those; at least one."""
+    items = [targets] if isinstance(targets, str) else list(targets)
+    parsed = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    if not parsed:
+        raise ValueError("at least one router address (host:port) is required")
+    return list(dict.fromkeys(parsed))
+
+
+def _pem(source: PemSource | None, what: str) -> bytes | None:
+    """PEM bytes as given, or read from the file a str/Path names."""
+    if source is None or isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read TLS {what} from {source}: {err.strerror}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """TLS to the routers: ``ca`` verifies the server (None = the system roots); ``cert``
+    and ``key`` (both or neither) present a client certificate for mutual TLS. Each is PEM
+    bytes or the path of a PEM file."""
+
+    ca: PemSource | None = None
+    cert: PemSource | None = None
+    key: PemSource | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("TLS cert and key must be given together (mutual TLS needs both)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.ca, "CA"),
+            private_key=_pem(self.key, "key"),
+            certificate_chain=_pem(self.cert, "certificate"),
+        )
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The per-call metadata carrying the bearer token.
+
+    Sent as plain metadata rather than call credentials because gRPC refuses call
+    credentials on plaintext channels, and plaintext on loopback is the default.
+    """
+    if token is None:
+        return None
+    if not token or any(ch in token for ch in "\r\n"):
+        raise ValueError("token must be a non-empty single line")
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Targets:
+    """Round robin over router addresses that skips, for a while, one that failed.
+
+    Thread-safe; the state is two small fields behind a lock, so one instance serves
+    every thread of a ``Client`` and every task of an ``AsyncClient``.
+    """
+
+    def __init__(self, addresses: Sequence[str], *, cooldown_s: float = FAILED_TARGET_COOLDOWN_S):
+        self.addresses = list(addresses)
+        self._cooldown_s = cooldown_s
+        self._next = 0
+        self._failed_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def pick(self, tried: Sequence[str] = ()) -> str:
+        """The next address, preferring ones not in tried and not recently failed."""
+        if len(self.addresses) == 1:
+            return self.addresses[0]
+        now = time.monotonic()
+        with self._lock:
+            count = len(self.addresses)
+            order = [self.addresses[(self._next + i) % count] for i in range(count)]
+            self._next = (self._next + 1) % count
+            candidates = [a for a in order if a not in tried] or order
+            healthy = [a for a in candidates if self._failed_until.get(a, 0.0) <= now]
+            return (healthy or candidates)[0]
+
+    def untried(self, tried: Sequence[str]) -> bool:
+        """Whether some address is not in tried (a fail-over target exists)."""
+        return any(address not in tried for address in self.addresses)
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._failed_until[address] = time.monotonic() + self._cooldown_s
+
+    def succeeded(self, address: str) -> None:
+        if address in self._failed_until:
+            with self._lock:
+                self._failed_until.pop(address, None)
