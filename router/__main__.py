@@ -1,0 +1,100 @@
+"""The shardkv-router command: read flags and cluster.toml, run a RouterServer until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shardkv.router.security import SecurityError, read_token
+from shardkv.router.server import BindError, RouterConfig, RouterServer, TlsConfig
+from shardkv.router.topology import TopologyError, load_topology
+
+log = logging.getLogger("shardkv.router")
+
+# Calls in flight get this long to finish after SIGTERM.
+SHUTDOWN_GRACE_S = 5.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardkv-router",
+        description="Routes shardkv reads and writes to the replicas of each key, by quorum.",
+    )
+    parser.add_argument("--id", required=True, help="this router's id (its writer tie-break)")
+    parser.add_argument("--config", required=True, type=Path, help="cluster.toml topology file")
+    parser.add_argument("--listen", default="127.0.0.1:7100", help="host:port to serve on")
+    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="CA (PEM) client certificates must chain to (mTLS)"
+    )
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the bearer token clients must send"
+    )
+    parser.add_argument(
+        "--clock-offset-ms", type=int, default=0, help="skew this router's clock (tests)"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return parser
+
+
+def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> RouterConfig:
+    """Builds the RouterConfig, or exits through parser.error naming the bad input."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key must be given together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    try:
+        topology = load_topology(args.config)
+        token = read_token(args.token_file) if args.token_file else None
+    except (TopologyError, SecurityError) as err:
+        parser.error(str(err))
+    tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    return RouterConfig(
+        router_id=args.id,
+        topology=topology,
+        listen=args.listen,
+        tls=tls,
+        token=token,
+        clock_offset_ms=args.clock_offset_ms,
+    )
+
+
+async def _serve(config: RouterConfig) -> int:
+    server = RouterServer(config)
+    try:
+        await server.start()
+    except (BindError, SecurityError) as err:
+        log.error("%s", err)
+        await server.stop(0)
+        return 1
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("signal received: shutting down (grace %.0f s)", SHUTDOWN_GRACE_S)
+    await server.stop(SHUTDOWN_GRACE_S)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format=f"%(asctime)s %(levelname)s router[{args.id}] %(name)s: %(message)s",
+    )
+    config = _config(parser, args)
+    sys.exit(asyncio.run(_serve(config)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Coalescing: many concurrent items bound for one node travel in one batched call.
+
+A gRPC call costs hundreds of microseconds of CPU while an item inside a batch costs a few
+(DESIGN.md, Performance), so the router never pays a call per key per hop. Items queue
+here; whenever fewer than ``max_in_flight`` calls are outstanding, everything pending (up
+to ``max_items``) leaves in one call, and each item's future gets its slice of the reply.
+A lone item with nothing in flight leaves at once: there are no timers and no waiting for
+a batch to fill, so coalescing adds no latency when the router is idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailure:
+    """Why an internal call to a node failed; carried as a value so nobody must await it."""
+
+    node_id: str
+    code: grpc.StatusCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+# Sends a batch with a timeout in seconds; returns one result per item, in order.
+SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
+# Told of every failed call, with the timeout it had (the health tracker listens).
+OnFailure = Callable[[NodeFailure, float], None]
+
+
+class Coalescer(Generic[Item, Result]):
+    """Queues items for one node and one kind of call, and sends them in batches."""
+
+    def __init__(
+        self,
+        node_id: str,
+        send: SendBatch[Item, Result],
+        *,
+        on_failure: OnFailure,
+        max_items: int,
+        max_bytes: int,
+        max_in_flight: int,
+        call_timeout_s: float,
+        size_of: Callable[[Item], int],
+    ) -> None:
+        self._node_id = node_id
+        self._send = send
+        self._on_failure = on_failure
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._max_in_flight = max_in_flight
+        self._call_timeout_s = call_timeout_s
+        self._size_of = size_of
+        self._pending: deque[tuple[Item, float, asyncio.Future[Result | NodeFailure]]] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(
+        self, items: Sequence[Item], deadline: float
+    ) -> list[asyncio.Future[Result | NodeFailure]]:
+        """Queues items due by deadline (loop time); each future resolves to a result or a
+        NodeFailure, never to an exception. Items submitted together travel together."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result | NodeFailure]] = []
+        for item in items:
+            future: asyncio.Future[Result | NodeFailure] = loop.create_future()
+            self._pending.append((item, deadline, future))
+            futures.append(future)
+        self._pump()
+        return futures
+
+    async def close(self) -> None:
+        """Waits for the calls in flight (their own deadlines bound the wait)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending and self._in_flight < self._max_in_flight:
+            now = loop.time()
+            batch: list[tuple[Item, float, asyncio.Future[Result | NodeFailure]]] = []
+            size = 0
+            while self._pending and len(batch) < self._max_items:
+                item, deadline, future = self._pending[0]
+                item_size = self._size_of(item)
+                if batch and size + item_size > self._max_bytes:
+                    break
+                self._pending.popleft()
+                if future.done():
+                    continue
+                if deadline <= now:
+                    future.set_result(
+                        self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue")
+                    )
+                    continue
+                batch.append((item, deadline, future))
+                size += item_size
+            if not batch:
+                continue
+            self._in_flight += 1
+            task = loop.create_task(self._call(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(
+        self, batch: list[tuple[Item, float, asyncio.Future[Result | NodeFailure]]]
+    ) -> None:
+        # One call serves items of several requests: it may run until the latest of their
+        # deadlines (each request stops waiting at its own), never beyond node_call_ms.
+        timeout = min(
+            self._call_timeout_s, max(d for _, d, _ in batch) - asyncio.get_running_loop().time()
+        )
+        try:
+            results = await self._send([item for item, _, _ in batch], timeout)
+            if len(results) != len(batch):
+                raise _ShortReply(len(results), len(batch))
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        except (grpc.RpcError, _ShortReply) as err:
+            failure = self._failure_of(err)
+            self._on_failure(failure, timeout)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(failure)
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+    def _failure_of(self, err: grpc.RpcError | _ShortReply) -> NodeFailure:
+        if isinstance(err, grpc.aio.AioRpcError):
+            return self._failure(err.code(), err.details() or "")
+        return self._failure(grpc.StatusCode.INTERNAL, str(err))
+
+    def _failure(self, code: grpc.StatusCode, message: str) -> NodeFailure:
+        return NodeFailure(self._node_id, code, message)
+
+
+class _ShortReply(Exception):
+    """A node answered a batch with the wrong number of results."""
+
+    def __init__(self, got: int, sent: int) -> None:
+        super().__init__(f"node answered {got} results for {sent} items")

@@ -1,0 +1,220 @@
+"""What happens on a write and on a read: versions, replicas, quorums, hints and read repair.
+
+Writes: each record gets a version from the router's hybrid logical clock (ties broken by
+the router's writer number) and goes to all N owners of its key at once; the write
+succeeds when W (or the level asked for) have acknowledged, and the other replica writes
+carry on in the background. An owner that is DOWN, or whose write fails as UNAVAILABLE, is
+replaced by the next node on the ring beyond the preference list, which parks the record
+as a durable hint for the owner; that hint counts toward W. This is Dynamo's sloppy
+quorum: it keeps writes available while a node is down, at the price that an
+acknowledged write may, for a while, sit on fewer than W of its owners (R + W > N then
+guarantees read-your-writes only once the hints are handed back).
+
+Reads: every owner not known to be DOWN is asked; the answer is the newest (version,
+writer) among the first R replies (a tombstone answers not found). When every asked
+replica has answered (or the deadline passed), each one that answered with an older record
+or none gets the newest one (read repair), without the client waiting for it.
+
+Batches group their items by node; the per-node coalescers turn each group into one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import grpc
+from shardkv.hlc import HybridClock
+from shardkv.router.coalescer import NodeFailure
+from shardkv.router.health import NodeHealth
+from shardkv.router.node_client import ApplyItem, NodeClient
+from shardkv.router.quorum import Quorum
+from shardkv.router.ring import Ring
+from shardkv.v1 import replica_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One write: a value, or a delete (tombstone) when delete is true."""
+
+    key: bytes
+    value: bytes = b""
+    delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The version a write got, and why it failed (None when it reached its quorum)."""
+
+    version: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutcome:
+    """The newest record of a key among its replies (None when none holds it), or an error."""
+
+    record: replica_pb2.Record | None
+    error: str | None
+
+
+def newest(records: Sequence[replica_pb2.Record]) -> replica_pb2.Record:
+    """The record every replica would keep: highest (version, writer)."""
+    return max(records, key=lambda r: (r.version, r.writer))
+
+
+@dataclass(slots=True)
+class _Write:
+    """One record being written: its quorum, and the nodes already holding or sent it."""
+
+    record: replica_pb2.Record
+    quorum: Quorum[bool]
+    used: set[str]
+    deadline: float
+
+
+# Items per node: (record or hint, its write, replica name, whether it goes to an owner).
+_Outbox = defaultdict[str, list[tuple[ApplyItem, _Write, str, bool]]]
+
+
+class Coordinator:
+    """Places each key's reads and writes on its replicas and decides by quorum."""
+
+    def __init__(
+        self,
+        *,
+        ring: Ring,
+        replication: int,
+        clients: Mapping[str, NodeClient],
+        health: NodeHealth,
+        clock: HybridClock,
+        writer: int,
+        repair_timeout_s: float,
+    ) -> None:
+        self._ring = ring
+        self._n = replication
+        self._clients = clients
+        self._health = health
+        self._clock = clock
+        self._writer = writer
+        self._repair_timeout_s = repair_timeout_s
+        self.repairs = 0
+
+    async def write(
+        self, mutations: Sequence[Mutation], needed: int, deadline: float
+    ) -> list[WriteOutcome]:
+        """Writes every mutation with a fresh version; answers once each is decided."""
+        plans: list[_Write] = []
+        outbox: _Outbox = defaultdict(list)
+        for mutation in mutations:
+            record = replica_pb2.Record(
+                key=mutation.key,
+                value=b"" if mutation.delete else mutation.value,
+                version=self._clock.now(),
+                writer=self._writer,
+                tombstone=mutation.delete,
+            )
+            owners = self._ring.preference_list(record.key, self._n)
+            plan = _Write(record, Quorum(needed, deadline), set(owners), deadline)
+            for owner in owners:
+                if self._health.is_down(owner):
+                    if not self._hint(plan, owner, outbox):
+                        reason = self._health.last_error(owner) or "DOWN"
+                        plan.quorum.fail(owner, f"DOWN ({reason}); no fallback node up for a hint")
+                else:
+                    outbox[owner].append((record, plan, owner, True))
+            plans.append(plan)
+        self._send(outbox, deadline)
+        for plan in plans:
+            plan.quorum.start()
+        await asyncio.gather(*(plan.quorum.decided for plan in plans))
+        return [
+            WriteOutcome(
+                plan.record.version,
+                None
+                if plan.quorum.succeeded
+                else plan.quorum.describe("write", plan.record.key, self._n),
+            )
+            for plan in plans
+        ]
+
+    def _send(self, outbox: _Outbox, deadline: float) -> None:
+        """Submits each node's items together, so they share one coalesced call."""
+        for node_id, entries in outbox.items():
+            replies = self._clients[node_id].apply([item for item, _, _, _ in entries], deadline)
+            for (_, plan, name, direct), reply in zip(entries, replies, strict=True):
+                on_failed = partial(self._redirect, plan, node_id) if direct else None
+                plan.quorum.add(name, reply, on_failed)
+
+    def _redirect(self, plan: _Write, owner: str, failure: NodeFailure) -> None:
+        """An owner's write failed as UNAVAILABLE: park the record on a fallback instead."""
+        if failure.code != grpc.StatusCode.UNAVAILABLE:
+            return
+        outbox: _Outbox = defaultdict(list)
+        if self._hint(plan, owner, outbox):
+            self._send(outbox, plan.deadline)
+
+    def _hint(self, plan: _Write, owner: str, outbox: _Outbox) -> bool:
+        """Queues a hint for owner on the next fallback not down; False when there is none."""
+        candidates = self._ring.fallbacks(plan.record.key, self._n, skip=frozenset(plan.used))
+        fallback = next((n for n in candidates if not self._health.is_down(n)), None)
+        if fallback is None:
+            return False
+        plan.used.add(fallback)
+        hint = replica_pb2.Hint(target=owner, record=plan.record)
+        outbox[fallback].append((hint, plan, f"{fallback} (hint for {owner})", False))
+        return True
+
+    async def read(self, keys: Sequence[bytes], needed: int, deadline: float) -> list[ReadOutcome]:
+        """Reads every key from its live owners; answers once each key is decided."""
+        quorums: list[Quorum[replica_pb2.Record]] = []
+        outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
+        for key in keys:
+            quorum: Quorum[replica_pb2.Record] = Quorum(needed, deadline)
+            for owner in self._ring.preference_list(key, self._n):
+                if self._health.is_down(owner):
+                    quorum.fail(owner, f"DOWN ({self._health.last_error(owner) or 'not serving'})")
+                else:
+                    outbox[owner].append((key, quorum))
+            quorums.append(quorum)
+        for node_id, entries in outbox.items():
+            replies = self._clients[node_id].read([key for key, _ in entries], deadline)
+            for (_, quorum), reply in zip(entries, replies, strict=True):
+                quorum.add(node_id, reply)
+        for key, quorum in zip(keys, quorums, strict=True):
+            quorum.start()
+            quorum.settled.add_done_callback(partial(self._repair, key, quorum))
+        await asyncio.gather(*(quorum.decided for quorum in quorums))
+        outcomes = []
+        for key, quorum in zip(keys, quorums, strict=True):
+            if not quorum.succeeded:
+                outcomes.append(ReadOutcome(None, quorum.describe("read", key, self._n)))
+                continue
+            best = newest(list(quorum.ok.values()))
+            self._clock.observe(best.version)
+            outcomes.append(ReadOutcome(best if best.version else None, None))
+        return outcomes
+
+    def _repair(
+        self, key: bytes, quorum: Quorum[replica_pb2.Record], _: asyncio.Future[None]
+    ) -> None:
+        """Sends the newest record to every replica that answered with an older one or none."""
+        if not quorum.ok:
+            return
+        best = newest(list(quorum.ok.values()))
+        if not best.version:
+            return
+        deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
+        for node_id, record in quorum.ok.items():
+            if (record.version, record.writer) < (best.version, best.writer):
+                log.debug(
+                    "read repair of %r on %s: %d -> %d", key, node_id, record.version, best.version
+                )
+                self._clients[node_id].apply([best], deadline)
+                self.repairs += 1

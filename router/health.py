@@ -1,0 +1,108 @@
+"""Whether each node is up: the router's belief, and the loop of health checks that feeds it.
+
+A node is DOWN after a failed health check or a failed internal call (UNAVAILABLE, or a
+call that used its whole node_call_ms budget), and UP again after a successful check.
+Every transition is logged once. A DOWN node stays on the ring: requests route around it
+(reads do not ask it, writes leave a hint on a fallback) and it is never re-placed by a
+timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TypeAlias
+
+from shardkv.v1 import admin_pb2
+
+NodeState: TypeAlias = admin_pb2.NodeState
+
+log = logging.getLogger(__name__)
+
+UNKNOWN: NodeState = admin_pb2.NODE_STATE_UNKNOWN
+UP: NodeState = admin_pb2.UP
+DOWN: NodeState = admin_pb2.DOWN
+
+
+class NodeHealth:
+    """What this router believes about each node's state, and why it was last marked down."""
+
+    def __init__(self, node_ids: Iterable[str]) -> None:
+        self._state: dict[str, NodeState] = dict.fromkeys(node_ids, UNKNOWN)
+        self._error: dict[str, str] = {}
+
+    def state(self, node_id: str) -> NodeState:
+        return self._state[node_id]
+
+    def is_down(self, node_id: str) -> bool:
+        """True only for a node seen failing; a node not checked yet is tried."""
+        return bool(self._state[node_id] == DOWN)
+
+    def is_up(self, node_id: str) -> bool:
+        return bool(self._state[node_id] == UP)
+
+    def last_error(self, node_id: str) -> str:
+        return self._error.get(node_id, "") if self._state[node_id] == DOWN else ""
+
+    def mark_up(self, node_id: str) -> None:
+        if self._state[node_id] != UP:
+            log.info(
+                "node %s is UP (was %s)", node_id, admin_pb2.NodeState.Name(self._state[node_id])
+            )
+            self._state[node_id] = UP
+
+    def mark_down(self, node_id: str, reason: str) -> None:
+        self._error[node_id] = reason
+        if self._state[node_id] != DOWN:
+            log.warning("node %s is DOWN: %s", node_id, reason)
+            self._state[node_id] = DOWN
+
+
+class HealthMonitor:
+    """Checks every node every interval and records the outcome in a NodeHealth."""
+
+    def __init__(
+        self,
+        checks: Mapping[str, Callable[[float], Awaitable[str | None]]],
+        health: NodeHealth,
+        *,
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
+        """checks maps a node id to a call that returns None when the node is serving and
+        the reason otherwise, given a timeout in seconds."""
+        self._checks = checks
+        self._health = health
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._watch(node_id, check), name=f"health-{node_id}")
+            for node_id, check in self._checks.items()
+        ]
+
+    async def check_all(self) -> None:
+        """One round of checks of every node, at once (used at start-up)."""
+        await asyncio.gather(*(self._check(n, c) for n, c in self._checks.items()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _watch(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self._check(node_id, check)
+            await asyncio.sleep(max(0.0, self._interval_s - (loop.time() - started)))
+
+    async def _check(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
+        problem = await check(self._timeout_s)
+        if problem is None:
+            self._health.mark_up(node_id)
+        else:
+            self._health.mark_down(node_id, f"health check failed: {problem}")

@@ -1,0 +1,170 @@
+"""The router's connection to one storage node: coalesced Apply and Read, and direct calls.
+
+Single-key work (the records and hints of writes, the keys of reads, read repairs) goes
+through a Coalescer per kind, so concurrent requests share one Replica.Apply or
+Replica.Read call per node. Bulk work that is already batched (scans, hint hand-off,
+health checks) is called directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from shardkv.limits import Limits
+from shardkv.router.coalescer import Coalescer, NodeFailure
+from shardkv.router.topology import NodeConfig
+from shardkv.v1 import replica_pb2, replica_pb2_grpc
+
+# Items per coalesced call (the node's batch limit is 1000) and bytes of values per call
+# (well below the 32 MiB message cap).
+MAX_BATCH_ITEMS = 512
+MAX_BATCH_BYTES = 8 << 20
+# Calls of one kind outstanding to one node: the second lets a node commit one batch
+# while the next travels.
+MAX_IN_FLIGHT = 2
+
+ApplyItem = replica_pb2.Record | replica_pb2.Hint
+# Told of failed calls with the timeout they had; the router marks nodes down from it.
+FailureListener = Callable[[NodeFailure, float], None]
+
+
+def channel_options(limits: Limits) -> list[tuple[str, int]]:
+    """Message caps from Limits, and quick reconnects so a restarted node is seen soon."""
+    return [
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+class NodeClient:
+    """Calls to one node; owns its channel."""
+
+    def __init__(
+        self,
+        node: NodeConfig,
+        *,
+        limits: Limits,
+        call_timeout_s: float,
+        on_failure: FailureListener,
+    ) -> None:
+        self.node_id = node.id
+        self.address = node.address
+        self._channel = grpc.aio.insecure_channel(node.address, options=channel_options(limits))
+        self._replica = replica_pb2_grpc.ReplicaStub(self._channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._call_timeout_s = call_timeout_s
+        self._on_failure = on_failure
+        self._applies: Coalescer[ApplyItem, bool] = Coalescer(
+            node.id,
+            self._send_apply,
+            on_failure=on_failure,
+            max_items=MAX_BATCH_ITEMS,
+            max_bytes=MAX_BATCH_BYTES,
+            max_in_flight=MAX_IN_FLIGHT,
+            call_timeout_s=call_timeout_s,
+            size_of=_apply_size,
+        )
+        self._reads: Coalescer[bytes, replica_pb2.Record] = Coalescer(
+            node.id,
+            self._send_read,
+            on_failure=on_failure,
+            max_items=MAX_BATCH_ITEMS,
+            max_bytes=MAX_BATCH_BYTES,
+            max_in_flight=MAX_IN_FLIGHT,
+            call_timeout_s=call_timeout_s,
+            size_of=len,
+        )
+
+    def apply(
+        self, items: Sequence[ApplyItem], deadline: float
+    ) -> list[asyncio.Future[bool | NodeFailure]]:
+        """Queues records (result: applied) and hints (result: True) for this node."""
+        return self._applies.submit(items, deadline)
+
+    def read(
+        self, keys: Sequence[bytes], deadline: float
+    ) -> list[asyncio.Future[replica_pb2.Record | NodeFailure]]:
+        """Queues keys to read; each result is the node's record (version 0 when absent)."""
+        return self._reads.submit(keys, deadline)
+
+    async def apply_now(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
+        """One direct Apply of records that are already a batch (hint hand-off)."""
+        await self._replica.Apply(
+            replica_pb2.ApplyRequest(records=records), timeout=min(timeout_s, self._call_timeout_s)
+        )
+
+    async def scan_records(
+        self, start: bytes, end: bytes, limit: int, timeout_s: float
+    ) -> replica_pb2.ScanRecordsResponse | NodeFailure:
+        timeout = min(timeout_s, self._call_timeout_s)
+        try:
+            reply: replica_pb2.ScanRecordsResponse = await self._replica.ScanRecords(
+                replica_pb2.ScanRecordsRequest(start=start, end=end, limit=limit), timeout=timeout
+            )
+            return reply
+        except grpc.aio.AioRpcError as err:
+            failure = NodeFailure(self.node_id, err.code(), err.details() or "")
+            self._on_failure(failure, timeout)
+            return failure
+
+    async def hint_summary(self) -> replica_pb2.HintSummaryResponse:
+        reply: replica_pb2.HintSummaryResponse = await self._replica.HintSummary(
+            replica_pb2.HintSummaryRequest(), timeout=self._call_timeout_s
+        )
+        return reply
+
+    async def read_hints(self, target: str, limit: int) -> list[replica_pb2.Record]:
+        reply = await self._replica.ReadHints(
+            replica_pb2.ReadHintsRequest(target=target, limit=limit), timeout=self._call_timeout_s
+        )
+        return list(reply.records)
+
+    async def delete_hints(self, target: str, records: Sequence[replica_pb2.Record]) -> int:
+        reply = await self._replica.DeleteHints(
+            replica_pb2.DeleteHintsRequest(target=target, records=records),
+            timeout=self._call_timeout_s,
+        )
+        return int(reply.deleted)
+
+    async def check(self, timeout_s: float) -> str | None:
+        """None when the node's health service answers SERVING, else what went wrong."""
+        try:
+            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            return f"{err.code().name}: {err.details()}"
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+        return None
+
+    async def close(self) -> None:
+        await self._applies.close()
+        await self._reads.close()
+        await self._channel.close()
+
+    async def _send_apply(self, items: list[ApplyItem], timeout: float) -> list[bool]:
+        request = replica_pb2.ApplyRequest()
+        for item in items:
+            if isinstance(item, replica_pb2.Hint):
+                request.hints.append(item)
+            else:
+                request.records.append(item)
+        reply = await self._replica.Apply(request, timeout=timeout)
+        if len(reply.applied) != len(request.records):
+            return []  # the coalescer fails the batch as a short reply
+        applied = iter(reply.applied)
+        return [True if isinstance(item, replica_pb2.Hint) else next(applied) for item in items]
+
+    async def _send_read(self, keys: list[bytes], timeout: float) -> list[replica_pb2.Record]:
+        reply = await self._replica.Read(replica_pb2.ReadRequest(keys=keys), timeout=timeout)
+        return list(reply.records)
+
+
+def _apply_size(item: ApplyItem) -> int:
+    record = item.record if isinstance(item, replica_pb2.Hint) else item
+    return len(record.key) + len(record.value)

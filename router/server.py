@@ -1,0 +1,198 @@
+"""The router as an object: wires ring, node clients, coordinator, health, hints and services.
+
+``RouterServer(config).start()`` binds and returns the port; ``stop(grace)`` flips health
+to NOT_SERVING, lets calls in flight finish, and stops the background loops. Only
+``__main__`` reads flags; everything here comes from the frozen RouterConfig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from shardkv.hlc import HybridClock, writer_number
+from shardkv.limits import DEFAULT_LIMITS, Limits
+from shardkv.router.admin import AdminService
+from shardkv.router.coalescer import NodeFailure
+from shardkv.router.coordinator import Coordinator
+from shardkv.router.health import HealthMonitor, NodeHealth
+from shardkv.router.hints import HintHandoff
+from shardkv.router.kv_service import KVService
+from shardkv.router.node_client import NodeClient
+from shardkv.router.ring import Ring
+from shardkv.router.security import TokenInterceptor, server_credentials
+from shardkv.router.topology import Topology
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class BindError(OSError):
+    """The listen address could not be bound (in use, or not a local address)."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Server certificate and key; with client_ca, clients must present a certificate."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything a router needs; built by __main__ from flags, or by tests directly."""
+
+    router_id: str
+    topology: Topology
+    listen: str = "127.0.0.1:0"
+    tls: TlsConfig | None = None
+    token: str | None = None
+    clock_offset_ms: int = 0
+    limits: Limits = DEFAULT_LIMITS
+
+
+class RouterServer:
+    """One router process's gRPC server and background loops."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self._config = config
+        topology = config.topology
+        timeouts = topology.timeouts
+        self._call_timeout_s = timeouts.node_call_ms / 1000
+        self.ring = Ring({node.id: node.weight for node in topology.nodes})
+        self.health = NodeHealth(node.id for node in topology.nodes)
+        self._server: grpc.aio.Server | None = None
+        self._clients: dict[str, NodeClient] = {}
+        self._health_servicer = health.aio.HealthServicer()
+        self._monitor: HealthMonitor | None = None
+        self._handoff: HintHandoff | None = None
+
+    async def start(self) -> int:
+        """Binds, checks every node once, starts serving; returns the bound port."""
+        config, topology = self._config, self._config.topology
+        timeouts = topology.timeouts
+        self._clients = {
+            node.id: NodeClient(
+                node,
+                limits=config.limits,
+                call_timeout_s=self._call_timeout_s,
+                on_failure=self._on_call_failure,
+            )
+            for node in topology.nodes
+        }
+        coordinator = Coordinator(
+            ring=self.ring,
+            replication=topology.replication,
+            clients=self._clients,
+            health=self.health,
+            clock=HybridClock(offset_s=config.clock_offset_ms / 1000),
+            writer=writer_number(config.router_id),
+            repair_timeout_s=self._call_timeout_s,
+        )
+        health_interval_s = timeouts.health_interval_ms / 1000
+        self._monitor = HealthMonitor(
+            {node_id: client.check for node_id, client in self._clients.items()},
+            self.health,
+            interval_s=health_interval_s,
+            timeout_s=min(self._call_timeout_s, max(0.5, health_interval_s)),
+        )
+        self._handoff = HintHandoff(
+            self._clients, self.health, interval_s=timeouts.hint_interval_ms / 1000
+        )
+        server = grpc.aio.server(
+            interceptors=[TokenInterceptor(config.token)] if config.token else None,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", config.limits.max_message_bytes),
+                ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+            ],
+        )
+        kv_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
+            KVService(
+                coordinator, self._clients, self.health, topology=topology, limits=config.limits
+            ),
+            server,
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminService(
+                router_id=config.router_id,
+                topology=topology,
+                ring=self.ring,
+                health=self.health,
+                handoff=self._handoff,
+            ),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        reflection.enable_server_reflection(
+            (KV_SERVICE, ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+        port = self._bind(server)
+        self._server = server
+        await self._monitor.check_all()
+        await server.start()
+        for name in ("", KV_SERVICE, ADMIN_SERVICE):
+            await self._health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._monitor.start()
+        self._handoff.start()
+        log.info(
+            "router %s serving on port %d: %d nodes, N=%d R=%d W=%d, epoch %d",
+            config.router_id,
+            port,
+            len(topology.nodes),
+            topology.replication,
+            topology.read_quorum,
+            topology.write_quorum,
+            topology.epoch,
+        )
+        return port
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        tls = self._config.tls
+        listen = self._config.listen
+        try:
+            if tls is None:
+                port = server.add_insecure_port(listen)
+            else:
+                creds = server_credentials(tls.cert, tls.key, tls.client_ca)
+                port = server.add_secure_port(listen, creds)
+        except RuntimeError as err:
+            raise BindError(f"cannot listen on {listen}: {err}") from err
+        if not port:
+            raise BindError(f"cannot listen on {listen}: address in use or not local")
+        return int(port)
+
+    def _on_call_failure(self, failure: NodeFailure, timeout_s: float) -> None:
+        """A node that refuses calls, or lets one use its whole budget, is marked DOWN."""
+        timed_out = failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        if failure.code == grpc.StatusCode.UNAVAILABLE or (
+            timed_out and timeout_s >= self._call_timeout_s * 0.99
+        ):
+            self.health.mark_down(failure.node_id, f"call failed: {failure}")
+
+    async def wait_for_termination(self) -> None:
+        assert self._server is not None, "start() first"
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stops accepting calls, finishes those in flight (up to grace), stops the loops."""
+        await self._health_servicer.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._monitor is not None:
+            await self._monitor.stop()
+        if self._handoff is not None:
+            await self._handoff.stop()
+        await asyncio.gather(*(client.close() for client in self._clients.values()))
+        log.info("router %s stopped", self._config.router_id)
