@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from harness import Cluster, Proc, free_port, shardd_proc, start_cluster
 from shardkv.client import (
     AsyncClient,
