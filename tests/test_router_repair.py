@@ -1,0 +1,130 @@
+"""Read repair and hinted hand-off, checked on the nodes themselves (5 nodes, N=3, R=W=2)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from harness import Cluster, start_cluster
+from shardkv.router.ring import Ring
+from shardkv.router.topology import load_topology
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = start_cluster(tmp_path_factory.mktemp("repair"), nodes=5)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def ring(cluster: Cluster) -> Ring:
+    """The same placement the router computes from the same file."""
+    topology = load_topology(cluster.config)
+    return Ring({node.id: node.weight for node in topology.nodes})
+
+
+def kv_stub(cluster: Cluster) -> kv_pb2_grpc.KVStub:
+    return kv_pb2_grpc.KVStub(grpc.insecure_channel(cluster.router.address))
+
+
+def read_on_node(cluster: Cluster, node_id: str, keys: list[bytes]) -> list[replica_pb2.Record]:
+    """Asks one node directly, bypassing the router."""
+    with grpc.insecure_channel(cluster.node(node_id).address) as channel:
+        stub = replica_pb2_grpc.ReplicaStub(channel)
+        return list(stub.Read(replica_pb2.ReadRequest(keys=keys), timeout=5).records)
+
+
+def wait_state(cluster: Cluster, node_id: str, state: int, timeout_s: float = 10.0) -> None:
+    with grpc.insecure_channel(cluster.router.address) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            nodes = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=2).nodes
+            if next(n.state for n in nodes if n.id == node_id) == state:
+                return
+            time.sleep(0.05)
+    raise TimeoutError(f"{node_id} never reached {admin_pb2.NodeState.Name(state)}")
+
+
+def keys_owned_by(ring: Ring, node_id: str, prefix: str, count: int) -> list[bytes]:
+    keys = (f"{prefix}/{i}".encode() for i in range(100_000))
+    return [k for k in keys if node_id in ring.preference_list(k, 3)][:count]
+
+
+@pytest.mark.timeout(90)
+def test_read_repair_updates_a_stale_replica(cluster: Cluster, ring: Ring) -> None:
+    kv = kv_stub(cluster)
+    key = keys_owned_by(ring, "n1", "repair", 1)[0]
+    owners = ring.preference_list(key, 3)
+    stale = owners[-1]
+    kv.Put(kv_pb2.PutRequest(key=key, value=b"old"), timeout=5)
+    cluster.node(stale).kill()
+    wait_state(cluster, stale, admin_pb2.DOWN)
+    new_version = kv.Put(kv_pb2.PutRequest(key=key, value=b"new"), timeout=5).version
+    # The fallback holding the hint goes down too, so only read repair can fix the replica.
+    fallback = next(ring.fallbacks(key, 3))
+    cluster.node(fallback).kill()
+    cluster.node(stale).start()
+    wait_state(cluster, stale, admin_pb2.UP)
+    assert read_on_node(cluster, stale, [key])[0].value == b"old"
+
+    got = kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.QUORUM), timeout=5)
+    assert (got.value, got.version) == (b"new", new_version)
+    deadline = time.monotonic() + 10
+    while read_on_node(cluster, stale, [key])[0].version != new_version:
+        assert time.monotonic() < deadline, f"{stale} was not repaired"
+        time.sleep(0.05)
+    record = read_on_node(cluster, stale, [key])[0]
+    assert (record.value, record.tombstone) == (b"new", False)
+    cluster.node(fallback).start()
+    wait_state(cluster, fallback, admin_pb2.UP)
+
+
+@pytest.mark.timeout(90)
+def test_hinted_handoff_without_reads(cluster: Cluster, ring: Ring) -> None:
+    kv = kv_stub(cluster)
+    target = "n2"
+    keys = keys_owned_by(ring, target, "hint", 30)
+    cluster.node(target).kill()
+    wait_state(cluster, target, admin_pb2.DOWN)
+    versions = {}
+    for i, key in enumerate(keys[:20]):
+        versions[key] = kv.Put(kv_pb2.PutRequest(key=key, value=b"h%d" % i), timeout=5).version
+    batch = kv.BatchWrite(
+        kv_pb2.BatchWriteRequest(
+            mutations=[kv_pb2.Mutation(key=k, value=b"batch") for k in keys[20:25]]
+            + [kv_pb2.Mutation(key=k, delete=True) for k in keys[25:]]
+        ),
+        timeout=5,
+    )
+    assert all(r.status.code == 0 for r in batch.results)
+    versions.update(zip(keys[20:], (r.version for r in batch.results), strict=True))
+
+    with grpc.insecure_channel(cluster.router.address) as channel:
+        topology = admin_pb2_grpc.AdminStub(channel).GetTopology(admin_pb2.GetTopologyRequest())
+    deadline = time.monotonic() + 10
+    while next(n.hints_pending for n in topology.nodes if n.id == target) < len(keys):
+        assert time.monotonic() < deadline, "the router never counted the hints"
+        time.sleep(0.1)
+        with grpc.insecure_channel(cluster.router.address) as channel:
+            admin = admin_pb2_grpc.AdminStub(channel)
+            topology = admin.GetTopology(admin_pb2.GetTopologyRequest())
+
+    cluster.node(target).start()
+    deadline = time.monotonic() + 15
+    while True:
+        records = read_on_node(cluster, target, keys)
+        if [r.version for r in records] == [versions[k] for k in keys]:
+            break
+        assert time.monotonic() < deadline, "hints were not handed back"
+        time.sleep(0.1)
+    assert [r.value for r in records[:20]] == [b"h%d" % i for i in range(20)]
+    assert all(r.tombstone for r in records[25:])
