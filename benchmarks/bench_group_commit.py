@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lmdb
-
 from shardkv.shardd.commit import GroupCommitter
 from shardkv.shardd.records import Record
 from shardkv.shardd.store import Store
@@ -49,8 +48,9 @@ def _record(writer: int, seq: int, value: bytes) -> Record:
     return Record(key, value, time.time_ns(), writer)
 
 
-def _summary(scenario: str, writers: int, latencies: list[float], seconds: float,
-             commits: int) -> Result:
+def _summary(
+    scenario: str, writers: int, latencies: list[float], seconds: float, commits: int
+) -> Result:
     ordered = sorted(latencies)
     return Result(
         scenario=scenario,
@@ -111,8 +111,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each run")
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="where the temporary stores live (default: the system temp dir)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the temporary stores live (default: the system temp dir)",
+    )
     args = parser.parse_args()
     value = os.urandom(args.value_bytes)
     results: list[Result] = []
@@ -120,30 +124,42 @@ def main() -> int:
         base = Path(tmp)
         results.append(bench_fsync_per_write(base / "baseline", args.seconds, value))
         for writers in args.writers:
-            results.append(asyncio.run(_group(base / f"group-{writers}", writers,
-                                              args.seconds, value)))
+            results.append(
+                asyncio.run(_group(base / f"group-{writers}", writers, args.seconds, value))
+            )
 
-    header = (f"{'scenario':<28} {'writers':>7} {'writes/s':>10} {'commits':>8}"
-              f" {'items/commit':>12} {'p50 ms':>8} {'p99 ms':>8}")
+    header = (
+        f"{'scenario':<28} {'writers':>7} {'writes/s':>10} {'commits':>8}"
+        f" {'items/commit':>12} {'p50 ms':>8} {'p99 ms':>8}"
+    )
     lines = [header, "-" * len(header)]
-    lines += [f"{r.scenario:<28} {r.writers:>7} {r.writes_per_s:>10.0f} {r.commits:>8}"
-              f" {r.items_per_commit:>12.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}" for r in results]
+    lines += [
+        f"{r.scenario:<28} {r.writers:>7} {r.writes_per_s:>10.0f} {r.commits:>8}"
+        f" {r.items_per_commit:>12.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
+        for r in results
+    ]
     sys.stdout.write("\n".join(lines) + "\n")
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"group_commit-{stamp}.json"
-    out.write_text(json.dumps({
-        "benchmark": "group_commit",
-        "timestamp": stamp,
-        "seconds_per_run": args.seconds,
-        "value_bytes": args.value_bytes,
-        "durable": True,
-        "python": platform.python_version(),
-        "lmdb": lmdb.__version__,
-        "cpus": os.cpu_count(),
-        "results": [asdict(r) for r in results],
-    }, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "group_commit",
+                "timestamp": stamp,
+                "seconds_per_run": args.seconds,
+                "value_bytes": args.value_bytes,
+                "durable": True,
+                "python": platform.python_version(),
+                "lmdb": lmdb.__version__,
+                "cpus": os.cpu_count(),
+                "results": [asdict(r) for r in results],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     sys.stdout.write(f"wrote {out.relative_to(RESULTS.parent.parent)}\n")
     return 0
 

@@ -24,8 +24,17 @@ from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOp
 
 log = logging.getLogger("shardkv.shardd")
 
-_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-          "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+_UNITS = {
+    "": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+}
 
 
 def _size(text: str) -> int:
@@ -58,40 +67,68 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     """The server config and the log level the flags ask for."""
     parser = argparse.ArgumentParser(prog="shardd", description="shardkv storage node")
     parser.add_argument("--id", required=True, help="stable node id, as in cluster.toml")
-    parser.add_argument("--listen", type=_address, default="127.0.0.1:7101",
-                        help="host:port to serve on (port 0: any free port)")
+    parser.add_argument(
+        "--listen",
+        type=_address,
+        default="127.0.0.1:7101",
+        help="host:port to serve on (port 0: any free port)",
+    )
     parser.add_argument("--data", type=Path, required=True, help="data directory (LMDB)")
-    parser.add_argument("--no-sync", action="store_true",
-                        help="skip fsync on commit: faster, but acknowledged writes can be "
-                             "lost on a crash (benchmarks only)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="skip fsync on commit: faster, but acknowledged writes can be "
+        "lost on a crash (benchmarks only)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     parser.add_argument("--max-value-bytes", type=_size, default=DEFAULT_LIMITS.max_value_bytes)
-    parser.add_argument("--max-batch-items", type=_positive,
-                        default=DEFAULT_LIMITS.max_batch_items)
-    parser.add_argument("--max-message-bytes", type=_size,
-                        default=DEFAULT_LIMITS.max_message_bytes)
-    parser.add_argument("--map-size", type=_size, default=DEFAULT_MAP_SIZE,
-                        help="initial LMDB map size; it doubles when full")
-    parser.add_argument("--max-map-size", type=_size, default=DEFAULT_MAX_MAP_SIZE,
-                        help="the map never grows beyond this; writes then fail with "
-                             "RESOURCE_EXHAUSTED while reads keep working")
-    parser.add_argument("--max-concurrent-rpcs", type=_positive, default=2048,
-                        help="calls beyond this many in flight get RESOURCE_EXHAUSTED")
-    parser.add_argument("--grace", type=float, default=5.0,
-                        help="seconds in-flight calls get to finish on shutdown")
+    parser.add_argument("--max-batch-items", type=_positive, default=DEFAULT_LIMITS.max_batch_items)
+    parser.add_argument("--max-message-bytes", type=_size, default=DEFAULT_LIMITS.max_message_bytes)
+    parser.add_argument(
+        "--map-size",
+        type=_size,
+        default=DEFAULT_MAP_SIZE,
+        help="initial LMDB map size; it doubles when full",
+    )
+    parser.add_argument(
+        "--max-map-size",
+        type=_size,
+        default=DEFAULT_MAX_MAP_SIZE,
+        help="the map never grows beyond this; writes then fail with "
+        "RESOURCE_EXHAUSTED while reads keep working",
+    )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=_positive,
+        default=2048,
+        help="calls beyond this many in flight get RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown"
+    )
     args = parser.parse_args(argv)
     if not args.id.strip():
         parser.error("--id must not be empty")
     if args.map_size > args.max_map_size:
         parser.error(f"--map-size {args.map_size} exceeds --max-map-size {args.max_map_size}")
-    limits = replace(DEFAULT_LIMITS, max_value_bytes=args.max_value_bytes,
-                     max_batch_items=args.max_batch_items,
-                     max_message_bytes=args.max_message_bytes)
+    limits = replace(
+        DEFAULT_LIMITS,
+        max_value_bytes=args.max_value_bytes,
+        max_batch_items=args.max_batch_items,
+        max_message_bytes=args.max_message_bytes,
+    )
     return ServerConfig(
-        node_id=args.id, data_dir=args.data, listen=args.listen, sync=not args.no_sync,
-        limits=limits, map_size=args.map_size, max_map_size=args.max_map_size,
-        max_concurrent_rpcs=args.max_concurrent_rpcs, grace_s=args.grace,
+        node_id=args.id,
+        data_dir=args.data,
+        listen=args.listen,
+        sync=not args.no_sync,
+        limits=limits,
+        map_size=args.map_size,
+        max_map_size=args.max_map_size,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        grace_s=args.grace,
     ), args.log_level
 
 
@@ -99,8 +136,10 @@ class KeyValueFormatter(logging.Formatter):
     """One line per event: ts=… level=… logger=… event=<message>, tracebacks escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = (f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}"
-                f" level={record.levelname} logger={record.name} event={record.getMessage()}")
+        line = (
+            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}"
+            f" level={record.levelname} logger={record.name} event={record.getMessage()}"
+        )
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info))
         return line.replace("\n", "\\n")

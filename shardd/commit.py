@@ -50,9 +50,7 @@ class GroupCommitter:
     one transaction never grows without bound. `commits` and `items` count what was done.
     """
 
-    def __init__(
-        self, store: Store, *, max_items: int = 4096, max_bytes: int = 64 << 20
-    ) -> None:
+    def __init__(self, store: Store, *, max_items: int = 4096, max_bytes: int = 64 << 20) -> None:
         self._store = store
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -108,7 +106,7 @@ class GroupCommitter:
                     applied = await loop.run_in_executor(
                         self._executor, self._store.apply, records, hints
                     )
-                except Exception as exc:  # noqa: BLE001 - handed to the callers of this commit
+                except Exception as exc:
                     log.warning("commit failed items=%d error=%r", len(records) + len(hints), exc)
                     for request in batch:
                         request.future.set_exception(exc)
@@ -123,8 +121,9 @@ class GroupCommitter:
         """The oldest pending requests that fit in one commit (at least one)."""
         count = items = size = 0
         for request in self._pending:
-            if count and (items + request.items() > self._max_items
-                          or size + request.size() > self._max_bytes):
+            if count and (
+                items + request.items() > self._max_items or size + request.size() > self._max_bytes
+            ):
                 break
             count += 1
             items += request.items()

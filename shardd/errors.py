@@ -15,7 +15,6 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
-
 from shardkv.limits import LimitExceeded
 from shardkv.shardd.commit import CommitterClosed
 from shardkv.shardd.gate import StoreClosed
@@ -49,14 +48,16 @@ def status_of(exc: Exception) -> grpc.StatusCode | None:
     return None
 
 
-async def abort_for(context: grpc.aio.ServicerContext[Any, Any], exc: Exception,
-                    method: str) -> NoReturn:
+async def abort_for(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, method: str
+) -> NoReturn:
     """Ends the call with the status the table gives exc (INTERNAL, logged, if none)."""
     code = status_of(exc)
     if code is None:
         log.error("unexpected error method=%s error=%r", method, exc, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            f"internal error in {method}: {type(exc).__name__}")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}"
+        )
     await context.abort(code, str(exc))
 
 
@@ -73,7 +74,7 @@ def unary(handler: Unary[S, Req, Resp]) -> Unary[S, Req, Resp]:
             return await handler(self, request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status code just below
+        except Exception as exc:
             await abort_for(context, exc, handler.__name__)
 
     return wrapper
@@ -91,7 +92,7 @@ def streaming(handler: Streaming[S, Req, Resp]) -> Streaming[S, Req, Resp]:
                 yield item
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status code just below
+        except Exception as exc:
             await abort_for(context, exc, handler.__name__)
 
     return wrapper

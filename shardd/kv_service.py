@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc.aio
-
 from shardkv.limits import LimitExceeded, Limits, scan_range
 from shardkv.shardd.errors import unary
 from shardkv.shardd.node import NodeStorage, Write
@@ -28,7 +27,7 @@ _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
-class KVServicer(kv_pb2_grpc.KVServicer):  # type: ignore[misc]
+class KVServicer(kv_pb2_grpc.KVServicer):
     """shardkv.v1.KV on a single node."""
 
     def __init__(self, storage: NodeStorage, *, limits: Limits) -> None:
@@ -70,8 +69,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):  # type: ignore[misc]
         self._limits.check_batch(request.keys, "BatchGet keys")
         errors = {i: _item_error(self._limits.check_key, key) for i, key in enumerate(request.keys)}
         valid = [i for i, error in errors.items() if error is None]
-        records = dict(zip(valid, await self._storage.read([request.keys[i] for i in valid]),
-                           strict=True))
+        records = dict(
+            zip(valid, await self._storage.read([request.keys[i] for i in valid]), strict=True)
+        )
         budget = response_budget(self._limits)
         results = []
         for i, key in enumerate(request.keys):
@@ -80,9 +80,13 @@ class KVServicer(kv_pb2_grpc.KVServicer):  # type: ignore[misc]
             if record is not None and not record.tombstone:
                 budget -= record.size()
                 if budget < 0:
-                    status = kv_pb2.ItemStatus(code=_EXHAUSTED, message=(
-                        f"key {key[:64]!r} would make the answer exceed the message limit of"
-                        f" {self._limits.max_message_bytes} bytes; read it in a smaller batch"))
+                    status = kv_pb2.ItemStatus(
+                        code=_EXHAUSTED,
+                        message=(
+                            f"key {key[:64]!r} would make the answer exceed the message limit of"
+                            f" {self._limits.max_message_bytes} bytes; read it in a smaller batch"
+                        ),
+                    )
                     record = None
             results.append(_get_result(key, record, status))
         return kv_pb2.BatchGetResponse(results=results)
@@ -97,10 +101,10 @@ class KVServicer(kv_pb2_grpc.KVServicer):  # type: ignore[misc]
         errors = {i: _item_error(self._check_mutation, m) for i, m in enumerate(request.mutations)}
         valid = [i for i, error in errors.items() if error is None]
         writes = [_write_of(request.mutations[i]) for i in valid]
-        written = dict(zip(valid, await self._storage.write(writes) if writes else [],
-                           strict=True))
+        written = dict(zip(valid, await self._storage.write(writes) if writes else [], strict=True))
         results = [
-            kv_pb2.WriteResult(version=written[i].version, status=_OK) if i in written
+            kv_pb2.WriteResult(version=written[i].version, status=_OK)
+            if i in written
             else kv_pb2.WriteResult(status=errors[i])
             for i in range(len(request.mutations))
         ]
@@ -115,8 +119,11 @@ class KVServicer(kv_pb2_grpc.KVServicer):  # type: ignore[misc]
             return kv_pb2.ScanResponse()
         records, next_start = await self._storage.scan(start, end, limit)
         return kv_pb2.ScanResponse(
-            records=[kv_pb2.KeyValue(key=r.key, value=r.value, version=r.version)
-                     for r in records if not r.tombstone],
+            records=[
+                kv_pb2.KeyValue(key=r.key, value=r.value, version=r.version)
+                for r in records
+                if not r.tombstone
+            ],
             next_page_token=next_start,
         )
 
@@ -149,5 +156,6 @@ def _item_error(check: Callable[[T], None], item: T) -> kv_pb2.ItemStatus | None
 def _get_result(key: bytes, record: Record | None, status: kv_pb2.ItemStatus) -> kv_pb2.GetResult:
     if record is None or record.tombstone:
         return kv_pb2.GetResult(key=key, found=False, status=status)
-    return kv_pb2.GetResult(key=key, found=True, value=record.value, version=record.version,
-                            status=status)
+    return kv_pb2.GetResult(
+        key=key, found=True, value=record.value, version=record.version, status=status
+    )

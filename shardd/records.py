@@ -66,17 +66,19 @@ def encode(record: Record) -> bytes:
     return HEADER.pack(record.version, record.writer, 0) + record.value
 
 
-def decode(key: bytes, raw: bytes) -> Record:
+def decode(key: bytes, raw: bytes | memoryview) -> Record:
     """The record stored under key as raw (the LMDB value)."""
     if len(raw) < HEADER.size:
-        raise CorruptRecord(f"stored value of key {key[:64]!r} has {len(raw)} bytes, "
-                            f"shorter than the {HEADER.size}-byte header")
+        raise CorruptRecord(
+            f"stored value of key {key[:64]!r} has {len(raw)} bytes, "
+            f"shorter than the {HEADER.size}-byte header"
+        )
     version, writer, flags = HEADER.unpack_from(raw)
     tombstone = bool(flags & TOMBSTONE)
-    return Record(key, b"" if tombstone else bytes(raw[HEADER.size:]), version, writer, tombstone)
+    return Record(key, b"" if tombstone else bytes(raw[HEADER.size :]), version, writer, tombstone)
 
 
-def stamp_of(raw: bytes) -> Stamp:
+def stamp_of(raw: bytes | memoryview) -> Stamp:
     """The (version, writer) of a stored value, without copying its value bytes."""
     version, writer, _ = HEADER.unpack_from(raw)
     return (version, writer)
@@ -85,10 +87,12 @@ def stamp_of(raw: bytes) -> Stamp:
 def digest_bytes(record: Record) -> bytes:
     """The unambiguous byte form of a record that range digests hash, in this order:
     key length, key, version, writer, tombstone flag, value length, value."""
-    return b"".join((
-        _LENGTH.pack(len(record.key)),
-        record.key,
-        HEADER.pack(record.version, record.writer, TOMBSTONE if record.tombstone else 0),
-        _LENGTH.pack(len(record.value)),
-        record.value,
-    ))
+    return b"".join(
+        (
+            _LENGTH.pack(len(record.key)),
+            record.key,
+            HEADER.pack(record.version, record.writer, TOMBSTONE if record.tombstone else 0),
+            _LENGTH.pack(len(record.value)),
+            record.value,
+        )
+    )

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
-
 from shardkv.limits import Limits
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
@@ -21,7 +20,7 @@ from shardkv.v1 import replica_pb2, replica_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):  # type: ignore[misc]
+class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     """shardkv.v1.Replica on one node."""
 
     def __init__(self, storage: NodeStorage, *, limits: Limits) -> None:
@@ -59,10 +58,12 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):  # type: ignore[misc]
                 f"{len(records)} records of {size} bytes exceed the message limit of"
                 f" {self._limits.max_message_bytes} bytes; read fewer keys per call"
             )
-        return replica_pb2.ReadResponse(records=[
-            missing_pb(key) if record is None else record_to_pb(record)
-            for key, record in zip(request.keys, records, strict=True)
-        ])
+        return replica_pb2.ReadResponse(
+            records=[
+                missing_pb(key) if record is None else record_to_pb(record)
+                for key, record in zip(request.keys, records, strict=True)
+            ]
+        )
 
     @unary
     async def ScanRecords(
@@ -97,10 +98,12 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):  # type: ignore[misc]
         self, request: replica_pb2.HintSummaryRequest, context: Context
     ) -> replica_pb2.HintSummaryResponse:
         summary = await self._storage.hint_summary()
-        return replica_pb2.HintSummaryResponse(targets=[
-            replica_pb2.HintCount(target=target, count=count)
-            for target, count in sorted(summary.items())
-        ])
+        return replica_pb2.HintSummaryResponse(
+            targets=[
+                replica_pb2.HintCount(target=target, count=count)
+                for target, count in sorted(summary.items())
+            ]
+        )
 
     @unary
     async def ReadHints(

@@ -16,7 +16,6 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from shardkv.limits import DEFAULT_LIMITS, Limits
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.node import NodeStorage
@@ -74,11 +73,16 @@ class ShardServer:
         """Opens the store, binds the listen address and serves; returns the bound port."""
         config = self.config
         store = await asyncio.to_thread(
-            Store, config.data_dir, sync=config.sync, map_size=config.map_size,
+            Store,
+            config.data_dir,
+            sync=config.sync,
+            map_size=config.map_size,
             max_map_size=config.max_map_size,
         )
         self._storage = NodeStorage(
-            store, node_id=config.node_id, read_workers=config.read_workers,
+            store,
+            node_id=config.node_id,
+            read_workers=config.read_workers,
             commit_max_items=config.commit_max_items,
             page_bytes=config.limits.max_message_bytes // 4,
         )
@@ -90,13 +94,16 @@ class ShardServer:
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
-        kv_pb2_grpc.add_KVServicer_to_server(
-            KVServicer(self._storage, limits=config.limits), server)
-        replica_pb2_grpc.add_ReplicaServicer_to_server(
-            ReplicaServicer(self._storage, limits=config.limits), server)
+        kv_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
+            KVServicer(self._storage, limits=config.limits), server
+        )
+        replica_pb2_grpc.add_ReplicaServicer_to_server(  # type: ignore[no-untyped-call]
+            ReplicaServicer(self._storage, limits=config.limits), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (KV_SERVICE, REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+            (KV_SERVICE, REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
         try:
             port = _bind(server, config.listen)
             await server.start()
@@ -109,8 +116,13 @@ class ShardServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
-        log.info("serving node_id=%s address=%s data=%s sync=%s", config.node_id,
-                 self.address, config.data_dir, config.sync)
+        log.info(
+            "serving node_id=%s address=%s data=%s sync=%s",
+            config.node_id,
+            self.address,
+            config.data_dir,
+            config.sync,
+        )
         return port
 
     async def wait(self) -> None:

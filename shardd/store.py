@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
-
 from shardkv.limits import LimitExceeded, after
 from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
@@ -91,8 +90,13 @@ class Store:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._env = lmdb.open(
-                str(self.path), map_size=map_size, max_dbs=max_dbs, max_readers=max_readers,
-                sync=sync, metasync=sync, subdir=True,
+                str(self.path),
+                map_size=map_size,
+                max_dbs=max_dbs,
+                max_readers=max_readers,
+                sync=sync,
+                metasync=sync,
+                subdir=True,
             )
         except (OSError, lmdb.Error) as exc:
             raise StoreOpenError(f"cannot open the store in {self.path}: {exc}") from exc
@@ -110,7 +114,7 @@ class Store:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
             names = [key for key, _ in txn.cursor() if key.startswith(_HINT_PREFIX)]
             for name in names:
-                target = name[len(_HINT_PREFIX):].decode()
+                target = name[len(_HINT_PREFIX) :].decode()
                 self._hint_dbs[target] = self._env.open_db(name, txn=txn, create=False)
 
     # -- writes ---------------------------------------------------------------------------
@@ -279,7 +283,12 @@ class Store:
         )
 
     def _page(
-        self, txn: lmdb.Transaction, db: _Db, start: bytes, end: bytes, limit: int,
+        self,
+        txn: lmdb.Transaction,
+        db: _Db,
+        start: bytes,
+        end: bytes,
+        limit: int,
         max_bytes: int,
     ) -> tuple[list[Record], bytes]:
         records: list[Record] = []
@@ -299,11 +308,11 @@ class Store:
         seek = start[: self._max_key]
         positioned = cursor.set_range(seek) if seek else cursor.first()
         while positioned:
-            key = cursor.key()
+            key = bytes(cursor.key())  # already bytes (buffers=False): narrows the type only
             if end and key >= end:
                 return
             if key >= start:
-                yield key, cursor.value()
+                yield key, bytes(cursor.value())
             positioned = cursor.next()
 
     # -- lifecycle ------------------------------------------------------------------------

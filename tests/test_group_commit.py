@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from shardkv.limits import LimitExceeded
 from shardkv.shardd.commit import CommitterClosed, GroupCommitter
 from shardkv.shardd.records import Hint, Record
@@ -87,7 +86,10 @@ def test_a_failed_commit_fails_only_its_callers_and_the_loop_goes_on(tmp_path: P
         committer = asyncio.run(main())
         assert committer.commits == 3
         assert [r is not None for r in store.read([b"before", b"bystander", b"after"])] == [
-            True, False, True]
+            True,
+            False,
+            True,
+        ]
     finally:
         store.close()
 

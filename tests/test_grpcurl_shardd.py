@@ -17,15 +17,19 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from harness import Proc
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
 
 def grpcurl(node: Proc, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [str(GRPCURL), "-plaintext", *(["-d", data] if data is not None else []),
-            node.address, *args]
+    argv = [
+        str(GRPCURL),
+        "-plaintext",
+        *(["-d", data] if data is not None else []),
+        node.address,
+        *args,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
@@ -44,8 +48,9 @@ def test_list_describe_put_get(node: Proc) -> None:
     assert described.returncode == 0, described.stderr
     assert "bytes key = 1;" in described.stdout and "bytes value = 2;" in described.stdout
 
-    put = grpcurl(node, "shardkv.v1.KV/Put",
-                  data=json.dumps({"key": b64(b"hello"), "value": b64(b"world")}))
+    put = grpcurl(
+        node, "shardkv.v1.KV/Put", data=json.dumps({"key": b64(b"hello"), "value": b64(b"world")})
+    )
     assert put.returncode == 0, put.stderr
     version = int(json.loads(put.stdout)["version"])  # uint64 travels as a JSON string
 
@@ -71,8 +76,9 @@ def test_malformed_requests_fail_and_the_node_keeps_serving(node: Proc) -> None:
     assert refused.returncode != 0
     assert "InvalidArgument" in refused.stderr and "key must not be empty" in refused.stderr
 
-    scan = grpcurl(node, "shardkv.v1.KV/Scan", data=json.dumps({"start": b64(b"b"),
-                                                               "end": b64(b"a")}))
+    scan = grpcurl(
+        node, "shardkv.v1.KV/Scan", data=json.dumps({"start": b64(b"b"), "end": b64(b"a")})
+    )
     assert "InvalidArgument" in scan.stderr and "must sort before" in scan.stderr
 
     still = grpcurl(node, "shardkv.v1.KV/Get", data=json.dumps({"key": b64(b"absent")}))

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from harness import Proc, shardd_proc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from harness import Proc, shardd_proc
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 MAX_VALUE = 4096
@@ -19,16 +18,16 @@ MAX_BATCH = 50
 MAX_PAGE = 10_000
 SENTINEL = b"\x00sentinel/"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
-_SETTINGS = settings(max_examples=60, deadline=None,
-                     suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
 def small_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """A node with small value and batch limits, so oversized requests stay cheap."""
     base: Path = tmp_path_factory.mktemp("bad_input")
-    proc = shardd_proc(base, "n1", extra=["--max-value-bytes", str(MAX_VALUE),
-                                          "--max-batch-items", str(MAX_BATCH)]).start()
+    proc = shardd_proc(
+        base, "n1", extra=["--max-value-bytes", str(MAX_VALUE), "--max-batch-items", str(MAX_BATCH)]
+    ).start()
     try:
         yield proc
     finally:
@@ -39,8 +38,14 @@ def small_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
 def channel(small_node: Proc) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(small_node.address) as chan:
         kv = kv_pb2_grpc.KVStub(chan)
-        kv.BatchWrite(kv_pb2.BatchWriteRequest(mutations=[
-            kv_pb2.Mutation(key=SENTINEL + b"%d" % i, value=b"keep-%d" % i) for i in range(10)]))
+        kv.BatchWrite(
+            kv_pb2.BatchWriteRequest(
+                mutations=[
+                    kv_pb2.Mutation(key=SENTINEL + b"%d" % i, value=b"keep-%d" % i)
+                    for i in range(10)
+                ]
+            )
+        )
         yield chan
 
 
@@ -67,48 +72,93 @@ def invalid(call: Callable[[], object], *words: str) -> None:
         assert word in err.value.details(), (word, err.value.details())
 
 
-def test_each_limit_is_named(kv: kv_pb2_grpc.KVStub,
-                             replica: replica_pb2_grpc.ReplicaStub) -> None:
+def test_each_limit_is_named(kv: kv_pb2_grpc.KVStub, replica: replica_pb2_grpc.ReplicaStub) -> None:
     before = _sentinel_digest(replica)
     invalid(lambda: kv.Put(kv_pb2.PutRequest(key=b"", value=b"v")), "key must not be empty")
     invalid(lambda: kv.Get(kv_pb2.GetRequest(key=b"k" * 512)), "512 bytes", "limit of 511")
-    invalid(lambda: kv.Put(kv_pb2.PutRequest(key=b"k", value=b"v" * (MAX_VALUE + 1))),
-            f"{MAX_VALUE + 1} bytes", f"limit of {MAX_VALUE} bytes")
-    invalid(lambda: kv.BatchGet(kv_pb2.BatchGetRequest(keys=[b"k"] * (MAX_BATCH + 1))),
-            f"{MAX_BATCH + 1} items", f"limit of {MAX_BATCH} items")
-    invalid(lambda: kv.BatchWrite(kv_pb2.BatchWriteRequest(
-        mutations=[kv_pb2.Mutation(key=b"k")] * (MAX_BATCH + 1))), f"limit of {MAX_BATCH}")
+    invalid(
+        lambda: kv.Put(kv_pb2.PutRequest(key=b"k", value=b"v" * (MAX_VALUE + 1))),
+        f"{MAX_VALUE + 1} bytes",
+        f"limit of {MAX_VALUE} bytes",
+    )
+    invalid(
+        lambda: kv.BatchGet(kv_pb2.BatchGetRequest(keys=[b"k"] * (MAX_BATCH + 1))),
+        f"{MAX_BATCH + 1} items",
+        f"limit of {MAX_BATCH} items",
+    )
+    invalid(
+        lambda: kv.BatchWrite(
+            kv_pb2.BatchWriteRequest(mutations=[kv_pb2.Mutation(key=b"k")] * (MAX_BATCH + 1))
+        ),
+        f"limit of {MAX_BATCH}",
+    )
     invalid(lambda: kv.Scan(kv_pb2.ScanRequest(start=b"b", end=b"a")), "must sort before")
     invalid(lambda: kv.Scan(kv_pb2.ScanRequest(start=b"a", end=b"a")), "must sort before")
-    invalid(lambda: kv.Scan(kv_pb2.ScanRequest(prefix=b"p", start=b"a")),
-            "prefix cannot be combined")
+    invalid(
+        lambda: kv.Scan(kv_pb2.ScanRequest(prefix=b"p", start=b"a")), "prefix cannot be combined"
+    )
     invalid(lambda: kv.Scan(kv_pb2.ScanRequest(limit=MAX_PAGE + 1)), "maximum page size")
-    invalid(lambda: kv.Get(kv_pb2.GetRequest(key=b"k", consistency=7)),  # type: ignore[arg-type]
-            "consistency 7")
-    invalid(lambda: kv.Put(kv_pb2.PutRequest(key=b"k", consistency=-1)),  # type: ignore[arg-type]
-            "consistency -1")
+    invalid(
+        lambda: kv.Get(kv_pb2.GetRequest(key=b"k", consistency=7)),  # type: ignore[arg-type]
+        "consistency 7",
+    )
+    invalid(
+        lambda: kv.Put(kv_pb2.PutRequest(key=b"k", consistency=-1)),  # type: ignore[arg-type]
+        "consistency -1",
+    )
 
     record = replica_pb2.Record(key=b"k", value=b"v", version=1, writer=1)
-    invalid(lambda: replica.Apply(replica_pb2.ApplyRequest(records=[
-        replica_pb2.Record(key=b"k", value=b"v", version=0)])), "version 0")
-    invalid(lambda: replica.Apply(replica_pb2.ApplyRequest(records=[
-        replica_pb2.Record(key=b"k", value=b"v" * (MAX_VALUE + 1), version=1)])), "limit of")
-    invalid(lambda: replica.Apply(replica_pb2.ApplyRequest(records=[record] * (MAX_BATCH + 1))),
-            "Apply records")
-    invalid(lambda: replica.Apply(replica_pb2.ApplyRequest(hints=[
-        replica_pb2.Hint(target="", record=record)])), "hint target must not be empty")
-    invalid(lambda: replica.Apply(replica_pb2.ApplyRequest(hints=[
-        replica_pb2.Hint(target="n" * 300, record=record)])), "limit of 255 bytes")
+    invalid(
+        lambda: replica.Apply(
+            replica_pb2.ApplyRequest(records=[replica_pb2.Record(key=b"k", value=b"v", version=0)])
+        ),
+        "version 0",
+    )
+    invalid(
+        lambda: replica.Apply(
+            replica_pb2.ApplyRequest(
+                records=[replica_pb2.Record(key=b"k", value=b"v" * (MAX_VALUE + 1), version=1)]
+            )
+        ),
+        "limit of",
+    )
+    invalid(
+        lambda: replica.Apply(replica_pb2.ApplyRequest(records=[record] * (MAX_BATCH + 1))),
+        "Apply records",
+    )
+    invalid(
+        lambda: replica.Apply(
+            replica_pb2.ApplyRequest(hints=[replica_pb2.Hint(target="", record=record)])
+        ),
+        "hint target must not be empty",
+    )
+    invalid(
+        lambda: replica.Apply(
+            replica_pb2.ApplyRequest(hints=[replica_pb2.Hint(target="n" * 300, record=record)])
+        ),
+        "limit of 255 bytes",
+    )
     invalid(lambda: replica.Read(replica_pb2.ReadRequest(keys=[b""])), "empty")
-    invalid(lambda: replica.ScanRecords(replica_pb2.ScanRecordsRequest(start=b"z", end=b"a")),
-            "must sort before")
-    invalid(lambda: list(replica.StreamRange(replica_pb2.StreamRangeRequest(
-        batch_size=MAX_PAGE + 1))), "maximum page size")
-    invalid(lambda: replica.Digest(replica_pb2.DigestRequest(start=b"z", end=b"z")),
-            "must sort before")
+    invalid(
+        lambda: replica.ScanRecords(replica_pb2.ScanRecordsRequest(start=b"z", end=b"a")),
+        "must sort before",
+    )
+    invalid(
+        lambda: list(replica.StreamRange(replica_pb2.StreamRangeRequest(batch_size=MAX_PAGE + 1))),
+        "maximum page size",
+    )
+    invalid(
+        lambda: replica.Digest(replica_pb2.DigestRequest(start=b"z", end=b"z")), "must sort before"
+    )
     invalid(lambda: replica.ReadHints(replica_pb2.ReadHintsRequest(target="")), "target")
-    invalid(lambda: replica.DeleteHints(replica_pb2.DeleteHintsRequest(
-        target="n2", records=[replica_pb2.Record(key=b"x" * 600)])), "600 bytes")
+    invalid(
+        lambda: replica.DeleteHints(
+            replica_pb2.DeleteHintsRequest(
+                target="n2", records=[replica_pb2.Record(key=b"x" * 600)]
+            )
+        ),
+        "600 bytes",
+    )
     assert _sentinel_digest(replica) == before
 
 
@@ -143,22 +193,28 @@ def test_random_puts_either_round_trip_or_are_refused(
         return
     version = kv.Put(request).version
     assert kv.Get(kv_pb2.GetRequest(key=key)) == kv_pb2.GetResponse(
-        found=True, value=value, version=version)
+        found=True, value=value, version=version
+    )
 
 
 _bounds = st.binary(max_size=4) | st.sampled_from([b"", SENTINEL, SENTINEL + b"5"])
 
 
 @_SETTINGS
-@given(prefix=_bounds, start=_bounds, end=_bounds, token=_bounds,
-       limit=st.sampled_from([0, 1, 3, MAX_PAGE, MAX_PAGE + 1]))
+@given(
+    prefix=_bounds,
+    start=_bounds,
+    end=_bounds,
+    token=_bounds,
+    limit=st.sampled_from([0, 1, 3, MAX_PAGE, MAX_PAGE + 1]),
+)
 def test_random_scans_stay_inside_their_range_or_are_refused(
     kv: kv_pb2_grpc.KVStub, prefix: bytes, start: bytes, end: bytes, token: bytes, limit: int
 ) -> None:
-    request = kv_pb2.ScanRequest(prefix=prefix, start=start, end=end, limit=limit,
-                                 page_token=token)
-    refused = ((prefix and (start or end)) or (not prefix and end and start >= end)
-               or limit > MAX_PAGE)
+    request = kv_pb2.ScanRequest(prefix=prefix, start=start, end=end, limit=limit, page_token=token)
+    refused = (
+        (prefix and (start or end)) or (not prefix and end and start >= end) or limit > MAX_PAGE
+    )
     if refused:
         invalid(lambda: kv.Scan(request))
         return
@@ -171,9 +227,11 @@ def test_random_scans_stay_inside_their_range_or_are_refused(
     assert all(k < end for k in keys) if end else True
 
 
-def test_data_is_unchanged_after_the_abuse(kv: kv_pb2_grpc.KVStub,
-                                           replica: replica_pb2_grpc.ReplicaStub) -> None:
+def test_data_is_unchanged_after_the_abuse(
+    kv: kv_pb2_grpc.KVStub, replica: replica_pb2_grpc.ReplicaStub
+) -> None:
     reply = kv.Scan(kv_pb2.ScanRequest(prefix=SENTINEL))
     assert [(r.key, r.value) for r in reply.records] == [
-        (SENTINEL + b"%d" % i, b"keep-%d" % i) for i in range(10)]
+        (SENTINEL + b"%d" % i, b"keep-%d" % i) for i in range(10)
+    ]
     assert _sentinel_digest(replica).count == 10

@@ -16,7 +16,6 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from harness import BIN, Proc, free_port, shardd_proc
 from shardkv.hlc import LOGICAL_BITS
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
@@ -35,21 +34,28 @@ def test_every_kv_rpc(channel: grpc.Channel) -> None:
     put = kv.Put(kv_pb2.PutRequest(key=b"a", value=b"1"))
     assert put.version > 0
     assert kv.Get(kv_pb2.GetRequest(key=b"a")) == kv_pb2.GetResponse(
-        found=True, value=b"1", version=put.version)
+        found=True, value=b"1", version=put.version
+    )
     assert kv.Get(kv_pb2.GetRequest(key=b"never")) == kv_pb2.GetResponse(found=False)
     deleted = kv.Delete(kv_pb2.DeleteRequest(key=b"a"))
     assert deleted.version > put.version
     assert not kv.Get(kv_pb2.GetRequest(key=b"a")).found
     assert kv.Delete(kv_pb2.DeleteRequest(key=b"missing")).version > 0
 
-    written = kv.BatchWrite(kv_pb2.BatchWriteRequest(mutations=[
-        kv_pb2.Mutation(key=b"p/%d" % i, value=b"v%d" % i) for i in range(5)
-    ] + [kv_pb2.Mutation(key=b"p/1", delete=True), kv_pb2.Mutation(key=b"", value=b"bad")]))
+    written = kv.BatchWrite(
+        kv_pb2.BatchWriteRequest(
+            mutations=[kv_pb2.Mutation(key=b"p/%d" % i, value=b"v%d" % i) for i in range(5)]
+            + [kv_pb2.Mutation(key=b"p/1", delete=True), kv_pb2.Mutation(key=b"", value=b"bad")]
+        )
+    )
     assert [r.status.code for r in written.results] == [0] * 6 + [3]
     assert "empty" in written.results[-1].status.message
     got = kv.BatchGet(kv_pb2.BatchGetRequest(keys=[b"p/0", b"p/1", b"zz", b"x" * 512]))
     assert [(r.key, r.found, r.value) for r in got.results[:3]] == [
-        (b"p/0", True, b"v0"), (b"p/1", False, b""), (b"zz", False, b"")]
+        (b"p/0", True, b"v0"),
+        (b"p/1", False, b""),
+        (b"zz", False, b""),
+    ]
     assert [r.status.code for r in got.results] == [0, 0, 0, 3]
 
     pages, token = [], b""
@@ -62,19 +68,23 @@ def test_every_kv_rpc(channel: grpc.Channel) -> None:
     # p/1 is a tombstone: it takes a slot of its page and is dropped from the answer.
     assert pages == [[b"p/0"], [b"p/2", b"p/3"], [b"p/4"]]
     assert [r.key for r in kv.Scan(kv_pb2.ScanRequest(start=b"p/2", end=b"p/4")).records] == [
-        b"p/2", b"p/3"]
+        b"p/2",
+        b"p/3",
+    ]
 
 
 def test_every_replica_rpc(channel: grpc.Channel) -> None:
     replica = replica_pb2_grpc.ReplicaStub(channel)
-    records = [replica_pb2.Record(key=b"r%02d" % i, value=b"v", version=100 + i, writer=1)
-               for i in range(30)]
+    records = [
+        replica_pb2.Record(key=b"r%02d" % i, value=b"v", version=100 + i, writer=1)
+        for i in range(30)
+    ]
     tomb = replica_pb2.Record(key=b"r05", version=500, writer=1, tombstone=True)
     older = replica_pb2.Record(key=b"r06", value=b"old", version=1, writer=9)
-    hint = replica_pb2.Hint(target="n2", record=replica_pb2.Record(key=b"h", value=b"x",
-                                                                   version=7, writer=1))
-    applied = replica.Apply(replica_pb2.ApplyRequest(records=[*records, tomb, older],
-                                                     hints=[hint]))
+    hint = replica_pb2.Hint(
+        target="n2", record=replica_pb2.Record(key=b"h", value=b"x", version=7, writer=1)
+    )
+    applied = replica.Apply(replica_pb2.ApplyRequest(records=[*records, tomb, older], hints=[hint]))
     assert list(applied.applied) == [True] * 31 + [False]
 
     read = replica.Read(replica_pb2.ReadRequest(keys=[b"r05", b"r06", b"none"])).records
@@ -99,18 +109,25 @@ def test_every_replica_rpc(channel: grpc.Channel) -> None:
     parked = replica.ReadHints(replica_pb2.ReadHintsRequest(target="n2")).records
     assert list(parked) == [hint.record]
     stale = replica_pb2.Record(key=b"h", version=6, writer=1)
-    assert replica.DeleteHints(replica_pb2.DeleteHintsRequest(target="n2", records=[stale])
-                               ).deleted == 0
-    assert replica.DeleteHints(replica_pb2.DeleteHintsRequest(target="n2", records=parked)
-                               ).deleted == 1
+    assert (
+        replica.DeleteHints(replica_pb2.DeleteHintsRequest(target="n2", records=[stale])).deleted
+        == 0
+    )
+    assert (
+        replica.DeleteHints(replica_pb2.DeleteHintsRequest(target="n2", records=parked)).deleted
+        == 1
+    )
     assert not replica.HintSummary(replica_pb2.HintSummaryRequest()).targets
 
 
 def test_replica_versions_move_the_node_clock(channel: grpc.Channel) -> None:
     replica = replica_pb2_grpc.ReplicaStub(channel)
     kv = kv_pb2_grpc.KVStub(channel)
-    replica.Apply(replica_pb2.ApplyRequest(records=[
-        replica_pb2.Record(key=b"k", value=b"from-router", version=FUTURE, writer=1)]))
+    replica.Apply(
+        replica_pb2.ApplyRequest(
+            records=[replica_pb2.Record(key=b"k", value=b"from-router", version=FUTURE, writer=1)]
+        )
+    )
     put = kv.Put(kv_pb2.PutRequest(key=b"other", value=b"local"))
     assert put.version > FUTURE
     put = kv.Put(kv_pb2.PutRequest(key=b"k", value=b"local"))
@@ -128,7 +145,8 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
 
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     [answer] = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name for s in answer.list_services_response.service}
     assert {"shardkv.v1.KV", "shardkv.v1.Replica", "grpc.health.v1.Health"} <= names
 
@@ -139,8 +157,13 @@ def test_sigterm_exits_zero_and_data_reopens(tmp_path: Path) -> None:
     try:
         with grpc.insecure_channel(proc.address) as chan:
             kv_pb2_grpc.KVStub(chan).Put(kv_pb2.PutRequest(key=b"k", value=b"kept"))
-            replica_pb2_grpc.ReplicaStub(chan).Apply(replica_pb2.ApplyRequest(records=[
-                replica_pb2.Record(key=b"ahead", value=b"router", version=FUTURE, writer=1)]))
+            replica_pb2_grpc.ReplicaStub(chan).Apply(
+                replica_pb2.ApplyRequest(
+                    records=[
+                        replica_pb2.Record(key=b"ahead", value=b"router", version=FUTURE, writer=1)
+                    ]
+                )
+            )
         started = time.monotonic()
         proc.signal(signal.SIGTERM)
         assert proc.popen is not None and proc.popen.wait(10) == 0
@@ -170,9 +193,10 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> Non
             keys = sorted(acknowledged)
             missing = []
             for chunk in range(0, len(keys), 500):
-                reply = kv.BatchGet(kv_pb2.BatchGetRequest(keys=keys[chunk:chunk + 500]))
-                missing += [r.key for r in reply.results
-                            if not r.found or r.value != acknowledged[r.key]]
+                reply = kv.BatchGet(kv_pb2.BatchGetRequest(keys=keys[chunk : chunk + 500]))
+                missing += [
+                    r.key for r in reply.results if not r.found or r.value != acknowledged[r.key]
+                ]
         assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
     finally:
         proc.stop()
@@ -207,8 +231,7 @@ async def _write_until_killed(proc: Proc) -> dict[bytes, bytes]:
 
 
 def _run_shardd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "shardd"), *args], capture_output=True, text=True,
-                          timeout=30)
+    return subprocess.run([str(BIN / "shardd"), *args], capture_output=True, text=True, timeout=30)
 
 
 def test_bad_flag_exits_2_naming_the_flag(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from shardkv.limits import LimitExceeded
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.records import Hint, Record
@@ -18,8 +17,9 @@ from shardkv.shardd.store import Store, StoreFull, StoreOpenError
 W1, W2 = 1, 2
 
 
-def rec(key: bytes, value: bytes = b"v", version: int = 10, writer: int = W1,
-        tombstone: bool = False) -> Record:
+def rec(
+    key: bytes, value: bytes = b"v", version: int = 10, writer: int = W1, tombstone: bool = False
+) -> Record:
     return Record(key, b"" if tombstone else value, version, writer, tombstone)
 
 
@@ -158,8 +158,9 @@ def test_store_full_at_the_maximum_and_reads_keep_working(tmp_path: Path) -> Non
 def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "db"
     store = Store(path, map_size=64 << 10)
-    store.apply([rec(b"k%d" % i, b"x" * 1000) for i in range(200)],
-                [Hint("n2", rec(b"h", b"hint"))])
+    store.apply(
+        [rec(b"k%d" % i, b"x" * 1000) for i in range(200)], [Hint("n2", rec(b"h", b"hint"))]
+    )
     grown = store.stats().map_size
     store.close()
     reopened = Store(path, map_size=64 << 10)
@@ -187,9 +188,12 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_hints_are_lww_per_target_and_key(store: Store) -> None:
-    store.apply([], [Hint("n2", rec(b"a", b"1", version=5)), Hint("n3", rec(b"a", b"x", version=1))])
-    store.apply([], [Hint("n2", rec(b"a", b"old", version=4)),
-                     Hint("n2", rec(b"b", b"2", version=5))])
+    store.apply(
+        [], [Hint("n2", rec(b"a", b"1", version=5)), Hint("n3", rec(b"a", b"x", version=1))]
+    )
+    store.apply(
+        [], [Hint("n2", rec(b"a", b"old", version=4)), Hint("n2", rec(b"b", b"2", version=5))]
+    )
     assert store.hint_summary() == {"n2": 2, "n3": 1}
     assert store.read_hints("n2", 10) == [rec(b"a", b"1", version=5), rec(b"b", b"2", version=5)]
     assert store.read_hints("n2", 1) == [rec(b"a", b"1", version=5)]
@@ -232,13 +236,17 @@ def test_digest_equal_for_equal_data_and_differs_on_any_field(tmp_path: Path) ->
 
 
 _keys = st.binary(min_size=1, max_size=8)
-_ops = st.lists(st.tuples(_keys, st.binary(max_size=16), st.integers(1, 50), st.booleans()),
-                max_size=60)
+_ops = st.lists(
+    st.tuples(_keys, st.binary(max_size=16), st.integers(1, 50), st.booleans()), max_size=60
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=_ops, bounds=st.tuples(st.binary(max_size=3), st.binary(max_size=3)),
-       limit=st.integers(1, 7))
+@given(
+    ops=_ops,
+    bounds=st.tuples(st.binary(max_size=3), st.binary(max_size=3)),
+    limit=st.integers(1, 7),
+)
 def test_scan_equals_a_sorted_lww_model(
     ops: list[tuple[bytes, bytes, int, bool]], bounds: tuple[bytes, bytes], limit: int
 ) -> None:
@@ -252,8 +260,9 @@ def test_scan_equals_a_sorted_lww_model(
         store = Store(tmp, sync=False, map_size=1 << 20)
         try:
             for chunk in range(0, len(ops), 7):  # several commits, out of version order
-                store.apply([rec(k, v, version=n, tombstone=t)
-                             for k, v, n, t in ops[chunk:chunk + 7]])
+                store.apply(
+                    [rec(k, v, version=n, tombstone=t) for k, v, n, t in ops[chunk : chunk + 7]]
+                )
             got: list[Record] = []
             cursor = start
             while True:
