@@ -30,9 +30,9 @@ the same event-loop turn leaves in one call, and a caller's cancellation never c
 batch that others wait on.
 
 ``ThreadBatcher`` (threads sharing a ``Client``): there is no spare thread, so a caller
-that finds a free slot becomes the leader: it takes the queue, sends the batch and hands
-out the results, while the followers wait on a condition. When a leader is done, a
-follower still queued takes over.
+that finds a free slot becomes the leader: it sends its item with everything queued and
+hands out the results, while the followers sleep, each on its own event. When a leader is
+done, it passes its slot to the oldest follower still queued, which leads the next batch.
 """
 
 from __future__ import annotations
@@ -169,10 +169,11 @@ class AsyncBatcher(Generic[I, R]):
 
 
 class _State(enum.Enum):
-    QUEUED = "queued"
-    SENT = "sent"
-    DONE = "done"
-    ABANDONED = "abandoned"
+    QUEUED = "queued"  # waiting for a slot
+    LEADING = "leading"  # holds a slot: this caller's thread sends the next batch
+    SENT = "sent"  # in a batch call
+    DONE = "done"  # outcome set
+    ABANDONED = "abandoned"  # the caller's deadline passed; any outcome is dropped
 
 
 @dataclass(eq=False, slots=True)
@@ -180,11 +181,16 @@ class _ThreadWaiter(Generic[I, R]):
     item: I
     deadline: float
     state: _State = _State.QUEUED
-    outcome: R | Exception | None = field(default=None)
+    outcome: R | Exception | None = None
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class ThreadBatcher(Generic[I, R]):
-    """Coalesces concurrent ``submit`` calls from threads into batch calls of ``send``."""
+    """Coalesces concurrent ``submit`` calls from threads into batch calls of ``send``.
+
+    Each waiter sleeps on its own event and is woken only for its outcome or to lead the
+    next batch, so a finished batch does not wake every waiting thread.
+    """
 
     def __init__(
         self,
@@ -199,23 +205,34 @@ class ThreadBatcher(Generic[I, R]):
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._queue: deque[_ThreadWaiter[I, R]] = deque()
-        self._in_flight = 0
-        self._cond = threading.Condition()
+        self._in_flight = 0  # slots held by leaders (sending or about to)
+        self._lock = threading.Lock()
 
     def submit(self, item: I, deadline: float) -> R:
         """The outcome of item, sent in some batch; deadline is a time.monotonic() value."""
         waiter: _ThreadWaiter[I, R] = _ThreadWaiter(item, deadline)
-        with self._cond:
-            self._queue.append(waiter)
-            while waiter.state is not _State.DONE:
-                now = time.monotonic()
-                if now >= waiter.deadline:
-                    waiter.state = _State.ABANDONED
-                    raise _timed_out(self._key_of(item))
-                if waiter.state is _State.QUEUED and self._in_flight < self._max_in_flight:
-                    self._lead()
-                else:
-                    self._cond.wait(waiter.deadline - now)
+        with self._lock:
+            if self._in_flight < self._max_in_flight:
+                self._in_flight += 1
+                waiter.state = _State.LEADING
+            else:
+                self._queue.append(waiter)
+        while True:
+            with self._lock:
+                state = waiter.state
+                if state is _State.QUEUED or state is _State.SENT:
+                    if time.monotonic() >= waiter.deadline:
+                        waiter.state = state = _State.ABANDONED
+                    else:
+                        waiter.wake.clear()  # a change of state after this sets it again
+            if state is _State.DONE:
+                break
+            if state is _State.ABANDONED:
+                raise _timed_out(self._key_of(item))
+            if state is _State.LEADING:
+                self._lead(waiter)
+            else:
+                waiter.wake.wait(waiter.deadline - time.monotonic())
         if isinstance(waiter.outcome, Exception):
             raise waiter.outcome
         return waiter.outcome  # type: ignore[return-value]  # DONE: an R
@@ -224,25 +241,43 @@ class ThreadBatcher(Generic[I, R]):
     def _live(waiter: _ThreadWaiter[I, R]) -> bool:
         return waiter.state is _State.QUEUED
 
-    def _lead(self) -> None:
-        """With the lock held: take a batch, send it without the lock, hand out outcomes."""
-        batch = _take(self._queue, self._max_batch, self._live)
-        for waiter in batch:
-            waiter.state = _State.SENT
-        self._in_flight += 1
+    def _lead(self, own: _ThreadWaiter[I, R]) -> None:
+        """Sends own item with what is queued, hands out the outcomes, passes the slot on."""
+        with self._lock:
+            if own.deadline > time.monotonic():
+                own.state = _State.SENT
+                batch = [own, *_take(self._queue, self._max_batch - 1, self._live)]
+            else:  # own time is up, but the slot it holds still serves the queue
+                own.state = _State.ABANDONED
+                batch = _take(self._queue, self._max_batch, self._live)
+            for waiter in batch:
+                waiter.state = _State.SENT
         outcomes: Sequence[R | Exception] | None = None
-        self._cond.release()
         try:
-            outcomes = self._send([waiter.item for waiter in batch], max(w.deadline for w in batch))
+            if batch:
+                items = [waiter.item for waiter in batch]
+                outcomes = self._send(items, max(w.deadline for w in batch))
+            else:
+                outcomes = []
         except Exception as err:
             outcomes = _whole_call_failed(len(batch), err)
         finally:
-            self._cond.acquire()
-            self._in_flight -= 1
             if outcomes is None:  # the leader was interrupted (KeyboardInterrupt...)
                 outcomes = [Cancelled("the thread sending this batch was interrupted")] * len(batch)
-            for waiter, outcome in zip(batch, outcomes, strict=True):
-                if waiter.state is _State.SENT:
-                    waiter.outcome = outcome
-                    waiter.state = _State.DONE
-            self._cond.notify_all()
+            with self._lock:
+                for waiter, outcome in zip(batch, outcomes, strict=True):
+                    if waiter.state is _State.SENT:
+                        waiter.outcome = outcome
+                        waiter.state = _State.DONE
+                        waiter.wake.set()
+                self._in_flight -= 1
+                self._promote()
+
+    def _promote(self) -> None:
+        """With the lock held: hands a free slot to the oldest caller still queued."""
+        while self._queue and self._in_flight < self._max_in_flight:
+            waiter = self._queue.popleft()
+            if waiter.state is _State.QUEUED:
+                waiter.state = _State.LEADING
+                self._in_flight += 1
+                waiter.wake.set()
