@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -43,7 +43,7 @@ class ServerConfig:
     listen: str = "127.0.0.1:7101"
     # fsync every commit; False is for benchmarks only (acknowledged writes may be lost).
     sync: bool = True
-    limits: Limits = field(default=DEFAULT_LIMITS)
+    limits: Limits = DEFAULT_LIMITS
     map_size: int = DEFAULT_MAP_SIZE
     max_map_size: int = DEFAULT_MAX_MAP_SIZE
     # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
