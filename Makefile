@@ -54,3 +54,41 @@ cluster-stop: $(STAMP)
 
 cluster-clean: $(STAMP)
 	$(CLUSTER) clean
+
+# Benchmarks (benchmarks/README.md). bench-deps installs etcd from Debian (as root, or
+# through sudo) and the `bench` extra; bench runs the whole suite (about 15 minutes) and
+# writes benchmarks/results/<timestamp>.{json,md,png}; bench-quick is a one-minute subset;
+# bench-soak a steady 5-minute run (SOAK_MINUTES); bench-micro the pytest-benchmark
+# micro-benchmarks, then group commit at 1 and 64 writers (benchmarks/bench_group_commit.py).
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--systems shardkv,etcd-1".
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH := $(BIN)/python -m benchmarks.run
+BENCH_ARGS ?=
+SOAK_MINUTES ?= 5
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: bench bench-quick bench-soak bench-micro bench-deps
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict
+	touch $@
+
+bench-deps: $(BENCH_STAMP)
+	@if command -v etcd >/dev/null 2>&1; then echo "etcd already installed: $$(etcd --version | head -1)"; \
+	else $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y etcd-server etcd-client; fi
+
+bench: $(BENCH_STAMP)
+	$(BENCH) --profile full $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BENCH) --profile quick $(BENCH_ARGS)
+
+bench-soak: $(BENCH_STAMP)
+	$(BENCH) --profile soak --minutes $(SOAK_MINUTES) $(BENCH_ARGS)
+
+bench-micro: $(BENCH_STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/python -m pytest benchmarks/micro --benchmark-only --benchmark-sort=name \
+		--benchmark-columns=min,median,mean,stddev,ops,rounds \
+		--benchmark-json=benchmarks/results/micro-$$(date +%Y%m%d-%H%M%S).json $(PYTEST_ARGS)
+	$(BIN)/python benchmarks/bench_group_commit.py --seconds 2

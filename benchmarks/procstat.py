@@ -1,0 +1,45 @@
+"""CPU time and resident memory of a process, read from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One reading: CPU seconds used so far (user + system, all threads) and RSS now."""
+
+    cpu_s: float
+    rss_bytes: int
+
+
+def usage(pid: int) -> Usage:
+    """Reads /proc/<pid>/stat and statm; raises ProcessLookupError when pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
+            stat = stat_file.read()
+        with open(f"/proc/{pid}/statm", encoding="ascii") as statm_file:
+            statm = statm_file.read()
+    except FileNotFoundError:
+        raise ProcessLookupError(f"process {pid} is gone") from None
+    # The command name (field 2) may hold spaces; the fields after it are fixed: after the
+    # closing parenthesis come state (3), ..., utime (14) and stime (15).
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    rss_pages = int(statm.split()[1])
+    return Usage(cpu_s=(utime + stime) / _TICKS_PER_S, rss_bytes=rss_pages * _PAGE_BYTES)
+
+
+def usages(pids: dict[str, int]) -> dict[str, Usage]:
+    """A reading of every named process; a process that is gone is left out."""
+    readings: dict[str, Usage] = {}
+    for name, pid in pids.items():
+        try:
+            readings[name] = usage(pid)
+        except ProcessLookupError:
+            continue
+    return readings

@@ -1,0 +1,164 @@
+"""The Markdown report of one run: where it ran, the targets, and a table per section."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.plan import SYSTEM_TITLES
+
+Row = dict[str, Any]
+
+SECTIONS = {
+    "sweep": "Single-key calls against concurrency (100 B values, uniform keys)",
+    "mixes": "Workloads at 256 in flight (100 B values)",
+    "values": "1 KiB values at 256 in flight (uniform keys)",
+    "batches": "Batches (one BatchWrite/BatchGet; etcd: one Txn) ",
+    "steady": "Steady run",
+}
+
+HOW = """\
+How it was measured: every system runs as its own processes on this machine, started by
+the benchmark (data in temp dirs on the same disk, loopback ports). One client process
+drives each system with an asyncio closed loop of K operations in flight; a cell warms
+up, then counts the calls that finish in its window. shardkv is driven through
+`shardkv.client.AsyncClient` (so concurrent single-key calls are coalesced by the SDK, as
+users get them); etcd through aetcd's generated stubs on a plain grpc.aio channel, one
+unary Put or (linearizable) Range per operation, round-robin over its members. Latency is
+per call (HdrHistogram, 3 significant digits). CPU is user+system time of each process
+over the window, from /proc, per 1000 keys; `client` is the load generator itself.
+Keys are read from a keyspace preloaded before the first cell of each system."""
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def _cpu(row: Row) -> str:
+    per = row.get("cpu_s_per_1k_keys") or {}
+    return " · ".join(f"{name} {value:.3f}" for name, value in per.items()) or "-"
+
+
+def _rss(row: Row) -> str:
+    rss = row.get("rss_mb") or {}
+    return " · ".join(f"{name} {value:.0f}" for name, value in rss.items()) or "-"
+
+
+def _call(cell: dict[str, Any]) -> str:
+    return "single" if cell["batch"] == 1 else f"batch {cell['batch']}"
+
+
+def _table(rows: Sequence[Row]) -> list[str]:
+    lines = [
+        "| system | workload | keys | value | call | in flight | calls/s | keys/s "
+        "| p50 ms | p99 ms | p99.9 ms | errors | CPU s per 1k keys | RSS MiB |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for row in rows:
+        cell = row["cell"]
+        head = (
+            f"| {row['system']} | {cell['mix']} | {cell['keys']} | {cell['value_bytes']} B "
+            f"| {_call(cell)} | {cell['in_flight']} "
+        )
+        if row["status"] != "ok":
+            reason = row.get("reason", row["status"])
+            lines.append(head + f"| {row['status']} | | | | | | | {reason} |")
+            continue
+        lat = row["latency_us"]
+        errors = str(row["errors"])
+        if row["error_kinds"]:
+            errors += " (" + ", ".join(f"{k} {v}" for k, v in row["error_kinds"].items()) + ")"
+        lines.append(
+            head + f"| {row['calls_per_s']:,.0f} | {row['keys_per_s']:,.0f} "
+            f"| {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} "
+            f"| {_cpu(row)} | {_rss(row)} |"
+        )
+    return lines
+
+
+def _targets(verdicts: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| target | measured | bound | ratio | verdict |", "|---|---|---|--:|---|"]
+    for v in verdicts:
+        ratio = "" if v["ratio"] is None else f"{v['ratio']:.2f}"
+        mark = {"PASS": "**PASS**", "MISS": "**MISS**"}.get(v["verdict"], v["verdict"])
+        lines.append(f"| {v['name']} | {v['measured']} | {v['bound']} | {ratio} | {mark} |")
+    return lines
+
+
+def _placement(placement: dict[str, Any]) -> list[str]:
+    lookup = placement["lookup_us"]
+    bal = placement["balance"]
+    lines = [
+        "## Placement (`shardkv.router.ring.Ring`, in the benchmark process)",
+        "",
+        "| nodes | preference list (N=3), median µs | best µs |",
+        "|--:|--:|--:|",
+    ]
+    lines += [f"| {n} | {v['median_us']:.2f} | {v['best_us']:.2f} |" for n, v in lookup.items()]
+    lines += [
+        "",
+        f"Balance: {bal['keys']:,} keys placed with N={bal['replication']} on {bal['nodes']} "
+        f"nodes of weight 1; busiest node {bal['max_over_mean']:.3f}x the mean, least loaded "
+        f"{bal['min_over_mean']:.3f}x (sampling noise about ±0.01).",
+        "",
+    ]
+    return lines
+
+
+def _steady(rows: Sequence[Row]) -> list[str]:
+    steady = [r for r in rows if r.get("section") == "steady" and r["rss_samples"]]
+    if not steady:
+        return []
+    samples = steady[-1]["rss_samples"]
+    names = [n for n in samples[0] if n != "t_s"]
+    lines = [
+        "",
+        "RSS (MiB) during the steady run, sampled after warm-up:",
+        "",
+        "| s | " + " | ".join(names) + " |",
+        "|--:|" + "--:|" * len(names),
+    ]
+    lines += [
+        "| " + f"{s['t_s']:.0f} | " + " | ".join(f"{s.get(n, 0):.0f}" for n in names) + " |"
+        for s in samples
+    ]
+    return lines
+
+
+def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
+    """The whole Markdown report of the results document `doc` (see run.py)."""
+    meta = doc["meta"]
+    rows: list[Row] = doc["results"]
+    lines = [
+        f"# shardkv benchmark, {meta['started']}",
+        "",
+        f"Profile **{doc['profile']['name']}** ({doc['profile']['summary']}), "
+        f"command `{meta['command']}`, {meta['wall_s'] / 60:.1f} minutes.",
+        "",
+        f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB, "
+        f"Linux {meta['kernel']}; data dirs on {meta['data_fs']}. Python {meta['python']}, "
+        f"grpcio {meta['grpcio']}, etcd {meta['etcd'] or 'not installed'}; shardkv "
+        f"{meta['commit']}.",
+        "",
+    ]
+    if meta.get("notes"):
+        lines += [f"> **Note:** {note}" for note in meta["notes"]] + [""]
+    lines += ["Systems:", ""]
+    lines += [f"- `{s}`: {SYSTEM_TITLES.get(s, s)}" for s in doc["profile"]["systems"]]
+    lines += ["", HOW, "", doc["profile"]["plan"], "", "## Targets (issue 5)", ""]
+    lines += _targets(doc["targets"])
+    lines += [""]
+    if charts:
+        lines += ["## Charts", "", *(f"![{p.stem}]({p.name})" for p in charts), ""]
+    for section, title in SECTIONS.items():
+        section_rows = [r for r in rows if r.get("section") == section]
+        if not section_rows:
+            continue
+        lines += [f"## {title.strip()}", "", *_table(section_rows)]
+        if section == "steady":
+            lines += _steady(section_rows)
+        lines += [""]
+    if doc.get("placement"):
+        lines += _placement(doc["placement"])
+    return "\n".join(lines) + "\n"

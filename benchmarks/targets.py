@@ -1,0 +1,213 @@
+"""The speed targets of issue 5, judged against one run's results.
+
+Each target names the cells it compares; a target whose cells did not run (etcd missing,
+a profile without them) is reported as n/a, never as a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target: what was measured, against what bound, and whether it was met."""
+
+    name: str
+    measured: str
+    bound: str
+    ratio: float | None
+    verdict: str  # PASS, MISS or n/a
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find(
+    rows: Sequence[Row],
+    system: str,
+    *,
+    mix: str,
+    in_flight: int,
+    batch: int = 1,
+    keys: str = "uniform",
+    value_bytes: int = 100,
+    section: str | None = None,
+) -> Row | None:
+    """The ok row of system for that cell, or None."""
+    for row in rows:
+        cell = row["cell"]
+        if (
+            row["system"] == system
+            and row["status"] == "ok"
+            and cell["mix"] == mix
+            and cell["in_flight"] == in_flight
+            and cell["batch"] == batch
+            and cell["keys"] == keys
+            and cell["value_bytes"] == value_bytes
+            and (section is None or row.get("section") == section)
+        ):
+            return row
+    return None
+
+
+def _na(name: str, bound: str, why: str) -> Verdict:
+    return Verdict(name, f"n/a ({why})", bound, None, "n/a")
+
+
+def _ratio_at_least(
+    name: str, ours: Row | None, theirs: Row | None, minimum: float, what: str, their_name: str
+) -> Verdict:
+    bound = f">= {minimum:g}x {their_name}"
+    if ours is None or theirs is None:
+        missing = "shardkv" if ours is None else their_name
+        return _na(name, bound, f"{missing} cell did not run")
+    mine, other = ours["calls_per_s"], theirs["calls_per_s"]
+    ratio = mine / other if other else float("inf")
+    measured = f"{mine:,.0f} vs {other:,.0f} {what}"
+    return Verdict(name, measured, bound, round(ratio, 2), "PASS" if ratio >= minimum else "MISS")
+
+
+def _at_most(
+    name: str, value: float | None, maximum: float, unit: str, why_missing: str = "cell did not run"
+) -> Verdict:
+    bound = f"<= {maximum:g} {unit}"
+    if value is None:
+        return _na(name, bound, why_missing)
+    ratio = value / maximum
+    return Verdict(
+        name, f"{value:,.3g} {unit}", bound, round(ratio, 2), "PASS" if value <= maximum else "MISS"
+    )
+
+
+def _at_least(name: str, value: float | None, minimum: float, unit: str) -> Verdict:
+    bound = f">= {minimum:,.0f} {unit}"
+    if value is None:
+        return _na(name, bound, "cell did not run")
+    ratio = value / minimum
+    return Verdict(
+        name, f"{value:,.0f} {unit}", bound, round(ratio, 2), "PASS" if value >= minimum else "MISS"
+    )
+
+
+def _p50_ms(row: Row | None) -> float | None:
+    return None if row is None else row["latency_us"]["p50"] / 1000
+
+
+def _keys_per_s(row: Row | None) -> float | None:
+    return None if row is None else float(row["keys_per_s"])
+
+
+def _router_vs_direct(rows: Sequence[Row], in_flight: int) -> Verdict:
+    """Mean latency of a Get via the router over a Get asked of one shardd directly, at the
+    same concurrency (in a closed loop this is also the inverse throughput ratio)."""
+    name = f"Get via router vs direct shardd, {in_flight} in flight (mean latency)"
+    bound = "<= 1.5x direct"
+    router = find(rows, SHARDKV, mix="get-only", in_flight=in_flight)
+    direct = find(rows, SHARDD, mix="get-only", in_flight=in_flight)
+    if router is None or direct is None:
+        return _na(name, bound, "cell did not run")
+    mine, theirs = router["latency_us"]["mean"], direct["latency_us"]["mean"]
+    ratio = mine / theirs if theirs else float("inf")
+    measured = f"{mine / 1000:.2f} ms vs {theirs / 1000:.2f} ms"
+    return Verdict(name, measured, bound, round(ratio, 2), "PASS" if ratio <= 1.5 else "MISS")
+
+
+def _rss_stable(rows: Sequence[Row]) -> Verdict:
+    """Every process's RSS at the end of the steady run within 10% of the first sample
+    (taken when warm-up ended)."""
+    name = "RSS stable in a steady run (end vs after warm-up)"
+    bound = "<= 1.10x"
+    steady = [r for r in rows if r.get("section") == "steady" and r["status"] == "ok"]
+    if not steady or len(steady[-1]["rss_samples"]) < 2:
+        return _na(name, bound, "no steady run")
+    row = steady[-1]
+    first, last = row["rss_samples"][0], row["rss_samples"][-1]
+    growth = {p: last[p] / first[p] for p in first if p != "t_s" and p in last and first[p]}
+    worst = max(growth, key=lambda p: growth[p])
+    minutes = row["window_s"] / 60
+    measured = f"worst {worst}: {first[worst]:.0f} -> {last[worst]:.0f} MiB over {minutes:.1f} min"
+    ratio = growth[worst]
+    return Verdict(name, measured, bound, round(ratio, 3), "PASS" if ratio <= 1.10 else "MISS")
+
+
+def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None) -> list[Verdict]:
+    """Every target of issue 5, in the issue's order."""
+
+    def cell(system: str, mix: str, in_flight: int, batch: int = 1) -> Row | None:
+        return find(rows, system, mix=mix, in_flight=in_flight, batch=batch)
+
+    verdicts = [
+        _ratio_at_least(
+            "Put ops/s via router at 256 in flight vs etcd 3 members",
+            cell(SHARDKV, "put-only", 256),
+            cell(ETCD3, "put-only", 256),
+            2.0,
+            "Puts/s",
+            ETCD3,
+        ),
+        _ratio_at_least(
+            "Put ops/s via router at 256 in flight vs etcd 1 member",
+            cell(SHARDKV, "put-only", 256),
+            cell(ETCD1, "put-only", 256),
+            1.5,
+            "Puts/s",
+            ETCD1,
+        ),
+        _ratio_at_least(
+            "Get ops/s (R=2) at 256 in flight vs etcd 1 member Range",
+            cell(SHARDKV, "get-only", 256),
+            cell(ETCD1, "get-only", 256),
+            4.0,
+            "Gets/s",
+            ETCD1,
+        ),
+        _at_most(
+            "Get p50 via router, 1 in flight", _p50_ms(cell(SHARDKV, "get-only", 1)), 1.5, "ms"
+        ),
+        _at_most(
+            "Put p50 via router, 1 in flight", _p50_ms(cell(SHARDKV, "put-only", 1)), 2.5, "ms"
+        ),
+        _at_least(
+            "Keys written/s via router, batches of 1000",
+            _keys_per_s(cell(SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000)),
+            100_000,
+            "keys/s",
+        ),
+        _at_least(
+            "Keys read/s via router, batches of 1000",
+            _keys_per_s(cell(SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000)),
+            200_000,
+            "keys/s",
+        ),
+        _router_vs_direct(rows, 1),
+        _router_vs_direct(rows, 256),
+    ]
+    lookup = balance = None
+    if placement:
+        lookup = placement["lookup_us"]["100"]["median_us"]
+        balance = placement["balance"]["max_over_mean"]
+    verdicts += [
+        _at_most(
+            "Preference list at 100 nodes (median per lookup)",
+            lookup,
+            5.0,
+            "µs",
+            "placement not measured",
+        ),
+        _at_most(
+            "Most loaded node over mean, 100 nodes, N=3",
+            balance,
+            1.10,
+            "x",
+            "placement not measured",
+        ),
+        _rss_stable(rows),
+    ]
+    return verdicts
