@@ -26,8 +26,10 @@ class AsyncClient(ClientBase):
     """The asyncio client; same methods and semantics as ``Client`` (see its docstring),
     each a coroutine, and ``scan`` an async iterator.
 
-    Create it inside the event loop that uses it. Concurrent ``get``/``put``/``delete``
-    calls from many tasks are coalesced into batch RPCs (see ``shardkv.client.coalesce``).
+    It may be created anywhere, but is used from one event loop: its channels open on
+    its first call, inside that loop (grpc.aio binds a channel to a loop). Concurrent
+    ``get``/``put``/``delete`` calls from many tasks are coalesced into batch RPCs (see
+    ``shardkv.client.coalesce``).
     """
 
     def __init__(
@@ -44,20 +46,11 @@ class AsyncClient(ClientBase):
         super().__init__(
             targets, timeout=timeout, consistency=consistency, retry=retry, tls=tls, token=token
         )
-        credentials = tls.credentials() if tls else None
+        self._credentials = tls.credentials() if tls else None
+        self._interceptors = tuple(interceptors)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        for address in self._targets.addresses:
-            if credentials is None:
-                channel = grpc.aio.insecure_channel(
-                    address, options=channel_options(), interceptors=interceptors
-                )
-            else:
-                channel = grpc.aio.secure_channel(
-                    address, credentials, options=channel_options(), interceptors=interceptors
-                )
-            self._channels[address] = channel
-        self._kv = {a: kv_pb2_grpc.KVStub(c) for a, c in self._channels.items()}
-        self._admin = {a: admin_pb2_grpc.AdminStub(c) for a, c in self._channels.items()}
+        self._kv: dict[str, Any] = {}
+        self._admin: dict[str, Any] = {}
         self._getters: dict[Consistency | None, AsyncBatcher[bytes, Record | None]] = {}
         self._writers: dict[Consistency | None, AsyncBatcher[kv_pb2.Mutation, int]] = {}
 
@@ -73,8 +66,29 @@ class AsyncClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        """Closes every channel; calls still running fail with ``Cancelled``."""
-        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+        """Closes every channel; calls still running fail with ``Cancelled`` (a later call
+        would open new channels)."""
+        channels, self._channels = list(self._channels.values()), {}
+        self._kv, self._admin = {}, {}
+        await asyncio.gather(*(channel.close() for channel in channels))
+
+    def _connect(self) -> None:
+        """Opens one channel per router, in the running loop (see the class docstring)."""
+        for address in self._targets.addresses:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(
+                    address, options=channel_options(), interceptors=self._interceptors
+                )
+            else:
+                channel = grpc.aio.secure_channel(
+                    address,
+                    self._credentials,
+                    options=channel_options(),
+                    interceptors=self._interceptors,
+                )
+            self._channels[address] = channel
+            self._kv[address] = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+            self._admin[address] = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
 
     async def get(
         self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
@@ -235,6 +249,8 @@ class AsyncClient(ClientBase):
         self, method: str, request: Message, attempts: Attempts, *, admin: bool = False
     ) -> Any:
         """One RPC with retries and fail-over (see ``RetryPolicy``)."""
+        if not self._channels:
+            self._connect()
         stubs: Mapping[str, Any] = self._admin if admin else self._kv
         while True:
             target, remaining = self._next_target(attempts, method)

@@ -156,40 +156,51 @@ def write_outcomes(
 
 
 def found_values(outcomes: Iterable[Record | ShardKVError | None]) -> dict[bytes, bytes]:
-    """get_many's answer: found keys only; the first per-item error is raised."""
+    """get_many's answer: found keys only, or one error naming every key that failed."""
     found: dict[bytes, bytes] = {}
+    failures: list[ShardKVError] = []
+    total = 0
     for outcome in outcomes:
+        total += 1
         if isinstance(outcome, ShardKVError):
-            raise outcome
-        if outcome is not None:
+            failures.append(outcome)
+        elif outcome is not None:
             found[outcome.key] = outcome.value
+    if failures:
+        raise _summary(failures, total, "reads")
     return found
 
 
 def written_versions(outcomes: Iterable[tuple[bytes, int | ShardKVError]]) -> dict[bytes, int]:
     """put_many's answer: the version per key, or one error naming every key that failed.
 
-    The error is of the class of the first failure; its ``keys`` lists all failed keys.
-    Keys not named were written.
+    Keys the error does not name were written.
     """
     versions: dict[bytes, int] = {}
-    failures: dict[bytes, ShardKVError] = {}
+    failures: list[ShardKVError] = []
     for key, outcome in outcomes:
         if isinstance(outcome, ShardKVError):
-            failures[key] = outcome
+            failures.append(outcome)
         else:
             versions[key] = outcome
     if failures:
-        first = next(iter(failures.values()))
-        names = ", ".join(repr(key[:64]) for key in list(failures)[:10])
-        more = f" and {len(failures) - 10} more" if len(failures) > 10 else ""
-        raise type(first)(
-            f"{len(failures)} of {len(failures) + len(versions)} writes failed"
-            f" (keys {names}{more}); first error: {first.details}",
-            code=first.code,
-            keys=list(failures),
-        )
+        raise _summary(failures, len(failures) + len(versions), "writes")
     return versions
+
+
+def _summary(failures: Sequence[ShardKVError], total: int, what: str) -> ShardKVError:
+    """One error for the failed items of a batch: of the class of the first failure, its
+    ``keys`` listing every failed key, its message naming the first few."""
+    first = failures[0]
+    keys = [key for failure in failures for key in failure.keys]
+    names = ", ".join(repr(key[:64]) for key in keys[:10])
+    more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+    return type(first)(
+        f"{len(failures)} of {total} {what} failed (keys {names}{more});"
+        f" first error: {first.details}",
+        code=first.code,
+        keys=keys,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,8 +71,11 @@ class Client(ClientBase):
             else:
                 channel = grpc.secure_channel(address, credentials, options=channel_options())
             self._channels[address] = grpc.intercept_channel(channel, *interceptors)
-        self._kv = {a: kv_pb2_grpc.KVStub(c) for a, c in self._channels.items()}
-        self._admin = {a: admin_pb2_grpc.AdminStub(c) for a, c in self._channels.items()}
+        self._kv: dict[str, Any] = {}
+        self._admin: dict[str, Any] = {}
+        for address, channel in self._channels.items():
+            self._kv[address] = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+            self._admin[address] = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
         self._getters: dict[Consistency | None, ThreadBatcher[bytes, Record | None]] = {}
         self._writers: dict[Consistency | None, ThreadBatcher[kv_pb2.Mutation, int]] = {}
         self._batchers_lock = threading.Lock()
