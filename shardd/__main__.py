@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shardkv.limits import DEFAULT_LIMITS
-from shardkv.shardd.server import ListenError, ServerConfig, ShardServer
+from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
 
 log = logging.getLogger("shardkv.shardd")
@@ -106,6 +106,19 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         help="calls beyond this many in flight get RESOURCE_EXHAUSTED",
     )
     parser.add_argument(
+        "--max-pending-writes",
+        type=_positive,
+        default=65536,
+        help="writes waiting for a commit beyond this many get RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument("--tls-cert", type=Path, help="certificate chain (PEM); enables TLS")
+    parser.add_argument("--tls-key", type=Path, help="private key (PEM) of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="CA (PEM) that callers' certificates must chain to: mutual TLS",
+    )
+    parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown"
     )
     args = parser.parse_args(argv)
@@ -113,6 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         parser.error("--id must not be empty")
     if args.map_size > args.max_map_size:
         parser.error(f"--map-size {args.map_size} exceeds --max-map-size {args.max_map_size}")
+    tls = _tls(parser, args)
     limits = replace(
         DEFAULT_LIMITS,
         max_value_bytes=args.max_value_bytes,
@@ -128,8 +142,35 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         map_size=args.map_size,
         max_map_size=args.max_map_size,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_pending_writes=args.max_pending_writes,
         grace_s=args.grace,
+        tls=tls,
     ), args.log_level
+
+
+def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerTls | None:
+    """The TLS material the flags name, read now so a bad file fails at start (exit 2)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key must be given together")
+    if args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if not args.tls_cert:
+        return None
+
+    def pem(path: Path, flag: str) -> bytes:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            parser.error(f"{flag} {path}: {exc.strerror or exc}")
+        if b"-----BEGIN" not in data:
+            parser.error(f"{flag} {path}: not a PEM file")
+        return data
+
+    return ServerTls(
+        cert_chain=pem(args.tls_cert, "--tls-cert"),
+        private_key=pem(args.tls_key, "--tls-key"),
+        client_ca=pem(args.tls_client_ca, "--tls-client-ca") if args.tls_client_ca else None,
+    )
 
 
 class KeyValueFormatter(logging.Formatter):

@@ -6,6 +6,10 @@ dedicated worker thread (never the event loop's), and then answers each caller w
 own slice of the results. Writes that arrive while a commit runs wait for the next one.
 A caller is answered only after its commit is durable; a failed commit fails only its own
 callers, and the loop keeps serving.
+
+The queue is bounded (items and bytes): when writes arrive faster than the disk commits
+them, a write that would overflow it is refused at once with CommitterOverloaded
+(RESOURCE_EXHAUSTED) instead of queueing without limit and growing the node's memory.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class CommitterClosed(RuntimeError):
     """The committer is shutting down and takes no new writes."""
 
 
+class CommitterOverloaded(RuntimeError):
+    """The queue of writes waiting for a commit is full: the node sheds this write."""
+
+
 @dataclass(frozen=True)
 class _Request:
     records: Sequence[Record]
@@ -47,20 +55,36 @@ class GroupCommitter:
     """Queues writes from many coroutines and commits them together.
 
     max_items and max_bytes cap one commit (a single larger request still goes alone), so
-    one transaction never grows without bound. `commits` and `items` count what was done.
+    one transaction never grows without bound; max_pending_items and max_pending_bytes cap
+    the queue (a request is refused only when something is queued already, so any single
+    request the server accepted can be committed). `commits`, `items` and `shed` count
+    what was done and refused.
     """
 
-    def __init__(self, store: Store, *, max_items: int = 4096, max_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_items: int = 4096,
+        max_bytes: int = 64 << 20,
+        max_pending_items: int = 65536,
+        max_pending_bytes: int = 256 << 20,
+    ) -> None:
         self._store = store
         self._max_items = max_items
         self._max_bytes = max_bytes
+        self._max_pending_items = max_pending_items
+        self._max_pending_bytes = max_pending_bytes
         self._pending: list[_Request] = []
+        self._pending_items = 0
+        self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardd-commit")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0
         self.items = 0
+        self.shed = 0
 
     async def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
         """Stores records newer than the stored ones and parks hints; returns per record
@@ -71,11 +95,29 @@ class GroupCommitter:
             self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
         future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        self._pending.append(_Request(records, hints, future))
+        request = _Request(records, hints, future)
+        self._admit(request)
+        self._pending.append(request)
         self._wakeup.set()
         # A caller that is cancelled leaves its write queued: a timed-out write may still
         # happen, which is what callers must assume anyway.
         return await asyncio.shield(future)
+
+    def _admit(self, request: _Request) -> None:
+        """Counts request into the queue, or refuses it when the queue would overflow."""
+        items, size = request.items(), request.size()
+        if self._pending and (
+            self._pending_items + items > self._max_pending_items
+            or self._pending_bytes + size > self._max_pending_bytes
+        ):
+            self.shed += 1
+            raise CommitterOverloaded(
+                f"node overloaded: {self._pending_items} writes ({self._pending_bytes} bytes)"
+                f" already wait for a commit (limits {self._max_pending_items} writes,"
+                f" {self._max_pending_bytes} bytes); retry later"
+            )
+        self._pending_items += items
+        self._pending_bytes += size
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Runs another write (e.g. deleting hints) on the commit thread between commits, so
@@ -129,6 +171,8 @@ class GroupCommitter:
             items += request.items()
             size += request.size()
         batch, self._pending = self._pending[:count], self._pending[count:]
+        self._pending_items -= items
+        self._pending_bytes -= size
         return batch
 
     @staticmethod

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 import grpc.aio
 from shardkv.limits import LimitExceeded
-from shardkv.shardd.commit import CommitterClosed
+from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.store import StoreFull
 
@@ -37,6 +37,7 @@ STATUS_OF: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (ResponseTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (StoreClosed, grpc.StatusCode.UNAVAILABLE),
     (CommitterClosed, grpc.StatusCode.UNAVAILABLE),
+    (CommitterOverloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 

@@ -41,10 +41,13 @@ class NodeStorage:
         clock: HybridClock | None = None,
         read_workers: int = 4,
         commit_max_items: int = 4096,
+        max_pending_writes: int = 65536,
         page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self.store = store
-        self.committer = GroupCommitter(store, max_items=commit_max_items)
+        self.committer = GroupCommitter(
+            store, max_items=commit_max_items, max_pending_items=max_pending_writes
+        )
         self.clock = clock or HybridClock()
         self.writer = writer_number(node_id)
         self._page_bytes = page_bytes

@@ -35,6 +35,23 @@ class ListenError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ServerTls:
+    """PEM bytes of the node's certificate chain and key; with client_ca, callers (routers)
+    must present a certificate that chains to it (mutual TLS)."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.cert_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything a node needs to serve; __main__ builds it from flags."""
 
@@ -52,6 +69,10 @@ class ServerConfig:
     grace_s: float = 5.0
     read_workers: int = 4
     commit_max_items: int = 4096
+    # Writes queued for a commit beyond this many are refused with RESOURCE_EXHAUSTED.
+    max_pending_writes: int = 65536
+    # TLS (mutual TLS with a client CA); None serves plaintext, meant for loopback.
+    tls: ServerTls | None = None
 
 
 class ShardServer:
@@ -84,6 +105,7 @@ class ShardServer:
             node_id=config.node_id,
             read_workers=config.read_workers,
             commit_max_items=config.commit_max_items,
+            max_pending_writes=config.max_pending_writes,
             page_bytes=config.limits.max_message_bytes // 4,
         )
         server = grpc.aio.server(
@@ -105,7 +127,7 @@ class ShardServer:
             (KV_SERVICE, REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
         )
         try:
-            port = _bind(server, config.listen)
+            port = _bind(server, config.listen, config.tls)
             await server.start()
         except BaseException:
             await server.stop(None)
@@ -117,11 +139,12 @@ class ShardServer:
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         log.info(
-            "serving node_id=%s address=%s data=%s sync=%s",
+            "serving node_id=%s address=%s data=%s sync=%s tls=%s",
             config.node_id,
             self.address,
             config.data_dir,
             config.sync,
+            "off" if config.tls is None else "mutual" if config.tls.client_ca else "on",
         )
         return port
 
@@ -144,10 +167,13 @@ class ShardServer:
         log.info("stopped node_id=%s", self.config.node_id)
 
 
-def _bind(server: grpc.aio.Server, listen: str) -> int:
+def _bind(server: grpc.aio.Server, listen: str, tls: ServerTls | None) -> int:
     """Binds listen; grpc raises or answers port 0 on failure, turned into one clear error."""
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {listen}: address in use or invalid ({exc})") from exc
     if not port:
