@@ -15,6 +15,9 @@ connection). Every KV operation is safe to retry on it:
   by the repeat: the same last-write-wins outcome as if the caller had written a little
   later.)
 
+A batch reply's per-item UNAVAILABLE (the router could not reach enough replicas of that
+key) is raised, not retried: the router has already tried every replica it knows.
+
 DEADLINE_EXCEEDED is never retried: the call's time is spent, and a write's outcome is
 unknown (see ``errors.DeadlineExceeded``).
 """

@@ -38,11 +38,12 @@ class Client(ClientBase):
     Keys and values are bytes, or str encoded as UTF-8. They are checked against the
     server's limits before sending (``InvalidArgument`` without a round trip).
 
-    Single-key calls (``get``, ``get_record``, ``put``, ``delete``) made concurrently by
-    threads sharing this client travel together in one batch RPC (see
-    ``shardkv.client.coalesce``); each caller still gets its own result, error and
-    timeout. ``get_many`` and ``put_many`` split what they get into batches of the
-    server's limit. ``scan`` pages transparently; its timeout applies to each page.
+    Single-key calls (``get``, ``get_record``, ``put``, ``delete``) always travel as
+    ``BatchGet``/``BatchWrite`` items, and those made concurrently by threads sharing this
+    client travel together in one RPC (see ``shardkv.client.coalesce``); each caller still
+    gets its own result, error and timeout. ``get_many`` and ``put_many`` split what they
+    get into batches of the server's limit. ``scan`` pages transparently; its timeout
+    applies to each page.
 
     Errors are ``ShardKVError`` subclasses; ``DeadlineExceeded`` means the outcome is
     unknown (a write may or may not have happened). Use as a context manager or call
@@ -227,7 +228,10 @@ class Client(ClientBase):
                 return
 
     def _getter(self, level: Consistency | None) -> ThreadBatcher[bytes, Record | None]:
-        with self._batchers_lock:
+        batcher = self._getters.get(level)
+        if batcher is not None:
+            return batcher
+        with self._batchers_lock:  # only the first call per level gets here
             batcher = self._getters.get(level)
             if batcher is None:
                 batcher = ThreadBatcher(
@@ -240,6 +244,9 @@ class Client(ClientBase):
             return batcher
 
     def _writer(self, level: Consistency | None) -> ThreadBatcher[kv_pb2.Mutation, int]:
+        batcher = self._writers.get(level)
+        if batcher is not None:
+            return batcher
         with self._batchers_lock:
             batcher = self._writers.get(level)
             if batcher is None:
