@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
-from benchmarks.procstat import Usage, usages
+from benchmarks.procstat import Usage, machine_busy_s, usages
 
 # Fraction of operations that are reads, by workload name.
 MIXES: dict[str, float] = {"put-only": 0.0, "get-only": 1.0, "50/50": 0.5, "95/5": 0.95}
@@ -110,6 +110,9 @@ class CellResult:
     cpu_s: dict[str, float]
     cpu_s_per_1k_keys: dict[str, float]
     cpu_util: dict[str, float]
+    # Cores' worth of CPU that processes other than the measured ones used in the window:
+    # another program competing for the two cores makes the cell's figures unreliable.
+    other_cpu_cores: float
     rss_mb: dict[str, float]
     rss_samples: list[dict[str, float]] = field(default_factory=list)
     status: str = "ok"
@@ -263,6 +266,7 @@ async def run_cell(
     try:
         await _sleep_ticking(cell.warmup_s, on_tick)
         before = usages(watched)
+        busy_before = machine_busy_s()
         if cell.sample_every_s > 0:
             samples.append({"t_s": 0.0, **_rss_mb(before)})
         started = time.perf_counter()
@@ -278,13 +282,14 @@ async def run_cell(
         window.open = False
         elapsed = time.perf_counter() - started
         after = usages(watched)
+        busy = machine_busy_s() - busy_before
     finally:
         window.stop = True
         _done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return _result(system, cell, window, elapsed, before, after, samples)
+    return _result(system, cell, window, elapsed, before, after, busy, samples)
 
 
 async def _sleep_ticking(
@@ -319,6 +324,7 @@ def _result(
     elapsed: float,
     before: dict[str, Usage],
     after: dict[str, Usage],
+    machine_busy: float,
     samples: list[dict[str, float]],
 ) -> CellResult:
     hist = window.hist
@@ -354,6 +360,7 @@ def _result(
         cpu_s=cpu,
         cpu_s_per_1k_keys=per_1k,
         cpu_util=util,
+        other_cpu_cores=round(max(0.0, machine_busy - sum(cpu.values())) / elapsed, 2),
         rss_mb=_rss_mb(after),
         rss_samples=samples,
         status=status,

@@ -43,3 +43,13 @@ def usages(pids: dict[str, int]) -> dict[str, Usage]:
         except ProcessLookupError:
             continue
     return readings
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have spent busy since boot (/proc/stat), to tell
+    how much CPU processes other than the measured ones took during a window."""
+    with open("/proc/stat", encoding="ascii") as stat_file:
+        fields = stat_file.readline().split()
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS_PER_S

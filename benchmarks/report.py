@@ -9,6 +9,8 @@ from typing import Any
 from benchmarks.plan import SYSTEM_TITLES
 
 Row = dict[str, Any]
+# Cores used by processes not under test above which a cell is flagged as disturbed.
+NOISY_CORES = 0.25
 
 SECTIONS = {
     "sweep": "Single-key calls against concurrency (100 B values, uniform keys)",
@@ -27,7 +29,9 @@ up, then counts the calls that finish in its window. shardkv is driven through
 users get them); etcd through aetcd's generated stubs on a plain grpc.aio channel, one
 unary Put or (linearizable) Range per operation, round-robin over its members. Latency is
 per call (HdrHistogram, 3 significant digits). CPU is user+system time of each process
-over the window, from /proc, per 1000 keys; `client` is the load generator itself.
+over the window, from /proc, per 1000 keys; `client` is the load generator itself;
+"other CPU" is the cores' worth used meanwhile by processes not under test (anything
+well above 0 means the cell competed with something else for the two cores).
 Keys are read from a keyspace preloaded before the first cell of each system."""
 
 
@@ -52,8 +56,8 @@ def _call(cell: dict[str, Any]) -> str:
 def _table(rows: Sequence[Row]) -> list[str]:
     lines = [
         "| system | workload | keys | value | call | in flight | calls/s | keys/s "
-        "| p50 ms | p99 ms | p99.9 ms | errors | CPU s per 1k keys | RSS MiB |",
-        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
+        "| p50 ms | p99 ms | p99.9 ms | errors | CPU s per 1k keys | other CPU | RSS MiB |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|---|",
     ]
     for row in rows:
         cell = row["cell"]
@@ -63,7 +67,7 @@ def _table(rows: Sequence[Row]) -> list[str]:
         )
         if row["status"] != "ok":
             reason = row.get("reason", row["status"])
-            lines.append(head + f"| {row['status']} | | | | | | | {reason} |")
+            lines.append(head + f"| {row['status']} | | | | | | | {reason} | | |")
             continue
         lat = row["latency_us"]
         errors = str(row["errors"])
@@ -72,7 +76,7 @@ def _table(rows: Sequence[Row]) -> list[str]:
         lines.append(
             head + f"| {row['calls_per_s']:,.0f} | {row['keys_per_s']:,.0f} "
             f"| {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} "
-            f"| {_cpu(row)} | {_rss(row)} |"
+            f"| {_cpu(row)} | {row['other_cpu_cores']:.2f} | {_rss(row)} |"
         )
     return lines
 
@@ -142,6 +146,15 @@ def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
         f"{meta['commit']}.",
         "",
     ]
+    noisy = [r for r in rows if r["status"] == "ok" and r["other_cpu_cores"] > NOISY_CORES]
+    if noisy:
+        worst = max(r["other_cpu_cores"] for r in noisy)
+        lines += [
+            f"> **Caution:** in {len(noisy)} of {len(rows)} cells other processes on the "
+            f"machine used more than {NOISY_CORES} cores (up to {worst:.2f}); those figures "
+            'understate what the systems can do (see the "other CPU" column).',
+            "",
+        ]
     if meta.get("notes"):
         lines += [f"> **Note:** {note}" for note in meta["notes"]] + [""]
     lines += ["Systems:", ""]

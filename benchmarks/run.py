@@ -107,6 +107,45 @@ class Progress:
         self._bar.close()
 
 
+async def _preload_all(
+    system: str,
+    driver: Driver,
+    cells: Sequence[plan.Planned],
+    progress: Progress,
+    preloads: dict[str, float],
+) -> None:
+    """Fills every keyspace that some cell of system reads from."""
+    spaces = sorted(
+        {(p.cell.value_bytes, p.cell.keyspace) for p in cells if p.cell.mix != "put-only"}
+    )
+    for value_bytes, keyspace in spaces:
+        progress.label(f"{system}: preload {keyspace:,} x {value_bytes} B")
+        started = time.perf_counter()
+        await preload(driver, value_bytes=value_bytes, keyspace=keyspace)
+        preloads[f"{system} {keyspace} x {value_bytes} B"] = round(time.perf_counter() - started, 2)
+
+
+async def _run_one(
+    system: str, fleet: Fleet, driver: Driver, planned: plan.Planned, progress: Progress
+) -> dict[str, Any]:
+    """The row of one cell: measured, n/a, or failed with the reason (a failing cell must
+    not cost the rest of the run)."""
+    if planned.cell.batch > driver.max_batch:
+        return _skipped(
+            system, planned, "n/a", f"{system} takes at most {driver.max_batch} per call"
+        )
+    if dead := fleet.dead():
+        return _skipped(system, planned, "failed", f"server(s) exited: {', '.join(dead)}")
+    try:
+        result = await run_cell(
+            driver, planned.cell, system=system, pids=fleet.pids(), on_tick=progress.tick
+        )
+    except Exception as err:
+        log.exception("%s: cell %s failed", system, planned.cell.label)
+        return _skipped(system, planned, "failed", f"{type(err).__name__}: {err}"[:300])
+    return {"section": planned.section, **result.to_json()}
+
+
 async def run_system(
     system: str,
     fleet: Fleet,
@@ -119,44 +158,19 @@ async def run_system(
     """Preloads, then runs every cell of system, appending a row per cell to rows."""
     driver = make_driver(system, addresses)
     try:
-        spaces = sorted(
-            {(p.cell.value_bytes, p.cell.keyspace) for p in cells if p.cell.mix != "put-only"}
-        )
-        for value_bytes, keyspace in spaces:
-            progress.label(f"{system}: preload {keyspace:,} x {value_bytes} B")
-            started = time.perf_counter()
-            await preload(driver, value_bytes=value_bytes, keyspace=keyspace)
-            preloads[f"{system} {keyspace} x {value_bytes} B"] = round(
-                time.perf_counter() - started, 2
-            )
+        try:
+            await _preload_all(system, driver, cells, progress, preloads)
+        except Exception as err:
+            log.exception("%s: preload failed", system)
+            reason = f"preload failed: {type(err).__name__}: {err}"[:300]
+            for planned in cells:
+                rows.append(_skipped(system, planned, "failed", reason))
+                progress.finish_cell(planned)
+            return
         for planned in cells:
             progress.label(f"{system}: {planned.cell.label}")
             progress.start_cell(planned)
-            if planned.cell.batch > driver.max_batch:
-                rows.append(
-                    _skipped(
-                        system,
-                        planned,
-                        "n/a",
-                        f"{system} takes at most {driver.max_batch} per call",
-                    )
-                )
-            elif dead := fleet.dead():
-                rows.append(
-                    _skipped(system, planned, "failed", f"server(s) exited: {', '.join(dead)}")
-                )
-            else:
-                try:
-                    result = await run_cell(
-                        driver,
-                        planned.cell,
-                        system=system,
-                        pids=fleet.pids(),
-                        on_tick=progress.tick,
-                    )
-                    rows.append({"section": planned.section, **result.to_json()})
-                except (ProcessLookupError, ServerError) as err:
-                    rows.append(_skipped(system, planned, "failed", str(err)))
+            rows.append(await _run_one(system, fleet, driver, planned, progress))
             progress.finish_cell(planned)
     finally:
         await driver.close()

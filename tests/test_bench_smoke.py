@@ -33,6 +33,7 @@ CELL_FIELDS = {
     "cpu_s",
     "cpu_s_per_1k_keys",
     "cpu_util",
+    "other_cpu_cores",
     "rss_mb",
     "rss_samples",
     "status",
