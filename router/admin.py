@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from shardkv.router.health import DOWN, UP, NodeHealth
 from shardkv.router.hints import HintHandoff
 from shardkv.router.ring import Ring
 from shardkv.router.topology import Topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -43,7 +47,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         ]
 
     async def GetTopology(
-        self, request: admin_pb2.GetTopologyRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.GetTopologyRequest, context: Context
     ) -> admin_pb2.Topology:
         t = self._topology
         return admin_pb2.Topology(
@@ -56,7 +60,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
 
     async def GetHealth(
-        self, request: admin_pb2.GetHealthRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.GetHealthRequest, context: Context
     ) -> admin_pb2.ClusterHealth:
         nodes = self._nodes()
         up = sum(1 for n in nodes if n.state == UP)

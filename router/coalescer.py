@@ -3,7 +3,8 @@
 A gRPC call costs hundreds of microseconds of CPU while an item inside a batch costs a few
 (DESIGN.md, Performance), so the router never pays a call per key per hop. Items queue
 here; whenever fewer than ``max_in_flight`` calls are outstanding, everything pending (up
-to ``max_items``) leaves in one call, and each item's future gets its slice of the reply.
+to ``max_items``) leaves in one call, and each item's callback gets its slice of the reply
+(a plain call, not a future: no event-loop round trip per item).
 A lone item with nothing in flight leaves at once: there are no timers and no waiting for
 a batch to fill, so coalescing adds no latency when the router is idle.
 """
@@ -38,6 +39,8 @@ class NodeFailure:
 SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
 # Told of every failed call, with the timeout it had (the health tracker listens).
 OnFailure = Callable[[NodeFailure, float], None]
+# Receives one item's result, or the NodeFailure of its call; must not raise.
+Deliver = Callable[[Result | NodeFailure], None]
 
 
 class Coalescer(Generic[Item, Result]):
@@ -63,23 +66,15 @@ class Coalescer(Generic[Item, Result]):
         self._max_in_flight = max_in_flight
         self._call_timeout_s = call_timeout_s
         self._size_of = size_of
-        self._pending: deque[tuple[Item, float, asyncio.Future[Result | NodeFailure]]] = deque()
+        self._pending: deque[tuple[Item, float, Deliver[Result]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(
-        self, items: Sequence[Item], deadline: float
-    ) -> list[asyncio.Future[Result | NodeFailure]]:
-        """Queues items due by deadline (loop time); each future resolves to a result or a
-        NodeFailure, never to an exception. Items submitted together travel together."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Result | NodeFailure]] = []
-        for item in items:
-            future: asyncio.Future[Result | NodeFailure] = loop.create_future()
-            self._pending.append((item, deadline, future))
-            futures.append(future)
+    def submit(self, items: Sequence[tuple[Item, Deliver[Result]]], deadline: float) -> None:
+        """Queues items due by deadline (loop time); each one's callback is called exactly
+        once, with its result or a NodeFailure. Items submitted together travel together."""
+        self._pending.extend((item, deadline, deliver) for item, deliver in items)
         self._pump()
-        return futures
 
     async def close(self) -> None:
         """Waits for the calls in flight (their own deadlines bound the wait)."""
@@ -89,22 +84,18 @@ class Coalescer(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             now = loop.time()
-            batch: list[tuple[Item, float, asyncio.Future[Result | NodeFailure]]] = []
+            batch: list[tuple[Item, float, Deliver[Result]]] = []
             size = 0
             while self._pending and len(batch) < self._max_items:
-                item, deadline, future = self._pending[0]
+                item, deadline, deliver = self._pending[0]
                 item_size = self._size_of(item)
                 if batch and size + item_size > self._max_bytes:
                     break
                 self._pending.popleft()
-                if future.done():
-                    continue
                 if deadline <= now:
-                    future.set_result(
-                        self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue")
-                    )
+                    deliver(self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
                     continue
-                batch.append((item, deadline, future))
+                batch.append((item, deadline, deliver))
                 size += item_size
             if not batch:
                 continue
@@ -113,9 +104,7 @@ class Coalescer(Generic[Item, Result]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(
-        self, batch: list[tuple[Item, float, asyncio.Future[Result | NodeFailure]]]
-    ) -> None:
+    async def _call(self, batch: list[tuple[Item, float, Deliver[Result]]]) -> None:
         # One call serves items of several requests: it may run until the latest of their
         # deadlines (each request stops waiting at its own), never beyond node_call_ms.
         timeout = min(
@@ -125,15 +114,13 @@ class Coalescer(Generic[Item, Result]):
             results = await self._send([item for item, _, _ in batch], timeout)
             if len(results) != len(batch):
                 raise _ShortReply(len(results), len(batch))
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            for (_, _, deliver), result in zip(batch, results, strict=True):
+                deliver(result)
         except (grpc.RpcError, _ShortReply) as err:
             failure = self._failure_of(err)
             self._on_failure(failure, timeout)
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_result(failure)
+            for _, _, deliver in batch:
+                deliver(failure)
         finally:
             self._in_flight -= 1
             self._pump()

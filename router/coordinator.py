@@ -32,7 +32,7 @@ from shardkv.hlc import HybridClock
 from shardkv.router.coalescer import NodeFailure
 from shardkv.router.health import NodeHealth
 from shardkv.router.node_client import ApplyItem, NodeClient
-from shardkv.router.quorum import Quorum
+from shardkv.router.quorum import Quorum, QuorumGroup
 from shardkv.router.ring import Ring
 from shardkv.v1 import replica_pb2
 
@@ -110,6 +110,7 @@ class Coordinator:
         self, mutations: Sequence[Mutation], needed: int, deadline: float
     ) -> list[WriteOutcome]:
         """Writes every mutation with a fresh version; answers once each is decided."""
+        group: QuorumGroup[bool] = QuorumGroup(deadline)
         plans: list[_Write] = []
         outbox: _Outbox = defaultdict(list)
         for mutation in mutations:
@@ -121,7 +122,7 @@ class Coordinator:
                 tombstone=mutation.delete,
             )
             owners = self._ring.preference_list(record.key, self._n)
-            plan = _Write(record, Quorum(needed, deadline), set(owners), deadline)
+            plan = _Write(record, group.quorum(needed), set(owners), deadline)
             for owner in owners:
                 if self._health.is_down(owner):
                     if not self._hint(plan, owner, outbox):
@@ -131,9 +132,7 @@ class Coordinator:
                     outbox[owner].append((record, plan, owner, True))
             plans.append(plan)
         self._send(outbox, deadline)
-        for plan in plans:
-            plan.quorum.start()
-        await asyncio.gather(*(plan.quorum.decided for plan in plans))
+        await group.wait()
         return [
             WriteOutcome(
                 plan.record.version,
@@ -147,10 +146,16 @@ class Coordinator:
     def _send(self, outbox: _Outbox, deadline: float) -> None:
         """Submits each node's items together, so they share one coalesced call."""
         for node_id, entries in outbox.items():
-            replies = self._clients[node_id].apply([item for item, _, _, _ in entries], deadline)
-            for (_, plan, name, direct), reply in zip(entries, replies, strict=True):
-                on_failed = partial(self._redirect, plan, node_id) if direct else None
-                plan.quorum.add(name, reply, on_failed)
+            items = [
+                (
+                    item,
+                    plan.quorum.add(
+                        name, partial(self._redirect, plan, node_id) if direct else None
+                    ),
+                )
+                for item, plan, name, direct in entries
+            ]
+            self._clients[node_id].apply(items, deadline)
 
     def _redirect(self, plan: _Write, owner: str, failure: NodeFailure) -> None:
         """An owner's write failed as UNAVAILABLE: park the record on a fallback instead."""
@@ -173,10 +178,11 @@ class Coordinator:
 
     async def read(self, keys: Sequence[bytes], needed: int, deadline: float) -> list[ReadOutcome]:
         """Reads every key from its live owners; answers once each key is decided."""
+        group: QuorumGroup[replica_pb2.Record] = QuorumGroup(deadline)
         quorums: list[Quorum[replica_pb2.Record]] = []
         outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
         for key in keys:
-            quorum: Quorum[replica_pb2.Record] = Quorum(needed, deadline)
+            quorum = group.quorum(needed, partial(self._repair, key))
             for owner in self._ring.preference_list(key, self._n):
                 if self._health.is_down(owner):
                     quorum.fail(owner, f"DOWN ({self._health.last_error(owner) or 'not serving'})")
@@ -184,13 +190,8 @@ class Coordinator:
                     outbox[owner].append((key, quorum))
             quorums.append(quorum)
         for node_id, entries in outbox.items():
-            replies = self._clients[node_id].read([key for key, _ in entries], deadline)
-            for (_, quorum), reply in zip(entries, replies, strict=True):
-                quorum.add(node_id, reply)
-        for key, quorum in zip(keys, quorums, strict=True):
-            quorum.start()
-            quorum.settled.add_done_callback(partial(self._repair, key, quorum))
-        await asyncio.gather(*(quorum.decided for quorum in quorums))
+            self._clients[node_id].read([(key, q.add(node_id)) for key, q in entries], deadline)
+        await group.wait()
         outcomes = []
         for key, quorum in zip(keys, quorums, strict=True):
             if not quorum.succeeded:
@@ -201,20 +202,32 @@ class Coordinator:
             outcomes.append(ReadOutcome(best if best.version else None, None))
         return outcomes
 
-    def _repair(
-        self, key: bytes, quorum: Quorum[replica_pb2.Record], _: asyncio.Future[None]
-    ) -> None:
+    def _repair(self, key: bytes, quorum: Quorum[replica_pb2.Record]) -> None:
         """Sends the newest record to every replica that answered with an older one or none."""
         if not quorum.ok:
             return
         best = newest(list(quorum.ok.values()))
         if not best.version:
             return
+        stale = [
+            node_id
+            for node_id, record in quorum.ok.items()
+            if (record.version, record.writer) < (best.version, best.writer)
+        ]
+        if not stale:
+            return
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
-        for node_id, record in quorum.ok.items():
-            if (record.version, record.writer) < (best.version, best.writer):
-                log.debug(
-                    "read repair of %r on %s: %d -> %d", key, node_id, record.version, best.version
-                )
-                self._clients[node_id].apply([best], deadline)
-                self.repairs += 1
+        for node_id in stale:
+            log.debug(
+                "read repair of %r on %s: %d -> %d",
+                key,
+                node_id,
+                quorum.ok[node_id].version,
+                best.version,
+            )
+            self._clients[node_id].apply([(best, _ignore)], deadline)
+            self.repairs += 1
+
+
+def _ignore(result: bool | NodeFailure) -> None:
+    """Read repair is best effort: a failed repair is retried by the next read."""

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from shardkv.limits import LimitExceeded, Limits, scan_range
@@ -24,6 +24,7 @@ from shardkv.router.topology import Topology
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class Unavailable(Exception):
@@ -39,14 +40,14 @@ _STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[["KVService", Req, grpc.aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[["KVService", Req, Context], Awaitable[Resp]]
 
 
 def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     """Turns domain errors into status codes; anything unknown is logged and INTERNAL."""
 
     @functools.wraps(handler)
-    async def wrapper(self: KVService, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+    async def wrapper(self: KVService, request: Req, context: Context) -> Resp:
         try:
             return await handler(self, request, context)
         except tuple(_STATUS_OF) as err:
@@ -94,7 +95,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._limits = limits
         self._request_s = topology.timeouts.request_ms / 1000
 
-    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+    def _deadline(self, context: Context) -> float:
         """Loop time by which to answer: the client's deadline, or request_ms without one."""
         remaining: float | None = context.time_remaining()
         if remaining is None or remaining > self._request_s:
@@ -109,9 +110,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         t = self._topology
         return replicas_needed(consistency, replication=t.replication, default=t.write_quorum)
 
-    async def _write_one(
-        self, mutation: Mutation, consistency: int, context: grpc.aio.ServicerContext
-    ) -> int:
+    async def _write_one(self, mutation: Mutation, consistency: int, context: Context) -> int:
         self._limits.check_key(mutation.key)
         self._limits.check_value(mutation.key, mutation.value)
         needed = self._writes_needed(consistency)
@@ -121,9 +120,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         return outcome.version
 
     @_mapped
-    async def Get(
-        self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext
-    ) -> kv_pb2.GetResponse:
+    async def Get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:
         self._limits.check_key(request.key)
         needed = self._reads_needed(request.consistency)
         [outcome] = await self._coordinator.read([request.key], needed, self._deadline(context))
@@ -133,9 +130,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         return kv_pb2.GetResponse(found=result.found, value=result.value, version=result.version)
 
     @_mapped
-    async def Put(
-        self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext
-    ) -> kv_pb2.PutResponse:
+    async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
         mutation = Mutation(request.key, request.value)
         return kv_pb2.PutResponse(
             version=await self._write_one(mutation, request.consistency, context)
@@ -143,7 +138,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @_mapped
     async def Delete(
-        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+        self, request: kv_pb2.DeleteRequest, context: Context
     ) -> kv_pb2.DeleteResponse:
         mutation = Mutation(request.key, delete=True)
         return kv_pb2.DeleteResponse(
@@ -152,7 +147,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @_mapped
     async def BatchGet(
-        self, request: kv_pb2.BatchGetRequest, context: grpc.aio.ServicerContext
+        self, request: kv_pb2.BatchGetRequest, context: Context
     ) -> kv_pb2.BatchGetResponse:
         self._limits.check_batch(request.keys, "BatchGet")
         for key in request.keys:
@@ -166,7 +161,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @_mapped
     async def BatchWrite(
-        self, request: kv_pb2.BatchWriteRequest, context: grpc.aio.ServicerContext
+        self, request: kv_pb2.BatchWriteRequest, context: Context
     ) -> kv_pb2.BatchWriteResponse:
         self._limits.check_batch(request.mutations, "BatchWrite")
         mutations = []
@@ -185,9 +180,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
 
     @_mapped
-    async def Scan(
-        self, request: kv_pb2.ScanRequest, context: grpc.aio.ServicerContext
-    ) -> kv_pb2.ScanResponse:
+    async def Scan(self, request: kv_pb2.ScanRequest, context: Context) -> kv_pb2.ScanResponse:
         start, end = scan_range(request.prefix, request.start, request.end)
         limit = self._limits.page_size(request.limit)
         needed = self._reads_needed(request.consistency)

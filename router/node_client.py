@@ -8,13 +8,12 @@ health checks) is called directly.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from shardkv.limits import Limits
-from shardkv.router.coalescer import Coalescer, NodeFailure
+from shardkv.router.coalescer import Coalescer, Deliver, NodeFailure
 from shardkv.router.topology import NodeConfig
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
@@ -57,7 +56,11 @@ class NodeClient:
         self.address = node.address
         self._channel = grpc.aio.insecure_channel(node.address, options=channel_options(limits))
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)  # type: ignore[no-untyped-call]
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health_check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         self._call_timeout_s = call_timeout_s
         self._on_failure = on_failure
         self._applies: Coalescer[ApplyItem, bool] = Coalescer(
@@ -81,17 +84,15 @@ class NodeClient:
             size_of=len,
         )
 
-    def apply(
-        self, items: Sequence[ApplyItem], deadline: float
-    ) -> list[asyncio.Future[bool | NodeFailure]]:
+    def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
         """Queues records (result: applied) and hints (result: True) for this node."""
-        return self._applies.submit(items, deadline)
+        self._applies.submit(items, deadline)
 
     def read(
-        self, keys: Sequence[bytes], deadline: float
-    ) -> list[asyncio.Future[replica_pb2.Record | NodeFailure]]:
+        self, keys: Sequence[tuple[bytes, Deliver[replica_pb2.Record]]], deadline: float
+    ) -> None:
         """Queues keys to read; each result is the node's record (version 0 when absent)."""
-        return self._reads.submit(keys, deadline)
+        self._reads.submit(keys, deadline)
 
     async def apply_now(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
         """One direct Apply of records that are already a batch (hint hand-off)."""
@@ -135,7 +136,7 @@ class NodeClient:
     async def check(self, timeout_s: float) -> str | None:
         """None when the node's health service answers SERVING, else what went wrong."""
         try:
-            reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            reply = await self._health_check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
             return f"{err.code().name}: {err.details()}"
         if reply.status != health_pb2.HealthCheckResponse.SERVING:

@@ -1,16 +1,19 @@
-"""Counting one key's replica replies until a quorum is reached, lost, or out of time.
+"""Counting each key's replica replies until a quorum is reached, lost, or out of time.
 
 A Quorum is decided as soon as ``needed`` replicas succeeded, or success became impossible,
 or the deadline passed; it is settled when every reply is in (or the deadline passed).
-Requests answer at decided; read repair runs at settled, so a slow stale replica is still
-repaired without making the client wait for it.
+Requests answer once every quorum of their group is decided; read repair runs at settled,
+so a slow stale replica is still repaired without making the client wait for it.
+
+Replies arrive as plain callbacks from the coalescer (no future per replica and key), and
+one QuorumGroup per request holds the one deadline timer and the one future the request
+awaits: a batch of a thousand keys costs no thousand timers or event-loop wake-ups.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import partial
 from typing import Generic, TypeVar
 
 from shardkv.router.coalescer import NodeFailure
@@ -35,30 +38,93 @@ def replicas_needed(consistency: int, *, replication: int, default: int) -> int:
     raise ValueError(f"unknown consistency level {consistency}")
 
 
+class QuorumGroup(Generic[T]):
+    """The quorums of one request, sharing its deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._undecided = 0
+        self._unsettled = 0
+        self._all_decided: asyncio.Future[None] = loop.create_future()
+        self._quorums: list[Quorum[T]] = []
+        self._timer = loop.call_at(deadline, self._expire)
+
+    def quorum(
+        self, needed: int, on_settled: Callable[[Quorum[T]], None] | None = None
+    ) -> Quorum[T]:
+        quorum = Quorum(self, needed, on_settled)
+        self._quorums.append(quorum)
+        self._undecided += 1
+        self._unsettled += 1
+        return quorum
+
+    async def wait(self) -> None:
+        """Starts every quorum and returns once each is decided."""
+        for quorum in self._quorums:
+            quorum.start()
+        if self._undecided:
+            await self._all_decided
+
+    def _decided(self) -> None:
+        self._undecided -= 1
+        if not self._undecided and not self._all_decided.done():
+            self._all_decided.set_result(None)
+
+    def _settled(self) -> None:
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._timer.cancel()
+            self._quorums.clear()
+
+    def _expire(self) -> None:
+        for quorum in list(self._quorums):
+            quorum.expire()
+
+
 class Quorum(Generic[T]):
     """The replies of one key's replicas, named by node (or by "fallback (hint for owner)")."""
 
-    def __init__(self, needed: int, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(
+        self,
+        group: QuorumGroup[T],
+        needed: int,
+        on_settled: Callable[[Quorum[T]], None] | None,
+    ) -> None:
         self.needed = needed
         self.ok: dict[str, T] = {}
         self.failed: dict[str, str] = {}
-        self.decided: asyncio.Future[None] = loop.create_future()
-        self.settled: asyncio.Future[None] = loop.create_future()
+        self._group = group
+        self._on_settled = on_settled
         self._pending: set[str] = set()
         self._started = False
-        self._timer = loop.call_at(deadline, self._expire)
+        self._decided = False
+        self._settled = False
 
     @property
     def succeeded(self) -> bool:
         return len(self.ok) >= self.needed
 
     def add(
-        self, name: str, reply: asyncio.Future[T | NodeFailure], on_failed: OnFailed | None = None
-    ) -> None:
-        """Counts reply when it arrives; on_failed may replace a failed replica."""
+        self, name: str, on_failed: OnFailed | None = None
+    ) -> Callable[[T | NodeFailure], None]:
+        """Expects a reply from replica name; returns the callback that delivers it.
+
+        on_failed may replace a failed replica before the quorum is decided."""
         self._pending.add(name)
-        reply.add_done_callback(partial(self._on_reply, name, on_failed))
+
+        def deliver(result: T | NodeFailure) -> None:
+            if name not in self._pending:
+                return  # arrived after the deadline
+            if isinstance(result, NodeFailure):
+                self.failed[name] = str(result)
+                if on_failed is not None and not self._decided:
+                    on_failed(result)
+            else:
+                self.ok[name] = result
+            self._pending.discard(name)
+            self._check()
+
+        return deliver
 
     def fail(self, name: str, reason: str) -> None:
         """Counts a replica that was not asked (its node is down and no fallback exists)."""
@@ -66,6 +132,14 @@ class Quorum(Generic[T]):
 
     def start(self) -> None:
         """Every replica has been added: a quorum with nothing pending decides now."""
+        self._started = True
+        self._check()
+
+    def expire(self) -> None:
+        """The deadline passed: whoever has not answered counts as failed."""
+        for name in self._pending:
+            self.failed.setdefault(name, "no answer before the deadline")
+        self._pending.clear()
         self._started = True
         self._check()
 
@@ -79,33 +153,14 @@ class Quorum(Generic[T]):
             f" failed: {', '.join(failures) or 'none'}"
         )
 
-    def _on_reply(
-        self, name: str, on_failed: OnFailed | None, reply: asyncio.Future[T | NodeFailure]
-    ) -> None:
-        if name not in self._pending:
-            return  # arrived after the deadline
-        result = reply.result()
-        if isinstance(result, NodeFailure):
-            self.failed[name] = str(result)
-            if on_failed is not None and not self.decided.done():
-                on_failed(result)
-        else:
-            self.ok[name] = result
-        self._pending.discard(name)
-        self._check()
-
     def _check(self) -> None:
         if not self._started:
             return
-        if not self.decided.done() and (self.succeeded or not self._pending):
-            self.decided.set_result(None)
-        if not self._pending and not self.settled.done():
-            self._timer.cancel()
-            self.settled.set_result(None)
-
-    def _expire(self) -> None:
-        for name in self._pending:
-            self.failed.setdefault(name, "no answer before the deadline")
-        self._pending.clear()
-        self._started = True
-        self._check()
+        if not self._decided and (self.succeeded or not self._pending):
+            self._decided = True
+            self._group._decided()
+        if not self._pending and not self._settled:
+            self._settled = True
+            if self._on_settled is not None:
+                self._on_settled(self)
+            self._group._settled()

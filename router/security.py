@@ -13,11 +13,13 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 log = logging.getLogger(__name__)
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context = grpc.aio.ServicerContext[Any, Any]
 
 EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -59,7 +61,7 @@ def read_token(path: Path) -> str:
     return token
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every non-exempt call without ``authorization: Bearer <token>``."""
 
     def __init__(self, token: str) -> None:
@@ -67,9 +69,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
@@ -83,19 +85,19 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _refusal(handler, details.method, reason)
 
 
-def _refusal(handler: grpc.RpcMethodHandler, method: str, reason: str) -> grpc.RpcMethodHandler:
+def _refusal(handler: Handler, method: str, reason: str) -> Handler:
     """A handler of the same shape as handler that logs and answers UNAUTHENTICATED."""
 
-    async def refuse(context: grpc.aio.ServicerContext) -> None:
+    async def refuse(context: Context) -> None:
         log.warning("refused %s from %s: %s", method, context.peer(), reason)
         await context.abort(
             grpc.StatusCode.UNAUTHENTICATED, f"{reason}: send 'authorization: Bearer <token>'"
         )
 
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def unary(request: Any, context: Context) -> Any:
         await refuse(context)
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
         await refuse(context)
         yield  # pragma: no cover - makes this an async generator
 
