@@ -49,9 +49,17 @@ from .transport import TLSConfig
 DEFAULT_ADDR = "127.0.0.1:7100"
 EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR = 0, 1, 2
 _LEVELS = {"one": Consistency.ONE, "quorum": Consistency.QUORUM, "all": Consistency.ALL}
-# How gRPC words a connection that failed, as opposed to a server answering UNAVAILABLE
-# (e.g. a router that could not reach enough replicas).
-_UNREACHABLE_SIGNS = ("failed to connect", "connection refused", "socket closed", "connect failed")
+# How gRPC words a connection this client could not make or keep, as opposed to a server
+# answering UNAVAILABLE itself (e.g. a router that could not reach enough replicas, whose
+# message may quote its own connection errors further on).
+_UNREACHABLE_SIGNS = (
+    "failed to connect",
+    "connection refused",
+    "connection reset",
+    "socket closed",
+    "connect failed",
+    "dns resolution failed",
+)
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -247,7 +255,7 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, out: TextI
 
 def _describe(err: ShardKVError) -> str:
     """One line for stderr that names the problem and the address that answered."""
-    unreachable = any(sign in err.details.lower() for sign in _UNREACHABLE_SIGNS)
+    unreachable = err.details.lower().startswith(_UNREACHABLE_SIGNS)
     if err.code is grpc.StatusCode.UNAVAILABLE and err.target and unreachable:
         return f"cannot reach {err.target} ({err.code.name}): {err.details}"
     where = f" from {err.target}" if err.target else ""

@@ -25,6 +25,7 @@ from harness import STARTUP_TIMEOUT_S, Cluster, free_port, router_proc, start_cl
 from shardkv.client import (
     AsyncClient,
     Client,
+    Consistency,
     RetryPolicy,
     TLSConfig,
     Unauthenticated,
@@ -132,6 +133,27 @@ def test_calls_keep_succeeding_when_a_router_is_killed(
             assert kv.put(f"after-{i}", b"v") > 0
         assert len(kv.get_many([f"after-{i}" for i in range(20)])) == 20
         assert len(list(kv.scan(prefix="after-", page_size=7))) == 20
+
+
+@pytest.mark.timeout(60)
+def test_item_failures_and_consistency_levels(cluster: Cluster) -> None:
+    """Two of three nodes down: ONE still works; W=R=2 fail per item, naming the keys."""
+    with Client(cluster.router.address, timeout=5) as kv:
+        kv.put_many({"a": b"1", "b": b"2"})
+        cluster.node("n2").stop()
+        cluster.node("n3").stop()
+        assert kv.put("a", b"one", consistency=Consistency.ONE) > 0
+        assert kv.get("a", consistency=Consistency.ONE) == b"one"
+        with pytest.raises(Unavailable, match="key b'a'") as single:
+            kv.put("a", b"two")
+        assert single.value.keys == (b"a",)
+        with pytest.raises(Unavailable, match="2 of 2 writes failed") as many:
+            kv.put_many({"a": b"3", "b": b"3"})
+        assert set(many.value.keys) == {b"a", b"b"}
+        with pytest.raises(Unavailable, match="2 of 2 reads failed") as reads:
+            kv.get_many(["a", "b", "a"], consistency=Consistency.QUORUM)
+        assert set(reads.value.keys) == {b"a", b"b"}
+        assert not kv.health().healthy
 
 
 @pytest.mark.timeout(30)
