@@ -197,6 +197,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             start=token or start,
             end=end,
             limit=limit,
+            max_bytes=self._limits.max_message_bytes // 2,
             deadline=self._deadline(context),
         )
         return kv_pb2.ScanResponse(

@@ -47,13 +47,16 @@ async def scan_page(
     start: bytes,
     end: bytes,
     limit: int,
+    max_bytes: int,
     deadline: float,
 ) -> Page:
-    """One page of at most limit live records of [start, end) (end b"" = open)."""
+    """One page of at most limit live records of [start, end) (end b"" = open), cut short
+    once it holds max_bytes of keys and values (so it fits in one message)."""
     loop = asyncio.get_running_loop()
     live = [node_id for node_id in clients if not health.is_down(node_id)]
     _check_coverage(health, clients, live, replication, needed)
     emitted: list[replica_pb2.Record] = []
+    size = 0
     cursor = start
     while True:
         replies = await asyncio.gather(
@@ -69,12 +72,13 @@ async def scan_page(
         pages = [r for r in replies if not isinstance(r, NodeFailure)]
         bound = _safe_bound(pages)
         for record in _merge(pages, bound):
-            if len(emitted) == limit:
+            if len(emitted) == limit or size >= max_bytes:
                 return Page(emitted, after(emitted[-1].key))
             emitted.append(record)
+            size += len(record.key) + len(record.value)
         if bound is None or (end and bound >= end):
             return Page(emitted, b"")
-        if len(emitted) == limit:
+        if len(emitted) == limit or size >= max_bytes:
             return Page(emitted, after(emitted[-1].key))
         if deadline - loop.time() <= 0:
             # Out of time with a short page: hand back what is complete and resume later.
