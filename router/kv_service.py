@@ -33,7 +33,6 @@ class Unavailable(Exception):
 
 _STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
-    ValueError: grpc.StatusCode.INVALID_ARGUMENT,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ScanUnavailable: grpc.StatusCode.UNAVAILABLE,
 }

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from shardkv.limits import LimitExceeded
 from shardkv.router.coalescer import NodeFailure
 from shardkv.v1 import kv_pb2
 
@@ -35,7 +36,7 @@ def replicas_needed(consistency: int, *, replication: int, default: int) -> int:
         return replication
     if consistency == kv_pb2.CONSISTENCY_DEFAULT:
         return default
-    raise ValueError(f"unknown consistency level {consistency}")
+    raise LimitExceeded(f"unknown consistency level {consistency}")
 
 
 class QuorumGroup(Generic[T]):

@@ -89,6 +89,7 @@ def test_bad_requests_are_invalid_argument(kv: kv_pb2_grpc.KVStub) -> None:
         lambda: kv.Get(kv_pb2.GetRequest(key=b""), timeout=5),
         lambda: kv.Put(kv_pb2.PutRequest(key=b"k" * 600, value=b"x"), timeout=5),
         lambda: kv.Scan(kv_pb2.ScanRequest(prefix=b"a", start=b"b"), timeout=5),
+        lambda: kv.Get(kv_pb2.GetRequest(key=b"k", consistency=9), timeout=5),  # type: ignore[arg-type]
     ):
         with pytest.raises(grpc.RpcError) as caught:
             call()
