@@ -1,0 +1,242 @@
+"""Clusters to break: nodes optionally behind fault proxies, the faults, and convergence.
+
+`start_faulty_cluster` starts real shardd and router processes like harness.start_cluster,
+but can put a FaultProxy in front of chosen nodes (the routers' cluster.toml names the
+proxy's address). The fault methods block for the length of the fault and record what
+they did, so a report can say which faults a run injected. `converge` heals the replicas
+the way an operator would (a read of every key at ALL, so read repair runs) and measures
+how long it took until every node holds the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+
+from faults.checker import Final
+from faults.proxy import FaultProxy
+
+READ_CHUNK = 500
+
+
+@dataclass
+class FaultyCluster(Cluster):
+    """A Cluster whose nodes may sit behind proxies; stop() also stops the proxies."""
+
+    proxies: dict[str, FaultProxy] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        super().stop()
+        for proxy in self.proxies.values():
+            proxy.stop()
+
+    def addresses(self) -> list[str]:
+        return [router.address for router in self.routers]
+
+    def _note(self, fault: str) -> None:
+        self.faults.append(fault)
+
+    def kill_restart(self, node_id: str, down_s: float) -> None:
+        """SIGKILL a node, leave it down for down_s, start it again on the same data."""
+        node = self.node(node_id)
+        self._note(f"SIGKILL {node_id}, down {down_s:g}s, restart")
+        node.kill()
+        time.sleep(down_s)
+        node.start()
+
+    def pause(self, node_id: str, paused_s: float) -> None:
+        """SIGSTOP a node (it hangs with its sockets open), SIGCONT it after paused_s."""
+        node = self.node(node_id)
+        self._note(f"SIGSTOP {node_id} for {paused_s:g}s, SIGCONT")
+        node.signal(signal.SIGSTOP)
+        try:
+            time.sleep(paused_s)
+        finally:
+            node.signal(signal.SIGCONT)
+
+    def partition(self, node_id: str, how: str, seconds: float, *, delay_s: float = 0.3) -> None:
+        """Spoils the router-node link through the node's proxy: "delay", "blackhole" or
+        "cut", for seconds, then heals it."""
+        proxy = self.proxies[node_id]
+        self._note(
+            f"proxy {how} {node_id} for {seconds:g}s"
+            + (f" ({delay_s * 1000:.0f} ms)" if how == "delay" else "")
+        )
+        {"delay": lambda: proxy.delay(delay_s), "blackhole": proxy.blackhole, "cut": proxy.cut}[
+            how
+        ]()
+        try:
+            time.sleep(seconds)
+        finally:
+            proxy.heal()
+
+    def restart_router(self, index: int = 0, *, kill: bool = True) -> None:
+        """SIGKILL (or SIGTERM) a router and start it again."""
+        router = self.routers[index]
+        self._note(f"{'SIGKILL' if kill else 'SIGTERM'} router {router.name}, restart")
+        if kill:
+            router.kill()
+        else:
+            router.stop()
+        router.start()
+
+
+def start_faulty_cluster(
+    base: Path,
+    *,
+    nodes: int = 3,
+    routers: int = 1,
+    proxied: Sequence[str] = (),
+    replication: int = 3,
+    read_quorum: int = 2,
+    write_quorum: int = 2,
+    router_extra: Sequence[str] = (),
+    node_extra: Sequence[str] = (),
+) -> FaultyCluster:
+    """Starts nodes n1..nN (those in proxied behind a FaultProxy) and routers r1..rM."""
+    node_procs = [shardd_proc(base, f"n{i + 1}", extra=node_extra) for i in range(nodes)]
+    proxies = {
+        node_id: FaultProxy(base_node.address)
+        for node_id, base_node in ((n.name, n) for n in node_procs if n.name in proxied)
+    }
+    cluster = FaultyCluster(base, node_procs, [], base / "cluster.toml", proxies)
+    try:
+        for proxy in proxies.values():
+            proxy.start()
+        seen = [
+            dataclasses.replace(n, address=proxies[n.name].address) if n.name in proxies else n
+            for n in node_procs
+        ]
+        write_cluster_toml(
+            cluster.config,
+            seen,
+            replication=replication,
+            read_quorum=read_quorum,
+            write_quorum=write_quorum,
+        )
+        for proc in node_procs:
+            proc.start(wait=False)
+        for proc in node_procs:
+            wait_serving(proc.address)
+        for i in range(routers):
+            cluster.routers.append(
+                router_proc(base, cluster.config, f"r{i + 1}", extra=router_extra).start()
+            )
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def wait_nodes_up(router: str, timeout_s: float = 20.0) -> None:
+    """Blocks until the router sees every node UP."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(router) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        while True:
+            try:
+                if admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=2).healthy:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"router {router}: not every node UP after {timeout_s}s")
+            time.sleep(0.1)
+
+
+def read_records(address: str, keys: Sequence[bytes]) -> list[replica_pb2.Record]:
+    """What one node holds for keys (tombstones included; version 0 = nothing)."""
+    records: list[replica_pb2.Record] = []
+    with grpc.insecure_channel(address) as channel:
+        replica = replica_pb2_grpc.ReplicaStub(channel)
+        for i in range(0, len(keys), READ_CHUNK):
+            chunk = replica_pb2.ReadRequest(keys=keys[i : i + READ_CHUNK])
+            records.extend(replica.Read(chunk, timeout=10).records)
+    return records
+
+
+def digest(address: str) -> replica_pb2.DigestResponse:
+    """The node's digest of its whole key range."""
+    with grpc.insecure_channel(address) as channel:
+        reply: replica_pb2.DigestResponse = replica_pb2_grpc.ReplicaStub(channel).Digest(
+            replica_pb2.DigestRequest(), timeout=10
+        )
+        return reply
+
+
+def read_all_at_all(router: str, keys: Sequence[bytes]) -> None:
+    """Reads every key at consistency ALL: read repair brings every replica up to date."""
+    with grpc.insecure_channel(router) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+        for i in range(0, len(keys), READ_CHUNK):
+            request = kv_pb2.BatchGetRequest(keys=keys[i : i + READ_CHUNK], consistency=kv_pb2.ALL)
+            kv.BatchGet(request, timeout=10)
+
+
+def converge(cluster: Cluster, keys: Sequence[bytes], timeout_s: float = 30.0) -> float:
+    """Seconds from now until every node reports the same digest, reading every key at ALL
+    through the first router meanwhile. Every node must hold every key (nodes == N)."""
+    started = time.monotonic()
+    wait_nodes_up(cluster.router.address, timeout_s)
+    while True:
+        read_all_at_all(cluster.router.address, keys)
+        time.sleep(0.2)
+        digests = {digest(node.address).digest for node in cluster.nodes}
+        if len(digests) == 1:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"replicas did not converge in {timeout_s}s: {digests}")
+
+
+def final_state(cluster: Cluster, keys: Sequence[bytes]) -> dict[bytes, Final]:
+    """Each key's record, asserting every node holds the same one (call after converge)."""
+    views = [read_records(node.address, keys) for node in cluster.nodes]
+    for node, view in zip(cluster.nodes[1:], views[1:], strict=True):
+        assert view == views[0], f"{node.name} differs from {cluster.nodes[0].name}"
+    return {key: Final.of(record) for key, record in zip(keys, views[0], strict=True)}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc/<pid>/status (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+class RssSampler:
+    """Samples the RSS of processes every interval on a thread; peak holds the maxima."""
+
+    def __init__(self, procs: Sequence[Proc], interval_s: float = 0.1) -> None:
+        self._procs = procs
+        self._interval_s = interval_s
+        self.peak: dict[str, float] = {p.name: 0.0 for p in procs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in self._procs:
+                try:
+                    self.peak[proc.name] = max(self.peak[proc.name], rss_mb(proc.pid))
+                except (OSError, ValueError):
+                    pass
+            self._stop.wait(self._interval_s)

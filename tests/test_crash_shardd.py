@@ -1,0 +1,75 @@
+"""Crash safety of the store: SIGKILL shardd in the middle of heavy concurrent writes, again
+and again on the same data directory. Every restart must reopen the store, and every write
+acknowledged before any of the kills must still be there (LMDB commits are fsync'd before
+the node answers, and group commit answers only after its commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+from faults.checker import Final, check
+from faults.cluster import read_records
+from faults.history import History
+from harness import shardd_proc
+from shardkv.client import AsyncClient, RetryPolicy
+
+ITERATIONS = 10
+WRITERS = 48
+
+
+async def _write_until_killed(
+    address: str, kill: object, history: History, round_: int, rng: random.Random
+) -> None:
+    """WRITERS tasks put (and sometimes delete) their own keys until the node is killed."""
+    stop = asyncio.Event()
+
+    async def writer(index: int) -> None:
+        name = f"r{round_}w{index}"
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            key = f"crash/{name}/{seq % 40}".encode()
+            if seq % 9 == 0:
+                await history.delete(name, key, client.delete(key))
+            else:
+                value = f"{name}-{seq}-".encode() + b"x" * rng.randrange(1, 4096)
+                await history.put(name, key, value, client.put(key, value))
+
+    # One attempt per call: after the kill every call fails at once (unknown outcome).
+    async with AsyncClient(address, timeout=2.0, retry=RetryPolicy(max_attempts=1)) as client:
+        tasks = [asyncio.create_task(writer(i)) for i in range(WRITERS)]
+        await asyncio.sleep(rng.uniform(0.4, 0.9))
+        await asyncio.to_thread(kill)  # type: ignore[arg-type]
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+@pytest.mark.timeout(90)
+def test_sigkill_in_heavy_writes_never_loses_an_acknowledged_write(tmp_path: Path) -> None:
+    node = shardd_proc(tmp_path, "n1")
+    history = History()
+    rng = random.Random(11)
+    try:
+        for round_ in range(ITERATIONS):
+            node.start()  # waits until SERVING: the store reopened after the previous kill
+            acked_before = sum(op.outcome == "ok" for op in history.ops)
+            asyncio.run(_write_until_killed(node.address, node.kill, history, round_, rng))
+            assert node.popen is not None and node.popen.returncode == -9
+            assert sum(op.outcome == "ok" for op in history.ops) > acked_before + 50, (
+                f"round {round_}: too few writes were acknowledged before the kill"
+            )
+        node.start()
+        keys = history.keys()
+        final = {
+            key: Final.of(record)
+            for key, record in zip(keys, read_records(node.address, keys), strict=True)
+        }
+        verdict = check(history.ops, final)
+        print(f"[crash loop] kills={ITERATIONS} {verdict.summary()}")
+        assert not verdict.problems(), "\n".join(verdict.problems())
+        assert "cannot start" not in node.log()
+    finally:
+        node.stop()

@@ -1,0 +1,50 @@
+"""Process faults under a recorded workload: node SIGKILL and restart, a hung node
+(SIGSTOP/SIGCONT), a router killed and restarted. Three nodes, N=3, R=W=2, one router.
+
+After the faults heal, the replicas must converge, no acknowledged write may be lost, no
+read may be staler than a write acknowledged before it began, and, with a single router
+whose versions follow real time, LWW must discard no acknowledged write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faults.checker import check
+from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
+from faults.report import scenario_line
+from faults.workload import Workload, run_workload
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCluster]:
+    running = start_faulty_cluster(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:
+            print(running.logs())
+
+
+@pytest.mark.timeout(60)
+def test_node_kill_hang_and_router_restart(cluster: FaultyCluster) -> None:
+    spec = Workload()
+
+    def faults() -> None:
+        cluster.kill_restart("n1", down_s=2.0)
+        cluster.pause("n2", paused_s=3.0)
+        cluster.restart_router(0, kill=True)
+
+    history = run_workload(cluster.addresses(), faults, spec=spec)
+    keys = [spec.key(i) for i in range(spec.keys)]
+    converge_s = converge(cluster, keys)
+    verdict = check(history.ops, final_state(cluster, keys))
+    scenario_line("process faults", history, verdict, cluster.faults, converge_s)
+    assert verdict.acknowledged_writes > 500, verdict.summary()
+    assert not verdict.problems(), "\n".join(verdict.problems())
