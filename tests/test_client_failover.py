@@ -33,6 +33,7 @@ from shardkv.client import (
 )
 from shardkv.client.transport import Targets
 from test_client_coalescing import SyncCounter
+from test_shardctl import run
 
 
 @pytest.fixture
@@ -210,6 +211,12 @@ def test_bearer_token(tmp_path: Path, running: list[Cluster]) -> None:
 
     asyncio.run(with_async_client())
 
+    refused = run("get", "k", addr=address)
+    assert refused.returncode == 2 and b"UNAUTHENTICATED" in refused.stderr
+    assert b"s3cret" not in refused.stderr
+    accepted = run("get", "k", addr=address, env={"SHARDKV_TOKEN": "s3cret-token"})
+    assert (accepted.returncode, accepted.stdout) == (0, b"v"), accepted.stderr
+
 
 @dataclass(frozen=True)
 class Pki:
@@ -367,3 +374,6 @@ def test_tls_and_mutual_tls(tmp_path: Path, running: list[Cluster]) -> None:
             assert await kv.get("mtls") == b"async"
 
     asyncio.run(with_async_client())
+    tls_flags = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]
+    shardctl = run(*tls_flags, "--tls-key", str(pki.client_key), "get", "mtls", addr=mutual.address)
+    assert (shardctl.returncode, shardctl.stdout) == (0, b"async"), shardctl.stderr

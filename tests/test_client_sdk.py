@@ -168,23 +168,25 @@ def test_scan_pages_through_prefix_and_range(kv: Any, ns: str) -> None:
 def test_consistency_and_timeout_arguments(
     kv: Any, ns: str, server: str, make_client: ClientFactory
 ) -> None:
-    for level in Consistency:
-        version = kv.put(ns + "c", level.name, consistency=level, timeout=3.0)
-        record = kv.get_record(ns + "c", consistency=level, timeout=3.0)
-        assert record is not None and (record.value, record.version) == (
-            level.name.encode(),
-            version,
-        )
-        assert kv.get_many([ns + "c"], consistency=level) == {
-            (ns + "c").encode(): level.name.encode()
-        }
-        assert [r.key for r in kv.scan(prefix=ns, consistency=level)] == [(ns + "c").encode()]
+    # Pairs with R + W > N, so each read is guaranteed to see the write before it.
+    pairs = [
+        (Consistency.ONE, Consistency.ALL),
+        (Consistency.QUORUM, Consistency.QUORUM),
+        (Consistency.ALL, Consistency.ONE),
+    ]
+    key = (ns + "c").encode()
+    for write, read in pairs:
+        value = f"{write.name}/{read.name}".encode()
+        version = kv.put(key, value, consistency=write, timeout=3.0)
+        assert kv.get_record(key, consistency=read, timeout=3.0) == Record(key, value, version)
+        assert kv.get_many([key], consistency=read, timeout=3.0) == {key: value}
+        assert [r.value for r in kv.scan(prefix=ns, consistency=read)] == [value]
     strict = make_client(server, consistency=Consistency.ALL, timeout=2.0)
-    assert strict.get(ns + "c") == b"ALL"
+    assert strict.get(key) == b"ALL/ONE", "the client's default level"
     with pytest.raises(DeadlineExceeded):
-        kv.put(ns + "c", b"late", timeout=1e-6)
+        kv.put(key, b"late", timeout=1e-6)
     with pytest.raises(DeadlineExceeded):
-        kv.get(ns + "c", timeout=1e-6)
+        kv.get(key, timeout=1e-6)
 
 
 def test_limits_fail_fast_without_a_round_trip(make_client: ClientFactory) -> None:
