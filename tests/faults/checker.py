@@ -9,9 +9,10 @@ Versions decide last-write-wins, so the checks speak in versions:
   (R + W > N promises that never happens), or that returned not-found although the newest
   such write was a put and no delete could explain it.
 - phantom: a read or the final state holding a value no put (acknowledged or unknown) wrote.
-- discarded: an acknowledged write that is not the final record although the write that
-  is began and ended before it in real time. LWW does this when versions disagree with real
-  time (clock skew between routers); with one router it must never happen.
+- discarded: an acknowledged write whose version is below that of a write to the same key
+  acknowledged before it began: LWW threw it away the moment it was written, although it
+  is the later one in real time. That happens when versions disagree with real time (clock
+  skew between routers); with one router, whose clock only moves forward, it never must.
 """
 
 from __future__ import annotations
@@ -37,16 +38,6 @@ class Final:
     @classmethod
     def of(cls, record: replica_pb2.Record) -> Final:
         return cls(record.version, record.writer, record.tombstone, record.value)
-
-    def holds(self, op: Op) -> bool:
-        """Whether this record is the one op wrote."""
-        if op.kind == DELETE:
-            return self.tombstone and (not op.version or op.version == self.version)
-        return (
-            not self.tombstone
-            and self.value == op.value
-            and (not op.version or op.version == self.version)
-        )
 
 
 @dataclass
@@ -124,16 +115,17 @@ def _check_key(ops: list[Op], final: Final, verdict: Verdict) -> None:
         if newest is not None and _stale(read, newest, writes):
             verdict.stale.append((read, newest))
 
-    # discarded: the final record's writer finished before an acknowledged write began
-    if final.version:
-        # Unique values name a put; a tombstone names a delete only by its version, which
-        # an unknown delete never learned: then the latest such delete is given the benefit.
-        winners = [w for w in writes if final.holds(w)]
-        winner = max(winners, key=lambda w: (w.version == final.version, w.end), default=None)
-        if winner is not None:
-            for op in acked:
-                if not final.holds(op) and winner.end < op.start:
-                    verdict.discarded.append((op, winner))
+    # discarded: a write acknowledged earlier in real time carries a higher version, so
+    # this one lost the moment it was written
+    ended = sorted(acked, key=lambda op: op.end)
+    index, highest = 0, None
+    for op in sorted(acked, key=lambda op: op.start):
+        while index < len(ended) and ended[index].end < op.start:
+            if highest is None or ended[index].version > highest.version:
+                highest = ended[index]
+            index += 1
+        if highest is not None and highest.version > op.version:
+            verdict.discarded.append((op, highest))
 
 
 def _stale(read: Op, newest: Op, writes: list[Op]) -> bool:
