@@ -7,6 +7,10 @@ to ``max_items``) leaves in one call, and each item's callback gets its slice of
 (a plain call, not a future: no event-loop round trip per item).
 A lone item with nothing in flight leaves at once: there are no timers and no waiting for
 a batch to fill, so coalescing adds no latency when the router is idle.
+
+The queue is bounded (``max_pending`` items, ``max_pending_bytes``): when a node falls
+behind, items beyond the bound fail at once with RESOURCE_EXHAUSTED instead of piling up
+in the router's memory until their deadlines pass.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class Coalescer(Generic[Item, Result]):
         max_in_flight: int,
         call_timeout_s: float,
         size_of: Callable[[Item], int],
+        max_pending: int = 20_000,
+        max_pending_bytes: int = 128 << 20,
     ) -> None:
         self._node_id = node_id
         self._send = send
@@ -66,13 +72,32 @@ class Coalescer(Generic[Item, Result]):
         self._max_in_flight = max_in_flight
         self._call_timeout_s = call_timeout_s
         self._size_of = size_of
+        self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self._pending: deque[tuple[Item, float, Deliver[Result]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, items: Sequence[tuple[Item, Deliver[Result]]], deadline: float) -> None:
         """Queues items due by deadline (loop time); each one's callback is called exactly
-        once, with its result or a NodeFailure. Items submitted together travel together."""
+        once, with its result or a NodeFailure. Items submitted together travel together;
+        when the queue is full they fail together with RESOURCE_EXHAUSTED."""
+        size = sum(self._size_of(item) for item, _ in items)
+        if self._pending and (
+            len(self._pending) + len(items) > self._max_pending
+            or self._pending_bytes + size > self._max_pending_bytes
+        ):
+            failure = self._failure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"router overloaded: {len(self._pending)} items ({self._pending_bytes} bytes)"
+                f" already queued for node {self._node_id} (limits {self._max_pending} items,"
+                f" {self._max_pending_bytes} bytes)",
+            )
+            for _, deliver in items:
+                deliver(failure)
+            return
+        self._pending_bytes += size
         self._pending.extend((item, deadline, deliver) for item, deliver in items)
         self._pump()
 
@@ -92,6 +117,7 @@ class Coalescer(Generic[Item, Result]):
                 if batch and size + item_size > self._max_bytes:
                     break
                 self._pending.popleft()
+                self._pending_bytes -= item_size
                 if deadline <= now:
                     deliver(self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
                     continue

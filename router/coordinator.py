@@ -50,18 +50,22 @@ class Mutation:
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
-    """The version a write got, and why it failed (None when it reached its quorum)."""
+    """The version a write got, and why it failed (None when it reached its quorum) with the
+    status that failure maps to."""
 
     version: int
     error: str | None
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
 class ReadOutcome:
-    """The newest record of a key among its replies (None when none holds it), or an error."""
+    """The newest record of a key among its replies (None when none holds it), or an error
+    with its status."""
 
     record: replica_pb2.Record | None
     error: str | None
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
 
 def newest(records: Sequence[replica_pb2.Record]) -> replica_pb2.Record:
@@ -134,11 +138,12 @@ class Coordinator:
         self._send(outbox, deadline)
         await group.wait()
         return [
-            WriteOutcome(
+            WriteOutcome(plan.record.version, None)
+            if plan.quorum.succeeded
+            else WriteOutcome(
                 plan.record.version,
-                None
-                if plan.quorum.succeeded
-                else plan.quorum.describe("write", plan.record.key, self._n),
+                plan.quorum.describe("write", plan.record.key, self._n),
+                plan.quorum.failure_code(),
             )
             for plan in plans
         ]
@@ -195,7 +200,8 @@ class Coordinator:
         outcomes = []
         for key, quorum in zip(keys, quorums, strict=True):
             if not quorum.succeeded:
-                outcomes.append(ReadOutcome(None, quorum.describe("read", key, self._n)))
+                error = quorum.describe("read", key, self._n)
+                outcomes.append(ReadOutcome(None, error, quorum.failure_code()))
                 continue
             best = newest(list(quorum.ok.values()))
             self._clock.observe(best.version)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 from shardkv.limits import LimitExceeded, Limits, scan_range
-from shardkv.router.coordinator import Coordinator, Mutation, ReadOutcome
+from shardkv.router.coordinator import Coordinator, Mutation, ReadOutcome, WriteOutcome
 from shardkv.router.health import NodeHealth
 from shardkv.router.node_client import NodeClient
 from shardkv.router.quorum import replicas_needed
@@ -31,8 +31,15 @@ class Unavailable(Exception):
     """Not enough replicas answered; the message says how many and which failed."""
 
 
+class Exhausted(Exception):
+    """Too few replicas could take the request because one lacked resources (a full store,
+    an overloaded node or router queue); the message says which. Passed on as
+    RESOURCE_EXHAUSTED rather than UNAVAILABLE: an immediate retry will not help."""
+
+
 _STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
     LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
+    Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     ScanUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -62,16 +69,23 @@ def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
     return wrapper
 
 
-def _item_status(error: str | None) -> kv_pb2.ItemStatus:
-    if error is None:
+def _item_status(outcome: ReadOutcome | WriteOutcome) -> kv_pb2.ItemStatus:
+    if outcome.error is None:
         return kv_pb2.ItemStatus()
-    return kv_pb2.ItemStatus(code=grpc.StatusCode.UNAVAILABLE.value[0], message=error)
+    return kv_pb2.ItemStatus(code=outcome.code.value[0], message=outcome.error)
+
+
+def _failed(outcome: ReadOutcome | WriteOutcome) -> Exception:
+    """The error a failed single-key outcome is answered with."""
+    if outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Exhausted(outcome.error)
+    return Unavailable(outcome.error)
 
 
 def _get_result(key: bytes, outcome: ReadOutcome) -> kv_pb2.GetResult:
     record = outcome.record
     if record is None or record.tombstone:
-        return kv_pb2.GetResult(key=key, status=_item_status(outcome.error))
+        return kv_pb2.GetResult(key=key, status=_item_status(outcome))
     return kv_pb2.GetResult(key=key, found=True, value=record.value, version=record.version)
 
 
@@ -115,7 +129,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         needed = self._writes_needed(consistency)
         [outcome] = await self._coordinator.write([mutation], needed, self._deadline(context))
         if outcome.error is not None:
-            raise Unavailable(outcome.error)
+            raise _failed(outcome)
         return outcome.version
 
     @_mapped
@@ -124,7 +138,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         needed = self._reads_needed(request.consistency)
         [outcome] = await self._coordinator.read([request.key], needed, self._deadline(context))
         if outcome.error is not None:
-            raise Unavailable(outcome.error)
+            raise _failed(outcome)
         result = _get_result(request.key, outcome)
         return kv_pb2.GetResponse(found=result.found, value=result.value, version=result.version)
 
@@ -173,8 +187,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         outcomes = await self._coordinator.write(mutations, needed, self._deadline(context))
         return kv_pb2.BatchWriteResponse(
             results=[
-                kv_pb2.WriteResult(version=o.version, status=_item_status(o.error))
-                for o in outcomes
+                kv_pb2.WriteResult(version=o.version, status=_item_status(o)) for o in outcomes
             ]
         )
 

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+import grpc
 from shardkv.limits import LimitExceeded
 from shardkv.router.coalescer import NodeFailure
 from shardkv.v1 import kv_pb2
@@ -94,6 +95,8 @@ class Quorum(Generic[T]):
         self.needed = needed
         self.ok: dict[str, T] = {}
         self.failed: dict[str, str] = {}
+        # Replicas that refused for lack of resources (store full, overloaded).
+        self.exhausted: set[str] = set()
         self._group = group
         self._on_settled = on_settled
         self._pending: set[str] = set()
@@ -118,6 +121,8 @@ class Quorum(Generic[T]):
                 return  # arrived after the deadline
             if isinstance(result, NodeFailure):
                 self.failed[name] = str(result)
+                if result.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self.exhausted.add(name)
                 if on_failed is not None and not self._decided:
                     on_failed(result)
             else:
@@ -143,6 +148,14 @@ class Quorum(Generic[T]):
         self._pending.clear()
         self._started = True
         self._check()
+
+    def failure_code(self) -> grpc.StatusCode:
+        """The status of a failed quorum: RESOURCE_EXHAUSTED when a replica refused for lack
+        of resources (retrying at once will not help, so the SDK must not), else
+        UNAVAILABLE."""
+        if self.exhausted:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+        return grpc.StatusCode.UNAVAILABLE
 
     def describe(self, action: str, key: bytes, replication: int) -> str:
         """Why the quorum failed: how many acknowledged of how many required, and who failed."""
