@@ -44,16 +44,16 @@ CLUSTER_OPTS := $(if $(NODES),--nodes $(NODES)) $(if $(N),--n $(N)) $(if $(R),--
 .PHONY: cluster cluster-status cluster-stop cluster-clean
 
 cluster: $(STAMP)
-	$(CLUSTER) start $(CLUSTER_OPTS)
+	@$(CLUSTER) start $(CLUSTER_OPTS)
 
 cluster-status: $(STAMP)
-	$(CLUSTER) status
+	@$(CLUSTER) status
 
 cluster-stop: $(STAMP)
-	$(CLUSTER) stop
+	@$(CLUSTER) stop
 
 cluster-clean: $(STAMP)
-	$(CLUSTER) clean
+	@$(CLUSTER) clean
 
 # Benchmarks (benchmarks/README.md). bench-deps installs etcd from Debian (as root, or
 # through sudo) and the `bench` extra; bench runs the whole suite (about 15 minutes) and
