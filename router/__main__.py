@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shardkv.router.security import SecurityError, read_token
-from shardkv.router.server import BindError, RouterConfig, RouterServer, TlsConfig
+from shardkv.router.server import (
+    BindError,
+    NodeTlsConfig,
+    RouterConfig,
+    RouterServer,
+    TlsConfig,
+)
 from shardkv.router.topology import TopologyError, load_topology
 
 log = logging.getLogger("shardkv.router")
@@ -37,6 +43,25 @@ def _parser() -> argparse.ArgumentParser:
         "--token-file", type=Path, help="file holding the bearer token clients must send"
     )
     parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the bearer token Admin calls must send (the client token then"
+        " does not open them)",
+    )
+    parser.add_argument(
+        "--node-tls-ca", type=Path, help="CA (PEM) of the nodes' certificates: TLS to nodes"
+    )
+    parser.add_argument(
+        "--node-tls-cert", type=Path, help="certificate (PEM) the router shows nodes (mTLS)"
+    )
+    parser.add_argument("--node-tls-key", type=Path, help="private key (PEM) of --node-tls-cert")
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=4096,
+        help="calls beyond this many in flight get RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
         "--clock-offset-ms", type=int, default=0, help="skew this router's clock (tests)"
     )
     parser.add_argument(
@@ -51,19 +76,34 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         parser.error("--tls-cert and --tls-key must be given together")
     if args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if bool(args.node_tls_cert) != bool(args.node_tls_key):
+        parser.error("--node-tls-cert and --node-tls-key must be given together")
+    if args.node_tls_cert and not args.node_tls_ca:
+        parser.error("--node-tls-cert needs --node-tls-ca")
+    if args.max_concurrent_rpcs < 1:
+        parser.error(f"--max-concurrent-rpcs must be positive, got {args.max_concurrent_rpcs}")
     try:
         topology = load_topology(args.config)
         token = read_token(args.token_file) if args.token_file else None
+        admin_token = read_token(args.admin_token_file) if args.admin_token_file else None
     except (TopologyError, SecurityError) as err:
         parser.error(str(err))
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    node_tls = (
+        NodeTlsConfig(args.node_tls_ca, args.node_tls_cert, args.node_tls_key)
+        if args.node_tls_ca
+        else None
+    )
     return RouterConfig(
         router_id=args.id,
         topology=topology,
         listen=args.listen,
         tls=tls,
         token=token,
+        admin_token=admin_token,
+        node_tls=node_tls,
         clock_offset_ms=args.clock_offset_ms,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
 
 

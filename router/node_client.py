@@ -51,10 +51,17 @@ class NodeClient:
         limits: Limits,
         call_timeout_s: float,
         on_failure: FailureListener,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        """credentials: TLS to the node (None: plaintext, for loopback)."""
         self.node_id = node.id
         self.address = node.address
-        self._channel = grpc.aio.insecure_channel(node.address, options=channel_options(limits))
+        options = channel_options(limits)
+        self._channel = (
+            grpc.aio.insecure_channel(node.address, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(node.address, credentials, options=options)
+        )
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)  # type: ignore[no-untyped-call]
         self._health_check = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check",

@@ -3,8 +3,13 @@
 The token check is an aio server interceptor. A call must carry gRPC metadata
 ``authorization: Bearer <token>``; the token is compared in constant time
 (hmac.compare_digest), and a refusal is logged with the peer and the method, never with
-what the caller sent. Health and reflection stay open so that load balancers and grpcurl
-``list`` work without credentials.
+what the caller sent. KV calls need the client token; Admin calls need the admin token
+when one is configured (the client token does not open them), else the client token.
+Health and reflection stay open so that load balancers and grpcurl ``list`` work without
+credentials.
+
+The router is also a client of its nodes: ``channel_credentials`` builds the TLS (or
+mutual TLS) credentials of its node channels.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ log = logging.getLogger(__name__)
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context = grpc.aio.ServicerContext[Any, Any]
 
+ADMIN_PREFIX = "/shardkv.v1.Admin/"
 EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
@@ -53,6 +59,18 @@ def server_credentials(
     )
 
 
+def channel_credentials(
+    ca: Path, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS to the nodes, verified against ca; with cert and key, the router presents them
+    (mutual TLS, for nodes started with --tls-client-ca)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "node CA"),
+        private_key=_read(key, "node TLS key") if key else None,
+        certificate_chain=_read(cert, "node TLS certificate") if cert else None,
+    )
+
+
 def read_token(path: Path) -> str:
     """The bearer token in path (surrounding whitespace ignored)."""
     token = _read(path, "token file").decode("utf-8", errors="strict").strip()
@@ -62,10 +80,11 @@ def read_token(path: Path) -> str:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every non-exempt call without ``authorization: Bearer <token>``."""
+    """Refuses every non-exempt call without the bearer token its service needs."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str | None, admin_token: str | None = None) -> None:
+        self._client = f"Bearer {token}".encode() if token else None
+        self._admin = f"Bearer {admin_token}".encode() if admin_token else self._client
 
     async def intercept_service(
         self,
@@ -75,24 +94,34 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
+        admin = details.method.startswith(ADMIN_PREFIX)
+        expected = self._admin if admin else self._client
+        if expected is None:
+            return handler
         sent = [v for k, v in details.invocation_metadata or () if k == "authorization"]
+        code = grpc.StatusCode.UNAUTHENTICATED
         if len(sent) == 1 and isinstance(sent[0], str):
-            if hmac.compare_digest(sent[0].encode(), self._expected):
+            given = sent[0].encode()
+            if hmac.compare_digest(given, expected):
                 return handler
-            reason = "wrong bearer token"
+            if admin and self._client and hmac.compare_digest(given, self._client):
+                code, reason = grpc.StatusCode.PERMISSION_DENIED, "client token on an Admin call"
+            else:
+                reason = "wrong bearer token"
         else:
             reason = "no bearer token" if not sent else "malformed authorization metadata"
-        return _refusal(handler, details.method, reason)
+        return _refusal(handler, details.method, reason, code, admin)
 
 
-def _refusal(handler: Handler, method: str, reason: str) -> Handler:
-    """A handler of the same shape as handler that logs and answers UNAUTHENTICATED."""
+def _refusal(
+    handler: Handler, method: str, reason: str, code: grpc.StatusCode, admin: bool
+) -> Handler:
+    """A handler of the same shape as handler that logs and answers code."""
+    needed = "the admin token" if admin else "the token"
 
     async def refuse(context: Context) -> None:
         log.warning("refused %s from %s: %s", method, context.peer(), reason)
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, f"{reason}: send 'authorization: Bearer <token>'"
-        )
+        await context.abort(code, f"{reason}: send 'authorization: Bearer <token>' with {needed}")
 
     async def unary(request: Any, context: Context) -> Any:
         await refuse(context)

@@ -25,7 +25,7 @@ from shardkv.router.hints import HintHandoff
 from shardkv.router.kv_service import KVService
 from shardkv.router.node_client import NodeClient
 from shardkv.router.ring import Ring
-from shardkv.router.security import TokenInterceptor, server_credentials
+from shardkv.router.security import TokenInterceptor, channel_credentials, server_credentials
 from shardkv.router.topology import Topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
@@ -50,6 +50,16 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class NodeTlsConfig:
+    """TLS on the router's channels to its nodes: the CA their certificates chain to, and
+    the router's own certificate and key for nodes that require mutual TLS."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     """Everything a router needs; built by __main__ from flags, or by tests directly."""
 
@@ -58,8 +68,13 @@ class RouterConfig:
     listen: str = "127.0.0.1:0"
     tls: TlsConfig | None = None
     token: str | None = None
+    # Admin calls need this token when set (the client token does not open them).
+    admin_token: str | None = None
+    node_tls: NodeTlsConfig | None = None
     clock_offset_ms: int = 0
     limits: Limits = DEFAULT_LIMITS
+    # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
+    max_concurrent_rpcs: int = 4096
 
 
 class RouterServer:
@@ -82,12 +97,17 @@ class RouterServer:
         """Binds, checks every node once, starts serving; returns the bound port."""
         config, topology = self._config, self._config.topology
         timeouts = topology.timeouts
+        node_tls = config.node_tls
+        credentials = (
+            channel_credentials(node_tls.ca, node_tls.cert, node_tls.key) if node_tls else None
+        )
         self._clients = {
             node.id: NodeClient(
                 node,
                 limits=config.limits,
                 call_timeout_s=self._call_timeout_s,
                 on_failure=self._on_call_failure,
+                credentials=credentials,
             )
             for node in topology.nodes
         }
@@ -111,7 +131,10 @@ class RouterServer:
             self._clients, self.health, interval_s=timeouts.hint_interval_ms / 1000
         )
         server = grpc.aio.server(
-            interceptors=[TokenInterceptor(config.token)] if config.token else None,
+            interceptors=[TokenInterceptor(config.token, config.admin_token)]
+            if config.token or config.admin_token
+            else None,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
