@@ -12,9 +12,35 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_STATE_UNKNOWN: _ClassVar[NodeState]
     UP: _ClassVar[NodeState]
     DOWN: _ClassVar[NodeState]
+
+class MoveKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVE_KIND_UNSPECIFIED: _ClassVar[MoveKind]
+    MOVE_ADD: _ClassVar[MoveKind]
+    MOVE_REMOVE: _ClassVar[MoveKind]
+
+class MoveState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVE_STATE_UNSPECIFIED: _ClassVar[MoveState]
+    MOVE_SETTLING: _ClassVar[MoveState]
+    MOVE_COUNTING: _ClassVar[MoveState]
+    MOVE_STREAMING: _ClassVar[MoveState]
+    MOVE_SWITCHED: _ClassVar[MoveState]
+    MOVE_DONE: _ClassVar[MoveState]
+    MOVE_FAILED: _ClassVar[MoveState]
 NODE_STATE_UNKNOWN: NodeState
 UP: NodeState
 DOWN: NodeState
+MOVE_KIND_UNSPECIFIED: MoveKind
+MOVE_ADD: MoveKind
+MOVE_REMOVE: MoveKind
+MOVE_STATE_UNSPECIFIED: MoveState
+MOVE_SETTLING: MoveState
+MOVE_COUNTING: MoveState
+MOVE_STREAMING: MoveState
+MOVE_SWITCHED: MoveState
+MOVE_DONE: MoveState
+MOVE_FAILED: MoveState
 
 class NodeStatus(_message.Message):
     __slots__ = ("id", "address", "weight", "state", "last_error", "hints_pending", "ring_share")
@@ -69,3 +95,110 @@ class ClusterHealth(_message.Message):
     nodes_down: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     def __init__(self, healthy: _Optional[bool] = ..., nodes_up: _Optional[int] = ..., nodes_down: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+
+class Move(_message.Message):
+    __slots__ = ("id", "kind", "node_id", "address", "state", "from_epoch", "epoch", "keys_total", "keys_moved", "bytes_total", "bytes_moved", "keys_remaining", "bytes_remaining", "started_ms", "finished_ms", "error", "router_id", "keys_dropped")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEYS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    KEYS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    BYTES_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: MoveKind
+    node_id: str
+    address: str
+    state: MoveState
+    from_epoch: int
+    epoch: int
+    keys_total: int
+    keys_moved: int
+    bytes_total: int
+    bytes_moved: int
+    keys_remaining: int
+    bytes_remaining: int
+    started_ms: int
+    finished_ms: int
+    error: str
+    router_id: str
+    keys_dropped: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[MoveKind, str]] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[MoveState, str]] = ..., from_epoch: _Optional[int] = ..., epoch: _Optional[int] = ..., keys_total: _Optional[int] = ..., keys_moved: _Optional[int] = ..., bytes_total: _Optional[int] = ..., bytes_moved: _Optional[int] = ..., keys_remaining: _Optional[int] = ..., bytes_remaining: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ..., router_id: _Optional[str] = ..., keys_dropped: _Optional[int] = ...) -> None: ...
+
+class AddNodeRequest(_message.Message):
+    __slots__ = ("id", "address", "weight")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    weight: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetMovesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetMovesResponse(_message.Message):
+    __slots__ = ("current", "history")
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    current: Move
+    history: _containers.RepeatedCompositeFieldContainer[Move]
+    def __init__(self, current: _Optional[_Union[Move, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Move, _Mapping]]] = ...) -> None: ...
+
+class RepairRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRepairRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RepairStatus(_message.Message):
+    __slots__ = ("running", "trigger", "phase", "started_ms", "finished_ms", "segments_total", "segments_covered", "segments_differing", "segments_skipped", "records_compared", "records_repaired", "tombstones_purged", "error")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PASS_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_COVERED_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_DIFFERING_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_COMPARED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_PURGED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    running: bool
+    trigger: str
+    phase: str
+    started_ms: int
+    finished_ms: int
+    segments_total: int
+    segments_covered: int
+    segments_differing: int
+    segments_skipped: int
+    records_compared: int
+    records_repaired: int
+    tombstones_purged: int
+    error: str
+    def __init__(self, running: _Optional[bool] = ..., trigger: _Optional[str] = ..., phase: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., segments_total: _Optional[int] = ..., segments_covered: _Optional[int] = ..., segments_differing: _Optional[int] = ..., segments_skipped: _Optional[int] = ..., records_compared: _Optional[int] = ..., records_repaired: _Optional[int] = ..., tombstones_purged: _Optional[int] = ..., error: _Optional[str] = ..., **kwargs) -> None: ...

@@ -45,6 +45,31 @@ class AdminStub:
                 request_serializer=shardkv_dot_v1_dot_admin__pb2.GetHealthRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_admin__pb2.ClusterHealth.FromString,
                 _registered_method=True)
+        self.AddNode = channel.unary_unary(
+                '/shardkv.v1.Admin/AddNode',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.AddNodeRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.Move.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/shardkv.v1.Admin/RemoveNode',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.Move.FromString,
+                _registered_method=True)
+        self.GetMoves = channel.unary_unary(
+                '/shardkv.v1.Admin/GetMoves',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.GetMovesRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.GetMovesResponse.FromString,
+                _registered_method=True)
+        self.Repair = channel.unary_unary(
+                '/shardkv.v1.Admin/Repair',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.RepairRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.RepairStatus.FromString,
+                _registered_method=True)
+        self.GetRepair = channel.unary_unary(
+                '/shardkv.v1.Admin/GetRepair',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.GetRepairRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.RepairStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -65,6 +90,46 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddNode(self, request, context):
+        """Adds a node online: streams it the ranges it will own, then switches ownership. Returns
+        at once with the move started; follow it with GetMoves. ALREADY_EXISTS for an id or
+        address in use; FAILED_PRECONDITION while another move runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Decommissions a node: streams its ranges to the nodes inheriting them, then drops it.
+        NOT_FOUND for an unknown id; FAILED_PRECONDITION while another move runs or when fewer
+        than N nodes would remain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMoves(self, request, context):
+        """The move in progress and the ones finished, with keys and bytes moved and remaining.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Repair(self, request, context):
+        """Starts an anti-entropy pass now (or returns the one running). FAILED_PRECONDITION
+        during a move.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRepair(self, request, context):
+        """The running anti-entropy pass, or the last one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +142,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=shardkv_dot_v1_dot_admin__pb2.GetHealthRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_admin__pb2.ClusterHealth.SerializeToString,
+            ),
+            'AddNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNode,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.AddNodeRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.Move.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.Move.SerializeToString,
+            ),
+            'GetMoves': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMoves,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.GetMovesRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.GetMovesResponse.SerializeToString,
+            ),
+            'Repair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.RepairRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.RepairStatus.SerializeToString,
+            ),
+            'GetRepair': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRepair,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.GetRepairRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.RepairStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +224,141 @@ class Admin:
             '/shardkv.v1.Admin/GetHealth',
             shardkv_dot_v1_dot_admin__pb2.GetHealthRequest.SerializeToString,
             shardkv_dot_v1_dot_admin__pb2.ClusterHealth.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/AddNode',
+            shardkv_dot_v1_dot_admin__pb2.AddNodeRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.Move.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/RemoveNode',
+            shardkv_dot_v1_dot_admin__pb2.RemoveNodeRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.Move.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMoves(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/GetMoves',
+            shardkv_dot_v1_dot_admin__pb2.GetMovesRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.GetMovesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/Repair',
+            shardkv_dot_v1_dot_admin__pb2.RepairRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.RepairStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRepair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/GetRepair',
+            shardkv_dot_v1_dot_admin__pb2.GetRepairRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.RepairStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -149,3 +149,65 @@ class DeleteHintsResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class TokenRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class TokenDigestsRequest(_message.Message):
+    __slots__ = ("ranges", "count_only", "max_records_per_second")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECORDS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
+    count_only: bool
+    max_records_per_second: int
+    def __init__(self, ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ..., count_only: _Optional[bool] = ..., max_records_per_second: _Optional[int] = ...) -> None: ...
+
+class TokenDigest(_message.Message):
+    __slots__ = ("digest", "count", "bytes")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    digest: bytes
+    count: int
+    bytes: int
+    def __init__(self, digest: _Optional[bytes] = ..., count: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class TokenDigestsResponse(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedCompositeFieldContainer[TokenDigest]
+    def __init__(self, digests: _Optional[_Iterable[_Union[TokenDigest, _Mapping]]] = ...) -> None: ...
+
+class StreamTokenRangesRequest(_message.Message):
+    __slots__ = ("ranges", "batch_size", "keys_only", "max_records_per_second")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECORDS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
+    batch_size: int
+    keys_only: bool
+    max_records_per_second: int
+    def __init__(self, ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ..., batch_size: _Optional[int] = ..., keys_only: _Optional[bool] = ..., max_records_per_second: _Optional[int] = ...) -> None: ...
+
+class PurgeTokenRangesRequest(_message.Message):
+    __slots__ = ("ranges", "tombstones_before", "all_records")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ALL_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[TokenRange]
+    tombstones_before: int
+    all_records: bool
+    def __init__(self, ranges: _Optional[_Iterable[_Union[TokenRange, _Mapping]]] = ..., tombstones_before: _Optional[int] = ..., all_records: _Optional[bool] = ...) -> None: ...
+
+class PurgeTokenRangesResponse(_message.Message):
+    __slots__ = ("purged",)
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    purged: int
+    def __init__(self, purged: _Optional[int] = ...) -> None: ...

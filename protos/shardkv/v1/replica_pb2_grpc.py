@@ -75,6 +75,21 @@ class ReplicaStub:
                 request_serializer=shardkv_dot_v1_dot_replica__pb2.DeleteHintsRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_replica__pb2.DeleteHintsResponse.FromString,
                 _registered_method=True)
+        self.TokenDigests = channel.unary_unary(
+                '/shardkv.v1.Replica/TokenDigests',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.TokenDigestsRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.TokenDigestsResponse.FromString,
+                _registered_method=True)
+        self.StreamTokenRanges = channel.unary_stream(
+                '/shardkv.v1.Replica/StreamTokenRanges',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.StreamTokenRangesRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.RecordBatch.FromString,
+                _registered_method=True)
+        self.PurgeTokenRanges = channel.unary_unary(
+                '/shardkv.v1.Replica/PurgeTokenRanges',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -137,6 +152,28 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TokenDigests(self, request, context):
+        """Digests (or counts) the records of token ranges in one pass, for anti-entropy and
+        for sizing a move.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTokenRanges(self, request, context):
+        """Streams the records of token ranges, for moving ranges to new owners and repair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeTokenRanges(self, request, context):
+        """Removes old tombstones of token ranges, or every record of ranges given away.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +216,21 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.DeleteHints,
                     request_deserializer=shardkv_dot_v1_dot_replica__pb2.DeleteHintsRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_replica__pb2.DeleteHintsResponse.SerializeToString,
+            ),
+            'TokenDigests': grpc.unary_unary_rpc_method_handler(
+                    servicer.TokenDigests,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.TokenDigestsRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.TokenDigestsResponse.SerializeToString,
+            ),
+            'StreamTokenRanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamTokenRanges,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.StreamTokenRangesRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.RecordBatch.SerializeToString,
+            ),
+            'PurgeTokenRanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTokenRanges,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +450,87 @@ class Replica:
             '/shardkv.v1.Replica/DeleteHints',
             shardkv_dot_v1_dot_replica__pb2.DeleteHintsRequest.SerializeToString,
             shardkv_dot_v1_dot_replica__pb2.DeleteHintsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenDigests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/TokenDigests',
+            shardkv_dot_v1_dot_replica__pb2.TokenDigestsRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.TokenDigestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTokenRanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardkv.v1.Replica/StreamTokenRanges',
+            shardkv_dot_v1_dot_replica__pb2.StreamTokenRangesRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.RecordBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTokenRanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/PurgeTokenRanges',
+            shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
