@@ -159,6 +159,24 @@ class Store:
 
         return self._write(body)
 
+    def purge(self, records: Sequence[Record]) -> int:
+        """Removes each stored record whose (version, writer) still equals the given one's,
+        so a key rewritten since it was picked survives (tombstone GC, ranges given away
+        after a move). Returns how many were removed."""
+
+        def body(txn: lmdb.Transaction, new_dbs: dict[str, _Db]) -> int:
+            purged = 0
+            for record in records:
+                if not record.key or len(record.key) > self._max_key:
+                    continue
+                raw = txn.get(record.key, db=self._data)
+                if raw is not None and stamp_of(raw) == record.stamp:
+                    txn.delete(record.key, db=self._data)
+                    purged += 1
+            return purged
+
+        return self._write(body)
+
     def _write(self, body: Callable[[lmdb.Transaction, dict[str, _Db]], T]) -> T:
         """Runs body in one write transaction, growing the map and retrying when it is full."""
         while True:
