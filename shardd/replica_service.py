@@ -14,7 +14,9 @@ from shardkv.limits import Limits
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
 from shardkv.shardd.node import NodeStorage
+from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
 from shardkv.shardd.validate import check_range, check_record, check_target, response_budget
+from shardkv.tokens import TokenRanges
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -126,3 +128,50 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             request.target, [record_from_pb(r) for r in request.records]
         )
         return replica_pb2.DeleteHintsResponse(deleted=deleted)
+
+    @unary
+    async def TokenDigests(
+        self, request: replica_pb2.TokenDigestsRequest, context: Context
+    ) -> replica_pb2.TokenDigestsResponse:
+        ranges = TokenRanges((r.start, r.end) for r in request.ranges)
+        digests = await digest_ranges(
+            self._storage,
+            ranges,
+            count_only=request.count_only,
+            pace=request.max_records_per_second,
+        )
+        return replica_pb2.TokenDigestsResponse(
+            digests=[
+                replica_pb2.TokenDigest(digest=d.digest, count=d.count, bytes=d.size)
+                for d in digests
+            ]
+        )
+
+    @streaming
+    async def StreamTokenRanges(
+        self, request: replica_pb2.StreamTokenRangesRequest, context: Context
+    ) -> AsyncIterator[replica_pb2.RecordBatch]:
+        ranges = TokenRanges((r.start, r.end) for r in request.ranges)
+        batches = stream_ranges(
+            self._storage,
+            ranges,
+            batch_size=self._limits.page_size(request.batch_size),
+            max_bytes=self._limits.max_message_bytes // 4,
+            keys_only=request.keys_only,
+            pace=request.max_records_per_second,
+        )
+        async for batch in batches:
+            yield replica_pb2.RecordBatch(records=[record_to_pb(r) for r in batch])
+
+    @unary
+    async def PurgeTokenRanges(
+        self, request: replica_pb2.PurgeTokenRangesRequest, context: Context
+    ) -> replica_pb2.PurgeTokenRangesResponse:
+        ranges = TokenRanges((r.start, r.end) for r in request.ranges)
+        purged = await purge_ranges(
+            self._storage,
+            ranges,
+            tombstones_before=request.tombstones_before,
+            all_records=request.all_records,
+        )
+        return replica_pb2.PurgeTokenRangesResponse(purged=purged)
