@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 30.0
@@ -149,6 +150,24 @@ def check_matches(config: Path, args: argparse.Namespace) -> None:
                  f" Edit {config} and restart, or `make cluster-clean` to start afresh (drops data).")
 
 
+def wait_router_sees_all_up(address: str) -> None:
+    """Waits until the router's own health checks have found every node up."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    reply = None
+    with grpc.insecure_channel(address) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=1.0)
+            except grpc.RpcError:
+                reply = None
+            if reply is not None and reply.healthy:
+                return
+            time.sleep(0.1)
+    down = [n.id for n in reply.nodes if n.state != admin_pb2.UP] if reply else ["?"]
+    sys.exit(f"the router at {address} still sees nodes down after {START_TIMEOUT_S:.0f}s: {down}")
+
+
 def start(args: argparse.Namespace) -> None:
     var: Path = args.var
     config = var / "cluster.toml"
@@ -162,13 +181,15 @@ def start(args: argparse.Namespace) -> None:
         write_config(config, nodes=nodes, base_port=args.base_port, n=n,
                      r=args.r or quorum, w=args.w or quorum)
     cluster = members(var, config, f"127.0.0.1:{args.base_port}")
-    # Nodes before the router, so that the router finds them up.
-    for member in [*cluster[1:], cluster[0]]:
-        if running_pid(member, var) is None:
-            pid = launch(member, var)
-            print(f"started {member.name} pid={pid}")
-    wait_all_serving(cluster, var)
     router, nodes = cluster[0], cluster[1:]
+    # Nodes first, so that the router's first health checks find them serving.
+    for group in (nodes, [router]):
+        for member in group:
+            if running_pid(member, var) is None:
+                pid = launch(member, var)
+                print(f"started {member.name} pid={pid}")
+        wait_all_serving(group, var)
+    wait_router_sees_all_up(router.address)
     print(f"router  {router.address}")
     for node in nodes:
         print(f"node    {node.name} {node.address}")
