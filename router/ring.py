@@ -119,6 +119,20 @@ class Ring:
             return self._table[index][:n]
         return tuple(self._walk_from(index, n))
 
+    @property
+    def points(self) -> tuple[int, ...]:
+        """The ring's points (tokens), ascending; the arc of point i holds the tokens from
+        point i - 1 (inclusive) up to point i (exclusive), wrapping around."""
+        return tuple(self._points)
+
+    def preference_list_at(self, token: int, n: int) -> tuple[str, ...]:
+        """The preference list of every key whose token (shardkv.tokens.token) is token."""
+        index = bisect_right(self._points, token)
+        index = 0 if index == len(self._points) else index
+        if n <= self._depth:
+            return self._table[index][:n]
+        return tuple(self._walk_from(index, n))
+
     def walk(self, key: bytes) -> Iterator[str]:
         """Every node id once, in ring order from key: owners first, then the fallbacks."""
         index = self._index(key)
