@@ -2,9 +2,13 @@
 
 The format (README): top-level ``epoch``, ``replication`` (N), ``read_quorum`` (R),
 ``write_quorum`` (W); an optional ``[timeouts]`` table (request_ms, node_call_ms,
-health_interval_ms, hint_interval_ms; each defaults when left out); one ``[[nodes]]`` table
-per node with ``id``, ``address`` (host:port) and an optional ``weight`` (default 1).
-Unknown keys are errors: a misspelt option must never be silently ignored.
+health_interval_ms, hint_interval_ms, watch_interval_ms; each defaults when left out);
+optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s) and
+``[rebalance]`` (settle_ms, max_records_per_s) tables; one ``[[nodes]]`` table per node
+with ``id``, ``address`` (host:port), an optional ``weight`` (default 1) and, only while a
+move runs, ``state = "joining"`` or ``"leaving"`` together with a ``[move]`` table (id,
+driver, started_ms) that names the move. Unknown keys are errors: a misspelt option must
+never be silently ignored.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 class TopologyError(ValueError):
@@ -31,6 +35,45 @@ class Timeouts:
     health_interval_ms: int = 500
     # Between rounds of hinted hand-off.
     hint_interval_ms: int = 1000
+    # Between checks of cluster.toml for a newer epoch (a change made through another router).
+    watch_interval_ms: int = 1000
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """Anti-entropy and tombstone GC."""
+
+    # Between background anti-entropy passes; 0 runs passes only on demand (Admin Repair).
+    interval_s: int = 3600
+    # Records a node examines, and records a pass copies, per second at most; 0 = unpaced.
+    max_records_per_s: int = 50_000
+    # Tombstones younger than this are never purged, whatever repair covered. It must exceed
+    # how late a write can arrive (request deadlines, hints parked for a node that is down).
+    tombstone_grace_s: int = 86_400
+
+
+@dataclass(frozen=True)
+class RebalanceConfig:
+    """Moving ranges when a node is added or removed."""
+
+    # Wait after entering a transition before streaming (requests begun under the old
+    # placement finish, other routers re-read the file), and after the switch before
+    # nodes drop the ranges they gave away.
+    settle_ms: int = 5000
+    # Records streamed per second at most; 0 = unpaced.
+    max_records_per_s: int = 0
+
+
+@dataclass(frozen=True)
+class MoveRecord:
+    """The move in progress, as persisted with the transition."""
+
+    # "<add|remove>-<node>@<epoch>"
+    id: str
+    # Id of the router that drives it (and resumes it when restarted).
+    driver: str
+    # Milliseconds since the Unix epoch when it began.
+    started_ms: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +83,11 @@ class NodeConfig:
     id: str
     address: str
     weight: int = 1
+    # MEMBER, or during a move JOINING (receives writes, owns nothing yet) or LEAVING.
+    state: str = "member"
+
+
+MEMBER, JOINING, LEAVING = "member", "joining", "leaving"
 
 
 @dataclass(frozen=True)
@@ -52,6 +100,16 @@ class Topology:
     write_quorum: int
     nodes: tuple[NodeConfig, ...]
     timeouts: Timeouts = field(default_factory=Timeouts)
+    repair: RepairConfig = field(default_factory=RepairConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
+    # The move in progress; None when the topology is stable (no node joining or leaving).
+    move: MoveRecord | None = None
+
+    def weights(self, *, joined: bool) -> dict[str, int]:
+        """Ring weights before (joined=False) or after (joined=True) the move in progress:
+        a joining node counts only after, a leaving one only before."""
+        gone = LEAVING if joined else JOINING
+        return {n.id: n.weight for n in self.nodes if n.state != gone}
 
     def node(self, node_id: str) -> NodeConfig:
         for node in self.nodes:
@@ -60,9 +118,19 @@ class Topology:
         raise KeyError(f"no node {node_id!r} in topology epoch {self.epoch}")
 
 
-_TOP_KEYS = {"epoch", "replication", "read_quorum", "write_quorum", "timeouts", "nodes"}
-_TIMEOUT_KEYS = {"request_ms", "node_call_ms", "health_interval_ms", "hint_interval_ms"}
-_NODE_KEYS = {"id", "address", "weight"}
+_TOP_KEYS = {
+    "epoch",
+    "replication",
+    "read_quorum",
+    "write_quorum",
+    "timeouts",
+    "repair",
+    "rebalance",
+    "move",
+    "nodes",
+}
+_NODE_KEYS = {"id", "address", "weight", "state"}
+_MOVE_KEYS = {"id", "driver", "started_ms"}
 
 
 def load_topology(path: Path) -> Topology:
@@ -92,28 +160,65 @@ def _build(data: dict[str, Any]) -> Topology:
     replication = _int(data, "replication", "top level", minimum=1)
     read_quorum = _int(data, "read_quorum", "top level", minimum=1)
     write_quorum = _int(data, "write_quorum", "top level", minimum=1)
-    timeouts = _timeouts(data.get("timeouts", {}))
+    timeouts = _table(Timeouts, data.get("timeouts", {}), "[timeouts]", minimum=1)
+    repair = _table(RepairConfig, data.get("repair", {}), "[repair]", minimum=0)
+    rebalance = _table(RebalanceConfig, data.get("rebalance", {}), "[rebalance]", minimum=0)
     nodes = _nodes(data.get("nodes"))
-    if replication > len(nodes):
-        raise TopologyError(
-            f"replication = {replication} exceeds the number of nodes ({len(nodes)})"
-        )
+    move = _move(data.get("move"), nodes)
+    for joined in (False, True):
+        count = sum(1 for n in nodes if n.state != (LEAVING if joined else JOINING))
+        if replication > count:
+            raise TopologyError(
+                f"replication = {replication} exceeds the number of nodes ({count}"
+                f"{' once the move is done' if joined and move else ''})"
+            )
     for name, value in (("read_quorum", read_quorum), ("write_quorum", write_quorum)):
         if value > replication:
             raise TopologyError(f"{name} = {value} exceeds replication = {replication}")
-    return Topology(epoch, replication, read_quorum, write_quorum, nodes, timeouts)
+    return Topology(
+        epoch, replication, read_quorum, write_quorum, nodes, timeouts, repair, rebalance, move
+    )
 
 
-def _timeouts(table: object) -> Timeouts:
+_Config = TypeVar("_Config", Timeouts, RepairConfig, RebalanceConfig)
+
+
+def _table(kind: type[_Config], table: object, where: str, *, minimum: int) -> _Config:
+    """A table of integer settings, each defaulting to kind's default when left out."""
     if not isinstance(table, dict):
-        raise TopologyError("[timeouts] must be a table")
-    _no_unknown(table, _TIMEOUT_KEYS, "[timeouts]")
-    defaults = Timeouts()
+        raise TopologyError(f"{where} must be a table")
+    defaults = kind()
+    _no_unknown(table, set(vars(defaults)), where)
     values = {
-        name: _int(table, name, "[timeouts]", minimum=1) if name in table else default
+        name: _int(table, name, where, minimum=minimum) if name in table else default
         for name, default in vars(defaults).items()
     }
-    return Timeouts(**values)
+    return kind(**values)
+
+
+def _move(table: object, nodes: tuple[NodeConfig, ...]) -> MoveRecord | None:
+    """The [move] table, which must be present exactly when a node is joining or leaving."""
+    moving = [n for n in nodes if n.state != MEMBER]
+    if len(moving) > 1:
+        raise TopologyError(
+            f"nodes {', '.join(repr(n.id) for n in moving)} are all joining or leaving;"
+            " one move at a time"
+        )
+    if table is None:
+        if moving:
+            node = moving[0]
+            raise TopologyError(f"node {node.id!r} is {node.state} but there is no [move]")
+        return None
+    if not isinstance(table, dict):
+        raise TopologyError("[move] must be a table")
+    if not moving:
+        raise TopologyError("[move] is present but no node is joining or leaving")
+    _no_unknown(table, _MOVE_KEYS, "[move]")
+    return MoveRecord(
+        _str(table, "id", "[move]"),
+        _str(table, "driver", "[move]"),
+        _int(table, "started_ms", "[move]", minimum=0),
+    )
 
 
 def _nodes(entries: object) -> tuple[NodeConfig, ...]:
@@ -134,13 +239,18 @@ def _nodes(entries: object) -> tuple[NodeConfig, ...]:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise TopologyError(f"{where}: address {address!r} is not host:port")
         weight = _int(entry, "weight", where, minimum=1) if "weight" in entry else 1
+        state = _str(entry, "state", where) if "state" in entry else MEMBER
+        if state not in (MEMBER, JOINING, LEAVING):
+            raise TopologyError(
+                f"{where}: state {state!r} is not one of {MEMBER!r}, {JOINING!r}, {LEAVING!r}"
+            )
         if node_id in ids:
             raise TopologyError(f"duplicate node id {node_id!r}")
         if address in addresses:
             raise TopologyError(f"duplicate node address {address!r} (node {node_id!r})")
         ids.add(node_id)
         addresses.add(address)
-        nodes.append(NodeConfig(node_id, address, weight))
+        nodes.append(NodeConfig(node_id, address, weight, state))
     return tuple(nodes)
 
 
