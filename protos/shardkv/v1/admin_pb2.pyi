@@ -1,3 +1,4 @@
+from shardkv.v1 import replica_pb2 as _replica_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -202,3 +203,51 @@ class RepairStatus(_message.Message):
     tombstones_purged: int
     error: str
     def __init__(self, running: _Optional[bool] = ..., trigger: _Optional[str] = ..., phase: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., segments_total: _Optional[int] = ..., segments_covered: _Optional[int] = ..., segments_differing: _Optional[int] = ..., segments_skipped: _Optional[int] = ..., records_compared: _Optional[int] = ..., records_repaired: _Optional[int] = ..., tombstones_purged: _Optional[int] = ..., error: _Optional[str] = ..., **kwargs) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStats(_message.Message):
+    __slots__ = ("id", "reachable", "error", "stats")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reachable: bool
+    error: str
+    stats: _replica_pb2.StatsResponse
+    def __init__(self, id: _Optional[str] = ..., reachable: _Optional[bool] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[_replica_pb2.StatsResponse, _Mapping]] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("topology", "nodes", "collected_ms")
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTED_MS_FIELD_NUMBER: _ClassVar[int]
+    topology: Topology
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
+    collected_ms: int
+    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., collected_ms: _Optional[int] = ...) -> None: ...
+
+class BackupRequest(_message.Message):
+    __slots__ = ("node_id", "batch_size")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    batch_size: int
+    def __init__(self, node_id: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[_replica_pb2.Record]
+    def __init__(self, records: _Optional[_Iterable[_Union[_replica_pb2.Record, _Mapping]]] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("restored", "failures")
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    restored: int
+    failures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, restored: _Optional[int] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...

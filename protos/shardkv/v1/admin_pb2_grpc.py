@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from shardkv.v1 import admin_pb2 as shardkv_dot_v1_dot_admin__pb2
+from shardkv.v1 import replica_pb2 as shardkv_dot_v1_dot_replica__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -70,6 +71,21 @@ class AdminStub:
                 request_serializer=shardkv_dot_v1_dot_admin__pb2.GetRepairRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_admin__pb2.RepairStatus.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/shardkv.v1.Admin/GetStatus',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.ClusterStatus.FromString,
+                _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/shardkv.v1.Admin/Backup',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.FromString,
+                _registered_method=True)
+        self.Restore = channel.unary_unary(
+                '/shardkv.v1.Admin/Restore',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.RestoreResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -130,6 +146,30 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """Each node's figures (records, hints, disk, work done) beside the topology, for
+        `shardctl status`. Nodes known to be down are not asked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Backup(self, request, context):
+        """Streams a consistent, compacted copy of one node's store (its Replica.Snapshot), for
+        `shardctl backup`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request, context):
+        """Writes backed-up records into the cluster with their own versions, for
+        `shardctl restore`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +207,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetRepair,
                     request_deserializer=shardkv_dot_v1_dot_admin__pb2.GetRepairRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_admin__pb2.RepairStatus.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.ClusterStatus.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.BackupRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.RestoreRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.RestoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +414,87 @@ class Admin:
             '/shardkv.v1.Admin/GetRepair',
             shardkv_dot_v1_dot_admin__pb2.GetRepairRequest.SerializeToString,
             shardkv_dot_v1_dot_admin__pb2.RepairStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/GetStatus',
+            shardkv_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.ClusterStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardkv.v1.Admin/Backup',
+            shardkv_dot_v1_dot_admin__pb2.BackupRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/Restore',
+            shardkv_dot_v1_dot_admin__pb2.RestoreRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.RestoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -211,3 +211,43 @@ class PurgeTokenRangesResponse(_message.Message):
     PURGED_FIELD_NUMBER: _ClassVar[int]
     purged: int
     def __init__(self, purged: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("node_id", "records", "hints", "used_bytes", "map_size_bytes", "max_map_size_bytes", "keys_read", "records_written", "uptime_seconds")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HINTS_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MAP_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_READ_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    records: int
+    hints: int
+    used_bytes: int
+    map_size_bytes: int
+    max_map_size_bytes: int
+    keys_read: int
+    records_written: int
+    uptime_seconds: float
+    def __init__(self, node_id: _Optional[str] = ..., records: _Optional[int] = ..., hints: _Optional[int] = ..., used_bytes: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., max_map_size_bytes: _Optional[int] = ..., keys_read: _Optional[int] = ..., records_written: _Optional[int] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("batch_size",)
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    def __init__(self, batch_size: _Optional[int] = ...) -> None: ...
+
+class SnapshotBatch(_message.Message):
+    __slots__ = ("records", "hint_target")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    HINT_TARGET_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    hint_target: str
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hint_target: _Optional[str] = ...) -> None: ...

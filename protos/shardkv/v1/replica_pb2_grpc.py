@@ -90,6 +90,16 @@ class ReplicaStub:
                 request_serializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/shardkv.v1.Replica/Stats',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.StatsRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/shardkv.v1.Replica/Snapshot',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -174,6 +184,21 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """The node's figures for operators: records, hints, disk use, work done since start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Snapshot(self, request, context):
+        """Streams a consistent copy of the whole store (records, then hints) for a backup: the
+        node copies its LMDB environment with compaction, then streams from that copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +256,16 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.PurgeTokenRanges,
                     request_deserializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.StatsRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.StatsResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.SnapshotRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +566,60 @@ class Replica:
             '/shardkv.v1.Replica/PurgeTokenRanges',
             shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesRequest.SerializeToString,
             shardkv_dot_v1_dot_replica__pb2.PurgeTokenRangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/Stats',
+            shardkv_dot_v1_dot_replica__pb2.StatsRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shardkv.v1.Replica/Snapshot',
+            shardkv_dot_v1_dot_replica__pb2.SnapshotRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.FromString,
             options,
             channel_credentials,
             insecure,
