@@ -285,6 +285,26 @@ class Store:
             records, _ = self._page(txn, db, b"", b"", limit, max_bytes)
         return records
 
+    def iter_hints(
+        self, target: str, batch_size: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
+    ) -> Iterator[list[Record]]:
+        """Every hint parked for target in batches, each read in its own short transaction."""
+        db = self._hint_dbs.get(target)
+        start = b""
+        while db is not None:
+            with self._gate.shared(), self._env.begin() as txn:
+                batch, start = self._page(txn, db, start, b"", batch_size, max_bytes)
+            if batch:
+                yield batch
+            if not start:
+                return
+
+    def copy(self, path: str | Path) -> None:
+        """Writes a consistent, compacted copy of the whole environment (records and hints)
+        into the empty directory path, for backups. Map growth waits until it is done."""
+        with self._gate.shared():
+            self._env.copy(str(path), compact=True)
+
     def stats(self) -> StoreStats:
         """Record and hint counts and map sizes; cheap (reads database headers only)."""
         dbs = list(self._hint_dbs.values())
