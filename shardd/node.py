@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -49,8 +50,12 @@ class NodeStorage:
             store, max_items=commit_max_items, max_pending_items=max_pending_writes
         )
         self.clock = clock or HybridClock()
+        self.node_id = node_id
         self.writer = writer_number(node_id)
         self._page_bytes = page_bytes
+        # For operators (Stats, metrics): when the node started and keys read since then.
+        self.started = time.monotonic()
+        self.keys_read = 0
         self._reads = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="shardd-read")
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
@@ -98,6 +103,7 @@ class NodeStorage:
     # -- reads ----------------------------------------------------------------------------
 
     async def read(self, keys: Sequence[bytes]) -> list[Record | None]:
+        self.keys_read += len(keys)
         return await self._in_thread(self.store.read, keys)
 
     async def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[Record], bytes]:
