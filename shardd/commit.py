@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Store
+from shardkv.tally import SizeHistogram
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class GroupCommitter:
         self.commits = 0
         self.items = 0
         self.shed = 0
+        # Items per commit (group-commit batch sizes), read by the metrics endpoint.
+        self.batch_sizes = SizeHistogram()
 
     async def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
         """Stores records newer than the stored ones and parks hints; returns per record
@@ -156,6 +159,7 @@ class GroupCommitter:
                     self._answer(batch, applied)
                 self.commits += 1
                 self.items += len(records) + len(hints)
+                self.batch_sizes.observe(len(records) + len(hints))
             if self._closing:
                 return
 
