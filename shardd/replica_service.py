@@ -13,8 +13,10 @@ import grpc.aio
 from shardkv.limits import Limits
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
+from shardkv.shardd.metrics import stats_response
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
+from shardkv.shardd.snapshot import snapshot_batches
 from shardkv.shardd.validate import check_range, check_record, check_target, response_budget
 from shardkv.tokens import TokenRanges
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
@@ -175,3 +177,23 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             all_records=request.all_records,
         )
         return replica_pb2.PurgeTokenRangesResponse(purged=purged)
+
+    @unary
+    async def Stats(
+        self, request: replica_pb2.StatsRequest, context: Context
+    ) -> replica_pb2.StatsResponse:
+        return await stats_response(self._storage)
+
+    @streaming
+    async def Snapshot(
+        self, request: replica_pb2.SnapshotRequest, context: Context
+    ) -> AsyncIterator[replica_pb2.SnapshotBatch]:
+        batches = snapshot_batches(
+            self._storage.store,
+            batch_size=self._limits.page_size(request.batch_size),
+            max_bytes=self._limits.max_message_bytes // 4,
+        )
+        async for target, batch in batches:
+            yield replica_pb2.SnapshotBatch(
+                records=[record_to_pb(r) for r in batch], hint_target=target
+            )

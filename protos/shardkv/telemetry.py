@@ -31,6 +31,7 @@ import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily
+
 from shardkv import requestid
 from shardkv.tally import SizeHistogram
 
@@ -196,7 +197,10 @@ def _code_of(exc: BaseException, context: Context) -> grpc.StatusCode:
 
 
 def size_histogram(
-    name: str, documentation: str, labels: list[str], series: Iterable[tuple[list[str], SizeHistogram]]
+    name: str,
+    documentation: str,
+    labels: list[str],
+    series: Iterable[tuple[list[str], SizeHistogram]],
 ) -> HistogramMetricFamily:
     """A Prometheus histogram family from SizeHistogram tallies, one series per label set."""
     family = HistogramMetricFamily(name, documentation, labels=labels)
