@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from shardkv import telemetry
 from shardkv.limits import DEFAULT_LIMITS
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
@@ -121,6 +122,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown"
     )
+    telemetry.add_flags(parser)
     args = parser.parse_args(argv)
     if not args.id.strip():
         parser.error("--id must not be empty")
@@ -145,6 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         max_pending_writes=args.max_pending_writes,
         grace_s=args.grace,
         tls=tls,
+        observe=telemetry.from_flags(args),
     ), args.log_level
 
 

@@ -16,11 +16,19 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from shardkv.limits import DEFAULT_LIMITS, Limits
 from shardkv.shardd.kv_service import KVServicer
+from shardkv.shardd.metrics import node_registry
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.replica_service import ReplicaServicer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
+from shardkv.telemetry import (
+    DEFAULT_OBSERVABILITY,
+    MetricsServer,
+    Observability,
+    RequestInterceptor,
+)
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -73,6 +81,8 @@ class ServerConfig:
     max_pending_writes: int = 65536
     # TLS (mutual TLS with a client CA); None serves plaintext, meant for loopback.
     tls: ServerTls | None = None
+    # The metrics endpoint and request logging.
+    observe: Observability = DEFAULT_OBSERVABILITY
 
 
 class ShardServer:
@@ -83,7 +93,10 @@ class ShardServer:
         self._server: grpc.aio.Server | None = None
         self._storage: NodeStorage | None = None
         self._health = health.aio.HealthServicer()
+        self._metrics: MetricsServer | None = None
         self.address = ""
+        # host:port of the metrics endpoint; empty when it is off.
+        self.metrics_address = ""
 
     @property
     def storage(self) -> NodeStorage:
@@ -108,7 +121,9 @@ class ShardServer:
             max_pending_writes=config.max_pending_writes,
             page_bytes=config.limits.max_message_bytes // 4,
         )
+        registry = node_registry(self._storage)
         server = grpc.aio.server(
+            interceptors=[RequestInterceptor(registry, config.observe, make_ids=False)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
@@ -129,6 +144,7 @@ class ShardServer:
         try:
             port = _bind(server, config.listen, config.tls)
             await server.start()
+            self._start_metrics(registry)
         except BaseException:
             await server.stop(None)
             await self._storage.close()
@@ -148,6 +164,17 @@ class ShardServer:
         )
         return port
 
+    def _start_metrics(self, registry: CollectorRegistry) -> None:
+        listen = self.config.observe.metrics_listen
+        if listen is None:
+            return
+        metrics = MetricsServer(registry, listen)
+        try:
+            self.metrics_address = metrics.start()
+        except OSError as exc:
+            raise ListenError(str(exc)) from exc
+        self._metrics = metrics
+
     async def wait(self) -> None:
         """Returns when the server has stopped."""
         if self._server is not None:
@@ -163,6 +190,8 @@ class ShardServer:
         log.info("stopping node_id=%s grace_s=%s", self.config.node_id, grace)
         await self._health.enter_graceful_shutdown()
         await server.stop(grace)
+        if self._metrics is not None:
+            self._metrics.stop()
         await self.storage.close()
         log.info("stopped node_id=%s", self.config.node_id)
 

@@ -18,6 +18,7 @@ prometheus-client's HTTP server on a thread of its own at ``/metrics``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import logging
@@ -55,6 +56,45 @@ class Observability:
     log_requests: bool = False
     # A request taking at least this long is logged at INFO.
     slow_request_s: float = 1.0
+
+
+DEFAULT_OBSERVABILITY = Observability()
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of Observability, the same for shardd and the router."""
+    parser.add_argument(
+        "--metrics-listen",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
+        "--log-requests",
+        action="store_true",
+        help="log every request at INFO (default: only failed and slow ones; others at DEBUG)",
+    )
+    parser.add_argument(
+        "--slow-request-ms",
+        type=float,
+        default=DEFAULT_OBSERVABILITY.slow_request_s * 1000,
+        help="log requests taking at least this long at INFO (default 1000)",
+    )
+
+
+def from_flags(args: argparse.Namespace) -> Observability:
+    return Observability(
+        metrics_listen=args.metrics_listen,
+        log_requests=args.log_requests,
+        slow_request_s=max(0.0, args.slow_request_ms / 1000),
+    )
+
+
+def _listen_address(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not a host:port address: {text!r}")
+    return text
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
@@ -176,7 +216,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         detail = f" detail={context.details()!r}" if failed and context.details() else ""
         log.log(
             level,
-            "event=request method=%s code=%s duration_ms=%.1f request_id=%s peer=%s%s",
+            "request method=%s code=%s duration_ms=%.1f request_id=%s peer=%s%s",
             method,
             code.name,
             elapsed * 1000,
@@ -226,7 +266,7 @@ class MetricsServer:
         except (OSError, ValueError) as err:
             raise OSError(f"cannot serve metrics on {self._listen}: {err}") from err
         self.address = f"{host}:{self._httpd.server_port}"
-        log.info("event=metrics_serving url=http://%s/metrics", self.address)
+        log.info("metrics_serving url=http://%s/metrics", self.address)
         return self.address
 
     def stop(self) -> None:
