@@ -98,11 +98,19 @@ def rss(rows: Sequence[Row], path: Path) -> Path | None:
     steady = [r for r in rows if r.get("section") == "steady" and r["rss_samples"]]
     if not steady:
         return None
-    samples = steady[-1]["rss_samples"]
+    rss = steady[-1]["rss_samples"]
+    anon = steady[-1].get("anon_samples") or []
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    names = [n for n in samples[0] if n != "t_s"]
-    for name in names:
-        ax.plot([s["t_s"] for s in samples], [s.get(name, 0) for s in samples], label=name)
+    for name in (n for n in rss[0] if n != "t_s"):
+        (line,) = ax.plot([s["t_s"] for s in rss], [s.get(name, 0) for s in rss], label=name)
+        if anon:
+            ax.plot(
+                [s["t_s"] for s in anon],
+                [s.get(name, 0) for s in anon],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{name} (anonymous)",
+            )
     ax.set_xlabel("seconds after warm-up")
     ax.set_ylabel("RSS, MiB")
     ax.set_title(

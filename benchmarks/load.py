@@ -114,7 +114,9 @@ class CellResult:
     # another program competing for the two cores makes the cell's figures unreliable.
     other_cpu_cores: float
     rss_mb: dict[str, float]
+    # RSS during the window, all of it and its anonymous part, when the cell samples it.
     rss_samples: list[dict[str, float]] = field(default_factory=list)
+    anon_samples: list[dict[str, float]] = field(default_factory=list)
     status: str = "ok"
 
     def to_json(self) -> dict[str, Any]:
@@ -246,6 +248,26 @@ def _rss_mb(readings: dict[str, Usage]) -> dict[str, float]:
     return {name: round(u.rss_bytes / 2**20, 1) for name, u in readings.items()}
 
 
+def _anon_mb(readings: dict[str, Usage]) -> dict[str, float]:
+    return {name: round(u.anon_bytes / 2**20, 1) for name, u in readings.items()}
+
+
+class _Sampler:
+    """RSS readings of the watched processes at moments of the window."""
+
+    def __init__(self, watched: dict[str, int]) -> None:
+        self.watched = watched
+        self.started = time.perf_counter()
+        self.rss: list[dict[str, float]] = []
+        self.anon: list[dict[str, float]] = []
+
+    def add(self, readings: dict[str, Usage] | None = None) -> None:
+        readings = usages(self.watched) if readings is None else readings
+        t_s = round(time.perf_counter() - self.started, 1)
+        self.rss.append({"t_s": t_s, **_rss_mb(readings)})
+        self.anon.append({"t_s": t_s, **_anon_mb(readings)})
+
+
 async def run_cell(
     driver: Driver,
     cell: Cell,
@@ -262,25 +284,19 @@ async def run_cell(
         asyncio.create_task(_worker(driver, cell, window, seed=i)) for i in range(cell.in_flight)
     ]
     watched = _client_and(pids)
-    samples: list[dict[str, float]] = []
     try:
         await _sleep_ticking(cell.warmup_s, on_tick)
         before = usages(watched)
         busy_before = machine_busy_s()
+        sampler = _Sampler(watched)
         if cell.sample_every_s > 0:
-            samples.append({"t_s": 0.0, **_rss_mb(before)})
-        started = time.perf_counter()
+            sampler.add(before)
         window.open = True
         await _sleep_ticking(
-            cell.duration_s,
-            on_tick,
-            sample_every_s=cell.sample_every_s,
-            sample=lambda: samples.append(
-                {"t_s": round(time.perf_counter() - started, 1), **_rss_mb(usages(watched))}
-            ),
+            cell.duration_s, on_tick, sample_every_s=cell.sample_every_s, sample=sampler.add
         )
         window.open = False
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - sampler.started
         after = usages(watched)
         busy = machine_busy_s() - busy_before
     finally:
@@ -289,7 +305,7 @@ async def run_cell(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return _result(system, cell, window, elapsed, before, after, busy, samples)
+    return _result(system, cell, window, elapsed, before, after, busy, sampler)
 
 
 async def _sleep_ticking(
@@ -325,7 +341,7 @@ def _result(
     before: dict[str, Usage],
     after: dict[str, Usage],
     machine_busy: float,
-    samples: list[dict[str, float]],
+    sampler: _Sampler,
 ) -> CellResult:
     hist = window.hist
     latency = {"p50": 0.0, "p99": 0.0, "p99.9": 0.0, "mean": 0.0, "max": 0.0}
@@ -362,6 +378,7 @@ def _result(
         cpu_util=util,
         other_cpu_cores=round(max(0.0, machine_busy - sum(cpu.values())) / elapsed, 2),
         rss_mb=_rss_mb(after),
-        rss_samples=samples,
+        rss_samples=sampler.rss,
+        anon_samples=sampler.anon,
         status=status,
     )

@@ -11,10 +11,13 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 @dataclass(frozen=True)
 class Usage:
-    """One reading: CPU seconds used so far (user + system, all threads) and RSS now."""
+    """One reading: CPU seconds used so far (user + system, all threads), RSS now, and the
+    part of RSS not backed by files (heap and other anonymous memory: where a leak shows;
+    LMDB's mapped data file counts in RSS but not here)."""
 
     cpu_s: float
     rss_bytes: int
+    anon_bytes: int
 
 
 def usage(pid: int) -> Usage:
@@ -30,8 +33,13 @@ def usage(pid: int) -> Usage:
     # closing parenthesis come state (3), ..., utime (14) and stime (15).
     fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
-    rss_pages = int(statm.split()[1])
-    return Usage(cpu_s=(utime + stime) / _TICKS_PER_S, rss_bytes=rss_pages * _PAGE_BYTES)
+    # statm: size resident shared(file-backed) text lib data dt, in pages.
+    resident, shared = (int(f) for f in statm.split()[1:3])
+    return Usage(
+        cpu_s=(utime + stime) / _TICKS_PER_S,
+        rss_bytes=resident * _PAGE_BYTES,
+        anon_bytes=(resident - shared) * _PAGE_BYTES,
+    )
 
 
 def usages(pids: dict[str, int]) -> dict[str, Usage]:

@@ -114,18 +114,22 @@ def _steady(rows: Sequence[Row]) -> list[str]:
     steady = [r for r in rows if r.get("section") == "steady" and r["rss_samples"]]
     if not steady:
         return []
-    samples = steady[-1]["rss_samples"]
-    names = [n for n in samples[0] if n != "t_s"]
+    rss = steady[-1]["rss_samples"]
+    anon = steady[-1].get("anon_samples") or [{} for _ in rss]
+    names = [n for n in rss[0] if n != "t_s"]
     lines = [
         "",
-        "RSS (MiB) during the steady run, sampled after warm-up:",
+        "RSS in MiB (its anonymous part, heap and the like, in brackets) during the steady"
+        " run, sampled after warm-up:",
         "",
         "| s | " + " | ".join(names) + " |",
         "|--:|" + "--:|" * len(names),
     ]
     lines += [
-        "| " + f"{s['t_s']:.0f} | " + " | ".join(f"{s.get(n, 0):.0f}" for n in names) + " |"
-        for s in samples
+        f"| {r['t_s']:.0f} | "
+        + " | ".join(f"{r.get(n, 0):.0f} ({a.get(n, 0):.0f})" for n in names)
+        + " |"
+        for r, a in zip(rss, anon, strict=True)
     ]
     return lines
 

@@ -36,6 +36,7 @@ CELL_FIELDS = {
     "other_cpu_cores",
     "rss_mb",
     "rss_samples",
+    "anon_samples",
     "status",
 }
 
