@@ -97,6 +97,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
     return RouterConfig(
         router_id=args.id,
         topology=topology,
+        config_path=args.config,
         listen=args.listen,
         tls=tls,
         token=token,

@@ -15,6 +15,9 @@ writer) among the first R replies (a tombstone answers not found). When every as
 replica has answered (or the deadline passed), each one that answered with an older record
 or none gets the newest one (read repair), without the client waiting for it.
 
+During a move a key's owners are its old and its pending new owners, and each request
+needs one more reply per pending owner (placement.py explains why that is enough).
+
 Batches group their items by node; the per-node coalescers turn each group into one call.
 """
 
@@ -32,8 +35,8 @@ from shardkv.hlc import HybridClock
 from shardkv.router.coalescer import NodeFailure
 from shardkv.router.health import NodeHealth
 from shardkv.router.node_client import ApplyItem, NodeClient
+from shardkv.router.placement import Placement
 from shardkv.router.quorum import Quorum, QuorumGroup
-from shardkv.router.ring import Ring
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,7 @@ class Coordinator:
     def __init__(
         self,
         *,
-        ring: Ring,
+        ring: Placement,
         replication: int,
         clients: Mapping[str, NodeClient],
         health: NodeHealth,
@@ -126,7 +129,9 @@ class Coordinator:
                 tombstone=mutation.delete,
             )
             owners = self._ring.preference_list(record.key, self._n)
-            plan = _Write(record, group.quorum(needed), set(owners), deadline)
+            # During a move, one more acknowledgement per pending owner (see placement.py).
+            quorum = group.quorum(needed + self._ring.pending(record.key, self._n))
+            plan = _Write(record, quorum, set(owners), deadline)
             for owner in owners:
                 if self._health.is_down(owner):
                     if not self._hint(plan, owner, outbox):
@@ -187,7 +192,9 @@ class Coordinator:
         quorums: list[Quorum[replica_pb2.Record]] = []
         outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
         for key in keys:
-            quorum = group.quorum(needed, partial(self._repair, key))
+            quorum = group.quorum(
+                needed + self._ring.pending(key, self._n), partial(self._repair, key)
+            )
             for owner in self._ring.preference_list(key, self._n):
                 if self._health.is_down(owner):
                     quorum.fail(owner, f"DOWN ({self._health.last_error(owner) or 'not serving'})")

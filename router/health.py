@@ -32,6 +32,11 @@ class NodeHealth:
         self._state: dict[str, NodeState] = dict.fromkeys(node_ids, UNKNOWN)
         self._error: dict[str, str] = {}
 
+    def add(self, node_id: str) -> None:
+        """Tracks a node that joined the topology (UNKNOWN until checked). A node that left
+        keeps its entry: calls still in flight to it may report on it."""
+        self._state.setdefault(node_id, UNKNOWN)
+
     def state(self, node_id: str) -> NodeState:
         return self._state[node_id]
 
@@ -72,26 +77,46 @@ class HealthMonitor:
     ) -> None:
         """checks maps a node id to a call that returns None when the node is serving and
         the reason otherwise, given a timeout in seconds."""
-        self._checks = checks
+        self._checks = dict(checks)
         self._health = health
         self._interval_s = interval_s
         self._timeout_s = timeout_s
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._watch(node_id, check), name=f"health-{node_id}")
-            for node_id, check in self._checks.items()
-        ]
+        self._started = True
+        for node_id, check in self._checks.items():
+            self._spawn(node_id, check)
+
+    def watch(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
+        """Starts checking a node that joined the topology."""
+        self._health.add(node_id)
+        self._checks[node_id] = check
+        if self._started and node_id not in self._tasks:
+            self._spawn(node_id, check)
+
+    def unwatch(self, node_id: str) -> None:
+        """Stops checking a node that left the topology."""
+        self._checks.pop(node_id, None)
+        task = self._tasks.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _spawn(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
+        self._tasks[node_id] = asyncio.create_task(
+            self._watch(node_id, check), name=f"health-{node_id}"
+        )
 
     async def check_all(self) -> None:
         """One round of checks of every node, at once (used at start-up)."""
         await asyncio.gather(*(self._check(n, c) for n, c in self._checks.items()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
         loop = asyncio.get_running_loop()

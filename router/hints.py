@@ -59,7 +59,8 @@ class HintHandoff:
     async def round(self) -> None:
         """Counts hints on every UP holder and hands back those whose target is UP."""
         pending: Counter[str] = Counter()
-        for holder_id, holder in self._clients.items():
+        # A copy: the node set may change (a node added or removed) while this round awaits.
+        for holder_id, holder in list(self._clients.items()):
             if not self._health.is_up(holder_id):
                 continue
             try:

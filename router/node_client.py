@@ -8,7 +8,7 @@ health checks) is called directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -26,6 +26,8 @@ MAX_BATCH_BYTES = 8 << 20
 MAX_IN_FLIGHT = 2
 
 ApplyItem = replica_pb2.Record | replica_pb2.Hint
+# A token range [start, end) (shardkv.tokens).
+TokenSpan = tuple[int, int]
 # Told of failed calls with the timeout they had; the router marks nodes down from it.
 FailureListener = Callable[[NodeFailure, float], None]
 
@@ -140,6 +142,70 @@ class NodeClient:
         )
         return int(reply.deleted)
 
+    # -- range work (moves and anti-entropy): bulk calls with their own, longer timeouts --
+
+    async def token_digests(
+        self, ranges: Sequence[TokenSpan], *, count_only: bool, pace: int, timeout_s: float
+    ) -> list[replica_pb2.TokenDigest]:
+        """Digest (or count) of each token range, in order (one walk of the node's store)."""
+        reply = await self._replica.TokenDigests(
+            replica_pb2.TokenDigestsRequest(
+                ranges=_token_ranges(ranges), count_only=count_only, max_records_per_second=pace
+            ),
+            timeout=timeout_s,
+        )
+        return list(reply.digests)
+
+    async def stream_token_ranges(
+        self,
+        ranges: Sequence[TokenSpan],
+        *,
+        batch_size: int,
+        keys_only: bool,
+        pace: int,
+        timeout_s: float,
+    ) -> AsyncIterator[list[replica_pb2.Record]]:
+        """The records of token ranges in batches (without values when keys_only)."""
+        call = self._replica.StreamTokenRanges(
+            replica_pb2.StreamTokenRangesRequest(
+                ranges=_token_ranges(ranges),
+                batch_size=batch_size,
+                keys_only=keys_only,
+                max_records_per_second=pace,
+            ),
+            timeout=timeout_s,
+        )
+        async for batch in call:
+            yield list(batch.records)
+
+    async def purge_token_ranges(
+        self,
+        ranges: Sequence[TokenSpan],
+        *,
+        tombstones_before: int = 0,
+        all_records: bool = False,
+        timeout_s: float,
+    ) -> int:
+        """Removes old tombstones of token ranges, or all their records; returns how many."""
+        reply = await self._replica.PurgeTokenRanges(
+            replica_pb2.PurgeTokenRangesRequest(
+                ranges=_token_ranges(ranges),
+                tombstones_before=tombstones_before,
+                all_records=all_records,
+            ),
+            timeout=timeout_s,
+        )
+        return int(reply.purged)
+
+    async def apply_batch(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
+        """One direct, durable Apply of a batch of records (not bounded by node_call_ms)."""
+        await self._replica.Apply(replica_pb2.ApplyRequest(records=records), timeout=timeout_s)
+
+    async def read_batch(self, keys: Sequence[bytes], timeout_s: float) -> list[replica_pb2.Record]:
+        """The node's records of keys, in order (version 0 where it holds none)."""
+        reply = await self._replica.Read(replica_pb2.ReadRequest(keys=keys), timeout=timeout_s)
+        return list(reply.records)
+
     async def check(self, timeout_s: float) -> str | None:
         """None when the node's health service answers SERVING, else what went wrong."""
         try:
@@ -171,6 +237,10 @@ class NodeClient:
     async def _send_read(self, keys: list[bytes], timeout: float) -> list[replica_pb2.Record]:
         reply = await self._replica.Read(replica_pb2.ReadRequest(keys=keys), timeout=timeout)
         return list(reply.records)
+
+
+def _token_ranges(ranges: Sequence[TokenSpan]) -> list[replica_pb2.TokenRange]:
+    return [replica_pb2.TokenRange(start=start, end=end) for start, end in ranges]
 
 
 def _apply_size(item: ApplyItem) -> int:

@@ -18,15 +18,17 @@ from grpc_reflection.v1alpha import reflection
 from shardkv.hlc import HybridClock, writer_number
 from shardkv.limits import DEFAULT_LIMITS, Limits
 from shardkv.router.admin import AdminService
+from shardkv.router.antientropy import AntiEntropy
 from shardkv.router.coalescer import NodeFailure
 from shardkv.router.coordinator import Coordinator
 from shardkv.router.health import HealthMonitor, NodeHealth
 from shardkv.router.hints import HintHandoff
 from shardkv.router.kv_service import KVService
+from shardkv.router.membership import Membership
 from shardkv.router.node_client import NodeClient
-from shardkv.router.ring import Ring
+from shardkv.router.rebalance import Rebalancer
 from shardkv.router.security import TokenInterceptor, channel_credentials, server_credentials
-from shardkv.router.topology import Topology
+from shardkv.router.topology import NodeConfig, Topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,9 @@ class RouterConfig:
 
     router_id: str
     topology: Topology
+    # cluster.toml: topology changes are written back to it, and changes other routers
+    # write to it are picked up. None (tests) refuses topology changes.
+    config_path: Path | None = None
     listen: str = "127.0.0.1:0"
     tls: TlsConfig | None = None
     token: str | None = None
@@ -85,13 +90,15 @@ class RouterServer:
         topology = config.topology
         timeouts = topology.timeouts
         self._call_timeout_s = timeouts.node_call_ms / 1000
-        self.ring = Ring({node.id: node.weight for node in topology.nodes})
         self.health = NodeHealth(node.id for node in topology.nodes)
         self._server: grpc.aio.Server | None = None
         self._clients: dict[str, NodeClient] = {}
         self._health_servicer = health.aio.HealthServicer()
         self._monitor: HealthMonitor | None = None
         self._handoff: HintHandoff | None = None
+        self._membership: Membership | None = None
+        self._rebalancer: Rebalancer | None = None
+        self._antientropy: AntiEntropy | None = None
 
     async def start(self) -> int:
         """Binds, checks every node once, starts serving; returns the bound port."""
@@ -101,18 +108,39 @@ class RouterServer:
         credentials = (
             channel_credentials(node_tls.ca, node_tls.cert, node_tls.key) if node_tls else None
         )
-        self._clients = {
-            node.id: NodeClient(
+
+        def new_client(node: NodeConfig) -> NodeClient:
+            return NodeClient(
                 node,
                 limits=config.limits,
                 call_timeout_s=self._call_timeout_s,
                 on_failure=self._on_call_failure,
                 credentials=credentials,
             )
-            for node in topology.nodes
-        }
+
+        self._clients = {node.id: new_client(node) for node in topology.nodes}
+        membership = self._membership = Membership(
+            topology,
+            path=config.config_path,
+            clients=self._clients,
+            health=self.health,
+            new_client=new_client,
+        )
+        antientropy = self._antientropy = AntiEntropy(
+            membership=membership,
+            health=self.health,
+            moving=lambda: membership.topology.move is not None,
+        )
+        rebalancer = self._rebalancer = Rebalancer(
+            router_id=config.router_id,
+            membership=membership,
+            health=self.health,
+            probe_client=new_client,
+            pause_repair=antientropy.pause,
+        )
+
         coordinator = Coordinator(
-            ring=self.ring,
+            ring=membership.placement,
             replication=topology.replication,
             clients=self._clients,
             health=self.health,
@@ -150,10 +178,11 @@ class RouterServer:
         admin_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
             AdminService(
                 router_id=config.router_id,
-                topology=topology,
-                ring=self.ring,
+                membership=membership,
                 health=self.health,
                 handoff=self._handoff,
+                rebalancer=rebalancer,
+                antientropy=antientropy,
             ),
             server,
         )
@@ -169,6 +198,9 @@ class RouterServer:
             await self._health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._monitor.start()
         self._handoff.start()
+        membership.start(self._monitor)
+        rebalancer.start()
+        antientropy.start()
         log.info(
             "router %s serving on port %d: %d nodes, N=%d R=%d W=%d, epoch %d",
             config.router_id,
@@ -213,6 +245,9 @@ class RouterServer:
         await self._health_servicer.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        for loop in (self._rebalancer, self._antientropy, self._membership):
+            if loop is not None:
+                await loop.stop()
         if self._monitor is not None:
             await self._monitor.stop()
         if self._handoff is not None:

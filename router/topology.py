@@ -3,7 +3,7 @@
 The format (README): top-level ``epoch``, ``replication`` (N), ``read_quorum`` (R),
 ``write_quorum`` (W); an optional ``[timeouts]`` table (request_ms, node_call_ms,
 health_interval_ms, hint_interval_ms, watch_interval_ms; each defaults when left out);
-optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s) and
+optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s, segments) and
 ``[rebalance]`` (settle_ms, max_records_per_s) tables; one ``[[nodes]]`` table per node
 with ``id``, ``address`` (host:port), an optional ``weight`` (default 1) and, only while a
 move runs, ``state = "joining"`` or ``"leaving"`` together with a ``[move]`` table (id,
@@ -50,6 +50,9 @@ class RepairConfig:
     # Tombstones younger than this are never purged, whatever repair covered. It must exceed
     # how late a write can arrive (request deadlines, hints parked for a node that is down).
     tombstone_grace_s: int = 86_400
+    # Token segments a pass compares (ring arcs are cut further at this many equal cuts):
+    # more segments mean smaller digests to compare and fewer records exchanged per difference.
+    segments: int = 4096
 
 
 @dataclass(frozen=True)
