@@ -195,6 +195,54 @@ class AsyncClient(ClientBase):
         assert isinstance(reply, admin_pb2.ClusterHealth)
         return reply
 
+    async def add_node(
+        self, node_id: str, address: str, weight: int = 1, *, timeout: float | None = None
+    ) -> admin_pb2.Move:
+        """Starts adding a node online (Admin; routers only); follow it with ``moves()``."""
+        reply = await self._invoke(
+            "AddNode",
+            admin_pb2.AddNodeRequest(id=node_id, address=address, weight=weight),
+            Attempts(self._deadline(timeout)),
+            admin=True,
+        )
+        assert isinstance(reply, admin_pb2.Move)
+        return reply
+
+    async def remove_node(self, node_id: str, *, timeout: float | None = None) -> admin_pb2.Move:
+        """Starts decommissioning a node (Admin); follow it with ``moves()``."""
+        reply = await self._invoke(
+            "RemoveNode",
+            admin_pb2.RemoveNodeRequest(id=node_id),
+            Attempts(self._deadline(timeout)),
+            admin=True,
+        )
+        assert isinstance(reply, admin_pb2.Move)
+        return reply
+
+    async def moves(self, *, timeout: float | None = None) -> admin_pb2.GetMovesResponse:
+        """The move in progress and those finished, with keys moved and remaining."""
+        reply = await self._invoke(
+            "GetMoves", admin_pb2.GetMovesRequest(), Attempts(self._deadline(timeout)), admin=True
+        )
+        assert isinstance(reply, admin_pb2.GetMovesResponse)
+        return reply
+
+    async def repair(self, *, timeout: float | None = None) -> admin_pb2.RepairStatus:
+        """Starts an anti-entropy pass now, or returns the one running (Admin)."""
+        reply = await self._invoke(
+            "Repair", admin_pb2.RepairRequest(), Attempts(self._deadline(timeout)), admin=True
+        )
+        assert isinstance(reply, admin_pb2.RepairStatus)
+        return reply
+
+    async def repair_status(self, *, timeout: float | None = None) -> admin_pb2.RepairStatus:
+        """The running anti-entropy pass, or the last one (Admin)."""
+        reply = await self._invoke(
+            "GetRepair", admin_pb2.GetRepairRequest(), Attempts(self._deadline(timeout)), admin=True
+        )
+        assert isinstance(reply, admin_pb2.RepairStatus)
+        return reply
+
     async def _pages(self, plan: ScanPlan, timeout: float | None) -> AsyncIterator[Record]:
         token, returned = b"", 0
         while not plan.done(returned):

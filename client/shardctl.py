@@ -5,6 +5,7 @@
     shardctl delete KEY
     shardctl scan [--prefix P | --start S --end E] [--limit N]
     shardctl topology | health        # Admin service: routers only
+    shardctl node add|remove, moves, repair   # topology changes (see topology_cli.py)
 
 Global options go before or after the subcommand: ``--addr`` (repeatable or
 comma-separated; default $SHARDKV_ADDR, else 127.0.0.1:7100), ``--consistency
@@ -41,6 +42,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from shardkv.v1 import admin_pb2
 
+from . import topology_cli
 from .core import Consistency, Record
 from .errors import ShardKVError
 from .sync import Client
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--limit", type=int, default=None, help="stop after N records")
     commands.add_parser("topology", parents=[common], help="ring, nodes and their state")
     commands.add_parser("health", parents=[common], help="whether every node is up")
+    topology_cli.add_parsers(commands, common, lambda: _global_options(suppress=True))
     return parser
 
 
@@ -189,6 +192,8 @@ def _print_nodes(out: TextIO, nodes: Sequence[admin_pb2.NodeStatus]) -> None:
 
 def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, out: TextIO) -> int:
     with _client(args) as client:
+        if args.command in topology_cli.COMMANDS:
+            return topology_cli.run(args, client, out)
         if args.command == "get":
             key = os.fsencode(args.key)
             record = client.get_record(key)
