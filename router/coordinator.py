@@ -31,12 +31,14 @@ from dataclasses import dataclass
 from functools import partial
 
 import grpc
+from shardkv import requestid
 from shardkv.hlc import HybridClock
 from shardkv.router.coalescer import NodeFailure
 from shardkv.router.health import NodeHealth
 from shardkv.router.node_client import ApplyItem, NodeClient
 from shardkv.router.placement import Placement
 from shardkv.router.quorum import Quorum, QuorumGroup
+from shardkv.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -111,23 +113,44 @@ class Coordinator:
         self._clock = clock
         self._writer = writer
         self._repair_timeout_s = repair_timeout_s
+        # Plain counters the metrics endpoint reads (router/metrics.py).
         self.repairs = 0
+        self.hints_stored = 0
+        self.reads = QuorumTally()
+        self.writes = QuorumTally()
 
     async def write(
         self, mutations: Sequence[Mutation], needed: int, deadline: float
     ) -> list[WriteOutcome]:
         """Writes every mutation with a fresh version; answers once each is decided."""
-        group: QuorumGroup[bool] = QuorumGroup(deadline)
-        plans: list[_Write] = []
-        outbox: _Outbox = defaultdict(list)
-        for mutation in mutations:
-            record = replica_pb2.Record(
+        records = [
+            replica_pb2.Record(
                 key=mutation.key,
                 value=b"" if mutation.delete else mutation.value,
                 version=self._clock.now(),
                 writer=self._writer,
                 tombstone=mutation.delete,
             )
+            for mutation in mutations
+        ]
+        return await self._place(records, needed, deadline)
+
+    async def write_records(
+        self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
+    ) -> list[WriteOutcome]:
+        """Writes records with the versions and writers they carry (a restore), exactly as
+        writes travel; the clock moves past them, so later writes order after them."""
+        if records:
+            self._clock.observe(max(record.version for record in records))
+        return await self._place(records, needed, deadline)
+
+    async def _place(
+        self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
+    ) -> list[WriteOutcome]:
+        group: QuorumGroup[bool] = QuorumGroup(deadline)
+        plans: list[_Write] = []
+        outbox: _Outbox = defaultdict(list)
+        for record in records:
             owners = self._ring.preference_list(record.key, self._n)
             # During a move, one more acknowledgement per pending owner (see placement.py).
             quorum = group.quorum(needed + self._ring.pending(record.key, self._n))
@@ -142,6 +165,8 @@ class Coordinator:
             plans.append(plan)
         self._send(outbox, deadline)
         await group.wait()
+        for plan in plans:
+            self.writes.add(plan.quorum.needed, len(plan.quorum.ok))
         return [
             WriteOutcome(plan.record.version, None)
             if plan.quorum.succeeded
@@ -182,6 +207,7 @@ class Coordinator:
         if fallback is None:
             return False
         plan.used.add(fallback)
+        self.hints_stored += 1
         hint = replica_pb2.Hint(target=owner, record=plan.record)
         outbox[fallback].append((hint, plan, f"{fallback} (hint for {owner})", False))
         return True
@@ -206,6 +232,7 @@ class Coordinator:
         await group.wait()
         outcomes = []
         for key, quorum in zip(keys, quorums, strict=True):
+            self.reads.add(quorum.needed, len(quorum.ok))
             if not quorum.succeeded:
                 error = quorum.describe("read", key, self._n)
                 outcomes.append(ReadOutcome(None, error, quorum.failure_code()))
@@ -232,11 +259,12 @@ class Coordinator:
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
         for node_id in stale:
             log.debug(
-                "read repair of %r on %s: %d -> %d",
-                key,
+                "read_repair key=%r node=%s from_version=%d to_version=%d request_id=%s",
+                key[:64],
                 node_id,
                 quorum.ok[node_id].version,
                 best.version,
+                requestid.current.get() or "-",
             )
             self._clients[node_id].apply([(best, _ignore)], deadline)
             self.repairs += 1
