@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
+from shardkv import requestid
+from shardkv.tally import SizeHistogram
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -75,9 +77,12 @@ class Coalescer(Generic[Item, Result]):
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
-        self._pending: deque[tuple[Item, float, Deliver[Result]]] = deque()
+        # (item, deadline, deliver, request id of the request the item belongs to)
+        self._pending: deque[tuple[Item, float, Deliver[Result], str | None]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Items per call, read by the metrics endpoint.
+        self.batch_sizes = SizeHistogram()
 
     def submit(self, items: Sequence[tuple[Item, Deliver[Result]]], deadline: float) -> None:
         """Queues items due by deadline (loop time); each one's callback is called exactly
@@ -98,7 +103,8 @@ class Coalescer(Generic[Item, Result]):
                 deliver(failure)
             return
         self._pending_bytes += size
-        self._pending.extend((item, deadline, deliver) for item, deliver in items)
+        rid = requestid.current.get()
+        self._pending.extend((item, deadline, deliver, rid) for item, deliver in items)
         self._pump()
 
     async def close(self) -> None:
@@ -109,10 +115,10 @@ class Coalescer(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             now = loop.time()
-            batch: list[tuple[Item, float, Deliver[Result]]] = []
+            batch: list[tuple[Item, float, Deliver[Result], str | None]] = []
             size = 0
             while self._pending and len(batch) < self._max_items:
-                item, deadline, deliver = self._pending[0]
+                item, deadline, deliver, rid = self._pending[0]
                 item_size = self._size_of(item)
                 if batch and size + item_size > self._max_bytes:
                     break
@@ -121,7 +127,7 @@ class Coalescer(Generic[Item, Result]):
                 if deadline <= now:
                     deliver(self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
                     continue
-                batch.append((item, deadline, deliver))
+                batch.append((item, deadline, deliver, rid))
                 size += item_size
             if not batch:
                 continue
@@ -130,22 +136,25 @@ class Coalescer(Generic[Item, Result]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, batch: list[tuple[Item, float, Deliver[Result]]]) -> None:
+    async def _call(self, batch: list[tuple[Item, float, Deliver[Result], str | None]]) -> None:
         # One call serves items of several requests: it may run until the latest of their
         # deadlines (each request stops waiting at its own), never beyond node_call_ms.
         timeout = min(
-            self._call_timeout_s, max(d for _, d, _ in batch) - asyncio.get_running_loop().time()
+            self._call_timeout_s, max(d for _, d, _, _ in batch) - asyncio.get_running_loop().time()
         )
         try:
-            results = await self._send([item for item, _, _ in batch], timeout)
+            self.batch_sizes.observe(len(batch))
+            # This task's own context: the call carries the ids of the requests it serves.
+            requestid.current.set(requestid.join(rid for *_, rid in batch))
+            results = await self._send([item for item, *_ in batch], timeout)
             if len(results) != len(batch):
                 raise _ShortReply(len(results), len(batch))
-            for (_, _, deliver), result in zip(batch, results, strict=True):
+            for (_, _, deliver, _), result in zip(batch, results, strict=True):
                 deliver(result)
         except (grpc.RpcError, _ShortReply) as err:
             failure = self._failure_of(err)
             self._on_failure(failure, timeout)
-            for _, _, deliver in batch:
+            for _, _, deliver, _ in batch:
                 deliver(failure)
         finally:
             self._in_flight -= 1
