@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from shardkv.router.node_client import MAX_QUEUED
 from shardkv.router.security import SecurityError, read_token
 from shardkv.router.server import (
     BindError,
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="calls beyond this many in flight get RESOURCE_EXHAUSTED",
     )
     parser.add_argument(
+        "--max-queued-per-node",
+        type=int,
+        default=MAX_QUEUED,
+        help="items waiting for one node beyond this many get RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
         "--clock-offset-ms", type=int, default=0, help="skew this router's clock (tests)"
     )
     parser.add_argument(
@@ -80,6 +87,8 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         parser.error("--node-tls-cert and --node-tls-key must be given together")
     if args.node_tls_cert and not args.node_tls_ca:
         parser.error("--node-tls-cert needs --node-tls-ca")
+    if args.max_queued_per_node < 1:
+        parser.error(f"--max-queued-per-node must be positive, got {args.max_queued_per_node}")
     if args.max_concurrent_rpcs < 1:
         parser.error(f"--max-concurrent-rpcs must be positive, got {args.max_concurrent_rpcs}")
     try:
@@ -105,6 +114,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         node_tls=node_tls,
         clock_offset_ms=args.clock_offset_ms,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_queued_per_node=args.max_queued_per_node,
     )
 
 

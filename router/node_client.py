@@ -24,6 +24,8 @@ MAX_BATCH_BYTES = 8 << 20
 # Calls of one kind outstanding to one node: the second lets a node commit one batch
 # while the next travels.
 MAX_IN_FLIGHT = 2
+# Items queued for one node per kind of call before new ones fail with RESOURCE_EXHAUSTED.
+MAX_QUEUED = 20_000
 
 ApplyItem = replica_pb2.Record | replica_pb2.Hint
 # A token range [start, end) (shardkv.tokens).
@@ -54,8 +56,10 @@ class NodeClient:
         call_timeout_s: float,
         on_failure: FailureListener,
         credentials: grpc.ChannelCredentials | None = None,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
-        """credentials: TLS to the node (None: plaintext, for loopback)."""
+        """credentials: TLS to the node (None: plaintext, for loopback); max_queued: the
+        bound of each per-node queue (load shedding)."""
         self.node_id = node.id
         self.address = node.address
         options = channel_options(limits)
@@ -81,6 +85,7 @@ class NodeClient:
             max_in_flight=MAX_IN_FLIGHT,
             call_timeout_s=call_timeout_s,
             size_of=_apply_size,
+            max_pending=max_queued,
         )
         self._reads: Coalescer[bytes, replica_pb2.Record] = Coalescer(
             node.id,
@@ -91,6 +96,7 @@ class NodeClient:
             max_in_flight=MAX_IN_FLIGHT,
             call_timeout_s=call_timeout_s,
             size_of=len,
+            max_pending=max_queued,
         )
 
     def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:

@@ -25,7 +25,7 @@ from shardkv.router.health import HealthMonitor, NodeHealth
 from shardkv.router.hints import HintHandoff
 from shardkv.router.kv_service import KVService
 from shardkv.router.membership import Membership
-from shardkv.router.node_client import NodeClient
+from shardkv.router.node_client import MAX_QUEUED, NodeClient
 from shardkv.router.rebalance import Rebalancer
 from shardkv.router.security import TokenInterceptor, channel_credentials, server_credentials
 from shardkv.router.topology import NodeConfig, Topology
@@ -80,6 +80,8 @@ class RouterConfig:
     limits: Limits = DEFAULT_LIMITS
     # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 4096
+    # Items queued for one node (per kind of call) beyond this fail with RESOURCE_EXHAUSTED.
+    max_queued_per_node: int = MAX_QUEUED
 
 
 class RouterServer:
@@ -116,6 +118,7 @@ class RouterServer:
                 call_timeout_s=self._call_timeout_s,
                 on_failure=self._on_call_failure,
                 credentials=credentials,
+                max_queued=config.max_queued_per_node,
             )
 
         self._clients = {node.id: new_client(node) for node in topology.nodes}
