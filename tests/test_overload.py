@@ -6,6 +6,7 @@ memory stays bounded, keep serving, and keep every write they acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,9 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from faults.cluster import RssSampler
+from faults.cluster import RssSampler, start_faulty_cluster
 from harness import Proc, shardd_proc, wait_serving
+from shardkv.client import Client, ResourceExhausted
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -27,6 +29,12 @@ VALUE = b"v" * 2048
 # calls not yet picked up by the server (grpc.server.max_pending_requests_hard_limit, 3000):
 # those clients see CANCELLED; the servers' own bounds answer RESOURCE_EXHAUSTED.
 SHED = {"RESOURCE_EXHAUSTED", "CANCELLED"}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _shape(message: str) -> str:
+    """A message with its key and numbers blanked, so equal failures collect as one."""
+    return re.sub(r"\d+", "N", re.sub(r"key b'[^']*'", "key K", message))[:400]
 
 
 async def flood(
@@ -36,22 +44,27 @@ async def flood(
     messages: set[str],
     served: list[int] | None = None,
 ) -> Counter[str]:
-    """Starts `calls` RPCs at once over a few channels; counts their status codes, collects
-    the distinct RESOURCE_EXHAUSTED messages and the numbers of the calls served."""
+    """Starts `calls` RPCs at once over a few channels; counts their status codes (and
+    those of failed batch items, as "item:CODE"), collects the distinct RESOURCE_EXHAUSTED
+    messages and the numbers of the calls served."""
     codes: Counter[str] = Counter()
     channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
     stubs = [kv_pb2_grpc.KVStub(channel) for channel in channels]
 
     async def one(i: int) -> None:
         try:
-            await make(stubs[i % len(stubs)], i)
+            reply = await make(stubs[i % len(stubs)], i)
             codes["OK"] += 1
+            for item in getattr(reply, "results", ()):
+                if item.status.code:
+                    codes[f"item:{grpc.StatusCode(_CODES[item.status.code]).name}"] += 1
+                    messages.add(_shape(item.status.message))
             if served is not None:
                 served.append(i)
         except grpc.aio.AioRpcError as err:
             codes[err.code().name] += 1
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                messages.add((err.details() or "")[:60])
+                messages.add(_shape(err.details() or ""))
 
     try:
         await asyncio.gather(*(one(i) for i in range(calls)))
@@ -100,6 +113,78 @@ def test_flooded_node_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
         _read_back(node.address, [b"flood/%d" % i for i in served], VALUE)
     finally:
         node.stop()
+
+
+@pytest.mark.timeout(90)
+def test_flooded_router_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
+    cluster = start_faulty_cluster(
+        tmp_path, router_extra=["--max-concurrent-rpcs", "64", "--max-queued-per-node", "2000"]
+    )
+    try:
+        router = cluster.router
+        unary_messages: set[str] = set()
+        batch_messages: set[str] = set()
+        served: list[int] = []
+        with RssSampler(cluster.all()) as rss:
+            started = time.monotonic()
+            unary = asyncio.run(flood(router.address, 4000, _put, unary_messages, served))
+            batches = asyncio.run(flood(router.address, 60, _batch, batch_messages))
+            elapsed = time.monotonic() - started
+        peaks = {name: round(mb) for name, mb in rss.peak.items()}
+        print(
+            f"[overload router] unary={dict(unary)} batch={dict(batches)} peak_rss_mb={peaks}"
+            f" seconds={elapsed:.1f} messages={sorted(unary_messages | batch_messages)}"
+        )
+        assert unary["RESOURCE_EXHAUSTED"] > 0 and unary["OK"] > 0, unary
+        assert set(unary) <= {"OK"} | SHED, unary
+        # The per-node queues refused items beyond their bound instead of growing.
+        assert batches["item:RESOURCE_EXHAUSTED"] > 0, batches
+        assert any("router overloaded" in m for m in batch_messages), batch_messages
+        assert max(rss.peak.values()) < RSS_LIMIT_MB, peaks
+        _still_serving(router)
+        _read_back(router.address, [b"flood/%d" % i for i in served], VALUE)
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(60)
+def test_full_store_refuses_writes_and_keeps_serving_reads(tmp_path: Path) -> None:
+    """A node whose map may not grow past 2 MiB: writes fail RESOURCE_EXHAUSTED naming the
+    full store, on the node and through the router; reads of what was stored go on."""
+    cluster = start_faulty_cluster(
+        tmp_path,
+        nodes=1,
+        replication=1,
+        read_quorum=1,
+        write_quorum=1,
+        node_extra=["--map-size", "1MiB", "--max-map-size", "2MiB"],
+    )
+    try:
+        stored: list[bytes] = []
+        with Client(cluster.router.address, timeout=5) as kv:
+            for i in range(200):
+                try:
+                    kv.put(b"fill/%03d" % i, VALUE * 32)
+                except ResourceExhausted as err:
+                    refusal = err
+                    break
+                stored.append(b"fill/%03d" % i)
+            else:
+                pytest.fail("a 2 MiB store took 200 x 64 KiB")
+            print(f"[full store] router answered after {len(stored)} writes: {refusal}")
+            assert "full" in refusal.details and "n1" in refusal.details
+            assert kv.get_many(stored) == {key: VALUE * 32 for key in stored}
+        node = cluster.nodes[0]
+        with grpc.insecure_channel(node.address) as channel:
+            stub = kv_pb2_grpc.KVStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Put(kv_pb2.PutRequest(key=b"more", value=VALUE * 32), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "is full" in (err.value.details() or "")
+            assert stub.Get(kv_pb2.GetRequest(key=stored[0]), timeout=5).value == VALUE * 32
+        wait_serving(node.address, timeout_s=5)
+    finally:
+        cluster.stop()
 
 
 def _read_back(address: str, keys: list[bytes], value: bytes) -> None:
