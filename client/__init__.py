@@ -7,6 +7,8 @@ with Client("127.0.0.1:7100") as kv:
     assert kv.get("greeting") == b"hello"
 """
 
+from shardkv.requestid import request_id
+
 from .aio import AsyncClient
 from .core import Consistency, Record
 from .errors import (
@@ -46,4 +48,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "request_id",
 ]

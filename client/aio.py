@@ -300,11 +300,12 @@ class AsyncClient(ClientBase):
         if not self._channels:
             self._connect()
         stubs: Mapping[str, Any] = self._admin if admin else self._kv
+        metadata = self._call_metadata()
         while True:
             target, remaining = self._next_target(attempts, method)
             try:
                 reply = await getattr(stubs[target], method)(
-                    request, timeout=remaining, metadata=self._metadata
+                    request, timeout=remaining, metadata=metadata
                 )
             except grpc.RpcError as err:
                 error, wait = self._after_failure(attempts, target, err)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from shardkv import requestid
 from shardkv.limits import DEFAULT_LIMITS
 
 from .core import Consistency
@@ -69,6 +70,12 @@ class ClientBase:
         if seconds <= 0:
             raise ValueError(f"timeout must be positive, got {seconds}")
         return time.monotonic() + seconds
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The token (if any) and the request id of one RPC: the caller's (set with
+        ``request_id``) or a fresh one. Retries of the RPC keep the same id."""
+        rid = requestid.current.get() or requestid.new_id()
+        return (*(self._metadata or ()), (requestid.HEADER, rid))
 
     def _level(self, consistency: Consistency | None) -> Consistency | None:
         """The call's level, else the client's (None = the cluster's default)."""
