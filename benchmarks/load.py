@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
+from benchmarks.nodemetrics import NodeProbe
 from benchmarks.procstat import Usage, machine_busy_s, usages
 
 # Fraction of operations that are reads, by workload name.
@@ -114,6 +115,8 @@ class CellResult:
     # another program competing for the two cores makes the cell's figures unreliable.
     other_cpu_cores: float
     rss_mb: dict[str, float]
+    # Inside each shardd (from its metrics endpoint): commits, commit sizes, method times.
+    node_metrics: dict[str, Any]
     # RSS during the window, all of it and its anonymous part, when the cell samples it.
     rss_samples: list[dict[str, float]] = field(default_factory=list)
     anon_samples: list[dict[str, float]] = field(default_factory=list)
@@ -275,8 +278,10 @@ async def run_cell(
     system: str,
     pids: dict[str, int],
     on_tick: Callable[[float], None] | None = None,
+    probe: NodeProbe | None = None,
 ) -> CellResult:
-    """Runs one cell against driver; pids names the server processes to account."""
+    """Runs one cell against driver; pids names the server processes to account, probe
+    reads the nodes' own figures at both ends of the window."""
     if cell.batch > driver.max_batch:
         raise ValueError(f"{system} takes batches of at most {driver.max_batch}")
     window = _Window()
@@ -286,6 +291,7 @@ async def run_cell(
     watched = _client_and(pids)
     try:
         await _sleep_ticking(cell.warmup_s, on_tick)
+        inside_before = await probe.snapshot() if probe else {}
         before = usages(watched)
         busy_before = machine_busy_s()
         sampler = _Sampler(watched)
@@ -299,13 +305,14 @@ async def run_cell(
         elapsed = time.perf_counter() - sampler.started
         after = usages(watched)
         busy = machine_busy_s() - busy_before
+        inside = NodeProbe.compare(inside_before, await probe.snapshot(), elapsed) if probe else {}
     finally:
         window.stop = True
         _done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return _result(system, cell, window, elapsed, before, after, busy, sampler)
+    return _result(system, cell, window, elapsed, before, after, busy, sampler, inside)
 
 
 async def _sleep_ticking(
@@ -342,6 +349,7 @@ def _result(
     after: dict[str, Usage],
     machine_busy: float,
     sampler: _Sampler,
+    inside: dict[str, Any],
 ) -> CellResult:
     hist = window.hist
     latency = {"p50": 0.0, "p99": 0.0, "p99.9": 0.0, "mean": 0.0, "max": 0.0}
@@ -378,6 +386,7 @@ def _result(
         cpu_util=util,
         other_cpu_cores=round(max(0.0, machine_busy - sum(cpu.values())) / elapsed, 2),
         rss_mb=_rss_mb(after),
+        node_metrics=inside,
         rss_samples=sampler.rss,
         anon_samples=sampler.anon,
         status=status,

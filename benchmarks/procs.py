@@ -8,6 +8,7 @@ block ends, however it ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -50,6 +51,8 @@ class Server:
     argv: list[str]
     address: str
     log_path: Path
+    # Its Prometheus endpoint (http://host:port/metrics), when it serves one.
+    metrics_url: str | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -144,6 +147,9 @@ class Fleet:
     def pids(self) -> dict[str, int]:
         return {s.name: s.pid for s in self.servers if s.alive()}
 
+    def metrics_urls(self) -> dict[str, str]:
+        return {s.name: s.metrics_url for s in self.servers if s.metrics_url and s.alive()}
+
     def dead(self) -> list[str]:
         return [s.name for s in self.servers if s.popen is not None and not s.alive()]
 
@@ -158,6 +164,18 @@ class Fleet:
                 )
 
 
+@functools.cache
+def shardd_serves_metrics() -> bool:
+    """Whether this shardd has --metrics-listen (the benchmark then reads commit figures)."""
+    try:
+        out = subprocess.run(
+            [str(BIN / "shardd"), "--help"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--metrics-listen" in out.stdout
+
+
 def shardd_server(base: Path, node_id: str) -> Server:
     """A durable shardd (fsync on commit, the default) with its data under base/node_id."""
     address = f"127.0.0.1:{free_port()}"
@@ -170,7 +188,12 @@ def shardd_server(base: Path, node_id: str) -> Server:
         "--data",
         str(base / node_id),
     ]
-    return Server(node_id, argv, address, base / f"{node_id}.log")
+    metrics_url = None
+    if shardd_serves_metrics():
+        metrics = f"127.0.0.1:{free_port()}"
+        argv += ["--metrics-listen", metrics]
+        metrics_url = f"http://{metrics}/metrics"
+    return Server(node_id, argv, address, base / f"{node_id}.log", metrics_url)
 
 
 def write_cluster_toml(

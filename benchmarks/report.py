@@ -81,6 +81,42 @@ def _table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def _inside(rows: Sequence[Row]) -> list[str]:
+    """Per cell with node figures: each node's commits/s x records per commit, and the
+    busiest methods with their mean time from arrival to answer."""
+    measured = [r for r in rows if r["status"] == "ok" and r.get("node_metrics")]
+    if not measured:
+        return []
+    lines = [
+        "## Inside the nodes",
+        "",
+        "From each shardd's metrics endpoint over the same windows: group commits per second x"
+        " records per commit (one LMDB transaction and fsync each), and per gRPC method calls"
+        " per second and mean milliseconds from arrival to answer (Replica/Apply includes"
+        " waiting for its group commit).",
+        "",
+        "| system | workload | call | in flight | per node |",
+        "|---|---|---|--:|---|",
+    ]
+    for row in measured:
+        cell = row["cell"]
+        nodes = []
+        for node, figures in row["node_metrics"].items():
+            methods = sorted(figures["methods"].items(), key=lambda m: -m[1]["calls_per_s"])
+            calls = ", ".join(
+                f"{name} {m['calls_per_s']:,.0f}/s {m['mean_ms']:.2f} ms" for name, m in methods[:2]
+            )
+            nodes.append(
+                f"{node}: {figures['commits_per_s']:,.0f} commits/s x "
+                f"{figures['records_per_commit']:.0f}; {calls}"
+            )
+        lines.append(
+            f"| {row['system']} | {cell['mix']} {cell['keys']} {cell['value_bytes']} B "
+            f"| {_call(cell)} | {cell['in_flight']} | {'<br>'.join(nodes)} |"
+        )
+    return [*lines, ""]
+
+
 def _targets(verdicts: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["| target | measured | bound | ratio | verdict |", "|---|---|---|--:|---|"]
     for v in verdicts:
@@ -176,6 +212,7 @@ def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
         if section == "steady":
             lines += _steady(section_rows)
         lines += [""]
+    lines += _inside(rows)
     if doc.get("placement"):
         lines += _placement(doc["placement"])
     return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from benchmarks import charts, placement, plan, report
 from benchmarks.environment import describe_machine
 from benchmarks.etcd_driver import EtcdDriver
 from benchmarks.load import Driver, preload, run_cell
+from benchmarks.nodemetrics import NodeProbe
 from benchmarks.procs import (
     Fleet,
     ServerError,
@@ -137,8 +138,14 @@ async def _run_one(
     if dead := fleet.dead():
         return _skipped(system, planned, "failed", f"server(s) exited: {', '.join(dead)}")
     try:
+        urls = fleet.metrics_urls()
         result = await run_cell(
-            driver, planned.cell, system=system, pids=fleet.pids(), on_tick=progress.tick
+            driver,
+            planned.cell,
+            system=system,
+            pids=fleet.pids(),
+            on_tick=progress.tick,
+            probe=NodeProbe(urls) if urls else None,
         )
     except Exception as err:
         log.exception("%s: cell %s failed", system, planned.cell.label)

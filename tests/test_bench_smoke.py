@@ -35,6 +35,7 @@ CELL_FIELDS = {
     "cpu_util",
     "other_cpu_cores",
     "rss_mb",
+    "node_metrics",
     "rss_samples",
     "anon_samples",
     "status",
