@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from shardkv import telemetry
 from shardkv.router.node_client import MAX_QUEUED
 from shardkv.router.security import SecurityError, read_token
 from shardkv.router.server import (
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    telemetry.add_flags(parser)
     return parser
 
 
@@ -115,6 +117,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         clock_offset_ms=args.clock_offset_ms,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_queued_per_node=args.max_queued_per_node,
+        observe=telemetry.from_flags(args),
     )
 
 

@@ -1,4 +1,5 @@
-"""The Admin service: topology and node states, node add/remove and their progress, repair.
+"""The Admin service: topology and node states, node add/remove and their progress, repair,
+and the operator calls (status, backup, restore: router/operations.py).
 
 Handlers check the request, delegate to the Membership, Rebalancer or AntiEntropy, and map
 their domain errors to status codes through one table.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -17,9 +18,10 @@ from shardkv.router.health import DOWN, UP, NodeHealth
 from shardkv.router.hints import HintHandoff
 from shardkv.router.membership import Membership
 from shardkv.router.moves import BadNode, MoveConflict, NodeExists, NodeUnknown
+from shardkv.router.operations import Operations
 from shardkv.router.rebalance import Rebalancer
 from shardkv.router.topology import TopologyError
-from shardkv.v1 import admin_pb2, admin_pb2_grpc
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -67,6 +69,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         handoff: HintHandoff,
         rebalancer: Rebalancer,
         antientropy: AntiEntropy,
+        operations: Operations,
     ) -> None:
         self._router_id = router_id
         self._membership = membership
@@ -74,6 +77,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._handoff = handoff
         self._rebalancer = rebalancer
         self._antientropy = antientropy
+        self._operations = operations
 
     def _nodes(self) -> list[admin_pb2.NodeStatus]:
         shares = self._membership.shares()
@@ -144,3 +148,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetRepairRequest, context: Context
     ) -> admin_pb2.RepairStatus:
         return self._antientropy.status.to_proto(running=self._antientropy.running)
+
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: Context
+    ) -> admin_pb2.ClusterStatus:
+        topology = await self.GetTopology(admin_pb2.GetTopologyRequest(), context)
+        return await self._operations.status(topology)
+
+    async def Backup(
+        self, request: admin_pb2.BackupRequest, context: Context
+    ) -> AsyncIterator[replica_pb2.SnapshotBatch]:
+        async for batch in self._operations.backup(request, context):
+            yield batch
+
+    async def Restore(
+        self, request: admin_pb2.RestoreRequest, context: Context
+    ) -> admin_pb2.RestoreResponse:
+        return await self._operations.restore(request, context)

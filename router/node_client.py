@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2
+from shardkv import requestid
 from shardkv.limits import Limits
 from shardkv.router.coalescer import Coalescer, Deliver, NodeFailure
 from shardkv.router.topology import NodeConfig
+from shardkv.tally import SizeHistogram
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 # Items per coalesced call (the node's batch limit is 1000) and bytes of values per call
@@ -121,7 +123,9 @@ class NodeClient:
         timeout = min(timeout_s, self._call_timeout_s)
         try:
             reply: replica_pb2.ScanRecordsResponse = await self._replica.ScanRecords(
-                replica_pb2.ScanRecordsRequest(start=start, end=end, limit=limit), timeout=timeout
+                replica_pb2.ScanRecordsRequest(start=start, end=end, limit=limit),
+                timeout=timeout,
+                metadata=requestid.outgoing(),
             )
             return reply
         except grpc.aio.AioRpcError as err:
@@ -212,6 +216,32 @@ class NodeClient:
         reply = await self._replica.Read(replica_pb2.ReadRequest(keys=keys), timeout=timeout_s)
         return list(reply.records)
 
+    # -- operations: status and backups ------------------------------------------------
+
+    async def stats(self, timeout_s: float) -> replica_pb2.StatsResponse:
+        """The node's figures (records, hints, disk, work done since it started)."""
+        reply: replica_pb2.StatsResponse = await self._replica.Stats(
+            replica_pb2.StatsRequest(), timeout=timeout_s, metadata=requestid.outgoing()
+        )
+        return reply
+
+    async def snapshot(
+        self, batch_size: int, timeout_s: float | None
+    ) -> AsyncIterator[replica_pb2.SnapshotBatch]:
+        """A consistent copy of the node's store, batch by batch (no deadline when
+        timeout_s is None: a large store streams as long as it takes)."""
+        call = self._replica.Snapshot(
+            replica_pb2.SnapshotRequest(batch_size=batch_size),
+            timeout=timeout_s,
+            metadata=requestid.outgoing(),
+        )
+        async for batch in call:
+            yield batch
+
+    def batch_sizes(self) -> dict[str, SizeHistogram]:
+        """Items per coalesced call, by kind of call (for the metrics endpoint)."""
+        return {"apply": self._applies.batch_sizes, "read": self._reads.batch_sizes}
+
     async def check(self, timeout_s: float) -> str | None:
         """None when the node's health service answers SERVING, else what went wrong."""
         try:
@@ -234,14 +264,16 @@ class NodeClient:
                 request.hints.append(item)
             else:
                 request.records.append(item)
-        reply = await self._replica.Apply(request, timeout=timeout)
+        reply = await self._replica.Apply(request, timeout=timeout, metadata=requestid.outgoing())
         if len(reply.applied) != len(request.records):
             return []  # the coalescer fails the batch as a short reply
         applied = iter(reply.applied)
         return [True if isinstance(item, replica_pb2.Hint) else next(applied) for item in items]
 
     async def _send_read(self, keys: list[bytes], timeout: float) -> list[replica_pb2.Record]:
-        reply = await self._replica.Read(replica_pb2.ReadRequest(keys=keys), timeout=timeout)
+        reply = await self._replica.Read(
+            replica_pb2.ReadRequest(keys=keys), timeout=timeout, metadata=requestid.outgoing()
+        )
         return list(reply.records)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from shardkv.hlc import HybridClock, writer_number
 from shardkv.limits import DEFAULT_LIMITS, Limits
 from shardkv.router.admin import AdminService
@@ -25,10 +26,18 @@ from shardkv.router.health import HealthMonitor, NodeHealth
 from shardkv.router.hints import HintHandoff
 from shardkv.router.kv_service import KVService
 from shardkv.router.membership import Membership
+from shardkv.router.metrics import RouterCollector, router_registry
 from shardkv.router.node_client import MAX_QUEUED, NodeClient
+from shardkv.router.operations import Operations
 from shardkv.router.rebalance import Rebalancer
 from shardkv.router.security import TokenInterceptor, channel_credentials, server_credentials
 from shardkv.router.topology import NodeConfig, Topology
+from shardkv.telemetry import (
+    DEFAULT_OBSERVABILITY,
+    MetricsServer,
+    Observability,
+    RequestInterceptor,
+)
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -82,6 +91,8 @@ class RouterConfig:
     max_concurrent_rpcs: int = 4096
     # Items queued for one node (per kind of call) beyond this fail with RESOURCE_EXHAUSTED.
     max_queued_per_node: int = MAX_QUEUED
+    # The metrics endpoint and request logging.
+    observe: Observability = DEFAULT_OBSERVABILITY
 
 
 class RouterServer:
@@ -101,6 +112,9 @@ class RouterServer:
         self._membership: Membership | None = None
         self._rebalancer: Rebalancer | None = None
         self._antientropy: AntiEntropy | None = None
+        self._metrics: MetricsServer | None = None
+        # host:port of the metrics endpoint; empty when it is off.
+        self.metrics_address = ""
 
     async def start(self) -> int:
         """Binds, checks every node once, starts serving; returns the bound port."""
@@ -161,10 +175,22 @@ class RouterServer:
         self._handoff = HintHandoff(
             self._clients, self.health, interval_s=timeouts.hint_interval_ms / 1000
         )
+        registry = router_registry(
+            RouterCollector(
+                coordinator=coordinator,
+                clients=self._clients,
+                health=self.health,
+                handoff=self._handoff,
+            )
+        )
+        # Outermost first: refused calls are counted and logged too.
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            RequestInterceptor(registry, config.observe, make_ids=True)
+        ]
+        if config.token or config.admin_token:
+            interceptors.append(TokenInterceptor(config.token, config.admin_token))
         server = grpc.aio.server(
-            interceptors=[TokenInterceptor(config.token, config.admin_token)]
-            if config.token or config.admin_token
-            else None,
+            interceptors=interceptors,
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=[
                 ("grpc.so_reuseport", 0),
@@ -186,6 +212,13 @@ class RouterServer:
                 handoff=self._handoff,
                 rebalancer=rebalancer,
                 antientropy=antientropy,
+                operations=Operations(
+                    coordinator=coordinator,
+                    membership=membership,
+                    limits=config.limits,
+                    call_timeout_s=self._call_timeout_s,
+                    request_timeout_s=timeouts.request_ms / 1000,
+                ),
             ),
             server,
         )
@@ -195,6 +228,7 @@ class RouterServer:
         )
         port = self._bind(server)
         self._server = server
+        self._start_metrics(registry)
         await self._monitor.check_all()
         await server.start()
         for name in ("", KV_SERVICE, ADMIN_SERVICE):
@@ -231,6 +265,17 @@ class RouterServer:
             raise BindError(f"cannot listen on {listen}: address in use or not local")
         return int(port)
 
+    def _start_metrics(self, registry: CollectorRegistry) -> None:
+        listen = self._config.observe.metrics_listen
+        if listen is None:
+            return
+        metrics = MetricsServer(registry, listen)
+        try:
+            self.metrics_address = metrics.start()
+        except OSError as err:
+            raise BindError(str(err)) from err
+        self._metrics = metrics
+
     def _on_call_failure(self, failure: NodeFailure, timeout_s: float) -> None:
         """A node that refuses calls, or lets one use its whole budget, is marked DOWN."""
         timed_out = failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -256,4 +301,6 @@ class RouterServer:
         if self._handoff is not None:
             await self._handoff.stop()
         await asyncio.gather(*(client.close() for client in self._clients.values()))
+        if self._metrics is not None:
+            self._metrics.stop()
         log.info("router %s stopped", self._config.router_id)
