@@ -6,6 +6,7 @@
     shardctl scan [--prefix P | --start S --end E] [--limit N]
     shardctl topology | health        # Admin service: routers only
     shardctl node add|remove, moves, repair   # topology changes (see topology_cli.py)
+    shardctl status [--watch] | backup DIR | restore DIR   # see operations_cli.py
 
 Global options go before or after the subcommand: ``--addr`` (repeatable or
 comma-separated; default $SHARDKV_ADDR, else 127.0.0.1:7100), ``--consistency
@@ -42,9 +43,10 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from shardkv.v1 import admin_pb2
 
-from . import topology_cli
+from . import operations_cli, topology_cli
 from .core import Consistency, Record
 from .errors import ShardKVError
+from .operator import Operator, OperatorError
 from .sync import Client
 from .transport import TLSConfig
 
@@ -130,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("topology", parents=[common], help="ring, nodes and their state")
     commands.add_parser("health", parents=[common], help="whether every node is up")
     topology_cli.add_parsers(commands, common, lambda: _global_options(suppress=True))
+    operations_cli.add_parsers(commands, common)
     return parser
 
 
-def _client(args: argparse.Namespace) -> Client:
+def _connection(args: argparse.Namespace) -> tuple[list[str], TLSConfig | None, str | None]:
+    """Router addresses, TLS and token, from the options and the environment."""
     addresses = args.addr or [os.environ.get("SHARDKV_ADDR") or DEFAULT_ADDR]
     token = args.token if args.token is not None else os.environ.get("SHARDKV_TOKEN") or None
     tls = None
@@ -143,6 +147,11 @@ def _client(args: argparse.Namespace) -> Client:
             tls.credentials()  # reads the files now, to report a bad path as such
         except ValueError as err:
             raise _Failure(str(err)) from err
+    return addresses, tls, token
+
+
+def _client(args: argparse.Namespace) -> Client:
+    addresses, tls, token = _connection(args)
     return Client(
         addresses,
         timeout=args.timeout,
@@ -191,6 +200,10 @@ def _print_nodes(out: TextIO, nodes: Sequence[admin_pb2.NodeStatus]) -> None:
 
 
 def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, out: TextIO) -> int:
+    if args.command in operations_cli.COMMANDS:
+        addresses, tls, token = _connection(args)
+        with Operator(addresses, timeout=args.timeout, tls=tls, token=token) as operator:
+            return operations_cli.run(args, operator, out)
     with _client(args) as client:
         if args.command in topology_cli.COMMANDS:
             return topology_cli.run(args, client, out)
@@ -275,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShardKVError as err:
         print(f"shardctl: {_describe(err)}", file=sys.stderr)
         return EXIT_ERROR
-    except (_Failure, ValueError) as err:
+    except (_Failure, ValueError, OperatorError) as err:
         print(f"shardctl: {err}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
