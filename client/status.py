@@ -23,6 +23,7 @@ from shardkv.v1 import admin_pb2
 from .operator import Operator, OperatorError
 
 if TYPE_CHECKING:  # rich is optional (the cli extra); imported where a table is drawn
+    from rich.console import Console
     from rich.table import Table
 
 
@@ -179,9 +180,14 @@ def _emit(out: TextIO, sample: Sample, rates: dict[str, float | None], as_json_l
         out.write(json.dumps(view) + "\n")
         out.flush()
         return
+    _console(out).print(table(view))
+
+
+def _console(out: TextIO) -> Console:
+    """A console on out; wide when out is not a terminal, so no column is cut short."""
     from rich.console import Console
 
-    Console(file=out).print(table(view))
+    return Console(file=out, width=None if out.isatty() else 200)
 
 
 def _watch(
@@ -197,11 +203,10 @@ def _watch(
                 time.sleep(interval)
                 current = Sample(operator.status(), time.monotonic())
                 previous, rates = current, ops_per_second(previous, current)
-        from rich.console import Console
         from rich.live import Live
 
         with Live(
-            table(as_json(previous, rates)), console=Console(file=out), auto_refresh=False
+            table(as_json(previous, rates)), console=_console(out), auto_refresh=False
         ) as live:
             while True:
                 time.sleep(interval)
