@@ -125,14 +125,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> Handler:
+    ) -> Handler | None:
         handler = await continuation(details)
         method: str = details.method
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
-        rid = requestid.from_metadata(details.invocation_metadata)  # type: ignore[arg-type]
+        rid = requestid.from_metadata(details.invocation_metadata)
         if rid is None and self._make_ids:
             rid = requestid.new_id()
         if handler.unary_unary is not None:
