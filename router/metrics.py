@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from shardkv.router.antientropy import AntiEntropy
 from shardkv.router.coordinator import Coordinator
 from shardkv.router.health import NodeHealth
 from shardkv.router.hints import HintHandoff
@@ -21,7 +22,8 @@ from shardkv.telemetry import size_histogram
 
 
 class RouterCollector(Collector):
-    """Quorums, repairs, hints, node states and coalesced batch sizes of one router."""
+    """Quorums, repairs, hints, node states, coalesced batch sizes and anti-entropy
+    progress of one router."""
 
     def __init__(
         self,
@@ -30,17 +32,20 @@ class RouterCollector(Collector):
         clients: Mapping[str, NodeClient],
         health: NodeHealth,
         handoff: HintHandoff,
+        antientropy: AntiEntropy,
     ) -> None:
         self._coordinator = coordinator
         self._clients = clients
         self._health = health
         self._handoff = handoff
+        self._antientropy = antientropy
 
     def describe(self) -> list[Metric]:
         return []  # computed at scrape time
 
     def collect(self) -> Iterator[Metric]:
         yield from self._quorums()
+        yield from self._repair_pass()
         coordinator, handoff = self._coordinator, self._handoff
         yield CounterMetricFamily(
             "shardkv_router_read_repairs",
@@ -106,6 +111,51 @@ class RouterCollector(Collector):
             families["acknowledged"].add_metric([op], tally.acknowledged)
             families["failures"].add_metric([op], tally.failures)
         yield from families.values()
+
+    def _repair_pass(self) -> Iterator[Metric]:
+        """The anti-entropy pass running now, or the last one (its counters restart with
+        every pass, so they are gauges)."""
+        status = self._antientropy.status
+        gauges = (
+            (
+                "pass",
+                "Number of the current or last pass since the router started.",
+                status.pass_number,
+            ),
+            ("running", "1 while a pass runs.", int(self._antientropy.running)),
+            ("segments_total", "Token segments the pass compares.", status.segments_total),
+            (
+                "segments_covered",
+                "Segments whose replicas matched or were reconciled.",
+                status.segments_covered,
+            ),
+            ("segments_differing", "Segments whose digests differed.", status.segments_differing),
+            (
+                "segments_skipped",
+                "Segments left out (a replica down or failing).",
+                status.segments_skipped,
+            ),
+            (
+                "records_compared",
+                "Record versions compared in differing segments.",
+                status.records_compared,
+            ),
+            (
+                "records_repaired",
+                "Record copies written to replicas that lacked them.",
+                status.records_repaired,
+            ),
+            ("tombstones_purged", "Tombstones purged after the pass.", status.tombstones_purged),
+            (
+                "last_finished_timestamp_seconds",
+                "When the last pass finished (0: none yet).",
+                status.finished_ms / 1000,
+            ),
+        )
+        for name, documentation, value in gauges:
+            yield GaugeMetricFamily(
+                f"shardkv_router_antientropy_{name}", documentation, value=value
+            )
 
 
 def router_registry(collector: RouterCollector) -> CollectorRegistry:

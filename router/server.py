@@ -181,6 +181,7 @@ class RouterServer:
                 clients=self._clients,
                 health=self.health,
                 handoff=self._handoff,
+                antientropy=antientropy,
             )
         )
         # Outermost first: refused calls are counted and logged too.
