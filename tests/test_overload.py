@@ -118,7 +118,7 @@ def test_flooded_node_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
 @pytest.mark.timeout(90)
 def test_flooded_router_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
     cluster = start_faulty_cluster(
-        tmp_path, router_extra=["--max-concurrent-rpcs", "64", "--max-queued-per-node", "2000"]
+        tmp_path, router_extra=["--max-concurrent-rpcs", "64", "--max-queued-per-node", "500"]
     )
     try:
         router = cluster.router
