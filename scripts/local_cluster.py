@@ -26,6 +26,13 @@ from shardkv.v1 import admin_pb2, admin_pb2_grpc
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
+# Every process serves Prometheus metrics on its gRPC port + this (router 7100 -> 8100).
+METRICS_PORT_OFFSET = 1000
+
+
+def metrics_address(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + METRICS_PORT_OFFSET}"
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,15 @@ def members(var: Path, config: Path, router_address: str) -> list[Member]:
         "router",
         router_address,
         (str(BIN / "shardkv-router"), "--id", "r1", "--config", str(config),
-         "--listen", router_address),
+         "--listen", router_address, "--metrics-listen", metrics_address(router_address)),
     )
     nodes = [
         Member(
             node["id"],
             node["address"],
             (str(BIN / "shardd"), "--id", node["id"], "--listen", node["address"],
-             "--data", str(var / "data" / node["id"])),
+             "--data", str(var / "data" / node["id"]),
+             "--metrics-listen", metrics_address(node["address"])),
         )
         for node in topology["nodes"]
     ]
@@ -190,12 +198,14 @@ def start(args: argparse.Namespace) -> None:
                 print(f"started {member.name} pid={pid}")
         wait_all_serving(group, var)
     wait_router_sees_all_up(router.address)
-    print(f"router  {router.address}")
+    print(f"router  {router.address:22} metrics http://{metrics_address(router.address)}/metrics")
     for node in nodes:
-        print(f"node    {node.name} {node.address}")
+        print(f"node    {node.name:<4} {node.address:17}"
+              f" metrics http://{metrics_address(node.address)}/metrics")
     print(f"topology: {config}; logs: {var / 'log'}")
     print(f"try:    .venv/bin/shardctl --addr {router.address} put hello world "
           f"&& .venv/bin/shardctl --addr {router.address} get hello")
+    print(f"status: .venv/bin/shardctl --addr {router.address} status --watch")
 
 
 def status(args: argparse.Namespace) -> None:
