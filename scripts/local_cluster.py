@@ -97,9 +97,13 @@ def running_pid(member: Member, var: Path) -> int | None:
     try:
         pid = int(member.pid_file(var).read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+        # Just after exec the command line reads empty for a moment (so it does for a
+        # zombie, whose state is Z).
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        starting = cmdline == [b""] and state != "Z"
+    except (FileNotFoundError, ValueError, ProcessLookupError, IndexError):
         return None
-    return pid if member.address.encode() in cmdline else None
+    return pid if starting or member.address.encode() in cmdline else None
 
 
 def serving(address: str) -> bool:
