@@ -47,7 +47,9 @@ def test_slow_blackholed_and_cut_links(cluster: FaultyCluster) -> None:
     keys = [spec.key(i) for i in range(spec.keys)]
     converge_s = converge(cluster, keys)
     verdict = check(history.ops, final_state(cluster, keys))
-    scenario_line("partitions", history, verdict, cluster.faults, converge_s)
+    during = cluster.acknowledged_during_faults(history.ops)
+    scenario_line("partitions", history, verdict, cluster.faults, converge_s, during)
     assert verdict.acknowledged_writes > 500, verdict.summary()
     assert not verdict.problems(), "\n".join(verdict.problems())
+    assert all(count > 0 for count in during.values()), during
     assert cluster.proxies["n3"].connections > 1, "the router never reconnected through the proxy"

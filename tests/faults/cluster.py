@@ -14,7 +14,8 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 from faults.checker import Final
+from faults.history import OK, Op
 from faults.proxy import FaultProxy
 
 READ_CHUNK = 500
@@ -34,61 +36,81 @@ class FaultyCluster(Cluster):
 
     proxies: dict[str, FaultProxy] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)
+    # (fault, start, end) in time.monotonic(), to judge what the cluster did meanwhile.
+    windows: list[tuple[str, float, float]] = field(default_factory=list)
 
     def stop(self) -> None:
         super().stop()
         for proxy in self.proxies.values():
             proxy.stop()
 
+    def acknowledged_during_faults(self, ops: Sequence[Op]) -> dict[str, int]:
+        """Per fault, the writes that began and were acknowledged while it lasted."""
+        return {
+            fault: sum(
+                op.is_write and op.outcome == OK and start <= op.start and op.end <= end
+                for op in ops
+            )
+            for fault, start, end in self.windows
+        }
+
     def addresses(self) -> list[str]:
         return [router.address for router in self.routers]
 
-    def _note(self, fault: str) -> None:
+    @contextmanager
+    def _fault(self, fault: str) -> Iterator[None]:
+        """Records fault and the time it lasted."""
         self.faults.append(fault)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.windows.append((fault, start, time.monotonic()))
 
     def kill_restart(self, node_id: str, down_s: float) -> None:
         """SIGKILL a node, leave it down for down_s, start it again on the same data."""
         node = self.node(node_id)
-        self._note(f"SIGKILL {node_id}, down {down_s:g}s, restart")
-        node.kill()
-        time.sleep(down_s)
-        node.start()
+        with self._fault(f"SIGKILL {node_id}, down {down_s:g}s, restart"):
+            node.kill()
+            time.sleep(down_s)
+            node.start()
 
     def pause(self, node_id: str, paused_s: float) -> None:
         """SIGSTOP a node (it hangs with its sockets open), SIGCONT it after paused_s."""
         node = self.node(node_id)
-        self._note(f"SIGSTOP {node_id} for {paused_s:g}s, SIGCONT")
-        node.signal(signal.SIGSTOP)
-        try:
-            time.sleep(paused_s)
-        finally:
-            node.signal(signal.SIGCONT)
+        with self._fault(f"SIGSTOP {node_id} for {paused_s:g}s, SIGCONT"):
+            node.signal(signal.SIGSTOP)
+            try:
+                time.sleep(paused_s)
+            finally:
+                node.signal(signal.SIGCONT)
 
     def partition(self, node_id: str, how: str, seconds: float, *, delay_s: float = 0.3) -> None:
         """Spoils the router-node link through the node's proxy: "delay", "blackhole" or
         "cut", for seconds, then heals it."""
         proxy = self.proxies[node_id]
-        self._note(
-            f"proxy {how} {node_id} for {seconds:g}s"
-            + (f" ({delay_s * 1000:.0f} ms)" if how == "delay" else "")
-        )
-        {"delay": lambda: proxy.delay(delay_s), "blackhole": proxy.blackhole, "cut": proxy.cut}[
-            how
-        ]()
-        try:
-            time.sleep(seconds)
-        finally:
-            proxy.heal()
+        spoil = {
+            "delay": lambda: proxy.delay(delay_s),
+            "blackhole": proxy.blackhole,
+            "cut": proxy.cut,
+        }[how]
+        name = f"proxy {how} {node_id} for {seconds:g}s"
+        with self._fault(name + (f" ({delay_s * 1000:.0f} ms)" if how == "delay" else "")):
+            spoil()
+            try:
+                time.sleep(seconds)
+            finally:
+                proxy.heal()
 
     def restart_router(self, index: int = 0, *, kill: bool = True) -> None:
         """SIGKILL (or SIGTERM) a router and start it again."""
         router = self.routers[index]
-        self._note(f"{'SIGKILL' if kill else 'SIGTERM'} router {router.name}, restart")
-        if kill:
-            router.kill()
-        else:
-            router.stop()
-        router.start()
+        with self._fault(f"{'SIGKILL' if kill else 'SIGTERM'} router {router.name}, restart"):
+            if kill:
+                router.kill()
+            else:
+                router.stop()
+            router.start()
 
 
 def start_faulty_cluster(

@@ -7,11 +7,20 @@ from faults.history import History
 
 
 def scenario_line(
-    name: str, history: History, verdict: Verdict, faults: list[str], converge_s: float
+    name: str,
+    history: History,
+    verdict: Verdict,
+    faults: list[str],
+    converge_s: float,
+    during: dict[str, int] | None = None,
 ) -> str:
+    """during: acknowledged writes per fault, while it lasted."""
+    described = [
+        f"{f} ({during[f]} writes acknowledged meanwhile)" if during else f for f in faults
+    ]
     line = (
         f"[{name}] {verdict.summary()} workload_s={history.elapsed_s:.1f}"
-        f" faults={len(faults)} converge_s={converge_s:.2f} | " + "; ".join(faults)
+        f" faults={len(faults)} converge_s={converge_s:.2f} | " + "; ".join(described)
     )
     print(line)
     return line
