@@ -16,6 +16,7 @@ from faults.history import History
 from harness import shardd_proc
 from shardkv.client import AsyncClient, RetryPolicy
 
+pytestmark = pytest.mark.slow
 ITERATIONS = 10
 WRITERS = 48
 
