@@ -48,7 +48,7 @@ from shardkv.router.node_client import NodeClient
 from shardkv.router.pace import Pacer
 from shardkv.router.placement import Piece, pieces
 from shardkv.router.topology import JOINING, LEAVING, MEMBER, MoveRecord, NodeConfig, Topology
-from shardkv.router.transfer import Streamer
+from shardkv.router.transfer import Streamer, rehome_hints
 from shardkv.tokens import TOKEN_SPACE
 from shardkv.v1 import admin_pb2
 
@@ -286,6 +286,8 @@ class Rebalancer:
                 "move %s: switched at epoch %d after streaming %d records (%d bytes)",
                 progress.id, final.epoch, progress.keys_moved, progress.bytes_moved,
             )  # fmt: skip
+            if progress.kind == REMOVE:
+                await self._rehome(final, progress)
             await asyncio.sleep(settle_s)
             await self._drop(changed, final, progress)
             progress.state = admin_pb2.MOVE_DONE
@@ -337,6 +339,23 @@ class Rebalancer:
 
         planned = await asyncio.gather(*(count(t) for t in transfers))
         return [t for group in planned for t in group]
+
+    async def _rehome(self, final: Topology, progress: MoveProgress) -> None:
+        """Hints parked for the removed node go to the current owners of their keys."""
+        try:
+            await rehome_hints(
+                self._membership.clients,
+                self._membership.placement,
+                final.replication,
+                progress.node_id,
+            )
+        except (grpc.aio.AioRpcError, MoveConflict) as err:
+            log.warning(
+                "move %s: hints for %s not all re-homed (%s); repair covers their keys",
+                progress.id,
+                progress.node_id,
+                _describe(err),
+            )
 
     async def _drop(self, changed: list[Piece], final: Topology, progress: MoveProgress) -> None:
         """Nodes that gave pieces away and stay in the cluster drop those records."""

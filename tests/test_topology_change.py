@@ -264,7 +264,32 @@ def test_remove_a_dead_node_re_replicates_from_survivors(cluster: Cluster) -> No
     old_ring, _ = ring_of(cluster.config)
     assert "n5" in old_ring.nodes
     cluster.node("n5").kill()
+    stub = admin(cluster)
+    deadline = time.monotonic() + 10
+    while (
+        next(n.state for n in stub.GetHealth(admin_pb2.GetHealthRequest()).nodes if n.id == "n5")
+        != admin_pb2.DOWN
+    ):
+        assert time.monotonic() < deadline, "n5 never seen DOWN"
+        time.sleep(0.05)
+    # Writes while n5 is down park hints for it on the fallback node.
+    hinted = {b"hinted/%03d" % i: b"h" for i in range(200)}
+    with Client(cluster.router.address) as client:
+        client.put_many(hinted)
+    WRITTEN.update(hinted)
+    assert sum(hints_for(cluster, node_id, "n5") for node_id in ("n1", "n3", "n4")) > 0
+
     done = shardctl(cluster, "node", "remove", "--id", "n5")
     assert done.returncode == 0, done.stderr
     new_ring = check_placement(cluster, WRITTEN)
     assert set(new_ring.nodes) == {"n1", "n3", "n4"}
+    # The hints parked for n5 were handed to the keys' current owners, then deleted.
+    assert all(hints_for(cluster, node_id, "n5") == 0 for node_id in new_ring.nodes)
+
+
+def hints_for(cluster: Cluster, holder: str, target: str) -> int:
+    with grpc.insecure_channel(cluster.node(holder).address) as channel:
+        summary = replica_pb2_grpc.ReplicaStub(channel).HintSummary(
+            replica_pb2.HintSummaryRequest(), timeout=5
+        )
+    return sum(t.count for t in summary.targets if t.target == target)
