@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shardkv import telemetry
+from shardkv.logs import setup_logging
 from shardkv.router.node_client import MAX_QUEUED
 from shardkv.router.security import SecurityError, read_token
 from shardkv.router.server import (
@@ -142,10 +143,7 @@ async def _serve(config: RouterConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format=f"%(asctime)s %(levelname)s router[{args.id}] %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, process=args.id)
     config = _config(parser, args)
     sys.exit(asyncio.run(_serve(config)))
 

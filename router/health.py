@@ -53,14 +53,14 @@ class NodeHealth:
     def mark_up(self, node_id: str) -> None:
         if self._state[node_id] != UP:
             log.info(
-                "node %s is UP (was %s)", node_id, admin_pb2.NodeState.Name(self._state[node_id])
+                "node_up node=%s was=%s", node_id, admin_pb2.NodeState.Name(self._state[node_id])
             )
             self._state[node_id] = UP
 
     def mark_down(self, node_id: str, reason: str) -> None:
         self._error[node_id] = reason
         if self._state[node_id] != DOWN:
-            log.warning("node %s is DOWN: %s", node_id, reason)
+            log.warning("node_down node=%s reason=%r", node_id, reason)
             self._state[node_id] = DOWN
 
 

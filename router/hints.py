@@ -90,13 +90,13 @@ class HintHandoff:
                     break
         except grpc.aio.AioRpcError as err:
             log.info(
-                "hand-off of hints for %s from %s stopped: %s %s",
+                "hint_handoff_stopped target=%s holder=%s code=%s detail=%r",
                 target_id,
                 holder_id,
                 err.code().name,
                 err.details(),
             )
         if moved:
-            log.info("handed %d hint(s) for %s back from %s", moved, target_id, holder_id)
+            log.info("hints_handed_off target=%s holder=%s count=%d", target_id, holder_id, moved)
             self.handed_off += moved
         return moved

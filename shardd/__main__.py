@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shardkv import telemetry
 from shardkv.limits import DEFAULT_LIMITS
+from shardkv.logs import setup_logging
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
 
@@ -176,25 +177,6 @@ def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerTls
     )
 
 
-class KeyValueFormatter(logging.Formatter):
-    """One line per event: ts=… level=… logger=… event=<message>, tracebacks escaped."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = (
-            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}"
-            f" level={record.levelname} logger={record.name} event={record.getMessage()}"
-        )
-        if record.exc_info:
-            line += " exc=" + repr(self.formatException(record.exc_info))
-        return line.replace("\n", "\\n")
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
 async def serve(config: ServerConfig) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
     server = ShardServer(config)
@@ -209,7 +191,7 @@ async def serve(config: ServerConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, level = parse_args(argv)
-    setup_logging(level)
+    setup_logging(level, process=config.node_id)
     try:
         asyncio.run(serve(config))
     except (StoreOpenError, ListenError) as exc:
