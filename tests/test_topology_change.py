@@ -1,9 +1,10 @@
 """Adding and removing nodes online, under a continuous write load, on real processes.
 
-One cluster for the module (five shardd, n1..n3 in the ring at first, N=3, R=W=2, one
-router); the tests run in order and each starts from the topology the previous one left:
-add n4 (through shardctl), restart the router, remove n2, refuse concurrent and duplicate
-changes while n5 joins, remove n5 after killing it.
+One cluster for the module (five shardd, n1..n3 in the ring at first, N=3, R=W=2, two
+routers; changes are made through r1, writes go through both). The tests run in order and
+each starts from the topology the previous one left: add n4 (through shardctl), restart
+r1, remove n2, refuse concurrent and duplicate changes while n5 joins, remove n5 after
+killing it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 pytestmark = pytest.mark.slow
 
 PRELOAD = 6000
-# Short settle delays keep the moves quick; the watch interval is irrelevant with one router.
+# Short settle delays keep the moves quick; they must exceed the routers' watch interval.
 EXTRA_TOML = """
 [rebalance]
 settle_ms = 300
@@ -40,15 +41,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("topology")
     nodes = [shardd_proc(base, f"n{i}") for i in range(1, 6)]
     config = write_cluster_toml(base / "cluster.toml", nodes[:3])
-    with config.open("a") as out:
-        out.write(EXTRA_TOML)
-    running = Cluster(base, nodes, [router_proc(base, config)], config)
+    text = config.read_text().replace("[timeouts]\n", "[timeouts]\nwatch_interval_ms = 100\n")
+    config.write_text(text + EXTRA_TOML)
+    routers = [router_proc(base, config, "r1"), router_proc(base, config, "r2")]
+    running = Cluster(base, nodes, routers, config)
     try:
         for node in nodes:
             node.start(wait=False)
         for node in nodes:
             wait_serving(node.address)
-        running.router.start()
+        for router in routers:
+            router.start()
         with Client(running.router.address) as client:
             client.put_many({b"pre/%05d" % i: b"v%d" % i for i in range(PRELOAD)})
         yield running
@@ -88,6 +91,11 @@ class Writer(threading.Thread):
         return self.acked
 
 
+def routers(cluster: Cluster) -> str:
+    """Both routers: the SDK spreads the writer's calls over them round robin."""
+    return ",".join(router.address for router in cluster.routers)
+
+
 def shardctl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "shardctl"), "--addr", cluster.router.address, *args],
@@ -97,8 +105,9 @@ def shardctl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def admin(cluster: Cluster) -> admin_pb2_grpc.AdminStub:
-    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(cluster.router.address))
+def admin(cluster: Cluster, router: int = 0) -> admin_pb2_grpc.AdminStub:
+    address = cluster.routers[router].address
+    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address))
 
 
 def ring_of(config: Path) -> tuple[Ring, int]:
@@ -156,7 +165,7 @@ def moved_keys(old: Ring, new: Ring, n: int) -> int:
 @pytest.mark.timeout(90)
 def test_add_node_under_load(cluster: Cluster) -> None:
     old_ring, n = ring_of(cluster.config)
-    writer = Writer(cluster.router.address, "add")
+    writer = Writer(routers(cluster), "add")
     writer.start()
     time.sleep(0.5)
     done = shardctl(cluster, "node", "add", "--id", "n4", "--addr", cluster.node("n4").address)
@@ -192,6 +201,9 @@ def test_restarted_router_serves_the_new_topology(cluster: Cluster) -> None:
     after = admin(cluster).GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
     assert after.epoch == before.epoch == 3
     assert [node.id for node in after.nodes] == ["n1", "n2", "n3", "n4"]
+    # The second router picked the change up from cluster.toml (it watches the epoch).
+    other = admin(cluster, 1).GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
+    assert (other.epoch, [n.id for n in other.nodes]) == (3, ["n1", "n2", "n3", "n4"])
     with Client(cluster.router.address) as client:
         assert client.get(b"pre/00042") == b"v42"
 
@@ -199,7 +211,7 @@ def test_restarted_router_serves_the_new_topology(cluster: Cluster) -> None:
 @pytest.mark.timeout(90)
 def test_remove_node_under_load(cluster: Cluster) -> None:
     old_ring, n = ring_of(cluster.config)
-    writer = Writer(cluster.router.address, "remove")
+    writer = Writer(routers(cluster), "remove")
     writer.start()
     time.sleep(0.5)
     done = shardctl(cluster, "node", "remove", "--id", "n2")
