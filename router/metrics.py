@@ -70,10 +70,11 @@ class RouterCollector(Collector):
         up = GaugeMetricFamily(
             "shardkv_router_node_up", "1 when this router sees the node UP.", labels=["node"]
         )
-        nodes = sorted(self._clients)
-        for node_id in nodes:
+        # A snapshot: the event loop's thread may add or drop nodes meanwhile.
+        clients = sorted(self._clients.items())
+        for node_id, _ in clients:
             pending.add_metric([node_id], handoff.pending.get(node_id, 0))
-            up.add_metric([node_id], 1 if self._health.is_up(node_id) else 0)
+            up.add_metric([node_id], 1 if self._is_up(node_id) else 0)
         yield pending
         yield up
         yield size_histogram(
@@ -82,10 +83,16 @@ class RouterCollector(Collector):
             ["node", "call"],
             (
                 ([node_id, call], histogram)
-                for node_id in nodes
-                for call, histogram in self._clients[node_id].batch_sizes().items()
+                for node_id, client in clients
+                for call, histogram in client.batch_sizes().items()
             ),
         )
+
+    def _is_up(self, node_id: str) -> bool:
+        try:
+            return self._health.is_up(node_id)
+        except KeyError:  # a node being added, not checked yet
+            return False
 
     def _quorums(self) -> Iterator[Metric]:
         families = {
