@@ -52,10 +52,11 @@ class LocalCluster:
 
 
 def free_port_block(size: int) -> int:
-    """A base port with the next size-1 ports free too."""
+    """A base port with the next size-1 ports free too, and their metrics ports (+1000)."""
     for _ in range(50):
         base = free_port()
-        if base + size < 65536 and all(_free(base + i) for i in range(size)):
+        ports = [base + i + offset for i in range(size) for offset in (0, 1000)]
+        if max(ports) < 65536 and all(_free(port) for port in ports):
             return base
     raise RuntimeError(f"no block of {size} free ports")
 
