@@ -182,6 +182,8 @@ class Rebalancer:
             )
         stable = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
         await self._membership.commit(stable)
+        if self.current is not None:
+            self._finish(self.current)
         log.info("move %s aborted at epoch %d", topology.move.id, stable.epoch)
         progress = MoveProgress(
             f"abort-{topology.move.id}", kind, node.id, node.address, self._router_id,

@@ -1,0 +1,95 @@
+"""A move survives its router's restart, and a move stopped by a dead target is aborted
+cleanly (real processes: 3 nodes + 2 spares, N=3, one router)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from harness import Cluster, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from shardkv.client import Client
+from shardkv.client.errors import FailedPrecondition
+from shardkv.router.topology import JOINING, load_topology
+from shardkv.v1 import admin_pb2, admin_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+KEYS = {b"resume/%04d" % i: b"r%d" % i for i in range(3000)}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    nodes = [shardd_proc(tmp_path, f"n{i}") for i in range(1, 6)]
+    config = write_cluster_toml(tmp_path / "cluster.toml", nodes[:3])
+    with config.open("a") as out:
+        out.write("\n[rebalance]\nsettle_ms = 1500\n\n[repair]\ninterval_s = 0\n")
+    running = Cluster(tmp_path, nodes, [router_proc(tmp_path, config)], config)
+    try:
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            wait_serving(node.address)
+        running.router.start()
+        with Client(running.router.address) as client:
+            client.put_many(KEYS)
+        yield running
+    except BaseException:
+        print(running.logs())
+        raise
+    finally:
+        running.stop()
+
+
+def admin(cluster: Cluster) -> admin_pb2_grpc.AdminStub:
+    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(cluster.router.address))
+
+
+def wait_move(cluster: Cluster, move_id: str, state: int, timeout_s: float = 30) -> admin_pb2.Move:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        moves = admin(cluster).GetMoves(admin_pb2.GetMovesRequest(), timeout=5)
+        found = [*moves.history, *([moves.current] if moves.HasField("current") else [])]
+        match = [m for m in found if m.id == move_id and m.state == state]
+        if match:
+            return match[0]
+        assert time.monotonic() < deadline, f"{move_id} never reached {state}: {found}"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(90)
+def test_a_move_resumes_after_its_router_restarts(cluster: Cluster) -> None:
+    n4 = cluster.node("n4").address
+    started = admin(cluster).AddNode(admin_pb2.AddNodeRequest(id="n4", address=n4), timeout=10)
+    cluster.router.stop()  # during the settle delay, before anything was streamed
+    topology = load_topology(cluster.config)
+    assert topology.epoch == 2 and topology.move is not None
+    assert topology.node("n4").state == JOINING
+    cluster.router.start()
+    wait_move(cluster, started.id, admin_pb2.MOVE_DONE)
+    topology = load_topology(cluster.config)
+    assert topology.epoch == 3 and topology.move is None
+    with Client(cluster.router.address) as client:
+        assert client.get_many(list(KEYS)) == KEYS
+
+
+@pytest.mark.timeout(90)
+def test_a_failed_move_keeps_the_data_and_can_be_aborted(cluster: Cluster) -> None:
+    n5 = cluster.node("n5").address
+    started = admin(cluster).AddNode(admin_pb2.AddNodeRequest(id="n5", address=n5), timeout=10)
+    cluster.node("n5").kill()  # the target dies before the stream starts
+    failed = wait_move(cluster, started.id, admin_pb2.MOVE_FAILED)
+    assert "n5" in failed.error
+    # The transition is still in force: everything reads, through the old owners.
+    with Client(cluster.router.address) as client:
+        assert client.get_many(list(KEYS)) == KEYS
+        with pytest.raises(FailedPrecondition, match="being added or removed"):
+            client.repair()
+    aborted = admin(cluster).RemoveNode(admin_pb2.RemoveNodeRequest(id="n5"), timeout=10)
+    assert aborted.state == admin_pb2.MOVE_DONE and aborted.id == f"abort-{started.id}"
+    topology = load_topology(cluster.config)
+    assert topology.move is None and [n.id for n in topology.nodes] == ["n1", "n2", "n3"]
+    with Client(cluster.router.address) as client:
+        assert client.get_many(list(KEYS)) == KEYS
