@@ -193,6 +193,8 @@ def _print_nodes(out: TextIO, nodes: Sequence[admin_pb2.NodeStatus]) -> None:
     for node in nodes:
         state = admin_pb2.NodeState.Name(node.state)
         error = f"  last_error={node.last_error}" if node.last_error else ""
+        if node.membership and node.membership != "member":
+            error = f"  {node.membership}{error}"
         out.write(
             f"  {node.id:<8} {node.address:<22} {state:<7} weight={node.weight}"
             f" share={node.ring_share:.3f} hints={node.hints_pending}{error}\n"

@@ -90,6 +90,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 last_error=self._health.last_error(node.id),
                 hints_pending=self._handoff.pending.get(node.id, 0),
                 ring_share=shares[node.id],
+                membership=node.state,
             )
             for node in self._membership.topology.nodes
         ]

@@ -25,57 +25,57 @@ _sym_db = _symbol_database.Default()
 from shardkv.v1 import replica_pb2 as shardkv_dot_v1_dot_replica__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shardkv/v1/admin.proto\x12\nshardkv.v1\x1a\x18shardkv/v1/replica.proto\"\x9e\x01\n\nNodeStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.shardkv.v1.NodeState\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x15\n\rhints_pending\x18\x06 \x01(\x04\x12\x12\n\nring_share\x18\x07 \x01(\x01\"\x14\n\x12GetTopologyRequest\"\x93\x01\n\x08Topology\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x13\n\x0breplication\x18\x02 \x01(\r\x12\x13\n\x0bread_quorum\x18\x03 \x01(\r\x12\x14\n\x0cwrite_quorum\x18\x04 \x01(\r\x12%\n\x05nodes\x18\x05 \x03(\x0b\x32\x16.shardkv.v1.NodeStatus\x12\x11\n\trouter_id\x18\x06 \x01(\t\"\x12\n\x10GetHealthRequest\"m\n\rClusterHealth\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\x10\n\x08nodes_up\x18\x02 \x01(\r\x12\x12\n\nnodes_down\x18\x03 \x01(\r\x12%\n\x05nodes\x18\x04 \x03(\x0b\x32\x16.shardkv.v1.NodeStatus\"\x85\x03\n\x04Move\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.MoveKind\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.shardkv.v1.MoveState\x12\x12\n\nfrom_epoch\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x12\n\nkeys_total\x18\x08 \x01(\x04\x12\x12\n\nkeys_moved\x18\t \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\n \x01(\x04\x12\x13\n\x0b\x62ytes_moved\x18\x0b \x01(\x04\x12\x16\n\x0ekeys_remaining\x18\x0c \x01(\x04\x12\x17\n\x0f\x62ytes_remaining\x18\r \x01(\x04\x12\x12\n\nstarted_ms\x18\x0e \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x0f \x01(\x04\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12\x11\n\trouter_id\x18\x11 \x01(\t\x12\x14\n\x0ckeys_dropped\x18\x12 \x01(\x04\"=\n\x0e\x41\x64\x64NodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\"\x1f\n\x11RemoveNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x11\n\x0fGetMovesRequest\"X\n\x10GetMovesResponse\x12!\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x10.shardkv.v1.Move\x12!\n\x07history\x18\x02 \x03(\x0b\x32\x10.shardkv.v1.Move\"\x0f\n\rRepairRequest\"\x12\n\x10GetRepairRequest\"\xbc\x02\n\x0cRepairStatus\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0c\n\x04pass\x18\x02 \x01(\x04\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x12\n\nstarted_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x06 \x01(\x04\x12\x16\n\x0esegments_total\x18\x07 \x01(\r\x12\x18\n\x10segments_covered\x18\x08 \x01(\r\x12\x1a\n\x12segments_differing\x18\t \x01(\r\x12\x18\n\x10segments_skipped\x18\n \x01(\r\x12\x18\n\x10records_compared\x18\x0b \x01(\x04\x12\x18\n\x10records_repaired\x18\x0c \x01(\x04\x12\x19\n\x11tombstones_purged\x18\r \x01(\x04\x12\r\n\x05\x65rror\x18\x0e \x01(\t\"\x12\n\x10GetStatusRequest\"c\n\tNodeStats\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x19.shardkv.v1.StatsResponse\"s\n\rClusterStatus\x12&\n\x08topology\x18\x01 \x01(\x0b\x32\x14.shardkv.v1.Topology\x12$\n\x05nodes\x18\x02 \x03(\x0b\x32\x15.shardkv.v1.NodeStats\x12\x14\n\x0c\x63ollected_ms\x18\x03 \x01(\x04\"4\n\rBackupRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\"5\n\x0eRestoreRequest\x12#\n\x07records\x18\x01 \x03(\x0b\x32\x12.shardkv.v1.Record\"5\n\x0fRestoreResponse\x12\x10\n\x08restored\x18\x01 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x02 \x03(\t*5\n\tNodeState\x12\x16\n\x12NODE_STATE_UNKNOWN\x10\x00\x12\x06\n\x02UP\x10\x01\x12\x08\n\x04\x44OWN\x10\x02*D\n\x08MoveKind\x12\x19\n\x15MOVE_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08MOVE_ADD\x10\x01\x12\x0f\n\x0bMOVE_REMOVE\x10\x02*\x94\x01\n\tMoveState\x12\x1a\n\x16MOVE_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rMOVE_SETTLING\x10\x01\x12\x11\n\rMOVE_COUNTING\x10\x02\x12\x12\n\x0eMOVE_STREAMING\x10\x03\x12\x11\n\rMOVE_SWITCHED\x10\x04\x12\r\n\tMOVE_DONE\x10\x05\x12\x0f\n\x0bMOVE_FAILED\x10\x06\x32\xa1\x05\n\x05\x41\x64min\x12\x43\n\x0bGetTopology\x12\x1e.shardkv.v1.GetTopologyRequest\x1a\x14.shardkv.v1.Topology\x12\x44\n\tGetHealth\x12\x1c.shardkv.v1.GetHealthRequest\x1a\x19.shardkv.v1.ClusterHealth\x12\x37\n\x07\x41\x64\x64Node\x12\x1a.shardkv.v1.AddNodeRequest\x1a\x10.shardkv.v1.Move\x12=\n\nRemoveNode\x12\x1d.shardkv.v1.RemoveNodeRequest\x1a\x10.shardkv.v1.Move\x12\x45\n\x08GetMoves\x12\x1b.shardkv.v1.GetMovesRequest\x1a\x1c.shardkv.v1.GetMovesResponse\x12=\n\x06Repair\x12\x19.shardkv.v1.RepairRequest\x1a\x18.shardkv.v1.RepairStatus\x12\x43\n\tGetRepair\x12\x1c.shardkv.v1.GetRepairRequest\x1a\x18.shardkv.v1.RepairStatus\x12\x44\n\tGetStatus\x12\x1c.shardkv.v1.GetStatusRequest\x1a\x19.shardkv.v1.ClusterStatus\x12@\n\x06\x42\x61\x63kup\x12\x19.shardkv.v1.BackupRequest\x1a\x19.shardkv.v1.SnapshotBatch0\x01\x12\x42\n\x07Restore\x12\x1a.shardkv.v1.RestoreRequest\x1a\x1b.shardkv.v1.RestoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shardkv/v1/admin.proto\x12\nshardkv.v1\x1a\x18shardkv/v1/replica.proto\"\xb2\x01\n\nNodeStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.shardkv.v1.NodeState\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x15\n\rhints_pending\x18\x06 \x01(\x04\x12\x12\n\nring_share\x18\x07 \x01(\x01\x12\x12\n\nmembership\x18\x08 \x01(\t\"\x14\n\x12GetTopologyRequest\"\x93\x01\n\x08Topology\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x13\n\x0breplication\x18\x02 \x01(\r\x12\x13\n\x0bread_quorum\x18\x03 \x01(\r\x12\x14\n\x0cwrite_quorum\x18\x04 \x01(\r\x12%\n\x05nodes\x18\x05 \x03(\x0b\x32\x16.shardkv.v1.NodeStatus\x12\x11\n\trouter_id\x18\x06 \x01(\t\"\x12\n\x10GetHealthRequest\"m\n\rClusterHealth\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\x10\n\x08nodes_up\x18\x02 \x01(\r\x12\x12\n\nnodes_down\x18\x03 \x01(\r\x12%\n\x05nodes\x18\x04 \x03(\x0b\x32\x16.shardkv.v1.NodeStatus\"\x85\x03\n\x04Move\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.shardkv.v1.MoveKind\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.shardkv.v1.MoveState\x12\x12\n\nfrom_epoch\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\x12\x12\n\nkeys_total\x18\x08 \x01(\x04\x12\x12\n\nkeys_moved\x18\t \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\n \x01(\x04\x12\x13\n\x0b\x62ytes_moved\x18\x0b \x01(\x04\x12\x16\n\x0ekeys_remaining\x18\x0c \x01(\x04\x12\x17\n\x0f\x62ytes_remaining\x18\r \x01(\x04\x12\x12\n\nstarted_ms\x18\x0e \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x0f \x01(\x04\x12\r\n\x05\x65rror\x18\x10 \x01(\t\x12\x11\n\trouter_id\x18\x11 \x01(\t\x12\x14\n\x0ckeys_dropped\x18\x12 \x01(\x04\"=\n\x0e\x41\x64\x64NodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\"\x1f\n\x11RemoveNodeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x11\n\x0fGetMovesRequest\"X\n\x10GetMovesResponse\x12!\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x10.shardkv.v1.Move\x12!\n\x07history\x18\x02 \x03(\x0b\x32\x10.shardkv.v1.Move\"\x0f\n\rRepairRequest\"\x12\n\x10GetRepairRequest\"\xbc\x02\n\x0cRepairStatus\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x0c\n\x04pass\x18\x02 \x01(\x04\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x12\n\nstarted_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x66inished_ms\x18\x06 \x01(\x04\x12\x16\n\x0esegments_total\x18\x07 \x01(\r\x12\x18\n\x10segments_covered\x18\x08 \x01(\r\x12\x1a\n\x12segments_differing\x18\t \x01(\r\x12\x18\n\x10segments_skipped\x18\n \x01(\r\x12\x18\n\x10records_compared\x18\x0b \x01(\x04\x12\x18\n\x10records_repaired\x18\x0c \x01(\x04\x12\x19\n\x11tombstones_purged\x18\r \x01(\x04\x12\r\n\x05\x65rror\x18\x0e \x01(\t\"\x12\n\x10GetStatusRequest\"c\n\tNodeStats\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x19.shardkv.v1.StatsResponse\"s\n\rClusterStatus\x12&\n\x08topology\x18\x01 \x01(\x0b\x32\x14.shardkv.v1.Topology\x12$\n\x05nodes\x18\x02 \x03(\x0b\x32\x15.shardkv.v1.NodeStats\x12\x14\n\x0c\x63ollected_ms\x18\x03 \x01(\x04\"4\n\rBackupRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\"5\n\x0eRestoreRequest\x12#\n\x07records\x18\x01 \x03(\x0b\x32\x12.shardkv.v1.Record\"5\n\x0fRestoreResponse\x12\x10\n\x08restored\x18\x01 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x02 \x03(\t*5\n\tNodeState\x12\x16\n\x12NODE_STATE_UNKNOWN\x10\x00\x12\x06\n\x02UP\x10\x01\x12\x08\n\x04\x44OWN\x10\x02*D\n\x08MoveKind\x12\x19\n\x15MOVE_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08MOVE_ADD\x10\x01\x12\x0f\n\x0bMOVE_REMOVE\x10\x02*\x94\x01\n\tMoveState\x12\x1a\n\x16MOVE_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rMOVE_SETTLING\x10\x01\x12\x11\n\rMOVE_COUNTING\x10\x02\x12\x12\n\x0eMOVE_STREAMING\x10\x03\x12\x11\n\rMOVE_SWITCHED\x10\x04\x12\r\n\tMOVE_DONE\x10\x05\x12\x0f\n\x0bMOVE_FAILED\x10\x06\x32\xa1\x05\n\x05\x41\x64min\x12\x43\n\x0bGetTopology\x12\x1e.shardkv.v1.GetTopologyRequest\x1a\x14.shardkv.v1.Topology\x12\x44\n\tGetHealth\x12\x1c.shardkv.v1.GetHealthRequest\x1a\x19.shardkv.v1.ClusterHealth\x12\x37\n\x07\x41\x64\x64Node\x12\x1a.shardkv.v1.AddNodeRequest\x1a\x10.shardkv.v1.Move\x12=\n\nRemoveNode\x12\x1d.shardkv.v1.RemoveNodeRequest\x1a\x10.shardkv.v1.Move\x12\x45\n\x08GetMoves\x12\x1b.shardkv.v1.GetMovesRequest\x1a\x1c.shardkv.v1.GetMovesResponse\x12=\n\x06Repair\x12\x19.shardkv.v1.RepairRequest\x1a\x18.shardkv.v1.RepairStatus\x12\x43\n\tGetRepair\x12\x1c.shardkv.v1.GetRepairRequest\x1a\x18.shardkv.v1.RepairStatus\x12\x44\n\tGetStatus\x12\x1c.shardkv.v1.GetStatusRequest\x1a\x19.shardkv.v1.ClusterStatus\x12@\n\x06\x42\x61\x63kup\x12\x19.shardkv.v1.BackupRequest\x1a\x19.shardkv.v1.SnapshotBatch0\x01\x12\x42\n\x07Restore\x12\x1a.shardkv.v1.RestoreRequest\x1a\x1b.shardkv.v1.RestoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shardkv.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=1883
-  _globals['_NODESTATE']._serialized_end=1936
-  _globals['_MOVEKIND']._serialized_start=1938
-  _globals['_MOVEKIND']._serialized_end=2006
-  _globals['_MOVESTATE']._serialized_start=2009
-  _globals['_MOVESTATE']._serialized_end=2157
+  _globals['_NODESTATE']._serialized_start=1903
+  _globals['_NODESTATE']._serialized_end=1956
+  _globals['_MOVEKIND']._serialized_start=1958
+  _globals['_MOVEKIND']._serialized_end=2026
+  _globals['_MOVESTATE']._serialized_start=2029
+  _globals['_MOVESTATE']._serialized_end=2177
   _globals['_NODESTATUS']._serialized_start=65
-  _globals['_NODESTATUS']._serialized_end=223
-  _globals['_GETTOPOLOGYREQUEST']._serialized_start=225
-  _globals['_GETTOPOLOGYREQUEST']._serialized_end=245
-  _globals['_TOPOLOGY']._serialized_start=248
-  _globals['_TOPOLOGY']._serialized_end=395
-  _globals['_GETHEALTHREQUEST']._serialized_start=397
-  _globals['_GETHEALTHREQUEST']._serialized_end=415
-  _globals['_CLUSTERHEALTH']._serialized_start=417
-  _globals['_CLUSTERHEALTH']._serialized_end=526
-  _globals['_MOVE']._serialized_start=529
-  _globals['_MOVE']._serialized_end=918
-  _globals['_ADDNODEREQUEST']._serialized_start=920
-  _globals['_ADDNODEREQUEST']._serialized_end=981
-  _globals['_REMOVENODEREQUEST']._serialized_start=983
-  _globals['_REMOVENODEREQUEST']._serialized_end=1014
-  _globals['_GETMOVESREQUEST']._serialized_start=1016
-  _globals['_GETMOVESREQUEST']._serialized_end=1033
-  _globals['_GETMOVESRESPONSE']._serialized_start=1035
-  _globals['_GETMOVESRESPONSE']._serialized_end=1123
-  _globals['_REPAIRREQUEST']._serialized_start=1125
-  _globals['_REPAIRREQUEST']._serialized_end=1140
-  _globals['_GETREPAIRREQUEST']._serialized_start=1142
-  _globals['_GETREPAIRREQUEST']._serialized_end=1160
-  _globals['_REPAIRSTATUS']._serialized_start=1163
-  _globals['_REPAIRSTATUS']._serialized_end=1479
-  _globals['_GETSTATUSREQUEST']._serialized_start=1481
-  _globals['_GETSTATUSREQUEST']._serialized_end=1499
-  _globals['_NODESTATS']._serialized_start=1501
-  _globals['_NODESTATS']._serialized_end=1600
-  _globals['_CLUSTERSTATUS']._serialized_start=1602
-  _globals['_CLUSTERSTATUS']._serialized_end=1717
-  _globals['_BACKUPREQUEST']._serialized_start=1719
-  _globals['_BACKUPREQUEST']._serialized_end=1771
-  _globals['_RESTOREREQUEST']._serialized_start=1773
-  _globals['_RESTOREREQUEST']._serialized_end=1826
-  _globals['_RESTORERESPONSE']._serialized_start=1828
-  _globals['_RESTORERESPONSE']._serialized_end=1881
-  _globals['_ADMIN']._serialized_start=2160
-  _globals['_ADMIN']._serialized_end=2833
+  _globals['_NODESTATUS']._serialized_end=243
+  _globals['_GETTOPOLOGYREQUEST']._serialized_start=245
+  _globals['_GETTOPOLOGYREQUEST']._serialized_end=265
+  _globals['_TOPOLOGY']._serialized_start=268
+  _globals['_TOPOLOGY']._serialized_end=415
+  _globals['_GETHEALTHREQUEST']._serialized_start=417
+  _globals['_GETHEALTHREQUEST']._serialized_end=435
+  _globals['_CLUSTERHEALTH']._serialized_start=437
+  _globals['_CLUSTERHEALTH']._serialized_end=546
+  _globals['_MOVE']._serialized_start=549
+  _globals['_MOVE']._serialized_end=938
+  _globals['_ADDNODEREQUEST']._serialized_start=940
+  _globals['_ADDNODEREQUEST']._serialized_end=1001
+  _globals['_REMOVENODEREQUEST']._serialized_start=1003
+  _globals['_REMOVENODEREQUEST']._serialized_end=1034
+  _globals['_GETMOVESREQUEST']._serialized_start=1036
+  _globals['_GETMOVESREQUEST']._serialized_end=1053
+  _globals['_GETMOVESRESPONSE']._serialized_start=1055
+  _globals['_GETMOVESRESPONSE']._serialized_end=1143
+  _globals['_REPAIRREQUEST']._serialized_start=1145
+  _globals['_REPAIRREQUEST']._serialized_end=1160
+  _globals['_GETREPAIRREQUEST']._serialized_start=1162
+  _globals['_GETREPAIRREQUEST']._serialized_end=1180
+  _globals['_REPAIRSTATUS']._serialized_start=1183
+  _globals['_REPAIRSTATUS']._serialized_end=1499
+  _globals['_GETSTATUSREQUEST']._serialized_start=1501
+  _globals['_GETSTATUSREQUEST']._serialized_end=1519
+  _globals['_NODESTATS']._serialized_start=1521
+  _globals['_NODESTATS']._serialized_end=1620
+  _globals['_CLUSTERSTATUS']._serialized_start=1622
+  _globals['_CLUSTERSTATUS']._serialized_end=1737
+  _globals['_BACKUPREQUEST']._serialized_start=1739
+  _globals['_BACKUPREQUEST']._serialized_end=1791
+  _globals['_RESTOREREQUEST']._serialized_start=1793
+  _globals['_RESTOREREQUEST']._serialized_end=1846
+  _globals['_RESTORERESPONSE']._serialized_start=1848
+  _globals['_RESTORERESPONSE']._serialized_end=1901
+  _globals['_ADMIN']._serialized_start=2180
+  _globals['_ADMIN']._serialized_end=2853
 # @@protoc_insertion_point(module_scope)

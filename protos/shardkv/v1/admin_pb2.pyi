@@ -44,7 +44,7 @@ MOVE_DONE: MoveState
 MOVE_FAILED: MoveState
 
 class NodeStatus(_message.Message):
-    __slots__ = ("id", "address", "weight", "state", "last_error", "hints_pending", "ring_share")
+    __slots__ = ("id", "address", "weight", "state", "last_error", "hints_pending", "ring_share", "membership")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class NodeStatus(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     HINTS_PENDING_FIELD_NUMBER: _ClassVar[int]
     RING_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     weight: int
@@ -59,7 +60,8 @@ class NodeStatus(_message.Message):
     last_error: str
     hints_pending: int
     ring_share: float
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_error: _Optional[str] = ..., hints_pending: _Optional[int] = ..., ring_share: _Optional[float] = ...) -> None: ...
+    membership: str
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_error: _Optional[str] = ..., hints_pending: _Optional[int] = ..., ring_share: _Optional[float] = ..., membership: _Optional[str] = ...) -> None: ...
 
 class GetTopologyRequest(_message.Message):
     __slots__ = ()
