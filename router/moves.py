@@ -109,6 +109,17 @@ def given_away(
     return {node_id: merge_ranges(found) for node_id, found in sorted(ranges.items())}
 
 
+def check_new_node(node_id: str, address: str, weight: int) -> None:
+    """Raises BadNode unless the id, address (host:port) and weight are usable."""
+    if not node_id.strip():
+        raise BadNode("a node needs a non-empty id")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadNode(f"node {node_id!r}: address {address!r} is not host:port")
+    if weight < 1:
+        raise BadNode(f"node {node_id!r}: weight must be at least 1, got {weight}")
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -34,12 +34,12 @@ from shardkv.router.membership import ClientFactory, Membership
 from shardkv.router.moves import (
     ADD,
     REMOVE,
-    BadNode,
     MoveConflict,
     MoveProgress,
     NodeExists,
     NodeUnknown,
     Transfer,
+    check_new_node,
     given_away,
     now_ms,
     plan_transfers,
@@ -109,7 +109,7 @@ class Rebalancer:
                 if moving.id == node_id and moving.address == address:
                     return self._resume(topology)
                 raise self._conflict(topology)
-            _check_new_node(node_id, address, weight)
+            check_new_node(node_id, address, weight)
             for node in topology.nodes:
                 if node.id == node_id:
                     raise NodeExists(
@@ -262,6 +262,16 @@ class Rebalancer:
             await self._pause_repair()
             topology = self._membership.topology
             settle_s = topology.rebalance.settle_ms / 1000
+            timeouts = topology.timeouts
+            if topology.rebalance.settle_ms < timeouts.request_ms + timeouts.watch_interval_ms:
+                log.warning(
+                    "move %s: settle_ms %d is below request_ms + watch_interval_ms (%d): a"
+                    " write begun under the old placement, or through a router that has not"
+                    " read the file yet, may miss the copy",
+                    progress.id,
+                    topology.rebalance.settle_ms,
+                    timeouts.request_ms + timeouts.watch_interval_ms,
+                )
             await asyncio.sleep(settle_s)
             layout = self._membership.layout
             assert layout.new is not None, "a move runs only during a transition"
@@ -379,16 +389,6 @@ class Rebalancer:
             return self._membership.clients[node_id]
         except KeyError:
             raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
-
-
-def _check_new_node(node_id: str, address: str, weight: int) -> None:
-    if not node_id.strip():
-        raise BadNode("a node needs a non-empty id")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadNode(f"node {node_id!r}: address {address!r} is not host:port")
-    if weight < 1:
-        raise BadNode(f"node {node_id!r}: weight must be at least 1, got {weight}")
 
 
 def _describe(err: Exception) -> str:
