@@ -174,6 +174,8 @@ def test_add_node_under_load(cluster: Cluster) -> None:
     assert done.returncode == 0, done.stderr
     assert "add-n4@1: MOVE_DONE epoch 3" in done.stdout
     assert "MOVE_DONE [####" in done.stderr  # the progress shown while waiting
+    listed = shardctl(cluster, "moves")
+    assert listed.returncode == 0 and "add-n4@1: MOVE_DONE epoch 3;" in listed.stdout
     assert len(acked) > 100
 
     new_ring = check_placement(cluster, WRITTEN | acked)
