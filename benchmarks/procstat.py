@@ -61,3 +61,11 @@ def machine_busy_s() -> float:
     # cpu user nice system idle iowait irq softirq steal guest guest_nice
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
     return (user + nice + system + irq + softirq + steal) / _TICKS_PER_S
+
+
+def other_cores(
+    pids: dict[str, int], busy_before: float, before: dict[str, Usage], seconds: float
+) -> float:
+    """Cores' worth of CPU used since (busy_before, before) by processes not in pids."""
+    ours = sum(u.cpu_s - before[n].cpu_s for n, u in usages(pids).items() if n in before)
+    return max(0.0, machine_busy_s() - busy_before - ours) / seconds

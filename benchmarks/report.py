@@ -31,7 +31,8 @@ unary Put or (linearizable) Range per operation, round-robin over its members. L
 per call (HdrHistogram, 3 significant digits). CPU is user+system time of each process
 over the window, from /proc, per 1000 keys; `client` is the load generator itself;
 "other CPU" is the cores' worth used meanwhile by processes not under test (anything
-well above 0 means the cell competed with something else for the two cores).
+well above 0 means the cell competed with something else for the two cores; before each
+cell the run waits a few seconds, within a budget, for such processes to calm down).
 Keys are read from a keyspace preloaded before the first cell of each system."""
 
 

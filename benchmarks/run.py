@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from benchmarks.procs import (
     start_shardd,
     start_shardkv,
 )
+from benchmarks.procstat import machine_busy_s, other_cores, usages
 from benchmarks.shardkv_driver import ShardkvDriver
 from benchmarks.targets import evaluate
 
@@ -126,8 +128,38 @@ async def _preload_all(
         preloads[f"{system} {keyspace} x {value_bytes} B"] = round(time.perf_counter() - started, 2)
 
 
+class QuietGate:
+    """Before a cell, waits (within bounds) until processes not under test leave the two
+    cores alone: a test suite running next to a cell can halve what it measures."""
+
+    SAMPLE_S = 0.5
+
+    def __init__(self, *, threshold_cores: float, per_cell_s: float, budget_s: float) -> None:
+        self.threshold_cores = threshold_cores
+        self.per_cell_s = per_cell_s
+        self.budget_s = budget_s
+
+    async def wait(self, pids: dict[str, int]) -> float:
+        """Seconds waited; gives up after per_cell_s, or at once when the budget is spent."""
+        watched = {**pids, "client": os.getpid()}
+        waited = 0.0
+        while waited < min(self.per_cell_s, self.budget_s):
+            busy, before = machine_busy_s(), usages(watched)
+            await asyncio.sleep(self.SAMPLE_S)
+            waited += self.SAMPLE_S
+            if other_cores(watched, busy, before, self.SAMPLE_S) <= self.threshold_cores:
+                break
+        self.budget_s -= waited
+        return round(waited, 1)
+
+
 async def _run_one(
-    system: str, fleet: Fleet, driver: Driver, planned: plan.Planned, progress: Progress
+    system: str,
+    fleet: Fleet,
+    driver: Driver,
+    planned: plan.Planned,
+    progress: Progress,
+    gate: QuietGate | None,
 ) -> dict[str, Any]:
     """The row of one cell: measured, n/a, or failed with the reason (a failing cell must
     not cost the rest of the run)."""
@@ -137,6 +169,7 @@ async def _run_one(
         )
     if dead := fleet.dead():
         return _skipped(system, planned, "failed", f"server(s) exited: {', '.join(dead)}")
+    waited = await gate.wait(fleet.pids()) if gate else 0.0
     try:
         urls = fleet.metrics_urls()
         result = await run_cell(
@@ -150,7 +183,7 @@ async def _run_one(
     except Exception as err:
         log.exception("%s: cell %s failed", system, planned.cell.label)
         return _skipped(system, planned, "failed", f"{type(err).__name__}: {err}"[:300])
-    return {"section": planned.section, **result.to_json()}
+    return {"section": planned.section, "quiet_wait_s": waited, **result.to_json()}
 
 
 async def run_system(
@@ -161,6 +194,7 @@ async def run_system(
     progress: Progress,
     rows: list[dict[str, Any]],
     preloads: dict[str, float],
+    gate: QuietGate | None,
 ) -> None:
     """Preloads, then runs every cell of system, appending a row per cell to rows."""
     driver = make_driver(system, addresses)
@@ -177,7 +211,7 @@ async def run_system(
         for planned in cells:
             progress.label(f"{system}: {planned.cell.label}")
             progress.start_cell(planned)
-            rows.append(await _run_one(system, fleet, driver, planned, progress))
+            rows.append(await _run_one(system, fleet, driver, planned, progress, gate))
             progress.finish_cell(planned)
     finally:
         await driver.close()
@@ -191,9 +225,11 @@ def run_profile(
     etcd: str | None,
     data_root: Path | None,
     show_progress: bool,
+    gate: QuietGate | None = None,
 ) -> None:
     """Runs every system of profile in turn, appending result rows as cells finish (so an
-    interrupted run keeps what it measured) and preload seconds per keyspace."""
+    interrupted run keeps what it measured) and preload seconds per keyspace; gate, if
+    given, holds each cell back while other processes keep the cores busy."""
     progress = Progress(profile, enabled=show_progress)
     try:
         with tempfile.TemporaryDirectory(prefix="shardkv-bench-", dir=data_root) as tmp:
@@ -211,7 +247,7 @@ def run_profile(
                             progress.finish_cell(planned)
                         continue
                     asyncio.run(
-                        run_system(system, fleet, addresses, cells, progress, rows, preloads)
+                        run_system(system, fleet, addresses, cells, progress, rows, preloads, gate)
                     )
     finally:
         progress.close()
@@ -285,6 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the servers' temp data dirs go (default: the system's)",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each cell, wait up to this many seconds while processes not under test"
+        " use more than --quiet-cores (0 = never wait); at most 3 minutes per run",
+    )
+    parser.add_argument("--quiet-cores", type=float, default=0.25)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _interrupt_on_signals()
@@ -313,11 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         started=time.strftime("%Y-%m-%d %H:%M:%S %z"),
         command=" ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
         notes=notes,
+        quiet_gate={"max_wait_s": args.quiet_wait, "cores": args.quiet_cores},
     )
     rows: list[dict[str, Any]] = []
     preloads: dict[str, float] = {}
     interrupted = False
     try:
+        gate = None
+        if args.quiet_wait > 0:
+            gate = QuietGate(
+                threshold_cores=args.quiet_cores, per_cell_s=args.quiet_wait, budget_s=180.0
+            )
         run_profile(
             profile,
             rows,
@@ -325,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             etcd=etcd,
             data_root=args.data_root,
             show_progress=not args.no_progress,
+            gate=gate,
         )
     except KeyboardInterrupt:
         interrupted = True
