@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import grpc
 from shardkv.router.placement import Piece, merge_ranges
 from shardkv.v1 import admin_pb2
 
@@ -172,3 +173,12 @@ class MoveProgress:
             router_id=self.router_id,
             keys_dropped=self.keys_dropped,
         )
+
+
+def describe_error(err: Exception) -> str:
+    """One line for a move's error: gRPC code and details, or every error of a group."""
+    if isinstance(err, ExceptionGroup):
+        return "; ".join(describe_error(e) for e in err.exceptions)
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    return str(err) or type(err).__name__

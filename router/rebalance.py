@@ -40,6 +40,7 @@ from shardkv.router.moves import (
     NodeUnknown,
     Transfer,
     check_new_node,
+    describe_error,
     given_away,
     now_ms,
     plan_transfers,
@@ -107,7 +108,7 @@ class Rebalancer:
                 if moving.id == node_id and moving.state == LEAVING:
                     return await self._abort(topology, moving, ADD)
                 if moving.id == node_id and moving.address == address:
-                    return self._resume(topology)
+                    return await self._resume(topology)
                 raise self._conflict(topology)
             check_new_node(node_id, address, weight)
             for node in topology.nodes:
@@ -130,7 +131,7 @@ class Rebalancer:
                 if moving.id == node_id and moving.state == JOINING:
                     return await self._abort(topology, moving, REMOVE)
                 if moving.id == node_id:
-                    return self._resume(topology)
+                    return await self._resume(topology)
                 raise self._conflict(topology)
             node = next((n for n in topology.nodes if n.id == node_id), None)
             if node is None:
@@ -161,9 +162,18 @@ class Rebalancer:
         self._launch(progress)
         return progress
 
-    def _resume(self, topology: Topology) -> MoveProgress:
+    async def _resume(self, topology: Topology) -> MoveProgress:
+        """Runs a stopped move again (from the settle step; repeats are harmless). A move
+        another router drove is taken over: this router becomes its driver."""
         if self._task is not None and not self._task.done():
             raise self._conflict(topology)
+        move = topology.move
+        assert move is not None
+        if move.driver != self._router_id:
+            topology = replace(
+                topology, epoch=topology.epoch + 1, move=replace(move, driver=self._router_id)
+            )
+            await self._membership.commit(topology)
         progress = self._progress_of(topology)
         log.info("move %s: resumed", progress.id)
         self._launch(progress)
@@ -202,7 +212,7 @@ class Rebalancer:
             node.id,
             node.address,
             self._router_id,
-            from_epoch=topology.epoch - 1,
+            from_epoch=_from_epoch(topology.move.id, topology.epoch - 1),
             epoch=topology.epoch,
             started_ms=topology.move.started_ms,
         )
@@ -308,7 +318,7 @@ class Rebalancer:
             raise
         except Exception as err:
             progress.state = admin_pb2.MOVE_FAILED
-            progress.error = _describe(err)
+            progress.error = describe_error(err)
             log.error("move %s failed: %s", progress.id, progress.error)
         finally:
             progress.finished_ms = now_ms()
@@ -366,7 +376,7 @@ class Rebalancer:
                 "move %s: hints for %s not all re-homed (%s); repair covers their keys",
                 progress.id,
                 progress.node_id,
-                _describe(err),
+                describe_error(err),
             )
 
     async def _drop(self, changed: list[Piece], final: Topology, progress: MoveProgress) -> None:
@@ -391,9 +401,7 @@ class Rebalancer:
             raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
 
 
-def _describe(err: Exception) -> str:
-    if isinstance(err, ExceptionGroup):
-        return "; ".join(_describe(e) for e in err.exceptions)
-    if isinstance(err, grpc.aio.AioRpcError):
-        return f"{err.code().name}: {err.details()}"
-    return str(err) or type(err).__name__
+def _from_epoch(move_id: str, default: int) -> int:
+    """The epoch a move started from, as its id ("<kind>-<node>@<epoch>") says."""
+    tail = move_id.rpartition("@")[2]
+    return int(tail) if tail.isdigit() else default
