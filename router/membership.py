@@ -174,7 +174,13 @@ class Membership:
                     self._file_stamp = stamp
                     continue
                 self._file_stamp = stamp
-                if topology.epoch > self._topology.epoch:
+                served = self._topology
+                quorums = (topology.replication, topology.read_quorum, topology.write_quorum)
+                if quorums != (served.replication, served.read_quorum, served.write_quorum):
+                    log.warning(
+                        "%s changed N/R/W to %s: ignored until this router restarts", path, quorums
+                    )
+                elif topology.epoch > self._topology.epoch:
                     log.info(
                         "%s changed: epoch %d -> %d", path, self._topology.epoch, topology.epoch
                     )

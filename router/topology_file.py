@@ -26,7 +26,8 @@ def dump_topology(topology: Topology) -> str:
     """The cluster.toml text of topology (parse_topology reads it back equal)."""
     lines = [
         "# Written by shardkv-router: topology changes (shardctl node add/remove) rewrite",
-        "# this file atomically; hand edits are read on the next start.",
+        "# this file atomically. Routers adopt a higher epoch while running, but nodes",
+        "# added or removed by hand move no data: use shardctl node add/remove.",
         f"epoch = {topology.epoch}",
         f"replication = {topology.replication}",
         f"read_quorum = {topology.read_quorum}",
