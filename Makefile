@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy shardd router client
+	for pkg in shardd router client; do $(BIN)/mypy $$pkg || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
