@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml $(PKG_DIRS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=strict
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict
 	touch $@
 
 test: $(STAMP)
@@ -56,12 +56,11 @@ cluster-clean: $(STAMP)
 	@$(CLUSTER) clean
 
 # Benchmarks (benchmarks/README.md). bench-deps installs etcd from Debian (as root, or
-# through sudo) and the `bench` extra; bench runs the whole suite (about 15 minutes) and
+# through sudo) (the `bench` extra comes with every install); bench runs the suite (about 10 minutes) and
 # writes benchmarks/results/<timestamp>.{json,md,png}; bench-quick is a one-minute subset;
 # bench-soak a steady 5-minute run (SOAK_MINUTES); bench-micro the pytest-benchmark
 # micro-benchmarks, then group commit at 1 and 64 writers (benchmarks/bench_group_commit.py).
 # BENCH_ARGS passes options, e.g. BENCH_ARGS="--systems shardkv,etcd-1".
-BENCH_STAMP := $(VENV)/.bench-installed
 BENCH := $(BIN)/python -m benchmarks.run
 BENCH_ARGS ?=
 SOAK_MINUTES ?= 5
@@ -69,24 +68,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: bench bench-quick bench-soak bench-micro bench-deps
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict
-	touch $@
-
-bench-deps: $(BENCH_STAMP)
+bench-deps: $(STAMP)
 	@if command -v etcd >/dev/null 2>&1; then echo "etcd already installed: $$(etcd --version | head -1)"; \
 	else $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y etcd-server etcd-client; fi
 
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(BENCH) --profile full $(BENCH_ARGS)
 
-bench-quick: $(BENCH_STAMP)
+bench-quick: $(STAMP)
 	$(BENCH) --profile quick $(BENCH_ARGS)
 
-bench-soak: $(BENCH_STAMP)
+bench-soak: $(STAMP)
 	$(BENCH) --profile soak --minutes $(SOAK_MINUTES) $(BENCH_ARGS)
 
-bench-micro: $(BENCH_STAMP)
+bench-micro: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/python -m pytest benchmarks/micro --benchmark-only --benchmark-sort=name \
 		--benchmark-columns=min,median,mean,stddev,ops,rounds \
