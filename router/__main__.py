@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -27,6 +28,11 @@ log = logging.getLogger("shardkv.router")
 
 # Calls in flight get this long to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 5.0
+# Cyclic-GC thresholds once serving (CPython's default is 700, 10, 10). A batch of 1000 keys
+# allocates tens of thousands of short-lived containers that are freed by reference
+# counting, yet at the default the collector ran every ~700 of them and took over half of
+# the router's CPU under batch load (py-spy --native: gc_collect_main 57%).
+GC_THRESHOLDS = (100_000, 20, 10)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,6 +136,7 @@ async def _serve(config: RouterConfig) -> int:
         log.error("%s", err)
         await server.stop(0)
         return 1
+    _tune_gc()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,6 +145,14 @@ async def _serve(config: RouterConfig) -> int:
     log.info("signal received: shutting down (grace %.0f s)", SHUTDOWN_GRACE_S)
     await server.stop(SHUTDOWN_GRACE_S)
     return 0
+
+
+def _tune_gc() -> None:
+    """Moves everything alive after start-up out of the collector's sight (gc.freeze) and
+    collects less often: the collector's work is proportional to what it scans, and the
+    router's own garbage is almost all acyclic."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
