@@ -47,6 +47,8 @@ SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
 OnFailure = Callable[[NodeFailure, float], None]
 # Receives one item's result, or the NodeFailure of its call; must not raise.
 Deliver = Callable[[Result | NodeFailure], None]
+# A queued item: (item, deadline, deliver, request id, size of the item).
+_Pending = tuple[Item, float, Deliver[Result], str | None, int]
 
 
 class Coalescer(Generic[Item, Result]):
@@ -77,8 +79,9 @@ class Coalescer(Generic[Item, Result]):
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
-        # (item, deadline, deliver, request id of the request the item belongs to)
-        self._pending: deque[tuple[Item, float, Deliver[Result], str | None]] = deque()
+        # (item, deadline, deliver, request id of the request the item belongs to, its size:
+        # measured once, on submit)
+        self._pending: deque[_Pending[Item, Result]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         # Items per call, read by the metrics endpoint.
@@ -88,7 +91,8 @@ class Coalescer(Generic[Item, Result]):
         """Queues items due by deadline (loop time); each one's callback is called exactly
         once, with its result or a NodeFailure. Items submitted together travel together;
         when the queue is full they fail together with RESOURCE_EXHAUSTED."""
-        size = sum(self._size_of(item) for item, _ in items)
+        sizes = [self._size_of(item) for item, _ in items]
+        size = sum(sizes)
         if self._pending and (
             len(self._pending) + len(items) > self._max_pending
             or self._pending_bytes + size > self._max_pending_bytes
@@ -104,7 +108,10 @@ class Coalescer(Generic[Item, Result]):
             return
         self._pending_bytes += size
         rid = requestid.current.get()
-        self._pending.extend((item, deadline, deliver, rid) for item, deliver in items)
+        self._pending.extend(
+            (item, deadline, deliver, rid, item_size)
+            for (item, deliver), item_size in zip(items, sizes, strict=True)
+        )
         self._pump()
 
     async def close(self) -> None:
@@ -115,19 +122,19 @@ class Coalescer(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             now = loop.time()
-            batch: list[tuple[Item, float, Deliver[Result], str | None]] = []
+            batch: list[_Pending[Item, Result]] = []
             size = 0
             while self._pending and len(batch) < self._max_items:
-                item, deadline, deliver, rid = self._pending[0]
-                item_size = self._size_of(item)
+                entry = self._pending[0]
+                item_size = entry[4]
                 if batch and size + item_size > self._max_bytes:
                     break
                 self._pending.popleft()
                 self._pending_bytes -= item_size
-                if deadline <= now:
-                    deliver(self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
+                if entry[1] <= now:
+                    entry[2](self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
                     continue
-                batch.append((item, deadline, deliver, rid))
+                batch.append(entry)
                 size += item_size
             if not batch:
                 continue
@@ -136,26 +143,27 @@ class Coalescer(Generic[Item, Result]):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, batch: list[tuple[Item, float, Deliver[Result], str | None]]) -> None:
+    async def _call(self, batch: list[_Pending[Item, Result]]) -> None:
         # One call serves items of several requests: it may run until the latest of their
         # deadlines (each request stops waiting at its own), never beyond node_call_ms.
         timeout = min(
-            self._call_timeout_s, max(d for _, d, _, _ in batch) - asyncio.get_running_loop().time()
+            self._call_timeout_s,
+            max(d for _, d, *_ in batch) - asyncio.get_running_loop().time(),
         )
         try:
             self.batch_sizes.observe(len(batch))
             # This task's own context: the call carries the ids of the requests it serves.
-            requestid.current.set(requestid.join(rid for *_, rid in batch))
+            requestid.current.set(requestid.join(rid for *_, rid, _ in batch))
             results = await self._send([item for item, *_ in batch], timeout)
             if len(results) != len(batch):
                 raise _ShortReply(len(results), len(batch))
-            for (_, _, deliver, _), result in zip(batch, results, strict=True):
-                deliver(result)
+            for entry, result in zip(batch, results, strict=True):
+                entry[2](result)
         except (grpc.RpcError, _ShortReply) as err:
             failure = self._failure_of(err)
             self._on_failure(failure, timeout)
-            for _, _, deliver, _ in batch:
-                deliver(failure)
+            for entry in batch:
+                entry[2](failure)
         finally:
             self._in_flight -= 1
             self._pump()
