@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Generic, TypeVar
 
 import grpc
@@ -115,22 +116,23 @@ class Quorum(Generic[T]):
 
         on_failed may replace a failed replica before the quorum is decided."""
         self._pending.add(name)
+        # A partial of a method, not a closure: one object per replica instead of a
+        # function and its cells (this runs for every replica of every key).
+        return partial(self._deliver, name, on_failed)
 
-        def deliver(result: T | NodeFailure) -> None:
-            if name not in self._pending:
-                return  # arrived after the deadline
-            if isinstance(result, NodeFailure):
-                self.failed[name] = str(result)
-                if result.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    self.exhausted.add(name)
-                if on_failed is not None and not self._decided:
-                    on_failed(result)
-            else:
-                self.ok[name] = result
-            self._pending.discard(name)
-            self._check()
-
-        return deliver
+    def _deliver(self, name: str, on_failed: OnFailed | None, result: T | NodeFailure) -> None:
+        if name not in self._pending:
+            return  # arrived after the deadline
+        if isinstance(result, NodeFailure):
+            self.failed[name] = str(result)
+            if result.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.exhausted.add(name)
+            if on_failed is not None and not self._decided:
+                on_failed(result)
+        else:
+            self.ok[name] = result
+        self._pending.discard(name)
+        self._check()
 
     def fail(self, name: str, reason: str) -> None:
         """Counts a replica that was not asked (its node is down and no fallback exists)."""
