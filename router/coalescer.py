@@ -148,13 +148,13 @@ class Coalescer(Generic[Item, Result]):
         # deadlines (each request stops waiting at its own), never beyond node_call_ms.
         timeout = min(
             self._call_timeout_s,
-            max(d for _, d, *_ in batch) - asyncio.get_running_loop().time(),
+            max(entry[1] for entry in batch) - asyncio.get_running_loop().time(),
         )
         try:
             self.batch_sizes.observe(len(batch))
             # This task's own context: the call carries the ids of the requests it serves.
-            requestid.current.set(requestid.join(rid for *_, rid, _ in batch))
-            results = await self._send([item for item, *_ in batch], timeout)
+            requestid.current.set(requestid.join(entry[3] for entry in batch))
+            results = await self._send([entry[0] for entry in batch], timeout)
             if len(results) != len(batch):
                 raise _ShortReply(len(results), len(batch))
             for entry, result in zip(batch, results, strict=True):
