@@ -152,15 +152,16 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, behavior: Any, method: str, rid: str | None) -> Any:
         async def unary(request: Any, context: Context) -> Any:
             started = time.perf_counter()
+            peer = context.peer()
             token = requestid.current.set(rid)
             try:
                 response = await behavior(request, context)
             except BaseException as exc:
-                self._done(method, rid, started, _code_of(exc, context), context)
+                self._done(method, rid, started, _code_of(exc, context), context, peer)
                 raise
             finally:
                 requestid.current.reset(token)
-            self._done(method, rid, started, context.code() or grpc.StatusCode.OK, context)
+            self._done(method, rid, started, context.code() or grpc.StatusCode.OK, context, peer)
             return response
 
         return unary
@@ -170,17 +171,20 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             return self._unary(behavior, method, rid)
 
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            # The peer is read while the call is alive: asking a cancelled call for it
+            # crashes grpcio's core. The request id is set and never reset: a cancelled
+            # generator is closed from another Context, where the reset token is invalid;
+            # the variable belongs to this call's own task anyway.
             started = time.perf_counter()
-            token = requestid.current.set(rid)
+            peer = context.peer()
+            requestid.current.set(rid)
             try:
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
-                self._done(method, rid, started, _code_of(exc, context), context)
+                self._done(method, rid, started, _code_of(exc, context), context, peer)
                 raise
-            finally:
-                requestid.current.reset(token)
-            self._done(method, rid, started, context.code() or grpc.StatusCode.OK, context)
+            self._done(method, rid, started, context.code() or grpc.StatusCode.OK, context, peer)
 
         return streaming
 
@@ -191,6 +195,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         started: float,
         code: grpc.StatusCode,
         context: Context,
+        peer: str,
     ) -> None:
         elapsed = time.perf_counter() - started
         counter = self._counters.get((method, code.name))
@@ -221,7 +226,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             code.name,
             elapsed * 1000,
             rid or "-",
-            context.peer(),
+            peer,
             detail,
         )
 
