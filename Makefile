@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # a module is added or removed, which is when the install must be redone.
 PKG_DIRS := protos/shardkv protos/shardkv/v1 shardd router client
 
-.PHONY: venv test proto lint typecheck clean
+.PHONY: venv system-deps test proto lint typecheck clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml $(PKG_DIRS)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict
 	touch $@
 
-test: $(STAMP)
+# Debian packages the suite runs for real (etcd, strace, promtool): installed when missing.
+system-deps:
+	@scripts/install-system-deps.sh
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)
@@ -64,13 +68,10 @@ cluster-clean: $(STAMP)
 BENCH := $(BIN)/python -m benchmarks.run
 BENCH_ARGS ?=
 SOAK_MINUTES ?= 5
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: bench bench-quick bench-soak bench-micro bench-deps
 
-bench-deps: $(STAMP)
-	@if command -v etcd >/dev/null 2>&1; then echo "etcd already installed: $$(etcd --version | head -1)"; \
-	else $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y etcd-server etcd-client; fi
+bench-deps: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(BENCH) --profile full $(BENCH_ARGS)

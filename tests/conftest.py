@@ -1,4 +1,11 @@
-"""Fixtures that start real processes and always stop them, printing their logs on failure."""
+"""The suite's tiers, and fixtures that start real processes and always stop them, printing
+their logs on failure.
+
+Tiers are directories: ``unit/`` runs in-process (no server started), ``integration/``
+starts real shardd, router and grpcurl processes, ``faults/`` kills, pauses and cuts them.
+Each test is marked with its tier, and the two process tiers also ``slow``, so
+``-m "not slow"`` is the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import Cluster, Proc, shardd_proc, start_cluster
+
+TIERS = {"unit": (), "integration": ("slow",), "faults": ("slow",)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        tier = item.path.relative_to(tests_dir).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of {sorted(TIERS)}/")
+        for marker in (tier, *TIERS[tier]):
+            item.add_marker(marker)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -124,9 +124,12 @@ def shardd_proc(
     address = f"127.0.0.1:{port}"
     argv = [
         str(BIN / "shardd"),
-        "--id", node_id,
-        "--listen", address,
-        "--data", str(base / node_id),
+        "--id",
+        node_id,
+        "--listen",
+        address,
+        "--data",
+        str(base / node_id),
         *extra,
     ]
     return Proc(node_id, argv, address, base / f"{node_id}.log")
@@ -170,7 +173,11 @@ def write_cluster_toml(
 
 
 def router_proc(
-    base: Path, config: Path, router_id: str = "r1", *, port: int | None = None,
+    base: Path,
+    config: Path,
+    router_id: str = "r1",
+    *,
+    port: int | None = None,
     extra: Sequence[str] = (),
 ) -> Proc:
     """A router reading config (not started yet)."""
@@ -178,9 +185,12 @@ def router_proc(
     address = f"127.0.0.1:{port}"
     argv = [
         str(BIN / "shardkv-router"),
-        "--id", router_id,
-        "--config", str(config),
-        "--listen", address,
+        "--id",
+        router_id,
+        "--config",
+        str(config),
+        "--listen",
+        address,
         *extra,
     ]
     return Proc(router_id, argv, address, base / f"{router_id}.log")

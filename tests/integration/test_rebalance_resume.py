@@ -15,8 +15,6 @@ from shardkv.client.errors import FailedPrecondition
 from shardkv.router.topology import JOINING, load_topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
-pytestmark = pytest.mark.slow
-
 KEYS = {b"resume/%04d" % i: b"r%d" % i for i in range(3000)}
 
 

@@ -10,7 +10,6 @@ import pytest
 from harness import Cluster, start_cluster
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
-pytestmark = pytest.mark.slow
 ONE, QUORUM, ALL = kv_pb2.ONE, kv_pb2.QUORUM, kv_pb2.ALL
 
 

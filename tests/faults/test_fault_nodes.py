@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from faults.checker import check
 from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
 from faults.report import scenario_line
 from faults.workload import Workload, run_workload
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -87,7 +87,6 @@ def _check(doc: dict[str, Any], system: str, server_names: set[str]) -> None:
     assert {t["verdict"] for t in doc["targets"]} <= {"PASS", "MISS", "n/a"}
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_bench_against_one_shardd(tmp_path: Path) -> None:
     doc = _run(plan.SHARDD, tmp_path)
@@ -97,7 +96,6 @@ def test_bench_against_one_shardd(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "smoke-throughput.png").stat().st_size > 0
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(etcd_binary() is None, reason="etcd is not installed (make bench-deps)")
 def test_bench_against_etcd(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shardkv.client import Client
+from shardkv.v1 import admin_pb2
+
 from faults.checker import check
 from faults.cluster import (
     FaultyCluster,
@@ -22,10 +25,6 @@ from faults.cluster import (
 )
 from faults.report import scenario_line
 from faults.workload import Workload, run_workload
-from shardkv.client import Client
-from shardkv.v1 import admin_pb2
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import pytest
 from harness import router_proc, start_cluster
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-pytestmark = pytest.mark.slow
 KEYS = [b"lww/%d" % i for i in range(40)]
 
 

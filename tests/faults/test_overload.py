@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
-from faults.cluster import RssSampler, start_faulty_cluster
 from harness import Proc, shardd_proc, wait_serving
 from shardkv.client import Client, ResourceExhausted
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
-pytestmark = pytest.mark.slow
+from faults.cluster import RssSampler, start_faulty_cluster
+
 RSS_LIMIT_MB = 500
 VALUE = b"v" * 2048
 

@@ -20,8 +20,6 @@ from harness import BIN, Cluster, Proc, router_proc, shardd_proc, wait_serving, 
 from shardkv.client import Client
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-pytestmark = pytest.mark.slow
-
 GRACE_S = 1
 EXTRA_TOML = f"""
 [repair]

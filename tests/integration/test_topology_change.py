@@ -23,8 +23,6 @@ from shardkv.router.ring import Ring
 from shardkv.router.topology import load_topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-pytestmark = pytest.mark.slow
-
 PRELOAD = 6000
 # Short settle delays keep the moves quick; they must exceed the routers' watch interval.
 EXTRA_TOML = """

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from harness import free_port
 from shardkv.client import Client
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 BIN = Path(sys.executable).parent
 
@@ -38,13 +37,27 @@ class LocalCluster:
     def node(self, index: int) -> str:
         return f"127.0.0.1:{self.port + index}"
 
-    def make(self, target: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def make(
+        self, target: str, *extra: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            ["make", "--no-print-directory", target, f"VAR={self.var}", f"PORT={self.port}", *extra],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                "make",
+                "--no-print-directory",
+                target,
+                f"VAR={self.var}",
+                f"PORT={self.port}",
+                *extra,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check:
-            assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
+            assert result.returncode == 0, (
+                f"make {target} failed:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def pids(self) -> list[int]:
@@ -107,9 +120,17 @@ def test_make_cluster_serves_and_keeps_data_across_restarts(local: LocalCluster)
     with Client(local.router) as kv:
         kv.put("make:sdk", b"via the SDK")
     put = subprocess.run(
-        [str(BIN / "grpcurl"), "-plaintext", "-d", '{"key":"bWFrZTpncnBj","value":"Z3JwY3VybA=="}',
-         local.router, "shardkv.v1.KV/Put"],
-        capture_output=True, text=True, timeout=30,
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-d",
+            '{"key":"bWFrZTpncnBj","value":"Z3JwY3VybA=="}',
+            local.router,
+            "shardkv.v1.KV/Put",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert put.returncode == 0, put.stderr
 
@@ -142,9 +163,15 @@ def test_readme_shell_blocks_run(local: LocalCluster) -> None:
         script = for_cluster(block, local)
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        assert result.returncode == 0, f"README block failed:\n{script}\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"README block failed:\n{script}\n{result.stdout}\n{result.stderr}"
+        )
 
 
 @pytest.mark.timeout(60)
@@ -152,7 +179,10 @@ def test_readme_python_blocks_run(local: LocalCluster) -> None:
     for block in readme_blocks("python"):
         result = subprocess.run(
             [sys.executable, "-c", for_cluster(block, local)],
-            cwd=REPO, capture_output=True, text=True, timeout=30,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 0, f"README block failed:\n{block}\n{result.stderr}"
 

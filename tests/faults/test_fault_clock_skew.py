@@ -18,15 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import router_proc
+from shardkv.hlc import version_millis
+
 from faults.checker import check
 from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
 from faults.history import OK, Op
 from faults.report import scenario_line
 from faults.workload import Workload, run_workload
-from harness import router_proc
-from shardkv.hlc import version_millis
 
-pytestmark = pytest.mark.slow
 SKEW_MS = 3000
 
 

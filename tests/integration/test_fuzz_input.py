@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-pytestmark = pytest.mark.slow
 SENTINEL = b"\x00sentinel/"
 SENTINELS = {SENTINEL + b"%02d" % i: b"keep-%d" % i for i in range(20)}
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

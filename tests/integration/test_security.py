@@ -22,8 +22,7 @@ from shardkv.router.__main__ import _parser as router_parser
 from shardkv.shardd.__main__ import parse_args as shardd_args
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
-pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def wait_serving_tls(address: str, credentials: grpc.ChannelCredentials) -> None:

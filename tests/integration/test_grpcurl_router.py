@@ -20,7 +20,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import BIN, Cluster, router_proc, start_cluster
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
-pytestmark = pytest.mark.slow
 GRPCURL = BIN / "grpcurl"
 
 

@@ -12,11 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import grpc
-import pytest
 from harness import Cluster, Proc
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
-
-pytestmark = pytest.mark.slow
 
 VALUE = b"v" * (1 << 20)
 ROUNDS = 12

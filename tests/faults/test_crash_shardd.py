@@ -10,13 +10,13 @@ import random
 from pathlib import Path
 
 import pytest
-from faults.checker import Final, check
-from faults.cluster import read_records
-from faults.history import History
 from harness import shardd_proc
 from shardkv.client import AsyncClient, RetryPolicy
 
-pytestmark = pytest.mark.slow
+from faults.checker import Final, check
+from faults.cluster import read_records
+from faults.history import History
+
 ITERATIONS = 10
 WRITERS = 48
 

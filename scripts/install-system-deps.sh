@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite and benchmarks run for real, when missing:
+# etcd (topology store and benchmark peer), strace (the fsync-ordering test), promtool
+# (alert rule checks). Runs apt-get as root, or through sudo; does nothing when all are there.
+set -euo pipefail
+
+declare -A PACKAGE_OF=(
+    [etcd]=etcd-server
+    [etcdctl]=etcd-client
+    [strace]=strace
+    [promtool]=prometheus
+)
+
+missing=()
+for command in "${!PACKAGE_OF[@]}"; do
+    command -v "$command" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$command]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ]; then
+    sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+    sudo=(sudo)
+else
+    echo "missing Debian packages: ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2
+    exit 1
+fi
+echo "installing Debian packages: ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
