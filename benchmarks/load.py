@@ -120,6 +120,10 @@ class CellResult:
     # RSS during the window, all of it and its anonymous part, when the cell samples it.
     rss_samples: list[dict[str, float]] = field(default_factory=list)
     anon_samples: list[dict[str, float]] = field(default_factory=list)
+    # Processes watched from the cell's start that were gone at its end: their figures are
+    # missing from cpu_s, rss_mb and the samples, and the survivors' figures are not those
+    # of a working system, so the targets refuse to PASS on such a row.
+    exited: list[str] = field(default_factory=list)
     status: str = "ok"
 
     def to_json(self) -> dict[str, Any]:
@@ -312,7 +316,9 @@ async def run_cell(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return _result(system, cell, window, elapsed, before, after, busy, sampler, inside)
+    result = _result(system, cell, window, elapsed, before, after, busy, sampler, inside)
+    result.exited = sorted(set(watched) - set(after))
+    return result
 
 
 async def _sleep_ticking(

@@ -21,7 +21,10 @@ class Usage:
 
 
 def usage(pid: int) -> Usage:
-    """Reads /proc/<pid>/stat and statm; raises ProcessLookupError when pid is gone."""
+    """Reads /proc/<pid>/stat and statm; raises ProcessLookupError when pid is gone. A
+    zombie (exited, not yet reaped by its parent, as a server is until the Fleet polls it)
+    counts as gone: its /proc entry lingers with an RSS of 0, which would read as a process
+    whose memory stayed flat."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
             stat = stat_file.read()
@@ -32,6 +35,8 @@ def usage(pid: int) -> Usage:
     # The command name (field 2) may hold spaces; the fields after it are fixed: after the
     # closing parenthesis come state (3), ..., utime (14) and stime (15).
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        raise ProcessLookupError(f"process {pid} has exited")
     utime, stime = int(fields[11]), int(fields[12])
     # statm: size resident shared(file-backed) text lib data dt, in pages.
     resident, shared = (int(f) for f in statm.split()[1:3])

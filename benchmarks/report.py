@@ -74,6 +74,11 @@ def _table(rows: Sequence[Row]) -> list[str]:
         errors = str(row["errors"])
         if row["error_kinds"]:
             errors += " (" + ", ".join(f"{k} {v}" for k, v in row["error_kinds"].items()) + ")"
+        # What makes a row unfit for a target (targets.flaws) shows where the errors do.
+        if row.get("misses"):
+            errors += f"; {row['misses']:,} reads missed"
+        if row.get("exited"):
+            errors += f"; exited: {', '.join(row['exited'])}"
         lines.append(
             head + f"| {row['calls_per_s']:,.0f} | {row['keys_per_s']:,.0f} "
             f"| {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} "

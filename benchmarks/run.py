@@ -183,7 +183,11 @@ async def _run_one(
     except Exception as err:
         log.exception("%s: cell %s failed", system, planned.cell.label)
         return _skipped(system, planned, "failed", f"{type(err).__name__}: {err}"[:300])
-    return {"section": planned.section, "quiet_wait_s": waited, **result.to_json()}
+    row = {"section": planned.section, "quiet_wait_s": waited, **result.to_json()}
+    # A server the Fleet sees dead now died during this cell (the check above found none
+    # before it), even one that died before run_cell read its PID and so was never watched.
+    row["exited"] = sorted({*row["exited"], *fleet.dead()})
+    return row
 
 
 async def run_system(

@@ -1,7 +1,11 @@
 """The speed targets of issue 5, judged against one run's results.
 
 Each target names the cells it compares; a target whose cells did not run (etcd missing,
-a profile without them) is reported as n/a, never as a pass.
+a profile without them) is reported as n/a, never as a pass. Nor does bad data pass: a
+cell with failed calls, reads that missed preloaded keys, or a server that exited measured
+a system that was not doing its job (a dead node answers fast), so such a cell of the
+system under claim makes its target MISS, and such a peer cell, or a peer measured at 0,
+makes a comparison n/a (see `flaws`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,42 @@ def _na(name: str, bound: str, why: str) -> Verdict:
     return Verdict(name, f"n/a ({why})", bound, None, "n/a")
 
 
+def flaws(row: Row) -> list[str]:
+    """Why row's figures cannot support a PASS (empty when they can): failed calls (their
+    time is spent sleeping, not measured), reads that did not find a key the preload wrote
+    (a miss is cheaper than a hit, and a lost key is a failure in itself), and server
+    processes that exited during the cell (survivors answer errors fast; their RSS stops
+    growing). A row that does not record errors or misses cannot show it had none."""
+    found: list[str] = []
+    for count in ("errors", "misses"):
+        if count not in row:
+            found.append(f"{count} not recorded")
+        elif row[count]:
+            found.append(f"{row[count]:,} {count}")
+    if row.get("exited"):
+        found.append(f"exited: {', '.join(row['exited'])}")
+    return found
+
+
+def _judged(
+    name: str,
+    measured: str,
+    bound: str,
+    ratio: float | None,
+    met: bool,
+    ours: Row,
+    peer: Row | None = None,
+) -> Verdict:
+    """The verdict of a measured target: PASS only when the bound is met and every row behind
+    it is clean. A flawed row of the system under claim is a MISS (it did not serve its
+    workload cleanly); a flawed peer row makes the comparison meaningless, so n/a."""
+    if mine := flaws(ours):
+        return Verdict(name, f"{measured} ({'; '.join(mine)})", bound, ratio, "MISS")
+    if peer is not None and (theirs := flaws(peer)):
+        return _na(name, bound, f"{peer['system']} cell unfit: {'; '.join(theirs)}")
+    return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
+
+
 def _ratio_at_least(
     name: str, ours: Row | None, theirs: Row | None, minimum: float, what: str, their_name: str
 ) -> Verdict:
@@ -69,31 +109,44 @@ def _ratio_at_least(
         missing = "shardkv" if ours is None else their_name
         return _na(name, bound, f"{missing} cell did not run")
     mine, other = ours["calls_per_s"], theirs["calls_per_s"]
-    ratio = mine / other if other else float("inf")
+    if other <= 0:
+        # Any rate over nothing is "infinitely" better, which says nothing about either.
+        return _na(name, bound, f"{their_name} measured {other:g} {what}")
+    ratio = mine / other
     measured = f"{mine:,.0f} vs {other:,.0f} {what}"
-    return Verdict(name, measured, bound, round(ratio, 2), "PASS" if ratio >= minimum else "MISS")
+    return _judged(name, measured, bound, round(ratio, 2), ratio >= minimum, ours, theirs)
 
 
 def _at_most(
-    name: str, value: float | None, maximum: float, unit: str, why_missing: str = "cell did not run"
+    name: str,
+    value: float | None,
+    maximum: float,
+    unit: str,
+    why_missing: str = "cell did not run",
+    source: Row | None = None,
 ) -> Verdict:
+    """value against a ceiling; source is the row value was read from (None for figures
+    measured outside the load generator), whose flaws forbid a PASS."""
     bound = f"<= {maximum:g} {unit}"
     if value is None:
         return _na(name, bound, why_missing)
     ratio = value / maximum
-    return Verdict(
-        name, f"{value:,.3g} {unit}", bound, round(ratio, 2), "PASS" if value <= maximum else "MISS"
-    )
+    measured = f"{value:,.3g} {unit}"
+    if source is not None:
+        return _judged(name, measured, bound, round(ratio, 2), value <= maximum, source)
+    return Verdict(name, measured, bound, round(ratio, 2), "PASS" if value <= maximum else "MISS")
 
 
-def _at_least(name: str, value: float | None, minimum: float, unit: str) -> Verdict:
+def _at_least(
+    name: str, source: Row | None, value: float | None, minimum: float, unit: str
+) -> Verdict:
+    """value, read from the row source, against a floor."""
     bound = f">= {minimum:,.0f} {unit}"
-    if value is None:
+    if source is None or value is None:
         return _na(name, bound, "cell did not run")
     ratio = value / minimum
-    return Verdict(
-        name, f"{value:,.0f} {unit}", bound, round(ratio, 2), "PASS" if value >= minimum else "MISS"
-    )
+    measured = f"{value:,.0f} {unit}"
+    return _judged(name, measured, bound, round(ratio, 2), value >= minimum, source)
 
 
 def _p50_ms(row: Row | None) -> float | None:
@@ -114,9 +167,11 @@ def _router_vs_direct(rows: Sequence[Row], in_flight: int) -> Verdict:
     if router is None or direct is None:
         return _na(name, bound, "cell did not run")
     mine, theirs = router["latency_us"]["mean"], direct["latency_us"]["mean"]
-    ratio = mine / theirs if theirs else float("inf")
+    if theirs <= 0:
+        return _na(name, bound, f"direct shardd measured a mean of {theirs:g} µs")
+    ratio = mine / theirs
     measured = f"{mine / 1000:.2f} ms vs {theirs / 1000:.2f} ms"
-    return Verdict(name, measured, bound, round(ratio, 2), "PASS" if ratio <= 1.5 else "MISS")
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.5, router, direct)
 
 
 def _growth(samples: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -125,17 +180,32 @@ def _growth(samples: Sequence[dict[str, float]]) -> dict[str, float]:
     return {p: last[p] / first[p] for p in first if p != "t_s" and p in last and first[p]}
 
 
+def _gone(row: Row) -> list[str]:
+    """Processes that exited during row's cell: those the row names as exited, and any
+    process of the first RSS sample that a later sample lacks or reads as 0 (a process that
+    is gone has no RSS to read, and comparing only the survivors would call a crash stable)."""
+    names = [p for p in row["rss_samples"][0] if p != "t_s"]
+    gone = {p for p in names for sample in row["rss_samples"] if not sample.get(p)}
+    return sorted(gone | set(row.get("exited") or ()))
+
+
 def _rss_stable(rows: Sequence[Row]) -> Verdict:
     """Every process's RSS at the end of the steady run within 10% of the first sample
     (taken when warm-up ended). The anonymous part is shown beside it: LMDB's mapped file
     counts in a node's RSS as the data it touches grows, a leak shows in the heap."""
     name = "RSS stable in a steady run (end vs after warm-up)"
     bound = "<= 1.10x"
-    steady = [r for r in rows if r.get("section") == "steady" and r["status"] == "ok"]
-    if not steady or len(steady[-1]["rss_samples"]) < 2:
+    steady = [r for r in rows if r.get("section") == "steady"]
+    if not steady:
         return _na(name, bound, "no steady run")
     row = steady[-1]
+    if row["status"] != "ok":
+        return _na(name, bound, f"steady run {row['status']}: {row.get('reason', '')}")
     rss, anon = row["rss_samples"], row.get("anon_samples") or []
+    if len(rss) < 2:
+        return _na(name, bound, "RSS not sampled")
+    if gone := _gone(row):
+        return Verdict(name, f"exited during the run: {', '.join(gone)}", bound, None, "MISS")
     growth = _growth(rss)
     worst = max(growth, key=lambda p: growth[p])
     measured = (
@@ -150,7 +220,7 @@ def _rss_stable(rows: Sequence[Row]) -> Verdict:
             f" {anon[-1][worst_anon]:.0f} MiB"
         )
     ratio = growth[worst]
-    return Verdict(name, measured, bound, round(ratio, 3), "PASS" if ratio <= 1.10 else "MISS")
+    return _judged(name, measured, bound, round(ratio, 3), ratio <= 1.10, row)
 
 
 def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None) -> list[Verdict]:
@@ -159,6 +229,9 @@ def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None) -> list[Verd
     def cell(system: str, mix: str, in_flight: int, batch: int = 1) -> Row | None:
         return find(rows, system, mix=mix, in_flight=in_flight, batch=batch)
 
+    get1, put1 = cell(SHARDKV, "get-only", 1), cell(SHARDKV, "put-only", 1)
+    put_batch = cell(SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000)
+    get_batch = cell(SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000)
     verdicts = [
         _ratio_at_least(
             "Put ops/s via router at 256 in flight vs etcd 3 members",
@@ -184,21 +257,19 @@ def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None) -> list[Verd
             "Gets/s",
             ETCD1,
         ),
-        _at_most(
-            "Get p50 via router, 1 in flight", _p50_ms(cell(SHARDKV, "get-only", 1)), 1.5, "ms"
-        ),
-        _at_most(
-            "Put p50 via router, 1 in flight", _p50_ms(cell(SHARDKV, "put-only", 1)), 2.5, "ms"
-        ),
+        _at_most("Get p50 via router, 1 in flight", _p50_ms(get1), 1.5, "ms", source=get1),
+        _at_most("Put p50 via router, 1 in flight", _p50_ms(put1), 2.5, "ms", source=put1),
         _at_least(
             "Keys written/s via router, batches of 1000",
-            _keys_per_s(cell(SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000)),
+            put_batch,
+            _keys_per_s(put_batch),
             100_000,
             "keys/s",
         ),
         _at_least(
             "Keys read/s via router, batches of 1000",
-            _keys_per_s(cell(SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000)),
+            get_batch,
+            _keys_per_s(get_batch),
             200_000,
             "keys/s",
         ),
