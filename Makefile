@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Directories whose file lists the strict editable install links; their mtime changes when
 # a module is added or removed, which is when the install must be redone.
-PKG_DIRS := protos/shardkv protos/shardkv/v1 shardd router client
+PKG_DIRS := protos/shardkv protos/shardkv/v1 common serving shardd $(wildcard router router/*/) client client/cli
 
 .PHONY: venv system-deps test proto lint typecheck clean
 
@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml $(PKG_DIRS)
 system-deps:
 	@scripts/install-system-deps.sh
 
-test: $(STAMP) system-deps
+# lint and typecheck first: CI runs nothing but this target.
+test: $(STAMP) system-deps lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)
@@ -33,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	for pkg in shardd router client; do $(BIN)/mypy $$pkg || exit 1; done
+	for pkg in common serving shardd router client; do $(BIN)/mypy $$pkg || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

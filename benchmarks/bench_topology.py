@@ -33,7 +33,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shardkv.client import Client
-from shardkv.router.ring import Ring
+from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 from benchmarks.procs import Fleet, Server, router_server, shardd_server, write_cluster_toml

@@ -8,7 +8,7 @@ import timeit
 from collections import Counter
 from typing import Any
 
-from shardkv.router.ring import Ring
+from shardkv.router.placement.ring import Ring
 
 REPLICATION = 3
 LOOKUP_KEYS = 10_000

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shardkv.client import AsyncClient
-from shardkv.limits import DEFAULT_LIMITS
+from shardkv.common.limits import DEFAULT_LIMITS
 
 # Generous: a benchmark cell that overloads the system should measure slow answers, not
 # count client-side timeouts.

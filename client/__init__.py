@@ -7,7 +7,7 @@ with Client("127.0.0.1:7100") as kv:
     assert kv.get("greeting") == b"hello"
 """
 
-from shardkv.requestid import request_id
+from shardkv.common.requestid import request_id
 
 from .aio import AsyncClient
 from .core import Consistency, Record

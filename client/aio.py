@@ -40,11 +40,16 @@ class AsyncClient(ClientBase):
         consistency: Consistency | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         tls: TLSConfig | None = None,
-        token: str | None = None,
+        bearer_token: str | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
     ) -> None:
         super().__init__(
-            targets, timeout=timeout, consistency=consistency, retry=retry, tls=tls, token=token
+            targets,
+            timeout=timeout,
+            consistency=consistency,
+            retry=retry,
+            tls=tls,
+            bearer_token=bearer_token,
         )
         self._credentials = tls.credentials() if tls else None
         self._interceptors = tuple(interceptors)
@@ -244,15 +249,15 @@ class AsyncClient(ClientBase):
         return reply
 
     async def _pages(self, plan: ScanPlan, timeout: float | None) -> AsyncIterator[Record]:
-        token, returned = b"", 0
+        page_token, returned = b"", 0
         while not plan.done(returned):
-            request = plan.request(token, returned)
+            request = plan.request(page_token, returned)
             reply = await self._invoke("Scan", request, Attempts(self._deadline(timeout)))
             for record in core.page_records(reply)[: request.limit]:
                 yield record
                 returned += 1
-            token = reply.next_page_token
-            if not token:
+            page_token = reply.next_page_token
+            if not page_token:
                 return
 
     def _getter(self, level: Consistency | None) -> AsyncBatcher[bytes, Record | None]:

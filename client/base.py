@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from shardkv import requestid
-from shardkv.limits import DEFAULT_LIMITS
+from shardkv.common import requestid
+from shardkv.common.limits import DEFAULT_LIMITS
 
 from .core import Consistency
 from .errors import DeadlineExceeded, ShardKVError, from_rpc_error
@@ -48,7 +48,7 @@ class ClientBase:
         consistency: Consistency | None,
         retry: RetryPolicy,
         tls: TLSConfig | None,
-        token: str | None,
+        bearer_token: str | None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -57,7 +57,7 @@ class ClientBase:
         self._consistency = consistency
         self._retry = retry
         self._tls = tls
-        self._metadata = auth_metadata(token)
+        self._metadata = auth_metadata(bearer_token)
 
     @property
     def targets(self) -> list[str]:
@@ -72,7 +72,7 @@ class ClientBase:
         return time.monotonic() + seconds
 
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The token (if any) and the request id of one RPC: the caller's (set with
+        """The bearer token (if any) and the request id of one RPC: the caller's (set with
         ``request_id``) or a fresh one. Retries of the RPC keep the same id."""
         rid = requestid.current.get() or requestid.new_id()
         return (*(self._metadata or ()), (requestid.HEADER, rid))

@@ -1,7 +1,7 @@
 """Coalescing: concurrent single-key calls travel together in one batch RPC.
 
 Why: a gRPC call costs hundreds of microseconds of CPU on each side, an item inside a
-batch a few (DESIGN.md, Performance). So ``get``, ``put`` and ``delete`` of one client,
+batch a few (README, Performance). So ``get``, ``put`` and ``delete`` of one client,
 called concurrently from tasks or threads, are sent as one ``BatchGet`` / ``BatchWrite``.
 
 One mechanism: even a lone ``get`` travels as a ``BatchGet`` of one key, and a lone

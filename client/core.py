@@ -3,7 +3,7 @@ response conversion, shared by ``Client`` and ``AsyncClient``. No I/O happens he
 
 Keys and values are bytes on the wire. The SDK accepts ``str`` too and encodes it as
 UTF-8 in exactly one place (``to_bytes``), so ``"k"`` and ``b"k"`` are the same key.
-Everything is checked against ``shardkv.limits.DEFAULT_LIMITS`` before sending, so a value
+Everything is checked against ``shardkv.common.limits.DEFAULT_LIMITS`` before sending, so a value
 over the limit fails with ``InvalidArgument`` without a round trip.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shardkv.limits import DEFAULT_LIMITS, LimitExceeded, scan_range
+from shardkv.common.limits import DEFAULT_LIMITS, LimitExceeded, scan_range
 from shardkv.v1 import kv_pb2
 
 from .errors import Internal, InvalidArgument, ShardKVError, from_item_status

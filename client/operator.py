@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from shardkv import requestid
+from shardkv.common import requestid
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2
 
 from .errors import from_rpc_error
@@ -36,10 +36,10 @@ class Operator:
         *,
         timeout: float = 5.0,
         tls: TLSConfig | None = None,
-        token: str | None = None,
+        bearer_token: str | None = None,
     ) -> None:
         self._timeout = timeout
-        self._auth = auth_metadata(token) or ()
+        self._auth = auth_metadata(bearer_token) or ()
         credentials = tls.credentials() if tls else None
         self._channels: dict[str, grpc.Channel] = {}
         for address in split_targets(targets):

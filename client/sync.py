@@ -31,8 +31,8 @@ class Client(ClientBase):
     Options: ``timeout`` (seconds) is each call's default; ``consistency`` the default
     level (None = the cluster's R and W); ``retry`` when and how often to repeat a call
     after UNAVAILABLE (see ``RetryPolicy``: reads and writes are both safe to repeat);
-    ``tls`` turns on TLS, mutual when it has a client certificate; ``token`` is sent as
-    ``authorization: Bearer <token>`` with every call; ``interceptors`` wrap every channel.
+    ``tls`` turns on TLS, mutual when it has a client certificate; ``bearer_token`` is sent as
+    ``authorization: Bearer <bearer_token>`` with every call; ``interceptors`` wrap every channel.
 
     Every method takes keyword ``consistency=`` and ``timeout=`` overriding the defaults.
     Keys and values are bytes, or str encoded as UTF-8. They are checked against the
@@ -58,11 +58,16 @@ class Client(ClientBase):
         consistency: Consistency | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         tls: TLSConfig | None = None,
-        token: str | None = None,
+        bearer_token: str | None = None,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
     ) -> None:
         super().__init__(
-            targets, timeout=timeout, consistency=consistency, retry=retry, tls=tls, token=token
+            targets,
+            timeout=timeout,
+            consistency=consistency,
+            retry=retry,
+            tls=tls,
+            bearer_token=bearer_token,
         )
         credentials = tls.credentials() if tls else None
         self._channels: dict[str, grpc.Channel] = {}
@@ -264,15 +269,15 @@ class Client(ClientBase):
         return reply
 
     def _pages(self, plan: ScanPlan, timeout: float | None) -> Iterator[Record]:
-        token, returned = b"", 0
+        page_token, returned = b"", 0
         while not plan.done(returned):
-            request = plan.request(token, returned)
+            request = plan.request(page_token, returned)
             reply = self._invoke("Scan", request, Attempts(self._deadline(timeout)))
             for record in core.page_records(reply)[: request.limit]:
                 yield record
                 returned += 1
-            token = reply.next_page_token
-            if not token:
+            page_token = reply.next_page_token
+            if not page_token:
                 return
 
     def _getter(self, level: Consistency | None) -> ThreadBatcher[bytes, Record | None]:

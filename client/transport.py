@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from shardkv.limits import DEFAULT_LIMITS
+from shardkv.common.limits import DEFAULT_LIMITS
 
 # How long a router that answered UNAVAILABLE is passed over by the round robin (it is
 # still used when every router is in that state). gRPC reconnects in the background, so
@@ -73,17 +73,17 @@ class TLSConfig:
         )
 
 
-def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+def auth_metadata(bearer_token: str | None) -> tuple[tuple[str, str], ...] | None:
     """The per-call metadata carrying the bearer token.
 
     Sent as plain metadata rather than call credentials because gRPC refuses call
     credentials on plaintext channels, and plaintext on loopback is the default.
     """
-    if token is None:
+    if bearer_token is None:
         return None
-    if not token or any(ch in token for ch in "\r\n"):
-        raise ValueError("token must be a non-empty single line")
-    return (("authorization", f"Bearer {token}"),)
+    if not bearer_token or any(ch in bearer_token for ch in "\r\n"):
+        raise ValueError("bearer_token must be a non-empty single line")
+    return (("authorization", f"Bearer {bearer_token}"),)
 
 
 class Targets:

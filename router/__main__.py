@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from shardkv import telemetry
-from shardkv.logs import setup_logging
-from shardkv.router.node_client import MAX_QUEUED
-from shardkv.router.security import SecurityError, read_token
+from shardkv.common.logs import setup_logging
+from shardkv.router.api.security import SecurityError, read_token
+from shardkv.router.membership.topology import TopologyError, load_topology
+from shardkv.router.requests.node_client import MAX_QUEUED
 from shardkv.router.server import (
     BindError,
     NodeTlsConfig,
@@ -22,7 +22,7 @@ from shardkv.router.server import (
     RouterServer,
     TlsConfig,
 )
-from shardkv.router.topology import TopologyError, load_topology
+from shardkv.serving import telemetry
 
 log = logging.getLogger("shardkv.router")
 
@@ -102,7 +102,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         parser.error(f"--max-concurrent-rpcs must be positive, got {args.max_concurrent_rpcs}")
     try:
         topology = load_topology(args.config)
-        token = read_token(args.token_file) if args.token_file else None
+        client_token = read_token(args.token_file) if args.token_file else None
         admin_token = read_token(args.admin_token_file) if args.admin_token_file else None
     except (TopologyError, SecurityError) as err:
         parser.error(str(err))
@@ -118,7 +118,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         config_path=args.config,
         listen=args.listen,
         tls=tls,
-        token=token,
+        client_token=client_token,
         admin_token=admin_token,
         node_tls=node_tls,
         clock_offset_ms=args.clock_offset_ms,

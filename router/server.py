@@ -16,23 +16,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
-from shardkv.hlc import HybridClock, writer_number
-from shardkv.limits import DEFAULT_LIMITS, Limits
-from shardkv.router.admin import AdminService
-from shardkv.router.antientropy import AntiEntropy
-from shardkv.router.coalescer import NodeFailure
-from shardkv.router.coordinator import Coordinator
-from shardkv.router.health import HealthMonitor, NodeHealth
-from shardkv.router.hints import HintHandoff
-from shardkv.router.kv_service import KVService
-from shardkv.router.membership import Membership
-from shardkv.router.metrics import RouterCollector, router_registry
-from shardkv.router.node_client import MAX_QUEUED, NodeClient
-from shardkv.router.operations import Operations
-from shardkv.router.rebalance import Rebalancer
-from shardkv.router.security import TokenInterceptor, channel_credentials, server_credentials
-from shardkv.router.topology import NodeConfig, Topology
-from shardkv.telemetry import (
+from shardkv.common.hlc import HybridClock, writer_number
+from shardkv.common.limits import DEFAULT_LIMITS, Limits
+from shardkv.router.api.admin_service import AdminService
+from shardkv.router.api.kv_service import KVService
+from shardkv.router.api.metrics import RouterCollector, router_registry
+from shardkv.router.api.operations import Operations
+from shardkv.router.api.security import TokenInterceptor, channel_credentials, server_credentials
+from shardkv.router.membership.live_topology import Membership
+from shardkv.router.membership.move_driver import Rebalancer
+from shardkv.router.membership.topology import NodeConfig, Topology
+from shardkv.router.repair.anti_entropy import AntiEntropy
+from shardkv.router.requests.coalescer import NodeFailure
+from shardkv.router.requests.coordinator import Coordinator
+from shardkv.router.requests.health import HealthMonitor, NodeHealth
+from shardkv.router.requests.hint_handoff import HintHandoff
+from shardkv.router.requests.node_client import MAX_QUEUED, NodeClient
+from shardkv.serving.telemetry import (
     DEFAULT_OBSERVABILITY,
     MetricsServer,
     Observability,
@@ -81,7 +81,7 @@ class RouterConfig:
     config_path: Path | None = None
     listen: str = "127.0.0.1:0"
     tls: TlsConfig | None = None
-    token: str | None = None
+    client_token: str | None = None
     # Admin calls need this token when set (the client token does not open them).
     admin_token: str | None = None
     node_tls: NodeTlsConfig | None = None
@@ -188,8 +188,8 @@ class RouterServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             RequestInterceptor(registry, config.observe, make_ids=True)
         ]
-        if config.token or config.admin_token:
-            interceptors.append(TokenInterceptor(config.token, config.admin_token))
+        if config.client_token or config.admin_token:
+            interceptors.append(TokenInterceptor(config.client_token, config.admin_token))
         server = grpc.aio.server(
             interceptors=interceptors,
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,

@@ -53,7 +53,7 @@ class Member:
 def write_config(path: Path, *, nodes: int, base_port: int, n: int, r: int, w: int) -> None:
     lines = [
         "# Topology of the local cluster, written by `make cluster`.",
-        "# N = replicas per key, R / W = default read / write quorums (R + W > N reads your writes).",
+        "# N = replicas per key, R / W = read / write quorums (R + W > N: read your writes).",
         "epoch = 1",
         f"replication = {n}",
         f"read_quorum = {r}",
@@ -66,7 +66,13 @@ def write_config(path: Path, *, nodes: int, base_port: int, n: int, r: int, w: i
         "hint_interval_ms = 1000",
     ]
     for i in range(1, nodes + 1):
-        lines += ["", "[[nodes]]", f'id = "n{i}"', f'address = "127.0.0.1:{base_port + i}"', "weight = 1"]
+        lines += [
+            "",
+            "[[nodes]]",
+            f'id = "n{i}"',
+            f'address = "127.0.0.1:{base_port + i}"',
+            "weight = 1",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -76,16 +82,33 @@ def members(var: Path, config: Path, router_address: str) -> list[Member]:
     router = Member(
         "router",
         router_address,
-        (str(BIN / "shardkv-router"), "--id", "r1", "--config", str(config),
-         "--listen", router_address, "--metrics-listen", metrics_address(router_address)),
+        (
+            str(BIN / "shardkv-router"),
+            "--id",
+            "r1",
+            "--config",
+            str(config),
+            "--listen",
+            router_address,
+            "--metrics-listen",
+            metrics_address(router_address),
+        ),
     )
     nodes = [
         Member(
             node["id"],
             node["address"],
-            (str(BIN / "shardd"), "--id", node["id"], "--listen", node["address"],
-             "--data", str(var / "data" / node["id"]),
-             "--metrics-listen", metrics_address(node["address"])),
+            (
+                str(BIN / "shardd"),
+                "--id",
+                node["id"],
+                "--listen",
+                node["address"],
+                "--data",
+                str(var / "data" / node["id"]),
+                "--metrics-listen",
+                metrics_address(node["address"]),
+            ),
         )
         for node in topology["nodes"]
     ]
@@ -122,7 +145,10 @@ def launch(member: Member, var: Path) -> int:
     member.pid_file(var).parent.mkdir(parents=True, exist_ok=True)
     with member.log_file(var).open("ab") as log:
         proc = subprocess.Popen(
-            member.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            member.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     member.pid_file(var).write_text(f"{proc.pid}\n")
@@ -155,11 +181,16 @@ def check_matches(config: Path, args: argparse.Namespace) -> None:
         "W": topology["write_quorum"],
     }
     asked = {"NODES": args.nodes, "N": args.n, "R": args.r, "W": args.w}
-    differ = [f"{k}={asked[k]} (cluster has {v})" for k, v in existing.items()
-              if asked[k] is not None and asked[k] != v]
+    differ = [
+        f"{k}={asked[k]} (cluster has {v})"
+        for k, v in existing.items()
+        if asked[k] is not None and asked[k] != v
+    ]
     if differ:
-        sys.exit(f"{config} already describes a cluster with other settings: {', '.join(differ)}."
-                 f" Edit {config} and restart, or `make cluster-clean` to start afresh (drops data).")
+        sys.exit(
+            f"{config} already describes a cluster with other settings: {', '.join(differ)}."
+            f" Edit {config} and restart, or `make cluster-clean` to start afresh (drops data)."
+        )
 
 
 def wait_router_sees_all_up(address: str) -> None:
@@ -190,8 +221,14 @@ def start(args: argparse.Namespace) -> None:
         nodes = args.nodes or 3
         n = args.n or min(3, nodes)
         quorum = n // 2 + 1
-        write_config(config, nodes=nodes, base_port=args.base_port, n=n,
-                     r=args.r or quorum, w=args.w or quorum)
+        write_config(
+            config,
+            nodes=nodes,
+            base_port=args.base_port,
+            n=n,
+            r=args.r or quorum,
+            w=args.w or quorum,
+        )
     cluster = members(var, config, f"127.0.0.1:{args.base_port}")
     router, nodes = cluster[0], cluster[1:]
     # Nodes first, so that the router's first health checks find them serving.
@@ -204,11 +241,15 @@ def start(args: argparse.Namespace) -> None:
     wait_router_sees_all_up(router.address)
     print(f"router  {router.address:22} metrics http://{metrics_address(router.address)}/metrics")
     for node in nodes:
-        print(f"node    {node.name:<4} {node.address:17}"
-              f" metrics http://{metrics_address(node.address)}/metrics")
+        print(
+            f"node    {node.name:<4} {node.address:17}"
+            f" metrics http://{metrics_address(node.address)}/metrics"
+        )
     print(f"topology: {config}; logs: {var / 'log'}")
-    print(f"try:    .venv/bin/shardctl --addr {router.address} put hello world "
-          f"&& .venv/bin/shardctl --addr {router.address} get hello")
+    print(
+        f"try:    .venv/bin/shardctl --addr {router.address} put hello world "
+        f"&& .venv/bin/shardctl --addr {router.address} get hello"
+    )
     print(f"status: .venv/bin/shardctl --addr {router.address} status --watch")
 
 

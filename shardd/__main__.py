@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from shardkv import telemetry
-from shardkv.limits import DEFAULT_LIMITS
-from shardkv.logs import setup_logging
+from shardkv.common.limits import DEFAULT_LIMITS
+from shardkv.common.logs import setup_logging
+from shardkv.serving import telemetry
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
 

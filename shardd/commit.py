@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from shardkv.serving.tally import SizeHistogram
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Store
-from shardkv.tally import SizeHistogram
 
 log = logging.getLogger(__name__)
 

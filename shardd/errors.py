@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 import grpc.aio
-from shardkv.limits import LimitExceeded
+from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.store import StoreFull

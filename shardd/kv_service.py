@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc.aio
-from shardkv.limits import LimitExceeded, Limits, scan_range
+from shardkv.common.limits import LimitExceeded, Limits, scan_range
 from shardkv.shardd.errors import unary
 from shardkv.shardd.node import NodeStorage, Write
 from shardkv.shardd.records import Record

@@ -3,7 +3,7 @@
 Both read the same sources at the moment they are asked (a scrape, a Stats call): the
 store's header counters (``Store.stats()``, a few microseconds) and the plain-integer
 tallies the committer and NodeStorage keep. Nothing here runs per request; requests are
-counted and timed by ``shardkv.telemetry.RequestInterceptor``.
+counted and timed by ``shardkv.serving.telemetry.RequestInterceptor``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from shardkv.serving.telemetry import size_histogram
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.node import NodeStorage
-from shardkv.telemetry import size_histogram
 from shardkv.v1 import replica_pb2
 
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from shardkv.hlc import HybridClock, writer_number
+from shardkv.common.hlc import HybridClock, writer_number
 from shardkv.shardd.commit import GroupCommitter
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Store

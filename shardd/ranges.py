@@ -1,6 +1,6 @@
 """Work on the token ranges of one node's store: digests, streams and purges by ring arc.
 
-The ring places keys by token (shardkv.tokens), while LMDB keeps them in key order, so
+The ring places keys by token (shardkv.common.ring_tokens), while LMDB keeps them in key order, so
 the keys of one arc are scattered through the store. Each operation here is therefore one
 walk over the whole store in pages, keeping the records whose token falls in the requested
 ranges: reading costs a few microseconds per stored record, and only what matches is
@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from shardkv.limits import LimitExceeded
+from shardkv.common.limits import LimitExceeded
+from shardkv.common.ring_tokens import TokenRanges, ring_token
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.records import Record, digest_bytes
 from shardkv.shardd.store import Store
-from shardkv.tokens import TokenRanges, token
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class _Tally:
 
     def add(self, records: list[Record]) -> None:
         for record in records:
-            index = self.ranges.find(token(record.key))
+            index = self.ranges.find(ring_token(record.key))
             if index < 0:
                 continue
             self.counts[index] += 1
@@ -127,7 +127,7 @@ async def stream_ranges(
     max_bytes), in key order; without values when keys_only."""
 
     def matching(records: list[Record]) -> list[Record]:
-        picked = [r for r in records if ranges.find(token(r.key)) >= 0]
+        picked = [r for r in records if ranges.find(ring_token(r.key)) >= 0]
         if keys_only:
             picked = [Record(r.key, b"", r.version, r.writer, r.tombstone) for r in picked]
         return picked
@@ -159,7 +159,7 @@ async def purge_ranges(
             r
             for r in records
             if (all_records or (r.tombstone and r.version < tombstones_before))
-            and ranges.find(token(r.key)) >= 0
+            and ranges.find(ring_token(r.key)) >= 0
         ]
 
     purged = 0

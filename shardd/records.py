@@ -2,7 +2,7 @@
 
 An LMDB value is a fixed 13-byte header followed by the value bytes:
 
-    version  u64  big-endian  hybrid logical clock (see shardkv.hlc)
+    version  u64  big-endian  hybrid logical clock (see shardkv.common.hlc)
     writer   u32  big-endian  tie-break number of the writer that assigned the version
     flags    u8               bit 0 = tombstone (the record marks a delete; no value bytes)
 

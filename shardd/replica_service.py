@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
-from shardkv.limits import Limits
+from shardkv.common.limits import Limits
+from shardkv.common.ring_tokens import TokenRanges
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
 from shardkv.shardd.metrics import stats_response
@@ -18,7 +19,6 @@ from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
 from shardkv.shardd.snapshot import snapshot_batches
 from shardkv.shardd.validate import check_range, check_record, check_target, response_budget
-from shardkv.tokens import TokenRanges
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]

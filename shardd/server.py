@@ -17,18 +17,18 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
-from shardkv.limits import DEFAULT_LIMITS, Limits
-from shardkv.shardd.kv_service import KVServicer
-from shardkv.shardd.metrics import node_registry
-from shardkv.shardd.node import NodeStorage
-from shardkv.shardd.replica_service import ReplicaServicer
-from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
-from shardkv.telemetry import (
+from shardkv.common.limits import DEFAULT_LIMITS, Limits
+from shardkv.serving.telemetry import (
     DEFAULT_OBSERVABILITY,
     MetricsServer,
     Observability,
     RequestInterceptor,
 )
+from shardkv.shardd.kv_service import KVServicer
+from shardkv.shardd.metrics import node_registry
+from shardkv.shardd.node import NodeStorage
+from shardkv.shardd.replica_service import ReplicaServicer
+from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger(__name__)

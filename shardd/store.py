@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
-from shardkv.limits import LimitExceeded, after
+from shardkv.common.limits import LimitExceeded, after
 from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
 

@@ -1,8 +1,8 @@
-"""Checks of incoming requests beyond shardkv.limits; each error names the rule broken."""
+"""Checks of incoming requests beyond shardkv.common.limits; each error names the rule broken."""
 
 from __future__ import annotations
 
-from shardkv.limits import LimitExceeded, Limits, scan_range
+from shardkv.common.limits import LimitExceeded, Limits, scan_range
 from shardkv.shardd.store import check_target
 from shardkv.v1 import kv_pb2, replica_pb2
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
-from shardkv.router.ring import Ring
+from shardkv.router.placement.ring import Ring
 
 
 @pytest.mark.parametrize("nodes", [3, 10, 100])

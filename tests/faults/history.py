@@ -4,7 +4,8 @@ An outcome is "ok" (acknowledged), "failed" (the system said it did nothing) or 
 (it may or may not have happened). Only a refusal before any replica saw the write
 (INVALID_ARGUMENT, UNAUTHENTICATED) is a failed write: a timeout, and also an UNAVAILABLE
 quorum failure, may have left the write on some replicas, from where repair can spread it,
-so the checker must allow for it. Reads have no effect: a failed read is just dropped.
+so the checker must allow for it. Reads have no effect: a failed read is recorded (the
+checker counts it) but proves nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from shardkv.client import (
@@ -47,6 +48,20 @@ class Op:
     @property
     def is_write(self) -> bool:
         return self.kind in (PUT, DELETE)
+
+    def __str__(self) -> str:
+        """One line for error messages: what was done to which key, what came back, by
+        whom and when, so a finding can be traced back to the workload."""
+        if self.kind == PUT:
+            what = f"={self.value!r}"
+        elif self.kind == GET:
+            what = " -> not found" if self.value is None else f" -> {self.value!r}"
+        else:
+            what = ""
+        return (
+            f"{self.kind} {self.key!r}{what} version={self.version} {self.outcome}"
+            f" by {self.worker} [{self.start:.3f}, {self.end:.3f}]"
+        )
 
 
 class History:
@@ -124,6 +139,21 @@ class History:
 
     def keys(self) -> list[bytes]:
         return sorted({op.key for op in self.ops})
+
+
+def reads_during(ops: Sequence[Op], windows: Sequence[tuple[str, float, float]]) -> dict[str, int]:
+    """Per fault window (name, start, end), the reads that began and succeeded within it.
+
+    "Reads keep succeeding" and "no stale reads" mean nothing if no read succeeded while
+    the fault lasted, so the fault tests assert this figure for every window.
+    """
+    return {
+        name: sum(
+            op.kind == GET and op.outcome == OK and start <= op.start and op.end <= end
+            for op in ops
+        )
+        for name, start, end in windows
+    }
 
 
 def _write_outcome(err: ShardKVError) -> str:

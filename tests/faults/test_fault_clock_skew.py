@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from harness import router_proc
-from shardkv.hlc import version_millis
+from shardkv.common.hlc import version_millis
 
 from faults.checker import check
 from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster

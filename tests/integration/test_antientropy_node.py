@@ -7,9 +7,9 @@ import hashlib
 import grpc
 import pytest
 from harness import Proc
-from shardkv.limits import LimitExceeded
-from shardkv.router.ring import Ring, ring_key
-from shardkv.tokens import TOKEN_SPACE, TokenRanges, token
+from shardkv.common.limits import LimitExceeded
+from shardkv.common.ring_tokens import TOKEN_SPACE, TokenRanges, ring_token
+from shardkv.router.placement.ring import Ring, ring_key
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 HALF = TOKEN_SPACE // 2
@@ -18,7 +18,7 @@ HALF = TOKEN_SPACE // 2
 def test_token_matches_the_ring() -> None:
     ring = Ring({"a": 1, "b": 1})
     keys = [b"k", b"hello", bytes(range(1, 200)), b"\xff\xfe\x80", "ключ".encode()]
-    assert [token(k) for k in keys] == [ring._hashi(ring_key(k)) for k in keys]
+    assert [ring_token(k) for k in keys] == [ring._hashi(ring_key(k)) for k in keys]
 
 
 def test_token_ranges_are_checked() -> None:
@@ -60,8 +60,8 @@ def test_digest_stream_and_purge_by_token(node: Proc) -> None:
     keys = [b"key/%04d" % i for i in range(600)]
     records = [_record(k, 100 + i, tombstone=i % 3 == 0) for i, k in enumerate(keys)]
     stub.Apply(replica_pb2.ApplyRequest(records=records), timeout=10)
-    low = sorted(k for k in keys if token(k) < HALF)
-    high = sorted(k for k in keys if token(k) >= HALF)
+    low = sorted(k for k in keys if ring_token(k) < HALF)
+    high = sorted(k for k in keys if ring_token(k) >= HALF)
 
     # Digests per range equal SHA-256 over the range's records in key order, as Digest.
     reply = stub.TokenDigests(
@@ -105,7 +105,9 @@ def test_digest_stream_and_purge_by_token(node: Proc) -> None:
         replica_pb2.PurgeTokenRangesRequest(ranges=_ranges((0, HALF)), tombstones_before=400),
         timeout=10,
     ).purged
-    expected = {k for i, k in enumerate(keys) if i % 3 == 0 and 100 + i < 400 and token(k) < HALF}
+    expected = {
+        k for i, k in enumerate(keys) if i % 3 == 0 and 100 + i < 400 and ring_token(k) < HALF
+    }
     assert purged == len(expected)
     left = stub.Read(replica_pb2.ReadRequest(keys=keys), timeout=10).records
     assert {k for k, r in zip(keys, left, strict=True) if r.version == 0} == expected
@@ -116,7 +118,7 @@ def test_digest_stream_and_purge_by_token(node: Proc) -> None:
         timeout=10,
     )
     left = stub.Read(replica_pb2.ReadRequest(keys=keys), timeout=10).records
-    assert not any(r.version for k, r in zip(keys, left, strict=True) if token(k) >= HALF)
+    assert not any(r.version for k, r in zip(keys, left, strict=True) if ring_token(k) >= HALF)
     assert all(r.version for k, r in zip(keys, left, strict=True) if k in low and k not in expected)
 
 

@@ -191,21 +191,21 @@ def test_bearer_token(tmp_path: Path, running: list[Cluster]) -> None:
     running.append(cluster)
     address = cluster.router.address
     counter = SyncCounter()
-    with Client(address, token="wrong", interceptors=[counter]) as kv:
+    with Client(address, bearer_token="wrong", interceptors=[counter]) as kv:
         with pytest.raises(Unauthenticated):
             kv.put("k", b"v")
         assert counter.calls["BatchWrite"] == 1, "UNAUTHENTICATED is not retried"
     with Client(address) as kv, pytest.raises(Unauthenticated):
         kv.get("k")
-    with Client(address, token="s3cret-token") as kv:
+    with Client(address, bearer_token="s3cret-token") as kv:
         assert kv.put("k", b"v") > 0
         assert kv.get("k") == b"v"
         assert len(kv.topology().nodes) == 3
 
     async def with_async_client() -> None:
-        async with AsyncClient(address, token="s3cret-token") as kv:
+        async with AsyncClient(address, bearer_token="s3cret-token") as kv:
             assert await kv.get("k") == b"v"
-        async with AsyncClient(address, token="nope") as kv:
+        async with AsyncClient(address, bearer_token="nope") as kv:
             with pytest.raises(Unauthenticated):
                 await kv.get("k")
 

@@ -22,7 +22,7 @@ from shardkv.client import (
     Record,
     RetryPolicy,
 )
-from shardkv.limits import DEFAULT_LIMITS
+from shardkv.common.limits import DEFAULT_LIMITS
 
 HAVE_ROUTER = importlib.util.find_spec("shardkv.router.__main__") is not None
 

@@ -188,7 +188,7 @@ def test_readme_python_blocks_run(local: LocalCluster) -> None:
 
 
 def test_readme_topology_example_is_valid(tmp_path: Path) -> None:
-    from shardkv.router.topology import load_topology
+    from shardkv.router.membership.topology import load_topology
 
     [example] = readme_blocks("toml")
     path = tmp_path / "cluster.toml"

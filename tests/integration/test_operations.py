@@ -20,8 +20,8 @@ from harness import BIN, Cluster, Proc, start_cluster, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
 from shardkv.client import Client, request_id
 from shardkv.client.operator import Operator
-from shardkv.requestid import join
-from shardkv.tally import SizeHistogram
+from shardkv.common.requestid import join
+from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import admin_pb2, kv_pb2, kv_pb2_grpc
 
 OBSERVED = ["--metrics-listen", "127.0.0.1:0", "--log-requests"]

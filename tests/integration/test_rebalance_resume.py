@@ -12,7 +12,7 @@ import pytest
 from harness import Cluster, router_proc, shardd_proc, wait_serving, write_cluster_toml
 from shardkv.client import Client
 from shardkv.client.errors import FailedPrecondition
-from shardkv.router.topology import JOINING, load_topology
+from shardkv.router.membership.topology import JOINING, load_topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
 KEYS = {b"resume/%04d" % i: b"r%d" % i for i in range(3000)}

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from harness import Cluster, start_cluster
-from shardkv.router.ring import Ring
-from shardkv.router.topology import load_topology
+from shardkv.router.membership.topology import load_topology
+from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 

@@ -170,9 +170,9 @@ def test_client_and_admin_tokens_are_separate_and_never_logged(tmp_path: Path) -
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
 
         # The SDK carries the token and names the refusal.
-        with Client(address, token=client_token) as sdk:
+        with Client(address, bearer_token=client_token) as sdk:
             assert sdk.get(b"k") == b"v"
-        with Client(address, token=guesses[0]) as sdk, pytest.raises(Unauthenticated):
+        with Client(address, bearer_token=guesses[0]) as sdk, pytest.raises(Unauthenticated):
             sdk.get(b"k")
 
         log = cluster.router.log()

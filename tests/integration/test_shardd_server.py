@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from harness import BIN, Proc, free_port, shardd_proc
-from shardkv.hlc import LOGICAL_BITS
+from shardkv.common.hlc import LOGICAL_BITS
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 FUTURE = (int(time.time() * 1000) + 3_600_000) << LOGICAL_BITS  # an hour ahead

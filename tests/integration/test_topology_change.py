@@ -19,8 +19,8 @@ import grpc
 import pytest
 from harness import BIN, Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
 from shardkv.client import Client
-from shardkv.router.ring import Ring
-from shardkv.router.topology import load_topology
+from shardkv.router.membership.topology import load_topology
+from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 PRELOAD = 6000

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from shardkv.limits import LimitExceeded
+from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.commit import CommitterClosed, GroupCommitter
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Store, StoreFull

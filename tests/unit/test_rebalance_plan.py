@@ -8,10 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from shardkv.router.moves import MoveConflict, given_away, plan_transfers
-from shardkv.router.placement import Layout, Placement, pieces, segment_cuts
-from shardkv.router.ring import Ring
-from shardkv.router.topology import (
+from shardkv.common.ring_tokens import TOKEN_SPACE, TokenRanges, ring_token
+from shardkv.router.membership.move_plan import MoveConflict, given_away, plan_transfers
+from shardkv.router.membership.topology import (
     JOINING,
     MoveRecord,
     NodeConfig,
@@ -20,12 +19,13 @@ from shardkv.router.topology import (
     load_topology,
     parse_topology,
 )
-from shardkv.router.topology_file import dump_topology, save_topology
-from shardkv.tokens import TOKEN_SPACE, TokenRanges, token
+from shardkv.router.membership.topology_store import dump_topology, save_topology
+from shardkv.router.placement.current import Layout, Placement, pieces, segment_cuts
+from shardkv.router.placement.ring import Ring
 
 N = 3
 KEYS = [b"key/%05d" % i for i in range(20_000)]
-TOKENS = {key: token(key) for key in KEYS}
+TOKENS = {key: ring_token(key) for key in KEYS}
 
 
 def ring(count: int) -> Ring:

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 
 import pytest
-from shardkv.router.ring import DEFAULT_VNODES, Ring
+from shardkv.router.placement.ring import DEFAULT_VNODES, Ring
 from uhashring import HashRing
 
 KEYS = [f"key-{i}".encode() for i in range(100_000)]

@@ -6,8 +6,8 @@ import asyncio
 
 import grpc
 import pytest
-from shardkv.router.coalescer import Coalescer, NodeFailure
-from shardkv.router.quorum import QuorumGroup
+from shardkv.router.requests.coalescer import Coalescer, NodeFailure
+from shardkv.router.requests.quorum import QuorumGroup
 
 Results = list[int | NodeFailure]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shardkv.limits import LimitExceeded
+from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Store, StoreFull, StoreOpenError

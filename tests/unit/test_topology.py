@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from shardkv.router.topology import NodeConfig, TopologyError, load_topology, parse_topology
+from shardkv.router.membership.topology import (
+    NodeConfig,
+    TopologyError,
+    load_topology,
+    parse_topology,
+)
 
 NODES = """
 [[nodes]]

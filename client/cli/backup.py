@@ -1,0 +1,231 @@
+"""``shardctl backup DIR`` and ``shardctl restore DIR``: the backup directory and its format.
+
+A backup is a directory:
+
+- ``nodes/<id>.snapshot`` per node: its snapshot as the router relayed it, a sequence of
+  ``shardkv.v1.SnapshotBatch`` messages, each preceded by its length (4 bytes, big
+  endian). The node's own records come first, in key order, then the hints it held.
+  Records keep their versions and tombstones, so a restore is last-write-wins exact.
+- ``topology.json``: the router's ``GetTopology`` answer; ``cluster.toml``: the same as a
+  topology file for starting a cluster like the one backed up (timeouts are defaults).
+- ``manifest.json``, written last, so a directory without it is an incomplete backup:
+  format, time, router, epoch and per node its file, records, hints, bytes and SHA-256.
+
+The files hold records in the wire format rather than LMDB files: a backup is then
+independent of the LMDB build (page size, key limit), readable by any client of the API,
+and restorable into a cluster of any shape. Each node made its copy with LMDB's
+compacting copy (``Replica.Snapshot``), so each file is one consistent moment of its node.
+
+Restore verifies every file's SHA-256 first, then sends the records through the router
+(``Admin.Restore``) in batches: each record goes to the owners the current ring gives its
+key, with the version it carries, and replicas keep it only when it is newer than theirs.
+Every copy of a key (up to N replicas and hints) is sent; last write wins makes the
+repeats harmless, at the price of N times the traffic of a deduplicated restore.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from google.protobuf.json_format import MessageToDict
+from shardkv.client.operator import Operator, OperatorError
+from shardkv.v1 import admin_pb2, replica_pb2
+
+FORMAT = "shardkv-backup/1"
+MANIFEST = "manifest.json"
+# Records and bytes of keys and values per Restore call (the router's batch limit is 1000).
+RESTORE_BATCH_RECORDS = 500
+RESTORE_BATCH_BYTES = 4 << 20
+
+Progress = Callable[[str], None]
+
+
+class BackupError(OperatorError):
+    """The backup directory cannot be written or read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class NodeFile:
+    """One node's snapshot file, as the manifest lists it."""
+
+    id: str
+    file: str
+    records: int
+    hints: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    """What a restore did: records sent, records that reached W, and the failures."""
+
+    sent: int
+    restored: int
+    failures: list[str]
+
+
+def backup(operator: Operator, directory: Path, *, progress: Progress) -> dict[str, Any]:
+    """Copies every node's store and the topology into directory (new or empty); returns
+    the manifest. Fails, naming the node, if any node cannot be copied."""
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise BackupError(f"{directory} exists and is not an empty directory")
+    (directory / "nodes").mkdir(parents=True, exist_ok=True)
+    topology = operator.topology()
+    _write_text(directory / "topology.json", json.dumps(_topology_json(topology), indent=2))
+    _write_text(directory / "cluster.toml", _cluster_toml(topology))
+    files = []
+    for node in topology.nodes:
+        node_file = _backup_node(operator, node.id, directory / "nodes" / f"{node.id}.snapshot")
+        progress(
+            f"{node.id}: {node_file.records} records, {node_file.hints} hints,"
+            f" {node_file.bytes} bytes"
+        )
+        files.append(node_file)
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "router_id": topology.router_id,
+        "epoch": topology.epoch,
+        "nodes": [asdict(f) for f in files],
+    }
+    _write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _backup_node(operator: Operator, node_id: str, path: Path) -> NodeFile:
+    partial = path.with_name(path.name + ".partial")
+    digest = hashlib.sha256()
+    records = hints = size = 0
+    try:
+        with partial.open("wb") as out:
+            for batch in operator.backup(node_id):
+                data = batch.SerializeToString()
+                frame = len(data).to_bytes(4, "big") + data
+                out.write(frame)
+                digest.update(frame)
+                size += len(frame)
+                if batch.hint_target:
+                    hints += len(batch.records)
+                else:
+                    records += len(batch.records)
+            out.flush()
+    except OSError as err:
+        raise BackupError(f"cannot write {partial}: {err.strerror or err}") from err
+    partial.replace(path)
+    return NodeFile(node_id, f"nodes/{path.name}", records, hints, size, digest.hexdigest())
+
+
+def restore(
+    operator: Operator,
+    directory: Path,
+    *,
+    progress: Progress,
+    batch_records: int = RESTORE_BATCH_RECORDS,
+    batch_bytes: int = RESTORE_BATCH_BYTES,
+) -> RestoreSummary:
+    """Writes every record of the backup in directory back into the cluster."""
+    files = _verified_files(directory)
+    sent = restored = 0
+    failures: list[str] = []
+    for node_file in files:
+        before = sent
+        for chunk in _chunks(directory / node_file.file, batch_records, batch_bytes):
+            reply = operator.restore(chunk)
+            sent += len(chunk)
+            restored += reply.restored
+            failures.extend(reply.failures)
+        progress(f"{node_file.id}: sent {sent - before} records")
+    return RestoreSummary(sent, restored, failures)
+
+
+def _verified_files(directory: Path) -> list[NodeFile]:
+    """The manifest's node files, each checked against its size and SHA-256."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise BackupError(f"{directory / MANIFEST}: not a complete backup ({err})") from err
+    if manifest.get("format") != FORMAT:
+        raise BackupError(
+            f"{directory / MANIFEST}: format {manifest.get('format')!r} is not {FORMAT}"
+        )
+    files = [NodeFile(**entry) for entry in manifest["nodes"]]
+    for node_file in files:
+        digest = hashlib.sha256()
+        try:
+            with (directory / node_file.file).open("rb") as stream:
+                while block := stream.read(1 << 20):
+                    digest.update(block)
+        except OSError as err:
+            raise BackupError(f"cannot read {directory / node_file.file}: {err}") from err
+        if digest.hexdigest() != node_file.sha256:
+            raise BackupError(f"{directory / node_file.file} is damaged: SHA-256 differs")
+    return files
+
+
+def _batches(path: Path) -> Iterator[replica_pb2.SnapshotBatch]:
+    with path.open("rb") as stream:
+        while header := stream.read(4):
+            data = _read_exact(stream, int.from_bytes(header, "big"), path)
+            yield replica_pb2.SnapshotBatch.FromString(data)
+
+
+def _read_exact(stream: BinaryIO, size: int, path: Path) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise BackupError(f"{path} ends in the middle of a batch")
+    return data
+
+
+def _chunks(path: Path, max_records: int, max_bytes: int) -> Iterator[list[replica_pb2.Record]]:
+    """The file's records (own and hints alike) in Restore-sized lists."""
+    chunk: list[replica_pb2.Record] = []
+    size = 0
+    for batch in _batches(path):
+        for record in batch.records:
+            chunk.append(record)
+            size += len(record.key) + len(record.value)
+            if len(chunk) >= max_records or size >= max_bytes:
+                yield chunk
+                chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _topology_json(topology: admin_pb2.Topology) -> dict[str, Any]:
+    return MessageToDict(
+        topology, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _cluster_toml(topology: admin_pb2.Topology) -> str:
+    lines = [
+        f"# Topology of the cluster backed up from router {topology.router_id}"
+        f" (epoch {topology.epoch}), written by shardctl backup. Timeouts are defaults.",
+        f"epoch = {topology.epoch}",
+        f"replication = {topology.replication}",
+        f"read_quorum = {topology.read_quorum}",
+        f"write_quorum = {topology.write_quorum}",
+    ]
+    for node in topology.nodes:
+        lines += [
+            "",
+            "[[nodes]]",
+            f"id = {json.dumps(node.id)}",
+            f"address = {json.dumps(node.address)}",
+            f"weight = {node.weight}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text + ("" if text.endswith("\n") else "\n"))
+    except OSError as err:
+        raise BackupError(f"cannot write {path}: {err.strerror or err}") from err

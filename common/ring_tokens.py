@@ -1,0 +1,75 @@
+"""Ring tokens: the 32-bit ketama hash of a key, and sorted sets of token ranges.
+
+Placement (the router's ring) and range work on the nodes (streaming, digests, purges of
+the keys of some ring arcs) must hash a key identically, so both use ``ring_token`` from here.
+It equals uhashring's ketama ``hashi`` of the key decoded as latin-1 (the router's
+``ring_key``): the first four bytes of the MD5 of its UTF-8 form, little-endian.
+
+A key with token t belongs to the first ring point strictly greater than t (wrapping
+around), so the arc of a point p after its predecessor q holds the tokens [q, p): ranges
+are half-open, ``start <= t < end``, with ``end`` up to ``TOKEN_SPACE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shardkv.common.limits import LimitExceeded
+
+# Tokens are 32-bit: every token t satisfies 0 <= t < TOKEN_SPACE.
+TOKEN_SPACE = 1 << 32
+
+
+def ring_token(key: bytes) -> int:
+    """The ring token of key (see the module docstring for why it is computed this way)."""
+    digest = hashlib.md5(key.decode("latin-1").encode("utf-8"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRange:
+    """Tokens start <= t < end."""
+
+    start: int
+    end: int
+
+    def __contains__(self, t: object) -> bool:
+        return isinstance(t, int) and self.start <= t < self.end
+
+
+class TokenRanges:
+    """Non-overlapping token ranges in ascending order; finds the range holding a token.
+
+    The order is the caller's (requests answer per range in request order), so ranges
+    must arrive sorted: an unsorted, overlapping, empty or out-of-space range is refused.
+    """
+
+    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
+        self.ranges = tuple(TokenRange(start, end) for start, end in ranges)
+        previous_end = 0
+        for position, r in enumerate(self.ranges):
+            if not 0 <= r.start < r.end <= TOKEN_SPACE:
+                raise LimitExceeded(
+                    f"token range #{position} [{r.start}, {r.end}) is empty or outside"
+                    f" [0, {TOKEN_SPACE})"
+                )
+            if r.start < previous_end:
+                raise LimitExceeded(
+                    f"token range #{position} [{r.start}, {r.end}) overlaps or precedes the"
+                    " range before it; ranges must be sorted and disjoint"
+                )
+            previous_end = r.end
+        self._starts = [r.start for r in self.ranges]
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def find(self, t: int) -> int:
+        """The index of the range holding token t, or -1 when none does."""
+        index = bisect_right(self._starts, t) - 1
+        if index >= 0 and t < self.ranges[index].end:
+            return index
+        return -1

@@ -1,0 +1,220 @@
+"""The public KV service of the router: check the request, delegate, map errors to codes.
+
+Each handler has one shape (etcd's v3rpc): validate against Limits, work out the deadline
+and the number of replicas needed, call the Coordinator (or the scan), and turn the
+outcome into a response. One table maps domain errors to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from shardkv.common.limits import LimitExceeded, Limits, scan_range
+from shardkv.router.membership.topology import Topology
+from shardkv.router.requests.coordinator import Coordinator, Mutation, ReadOutcome, WriteOutcome
+from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.node_client import NodeClient
+from shardkv.router.requests.quorum import replicas_needed
+from shardkv.router.requests.scan import ScanUnavailable, scan_page
+from shardkv.v1 import kv_pb2, kv_pb2_grpc
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Unavailable(Exception):
+    """Not enough replicas answered; the message says how many and which failed."""
+
+
+class Exhausted(Exception):
+    """Too few replicas could take the request because one lacked resources (a full store,
+    an overloaded node or router queue); the message says which. Passed on as
+    RESOURCE_EXHAUSTED rather than UNAVAILABLE: an immediate retry will not help."""
+
+
+_STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
+    Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ScanUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[["KVService", Req, Context], Awaitable[Resp]]
+
+
+def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    """Turns domain errors into status codes; anything unknown is logged and INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: KVService, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except tuple(_STATUS_OF) as err:
+            code = next(c for t, c in _STATUS_OF.items() if isinstance(err, t))
+            await context.abort(code, str(err))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {handler.__name__}")
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    return wrapper
+
+
+def _item_status(outcome: ReadOutcome | WriteOutcome) -> kv_pb2.ItemStatus:
+    if outcome.error is None:
+        return kv_pb2.ItemStatus()
+    return kv_pb2.ItemStatus(code=outcome.code.value[0], message=outcome.error)
+
+
+def _failed(outcome: ReadOutcome | WriteOutcome) -> Exception:
+    """The error a failed single-key outcome is answered with."""
+    if outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Exhausted(outcome.error)
+    return Unavailable(outcome.error)
+
+
+def _get_result(key: bytes, outcome: ReadOutcome) -> kv_pb2.GetResult:
+    record = outcome.record
+    if record is None or record.tombstone:
+        return kv_pb2.GetResult(key=key, status=_item_status(outcome))
+    return kv_pb2.GetResult(key=key, found=True, value=record.value, version=record.version)
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    """shardkv.v1.KV on the router: every key is read and written by quorum."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        clients: Mapping[str, NodeClient],
+        health: NodeHealth,
+        *,
+        topology: Topology,
+        limits: Limits,
+    ) -> None:
+        self._coordinator = coordinator
+        self._clients = clients
+        self._health = health
+        self._topology = topology
+        self._limits = limits
+        self._request_s = topology.timeouts.request_ms / 1000
+
+    def _deadline(self, context: Context) -> float:
+        """Loop time by which to answer: the client's deadline, or request_ms without one."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None or remaining > self._request_s:
+            remaining = self._request_s
+        return asyncio.get_running_loop().time() + remaining
+
+    def _reads_needed(self, consistency: int) -> int:
+        t = self._topology
+        return replicas_needed(consistency, replication=t.replication, default=t.read_quorum)
+
+    def _writes_needed(self, consistency: int) -> int:
+        t = self._topology
+        return replicas_needed(consistency, replication=t.replication, default=t.write_quorum)
+
+    async def _write_one(self, mutation: Mutation, consistency: int, context: Context) -> int:
+        self._limits.check_key(mutation.key)
+        self._limits.check_value(mutation.key, mutation.value)
+        needed = self._writes_needed(consistency)
+        [outcome] = await self._coordinator.write([mutation], needed, self._deadline(context))
+        if outcome.error is not None:
+            raise _failed(outcome)
+        return outcome.version
+
+    @_mapped
+    async def Get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:
+        self._limits.check_key(request.key)
+        needed = self._reads_needed(request.consistency)
+        [outcome] = await self._coordinator.read([request.key], needed, self._deadline(context))
+        if outcome.error is not None:
+            raise _failed(outcome)
+        result = _get_result(request.key, outcome)
+        return kv_pb2.GetResponse(found=result.found, value=result.value, version=result.version)
+
+    @_mapped
+    async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
+        mutation = Mutation(request.key, request.value)
+        return kv_pb2.PutResponse(
+            version=await self._write_one(mutation, request.consistency, context)
+        )
+
+    @_mapped
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, context: Context
+    ) -> kv_pb2.DeleteResponse:
+        mutation = Mutation(request.key, delete=True)
+        return kv_pb2.DeleteResponse(
+            version=await self._write_one(mutation, request.consistency, context)
+        )
+
+    @_mapped
+    async def BatchGet(
+        self, request: kv_pb2.BatchGetRequest, context: Context
+    ) -> kv_pb2.BatchGetResponse:
+        self._limits.check_batch(request.keys, "BatchGet")
+        for key in request.keys:
+            self._limits.check_key(key)
+        needed = self._reads_needed(request.consistency)
+        keys = list(request.keys)
+        outcomes = await self._coordinator.read(keys, needed, self._deadline(context))
+        return kv_pb2.BatchGetResponse(
+            results=[_get_result(k, o) for k, o in zip(keys, outcomes, strict=True)]
+        )
+
+    @_mapped
+    async def BatchWrite(
+        self, request: kv_pb2.BatchWriteRequest, context: Context
+    ) -> kv_pb2.BatchWriteResponse:
+        self._limits.check_batch(request.mutations, "BatchWrite")
+        mutations = []
+        for m in request.mutations:
+            self._limits.check_key(m.key)
+            if not m.delete:
+                self._limits.check_value(m.key, m.value)
+            mutations.append(Mutation(m.key, b"" if m.delete else m.value, m.delete))
+        needed = self._writes_needed(request.consistency)
+        outcomes = await self._coordinator.write(mutations, needed, self._deadline(context))
+        return kv_pb2.BatchWriteResponse(
+            results=[
+                kv_pb2.WriteResult(version=o.version, status=_item_status(o)) for o in outcomes
+            ]
+        )
+
+    @_mapped
+    async def Scan(self, request: kv_pb2.ScanRequest, context: Context) -> kv_pb2.ScanResponse:
+        start, end = scan_range(request.prefix, request.start, request.end)
+        limit = self._limits.page_size(request.limit)
+        needed = self._reads_needed(request.consistency)
+        page_token = request.page_token
+        if page_token and page_token < start:
+            raise LimitExceeded(f"page_token {page_token[:64]!r} sorts before the range start")
+        if page_token and end and page_token >= end:
+            return kv_pb2.ScanResponse()
+        page = await scan_page(
+            self._clients,
+            self._health,
+            replication=self._topology.replication,
+            needed=needed,
+            start=page_token or start,
+            end=end,
+            limit=limit,
+            max_bytes=self._limits.max_message_bytes // 2,
+            deadline=self._deadline(context),
+        )
+        return kv_pb2.ScanResponse(
+            records=[
+                kv_pb2.KeyValue(key=r.key, value=r.value, version=r.version) for r in page.records
+            ],
+            next_page_token=page.next_token,
+        )

@@ -1,0 +1,386 @@
+"""Adding and removing nodes online: one move at a time, driven by the router asked.
+
+A move goes through these steps, each persisted in cluster.toml before it takes effect:
+
+1. Transition (epoch + 1): the node is written as ``joining`` (or ``leaving``) with a
+   ``[move]`` table. Every router then sends writes to the old and the new owners of each
+   key and reads from both (placement.py), with one more reply per pending owner.
+2. Settle (``[rebalance] settle_ms``): requests begun under the old placement finish and
+   the other routers read the file.
+3. Count, then stream: moves.py plans which pieces go from which node to which; each source
+   counts its pieces (for progress), then streams them, and the router applies every batch
+   to the target (LWW, so repeating any of it is harmless).
+4. Switch (epoch + 1): the node becomes a plain member, or is dropped from the file. Only now
+   does the new placement become authoritative, after the copy is complete.
+5. After another settle delay, nodes that gave pieces away drop them, so a stale copy can
+   never resurface (in a scan, or after a later move).
+
+A failure leaves the transition in force (writes keep reaching both sides; nothing is lost)
+and the move FAILED: repeating the request resumes it, the opposite request aborts it. The
+router that drives a move resumes it when restarted. Moves and repair passes exclude each
+other: a move cancels a running pass, and Repair is refused during a move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import grpc
+from shardkv.router.membership.live_topology import ClientFactory, Membership
+from shardkv.router.membership.move_plan import (
+    ADD,
+    REMOVE,
+    MoveConflict,
+    MoveProgress,
+    NodeExists,
+    NodeUnknown,
+    Transfer,
+    describe_error,
+    given_away,
+    now_ms,
+    plan_transfers,
+)
+from shardkv.router.membership.node_checks import BULK_TIMEOUT_S, check_new_node, probe_new_node
+from shardkv.router.membership.range_streamer import Streamer, rehome_hints
+from shardkv.router.membership.topology import (
+    JOINING,
+    LEAVING,
+    MEMBER,
+    MoveRecord,
+    NodeConfig,
+    Topology,
+)
+from shardkv.router.pace import Pacer
+from shardkv.router.placement.current import Piece, pieces
+from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.node_client import NodeClient
+from shardkv.v1 import admin_pb2
+
+log = logging.getLogger(__name__)
+
+# Finished moves kept for GetMoves.
+HISTORY = 20
+
+
+class Rebalancer:
+    """Starts, runs, resumes and reports node adds and removes."""
+
+    def __init__(
+        self,
+        *,
+        router_id: str,
+        membership: Membership,
+        health: NodeHealth,
+        probe_client: ClientFactory,
+        pause_repair: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._router_id = router_id
+        self._membership = membership
+        self._health = health
+        self._probe_client = probe_client
+        self._pause_repair = pause_repair
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.current: MoveProgress | None = None
+        self.history: list[MoveProgress] = []
+
+    @property
+    def moving(self) -> bool:
+        """True while the topology is in transition (a move runs, failed or waits)."""
+        return self._membership.topology.move is not None
+
+    def start(self) -> None:
+        """Resumes a move this router was driving when it stopped."""
+        topology = self._membership.topology
+        if topology.move is not None and topology.move.driver == self._router_id:
+            log.info("resuming move %s after a restart", topology.move.id)
+            self._launch(self._progress_of(topology))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def add_node(self, node_id: str, address: str, weight: int) -> MoveProgress:
+        async with self._lock:
+            topology = self._membership.topology
+            moving = self._moving_node(topology)
+            if moving is not None:
+                if moving.id == node_id and moving.state == LEAVING:
+                    return await self._abort(topology, moving, ADD)
+                if moving.id == node_id and moving.address == address:
+                    return await self._resume(topology)
+                raise self._conflict(topology)
+            check_new_node(node_id, address, weight)
+            for node in topology.nodes:
+                if node.id == node_id:
+                    raise NodeExists(
+                        f"node {node_id!r} is already in the topology (epoch {topology.epoch},"
+                        f" address {node.address})"
+                    )
+                if node.address == address:
+                    raise NodeExists(f"address {address} is already used by node {node.id!r}")
+            await probe_new_node(self._probe_client, NodeConfig(node_id, address, weight))
+            joining = NodeConfig(node_id, address, weight, JOINING)
+            return await self._begin(topology, ADD, joining, (*topology.nodes, joining))
+
+    async def remove_node(self, node_id: str) -> MoveProgress:
+        async with self._lock:
+            topology = self._membership.topology
+            moving = self._moving_node(topology)
+            if moving is not None:
+                if moving.id == node_id and moving.state == JOINING:
+                    return await self._abort(topology, moving, REMOVE)
+                if moving.id == node_id:
+                    return await self._resume(topology)
+                raise self._conflict(topology)
+            node = next((n for n in topology.nodes if n.id == node_id), None)
+            if node is None:
+                known = ", ".join(n.id for n in topology.nodes)
+                raise NodeUnknown(
+                    f"no node {node_id!r} in topology epoch {topology.epoch} ({known})"
+                )
+            if len(topology.nodes) - 1 < topology.replication:
+                raise MoveConflict(
+                    f"removing {node_id!r} would leave {len(topology.nodes) - 1} node(s) for"
+                    f" replication N={topology.replication}"
+                )
+            leaving = replace(node, state=LEAVING)
+            nodes = tuple(leaving if n.id == node_id else n for n in topology.nodes)
+            return await self._begin(topology, REMOVE, leaving, nodes)
+
+    # -- starting, resuming, aborting ----------------------------------------------------
+
+    async def _begin(
+        self, topology: Topology, kind: int, node: NodeConfig, nodes: tuple[NodeConfig, ...]
+    ) -> MoveProgress:
+        verb = "add" if kind == ADD else "remove"
+        record = MoveRecord(f"{verb}-{node.id}@{topology.epoch}", self._router_id, now_ms())
+        transition = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=record)
+        await self._membership.commit(transition)
+        log.info("move %s: transition at epoch %d", record.id, transition.epoch)
+        progress = self._progress_of(transition)
+        self._launch(progress)
+        return progress
+
+    async def _resume(self, topology: Topology) -> MoveProgress:
+        """Runs a stopped move again (from the settle step; repeats are harmless). A move
+        another router drove is taken over: this router becomes its driver."""
+        if self._task is not None and not self._task.done():
+            raise self._conflict(topology)
+        move = topology.move
+        assert move is not None
+        if move.driver != self._router_id:
+            topology = replace(
+                topology, epoch=topology.epoch + 1, move=replace(move, driver=self._router_id)
+            )
+            await self._membership.commit(topology)
+        progress = self._progress_of(topology)
+        log.info("move %s: resumed", progress.id)
+        self._launch(progress)
+        return progress
+
+    async def _abort(self, topology: Topology, node: NodeConfig, kind: int) -> MoveProgress:
+        """Undoes a stopped transition: the joining node leaves, or the leaving one stays."""
+        if self._task is not None and not self._task.done():
+            raise self._conflict(topology)
+        assert topology.move is not None
+        if node.state == JOINING:
+            nodes = tuple(n for n in topology.nodes if n.id != node.id)
+        else:
+            nodes = tuple(
+                replace(n, state=MEMBER) if n.id == node.id else n for n in topology.nodes
+            )
+        stable = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
+        await self._membership.commit(stable)
+        if self.current is not None:
+            self._finish(self.current)
+        log.info("move %s aborted at epoch %d", topology.move.id, stable.epoch)
+        progress = MoveProgress(
+            f"abort-{topology.move.id}", kind, node.id, node.address, self._router_id,
+            topology.epoch, stable.epoch, state=admin_pb2.MOVE_DONE, finished_ms=now_ms(),
+        )  # fmt: skip
+        self._finish(progress)
+        self.current = None
+        return progress
+
+    def _progress_of(self, topology: Topology) -> MoveProgress:
+        node = self._moving_node(topology)
+        assert node is not None and topology.move is not None
+        return MoveProgress(
+            topology.move.id,
+            ADD if node.state == JOINING else REMOVE,
+            node.id,
+            node.address,
+            self._router_id,
+            from_epoch=_from_epoch(topology.move.id, topology.epoch - 1),
+            epoch=topology.epoch,
+            started_ms=topology.move.started_ms,
+        )
+
+    def _launch(self, progress: MoveProgress) -> None:
+        self.current = progress
+        self._task = asyncio.create_task(self._run(progress), name=f"move-{progress.id}")
+
+    @staticmethod
+    def _moving_node(topology: Topology) -> NodeConfig | None:
+        return next((n for n in topology.nodes if n.state != MEMBER), None)
+
+    def _conflict(self, topology: Topology) -> MoveConflict:
+        move = topology.move
+        assert move is not None
+        node = self._moving_node(topology)
+        running = self.current is not None and self.current.id == move.id
+        status = (
+            admin_pb2.MoveState.Name(self.current.state)
+            if running and self.current is not None
+            else f"driven by router {move.driver!r}"
+        )
+        return MoveConflict(
+            f"move {move.id} ({node.id if node else '?'} {node.state if node else ''}, {status})"
+            " is in progress; wait for it (shardctl moves), or repeat it to resume it"
+        )
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _run(self, progress: MoveProgress) -> None:
+        try:
+            await self._pause_repair()
+            topology = self._membership.topology
+            settle_s = topology.rebalance.settle_ms / 1000
+            timeouts = topology.timeouts
+            if topology.rebalance.settle_ms < timeouts.request_ms + timeouts.watch_interval_ms:
+                log.warning(
+                    "move %s: settle_ms %d is below request_ms + watch_interval_ms (%d): a"
+                    " write begun under the old placement, or through a router that has not"
+                    " read the file yet, may miss the copy",
+                    progress.id,
+                    topology.rebalance.settle_ms,
+                    timeouts.request_ms + timeouts.watch_interval_ms,
+                )
+            await asyncio.sleep(settle_s)
+            layout = self._membership.layout
+            assert layout.new is not None, "a move runs only during a transition"
+            changed = [
+                p for p in pieces(layout.old, layout.new, topology.replication) if p.old != p.new
+            ]
+            transfers = plan_transfers(changed, self._health.is_down)
+            progress.state = admin_pb2.MOVE_COUNTING
+            transfers = await self._count(transfers, progress)
+            progress.state = admin_pb2.MOVE_STREAMING
+            streamer = Streamer(
+                self._membership.clients,
+                pacer=Pacer(topology.rebalance.max_records_per_s),
+                on_batch=progress.moved,
+                name=f"move {progress.id}",
+            )
+            async with asyncio.TaskGroup() as group:
+                for transfer in transfers:
+                    group.create_task(streamer.run(transfer))
+            final = self._final(self._membership.topology, progress.node_id)
+            await self._membership.commit(final)
+            progress.state, progress.epoch = admin_pb2.MOVE_SWITCHED, final.epoch
+            log.info(
+                "move %s: switched at epoch %d after streaming %d records (%d bytes)",
+                progress.id, final.epoch, progress.keys_moved, progress.bytes_moved,
+            )  # fmt: skip
+            if progress.kind == REMOVE:
+                await self._rehome(final, progress)
+            await asyncio.sleep(settle_s)
+            await self._drop(changed, final, progress)
+            progress.state = admin_pb2.MOVE_DONE
+        except asyncio.CancelledError:
+            progress.error = "stopped with the router; it resumes when the router restarts"
+            raise
+        except Exception as err:
+            progress.state = admin_pb2.MOVE_FAILED
+            progress.error = describe_error(err)
+            log.error("move %s failed: %s", progress.id, progress.error)
+        finally:
+            progress.finished_ms = now_ms()
+            if progress.state == admin_pb2.MOVE_DONE:
+                self._finish(progress)
+                self.current = None
+
+    def _finish(self, progress: MoveProgress) -> None:
+        self.history = [*self.history, progress][-HISTORY:]
+
+    @staticmethod
+    def _final(topology: Topology, node_id: str) -> Topology:
+        nodes = tuple(
+            replace(n, state=MEMBER) if n.state == JOINING else n
+            for n in topology.nodes
+            if not (n.id == node_id and n.state == LEAVING)
+        )
+        return replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
+
+    async def _count(self, transfers: list[Transfer], progress: MoveProgress) -> list[Transfer]:
+        """Counts what each transfer will stream; a giver that cannot answer is replaced by
+        the surviving owners of its pieces."""
+
+        async def count(transfer: Transfer) -> list[Transfer]:
+            try:
+                digests = await self._client(transfer.source).token_digests(
+                    transfer.ranges, count_only=True, pace=0, timeout_s=BULK_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                if not transfer.from_giver:
+                    raise
+                log.warning(
+                    "move %s: %s cannot count (%s); copying from surviving owners instead",
+                    progress.id, transfer.source, err.code().name,
+                )  # fmt: skip
+                return transfer.fallback()
+            progress.keys_total += sum(d.count for d in digests)
+            progress.bytes_total += sum(d.bytes for d in digests)
+            return [transfer]
+
+        planned = await asyncio.gather(*(count(t) for t in transfers))
+        return [t for group in planned for t in group]
+
+    async def _rehome(self, final: Topology, progress: MoveProgress) -> None:
+        """Hints parked for the removed node go to the current owners of their keys."""
+        try:
+            await rehome_hints(
+                self._membership.clients,
+                self._membership.placement,
+                final.replication,
+                progress.node_id,
+            )
+        except (grpc.aio.AioRpcError, MoveConflict) as err:
+            log.warning(
+                "move %s: hints for %s not all re-homed (%s); repair covers their keys",
+                progress.id,
+                progress.node_id,
+                describe_error(err),
+            )
+
+    async def _drop(self, changed: list[Piece], final: Topology, progress: MoveProgress) -> None:
+        """Nodes that gave pieces away and stay in the cluster drop those records."""
+        members = {n.id for n in final.nodes}
+        for node_id, ranges in given_away(changed, members.__contains__).items():
+            try:
+                progress.keys_dropped += await self._client(node_id).purge_token_ranges(
+                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning(
+                    "move %s: %s could not drop the ranges it gave away (%s %s); they are"
+                    " harmless copies until dropped",
+                    progress.id, node_id, err.code().name, err.details(),
+                )  # fmt: skip
+
+    def _client(self, node_id: str) -> NodeClient:
+        try:
+            return self._membership.clients[node_id]
+        except KeyError:
+            raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
+
+
+def _from_epoch(move_id: str, default: int) -> int:
+    """The epoch a move started from, as its id ("<kind>-<node>@<epoch>") says."""
+    tail = move_id.rpartition("@")[2]
+    return int(tail) if tail.isdigit() else default

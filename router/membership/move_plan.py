@@ -1,0 +1,173 @@
+"""What a node add or remove has to copy, from where to where, and how far it has got.
+
+For every piece of the token space whose preference list changes (placement.pieces), each
+joining node receives the piece from the node that gives it away, as Cassandra's strict
+bootstrap does: the new owner then holds exactly the copy the old owner held, so a record
+that was on W old owners is on W new owners after the switch. When that node is down (a
+dead node being removed, or a failed stream), the piece is streamed from every surviving
+old owner instead (newest wins on apply), which again covers every record that reached W
+of the old owners. Only pieces whose preference list changes are streamed, and a source
+sends only the keys of those pieces, so the records moved are the keys that change owner
+(about 1/n of them when one of n nodes joins).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from shardkv.router.placement.current import Piece, merge_ranges
+from shardkv.v1 import admin_pb2
+
+ADD, REMOVE = admin_pb2.MOVE_ADD, admin_pb2.MOVE_REMOVE
+
+
+class MoveConflict(Exception):
+    """Another move is in progress, or the change is impossible now (FAILED_PRECONDITION)."""
+
+
+class NodeExists(Exception):
+    """The id or address is already in the topology (ALREADY_EXISTS)."""
+
+
+class NodeUnknown(Exception):
+    """No node has that id (NOT_FOUND)."""
+
+
+class BadNode(Exception):
+    """The request names an unusable id, address or weight (INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Stream pieces from source to target; the pieces' survivors are the fallback."""
+
+    target: str
+    source: str
+    pieces: tuple[Piece, ...]
+    # True when source gives the pieces away (so surviving old owners can replace it).
+    from_giver: bool
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return merge_ranges((p.start, p.end) for p in self.pieces)
+
+    def fallback(self) -> list[Transfer]:
+        """The same pieces streamed from every surviving old owner of each."""
+        return _grouped(
+            (self.target, survivor, piece, False)
+            for piece in self.pieces
+            for survivor in _survivors(piece)
+        )
+
+
+def _survivors(piece: Piece) -> tuple[str, ...]:
+    return tuple(o for o in piece.old if o in piece.new)
+
+
+def _grouped(entries: Iterable[tuple[str, str, Piece, bool]]) -> list[Transfer]:
+    groups: defaultdict[tuple[str, str, bool], list[Piece]] = defaultdict(list)
+    for target, source, piece, giver in entries:
+        groups[(target, source, giver)].append(piece)
+    return [
+        Transfer(target, source, tuple(found), giver)
+        for (target, source, giver), found in sorted(groups.items())
+    ]
+
+
+def plan_transfers(changed: Sequence[Piece], is_down: Callable[[str], bool]) -> list[Transfer]:
+    """The streams that give every joining owner its pieces (see the module docstring)."""
+    entries: list[tuple[str, str, Piece, bool]] = []
+    for piece in changed:
+        leaving = piece.leaving
+        for position, target in enumerate(piece.joining):
+            giver = leaving[position] if position < len(leaving) else None
+            if giver is not None and not is_down(giver):
+                entries.append((target, giver, piece, True))
+                continue
+            survivors = _survivors(piece)
+            if not survivors:
+                raise MoveConflict(
+                    f"tokens [{piece.start}, {piece.end}) have no reachable owner to copy from"
+                    f" (owners {', '.join(piece.old)})"
+                )
+            entries.extend((target, s, piece, False) for s in survivors)
+    return _grouped(entries)
+
+
+def given_away(
+    changed: Sequence[Piece], keep: Callable[[str], bool]
+) -> dict[str, list[tuple[int, int]]]:
+    """Per node that stays in the cluster (keep), the token ranges it no longer owns."""
+    ranges: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    for piece in changed:
+        for node_id in piece.leaving:
+            if keep(node_id):
+                ranges[node_id].append((piece.start, piece.end))
+    return {node_id: merge_ranges(found) for node_id, found in sorted(ranges.items())}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class MoveProgress:
+    """A move's state and counters (mutated by the task running it)."""
+
+    id: str
+    kind: int
+    node_id: str
+    address: str
+    router_id: str
+    from_epoch: int
+    epoch: int
+    state: int = admin_pb2.MOVE_SETTLING
+    keys_total: int = 0
+    keys_moved: int = 0
+    bytes_total: int = 0
+    bytes_moved: int = 0
+    keys_dropped: int = 0
+    started_ms: int = field(default_factory=now_ms)
+    finished_ms: int = 0
+    error: str = ""
+
+    def moved(self, records: int, size: int) -> None:
+        """Counts a batch applied to its new owner."""
+        self.keys_moved += records
+        self.bytes_moved += size
+
+    def to_proto(self) -> admin_pb2.Move:
+        done = self.state == admin_pb2.MOVE_DONE
+        return admin_pb2.Move(
+            id=self.id,
+            kind=self.kind,  # type: ignore[arg-type]
+            node_id=self.node_id,
+            address=self.address,
+            state=self.state,  # type: ignore[arg-type]
+            from_epoch=self.from_epoch,
+            epoch=self.epoch,
+            keys_total=self.keys_total,
+            keys_moved=self.keys_moved,
+            bytes_total=self.bytes_total,
+            bytes_moved=self.bytes_moved,
+            keys_remaining=0 if done else max(0, self.keys_total - self.keys_moved),
+            bytes_remaining=0 if done else max(0, self.bytes_total - self.bytes_moved),
+            started_ms=self.started_ms,
+            finished_ms=self.finished_ms,
+            error=self.error,
+            router_id=self.router_id,
+            keys_dropped=self.keys_dropped,
+        )
+
+
+def describe_error(err: Exception) -> str:
+    """One line for a move's error: gRPC code and details, or every error of a group."""
+    if isinstance(err, ExceptionGroup):
+        return "; ".join(describe_error(e) for e in err.exceptions)
+    if isinstance(err, grpc.aio.AioRpcError):
+        return f"{err.code().name}: {err.details()}"
+    return str(err) or type(err).__name__

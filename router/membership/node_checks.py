@@ -1,0 +1,51 @@
+"""What a node must be to join: a usable id, address and weight, reachable, and empty."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from shardkv.common.ring_tokens import TOKEN_SPACE
+from shardkv.router.membership.move_plan import BadNode, MoveConflict
+from shardkv.router.membership.topology import NodeConfig
+from shardkv.router.requests.node_client import NodeClient
+
+# Bulk calls (a walk of a node's whole store) get this long.
+BULK_TIMEOUT_S = 3600.0
+
+
+def check_new_node(node_id: str, address: str, weight: int) -> None:
+    """Raises BadNode unless the id, address (host:port) and weight are usable."""
+    if not node_id.strip():
+        raise BadNode("a node needs a non-empty id")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadNode(f"node {node_id!r}: address {address!r} is not host:port")
+    if weight < 1:
+        raise BadNode(f"node {node_id!r}: weight must be at least 1, got {weight}")
+
+
+async def probe_new_node(connect: Callable[[NodeConfig], NodeClient], node: NodeConfig) -> None:
+    """Refuses a node that is unreachable or already holds records."""
+    client = connect(node)
+    try:
+        problem = await client.check(5.0)
+        if problem is not None:
+            raise MoveConflict(f"cannot reach node {node.id!r} at {node.address}: {problem}")
+        try:
+            [whole] = await client.token_digests(
+                [(0, TOKEN_SPACE)], count_only=True, pace=0, timeout_s=BULK_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            raise MoveConflict(
+                f"node {node.id!r} at {node.address} cannot count its records:"
+                f" {err.code().name} {err.details()}"
+            ) from err
+        if whole.count:
+            raise MoveConflict(
+                f"node {node.id!r} at {node.address} already holds {whole.count} records;"
+                " only an empty node can join (stale data could bring deleted keys back):"
+                " wipe its data directory first"
+            )
+    finally:
+        await client.close()

@@ -1,0 +1,147 @@
+"""Copying token ranges between nodes: one stream per transfer, applied batch by batch.
+
+The source streams the records of the transfer's ranges (StreamTokenRanges); the router
+applies each batch to the target with a durable Replica.Apply while the next batches are
+already on their way (a few are read ahead). Apply keeps a record only if it is newer, so a
+batch applied twice, or a record that also arrived by a concurrent write, is harmless; that
+is what makes retrying and resuming a move safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+import grpc
+from shardkv.router.membership.move_plan import MoveConflict, Transfer
+from shardkv.router.pace import Pacer
+from shardkv.router.placement.current import Placement
+from shardkv.router.requests.node_client import NodeClient
+from shardkv.v1 import replica_pb2
+
+log = logging.getLogger(__name__)
+
+# Records per streamed batch and Apply (the node's batch limit is 1000).
+STREAM_BATCH = 500
+# Batches read ahead of the Apply that stores them.
+READ_AHEAD = 4
+# A stream covering a large store, read at the pace the target applies it, gets this long.
+STREAM_TIMEOUT_S = 3600.0
+APPLY_TIMEOUT_S = 30.0
+APPLY_ATTEMPTS = 4
+
+# Hints re-homed per ReadHints call.
+HINT_PAGE = 500
+
+# Told of every applied batch: (records, bytes of keys and values).
+OnBatch = Callable[[int, int], None]
+
+
+class SourceFailed(Exception):
+    """The node streaming a transfer failed; the surviving owners may take over."""
+
+
+async def apply_with_retry(
+    target: NodeClient, records: Sequence[replica_pb2.Record], target_id: str
+) -> None:
+    """Applies one batch, retrying with back-off (a repeat is harmless)."""
+    for attempt in range(APPLY_ATTEMPTS):
+        try:
+            await target.apply_batch(records, APPLY_TIMEOUT_S)
+            return
+        except grpc.aio.AioRpcError as err:
+            if attempt == APPLY_ATTEMPTS - 1:
+                raise MoveConflict(
+                    f"applying {len(records)} records to {target_id} failed {APPLY_ATTEMPTS}"
+                    f" times: {err.code().name} {err.details()}"
+                ) from err
+            await asyncio.sleep(0.2 * 2**attempt)
+
+
+class Streamer:
+    """Runs transfers between the nodes of clients, sharing one pace."""
+
+    def __init__(
+        self, clients: Mapping[str, NodeClient], *, pacer: Pacer, on_batch: OnBatch, name: str
+    ) -> None:
+        self._clients = clients
+        self._pacer = pacer
+        self._on_batch = on_batch
+        self._name = name
+
+    async def run(self, transfer: Transfer) -> None:
+        """Streams one transfer into its target; a failing giver is replaced by the
+        surviving owners of its pieces."""
+        try:
+            await self._stream(transfer)
+        except SourceFailed as failed:
+            if not transfer.from_giver:
+                raise MoveConflict(str(failed)) from failed
+            log.warning("%s: %s; copying from the surviving owners instead", self._name, failed)
+            for fallback in transfer.fallback():
+                await self.run(fallback)
+
+    def _client(self, node_id: str) -> NodeClient:
+        try:
+            return self._clients[node_id]
+        except KeyError:
+            raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
+
+    async def _stream(self, transfer: Transfer) -> None:
+        source = self._client(transfer.source)
+        target = self._client(transfer.target)
+        queue: asyncio.Queue[list[replica_pb2.Record] | None] = asyncio.Queue(READ_AHEAD)
+
+        async def read() -> None:
+            batches = source.stream_token_ranges(
+                transfer.ranges,
+                batch_size=STREAM_BATCH,
+                keys_only=False,
+                pace=0,
+                timeout_s=STREAM_TIMEOUT_S,
+            )
+            try:
+                async for batch in batches:
+                    await queue.put(batch)
+            except grpc.aio.AioRpcError as err:
+                raise SourceFailed(
+                    f"stream from {transfer.source} to {transfer.target} failed:"
+                    f" {err.code().name} {err.details()}"
+                ) from err
+            await queue.put(None)
+
+        async def write() -> None:
+            while (records := await queue.get()) is not None:
+                await apply_with_retry(target, records, transfer.target)
+                self._on_batch(len(records), sum(len(r.key) + len(r.value) for r in records))
+                await self._pacer.take(len(records))
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(read())
+                group.create_task(write())
+        except* SourceFailed as failures:
+            raise failures.exceptions[0] from None
+
+
+async def rehome_hints(
+    clients: Mapping[str, NodeClient], placement: Placement, replication: int, gone: str
+) -> int:
+    """Hands hints parked for a node that left the cluster to the current owners of their
+    keys (a write acknowledged through such a hint may be on too few real replicas
+    otherwise), then deletes them. Returns how many were re-homed."""
+    moved = 0
+    for holder_id, holder in list(clients.items()):
+        while records := await holder.read_hints(gone, HINT_PAGE):
+            by_owner: dict[str, list[replica_pb2.Record]] = {}
+            for record in records:
+                for owner in placement.preference_list(record.key, replication):
+                    by_owner.setdefault(owner, []).append(record)
+            for owner, owned in by_owner.items():
+                await apply_with_retry(clients[owner], owned, owner)
+            moved += await holder.delete_hints(gone, records)
+            log.info("re-homed %d hint(s) for %s held by %s", len(records), gone, holder_id)
+            if len(records) < HINT_PAGE:
+                break
+    return moved

@@ -1,0 +1,159 @@
+"""Where a key is placed: the consistent-hash ring and its preference lists.
+
+The points come from uhashring's ketama ring (``hash_fn='ketama'``), so placement is
+ketama-compatible and decided by node ids and weights only. uhashring copies its point
+list on every ``range()`` call (~90 µs at 100 nodes), so a Ring builds its own lookup table
+once: the sorted points, and for every point the first few distinct nodes clockwise from
+it. A lookup is then one md5, one bisect and a tuple slice (about 2 µs).
+
+A Ring is immutable: a topology change builds a new Ring and swaps the reference, and the
+table is dropped with the old one.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping
+
+from uhashring import HashRing  # type: ignore[import-untyped]
+
+# Ketama points are 32-bit.
+_RING_SIZE = 1 << 32
+# Virtual nodes per unit of weight; uhashring's ketama makes 4 points of each, so a node of
+# weight 1 among equals holds 400 points (busiest of 100 nodes ~1.15x the mean share).
+DEFAULT_VNODES = 100
+# How many distinct successors the table keeps per point; longer walks fall back to
+# stepping along the points (only for sloppy-quorum fallbacks with many nodes down).
+DEFAULT_TABLE_DEPTH = 8
+
+
+def ring_key(key: bytes) -> str:
+    """The one place a byte key becomes the string uhashring hashes.
+
+    uhashring hashes ``str(key).encode("utf-8")``; ``str(b"k")`` is ``"b'k'"``. Decoding as
+    latin-1 maps every byte to one code point, so the mapping is total and injective, and
+    an ASCII key hashes exactly as any other ketama client hashes that string.
+    """
+    return key.decode("latin-1")
+
+
+class Ring:
+    """An immutable consistent-hash ring over node ids (never addresses)."""
+
+    def __init__(
+        self,
+        weights: Mapping[str, int],
+        *,
+        vnodes: int = DEFAULT_VNODES,
+        table_depth: int = DEFAULT_TABLE_DEPTH,
+    ) -> None:
+        if not weights:
+            raise ValueError("a ring needs at least one node")
+        for node_id, weight in weights.items():
+            if not isinstance(weight, int) or weight < 1:
+                raise ValueError(
+                    f"node {node_id!r}: weight must be an integer >= 1, not {weight!r}"
+                )
+        self._weights = dict(sorted(weights.items()))
+        ketama = HashRing(
+            {node_id: {"weight": w, "vnodes": vnodes} for node_id, w in self._weights.items()},
+            hash_fn="ketama",
+        )
+        self._hashi = ketama.hashi
+        # get_points() lists colliding points twice; the ring dict keeps one owner per point.
+        owners: dict[int, str] = dict(ketama.get_points())
+        self._points: list[int] = sorted(owners)
+        self._owners: list[str] = [owners[p] for p in self._points]
+        self._depth = min(table_depth, len(self._weights))
+        self._table = self._successor_table()
+
+    def _successor_table(self) -> list[tuple[str, ...]]:
+        """For each point, the first ``depth`` distinct nodes clockwise from it.
+
+        Built backwards: the list at point i is its owner followed by the list at i + 1
+        without that owner. The last point's list is walked directly, since its successor
+        wraps around to point 0.
+        """
+        count = len(self._points)
+        table: list[tuple[str, ...]] = [()] * count
+        table[count - 1] = tuple(self._walk_from(count - 1, self._depth))
+        for index in range(count - 2, -1, -1):
+            owner = self._owners[index]
+            rest = tuple(n for n in table[index + 1] if n != owner)
+            table[index] = (owner, *rest)[: self._depth]
+        return table
+
+    def _walk_from(
+        self, index: int, limit: int, skip: frozenset[str] = frozenset()
+    ) -> Iterator[str]:
+        """Distinct node ids clockwise from point index, at most limit of them."""
+        seen: set[str] = set(skip)
+        found = 0
+        count = len(self._points)
+        for step in range(count):
+            node_id = self._owners[(index + step) % count]
+            if node_id not in seen:
+                seen.add(node_id)
+                yield node_id
+                found += 1
+                if found == limit:
+                    return
+
+    def _index(self, key: bytes) -> int:
+        """The table index of the first point clockwise from the key's hash."""
+        index = bisect_right(self._points, self._hashi(ring_key(key)))
+        return 0 if index == len(self._points) else index
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node id of the ring, sorted."""
+        return tuple(self._weights)
+
+    def weight(self, node_id: str) -> int:
+        return self._weights[node_id]
+
+    def preference_list(self, key: bytes, n: int) -> tuple[str, ...]:
+        """The first n distinct node ids clockwise from key (fewer if the ring is smaller)."""
+        index = self._index(key)
+        if n <= self._depth:
+            return self._table[index][:n]
+        return tuple(self._walk_from(index, n))
+
+    @property
+    def points(self) -> tuple[int, ...]:
+        """The ring's points (tokens), ascending; the arc of point i holds the tokens from
+        point i - 1 (inclusive) up to point i (exclusive), wrapping around."""
+        return tuple(self._points)
+
+    def preference_list_at(self, ring_token: int, n: int) -> tuple[str, ...]:
+        """The preference list of every key with this ring token (ring_tokens.ring_token)."""
+        index = bisect_right(self._points, ring_token)
+        index = 0 if index == len(self._points) else index
+        if n <= self._depth:
+            return self._table[index][:n]
+        return tuple(self._walk_from(index, n))
+
+    def walk(self, key: bytes) -> Iterator[str]:
+        """Every node id once, in ring order from key: owners first, then the fallbacks."""
+        index = self._index(key)
+        yield from self._table[index]
+        if self._depth < len(self._weights):
+            yield from self._walk_from(index, len(self._weights), frozenset(self._table[index]))
+
+    def fallbacks(self, key: bytes, n: int, *, skip: frozenset[str] = frozenset()) -> Iterator[str]:
+        """Nodes beyond the first n owners of key, in ring order, leaving out skip.
+
+        These are the candidates for sloppy-quorum writes when an owner is down.
+        """
+        for position, node_id in enumerate(self.walk(key)):
+            if position >= n and node_id not in skip:
+                yield node_id
+
+    def shares(self) -> dict[str, float]:
+        """Fraction of the hash space each node owns as the first replica (sums to 1)."""
+        share = dict.fromkeys(self._weights, 0)
+        previous = self._points[-1] - _RING_SIZE
+        for point, owner in zip(self._points, self._owners, strict=True):
+            share[owner] += point - previous
+            previous = point
+        return {node_id: arc / _RING_SIZE for node_id, arc in share.items()}

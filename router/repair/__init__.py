@@ -1,0 +1,6 @@
+"""Replicas converge without reads.
+
+- ``anti_entropy`` paced passes comparing per-segment digests between replicas, then
+  tombstone GC of what a complete pass covered.
+- ``reconcile``    for segments that differ: compare versions, copy only the newest records.
+"""

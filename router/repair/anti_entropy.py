@@ -1,0 +1,232 @@
+"""Anti-entropy: replicas of every token segment compare digests and exchange only what
+differs, newest winning; then tombstones the pass covered are purged (tombstone GC).
+
+A pass, in the spirit of Dynamo's Merkle exchange and Riak's active anti-entropy:
+
+1. digest: the token space is cut at every ring point and at ``[repair] segments`` equal
+   cuts, so each segment has one preference list. Every node digests all the segments it
+   replicates in one paced walk of its store (Replica.TokenDigests).
+2. exchange: for each segment whose replicas' digests differ, the replicas list its keys
+   with their versions but no values (StreamTokenRanges, keys_only); for every key some
+   replica lacks or holds older, the newest record is read from a replica holding it and
+   applied where it is missing. Only differing records travel.
+3. purge: a segment is covered when all its N replicas answered and matched or were
+   reconciled. Its replicas then drop tombstones older than min(now - tombstone_grace_s,
+   the pass's start): every replica held each such tombstone (or something newer) when the
+   pass compared them, so no replica can bring the deleted value back. Segments with a
+   replica down, or whose replicas have hints waiting (a parked older write could still
+   arrive), are not covered and keep their tombstones.
+
+Passes run every ``[repair] interval_s`` and on demand (Admin Repair), one at a time,
+paced to ``max_records_per_s`` on the nodes' walks and on the records copied. A move
+cancels a running pass, and no pass starts while the topology is in transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from shardkv.common.hlc import LOGICAL_BITS
+from shardkv.router.membership.live_topology import Membership
+from shardkv.router.membership.move_plan import MoveConflict, now_ms
+from shardkv.router.pace import Pacer
+from shardkv.router.placement.current import Piece, merge_ranges, pieces, segment_cuts
+from shardkv.router.repair.reconcile import Reconciler, RepairProgress
+from shardkv.router.requests.health import NodeHealth
+from shardkv.v1 import replica_pb2
+
+log = logging.getLogger(__name__)
+
+# A walk of a node's whole store, paced, gets this long.
+BULK_TIMEOUT_S = 3600.0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The segments of one pass and, per node, the indices of those it replicates."""
+
+    segments: list[Piece]
+    by_node: dict[str, list[int]]
+
+
+class AntiEntropy:
+    """Runs repair passes in the background and on demand; reports the last one."""
+
+    def __init__(
+        self, *, membership: Membership, health: NodeHealth, moving: Callable[[], bool]
+    ) -> None:
+        self._membership = membership
+        self._health = health
+        self._moving = moving
+        self._task: asyncio.Task[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self.status = RepairProgress(0, "")
+
+    def start(self) -> None:
+        interval_s = self._membership.topology.repair.interval_s
+        if interval_s:
+            self._loop_task = asyncio.create_task(self._background(interval_s), name="repair")
+
+    async def stop(self) -> None:
+        for task in (self._loop_task, self._task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def request(self) -> RepairProgress:
+        """Starts a pass now (Admin Repair), or returns the one running."""
+        if self._moving():
+            raise MoveConflict("a node is being added or removed; repair runs after the move")
+        if not self.running:
+            self._launch("admin")
+        return self.status
+
+    async def pause(self) -> None:
+        """Cancels a running pass (a move is starting); its segments stay uncovered."""
+        if self.running and self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait(self) -> RepairProgress:
+        """Waits for the running pass (if any) and returns its status."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        return self.status
+
+    def _launch(self, trigger: str) -> None:
+        self.status = RepairProgress(self.status.pass_number + 1, trigger)
+        self._task = asyncio.create_task(self._pass(self.status), name="repair-pass")
+
+    async def _background(self, interval_s: int) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.running and not self._moving():
+                self._launch("background")
+                await self.wait()
+
+    async def _pass(self, status: RepairProgress) -> None:
+        try:
+            await self._run(status)
+            status.phase = "done"
+        except asyncio.CancelledError:
+            status.error = "cancelled (a move started, or the router stopped)"
+            raise
+        except Exception as err:
+            status.error = str(err) or type(err).__name__
+            log.exception("repair pass %d failed", status.pass_number)
+        finally:
+            status.finished_ms = now_ms()
+            log.info("repair pass %d: %s", status.pass_number, status.summary())
+
+    async def _run(self, status: RepairProgress) -> None:
+        topology = self._membership.topology
+        layout = self._membership.layout
+        if layout.new is not None:
+            raise MoveConflict("the topology is in transition; repair runs after the move")
+        settings = topology.repair
+        pacer = Pacer(settings.max_records_per_s)
+        cuts = segment_cuts(settings.segments) if settings.segments else ()
+        segments = pieces(layout.old, layout.old, topology.replication, cuts=cuts)
+        plan = _Plan(segments, _by_node(segments))
+        status.segments_total = len(segments)
+
+        status.phase = "digest"
+        digests = await self._digests(plan, settings.max_records_per_s)
+        differing: list[int] = []
+        covered: set[int] = set()
+        for index, segment in enumerate(segments):
+            answers = [digests.get(node_id, {}).get(index) for node_id in segment.old]
+            if any(a is None for a in answers):
+                status.segments_skipped += 1
+            elif len({(a.digest, a.count) for a in answers if a is not None}) == 1:
+                covered.add(index)
+            else:
+                differing.append(index)
+        status.segments_differing = len(differing)
+        status.segments_covered = len(covered)
+
+        status.phase = "exchange"
+        reconciler = Reconciler(self._membership.clients, pacer=pacer, status=status)
+        reconciled = await reconciler.run(
+            [segments[i] for i in differing], pace=settings.max_records_per_s
+        )
+        for index, segment in zip(differing, (segments[i] for i in differing), strict=True):
+            if (segment.start, segment.end) in reconciled:
+                covered.add(index)
+        status.segments_covered = len(covered)
+
+        status.phase = "purge"
+        cutoff_ms = min(now_ms() - settings.tombstone_grace_s * 1000, status.started_ms)
+        await self._purge(plan, covered, cutoff_ms << LOGICAL_BITS, status)
+
+    async def _digests(
+        self, plan: _Plan, pace: int
+    ) -> dict[str, dict[int, replica_pb2.TokenDigest]]:
+        """Per node that answered, its digest of each segment it replicates."""
+        clients = self._membership.clients
+
+        async def one(
+            node_id: str, indices: list[int]
+        ) -> tuple[str, dict[int, replica_pb2.TokenDigest]] | None:
+            if self._health.is_down(node_id) or node_id not in clients:
+                return None
+            ranges = [(plan.segments[i].start, plan.segments[i].end) for i in indices]
+            try:
+                answers = await clients[node_id].token_digests(
+                    ranges, count_only=False, pace=pace, timeout_s=BULK_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning("repair: %s could not digest: %s", node_id, err.code().name)
+                return None
+            return node_id, dict(zip(indices, answers, strict=True))
+
+        found = await asyncio.gather(*(one(n, idx) for n, idx in plan.by_node.items()))
+        return {node_id: answers for node_id, answers in (f for f in found if f is not None)}
+
+    async def _purge(
+        self, plan: _Plan, covered: set[int], before_version: int, status: RepairProgress
+    ) -> None:
+        """Drops old tombstones of covered segments whose replicas have no hints waiting."""
+        waiting = await self._hint_targets()
+        clients = self._membership.clients
+        for node_id, indices in plan.by_node.items():
+            ranges = merge_ranges(
+                (plan.segments[i].start, plan.segments[i].end)
+                for i in indices
+                if i in covered and not waiting.intersection(plan.segments[i].old)
+            )
+            if not ranges or node_id not in clients:
+                continue
+            try:
+                status.tombstones_purged += await clients[node_id].purge_token_ranges(
+                    ranges, tombstones_before=before_version, timeout_s=BULK_TIMEOUT_S
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning("repair: %s could not purge tombstones: %s", node_id, err.code().name)
+
+    async def _hint_targets(self) -> set[str]:
+        """Nodes some node holds hints for; every node must answer (else: all, no purge)."""
+        targets: set[str] = set()
+        for client in list(self._membership.clients.values()):
+            try:
+                summary = await client.hint_summary()
+            except grpc.aio.AioRpcError:
+                return set(self._membership.clients)
+            targets.update(entry.target for entry in summary.targets if entry.count)
+        return targets
+
+
+def _by_node(segments: Sequence[Piece]) -> dict[str, list[int]]:
+    by_node: dict[str, list[int]] = {}
+    for index, segment in enumerate(segments):
+        for node_id in segment.old:
+            by_node.setdefault(node_id, []).append(index)
+    return by_node

@@ -1,0 +1,11 @@
+"""The path of a client request through the router.
+
+- ``coordinator``  writes and reads: versions from the hybrid clock, fan-out to owners,
+  quorums, hints for owners that did not answer, read repair.
+- ``quorum``       counting one key's replica replies until a quorum is reached or lost.
+- ``node_client``  the connection to one node: coalesced Apply/Read and direct calls.
+- ``coalescer``    many concurrent items for one node sent as one batched call.
+- ``scan``         fan-out of a range scan to the nodes, merged into one ordered page.
+- ``health``       whether each node is up: health checks and call failures.
+- ``hint_handoff`` parked hints sent back to their owners when they return.
+"""

@@ -1,0 +1,184 @@
+"""Coalescing: many concurrent items bound for one node travel in one batched call.
+
+A gRPC call costs hundreds of microseconds of CPU while an item inside a batch costs a few
+(README, Performance), so the router never pays a call per key per hop. Items queue
+here; whenever fewer than ``max_in_flight`` calls are outstanding, everything pending (up
+to ``max_items``) leaves in one call, and each item's callback gets its slice of the reply
+(a plain call, not a future: no event-loop round trip per item).
+A lone item with nothing in flight leaves at once: there are no timers and no waiting for
+a batch to fill, so coalescing adds no latency when the router is idle.
+
+The queue is bounded (``max_pending`` items, ``max_pending_bytes``): when a node falls
+behind, items beyond the bound fail at once with RESOURCE_EXHAUSTED instead of piling up
+in the router's memory until their deadlines pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import grpc
+from shardkv.common import requestid
+from shardkv.serving.tally import SizeHistogram
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailure:
+    """Why an internal call to a node failed; carried as a value so nobody must await it."""
+
+    node_id: str
+    code: grpc.StatusCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+# Sends a batch with a timeout in seconds; returns one result per item, in order.
+SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
+# Told of every failed call, with the timeout it had (the health tracker listens).
+OnFailure = Callable[[NodeFailure, float], None]
+# Receives one item's result, or the NodeFailure of its call; must not raise.
+Deliver = Callable[[Result | NodeFailure], None]
+# A queued item: (item, deadline, deliver, request id, size of the item).
+_Pending = tuple[Item, float, Deliver[Result], str | None, int]
+
+
+class Coalescer(Generic[Item, Result]):
+    """Queues items for one node and one kind of call, and sends them in batches."""
+
+    def __init__(
+        self,
+        node_id: str,
+        send: SendBatch[Item, Result],
+        *,
+        on_failure: OnFailure,
+        max_items: int,
+        max_bytes: int,
+        max_in_flight: int,
+        call_timeout_s: float,
+        size_of: Callable[[Item], int],
+        max_pending: int = 20_000,
+        max_pending_bytes: int = 128 << 20,
+    ) -> None:
+        self._node_id = node_id
+        self._send = send
+        self._on_failure = on_failure
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._max_in_flight = max_in_flight
+        self._call_timeout_s = call_timeout_s
+        self._size_of = size_of
+        self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
+        # (item, deadline, deliver, request id of the request the item belongs to, its size:
+        # measured once, on submit)
+        self._pending: deque[_Pending[Item, Result]] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Items per call, read by the metrics endpoint.
+        self.batch_sizes = SizeHistogram()
+
+    def submit(self, items: Sequence[tuple[Item, Deliver[Result]]], deadline: float) -> None:
+        """Queues items due by deadline (loop time); each one's callback is called exactly
+        once, with its result or a NodeFailure. Items submitted together travel together;
+        when the queue is full they fail together with RESOURCE_EXHAUSTED."""
+        sizes = [self._size_of(item) for item, _ in items]
+        size = sum(sizes)
+        if self._pending and (
+            len(self._pending) + len(items) > self._max_pending
+            or self._pending_bytes + size > self._max_pending_bytes
+        ):
+            failure = self._failure(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"router overloaded: {len(self._pending)} items ({self._pending_bytes} bytes)"
+                f" already queued for node {self._node_id} (limits {self._max_pending} items,"
+                f" {self._max_pending_bytes} bytes)",
+            )
+            for _, deliver in items:
+                deliver(failure)
+            return
+        self._pending_bytes += size
+        rid = requestid.current.get()
+        self._pending.extend(
+            (item, deadline, deliver, rid, item_size)
+            for (item, deliver), item_size in zip(items, sizes, strict=True)
+        )
+        self._pump()
+
+    async def close(self) -> None:
+        """Waits for the calls in flight (their own deadlines bound the wait)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending and self._in_flight < self._max_in_flight:
+            now = loop.time()
+            batch: list[_Pending[Item, Result]] = []
+            size = 0
+            while self._pending and len(batch) < self._max_items:
+                entry = self._pending[0]
+                item_size = entry[4]
+                if batch and size + item_size > self._max_bytes:
+                    break
+                self._pending.popleft()
+                self._pending_bytes -= item_size
+                if entry[1] <= now:
+                    entry[2](self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
+                    continue
+                batch.append(entry)
+                size += item_size
+            if not batch:
+                continue
+            self._in_flight += 1
+            task = loop.create_task(self._call(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, batch: list[_Pending[Item, Result]]) -> None:
+        # One call serves items of several requests: it may run until the latest of their
+        # deadlines (each request stops waiting at its own), never beyond node_call_ms.
+        timeout = min(
+            self._call_timeout_s,
+            max(entry[1] for entry in batch) - asyncio.get_running_loop().time(),
+        )
+        try:
+            self.batch_sizes.observe(len(batch))
+            # This task's own context: the call carries the ids of the requests it serves.
+            requestid.current.set(requestid.join(entry[3] for entry in batch))
+            results = await self._send([entry[0] for entry in batch], timeout)
+            if len(results) != len(batch):
+                raise _ShortReply(len(results), len(batch))
+            for entry, result in zip(batch, results, strict=True):
+                entry[2](result)
+        except (grpc.RpcError, _ShortReply) as err:
+            failure = self._failure_of(err)
+            self._on_failure(failure, timeout)
+            for entry in batch:
+                entry[2](failure)
+        finally:
+            self._in_flight -= 1
+            self._pump()
+
+    def _failure_of(self, err: grpc.RpcError | _ShortReply) -> NodeFailure:
+        if isinstance(err, grpc.aio.AioRpcError):
+            return self._failure(err.code(), err.details() or "")
+        return self._failure(grpc.StatusCode.INTERNAL, str(err))
+
+    def _failure(self, code: grpc.StatusCode, message: str) -> NodeFailure:
+        return NodeFailure(self._node_id, code, message)
+
+
+class _ShortReply(Exception):
+    """A node answered a batch with the wrong number of results."""
+
+    def __init__(self, got: int, sent: int) -> None:
+        super().__init__(f"node answered {got} results for {sent} items")

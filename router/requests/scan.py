@@ -1,0 +1,129 @@
+"""Scan through the router: fan out ScanRecords to the nodes, merge one ordered page.
+
+Every live node is asked for the same key range; each holds the keys it owns (and repairs
+and hints never put a key on a node that does not own it), so the union covers the range
+as long as every key keeps at least ``needed`` live owners. That is guaranteed when at
+most N - needed nodes are down; with more down the scan is refused as UNAVAILABLE rather
+than silently missing keys. Records merge by key, the newest (version, writer) wins and
+tombstones are dropped, so the result equals a scan of one node holding all the data.
+
+Nodes page their answers, so a node's page ends at its own resume point: only keys below
+the smallest resume point are complete and may be emitted. When that leaves the page
+short (many tombstones, or small node pages) the router asks again from that point until
+the page is full, the range is exhausted, or the deadline nears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from shardkv.common.limits import after
+from shardkv.router.requests.coalescer import NodeFailure
+from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.node_client import NodeClient
+from shardkv.v1 import replica_pb2
+
+
+class ScanUnavailable(Exception):
+    """Too many nodes are down (or failed) to cover every key of the range."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Live records in key order, and where the next page starts (b"" when done)."""
+
+    records: list[replica_pb2.Record]
+    next_token: bytes
+
+
+async def scan_page(
+    clients: Mapping[str, NodeClient],
+    health: NodeHealth,
+    *,
+    replication: int,
+    needed: int,
+    start: bytes,
+    end: bytes,
+    limit: int,
+    max_bytes: int,
+    deadline: float,
+) -> Page:
+    """One page of at most limit live records of [start, end) (end b"" = open), cut short
+    once it holds max_bytes of keys and values (so it fits in one message)."""
+    loop = asyncio.get_running_loop()
+    live = [node_id for node_id in clients if not health.is_down(node_id)]
+    _check_coverage(health, clients, live, replication, needed)
+    emitted: list[replica_pb2.Record] = []
+    size = 0
+    cursor = start
+    while True:
+        replies = await asyncio.gather(
+            *(
+                clients[node_id].scan_records(cursor, end, limit, deadline - loop.time())
+                for node_id in live
+            )
+        )
+        failed = [r for r in replies if isinstance(r, NodeFailure)]
+        if failed:
+            live = [n for n, r in zip(live, replies, strict=True) if not isinstance(r, NodeFailure)]
+            _check_coverage(health, clients, live, replication, needed, failed)
+        pages = [r for r in replies if not isinstance(r, NodeFailure)]
+        bound = _safe_bound(pages)
+        for record in _merge(pages, bound):
+            if len(emitted) == limit or size >= max_bytes:
+                return Page(emitted, after(emitted[-1].key))
+            emitted.append(record)
+            size += len(record.key) + len(record.value)
+        if bound is None or (end and bound >= end):
+            return Page(emitted, b"")
+        if len(emitted) == limit or size >= max_bytes:
+            return Page(emitted, after(emitted[-1].key))
+        if deadline - loop.time() <= 0:
+            # Out of time with a short page: hand back what is complete and resume later.
+            return Page(emitted, bound)
+        cursor = bound
+
+
+def _safe_bound(pages: Sequence[replica_pb2.ScanRecordsResponse]) -> bytes | None:
+    """The smallest per-node resume point: every node has sent all its keys below it.
+
+    None when every node exhausted the range."""
+    resume = [page.next_start for page in pages if page.next_start]
+    return min(resume) if resume else None
+
+
+def _merge(
+    pages: Sequence[replica_pb2.ScanRecordsResponse], bound: bytes | None
+) -> list[replica_pb2.Record]:
+    """Live records below bound, one per key (the newest), in key order."""
+    best: dict[bytes, replica_pb2.Record] = {}
+    for page in pages:
+        for record in page.records:
+            if bound is not None and record.key >= bound:
+                break
+            seen = best.get(record.key)
+            if seen is None or (record.version, record.writer) > (seen.version, seen.writer):
+                best[record.key] = record
+    return [best[key] for key in sorted(best) if not best[key].tombstone]
+
+
+def _check_coverage(
+    health: NodeHealth,
+    clients: Mapping[str, NodeClient],
+    live: Sequence[str],
+    replication: int,
+    needed: int,
+    failed: Sequence[NodeFailure] = (),
+) -> None:
+    """Refuses the scan when some key may have fewer than needed owners among live."""
+    missing = [n for n in clients if n not in live]
+    if len(missing) <= replication - needed:
+        return
+    reasons = {f.node_id: str(f) for f in failed}
+    names = ", ".join(f"{n} ({reasons.get(n) or health.last_error(n) or 'DOWN'})" for n in missing)
+    raise ScanUnavailable(
+        f"scan needs {needed} of N={replication} replicas of every key, so at most"
+        f" {replication - needed} node(s) may be missing; not answering: {names}"
+    )
