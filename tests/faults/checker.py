@@ -1,29 +1,78 @@
 """Judges a history against the final state that every replica agreed on.
 
-Versions decide last-write-wins, so the checks speak in versions:
+Every put writes a value no other put writes (workload.py), so a value names the put that
+wrote it; versions decide last-write-wins. Each read and the final record are linked to
+the write that produced that exact value and version, and a finding is raised when:
 
-- lost: an acknowledged write whose version is above the final record's. The final record
-  must be that write or one with a higher version; anything else means the write was
-  dropped after it was acknowledged (a durability bug).
-- stale: a read that returned a version below a write acknowledged before the read began
-  (R + W > N promises that never happens), or that returned not-found although the newest
-  such write was a put and no delete could explain it.
-- phantom: a read or the final state holding a value no put (acknowledged or unknown) wrote.
-- discarded: an acknowledged write whose version is below that of a write to the same key
-  acknowledged before it began: LWW threw it away the moment it was written, although it
-  is the later one in real time. That happens when versions disagree with real time (clock
-  skew between routers); with one router, whose clock only moves forward, it never must.
+- phantom: a read or the final record holds a value no put wrote, or only a failed put.
+- future: a read returned a value whose put began after the read ended.
+- mislabelled: a value is seen under a version its put cannot have had: version 0, or
+  above the version its put was acknowledged with, or a version its clock also stamped on
+  another write (a clock never stamps two writes alike). A lower version than the
+  acknowledged one can be an earlier attempt: the SDK retries a put on UNAVAILABLE under a
+  new version, so a read that overlapped the put may see the first attempt.
+- reordered: one clock stamped a write that began after another one had ended with a lower
+  version. A clock is a router's hybrid logical clock (or a node's, serving alone); it
+  only moves forward, across restarts too. Versions learned from what reads and the final
+  record show for unknown-outcome puts count as well, so an old value relabelled with a
+  newer version is caught here even when its put's outcome is unknown.
+- unversioned: an acknowledged write with version 0 (it would escape every version check).
+- lost: an acknowledged write whose version is above the final record's: the final record
+  must be that write or a newer one.
+- silent_delete: the final record is a tombstone no delete wrote: no acknowledged delete
+  has its version and no unknown-outcome delete could have been stamped with it.
+- stale: a read returned a version below a write acknowledged before the read began (R + W
+  > N promises that never happens), or not-found although the newest such write was a put
+  and no delete can explain it: an acknowledged delete with a higher version that began
+  before the read ended, or an unknown-outcome delete that began before the read ended and
+  could have been stamped after every write acknowledged before the read (on its own
+  clock: it did not end before any of them began).
+- discarded: an acknowledged write whose version is below that of a write on another clock
+  that ended before it began: LWW threw it away the moment it was written, although it is
+  the later one in real time. That is how LWW behaves when router clocks disagree (README,
+  "What last-write-wins means under clock skew"); a caller may allow it.
+
+What the checks cannot see. An unknown-outcome write's version is known only where a read
+or the final record shows its value; a delete's never is (a tombstone names no delete), so
+unknown deletes are judged by when they ran. Across clocks, versions say nothing about real
+time: with skewed routers a write on one clock may carry any version relative to the other
+clock's, so a stamp that contradicts real time across clocks is reported as a discard (an
+acknowledged write lost to an earlier one), never as reordered, and an unknown delete on
+one clock may explain a not-found read after any write on the other. With one clock
+(``check``'s default) none of this slack exists.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shardkv.v1 import replica_pb2
 
 from faults.history import DELETE, FAILED, GET, OK, PUT, Op
+
+PHANTOM, FUTURE, MISLABELLED, REORDERED = "phantom", "future", "mislabelled", "reordered"
+UNVERSIONED, LOST, SILENT_DELETE = "unversioned", "lost", "silent_delete"
+STALE, DISCARDED = "stale", "discarded"
+KINDS = (
+    PHANTOM,
+    FUTURE,
+    MISLABELLED,
+    REORDERED,
+    UNVERSIONED,
+    LOST,
+    SILENT_DELETE,
+    STALE,
+    DISCARDED,
+)
+
+ClockOf = Callable[[Op], str]
+
+
+def one_clock(op: Op) -> str:
+    """Every version comes from one clock: one router (or one node serving alone)."""
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +88,28 @@ class Final:
     def of(cls, record: replica_pb2.Record) -> Final:
         return cls(record.version, record.writer, record.tombstone, record.value)
 
+    def __str__(self) -> str:
+        held = "tombstone" if self.tombstone else f"value={self.value!r}"
+        return f"final record {held} version={self.version} writer={self.writer}"
+
+
+NO_RECORD = Final(0, 0, False, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One violation: its kind, the key, the operation at fault (None: the final record)
+    and why, naming the other operation or record that shows it."""
+
+    kind: str
+    key: bytes
+    op: Op | None
+    why: str
+
+    def __str__(self) -> str:
+        subject = str(self.op) if self.op is not None else f"final record of {self.key!r}"
+        return f"{self.kind.upper()} {subject}: {self.why}"
+
 
 @dataclass
 class Verdict:
@@ -48,94 +119,277 @@ class Verdict:
     acknowledged_writes: int = 0
     unknown_writes: int = 0
     failed_writes: int = 0
+    # Successful reads (not-found answers included) and how many of them were not-found.
     reads: int = 0
+    reads_not_found: int = 0
+    failed_reads: int = 0
     acknowledged_deletes: int = 0
-    lost: list[tuple[Op, Final]] = field(default_factory=list)
-    stale: list[tuple[Op, Op]] = field(default_factory=list)
-    phantoms: list[Op] = field(default_factory=list)
-    discarded: list[tuple[Op, Op]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[Finding]:
+        """The findings of one kind (one of KINDS)."""
+        return [finding for finding in self.findings if finding.kind == kind]
+
+    @property
+    def discarded(self) -> list[Finding]:
+        return self.of(DISCARDED)
 
     def summary(self) -> str:
+        counts = " ".join(f"{kind}={len(self.of(kind))}" for kind in KINDS)
         return (
             f"ops={self.ops} acknowledged_writes={self.acknowledged_writes}"
             f" (deletes {self.acknowledged_deletes}) unknown_writes={self.unknown_writes}"
-            f" failed_writes={self.failed_writes} reads_ok={self.reads} lost={len(self.lost)}"
-            f" stale_reads={len(self.stale)} phantoms={len(self.phantoms)}"
-            f" lww_discards={len(self.discarded)}"
+            f" failed_writes={self.failed_writes} reads_ok={self.reads}"
+            f" (not found {self.reads_not_found}) reads_failed={self.failed_reads} {counts}"
         )
 
     def problems(self, *, allow_discards: bool = False) -> list[str]:
-        """Human-readable lines for every violation (empty when the history is clean)."""
-        lines = [f"LOST {op} final={final}" for op, final in self.lost[:20]]
-        lines += [f"STALE {read} newer acknowledged {write}" for read, write in self.stale[:20]]
-        lines += [f"PHANTOM {op}" for op in self.phantoms[:20]]
-        if not allow_discards:
-            lines += [f"DISCARDED {op} by earlier {by}" for op, by in self.discarded[:20]]
+        """Human-readable lines for every violation, at most 20 per kind (empty when the
+        history is clean). allow_discards: LWW discards across clocks are expected."""
+        lines: list[str] = []
+        for kind in KINDS:
+            if not (allow_discards and kind == DISCARDED):
+                lines += [str(finding) for finding in self.of(kind)[:20]]
         return lines
 
 
-def check(ops: Iterable[Op], final: Mapping[bytes, Final]) -> Verdict:
-    """Runs every check of the module docstring over ops, given each key's final record."""
+def check(
+    ops: Iterable[Op], final: Mapping[bytes, Final], *, clock_of: ClockOf = one_clock
+) -> Verdict:
+    """Runs every check of the module docstring over ops, given each key's final record.
+
+    clock_of names the clock that stamped an operation's versions (one per router); ops on
+    one clock must get versions in real-time order, ops on different clocks need not.
+    """
     by_key: defaultdict[bytes, list[Op]] = defaultdict(list)
     verdict = Verdict()
     for op in ops:
         by_key[op.key].append(op)
-        verdict.ops += 1
-        if op.is_write:
-            verdict.acknowledged_writes += op.outcome == OK
-            verdict.acknowledged_deletes += op.outcome == OK and op.kind == DELETE
-            verdict.failed_writes += op.outcome == FAILED
-            verdict.unknown_writes += op.outcome not in (OK, FAILED)
-        else:
-            verdict.reads += op.outcome == OK
-    for key, key_ops in by_key.items():
-        _check_key(key_ops, final.get(key, Final(0, 0, False, b"")), verdict)
+        _count(op, verdict)
+    for key in sorted(by_key.keys() | final.keys()):
+        history = _KeyHistory(key, by_key[key], final.get(key, NO_RECORD), clock_of)
+        verdict.findings += history.findings()
     return verdict
 
 
-def _check_key(ops: list[Op], final: Final, verdict: Verdict) -> None:
-    writes = [op for op in ops if op.is_write and op.outcome != FAILED]
-    acked = sorted((op for op in writes if op.outcome == OK), key=lambda op: op.end)
-    written_values = {op.value for op in writes if op.kind == PUT}
+def _count(op: Op, verdict: Verdict) -> None:
+    verdict.ops += 1
+    if op.is_write:
+        verdict.acknowledged_writes += op.outcome == OK
+        verdict.acknowledged_deletes += op.outcome == OK and op.kind == DELETE
+        verdict.failed_writes += op.outcome == FAILED
+        verdict.unknown_writes += op.outcome not in (OK, FAILED)
+    elif op.outcome == OK:
+        verdict.reads += 1
+        verdict.reads_not_found += op.value is None
+    else:
+        verdict.failed_reads += 1
 
-    # lost: an acknowledged version above the final one
-    for op in acked:
-        if final.version < op.version:
-            verdict.lost.append((op, final))
 
-    # phantom: the final value or a read value that no put wrote
-    if final.version and not final.tombstone and final.value not in written_values:
-        verdict.phantoms.append(Op("final", PUT, ops[0].key, final.value, 0, 0, OK, final.version))
-    for read in (op for op in ops if op.kind == GET and op.outcome == OK):
-        if read.value is not None and read.value not in written_values:
-            verdict.phantoms.append(read)
-        newest = max(
-            (w for w in acked if w.end < read.start), key=lambda w: w.version, default=None
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """A version a write got: the one it was acknowledged with, or one that a read or the
+    final record showed for its value."""
+
+    write: Op
+    version: int
+
+
+class _KeyHistory:
+    """One key's operations and final record, and the checks that link them."""
+
+    def __init__(self, key: bytes, ops: Sequence[Op], final: Final, clock_of: ClockOf) -> None:
+        self.key = key
+        self.final = final
+        self.clock_of = clock_of
+        self.reads = [op for op in ops if op.kind == GET and op.outcome == OK]
+        self.writes = [op for op in ops if op.is_write and op.outcome != FAILED]
+        # Acknowledged writes with a version: what the lost and stale checks go by.
+        self.acked = [op for op in self.writes if op.outcome == OK and op.version]
+        self.puts = _puts_by_value(key, ops)
+        # Every stamp, with where it was seen (for messages).
+        self.stamps: dict[_Stamp, str] = {
+            _Stamp(op, op.version): "acknowledged" for op in self.acked
+        }
+        self._findings: list[Finding] = []
+
+    def findings(self) -> list[Finding]:
+        """Runs every check once; linking comes first, as it learns unknown writes' versions."""
+        self._check_unversioned()
+        self._link_reads_and_final()
+        self._check_order()
+        self._check_lost()
+        self._check_tombstone()
+        self._check_stale()
+        return self._findings
+
+    def _add(self, kind: str, op: Op | None, why: str) -> None:
+        self._findings.append(Finding(kind, self.key, op, why))
+
+    def _check_unversioned(self) -> None:
+        for op in self.writes:
+            if op.outcome == OK and not op.version:
+                self._add(UNVERSIONED, op, "acknowledged without a version")
+
+    def _link_reads_and_final(self) -> None:
+        for read in self.reads:
+            if read.value is not None:
+                self._link(read.value, read.version, read)
+        if self.final.version and not self.final.tombstone:
+            self._link(self.final.value, self.final.version, None)
+
+    def _link(self, value: bytes, version: int, read: Op | None) -> None:
+        """Finds the put that wrote value, seen under version by read (None: in the final
+        record), checks the pair can be one of that put's stamps, and records the stamp."""
+        seen = str(read) if read is not None else str(self.final)
+        put = self.puts.get(value)
+        if put is None:
+            self._add(PHANTOM, read, f"no put of {self.key!r} wrote {value!r}")
+        elif put.outcome == FAILED:
+            self._add(PHANTOM, read, f"{value!r} was written only by a failed put: {put}")
+        elif read is not None and put.start > read.end:
+            self._add(FUTURE, read, f"its value's put began after the read ended: {put}")
+        elif not version:
+            self._add(MISLABELLED, read, f"{value!r} under version 0, written by {put}")
+        elif put.outcome == OK and put.version and version > put.version:
+            self._add(
+                MISLABELLED,
+                read,
+                f"version {version} is above the one its put was acknowledged with: {put}",
+            )
+        else:
+            self.stamps.setdefault(_Stamp(put, version), seen)
+
+    def _check_order(self) -> None:
+        """A clock stamps each write once with a new version, in real-time order; across
+        clocks an earlier write's higher version discards a later acknowledged one."""
+        owner: dict[tuple[str, int], _Stamp] = {}
+        for stamp, seen in self.stamps.items():
+            first = owner.setdefault((self.clock_of(stamp.write), stamp.version), stamp)
+            if first.write != stamp.write:
+                self._add(
+                    MISLABELLED,
+                    stamp.write,
+                    f"version {stamp.version} ({seen}) was also stamped on {first.write}",
+                )
+        for stamp, seen in self.stamps.items():
+            same, other = self._highest_before(stamp)
+            if same is not None and same.version > stamp.version:
+                self._add(
+                    REORDERED,
+                    stamp.write,
+                    f"version {stamp.version} ({seen}) is below version {same.version}"
+                    f" ({self.stamps[same]}) of {same.write}, which ended before it began",
+                )
+            acknowledged = stamp.write.outcome == OK and stamp.version == stamp.write.version
+            if acknowledged and other is not None and other.version > stamp.version:
+                self._add(
+                    DISCARDED,
+                    stamp.write,
+                    f"lost at once to version {other.version} ({self.stamps[other]})"
+                    f" of {other.write} on another clock, which ended before it began",
+                )
+
+    def _highest_before(self, stamp: _Stamp) -> tuple[_Stamp | None, _Stamp | None]:
+        """The highest stamps, on stamp's clock and on other clocks, of writes that ended
+        before stamp's write began."""
+        clock = self.clock_of(stamp.write)
+        same: _Stamp | None = None
+        other: _Stamp | None = None
+        for earlier in self.stamps:
+            if earlier.write.end >= stamp.write.start:
+                continue
+            if self.clock_of(earlier.write) == clock:
+                if same is None or earlier.version > same.version:
+                    same = earlier
+            elif other is None or earlier.version > other.version:
+                other = earlier
+        return same, other
+
+    def _check_lost(self) -> None:
+        for op in self.acked:
+            if self.final.version < op.version:
+                self._add(LOST, op, f"the {self.final} is older")
+
+    def _check_tombstone(self) -> None:
+        """A final tombstone must be a delete's: an acknowledged one with its version, or an
+        unknown-outcome one whose clock could have stamped that version."""
+        if not (self.final.version and self.final.tombstone):
+            return
+        deletes = [op for op in self.writes if op.kind == DELETE]
+        if any(op.outcome == OK and op.version == self.final.version for op in deletes):
+            return
+        if any(op.outcome != OK and self._could_stamp(op, self.final.version) for op in deletes):
+            return
+        self._add(
+            SILENT_DELETE,
+            None,
+            f"no delete wrote the {self.final} ({len(deletes)} deletes of the key, none"
+            " acknowledged with that version or could have been stamped with it)",
         )
-        if newest is not None and _stale(read, newest, writes):
-            verdict.stale.append((read, newest))
 
-    # discarded: a write acknowledged earlier in real time carries a higher version, so
-    # this one lost the moment it was written
-    ended = sorted(acked, key=lambda op: op.end)
-    index, highest = 0, None
-    for op in sorted(acked, key=lambda op: op.start):
-        while index < len(ended) and ended[index].end < op.start:
-            if highest is None or ended[index].version > highest.version:
-                highest = ended[index]
-            index += 1
-        if highest is not None and highest.version > op.version:
-            verdict.discarded.append((op, highest))
+    def _could_stamp(self, write: Op, version: int) -> bool:
+        """Whether write's clock could have stamped it with version, given the stamps known
+        on that clock: not taken, above every write that ended before it began, below
+        every write that began after it ended."""
+        clock = self.clock_of(write)
+        for stamp in self.stamps:
+            if stamp.write == write or self.clock_of(stamp.write) != clock:
+                continue
+            if stamp.version == version:
+                return False
+            if stamp.write.end < write.start and stamp.version > version:
+                return False
+            if write.end < stamp.write.start and stamp.version < version:
+                return False
+        return True
 
+    def _check_stale(self) -> None:
+        for read in self.reads:
+            before = [op for op in self.acked if op.end < read.start]
+            if not before:
+                continue
+            newest = max(before, key=lambda op: op.version)
+            if read.value is not None and read.version < newest.version:
+                self._add(STALE, read, f"older than {newest}, acknowledged before it began")
+            elif read.value is None and newest.kind == PUT and not self._deleted(read, before):
+                self._add(
+                    STALE,
+                    read,
+                    f"not found, but {newest} was acknowledged before it began and no delete"
+                    " can be ordered after it",
+                )
 
-def _stale(read: Op, newest: Op, writes: list[Op]) -> bool:
-    """Whether read is older than newest, an acknowledged write that ended before it began."""
-    if read.value is not None:
-        return read.version < newest.version
-    if newest.kind == DELETE:
+    def _deleted(self, read: Op, before: Sequence[Op]) -> bool:
+        """Whether a delete explains a not-found read, given the acknowledged writes that
+        ended before the read began (the newest of which is a put)."""
+        newest = max(op.version for op in before)
+        for delete in self.writes:
+            if delete.kind != DELETE or delete.start >= read.end:
+                continue
+            if delete.outcome == OK and delete.version > newest:
+                return True
+            if delete.outcome != OK and self._may_follow(delete, before):
+                return True
         return False
-    # Not found after an acknowledged put: only a delete newer than the put explains it.
-    return not any(
-        w.kind == DELETE and w.start < read.end and (not w.version or w.version > newest.version)
-        for w in writes
-    )
+
+    def _may_follow(self, write: Op, before: Sequence[Op]) -> bool:
+        """Whether write's clock may have stamped it above every write in before: true
+        unless it ended before one of those on its own clock began."""
+        clock = self.clock_of(write)
+        return not any(write.end < op.start for op in before if self.clock_of(op) == clock)
+
+
+def _puts_by_value(key: bytes, ops: Iterable[Op]) -> dict[bytes, Op]:
+    """Each put's value to the put; the workload writes every value once, so a value names
+    its write. A repeated value breaks that premise, so it is refused."""
+    puts: dict[bytes, Op] = {}
+    for op in ops:
+        if op.kind == PUT and op.value is not None:
+            if op.value in puts:
+                raise ValueError(
+                    f"key {key!r}: {op.value!r} written twice ({puts[op.value]}; {op}):"
+                    " the checker needs every put's value to be unique"
+                )
+            puts[op.value] = op
+    return puts

@@ -2,7 +2,8 @@
 (every byte 150 ms late), a black hole (connections stay open, nothing arrives: calls hang
 until their deadline) and a cut (every connection reset). Three nodes, N=3, R=W=2, one
 router; the same checks as the process faults: nothing acknowledged is lost, no stale
-read, the replicas converge once the link heals."""
+read, every value read is linked to its write, the replicas converge once the link heals,
+and reads as well as writes succeed while each fault lasts."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from faults.cluster import (
     start_faulty_cluster,
     wait_node_state,
 )
+from faults.history import reads_during
 from faults.report import scenario_line
 from faults.workload import Workload, run_workload
 
@@ -56,10 +58,15 @@ def test_slow_blackholed_and_cut_links(cluster: FaultyCluster) -> None:
     converge_s = converge(cluster, keys)
     verdict = check(history.ops, final_state(cluster, keys))
     during = cluster.acknowledged_during_faults(history.ops)
-    scenario_line("partitions", history, verdict, cluster.faults, converge_s, during)
+    reads = reads_during(history.ops, cluster.windows)
+    scenario_line("partitions", history, verdict, cluster.faults, converge_s, during, reads)
     assert verdict.acknowledged_writes > 500, verdict.summary()
+    assert verdict.reads - verdict.reads_not_found > 300, verdict.summary()
+    assert verdict.reads_not_found > 10, verdict.summary()
     assert not verdict.problems(), "\n".join(verdict.problems())
+    assert len(during) == 3, during
     assert all(count > 0 for count in during.values()), during
+    assert all(count > 0 for count in reads.values()), reads
     assert cluster.proxies["n3"].connections > 1, "the router never reconnected through the proxy"
 
 

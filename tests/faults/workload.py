@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from shardkv.client import AsyncClient
 
-from faults.history import History
+from faults.history import History, Op
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,13 @@ async def _worker(
         else:
             await history.get(name, key, client.get_record(key))
         await asyncio.sleep(spec.think_s * rng.random() * 2)
+
+
+def client_of(op: Op) -> str:
+    """The client a workload op went through ("c0" for worker "c0w3"). Each client talks
+    to one router, so this names the clock that stamped the op's version: pass it to
+    checker.check as clock_of when router clocks may disagree."""
+    return op.worker.partition("w")[0]
 
 
 def run_workload(
