@@ -182,6 +182,7 @@ class RouterServer:
                 health=self.health,
                 handoff=self._handoff,
                 antientropy=antientropy,
+                rebalancer=rebalancer,
             )
         )
         # Outermost first: refused calls are counted and logged too.

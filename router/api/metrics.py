@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from shardkv.router.membership.move_driver import Rebalancer
 from shardkv.router.repair.anti_entropy import AntiEntropy
 from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.health import NodeHealth
@@ -22,7 +23,7 @@ from shardkv.serving.telemetry import size_histogram
 
 
 class RouterCollector(Collector):
-    """Quorums, repairs, hints, node states, coalesced batch sizes and anti-entropy
+    """Quorums, repairs, hints, node states, coalesced batch sizes, anti-entropy and move
     progress of one router."""
 
     def __init__(
@@ -33,12 +34,14 @@ class RouterCollector(Collector):
         health: NodeHealth,
         handoff: HintHandoff,
         antientropy: AntiEntropy,
+        rebalancer: Rebalancer,
     ) -> None:
         self._coordinator = coordinator
         self._clients = clients
         self._health = health
         self._handoff = handoff
         self._antientropy = antientropy
+        self._rebalancer = rebalancer
 
     def describe(self) -> list[Metric]:
         return []  # computed at scrape time
@@ -46,6 +49,7 @@ class RouterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._quorums()
         yield from self._repair_pass()
+        yield from self._move()
         coordinator, handoff = self._coordinator, self._handoff
         yield CounterMetricFamily(
             "shardkv_router_read_repairs",
@@ -118,6 +122,30 @@ class RouterCollector(Collector):
             families["acknowledged"].add_metric([op], tally.acknowledged)
             families["failures"].add_metric([op], tally.failures)
         yield from families.values()
+
+    def _move(self) -> Iterator[Metric]:
+        """Whether a node add or remove is in progress (every router reads it from the
+        topology), and the keys streamed by the one this router drives."""
+        moving = self._rebalancer.moving
+        yield GaugeMetricFamily(
+            "shardkv_router_moves_in_progress",
+            "1 while the topology is in transition (a node joining or leaving: its move"
+            " streaming, failed or waiting to resume), else 0.",
+            value=int(moving),
+        )
+        # None unless this router drives the move (a FAILED one it drove stays current).
+        current = self._rebalancer.current if moving else None
+        yield GaugeMetricFamily(
+            "shardkv_router_move_keys_total",
+            "Keys the move this router drives has to stream, as counted (0: none).",
+            value=current.keys_total if current is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "shardkv_router_move_keys_moved",
+            "Keys the move this router drives has streamed so far (0: none); it stays put"
+            " while the move is stalled or FAILED.",
+            value=current.keys_moved if current is not None else 0,
+        )
 
     def _repair_pass(self) -> Iterator[Metric]:
         """The anti-entropy pass running now, or the last one (its counters restart with
