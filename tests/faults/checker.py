@@ -18,7 +18,8 @@ the write that produced that exact value and version, and a finding is raised wh
   newer version is caught here even when its put's outcome is unknown.
 - unversioned: an acknowledged write with version 0 (it would escape every version check).
 - lost: an acknowledged write whose version is above the final record's: the final record
-  must be that write or a newer one.
+  must be that write or a newer one. Likewise a version a read returned: a replica that
+  answered with it had committed it, and replicas only ever move to higher versions.
 - silent_delete: the final record is a tombstone no delete wrote: no acknowledged delete
   has its version and no unknown-outcome delete could have been stamped with it.
 - stale: a read returned a version below a write acknowledged before the read began (R + W
@@ -211,6 +212,8 @@ class _KeyHistory:
         self.stamps: dict[_Stamp, str] = {
             _Stamp(op, op.version): "acknowledged" for op in self.acked
         }
+        # Reads whose value and version link to a put's stamp.
+        self.linked_reads: list[Op] = []
         self._findings: list[Finding] = []
 
     def findings(self) -> list[Finding]:
@@ -259,6 +262,8 @@ class _KeyHistory:
             )
         else:
             self.stamps.setdefault(_Stamp(put, version), seen)
+            if read is not None:
+                self.linked_reads.append(read)
 
     def _check_order(self) -> None:
         """A clock stamps each write once with a new version, in real-time order; across
@@ -310,6 +315,9 @@ class _KeyHistory:
         for op in self.acked:
             if self.final.version < op.version:
                 self._add(LOST, op, f"the {self.final} is older")
+        for read in self.linked_reads:
+            if self.final.version < read.version:
+                self._add(LOST, read, f"the version it read is above the {self.final}")
 
     def _check_tombstone(self) -> None:
         """A final tombstone must be a delete's: an acknowledged one with its version, or an

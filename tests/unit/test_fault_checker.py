@@ -137,7 +137,7 @@ def test_an_unknown_puts_value_under_a_later_writes_version_is_caught() -> None:
     # a's outcome is unknown, so its version is not known: but it ended before b began,
     # so its clock stamped it below b's 20.
     ops = [put(b"a", 0, 1, 0, outcome=UNKNOWN), put(b"b", 2, 3, 20)]
-    verdict = check([*ops, get(b"a", 4, 5, 25)], final(b"b", 20))
+    verdict = check([*ops, get(b"a", 4, 5, 25)], final(b"a", 25))
     # Reported on the later write, naming the read that showed the impossible version.
     assert only(verdict, REORDERED) == [ops[1]]
     assert "get b'k' -> b'a' version=25" in verdict.problems()[0]
@@ -194,6 +194,13 @@ def test_an_acknowledged_write_below_the_final_version_is_lost() -> None:
     ops = [put(b"a", 0, 1, 10), put(b"b", 2, 3, 20)]
     assert only(check(ops, final(b"a", 10)), LOST) == [ops[1]]
     assert only(check(ops, {}), LOST) == ops  # no record at all
+
+
+def test_a_version_a_read_saw_must_survive_even_if_its_put_had_no_outcome() -> None:
+    ops = [put(b"a", 0, 1, 10), put(b"b", 2, 3, 0, outcome=UNKNOWN), get(b"b", 2.5, 4, 15)]
+    assert only(check(ops, final(b"a", 10)), LOST) == [ops[2]]
+    deleted = [*ops, delete(2.2, 3.5, 12)]
+    assert only(check(deleted, tombstone(12)), LOST) == [ops[2]]
 
 
 def test_a_lost_delete_brings_the_value_back() -> None:
