@@ -19,6 +19,11 @@ from faults.history import History
 
 ITERATIONS = 10
 WRITERS = 48
+MIN_ACKED = 50
+
+
+def _acked(history: History) -> int:
+    return sum(op.outcome == "ok" for op in history.ops)
 
 
 async def _write_until_killed(
@@ -40,9 +45,15 @@ async def _write_until_killed(
                 await history.put(name, key, value, client.put(key, value))
 
     # One attempt per call: after the kill every call fails at once (unknown outcome).
+    # The kill waits for MIN_ACKED acknowledgements of this round (however slow the machine),
+    # then lands at a random moment of the writes that follow.
+    acked_before = _acked(history)
     async with AsyncClient(address, timeout=2.0, retry=RetryPolicy(max_attempts=1)) as client:
         tasks = [asyncio.create_task(writer(i)) for i in range(WRITERS)]
-        await asyncio.sleep(rng.uniform(0.4, 0.9))
+        async with asyncio.timeout(60):
+            while _acked(history) < acked_before + MIN_ACKED:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(rng.uniform(0.0, 0.5))
         await asyncio.to_thread(kill)  # type: ignore[arg-type]
         stop.set()
         await asyncio.gather(*tasks)
@@ -56,10 +67,10 @@ def test_sigkill_in_heavy_writes_never_loses_an_acknowledged_write(tmp_path: Pat
     try:
         for round_ in range(ITERATIONS):
             node.start()  # waits until SERVING: the store reopened after the previous kill
-            acked_before = sum(op.outcome == "ok" for op in history.ops)
+            acked_before = _acked(history)
             asyncio.run(_write_until_killed(node.address, node.kill, history, round_, rng))
             assert node.popen is not None and node.popen.returncode == -9
-            assert sum(op.outcome == "ok" for op in history.ops) > acked_before + 50, (
+            assert _acked(history) >= acked_before + MIN_ACKED, (
                 f"round {round_}: too few writes were acknowledged before the kill"
             )
         node.start()
