@@ -5,6 +5,9 @@ from shardkv.client import Client
 with Client("127.0.0.1:7100") as kv:
     version = kv.put("greeting", b"hello")
     assert kv.get("greeting") == b"hello"
+
+Against routers both also make the Admin calls (topology, health, node add and remove,
+moves, repair, status, backup, restore), declared once in ``shardkv.client.admin``.
 """
 
 from shardkv.common.requestid import request_id

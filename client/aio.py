@@ -11,9 +11,10 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
-from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 from . import core
+from .admin import AdminCall, AsyncAdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
 from .coalesce import AsyncBatcher
 from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
@@ -22,9 +23,9 @@ from .retry import DEFAULT_RETRY, RetryPolicy
 from .transport import TLSConfig, channel_options
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(ClientBase, AsyncAdminMethods):
     """The asyncio client; same methods and semantics as ``Client`` (see its docstring),
-    each a coroutine, and ``scan`` an async iterator.
+    each a coroutine, and ``scan`` and ``backup`` async iterators.
 
     It may be created anywhere, but is used from one event loop: its channels open on
     its first call, inside that loop (grpc.aio binds a channel to a loop). Concurrent
@@ -180,74 +181,6 @@ class AsyncClient(ClientBase):
         )
         return self._pages(plan, timeout)
 
-    async def topology(self, *, timeout: float | None = None) -> admin_pb2.Topology:
-        reply = await self._invoke(
-            "GetTopology",
-            admin_pb2.GetTopologyRequest(),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.Topology)
-        return reply
-
-    async def health(self, *, timeout: float | None = None) -> admin_pb2.ClusterHealth:
-        reply = await self._invoke(
-            "GetHealth",
-            admin_pb2.GetHealthRequest(),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.ClusterHealth)
-        return reply
-
-    async def add_node(
-        self, node_id: str, address: str, weight: int = 1, *, timeout: float | None = None
-    ) -> admin_pb2.Move:
-        """Starts adding a node online (Admin; routers only); follow it with ``moves()``."""
-        reply = await self._invoke(
-            "AddNode",
-            admin_pb2.AddNodeRequest(id=node_id, address=address, weight=weight),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.Move)
-        return reply
-
-    async def remove_node(self, node_id: str, *, timeout: float | None = None) -> admin_pb2.Move:
-        """Starts decommissioning a node (Admin); follow it with ``moves()``."""
-        reply = await self._invoke(
-            "RemoveNode",
-            admin_pb2.RemoveNodeRequest(id=node_id),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.Move)
-        return reply
-
-    async def moves(self, *, timeout: float | None = None) -> admin_pb2.GetMovesResponse:
-        """The move in progress and those finished, with keys moved and remaining."""
-        reply = await self._invoke(
-            "GetMoves", admin_pb2.GetMovesRequest(), Attempts(self._deadline(timeout)), admin=True
-        )
-        assert isinstance(reply, admin_pb2.GetMovesResponse)
-        return reply
-
-    async def repair(self, *, timeout: float | None = None) -> admin_pb2.RepairStatus:
-        """Starts an anti-entropy pass now, or returns the one running (Admin)."""
-        reply = await self._invoke(
-            "Repair", admin_pb2.RepairRequest(), Attempts(self._deadline(timeout)), admin=True
-        )
-        assert isinstance(reply, admin_pb2.RepairStatus)
-        return reply
-
-    async def repair_status(self, *, timeout: float | None = None) -> admin_pb2.RepairStatus:
-        """The running anti-entropy pass, or the last one (Admin)."""
-        reply = await self._invoke(
-            "GetRepair", admin_pb2.GetRepairRequest(), Attempts(self._deadline(timeout)), admin=True
-        )
-        assert isinstance(reply, admin_pb2.RepairStatus)
-        return reply
-
     async def _pages(self, plan: ScanPlan, timeout: float | None) -> AsyncIterator[Record]:
         page_token, returned = b"", 0
         while not plan.done(returned):
@@ -298,22 +231,62 @@ class AsyncClient(ClientBase):
         reply = await self._invoke("BatchWrite", request, Attempts(deadline))
         return core.write_outcomes(mutations, reply)
 
-    async def _invoke(
-        self, method: str, request: Message, attempts: Attempts, *, admin: bool = False
-    ) -> Any:
-        """One RPC with retries and fail-over (see ``RetryPolicy``)."""
+    async def _admin_call(self, call: AdminCall[Reply], timeout: float | None) -> Reply:
+        attempts = Attempts(self._deadline(timeout))
+        return call.result(await self._invoke(call.method, call.request, attempts, admin=call))
+
+    async def _admin_stream(
+        self, call: AdminCall[Reply], timeout: float | None
+    ) -> AsyncIterator[Reply]:
+        """A server stream, retried only until its first message (see ``RetryPolicy``)."""
         if not self._channels:
             self._connect()
-        stubs: Mapping[str, Any] = self._admin if admin else self._kv
+        attempts = Attempts(self._stream_deadline(timeout))
         metadata = self._call_metadata()
         while True:
-            target, remaining = self._next_target(attempts, method)
+            target, remaining = self._next_target(attempts, call.method, in_order=True)
+            stream = getattr(self._admin[target], call.method)(
+                call.request, timeout=remaining, metadata=metadata
+            )
+            received = False
+            try:
+                async for message in stream:
+                    received = True
+                    yield call.result(message)
+            except grpc.RpcError as err:
+                error, wait = self._after_failure(attempts, target, err)
+                if received or wait is None:
+                    raise error from err
+                await asyncio.sleep(wait)
+            else:
+                self._succeeded(target)
+                return
+            finally:
+                stream.cancel()  # the caller stopped early: end the RPC, not just the loop
+
+    async def _invoke(
+        self,
+        method: str,
+        request: Message,
+        attempts: Attempts,
+        *,
+        admin: AdminCall[Any] | None = None,
+    ) -> Any:
+        """One RPC with retries and fail-over (see ``RetryPolicy``); Admin calls go to the
+        routers in order and are retried as the call allows (see ``shardkv.client.admin``)."""
+        if not self._channels:
+            self._connect()
+        stubs: Mapping[str, Any] = self._kv if admin is None else self._admin
+        repeatable = admin is None or admin.repeatable
+        metadata = self._call_metadata()
+        while True:
+            target, remaining = self._next_target(attempts, method, in_order=admin is not None)
             try:
                 reply = await getattr(stubs[target], method)(
                     request, timeout=remaining, metadata=metadata
                 )
             except grpc.RpcError as err:
-                error, wait = self._after_failure(attempts, target, err)
+                error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
                     raise error from err
                 await asyncio.sleep(wait)

@@ -4,6 +4,7 @@ channels, its own sleeping and its own batchers."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class ClientBase:
             raise ValueError(f"timeout must be positive, got {seconds}")
         return time.monotonic() + seconds
 
+    def _stream_deadline(self, timeout: float | None) -> float:
+        """A stream's deadline: none (infinity) unless timeout is given."""
+        return math.inf if timeout is None else self._deadline(timeout)
+
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
         """The bearer token (if any) and the request id of one RPC: the caller's (set with
         ``request_id``) or a fresh one. Retries of the RPC keep the same id."""
@@ -81,20 +86,24 @@ class ClientBase:
         """The call's level, else the client's (None = the cluster's default)."""
         return self._consistency if consistency is None else consistency
 
-    def _next_target(self, attempts: Attempts, method: str) -> tuple[str, float]:
-        """The router for the next attempt and the seconds it may take."""
+    def _next_target(
+        self, attempts: Attempts, method: str, *, in_order: bool = False
+    ) -> tuple[str, float | None]:
+        """The router for the next attempt and the seconds it may take (None: no bound).
+        KV calls go round robin, Admin calls in_order (see ``shardkv.client.admin``)."""
         remaining = attempts.remaining()
         if remaining <= 0:
             last = f" (last tried {attempts.tried[-1]})" if attempts.tried else ""
             raise DeadlineExceeded(f"{method}: timeout passed before an answer{last}")
-        target = self._targets.pick(attempts.tried)
+        target = self._targets.pick(attempts.tried, in_order=in_order)
         attempts.tried.append(target)
-        return target, remaining
+        return target, None if math.isinf(remaining) else remaining
 
     def _after_failure(
-        self, attempts: Attempts, target: str, err: grpc.RpcError
+        self, attempts: Attempts, target: str, err: grpc.RpcError, *, repeatable: bool = True
     ) -> tuple[ShardKVError, float | None]:
-        """The error of a failed attempt and how long to wait before retrying (None: raise)."""
+        """The error of a failed attempt and how long to wait before retrying (None: raise);
+        a call that is not repeatable only fails over (see ``RetryPolicy.delay``)."""
         error = from_rpc_error(err, target=target)
         now = time.monotonic()
         wait = self._retry.delay(
@@ -103,6 +112,7 @@ class ClientBase:
             elapsed=now - attempts.started,
             remaining=attempts.deadline - now,
             untried_target=self._targets.untried(attempts.tried),
+            repeatable=repeatable,
         )
         if error.code is grpc.StatusCode.UNAVAILABLE:
             self._targets.failed(target)

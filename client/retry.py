@@ -20,6 +20,10 @@ key) is raised, not retried: the router has already tried every replica it knows
 
 DEADLINE_EXCEEDED is never retried: the call's time is spent, and a write's outcome is
 unknown (see ``errors.DeadlineExceeded``).
+
+Admin calls with a lasting effect (AddNode, RemoveNode, Repair) are not repeatable: after
+UNAVAILABLE they only fail over, at once, to a router the call has not tried (see
+``shardkv.client.admin``).
 """
 
 from __future__ import annotations
@@ -80,15 +84,20 @@ class RetryPolicy:
         elapsed: float,
         remaining: float,
         untried_target: bool,
+        repeatable: bool = True,
         rng: random.Random | None = None,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up and raise.
 
         code: status of the last attempt; failed_attempts: attempts made so far;
         elapsed: seconds since the first attempt; remaining: seconds left of the call's
-        timeout; untried_target: another router this call has not tried yet exists.
+        timeout; untried_target: another router this call has not tried yet exists;
+        repeatable: False for a call that must not reach one router twice, which then
+        only fails over to an untried router (0) or gives up (None).
         """
         if code not in RETRYABLE_CODES or failed_attempts >= self.max_attempts:
+            return None
+        if not repeatable and not untried_target:
             return None
         wait = 0.0 if untried_target else self.backoff(failed_attempts, rng)
         if wait >= remaining:

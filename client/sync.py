@@ -11,9 +11,10 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 from . import core
+from .admin import AdminCall, AdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
 from .coalesce import ThreadBatcher
 from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
@@ -22,7 +23,7 @@ from .retry import DEFAULT_RETRY, RetryPolicy
 from .transport import TLSConfig, channel_options
 
 
-class Client(ClientBase):
+class Client(ClientBase, AdminMethods):
     """A shardkv client: talks to one or more routers (or a single shardd) over gRPC.
 
     ``targets`` is "host:port", "host:port,host:port" or a list: calls are spread over
@@ -48,6 +49,10 @@ class Client(ClientBase):
     Errors are ``ShardKVError`` subclasses; ``DeadlineExceeded`` means the outcome is
     unknown (a write may or may not have happened). Use as a context manager or call
     ``close()``.
+
+    Against routers it also makes the Admin calls (``topology``, ``health``, ``add_node``,
+    ``remove_node``, ``moves``, ``repair``, ``repair_status``, ``status``, ``backup``,
+    ``restore``: see ``shardkv.client.admin.AdminMethods``).
     """
 
     def __init__(
@@ -198,76 +203,6 @@ class Client(ClientBase):
         )
         return self._pages(plan, timeout)
 
-    def topology(self, *, timeout: float | None = None) -> admin_pb2.Topology:
-        """The cluster's topology as the router sees it (Admin service; routers only)."""
-        reply = self._invoke(
-            "GetTopology",
-            admin_pb2.GetTopologyRequest(),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.Topology)
-        return reply
-
-    def health(self, *, timeout: float | None = None) -> admin_pb2.ClusterHealth:
-        """Whether every node is up, and each node's state (Admin service; routers only)."""
-        reply = self._invoke(
-            "GetHealth",
-            admin_pb2.GetHealthRequest(),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.ClusterHealth)
-        return reply
-
-    def add_node(
-        self, node_id: str, address: str, weight: int = 1, *, timeout: float | None = None
-    ) -> admin_pb2.Move:
-        """Starts adding a node online (Admin; routers only); follow it with ``moves()``."""
-        reply = self._invoke(
-            "AddNode",
-            admin_pb2.AddNodeRequest(id=node_id, address=address, weight=weight),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.Move)
-        return reply
-
-    def remove_node(self, node_id: str, *, timeout: float | None = None) -> admin_pb2.Move:
-        """Starts decommissioning a node (Admin); follow it with ``moves()``."""
-        reply = self._invoke(
-            "RemoveNode",
-            admin_pb2.RemoveNodeRequest(id=node_id),
-            Attempts(self._deadline(timeout)),
-            admin=True,
-        )
-        assert isinstance(reply, admin_pb2.Move)
-        return reply
-
-    def moves(self, *, timeout: float | None = None) -> admin_pb2.GetMovesResponse:
-        """The move in progress and those finished, with keys moved and remaining."""
-        reply = self._invoke(
-            "GetMoves", admin_pb2.GetMovesRequest(), Attempts(self._deadline(timeout)), admin=True
-        )
-        assert isinstance(reply, admin_pb2.GetMovesResponse)
-        return reply
-
-    def repair(self, *, timeout: float | None = None) -> admin_pb2.RepairStatus:
-        """Starts an anti-entropy pass now, or returns the one running (Admin)."""
-        reply = self._invoke(
-            "Repair", admin_pb2.RepairRequest(), Attempts(self._deadline(timeout)), admin=True
-        )
-        assert isinstance(reply, admin_pb2.RepairStatus)
-        return reply
-
-    def repair_status(self, *, timeout: float | None = None) -> admin_pb2.RepairStatus:
-        """The running anti-entropy pass, or the last one (Admin)."""
-        reply = self._invoke(
-            "GetRepair", admin_pb2.GetRepairRequest(), Attempts(self._deadline(timeout)), admin=True
-        )
-        assert isinstance(reply, admin_pb2.RepairStatus)
-        return reply
-
     def _pages(self, plan: ScanPlan, timeout: float | None) -> Iterator[Record]:
         page_token, returned = b"", 0
         while not plan.done(returned):
@@ -326,20 +261,56 @@ class Client(ClientBase):
             mutations, self._invoke("BatchWrite", request, Attempts(deadline))
         )
 
-    def _invoke(
-        self, method: str, request: Message, attempts: Attempts, *, admin: bool = False
-    ) -> Any:
-        """One RPC with retries and fail-over (see ``RetryPolicy``)."""
-        stubs: Mapping[str, Any] = self._admin if admin else self._kv
+    def _admin_call(self, call: AdminCall[Reply], timeout: float | None) -> Reply:
+        attempts = Attempts(self._deadline(timeout))
+        return call.result(self._invoke(call.method, call.request, attempts, admin=call))
+
+    def _admin_stream(self, call: AdminCall[Reply], timeout: float | None) -> Iterator[Reply]:
+        """A server stream, retried only until its first message (see ``RetryPolicy``)."""
+        attempts = Attempts(self._stream_deadline(timeout))
         metadata = self._call_metadata()
         while True:
-            target, remaining = self._next_target(attempts, method)
+            target, remaining = self._next_target(attempts, call.method, in_order=True)
+            stream = getattr(self._admin[target], call.method)(
+                call.request, timeout=remaining, metadata=metadata
+            )
+            received = False
+            try:
+                for message in stream:
+                    received = True
+                    yield call.result(message)
+            except grpc.RpcError as err:
+                error, wait = self._after_failure(attempts, target, err)
+                if received or wait is None:
+                    raise error from err
+                time.sleep(wait)
+            else:
+                self._succeeded(target)
+                return
+            finally:
+                stream.cancel()  # the caller stopped early: end the RPC, not just the loop
+
+    def _invoke(
+        self,
+        method: str,
+        request: Message,
+        attempts: Attempts,
+        *,
+        admin: AdminCall[Any] | None = None,
+    ) -> Any:
+        """One RPC with retries and fail-over (see ``RetryPolicy``); Admin calls go to the
+        routers in order and are retried as the call allows (see ``shardkv.client.admin``)."""
+        stubs: Mapping[str, Any] = self._kv if admin is None else self._admin
+        repeatable = admin is None or admin.repeatable
+        metadata = self._call_metadata()
+        while True:
+            target, remaining = self._next_target(attempts, method, in_order=admin is not None)
             try:
                 reply = getattr(stubs[target], method)(
                     request, timeout=remaining, metadata=metadata
                 )
             except grpc.RpcError as err:
-                error, wait = self._after_failure(attempts, target, err)
+                error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
                     raise error from err
                 time.sleep(wait)

@@ -100,15 +100,19 @@ class Targets:
         self._failed_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def pick(self, tried: Sequence[str] = ()) -> str:
-        """The next address, preferring ones not in tried and not recently failed."""
+    def pick(self, tried: Sequence[str] = (), *, in_order: bool = False) -> str:
+        """The next address, preferring ones not in tried and not recently failed; with
+        in_order the first such in the order given, rather than the next round robin."""
         if len(self.addresses) == 1:
             return self.addresses[0]
         now = time.monotonic()
         with self._lock:
             count = len(self.addresses)
-            order = [self.addresses[(self._next + i) % count] for i in range(count)]
-            self._next = (self._next + 1) % count
+            if in_order:
+                order = list(self.addresses)
+            else:
+                order = [self.addresses[(self._next + i) % count] for i in range(count)]
+                self._next = (self._next + 1) % count
             candidates = [a for a in order if a not in tried] or order
             healthy = [a for a in candidates if self._failed_until.get(a, 0.0) <= now]
             return (healthy or candidates)[0]

@@ -4,4 +4,11 @@
 - ``topology``   node add/remove, moves, repair.
 - ``operations`` status, backup, restore; ``status`` draws the cluster table (rich);
   ``backup`` the backup directory and its format.
+
+Every call goes through the SDK's ``Client`` (its Admin methods: ``shardkv.client.admin``).
 """
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked (an unusable backup directory, a missing
+    optional dependency); the message names the file or the fix."""

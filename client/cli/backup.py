@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from google.protobuf.json_format import MessageToDict
-from shardkv.client.operator import Operator, OperatorError
+from shardkv.client.sync import Client
 from shardkv.v1 import admin_pb2, replica_pb2
+
+from . import CommandError
 
 FORMAT = "shardkv-backup/1"
 MANIFEST = "manifest.json"
@@ -46,7 +48,7 @@ RESTORE_BATCH_BYTES = 4 << 20
 Progress = Callable[[str], None]
 
 
-class BackupError(OperatorError):
+class BackupError(CommandError):
     """The backup directory cannot be written or read; the message names the file."""
 
 
@@ -71,18 +73,18 @@ class RestoreSummary:
     failures: list[str]
 
 
-def backup(operator: Operator, directory: Path, *, progress: Progress) -> dict[str, Any]:
+def backup(client: Client, directory: Path, *, progress: Progress) -> dict[str, Any]:
     """Copies every node's store and the topology into directory (new or empty); returns
     the manifest. Fails, naming the node, if any node cannot be copied."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise BackupError(f"{directory} exists and is not an empty directory")
     (directory / "nodes").mkdir(parents=True, exist_ok=True)
-    topology = operator.topology()
+    topology = client.topology()
     _write_text(directory / "topology.json", json.dumps(_topology_json(topology), indent=2))
     _write_text(directory / "cluster.toml", _cluster_toml(topology))
     files = []
     for node in topology.nodes:
-        node_file = _backup_node(operator, node.id, directory / "nodes" / f"{node.id}.snapshot")
+        node_file = _backup_node(client, node.id, directory / "nodes" / f"{node.id}.snapshot")
         progress(
             f"{node.id}: {node_file.records} records, {node_file.hints} hints,"
             f" {node_file.bytes} bytes"
@@ -99,13 +101,13 @@ def backup(operator: Operator, directory: Path, *, progress: Progress) -> dict[s
     return manifest
 
 
-def _backup_node(operator: Operator, node_id: str, path: Path) -> NodeFile:
+def _backup_node(client: Client, node_id: str, path: Path) -> NodeFile:
     partial = path.with_name(path.name + ".partial")
     digest = hashlib.sha256()
     records = hints = size = 0
     try:
         with partial.open("wb") as out:
-            for batch in operator.backup(node_id):
+            for batch in client.backup(node_id):
                 data = batch.SerializeToString()
                 frame = len(data).to_bytes(4, "big") + data
                 out.write(frame)
@@ -123,7 +125,7 @@ def _backup_node(operator: Operator, node_id: str, path: Path) -> NodeFile:
 
 
 def restore(
-    operator: Operator,
+    client: Client,
     directory: Path,
     *,
     progress: Progress,
@@ -137,7 +139,7 @@ def restore(
     for node_file in files:
         before = sent
         for chunk in _chunks(directory / node_file.file, batch_records, batch_bytes):
-            reply = operator.restore(chunk)
+            reply = client.restore(chunk)
             sent += len(chunk)
             restored += reply.restored
             failures.extend(reply.failures)

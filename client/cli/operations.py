@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from shardkv.client.operator import Operator
+from shardkv.client.sync import Client
 
 from . import backup, status
 
@@ -49,10 +49,11 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, help="a directory written by shardctl backup")
 
 
-def run(args: argparse.Namespace, operator: Operator, out: TextIO) -> int:
+def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
+    """Runs one of COMMANDS; returns the exit code."""
     if args.command == "status":
         return status.run(
-            operator, out, as_json_lines=args.json, watch=args.watch, interval=args.interval
+            client, out, as_json_lines=args.json, watch=args.watch, interval=args.interval
         )
     progress_to = sys.stderr if args.json else out
 
@@ -60,13 +61,13 @@ def run(args: argparse.Namespace, operator: Operator, out: TextIO) -> int:
         print(line, file=progress_to, flush=True)
 
     if args.command == "backup":
-        manifest = backup.backup(operator, args.dir, progress=progress)
+        manifest = backup.backup(client, args.dir, progress=progress)
         if args.json:
             _emit(out, manifest)
         else:
             out.write(f"backed up {len(manifest['nodes'])} nodes into {args.dir}\n")
         return EXIT_OK
-    summary = backup.restore(operator, args.dir, progress=progress)
+    summary = backup.restore(client, args.dir, progress=progress)
     if args.json:
         _emit(out, dataclasses.asdict(summary))
     else:

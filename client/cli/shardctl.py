@@ -43,11 +43,11 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from shardkv.client.core import Consistency, Record
 from shardkv.client.errors import ShardKVError
-from shardkv.client.operator import Operator, OperatorError
 from shardkv.client.sync import Client
 from shardkv.client.transport import TLSConfig
 from shardkv.v1 import admin_pb2
 
+from . import CommandError
 from . import operations as operations_cli
 from . import topology as topology_cli
 
@@ -203,13 +203,9 @@ def _print_nodes(out: TextIO, nodes: Sequence[admin_pb2.NodeStatus]) -> None:
 
 
 def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, out: TextIO) -> int:
-    if args.command in operations_cli.COMMANDS:
-        addresses, tls, bearer_token = _connection(args)
-        with Operator(
-            addresses, timeout=args.timeout, tls=tls, bearer_token=bearer_token
-        ) as operator:
-            return operations_cli.run(args, operator, out)
     with _client(args) as client:
+        if args.command in operations_cli.COMMANDS:
+            return operations_cli.run(args, client, out)
         if args.command in topology_cli.COMMANDS:
             return topology_cli.run(args, client, out)
         if args.command == "get":
@@ -293,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShardKVError as err:
         print(f"shardctl: {_describe(err)}", file=sys.stderr)
         return EXIT_ERROR
-    except (_Failure, ValueError, OperatorError) as err:
+    except (_Failure, ValueError, CommandError) as err:
         print(f"shardctl: {err}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

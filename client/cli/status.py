@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from shardkv.client.operator import Operator, OperatorError
+from shardkv.client.sync import Client
 from shardkv.v1 import admin_pb2
+
+from . import CommandError
 
 if TYPE_CHECKING:  # rich is optional (the cli extra); imported where a table is drawn
     from rich.console import Console
@@ -148,27 +150,25 @@ def table(view: dict[str, Any]) -> Table:
     return grid
 
 
-def run(
-    operator: Operator, out: TextIO, *, as_json_lines: bool, watch: bool, interval: float
-) -> int:
+def run(client: Client, out: TextIO, *, as_json_lines: bool, watch: bool, interval: float) -> int:
     """Prints one view (from two samples interval apart, for the rates; one sample when
     interval is 0), or with watch keeps printing a fresh one every interval."""
     if not as_json_lines:
         try:
             import rich  # noqa: F401
         except ImportError:
-            raise OperatorError(
+            raise CommandError(
                 "shardctl status draws its table with rich: pip install 'shardkv[cli]'"
                 " (or use --json)"
             ) from None
-    first = Sample(operator.status(), time.monotonic())
+    first = Sample(client.status(), time.monotonic())
     if watch:
-        return _watch(operator, out, first, as_json_lines=as_json_lines, interval=interval)
+        return _watch(client, out, first, as_json_lines=as_json_lines, interval=interval)
     if interval <= 0:
         _emit(out, first, ops_per_second(None, first), as_json_lines)
         return 0
     time.sleep(interval)
-    second = Sample(operator.status(), time.monotonic())
+    second = Sample(client.status(), time.monotonic())
     _emit(out, second, ops_per_second(first, second), as_json_lines)
     return 0
 
@@ -190,7 +190,7 @@ def _console(out: TextIO) -> Console:
 
 
 def _watch(
-    operator: Operator, out: TextIO, first: Sample, *, as_json_lines: bool, interval: float
+    client: Client, out: TextIO, first: Sample, *, as_json_lines: bool, interval: float
 ) -> int:
     """Samples every interval until Ctrl-C; JSON Lines, or a table redrawn in place."""
     interval = max(interval, 0.1)
@@ -200,7 +200,7 @@ def _watch(
             while True:
                 _emit(out, previous, rates, True)
                 time.sleep(interval)
-                current = Sample(operator.status(), time.monotonic())
+                current = Sample(client.status(), time.monotonic())
                 previous, rates = current, ops_per_second(previous, current)
         from rich.live import Live
 
@@ -209,7 +209,7 @@ def _watch(
         ) as live:
             while True:
                 time.sleep(interval)
-                current = Sample(operator.status(), time.monotonic())
+                current = Sample(client.status(), time.monotonic())
                 previous, rates = current, ops_per_second(previous, current)
                 live.update(table(as_json(current, rates)), refresh=True)
     except KeyboardInterrupt:

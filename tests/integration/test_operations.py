@@ -19,7 +19,6 @@ import pytest
 from harness import BIN, Cluster, Proc, start_cluster, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
 from shardkv.client import Client, request_id
-from shardkv.client.operator import Operator
 from shardkv.common.requestid import join
 from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import admin_pb2, kv_pb2, kv_pb2_grpc
@@ -195,10 +194,10 @@ def test_status_json_follows_a_killed_node_down_and_back(observed: Cluster) -> N
     assert all(n["reachable"] and n["keys"] > 0 and n["disk_bytes"] > 0 for n in nodes.values())
 
     victim = observed.node("n2")
-    with Operator(observed.router.address) as operator:
+    with Client(observed.router.address) as admin:
 
         def state() -> str:
-            [n2] = [n for n in operator.status().topology.nodes if n.id == "n2"]
+            [n2] = [n for n in admin.status().topology.nodes if n.id == "n2"]
             return str(admin_pb2.NodeState.Name(n2.state))
 
         victim.kill()
