@@ -57,16 +57,8 @@ PHANTOM, FUTURE, MISLABELLED, REORDERED = "phantom", "future", "mislabelled", "r
 UNVERSIONED, LOST, SILENT_DELETE = "unversioned", "lost", "silent_delete"
 STALE, DISCARDED = "stale", "discarded"
 KINDS = (
-    PHANTOM,
-    FUTURE,
-    MISLABELLED,
-    REORDERED,
-    UNVERSIONED,
-    LOST,
-    SILENT_DELETE,
-    STALE,
-    DISCARDED,
-)
+    PHANTOM, FUTURE, MISLABELLED, REORDERED, UNVERSIONED, LOST, SILENT_DELETE, STALE, DISCARDED
+)  # fmt: skip
 
 ClockOf = Callable[[Op], str]
 
