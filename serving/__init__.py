@@ -3,6 +3,8 @@
 - ``telemetry`` the request interceptor (request ids, counts, latencies, log lines) and the
   Prometheus endpoint.
 - ``tally``     plain-integer histograms and counters that metrics read at scrape time.
+- ``status``    the one table from exceptions to gRPC status codes, and the handler
+  wrappers every servicer of node and router uses.
 """
 
 from shardkv.common.extras import require_extra

@@ -1,10 +1,10 @@
 """The public KV API served by one node on its own: it versions writes with its own clock.
 
 Each handler validates the request, delegates to NodeStorage and builds the answer; errors
-are mapped by shardkv.shardd.errors. Consistency levels are checked but mean nothing to a
-single node. Scan pages may hold fewer live records than the limit (tombstones count
-toward it and are dropped), like a filtered page in DynamoDB: keep paging while
-next_page_token is not empty.
+end the call through the status table (shardkv.serving.status, the node's entries in
+shardkv.shardd.errors). Consistency levels are checked but mean nothing to a single node.
+Scan pages may hold fewer live records than the limit (tombstones count toward it and are
+dropped), like a filtered page in DynamoDB: keep paging while next_page_token is not empty.
 """
 
 from __future__ import annotations

@@ -2,71 +2,28 @@
 
 Each handler has one shape (etcd's v3rpc): validate against Limits, work out the deadline
 and the number of replicas needed, call the Coordinator (or the scan), and turn the
-outcome into a response. One table maps domain errors to status codes.
+outcome into a response. Errors end the call through the shared status table
+(shardkv.serving.status; the router's entries in shardkv.router.api.errors).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from shardkv.common.limits import LimitExceeded, Limits, scan_range
+from shardkv.router.api.errors import Exhausted, Unavailable, unary
 from shardkv.router.membership.topology import Topology
 from shardkv.router.requests.coordinator import Coordinator, Mutation, ReadOutcome, WriteOutcome
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.router.requests.quorum import replicas_needed
-from shardkv.router.requests.scan import ScanUnavailable, scan_page
+from shardkv.router.requests.scan import scan_page
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
-log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class Unavailable(Exception):
-    """Not enough replicas answered; the message says how many and which failed."""
-
-
-class Exhausted(Exception):
-    """Too few replicas could take the request because one lacked resources (a full store,
-    an overloaded node or router queue); the message says which. Passed on as
-    RESOURCE_EXHAUSTED rather than UNAVAILABLE: an immediate retry will not help."""
-
-
-_STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
-    LimitExceeded: grpc.StatusCode.INVALID_ARGUMENT,
-    Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    ScanUnavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Handler = Callable[["KVService", Req, Context], Awaitable[Resp]]
-
-
-def _mapped(handler: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Turns domain errors into status codes; anything unknown is logged and INTERNAL."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: KVService, request: Req, context: Context) -> Resp:
-        try:
-            return await handler(self, request, context)
-        except tuple(_STATUS_OF) as err:
-            code = next(c for t, c in _STATUS_OF.items() if isinstance(err, t))
-            await context.abort(code, str(err))
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {handler.__name__}")
-        raise AssertionError("abort returned")  # pragma: no cover
-
-    return wrapper
 
 
 def _item_status(outcome: ReadOutcome | WriteOutcome) -> kv_pb2.ItemStatus:
@@ -132,7 +89,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             raise _failed(outcome)
         return outcome.version
 
-    @_mapped
+    @unary
     async def Get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:
         self._limits.check_key(request.key)
         needed = self._reads_needed(request.consistency)
@@ -142,14 +99,14 @@ class KVService(kv_pb2_grpc.KVServicer):
         result = _get_result(request.key, outcome)
         return kv_pb2.GetResponse(found=result.found, value=result.value, version=result.version)
 
-    @_mapped
+    @unary
     async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
         mutation = Mutation(request.key, request.value)
         return kv_pb2.PutResponse(
             version=await self._write_one(mutation, request.consistency, context)
         )
 
-    @_mapped
+    @unary
     async def Delete(
         self, request: kv_pb2.DeleteRequest, context: Context
     ) -> kv_pb2.DeleteResponse:
@@ -158,7 +115,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             version=await self._write_one(mutation, request.consistency, context)
         )
 
-    @_mapped
+    @unary
     async def BatchGet(
         self, request: kv_pb2.BatchGetRequest, context: Context
     ) -> kv_pb2.BatchGetResponse:
@@ -172,7 +129,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             results=[_get_result(k, o) for k, o in zip(keys, outcomes, strict=True)]
         )
 
-    @_mapped
+    @unary
     async def BatchWrite(
         self, request: kv_pb2.BatchWriteRequest, context: Context
     ) -> kv_pb2.BatchWriteResponse:
@@ -191,7 +148,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             ]
         )
 
-    @_mapped
+    @unary
     async def Scan(self, request: kv_pb2.ScanRequest, context: Context) -> kv_pb2.ScanResponse:
         start, end = scan_range(request.prefix, request.start, request.end)
         limit = self._limits.page_size(request.limit)

@@ -30,8 +30,10 @@ import grpc
 import grpc.aio
 from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.router.membership.live_topology import Membership
+from shardkv.router.membership.move_plan import NodeUnknown
 from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.health import DOWN
+from shardkv.serving.status import Relayed
 from shardkv.v1 import admin_pb2, replica_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -79,31 +81,26 @@ class Operations:
     async def backup(
         self, request: admin_pb2.BackupRequest, context: Context
     ) -> AsyncIterator[replica_pb2.SnapshotBatch]:
-        """The node's snapshot, batch by batch; NOT_FOUND for an unknown node, and the
-        node's own status when its stream fails."""
+        """The node's snapshot, batch by batch; NodeUnknown (NOT_FOUND) for an unknown
+        node, and the node's own status, relayed, when its stream fails."""
         client = self._clients.get(request.node_id)
         if client is None:
             known = ", ".join(sorted(self._clients))
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no node {request.node_id!r} (nodes: {known})"
-            )
-        assert client is not None  # abort raised otherwise
+            raise NodeUnknown(f"no node {request.node_id!r} (nodes: {known})")
         try:
             async for batch in client.snapshot(request.batch_size, context.time_remaining()):
                 yield batch
         except grpc.aio.AioRpcError as err:
-            await context.abort(
+            raise Relayed(
                 err.code(), f"snapshot of node {request.node_id} failed: {err.details()}"
-            )
+            ) from err
 
     async def restore(
         self, request: admin_pb2.RestoreRequest, context: Context
     ) -> admin_pb2.RestoreResponse:
-        """Writes the records with their own versions; each must reach W replicas."""
-        try:
-            self._check(request.records)
-        except LimitExceeded as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        """Writes the records with their own versions; each must reach W replicas. Records
+        that break a limit refuse the whole call (LimitExceeded: INVALID_ARGUMENT)."""
+        self._check(request.records)
         remaining = context.time_remaining()
         timeout = self._request_timeout_s if remaining is None else remaining
         deadline = asyncio.get_running_loop().time() + timeout
