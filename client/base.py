@@ -4,6 +4,7 @@ channels, its own sleeping and its own batchers."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ from shardkv.common.limits import DEFAULT_LIMITS
 from .core import Consistency
 from .errors import DeadlineExceeded, ShardKVError, from_rpc_error
 from .retry import RetryPolicy
-from .transport import Targets, TLSConfig, auth_metadata, split_targets
+from .transport import Targets, TLSConfig, auth_metadata, plaintext_token_targets, split_targets
+
+log = logging.getLogger(__name__)
 
 # Batch calls per batcher (kind of call x consistency) running at once: enough that one
 # slow call does not stall the others, few enough that batches stay large. Measured with
@@ -59,6 +62,13 @@ class ClientBase:
         self._retry = retry
         self._tls = tls
         self._metadata = auth_metadata(bearer_token)
+        exposed = plaintext_token_targets(self._targets.addresses, tls, bearer_token)
+        if exposed:  # once per client: here, not per call
+            log.warning(
+                "the bearer token goes in plaintext to %s, where anyone on the path can read"
+                " it; use TLS (tls=TLSConfig(...)) beyond loopback",
+                ", ".join(exposed),
+            )
 
     @property
     def targets(self) -> list[str]:

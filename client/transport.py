@@ -7,6 +7,7 @@ one gRPC channel per address with ``channel_options`` and ``credentials``.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Sequence
@@ -84,6 +85,33 @@ def auth_metadata(bearer_token: str | None) -> tuple[tuple[str, str], ...] | Non
     if not bearer_token or any(ch in bearer_token for ch in "\r\n"):
         raise ValueError("bearer_token must be a non-empty single line")
     return (("authorization", f"Bearer {bearer_token}"),)
+
+
+def is_loopback(target: str) -> bool:
+    """Whether a gRPC target ("host:port", "[v6]:port", "dns:///host:port", "unix:path")
+    stays on this machine: a Unix socket, "localhost" or a loopback address."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        target = target.removeprefix(scheme)
+    host = target.rpartition(":")[0] if target.count(":") == 1 or "]" in target else target
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: it may resolve anywhere
+
+
+def plaintext_token_targets(
+    targets: Sequence[str], tls: TLSConfig | None, bearer_token: str | None
+) -> list[str]:
+    """The targets a bearer token would cross the network to in plaintext (readable by
+    anyone on the path): every non-loopback one when there is a token and no TLS."""
+    if bearer_token is None or tls is not None:
+        return []
+    return [target for target in targets if not is_loopback(target)]
 
 
 class Targets:

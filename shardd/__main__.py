@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.logs import setup_logging
+from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
 from shardkv.serving import telemetry
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
@@ -68,7 +69,9 @@ def _address(text: str) -> str:
 def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     """The server config and the log level the flags ask for."""
     parser = argparse.ArgumentParser(prog="shardd", description="shardkv storage node")
-    parser.add_argument("--id", required=True, help="stable node id, as in cluster.toml")
+    parser.add_argument(
+        "--id", required=True, help=f"stable node id, as in cluster.toml ({NODE_ID_RULE})"
+    )
     parser.add_argument(
         "--listen",
         type=_address,
@@ -125,8 +128,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     )
     telemetry.add_flags(parser)
     args = parser.parse_args(argv)
-    if not args.id.strip():
-        parser.error("--id must not be empty")
+    try:
+        check_node_id(args.id, "--id")
+    except BadNodeId as err:
+        parser.error(str(err))
     if args.map_size > args.max_map_size:
         parser.error(f"--map-size {args.map_size} exceeds --max-map-size {args.max_map_size}")
     tls = _tls(parser, args)

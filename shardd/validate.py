@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from shardkv.common.limits import LimitExceeded, Limits, scan_range
-from shardkv.shardd.store import check_target
+from shardkv.common.node_ids import check_node_id
+from shardkv.shardd import store
 from shardkv.v1 import kv_pb2, replica_pb2
 
 __all__ = ["check_consistency", "check_range", "check_record", "check_target", "response_budget"]
@@ -16,6 +17,13 @@ def check_consistency(value: int) -> None:
     the caller and is refused rather than silently read as the default."""
     if value not in kv_pb2.Consistency.values():
         raise LimitExceeded(f"consistency {value} is not one of {_CONSISTENCY}")
+
+
+def check_target(target: str) -> None:
+    """A hint or marker target: a name the store can hold (its own length check) that is
+    also a node id, since targets are node ids (shardkv.common.node_ids)."""
+    store.check_target(target)
+    check_node_id(target, "hint target")
 
 
 def check_range(start: bytes, end: bytes) -> tuple[bytes, bytes]:

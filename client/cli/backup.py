@@ -16,7 +16,10 @@ independent of the LMDB build (page size, key limit), readable by any client of 
 and restorable into a cluster of any shape. Each node made its copy with LMDB's
 compacting copy (``Replica.Snapshot``), so each file is one consistent moment of its node.
 
-Restore verifies every file's SHA-256 first, then sends the records through the router
+Node ids become file names, so each must be a plain name (``shardkv.common.node_ids``), and
+no file is written or read outside the backup directory: a path that leads out of it
+(``..``, an absolute path, a symbolic link) is refused, whatever the router or the manifest
+says. Restore verifies every file's SHA-256 first, then sends the records through the router
 (``Admin.Restore``) in batches: each record goes to the owners the current ring gives its
 key, with the version it carries, and replicas keep it only when it is newer than theirs.
 Every copy of a key (up to N replicas and hints) is sent; last write wins makes the
@@ -29,12 +32,14 @@ import datetime
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError
 from shardkv.client.sync import Client
+from shardkv.common.node_ids import BadNodeId, check_node_id
 from shardkv.v1 import admin_pb2, replica_pb2
 
 from . import CommandError
@@ -80,11 +85,12 @@ def backup(client: Client, directory: Path, *, progress: Progress) -> dict[str, 
         raise BackupError(f"{directory} exists and is not an empty directory")
     (directory / "nodes").mkdir(parents=True, exist_ok=True)
     topology = client.topology()
+    paths = [_node_path(directory, node.id) for node in topology.nodes]  # before any write
     _write_text(directory / "topology.json", json.dumps(_topology_json(topology), indent=2))
     _write_text(directory / "cluster.toml", _cluster_toml(topology))
     files = []
-    for node in topology.nodes:
-        node_file = _backup_node(client, node.id, directory / "nodes" / f"{node.id}.snapshot")
+    for node, path in zip(topology.nodes, paths, strict=True):
+        node_file = _backup_node(client, node.id, path)
         progress(
             f"{node.id}: {node_file.records} records, {node_file.hints} hints,"
             f" {node_file.bytes} bytes"
@@ -99,6 +105,25 @@ def backup(client: Client, directory: Path, *, progress: Progress) -> dict[str, 
     }
     _write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+def _node_path(directory: Path, node_id: str) -> Path:
+    """Where node_id's snapshot goes: nodes/<id>.snapshot, for an id that is a plain name."""
+    try:
+        check_node_id(node_id, "the router names a node whose id")
+    except BadNodeId as err:
+        raise BackupError(f"{err}; it cannot be a file name") from None
+    _inside(directory, f"nodes/{node_id}.snapshot")
+    return directory / "nodes" / f"{node_id}.snapshot"
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """directory/name with every link resolved, refused unless it stays inside directory."""
+    root = directory.resolve()
+    path = (root / name).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise BackupError(f"{directory / name} is outside the backup directory {directory}")
+    return path
 
 
 def _backup_node(client: Client, node_id: str, path: Path) -> NodeFile:
@@ -136,9 +161,9 @@ def restore(
     files = _verified_files(directory)
     sent = restored = 0
     failures: list[str] = []
-    for node_file in files:
+    for node_file, path in files:
         before = sent
-        for chunk in _chunks(directory / node_file.file, batch_records, batch_bytes):
+        for chunk in _chunks(path, batch_records, batch_bytes):
             reply = client.restore(chunk)
             sent += len(chunk)
             restored += reply.restored
@@ -147,35 +172,65 @@ def restore(
     return RestoreSummary(sent, restored, failures)
 
 
-def _verified_files(directory: Path) -> list[NodeFile]:
-    """The manifest's node files, each checked against its size and SHA-256."""
+def _verified_files(directory: Path) -> list[tuple[NodeFile, Path]]:
+    """The manifest's node files with their paths, each checked against its size and SHA-256."""
+    where = directory / MANIFEST
     try:
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = json.loads(where.read_text())
     except (OSError, ValueError) as err:
-        raise BackupError(f"{directory / MANIFEST}: not a complete backup ({err})") from err
-    if manifest.get("format") != FORMAT:
-        raise BackupError(
-            f"{directory / MANIFEST}: format {manifest.get('format')!r} is not {FORMAT}"
-        )
-    files = [NodeFile(**entry) for entry in manifest["nodes"]]
-    for node_file in files:
+        raise BackupError(f"{where}: not a complete backup ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BackupError(f"{where}: format {found!r} is not {FORMAT}")
+    if not isinstance(manifest.get("nodes"), list):
+        raise BackupError(f"{where}: 'nodes' must be a list of node files")
+    files = []
+    for position, entry in enumerate(manifest["nodes"], start=1):
+        node_file = _node_file(entry, f"{where}: node file #{position}")
+        path = _inside(directory, node_file.file)
         digest = hashlib.sha256()
         try:
-            with (directory / node_file.file).open("rb") as stream:
+            if not path.is_file():
+                raise BackupError(f"{directory / node_file.file} is not a regular file")
+            with path.open("rb") as stream:
                 while block := stream.read(1 << 20):
                     digest.update(block)
         except OSError as err:
             raise BackupError(f"cannot read {directory / node_file.file}: {err}") from err
         if digest.hexdigest() != node_file.sha256:
             raise BackupError(f"{directory / node_file.file} is damaged: SHA-256 differs")
+        files.append((node_file, path))
     return files
+
+
+def _node_file(entry: object, where: str) -> NodeFile:
+    """One entry of the manifest's nodes: exactly NodeFile's fields, of the right types."""
+    names = {f.name for f in fields(NodeFile)}
+    if not isinstance(entry, dict) or set(entry) != names:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise BackupError(f"{where} must have exactly the keys {sorted(names)}, got {keys}")
+    for name in ("id", "file", "sha256"):
+        if not isinstance(entry[name], str):
+            raise BackupError(f"{where}: {name} must be a string, got {entry[name]!r}")
+    for name in ("records", "hints", "bytes"):
+        if isinstance(entry[name], bool) or not isinstance(entry[name], int):
+            raise BackupError(f"{where}: {name} must be an integer, got {entry[name]!r}")
+    try:
+        check_node_id(entry["id"])
+    except BadNodeId as err:
+        raise BackupError(f"{where}: {err}") from None
+    return NodeFile(**entry)
 
 
 def _batches(path: Path) -> Iterator[replica_pb2.SnapshotBatch]:
     with path.open("rb") as stream:
         while header := stream.read(4):
             data = _read_exact(stream, int.from_bytes(header, "big"), path)
-            yield replica_pb2.SnapshotBatch.FromString(data)
+            try:
+                batch = replica_pb2.SnapshotBatch.FromString(data)
+            except DecodeError as err:
+                raise BackupError(f"{path} holds a batch that does not decode: {err}") from None
+            yield batch
 
 
 def _read_exact(stream: BinaryIO, size: int, path: Path) -> bytes:

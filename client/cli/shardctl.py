@@ -10,13 +10,16 @@
 
 Global options go before or after the subcommand: ``--addr`` (repeatable or
 comma-separated; default $SHARDKV_ADDR, else 127.0.0.1:7100), ``--consistency
-one|quorum|all``, ``--timeout``, ``--json``, ``--token`` (default $SHARDKV_TOKEN),
-``--tls-ca``/``--tls-cert``/``--tls-key``.
+one|quorum|all``, ``--timeout``, ``--json``, ``--token-file`` (or $SHARDKV_TOKEN; ``--token``
+also works, but any user can read it in ``ps``), ``--tls-ca``/``--tls-cert``/``--tls-key``.
+A token about to cross the network in plaintext (no TLS, not loopback) gets a warning.
 
 Output. ``get`` writes the value's raw bytes, followed by a newline only when stdout is a
 terminal, so ``shardctl get k > file`` stores exactly the value. ``put`` and ``delete``
 print the version written. ``scan`` prints ``key<TAB>value`` lines with tab, newline,
-backslash and undecodable bytes escaped: for people; scripts use ``--json``.
+backslash and undecodable bytes escaped, and on a terminal every other control or format
+character too (``\x1b``, ``\u202e``), so no key can drive the terminal: for people; scripts
+use ``--json``.
 
 ``--json``: one JSON object per record, one per line (JSON Lines), so a large scan
 streams and ``jq`` reads it directly. A key or value is UTF-8 text when it decodes,
@@ -33,8 +36,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
+import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, BinaryIO, TextIO
 
@@ -66,6 +72,10 @@ _UNREACHABLE_SIGNS = (
     "dns resolution failed",
 )
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# On a terminal: what is not printable ASCII is checked against the categories that do
+# not print (controls, formats such as bidi overrides, line separators, unassigned).
+_MAYBE_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 class _Failure(Exception):
@@ -101,7 +111,15 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
         "--json", action="store_true", default=default(False), help="machine-readable output"
     )
     parser.add_argument(
-        "--token", default=default(None), help="bearer token (default $SHARDKV_TOKEN)"
+        "--token",
+        default=default(None),
+        help="bearer token; other users see it in ps: prefer --token-file or $SHARDKV_TOKEN",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="PATH",
+        help="file holding the bearer token (default: $SHARDKV_TOKEN)",
     )
     parser.add_argument("--tls-ca", default=default(None), help="CA bundle (PEM): turns on TLS")
     parser.add_argument("--tls-cert", default=default(None), help="client certificate (PEM)")
@@ -140,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _connection(args: argparse.Namespace) -> tuple[list[str], TLSConfig | None, str | None]:
     """Router addresses, TLS and token, from the options and the environment."""
     addresses = args.addr or [os.environ.get("SHARDKV_ADDR") or DEFAULT_ADDR]
-    bearer_token = args.token if args.token is not None else os.environ.get("SHARDKV_TOKEN") or None
+    if args.token is not None and args.token_file is not None:
+        raise _Failure("give --token or --token-file, not both")
+    bearer_token = args.token if args.token is not None else _token_file(args.token_file)
+    if bearer_token is None:
+        bearer_token = os.environ.get("SHARDKV_TOKEN") or None
     tls = None
     if args.tls_ca or args.tls_cert or args.tls_key:
         try:
@@ -149,6 +171,20 @@ def _connection(args: argparse.Namespace) -> tuple[list[str], TLSConfig | None, 
         except ValueError as err:
             raise _Failure(str(err)) from err
     return addresses, tls, bearer_token
+
+
+def _token_file(path: str | None) -> str | None:
+    """The token in the file (its first line, without surrounding blanks)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as stream:
+            token = stream.readline().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _Failure(f"cannot read --token-file {path}: {err}") from err
+    if not token:
+        raise _Failure(f"--token-file {path} holds no token on its first line")
+    return token
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -172,6 +208,25 @@ def _text(data: bytes, field: str) -> dict[str, Any]:
 
 def _human(data: bytes) -> str:
     return data.decode("utf-8", "backslashreplace").translate(_ESCAPES)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if unicodedata.category(char) not in _UNPRINTABLE:
+        return char
+    code = ord(char)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
+
+
+def _terminal(data: bytes) -> str:
+    """_human's text with nothing left that a terminal would act on instead of print."""
+    return _MAYBE_UNPRINTABLE.sub(_escape_char, _human(data))
 
 
 def _record_json(record: Record) -> str:
@@ -244,11 +299,12 @@ def _run(args: argparse.Namespace, stdin: BinaryIO, stdout: BinaryIO, out: TextI
                 end=os.fsencode(args.end),
                 limit=args.limit,
             )
+            human = _terminal if out.isatty() else _human
             for record in records:
                 if args.json:
                     out.write(_record_json(record) + "\n")
                 else:
-                    out.write(f"{_human(record.key)}\t{_human(record.value)}\n")
+                    out.write(f"{human(record.key)}\t{human(record.value)}\n")
             return EXIT_OK
         if args.command == "topology":
             topology = client.topology()
@@ -281,9 +337,19 @@ def _describe(err: ShardKVError) -> str:
     return f"{err.code.name}{where}: {err.details}"
 
 
+class _StderrLines(logging.Formatter):
+    """SDK warnings (a token sent in plaintext) as "shardctl: warning: ..." lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"shardctl: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (see the module doc)."""
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StderrLines())
+    logging.basicConfig(handlers=[handler], level=logging.WARNING)
     try:
         code = _run(args, sys.stdin.buffer, sys.stdout.buffer, sys.stdout)
     except ShardKVError as err:

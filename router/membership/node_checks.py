@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+from shardkv.common.node_ids import BadNodeId, check_node_id
 from shardkv.common.ring_tokens import TOKEN_SPACE
 from shardkv.router.membership.move_plan import BadNode, MoveConflict
 from shardkv.router.membership.topology import NodeConfig
@@ -16,8 +17,10 @@ BULK_TIMEOUT_S = 3600.0
 
 def check_new_node(node_id: str, address: str, weight: int) -> None:
     """Raises BadNode unless the id, address (host:port) and weight are usable."""
-    if not node_id.strip():
-        raise BadNode("a node needs a non-empty id")
+    try:
+        check_node_id(node_id)
+    except BadNodeId as err:
+        raise BadNode(str(err)) from None
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise BadNode(f"node {node_id!r}: address {address!r} is not host:port")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shardkv.common.node_ids import BadNodeId, check_node_id
+
 
 class TopologyError(ValueError):
     """The topology file is unusable; the message names the file and the problem."""
@@ -121,6 +123,24 @@ class Topology:
         raise KeyError(f"no node {node_id!r} in topology epoch {self.epoch}")
 
 
+# Upper bound of every integer: TOML's integers are signed 64-bit (tomllib reads more).
+MAX_INT = (1 << 63) - 1
+# Bounds of single settings, with the reason for each.
+_BOUNDS: dict[tuple[str, str], tuple[int, int]] = {
+    # The epoch grows by one per change (two per move) and travels as a uint64: 2^62 leaves
+    # room for more changes than a cluster could make, while 2^64 or near it can only be a
+    # typo, or a file made to overflow the next epoch.
+    ("top level", "epoch"): (0, 1 << 62),
+    # Each segment costs a Piece in memory and a digest per replica in every pass; 65,536
+    # (16 times the default) already cuts each ring arc into 1/65,536 of the token space,
+    # and 10^9 would exhaust the router's memory.
+    ("[repair]", "segments"): (0, 1 << 16),
+    # 0 would drop a tombstone as soon as a pass covered it while an older write of the key
+    # may still be on its way to a replica, which would bring the key back. 1 s is the
+    # floor (tests use it); production wants far more than the longest request deadline.
+    ("[repair]", "tombstone_grace_s"): (1, MAX_INT),
+}
+
 _TOP_KEYS = {
     "epoch",
     "replication",
@@ -159,7 +179,7 @@ def parse_topology(text: str, *, source: str = "cluster.toml") -> Topology:
 
 def _build(data: dict[str, Any]) -> Topology:
     _no_unknown(data, _TOP_KEYS, "top level")
-    epoch = _int(data, "epoch", "top level", minimum=0)
+    epoch = _int(data, "epoch", "top level", *_BOUNDS["top level", "epoch"])
     replication = _int(data, "replication", "top level", minimum=1)
     read_quorum = _int(data, "read_quorum", "top level", minimum=1)
     write_quorum = _int(data, "write_quorum", "top level", minimum=1)
@@ -193,7 +213,9 @@ def _table(kind: type[_Config], table: object, where: str, *, minimum: int) -> _
     defaults = kind()
     _no_unknown(table, set(vars(defaults)), where)
     values = {
-        name: _int(table, name, where, minimum=minimum) if name in table else default
+        name: _int(table, name, where, *_BOUNDS.get((where, name), (minimum, MAX_INT)))
+        if name in table
+        else default
         for name, default in vars(defaults).items()
     }
     return kind(**values)
@@ -236,6 +258,10 @@ def _nodes(entries: object) -> tuple[NodeConfig, ...]:
         where = f"[[nodes]] #{position}"
         _no_unknown(entry, _NODE_KEYS, where)
         node_id = _str(entry, "id", where)
+        try:
+            check_node_id(node_id)
+        except BadNodeId as err:
+            raise TopologyError(f"{where}: {err}") from None
         where = f"node {node_id!r}"
         address = _str(entry, "address", where)
         host, sep, port = address.rpartition(":")
@@ -266,7 +292,9 @@ def _no_unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def _int(table: dict[str, Any], name: str, where: str, *, minimum: int) -> int:
+def _int(
+    table: dict[str, Any], name: str, where: str, minimum: int, maximum: int = MAX_INT
+) -> int:
     if name not in table:
         raise TopologyError(f"{where}: missing required key {name!r}")
     value = table[name]
@@ -274,6 +302,8 @@ def _int(table: dict[str, Any], name: str, where: str, *, minimum: int) -> int:
         raise TopologyError(f"{where}: {name} must be an integer, got {value!r}")
     if value < minimum:
         raise TopologyError(f"{where}: {name} = {value} must be at least {minimum}")
+    if value > maximum:
+        raise TopologyError(f"{where}: {name} = {value} exceeds the maximum of {maximum}")
     return value
 
 

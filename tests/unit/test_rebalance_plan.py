@@ -110,8 +110,9 @@ def test_topology_is_written_back_atomically_and_reads_back_equal(tmp_path: Path
     moving = replace(
         stable,
         epoch=4,
-        nodes=(*nodes, NodeConfig('n"3', "127.0.0.1:7103", 1, JOINING)),
-        move=MoveRecord("add-n3@3", "r1", 12345),
+        nodes=(*nodes, NodeConfig("n3", "127.0.0.1:7103", 1, JOINING)),
+        # Node ids are plain names (shardkv.common.node_ids); a router id may need escaping.
+        move=MoveRecord("add-n3@3", 'r"1', 12345),
     )
     path = tmp_path / "cluster.toml"
     for topology in (stable, moving):
