@@ -292,9 +292,7 @@ def _no_unknown(table: dict[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def _int(
-    table: dict[str, Any], name: str, where: str, minimum: int, maximum: int = MAX_INT
-) -> int:
+def _int(table: dict[str, Any], name: str, where: str, minimum: int, maximum: int = MAX_INT) -> int:
     if name not in table:
         raise TopologyError(f"{where}: missing required key {name!r}")
     value = table[name]
