@@ -7,8 +7,11 @@ and test_grpcurl_router.py.)
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
+import tomllib
 from pathlib import Path
 
 import grpc
@@ -16,7 +19,7 @@ import pytest
 from faults.certs import CertificateAuthority
 from faults.cluster import start_faulty_cluster
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import Proc, router_proc, shardd_proc, write_cluster_toml
+from harness import Proc, free_port, router_proc, shardd_proc, write_cluster_toml
 from shardkv.client import Client, Unauthenticated
 from shardkv.router.__main__ import _parser as router_parser
 from shardkv.shardd.__main__ import parse_args as shardd_args
@@ -183,12 +186,83 @@ def test_client_and_admin_tokens_are_separate_and_never_logged(tmp_path: Path) -
         cluster.stop()
 
 
-def test_servers_listen_on_loopback_unless_told_otherwise() -> None:
+# How code names "every interface": IPv4, IPv6 (gRPC's "[::]:port", a bare "::"), C names.
+WILDCARDS = ("0.0.0.0", "[::]", '"::"', "'::'", "INADDR_ANY", "in6addr_any")
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def source_folders() -> list[Path]:
+    """Every folder of the installed package (pyproject's package-dir: protos/shardkv,
+    common, serving, client, shardd, router), and scripts/ (make cluster)."""
+    with (REPO / "pyproject.toml").open("rb") as file:
+        package_dirs = tomllib.load(file)["tool"]["setuptools"]["package-dir"]
+    return sorted({REPO / folder for folder in package_dirs.values()} | {REPO / "scripts"})
+
+
+def wildcard_mentions(folders: list[Path]) -> list[str]:
+    found = []
+    for folder in folders:
+        for source in folder.rglob("*.py"):
+            text = source.read_text()
+            found += [f"{source}: {w}" for w in WILDCARDS if w in text]
+    return found
+
+
+def listening(pid: int) -> list[str]:
+    """host:port of every TCP socket process pid listens on (/proc/PID/net/tcp{,6} and the
+    socket inodes among its open files)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                continue
+            raw, port = local.split(":")
+            packed = bytes.fromhex(raw)
+            # /proc prints the address as 32-bit words in host (little-endian) order.
+            words = b"".join(packed[i : i + 4][::-1] for i in range(0, len(packed), 4))
+            found.append(f"{socket.inet_ntop(family, words)}:{int(port, 16)}")
+    return found
+
+
+@pytest.mark.timeout(60)
+def test_servers_listen_on_loopback_unless_told_otherwise(tmp_path: Path) -> None:
     node_config, _ = shardd_args(["--id", "n1", "--data", "unused"])
     assert node_config.listen.startswith("127.0.0.1:")
     router_args = router_parser().parse_args(["--id", "r1", "--config", "unused.toml"])
     assert router_args.listen.startswith("127.0.0.1:")
-    # No code path binds every interface by default.
-    for folder in ("shardd", "router", "client", "scripts"):
-        for source in (REPO / folder).rglob("*.py"):
-            assert "0.0.0.0" not in source.read_text(), f"{source} mentions 0.0.0.0"
+    assert router_args.metrics_listen is None and node_config.observe.metrics_listen is None
+
+    # No code path names every interface (IPv4 or IPv6), in any folder that ships.
+    folders = source_folders()
+    names = {folder.relative_to(REPO).as_posix() for folder in folders}
+    assert {"protos/shardkv", "common", "serving", "client", "shardd", "router", "scripts"} <= names
+    assert all(any(folder.rglob("*.py")) for folder in folders), folders
+    assert wildcard_mentions(folders) == []
+
+    # Running, a node and a router (metrics on) listen on loopback and nowhere else.
+    node = shardd_proc(tmp_path, "n1", extra=["--metrics-listen", f"127.0.0.1:{free_port()}"])
+    config = write_cluster_toml(
+        tmp_path / "cluster.toml", [node], replication=1, read_quorum=1, write_quorum=1
+    )
+    router = router_proc(tmp_path, config, extra=["--metrics-listen", f"127.0.0.1:{free_port()}"])
+    try:
+        node.start()
+        router.start()
+        for proc in (node, router):
+            sockets = listening(proc.pid)
+            assert len(sockets) >= 2, (proc.name, sockets)  # gRPC and metrics
+            hosts = {address.rsplit(":", 1)[0] for address in sockets}
+            assert hosts <= LOOPBACK, (proc.name, sockets)
+    finally:
+        router.stop()
+        node.stop()
