@@ -4,7 +4,6 @@ and on a real cluster (3 nodes + router)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import threading
 from collections.abc import Callable, Iterator
@@ -23,8 +22,6 @@ from shardkv.client import (
     RetryPolicy,
 )
 from shardkv.common.limits import DEFAULT_LIMITS
-
-HAVE_ROUTER = importlib.util.find_spec("shardkv.router.__main__") is not None
 
 
 class AsyncFacade:
@@ -97,8 +94,6 @@ def server(
         proc: Proc | Cluster = shardd_proc(base, "n1").start()
         address = proc.address
     else:
-        if not HAVE_ROUTER:
-            pytest.skip("the router is not built yet")
         proc = start_cluster(Path(base))
         address = proc.router.address
     try:
