@@ -22,7 +22,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from shardkv.router.membership.topology import NodeConfig, Topology, TopologyError, load_topology
+from shardkv.router.membership.topology import (
+    NodeConfig,
+    Topology,
+    TopologyError,
+    check_placement,
+    load_topology,
+)
 from shardkv.router.membership.topology_store import save_topology
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
@@ -96,9 +102,12 @@ class Membership:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def commit(self, topology: Topology) -> None:
-        """Persists topology to cluster.toml, then serves it."""
+        """Persists topology to cluster.toml, then serves it. A topology that would leave a
+        node without ring points or a key with fewer than N owners is refused
+        (TopologyError), whichever step of a move produced it."""
         if self.path is None:
             raise TopologyError("this router was started without a topology file to write")
+        check_placement(topology)
         async with self._lock:
             await asyncio.to_thread(save_topology, self.path, topology)
             self._file_stamp = self._stamp()

@@ -33,6 +33,7 @@ from shardkv.router.membership.live_topology import ClientFactory, Membership
 from shardkv.router.membership.move_plan import (
     ADD,
     REMOVE,
+    BadNode,
     MoveConflict,
     MoveProgress,
     NodeExists,
@@ -43,7 +44,12 @@ from shardkv.router.membership.move_plan import (
     now_ms,
     plan_transfers,
 )
-from shardkv.router.membership.node_checks import BULK_TIMEOUT_S, check_new_node, probe_new_node
+from shardkv.router.membership.node_checks import (
+    BULK_TIMEOUT_S,
+    check_new_node,
+    check_placement_with,
+    probe_new_node,
+)
 from shardkv.router.membership.range_streamer import Streamer, rehome_hints
 from shardkv.router.membership.topology import (
     JOINING,
@@ -123,9 +129,11 @@ class Rebalancer:
                     )
                 if node.address == address:
                     raise NodeExists(f"address {address} is already used by node {node.id!r}")
-            await probe_new_node(self._probe_client, NodeConfig(node_id, address, weight))
             joining = NodeConfig(node_id, address, weight, JOINING)
-            return await self._begin(topology, ADD, joining, (*topology.nodes, joining))
+            nodes = (*topology.nodes, joining)
+            check_placement_with(topology, nodes, BadNode)
+            await probe_new_node(self._probe_client, NodeConfig(node_id, address, weight))
+            return await self._begin(topology, ADD, joining, nodes)
 
     async def remove_node(self, node_id: str) -> MoveProgress:
         async with self._lock:
@@ -150,6 +158,7 @@ class Rebalancer:
                 )
             leaving = replace(node, state=LEAVING)
             nodes = tuple(leaving if n.id == node_id else n for n in topology.nodes)
+            check_placement_with(topology, nodes, MoveConflict)
             return await self._begin(topology, REMOVE, leaving, nodes)
 
     # -- starting, resuming, aborting ----------------------------------------------------

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 from shardkv.common.node_ids import BadNodeId, check_node_id
 from shardkv.common.ring_tokens import TOKEN_SPACE
 from shardkv.router.membership.move_plan import BadNode, MoveConflict
-from shardkv.router.membership.topology import NodeConfig
+from shardkv.router.membership.topology import (
+    NodeConfig,
+    Topology,
+    TopologyError,
+    check_placement,
+)
+from shardkv.router.placement.ring import MAX_WEIGHT
 from shardkv.router.requests.node_client import NodeClient
 
 # Bulk calls (a walk of a node's whole store) get this long.
@@ -24,8 +31,23 @@ def check_new_node(node_id: str, address: str, weight: int) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise BadNode(f"node {node_id!r}: address {address!r} is not host:port")
-    if weight < 1:
-        raise BadNode(f"node {node_id!r}: weight must be at least 1, got {weight}")
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise BadNode(
+            f"node {node_id!r}: weight {weight} is outside 1..{MAX_WEIGHT} (weights are"
+            f" relative shares of the ring; between 1 and {MAX_WEIGHT} every node keeps a share)"
+        )
+
+
+def check_placement_with(
+    topology: Topology, nodes: tuple[NodeConfig, ...], error: type[Exception]
+) -> None:
+    """Raises error unless topology with nodes instead of its own gives every node ring
+    points and every key N distinct owners, before and after the move (the message names
+    the node, its weight and the rule)."""
+    try:
+        check_placement(replace(topology, nodes=nodes))
+    except TopologyError as err:
+        raise error(str(err)) from None
 
 
 async def probe_new_node(connect: Callable[[NodeConfig], NodeClient], node: NodeConfig) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shardkv.common.node_ids import BadNodeId, check_node_id
+from shardkv.router.placement.ring import PlacementError, check_weights
 
 
 class TopologyError(ValueError):
@@ -177,6 +178,23 @@ def parse_topology(text: str, *, source: str = "cluster.toml") -> Topology:
         raise TopologyError(f"{source}: {err}") from None
 
 
+def check_placement(topology: Topology) -> None:
+    """Raises TopologyError unless the ring before and the ring after topology's move give
+    every node ring points and every key N distinct owners, with weights in 1..MAX_WEIGHT
+    (placement.ring.check_weights). A file is checked as it is read; a topology a router
+    builds (a move's steps) is checked before it is written."""
+    for joined in (False, True):
+        weights = topology.weights(joined=joined)
+        _check_ring(weights, topology.replication, after_move=joined and topology.move is not None)
+
+
+def _check_ring(weights: dict[str, int], replication: int, *, after_move: bool) -> None:
+    try:
+        check_weights(weights, replication)
+    except PlacementError as err:
+        raise TopologyError(f"{err}{' (once the move is done)' if after_move else ''}") from None
+
+
 def _build(data: dict[str, Any]) -> Topology:
     _no_unknown(data, _TOP_KEYS, "top level")
     epoch = _int(data, "epoch", "top level", *_BOUNDS["top level", "epoch"])
@@ -195,6 +213,8 @@ def _build(data: dict[str, Any]) -> Topology:
                 f"replication = {replication} exceeds the number of nodes ({count}"
                 f"{' once the move is done' if joined and move else ''})"
             )
+        weights = {n.id: n.weight for n in nodes if n.state != (LEAVING if joined else JOINING)}
+        _check_ring(weights, replication, after_move=joined and move is not None)
     for name, value in (("read_quorum", read_quorum), ("write_quorum", write_quorum)):
         if value > replication:
             raise TopologyError(f"{name} = {value} exceeds replication = {replication}")

@@ -25,6 +25,21 @@ DEFAULT_VNODES = 100
 # How many distinct successors the table keeps per point; longer walks fall back to
 # stepping along the points (only for sloppy-quorum fallbacks with many nodes down).
 DEFAULT_TABLE_DEPTH = 8
+# The largest weight a node may have. Weights are relative shares: ketama gives a node
+# vnodes * n * weight // (sum of all weights) groups of 4 points (n nodes), about
+# vnodes * n groups in all whatever the weights, so a node whose share is below one group
+# gets no point at all. It then owns nothing and the keys have fewer distinct owners:
+# weight 100,000 beside three nodes of weight 1 took the whole ring and left every key
+# one copy. With every weight between 1 and vnodes, each node keeps at least one group
+# in any cluster, since vnodes * n * w = w + w * (vnodes * n - 1) >= w + vnodes * (n - 1),
+# which is at least the sum of the weights; and a 100:1 ratio already covers nodes of very
+# different sizes.
+MAX_WEIGHT = DEFAULT_VNODES
+
+
+class PlacementError(ValueError):
+    """Weights that would leave a node without ring points, or a key with fewer than N
+    distinct owners; the message names the node, its weight and the rule."""
 
 
 def ring_key(key: bytes) -> str:
@@ -49,11 +64,7 @@ class Ring:
     ) -> None:
         if not weights:
             raise ValueError("a ring needs at least one node")
-        for node_id, weight in weights.items():
-            if not isinstance(weight, int) or weight < 1:
-                raise ValueError(
-                    f"node {node_id!r}: weight must be an integer >= 1, not {weight!r}"
-                )
+        check_weights(weights, 1, vnodes=vnodes)
         self._weights = dict(sorted(weights.items()))
         ketama = HashRing(
             {node_id: {"weight": w, "vnodes": vnodes} for node_id, w in self._weights.items()},
@@ -64,6 +75,13 @@ class Ring:
         owners: dict[int, str] = dict(ketama.get_points())
         self._points: list[int] = sorted(owners)
         self._owners: list[str] = [owners[p] for p in self._points]
+        pointless = sorted(self._weights.keys() - set(self._owners))
+        if pointless:  # check_weights rules this out; colliding hashes could still do it
+            node_id = pointless[0]
+            raise PlacementError(
+                f"node {node_id!r} (weight {self._weights[node_id]}) gets no ring points:"
+                " every node must own a share of the ring"
+            )
         self._depth = min(table_depth, len(self._weights))
         self._table = self._successor_table()
 
@@ -157,3 +175,46 @@ class Ring:
             share[owner] += point - previous
             previous = point
         return {node_id: arc / _RING_SIZE for node_id, arc in share.items()}
+
+
+def ketama_groups(weights: Mapping[str, int], *, vnodes: int = DEFAULT_VNODES) -> dict[str, int]:
+    """How many groups of 4 points ketama gives each node (uhashring's formula, checked
+    against real rings by the unit tests), without building the ring (which takes ~50 ms
+    at 3 nodes and seconds at 100)."""
+    total = sum(weights.values())
+    return {node_id: vnodes * len(weights) * w // total for node_id, w in weights.items()}
+
+
+def check_weights(
+    weights: Mapping[str, int], replication: int, *, vnodes: int = DEFAULT_VNODES
+) -> None:
+    """Raises PlacementError unless every weight is an integer in 1..MAX_WEIGHT, every node
+    gets ring points, and at least replication nodes hold points, so that every key has
+    replication distinct owners (a preference list walks the whole ring, so it finds every
+    node that holds a point)."""
+    for node_id, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise PlacementError(
+                f"node {node_id!r}: weight must be an integer >= 1, not {weight!r}"
+            )
+        if weight > MAX_WEIGHT:
+            raise PlacementError(
+                f"node {node_id!r}: weight {weight} exceeds the maximum of {MAX_WEIGHT}"
+                f" (weights are relative shares of the ring; between 1 and {MAX_WEIGHT}"
+                " every node keeps a share)"
+            )
+    groups = ketama_groups(weights, vnodes=vnodes)
+    heaviest = max(weights, key=lambda node_id: (weights[node_id], node_id))
+    for node_id, count in sorted(groups.items()):
+        if count == 0:
+            raise PlacementError(
+                f"node {node_id!r} (weight {weights[node_id]}) would get no ring points beside"
+                f" {heaviest!r} (weight {weights[heaviest]}): every node must own a share of"
+                " the ring; raise its weight or lower the others'"
+            )
+    holders = sum(1 for count in groups.values() if count)
+    if holders < replication:
+        raise PlacementError(
+            f"only {holders} node(s) would hold ring points, fewer than replication"
+            f" N={replication}: every key needs N distinct owners"
+        )
