@@ -30,6 +30,7 @@ device's business), nor anything about the router (it acknowledges after W nodes
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import re
 import shutil
@@ -371,17 +372,18 @@ def traced_run(base: Path, label: str, extra: list[str]) -> Run:
                     assert future.result().version
                     keys.append(key)
     finally:
+        if node_pid is None and tracer.poll() is None:
+            node_pid = next(iter(_children(tracer.pid)), None)  # it never served
         if node_pid is not None:
-            os.kill(node_pid, signal.SIGTERM)  # strace exits when the node has
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node_pid, signal.SIGTERM)  # strace exits when the node has
         try:
             tracer.wait(60)
         except subprocess.TimeoutExpired:
             for pid in (node_pid, tracer.pid):
                 if pid is not None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             tracer.wait(10)
     text = trace.read_text()
     ops, exchanges = node_activity(parse_trace(text))
