@@ -1,9 +1,10 @@
 """The storage node ``shardd``: records in LMDB, served over gRPC to routers and clients.
 
 - ``records``  the record format (version, writer, flags, value) and hints; ``store`` the
-  LMDB store (no gRPC); ``node`` the store plus its group committer; ``commit`` group
-  commit (one transaction and one fsync per batch of writes); ``ranges`` token-range
-  streams, digests and purges; ``snapshot`` compacted copies for backups.
+  LMDB store (no gRPC); ``parked`` the hints and owner-held markers it keeps for other
+  nodes; ``node`` the store plus its group committer; ``commit`` group commit (one
+  transaction and one fsync per batch of writes); ``ranges`` token-range streams,
+  digests and purges; ``snapshot`` compacted copies for backups.
 - ``kv_service`` / ``replica_service`` the public and internal gRPC services; ``convert``
   records to and from protobuf; ``validate`` request checks; ``errors`` their status codes;
   ``gate`` closes the store under running calls; ``metrics`` the node's Prometheus metrics.

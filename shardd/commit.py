@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from shardkv.serving.tally import SizeHistogram
 from shardkv.shardd.records import Hint, Record
-from shardkv.shardd.store import Store
+from shardkv.shardd.store import Marker, Store
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,11 @@ class CommitterOverloaded(RuntimeError):
 class _Request:
     records: Sequence[Record]
     hints: Sequence[Hint]
+    markers: Sequence[Marker]
     future: asyncio.Future[list[bool]]
 
     def items(self) -> int:
-        return len(self.records) + len(self.hints)
+        return len(self.records) + len(self.hints) + len(self.markers)
 
     def size(self) -> int:
         return sum(r.size() for r in self.records) + sum(h.record.size() for h in self.hints)
@@ -89,16 +90,22 @@ class GroupCommitter:
         # Items per commit (group-commit batch sizes), read by the metrics endpoint.
         self.batch_sizes = SizeHistogram()
 
-    async def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
-        """Stores records newer than the stored ones and parks hints; returns per record
-        whether it was stored. Returns only once the commit holding them is durable."""
+    async def apply(
+        self,
+        records: Sequence[Record],
+        hints: Sequence[Hint] = (),
+        markers: Sequence[Marker] = (),
+    ) -> list[bool]:
+        """Stores records newer than the stored ones, parks hints and keeps markers, all of
+        one call in the same commit; returns per record whether it was stored. Returns
+        only once the commit holding them is durable."""
         if self._closing:
             raise CommitterClosed("the node is shutting down and takes no new writes")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
         future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        request = _Request(records, hints, future)
+        request = _Request(records, hints, markers, future)
         self._admit(request)
         self._pending.append(request)
         self._wakeup.set()
@@ -147,19 +154,21 @@ class GroupCommitter:
                 batch = self._take()
                 records = [r for request in batch for r in request.records]
                 hints = [h for request in batch for h in request.hints]
+                markers = [m for request in batch for m in request.markers]
+                items = len(records) + len(hints) + len(markers)
                 try:
                     applied = await loop.run_in_executor(
-                        self._executor, self._store.apply, records, hints
+                        self._executor, self._store.apply, records, hints, markers
                     )
                 except Exception as exc:
-                    log.warning("commit failed items=%d error=%r", len(records) + len(hints), exc)
+                    log.warning("commit failed items=%d error=%r", items, exc)
                     for request in batch:
                         request.future.set_exception(exc)
                 else:
                     self._answer(batch, applied)
                 self.commits += 1
-                self.items += len(records) + len(hints)
-                self.batch_sizes.observe(len(records) + len(hints))
+                self.items += items
+                self.batch_sizes.observe(items)
             if self._closing:
                 return
 

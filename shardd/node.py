@@ -17,7 +17,7 @@ from typing import TypeVar
 from shardkv.common.hlc import HybridClock, writer_number
 from shardkv.shardd.commit import GroupCommitter
 from shardkv.shardd.records import Hint, Record
-from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Store
+from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Marker, Store
 
 T = TypeVar("T")
 
@@ -64,14 +64,20 @@ class NodeStorage:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
-        """Replica writes: stores records newer than the stored ones and parks hints.
+    async def apply(
+        self,
+        records: Sequence[Record],
+        hints: Sequence[Hint] = (),
+        markers: Sequence[Marker] = (),
+    ) -> list[bool]:
+        """Replica writes: stores records newer than the stored ones, parks hints and keeps
+        markers for other owners of the records, in one commit.
 
         The clock observes every incoming version first, so a later write through this
         node's own API orders after what routers wrote here."""
         for record in records:
             self.clock.observe(record.version)
-        return await self.committer.apply(records, hints)
+        return await self.committer.apply(records, hints, markers)
 
     async def write(self, writes: Sequence[Write]) -> list[Record]:
         """The node's own writes, versioned by its clock; returns the records written.
@@ -97,7 +103,8 @@ class NodeStorage:
         return Record(write.key, value, self.clock.now(), self.writer, write.delete)
 
     async def delete_hints(self, target: str, records: Sequence[Record]) -> int:
-        """Removes handed-back hints (on the commit thread, like every other write)."""
+        """Removes handed-back hints and markers (on the commit thread, like every other
+        write)."""
         return await self.committer.run(self.store.delete_hints, target, records)
 
     # -- reads ----------------------------------------------------------------------------

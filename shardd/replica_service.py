@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc.aio
-from shardkv.common.limits import Limits
+from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.common.ring_tokens import TokenRanges
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
@@ -18,6 +18,7 @@ from shardkv.shardd.metrics import stats_response
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
 from shardkv.shardd.snapshot import snapshot_batches
+from shardkv.shardd.store import Marker
 from shardkv.shardd.validate import check_range, check_record, check_target, response_budget
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
@@ -42,9 +43,11 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         for hint in request.hints:
             check_target(hint.target)
             check_record(self._limits, hint.record)
+        self._limits.check_batch(request.markers, "Apply markers")
         applied = await self._storage.apply(
             [record_from_pb(r) for r in request.records],
             [hint_from_pb(h) for h in request.hints],
+            markers_of(request),
         )
         return replica_pb2.ApplyResponse(applied=applied)
 
@@ -197,3 +200,22 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             yield replica_pb2.SnapshotBatch(
                 records=[record_to_pb(r) for r in batch], hint_target=target
             )
+
+
+def markers_of(request: replica_pb2.ApplyRequest) -> list[Marker]:
+    """The request's markers, each stamped with its record's (version, writer): the record
+    of the same key in the same request, so that the two commit together."""
+    stamps: dict[bytes, tuple[int, int]] = {}
+    for record in request.records:
+        stamps[record.key] = max(stamps.get(record.key, (0, 0)), (record.version, record.writer))
+    markers = []
+    for marker in request.markers:
+        check_target(marker.target)
+        stamp = stamps.get(marker.key)
+        if stamp is None:
+            raise LimitExceeded(
+                f"marker of key {marker.key[:64]!r} for {marker.target[:64]!r} has no record of"
+                " that key in the same request"
+            )
+        markers.append(Marker(marker.key, marker.target, stamp))
+    return markers

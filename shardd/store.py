@@ -1,9 +1,10 @@
-"""The node's LMDB store: versioned records with last-write-wins, parked hints, range digests.
+"""The node's LMDB store: versioned records with last-write-wins, hints, markers, digests.
 
-One LMDB environment per node. User records live in the named database "data"; hints for
-another node live in a named database "hints:<target>" each (target + key would exceed
-LMDB's 511-byte key limit in one database). Every method is synchronous and opens and
-closes its own transaction, so callers run it on a worker thread, never on an event loop.
+One LMDB environment per node. User records live in the named database "data"; what the
+node keeps for other nodes that missed a write (hints parked as a fallback, markers kept
+as an owner) lives in per-target databases described in shardkv.shardd.parked. Every
+method is synchronous and opens and closes its own transaction, so callers run it on a
+worker thread, never on an event loop.
 
 The map grows (doubling) when a commit finds it full, up to max_map_size; beyond that a
 write raises StoreFull while reads keep working. Commits are fsync'd unless sync=False.
@@ -21,6 +22,7 @@ from typing import TypeVar
 import lmdb
 from shardkv.common.limits import LimitExceeded, after
 from shardkv.shardd.gate import Gate, StoreClosed
+from shardkv.shardd.parked import Marker, Opened, Parked, Resume
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,6 @@ DEFAULT_MAX_MAP_SIZE = 64 << 30
 DEFAULT_PAGE_BYTES = 8 << 20
 MAX_TARGET_BYTES = 255
 _DATA_DB = b"data"
-_HINT_PREFIX = b"hints:"
 
 T = TypeVar("T")
 _Db = lmdb._Database  # the handle type py-lmdb returns from open_db
@@ -45,7 +46,15 @@ class StoreFull(Exception):
     """The map reached its configured maximum size: writes fail, reads keep working."""
 
 
-__all__ = ["Store", "StoreClosed", "StoreFull", "StoreOpenError", "StoreStats", "check_target"]
+__all__ = [
+    "Marker",
+    "Store",
+    "StoreClosed",
+    "StoreFull",
+    "StoreOpenError",
+    "StoreStats",
+    "check_target",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class StoreStats:
     """Cheap counters for admin and metrics."""
 
     entries: int
+    # Hints parked for other nodes plus markers kept for other owners.
     hints: int
     map_size: int
     max_map_size: int
@@ -109,85 +119,84 @@ class Store:
         self._max_map_size = max(max_map_size, self._map_size)
         self._page_size = int(self._env.stat()["psize"])
         self._max_key = int(self._env.max_key_size())
-        self._hint_dbs: dict[str, _Db] = {}
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
-            names = [key for key, _ in txn.cursor() if key.startswith(_HINT_PREFIX)]
-            for name in names:
-                target = name[len(_HINT_PREFIX) :].decode()
-                self._hint_dbs[target] = self._env.open_db(name, txn=txn, create=False)
+            self._parked = Parked(self._env, txn)
 
     # -- writes ---------------------------------------------------------------------------
 
-    def apply(self, records: Sequence[Record], hints: Sequence[Hint] = ()) -> list[bool]:
-        """Stores each record that is newer than the stored one, and parks each hint that is
-        newer than the parked one, all in one durable transaction. Returns, per record,
-        whether it was stored."""
+    def apply(
+        self,
+        records: Sequence[Record],
+        hints: Sequence[Hint] = (),
+        markers: Sequence[Marker] = (),
+    ) -> list[bool]:
+        """Stores each record that is newer than the stored one, parks each hint that is
+        newer than the parked one and keeps each marker, all in one durable transaction.
+        Returns, per record, whether it was stored."""
         for record in records:
             self._check_key(record.key)
         for hint in hints:
             check_target(hint.target)
             self._check_key(hint.record.key)
+        for marker in markers:
+            check_target(marker.target)
+            self._check_key(marker.key)
 
-        def body(txn: lmdb.Transaction, new_dbs: dict[str, _Db]) -> list[bool]:
+        def body(txn: lmdb.Transaction, opened: Opened) -> list[bool]:
             applied = [_put_if_newer(txn, self._data, record) for record in records]
-            for hint in hints:
-                db = self._hint_db_for_write(txn, hint.target, new_dbs)
-                _put_if_newer(txn, db, hint.record)
+            self._parked.park(txn, hints, opened, _put_if_newer)
+            self._parked.mark(txn, markers, opened)
             return applied
 
         return self._write(body)
 
     def delete_hints(self, target: str, records: Sequence[Record]) -> int:
-        """Removes the hints for target whose parked (version, writer) still equals the given
-        record's, so a hint re-parked with a newer version meanwhile survives. Returns how
-        many were removed."""
-        db = self._hint_dbs.get(target)
-        if db is None:
-            return 0
+        """Removes the hints and markers for target that the handed-back records satisfy:
+        those whose (version, writer) is not above the record's, so one parked or marked
+        for a newer write meanwhile survives. Returns how many were removed."""
+        valid = [r for r in records if 0 < len(r.key) <= self._max_key]
 
-        def body(txn: lmdb.Transaction, new_dbs: dict[str, _Db]) -> int:
-            deleted = 0
-            for record in records:
-                if not record.key or len(record.key) > self._max_key:
-                    continue
-                raw = txn.get(record.key, db=db)
-                if raw is not None and stamp_of(raw) == record.stamp:
-                    txn.delete(record.key, db=db)
-                    deleted += 1
-            return deleted
+        def body(txn: lmdb.Transaction, opened: Opened) -> int:
+            return self._parked.delete(txn, target, valid)
 
         return self._write(body)
 
     def purge(self, records: Sequence[Record]) -> int:
         """Removes each stored record whose (version, writer) still equals the given one's,
         so a key rewritten since it was picked survives (tombstone GC, ranges given away
-        after a move). Returns how many were removed."""
+        after a move). A tombstone some owner still waits for (a marker) stays until it is
+        handed over; a live record goes with its markers. Returns how many were removed."""
 
-        def body(txn: lmdb.Transaction, new_dbs: dict[str, _Db]) -> int:
+        def body(txn: lmdb.Transaction, opened: Opened) -> int:
             purged = 0
             for record in records:
                 if not record.key or len(record.key) > self._max_key:
                     continue
                 raw = txn.get(record.key, db=self._data)
-                if raw is not None and stamp_of(raw) == record.stamp:
-                    txn.delete(record.key, db=self._data)
-                    purged += 1
+                if raw is None or stamp_of(raw) != record.stamp:
+                    continue
+                if self._parked.marked(txn, record.key):
+                    if decode(record.key, raw).tombstone:
+                        continue
+                    self._parked.unmark(txn, record.key)
+                txn.delete(record.key, db=self._data)
+                purged += 1
             return purged
 
         return self._write(body)
 
-    def _write(self, body: Callable[[lmdb.Transaction, dict[str, _Db]], T]) -> T:
+    def _write(self, body: Callable[[lmdb.Transaction, Opened], T]) -> T:
         """Runs body in one write transaction, growing the map and retrying when it is full."""
         while True:
             seen = self._map_size
-            new_dbs: dict[str, _Db] = {}
+            opened = Opened()
             try:
                 with self._gate.shared():
                     with self._env.begin(write=True) as txn:
-                        result = body(txn, new_dbs)
+                        result = body(txn, opened)
                     # Handles opened in a transaction are valid only once it committed.
-                    self._hint_dbs.update(new_dbs)
+                    self._parked.adopt(opened)
                 return result
             except lmdb.MapFullError:
                 self._grow(seen)
@@ -205,15 +214,6 @@ class Store:
             self._env.set_mapsize(min(self._max_map_size, seen * 2))
             self._map_size = int(self._env.info()["map_size"])
         log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
-
-    def _hint_db_for_write(
-        self, txn: lmdb.Transaction, target: str, new_dbs: dict[str, _Db]
-    ) -> _Db:
-        db = self._hint_dbs.get(target) or new_dbs.get(target)
-        if db is None:
-            db = self._env.open_db(_HINT_PREFIX + target.encode(), txn=txn, create=True)
-            new_dbs[target] = db
-        return db
 
     def _check_key(self, key: bytes) -> None:
         if not key or len(key) > self._max_key:
@@ -268,36 +268,32 @@ class Store:
         return hasher.digest(), count
 
     def hint_summary(self) -> dict[str, int]:
-        """How many hints wait for each target (targets with none are left out)."""
-        dbs = list(self._hint_dbs.items())
+        """How many hints and markers wait for each target (targets with none left out)."""
         with self._gate.shared(), self._env.begin() as txn:
-            counts = {target: int(txn.stat(db)["entries"]) for target, db in dbs}
-        return {target: count for target, count in counts.items() if count}
+            return self._parked.summary(txn)
 
     def read_hints(
         self, target: str, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
     ) -> list[Record]:
-        """Up to limit hints parked for target, in key order."""
-        db = self._hint_dbs.get(target)
-        if db is None:
-            return []
+        """Up to limit records for target: the hints parked for it in key order, then this
+        node's current record of each key it keeps a marker for."""
         with self._gate.shared(), self._env.begin() as txn:
-            records, _ = self._page(txn, db, b"", b"", limit, max_bytes)
+            records, _ = self._parked.page(txn, self._data, target, limit, max_bytes)
         return records
 
     def iter_hints(
         self, target: str, batch_size: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
     ) -> Iterator[list[Record]]:
-        """Every hint parked for target in batches, each read in its own short transaction."""
-        db = self._hint_dbs.get(target)
-        start = b""
-        while db is not None:
+        """Every record read_hints would hand target, in batches, each read in its own short
+        transaction."""
+        start: Resume | None = (b"", b"")
+        while start is not None:
             with self._gate.shared(), self._env.begin() as txn:
-                batch, start = self._page(txn, db, start, b"", batch_size, max_bytes)
+                batch, start = self._parked.page(
+                    txn, self._data, target, batch_size, max_bytes, start=start
+                )
             if batch:
                 yield batch
-            if not start:
-                return
 
     def copy(self, path: str | Path) -> None:
         """Writes a consistent, compacted copy of the whole environment (records and hints)
@@ -307,10 +303,9 @@ class Store:
 
     def stats(self) -> StoreStats:
         """Record and hint counts and map sizes; cheap (reads database headers only)."""
-        dbs = list(self._hint_dbs.values())
         with self._gate.shared(), self._env.begin() as txn:
             entries = int(txn.stat(self._data)["entries"])
-            hints = sum(int(txn.stat(db)["entries"]) for db in dbs)
+            hints = self._parked.count(txn)
             info = self._env.info()
         return StoreStats(
             entries=entries,

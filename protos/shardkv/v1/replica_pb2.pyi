@@ -28,13 +28,23 @@ class Hint(_message.Message):
     record: Record
     def __init__(self, target: _Optional[str] = ..., record: _Optional[_Union[Record, _Mapping]] = ...) -> None: ...
 
+class Marker(_message.Message):
+    __slots__ = ("key", "target")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    target: str
+    def __init__(self, key: _Optional[bytes] = ..., target: _Optional[str] = ...) -> None: ...
+
 class ApplyRequest(_message.Message):
-    __slots__ = ("records", "hints")
+    __slots__ = ("records", "hints", "markers")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     HINTS_FIELD_NUMBER: _ClassVar[int]
+    MARKERS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     hints: _containers.RepeatedCompositeFieldContainer[Hint]
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hints: _Optional[_Iterable[_Union[Hint, _Mapping]]] = ...) -> None: ...
+    markers: _containers.RepeatedCompositeFieldContainer[Marker]
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hints: _Optional[_Iterable[_Union[Hint, _Mapping]]] = ..., markers: _Optional[_Iterable[_Union[Marker, _Mapping]]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("applied",)
