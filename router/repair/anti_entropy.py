@@ -17,9 +17,11 @@ A pass, in the spirit of Dynamo's Merkle exchange and Riak's active anti-entropy
    replica down, or whose replicas have hints waiting (a parked older write could still
    arrive), are not covered and keep their tombstones.
 
-Passes run every ``[repair] interval_s`` and on demand (Admin Repair), one at a time,
-paced to ``max_records_per_s`` on the nodes' walks and on the records copied. A move
-cancels a running pass, and no pass starts while the topology is in transition.
+Passes run every ``[repair] interval_s``, on demand (Admin Repair), and shortly after a
+node comes back from DOWN (over the segments it replicates only: it may have missed
+writes that no hint covers), one at a time, paced to ``max_records_per_s`` on the nodes'
+walks and on the records copied. A move cancels a running pass, and no pass starts while
+the topology is in transition (a returning node's pass waits until the move is over).
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # A walk of a node's whole store, paced, gets this long.
 BULK_TIMEOUT_S = 3600.0
+# A returning node's pass starts this long after it is UP again, so that hint hand-off
+# (which starts at once) goes first and the pass finds little left to copy.
+RETURN_DELAY_S = 1.0
+# How often a returning node's pass checks whether a move is over.
+MOVE_POLL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,10 @@ class AntiEntropy:
         self._task: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self.status = RepairProgress(0, "")
+        # Nodes back from DOWN whose pass has not started yet, and the task that runs it.
+        self._returned: set[str] = set()
+        self._return_task: asyncio.Task[None] | None = None
+        health.on_return(self._node_returned)
 
     def start(self) -> None:
         interval_s = self._membership.topology.repair.interval_s
@@ -72,7 +83,7 @@ class AntiEntropy:
             self._loop_task = asyncio.create_task(self._background(interval_s), name="repair")
 
     async def stop(self) -> None:
-        for task in (self._loop_task, self._task):
+        for task in (self._loop_task, self._return_task, self._task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -101,9 +112,30 @@ class AntiEntropy:
             await asyncio.gather(self._task, return_exceptions=True)
         return self.status
 
-    def _launch(self, trigger: str) -> None:
+    def _launch(self, trigger: str, only: frozenset[str] = frozenset()) -> None:
+        """Starts a pass over every segment, or over the segments replicated by only."""
         self.status = RepairProgress(self.status.pass_number + 1, trigger)
-        self._task = asyncio.create_task(self._pass(self.status), name="repair-pass")
+        self._task = asyncio.create_task(self._pass(self.status, only), name="repair-pass")
+
+    def _node_returned(self, node_id: str) -> None:
+        """A node went from DOWN to UP: a pass of its segments follows shortly."""
+        self._returned.add(node_id)
+        if self._return_task is None or self._return_task.done():
+            self._return_task = asyncio.create_task(self._repair_returned(), name="repair-return")
+
+    async def _repair_returned(self) -> None:
+        """Runs one pass over the segments of every node that returned meanwhile."""
+        await asyncio.sleep(RETURN_DELAY_S)
+        while self._returned:
+            while self.running or self._moving():
+                if self.running:
+                    await self.wait()
+                else:
+                    await asyncio.sleep(MOVE_POLL_S)
+            nodes = frozenset(self._returned)
+            self._returned.clear()
+            self._launch(f"node {', '.join(sorted(nodes))} returned", nodes)
+            await self.wait()
 
     async def _background(self, interval_s: int) -> None:
         while True:
@@ -112,9 +144,9 @@ class AntiEntropy:
                 self._launch("background")
                 await self.wait()
 
-    async def _pass(self, status: RepairProgress) -> None:
+    async def _pass(self, status: RepairProgress, only: frozenset[str]) -> None:
         try:
-            await self._run(status)
+            await self._run(status, only)
             status.phase = "done"
         except asyncio.CancelledError:
             status.error = "cancelled (a move started, or the router stopped)"
@@ -126,7 +158,7 @@ class AntiEntropy:
             status.finished_ms = now_ms()
             log.info("repair pass %d: %s", status.pass_number, status.summary())
 
-    async def _run(self, status: RepairProgress) -> None:
+    async def _run(self, status: RepairProgress, only: frozenset[str]) -> None:
         topology = self._membership.topology
         layout = self._membership.layout
         if layout.new is not None:
@@ -135,6 +167,8 @@ class AntiEntropy:
         pacer = Pacer(settings.max_records_per_s)
         cuts = segment_cuts(settings.segments) if settings.segments else ()
         segments = pieces(layout.old, layout.old, topology.replication, cuts=cuts)
+        if only:
+            segments = [segment for segment in segments if only.intersection(segment.old)]
         plan = _Plan(segments, _by_node(segments))
         status.segments_total = len(segments)
 

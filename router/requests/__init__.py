@@ -7,5 +7,6 @@
 - ``coalescer``    many concurrent items for one node sent as one batched call.
 - ``scan``         fan-out of a range scan to the nodes, merged into one ordered page.
 - ``health``       whether each node is up: health checks and call failures.
-- ``hint_handoff`` parked hints sent back to their owners when they return.
+- ``hint_handoff`` hints (parked records, owner-held markers) handed to their owners when
+  they return.
 """

@@ -3,12 +3,22 @@
 Writes: each record gets a version from the router's hybrid logical clock (ties broken by
 the router's writer number) and goes to all N owners of its key at once; the write
 succeeds when W (or the level asked for) have acknowledged, and the other replica writes
-carry on in the background. An owner that is DOWN, or whose write fails as UNAVAILABLE, is
-replaced by the next node on the ring beyond the preference list, which parks the record
-as a durable hint for the owner; that hint counts toward W. This is Dynamo's sloppy
-quorum: it keeps writes available while a node is down, at the price that an
-acknowledged write may, for a while, sit on fewer than W of its owners (R + W > N then
-guarantees read-your-writes only once the hints are handed back).
+carry on in the background. An owner that is DOWN, or whose write fails before the quorum
+is decided (any failure but RESOURCE_EXHAUSTED), is replaced by the next node on the ring
+beyond the preference list, which parks the record as a durable hint for the owner; that
+hint counts toward W. This is Dynamo's sloppy quorum: it keeps writes available while a
+node is down, at the price that an acknowledged write may, for a while, sit on fewer than
+W of its owners (R + W > N then guarantees read-your-writes only once the hints are
+handed back).
+
+Every owner that does not acknowledge a write gets a hint, whatever the failure and in
+every cluster shape. Where no fallback is up (3 nodes, N=3), the live owners keep a
+(key, target) marker, committed with the record itself (replica.proto, Marker), and hand
+their current record over when the target returns (hint_handoff.py). A marker kept by an
+owner never counts toward W: the owner's own copy counts once, so one disk never counts
+twice (two of three owners down: W=2 fails). Owners known DOWN get their markers with the
+record; an owner that fails or stays silent is found when the write's replies are all in
+(or its deadline passed), and the owners that acknowledged then keep markers for it.
 
 Reads: every owner not known to be DOWN is asked; the answer is the newest (version,
 writer) among the first R replies (a tombstone answers not found). When every asked
@@ -27,16 +37,17 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import grpc
 from shardkv.common import requestid
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
-from shardkv.router.requests.coalescer import NodeFailure
+from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import ApplyItem, NodeClient
+from shardkv.router.requests.node_client import ApplyItem, MarkedRecord, NodeLink
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
@@ -80,12 +91,18 @@ def newest(records: Sequence[replica_pb2.Record]) -> replica_pb2.Record:
 
 @dataclass(slots=True)
 class _Write:
-    """One record being written: its quorum, and the nodes already holding or sent it."""
+    """One record being written: its owners and quorum, the nodes already holding or sent
+    it, and who keeps hints for owners that were DOWN."""
 
     record: replica_pb2.Record
-    quorum: Quorum[bool]
+    owners: tuple[str, ...]
     used: set[str]
     deadline: float
+    quorum: Quorum[bool] = field(init=False)
+    # Owners the live owners keep markers for, sent with the record.
+    marked: tuple[str, ...] = ()
+    # Reply name of each hint on a fallback -> the owner it is for (None: no hint sent).
+    hinted: dict[str, str] | None = None
 
 
 # Items per node: (record or hint, its write, replica name, whether it goes to an owner).
@@ -100,7 +117,7 @@ class Coordinator:
         *,
         ring: Placement,
         replication: int,
-        clients: Mapping[str, NodeClient],
+        clients: Mapping[str, NodeLink],
         health: NodeHealth,
         clock: HybridClock,
         writer: int,
@@ -116,6 +133,8 @@ class Coordinator:
         # Plain counters the metrics endpoint reads (router/api/metrics.py).
         self.repairs = 0
         self.hints_stored = 0
+        # Markers owners were asked to keep for other owners (not hints on fallbacks).
+        self.markers_kept = 0
         self.reads = QuorumTally()
         self.writes = QuorumTally()
 
@@ -152,16 +171,26 @@ class Coordinator:
         outbox: _Outbox = defaultdict(list)
         for record in records:
             owners = self._ring.preference_list(record.key, self._n)
+            plan = _Write(record, owners, set(owners), deadline)
             # During a move, one more acknowledgement per pending owner (see placement.py).
-            quorum = group.quorum(needed + self._ring.pending(record.key, self._n))
-            plan = _Write(record, quorum, set(owners), deadline)
+            plan.quorum = group.quorum(
+                needed + self._ring.pending(record.key, self._n), partial(self._cover, plan)
+            )
+            item: ApplyItem = record
+            down = [owner for owner in owners if self._health.is_down(owner)]
+            if down:
+                plan.marked = tuple(o for o in down if not self._hint(plan, o, outbox))
+                for owner in plan.marked:
+                    reason = self._health.last_error(owner) or "DOWN"
+                    plan.quorum.fail(
+                        owner, f"DOWN ({reason}); no fallback up, owners keep a marker"
+                    )
+                if plan.marked:
+                    item = MarkedRecord(record, plan.marked)
+                    self.markers_kept += len(plan.marked)
             for owner in owners:
-                if self._health.is_down(owner):
-                    if not self._hint(plan, owner, outbox):
-                        reason = self._health.last_error(owner) or "DOWN"
-                        plan.quorum.fail(owner, f"DOWN ({reason}); no fallback node up for a hint")
-                else:
-                    outbox[owner].append((record, plan, owner, True))
+                if not down or owner not in down:
+                    outbox[owner].append((item, plan, owner, True))
             plans.append(plan)
         self._send(outbox, deadline)
         await group.wait()
@@ -190,15 +219,55 @@ class Coordinator:
                 )
                 for item, plan, name, direct in entries
             ]
-            self._clients[node_id].apply(items, deadline)
+            self._apply(node_id, items, deadline)
+
+    def _apply(
+        self, node_id: str, items: list[tuple[ApplyItem, Deliver[bool]]], deadline: float
+    ) -> None:
+        """Queues items for node_id; a node that left the topology fails them at once."""
+        client = self._clients.get(node_id)
+        if client is None:
+            _gone(node_id, items)
+        else:
+            client.apply(items, deadline)
 
     def _redirect(self, plan: _Write, owner: str, failure: NodeFailure) -> None:
-        """An owner's write failed as UNAVAILABLE: park the record on a fallback instead."""
-        if failure.code != grpc.StatusCode.UNAVAILABLE:
+        """An owner's write failed before the quorum was decided: park the record on a
+        fallback instead (one that refused for lack of resources is not spilled over)."""
+        if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return
         outbox: _Outbox = defaultdict(list)
         if self._hint(plan, owner, outbox):
             self._send(outbox, plan.deadline)
+
+    def _cover(self, plan: _Write, quorum: Quorum[bool]) -> None:
+        """Every reply is in (or the deadline passed): the owners that acknowledged keep a
+        marker for each owner that did not and has no hint yet (failed, silent, or its
+        fallback's hint failed). Nobody waits for this; a marker that fails to land is
+        left to anti-entropy (the owner's return from DOWN starts a pass)."""
+        if not quorum.failed:
+            return  # every owner acknowledged, or a hint on a fallback stands in for it
+        ok = quorum.ok
+        holders = [owner for owner in plan.owners if owner in ok]
+        covered = set(plan.marked) if holders else set()
+        if plan.hinted:
+            covered.update(owner for name, owner in plan.hinted.items() if name in ok)
+        missing = tuple(o for o in plan.owners if o not in ok and o not in covered)
+        if not missing:
+            return
+        if not holders:  # the write failed outright (not logged per key: overload sheds many)
+            log.debug(
+                "no owner acknowledged key=%r to keep markers for %s request_id=%s",
+                plan.record.key[:64],
+                ",".join(missing),
+                requestid.current.get() or "-",
+            )
+            return
+        item = MarkedRecord(plan.record, missing)
+        deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
+        for holder in holders:
+            self._apply(holder, [(item, _ignore)], deadline)
+        self.markers_kept += len(missing)
 
     def _hint(self, plan: _Write, owner: str, outbox: _Outbox) -> bool:
         """Queues a hint for owner on the next fallback not down; False when there is none."""
@@ -209,7 +278,11 @@ class Coordinator:
         plan.used.add(fallback)
         self.hints_stored += 1
         hint = replica_pb2.Hint(target=owner, record=plan.record)
-        outbox[fallback].append((hint, plan, f"{fallback} (hint for {owner})", False))
+        name = f"{fallback} (hint for {owner})"
+        if plan.hinted is None:
+            plan.hinted = {}
+        plan.hinted[name] = owner
+        outbox[fallback].append((hint, plan, name, False))
         return True
 
     async def read(self, keys: Sequence[bytes], needed: int, deadline: float) -> list[ReadOutcome]:
@@ -228,7 +301,12 @@ class Coordinator:
                     outbox[owner].append((key, quorum))
             quorums.append(quorum)
         for node_id, entries in outbox.items():
-            self._clients[node_id].read([(key, q.add(node_id)) for key, q in entries], deadline)
+            asks = [(key, q.add(node_id)) for key, q in entries]
+            client = self._clients.get(node_id)
+            if client is None:
+                _gone(node_id, asks)
+            else:
+                client.read(asks, deadline)
         await group.wait()
         outcomes = []
         for key, quorum in zip(keys, quorums, strict=True):
@@ -266,9 +344,17 @@ class Coordinator:
                 best.version,
                 requestid.current.get() or "-",
             )
-            self._clients[node_id].apply([(best, _ignore)], deadline)
+            self._apply(node_id, [(best, _ignore)], deadline)
             self.repairs += 1
 
 
 def _ignore(result: bool | NodeFailure) -> None:
-    """Read repair is best effort: a failed repair is retried by the next read."""
+    """Read repair and late markers are best effort: a failed repair is retried by the
+    next read, a failed marker left to anti-entropy."""
+
+
+def _gone(node_id: str, items: Sequence[tuple[object, Deliver[Any]]]) -> None:
+    """Fails items meant for a node that left the topology while their request ran."""
+    failure = NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")
+    for _, deliver in items:
+        deliver(failure)

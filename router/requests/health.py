@@ -3,8 +3,9 @@
 A node is DOWN after a failed health check or a failed internal call (UNAVAILABLE, or a
 call that used its whole node_call_ms budget), and UP again after a successful check.
 Every transition is logged once. A DOWN node stays on the ring: requests route around it
-(reads do not ask it, writes leave a hint on a fallback) and it is never re-placed by a
-timeout.
+(reads do not ask it, writes leave a hint for it) and it is never re-placed by a timeout.
+A node that comes back from DOWN may have missed writes: listeners registered with
+``on_return`` (hint hand-off, anti-entropy) are told at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class NodeHealth:
     def __init__(self, node_ids: Iterable[str]) -> None:
         self._state: dict[str, NodeState] = dict.fromkeys(node_ids, UNKNOWN)
         self._error: dict[str, str] = {}
+        self._on_return: list[Callable[[str], None]] = []
+
+    def on_return(self, listener: Callable[[str], None]) -> None:
+        """Calls listener(node_id), on the event loop, each time a node goes from DOWN to
+        UP. A listener must return quickly (start a task for real work)."""
+        self._on_return.append(listener)
 
     def add(self, node_id: str) -> None:
         """Tracks a node that joined the topology (UNKNOWN until checked). A node that left
@@ -51,11 +58,17 @@ class NodeHealth:
         return self._error.get(node_id, "") if self._state[node_id] == DOWN else ""
 
     def mark_up(self, node_id: str) -> None:
-        if self._state[node_id] != UP:
-            log.info(
-                "node_up node=%s was=%s", node_id, admin_pb2.NodeState.Name(self._state[node_id])
-            )
-            self._state[node_id] = UP
+        was = self._state[node_id]
+        if was == UP:
+            return
+        log.info("node_up node=%s was=%s", node_id, admin_pb2.NodeState.Name(was))
+        self._state[node_id] = UP
+        if was == DOWN:
+            for listener in self._on_return:
+                try:
+                    listener(node_id)
+                except Exception:
+                    log.exception("a listener failed on the return of node %s", node_id)
 
     def mark_down(self, node_id: str, reason: str) -> None:
         self._error[node_id] = reason

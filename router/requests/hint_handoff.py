@@ -1,11 +1,15 @@
-"""Hinted hand-off: records parked on fallback nodes go back to their owners when they return.
+"""Hinted hand-off: what nodes kept for an owner that missed writes goes to it when it returns.
 
-Every hint_interval_ms the router asks each UP node which targets it holds hints for; for
-every target that is UP again it reads a page of hints, applies them to the target (the
+A holder keeps two kinds of hints (shardkv.shardd.parked): records parked on a fallback
+node, and markers an owner keeps for another owner of the same key; for a marker the
+holder hands over its current record of the key. Every hint_interval_ms, and at once when
+a node comes back from DOWN, the router asks each UP node which targets it holds hints
+for; for every target that is UP it reads a page of hints, applies them to the target (the
 target keeps each only if newer, so a repeat is harmless), and then deletes them from the
-holder (the holder removes a hint only if its parked version is unchanged). A failure
-anywhere leaves the hints where they are for the next round. Hints are best effort, as in
-Cassandra: they do not replace anti-entropy.
+holder (the holder removes a hint or marker only if it is not newer than what was handed
+over). A failure anywhere leaves the hints where they are for the next round. Hints are
+best effort, as in Cassandra: they do not replace anti-entropy (a returning node also gets
+an anti-entropy pass of its ranges, router.repair.anti_entropy).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class HintHandoff:
         self.pending: Counter[str] = Counter()
         self.handed_off = 0
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        health.on_return(lambda node_id: self._wake.set())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="hint-handoff")
@@ -50,7 +56,11 @@ class HintHandoff:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.round()
             except Exception:
@@ -77,7 +87,10 @@ class HintHandoff:
 
     async def _hand_off(self, holder_id: str, target_id: str) -> int:
         """Moves hints for target_id from holder_id to target_id; returns how many moved."""
-        holder, target = self._clients[holder_id], self._clients[target_id]
+        # Either may have left the topology while this round awaited.
+        holder, target = self._clients.get(holder_id), self._clients.get(target_id)
+        if holder is None or target is None:
+            return 0
         moved = 0
         try:
             for _ in range(MAX_PAGES_PER_ROUND):

@@ -9,6 +9,8 @@ health checks) is called directly.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -29,11 +31,36 @@ MAX_IN_FLIGHT = 2
 # Items queued for one node per kind of call before new ones fail with RESOURCE_EXHAUSTED.
 MAX_QUEUED = 20_000
 
-ApplyItem = replica_pb2.Record | replica_pb2.Hint
+
+@dataclass(frozen=True, slots=True)
+class MarkedRecord:
+    """A record for an owner of its key, which also keeps a marker for each of targets
+    (other owners that did not acknowledge it) in the same commit (replica.proto, Marker)."""
+
+    record: replica_pb2.Record
+    targets: tuple[str, ...]
+
+
+# What one Apply carries per item: a record for an owner, a hint for a fallback, or a
+# record with markers for an owner.
+ApplyItem = replica_pb2.Record | replica_pb2.Hint | MarkedRecord
 # A token range [start, end) (shardkv.common.ring_tokens).
 TokenSpan = tuple[int, int]
 # Told of failed calls with the timeout they had; the router marks nodes down from it.
 FailureListener = Callable[[NodeFailure, float], None]
+
+
+class NodeLink(Protocol):
+    """What the coordinator needs of a node: coalesced applies and reads. NodeClient is
+    the real one; the unit tests drive the coordinator with in-process fakes."""
+
+    def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
+        """Queues items; each callback gets its result or a NodeFailure, exactly once."""
+
+    def read(
+        self, keys: Sequence[tuple[bytes, Deliver[replica_pb2.Record]]], deadline: float
+    ) -> None:
+        """Queues keys; each callback gets the node's record (version 0: none) or a failure."""
 
 
 def channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -102,7 +129,8 @@ class NodeClient:
         )
 
     def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
-        """Queues records (result: applied) and hints (result: True) for this node."""
+        """Queues records and marked records (result: applied) and hints (result: True) for
+        this node. A marked record and its markers always travel in one call."""
         self._applies.submit(items, deadline)
 
     def read(
@@ -262,6 +290,10 @@ class NodeClient:
         for item in items:
             if isinstance(item, replica_pb2.Hint):
                 request.hints.append(item)
+            elif isinstance(item, MarkedRecord):
+                request.records.append(item.record)
+                for target in item.targets:
+                    request.markers.add(key=item.record.key, target=target)
             else:
                 request.records.append(item)
         reply = await self._replica.Apply(request, timeout=timeout, metadata=requestid.outgoing())
@@ -282,5 +314,5 @@ def _token_ranges(ranges: Sequence[TokenSpan]) -> list[replica_pb2.TokenRange]:
 
 
 def _apply_size(item: ApplyItem) -> int:
-    record = item.record if isinstance(item, replica_pb2.Hint) else item
+    record = item if isinstance(item, replica_pb2.Record) else item.record
     return len(record.key) + len(record.value)

@@ -73,7 +73,8 @@ def test_slow_blackholed_and_cut_links(cluster: FaultyCluster) -> None:
 @pytest.mark.timeout(60)
 def test_a_node_that_missed_writes_catches_up(cluster: FaultyCluster) -> None:
     """n3 is black-holed while 300 keys are written and 30 deleted (W=2 goes on without
-    it), then the link heals: the replicas differ, and converge once the keys are read."""
+    it), then the link heals: the replicas converge (n1 and n2 kept markers for n3 and hand
+    the writes over; reading the keys would repair them too)."""
     keys = [b"missed/%03d" % i for i in range(300)]
     proxy = cluster.proxies["n3"]
     with Client(cluster.router.address, timeout=5) as kv:
@@ -88,7 +89,7 @@ def test_a_node_that_missed_writes_catches_up(cluster: FaultyCluster) -> None:
             proxy.heal()
     assert len(versions) == len(keys)
     digests = {node.name: digest(node.address) for node in cluster.nodes}
-    assert digests["n3"].digest != digests["n1"].digest == digests["n2"].digest
+    assert digests["n1"].digest == digests["n2"].digest  # n3 may have caught up already
     converge_s = converge(cluster, keys)
     final = final_state(cluster, keys)
     assert all(final[key].tombstone for key in keys[:30])

@@ -1,0 +1,191 @@
+"""In-process stand-ins for the router's node clients, to drive the real Coordinator.
+
+A FakeNode implements what the coordinator uses of a node (router.requests.node_client's
+NodeLink: ``apply`` and ``read`` with one callback per item) over plain dicts: records
+with last-write-wins, hints parked for other nodes, and markers kept for other owners. It
+answers on a later turn of the event loop, like a real call; a test can make it fail every
+call with a status code, answer only after a delay, hold its answers until released, or
+never answer. No gRPC, no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from shardkv.common.hlc import HybridClock
+from shardkv.router.placement.current import Layout, Placement
+from shardkv.router.placement.ring import Ring
+from shardkv.router.requests.coalescer import Deliver, NodeFailure
+from shardkv.router.requests.coordinator import Coordinator
+from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.node_client import ApplyItem, MarkedRecord
+from shardkv.v1 import replica_pb2
+
+Stamp = tuple[int, int]
+
+
+def stamp(record: replica_pb2.Record) -> Stamp:
+    return (record.version, record.writer)
+
+
+class FakeNode:
+    """One node: what it stores, and how it answers (``fail``, ``delay_s``, ``silent``)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.records: dict[bytes, replica_pb2.Record] = {}
+        self.hints: defaultdict[str, dict[bytes, replica_pb2.Record]] = defaultdict(dict)
+        self.markers: defaultdict[str, dict[bytes, Stamp]] = defaultdict(dict)
+        # Every apply item and read key received, in order (whatever the node did with it).
+        self.received: list[ApplyItem] = []
+        self.keys_read: list[bytes] = []
+        self.fail: grpc.StatusCode | None = None
+        self.delay_s = 0.0
+        self.silent = False
+        # While not None, answers wait here until release().
+        self.held: list[tuple[Any, list[Any]]] | None = None
+
+    # -- NodeLink --------------------------------------------------------------------------
+
+    def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
+        self.received.extend(item for item, _ in items)
+        self._later(self._answer_apply, list(items))
+
+    def read(
+        self, keys: Sequence[tuple[bytes, Deliver[replica_pb2.Record]]], deadline: float
+    ) -> None:
+        self.keys_read.extend(key for key, _ in keys)
+        self._later(self._answer_read, list(keys))
+
+    # -- behaviour -------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for answer, items in held:
+            self._later(answer, items)
+
+    def _later(self, answer: Any, items: list[Any]) -> None:
+        if self.silent:
+            return
+        if self.held is not None:
+            self.held.append((answer, items))
+            return
+        loop = asyncio.get_running_loop()
+        if self.delay_s:
+            loop.call_later(self.delay_s, answer, items)
+        else:
+            loop.call_soon(answer, items)
+
+    def _failed(self, items: list[tuple[Any, Deliver[Any]]]) -> bool:
+        if self.fail is None:
+            return False
+        failure = NodeFailure(self.node_id, self.fail, "fake failure")
+        for _, deliver in items:
+            deliver(failure)
+        return True
+
+    def _answer_apply(self, items: list[tuple[ApplyItem, Deliver[bool]]]) -> None:
+        if self._failed(items):
+            return
+        for item, deliver in items:
+            if isinstance(item, replica_pb2.Hint):
+                parked = self.hints[item.target].get(item.record.key)
+                if parked is None or stamp(item.record) > stamp(parked):
+                    self.hints[item.target][item.record.key] = item.record
+                deliver(True)
+            elif isinstance(item, MarkedRecord):
+                applied = self._store(item.record)
+                for target in item.targets:
+                    kept = self.markers[target].get(item.record.key, (0, 0))
+                    self.markers[target][item.record.key] = max(kept, stamp(item.record))
+                deliver(applied)
+            else:
+                deliver(self._store(item))
+
+    def _answer_read(self, keys: list[tuple[bytes, Deliver[replica_pb2.Record]]]) -> None:
+        if self._failed(keys):
+            return
+        for key, deliver in keys:
+            deliver(self.records.get(key, replica_pb2.Record(key=key)))
+
+    def _store(self, record: replica_pb2.Record) -> bool:
+        held = self.records.get(record.key)
+        if held is not None and stamp(held) >= stamp(record):
+            return False
+        self.records[record.key] = record
+        return True
+
+    # -- views for assertions --------------------------------------------------------------
+
+    def marked_for(self, target: str) -> set[bytes]:
+        return set(self.markers.get(target, {}))
+
+    def hinted_for(self, target: str) -> set[bytes]:
+        return set(self.hints.get(target, {}))
+
+    def value(self, key: bytes) -> bytes | None:
+        record = self.records.get(key)
+        return None if record is None else record.value
+
+
+class FakeCluster:
+    """A Coordinator over FakeNodes n1..nK (N=3 by default) and the health it consults."""
+
+    def __init__(self, nodes: int = 3, *, replication: int = 3) -> None:
+        self.ids = [f"n{i + 1}" for i in range(nodes)]
+        self.nodes = {node_id: FakeNode(node_id) for node_id in self.ids}
+        self.ring = Ring(dict.fromkeys(self.ids, 1))
+        self.health = NodeHealth(self.ids)
+        for node_id in self.ids:
+            self.health.mark_up(node_id)
+        self.coordinator = Coordinator(
+            ring=Placement(Layout(1, self.ring)),
+            replication=replication,
+            clients=self.nodes,
+            health=self.health,
+            clock=HybridClock(),
+            writer=7,
+            repair_timeout_s=1.0,
+        )
+        self.replication = replication
+
+    def owners(self, key: bytes) -> tuple[str, ...]:
+        return self.ring.preference_list(key, self.replication)
+
+    def key_owned(self, prefix: str, first: str) -> bytes:
+        """A key whose preference list starts with node first."""
+        for i in range(10_000):
+            key = f"{prefix}/{i}".encode()
+            if self.owners(key)[0] == first:
+                return key
+        raise AssertionError(f"no key with {first} first")
+
+    def down(self, *node_ids: str) -> None:
+        """Marks nodes DOWN, as the health checks would, and makes their calls fail."""
+        for node_id in node_ids:
+            self.health.mark_down(node_id, "killed by the test")
+            self.nodes[node_id].fail = grpc.StatusCode.UNAVAILABLE
+
+    def deadline(self, seconds: float = 2.0) -> float:
+        return asyncio.get_running_loop().time() + seconds
+
+
+async def settle(seconds: float = 0.05) -> None:
+    """Lets background replies, repairs and markers run."""
+    await asyncio.sleep(seconds)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Waits until condition holds (background work done); fails after timeout_s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)

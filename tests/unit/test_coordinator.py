@@ -1,0 +1,246 @@
+"""The real Coordinator over in-process fake nodes (fake_nodes.py): write quorums, hints for
+every owner that did not acknowledge, owner-held markers that never count toward W, reads
+answered by the newest of R replies, and read repair."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from fake_nodes import FakeCluster, settle, until
+from shardkv.router.requests.coordinator import Mutation
+from shardkv.router.requests.node_client import MarkedRecord
+from shardkv.v1 import replica_pb2
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+# -- writes: W acknowledgements --------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_write_answers_at_w_and_reaches_every_owner() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        slow = cluster.nodes["n3"]
+        slow.hold()
+        keys = [b"w/%d" % i for i in range(20)]
+        outcomes = await cluster.coordinator.write(
+            [Mutation(k, b"v") for k in keys], 2, cluster.deadline()
+        )
+        # Answered at W=2, while the third owner has not answered yet.
+        assert [o.error for o in outcomes] == [None] * len(keys)
+        assert slow.held
+        slow.release()
+        await settle()
+        for node in cluster.nodes.values():
+            assert all(node.value(k) == b"v" for k in keys)
+            assert not node.markers, "every owner acknowledged: nobody keeps a marker"
+        assert len({o.version for o in outcomes}) == len(keys), "one version per write"
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_write_fails_when_fewer_than_w_acknowledge_by_the_deadline() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        cluster.nodes["n2"].silent = True
+        cluster.nodes["n3"].silent = True
+        [outcome] = await cluster.coordinator.write(
+            [Mutation(b"k", b"v")], 2, cluster.deadline(0.1)
+        )
+        assert outcome.error is not None and outcome.code == grpc.StatusCode.UNAVAILABLE
+        assert "1 of 2 required replicas acknowledged" in outcome.error
+        assert "n2 (no answer before the deadline)" in outcome.error
+
+    run(scenario)
+
+
+# -- owner-held markers never count toward W ---------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_two_owners_down_the_survivor_alone_never_makes_w2() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        cluster.down("n2", "n3")
+        [outcome] = await cluster.coordinator.write([Mutation(b"k", b"v")], 2, cluster.deadline())
+        assert outcome.error is not None and outcome.code == grpc.StatusCode.UNAVAILABLE
+        assert "1 of 2 required replicas acknowledged" in outcome.error
+        n1 = cluster.nodes["n1"]
+        # The survivor holds the record once, with markers for both owners that missed it,
+        # sent in the same item (one commit on the node).
+        assert n1.value(b"k") == b"v"
+        assert n1.marked_for("n2") == n1.marked_for("n3") == {b"k"}
+        assert [type(item) for item in n1.received] == [MarkedRecord]
+        assert not cluster.nodes["n2"].received and not cluster.nodes["n3"].received
+
+        [one] = await cluster.coordinator.write([Mutation(b"k1", b"v")], 1, cluster.deadline())
+        assert one.error is None
+        assert n1.marked_for("n2") == {b"k", b"k1"}
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_one_owner_down_markers_ride_with_the_record_to_both_live_owners() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        cluster.down("n3")
+        keys = [b"m/%d" % i for i in range(10)]
+        outcomes = await cluster.coordinator.write(
+            [Mutation(k, b"v") for k in keys], 3, cluster.deadline()
+        )
+        # ALL: two acknowledgements of three; markers do not make up the third.
+        assert all("2 of 3 required replicas acknowledged" in (o.error or "") for o in outcomes)
+        outcomes = await cluster.coordinator.write(
+            [Mutation(k, b"v2") for k in keys], 2, cluster.deadline()
+        )
+        assert [o.error for o in outcomes] == [None] * len(keys)
+        for node_id in ("n1", "n2"):
+            assert cluster.nodes[node_id].marked_for("n3") == set(keys)
+        assert cluster.coordinator.markers_kept == 2 * len(keys)
+
+    run(scenario)
+
+
+# -- a hint for every owner that did not acknowledge, whatever the failure ---------------------
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ],
+)
+def test_an_owner_whose_write_fails_gets_markers_on_the_owners_that_acknowledged(
+    code: grpc.StatusCode,
+) -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        failing = cluster.nodes["n3"]
+        failing.fail, failing.delay_s = code, 0.05  # fails after the quorum is decided
+        [outcome] = await cluster.coordinator.write([Mutation(b"k", b"v")], 2, cluster.deadline())
+        assert outcome.error is None
+        await until(lambda: all(cluster.nodes[n].marked_for("n3") == {b"k"} for n in ("n1", "n2")))
+        assert not cluster.nodes["n1"].marked_for("n2")
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_an_owner_silent_past_the_deadline_gets_markers_too() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        cluster.nodes["n2"].silent = True
+        [outcome] = await cluster.coordinator.write(
+            [Mutation(b"k", b"v")], 2, cluster.deadline(0.1)
+        )
+        assert outcome.error is None
+        await until(lambda: cluster.nodes["n1"].marked_for("n2") == {b"k"})
+        await until(lambda: cluster.nodes["n3"].marked_for("n2") == {b"k"})
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_fallback_outside_the_preference_list_holds_a_hint_that_counts() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster(4)
+        key = cluster.key_owned("fb", "n1")
+        owners = cluster.owners(key)
+        fallback = next(n for n in cluster.ids if n not in owners)
+        cluster.down(owners[2])
+        [outcome] = await cluster.coordinator.write([Mutation(key, b"v")], 3, cluster.deadline())
+        assert outcome.error is None, "sloppy quorum: the fallback's hint counts"
+        assert cluster.nodes[fallback].hinted_for(owners[2]) == {key}
+        assert cluster.nodes[fallback].value(key) is None, "a hint is not the fallback's data"
+        assert not any(cluster.nodes[o].markers for o in owners[:2])
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_failed_fallback_hint_is_replaced_by_owner_markers() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster(4)
+        key = cluster.key_owned("fbf", "n1")
+        owners = cluster.owners(key)
+        fallback = next(n for n in cluster.ids if n not in owners)
+        cluster.down(owners[2])
+        cluster.nodes[fallback].fail = grpc.StatusCode.UNAVAILABLE
+        [outcome] = await cluster.coordinator.write([Mutation(key, b"v")], 2, cluster.deadline())
+        assert outcome.error is None
+        await until(
+            lambda: all(cluster.nodes[o].marked_for(owners[2]) == {key} for o in owners[:2])
+        )
+
+    run(scenario)
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def _put(cluster: FakeCluster, node_id: str, key: bytes, value: bytes, version: int) -> None:
+    cluster.nodes[node_id].records[key] = replica_pb2.Record(
+        key=key, value=value, version=version, writer=1
+    )
+
+
+@pytest.mark.timeout(10)
+def test_read_answers_with_the_newest_of_the_first_r_replies() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        _put(cluster, "n1", b"k", b"old", 1)
+        _put(cluster, "n2", b"k", b"mid", 2)
+        _put(cluster, "n3", b"k", b"new", 3)
+        cluster.nodes["n3"].hold()
+        [outcome] = await cluster.coordinator.read([b"k"], 2, cluster.deadline())
+        assert outcome.error is None and outcome.record is not None
+        assert outcome.record.value == b"mid", "R=2: the newest of the two first replies"
+        cluster.nodes["n3"].release()
+        [outcome] = await cluster.coordinator.read([b"k"], 3, cluster.deadline())
+        assert outcome.record is not None and outcome.record.value == b"new"
+        [missing] = await cluster.coordinator.read([b"absent"], 2, cluster.deadline())
+        assert missing.error is None and missing.record is None
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_read_fails_when_fewer_than_r_answer_and_skips_down_nodes() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        cluster.down("n2", "n3")
+        [outcome] = await cluster.coordinator.read([b"k"], 2, cluster.deadline())
+        assert outcome.error is not None and "1 of 2 required replicas answered" in outcome.error
+        assert not cluster.nodes["n2"].keys_read, "a DOWN node is not asked"
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_read_repair_brings_every_stale_replica_to_the_newest_record() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        _put(cluster, "n1", b"k", b"old", 1)
+        _put(cluster, "n2", b"k", b"new", 3)
+        cluster.nodes["n3"].hold()  # holds nothing, and answers after the client got its
+        [outcome] = await cluster.coordinator.read([b"k"], 2, cluster.deadline())
+        assert outcome.record is not None and outcome.record.value == b"new"
+        await settle()
+        assert cluster.nodes["n1"].value(b"k") == b"old", "repair waits for every reply"
+        cluster.nodes["n3"].release()
+        await until(lambda: {n.value(b"k") for n in cluster.nodes.values()} == {b"new"})
+        assert cluster.coordinator.repairs == 2
+
+    run(scenario)
