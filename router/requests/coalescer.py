@@ -11,11 +11,16 @@ a batch to fill, so coalescing adds no latency when the router is idle.
 The queue is bounded (``max_pending`` items, ``max_pending_bytes``): when a node falls
 behind, items beyond the bound fail at once with RESOURCE_EXHAUSTED instead of piling up
 in the router's memory until their deadlines pass.
+
+Every item's callback is called exactly once, whatever happens: a call that fails in any
+way (an unexpected error included) fails each of its items, and a callback that raises is
+logged without keeping the rest of its batch from their answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +32,8 @@ from shardkv.serving.tally import SizeHistogram
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +111,7 @@ class Coalescer(Generic[Item, Result]):
                 f" {self._max_pending_bytes} bytes)",
             )
             for _, deliver in items:
-                deliver(failure)
+                _deliver(deliver, failure)
             return
         self._pending_bytes += size
         rid = requestid.current.get()
@@ -132,7 +139,8 @@ class Coalescer(Generic[Item, Result]):
                 self._pending.popleft()
                 self._pending_bytes -= item_size
                 if entry[1] <= now:
-                    entry[2](self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue"))
+                    expired = self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue")
+                    _deliver(entry[2], expired)
                     continue
                 batch.append(entry)
                 size += item_size
@@ -150,6 +158,7 @@ class Coalescer(Generic[Item, Result]):
             self._call_timeout_s,
             max(entry[1] for entry in batch) - asyncio.get_running_loop().time(),
         )
+        results: Sequence[Result | NodeFailure]
         try:
             self.batch_sizes.observe(len(batch))
             # This task's own context: the call carries the ids of the requests it serves.
@@ -157,24 +166,45 @@ class Coalescer(Generic[Item, Result]):
             results = await self._send([entry[0] for entry in batch], timeout)
             if len(results) != len(batch):
                 raise _ShortReply(len(results), len(batch))
-            for entry, result in zip(batch, results, strict=True):
-                entry[2](result)
-        except (grpc.RpcError, _ShortReply) as err:
-            failure = self._failure_of(err)
-            self._on_failure(failure, timeout)
+        except asyncio.CancelledError:
+            cancelled = self._failure(grpc.StatusCode.CANCELLED, "router stopping")
             for entry in batch:
-                entry[2](failure)
+                _deliver(entry[2], cancelled)
+            raise
+        except Exception as err:
+            failure = self._failure_of(err)
+            if isinstance(err, (grpc.RpcError, _ShortReply)):
+                self._on_failure(failure, timeout)
+            else:
+                log.error("batch to %s failed: %r", self._node_id, err, exc_info=err)
+            results = [failure] * len(batch)
         finally:
             self._in_flight -= 1
-            self._pump()
+        for entry, result in zip(batch, results, strict=True):
+            try:  # inline rather than _deliver: this runs for every item
+                entry[2](result)
+            except Exception:
+                log.exception("a reply callback raised; the other items still get theirs")
+        self._pump()
 
-    def _failure_of(self, err: grpc.RpcError | _ShortReply) -> NodeFailure:
+    def _failure_of(self, err: Exception) -> NodeFailure:
         if isinstance(err, grpc.aio.AioRpcError):
             return self._failure(err.code(), err.details() or "")
-        return self._failure(grpc.StatusCode.INTERNAL, str(err))
+        if isinstance(err, _ShortReply):
+            return self._failure(grpc.StatusCode.INTERNAL, str(err))
+        return self._failure(grpc.StatusCode.INTERNAL, f"router error: {type(err).__name__}")
 
     def _failure(self, code: grpc.StatusCode, message: str) -> NodeFailure:
         return NodeFailure(self._node_id, code, message)
+
+
+def _deliver(deliver: Deliver[Result], result: Result | NodeFailure) -> None:
+    """Calls one item's callback; a callback that raises is a bug, logged, and must not
+    keep the other items of its batch from their answers."""
+    try:
+        deliver(result)
+    except Exception:
+        log.exception("a reply callback raised; the other items still get theirs")
 
 
 class _ShortReply(Exception):
