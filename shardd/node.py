@@ -109,9 +109,12 @@ class NodeStorage:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def read(self, keys: Sequence[bytes]) -> list[Record | None]:
+    async def read(self, keys: Sequence[bytes], *, max_bytes: int = 0) -> list[Record | None]:
+        """The record of each key; with max_bytes, of the prefix of keys that fits it
+        (Store.read)."""
         self.keys_read += len(keys)
-        return await self._in_thread(self.store.read, keys)
+        read = functools.partial(self.store.read, max_bytes=max_bytes)
+        return await self._in_thread(read, keys)
 
     async def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[Record], bytes]:
         scan = functools.partial(self.store.scan, max_bytes=self._page_bytes)

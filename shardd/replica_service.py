@@ -13,7 +13,7 @@ import grpc.aio
 from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.common.ring_tokens import TokenRanges
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
-from shardkv.shardd.errors import ResponseTooLarge, streaming, unary
+from shardkv.shardd.errors import streaming, unary
 from shardkv.shardd.metrics import stats_response
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
@@ -58,18 +58,17 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self._limits.check_batch(request.keys, "Read keys")
         for key in request.keys:
             self._limits.check_key(key)
-        records = await self._storage.read(list(request.keys))
-        size = sum(r.size() for r in records if r is not None)
-        if size > response_budget(self._limits):
-            raise ResponseTooLarge(
-                f"{len(records)} records of {size} bytes exceed the message limit of"
-                f" {self._limits.max_message_bytes} bytes; read fewer keys per call"
-            )
+        # The node's reply budget caps what the caller asks for: values are measured
+        # before they are copied, so memory stays within it whatever the keys.
+        budget = response_budget(self._limits)
+        max_bytes = min(request.max_bytes, budget) if request.max_bytes else budget
+        records = await self._storage.read(list(request.keys), max_bytes=max_bytes)
         return replica_pb2.ReadResponse(
             records=[
                 missing_pb(key) if record is None else record_to_pb(record)
-                for key, record in zip(request.keys, records, strict=True)
-            ]
+                for key, record in zip(request.keys, records, strict=False)
+            ],
+            resume_at=len(records) if len(records) < len(request.keys) else 0,
         )
 
     @unary

@@ -22,6 +22,7 @@ from typing import TypeVar
 import lmdb
 from shardkv.common.limits import LimitExceeded, after
 from shardkv.shardd.gate import Gate, StoreClosed
+from shardkv.shardd.lookup import read_within
 from shardkv.shardd.parked import Marker, Opened, Parked, Resume
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
 
@@ -224,15 +225,11 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def read(self, keys: Sequence[bytes]) -> list[Record | None]:
-        """The stored record of each key (tombstones included); None where there is none."""
-        with self._gate.shared(), self._env.begin() as txn:
-            out: list[Record | None] = []
-            for key in keys:
-                # LMDB rejects empty and oversized keys; no such key can be stored.
-                raw = txn.get(key, db=self._data) if 0 < len(key) <= self._max_key else None
-                out.append(None if raw is None else decode(key, raw))
-            return out
+    def read(self, keys: Sequence[bytes], *, max_bytes: int = 0) -> list[Record | None]:
+        """The stored record of each key (tombstones included); None where there is none.
+        With max_bytes, only the prefix of keys whose entries fit (lookup.read_within)."""
+        with self._gate.shared(), self._env.begin(buffers=True) as txn:
+            return read_within(txn, self._data, keys, max_key=self._max_key, max_bytes=max_bytes)
 
     def scan(
         self, start: bytes, end: bytes, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES

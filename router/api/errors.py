@@ -9,10 +9,11 @@ from __future__ import annotations
 import grpc
 from shardkv.router.membership.move_plan import BadNode, MoveConflict, NodeExists, NodeUnknown
 from shardkv.router.membership.topology import TopologyError
+from shardkv.router.membership.topology_store import StoreUnavailable
 from shardkv.router.requests.scan import ScanUnavailable
 from shardkv.serving.status import register, streaming, unary
 
-__all__ = ["Exhausted", "Unavailable", "streaming", "unary"]
+__all__ = ["AnswerTooLarge", "Exhausted", "Unavailable", "streaming", "unary"]
 
 
 class Unavailable(Exception):
@@ -25,8 +26,16 @@ class Exhausted(Exception):
     RESOURCE_EXHAUSTED rather than UNAVAILABLE: an immediate retry will not help."""
 
 
-register(grpc.StatusCode.UNAVAILABLE, Unavailable, ScanUnavailable)
-register(grpc.StatusCode.RESOURCE_EXHAUSTED, Exhausted)
+# StoreUnavailable: the topology store (etcd) is away, so topology changes are refused.
+register(grpc.StatusCode.UNAVAILABLE, Unavailable, ScanUnavailable, StoreUnavailable)
+
+
+class AnswerTooLarge(Exception):
+    """The complete answer would exceed the message limit; the message names the limit and
+    the caller must ask for less per call (RESOURCE_EXHAUSTED)."""
+
+
+register(grpc.StatusCode.RESOURCE_EXHAUSTED, Exhausted, AnswerTooLarge)
 register(grpc.StatusCode.INVALID_ARGUMENT, BadNode)
 register(grpc.StatusCode.NOT_FOUND, NodeUnknown)
 register(grpc.StatusCode.ALREADY_EXISTS, NodeExists)

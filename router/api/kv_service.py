@@ -14,12 +14,13 @@ from typing import Any
 
 import grpc
 from shardkv.common.limits import LimitExceeded, Limits, scan_range
-from shardkv.router.api.errors import Exhausted, Unavailable, unary
+from shardkv.router.api.errors import AnswerTooLarge, Exhausted, Unavailable, unary
 from shardkv.router.membership.topology import Topology
 from shardkv.router.requests.coordinator import Coordinator, Mutation, ReadOutcome, WriteOutcome
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.router.requests.quorum import replicas_needed
+from shardkv.router.requests.read_budget import ReadBudget, entry_size, may_exceed, too_large
 from shardkv.router.requests.scan import scan_page
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -119,15 +120,28 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def BatchGet(
         self, request: kv_pb2.BatchGetRequest, context: Context
     ) -> kv_pb2.BatchGetResponse:
+        """Each distinct key is read once, holding at most a few answers' worth of records
+        (read_budget.py); the answer is complete, or RESOURCE_EXHAUSTED naming the message
+        limit when it cannot fit in one message (a key named twice counts twice)."""
         self._limits.check_batch(request.keys, "BatchGet")
         for key in request.keys:
             self._limits.check_key(key)
         needed = self._reads_needed(request.consistency)
         keys = list(request.keys)
-        outcomes = await self._coordinator.read(keys, needed, self._deadline(context))
-        return kv_pb2.BatchGetResponse(
-            results=[_get_result(k, o) for k, o in zip(keys, outcomes, strict=True)]
-        )
+        distinct = list(dict.fromkeys(keys))
+        # One answer per replica asked: the N owners, and a pending owner during a move.
+        budget = ReadBudget.for_read(self._limits, len(distinct), self._topology.replication + 1)
+        deadline = self._deadline(context)
+        read = await self._coordinator.read(distinct, needed, deadline, budget=budget)
+        outcomes = dict(zip(distinct, read, strict=True))
+        if may_exceed(self._limits, len(keys)):
+            sizes = {key: entry_size(key, outcome.record) for key, outcome in outcomes.items()}
+            problem = too_large(self._limits, keys, sizes, budget)
+            if problem is not None:
+                raise AnswerTooLarge(
+                    f"the answer to BatchGet {problem}: ask for fewer keys per call"
+                )
+        return kv_pb2.BatchGetResponse(results=[_get_result(k, outcomes[k]) for k in keys])
 
     @unary
     async def BatchWrite(

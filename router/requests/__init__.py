@@ -5,6 +5,7 @@
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
 - ``node_client``  the connection to one node: coalesced Apply/Read and direct calls.
 - ``coalescer``    many concurrent items for one node sent as one batched call.
+- ``read_budget``  bytes of records one read may hold, and whether its answer fits.
 - ``scan``         fan-out of a range scan to the nodes, merged into one ordered page.
 - ``health``       whether each node is up: health checks and call failures.
 - ``hint_handoff`` hints (parked records, owner-held markers) handed to their owners when

@@ -74,8 +74,13 @@ class Coalescer(Generic[Item, Result]):
         size_of: Callable[[Item], int],
         max_pending: int = 20_000,
         max_pending_bytes: int = 128 << 20,
+        resumable: bool = False,
     ) -> None:
+        """resumable: send may answer a prefix of a batch (a node that stopped at its byte
+        budget); the items answered get their results and the rest go back to the front
+        of the queue, to leave in the next call. Otherwise a short answer fails the batch."""
         self._node_id = node_id
+        self._resumable = resumable
         self._send = send
         self._on_failure = on_failure
         self._max_items = max_items
@@ -164,7 +169,8 @@ class Coalescer(Generic[Item, Result]):
             # This task's own context: the call carries the ids of the requests it serves.
             requestid.current.set(requestid.join(entry[3] for entry in batch))
             results = await self._send([entry[0] for entry in batch], timeout)
-            if len(results) != len(batch):
+            partial = self._resumable and 0 < len(results) < len(batch)
+            if len(results) != len(batch) and not partial:
                 raise _ShortReply(len(results), len(batch))
         except asyncio.CancelledError:
             cancelled = self._failure(grpc.StatusCode.CANCELLED, "router stopping")
@@ -180,7 +186,11 @@ class Coalescer(Generic[Item, Result]):
             results = [failure] * len(batch)
         finally:
             self._in_flight -= 1
-        for entry, result in zip(batch, results, strict=True):
+        rest = batch[len(results) :]  # a resumable answer's unanswered items leave next
+        if rest:
+            self._pending.extendleft(reversed(rest))
+            self._pending_bytes += sum(entry[4] for entry in rest)
+        for entry, result in zip(batch, results, strict=False):
             try:  # inline rather than _deliver: this runs for every item
                 entry[2](result)
             except Exception:

@@ -49,6 +49,7 @@ from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import ApplyItem, MarkedRecord, NodeLink
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
+from shardkv.router.requests.read_budget import ReadBudget
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
@@ -285,8 +286,16 @@ class Coordinator:
         outbox[fallback].append((hint, plan, name, False))
         return True
 
-    async def read(self, keys: Sequence[bytes], needed: int, deadline: float) -> list[ReadOutcome]:
-        """Reads every key from its live owners; answers once each key is decided."""
+    async def read(
+        self,
+        keys: Sequence[bytes],
+        needed: int,
+        deadline: float,
+        *,
+        budget: ReadBudget | None = None,
+    ) -> list[ReadOutcome]:
+        """Reads every key from its live owners; answers once each key is decided. Replies
+        beyond budget (bytes of records held) are dropped as RESOURCE_EXHAUSTED."""
         group: QuorumGroup[replica_pb2.Record] = QuorumGroup(deadline)
         quorums: list[Quorum[replica_pb2.Record]] = []
         outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
@@ -302,6 +311,8 @@ class Coordinator:
             quorums.append(quorum)
         for node_id, entries in outbox.items():
             asks = [(key, q.add(node_id)) for key, q in entries]
+            if budget is not None:
+                asks = budget.watch(node_id, asks)
             client = self._clients.get(node_id)
             if client is None:
                 _gone(node_id, asks)

@@ -22,7 +22,7 @@ from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 # Items per coalesced call (the node's batch limit is 1000) and bytes of values per call
-# (well below the 32 MiB message cap).
+# (well below the 32 MiB message cap; a Read asks the node to stop there, ReadRequest.max_bytes).
 MAX_BATCH_ITEMS = 512
 MAX_BATCH_BYTES = 8 << 20
 # Calls of one kind outstanding to one node: the second lets a node commit one batch
@@ -126,6 +126,7 @@ class NodeClient:
             call_timeout_s=call_timeout_s,
             size_of=len,
             max_pending=max_queued,
+            resumable=True,  # a node answers up to max_bytes of values; the rest leaves next
         )
 
     def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
@@ -240,9 +241,18 @@ class NodeClient:
         await self._replica.Apply(replica_pb2.ApplyRequest(records=records), timeout=timeout_s)
 
     async def read_batch(self, keys: Sequence[bytes], timeout_s: float) -> list[replica_pb2.Record]:
-        """The node's records of keys, in order (version 0 where it holds none)."""
-        reply = await self._replica.Read(replica_pb2.ReadRequest(keys=keys), timeout=timeout_s)
-        return list(reply.records)
+        """The node's records of keys, in order (version 0 where it holds none), asked for
+        in pages of MAX_BATCH_BYTES of values (the node says where to resume)."""
+        records: list[replica_pb2.Record] = []
+        while len(records) < len(keys):
+            reply = await self._replica.Read(
+                replica_pb2.ReadRequest(keys=keys[len(records) :], max_bytes=MAX_BATCH_BYTES),
+                timeout=timeout_s,
+            )
+            if not reply.records:
+                raise RuntimeError(f"node {self.node_id} answered no record of {len(keys)}")
+            records += reply.records
+        return records
 
     # -- operations: status and backups ------------------------------------------------
 
@@ -303,8 +313,12 @@ class NodeClient:
         return [True if isinstance(item, replica_pb2.Hint) else next(applied) for item in items]
 
     async def _send_read(self, keys: list[bytes], timeout: float) -> list[replica_pb2.Record]:
+        """The records of keys, or of the prefix whose values fit MAX_BATCH_BYTES (the
+        coalescer sends the rest in its next call)."""
         reply = await self._replica.Read(
-            replica_pb2.ReadRequest(keys=keys), timeout=timeout, metadata=requestid.outgoing()
+            replica_pb2.ReadRequest(keys=keys, max_bytes=MAX_BATCH_BYTES),
+            timeout=timeout,
+            metadata=requestid.outgoing(),
         )
         return list(reply.records)
 

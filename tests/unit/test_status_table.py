@@ -15,7 +15,7 @@ import grpc.aio
 import pytest
 from shardkv.common.limits import LimitExceeded
 from shardkv.router.api.admin_service import AdminService
-from shardkv.router.api.errors import Exhausted, Unavailable
+from shardkv.router.api.errors import AnswerTooLarge, Exhausted, Unavailable
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.membership.move_plan import BadNode, MoveConflict, NodeExists, NodeUnknown
 from shardkv.router.membership.topology import TopologyError
@@ -48,6 +48,7 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     CommitterOverloaded: Code.RESOURCE_EXHAUSTED,
     ResponseTooLarge: Code.RESOURCE_EXHAUSTED,
     Exhausted: Code.RESOURCE_EXHAUSTED,
+    AnswerTooLarge: Code.RESOURCE_EXHAUSTED,
     StoreClosed: Code.UNAVAILABLE,
     CommitterClosed: Code.UNAVAILABLE,
     Unavailable: Code.UNAVAILABLE,

@@ -53,16 +53,20 @@ class ApplyResponse(_message.Message):
     def __init__(self, applied: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "max_bytes")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    max_bytes: int
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "resume_at")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AT_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ...) -> None: ...
+    resume_at: int
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., resume_at: _Optional[int] = ...) -> None: ...
 
 class ScanRecordsRequest(_message.Message):
     __slots__ = ("start", "end", "limit")
