@@ -51,7 +51,9 @@ def add_parsers(
     add.add_argument(
         "--addr", required=True, dest="node_addr", metavar="HOST:PORT", help="the node's address"
     )
-    add.add_argument("--weight", type=int, default=1, help="relative share of the ring, 1..100 (default 1)")
+    add.add_argument(
+        "--weight", type=int, default=1, help="relative share of the ring, 1..100 (default 1)"
+    )
     add.add_argument("--no-wait", action="store_true", help="return once the move started")
     remove = actions.add_parser("remove", parents=[common], help="decommission a node")
     remove.add_argument("--id", required=True, dest="node_id", help="the node to remove")
