@@ -2,18 +2,74 @@
 
 A version is milliseconds since the Unix epoch << 16 | a 16-bit logical counter. Two writers
 that pick the same version are told apart by a writer number derived from the writer's id,
-so every replica orders any two records the same way (last write wins).
+and two records with the same (version, writer) by their contents (``precedes``), so every
+replica orders any two records the same way (last write wins).
+
+A clock refuses versions further ahead of its wall clock than a maximum offset (as
+CockroachDB's --max-offset): it never adopts one it observes (``observe``), and a version
+that enters from outside is checked with ``check``. A clock with a ``ClockState`` keeps a
+reservation in a small file: it never hands out a version above the reserved bound, a
+thread renews the bound ahead of time (no fsync per version, none on the caller's thread
+unless the reservation ran out), and a restarted clock starts above the bound it left, so
+its versions never go back across restarts, whatever the wall clock did meanwhile. The
+file is also held under an exclusive lock (flock) while the clock runs: two processes on
+one host can never use the same writer id.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from shardkv.common.limits import LimitExceeded
+
+log = logging.getLogger(__name__)
 
 LOGICAL_BITS = 16
-_LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
+MAX_VERSION = (1 << 64) - 1
+# CockroachDB's default --max-offset: NTP keeps hosts within milliseconds of each other, so
+# half a second refuses no healthy write, yet bounds how far ahead of real time a wrong
+# clock can push a version (and so how long its records beat later writes).
+DEFAULT_MAX_OFFSET_MS = 500
+# How far ahead of the clock a reservation reaches (renewed at half of it used up); never
+# more than half the max offset, so a router restarted at once starts within it.
+DEFAULT_RESERVE_MS = 250
+# How long a version waits for a reservation that ran out before the call fails.
+RESERVE_TIMEOUT_S = 5.0
+# At most one warning per this many seconds about versions ignored by observe().
+_WARN_EVERY_S = 10.0
+
+
+class VersionAhead(LimitExceeded):
+    """A version is further ahead of the local wall clock than the max clock offset."""
+
+
+class ClockStateError(OSError):
+    """The clock's state file cannot be used: another process holds the writer id, or the
+    file cannot be read or written. The message names the file."""
+
+
+class Versioned(Protocol):
+    """A record as the shared comparison sees it (shardd Record, replica_pb2.Record)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def writer(self) -> int: ...
+    @property
+    def tombstone(self) -> bool: ...
+    @property
+    def value(self) -> bytes: ...
+
+
+V = TypeVar("V", bound=Versioned)
 
 
 def writer_number(writer_id: str) -> int:
@@ -26,27 +82,318 @@ def version_millis(version: int) -> int:
     return version >> LOGICAL_BITS
 
 
+def precedes(a: Versioned, b: Versioned) -> bool:
+    """Whether record a loses to record b of the same key, the same on every replica and
+    router: the higher (version, writer) wins; on a tie a tombstone beats a value, then
+    the greater value bytes win, so equal stamps with different contents still converge."""
+    if a.version != b.version or a.writer != b.writer:
+        return (a.version, a.writer) < (b.version, b.writer)
+    if a.tombstone or b.tombstone:
+        return b.tombstone and not a.tombstone
+    return a.value < b.value
+
+
+def newest(records: Iterable[V]) -> V:
+    """The record every replica would keep (records must not be empty)."""
+    items = iter(records)
+    best = next(items)
+    for record in items:
+        if precedes(best, record):
+            best = record
+    return best
+
+
+class Reservation(Protocol):
+    """Where a clock persists the bound its versions stay under (ClockState, or a fake)."""
+
+    @property
+    def reserved(self) -> int: ...
+    def save(self, bound: int) -> None: ...
+    def close(self) -> None: ...
+
+
 class HybridClock:
     """Hands out strictly increasing versions that stay close to wall-clock time.
 
-    offset_s shifts this clock against the system clock: tests use it to simulate skew
-    between routers without touching the machine's clock.
+    wall is the wall clock in seconds (a test hook); offset_s shifts it, so tests can skew
+    one router without touching the machine's clock. max_offset_ms None turns the offset
+    checks off. With state, versions never exceed the persisted reservation; call close().
     """
 
-    def __init__(self, *, offset_s: float = 0.0, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        offset_s: float = 0.0,
+        wall: Callable[[], float] = time.time,
+        max_offset_ms: int | None = DEFAULT_MAX_OFFSET_MS,
+        state: Reservation | None = None,
+        reserve_ms: int = DEFAULT_RESERVE_MS,
+    ) -> None:
         self._offset_s = offset_s
         self._wall = wall
+        self._max_offset_ms = max_offset_ms
         self._last = 0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self.ignored = 0  # versions observe() refused, for metrics and tests
+        self._warned = -_WARN_EVERY_S
+        self._state = state
+        self._thread: threading.Thread | None = None
+        half = (max_offset_ms or 2 * reserve_ms) // 2
+        self._reserve_ms = max(1, min(reserve_ms, half))
+        self._reserved = MAX_VERSION
+        self._renew = False
+        self._closed = False
+        self._failure = ""
+        if state is None:
+            return
+        self._last = self._reserved = state.reserved
+        ahead = version_millis(self._last) - self.wall_ms()
+        if max_offset_ms is not None and ahead > max_offset_ms:
+            log.warning(
+                "clock reservation %d is %d ms ahead of the wall clock (max clock offset %d"
+                " ms): the wall clock went back; writes are refused until it catches up",
+                self._last,
+                ahead,
+                max_offset_ms,
+            )
+        bound = self._bound()
+        state.save(bound)
+        self._reserved = bound
+        self._thread = threading.Thread(target=self._renew_loop, name="hlc-reserve", daemon=True)
+        self._thread.start()
+
+    def wall_ms(self) -> int:
+        """This clock's wall clock, in milliseconds since the Unix epoch."""
+        return int((self._wall() + self._offset_s) * 1000)
 
     def now(self) -> int:
-        """A version greater than every version this clock gave or observed before."""
-        physical = int((self._wall() + self._offset_s) * 1000) << LOGICAL_BITS
-        with self._lock:
-            self._last = max(physical, self._last + 1)
-            return self._last
+        """A version greater than every version this clock gave or observed before.
 
-    def observe(self, version: int) -> None:
-        """Moves the clock past a version seen elsewhere, so later writes order after it."""
-        with self._lock:
+        Raises VersionAhead when that version would be beyond the max offset (the wall
+        clock went back by more than it), and ClockStateError when the reservation cannot
+        be renewed in time."""
+        with self._cond:
+            deadline = time.monotonic() + RESERVE_TIMEOUT_S
+            while True:
+                wall_ms = self.wall_ms()
+                version = max(wall_ms << LOGICAL_BITS, self._last + 1)
+                self._refuse_ahead(version, wall_ms, "this clock's next version")
+                if self._state is None or version <= self._reserved:
+                    break
+                self._wait_for_renewal(deadline)
+            self._last = version
+            if self._state is not None and self._due(version):
+                self._renew = True
+                self._cond.notify_all()
+            return version
+
+    def observe(self, version: int) -> bool:
+        """Moves the clock past a version seen elsewhere, so later writes order after it.
+        A version beyond the max offset is ignored (logged, counted): returns False."""
+        wall_ms = self.wall_ms()
+        if version > MAX_VERSION or self._ahead_ms(version, wall_ms) is not None:
+            self._ignore(version, wall_ms)
+            return False
+        with self._cond:
             self._last = max(self._last, version)
+            if self._state is not None and self._due(self._last):
+                self._renew = True
+                self._cond.notify_all()
+        return True
+
+    def check(self, version: int, what: str) -> None:
+        """Raises VersionAhead naming what, the version, the wall clock and the limit when
+        version is further ahead of the wall clock than the max offset."""
+        self._refuse_ahead(version, self.wall_ms(), what)
+
+    def close(self) -> None:
+        """Stops renewing and releases the state file (and with it the writer id)."""
+        if self._state is None:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        self._state.close()
+
+    # -- offsets --------------------------------------------------------------------------
+
+    def _ahead_ms(self, version: int, wall_ms: int) -> int | None:
+        """How far version is ahead of wall_ms when that is beyond the max offset."""
+        ahead = version_millis(version) - wall_ms
+        if self._max_offset_ms is None or ahead <= self._max_offset_ms:
+            return None
+        return ahead
+
+    def _refuse_ahead(self, version: int, wall_ms: int, what: str) -> None:
+        if version > MAX_VERSION:
+            raise VersionAhead(f"{what} has version {version}, beyond the largest, 2^64-1")
+        ahead = self._ahead_ms(version, wall_ms)
+        if ahead is not None:
+            raise VersionAhead(
+                f"{what} has version {version} (wall time {version_millis(version)} ms),"
+                f" {ahead} ms ahead of the local wall clock ({wall_ms} ms since the epoch):"
+                f" beyond the max clock offset of {self._max_offset_ms} ms"
+            )
+
+    def _ignore(self, version: int, wall_ms: int) -> None:
+        self.ignored += 1
+        if time.monotonic() - self._warned >= _WARN_EVERY_S:
+            self._warned = time.monotonic()
+            log.warning(
+                "ignored version %d: %d ms ahead of the wall clock (%d ms), beyond the max"
+                " clock offset of %s ms (%d ignored so far)",
+                version,
+                version_millis(version) - wall_ms,
+                wall_ms,
+                self._max_offset_ms,
+                self.ignored,
+            )
+
+    # -- reservation (self._cond held) ----------------------------------------------------
+
+    def _due(self, version: int) -> bool:
+        """Whether version used up half of the reservation's lead."""
+        return version_millis(version) + self._reserve_ms // 2 >= version_millis(self._reserved)
+
+    def _bound(self) -> int:
+        """The next reservation: every version up to reserve_ms past the clock."""
+        millis = max(version_millis(self._last), self.wall_ms()) + self._reserve_ms
+        return min(MAX_VERSION, ((millis + 1) << LOGICAL_BITS) - 1)
+
+    def _wait_for_renewal(self, deadline: float) -> None:
+        self._renew = True
+        self._cond.notify_all()
+        left = deadline - time.monotonic()
+        if left <= 0 or self._closed:
+            raise ClockStateError(
+                f"the clock reservation (up to version {self._reserved}) could not be"
+                f" renewed within {RESERVE_TIMEOUT_S:g} s"
+                + (f": {self._failure}" if self._failure else "")
+            )
+        self._cond.wait(left)
+
+    def _renew_loop(self) -> None:
+        """Renews the reservation every half lead, and at once when a version asks."""
+        assert self._state is not None
+        while True:
+            with self._cond:
+                if not self._renew and not self._closed:
+                    self._cond.wait(self._reserve_ms / 2000)
+                if self._closed:
+                    return
+                self._renew = False
+                bound = self._bound()
+            try:
+                self._state.save(bound)
+            except OSError as err:
+                log.error("cannot renew the clock reservation: %s", err)
+                with self._cond:
+                    self._failure = str(err)
+                time.sleep(self._reserve_ms / 2000)
+                continue
+            with self._cond:
+                self._reserved = max(self._reserved, bound)
+                self._failure = ""
+                self._cond.notify_all()
+
+
+# Two slots, written in turn (as LMDB's two meta pages), so a torn write loses at most the
+# newer bound: sequence u64, bound u64, CRC-32 of both u32. The holder line follows them.
+_SLOT = struct.Struct(">QQI")
+_SLOT_SPACE = 32
+_HOLDER_AT = 2 * _SLOT_SPACE
+
+
+class ClockState:
+    """The state file of one writer id in a directory shared by the writers of a host,
+    held under an exclusive lock from open() to close()."""
+
+    def __init__(self, path: Path, fd: int, reserved: int, sequence: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._reserved = reserved
+        self._sequence = sequence
+
+    @classmethod
+    def open(cls, directory: Path, writer_id: str, *, role: str = "router") -> ClockState:
+        """Locks and reads the state file of writer_id; raises ClockStateError when another
+        process holds it, naming that process, or when the file is damaged."""
+        import fcntl  # POSIX only; the SDK, which imports this module, never needs it
+
+        path = directory / f"writer-{writer_number(writer_id):08x}.clock"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ClockStateError(f"cannot open the clock state file {path}: {err}") from err
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, _HOLDER_AT).decode(errors="replace").strip()
+                raise ClockStateError(
+                    f"writer id {writer_id!r} (writer number {writer_number(writer_id):#010x})"
+                    f" is already running on this host: {holder or 'another process'} holds"
+                    f" {path}. Two writers with one id would hand out equal versions for"
+                    " different values; give this one another --id"
+                ) from None
+            reserved, sequence = _read_slots(path, os.pread(fd, _HOLDER_AT, 0))
+            os.ftruncate(fd, _HOLDER_AT)
+            os.pwrite(fd, f"{role} {writer_id!r} pid {os.getpid()}\n".encode(), _HOLDER_AT)
+            _sync_directory(directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, reserved, sequence)
+
+    @property
+    def reserved(self) -> int:
+        return self._reserved
+
+    def save(self, bound: int) -> None:
+        """Persists bound (fsync'd) in the older of the two slots."""
+        sequence = self._sequence + 1
+        crc = zlib.crc32(struct.pack(">QQ", sequence, bound))
+        try:
+            os.pwrite(self._fd, _SLOT.pack(sequence, bound, crc), (sequence % 2) * _SLOT_SPACE)
+            os.fsync(self._fd)
+        except OSError as err:
+            raise ClockStateError(f"cannot write the clock state file {self.path}: {err}") from err
+        self._sequence, self._reserved = sequence, bound
+
+    def close(self) -> None:
+        """Releases the lock (closing the file does)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _read_slots(path: Path, data: bytes) -> tuple[int, int]:
+    """(bound, sequence) of the newest intact slot; (0, 0) for a new file."""
+    if not data.strip(b"\0"):
+        return 0, 0
+    best: tuple[int, int] | None = None
+    for at in (0, _SLOT_SPACE):
+        chunk = data[at : at + _SLOT.size]
+        if len(chunk) < _SLOT.size:
+            continue
+        sequence, bound, crc = _SLOT.unpack(chunk)
+        if crc == zlib.crc32(chunk[:16]) and (best is None or sequence > best[1]):
+            best = (bound, sequence)
+    if best is None:
+        raise ClockStateError(
+            f"the clock state file {path} is damaged: no intact reservation in it, so the"
+            " versions handed out before are unknown. Move it away only once the wall clock"
+            " is surely past every version this writer handed out"
+        )
+    return best
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from shardkv.common.hlc import ClockStateError
 from shardkv.common.logs import setup_logging
 from shardkv.router.api.security import SecurityError, read_token
 from shardkv.router.membership.topology import TopologyError, load_topology
@@ -80,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         "--clock-offset-ms", type=int, default=0, help="skew this router's clock (tests)"
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory of the routers' clock reservations and writer-id locks, shared by"
+        " the routers of this host (default: router-state/ beside --config)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     telemetry.add_flags(parser)
@@ -122,6 +129,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         admin_token=admin_token,
         node_tls=node_tls,
         clock_offset_ms=args.clock_offset_ms,
+        state_dir=args.state_dir or args.config.resolve().parent / "router-state",
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_queued_per_node=args.max_queued_per_node,
         observe=telemetry.from_flags(args),
@@ -132,7 +140,7 @@ async def _serve(config: RouterConfig) -> int:
     server = RouterServer(config)
     try:
         await server.start()
-    except (BindError, SecurityError) as err:
+    except (BindError, SecurityError, ClockStateError) as err:
         log.error("%s", err)
         await server.stop(0)
         return 1

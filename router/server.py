@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
-from shardkv.common.hlc import HybridClock, writer_number
+from shardkv.common.hlc import ClockState, HybridClock, writer_number
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.router.api.admin_service import AdminService
 from shardkv.router.api.kv_service import KVService
@@ -86,6 +86,9 @@ class RouterConfig:
     admin_token: str | None = None
     node_tls: NodeTlsConfig | None = None
     clock_offset_ms: int = 0
+    # Where the clock reservation of this router's writer id lives, held under a lock while
+    # the router runs (shared by the routers of a host); None (tests) keeps neither.
+    state_dir: Path | None = None
     limits: Limits = DEFAULT_LIMITS
     # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 4096
@@ -113,12 +116,26 @@ class RouterServer:
         self._rebalancer: Rebalancer | None = None
         self._antientropy: AntiEntropy | None = None
         self._metrics: MetricsServer | None = None
+        self._clock: HybridClock | None = None
         # host:port of the metrics endpoint; empty when it is off.
         self.metrics_address = ""
 
+    def _open_clock(self) -> HybridClock:
+        """The router's clock, above its reservation and holding its writer id; raises
+        ClockStateError when another router runs with the same writer id."""
+        config = self._config
+        state = ClockState.open(config.state_dir, config.router_id) if config.state_dir else None
+        return HybridClock(
+            offset_s=config.clock_offset_ms / 1000,
+            max_offset_ms=config.topology.clock.max_offset_ms,
+            state=state,
+        )
+
     async def start(self) -> int:
-        """Binds, checks every node once, starts serving; returns the bound port."""
+        """Takes the writer id, binds, checks every node once, starts serving; returns the
+        bound port."""
         config, topology = self._config, self._config.topology
+        clock = self._clock = await asyncio.to_thread(self._open_clock)
         timeouts = topology.timeouts
         node_tls = config.node_tls
         credentials = (
@@ -161,7 +178,7 @@ class RouterServer:
             replication=topology.replication,
             clients=self._clients,
             health=self.health,
-            clock=HybridClock(offset_s=config.clock_offset_ms / 1000),
+            clock=clock,
             writer=writer_number(config.router_id),
             repair_timeout_s=self._call_timeout_s,
         )
@@ -305,4 +322,6 @@ class RouterServer:
         await asyncio.gather(*(client.close() for client in self._clients.values()))
         if self._metrics is not None:
             self._metrics.stop()
+        if self._clock is not None:
+            await asyncio.to_thread(self._clock.close)
         log.info("router %s stopped", self._config.router_id)

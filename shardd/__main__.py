@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.logs import setup_logging
 from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
@@ -126,6 +127,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown"
     )
+    parser.add_argument(
+        "--max-clock-offset-ms",
+        type=_positive,
+        default=DEFAULT_MAX_OFFSET_MS,
+        help="records whose version is further ahead of this node's wall clock are refused"
+        " (INVALID_ARGUMENT); keep it equal to the routers' [clock] max_offset_ms",
+    )
     telemetry.add_flags(parser)
     args = parser.parse_args(argv)
     try:
@@ -153,6 +161,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         max_pending_writes=args.max_pending_writes,
         grace_s=args.grace,
         tls=tls,
+        max_clock_offset_ms=args.max_clock_offset_ms,
         observe=telemetry.from_flags(args),
     ), args.log_level
 

@@ -74,7 +74,11 @@ class NodeStorage:
         markers for other owners of the records, in one commit.
 
         The clock observes every incoming version first, so a later write through this
-        node's own API orders after what routers wrote here."""
+        node's own API orders after what routers wrote here. A version further ahead of
+        this node's wall clock than the max clock offset refuses the whole call
+        (VersionAhead, INVALID_ARGUMENT) before anything is stored."""
+        for record in [*records, *(hint.record for hint in hints)]:
+            self.clock.check(record.version, f"record of key {record.key[:64]!r}")
         for record in records:
             self.clock.observe(record.version)
         return await self.committer.apply(records, hints, markers)

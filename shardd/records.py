@@ -6,14 +6,18 @@ An LMDB value is a fixed 13-byte header followed by the value bytes:
     writer   u32  big-endian  tie-break number of the writer that assigned the version
     flags    u8               bit 0 = tombstone (the record marks a delete; no value bytes)
 
-Records are ordered by (version, writer): the higher pair wins on every replica, so all
-replicas settle on the same record whatever order the writes reach them in.
+Records are ordered by (version, writer), and records with equal pairs by their contents
+(a tombstone beats a value, then the greater value bytes win): the one comparison the
+router shares, shardkv.common.hlc.precedes. So all replicas settle on the same record
+whatever order the writes reach them in.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from shardkv.common.hlc import precedes
 
 HEADER = struct.Struct(">QIB")
 TOMBSTONE = 0x01
@@ -43,8 +47,19 @@ class Record:
         return (self.version, self.writer)
 
     def newer_than(self, stamp: Stamp | None) -> bool:
-        """Whether this record wins against a stored record with stamp (None = nothing)."""
+        """Whether this record's stamp beats a stored stamp (None = nothing); equal stamps
+        do not (compare contents too with beats)."""
         return stamp is None or self.stamp > stamp
+
+    def beats(self, stored: bytes | memoryview | None) -> bool:
+        """Whether this record wins against a stored LMDB value (None = nothing stored), by
+        the shared order of records; the stored contents are decoded only on a tie."""
+        if stored is None:
+            return True
+        stamp = stamp_of(stored)
+        if stamp != self.stamp:
+            return self.stamp > stamp
+        return precedes(decode(self.key, stored), self)
 
     def size(self) -> int:
         """Approximate bytes this record takes on the wire, for paging by size."""

@@ -17,6 +17,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS, HybridClock
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.serving.telemetry import (
     DEFAULT_OBSERVABILITY,
@@ -81,6 +82,8 @@ class ServerConfig:
     max_pending_writes: int = 65536
     # TLS (mutual TLS with a client CA); None serves plaintext, meant for loopback.
     tls: ServerTls | None = None
+    # Versions further ahead of this node's wall clock are refused (Replica.Apply).
+    max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
     # The metrics endpoint and request logging.
     observe: Observability = DEFAULT_OBSERVABILITY
 
@@ -116,6 +119,7 @@ class ShardServer:
         self._storage = NodeStorage(
             store,
             node_id=config.node_id,
+            clock=HybridClock(max_offset_ms=config.max_clock_offset_ms),
             read_workers=config.read_workers,
             commit_max_items=config.commit_max_items,
             max_pending_writes=config.max_pending_writes,

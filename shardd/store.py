@@ -359,7 +359,7 @@ class Store:
 
 def _put_if_newer(txn: lmdb.Transaction, db: _Db, record: Record) -> bool:
     raw = txn.get(record.key, db=db)
-    if raw is not None and not record.newer_than(stamp_of(raw)):
+    if not record.beats(raw):
         return False
     txn.put(record.key, encode(record), db=db)
     return True

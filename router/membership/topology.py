@@ -3,12 +3,12 @@
 The format (README): top-level ``epoch``, ``replication`` (N), ``read_quorum`` (R),
 ``write_quorum`` (W); an optional ``[timeouts]`` table (request_ms, node_call_ms,
 health_interval_ms, hint_interval_ms, watch_interval_ms; each defaults when left out);
-optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s, segments) and
-``[rebalance]`` (settle_ms, max_records_per_s) tables; one ``[[nodes]]`` table per node
-with ``id``, ``address`` (host:port), an optional ``weight`` (default 1) and, only while a
-move runs, ``state = "joining"`` or ``"leaving"`` together with a ``[move]`` table (id,
-driver, started_ms) that names the move. Unknown keys are errors: a misspelt option must
-never be silently ignored.
+optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s, segments),
+``[rebalance]`` (settle_ms, max_records_per_s) and ``[clock]`` (max_offset_ms) tables;
+one ``[[nodes]]`` table per node with ``id``, ``address`` (host:port), an optional
+``weight`` (default 1) and, only while a move runs, ``state = "joining"`` or ``"leaving"``
+together with a ``[move]`` table (id, driver, started_ms) that names the move. Unknown
+keys are errors: a misspelt option must never be silently ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS
 from shardkv.common.node_ids import BadNodeId, check_node_id
 from shardkv.router.placement.ring import PlacementError, check_weights
 
@@ -71,6 +72,16 @@ class RebalanceConfig:
 
 
 @dataclass(frozen=True)
+class ClockConfig:
+    """Versions and the routers' clocks (read when a router starts)."""
+
+    # A version further ahead of a router's wall clock is refused where it enters (a
+    # restore; the router's own next version) and never adopted by its clock; nodes take
+    # the same limit as a flag (shardd --max-clock-offset-ms). CockroachDB's default.
+    max_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+
+
+@dataclass(frozen=True)
 class MoveRecord:
     """The move in progress, as persisted with the transition."""
 
@@ -110,6 +121,7 @@ class Topology:
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
     # The move in progress; None when the topology is stable (no node joining or leaving).
     move: MoveRecord | None = None
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def weights(self, *, joined: bool) -> dict[str, int]:
         """Ring weights before (joined=False) or after (joined=True) the move in progress:
@@ -152,6 +164,7 @@ _TOP_KEYS = {
     "rebalance",
     "move",
     "nodes",
+    "clock",
 }
 _NODE_KEYS = {"id", "address", "weight", "state"}
 _MOVE_KEYS = {"id", "driver", "started_ms"}
@@ -204,6 +217,7 @@ def _build(data: dict[str, Any]) -> Topology:
     timeouts = _table(Timeouts, data.get("timeouts", {}), "[timeouts]", minimum=1)
     repair = _table(RepairConfig, data.get("repair", {}), "[repair]", minimum=0)
     rebalance = _table(RebalanceConfig, data.get("rebalance", {}), "[rebalance]", minimum=0)
+    clock = _table(ClockConfig, data.get("clock", {}), "[clock]", minimum=1)
     nodes = _nodes(data.get("nodes"))
     move = _move(data.get("move"), nodes)
     for joined in (False, True):
@@ -219,11 +233,20 @@ def _build(data: dict[str, Any]) -> Topology:
         if value > replication:
             raise TopologyError(f"{name} = {value} exceeds replication = {replication}")
     return Topology(
-        epoch, replication, read_quorum, write_quorum, nodes, timeouts, repair, rebalance, move
+        epoch,
+        replication,
+        read_quorum,
+        write_quorum,
+        nodes,
+        timeouts,
+        repair,
+        rebalance,
+        move,
+        clock,
     )
 
 
-_Config = TypeVar("_Config", Timeouts, RepairConfig, RebalanceConfig)
+_Config = TypeVar("_Config", Timeouts, RepairConfig, RebalanceConfig, ClockConfig)
 
 
 def _table(kind: type[_Config], table: object, where: str, *, minimum: int) -> _Config:

@@ -37,6 +37,7 @@ def dump_topology(topology: Topology) -> str:
         ("timeouts", topology.timeouts),
         ("repair", topology.repair),
         ("rebalance", topology.rebalance),
+        ("clock", topology.clock),
     ):
         lines += ["", f"[{name}]"]
         lines += [f"{f.name} = {getattr(table, f.name)}" for f in fields(table)]

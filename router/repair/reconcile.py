@@ -3,7 +3,11 @@
 Each replica lists the keys of the differing segments with their versions but without
 values; for every key, the replicas holding an older version or none get the newest
 record, read from one replica that has it. So only the differing records travel, once per
-replica that lacks them. Also the progress record of a repair pass (RepairProgress).
+replica that lacks them. Records with equal (version, writer) but different contents are
+told apart only by their values, which the listing leaves out: a segment that differs
+although every listed key agrees is read in full from each replica, and the newest by the
+shared comparison (shardkv.common.hlc.precedes) goes where it is lacking. Also the
+progress record of a repair pass (RepairProgress).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from shardkv.common.hlc import newest, precedes
 from shardkv.common.ring_tokens import ring_token
 from shardkv.router.membership.move_plan import MoveConflict, now_ms
 from shardkv.router.membership.range_streamer import apply_with_retry
@@ -34,7 +39,9 @@ READ_CHUNK = 200
 APPLY_CHUNK = 500
 APPLY_BYTES = 8 << 20
 
-Stamp = tuple[int, int]
+# (version, writer, tombstone): a tombstone beats a value of the same (version, writer).
+Stamp = tuple[int, int, bool]
+_NONE: Stamp = (0, 0, False)
 
 
 @dataclass
@@ -125,11 +132,19 @@ class Reconciler:
             if index in self._failed:
                 continue
             best = max(held.values())
-            lacking = [n for n in segments[index].old if held.get(n, (0, 0)) < best]
+            lacking = [n for n in segments[index].old if held.get(n, _NONE) < best]
             if lacking:
                 holder = next(n for n, s in held.items() if s == best)
                 wanted[holder][key] = (lacking, index)
         await asyncio.gather(*(self._copy(holder, keys) for holder, keys in wanted.items()))
+        copied = {index for keys in wanted.values() for _, index in keys.values()}
+        tied: defaultdict[int, list[bytes]] = defaultdict(list)
+        for key in stamps:
+            index = bisect_right(starts, ring_token(key)) - 1
+            if index not in self._failed and index not in copied:
+                tied[index].append(key)
+        if tied:
+            await self._settle_ties(segments, tied)
         return {(s.start, s.end) for i, s in enumerate(segments) if i not in self._failed}
 
     async def _versions(
@@ -149,7 +164,7 @@ class Reconciler:
                 timeout_s=STREAM_TIMEOUT_S,
             ):
                 for record in batch:
-                    found[record.key] = (record.version, record.writer)
+                    found[record.key] = (record.version, record.writer, record.tombstone)
         except grpc.aio.AioRpcError as err:
             log.warning("repair: %s could not list versions: %s", node_id, err.code().name)
             return None
@@ -176,6 +191,40 @@ class Reconciler:
                 lacking, index = keys[record.key]
                 for target in lacking:
                     outbox[target].append((record, index))
+        for target, items in outbox.items():
+            await self._apply(target, items)
+
+    async def _settle_ties(self, segments: Sequence[Piece], tied: dict[int, list[bytes]]) -> None:
+        """Reads the keys of segments whose listings agreed in full from every replica and
+        sends the newest record (contents compared) to each replica holding another."""
+        index_of = {key: index for index, keys in tied.items() for key in keys}
+        by_node: defaultdict[str, list[bytes]] = defaultdict(list)
+        for index, keys in tied.items():
+            for node_id in segments[index].old:
+                by_node[node_id] += keys
+        held: defaultdict[bytes, dict[str, replica_pb2.Record]] = defaultdict(dict)
+        for node_id, keys in by_node.items():
+            client = self._clients.get(node_id)
+            try:
+                if client is None:
+                    raise MoveConflict(f"{node_id} left the topology")
+                for offset in range(0, len(keys), READ_CHUNK):
+                    for record in await _read(client, keys[offset : offset + READ_CHUNK]):
+                        held[record.key][node_id] = record
+                    await self._pacer.take(min(READ_CHUNK, len(keys) - offset))
+            except (grpc.aio.AioRpcError, MoveConflict) as err:
+                log.warning("repair: reading from %s failed: %s", node_id, err)
+                self._failed.update(index_of[key] for key in keys)
+        outbox: defaultdict[str, list[tuple[replica_pb2.Record, int]]] = defaultdict(list)
+        for key, records in held.items():
+            index = index_of[key]
+            if index in self._failed or not any(r.version for r in records.values()):
+                continue
+            best = newest(records.values())
+            for node_id in segments[index].old:
+                mine = records.get(node_id)
+                if mine is None or precedes(mine, best):
+                    outbox[node_id].append((best, index))
         for target, items in outbox.items():
             await self._apply(target, items)
 

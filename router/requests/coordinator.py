@@ -42,7 +42,7 @@ from functools import partial
 from typing import Any
 
 import grpc
-from shardkv.common import requestid
+from shardkv.common import hlc, requestid
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
@@ -86,8 +86,9 @@ class ReadOutcome:
 
 
 def newest(records: Sequence[replica_pb2.Record]) -> replica_pb2.Record:
-    """The record every replica would keep: highest (version, writer)."""
-    return max(records, key=lambda r: (r.version, r.writer))
+    """The record every replica would keep: highest (version, writer), ties broken by the
+    contents (the one comparison nodes and repair use, shardkv.common.hlc)."""
+    return hlc.newest(records)
 
 
 @dataclass(slots=True)
@@ -159,7 +160,10 @@ class Coordinator:
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
     ) -> list[WriteOutcome]:
         """Writes records with the versions and writers they carry (a restore), exactly as
-        writes travel; the clock moves past them, so later writes order after them."""
+        writes travel; the clock moves past them, so later writes order after them. A
+        version beyond the max clock offset refuses the whole call (VersionAhead)."""
+        for record in records:
+            self._clock.check(record.version, f"restored record of key {record.key[:64]!r}")
         if records:
             self._clock.observe(max(record.version for record in records))
         return await self._place(records, needed, deadline)
@@ -338,11 +342,7 @@ class Coordinator:
         best = newest(list(quorum.ok.values()))
         if not best.version:
             return
-        stale = [
-            node_id
-            for node_id, record in quorum.ok.items()
-            if (record.version, record.writer) < (best.version, best.writer)
-        ]
+        stale = [node_id for node_id, record in quorum.ok.items() if hlc.precedes(record, best)]
         if not stale:
             return
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s

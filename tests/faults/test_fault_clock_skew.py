@@ -40,12 +40,20 @@ from faults.report import scenario_line
 from faults.workload import Workload, client_of, run_workload
 
 SKEW_MS = 3000
+# Above the skew, so nodes take r2's versions and r1's clock adopts them; with the default
+# (500 ms) the nodes would refuse every write of r2 (tests/integration/test_router_clock.py).
+MAX_OFFSET_MS = 10_000
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCluster]:
-    running = start_faulty_cluster(tmp_path)
+    running = start_faulty_cluster(
+        tmp_path, routers=0, node_extra=["--max-clock-offset-ms", str(MAX_OFFSET_MS)]
+    )
     try:
+        with running.config.open("a") as out:
+            out.write(f"\n[clock]\nmax_offset_ms = {MAX_OFFSET_MS}\n")
+        running.routers.append(router_proc(tmp_path, running.config, "r1").start())
         skewed = router_proc(
             tmp_path, running.config, "r2", extra=["--clock-offset-ms", str(SKEW_MS)]
         )

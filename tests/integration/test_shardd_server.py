@@ -21,6 +21,8 @@ from shardkv.common.hlc import LOGICAL_BITS
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 FUTURE = (int(time.time() * 1000) + 3_600_000) << LOGICAL_BITS  # an hour ahead
+# A node that takes versions up to two hours ahead of its wall clock (default: 500 ms).
+LENIENT = ["--max-clock-offset-ms", "7200000"]
 
 
 @pytest.fixture
@@ -123,13 +125,14 @@ def test_every_replica_rpc(channel: grpc.Channel) -> None:
 def test_replica_versions_move_the_node_clock(channel: grpc.Channel) -> None:
     replica = replica_pb2_grpc.ReplicaStub(channel)
     kv = kv_pb2_grpc.KVStub(channel)
+    ahead = (int(time.time() * 1000) + 400) << LOGICAL_BITS  # within the max clock offset
     replica.Apply(
         replica_pb2.ApplyRequest(
-            records=[replica_pb2.Record(key=b"k", value=b"from-router", version=FUTURE, writer=1)]
+            records=[replica_pb2.Record(key=b"k", value=b"from-router", version=ahead, writer=1)]
         )
     )
     put = kv.Put(kv_pb2.PutRequest(key=b"other", value=b"local"))
-    assert put.version > FUTURE
+    assert put.version > ahead
     put = kv.Put(kv_pb2.PutRequest(key=b"k", value=b"local"))
     assert kv.Get(kv_pb2.GetRequest(key=b"k")).value == b"local"
 
@@ -153,7 +156,7 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
 
 @pytest.mark.timeout(60)
 def test_sigterm_exits_zero_and_data_reopens(tmp_path: Path) -> None:
-    proc = shardd_proc(tmp_path, "n1").start()
+    proc = shardd_proc(tmp_path, "n1", extra=LENIENT).start()
     try:
         with grpc.insecure_channel(proc.address) as chan:
             kv_pb2_grpc.KVStub(chan).Put(kv_pb2.PutRequest(key=b"k", value=b"kept"))

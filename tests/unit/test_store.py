@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shardkv.common.hlc import precedes
 from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.records import Hint, Record
@@ -253,7 +254,7 @@ def test_scan_equals_a_sorted_lww_model(
     model: dict[bytes, Record] = {}
     for key, value, version, tombstone in ops:
         record = rec(key, value, version=version, tombstone=tombstone)
-        if key not in model or record.stamp > model[key].stamp:
+        if key not in model or precedes(model[key], record):
             model[key] = record
     start, end = sorted(bounds)
     with tempfile.TemporaryDirectory() as tmp:
