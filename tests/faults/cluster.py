@@ -3,9 +3,15 @@
 `start_faulty_cluster` starts real shardd and router processes like harness.start_cluster,
 but can put a FaultProxy in front of chosen nodes (the routers' cluster.toml names the
 proxy's address). The fault methods block for the length of the fault and record what
-they did, so a report can say which faults a run injected. `converge` heals the replicas
-the way an operator would (a read of every key at ALL, so read repair runs) and measures
-how long it took until every node holds the same data.
+they did, so a report can say which faults a run injected, and what showed that each took
+effect: while a fault on a node lasts, the first router's Admin GetHealth is polled for that
+node (`seen`: was it DOWN, and why), and while a link is slowed, reads at ALL (which need
+the slowed node's answer) are timed through the router (`slow_reads`). `converge` heals the
+replicas the way an operator would (a read of every key at ALL, so read repair runs) and
+measures how long it took until every node holds the same data.
+
+The routers' `[timeouts]` are the harness's test-tuned ones (health checks every 200 ms)
+unless `start_faulty_cluster` is given others (faults/timeouts.py names what a user gets).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +31,9 @@ from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_p
 
 from faults.checker import Final
 from faults.history import OK, Op
+from faults.observe import HealthWatch, Sample, seen_down, timed_reads_at_all
 from faults.proxy import FaultProxy
+from faults.timeouts import set_timeouts
 
 READ_CHUNK = 500
 
@@ -38,6 +46,12 @@ class FaultyCluster(Cluster):
     faults: list[str] = field(default_factory=list)
     # (fault, start, end) in time.monotonic(), to judge what the cluster did meanwhile.
     windows: list[tuple[str, float, float]] = field(default_factory=list)
+    # Per fault on a node: what the first router's GetHealth said of it while it lasted.
+    seen: dict[str, list[Sample]] = field(default_factory=dict)
+    # Per slowed link: seconds each read at ALL took through the router while it lasted
+    # (reads that failed are left out), and the same just before the link was slowed.
+    slow_reads: dict[str, list[float]] = field(default_factory=dict)
+    reads_before: dict[str, list[float]] = field(default_factory=dict)
 
     def stop(self) -> None:
         super().stop()
@@ -57,20 +71,30 @@ class FaultyCluster(Cluster):
     def addresses(self) -> list[str]:
         return [router.address for router in self.routers]
 
+    def seen_down(self, fault: str) -> list[Sample]:
+        """The samples that showed the fault's node DOWN while the fault lasted, after one
+        had shown it UP (observe.seen_down)."""
+        return seen_down(self.seen.get(fault, []))
+
     @contextmanager
-    def _fault(self, fault: str) -> Iterator[None]:
-        """Records fault and the time it lasted."""
+    def _fault(self, fault: str, node_id: str | None = None) -> Iterator[None]:
+        """Records fault and the time it lasted; with node_id, what the first router
+        believed about that node meanwhile."""
         self.faults.append(fault)
+        # Its first sample is taken before the fault begins.
+        watch = HealthWatch(self.router.address, node_id).start() if node_id else None
         start = time.monotonic()
         try:
             yield
         finally:
             self.windows.append((fault, start, time.monotonic()))
+            if watch is not None:
+                self.seen[fault] = watch.stop()
 
     def kill_restart(self, node_id: str, down_s: float) -> None:
         """SIGKILL a node, leave it down for down_s, start it again on the same data."""
         node = self.node(node_id)
-        with self._fault(f"SIGKILL {node_id}, down {down_s:g}s, restart"):
+        with self._fault(f"SIGKILL {node_id}, down {down_s:g}s, restart", node_id):
             node.kill()
             time.sleep(down_s)
             node.start()
@@ -78,7 +102,7 @@ class FaultyCluster(Cluster):
     def pause(self, node_id: str, paused_s: float) -> None:
         """SIGSTOP a node (it hangs with its sockets open), SIGCONT it after paused_s."""
         node = self.node(node_id)
-        with self._fault(f"SIGSTOP {node_id} for {paused_s:g}s, SIGCONT"):
+        with self._fault(f"SIGSTOP {node_id} for {paused_s:g}s, SIGCONT", node_id):
             node.signal(signal.SIGSTOP)
             try:
                 time.sleep(paused_s)
@@ -87,7 +111,8 @@ class FaultyCluster(Cluster):
 
     def partition(self, node_id: str, how: str, seconds: float, *, delay_s: float = 0.3) -> None:
         """Spoils the router-node link through the node's proxy: "delay", "blackhole" or
-        "cut", for seconds, then heals it."""
+        "cut", for seconds, then heals it. A delayed link is timed meanwhile: reads at ALL
+        through the first router, one after another, need the node's answer (slow_reads)."""
         proxy = self.proxies[node_id]
         spoil = {
             "delay": lambda: proxy.delay(delay_s),
@@ -95,10 +120,17 @@ class FaultyCluster(Cluster):
             "cut": proxy.cut,
         }[how]
         name = f"proxy {how} {node_id} for {seconds:g}s"
-        with self._fault(name + (f" ({delay_s * 1000:.0f} ms)" if how == "delay" else "")):
+        name += f" ({delay_s * 1000:.0f} ms)" if how == "delay" else ""
+        if how == "delay":
+            self.reads_before[name] = timed_reads_at_all(self.router.address, 5)
+        with self._fault(name, node_id):
             spoil()
             try:
-                time.sleep(seconds)
+                if how == "delay":
+                    until = time.monotonic() + seconds
+                    self.slow_reads[name] = timed_reads_at_all(self.router.address, until=until)
+                else:
+                    time.sleep(seconds)
             finally:
                 proxy.heal()
 
@@ -124,8 +156,11 @@ def start_faulty_cluster(
     write_quorum: int = 2,
     router_extra: Sequence[str] = (),
     node_extra: Sequence[str] = (),
+    timeouts: Mapping[str, int] | None = None,
 ) -> FaultyCluster:
-    """Starts nodes n1..nN (those in proxied behind a FaultProxy) and routers r1..rM."""
+    """Starts nodes n1..nN (those in proxied behind a FaultProxy) and routers r1..rM.
+    timeouts: None keeps the harness's test-tuned [timeouts]; otherwise the table the
+    routers get instead ({}: none, so the router's built-in defaults apply)."""
     node_procs = [shardd_proc(base, f"n{i + 1}", extra=node_extra) for i in range(nodes)]
     proxies = {
         node_id: FaultProxy(base_node.address)
@@ -146,6 +181,8 @@ def start_faulty_cluster(
             read_quorum=read_quorum,
             write_quorum=write_quorum,
         )
+        if timeouts is not None:
+            set_timeouts(cluster.config, timeouts)
         for proc in node_procs:
             proc.start(wait=False)
         for proc in node_procs:

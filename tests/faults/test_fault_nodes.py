@@ -6,7 +6,8 @@ read may be staler than a write acknowledged before it began, every read and the
 records must be what some write wrote under that write's version, and, with a single
 router whose versions follow real time, LWW must discard no acknowledged write
 (faults/checker.py). Those checks mean something only if reads succeeded, so the test also
-requires successful reads overall and while each node fault lasted.
+requires successful reads overall and while each node fault lasted, and that the router saw
+each node fault take effect (the node UP when it began, then DOWN).
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shardkv.v1 import admin_pb2
 
 from faults.checker import check
-from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
+from faults.cluster import (
+    FaultyCluster,
+    converge,
+    final_state,
+    start_faulty_cluster,
+    wait_node_state,
+)
 from faults.history import reads_during
+from faults.observe import describe
 from faults.report import scenario_line
 from faults.workload import Workload, run_workload
 
@@ -41,6 +50,8 @@ def test_node_kill_hang_and_router_restart(cluster: FaultyCluster) -> None:
 
     def faults() -> None:
         cluster.kill_restart("n1", down_s=2.0)
+        # n2 UP when its fault begins: a DOWN seen meanwhile is the pause's doing.
+        wait_node_state(cluster.router.address, "n2", admin_pb2.UP, timeout_s=30)
         cluster.pause("n2", paused_s=3.0)
         cluster.restart_router(0, kill=True)
 
@@ -61,3 +72,8 @@ def test_node_kill_hang_and_router_restart(cluster: FaultyCluster) -> None:
     assert len(node_faults) == 2, during
     assert all(during[fault] > 0 for fault in node_faults), during
     assert all(reads[fault] > 0 for fault in node_faults), reads
+    # Each node fault took effect: the router saw the node go from UP to DOWN meanwhile.
+    print("[fault effects] " + "; ".join(f"{f}: {describe(cluster.seen[f])}" for f in node_faults))
+    assert all(cluster.seen_down(fault) for fault in node_faults), {
+        fault: describe(cluster.seen[fault]) for fault in node_faults
+    }
