@@ -5,18 +5,26 @@ routers; changes are made through r1, writes go through both). The tests run in 
 each starts from the topology the previous one left: add n4 (through shardctl), restart
 r1, remove n2, refuse concurrent and duplicate changes while n5 joins, remove n5 after
 killing it.
+
+"Under load" is shown, not assumed: a writer records every put in a History (acknowledged,
+or failed with its error, outcome unknown), and each change must see writes acknowledged
+inside the move (begun after the AddNode/RemoveNode call, acknowledged before the move was
+DONE). Errors are allowed, lost acknowledged writes are not: the history checker
+(faults/checker.py) judges every put against the record the key's owners agree on after the
+move.
 """
 
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from faults.checker import Verdict, check
+from faults.move_load import Writer, agreed_records, move_window, writes_inside
 from harness import BIN, Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
 from shardkv.client import Client
 from shardkv.router.membership.topology import load_topology
@@ -60,33 +68,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         running.stop()
 
 
-class Writer(threading.Thread):
-    """Writes fresh keys through the SDK until stopped; remembers what was acknowledged."""
+def check_writes(cluster: Cluster, writer: Writer) -> tuple[Verdict, dict[bytes, bytes]]:
+    """Runs the history checker over the writer's puts against what the owners hold: an
+    acknowledged put that is not there (or not with its version) is LOST, a value no put
+    wrote is a PHANTOM. Returns the verdict and every put that landed (the acknowledged
+    ones, and those whose outcome was unknown that did)."""
+    ops = writer.history.ops
+    ring, n = ring_of(cluster.config)
+    finals = agreed_records(cluster, ring, n, sorted({op.key for op in ops}))
+    verdict = check(ops, finals)
+    assert not verdict.problems(), "\n".join(verdict.problems())
+    return verdict, {key: final.value for key, final in finals.items() if final.version}
 
-    def __init__(self, router: str, prefix: str) -> None:
-        super().__init__(daemon=True)
-        self._router = router
-        self._prefix = prefix
-        self._halt = threading.Event()
-        self.acked: dict[bytes, bytes] = {}
-        self.failed = 0
 
-    def run(self) -> None:
-        with Client(self._router, timeout=5) as client:
-            i = 0
-            while not self._halt.is_set():
-                key, value = f"{self._prefix}/{i:06d}".encode(), b"x%d" % i
-                try:
-                    client.put(key, value)
-                    self.acked[key] = value
-                except Exception:
-                    self.failed += 1  # outcome unknown: not counted as acknowledged
-                i += 1
-
-    def finish(self) -> dict[bytes, bytes]:
-        self._halt.set()
-        self.join(30)
-        return self.acked
+def under_load(label: str, writer: Writer, window: tuple[float, float], verdict: Verdict) -> int:
+    """Prints what the writer did during the move; returns the writes acknowledged inside."""
+    inside = writes_inside(writer, *window)
+    errors = writer.errors()
+    print(
+        f"{label}: {inside} writes acknowledged inside the move"
+        f" ({window[1] - window[0]:.2f} s from the call to MOVE_DONE); writer: {verdict.summary()}"
+        f"; errors {len(errors)}{', first: ' + errors[0] if errors else ''}"
+    )
+    return inside
 
 
 def routers(cluster: Cluster) -> str:
@@ -166,7 +170,9 @@ def test_add_node_under_load(cluster: Cluster) -> None:
     writer = Writer(routers(cluster), "add")
     writer.start()
     time.sleep(0.5)
+    called = time.monotonic()
     done = shardctl(cluster, "node", "add", "--id", "n4", "--addr", cluster.node("n4").address)
+    returned = time.monotonic()
     time.sleep(0.5)
     acked = writer.finish()
     assert done.returncode == 0, done.stderr
@@ -174,18 +180,24 @@ def test_add_node_under_load(cluster: Cluster) -> None:
     assert "MOVE_DONE [####" in done.stderr  # the progress shown while waiting
     listed = shardctl(cluster, "moves")
     assert listed.returncode == 0 and "add-n4@1: MOVE_DONE epoch 3;" in listed.stdout
+    move = last_move(cluster)
+    verdict, landed = check_writes(cluster, writer)
+    inside = under_load("add n4", writer, move_window(move, called, returned), verdict)
+    assert inside > 0, "no write was acknowledged while n4 was being added"
     assert len(acked) > 100
 
+    attempted = len(writer.history.ops)
     new_ring = check_placement(cluster, WRITTEN | acked)
     ideal = moved_keys(old_ring, new_ring, n)
-    WRITTEN.update(acked)
-    move = last_move(cluster)
-    # Only keys whose preference list changed move, once each (plus keys written meanwhile).
-    assert ideal <= move.keys_moved <= ideal + len(acked)
+    WRITTEN.update(landed)
+    # Only keys whose preference list changed move, once each (plus keys written meanwhile,
+    # acknowledged or not: a put whose outcome is unknown may have been stored and moved).
+    assert ideal <= move.keys_moved <= ideal + attempted
     print(
         f"add n4: {move.keys_moved} records moved of {PRELOAD * n} stored"
         f" ({move.keys_moved / (PRELOAD * n):.3f} of them; 1/n = 0.25), ideal {ideal}"
-        f" (keys whose preference list changed), {len(acked)} writes during the move"
+        f" (keys whose preference list changed), {len(acked)} writes acknowledged while the"
+        f" writer ran, {inside} of them inside the move"
     )
     # The node pushed out of each changed preference list dropped its copy.
     for node_id in old_ring.nodes:
@@ -214,19 +226,24 @@ def test_remove_node_under_load(cluster: Cluster) -> None:
     writer = Writer(routers(cluster), "remove")
     writer.start()
     time.sleep(0.5)
+    called = time.monotonic()
     done = shardctl(cluster, "node", "remove", "--id", "n2")
+    returned = time.monotonic()
     time.sleep(0.5)
     acked = writer.finish()
     assert done.returncode == 0, done.stderr
     assert "remove-n2@3: MOVE_DONE epoch 5" in done.stdout
+    move = last_move(cluster)
+    verdict, landed = check_writes(cluster, writer)
+    inside = under_load("remove n2", writer, move_window(move, called, returned), verdict)
+    assert inside > 0, "no write was acknowledged while n2 was being removed"
 
-    expected = WRITTEN | acked
-    new_ring = check_placement(cluster, expected)
+    new_ring = check_placement(cluster, WRITTEN | acked)
     assert "n2" not in new_ring.nodes
     ideal = moved_keys(old_ring, new_ring, n)
-    WRITTEN.update(acked)
-    move = last_move(cluster)
-    assert ideal <= move.keys_moved <= ideal + len(acked)
+    WRITTEN.update(landed)
+    expected = dict(WRITTEN)
+    assert ideal <= move.keys_moved <= ideal + len(writer.history.ops)
     # n2 holds nothing anyone needs: with it stopped, every key still reads at ALL.
     cluster.node("n2").stop()
     with Client(cluster.router.address, timeout=10) as client:
