@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--node-tls-key", type=Path, help="private key (PEM) of --node-tls-cert")
     parser.add_argument(
+        "--node-token-file",
+        type=Path,
+        help="file holding the node token, sent with every call to a node (shardd"
+        " --node-token-file)",
+    )
+    parser.add_argument(
         "--max-concurrent-rpcs",
         type=int,
         default=4096,
@@ -111,6 +117,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         topology = load_topology(args.config)
         client_token = read_token(args.token_file) if args.token_file else None
         admin_token = read_token(args.admin_token_file) if args.admin_token_file else None
+        node_token = read_token(args.node_token_file) if args.node_token_file else None
     except (TopologyError, SecurityError) as err:
         parser.error(str(err))
     tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
@@ -127,6 +134,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         tls=tls,
         client_token=client_token,
         admin_token=admin_token,
+        node_token=node_token,
         node_tls=node_tls,
         clock_offset_ms=args.clock_offset_ms,
         state_dir=args.state_dir or args.config.resolve().parent / "router-state",

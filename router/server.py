@@ -85,6 +85,8 @@ class RouterConfig:
     # Admin calls need this token when set (the client token does not open them).
     admin_token: str | None = None
     node_tls: NodeTlsConfig | None = None
+    # Sent with every call to a node, for nodes started with --node-token-file.
+    node_token: str | None = None
     clock_offset_ms: int = 0
     # Where the clock reservation of this router's writer id lives, held under a lock while
     # the router runs (shared by the routers of a host); None (tests) keeps neither.
@@ -150,6 +152,7 @@ class RouterServer:
                 on_failure=self._on_call_failure,
                 credentials=credentials,
                 max_queued=config.max_queued_per_node,
+                token=config.node_token,
             )
 
         self._clients = {node.id: new_client(node) for node in topology.nodes}

@@ -3,7 +3,8 @@
     shardd --id n1 --listen 127.0.0.1:7101 --data ./data/n1
 
 Exits 0 after a graceful shutdown, 1 when the node cannot start (data directory or listen
-address unusable; one log line says why), 2 for a bad flag.
+address unusable, or a non-loopback address with neither a node token nor router
+certificate names and no --insecure; one log line says why), 2 for a bad flag.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.logs import setup_logging
 from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
 from shardkv.serving import telemetry
+from shardkv.shardd.auth import NodeAuth, read_token
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
 
@@ -125,6 +127,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         help="CA (PEM) that callers' certificates must chain to: mutual TLS",
     )
     parser.add_argument(
+        "--node-token-file",
+        type=Path,
+        help="file holding the node token every call but health and reflection must carry"
+        " (routers send it: their --node-token-file)",
+    )
+    parser.add_argument(
+        "--router-cert-names",
+        type=lambda text: frozenset(n.strip() for n in text.split(",") if n.strip()),
+        default=frozenset(),
+        metavar="NAME[,NAME...]",
+        help="with --tls-client-ca: admit only certificates whose subject CN or alternative"
+        " name is one of these (the routers'), not every certificate of the CA",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback --listen with neither --node-token-file nor"
+        " --router-cert-names: anyone who reaches the node can read, write and wipe it",
+    )
+    parser.add_argument(
         "--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown"
     )
     parser.add_argument(
@@ -161,9 +183,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         max_pending_writes=args.max_pending_writes,
         grace_s=args.grace,
         tls=tls,
+        auth=_auth(parser, args),
         max_clock_offset_ms=args.max_clock_offset_ms,
         observe=telemetry.from_flags(args),
     ), args.log_level
+
+
+def _auth(parser: argparse.ArgumentParser, args: argparse.Namespace) -> NodeAuth:
+    """Who may call the node (shardkv.shardd.auth); the token file is read now (exit 2)."""
+    if args.router_cert_names and not args.tls_client_ca:
+        parser.error("--router-cert-names needs mutual TLS: --tls-client-ca")
+    try:
+        token = read_token(args.node_token_file) if args.node_token_file else None
+    except ValueError as err:
+        parser.error(str(err))
+    return NodeAuth(token=token, cert_names=args.router_cert_names, insecure=args.insecure)
 
 
 def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerTls | None:

@@ -10,7 +10,7 @@ import grpc
 from shardkv.serving.status import register, streaming, unary
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.gate import StoreClosed
-from shardkv.shardd.store import StoreFull
+from shardkv.shardd.store import StoreFull, TooManyTargets
 
 __all__ = ["ResponseTooLarge", "streaming", "unary"]
 
@@ -19,7 +19,14 @@ class ResponseTooLarge(Exception):
     """An answer would exceed the gRPC message limit; the caller must ask for less."""
 
 
-# Full store, full commit queue, oversized answer: retrying at once will not help.
-register(grpc.StatusCode.RESOURCE_EXHAUSTED, StoreFull, CommitterOverloaded, ResponseTooLarge)
+# Full store, full commit queue, oversized answer, hints for too many nodes: retrying at
+# once will not help.
+register(
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StoreFull,
+    CommitterOverloaded,
+    ResponseTooLarge,
+    TooManyTargets,
+)
 # The node is shutting down: another replica can answer.
 register(grpc.StatusCode.UNAVAILABLE, StoreClosed, CommitterClosed)

@@ -44,6 +44,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             check_target(hint.target)
             check_record(self._limits, hint.record)
         self._limits.check_batch(request.markers, "Apply markers")
+        # Too many hint targets fail this request alone, before it joins a group commit.
+        targets = {h.target for h in request.hints} | {m.target for m in request.markers}
+        self._storage.store.check_targets(targets)
         applied = await self._storage.apply(
             [record_from_pb(r) for r in request.records],
             [hint_from_pb(h) for h in request.hints],

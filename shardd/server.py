@@ -25,6 +25,7 @@ from shardkv.serving.telemetry import (
     Observability,
     RequestInterceptor,
 )
+from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
 from shardkv.shardd.node import NodeStorage
@@ -82,6 +83,9 @@ class ServerConfig:
     max_pending_writes: int = 65536
     # TLS (mutual TLS with a client CA); None serves plaintext, meant for loopback.
     tls: ServerTls | None = None
+    # Who may call the node (shardkv.shardd.auth); the default asks for nothing, which
+    # only a loopback address allows.
+    auth: NodeAuth = OPEN
     # Versions further ahead of this node's wall clock are refused (Replica.Apply).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
     # The metrics endpoint and request logging.
@@ -109,6 +113,7 @@ class ShardServer:
     async def start(self) -> int:
         """Opens the store, binds the listen address and serves; returns the bound port."""
         config = self.config
+        self._check_exposure()
         store = await asyncio.to_thread(
             Store,
             config.data_dir,
@@ -127,7 +132,11 @@ class ShardServer:
         )
         registry = node_registry(self._storage)
         server = grpc.aio.server(
-            interceptors=[RequestInterceptor(registry, config.observe, make_ids=False)],
+            # Outermost first: refused calls are counted and logged too.
+            interceptors=[
+                RequestInterceptor(registry, config.observe, make_ids=False),
+                *node_interceptors(config.auth),
+            ],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
@@ -159,14 +168,27 @@ class ShardServer:
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         log.info(
-            "serving node_id=%s address=%s data=%s sync=%s tls=%s",
+            "serving node_id=%s address=%s data=%s sync=%s tls=%s auth=%s",
             config.node_id,
             self.address,
             config.data_dir,
             config.sync,
             "off" if config.tls is None else "mutual" if config.tls.client_ca else "on",
+            config.auth.describe(),
         )
         return port
+
+    def _check_exposure(self) -> None:
+        """Raises ListenError when the node would serve a non-loopback address to anyone."""
+        config = self.config
+        mutual = config.tls is not None and config.tls.client_ca is not None
+        refusal, warnings = exposure(
+            config.listen, config.auth, tls=config.tls is not None, mutual=mutual
+        )
+        if refusal is not None:
+            raise ListenError(refusal)
+        for warning in warnings:
+            log.warning("%s", warning)
 
     def _start_metrics(self, registry: CollectorRegistry) -> None:
         listen = self.config.observe.metrics_listen

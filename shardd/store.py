@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +23,7 @@ import lmdb
 from shardkv.common.limits import LimitExceeded, after
 from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.lookup import read_within
-from shardkv.shardd.parked import Marker, Opened, Parked, Resume
+from shardkv.shardd.parked import HINT_PREFIX, MARK_PREFIX, Marker, Opened, Parked, Resume
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ DEFAULT_MAX_MAP_SIZE = 64 << 30
 # Bytes of records one scan page or streamed batch holds at most (one record may overshoot).
 DEFAULT_PAGE_BYTES = 8 << 20
 MAX_TARGET_BYTES = 255
+# Distinct nodes one store keeps hints or markers for (two LMDB databases each at most).
+MAX_TARGETS = 64
 _DATA_DB = b"data"
 
 T = TypeVar("T")
@@ -47,6 +49,10 @@ class StoreFull(Exception):
     """The map reached its configured maximum size: writes fail, reads keep working."""
 
 
+class TooManyTargets(Exception):
+    """A write would keep hints or markers for more distinct nodes than the store allows."""
+
+
 __all__ = [
     "Marker",
     "Store",
@@ -54,6 +60,7 @@ __all__ = [
     "StoreFull",
     "StoreOpenError",
     "StoreStats",
+    "TooManyTargets",
     "check_target",
 ]
 
@@ -92,6 +99,7 @@ class Store:
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         max_dbs: int = 1024,
         max_readers: int = 126,
+        max_targets: int = MAX_TARGETS,
     ) -> None:
         if map_size > max_map_size:
             raise ValueError(f"map_size {map_size} exceeds max_map_size {max_map_size}")
@@ -123,6 +131,9 @@ class Store:
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
             self._parked = Parked(self._env, txn)
+            names = [bytes(n) for n, _ in txn.cursor() if n.startswith((HINT_PREFIX, MARK_PREFIX))]
+        self._max_targets = max_targets  # targets with a hints or marks database, at most
+        self._targets = {name.split(b":", 1)[1].decode() for name in names}
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -143,8 +154,10 @@ class Store:
         for marker in markers:
             check_target(marker.target)
             self._check_key(marker.key)
+        targets = {h.target for h in hints} | {m.target for m in markers}
 
         def body(txn: lmdb.Transaction, opened: Opened) -> list[bool]:
+            self.check_targets(targets)  # again under the write lock: exact
             applied = [_put_if_newer(txn, self._data, record) for record in records]
             self._parked.park(txn, hints, opened, _put_if_newer)
             self._parked.mark(txn, markers, opened)
@@ -198,9 +211,23 @@ class Store:
                         result = body(txn, opened)
                     # Handles opened in a transaction are valid only once it committed.
                     self._parked.adopt(opened)
+                    self._targets.update(opened.hints, opened.marks)
                 return result
             except lmdb.MapFullError:
                 self._grow(seen)
+            except lmdb.DbsFullError as exc:
+                raise TooManyTargets(f"hint targets: database limit reached ({exc})") from exc
+
+    def check_targets(self, targets: Iterable[str]) -> None:
+        """Raises TooManyTargets when keeping hints or markers for targets would make this
+        store hold them for more than max_targets distinct nodes. Reads no LMDB page."""
+        new = set(targets) - self._targets
+        if new and len(self._targets) + len(new) > self._max_targets:
+            raise TooManyTargets(
+                f"hint targets: this node keeps hints or markers for {len(self._targets)}"
+                f" nodes; {len(new)} more ({', '.join(sorted(new)[:3])[:200]}) would exceed"
+                f" its limit of {self._max_targets} distinct targets"
+            )
 
     def _grow(self, seen: int) -> None:
         """Doubles the map (up to the maximum) unless another writer grew it since seen."""

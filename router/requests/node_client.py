@@ -86,10 +86,13 @@ class NodeClient:
         on_failure: FailureListener,
         credentials: grpc.ChannelCredentials | None = None,
         max_queued: int = MAX_QUEUED,
+        token: str | None = None,
     ) -> None:
         """credentials: TLS to the node (None: plaintext, for loopback); max_queued: the
-        bound of each per-node queue (load shedding)."""
+        bound of each per-node queue (load shedding); token: the node token, sent with
+        every call (shardkv.shardd.auth)."""
         self.node_id = node.id
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self.address = node.address
         options = channel_options(limits)
         self._channel = (
@@ -143,7 +146,9 @@ class NodeClient:
     async def apply_now(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
         """One direct Apply of records that are already a batch (hint hand-off)."""
         await self._replica.Apply(
-            replica_pb2.ApplyRequest(records=records), timeout=min(timeout_s, self._call_timeout_s)
+            replica_pb2.ApplyRequest(records=records),
+            timeout=min(timeout_s, self._call_timeout_s),
+            metadata=self._metadata(),
         )
 
     async def scan_records(
@@ -154,7 +159,7 @@ class NodeClient:
             reply: replica_pb2.ScanRecordsResponse = await self._replica.ScanRecords(
                 replica_pb2.ScanRecordsRequest(start=start, end=end, limit=limit),
                 timeout=timeout,
-                metadata=requestid.outgoing(),
+                metadata=self._metadata(),
             )
             return reply
         except grpc.aio.AioRpcError as err:
@@ -164,13 +169,17 @@ class NodeClient:
 
     async def hint_summary(self) -> replica_pb2.HintSummaryResponse:
         reply: replica_pb2.HintSummaryResponse = await self._replica.HintSummary(
-            replica_pb2.HintSummaryRequest(), timeout=self._call_timeout_s
+            replica_pb2.HintSummaryRequest(),
+            timeout=self._call_timeout_s,
+            metadata=self._metadata(),
         )
         return reply
 
     async def read_hints(self, target: str, limit: int) -> list[replica_pb2.Record]:
         reply = await self._replica.ReadHints(
-            replica_pb2.ReadHintsRequest(target=target, limit=limit), timeout=self._call_timeout_s
+            replica_pb2.ReadHintsRequest(target=target, limit=limit),
+            timeout=self._call_timeout_s,
+            metadata=self._metadata(),
         )
         return list(reply.records)
 
@@ -178,6 +187,7 @@ class NodeClient:
         reply = await self._replica.DeleteHints(
             replica_pb2.DeleteHintsRequest(target=target, records=records),
             timeout=self._call_timeout_s,
+            metadata=self._metadata(),
         )
         return int(reply.deleted)
 
@@ -192,6 +202,7 @@ class NodeClient:
                 ranges=_token_ranges(ranges), count_only=count_only, max_records_per_second=pace
             ),
             timeout=timeout_s,
+            metadata=self._metadata(),
         )
         return list(reply.digests)
 
@@ -213,6 +224,7 @@ class NodeClient:
                 max_records_per_second=pace,
             ),
             timeout=timeout_s,
+            metadata=self._metadata(),
         )
         async for batch in call:
             yield list(batch.records)
@@ -233,12 +245,15 @@ class NodeClient:
                 all_records=all_records,
             ),
             timeout=timeout_s,
+            metadata=self._metadata(),
         )
         return int(reply.purged)
 
     async def apply_batch(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
         """One direct, durable Apply of a batch of records (not bounded by node_call_ms)."""
-        await self._replica.Apply(replica_pb2.ApplyRequest(records=records), timeout=timeout_s)
+        await self._replica.Apply(
+            replica_pb2.ApplyRequest(records=records), timeout=timeout_s, metadata=self._metadata()
+        )
 
     async def read_batch(self, keys: Sequence[bytes], timeout_s: float) -> list[replica_pb2.Record]:
         """The node's records of keys, in order (version 0 where it holds none), asked for
@@ -248,6 +263,7 @@ class NodeClient:
             reply = await self._replica.Read(
                 replica_pb2.ReadRequest(keys=keys[len(records) :], max_bytes=MAX_BATCH_BYTES),
                 timeout=timeout_s,
+                metadata=self._metadata(),
             )
             if not reply.records:
                 raise RuntimeError(f"node {self.node_id} answered no record of {len(keys)}")
@@ -259,7 +275,7 @@ class NodeClient:
     async def stats(self, timeout_s: float) -> replica_pb2.StatsResponse:
         """The node's figures (records, hints, disk, work done since it started)."""
         reply: replica_pb2.StatsResponse = await self._replica.Stats(
-            replica_pb2.StatsRequest(), timeout=timeout_s, metadata=requestid.outgoing()
+            replica_pb2.StatsRequest(), timeout=timeout_s, metadata=self._metadata()
         )
         return reply
 
@@ -271,7 +287,7 @@ class NodeClient:
         call = self._replica.Snapshot(
             replica_pb2.SnapshotRequest(batch_size=batch_size),
             timeout=timeout_s,
-            metadata=requestid.outgoing(),
+            metadata=self._metadata(),
         )
         async for batch in call:
             yield batch
@@ -290,6 +306,10 @@ class NodeClient:
             return f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
         return None
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call to the node carries: the node token (if any) and the request id."""
+        return self._auth + (requestid.outgoing() or ())
+
     async def close(self) -> None:
         await self._applies.close()
         await self._reads.close()
@@ -306,7 +326,7 @@ class NodeClient:
                     request.markers.add(key=item.record.key, target=target)
             else:
                 request.records.append(item)
-        reply = await self._replica.Apply(request, timeout=timeout, metadata=requestid.outgoing())
+        reply = await self._replica.Apply(request, timeout=timeout, metadata=self._metadata())
         if len(reply.applied) != len(request.records):
             return []  # the coalescer fails the batch as a short reply
         applied = iter(reply.applied)
@@ -318,7 +338,7 @@ class NodeClient:
         reply = await self._replica.Read(
             replica_pb2.ReadRequest(keys=keys, max_bytes=MAX_BATCH_BYTES),
             timeout=timeout,
-            metadata=requestid.outgoing(),
+            metadata=self._metadata(),
         )
         return list(reply.records)
 

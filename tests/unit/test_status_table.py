@@ -27,7 +27,7 @@ from shardkv.shardd.errors import ResponseTooLarge
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.replica_service import ReplicaServicer
-from shardkv.shardd.store import StoreFull
+from shardkv.shardd.store import StoreFull, TooManyTargets
 from shardkv.v1 import admin_pb2, kv_pb2, replica_pb2
 
 Code = grpc.StatusCode
@@ -45,6 +45,7 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     MoveConflict: Code.FAILED_PRECONDITION,
     TopologyError: Code.FAILED_PRECONDITION,
     StoreFull: Code.RESOURCE_EXHAUSTED,
+    TooManyTargets: Code.RESOURCE_EXHAUSTED,
     CommitterOverloaded: Code.RESOURCE_EXHAUSTED,
     ResponseTooLarge: Code.RESOURCE_EXHAUSTED,
     Exhausted: Code.RESOURCE_EXHAUSTED,
