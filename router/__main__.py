@@ -9,12 +9,15 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from shardkv.common.hlc import ClockStateError
 from shardkv.common.logs import setup_logging
 from shardkv.router.api.security import SecurityError, read_token
+from shardkv.router.membership.store_etcd import EtcdTarget, open_etcd_store, parse_etcd_url
 from shardkv.router.membership.topology import TopologyError, load_topology
+from shardkv.router.membership.topology_store import StoreUnavailable
 from shardkv.router.requests.node_client import MAX_QUEUED
 from shardkv.router.server import (
     BindError,
@@ -43,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--id", required=True, help="this router's id (its writer tie-break)")
     parser.add_argument("--config", required=True, type=Path, help="cluster.toml topology file")
+    parser.add_argument(
+        "--topology",
+        metavar="etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+        help="keep the topology in etcd under PREFIX, shared by routers on several hosts: an"
+        " empty PREFIX is seeded from --config, otherwise --config's topology is not used"
+        " (default: the --config file, for the routers of one host)",
+    )
     parser.add_argument("--listen", default="127.0.0.1:7100", help="host:port to serve on")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -144,7 +154,16 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
     )
 
 
-async def _serve(config: RouterConfig) -> int:
+async def _serve(config: RouterConfig, etcd: EtcdTarget | None = None) -> int:
+    if etcd is not None:
+        try:
+            store, topology = await open_etcd_store(
+                etcd, seed=config.topology, seed_source=str(config.config_path)
+            )
+        except (StoreUnavailable, TopologyError) as err:
+            log.error("%s", err)
+            return 1
+        config = replace(config, topology=topology, store=store)
     server = RouterServer(config)
     try:
         await server.start()
@@ -176,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, process=args.id)
     config = _config(parser, args)
-    sys.exit(asyncio.run(_serve(config)))
+    try:
+        etcd = parse_etcd_url(args.topology) if args.topology else None
+    except ValueError as err:
+        parser.error(f"--topology: {err}")
+    sys.exit(asyncio.run(_serve(config, etcd)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from shardkv.router.api.operations import Operations
 from shardkv.router.api.security import TokenInterceptor, channel_credentials, server_credentials
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_driver import Rebalancer
+from shardkv.router.membership.store_file import FileTopologyStore
 from shardkv.router.membership.topology import NodeConfig, Topology
+from shardkv.router.membership.topology_store import TopologyStore
 from shardkv.router.repair.anti_entropy import AntiEntropy
 from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
@@ -79,6 +81,9 @@ class RouterConfig:
     # cluster.toml: topology changes are written back to it, and changes other routers
     # write to it are picked up. None (tests) refuses topology changes.
     config_path: Path | None = None
+    # Where the topology is kept when not in config_path (etcd; __main__ opens it, and
+    # the router closes it when it stops).
+    store: TopologyStore | None = None
     listen: str = "127.0.0.1:0"
     tls: TlsConfig | None = None
     client_token: str | None = None
@@ -156,9 +161,14 @@ class RouterServer:
             )
 
         self._clients = {node.id: new_client(node) for node in topology.nodes}
+        store = config.store
+        if store is None and config.config_path is not None:
+            store = FileTopologyStore(
+                config.config_path, interval_s=timeouts.watch_interval_ms / 1000
+            )
         membership = self._membership = Membership(
             topology,
-            path=config.config_path,
+            store=store,
             clients=self._clients,
             health=self.health,
             new_client=new_client,

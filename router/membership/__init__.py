@@ -1,7 +1,11 @@
 """The cluster's topology and how it changes while the cluster serves.
 
 - ``topology``       cluster.toml read into a frozen, validated Topology.
-- ``topology_store`` a Topology written back to cluster.toml atomically.
+- ``topology_store`` where the topology is kept: the store interface (compare-and-swap,
+  watch), its conflicts, and the text format written atomically.
+- ``store_file``     the store as one cluster.toml (a lock file and a re-read), for one host.
+- ``store_etcd``     the store as one etcd key (a Txn on its mod_revision), for many hosts.
+- ``etcd_client``    the etcd calls it makes: read, compare-and-swap, watch, with failover.
 - ``live_topology``  the running router's node set: applies, persists and watches changes.
 - ``move_plan``      what a node add or remove must copy, from where to where, and progress.
 - ``node_checks``    what a node must be to join: valid, reachable, empty.

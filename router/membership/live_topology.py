@@ -1,13 +1,18 @@
 """The router's live node set: applies a new topology to a running router, persists it, and
-picks up changes other routers wrote to cluster.toml.
+picks up changes other routers stored.
 
 Several routers may serve one cluster. A change (node add or remove) is made through one
-router, which writes every step to cluster.toml atomically (topology_file.py) with a
-higher epoch. Every router re-reads the file when its modification time changes (checked
-every ``timeouts.watch_interval_ms``) and adopts it when its epoch is higher than the one
-it serves; a router started later reads it at start. The rebalance settle delay
-(``[rebalance] settle_ms``) must therefore exceed the watch interval, so all routers
-follow a transition before ranges are streamed and before given-away ranges are dropped.
+router, which stores every step with a higher epoch by compare-and-swap on its topology
+store (cluster.toml or etcd, topology_store.py): a step computed from a topology the store
+no longer holds is refused (TopologyConflict, FAILED_PRECONDITION naming what won), and
+this router then serves what the store holds if it is newer. Every router follows the
+store (the file is polled every ``timeouts.watch_interval_ms``; etcd is watched) and
+adopts a topology whose epoch is higher than the one it serves; one at its own epoch with
+other content cannot come from a router (every change raises the epoch) and is refused
+with an error in the log. A router started later reads the store at start. The rebalance
+settle delay (``[rebalance] settle_ms``) must exceed the time routers take to follow, so
+all routers follow a transition before ranges are streamed and before given-away ranges
+are dropped.
 
 Adopting a topology opens channels (and health checks) to new nodes before the placement
 names them, and closes a removed node's channel only after the settle delay, when no
@@ -19,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from shardkv.router.membership.topology import (
@@ -27,9 +31,8 @@ from shardkv.router.membership.topology import (
     Topology,
     TopologyError,
     check_placement,
-    load_topology,
 )
-from shardkv.router.membership.topology_store import save_topology
+from shardkv.router.membership.topology_store import TopologyConflict, TopologyStore
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.health import HealthMonitor, NodeHealth
@@ -55,14 +58,15 @@ class Membership:
         self,
         topology: Topology,
         *,
-        path: Path | None,
+        store: TopologyStore | None,
         clients: dict[str, NodeClient],
         health: NodeHealth,
         new_client: ClientFactory,
     ) -> None:
-        """clients is the dict every service reads (changed in place); path is cluster.toml,
-        None when changes cannot be persisted (they are then refused)."""
-        self.path = path
+        """clients is the dict every service reads (changed in place); store is where the
+        topology is kept, None when changes cannot be persisted (they are then refused).
+        The membership owns the store and closes it when stopped."""
+        self.store = store
         self.clients = clients
         self.health = health
         self._topology = topology
@@ -72,7 +76,6 @@ class Membership:
         self._monitor: HealthMonitor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._watcher: asyncio.Task[None] | None = None
-        self._file_stamp = self._stamp()
         self._lock = asyncio.Lock()
 
     @property
@@ -90,27 +93,36 @@ class Membership:
         return {node.id: shares.get(node.id, 0.0) for node in self._topology.nodes}
 
     def start(self, monitor: HealthMonitor) -> None:
-        """Starts watching cluster.toml for changes made through other routers."""
+        """Starts following the store for changes made through other routers."""
         self._monitor = monitor
-        if self.path is not None:
-            self._watcher = asyncio.create_task(self._watch(self.path), name="topology-watch")
+        if self.store is not None:
+            self._watcher = asyncio.create_task(self._follow(self.store), name="topology-watch")
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._watcher] if self._watcher else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.store is not None:
+            await self.store.close()
 
-    async def commit(self, topology: Topology) -> None:
-        """Persists topology to cluster.toml, then serves it. A topology that would leave a
+    async def commit(self, topology: Topology, *, expected: Topology) -> None:
+        """Stores topology if the store still holds expected (the topology it was computed
+        from), then serves it; raises TopologyConflict (FAILED_PRECONDITION) naming what
+        the store holds otherwise, after adopting that when it is newer, and
+        StoreUnavailable when the store cannot be reached. A topology that would leave a
         node without ring points or a key with fewer than N owners is refused
         (TopologyError), whichever step of a move produced it."""
-        if self.path is None:
-            raise TopologyError("this router was started without a topology file to write")
+        if self.store is None:
+            raise TopologyError("this router was started without a topology store to write")
         check_placement(topology)
         async with self._lock:
-            await asyncio.to_thread(save_topology, self.path, topology)
-            self._file_stamp = self._stamp()
+            try:
+                await self.store.compare_and_swap(expected, topology)
+            except TopologyConflict as err:
+                log.warning("topology change to epoch %d refused: %s", topology.epoch, err)
+                self._consider(err.stored, self.store.name)
+                raise
             self._adopt(topology)
 
     def _adopt(self, topology: Topology) -> None:
@@ -142,14 +154,7 @@ class Membership:
                 self._monitor.unwatch(node_id)
         if retired:
             self._spawn(self._close_later(retired, topology.rebalance.settle_ms / 1000))
-        log.info(
-            "serving topology epoch %d: %s",
-            topology.epoch,
-            ", ".join(
-                f"{n.id}@{n.address}" + ("" if n.state == "member" else f" ({n.state})")
-                for n in topology.nodes
-            ),
-        )
+        log.info("serving topology epoch %d: %s", topology.epoch, _nodes(topology))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -160,44 +165,56 @@ class Membership:
         await asyncio.sleep(delay_s)
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = self.path.stat() if self.path else None
-        except OSError:
-            return None
-        return None if stat is None else (stat.st_mtime_ns, stat.st_size)
-
-    async def _watch(self, path: Path) -> None:
-        """Adopts the file's topology whenever it changed and carries a higher epoch."""
-        interval_s = self._topology.timeouts.watch_interval_ms / 1000
+    async def _follow(self, store: TopologyStore) -> None:
+        """Considers every topology the store holds from now on (a watch that fails is
+        logged and begun again: a router must never stop following)."""
         while True:
-            await asyncio.sleep(interval_s)
-            stamp = self._stamp()
-            if stamp is None or stamp == self._file_stamp:
-                continue
-            async with self._lock:
-                try:
-                    topology = await asyncio.to_thread(load_topology, path)
-                except TopologyError as err:
-                    log.warning("ignoring changed topology file: %s", err)
-                    self._file_stamp = stamp
-                    continue
-                self._file_stamp = stamp
-                served = self._topology
-                quorums = (topology.replication, topology.read_quorum, topology.write_quorum)
-                if quorums != (served.replication, served.read_quorum, served.write_quorum):
-                    log.warning(
-                        "%s changed N/R/W to %s: ignored until this router restarts", path, quorums
-                    )
-                elif topology.epoch > self._topology.epoch:
-                    log.info(
-                        "%s changed: epoch %d -> %d", path, self._topology.epoch, topology.epoch
-                    )
-                    self._adopt(topology)
-                elif topology != self._topology:
-                    log.warning(
-                        "%s changed without a higher epoch (%d, serving %d): ignored",
-                        path,
-                        topology.epoch,
-                        self._topology.epoch,
-                    )
+            try:
+                async for topology in store.watch():
+                    async with self._lock:
+                        self._consider(topology, store.name)
+                return  # the store was closed
+            except Exception:
+                log.exception("following %s failed; following it again", store.name)
+                await asyncio.sleep(1.0)
+
+    def _consider(self, topology: Topology, source: str) -> None:
+        """Adopts topology if it is newer than the one served; says why not otherwise."""
+        served = self._topology
+        quorums = (topology.replication, topology.read_quorum, topology.write_quorum)
+        if topology == served:
+            return
+        if quorums != (served.replication, served.read_quorum, served.write_quorum):
+            log.warning(
+                "%s changed N/R/W to %s: ignored until this router restarts", source, quorums
+            )
+        elif topology.epoch > served.epoch:
+            log.info("%s changed: epoch %d -> %d", source, served.epoch, topology.epoch)
+            self._adopt(topology)
+        elif topology.epoch == served.epoch:
+            log.error(
+                "%s holds epoch %d with other content than this router serves at that epoch"
+                " (nodes %s, move %s; serving nodes %s, move %s): every change raises the"
+                " epoch, so it was written outside shardkv. Not adopted, and topology"
+                " changes are refused until the store is fixed",
+                source,
+                topology.epoch,
+                _nodes(topology),
+                topology.move.id if topology.move else "none",
+                _nodes(served),
+                served.move.id if served.move else "none",
+            )
+        else:
+            log.warning(
+                "%s changed without a higher epoch (%d, serving %d): ignored",
+                source,
+                topology.epoch,
+                served.epoch,
+            )
+
+
+def _nodes(topology: Topology) -> str:
+    return ", ".join(
+        f"{n.id}@{n.address}" + ("" if n.state == "member" else f" ({n.state})")
+        for n in topology.nodes
+    )

@@ -1,12 +1,12 @@
 """Adding and removing nodes online: one move at a time, driven by the router asked.
 
-A move goes through these steps, each persisted in cluster.toml before it takes effect:
+A move goes through these steps, each stored (compare-and-swap) before it takes effect:
 
 1. Transition (epoch + 1): the node is written as ``joining`` (or ``leaving``) with a
    ``[move]`` table. Every router then sends writes to the old and the new owners of each
    key and reads from both (placement.py), with one more reply per pending owner.
 2. Settle (``[rebalance] settle_ms``): requests begun under the old placement finish and
-   the other routers read the file.
+   the other routers follow the store.
 3. Count, then stream: moves.py plans which pieces go from which node to which; each source
    counts its pieces (for progress), then streams them, and the router applies every batch
    to the target (LWW, so repeating any of it is harmless).
@@ -39,6 +39,7 @@ from shardkv.router.membership.move_plan import (
     NodeExists,
     NodeUnknown,
     Transfer,
+    check_driver,
     describe_error,
     given_away,
     now_ms,
@@ -169,7 +170,7 @@ class Rebalancer:
         verb = "add" if kind == ADD else "remove"
         record = MoveRecord(f"{verb}-{node.id}@{topology.epoch}", self._router_id, now_ms())
         transition = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=record)
-        await self._membership.commit(transition)
+        await self._membership.commit(transition, expected=topology)
         log.info("move %s: transition at epoch %d", record.id, transition.epoch)
         progress = self._progress_of(transition)
         self._launch(progress)
@@ -183,10 +184,11 @@ class Rebalancer:
         move = topology.move
         assert move is not None
         if move.driver != self._router_id:
-            topology = replace(
+            taken = replace(
                 topology, epoch=topology.epoch + 1, move=replace(move, driver=self._router_id)
             )
-            await self._membership.commit(topology)
+            await self._membership.commit(taken, expected=topology)
+            topology = taken
         progress = self._progress_of(topology)
         log.info("move %s: resumed", progress.id)
         self._launch(progress)
@@ -204,7 +206,7 @@ class Rebalancer:
                 replace(n, state=MEMBER) if n.id == node.id else n for n in topology.nodes
             )
         stable = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
-        await self._membership.commit(stable)
+        await self._membership.commit(stable, expected=topology)
         if self.current is not None:
             self._finish(self.current)
         log.info("move %s aborted at epoch %d", topology.move.id, stable.epoch)
@@ -289,8 +291,10 @@ class Rebalancer:
             async with asyncio.TaskGroup() as group:
                 for transfer in transfers:
                     group.create_task(streamer.run(transfer))
-            final = self._final(self._membership.topology, progress.node_id)
-            await self._membership.commit(final)
+            current = self._membership.topology
+            check_driver(current, progress.id, self._router_id)
+            final = self._final(current, progress.node_id)
+            await self._membership.commit(final, expected=current)
             progress.state, progress.epoch = admin_pb2.MOVE_SWITCHED, final.epoch
             log.info(
                 "move %s: switched at epoch %d after streaming %d records (%d bytes)",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from shardkv.router.membership.topology import Topology
 from shardkv.router.placement.current import Piece, merge_ranges
 from shardkv.v1 import admin_pb2
 
@@ -108,6 +109,17 @@ def given_away(
             if keep(node_id):
                 ranges[node_id].append((piece.start, piece.end))
     return {node_id: merge_ranges(found) for node_id, found in sorted(ranges.items())}
+
+
+def check_driver(topology: Topology, move_id: str, router_id: str) -> None:
+    """Raises MoveConflict unless topology's move is move_id driven by router_id: a move
+    another router took over (or aborted) is finished by that router alone."""
+    move = topology.move
+    if move is None or move.id != move_id or move.driver != router_id:
+        now = f"move {move.id} driven by {move.driver!r}" if move else "no move"
+        raise MoveConflict(
+            f"move {move_id} is no longer this router's to finish: epoch {topology.epoch} has {now}"
+        )
 
 
 def now_ms() -> int:

@@ -19,6 +19,7 @@ from shardkv.router.api.errors import AnswerTooLarge, Exhausted, Unavailable
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.membership.move_plan import BadNode, MoveConflict, NodeExists, NodeUnknown
 from shardkv.router.membership.topology import TopologyError
+from shardkv.router.membership.topology_store import StoreUnavailable
 from shardkv.router.requests.scan import ScanUnavailable
 from shardkv.serving import status
 from shardkv.serving.status import Relayed, streaming, unary
@@ -54,6 +55,7 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     CommitterClosed: Code.UNAVAILABLE,
     Unavailable: Code.UNAVAILABLE,
     ScanUnavailable: Code.UNAVAILABLE,
+    StoreUnavailable: Code.UNAVAILABLE,
 }
 
 SERVICE = "shardkv.test.Probe"
