@@ -162,9 +162,12 @@ class AdminMethods:
         self, records: Sequence[replica_pb2.Record], *, timeout: float | None = None
     ) -> admin_pb2.RestoreResponse:
         """Writes records with the versions they carry: replicas keep each only when it is
-        newer than theirs, so restoring twice changes nothing. Returns ``RestoreResponse``:
-        ``restored``, the records that reached the write quorum W, and ``failures``, one
-        message per record that did not. At most the router's batch limit per call."""
+        newer than theirs, so restoring twice changes nothing, and refuse one whose key they
+        hold no record of when their tombstone GC has reached past its version (deleted
+        after the backup, purged since). Returns ``RestoreResponse``: ``restored``, the
+        records that reached the write quorum W; ``skipped``, those refused as possibly
+        deleted; and ``failures``, one message per record that missed W. At most the
+        router's batch limit per call."""
         return self._admin_call(RESTORE.call(records=records), timeout)
 
 

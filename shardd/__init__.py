@@ -2,7 +2,8 @@
 
 - ``records``  the record format (version, writer, flags, value) and hints; ``store`` the
   LMDB store (no gRPC); ``parked`` the hints and owner-held markers it keeps for other
-  nodes; ``lookup`` reads of many keys within a byte budget, each key once; ``node`` the
+  nodes; ``watermark`` how far tombstone GC reached, which restored records must respect;
+  ``lookup`` reads of many keys within a byte budget, each key once; ``node`` the
   store plus its group committer; ``commit`` group commit (one
   transaction and one fsync per batch of writes); ``ranges`` token-range streams,
   digests and purges; ``snapshot`` compacted copies for backups.

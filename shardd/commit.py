@@ -44,7 +44,7 @@ class _Request:
     records: Sequence[Record]
     hints: Sequence[Hint]
     markers: Sequence[Marker]
-    future: asyncio.Future[list[bool]]
+    future: asyncio.Future[list[bool | None]]
 
     def items(self) -> int:
         return len(self.records) + len(self.hints) + len(self.markers)
@@ -95,15 +95,16 @@ class GroupCommitter:
         records: Sequence[Record],
         hints: Sequence[Hint] = (),
         markers: Sequence[Marker] = (),
-    ) -> list[bool]:
+    ) -> list[bool | None]:
         """Stores records newer than the stored ones, parks hints and keeps markers, all of
-        one call in the same commit; returns per record whether it was stored. Returns
-        only once the commit holding them is durable."""
+        one call in the same commit; returns per record whether it was stored (None: a
+        restored record refused, Store.apply). Returns only once the commit holding them
+        is durable."""
         if self._closing:
             raise CommitterClosed("the node is shutting down and takes no new writes")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[bool | None]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         request = _Request(records, hints, markers, future)
         self._admit(request)
@@ -189,7 +190,7 @@ class GroupCommitter:
         return batch
 
     @staticmethod
-    def _answer(batch: list[_Request], applied: list[bool]) -> None:
+    def _answer(batch: list[_Request], applied: list[bool | None]) -> None:
         offset = 0
         for request in batch:
             end = offset + len(request.records)
@@ -197,7 +198,7 @@ class GroupCommitter:
             offset = end
 
 
-def _retrieve(future: asyncio.Future[list[bool]]) -> None:
+def _retrieve(future: asyncio.Future[list[bool | None]]) -> None:
     """Marks a commit's error as retrieved: the loop logged it already, and a caller that
     gave up waiting would otherwise make asyncio report it again at garbage collection."""
     if not future.cancelled():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardkv.shardd.records import Hint, Record
+from shardkv.shardd.records import Hint, Record, Restored
 from shardkv.v1 import replica_pb2
 
 
@@ -17,9 +17,11 @@ def record_to_pb(record: Record) -> replica_pb2.Record:
 
 
 def record_from_pb(message: replica_pb2.Record) -> Record:
-    """The record a message carries; a tombstone keeps no value, whatever was sent."""
+    """The record a message carries (Restored when it is marked as a restore's); a
+    tombstone keeps no value, whatever was sent."""
     value = b"" if message.tombstone else message.value
-    return Record(message.key, value, message.version, message.writer, message.tombstone)
+    kind = Restored if message.restore else Record
+    return kind(message.key, value, message.version, message.writer, message.tombstone)
 
 
 def hint_from_pb(message: replica_pb2.Hint) -> Hint:

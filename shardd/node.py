@@ -69,9 +69,10 @@ class NodeStorage:
         records: Sequence[Record],
         hints: Sequence[Hint] = (),
         markers: Sequence[Marker] = (),
-    ) -> list[bool]:
+    ) -> list[bool | None]:
         """Replica writes: stores records newer than the stored ones, parks hints and keeps
-        markers for other owners of the records, in one commit.
+        markers for other owners of the records, in one commit. Per record: whether it was
+        stored, None for a restored one refused as possibly deleted (Store.apply).
 
         The clock observes every incoming version first, so a later write through this
         node's own API orders after what routers wrote here. A version further ahead of

@@ -67,6 +67,12 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Restored(Record):
+    """A record written back by a restore: stored only as the node's purge watermark allows
+    (shardkv.shardd.watermark), so a key deleted and purged since the backup stays gone."""
+
+
+@dataclass(frozen=True, slots=True)
 class Hint:
     """A record parked on this node for target, a replica that was down when it was written."""
 

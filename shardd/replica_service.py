@@ -43,6 +43,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         for hint in request.hints:
             check_target(hint.target)
             check_record(self._limits, hint.record)
+            if hint.record.restore:  # a fallback cannot judge a restore (Record.restore)
+                raise LimitExceeded(f"hint for {hint.target[:64]!r} carries a restored record")
         self._limits.check_batch(request.markers, "Apply markers")
         # Too many hint targets fail this request alone, before it joins a group commit.
         targets = {h.target for h in request.hints} | {m.target for m in request.markers}
@@ -52,7 +54,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             [hint_from_pb(h) for h in request.hints],
             markers_of(request),
         )
-        return replica_pb2.ApplyResponse(applied=applied)
+        return replica_pb2.ApplyResponse(
+            applied=[a is True for a in applied],
+            possibly_deleted=[i for i, a in enumerate(applied) if a is None],
+        )
 
     @unary
     async def Read(

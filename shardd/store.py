@@ -25,6 +25,7 @@ from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.lookup import read_within
 from shardkv.shardd.parked import HINT_PREFIX, MARK_PREFIX, Marker, Opened, Parked, Resume
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
+from shardkv.shardd.watermark import PurgeWatermark
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Store:
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
             self._parked = Parked(self._env, txn)
+            self._watermark = PurgeWatermark(self._env, txn)
             names = [bytes(n) for n, _ in txn.cursor() if n.startswith((HINT_PREFIX, MARK_PREFIX))]
         self._max_targets = max_targets  # targets with a hints or marks database, at most
         self._targets = {name.split(b":", 1)[1].decode() for name in names}
@@ -142,10 +144,11 @@ class Store:
         records: Sequence[Record],
         hints: Sequence[Hint] = (),
         markers: Sequence[Marker] = (),
-    ) -> list[bool]:
+    ) -> list[bool | None]:
         """Stores each record that is newer than the stored one, parks each hint that is
-        newer than the parked one and keeps each marker, all in one durable transaction.
-        Returns, per record, whether it was stored."""
+        newer than the parked one and keeps each marker of a key it holds, all in one
+        durable transaction. Returns, per record, whether it was stored; None for a
+        Restored record refused as possibly deleted (shardkv.shardd.watermark)."""
         for record in records:
             self._check_key(record.key)
         for hint in hints:
@@ -156,11 +159,11 @@ class Store:
             self._check_key(marker.key)
         targets = {h.target for h in hints} | {m.target for m in markers}
 
-        def body(txn: lmdb.Transaction, opened: Opened) -> list[bool]:
+        def body(txn: lmdb.Transaction, opened: Opened) -> list[bool | None]:
             self.check_targets(targets)  # again under the write lock: exact
-            applied = [_put_if_newer(txn, self._data, record) for record in records]
+            applied = [self._watermark.put(txn, self._data, r, _put_if_newer) for r in records]
             self._parked.park(txn, hints, opened, _put_if_newer)
-            self._parked.mark(txn, markers, opened)
+            self._parked.mark(txn, [m for m in markers if txn.get(m.key, db=self._data)], opened)
             return applied
 
         return self._write(body)
@@ -176,13 +179,15 @@ class Store:
 
         return self._write(body)
 
-    def purge(self, records: Sequence[Record]) -> int:
+    def purge(self, records: Sequence[Record], watermark: int = 0) -> int:
         """Removes each stored record whose (version, writer) still equals the given one's,
         so a key rewritten since it was picked survives (tombstone GC, ranges given away
         after a move). A tombstone some owner still waits for (a marker) stays until it is
-        handed over; a live record goes with its markers. Returns how many were removed."""
+        handed over; a live record goes with its markers. Returns how many were removed.
+        The purge watermark rises to watermark (tombstone GC's bound) in the same commit."""
 
         def body(txn: lmdb.Transaction, opened: Opened) -> int:
+            self._watermark.raise_to(txn, watermark)
             purged = 0
             for record in records:
                 if not record.key or len(record.key) > self._max_key:

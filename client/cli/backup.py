@@ -21,9 +21,11 @@ no file is written or read outside the backup directory: a path that leads out o
 (``..``, an absolute path, a symbolic link) is refused, whatever the router or the manifest
 says. Restore verifies every file's SHA-256 first, then sends the records through the router
 (``Admin.Restore``) in batches: each record goes to the owners the current ring gives its
-key, with the version it carries, and replicas keep it only when it is newer than theirs.
-Every copy of a key (up to N replicas and hints) is sent; last write wins makes the
-repeats harmless, at the price of N times the traffic of a deduplicated restore.
+key, with the version it carries, and replicas keep it only when it is newer than theirs
+(and, where they hold none, only when their tombstone GC has not reached past it: see
+README, Backup and restore; those are counted as skipped). Every copy of a key (up to N
+replicas and hints) is sent; last write wins makes the repeats harmless, at the price of N
+times the traffic of a deduplicated restore.
 """
 
 from __future__ import annotations
@@ -71,10 +73,12 @@ class NodeFile:
 
 @dataclass(frozen=True)
 class RestoreSummary:
-    """What a restore did: records sent, records that reached W, and the failures."""
+    """What a restore did: records sent, records that reached W, records skipped as
+    possibly deleted after the backup (admin.proto, RestoreResponse), and the failures."""
 
     sent: int
     restored: int
+    skipped: int
     failures: list[str]
 
 
@@ -159,7 +163,7 @@ def restore(
 ) -> RestoreSummary:
     """Writes every record of the backup in directory back into the cluster."""
     files = _verified_files(directory)
-    sent = restored = 0
+    sent = restored = skipped = 0
     failures: list[str] = []
     for node_file, path in files:
         before = sent
@@ -167,9 +171,10 @@ def restore(
             reply = client.restore(chunk)
             sent += len(chunk)
             restored += reply.restored
+            skipped += reply.skipped
             failures.extend(reply.failures)
         progress(f"{node_file.id}: sent {sent - before} records")
-    return RestoreSummary(sent, restored, failures)
+    return RestoreSummary(sent, restored, skipped, failures)
 
 
 def _verified_files(directory: Path) -> list[tuple[NodeFile, Path]]:

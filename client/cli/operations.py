@@ -5,7 +5,7 @@
     shardctl restore DIR                       # the backup's records back into the cluster
 
 With ``--json``: status prints one JSON object per sample; backup its manifest; restore
-``{"sent", "restored", "failures"}``; progress lines then go to stderr. Exit codes: 0
+``{"sent", "restored", "skipped", "failures"}``; progress lines then go to stderr. Exit codes: 0
 done, 2 an error, including a restore in which some record missed its write quorum
 (restoring again is safe: last write wins).
 """
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
     else:
         out.write(
             f"restored {summary.restored} of {summary.sent} records;"
+            f" {summary.skipped} skipped as possibly deleted after the backup;"
             f" {len(summary.failures)} missed their write quorum\n"
         )
         for failure in summary.failures[:10]:

@@ -13,10 +13,13 @@ system (Cassandra's per-node snapshots): restoring the union, newest version of 
 winning, gives every write acknowledged before the backup started.
 
 Restore: records come back through the coordinator's write path with the versions they
-carry, to the owners the current ring gives their keys (hints and sloppy quorum
-included), and each must reach W replicas. Replicas keep a record only when it is newer
-than theirs (last write wins), so restoring onto a live cluster never undoes a later
-write, restoring twice is harmless, and the new cluster may have a different topology.
+carry, to the owners the current ring gives their keys (markers for owners that are down,
+but no hints on fallbacks), and each must reach W replicas. Replicas keep a record only
+when it is newer than theirs (last write wins), so restoring onto a live cluster never
+undoes a later write, restoring twice is harmless, and the new cluster may have a
+different topology. Each record is marked as a restore's, so an owner that holds no
+record of the key stores it only above its purge watermark: a key deleted after the
+backup and purged since by tombstone GC is refused, and counted as skipped.
 """
 
 from __future__ import annotations
@@ -98,9 +101,12 @@ class Operations:
     async def restore(
         self, request: admin_pb2.RestoreRequest, context: Context
     ) -> admin_pb2.RestoreResponse:
-        """Writes the records with their own versions; each must reach W replicas. Records
-        that break a limit refuse the whole call (LimitExceeded: INVALID_ARGUMENT)."""
+        """Writes the records with their own versions, marked as a restore's; each must
+        reach W replicas. Records that break a limit refuse the whole call (LimitExceeded:
+        INVALID_ARGUMENT)."""
         self._check(request.records)
+        for record in request.records:
+            record.restore = True
         remaining = context.time_remaining()
         timeout = self._request_timeout_s if remaining is None else remaining
         deadline = asyncio.get_running_loop().time() + timeout
@@ -108,7 +114,10 @@ class Operations:
             list(request.records), self._membership.topology.write_quorum, deadline
         )
         failures = [o.error for o in outcomes if o.error is not None]
-        return admin_pb2.RestoreResponse(restored=len(outcomes) - len(failures), failures=failures)
+        skipped = sum(o.possibly_deleted for o in outcomes)
+        return admin_pb2.RestoreResponse(
+            restored=len(outcomes) - len(failures) - skipped, failures=failures, skipped=skipped
+        )
 
     def _check(self, records: Any) -> None:
         self._limits.check_batch(records, "Restore records")

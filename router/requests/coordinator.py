@@ -68,11 +68,13 @@ class Mutation:
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """The version a write got, and why it failed (None when it reached its quorum) with the
-    status that failure maps to."""
+    status that failure maps to; for a restored record, whether a replica refused it as
+    possibly deleted (replica.proto, Record.restore)."""
 
     version: int
     error: str | None
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    possibly_deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,9 @@ class Coordinator:
     ) -> list[WriteOutcome]:
         """Writes records with the versions and writers they carry (a restore), exactly as
         writes travel; the clock moves past them, so later writes order after them. A
-        version beyond the max clock offset refuses the whole call (VersionAhead)."""
+        version beyond the max clock offset refuses the whole call (VersionAhead). Records
+        marked restore are judged by each owner (Record.restore), never parked on a
+        fallback, which could not judge them."""
         for record in records:
             self._clock.check(record.version, f"restored record of key {record.key[:64]!r}")
         if records:
@@ -202,7 +206,11 @@ class Coordinator:
         for plan in plans:
             self.writes.add(plan.quorum.needed, len(plan.quorum.ok))
         return [
-            WriteOutcome(plan.record.version, None)
+            WriteOutcome(
+                plan.record.version,
+                None,
+                possibly_deleted=plan.record.restore and False in plan.quorum.ok.values(),
+            )
             if plan.quorum.succeeded
             else WriteOutcome(
                 plan.record.version,
@@ -275,7 +283,10 @@ class Coordinator:
         self.markers_kept += len(missing)
 
     def _hint(self, plan: _Write, owner: str, outbox: _Outbox) -> bool:
-        """Queues a hint for owner on the next fallback not down; False when there is none."""
+        """Queues a hint for owner on the next fallback not down; False when there is none
+        (or the record is a restore's: the owners keep markers for it instead)."""
+        if plan.record.restore:
+            return False
         candidates = self._ring.fallbacks(plan.record.key, self._n, skip=frozenset(plan.used))
         fallback = next((n for n in candidates if not self._health.is_down(n)), None)
         if fallback is None:

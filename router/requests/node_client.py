@@ -133,8 +133,9 @@ class NodeClient:
         )
 
     def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
-        """Queues records and marked records (result: applied) and hints (result: True) for
-        this node. A marked record and its markers always travel in one call."""
+        """Queues records and marked records (result: applied; for a restore's: accepted)
+        and hints (result: True) for this node. A marked record and its markers always
+        travel in one call."""
         self._applies.submit(items, deadline)
 
     def read(
@@ -329,7 +330,11 @@ class NodeClient:
         reply = await self._replica.Apply(request, timeout=timeout, metadata=self._metadata())
         if len(reply.applied) != len(request.records):
             return []  # the coalescer fails the batch as a short reply
-        applied = iter(reply.applied)
+        # A restored record's result is whether the node accepted it: False when refused
+        # as possibly deleted (replica.proto, Record.restore).
+        refused = set(reply.possibly_deleted)
+        pairs = enumerate(zip(request.records, reply.applied, strict=True))
+        applied = iter(i not in refused if record.restore else ok for i, (record, ok) in pairs)
         return [True if isinstance(item, replica_pb2.Hint) else next(applied) for item in items]
 
     async def _send_read(self, keys: list[bytes], timeout: float) -> list[replica_pb2.Record]:

@@ -187,6 +187,25 @@ def test_a_failed_fallback_hint_is_replaced_by_owner_markers() -> None:
     run(scenario)
 
 
+@pytest.mark.timeout(10)
+def test_a_restored_record_is_never_parked_on_a_fallback() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster(4)
+        key = cluster.key_owned("rs", "n1")
+        owners = cluster.owners(key)
+        fallback = next(n for n in cluster.ids if n not in owners)
+        cluster.down(owners[2])
+        record = replica_pb2.Record(key=key, value=b"v", version=5, writer=1, restore=True)
+        [outcome] = await cluster.coordinator.write_records([record], 2, cluster.deadline())
+        # A fallback cannot tell whether the key was deleted and purged since the backup;
+        # the owners that judged it keep markers for the one that is down.
+        assert outcome.error is None and not outcome.possibly_deleted
+        assert not cluster.nodes[fallback].received
+        assert all(cluster.nodes[o].marked_for(owners[2]) == {key} for o in owners[:2])
+
+    run(scenario)
+
+
 # -- reads -------------------------------------------------------------------------------------
 
 

@@ -102,7 +102,7 @@ def test_hint_targets_are_bounded_and_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_lmdb_running_out_of_databases_is_not_internal(tmp_path: Path) -> None:
-    store = Store(tmp_path, sync=False, max_dbs=3, max_targets=100)  # "data" + 2 more
+    store = Store(tmp_path, sync=False, max_dbs=4, max_targets=100)  # "data", "meta" + 2
     store.apply([], [hint("a"), hint("b")])
     with pytest.raises(TooManyTargets, match="database limit") as err:
         store.apply([], [hint("c")])

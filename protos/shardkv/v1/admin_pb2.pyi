@@ -247,9 +247,11 @@ class RestoreRequest(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[_replica_pb2.Record, _Mapping]]] = ...) -> None: ...
 
 class RestoreResponse(_message.Message):
-    __slots__ = ("restored", "failures")
+    __slots__ = ("restored", "failures", "skipped")
     RESTORED_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     restored: int
     failures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, restored: _Optional[int] = ..., failures: _Optional[_Iterable[str]] = ...) -> None: ...
+    skipped: int
+    def __init__(self, restored: _Optional[int] = ..., failures: _Optional[_Iterable[str]] = ..., skipped: _Optional[int] = ...) -> None: ...

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Record(_message.Message):
-    __slots__ = ("key", "value", "version", "writer", "tombstone")
+    __slots__ = ("key", "value", "version", "writer", "tombstone", "restore")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WRITER_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     value: bytes
     version: int
     writer: int
     tombstone: bool
-    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., writer: _Optional[int] = ..., tombstone: _Optional[bool] = ...) -> None: ...
+    restore: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., writer: _Optional[int] = ..., tombstone: _Optional[bool] = ..., restore: _Optional[bool] = ...) -> None: ...
 
 class Hint(_message.Message):
     __slots__ = ("target", "record")
@@ -47,10 +49,12 @@ class ApplyRequest(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hints: _Optional[_Iterable[_Union[Hint, _Mapping]]] = ..., markers: _Optional[_Iterable[_Union[Marker, _Mapping]]] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("applied",)
+    __slots__ = ("applied", "possibly_deleted")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLY_DELETED_FIELD_NUMBER: _ClassVar[int]
     applied: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, applied: _Optional[_Iterable[bool]] = ...) -> None: ...
+    possibly_deleted: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, applied: _Optional[_Iterable[bool]] = ..., possibly_deleted: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("keys", "max_bytes")
