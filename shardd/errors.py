@@ -10,6 +10,7 @@ import grpc
 from shardkv.serving.status import register, streaming, unary
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.gate import StoreClosed
+from shardkv.shardd.snapshot import SnapshotsBusy
 from shardkv.shardd.store import StoreFull, TooManyTargets
 
 __all__ = ["ResponseTooLarge", "streaming", "unary"]
@@ -28,5 +29,7 @@ register(
     ResponseTooLarge,
     TooManyTargets,
 )
+# Snapshots at their bound (each a full copy of the store): retry when one has ended.
+register(grpc.StatusCode.RESOURCE_EXHAUSTED, SnapshotsBusy)
 # The node is shutting down: another replica can answer.
 register(grpc.StatusCode.UNAVAILABLE, StoreClosed, CommitterClosed)

@@ -30,6 +30,7 @@ from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.replica_service import ReplicaServicer
+from shardkv.shardd.snapshot import remove_leftovers
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
@@ -121,6 +122,8 @@ class ShardServer:
             map_size=config.map_size,
             max_map_size=config.max_map_size,
         )
+        # Copies of the store a crash left behind would count against the bound.
+        await asyncio.to_thread(remove_leftovers, config.data_dir)
         self._storage = NodeStorage(
             store,
             node_id=config.node_id,

@@ -5,8 +5,20 @@ consistent copy of the whole environment at disk speed under one read transactio
 records are then streamed from that private copy at the reader's pace. So a slow backup
 client never keeps a read transaction of the live store open, which would pin old pages
 and make the live file grow. The copy sits in a ``.snapshot-*`` directory inside the data
-directory (same filesystem, no extra configuration) and is removed when the stream ends,
-however it ends; one left by a crash can be deleted by hand.
+directory (same filesystem, no extra configuration).
+
+Each copy costs as much disk as the store, so they are bounded and never outlive their
+stream:
+
+- At most ``MAX_COPIES`` exist at once. The directories on disk are counted, so a copy
+  still being written or removed for a stream that already ended counts too. One more
+  Snapshot waits up to ``BUSY_WAIT_S`` for a place (a stream just cancelled takes some
+  milliseconds to remove its copy), then is refused (``SnapshotsBusy``,
+  RESOURCE_EXHAUSTED) naming the bound.
+- A copy is removed when its stream ends, however it ends: completion, cancellation,
+  deadline, error. A stream that ends while LMDB is still writing its copy (the copy cannot
+  be interrupted) has the copy removed as soon as it is written.
+- Copies a crash left behind are removed when the node starts (``remove_leftovers``).
 
 Every LMDB call runs on a worker thread, never on the event loop's.
 """
@@ -14,6 +26,8 @@ Every LMDB call runs on a worker thread, never on the event loop's.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +35,19 @@ from pathlib import Path
 
 from shardkv.shardd.records import Record
 from shardkv.shardd.store import Store
+
+log = logging.getLogger(__name__)
+
+# Snapshots (copies of the store) at once on one node: a backup copies nodes one after
+# another, so two leave room for a second backup or a retry while one is stalled.
+MAX_COPIES = 2
+# How long one more snapshot waits for a place before it is refused.
+BUSY_WAIT_S = 5.0
+PREFIX = ".snapshot-"
+
+
+class SnapshotsBusy(Exception):
+    """As many snapshots as the bound allows are in progress; retry when one has ended."""
 
 
 def _batches(copy: Store, batch_size: int, max_bytes: int) -> Iterator[tuple[str, list[Record]]]:
@@ -33,30 +60,82 @@ def _batches(copy: Store, batch_size: int, max_bytes: int) -> Iterator[tuple[str
             yield target, batch
 
 
-def _open_copy(store: Store) -> tuple[Path, Store]:
-    directory = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=store.path))
-    try:
-        store.copy(directory)
-        return directory, Store(directory, sync=False)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
+def _copies(data_dir: Path) -> list[Path]:
+    return sorted(path for path in data_dir.glob(PREFIX + "*") if not path.is_symlink())
 
 
-def _discard(directory: Path, copy: Store) -> None:
-    copy.close()
+async def _reserve(store: Store, max_copies: int, wait_s: float) -> Path:
+    """An empty directory for one more copy, once fewer than max_copies exist (waiting up
+    to wait_s), or SnapshotsBusy. No await comes between the last count and the creation,
+    so two calls cannot both take the last place."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while (copies := len(_copies(store.path))) >= max_copies:
+        if loop.time() >= deadline:
+            raise SnapshotsBusy(
+                f"{copies} snapshots of this node are in progress and at most {max_copies} run"
+                f" at once (each is a full copy of the store); none ended within {wait_s:g} s,"
+                " retry when one has ended"
+            )
+        await asyncio.sleep(0.05)
+    return Path(tempfile.mkdtemp(prefix=PREFIX, dir=store.path))
+
+
+def _open_copy(store: Store, directory: Path) -> Store:
+    store.copy(directory)
+    return Store(directory, sync=False)
+
+
+def _remove(directory: Path, copy: Store | None) -> None:
+    if copy is not None:
+        copy.close()
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def _remove_when_written(
+    loop: asyncio.AbstractEventLoop, directory: Path, opening: asyncio.Future[Store]
+) -> None:
+    """Done-callback of a copy whose stream ended first: removes it on a worker thread."""
+    failed = opening.cancelled() or opening.exception() is not None
+    loop.run_in_executor(None, _remove, directory, None if failed else opening.result())
+
+
 async def snapshot_batches(
-    store: Store, *, batch_size: int, max_bytes: int
+    store: Store,
+    *,
+    batch_size: int,
+    max_bytes: int,
+    max_copies: int = MAX_COPIES,
+    wait_s: float = BUSY_WAIT_S,
 ) -> AsyncIterator[tuple[str, list[Record]]]:
     """Every record and hint of a consistent copy of store, as (hint target or "",
-    records) batches of at most batch_size records and about max_bytes."""
-    directory, copy = await asyncio.to_thread(_open_copy, store)
+    records) batches of at most batch_size records and about max_bytes. Raises
+    SnapshotsBusy when max_copies copies exist for wait_s."""
+    directory = await _reserve(store, max_copies, wait_s)
+    loop = asyncio.get_running_loop()
+    opening = loop.run_in_executor(None, _open_copy, store, directory)
+    try:
+        # Shielded: a cancellation ends this stream, not the thread writing the copy.
+        copy = await asyncio.shield(opening)
+    except BaseException:
+        opening.add_done_callback(functools.partial(_remove_when_written, loop, directory))
+        raise
     try:
         batches = _batches(copy, batch_size, max_bytes)
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
             yield batch
     finally:
-        await asyncio.to_thread(_discard, directory, copy)
+        # Runs to the end on its thread even if this stream is cancelled again meanwhile.
+        await asyncio.shield(loop.run_in_executor(None, _remove, directory, copy))
+
+
+def remove_leftovers(data_dir: Path) -> list[tuple[Path, int]]:
+    """Removes the copies in data_dir that no stream owns (a crash or SIGKILL left them);
+    call before serving. Logs and returns each one's path and size in bytes."""
+    removed = []
+    for path in _copies(data_dir):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("snapshot_leftover_removed path=%s bytes=%d", path, size)
+        removed.append((path, size))
+    return removed

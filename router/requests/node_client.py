@@ -290,8 +290,14 @@ class NodeClient:
             timeout=timeout_s,
             metadata=self._metadata(),
         )
-        async for batch in call:
-            yield batch
+        try:
+            async for batch in call:
+                yield batch
+        finally:
+            # Closing this generator does not end the call: without the cancel, a Backup
+            # cancelled by its client kept the node's stream, and its copy of the store,
+            # open until the deadline (forever without one).
+            call.cancel()
 
     def batch_sizes(self) -> dict[str, SizeHistogram]:
         """Items per coalesced call, by kind of call (for the metrics endpoint)."""

@@ -28,6 +28,7 @@ from shardkv.shardd.errors import ResponseTooLarge
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.replica_service import ReplicaServicer
+from shardkv.shardd.snapshot import SnapshotsBusy
 from shardkv.shardd.store import StoreFull, TooManyTargets
 from shardkv.v1 import admin_pb2, kv_pb2, replica_pb2
 
@@ -49,6 +50,7 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     TooManyTargets: Code.RESOURCE_EXHAUSTED,
     CommitterOverloaded: Code.RESOURCE_EXHAUSTED,
     ResponseTooLarge: Code.RESOURCE_EXHAUSTED,
+    SnapshotsBusy: Code.RESOURCE_EXHAUSTED,
     Exhausted: Code.RESOURCE_EXHAUSTED,
     AnswerTooLarge: Code.RESOURCE_EXHAUSTED,
     StoreClosed: Code.UNAVAILABLE,
