@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -16,7 +16,7 @@ from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from . import core
 from .admin import AdminCall, AsyncAdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
-from .coalesce import AsyncBatcher
+from .coalesce import AsyncBatcher, Awaited, Waiting
 from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .retry import DEFAULT_RETRY, RetryPolicy
@@ -139,7 +139,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         wanted = core.check_keys(keys)
         level, deadline = self._level(consistency), self._deadline(timeout)
         pages = await asyncio.gather(
-            *(self._batch_get(chunk, deadline, level) for chunk in core.chunks(wanted))
+            *(self._batch_get(chunk, deadline, level=level) for chunk in core.chunks(wanted))
         )
         return core.found_values(outcome for page in pages for outcome in page)
 
@@ -153,7 +153,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         mutations = core.put_mutations(mapping)
         level, deadline = self._level(consistency), self._deadline(timeout)
         chunks = list(core.chunks(mutations))
-        pages = await asyncio.gather(*(self._batch_write(c, deadline, level) for c in chunks))
+        pages = await asyncio.gather(*(self._batch_write(c, deadline, level=level) for c in chunks))
         return core.written_versions(
             (m.key, outcome)
             for chunk, page in zip(chunks, pages, strict=True)
@@ -218,18 +218,37 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         return batcher
 
     async def _batch_get(
-        self, keys: list[bytes], deadline: float, level: Consistency | None
+        self,
+        keys: list[bytes],
+        deadline: float,
+        waiting: Waiting | None = None,
+        *,
+        level: Consistency | None,
     ) -> list[Record | ShardKVError | None]:
-        request = core.batch_get_request(keys, level)
-        reply = await self._invoke("BatchGet", request, Attempts(deadline))
-        return core.get_outcomes(keys, reply)
+        """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited)."""
+        batch = Awaited(keys, waiting, key_of=bytes)
+        build = partial(core.batch_get_request, level=level)
+        reply = await self._invoke(
+            "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
+        )
+        return batch.outcomes(core.get_outcomes(batch.carried(), reply))
 
     async def _batch_write(
-        self, mutations: list[kv_pb2.Mutation], deadline: float, level: Consistency | None
+        self,
+        mutations: list[kv_pb2.Mutation],
+        deadline: float,
+        waiting: Waiting | None = None,
+        *,
+        level: Consistency | None,
     ) -> list[int | ShardKVError]:
-        request = core.batch_write_request(mutations, level)
-        reply = await self._invoke("BatchWrite", request, Attempts(deadline))
-        return core.write_outcomes(mutations, reply)
+        """One BatchWrite; a retry carries only the mutations whose callers still wait, so
+        a write whose caller got DeadlineExceeded is never sent again (coalesce.Awaited)."""
+        batch = Awaited(mutations, waiting, key_of=core.mutation_key)
+        build = partial(core.batch_write_request, level=level)
+        reply = await self._invoke(
+            "BatchWrite", build(mutations), Attempts(deadline), again=batch.retry_with(build)
+        )
+        return batch.outcomes(core.write_outcomes(batch.carried(), reply))
 
     async def _admin_call(self, call: AdminCall[Reply], timeout: float | None) -> Reply:
         attempts = Attempts(self._deadline(timeout))
@@ -271,9 +290,12 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         attempts: Attempts,
         *,
         admin: AdminCall[Any] | None = None,
+        again: Callable[[], Message | None] | None = None,
     ) -> Any:
         """One RPC with retries and fail-over (see ``RetryPolicy``); Admin calls go to the
-        routers in order and are retried as the call allows (see ``shardkv.client.admin``)."""
+        routers in order and are retried as the call allows (see ``shardkv.client.admin``).
+        again, when given, makes each retry's request after the back-off; None from it
+        ends the call with the last error (nobody waits for a retry)."""
         if not self._channels:
             self._connect()
         stubs: Mapping[str, Any] = self._kv if admin is None else self._admin
@@ -290,6 +312,10 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 if wait is None:
                     raise error from err
                 await asyncio.sleep(wait)
+                retry = request if again is None else again()
+                if retry is None:
+                    raise error from err
+                request = retry
             else:
                 self._succeeded(target)
                 return reply

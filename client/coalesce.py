@@ -24,6 +24,10 @@ How, for both flavours below:
   ``DeadlineExceeded`` at once: if its item was still queued it is never sent; if it was
   already sent the answer is dropped and the outcome is unknown. A batch call runs until
   the latest deadline among its items.
+- A batch call retried (after UNAVAILABLE, see ``retry``) carries only the items whose
+  callers still wait, and is not retried when none does (``Awaited``): a caller that got
+  ``DeadlineExceeded`` may have written the key again since, and a late repeat of its
+  first write would overwrite that acknowledged write.
 
 ``AsyncBatcher`` (asyncio): the sender is a task of its own, so everything submitted in
 the same event-loop turn leaves in one call, and a caller's cancellation never cancels a
@@ -44,16 +48,20 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from .errors import Cancelled, DeadlineExceeded, ShardKVError
 
 I = TypeVar("I")  # noqa: E741 - the item type of a batch
 R = TypeVar("R")
+T = TypeVar("T")
 
+# Per item of a batch call, in order: whether its caller still waits for the outcome.
+Waiting = Callable[[], Sequence[bool]]
 # An outcome per item, in order; raises ShardKVError when the whole call failed.
-AsyncSend = Callable[[list[I], float], Awaitable[Sequence[R | ShardKVError]]]
-ThreadSend = Callable[[list[I], float], Sequence[R | ShardKVError]]
+AsyncSend = Callable[[list[I], float, Waiting], Awaitable[Sequence[R | ShardKVError]]]
+ThreadSend = Callable[[list[I], float, Waiting], Sequence[R | ShardKVError]]
 
 
 class _Waiter(Protocol):
@@ -79,6 +87,46 @@ def _timed_out(key: bytes) -> DeadlineExceeded:
         f"no answer for key {key[:64]!r} within the timeout; the outcome is unknown",
         keys=(key,),
     )
+
+
+class Awaited(Generic[I]):
+    """The items of one batch call, narrowed before each retry to those whose callers
+    still wait (waiting None: every item, as for ``put_many``, whose caller waits for all)."""
+
+    def __init__(
+        self, items: list[I], waiting: Waiting | None, *, key_of: Callable[[I], bytes]
+    ) -> None:
+        self._items = items
+        self._waiting = waiting
+        self._key_of = key_of
+        self._carried = list(range(len(items)))  # indexes the latest attempt carried
+
+    def carried(self) -> list[I]:
+        """The items the latest attempt carried (its reply answers these)."""
+        return [self._items[i] for i in self._carried]
+
+    def retry_with(self, build: Callable[[list[I]], T]) -> Callable[[], T | None]:
+        """What a retry sends, decided after its back-off: build of the items still
+        awaited, or None when no caller waits any more (then the call is not retried)."""
+
+        def again() -> T | None:
+            if self._waiting is not None:
+                waiting = self._waiting()
+                self._carried = [i for i in self._carried if waiting[i]]
+            return build(self.carried()) if self._carried else None
+
+        return again
+
+    def outcomes(self, replies: Sequence[R | ShardKVError]) -> list[R | ShardKVError]:
+        """Every item's outcome: its reply (replies follow carried()), or DeadlineExceeded
+        for one dropped from the retries (its caller gave up: the outcome is unknown)."""
+        if len(self._carried) == len(self._items):
+            return list(replies)
+        carried = dict(zip(self._carried, replies, strict=True))
+        return [
+            carried[index] if index in carried else _timed_out(self._key_of(item))
+            for index, item in enumerate(self._items)
+        ]
 
 
 def _whole_call_failed(batch_size: int, err: Exception) -> list[Exception]:
@@ -146,11 +194,18 @@ class AsyncBatcher(Generic[I, R]):
     def _live(waiter: _AsyncWaiter[I, R]) -> bool:
         return not waiter.future.done()  # done = the caller timed out or was cancelled
 
+    @staticmethod
+    def _waiting(batch: list[_AsyncWaiter[I, R]]) -> list[bool]:
+        now = time.monotonic()
+        return [not w.future.done() and w.deadline > now for w in batch]
+
     async def _dispatch(self, batch: list[_AsyncWaiter[I, R]]) -> None:
         outcomes: Sequence[R | Exception]
         try:
             outcomes = await self._send(
-                [waiter.item for waiter in batch], max(waiter.deadline for waiter in batch)
+                [waiter.item for waiter in batch],
+                max(waiter.deadline for waiter in batch),
+                partial(self._waiting, batch),
             )
         except asyncio.CancelledError:
             for waiter in batch:
@@ -241,6 +296,13 @@ class ThreadBatcher(Generic[I, R]):
     def _live(waiter: _ThreadWaiter[I, R]) -> bool:
         return waiter.state is _State.QUEUED
 
+    def _waiting(self, batch: list[_ThreadWaiter[I, R]]) -> list[bool]:
+        """Under the lock, so a caller gives up either before this (its item is dropped)
+        or after (the attempt this decides was under way when it gave up)."""
+        with self._lock:
+            now = time.monotonic()
+            return [w.state is _State.SENT and w.deadline > now for w in batch]
+
     def _lead(self, own: _ThreadWaiter[I, R]) -> None:
         """Sends own item with what is queued, hands out the outcomes, passes the slot on."""
         with self._lock:
@@ -256,7 +318,8 @@ class ThreadBatcher(Generic[I, R]):
         try:
             if batch:
                 items = [waiter.item for waiter in batch]
-                outcomes = self._send(items, max(w.deadline for w in batch))
+                deadline = max(w.deadline for w in batch)
+                outcomes = self._send(items, deadline, partial(self._waiting, batch))
             else:
                 outcomes = []
         except Exception as err:

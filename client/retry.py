@@ -13,7 +13,9 @@ connection). Every KV operation is safe to retry on it:
   version, so whether the first attempt was applied or not, the key ends in the state the
   caller asked for. (Between the two attempts another writer's value could be overwritten
   by the repeat: the same last-write-wins outcome as if the caller had written a little
-  later.)
+  later.) The repeat happens only while the caller still waits: a coalesced batch retries
+  only the items whose callers have not given up (``coalesce.Awaited``), so a write that
+  answered DeadlineExceeded never lands after its caller's next write.
 
 A batch reply's per-item UNAVAILABLE (the router could not reach enough replicas of that
 key) is raised, not retried: the router has already tried every replica it knows.

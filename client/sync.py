@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -16,7 +16,7 @@ from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from . import core
 from .admin import AdminCall, AdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
-from .coalesce import ThreadBatcher
+from .coalesce import Awaited, ThreadBatcher, Waiting
 from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .retry import DEFAULT_RETRY, RetryPolicy
@@ -153,7 +153,7 @@ class Client(ClientBase, AdminMethods):
         return core.found_values(
             outcome
             for chunk in core.chunks(wanted)
-            for outcome in self._batch_get(chunk, deadline, level)
+            for outcome in self._batch_get(chunk, deadline, level=level)
         )
 
     def put_many(
@@ -173,7 +173,9 @@ class Client(ClientBase, AdminMethods):
         return core.written_versions(
             (m.key, outcome)
             for chunk in list(core.chunks(mutations))
-            for m, outcome in zip(chunk, self._batch_write(chunk, deadline, level), strict=True)
+            for m, outcome in zip(
+                chunk, self._batch_write(chunk, deadline, level=level), strict=True
+            )
         )
 
     def scan(
@@ -248,18 +250,37 @@ class Client(ClientBase, AdminMethods):
             return batcher
 
     def _batch_get(
-        self, keys: list[bytes], deadline: float, level: Consistency | None
+        self,
+        keys: list[bytes],
+        deadline: float,
+        waiting: Waiting | None = None,
+        *,
+        level: Consistency | None,
     ) -> list[Record | ShardKVError | None]:
-        request = core.batch_get_request(keys, level)
-        return core.get_outcomes(keys, self._invoke("BatchGet", request, Attempts(deadline)))
+        """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited)."""
+        batch = Awaited(keys, waiting, key_of=bytes)
+        build = partial(core.batch_get_request, level=level)
+        reply = self._invoke(
+            "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
+        )
+        return batch.outcomes(core.get_outcomes(batch.carried(), reply))
 
     def _batch_write(
-        self, mutations: list[kv_pb2.Mutation], deadline: float, level: Consistency | None
+        self,
+        mutations: list[kv_pb2.Mutation],
+        deadline: float,
+        waiting: Waiting | None = None,
+        *,
+        level: Consistency | None,
     ) -> list[int | ShardKVError]:
-        request = core.batch_write_request(mutations, level)
-        return core.write_outcomes(
-            mutations, self._invoke("BatchWrite", request, Attempts(deadline))
+        """One BatchWrite; a retry carries only the mutations whose callers still wait, so
+        a write whose caller got DeadlineExceeded is never sent again (coalesce.Awaited)."""
+        batch = Awaited(mutations, waiting, key_of=core.mutation_key)
+        build = partial(core.batch_write_request, level=level)
+        reply = self._invoke(
+            "BatchWrite", build(mutations), Attempts(deadline), again=batch.retry_with(build)
         )
+        return batch.outcomes(core.write_outcomes(batch.carried(), reply))
 
     def _admin_call(self, call: AdminCall[Reply], timeout: float | None) -> Reply:
         attempts = Attempts(self._deadline(timeout))
@@ -297,9 +318,12 @@ class Client(ClientBase, AdminMethods):
         attempts: Attempts,
         *,
         admin: AdminCall[Any] | None = None,
+        again: Callable[[], Message | None] | None = None,
     ) -> Any:
         """One RPC with retries and fail-over (see ``RetryPolicy``); Admin calls go to the
-        routers in order and are retried as the call allows (see ``shardkv.client.admin``)."""
+        routers in order and are retried as the call allows (see ``shardkv.client.admin``).
+        again, when given, makes each retry's request after the back-off; None from it
+        ends the call with the last error (nobody waits for a retry)."""
         stubs: Mapping[str, Any] = self._kv if admin is None else self._admin
         repeatable = admin is None or admin.repeatable
         metadata = self._call_metadata()
@@ -314,6 +338,10 @@ class Client(ClientBase, AdminMethods):
                 if wait is None:
                     raise error from err
                 time.sleep(wait)
+                retry = request if again is None else again()
+                if retry is None:
+                    raise error from err
+                request = retry
             else:
                 self._succeeded(target)
                 return reply
