@@ -26,7 +26,7 @@ from shardkv.router.server import (
     RouterServer,
     TlsConfig,
 )
-from shardkv.serving import telemetry
+from shardkv.serving import connections, telemetry
 
 log = logging.getLogger("shardkv.router")
 
@@ -106,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     telemetry.add_flags(parser)
+    connections.add_flags(parser, connections.ROUTER_CONNECTIONS)
     return parser
 
 
@@ -151,6 +152,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         max_queued_per_node=args.max_queued_per_node,
         observe=telemetry.from_flags(args),
+        connections=connections.from_flags(args),
     )
 
 
@@ -194,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, process=args.id)
+    connections.raise_descriptor_limit()
     config = _config(parser, args)
     try:
         etcd = parse_etcd_url(args.topology) if args.topology else None

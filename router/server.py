@@ -34,12 +34,9 @@ from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.health import HealthMonitor, NodeHealth
 from shardkv.router.requests.hint_handoff import HintHandoff
 from shardkv.router.requests.node_client import MAX_QUEUED, NodeClient
-from shardkv.serving.telemetry import (
-    DEFAULT_OBSERVABILITY,
-    MetricsServer,
-    Observability,
-    RequestInterceptor,
-)
+from shardkv.serving.connections import ROUTER_CONNECTIONS, ConnectionLimits, server_options
+from shardkv.serving.metrics_http import MetricsServer
+from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -103,6 +100,8 @@ class RouterConfig:
     max_queued_per_node: int = MAX_QUEUED
     # The metrics endpoint and request logging.
     observe: Observability = DEFAULT_OBSERVABILITY
+    # How many connections the router holds, and how long unused or old ones live.
+    connections: ConnectionLimits = ROUTER_CONNECTIONS
 
 
 class RouterServer:
@@ -228,6 +227,7 @@ class RouterServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
                 ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+                *server_options(config.connections),
             ],
         )
         kv_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
@@ -260,7 +260,7 @@ class RouterServer:
         )
         port = self._bind(server)
         self._server = server
-        self._start_metrics(registry)
+        await self._start_metrics(registry)
         await self._monitor.check_all()
         await server.start()
         for name in ("", KV_SERVICE, ADMIN_SERVICE):
@@ -297,13 +297,13 @@ class RouterServer:
             raise BindError(f"cannot listen on {listen}: address in use or not local")
         return int(port)
 
-    def _start_metrics(self, registry: CollectorRegistry) -> None:
+    async def _start_metrics(self, registry: CollectorRegistry) -> None:
         listen = self._config.observe.metrics_listen
         if listen is None:
             return
         metrics = MetricsServer(registry, listen)
         try:
-            self.metrics_address = metrics.start()
+            self.metrics_address = await metrics.start()
         except OSError as err:
             raise BindError(str(err)) from err
         self._metrics = metrics
@@ -334,7 +334,7 @@ class RouterServer:
             await self._handoff.stop()
         await asyncio.gather(*(client.close() for client in self._clients.values()))
         if self._metrics is not None:
-            self._metrics.stop()
+            await self._metrics.stop()
         if self._clock is not None:
             await asyncio.to_thread(self._clock.close)
         log.info("router %s stopped", self._config.router_id)

@@ -1,5 +1,6 @@
 """What routers and nodes share for being watched: the request interceptor (request ids,
-per-method counts and latencies, request log lines) and the Prometheus HTTP endpoint.
+per-method counts and latencies, request log lines) and the flags of the Prometheus
+endpoint (served by ``shardkv.serving.metrics_http``).
 
 Every call to a ``shardkv.v1`` service passes the interceptor once: it takes the call's
 request id (``shardkv.common.requestid``), makes it the running task's, and on the way out
@@ -12,8 +13,9 @@ failed or took at least ``slow_request_s`` is logged at INFO, any other at DEBUG
 INFO too with ``log_requests``. Calls that gRPC refuses before any handler runs
 (``maximum_concurrent_rpcs``) are neither counted nor logged here.
 
-Metrics are served only when ``metrics_listen`` is set (``--metrics-listen``), by
-prometheus-client's HTTP server on a thread of its own at ``/metrics``.
+Metrics are served only when ``metrics_listen`` is set (``--metrics-listen``), at
+``/metrics`` by an asyncio HTTP server on the server's own event loop (no thread per
+connection).
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 import grpc.aio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from shardkv.common import requestid
 from shardkv.serving.tally import SizeHistogram
@@ -251,30 +252,3 @@ def size_histogram(
     for values, histogram in series:
         family.add_metric(values, histogram.cumulative(), sum_value=histogram.total)
     return family
-
-
-class MetricsServer:
-    """prometheus-client's HTTP server for one registry, on its own daemon thread."""
-
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
-        self._registry = registry
-        self._listen = listen
-        self._httpd: WSGIServer | None = None
-        self.address = ""
-
-    def start(self) -> str:
-        """Binds and serves /metrics; returns host:port. Raises OSError naming the address."""
-        host, _, port = self._listen.rpartition(":")
-        try:
-            self._httpd, _ = start_http_server(int(port), addr=host, registry=self._registry)
-        except (OSError, ValueError) as err:
-            raise OSError(f"cannot serve metrics on {self._listen}: {err}") from err
-        self.address = f"{host}:{self._httpd.server_port}"
-        log.info("metrics_serving url=http://%s/metrics", self.address)
-        return self.address
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()

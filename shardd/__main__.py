@@ -23,7 +23,7 @@ from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.logs import setup_logging
 from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
-from shardkv.serving import telemetry
+from shardkv.serving import connections, telemetry
 from shardkv.shardd.auth import NodeAuth, read_token
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
@@ -157,6 +157,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         " (INVALID_ARGUMENT); keep it equal to the routers' [clock] max_offset_ms",
     )
     telemetry.add_flags(parser)
+    connections.add_flags(parser, connections.DEFAULT_CONNECTIONS)
     args = parser.parse_args(argv)
     try:
         check_node_id(args.id, "--id")
@@ -186,6 +187,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         auth=_auth(parser, args),
         max_clock_offset_ms=args.max_clock_offset_ms,
         observe=telemetry.from_flags(args),
+        connections=connections.from_flags(args),
     ), args.log_level
 
 
@@ -240,6 +242,7 @@ async def serve(config: ServerConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config, level = parse_args(argv)
     setup_logging(level, process=config.node_id)
+    connections.raise_descriptor_limit()
     try:
         asyncio.run(serve(config))
     except (StoreOpenError, ListenError) as exc:

@@ -19,12 +19,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS, HybridClock
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
-from shardkv.serving.telemetry import (
-    DEFAULT_OBSERVABILITY,
-    MetricsServer,
-    Observability,
-    RequestInterceptor,
-)
+from shardkv.serving.connections import DEFAULT_CONNECTIONS, ConnectionLimits, server_options
+from shardkv.serving.metrics_http import MetricsServer
+from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
@@ -91,6 +88,8 @@ class ServerConfig:
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
     # The metrics endpoint and request logging.
     observe: Observability = DEFAULT_OBSERVABILITY
+    # How many connections the node holds, and how long unused ones live.
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS
 
 
 class ShardServer:
@@ -144,6 +143,7 @@ class ShardServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
                 ("grpc.max_receive_message_length", config.limits.max_message_bytes),
+                *server_options(config.connections),
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -160,7 +160,7 @@ class ShardServer:
         try:
             port = _bind(server, config.listen, config.tls)
             await server.start()
-            self._start_metrics(registry)
+            await self._start_metrics(registry)
         except BaseException:
             await server.stop(None)
             await self._storage.close()
@@ -193,13 +193,13 @@ class ShardServer:
         for warning in warnings:
             log.warning("%s", warning)
 
-    def _start_metrics(self, registry: CollectorRegistry) -> None:
+    async def _start_metrics(self, registry: CollectorRegistry) -> None:
         listen = self.config.observe.metrics_listen
         if listen is None:
             return
         metrics = MetricsServer(registry, listen)
         try:
-            self.metrics_address = metrics.start()
+            self.metrics_address = await metrics.start()
         except OSError as exc:
             raise ListenError(str(exc)) from exc
         self._metrics = metrics
@@ -220,7 +220,7 @@ class ShardServer:
         await self._health.enter_graceful_shutdown()
         await server.stop(grace)
         if self._metrics is not None:
-            self._metrics.stop()
+            await self._metrics.stop()
         await self.storage.close()
         log.info("stopped node_id=%s", self.config.node_id)
 

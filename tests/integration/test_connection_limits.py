@@ -1,0 +1,234 @@
+"""Idle connections cannot exhaust a server (security issue 14, item 7).
+
+Idle TCP connections took every descriptor of the router (then new clients' calls timed
+out) and the metrics endpoint ran a thread per connection. Now the descriptor limit is
+raised to its hard maximum at start, gRPC closes connections beyond a bound derived from
+it, connections that never speak HTTP/2 and idle ones are closed after a while, and the
+metrics endpoint is an asyncio server on the event loop with its own bound. Every process
+runs for real; the router's descriptor limit is lowered with prlimit so that it is
+reachable with a few thousand connections.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from shardkv.v1 import kv_pb2, kv_pb2_grpc
+
+METRICS = ["--metrics-listen", "127.0.0.1:0"]
+
+# The router starts with 256 descriptors and may raise that to 1024; the flood is 2,000.
+SOFT, HARD = 256, 1024
+FLOOD = 2000
+METRICS_FLOOD = 1000
+
+
+def _status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise KeyError(field)
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise KeyError("Max open files")
+
+
+def _idle_connections(address: str, count: int) -> list[socket.socket]:
+    """count TCP connections to address that never send a byte."""
+    host, _, port = address.rpartition(":")
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect((host, int(port)))
+        except BlockingIOError:
+            pass
+        sockets.append(sock)
+    return sockets
+
+
+def _metrics_address(proc: Proc) -> str:
+    return re.findall(r"metrics_serving url=http://(\S+)/metrics", proc.log())[-1]
+
+
+def _scrape(address: str) -> tuple[int, float]:
+    """The status of one GET /metrics on a new connection (0: closed or reset with no
+    answer, or none within 5 s), and the seconds it took."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+            reply.read()
+            status = int(reply.status)
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError:
+        status = 0
+    return status, time.monotonic() - started
+
+
+@pytest.fixture
+def limited(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Three nodes and a router, all serving metrics; the router is started by prlimit with
+    SOFT descriptors, HARD at most."""
+    nodes = [shardd_proc(tmp_path, f"n{i}", extra=METRICS) for i in (1, 2, 3)]
+    config = write_cluster_toml(tmp_path / "cluster.toml", nodes)
+    router = router_proc(tmp_path, config, extra=[*METRICS, *getattr(request, "param", [])])
+    router.argv = ["prlimit", f"--nofile={SOFT}:{HARD}", "--", *router.argv]
+    cluster = Cluster(tmp_path, nodes, [router], config)
+    try:
+        for proc in nodes:
+            proc.start(wait=False)
+        for proc in nodes:
+            wait_serving(proc.address)
+        router.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is None or report.failed:
+            print(cluster.logs()[-30000:])
+
+
+def _put(channel: grpc.Channel, key: bytes, timeout_s: float) -> None:
+    kv_pb2_grpc.KVStub(channel).Put(
+        kv_pb2.PutRequest(key=key, value=b"v"), timeout=timeout_s, wait_for_ready=True
+    )
+
+
+@pytest.mark.timeout(120)
+def test_idle_connections_leave_the_router_serving(limited: Cluster) -> None:
+    router = limited.router
+    pid = router.pid
+    threads_before = _status(pid, "Threads")
+    with grpc.insecure_channel(router.address) as connected:
+        _put(connected, b"before", 5)
+        flood = _idle_connections(router.address, FLOOD)
+        try:
+            time.sleep(2)
+            held = _descriptors(pid)
+            # A client connected before the flood is served throughout.
+            _put(connected, b"during", 5)
+            # A new client is served once the idle connections time out.
+            started = time.monotonic()
+            options = [
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+            with grpc.insecure_channel(router.address, options=options) as fresh:
+                try:
+                    _put(fresh, b"new-client", 30)
+                except grpc.RpcError as err:
+                    raise AssertionError(
+                        f"a new client's call failed during the flood: {err.code()};"
+                        f" router descriptors {_descriptors(pid)}"
+                    ) from err
+            waited = time.monotonic() - started
+            threads = _status(pid, "Threads")
+        finally:
+            for sock in flood:
+                sock.close()
+    limit = _open_files_limit(pid)
+    print(
+        f"{FLOOD} idle connections: router descriptors {held} of {limit[0]}, threads"
+        f" {threads_before} -> {threads}; a new client's Put succeeded after {waited:.1f} s"
+    )
+    assert held < limit[0] - 32, f"{held} descriptors open of {limit[0]}"
+    assert "File descriptor limit reached" not in router.log()
+    assert threads <= threads_before + 4
+    assert limit == (HARD, HARD), "the descriptor limit was not raised to its hard maximum"
+    assert re.search(rf"descriptor_limit raised from={SOFT} to={HARD}", router.log())
+
+
+@pytest.mark.timeout(120)
+def test_idle_metrics_connections_start_no_threads(limited: Cluster) -> None:
+    for proc in (limited.router, limited.nodes[0]):
+        address = _metrics_address(proc)
+        assert _scrape(address)[0] == 200
+        threads_before = _status(proc.pid, "Threads")
+        flood = _idle_connections(address, METRICS_FLOOD)
+        try:
+            time.sleep(3)
+            threads = _status(proc.pid, "Threads")
+            descriptors = _descriptors(proc.pid)
+            # Refused at once (503, or closed) while the bound is full, then answered 200
+            # once the idle connections have been closed.
+            started, scrapes = time.monotonic(), [(0, 0.0)]
+            while scrapes[-1][0] != 200:
+                assert time.monotonic() - started < 30, f"no scrape answered 200: {scrapes}"
+                time.sleep(0.5)
+                scrapes.append(_scrape(address))
+            waited = time.monotonic() - started
+            statuses = [status for status, _ in scrapes[1:]]
+        finally:
+            for sock in flood:
+                sock.close()
+        print(
+            f"{proc.name}: {METRICS_FLOOD} idle metrics connections: threads {threads_before}"
+            f" -> {threads}, descriptors {descriptors}; scrapes {sorted(set(statuses))},"
+            f" 200 after {waited:.1f} s"
+        )
+        assert threads <= threads_before + 2, f"{threads - threads_before} threads more"
+        assert max(seconds for _, seconds in scrapes) < 2, f"a scrape hung: {scrapes}"
+        assert proc.alive()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "limited",
+    [
+        [
+            "--max-connection-idle-s",
+            "1",
+            "--max-connection-age-s",
+            "2",
+            "--max-connection-age-grace-s",
+            "1",
+        ]
+    ],
+    indirect=True,
+)
+def test_idle_and_old_connections_are_closed(limited: Cluster) -> None:
+    router = limited.router
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(router.address, options=options) as channel:
+        states: list[grpc.ChannelConnectivity] = []
+        channel.subscribe(states.append)
+        _put(channel, b"k", 5)
+        # No call for the idle time: the router closes the connection (GOAWAY), the
+        # channel goes IDLE and reconnects for the next call.
+        time.sleep(2.5)
+        assert states[-2:] == [grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE]
+        _put(channel, b"k", 5)
+        # A call outliving its connection's age plus grace is cut.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=20
+        )
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in watch:
+                pass
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+        assert "max connection age" in (err.value.details() or "")
+        assert time.monotonic() - started < 5

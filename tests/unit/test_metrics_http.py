@@ -1,0 +1,133 @@
+"""The metrics endpoint in-process: what it answers, its bound on connections, its idle
+timeout, and the gRPC server options and flags of the connection limits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import threading
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+from shardkv.serving import connections
+from shardkv.serving.metrics_http import MetricsServer
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _server(**kwargs: float) -> tuple[MetricsServer, str, int]:
+    registry = CollectorRegistry()
+    Counter("probe_calls", "Calls.", registry=registry).inc(3)
+    server = MetricsServer(registry, "127.0.0.1:0", **kwargs)  # type: ignore[arg-type]
+    address = await server.start()
+    host, _, port = address.rpartition(":")
+    return server, host, int(port)
+
+
+async def _request(conn: Conn, head: str) -> tuple[str, dict[str, str], bytes]:
+    reader, writer = conn
+    writer.write(head.encode())
+    status, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().strip().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    body = await reader.readexactly(int(headers["content-length"])) if "HEAD" not in head else b""
+    return status, headers, body
+
+
+def test_answers_get_head_and_errors_on_one_kept_alive_connection() -> None:
+    async def main() -> None:
+        server, host, port = await _server()
+        conn = await asyncio.open_connection(host, port)
+        status, headers, body = await _request(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == "HTTP/1.1 200 OK"
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert b"probe_calls_total 3.0" in body
+        status, headers, _ = await _request(conn, "HEAD /metrics HTTP/1.1\r\n\r\n")
+        assert status == "HTTP/1.1 200 OK" and int(headers["content-length"]) == len(body)
+        request = "GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n"
+        status, headers, zipped = await _request(conn, request)
+        assert headers["content-encoding"] == "gzip" and gzip.decompress(zipped) == body
+        assert (await _request(conn, "GET /x HTTP/1.1\r\n\r\n"))[0].endswith("404 Not Found")
+        assert (await _request(conn, "DELETE / HTTP/1.1\r\n\r\n"))[0].endswith(
+            "405 Method Not Allowed"
+        )
+        status, headers, _ = await _request(conn, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert status.endswith("200 OK") and headers["connection"] == "close"
+        assert await conn[0].read() == b""  # closed after the answer
+        conn[1].close()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_bounds_connections_closes_idle_ones_and_starts_no_thread() -> None:
+    async def main() -> None:
+        server, host, port = await _server(max_connections=2, idle_s=0.3)
+        threads = threading.active_count()
+        held = [await asyncio.open_connection(host, port) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection(host, port)
+        assert (await reader.read()).startswith(b"HTTP/1.1 503 Service Unavailable")
+        writer.close()
+        # Held connections that send nothing are closed after idle_s.
+        for held_reader, _ in held:
+            assert await asyncio.wait_for(held_reader.read(), 2) == b""
+        assert threading.active_count() == threads
+        conn = await asyncio.open_connection(host, port)
+        assert (await _request(conn, "GET /metrics HTTP/1.1\r\n\r\n"))[0].endswith("200 OK")
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 431")
+        await server.stop()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_a_taken_port_is_an_os_error_naming_the_address() -> None:
+    async def main() -> None:
+        server, host, port = await _server()
+        with pytest.raises(OSError, match=f"cannot serve metrics on {host}:{port}"):
+            await MetricsServer(CollectorRegistry(), f"{host}:{port}").start()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def test_connection_limits_become_grpc_options() -> None:
+    limits = connections.ConnectionLimits(max_connections=100, max_age_s=2.5, age_grace_s=1)
+    assert dict(connections.server_options(limits)) == {
+        "grpc.max_allowed_incoming_connections": 100,
+        "grpc.server_handshake_timeout_ms": 10_000,
+        "grpc.max_connection_idle_ms": 60_000,
+        "grpc.max_connection_age_ms": 2500,
+        "grpc.max_connection_age_grace_ms": 1000,
+    }
+    options = dict(connections.server_options(connections.ConnectionLimits(idle_s=None)))
+    assert options["grpc.max_allowed_incoming_connections"] == connections.default_bound(
+        connections.descriptor_limit()
+    )
+    assert "grpc.max_connection_idle_ms" not in options
+    assert "grpc.max_connection_age_ms" not in options
+    assert connections.default_bound(1024) == 896
+    assert connections.default_bound(256) == 192
+    assert connections.default_bound(20) == connections.MIN_CONNECTIONS
+
+
+def test_connection_flags() -> None:
+    parser = argparse.ArgumentParser()
+    connections.add_flags(parser, connections.ROUTER_CONNECTIONS)
+    assert connections.from_flags(parser.parse_args([])) == connections.ROUTER_CONNECTIONS
+    args = parser.parse_args(
+        ["--max-connections", "50", "--max-connection-idle-s", "0", "--max-connection-age-s", "0"]
+    )
+    assert connections.from_flags(args) == connections.ConnectionLimits(
+        max_connections=50, idle_s=None, max_age_s=None
+    )
+    for bad in (
+        ["--max-connections", "0"],
+        ["--handshake-timeout-s", "0"],
+        ["--max-connection-idle-s", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
