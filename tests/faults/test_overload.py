@@ -88,7 +88,9 @@ def _batch_key(i: int, j: int) -> bytes:
 
 def _batch(stub: kv_pb2_grpc.KVStub, i: int) -> Awaitable[object]:
     mutations = [kv_pb2.Mutation(key=_batch_key(i, j), value=BATCH_VALUE) for j in range(1000)]
-    return stub.BatchWrite(kv_pb2.BatchWriteRequest(mutations=mutations), timeout=20)
+    # A deadline far beyond any shedding delay: a batch the router sheds is answered at once,
+    # so running out of it means a hung router, not a busy machine.
+    return stub.BatchWrite(kv_pb2.BatchWriteRequest(mutations=mutations), timeout=60)
 
 
 @pytest.mark.timeout(90)
@@ -136,7 +138,7 @@ def test_flooded_node_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
         node.stop()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_flooded_router_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
     cluster = start_faulty_cluster(
         tmp_path, router_extra=["--max-concurrent-rpcs", "64", "--max-queued-per-node", "500"]
