@@ -7,6 +7,7 @@ take the wrappers from here, so these entries are in the table before any handle
 from __future__ import annotations
 
 import grpc
+from shardkv.common.hlc import ClockStateError
 from shardkv.router.membership.move_plan import BadNode, MoveConflict, NodeExists, NodeUnknown
 from shardkv.router.membership.topology import TopologyError
 from shardkv.router.membership.topology_store import StoreUnavailable
@@ -27,7 +28,11 @@ class Exhausted(Exception):
 
 
 # StoreUnavailable: the topology store (etcd) is away, so topology changes are refused.
-register(grpc.StatusCode.UNAVAILABLE, Unavailable, ScanUnavailable, StoreUnavailable)
+# ClockStateError: the clock's reservation could not be renewed (its state file); writes
+# wait for it, and a retry can succeed once the file is writable again.
+register(
+    grpc.StatusCode.UNAVAILABLE, Unavailable, ScanUnavailable, StoreUnavailable, ClockStateError
+)
 
 
 class AnswerTooLarge(Exception):

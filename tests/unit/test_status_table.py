@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 import grpc
 import grpc.aio
 import pytest
+from shardkv.common.hlc import ClockStateError
 from shardkv.common.limits import LimitExceeded
 from shardkv.router.api.admin_service import AdminService
 from shardkv.router.api.errors import AnswerTooLarge, Exhausted, Unavailable
@@ -58,6 +59,7 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     Unavailable: Code.UNAVAILABLE,
     ScanUnavailable: Code.UNAVAILABLE,
     StoreUnavailable: Code.UNAVAILABLE,
+    ClockStateError: Code.UNAVAILABLE,
 }
 
 SERVICE = "shardkv.test.Probe"
