@@ -144,8 +144,10 @@ def write_cluster_toml(
     write_quorum: int = 2,
     health_interval_ms: int = 200,
     weights: Sequence[int] | None = None,
+    extra_toml: str = "",
 ) -> Path:
-    """Writes the topology file a router reads (the format README documents)."""
+    """Writes the topology file a router reads (the format README documents); extra_toml
+    (tables such as [repair] or [clock]) goes at its end."""
     lines = [
         "epoch = 1",
         f"replication = {replication}",
@@ -168,7 +170,7 @@ def write_cluster_toml(
             f"weight = {weight}",
             "",
         ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + extra_toml)
     return path
 
 
@@ -233,6 +235,7 @@ def start_cluster(
     write_quorum: int = 2,
     router_extra: Sequence[str] = (),
     node_extra: Sequence[str] = (),
+    extra_toml: str = "",
 ) -> Cluster:
     """Starts nodes n1..nN and routers r1..rM and waits until every one is SERVING."""
     node_procs = [shardd_proc(base, f"n{i + 1}", extra=node_extra) for i in range(nodes)]
@@ -242,6 +245,7 @@ def start_cluster(
         replication=replication,
         read_quorum=read_quorum,
         write_quorum=write_quorum,
+        extra_toml=extra_toml,
     )
     router_procs = [
         router_proc(base, config, f"r{i + 1}", extra=router_extra) for i in range(routers)

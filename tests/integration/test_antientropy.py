@@ -18,7 +18,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import BIN, Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from harness import (
+    BIN,
+    Cluster,
+    Proc,
+    start_cluster,
+)
 from shardkv.client import Client
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 
@@ -32,17 +37,8 @@ tombstone_grace_s = {GRACE_S}
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    nodes = [shardd_proc(tmp_path, f"n{i}") for i in range(1, 4)]
-    config = write_cluster_toml(tmp_path / "cluster.toml", nodes)
-    with config.open("a") as out:
-        out.write(EXTRA_TOML)
-    running = Cluster(tmp_path, nodes, [router_proc(tmp_path, config)], config)
+    running = start_cluster(tmp_path, extra_toml=EXTRA_TOML)
     try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            wait_serving(node.address)
-        running.router.start()
         yield running
     except BaseException:
         print(running.logs())

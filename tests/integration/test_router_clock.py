@@ -17,7 +17,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import BIN, Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from harness import (
+    BIN,
+    Cluster,
+    Proc,
+    router_proc,
+    start_cluster,
+)
 from shardkv.common.hlc import LOGICAL_BITS
 from shardkv.shardd.records import Record
 from shardkv.shardd.store import Store
@@ -36,18 +42,10 @@ max_offset_ms = {MAX_OFFSET_MS}
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    flag = ["--max-clock-offset-ms", str(MAX_OFFSET_MS)]
-    nodes = [shardd_proc(tmp_path, f"n{i}", extra=flag) for i in range(1, 4)]
-    config = write_cluster_toml(tmp_path / "cluster.toml", nodes)
-    with config.open("a") as out:
-        out.write(EXTRA_TOML)
-    running = Cluster(tmp_path, nodes, [router_proc(tmp_path, config)], config)
+    running = start_cluster(
+        tmp_path, node_extra=["--max-clock-offset-ms", str(MAX_OFFSET_MS)], extra_toml=EXTRA_TOML
+    )
     try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            wait_serving(node.address)
-        running.router.start()
         yield running
     except BaseException:
         print(running.logs())
