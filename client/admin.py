@@ -7,15 +7,16 @@ How Admin calls travel (the shells' ``_admin_call`` and ``_admin_stream``):
 - They go to the routers in the order given, the first that answers, rather than round
   robin as KV calls do, so that a sequence of them (add a node, then follow its move) sees
   one router's view.
-- Reads (topology, health, moves, repair status, status, backup before its first batch)
-  and ``restore`` (records carry their versions, so a repeat changes nothing) are repeated
-  after UNAVAILABLE as the client's ``RetryPolicy`` says, like KV calls.
-- ``add_node``, ``remove_node`` and ``repair`` have a lasting effect, and an UNAVAILABLE
-  answer does not tell whether the router acted. They are never sent twice to one router:
-  after UNAVAILABLE they go at once to a router this call has not tried, if there is one
-  (as shardctl's own Admin client did), and otherwise fail. A node add or remove that one
-  router applied is refused by the next (ALREADY_EXISTS, NOT_FOUND or FAILED_PRECONDITION),
-  not applied twice; a second repair pass repairs nothing the first did not.
+- Reads (topology, health, moves, repair status, status, rebuilds, backup before its
+  first batch) and ``restore`` (records carry their versions, so a repeat changes nothing)
+  are repeated after UNAVAILABLE as the client's ``RetryPolicy`` says, like KV calls.
+- ``add_node``, ``remove_node``, ``repair`` and ``rebuild_node`` have a lasting effect, and
+  an UNAVAILABLE answer does not tell whether the router acted. They are never sent twice
+  to one router: after UNAVAILABLE they go at once to a router this call has not tried, if
+  there is one (as shardctl's own Admin client did), and otherwise fail. A node add or
+  remove that one router applied is refused by the next (ALREADY_EXISTS, NOT_FOUND or
+  FAILED_PRECONDITION), not applied twice; a second repair pass repairs nothing the first
+  did not, and a second rebuild of a node only copies its ranges again.
 
 No I/O happens here.
 """
@@ -78,6 +79,10 @@ GET_REPAIR = AdminRPC("GetRepair", admin_pb2.GetRepairRequest, admin_pb2.RepairS
 GET_STATUS = AdminRPC("GetStatus", admin_pb2.GetStatusRequest, admin_pb2.ClusterStatus)
 BACKUP = AdminRPC("Backup", admin_pb2.BackupRequest, replica_pb2.SnapshotBatch)  # a stream
 RESTORE = AdminRPC("Restore", admin_pb2.RestoreRequest, admin_pb2.RestoreResponse)
+REBUILD_NODE = AdminRPC(
+    "RebuildNode", admin_pb2.RebuildNodeRequest, admin_pb2.Rebuild, repeatable=False
+)
+GET_REBUILDS = AdminRPC("GetRebuilds", admin_pb2.GetRebuildsRequest, admin_pb2.GetRebuildsResponse)
 
 
 def _doc(twin: Callable[..., object]) -> Callable[[F], F]:
@@ -170,6 +175,17 @@ class AdminMethods:
         router's batch limit per call."""
         return self._admin_call(RESTORE.call(records=records), timeout)
 
+    def rebuild_node(self, node_id: str, *, timeout: float | None = None) -> admin_pb2.Rebuild:
+        """Starts rebuilding a node from every other owner of each of its ranges, or finds
+        the rebuild running; returns its ``Rebuild`` (follow it with ``rebuilds()``). An
+        unknown id fails with ``NotFound``, a move in progress with ``FailedPrecondition``.
+        Never repeated on one router."""
+        return self._admin_call(REBUILD_NODE.call(id=node_id), timeout)
+
+    def rebuilds(self, *, timeout: float | None = None) -> admin_pb2.GetRebuildsResponse:
+        """The latest ``Rebuild`` of each node this router rebuilt or rebuilds."""
+        return self._admin_call(GET_REBUILDS.call(), timeout)
+
 
 class AsyncAdminMethods:
     """The Admin methods of ``AsyncClient``: those of ``Client`` (``AdminMethods``), each a
@@ -228,3 +244,13 @@ class AsyncAdminMethods:
         self, records: Sequence[replica_pb2.Record], *, timeout: float | None = None
     ) -> admin_pb2.RestoreResponse:
         return await self._admin_call(RESTORE.call(records=records), timeout)
+
+    @_doc(AdminMethods.rebuild_node)
+    async def rebuild_node(
+        self, node_id: str, *, timeout: float | None = None
+    ) -> admin_pb2.Rebuild:
+        return await self._admin_call(REBUILD_NODE.call(id=node_id), timeout)
+
+    @_doc(AdminMethods.rebuilds)
+    async def rebuilds(self, *, timeout: float | None = None) -> admin_pb2.GetRebuildsResponse:
+        return await self._admin_call(GET_REBUILDS.call(), timeout)

@@ -23,12 +23,14 @@ from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.metrics import RouterCollector, router_registry
 from shardkv.router.api.operations import Operations
 from shardkv.router.api.security import TokenInterceptor, channel_credentials, server_credentials
+from shardkv.router.membership.identity import IdentityGuard
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_driver import Rebalancer
 from shardkv.router.membership.store_file import FileTopologyStore
 from shardkv.router.membership.topology import NodeConfig, Topology
 from shardkv.router.membership.topology_store import TopologyStore
 from shardkv.router.repair.anti_entropy import AntiEntropy
+from shardkv.router.repair.rebuild import Rebuilder
 from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.health import HealthMonitor, NodeHealth
@@ -121,6 +123,8 @@ class RouterServer:
         self._membership: Membership | None = None
         self._rebalancer: Rebalancer | None = None
         self._antientropy: AntiEntropy | None = None
+        self._guard: IdentityGuard | None = None
+        self._rebuilder: Rebuilder | None = None
         self._metrics: MetricsServer | None = None
         self._clock: HybridClock | None = None
         # host:port of the metrics endpoint; empty when it is off.
@@ -201,6 +205,20 @@ class RouterServer:
             interval_s=health_interval_s,
             timeout_s=min(self._call_timeout_s, max(0.5, health_interval_s)),
         )
+        # Which nodes count toward quorums (their data directories), and their rebuilds.
+        guard = self._guard = IdentityGuard(
+            membership=membership,
+            health=self.health,
+            interval_s=health_interval_s,
+            timeout_s=self._call_timeout_s,
+        )
+        rebuilder = self._rebuilder = Rebuilder(
+            router_id=config.router_id,
+            membership=membership,
+            health=self.health,
+            guard=guard,
+            max_records_per_s=topology.rebalance.max_records_per_s,
+        )
         self._handoff = HintHandoff(
             self._clients, self.health, interval_s=timeouts.hint_interval_ms / 1000
         )
@@ -244,6 +262,8 @@ class RouterServer:
                 handoff=self._handoff,
                 rebalancer=rebalancer,
                 antientropy=antientropy,
+                guard=guard,
+                rebuilder=rebuilder,
                 operations=Operations(
                     coordinator=coordinator,
                     membership=membership,
@@ -262,6 +282,7 @@ class RouterServer:
         self._server = server
         await self._start_metrics(registry)
         await self._monitor.check_all()
+        await guard.check_all()
         await server.start()
         for name in ("", KV_SERVICE, ADMIN_SERVICE):
             await self._health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -270,6 +291,7 @@ class RouterServer:
         membership.start(self._monitor)
         rebalancer.start()
         antientropy.start()
+        guard.start()
         log.info(
             "router %s serving on port %d: %d nodes, N=%d R=%d W=%d, epoch %d",
             config.router_id,
@@ -325,7 +347,13 @@ class RouterServer:
         await self._health_servicer.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
-        for loop in (self._rebalancer, self._antientropy, self._membership):
+        for loop in (
+            self._rebuilder,
+            self._guard,
+            self._rebalancer,
+            self._antientropy,
+            self._membership,
+        ):
             if loop is not None:
                 await loop.stop()
         if self._monitor is not None:

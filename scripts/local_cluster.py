@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -55,6 +56,8 @@ def write_config(path: Path, *, nodes: int, base_port: int, n: int, r: int, w: i
         "# Topology of the local cluster, written by `make cluster`.",
         "# N = replicas per key, R / W = read / write quorums (R + W > N: read your writes).",
         "epoch = 1",
+        "# Names the cluster: its nodes' data directories are claimed under it.",
+        f'cluster_id = "local-{secrets.token_hex(4)}"',
         f"replication = {n}",
         f"read_quorum = {r}",
         f"write_quorum = {w}",

@@ -6,7 +6,8 @@
   ``lookup`` reads of many keys within a byte budget, each key once; ``node`` the
   store plus its group committer; ``commit`` group commit (one
   transaction and one fsync per batch of writes); ``ranges`` token-range streams,
-  digests and purges; ``snapshot`` compacted copies for backups.
+  digests and purges; ``snapshot`` compacted copies for backups; ``identity`` whose the
+  data directory is (node, cluster, generation), and the rebuild lease.
 - ``kv_service`` / ``replica_service`` the public and internal gRPC services; ``convert``
   records to and from protobuf; ``validate`` request checks; ``errors`` their status codes;
   ``gate`` closes the store under running calls; ``metrics`` the node's Prometheus metrics.

@@ -4,7 +4,8 @@
 
 Exits 0 after a graceful shutdown, 1 when the node cannot start (data directory or listen
 address unusable, or a non-loopback address with neither a node token nor router
-certificate names and no --insecure; one log line says why), 2 for a bad flag.
+certificate names and no --insecure; one log line says why), 2 for a bad flag or a data
+directory made for another node id (the line names both ids).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shardkv.common.logs import setup_logging
 from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
 from shardkv.serving import connections, telemetry
 from shardkv.shardd.auth import NodeAuth, read_token
+from shardkv.shardd.identity import WrongNode
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
 from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
 
@@ -248,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreOpenError, ListenError) as exc:
         log.error("cannot start node_id=%s error=%s", config.node_id, exc)
         return 1
+    except WrongNode as exc:
+        log.error("refusing to start node_id=%s error=%s", config.node_id, exc)
+        return 2
     return 0
 
 

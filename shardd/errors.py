@@ -10,6 +10,7 @@ import grpc
 from shardkv.serving.status import register, streaming, unary
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.gate import StoreClosed
+from shardkv.shardd.identity import IdentityConflict
 from shardkv.shardd.snapshot import SnapshotsBusy
 from shardkv.shardd.store import StoreFull, TooManyTargets
 
@@ -31,5 +32,7 @@ register(
 )
 # Snapshots at their bound (each a full copy of the store): retry when one has ended.
 register(grpc.StatusCode.RESOURCE_EXHAUSTED, SnapshotsBusy)
+# The directory's identity is not what the caller saw, or another router rebuilds the node.
+register(grpc.StatusCode.FAILED_PRECONDITION, IdentityConflict)
 # The node is shutting down: another replica can answer.
 register(grpc.StatusCode.UNAVAILABLE, StoreClosed, CommitterClosed)

@@ -25,11 +25,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lmdb
+from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.records import Hint, Record, decode, stamp_of
 
 _Db = lmdb._Database
 HINT_PREFIX = b"hints:"
 MARK_PREFIX = b"marks:"
+# The longest target id a hints or marks database name holds.
+MAX_TARGET_BYTES = 255
 _STAMP = struct.Struct(">QI")
 
 Stamp = tuple[int, int]
@@ -37,6 +40,16 @@ Stamp = tuple[int, int]
 PutIfNewer = Callable[[lmdb.Transaction, _Db, Record], bool]
 # Where a page of hints starts: in the hints, then in the markers (None: that walk is done).
 Resume = tuple[bytes | None, bytes | None]
+
+
+def check_target(target: str) -> None:
+    """Raises LimitExceeded unless target can name a hint database."""
+    if not target:
+        raise LimitExceeded("hint target must not be empty")
+    if len(target.encode()) > MAX_TARGET_BYTES:
+        raise LimitExceeded(
+            f"hint target {target[:64]!r} exceeds the limit of {MAX_TARGET_BYTES} bytes"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,10 @@ class Parked:
                 continue
             kind = self._hints if name.startswith(HINT_PREFIX) else self._marks
             kind[name.split(b":", 1)[1].decode()] = env.open_db(name, txn=txn, create=False)
+
+    def targets(self) -> set[str]:
+        """Every node a hints or marks database exists for."""
+        return set(self._hints) | set(self._marks)
 
     def adopt(self, opened: Opened) -> None:
         """Makes databases created by a committed transaction visible to later calls."""

@@ -14,6 +14,7 @@ from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.common.ring_tokens import TokenRanges
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import streaming, unary
+from shardkv.shardd.identity import Change, DirectoryIdentity, View
 from shardkv.shardd.metrics import stats_response
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
@@ -28,9 +29,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     """shardkv.v1.Replica on one node."""
 
-    def __init__(self, storage: NodeStorage, *, limits: Limits) -> None:
+    def __init__(
+        self, storage: NodeStorage, *, limits: Limits, directory: DirectoryIdentity
+    ) -> None:
         self._storage = storage
         self._limits = limits
+        self._directory = directory
 
     @unary
     async def Apply(
@@ -207,6 +211,49 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             yield replica_pb2.SnapshotBatch(
                 records=[record_to_pb(r) for r in batch], hint_target=target
             )
+
+    @unary
+    async def Identity(
+        self, request: replica_pb2.IdentityRequest, context: Context
+    ) -> replica_pb2.DirectoryIdentity:
+        return identity_pb(self._directory.view())
+
+    @unary
+    async def SetIdentity(
+        self, request: replica_pb2.SetIdentityRequest, context: Context
+    ) -> replica_pb2.DirectoryIdentity:
+        change = Change(
+            expect_generation=request.expect_generation,
+            expect_claimed=request.expect_claimed,
+            expect_cluster_id=request.expect_cluster_id,
+            cluster_id=request.cluster_id,
+            generation=request.generation,
+            advance_boot=request.advance_boot,
+            rebuild_by=request.rebuild_by,
+        )
+        return identity_pb(await self._directory.change(change))
+
+    @unary
+    async def RebuildLease(
+        self, request: replica_pb2.RebuildLeaseRequest, context: Context
+    ) -> replica_pb2.DirectoryIdentity:
+        if not request.router_id:
+            raise LimitExceeded("RebuildLease needs a router_id")
+        return identity_pb(self._directory.lease(request.router_id, release=request.release))
+
+
+def identity_pb(view: View) -> replica_pb2.DirectoryIdentity:
+    identity = view.identity
+    return replica_pb2.DirectoryIdentity(
+        node_id=identity.node_id,
+        cluster_id=identity.cluster_id,
+        generation=identity.generation,
+        claimed=identity.claimed,
+        boot=view.boot,
+        advanced_boot=identity.advanced_boot,
+        rebuild_by=view.rebuild_by,
+        rebuild_idle_ms=view.rebuild_idle_ms,
+    )
 
 
 def markers_of(request: replica_pb2.ApplyRequest) -> list[Marker]:

@@ -23,6 +23,7 @@ from shardkv.serving.connections import DEFAULT_CONNECTIONS, ConnectionLimits, s
 from shardkv.serving.metrics_http import MetricsServer
 from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
+from shardkv.shardd.identity import DirectoryIdentity
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
 from shardkv.shardd.node import NodeStorage
@@ -123,6 +124,11 @@ class ShardServer:
         )
         # Copies of the store a crash left behind would count against the bound.
         await asyncio.to_thread(remove_leftovers, config.data_dir)
+        try:
+            directory = await asyncio.to_thread(DirectoryIdentity.open, store, config.node_id)
+        except BaseException:  # WrongNode: another node's directory
+            await asyncio.to_thread(store.close)
+            raise
         self._storage = NodeStorage(
             store,
             node_id=config.node_id,
@@ -151,7 +157,7 @@ class ShardServer:
             KVServicer(self._storage, limits=config.limits), server
         )
         replica_pb2_grpc.add_ReplicaServicer_to_server(  # type: ignore[no-untyped-call]
-            ReplicaServicer(self._storage, limits=config.limits), server
+            ReplicaServicer(self._storage, limits=config.limits, directory=directory), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -23,7 +23,7 @@ import lmdb
 from shardkv.common.limits import LimitExceeded, after
 from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.lookup import read_within
-from shardkv.shardd.parked import HINT_PREFIX, MARK_PREFIX, Marker, Opened, Parked, Resume
+from shardkv.shardd.parked import Marker, Opened, Parked, Resume, check_target
 from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
 from shardkv.shardd.watermark import PurgeWatermark
 
@@ -33,7 +33,6 @@ DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 64 << 30
 # Bytes of records one scan page or streamed batch holds at most (one record may overshoot).
 DEFAULT_PAGE_BYTES = 8 << 20
-MAX_TARGET_BYTES = 255
 # Distinct nodes one store keeps hints or markers for (two LMDB databases each at most).
 MAX_TARGETS = 64
 _DATA_DB = b"data"
@@ -76,16 +75,6 @@ class StoreStats:
     map_size: int
     max_map_size: int
     used_bytes: int
-
-
-def check_target(target: str) -> None:
-    """Raises LimitExceeded unless target can name a hint database."""
-    if not target:
-        raise LimitExceeded("hint target must not be empty")
-    if len(target.encode()) > MAX_TARGET_BYTES:
-        raise LimitExceeded(
-            f"hint target {target[:64]!r} exceeds the limit of {MAX_TARGET_BYTES} bytes"
-        )
 
 
 class Store:
@@ -131,11 +120,11 @@ class Store:
         self._max_key = int(self._env.max_key_size())
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
+            self._meta = self._env.open_db(b"meta", txn=txn, create=True)  # shardd.identity
             self._parked = Parked(self._env, txn)
             self._watermark = PurgeWatermark(self._env, txn)
-            names = [bytes(n) for n, _ in txn.cursor() if n.startswith((HINT_PREFIX, MARK_PREFIX))]
         self._max_targets = max_targets  # targets with a hints or marks database, at most
-        self._targets = {name.split(b":", 1)[1].decode() for name in names}
+        self._targets = self._parked.targets()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -329,6 +318,13 @@ class Store:
         into the empty directory path, for backups. Map growth waits until it is done."""
         with self._gate.shared():
             self._env.copy(str(path), compact=True)
+
+    def meta(self, key: bytes, value: bytes | None = None) -> bytes | None:
+        """The "meta" database's entry of key (None: absent); with value, stores it first."""
+        if value is not None:
+            self._write(lambda txn, _: txn.put(key, value, db=self._meta))
+        with self._gate.shared(), self._env.begin() as txn:
+            return txn.get(key, db=self._meta)
 
     def stats(self) -> StoreStats:
         """Record and hint counts and map sizes; cheap (reads database headers only)."""

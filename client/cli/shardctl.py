@@ -5,7 +5,7 @@
     shardctl delete KEY
     shardctl scan [--prefix P | --start S --end E] [--limit N]
     shardctl topology | health        # Admin service: routers only
-    shardctl node add|remove, moves, repair   # topology changes (see topology.py)
+    shardctl node add|remove|rebuild, moves, repair   # topology changes (see topology.py)
     shardctl status [--watch] | backup DIR | restore DIR   # see operations.py
 
 Global options go before or after the subcommand: ``--addr`` (repeatable or
@@ -251,6 +251,8 @@ def _print_nodes(out: TextIO, nodes: Sequence[admin_pb2.NodeStatus]) -> None:
         error = f"  last_error={node.last_error}" if node.last_error else ""
         if node.membership and node.membership != "member":
             error = f"  {node.membership}{error}"
+        if node.directory and node.directory != "ok":
+            error = f"  directory={node.directory} (not counted){error}"
         out.write(
             f"  {node.id:<8} {node.address:<22} {state:<7} weight={node.weight}"
             f" share={node.ring_share:.3f} hints={node.hints_pending}{error}\n"

@@ -1,10 +1,11 @@
 """``shardctl status``: the cluster at a glance, from the router's Admin.GetStatus.
 
-Per node: state (as the router sees it), weight, share of the ring, keys (records stored,
-tombstones included), disk (bytes of its LMDB file in use), hints pending for it (held by
-other nodes), and ops/s. Ops/s is the node's work, keys read plus records written, per
-second between two samples ``--interval`` seconds apart; a node's uptime tells a restart
-(counters back at zero) from a quiet node, and the rate is left empty then. Every
+Per node: state (as the router sees it), its data directory (``ok``, or why it does not
+count toward R and W, with the progress of its rebuild), weight, share of the ring, keys
+(records stored, tombstones included), disk (bytes of its LMDB file in use), hints pending
+for it (held by other nodes), and ops/s. Ops/s is the node's work, keys read plus records
+written, per second between two samples ``--interval`` seconds apart; a node's uptime tells
+a restart (counters back at zero) from a quiet node, and the rate is left empty then. Every
 replica counts: one client write at N=3 is three writes, one on each replica.
 
 The table is drawn with rich; ``--watch`` redraws it in place every interval until
@@ -61,6 +62,7 @@ def as_json(sample: Sample, rates: dict[str, float | None]) -> dict[str, Any]:
     """The sample as one JSON object (field names as in admin.proto where they exist)."""
     topology = sample.status.topology
     figures = {n.id: n for n in sample.status.nodes}
+    rebuilds = {r.node_id: r for r in sample.status.rebuilds}
     nodes = []
     for node in topology.nodes:
         stats = figures.get(node.id, admin_pb2.NodeStats(id=node.id))
@@ -71,6 +73,10 @@ def as_json(sample: Sample, rates: dict[str, float | None]) -> dict[str, Any]:
                 "address": node.address,
                 "state": admin_pb2.NodeState.Name(node.state),
                 "last_error": node.last_error,
+                "directory": node.directory,
+                "generation": node.generation,
+                "expected_generation": node.expected_generation,
+                "rebuild": _rebuild(rebuilds.get(node.id)),
                 "weight": node.weight,
                 "ring_share": node.ring_share,
                 "reachable": stats.reachable,
@@ -101,6 +107,39 @@ def as_json(sample: Sample, rates: dict[str, float | None]) -> dict[str, Any]:
     }
 
 
+def _rebuild(rebuild: admin_pb2.Rebuild | None) -> dict[str, Any] | None:
+    """A node's latest rebuild through this router, as JSON (None: none)."""
+    if rebuild is None:
+        return None
+    return {
+        "state": admin_pb2.RebuildState.Name(rebuild.state),
+        "phase": rebuild.phase,
+        "reason": rebuild.reason,
+        "keys_total": rebuild.keys_total,
+        "keys_copied": rebuild.keys_copied,
+        "sources": list(rebuild.sources),
+        "generation": rebuild.generation,
+        "started_ms": rebuild.started_ms,
+        "finished_ms": rebuild.finished_ms,
+        "error": rebuild.error,
+    }
+
+
+def _directory(node: dict[str, Any]) -> str:
+    """The DIRECTORY cell: the state and generation, or why it does not count, with the
+    progress of a running rebuild."""
+    state = node["directory"] or "?"
+    rebuild = node["rebuild"]
+    if rebuild and rebuild["state"] == "REBUILD_RUNNING":
+        total = rebuild["keys_total"]
+        done = f" {rebuild['keys_copied'] * 100 // total}%" if total else ""
+        return f"[yellow]rebuilding ({rebuild['phase']}{done})[/yellow]"
+    if state == "ok":
+        return f"ok g{node['generation']}"
+    failed = f"; rebuild failed: {rebuild['error']}" if rebuild and rebuild["error"] else ""
+    return f"[red]{state}[/red] g{node['generation']}/{node['expected_generation']}{failed}"
+
+
 def _size(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if count < 1024 or unit == "TiB":
@@ -123,6 +162,7 @@ def table(view: dict[str, Any]) -> Table:
         ("NODE", "left"),
         ("ADDRESS", "left"),
         ("STATE", "left"),
+        ("DIRECTORY", "left"),
         ("WEIGHT", "right"),
         ("SHARE", "right"),
         ("KEYS", "right"),
@@ -140,6 +180,7 @@ def table(view: dict[str, Any]) -> Table:
             node["id"],
             node["address"],
             f"[{style}]{state}[/{style}]",
+            _directory(node),
             str(node["weight"]),
             f"{node['ring_share'] * 100:.1f}%",
             f"{node['keys']:,}" if known else "-",

@@ -1,16 +1,17 @@
-"""``shardctl`` commands that change the cluster: node add/remove, moves, repair.
+"""``shardctl`` commands that change the cluster: node add/remove/rebuild, moves, repair.
 
     shardctl [--addr ROUTER] node add --id n4 --addr HOST:PORT [--weight W] [--no-wait]
     shardctl [--addr ROUTER] node remove --id n4 [--no-wait]
+    shardctl [--addr ROUTER] node rebuild n4 [--no-wait]   # copy its ranges from the others
     shardctl moves                       # the move in progress and those finished
     shardctl repair [--no-wait]          # an anti-entropy pass now
 
 In ``node add`` the ``--addr`` after the subcommand is the new node's address; the router
 to talk to is the global ``--addr`` before it (or $SHARDKV_ADDR). Without ``--no-wait``
-the command follows the move (or pass) until it ends, drawing a progress bar on stderr when
-that is a terminal and printing each change of state otherwise; Ctrl-C stops only the
-waiting, never the move. It prints a summary line (``--json``: the final Move or
-RepairStatus), and exits 0 when done, 2 when it failed.
+the command follows the move (or pass, or rebuild) until it ends, drawing a progress bar on
+stderr when that is a terminal and printing each change of state otherwise; Ctrl-C stops
+only the waiting, never the move. It prints a summary line (``--json``: the final Move,
+RepairStatus or Rebuild), and exits 0 when done, 2 when it failed.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def add_parsers(
     remove = actions.add_parser("remove", parents=[common], help="decommission a node")
     remove.add_argument("--id", required=True, dest="node_id", help="the node to remove")
     remove.add_argument("--no-wait", action="store_true", help="return once the move started")
+    rebuild = actions.add_parser(
+        "rebuild",
+        parents=[common],
+        help="rebuild a node's data from every other owner of its ranges (it does not count"
+        " toward R and W meanwhile)",
+    )
+    rebuild.add_argument("node_id", metavar="NODE", help="the node to rebuild")
+    rebuild.add_argument("--no-wait", action="store_true", help="return once it started")
     commands.add_parser("moves", parents=[common], help="moves in progress and finished")
     repair = commands.add_parser("repair", parents=[common], help="run anti-entropy now")
     repair.add_argument("--no-wait", action="store_true", help="return once the pass started")
@@ -77,6 +86,8 @@ def run(args: argparse.Namespace, client: Client, out: TextIO) -> int:
         return EXIT_OK
     if args.command == "repair":
         return _repair(args, client, out)
+    if args.node_command == "rebuild":
+        return _rebuild(args, client, out)
     if args.node_command == "add":
         move = client.add_node(args.node_id, args.node_addr, weight=args.weight)
     else:
@@ -138,6 +149,40 @@ def _repair(args: argparse.Namespace, client: Client, out: TextIO) -> int:
             + "\n"
         )
     return EXIT_ERROR if status.error else EXIT_OK
+
+
+def _rebuild(args: argparse.Namespace, client: Client, out: TextIO) -> int:
+    rebuild = client.rebuild_node(args.node_id)
+    display = _Display()
+    try:
+        while not args.no_wait and rebuild.state == admin_pb2.REBUILD_RUNNING:
+            time.sleep(POLL_S)
+            found = [r for r in client.rebuilds().rebuilds if r.node_id == args.node_id]
+            if not found or found[0].started_ms != rebuild.started_ms:
+                break
+            rebuild = found[0]
+            display.show(
+                f"{_bar(rebuild.keys_copied, rebuild.keys_total)}"
+                f" {rebuild.keys_copied:,}/{rebuild.keys_total:,} records",
+                rebuild.phase,
+            )
+    finally:
+        display.end()
+    out.write((json.dumps(_dict(rebuild)) if args.json else rebuild_line(rebuild)) + "\n")
+    return EXIT_ERROR if rebuild.state == admin_pb2.REBUILD_FAILED else EXIT_OK
+
+
+def rebuild_line(rebuild: admin_pb2.Rebuild) -> str:
+    """One line about a rebuild, for node rebuild and status."""
+    seconds = ((rebuild.finished_ms or int(time.time() * 1000)) - rebuild.started_ms) / 1000
+    line = (
+        f"rebuild of {rebuild.node_id} ({rebuild.reason}):"
+        f" {admin_pb2.RebuildState.Name(rebuild.state)} ({rebuild.phase});"
+        f" {rebuild.keys_copied:,} of {rebuild.keys_total:,} records copied from"
+        f" {', '.join(rebuild.sources) or 'no other owner'}, {rebuild.records_purged:,} purged;"
+        f" generation {rebuild.generation}; {seconds:.1f} s"
+    )
+    return line + (f"; error: {rebuild.error}" if rebuild.error else "")
 
 
 class _Display:

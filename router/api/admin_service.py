@@ -1,5 +1,6 @@
 """The Admin service: topology and node states, node add/remove and their progress, repair,
-and the operator calls (status, backup, restore: router/api/operations.py).
+rebuilds of nodes whose data directory was lost, and the operator calls (status, backup,
+restore: router/api/operations.py).
 
 Handlers check the request and delegate to the Membership, Rebalancer or AntiEntropy; every
 handler ends a failed call through the shared status table (shardkv.serving.status; the
@@ -14,9 +15,11 @@ from typing import Any
 import grpc
 from shardkv.router.api.errors import streaming, unary
 from shardkv.router.api.operations import Operations
+from shardkv.router.membership.identity import IdentityGuard
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_driver import Rebalancer
 from shardkv.router.repair.anti_entropy import AntiEntropy
+from shardkv.router.repair.rebuild import Rebuilder
 from shardkv.router.requests.health import DOWN, UP, NodeHealth
 from shardkv.router.requests.hint_handoff import HintHandoff
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2
@@ -36,6 +39,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         handoff: HintHandoff,
         rebalancer: Rebalancer,
         antientropy: AntiEntropy,
+        guard: IdentityGuard,
+        rebuilder: Rebuilder,
         operations: Operations,
     ) -> None:
         self._router_id = router_id
@@ -44,23 +49,31 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._handoff = handoff
         self._rebalancer = rebalancer
         self._antientropy = antientropy
+        self._guard = guard
+        self._rebuilder = rebuilder
         self._operations = operations
 
     def _nodes(self) -> list[admin_pb2.NodeStatus]:
         shares = self._membership.shares()
-        return [
-            admin_pb2.NodeStatus(
-                id=node.id,
-                address=node.address,
-                weight=node.weight,
-                state=self._health.state(node.id),
-                last_error=self._health.last_error(node.id),
-                hints_pending=self._handoff.pending.get(node.id, 0),
-                ring_share=shares[node.id],
-                membership=node.state,
+        nodes = []
+        for node in self._membership.topology.nodes:
+            directory = self._guard.view(node.id)
+            nodes.append(
+                admin_pb2.NodeStatus(
+                    id=node.id,
+                    address=node.address,
+                    weight=node.weight,
+                    state=self._health.state(node.id),
+                    last_error=self._health.last_error(node.id),
+                    hints_pending=self._handoff.pending.get(node.id, 0),
+                    ring_share=shares[node.id],
+                    membership=node.state,
+                    directory=directory.state,
+                    generation=directory.identity.generation if directory.identity else 0,
+                    expected_generation=node.generation,
+                )
             )
-            for node in self._membership.topology.nodes
-        ]
+        return nodes
 
     def _topology(self) -> admin_pb2.Topology:
         t = self._membership.topology
@@ -128,7 +141,24 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.ClusterStatus:
-        return await self._operations.status(self._topology())
+        status = await self._operations.status(self._topology())
+        status.rebuilds.extend(self._rebuilds())
+        return status
+
+    @unary
+    async def RebuildNode(
+        self, request: admin_pb2.RebuildNodeRequest, context: Context
+    ) -> admin_pb2.Rebuild:
+        return self._rebuilder.request(request.id).to_proto()
+
+    @unary
+    async def GetRebuilds(
+        self, request: admin_pb2.GetRebuildsRequest, context: Context
+    ) -> admin_pb2.GetRebuildsResponse:
+        return admin_pb2.GetRebuildsResponse(rebuilds=self._rebuilds())
+
+    def _rebuilds(self) -> list[admin_pb2.Rebuild]:
+        return [progress.to_proto() for _, progress in sorted(self._rebuilder.latest.items())]
 
     @streaming
     async def Backup(

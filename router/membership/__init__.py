@@ -7,6 +7,8 @@
 - ``store_etcd``     the store as one etcd key (a Txn on its mod_revision), for many hosts.
 - ``etcd_client``    the etcd calls it makes: read, compare-and-swap, watch, with failover.
 - ``live_topology``  the running router's node set: applies, persists and watches changes.
+- ``identity``       which nodes count toward R and W: each data directory's identity
+  checked against the topology (new, behind, foreign), generations claimed and recorded.
 - ``move_plan``      what a node add or remove must copy, from where to where, and progress.
 - ``node_checks``    what a node must be to join: valid, reachable, empty.
 - ``move_driver``    drives one move through its persisted steps (stream, switch, drop).

@@ -7,8 +7,11 @@ optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s, segment
 ``[rebalance]`` (settle_ms, max_records_per_s) and ``[clock]`` (max_offset_ms) tables;
 one ``[[nodes]]`` table per node with ``id``, ``address`` (host:port), an optional
 ``weight`` (default 1) and, only while a move runs, ``state = "joining"`` or ``"leaving"``
-together with a ``[move]`` table (id, driver, started_ms) that names the move. Unknown
-keys are errors: a misspelt option must never be silently ignored.
+together with a ``[move]`` table (id, driver, started_ms) that names the move. An optional
+top-level ``cluster_id`` names the cluster, and a node's optional ``generation`` (default
+0) is the generation its data directory must have to count toward R and W
+(router/membership/identity.py). Unknown keys are errors: a misspelt option must never be
+silently ignored.
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ class NodeConfig:
     weight: int = 1
     # MEMBER, or during a move JOINING (receives writes, owns nothing yet) or LEAVING.
     state: str = "member"
+    # The generation the node's data directory must have to count toward R and W; it
+    # advances when a router records a new run of the node or a rebuild of it completes.
+    generation: int = 0
 
 
 MEMBER, JOINING, LEAVING = "member", "joining", "leaving"
@@ -122,6 +128,9 @@ class Topology:
     # The move in progress; None when the topology is stable (no node joining or leaving).
     move: MoveRecord | None = None
     clock: ClockConfig = field(default_factory=ClockConfig)
+    # Names the cluster; routers write it into the data directories they claim, and a
+    # directory claimed under another name is foreign. Empty: unnamed.
+    cluster_id: str = ""
 
     def weights(self, *, joined: bool) -> dict[str, int]:
         """Ring weights before (joined=False) or after (joined=True) the move in progress:
@@ -165,8 +174,9 @@ _TOP_KEYS = {
     "move",
     "nodes",
     "clock",
+    "cluster_id",
 }
-_NODE_KEYS = {"id", "address", "weight", "state"}
+_NODE_KEYS = {"id", "address", "weight", "state", "generation"}
 _MOVE_KEYS = {"id", "driver", "started_ms"}
 
 
@@ -220,6 +230,12 @@ def _build(data: dict[str, Any]) -> Topology:
     clock = _table(ClockConfig, data.get("clock", {}), "[clock]", minimum=1)
     nodes = _nodes(data.get("nodes"))
     move = _move(data.get("move"), nodes)
+    cluster_id = _str(data, "cluster_id", "top level") if "cluster_id" in data else ""
+    if cluster_id:
+        try:
+            check_node_id(cluster_id, "cluster_id")
+        except BadNodeId as err:
+            raise TopologyError(f"top level: {err}") from None
     for joined in (False, True):
         count = sum(1 for n in nodes if n.state != (LEAVING if joined else JOINING))
         if replication > count:
@@ -243,6 +259,7 @@ def _build(data: dict[str, Any]) -> Topology:
         rebalance,
         move,
         clock,
+        cluster_id,
     )
 
 
@@ -311,6 +328,7 @@ def _nodes(entries: object) -> tuple[NodeConfig, ...]:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise TopologyError(f"{where}: address {address!r} is not host:port")
         weight = _int(entry, "weight", where, minimum=1) if "weight" in entry else 1
+        generation = _int(entry, "generation", where, minimum=0) if "generation" in entry else 0
         state = _str(entry, "state", where) if "state" in entry else MEMBER
         if state not in (MEMBER, JOINING, LEAVING):
             raise TopologyError(
@@ -322,7 +340,7 @@ def _nodes(entries: object) -> tuple[NodeConfig, ...]:
             raise TopologyError(f"duplicate node address {address!r} (node {node_id!r})")
         ids.add(node_id)
         addresses.add(address)
-        nodes.append(NodeConfig(node_id, address, weight, state))
+        nodes.append(NodeConfig(node_id, address, weight, state, generation))
     return tuple(nodes)
 
 

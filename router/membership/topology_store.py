@@ -101,6 +101,8 @@ def dump_topology(topology: Topology) -> str:
         f"read_quorum = {topology.read_quorum}",
         f"write_quorum = {topology.write_quorum}",
     ]
+    if topology.cluster_id:
+        lines.append(f"cluster_id = {_string(topology.cluster_id)}")
     for name, table in (
         ("timeouts", topology.timeouts),
         ("repair", topology.repair),
@@ -128,6 +130,8 @@ def dump_topology(topology: Topology) -> str:
         ]
         if node.state != MEMBER:
             lines.append(f"state = {_string(node.state)}")
+        if node.generation:
+            lines.append(f"generation = {node.generation}")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,12 @@ the union include at least W of the old owners and at least W of the new ones, a
 acknowledged during the move is on a quorum of whichever list is in force after the switch.
 Reads likewise ask both lists and wait for R + pending answers, newest winning.
 
+A node whose data directory is not what the topology expects (wiped, restored from an old
+copy, being rebuilt: router/membership/identity.py) is a pending owner of its ranges the
+same way: it stays in the preference lists and takes writes, but each of its keys needs
+one more reply, so R + pending replies always include R from owners that count (and
+W + pending acknowledgements W of them). Such nodes are the placement's ``uncounted``.
+
 ``Placement`` is the mutable handle the coordinator holds; a topology change swaps its
 immutable ``Layout`` in one assignment. ``pieces`` cuts the token space where either ring
 has a point (and at extra cuts), so every piece has one old and one new preference list:
@@ -37,6 +43,8 @@ class Placement:
 
     def __init__(self, layout: Layout) -> None:
         self._layout = layout
+        # Owners that do not count toward quorums (their directory is being checked or rebuilt).
+        self._uncounted: frozenset[str] = frozenset()
 
     @property
     def layout(self) -> Layout:
@@ -45,6 +53,15 @@ class Placement:
     def use(self, layout: Layout) -> None:
         """Switches every later lookup to layout (requests in flight keep their owners)."""
         self._layout = layout
+
+    @property
+    def uncounted(self) -> frozenset[str]:
+        return self._uncounted
+
+    def set_uncounted(self, nodes: frozenset[str]) -> None:
+        """Nodes whose replies no longer count from the next request on: each key they own
+        needs one more reply per such owner (requests in flight keep their quorums)."""
+        self._uncounted = nodes
 
     def preference_list(self, key: bytes, n: int) -> tuple[str, ...]:
         """The key's owners: its old preference list, then the pending owners (if moving)."""
@@ -56,12 +73,16 @@ class Placement:
         return owners + pending
 
     def pending(self, key: bytes, n: int) -> int:
-        """How many owners of key are pending (0 outside a move): extra replies needed."""
-        layout = self._layout
-        if layout.new is None:
+        """How many owners of key are pending (0 outside a move, with every owner
+        counted): extra replies needed."""
+        layout, uncounted = self._layout, self._uncounted
+        if layout.new is None and not uncounted:
             return 0
         old = layout.old.preference_list(key, n)
-        return sum(1 for o in layout.new.preference_list(key, n) if o not in old)
+        extra = sum(1 for o in old if o in uncounted) if uncounted else 0
+        if layout.new is None:
+            return extra
+        return extra + sum(1 for o in layout.new.preference_list(key, n) if o not in old)
 
     def fallbacks(self, key: bytes, n: int, *, skip: frozenset[str] = frozenset()) -> Iterator[str]:
         """Nodes beyond the key's owners (old and pending), in old-ring order, leaving out

@@ -3,4 +3,6 @@
 - ``anti_entropy`` paced passes comparing per-segment digests between replicas, then
   tombstone GC of what a complete pass covered.
 - ``reconcile``    for segments that differ: compare versions, copy only the newest records.
+- ``rebuild``      a node whose data directory was lost or rolled back, copied back from
+  every other owner of its ranges before it counts toward R and W again.
 """

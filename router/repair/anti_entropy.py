@@ -17,6 +17,10 @@ A pass, in the spirit of Dynamo's Merkle exchange and Riak's active anti-entropy
    replica down, or whose replicas have hints waiting (a parked older write could still
    arrive), are not covered and keep their tombstones.
 
+A node that does not count toward quorums (its data directory is new, behind or being
+rebuilt: router/membership/identity.py) takes no part: what an old copy holds may be a
+value deleted and purged everywhere else, so it is never a source, and its segments wait.
+
 Passes run every ``[repair] interval_s``, on demand (Admin Repair), and shortly after a
 node comes back from DOWN (over the segments it replicates only: it may have missed
 writes that no hint covers), one at a time, paced to ``max_records_per_s`` on the nodes'
@@ -212,6 +216,8 @@ class AntiEntropy:
         ) -> tuple[str, dict[int, replica_pb2.TokenDigest]] | None:
             if self._health.is_down(node_id) or node_id not in clients:
                 return None
+            if node_id in self._membership.placement.uncounted:
+                return None  # its directory is being checked or rebuilt: never a source
             ranges = [(plan.segments[i].start, plan.segments[i].end) for i in indices]
             try:
                 answers = await clients[node_id].token_digests(

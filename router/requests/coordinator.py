@@ -341,16 +341,27 @@ class Coordinator:
                 error = quorum.describe("read", key, self._n)
                 outcomes.append(ReadOutcome(None, error, quorum.failure_code()))
                 continue
-            best = newest(list(quorum.ok.values()))
+            best = newest(self._counted(quorum))
             self._clock.observe(best.version)
             outcomes.append(ReadOutcome(best if best.version else None, None))
         return outcomes
+
+    def _counted(self, quorum: Quorum[replica_pb2.Record]) -> list[replica_pb2.Record]:
+        """The replies that decide a read: a node that does not count (its data directory is
+        being checked or rebuilt) may hold a value deleted and purged everywhere else, so
+        its reply never wins nor spreads by read repair (R + pending replies include R
+        from nodes that count)."""
+        uncounted = self._ring.uncounted
+        if not uncounted:
+            return list(quorum.ok.values())
+        counted = [record for name, record in quorum.ok.items() if name not in uncounted]
+        return counted or list(quorum.ok.values())
 
     def _repair(self, key: bytes, quorum: Quorum[replica_pb2.Record]) -> None:
         """Sends the newest record to every replica that answered with an older one or none."""
         if not quorum.ok:
             return
-        best = newest(list(quorum.ok.values()))
+        best = newest(self._counted(quorum))
         if not best.version:
             return
         stale = [node_id for node_id, record in quorum.ok.items() if hlc.precedes(record, best)]

@@ -280,6 +280,26 @@ class NodeClient:
         )
         return reply
 
+    async def identity(
+        self,
+        request: replica_pb2.IdentityRequest
+        | replica_pb2.SetIdentityRequest
+        | replica_pb2.RebuildLeaseRequest,
+        timeout_s: float,
+    ) -> replica_pb2.DirectoryIdentity:
+        """Reads the node's data-directory identity, changes it (SetIdentityRequest), or
+        takes, renews or releases its rebuild lease (RebuildLeaseRequest)."""
+        if isinstance(request, replica_pb2.SetIdentityRequest):
+            call = self._replica.SetIdentity
+        elif isinstance(request, replica_pb2.RebuildLeaseRequest):
+            call = self._replica.RebuildLease
+        else:
+            call = self._replica.Identity
+        reply: replica_pb2.DirectoryIdentity = await call(
+            request, timeout=timeout_s, metadata=self._metadata()
+        )
+        return reply
+
     async def snapshot(
         self, batch_size: int, timeout_s: float | None
     ) -> AsyncIterator[replica_pb2.SnapshotBatch]:

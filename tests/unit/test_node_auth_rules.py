@@ -144,6 +144,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
             whole, tombstones_before=1, timeout_s=5
         ),
         "stats": lambda: client.stats(5),
+        "identity": lambda: client.identity(replica_pb2.IdentityRequest(), 5),
         "snapshot": lambda: stream(client.snapshot(10, 5)),
     }
 

@@ -20,7 +20,7 @@ from shardkv.common.node_ids import MAX_NODE_ID_CHARS, BadNodeId, check_node_id
 from shardkv.router.membership.move_plan import BadNode
 from shardkv.router.membership.node_checks import check_new_node
 from shardkv.router.membership.topology import TopologyError, parse_topology
-from shardkv.shardd.store import MAX_TARGET_BYTES
+from shardkv.shardd.parked import MAX_TARGET_BYTES
 from shardkv.shardd.validate import check_target
 
 GOOD = ["n1", "N", "0", "node-1.rack_2", "a" * MAX_NODE_ID_CHARS]

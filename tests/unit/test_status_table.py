@@ -27,6 +27,7 @@ from shardkv.serving.status import Relayed, streaming, unary
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.errors import ResponseTooLarge
 from shardkv.shardd.gate import StoreClosed
+from shardkv.shardd.identity import IdentityConflict
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.replica_service import ReplicaServicer
 from shardkv.shardd.snapshot import SnapshotsBusy
@@ -47,6 +48,7 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     NodeExists: Code.ALREADY_EXISTS,
     MoveConflict: Code.FAILED_PRECONDITION,
     TopologyError: Code.FAILED_PRECONDITION,
+    IdentityConflict: Code.FAILED_PRECONDITION,
     StoreFull: Code.RESOURCE_EXHAUSTED,
     TooManyTargets: Code.RESOURCE_EXHAUSTED,
     CommitterOverloaded: Code.RESOURCE_EXHAUSTED,

@@ -29,6 +29,13 @@ class MoveState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MOVE_SWITCHED: _ClassVar[MoveState]
     MOVE_DONE: _ClassVar[MoveState]
     MOVE_FAILED: _ClassVar[MoveState]
+
+class RebuildState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REBUILD_STATE_UNSPECIFIED: _ClassVar[RebuildState]
+    REBUILD_RUNNING: _ClassVar[RebuildState]
+    REBUILD_DONE: _ClassVar[RebuildState]
+    REBUILD_FAILED: _ClassVar[RebuildState]
 NODE_STATE_UNKNOWN: NodeState
 UP: NodeState
 DOWN: NodeState
@@ -42,9 +49,13 @@ MOVE_STREAMING: MoveState
 MOVE_SWITCHED: MoveState
 MOVE_DONE: MoveState
 MOVE_FAILED: MoveState
+REBUILD_STATE_UNSPECIFIED: RebuildState
+REBUILD_RUNNING: RebuildState
+REBUILD_DONE: RebuildState
+REBUILD_FAILED: RebuildState
 
 class NodeStatus(_message.Message):
-    __slots__ = ("id", "address", "weight", "state", "last_error", "hints_pending", "ring_share", "membership")
+    __slots__ = ("id", "address", "weight", "state", "last_error", "hints_pending", "ring_share", "membership", "directory", "generation", "expected_generation")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +64,9 @@ class NodeStatus(_message.Message):
     HINTS_PENDING_FIELD_NUMBER: _ClassVar[int]
     RING_SHARE_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     weight: int
@@ -61,7 +75,10 @@ class NodeStatus(_message.Message):
     hints_pending: int
     ring_share: float
     membership: str
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_error: _Optional[str] = ..., hints_pending: _Optional[int] = ..., ring_share: _Optional[float] = ..., membership: _Optional[str] = ...) -> None: ...
+    directory: str
+    generation: int
+    expected_generation: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_error: _Optional[str] = ..., hints_pending: _Optional[int] = ..., ring_share: _Optional[float] = ..., membership: _Optional[str] = ..., directory: _Optional[str] = ..., generation: _Optional[int] = ..., expected_generation: _Optional[int] = ...) -> None: ...
 
 class GetTopologyRequest(_message.Message):
     __slots__ = ()
@@ -206,6 +223,54 @@ class RepairStatus(_message.Message):
     error: str
     def __init__(self, running: _Optional[bool] = ..., trigger: _Optional[str] = ..., phase: _Optional[str] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., segments_total: _Optional[int] = ..., segments_covered: _Optional[int] = ..., segments_differing: _Optional[int] = ..., segments_skipped: _Optional[int] = ..., records_compared: _Optional[int] = ..., records_repaired: _Optional[int] = ..., tombstones_purged: _Optional[int] = ..., error: _Optional[str] = ..., **kwargs) -> None: ...
 
+class Rebuild(_message.Message):
+    __slots__ = ("node_id", "state", "phase", "reason", "keys_total", "keys_copied", "bytes_copied", "records_purged", "generation", "started_ms", "finished_ms", "error", "router_id", "sources")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    KEYS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_COPIED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_COPIED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_PURGED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    state: RebuildState
+    phase: str
+    reason: str
+    keys_total: int
+    keys_copied: int
+    bytes_copied: int
+    records_purged: int
+    generation: int
+    started_ms: int
+    finished_ms: int
+    error: str
+    router_id: str
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., state: _Optional[_Union[RebuildState, str]] = ..., phase: _Optional[str] = ..., reason: _Optional[str] = ..., keys_total: _Optional[int] = ..., keys_copied: _Optional[int] = ..., bytes_copied: _Optional[int] = ..., records_purged: _Optional[int] = ..., generation: _Optional[int] = ..., started_ms: _Optional[int] = ..., finished_ms: _Optional[int] = ..., error: _Optional[str] = ..., router_id: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RebuildNodeRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetRebuildsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRebuildsResponse(_message.Message):
+    __slots__ = ("rebuilds",)
+    REBUILDS_FIELD_NUMBER: _ClassVar[int]
+    rebuilds: _containers.RepeatedCompositeFieldContainer[Rebuild]
+    def __init__(self, rebuilds: _Optional[_Iterable[_Union[Rebuild, _Mapping]]] = ...) -> None: ...
+
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -223,14 +288,16 @@ class NodeStats(_message.Message):
     def __init__(self, id: _Optional[str] = ..., reachable: _Optional[bool] = ..., error: _Optional[str] = ..., stats: _Optional[_Union[_replica_pb2.StatsResponse, _Mapping]] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("topology", "nodes", "collected_ms")
+    __slots__ = ("topology", "nodes", "collected_ms", "rebuilds")
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     COLLECTED_MS_FIELD_NUMBER: _ClassVar[int]
+    REBUILDS_FIELD_NUMBER: _ClassVar[int]
     topology: Topology
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
     collected_ms: int
-    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., collected_ms: _Optional[int] = ...) -> None: ...
+    rebuilds: _containers.RepeatedCompositeFieldContainer[Rebuild]
+    def __init__(self, topology: _Optional[_Union[Topology, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., collected_ms: _Optional[int] = ..., rebuilds: _Optional[_Iterable[_Union[Rebuild, _Mapping]]] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ("node_id", "batch_size")

@@ -86,6 +86,16 @@ class AdminStub:
                 request_serializer=shardkv_dot_v1_dot_admin__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_admin__pb2.RestoreResponse.FromString,
                 _registered_method=True)
+        self.RebuildNode = channel.unary_unary(
+                '/shardkv.v1.Admin/RebuildNode',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.RebuildNodeRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.Rebuild.FromString,
+                _registered_method=True)
+        self.GetRebuilds = channel.unary_unary(
+                '/shardkv.v1.Admin/GetRebuilds',
+                request_serializer=shardkv_dot_v1_dot_admin__pb2.GetRebuildsRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_admin__pb2.GetRebuildsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -170,6 +180,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebuildNode(self, request, context):
+        """Rebuilds a node from every other owner of each of its ranges (`shardctl node
+        rebuild`): returns at once with the rebuild started, or the one running; follow it
+        with GetRebuilds. NOT_FOUND for an unknown node; FAILED_PRECONDITION during a move.
+        While another router rebuilds the node, the rebuild fails (REBUILD_FAILED, naming it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRebuilds(self, request, context):
+        """The rebuilds this router runs or ran, the latest per node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +249,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=shardkv_dot_v1_dot_admin__pb2.RestoreRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_admin__pb2.RestoreResponse.SerializeToString,
+            ),
+            'RebuildNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildNode,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.RebuildNodeRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.Rebuild.SerializeToString,
+            ),
+            'GetRebuilds': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRebuilds,
+                    request_deserializer=shardkv_dot_v1_dot_admin__pb2.GetRebuildsRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_admin__pb2.GetRebuildsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +532,60 @@ class Admin:
             '/shardkv.v1.Admin/Restore',
             shardkv_dot_v1_dot_admin__pb2.RestoreRequest.SerializeToString,
             shardkv_dot_v1_dot_admin__pb2.RestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/RebuildNode',
+            shardkv_dot_v1_dot_admin__pb2.RebuildNodeRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.Rebuild.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRebuilds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Admin/GetRebuilds',
+            shardkv_dot_v1_dot_admin__pb2.GetRebuildsRequest.SerializeToString,
+            shardkv_dot_v1_dot_admin__pb2.GetRebuildsResponse.FromString,
             options,
             channel_credentials,
             insecure,

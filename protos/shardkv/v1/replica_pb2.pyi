@@ -269,3 +269,53 @@ class SnapshotBatch(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[Record]
     hint_target: str
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hint_target: _Optional[str] = ...) -> None: ...
+
+class IdentityRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DirectoryIdentity(_message.Message):
+    __slots__ = ("node_id", "cluster_id", "generation", "claimed", "boot", "advanced_boot", "rebuild_by", "rebuild_idle_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    BOOT_FIELD_NUMBER: _ClassVar[int]
+    ADVANCED_BOOT_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_BY_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_IDLE_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cluster_id: str
+    generation: int
+    claimed: bool
+    boot: str
+    advanced_boot: str
+    rebuild_by: str
+    rebuild_idle_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., generation: _Optional[int] = ..., claimed: _Optional[bool] = ..., boot: _Optional[str] = ..., advanced_boot: _Optional[str] = ..., rebuild_by: _Optional[str] = ..., rebuild_idle_ms: _Optional[int] = ...) -> None: ...
+
+class SetIdentityRequest(_message.Message):
+    __slots__ = ("expect_generation", "expect_claimed", "expect_cluster_id", "cluster_id", "generation", "advance_boot", "rebuild_by")
+    EXPECT_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_BOOT_FIELD_NUMBER: _ClassVar[int]
+    REBUILD_BY_FIELD_NUMBER: _ClassVar[int]
+    expect_generation: int
+    expect_claimed: bool
+    expect_cluster_id: str
+    cluster_id: str
+    generation: int
+    advance_boot: bool
+    rebuild_by: str
+    def __init__(self, expect_generation: _Optional[int] = ..., expect_claimed: _Optional[bool] = ..., expect_cluster_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., generation: _Optional[int] = ..., advance_boot: _Optional[bool] = ..., rebuild_by: _Optional[str] = ...) -> None: ...
+
+class RebuildLeaseRequest(_message.Message):
+    __slots__ = ("router_id", "release")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    release: bool
+    def __init__(self, router_id: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...

@@ -100,6 +100,21 @@ class ReplicaStub:
                 request_serializer=shardkv_dot_v1_dot_replica__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.FromString,
                 _registered_method=True)
+        self.Identity = channel.unary_unary(
+                '/shardkv.v1.Replica/Identity',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.IdentityRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
+                _registered_method=True)
+        self.SetIdentity = channel.unary_unary(
+                '/shardkv.v1.Replica/SetIdentity',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.SetIdentityRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
+                _registered_method=True)
+        self.RebuildLease = channel.unary_unary(
+                '/shardkv.v1.Replica/RebuildLease',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.RebuildLeaseRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -199,6 +214,30 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Identity(self, request, context):
+        """The identity of the node's data directory, which routers compare with the topology
+        before they count the node toward R and W.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetIdentity(self, request, context):
+        """Changes the directory's identity, durably, if it is still what the caller saw
+        (FAILED_PRECONDITION naming what it is otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebuildLease(self, request, context):
+        """Takes, renews or releases the lease that lets one router rebuild this node
+        (FAILED_PRECONDITION naming the holder while another router holds it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +305,21 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=shardkv_dot_v1_dot_replica__pb2.SnapshotRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.SerializeToString,
+            ),
+            'Identity': grpc.unary_unary_rpc_method_handler(
+                    servicer.Identity,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.IdentityRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.SerializeToString,
+            ),
+            'SetIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetIdentity,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.SetIdentityRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.SerializeToString,
+            ),
+            'RebuildLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildLease,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.RebuildLeaseRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +674,87 @@ class Replica:
             '/shardkv.v1.Replica/Snapshot',
             shardkv_dot_v1_dot_replica__pb2.SnapshotRequest.SerializeToString,
             shardkv_dot_v1_dot_replica__pb2.SnapshotBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Identity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/Identity',
+            shardkv_dot_v1_dot_replica__pb2.IdentityRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/SetIdentity',
+            shardkv_dot_v1_dot_replica__pb2.SetIdentityRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/RebuildLease',
+            shardkv_dot_v1_dot_replica__pb2.RebuildLeaseRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
             options,
             channel_credentials,
             insecure,
