@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import lmdb
 import pytest
 from harness import Proc, shardd_proc, wait_serving
 from shardkv.client import Client, ResourceExhausted
@@ -24,6 +26,16 @@ from faults.cluster import RssSampler, start_faulty_cluster
 RSS_LIMIT_MB = 500
 VALUE = b"v" * 2048
 BATCH_VALUE = VALUE[:256]
+BATCH_ITEMS = 1000
+# The node's bound on writes waiting for a commit, and its batch flood: with its commits
+# held (CommitHold), the node takes one batch into the stuck commit and queues at most
+# MAX_PENDING_WRITES more items, so the flood overflows the queue whatever the machine.
+MAX_PENDING_WRITES = 4000
+NODE_BATCHES = 48
+assert NODE_BATCHES > 1 + MAX_PENDING_WRITES // BATCH_ITEMS + 1
+# How long held commits wait for the flood to be shed: a node that never sheds gets its
+# commits back then, and fails the checks.
+HOLD_LIMIT_S = 30.0
 
 
 # What a flood may get: served, or shed. gRPC core itself cancels calls beyond its queue of
@@ -78,6 +90,78 @@ async def flood(
     return codes
 
 
+class CommitHold:
+    """Holds the writer lock of a node's LMDB store from a thread of this process (the
+    lock is shared between processes) until release(): the node's commit worker waits in
+    its next commit, so nothing leaves the node's queue of writes meanwhile. A flood then
+    meets a full queue however fast this machine commits (a flood alone overflowed it only
+    when the machine delivered writes faster than the node committed them)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._held = threading.Event()
+        self._release = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._hold, name="commit-hold", daemon=True)
+
+    def __enter__(self) -> CommitHold:
+        self._thread.start()
+        if not self._held.wait(30) or self._error is not None:
+            self.release()
+            raise RuntimeError(f"could not hold the commits of {self._data_dir}: {self._error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._thread.join(30)
+
+    def release(self) -> None:
+        self._release.set()
+
+    def _hold(self) -> None:
+        # A write transaction is the writer lock, released by the thread that took it.
+        try:
+            env = lmdb.open(str(self._data_dir), subdir=True, lock=True)
+            try:
+                txn = env.begin(write=True)
+                self._held.set()
+                self._release.wait()
+                txn.abort()
+            finally:
+                env.close()
+        except BaseException as err:
+            self._error = err
+            self._held.set()
+
+
+async def flood_held(
+    hold: CommitHold,
+    shed: str,
+    address: str,
+    calls: int,
+    make: Callable[[kv_pb2_grpc.KVStub, int], Awaitable[object]],
+    messages: set[str],
+    served: list[int] | None = None,
+    acknowledged: list[bytes] | None = None,
+) -> Counter[str]:
+    """flood() while hold keeps the node's commits, which go once a call was refused with
+    a message containing shed (or after HOLD_LIMIT_S): the calls the node took in are
+    then committed and answered."""
+
+    async def let_go() -> None:
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while time.monotonic() < deadline and not any(shed in m for m in messages):
+            await asyncio.sleep(0.01)
+        hold.release()
+
+    releaser = asyncio.create_task(let_go())
+    try:
+        return await flood(address, calls, make, messages, served, acknowledged)
+    finally:
+        releaser.cancel()
+        hold.release()
+
+
 def _put(stub: kv_pb2_grpc.KVStub, i: int) -> Awaitable[object]:
     return stub.Put(kv_pb2.PutRequest(key=b"flood/%d" % i, value=VALUE), timeout=20)
 
@@ -87,17 +171,21 @@ def _batch_key(i: int, j: int) -> bytes:
 
 
 def _batch(stub: kv_pb2_grpc.KVStub, i: int) -> Awaitable[object]:
-    mutations = [kv_pb2.Mutation(key=_batch_key(i, j), value=BATCH_VALUE) for j in range(1000)]
+    mutations = [
+        kv_pb2.Mutation(key=_batch_key(i, j), value=BATCH_VALUE) for j in range(BATCH_ITEMS)
+    ]
     # A deadline far beyond any shedding delay: a batch the router sheds is answered at once,
     # so running out of it means a hung router, not a busy machine.
     return stub.BatchWrite(kv_pb2.BatchWriteRequest(mutations=mutations), timeout=60)
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_flooded_node_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
-    node = shardd_proc(
-        tmp_path, "n1", extra=["--max-concurrent-rpcs", "64", "--max-pending-writes", "4000"]
-    ).start()
+    """Each flood meets a node whose commits are held: nothing drains while it arrives, so
+    the bounds must answer it (not whether this machine commits faster than it sends)."""
+    extra = ["--max-concurrent-rpcs", "64", "--max-pending-writes", str(MAX_PENDING_WRITES)]
+    node = shardd_proc(tmp_path, "n1", extra=extra).start()
+    data_dir = tmp_path / "n1"
     try:
         unary_messages: set[str] = set()
         batch_messages: set[str] = set()
@@ -105,17 +193,30 @@ def test_flooded_node_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
         batch_keys: list[bytes] = []
         with RssSampler([node]) as rss:
             started = time.monotonic()
-            unary = asyncio.run(flood(node.address, 4000, _put, unary_messages, served))
-            # 48 batches of 1000 at once overflow a 4000-write queue unless this (loaded)
-            # machine delivers them slower than the node commits them: flood again then,
-            # up to 3 rounds, counting every round's codes.
-            batches: Counter[str] = Counter()
-            for _ in range(3):
-                batches += asyncio.run(
-                    flood(node.address, 48, _batch, batch_messages, acknowledged=batch_keys)
+            with CommitHold(data_dir) as hold:
+                unary = asyncio.run(
+                    flood_held(
+                        hold,
+                        "Concurrent RPC limit",
+                        node.address,
+                        4000,
+                        _put,
+                        unary_messages,
+                        served,
+                    )
                 )
-                if any("node overloaded" in m for m in batch_messages):
-                    break
+            with CommitHold(data_dir) as hold:
+                batches = asyncio.run(
+                    flood_held(
+                        hold,
+                        "node overloaded",
+                        node.address,
+                        NODE_BATCHES,
+                        _batch,
+                        batch_messages,
+                        acknowledged=batch_keys,
+                    )
+                )
             elapsed = time.monotonic() - started
         print(
             f"[overload node] unary={dict(unary)} batch={dict(batches)}"
@@ -132,7 +233,7 @@ def test_flooded_node_sheds_load_with_bounded_memory(tmp_path: Path) -> None:
         assert rss.peak["n1"] < RSS_LIMIT_MB
         _still_serving(node)
         _read_back(node.address, [b"flood/%d" % i for i in served], VALUE)
-        assert len(batch_keys) >= 1000, "no batch was acknowledged"
+        assert len(batch_keys) >= BATCH_ITEMS, "no batch was acknowledged"
         _read_back(node.address, batch_keys, BATCH_VALUE)
     finally:
         node.stop()
