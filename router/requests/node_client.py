@@ -227,8 +227,13 @@ class NodeClient:
             timeout=timeout_s,
             metadata=self._metadata(),
         )
-        async for batch in call:
-            yield list(batch.records)
+        try:
+            async for batch in call:
+                yield list(batch.records)
+        finally:
+            # As in snapshot(): closing this generator does not end the call, which kept
+            # the node walking its store until the deadline (an hour, for moves and repair).
+            call.cancel()
 
     async def purge_token_ranges(
         self,
