@@ -24,7 +24,7 @@ from harness import (
     Proc,
     start_cluster,
 )
-from shardkv.client import Client
+from shardkv.client import Client, Consistency
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 GRACE_S = 1
@@ -207,7 +207,8 @@ def test_restore_after_tombstone_gc_keeps_later_deletes_deleted(
     ]
     replica(cluster.node("n1")).Apply(replica_pb2.ApplyRequest(records=lone), timeout=10)
     with Client(cluster.router.address) as client:
-        assert client.get(b"old/read") == b"read"
+        # At ALL: only n1 holds it, and two not-found replies would decide an R=2 read.
+        assert client.get(b"old/read", consistency=Consistency.ALL) == b"read"
     deadline = time.monotonic() + 10
     while not all(records(node, [b"old/read"])[0].version for node in cluster.nodes):
         assert time.monotonic() < deadline, "read repair never copied old/read"
