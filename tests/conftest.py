@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Cluster, Proc, shardd_proc, start_cluster
+from harness import Cluster, Proc, failed, shardd_proc, start_cluster, stopped_after
 
 TIERS = {"unit": (), "integration": ("slow",), "faults": ("slow",)}
 
@@ -35,11 +35,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     return report
 
 
-def _failed(request: pytest.FixtureRequest) -> bool:
-    report = getattr(request.node, "rep_call", None)
-    return report is None or report.failed
-
-
 @pytest.fixture
 def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proc]:
     """One running shardd with its data in a temp dir."""
@@ -48,17 +43,12 @@ def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
-        if _failed(request):
+        if failed(request):
             print(f"===== {proc.name} log =====\n{proc.log()[-20000:]}")
 
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """Three nodes (N=3, R=W=2) and one router, as real processes."""
-    running = start_cluster(tmp_path)
-    try:
+    with stopped_after(start_cluster(tmp_path), request) as running:
         yield running
-    finally:
-        running.stop()
-        if _failed(request):
-            print(running.logs())

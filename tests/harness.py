@@ -12,11 +12,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -262,3 +265,29 @@ def start_cluster(
         cluster.stop()
         raise
     return cluster
+
+
+class Running(Protocol):
+    def stop(self) -> None: ...
+    def logs(self) -> str: ...
+
+
+R = TypeVar("R", bound=Running)
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test using a fixture failed (or never ran): conftest records reports."""
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed
+
+
+@contextmanager
+def stopped_after(running: R, request: pytest.FixtureRequest) -> Iterator[R]:
+    """Yields running to a fixture's test, then stops every process by its PID and prints
+    the logs when the test failed."""
+    try:
+        yield running
+    finally:
+        running.stop()
+        if failed(request):
+            print(running.logs())

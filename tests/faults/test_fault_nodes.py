@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import stopped_after
 from shardkv.v1 import admin_pb2
 
 from faults.checker import check
@@ -34,14 +35,8 @@ from faults.workload import Workload, run_workload
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCluster]:
-    running = start_faulty_cluster(tmp_path)
-    try:
+    with stopped_after(start_faulty_cluster(tmp_path), request) as running:
         yield running
-    finally:
-        running.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            print(running.logs())
 
 
 @pytest.mark.timeout(60)

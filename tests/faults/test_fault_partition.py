@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import stopped_after
 from shardkv.client import Client
 from shardkv.router.membership.topology import load_topology
 from shardkv.v1 import admin_pb2
@@ -50,14 +51,10 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCl
     """n3 behind a proxy; with a parameter, the routers run with that set of timeouts."""
     which = getattr(request, "param", TUNED)
     timeouts = None if which == TUNED else SHIPPED_TIMEOUTS[which]()
-    running = start_faulty_cluster(tmp_path, proxied=["n3"], timeouts=timeouts)
-    try:
+    with stopped_after(
+        start_faulty_cluster(tmp_path, proxied=["n3"], timeouts=timeouts), request
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            print(running.logs())
 
 
 @pytest.mark.timeout(90)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from harness import stopped_after
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 from faults.cluster import (
@@ -34,14 +35,8 @@ CATCH_UP_TIMEOUT_S = 60.0
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCluster]:
-    running = start_faulty_cluster(tmp_path)
-    try:
+    with stopped_after(start_faulty_cluster(tmp_path), request) as running:
         yield running
-    finally:
-        running.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is None or report.failed:
-            print(running.logs())
 
 
 @dataclass
