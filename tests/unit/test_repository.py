@@ -34,3 +34,14 @@ def test_hand_written_modules_stay_small() -> None:
         if n > MAX_MODULE_LINES
     }
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_test_modules_have_distinct_basenames() -> None:
+    """pytest imports test modules by basename (tests/ is on the path, the tiers are not
+    packages): two tiers holding the same name break collection of the whole suite."""
+    names: dict[str, list[str]] = {}
+    for path in _tracked():
+        if path.name.startswith("test_") and path.suffix == ".py" and "tests" in path.parts:
+            names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not clashes, f"test modules sharing a basename: {clashes}"
