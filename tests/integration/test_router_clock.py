@@ -172,6 +172,7 @@ def test_a_router_whose_clock_runs_too_far_ahead_cannot_write(cluster: Cluster) 
 def test_two_routers_never_run_with_the_same_writer_id(cluster: Cluster) -> None:
     """A second router started with the id of a running one refuses to start, saying why."""
     twin = router_proc(cluster.base, cluster.config, "r1")
+    cluster.routers.append(twin)  # stopped with the cluster, whatever happens
     twin.start(wait=False)
     assert twin.popen is not None
     assert twin.popen.wait(20) != 0
@@ -181,7 +182,7 @@ def test_two_routers_never_run_with_the_same_writer_id(cluster: Cluster) -> None
     cluster.router.signal(signal.SIGKILL)
     assert cluster.router.popen is not None
     cluster.router.popen.wait(10)
-    cluster.routers[0] = twin.start()
+    twin.start()
     kv(twin).Put(kv_pb2.PutRequest(key=b"clock/one", value=b"w"), timeout=10)
 
 
