@@ -29,13 +29,15 @@ def kv(cluster: Cluster) -> Iterator[kv_pb2_grpc.KVStub]:
 
 
 def wait_state(cluster: Cluster, node_id: str, state: int, timeout_s: float = 10.0) -> None:
-    """Polls the router's Admin view until node_id reaches state."""
+    """Polls the router's Admin view until node_id reaches state; UP also waits until its
+    data directory was checked and it counts toward quorums again (directory "ok")."""
     with grpc.insecure_channel(cluster.router.address) as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             nodes = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=2).nodes
-            if next(n.state for n in nodes if n.id == node_id) == state:
+            node = next(n for n in nodes if n.id == node_id)
+            if node.state == state and (state != admin_pb2.UP or node.directory == "ok"):
                 return
             time.sleep(0.05)
     raise TimeoutError(f"{node_id} never reached {admin_pb2.NodeState.Name(state)}")
