@@ -17,7 +17,7 @@ import grpc
 import pytest
 from etcd_harness import current_revision, etcd_members, etcdctl, start_etcd, wait_etcd
 from faults.proxy import FaultProxy
-from harness import BIN, Proc, free_port, router_proc, shardd_proc, wait_serving
+from harness import BIN, Proc, failed, free_port, router_proc, shardd_proc, wait_serving
 from harness import write_cluster_toml as write_toml
 from shardkv.client import Client
 from shardkv.router.membership.topology import Topology, parse_topology
@@ -63,10 +63,9 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EtcdClus
         for node in nodes:
             wait_serving(node.address)
         yield running
-    except BaseException:
-        print("\n".join(f"===== {p.name} =====\n{p.log()[-8000:]}" for p in running.all()))
-        raise
     finally:
+        if failed(request):
+            print("\n".join(f"===== {p.name} =====\n{p.log()[-8000:]}" for p in running.all()))
         for proc in running.all():
             proc.stop()
 
