@@ -98,11 +98,12 @@ def stored(cluster: EtcdCluster) -> Topology:
 
 
 def wait_served(router: Proc, epoch: int, timeout_s: float = 20) -> float:
-    """Waits until router serves epoch with no move; returns when it did (monotonic)."""
+    """Waits until router serves epoch, or a later one, with no move; returns when it did
+    (monotonic). Later: a node's first claim of its directory is one more topology write."""
     deadline = time.monotonic() + timeout_s
     while True:
         now, nodes = served(router)
-        if now == epoch and all(state == "member" for _, state in nodes):
+        if now >= epoch and all(state == "member" for _, state in nodes):
             return time.monotonic()
         assert time.monotonic() < deadline, f"{router.name} serves {now} {nodes}, not {epoch}"
         time.sleep(0.05)
@@ -135,10 +136,10 @@ def test_routers_seed_once_and_follow_each_others_changes(cluster: EtcdCluster) 
     add_node(cluster.routers[0], cluster.node("n4"))
     done = wait_served(cluster.routers[0], 3)
     followed = wait_served(cluster.routers[1], 3)
-    print(f"r2 served epoch 3 {max(0.0, followed - done):.3f} s after r1 did")
+    print(f"r2 served the move's end {max(0.0, followed - done):.3f} s after r1 did")
     assert followed - done < 1.0
     topology = stored(cluster)
-    assert topology.epoch == 3 and [n.id for n in topology.nodes] == ["n1", "n2", "n3", "n4"]
+    assert topology.epoch >= 3 and [n.id for n in topology.nodes] == ["n1", "n2", "n3", "n4"]
     assert first.read_text() == seeded, "a router on etcd wrote its --config file"
 
 
