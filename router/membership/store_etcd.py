@@ -196,17 +196,20 @@ async def _open(
     store: EtcdTopologyStore, client: EtcdClient, seed: Topology, source: str, wait_s: float
 ) -> Topology:
     deadline = time.monotonic() + wait_s
+    prefix = f"{store.target.prefix}/".encode()
     while True:
         try:
             stored = await client.get(store.target.key)
-            break
+            if stored.value is not None:
+                break
+            count, some = await client.keys(prefix, limit=3)
         except StoreUnavailable as err:
             if time.monotonic() >= deadline:
                 raise StoreUnavailable(f"{err} (waited {wait_s:g} s at start)") from None
             await asyncio.sleep(0.5)
-    if stored.value is None:
-        prefix = f"{store.target.prefix}/".encode()
-        count, some = await client.keys(prefix, limit=3)
+            continue
+        if store.target.key in some:
+            continue  # another router seeded it between our two reads
         if count:
             raise TopologyError(
                 f"{store.name}: the prefix holds {count} key(s) but no shardkv topology (e.g."
@@ -219,6 +222,7 @@ async def _open(
         if done:
             log.info("seeded %s from %s at epoch %d", store.name, source, seed.epoch)
             return store._parse(stored)
+        break
     try:
         topology = store._parse(stored)
     except TopologyError as err:

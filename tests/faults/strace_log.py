@@ -163,6 +163,12 @@ class Exchange:
     reply: Call | None
 
 
+def _effect(call: Call) -> int:
+    """Where a call takes effect in the trace: a close frees its descriptor on entry, so
+    another thread's accept4 may return the same number before the close's exit line."""
+    return call.entry if call.name == "close" else call.exit
+
+
 def node_activity(calls: list[Call]) -> tuple[list[FileOp], list[Exchange]]:
     files: dict[int, tuple[str, bool]] = {}  # fd -> (path, O_DSYNC)
     positions: dict[int, int] = {}
@@ -171,7 +177,7 @@ def node_activity(calls: list[Call]) -> tuple[list[FileOp], list[Exchange]]:
     outbound: dict[int, Stream] = defaultdict(Stream)
     ops: list[FileOp] = []
     serial = 0
-    for call in sorted(calls, key=lambda c: c.exit):
+    for call in sorted(calls, key=_effect):
         name, ret = call.name, call.ret
         if name in ("open", "openat") and ret is not None and ret >= 0:
             path = (call.strings() or [b""])[0]

@@ -7,6 +7,7 @@ router fails over when its member stops; bad etcd input is refused and never ove
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from faults.proxy import FaultProxy
 from harness import BIN, Proc, failed, free_port, router_proc, shardd_proc, wait_serving
 from harness import write_cluster_toml as write_toml
 from shardkv.client import Client
-from shardkv.router.membership.topology import Topology, parse_topology
+from shardkv.router.membership.store_etcd import open_etcd_store, parse_etcd_url
+from shardkv.router.membership.topology import Topology, load_topology, parse_topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
 PREFIX = "/shardkv/test"
@@ -254,6 +256,42 @@ def test_bad_etcd_input_is_refused_and_never_overwritten(tmp_path: Path) -> None
             "[a",
             "topology",
         ]
+    finally:
+        for member in members:
+            member.stop()
+
+
+@pytest.mark.timeout(120)
+def test_routers_opening_an_empty_prefix_at_once_all_serve_the_one_seed(tmp_path: Path) -> None:
+    """A router that reads the prefix empty, then finds the key another router seeded in the
+    moment between its two reads, serves that seed instead of calling the prefix foreign
+    (once seen in CI: 'the prefix holds 1 key(s) but no shardkv topology (e.g. .../topology)')."""
+    seed = load_topology(
+        write_config(tmp_path / "cluster.toml", [shardd_proc(tmp_path, f"n{i}") for i in (1, 2, 3)])
+    )
+    members = etcd_members(tmp_path)
+
+    async def race(prefix: str) -> list[Topology | BaseException]:
+        target = parse_etcd_url(f"etcd://{members[0].address}{prefix}")
+        opened = await asyncio.gather(
+            *(open_etcd_store(target, seed=seed, seed_source="race") for _ in range(4)),
+            return_exceptions=True,
+        )
+        served: list[Topology | BaseException] = []
+        for result in opened:
+            if isinstance(result, BaseException):
+                served.append(result)
+            else:
+                store, topology = result
+                await store.close()
+                served.append(topology)
+        return served
+
+    try:
+        start_etcd(members)
+        for attempt in range(40):
+            served = asyncio.run(race(f"/race/{attempt}"))
+            assert served == [seed] * 4, served
     finally:
         for member in members:
             member.stop()
