@@ -1,5 +1,6 @@
-"""The etcd calls the topology store makes (read a key, compare-and-swap it, watch it), over
-aetcd's generated etcd v3 stubs on grpc.aio channels, failing over between endpoints.
+"""The etcd calls shardkv makes (read a key, compare-and-swap it, watch it; leases and keys
+held by them), over aetcd's generated etcd v3 stubs on grpc.aio channels, failing over
+between endpoints.
 
 aetcd's high-level ``Client`` is not used: it talks to one endpoint, and its watcher only
 reports a stream that fails with an error (one that simply ends leaves the watch waiting
@@ -8,14 +9,22 @@ next endpoint, and a watch ends with an exception whatever ends its stream, so t
 always learns that it must watch again. A watch asks for a member with a leader
 (etcd's ``hasleader`` metadata, as clientv3's ``WithRequireLeader``): a member cut off
 from its cluster cancels it instead of leaving it silent.
+
+A ``Lease`` is held, not trusted: it counts as alive only until the time of the last
+renewal etcd answered (taken when the renewal was sent) plus the TTL etcd gave, so the
+holder stops believing in it no later than etcd can expire it. Its keeper renews at a
+third of the TTL and reports the loss once, with the reason; whoever acts on a lease
+checks ``alive()`` before each step (and fences the step itself where it can).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -38,6 +47,9 @@ CHANNEL_OPTIONS = (
 )
 _REQUIRE_LEADER = (("hasleader", "true"),)
 _DELETE = 1  # mvccpb.Event.DELETE
+# A keeper whose renewal failed tries again this soon (while the lease may still be alive).
+RENEW_RETRY_S = 0.5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,17 @@ class Stored:
     mod_revision: int
     # The store's revision when this was read (watching from revision + 1 misses nothing).
     revision: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What put_if_absent found: whether this call created the key, and the key's holder."""
+
+    won: bool
+    # The key's value and the lease it is attached to (0: none) after the Txn.
+    value: bytes | None
+    lease: int
+    mod_revision: int
 
 
 class Compacted(Exception):
@@ -83,19 +106,26 @@ class EtcdClient:
 
     async def _call(self, method: str, request: Any) -> Any:
         """request on KV/method, on each member in turn until one answers."""
+        return await self._on_members(
+            f"KV/{method}",
+            lambda channel: getattr(rpc.KVStub(channel), method)(request, timeout=self._timeout_s),
+        )
+
+    async def _on_members(self, what: str, invoke: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+        """invoke on each member's channel in turn until one answers; raises StoreUnavailable
+        naming etcd, what and the last failure."""
         failure = ""
         for _ in self.endpoints:
             endpoint = self.endpoints[self._current]
-            call: Callable[..., Awaitable[Any]] = getattr(rpc.KVStub(self._channel()), method)
             try:
-                return await call(request, timeout=self._timeout_s)
+                return await invoke(self._channel())
             except grpc.aio.AioRpcError as err:
                 failure = f"{endpoint}: {err.code().name}: {err.details()}"
                 if err.code() not in (
                     grpc.StatusCode.UNAVAILABLE,
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 ):
-                    raise StoreUnavailable(f"{self.name} refused {method} ({failure})") from err
+                    raise StoreUnavailable(f"{self.name} refused {what} ({failure})") from err
                 self._next()
         raise StoreUnavailable(f"{self.name} is unreachable (last: {failure})")
 
@@ -132,6 +162,69 @@ class EtcdClient:
         reply = await self._call("Txn", request)
         after = reply.responses[-1].response_range
         return bool(reply.succeeded), _stored(after.kvs, reply.header.revision)
+
+    async def put_if_absent(self, key: bytes, value: bytes, *, lease: int) -> Claim:
+        """Creates key with value attached to lease unless the key exists (a Txn on its
+        create_revision == 0); returns whether this call created it and who holds it."""
+        read = rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+        absent = rpc.Compare(
+            key=key, target=rpc.Compare.CREATE, result=rpc.Compare.EQUAL, create_revision=0
+        )
+        put = rpc.PutRequest(key=key, value=value, lease=lease)
+        request = rpc.TxnRequest(
+            compare=[absent], success=[rpc.RequestOp(request_put=put), read], failure=[read]
+        )
+        reply = await self._call("Txn", request)
+        kvs = reply.responses[-1].response_range.kvs
+        if not kvs:  # only when the key was deleted by a later Txn of another member
+            return Claim(bool(reply.succeeded), None, 0, 0)
+        return Claim(bool(reply.succeeded), bytes(kvs[0].value), kvs[0].lease, kvs[0].mod_revision)
+
+    async def grant(self, ttl_s: int) -> Lease:
+        """A new lease of ttl_s seconds (etcd may grant more: its minimum TTL), not kept
+        alive until Lease.keep_alive is called."""
+        sent = time.monotonic()
+        reply = await self._on_members(
+            "Lease/LeaseGrant",
+            lambda channel: rpc.LeaseStub(channel).LeaseGrant(
+                rpc.LeaseGrantRequest(TTL=ttl_s), timeout=self._timeout_s
+            ),
+        )
+        if reply.error:
+            raise StoreUnavailable(f"{self.name} refused a lease of {ttl_s} s: {reply.error}")
+        return Lease(self, int(reply.ID), int(reply.TTL), expires=sent + reply.TTL)
+
+    async def renew(self, lease: int) -> int:
+        """Renews lease once; returns the TTL etcd gave it, 0 when it no longer exists."""
+
+        async def once(channel: grpc.aio.Channel) -> int:
+            call = rpc.LeaseStub(channel).LeaseKeepAlive(timeout=self._timeout_s)
+            try:
+                await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
+                reply = await call.read()
+            finally:
+                call.cancel()
+            if reply is grpc.aio.EOF:
+                raise StoreUnavailable(f"{self.name} ended the keep-alive of lease {lease:x}")
+            return int(reply.TTL)
+
+        return await self._on_members("Lease/LeaseKeepAlive", once)
+
+    async def revoke(self, lease: int) -> None:
+        """Ends lease and deletes the keys attached to it (a lease already gone is fine)."""
+        try:
+            await self._on_members(
+                "Lease/LeaseRevoke",
+                lambda channel: rpc.LeaseStub(channel).LeaseRevoke(
+                    rpc.LeaseRevokeRequest(ID=lease), timeout=self._timeout_s
+                ),
+            )
+        except StoreUnavailable as err:
+            if isinstance(err.__cause__, grpc.aio.AioRpcError) and (
+                err.__cause__.code() == grpc.StatusCode.NOT_FOUND
+            ):
+                return
+            raise
 
     async def watch(
         self, key: bytes, *, start_revision: int, on_ready: Callable[[], None]
@@ -176,6 +269,69 @@ class EtcdClient:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+class Lease:
+    """An etcd lease this process holds (see the module docstring): alive() until it may
+    have expired; keep_alive() renews it in a task and reports its loss once."""
+
+    def __init__(self, client: EtcdClient, lease_id: int, ttl_s: int, *, expires: float):
+        self.id = lease_id
+        self.ttl_s = ttl_s
+        self._client = client
+        self._expires = expires  # monotonic: etcd cannot have expired it before this
+        self._lost = ""
+        self._keeper: asyncio.Task[None] | None = None
+
+    def alive(self) -> bool:
+        """Whether etcd surely still holds the lease (checked before acting on it)."""
+        return not self._lost and time.monotonic() < self._expires
+
+    @property
+    def lost(self) -> str:
+        """Why the lease was lost; empty while it is held."""
+        return self._lost
+
+    def keep_alive(self, on_lost: Callable[[str], None]) -> None:
+        """Renews the lease every TTL/3 in a task; calls on_lost(reason) once when it may
+        have expired (no renewal answered in time, or etcd says it is gone), then stops."""
+        assert self._keeper is None, f"lease {self.id:x} is kept alive already"
+        self._keeper = asyncio.create_task(self._keep(on_lost), name=f"lease-{self.id:x}")
+
+    async def _keep(self, on_lost: Callable[[str], None]) -> None:
+        failure = ""
+        while True:
+            pause = self.ttl_s / 3 if not failure else RENEW_RETRY_S
+            await asyncio.sleep(min(pause, max(0.0, self._expires - time.monotonic())))
+            left = self._expires - time.monotonic()
+            if left <= 0:
+                self._lose(f"no renewal answered within its TTL of {self.ttl_s} s ({failure})")
+                break
+            sent = time.monotonic()
+            try:
+                ttl = await asyncio.wait_for(self._client.renew(self.id), timeout=left)
+            except (StoreUnavailable, TimeoutError) as err:
+                failure = str(err) or "the renewal timed out"
+                log.warning("lease %x: renewal failed (%.1f s left): %s", self.id, left, failure)
+                continue
+            if ttl <= 0:
+                self._lose(f"{self._client.name} no longer holds it (expired or revoked)")
+                break
+            failure, self._expires = "", sent + ttl
+        on_lost(self._lost)
+
+    def _lose(self, reason: str) -> None:
+        self._lost = f"etcd lease {self.id:x} (TTL {self.ttl_s} s) is lost: {reason}"
+        log.error("%s", self._lost)
+
+    async def revoke(self) -> None:
+        """Stops renewing and revokes the lease, deleting the keys attached to it."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+        if not self._lost:
+            self._lost = f"etcd lease {self.id:x} was revoked"
+        await self._client.revoke(self.id)
 
 
 def _stored(kvs: Sequence[Any], revision: int) -> Stored:
