@@ -1,10 +1,11 @@
 """Drives etcd the way its Python users do: aetcd's generated stubs on a grpc.aio channel.
 
-One unary call per operation (KV/Put, KV/Range, linearizable by default). A batch is one
-KV/Txn of puts or of ranges; etcd refuses a Txn of more than --max-txn-ops operations (128
-by default, and the benchmark runs etcd with its defaults), so batches of 1000 are marked
-n/a. With several members the calls go round-robin over one channel per member, as the
-official client's balancer does.
+One unary call per operation (KV/Put, KV/Range: linearizable, etcd's default, or
+serializable, answered by the member asked from its own state, when the driver is made
+so). A batch is one KV/Txn of puts or of ranges; etcd refuses a Txn of more than
+--max-txn-ops operations (128 by default, and the benchmark runs etcd with its defaults),
+so batches of 1000 are marked n/a. With several members the calls go round-robin over one
+channel per member, as the official client's balancer does.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ CALL_TIMEOUT_S = 30.0
 class EtcdDriver:
     """The load generator's interface (see load.Driver) over etcd's KV service."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], *, serializable: bool = False) -> None:
         if not addresses:
             raise ValueError("EtcdDriver needs at least one member address")
         self.max_batch = ETCD_MAX_TXN_OPS
+        self._serializable = serializable
         self._channels = [grpc.aio.insecure_channel(a) for a in addresses]
         stubs = [rpc_pb2_grpc.KVStub(c) for c in self._channels]
         self._stubs = itertools.cycle(stubs)
 
     async def get(self, key: bytes) -> bool:
-        reply = await next(self._stubs).Range(rpc_pb2.RangeRequest(key=key), timeout=CALL_TIMEOUT_S)
+        request = rpc_pb2.RangeRequest(key=key, serializable=self._serializable)
+        reply = await next(self._stubs).Range(request, timeout=CALL_TIMEOUT_S)
         return bool(reply.kvs)
 
     async def put(self, key: bytes, value: bytes) -> None:

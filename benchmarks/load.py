@@ -78,6 +78,9 @@ class Cell:
     keyspace: int = DEFAULT_KEYSPACE
     # Seconds between RSS samples during the window (0 = only at the ends).
     sample_every_s: float = 0.0
+    # Reads answered by whichever member is asked, without a quorum round (etcd's
+    # serializable Range); the run gives such cells a driver that reads that way.
+    serializable: bool = False
 
     def __post_init__(self) -> None:
         if self.mix not in MIXES:
@@ -90,7 +93,8 @@ class Cell:
     @property
     def label(self) -> str:
         batch = "single" if self.batch == 1 else f"batch {self.batch}"
-        return f"{self.mix} {self.keys} {self.value_bytes}B {batch} x{self.in_flight}"
+        mix = f"{self.mix} serializable" if self.serializable else self.mix
+        return f"{mix} {self.keys} {self.value_bytes}B {batch} x{self.in_flight}"
 
 
 @dataclass

@@ -13,16 +13,23 @@ from dataclasses import dataclass, replace
 from benchmarks.load import Cell
 
 SHARDKV = "shardkv"
+# The same router in front of more nodes: does the router grow dearer with the cluster?
+SHARDKV12 = "shardkv-12"
+SHARDKV60 = "shardkv-60"
 SHARDD = "shardd"
 ETCD1 = "etcd-1"
 ETCD3 = "etcd-3"
 
 SYSTEM_TITLES = {
     SHARDKV: "shardkv: router + 3 shardd (N=3, R=W=2, durable)",
+    SHARDKV12: "shardkv: router + 12 shardd (N=3, R=W=2, durable)",
+    SHARDKV60: "shardkv: router + 60 shardd (N=3, R=W=2, durable)",
     SHARDD: "one shardd asked directly (durable)",
     ETCD1: "etcd, 1 member",
     ETCD3: "etcd, 3 members",
 }
+# Nodes behind the router, per shardkv system.
+SHARDKV_NODES = {SHARDKV: 3, SHARDKV12: 12, SHARDKV60: 60}
 ETCD_SYSTEMS = (ETCD1, ETCD3)
 CONCURRENCY = (1, 16, 64, 256)
 BATCH_IN_FLIGHT = 8
@@ -35,7 +42,11 @@ PLAN_TEXT = (
     "(s = 0.99) keys at 256 in flight; 1 KiB values at 256; batches of 100 and 1000 keys "
     f"with {BATCH_IN_FLIGHT} batches in flight; and a steady 50/50 run of shardkv sampling "
     "RSS. The lone shardd runs the sweep and the batches only; etcd runs no batch of 1000 "
-    "(its default --max-txn-ops is 128). The quick profile keeps only the cells the targets need."
+    "(its default --max-txn-ops is 128), and its single-key Gets run twice: linearizable "
+    "Range (etcd's default) and serializable Range (answered by the member asked, like a "
+    "shardkv read at ONE). The same router also runs single puts in front of 12 nodes (and "
+    "60 in the full profile), at 64 and 256 in flight. The quick profile "
+    "keeps only the cells the targets need."
 )
 
 
@@ -83,6 +94,20 @@ def _sweep(base: Cell) -> list[Planned]:
         for mix in ("put-only", "get-only")
         for k in CONCURRENCY
     ]
+
+
+def _serializable(base: Cell, levels: tuple[int, ...]) -> list[Planned]:
+    """etcd's serializable Range beside its default linearizable one."""
+    return [
+        Planned("sweep", replace(base, mix="get-only", in_flight=k, serializable=True))
+        for k in levels
+    ]
+
+
+def _cluster_sizes(base: Cell) -> list[Planned]:
+    """Single puts through one router in front of more nodes, at 64 and 256 in flight (12
+    nodes at 256 carry the load per node of 3 nodes at 64)."""
+    return [Planned("nodes", replace(base, mix="put-only", in_flight=k)) for k in (64, 256)]
 
 
 def _mixes(base: Cell) -> list[Planned]:
@@ -134,10 +159,18 @@ def full(*, with_etcd: bool = True) -> Profile:
             *_batches(base, (100, 1000)),
             steady,
         ),
+        SHARDKV12: tuple(_cluster_sizes(base)),
+        SHARDKV60: tuple(_cluster_sizes(base)),
         SHARDD: (*_sweep(base), *_batches(base, (100, 1000))),
     }
     if with_etcd:
-        etcd = (*_sweep(base), *_mixes(base), *_values(base, 20_000), *_batches(base, (100,)))
+        etcd = (
+            *_sweep(base),
+            *_serializable(base, (1, 256)),
+            *_mixes(base),
+            *_values(base, 20_000),
+            *_batches(base, (100,)),
+        )
         cells[ETCD1] = etcd
         cells[ETCD3] = etcd
     return Profile("full", "the whole suite (make bench)", cells)
@@ -151,14 +184,18 @@ def quick(*, with_etcd: bool = True) -> Profile:
         for mix in ("put-only", "get-only")
         for k in (1, 256)
     ]
+    batches = _batches(base, (100, 1000))
+    put64 = Planned("sweep", replace(base, mix="put-only", in_flight=64))
     cells: dict[str, tuple[Planned, ...]] = {
-        SHARDKV: (*ends, *_batches(base, (1000,))),
-        SHARDD: tuple(p for p in ends if p.cell.mix == "get-only"),
+        SHARDKV: (*ends, put64, *batches),
+        SHARDKV12: tuple(p for p in _cluster_sizes(base) if p.cell.in_flight == 256),
+        SHARDD: (*ends, *batches),
     }
     if with_etcd:
-        cells[ETCD1] = tuple(ends)
-        cells[ETCD3] = tuple(p for p in ends if p.cell.in_flight == 256)
-    return Profile("quick", "a one-minute subset (make bench-quick)", cells)
+        at256 = tuple(p for p in ends if p.cell.in_flight == 256)
+        cells[ETCD1] = (*at256, *_serializable(base, (256,)))
+        cells[ETCD3] = (*at256, *_serializable(base, (256,)), *_batches(base, (100,)))
+    return Profile("quick", "the cells the targets need, short (make bench-quick)", cells)
 
 
 def soak(*, minutes: float = 5.0) -> Profile:

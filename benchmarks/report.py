@@ -17,6 +17,7 @@ SECTIONS = {
     "mixes": "Workloads at 256 in flight (100 B values)",
     "values": "1 KiB values at 256 in flight (uniform keys)",
     "batches": "Batches (one BatchWrite/BatchGet; etcd: one Txn) ",
+    "nodes": "One router in front of more nodes (single puts, 100 B values, uniform keys)",
     "steady": "Steady run",
 }
 
@@ -27,7 +28,8 @@ drives each system with an asyncio closed loop of K operations in flight; a cell
 up, then counts the calls that finish in its window. shardkv is driven through
 `shardkv.client.AsyncClient` (so concurrent single-key calls are coalesced by the SDK, as
 users get them); etcd through aetcd's generated stubs on a plain grpc.aio channel, one
-unary Put or (linearizable) Range per operation, round-robin over its members. Latency is
+unary Put or Range per operation (linearizable, etcd's default, unless the workload says
+serializable), round-robin over its members. Latency is
 per call (HdrHistogram, 3 significant digits). CPU is user+system time of each process
 over the window, from /proc, per 1000 keys; `client` is the load generator itself;
 "other CPU" is the cores' worth used meanwhile by processes not under test (anything
@@ -50,6 +52,10 @@ def _rss(row: Row) -> str:
     return " · ".join(f"{name} {value:.0f}" for name, value in rss.items()) or "-"
 
 
+def _mix(cell: dict[str, Any]) -> str:
+    return f"{cell['mix']} serializable" if cell.get("serializable") else cell["mix"]
+
+
 def _call(cell: dict[str, Any]) -> str:
     return "single" if cell["batch"] == 1 else f"batch {cell['batch']}"
 
@@ -63,7 +69,7 @@ def _table(rows: Sequence[Row]) -> list[str]:
     for row in rows:
         cell = row["cell"]
         head = (
-            f"| {row['system']} | {cell['mix']} | {cell['keys']} | {cell['value_bytes']} B "
+            f"| {row['system']} | {_mix(cell)} | {cell['keys']} | {cell['value_bytes']} B "
             f"| {_call(cell)} | {cell['in_flight']} "
         )
         if row["status"] != "ok":
@@ -130,6 +136,27 @@ def _targets(verdicts: Sequence[dict[str, Any]]) -> list[str]:
         mark = {"PASS": "**PASS**", "MISS": "**MISS**"}.get(v["verdict"], v["verdict"])
         lines.append(f"| {v['name']} | {v['measured']} | {v['bound']} | {ratio} | {mark} |")
     return lines
+
+
+def _comparisons(found: Sequence[dict[str, Any]]) -> list[str]:
+    if not found:
+        return []
+    lines = [
+        "## Single keys against etcd (reported, not targets)",
+        "",
+        "shardkv's side is coalesced by the SDK while etcd's Python client sends one call per"
+        " operation, so these compare clients as much as servers (the server CPU target above"
+        " is the fair comparison).",
+        "",
+        "| what | shardkv | etcd | ratio |",
+        "|---|--:|--:|--:|",
+    ]
+    for c in found:
+        ours = "n/a" if c["ours"] is None else f"{c['ours']:,.0f}"
+        theirs = "n/a" if c["theirs"] is None else f"{c['theirs']:,.0f}"
+        ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}x"
+        lines.append(f"| {c['name']}, 256 in flight | {ours} | {theirs} | {ratio} |")
+    return [*lines, ""]
 
 
 def _placement(placement: dict[str, Any]) -> list[str]:
@@ -205,9 +232,10 @@ def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
         lines += [f"> **Note:** {note}" for note in meta["notes"]] + [""]
     lines += ["Systems:", ""]
     lines += [f"- `{s}`: {SYSTEM_TITLES.get(s, s)}" for s in doc["profile"]["systems"]]
-    lines += ["", HOW, "", doc["profile"]["plan"], "", "## Targets (issue 5)", ""]
+    lines += ["", HOW, "", doc["profile"]["plan"], "", "## Targets (issue 16)", ""]
     lines += _targets(doc["targets"])
     lines += [""]
+    lines += _comparisons(doc.get("comparisons") or [])
     if charts:
         lines += ["## Charts", "", *(f"![{p.stem}]({p.name})" for p in charts), ""]
     for section, title in SECTIONS.items():

@@ -40,7 +40,7 @@ from benchmarks.procs import (
 )
 from benchmarks.procstat import machine_busy_s, other_cores, usages
 from benchmarks.shardkv_driver import ShardkvDriver
-from benchmarks.targets import evaluate
+from benchmarks.targets import comparisons, evaluate
 
 log = logging.getLogger("benchmarks")
 
@@ -49,8 +49,8 @@ RESULTS_DIR = Path(__file__).parent / "results"
 
 def start_system(system: str, fleet: Fleet, etcd: str | None) -> list[str]:
     """Starts the servers of system; returns the addresses the client talks to."""
-    if system == plan.SHARDKV:
-        return [start_shardkv(fleet).address]
+    if system in plan.SHARDKV_NODES:
+        return [start_shardkv(fleet, nodes=plan.SHARDKV_NODES[system]).address]
     if system == plan.SHARDD:
         return [start_shardd(fleet).address]
     if system in plan.ETCD_SYSTEMS:
@@ -61,9 +61,12 @@ def start_system(system: str, fleet: Fleet, etcd: str | None) -> list[str]:
     raise ValueError(f"unknown system {system!r}")
 
 
-def make_driver(system: str, addresses: Sequence[str]) -> Driver:
+def make_driver(system: str, addresses: Sequence[str], *, serializable: bool = False) -> Driver:
+    """The driver of system; serializable reads only where the system offers them (etcd)."""
     if system in plan.ETCD_SYSTEMS:
-        return EtcdDriver(addresses)
+        return EtcdDriver(addresses, serializable=serializable)
+    if serializable:
+        raise ValueError(f"{system} has no serializable reads (its reads are quorum reads)")
     return ShardkvDriver(addresses[0])
 
 
@@ -202,6 +205,8 @@ async def run_system(
 ) -> None:
     """Preloads, then runs every cell of system, appending a row per cell to rows."""
     driver = make_driver(system, addresses)
+    # Serializable cells read through a driver of their own (made when first needed).
+    drivers = {False: driver}
     try:
         try:
             await _preload_all(system, driver, cells, progress, preloads)
@@ -215,10 +220,16 @@ async def run_system(
         for planned in cells:
             progress.label(f"{system}: {planned.cell.label}")
             progress.start_cell(planned)
-            rows.append(await _run_one(system, fleet, driver, planned, progress, gate))
+            serializable = planned.cell.serializable
+            if serializable not in drivers:
+                drivers[serializable] = make_driver(system, addresses, serializable=serializable)
+            rows.append(
+                await _run_one(system, fleet, drivers[serializable], planned, progress, gate)
+            )
             progress.finish_cell(planned)
     finally:
-        await driver.close()
+        for each in drivers.values():
+            await each.close()
 
 
 def run_profile(
@@ -304,6 +315,7 @@ def build_doc(
         "results": rows,
         "placement": ring,
         "targets": [v.to_json() for v in evaluate(rows, ring)],
+        "comparisons": [c.to_json() for c in comparisons(rows)],
     }
 
 

@@ -1,4 +1,4 @@
-"""The speed targets of issue 5, judged against one run's results.
+"""The speed targets of issue 16, judged against one run's results.
 
 Each target names the cells it compares; a target whose cells did not run (etcd missing,
 a profile without them) is reported as n/a, never as a pass. Nor does bad data pass: a
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV
+from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV, SHARDKV12
 
 Row = dict[str, Any]
 
@@ -43,6 +43,7 @@ def find(
     keys: str = "uniform",
     value_bytes: int = 100,
     section: str | None = None,
+    serializable: bool = False,
 ) -> Row | None:
     """The ok row of system for that cell, or None."""
     for row in rows:
@@ -56,6 +57,7 @@ def find(
             and cell["keys"] == keys
             and cell["value_bytes"] == value_bytes
             and (section is None or row.get("section") == section)
+            and cell.get("serializable", False) == serializable
         ):
             return row
     return None
@@ -101,77 +103,96 @@ def _judged(
     return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
 
 
-def _ratio_at_least(
-    name: str, ours: Row | None, theirs: Row | None, minimum: float, what: str, their_name: str
-) -> Verdict:
-    bound = f">= {minimum:g}x {their_name}"
-    if ours is None or theirs is None:
-        missing = "shardkv" if ours is None else their_name
-        return _na(name, bound, f"{missing} cell did not run")
-    mine, other = ours["calls_per_s"], theirs["calls_per_s"]
-    if other <= 0:
-        # Any rate over nothing is "infinitely" better, which says nothing about either.
-        return _na(name, bound, f"{their_name} measured {other:g} {what}")
-    ratio = mine / other
-    measured = f"{mine:,.0f} vs {other:,.0f} {what}"
-    return _judged(name, measured, bound, round(ratio, 2), ratio >= minimum, ours, theirs)
-
-
-def _at_most(
-    name: str,
-    value: float | None,
-    maximum: float,
-    unit: str,
-    why_missing: str = "cell did not run",
-    source: Row | None = None,
-) -> Verdict:
-    """value against a ceiling; source is the row value was read from (None for figures
-    measured outside the load generator), whose flaws forbid a PASS."""
-    bound = f"<= {maximum:g} {unit}"
-    if value is None:
-        return _na(name, bound, why_missing)
-    ratio = value / maximum
-    measured = f"{value:,.3g} {unit}"
-    if source is not None:
-        return _judged(name, measured, bound, round(ratio, 2), value <= maximum, source)
-    return Verdict(name, measured, bound, round(ratio, 2), "PASS" if value <= maximum else "MISS")
-
-
-def _at_least(
-    name: str, source: Row | None, value: float | None, minimum: float, unit: str
-) -> Verdict:
-    """value, read from the row source, against a floor."""
-    bound = f">= {minimum:,.0f} {unit}"
-    if source is None or value is None:
-        return _na(name, bound, "cell did not run")
-    ratio = value / minimum
-    measured = f"{value:,.0f} {unit}"
-    return _judged(name, measured, bound, round(ratio, 2), value >= minimum, source)
-
-
 def _p50_ms(row: Row | None) -> float | None:
     return None if row is None else row["latency_us"]["p50"] / 1000
 
 
-def _keys_per_s(row: Row | None) -> float | None:
-    return None if row is None else float(row["keys_per_s"])
+def _cpu_per_key_us(row: Row, prefix: str) -> float | None:
+    """Mean CPU µs per key of the row's processes whose name starts with prefix (r: the
+    router, n: the nodes, e: etcd's members); None when none was measured."""
+    per_1k = [v for name, v in (row.get("cpu_s_per_1k_keys") or {}).items() if name[0] == prefix]
+    return sum(per_1k) * 1000 / len(per_1k) if per_1k else None
 
 
-def _router_vs_direct(rows: Sequence[Row], in_flight: int) -> Verdict:
-    """Mean latency of a Get via the router over a Get asked of one shardd directly, at the
-    same concurrency (in a closed loop this is also the inverse throughput ratio)."""
-    name = f"Get via router vs direct shardd, {in_flight} in flight (mean latency)"
-    bound = "<= 1.5x direct"
-    router = find(rows, SHARDKV, mix="get-only", in_flight=in_flight)
-    direct = find(rows, SHARDD, mix="get-only", in_flight=in_flight)
+def _total_cpu_per_key_us(row: Row, prefixes: str) -> float | None:
+    """CPU µs per key of all the row's server processes (names starting with one of
+    prefixes): what the whole service spends on a key."""
+    per_1k = [v for n, v in (row.get("cpu_s_per_1k_keys") or {}).items() if n[0] in prefixes]
+    return sum(per_1k) * 1000 if per_1k else None
+
+
+def _router_vs_node(name: str, row: Row | None) -> Verdict:
+    """Router CPU per key over one node's (the mean of the cell's nodes), same cell."""
+    bound = "<= 1.2x a node's"
+    if row is None:
+        return _na(name, bound, "cell did not run")
+    router, node = _cpu_per_key_us(row, "r"), _cpu_per_key_us(row, "n")
+    if router is None or node is None or node <= 0:
+        return _na(name, bound, "router or node CPU not measured")
+    ratio = router / node
+    measured = f"router {router:.1f} µs vs node {node:.1f} µs per key"
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, row)
+
+
+def _keys_vs(
+    name: str, ours: Row | None, theirs: Row | None, minimum: float, their_name: str
+) -> Verdict:
+    """Keys per second of ours over theirs (batches: keys, not calls)."""
+    bound = f">= {minimum:g}x {their_name}"
+    if ours is None or theirs is None:
+        return _na(name, bound, f"{'shardkv' if ours is None else their_name} cell did not run")
+    mine, other = ours["keys_per_s"], theirs["keys_per_s"]
+    if other <= 0:
+        return _na(name, bound, f"{their_name} measured {other:g} keys/s")
+    ratio = mine / other
+    measured = f"{mine:,.0f} vs {other:,.0f} keys/s"
+    return _judged(name, measured, bound, round(ratio, 2), ratio >= minimum, ours, theirs)
+
+
+def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
+    """CPU of every server process per replicated write: shardkv's router and nodes against
+    etcd's three members, single puts at 256 in flight (no client CPU on either side)."""
+    name = "Server CPU per replicated write (router + 3 nodes vs etcd's 3 members), 256 in flight"
+    bound = "<= 0.333x etcd-3"
+    if ours is None or theirs is None:
+        return _na(name, bound, f"{'shardkv' if ours is None else ETCD3} cell did not run")
+    mine, other = _total_cpu_per_key_us(ours, "rn"), _total_cpu_per_key_us(theirs, "e")
+    if mine is None or other is None or other <= 0:
+        return _na(name, bound, "server CPU not measured")
+    ratio = mine / other
+    measured = f"{mine:.1f} µs vs {other:.1f} µs per write"
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, ours, theirs)
+
+
+def _p50_over_direct(name: str, router: Row | None, direct: Row | None) -> Verdict:
+    """p50 via the router less p50 of the same call asked of one shardd, 1 in flight."""
+    bound = "<= direct + 1.0 ms"
     if router is None or direct is None:
         return _na(name, bound, "cell did not run")
-    mine, theirs = router["latency_us"]["mean"], direct["latency_us"]["mean"]
+    mine, theirs = _p50_ms(router), _p50_ms(direct)
+    assert mine is not None and theirs is not None
     if theirs <= 0:
-        return _na(name, bound, f"direct shardd measured a mean of {theirs:g} µs")
-    ratio = mine / theirs
-    measured = f"{mine / 1000:.2f} ms vs {theirs / 1000:.2f} ms"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.5, router, direct)
+        return _na(name, bound, f"direct shardd measured a p50 of {theirs:g} ms")
+    extra = mine - theirs
+    measured = f"{mine:.2f} ms vs {theirs:.2f} ms direct (+{extra:.2f} ms)"
+    return _judged(name, measured, bound, round(extra / 1.0, 2), extra <= 1.0, router, direct)
+
+
+def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
+    """Router CPU per key with 12 nodes at 256 in flight over 3 nodes at 64 (the same load
+    per node): a router that checks or connects to every node grows dearer with them."""
+    name = "Router CPU per put, 12 nodes at 256 in flight vs 3 nodes at 64"
+    bound = "<= 1.25x"
+    if small is None or large is None:
+        return _na(name, bound, "cell did not run")
+    if spoilt := flaws(small):
+        return Verdict(name, f"3-node cell: {'; '.join(spoilt)}", bound, None, "MISS")
+    mine, base = _cpu_per_key_us(large, "r"), _cpu_per_key_us(small, "r")
+    if mine is None or base is None or base <= 0:
+        return _na(name, bound, "router CPU not measured")
+    ratio = mine / base
+    measured = f"{mine:.1f} µs vs {base:.1f} µs per put"
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.25, large)
 
 
 def _growth(samples: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -223,78 +244,101 @@ def _rss_stable(rows: Sequence[Row]) -> Verdict:
     return _judged(name, measured, bound, round(ratio, 3), ratio <= 1.10, row)
 
 
-def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None) -> list[Verdict]:
-    """Every target of issue 5, in the issue's order."""
+def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None = None) -> list[Verdict]:
+    """Every target of issue 16, in the issue's order, then memory over the steady run.
+    (placement is reported in its own section, not judged.)"""
 
     def cell(system: str, mix: str, in_flight: int, batch: int = 1) -> Row | None:
         return find(rows, system, mix=mix, in_flight=in_flight, batch=batch)
 
-    get1, put1 = cell(SHARDKV, "get-only", 1), cell(SHARDKV, "put-only", 1)
-    put_batch = cell(SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000)
-    get_batch = cell(SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000)
     verdicts = [
-        _ratio_at_least(
-            "Put ops/s via router at 256 in flight vs etcd 3 members",
-            cell(SHARDKV, "put-only", 256),
-            cell(ETCD3, "put-only", 256),
-            2.0,
-            "Puts/s",
+        _router_vs_node(
+            "Router CPU per key vs a node's, Put at 256 in flight", cell(SHARDKV, "put-only", 256)
+        ),
+        _router_vs_node(
+            "Router CPU per key vs a node's, Get at 256 in flight", cell(SHARDKV, "get-only", 256)
+        ),
+    ]
+    for size in (100, 1000):
+        for mix, what in (("put-only", "written"), ("get-only", "read")):
+            verdicts.append(
+                _router_vs_node(
+                    f"Router CPU per key vs a node's, batches of {size} {what}",
+                    cell(SHARDKV, mix, BATCH_IN_FLIGHT, size),
+                )
+            )
+    verdicts += [
+        _keys_vs(
+            "Keys written/s via router, batches of 100, vs etcd-3 Txn of 100 puts",
+            cell(SHARDKV, "put-only", BATCH_IN_FLIGHT, 100),
+            cell(ETCD3, "put-only", BATCH_IN_FLIGHT, 100),
+            1.5,
             ETCD3,
         ),
-        _ratio_at_least(
-            "Put ops/s via router at 256 in flight vs etcd 1 member",
-            cell(SHARDKV, "put-only", 256),
-            cell(ETCD1, "put-only", 256),
-            1.5,
-            "Puts/s",
-            ETCD1,
+        _keys_vs(
+            "Keys read/s via router, batches of 100, vs etcd-3 Txn of 100 ranges",
+            cell(SHARDKV, "get-only", BATCH_IN_FLIGHT, 100),
+            cell(ETCD3, "get-only", BATCH_IN_FLIGHT, 100),
+            1.0,
+            ETCD3,
         ),
-        _ratio_at_least(
-            "Get ops/s (R=2) at 256 in flight vs etcd 1 member Range",
-            cell(SHARDKV, "get-only", 256),
-            cell(ETCD1, "get-only", 256),
-            4.0,
-            "Gets/s",
-            ETCD1,
+        _server_cpu_vs_etcd(cell(SHARDKV, "put-only", 256), cell(ETCD3, "put-only", 256)),
+        _p50_over_direct(
+            "Get p50 via router vs direct shardd, 1 in flight",
+            cell(SHARDKV, "get-only", 1),
+            cell(SHARDD, "get-only", 1),
         ),
-        _at_most("Get p50 via router, 1 in flight", _p50_ms(get1), 1.5, "ms", source=get1),
-        _at_most("Put p50 via router, 1 in flight", _p50_ms(put1), 2.5, "ms", source=put1),
-        _at_least(
-            "Keys written/s via router, batches of 1000",
-            put_batch,
-            _keys_per_s(put_batch),
-            100_000,
-            "keys/s",
+        _p50_over_direct(
+            "Put p50 via router vs direct shardd, 1 in flight",
+            cell(SHARDKV, "put-only", 1),
+            cell(SHARDD, "put-only", 1),
         ),
-        _at_least(
-            "Keys read/s via router, batches of 1000",
-            get_batch,
-            _keys_per_s(get_batch),
-            200_000,
-            "keys/s",
-        ),
-        _router_vs_direct(rows, 1),
-        _router_vs_direct(rows, 256),
-    ]
-    lookup = balance = None
-    if placement:
-        lookup = placement["lookup_us"]["100"]["median_us"]
-        balance = placement["balance"]["max_over_mean"]
-    verdicts += [
-        _at_most(
-            "Preference list at 100 nodes (median per lookup)",
-            lookup,
-            5.0,
-            "µs",
-            "placement not measured",
-        ),
-        _at_most(
-            "Most loaded node over mean, 100 nodes, N=3",
-            balance,
-            1.10,
-            "x",
-            "placement not measured",
-        ),
+        _growth_with_nodes(cell(SHARDKV, "put-only", 64), cell(SHARDKV12, "put-only", 256)),
         _rss_stable(rows),
     ]
     return verdicts
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A figure reported beside its peer's, not judged: single-key ops/s against etcd."""
+
+    name: str
+    ours: float | None
+    theirs: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or not self.theirs:
+            return None
+        return round(self.ours / self.theirs, 2)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def comparisons(rows: Sequence[Row]) -> list[Comparison]:
+    """Single-key ops/s at 256 in flight against etcd-1 and etcd-3 (Gets against both its
+    linearizable and its serializable Range). Clean rows only: a row with errors, misses
+    or an exited server is left out (None)."""
+
+    def rate(system: str, mix: str, *, serializable: bool = False) -> float | None:
+        row = find(rows, system, mix=mix, in_flight=256, serializable=serializable)
+        return None if row is None or flaws(row) else float(row["calls_per_s"])
+
+    found = []
+    for etcd in (ETCD1, ETCD3):
+        found += [
+            Comparison(f"Puts/s vs {etcd} Put", rate(SHARDKV, "put-only"), rate(etcd, "put-only")),
+            Comparison(
+                f"Gets/s vs {etcd} linearizable Range",
+                rate(SHARDKV, "get-only"),
+                rate(etcd, "get-only"),
+            ),
+            Comparison(
+                f"Gets/s vs {etcd} serializable Range",
+                rate(SHARDKV, "get-only"),
+                rate(etcd, "get-only", serializable=True),
+            ),
+        ]
+    return found

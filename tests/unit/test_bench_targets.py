@@ -1,11 +1,13 @@
-"""The benchmark targets refuse to PASS on bad data (issue 12, item 5).
+"""The benchmark targets refuse to PASS on bad data (issue 12, item 5), and judge issue 16's bounds.
 
 Hand-made result rows that pass every target are spoiled one way at a time: failed calls,
 reads that missed preloaded keys, a server that exited, a row that does not record its
 errors, a peer measured at 0, a process that vanished from the steady run's RSS samples.
 Each must turn the targets resting on that row into MISS (the system under claim) or n/a
-(a peer), never PASS. The last two tests check that the row producers record an exited
-process at all: /proc reads a zombie as gone, and run_cell names what it lost.
+(a peer), never PASS. The tests after them check each bound of issue 16 (router CPU per
+key against a node's, server CPU against etcd's, latency over direct, growth with the
+cluster, serializable reads only compared), and the last two that the row producers record
+an exited process at all: /proc reads a zombie as gone, and run_cell names what it lost.
 """
 
 from __future__ import annotations
@@ -23,25 +25,34 @@ import pytest
 pytest.importorskip("hdrh", reason="the bench extra is not installed (make bench-deps)")
 
 from benchmarks.load import Cell, run_cell
-from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV
+from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV, SHARDKV12
 from benchmarks.procstat import usage, usages
-from benchmarks.targets import Verdict, evaluate
+from benchmarks.targets import Verdict, comparisons, evaluate, find
 
 Row = dict[str, Any]
 
-PUT_VS_ETCD3 = "Put ops/s via router at 256 in flight vs etcd 3 members"
-PUT_VS_ETCD1 = "Put ops/s via router at 256 in flight vs etcd 1 member"
-GET_VS_ETCD1 = "Get ops/s (R=2) at 256 in flight vs etcd 1 member Range"
-GET_P50 = "Get p50 via router, 1 in flight"
-PUT_P50 = "Put p50 via router, 1 in flight"
-BATCH_WRITE = "Keys written/s via router, batches of 1000"
-BATCH_READ = "Keys read/s via router, batches of 1000"
-DIRECT_1 = "Get via router vs direct shardd, 1 in flight (mean latency)"
-DIRECT_256 = "Get via router vs direct shardd, 256 in flight (mean latency)"
+ROUTER_PUT = "Router CPU per key vs a node's, Put at 256 in flight"
+ROUTER_GET = "Router CPU per key vs a node's, Get at 256 in flight"
+ROUTER_BATCH = {
+    (mix, size): f"Router CPU per key vs a node's, batches of {size} {what}"
+    for size in (100, 1000)
+    for mix, what in (("put-only", "written"), ("get-only", "read"))
+}
+WRITES_VS_ETCD3 = "Keys written/s via router, batches of 100, vs etcd-3 Txn of 100 puts"
+READS_VS_ETCD3 = "Keys read/s via router, batches of 100, vs etcd-3 Txn of 100 ranges"
+SERVER_CPU = "Server CPU per replicated write (router + 3 nodes vs etcd's 3 members), 256 in flight"
+GET_P50 = "Get p50 via router vs direct shardd, 1 in flight"
+PUT_P50 = "Put p50 via router vs direct shardd, 1 in flight"
+GROWTH = "Router CPU per put, 12 nodes at 256 in flight vs 3 nodes at 64"
 RSS = "RSS stable in a steady run (end vs after warm-up)"
 
 PLACEMENT = {"lookup_us": {"100": {"median_us": 2.0}}, "balance": {"max_over_mean": 1.05}}
 PROCESSES = ("router", "n1", "n2", "n3", "client")
+# CPU s per 1000 keys of a clean cell: the router at 1.1x a node; etcd's members 4.5x.
+SHARDKV_CPU = {"r1": 0.022, "n1": 0.02, "n2": 0.02, "n3": 0.02, "client": 0.03}
+SHARDD_CPU = {"n1": 0.02, "client": 0.03}
+ETCD3_CPU = {"e1": 0.09, "e2": 0.09, "e3": 0.09, "client": 0.1}
+CPU = {SHARDKV: SHARDKV_CPU, SHARDKV12: SHARDKV_CPU, SHARDD: SHARDD_CPU, ETCD3: ETCD3_CPU}
 
 
 def _row(
@@ -54,6 +65,7 @@ def _row(
     mean_us: float = 1000.0,
     p50_us: float = 1000.0,
     section: str = "sweep",
+    serializable: bool = False,
 ) -> Row:
     """A clean row as load.run_cell and run._run_one write it (the fields targets read)."""
     return {
@@ -66,6 +78,7 @@ def _row(
             "value_bytes": 100,
             "batch": batch,
             "in_flight": in_flight,
+            "serializable": serializable,
         },
         "window_s": 60.0,
         "calls": int(calls_per_s * 60),
@@ -76,6 +89,7 @@ def _row(
         "error_kinds": {},
         "misses": 0,
         "exited": [],
+        "cpu_s_per_1k_keys": dict(CPU.get(system, {"e1": 0.05, "client": 0.1})),
         "rss_samples": [],
         "anon_samples": [],
     }
@@ -94,19 +108,29 @@ def _steady() -> Row:
 
 def _clean_rows() -> list[Row]:
     """A run in which every target is met with room to spare."""
+    batches = [
+        _row(SHARDKV, mix, BATCH_IN_FLIGHT, size, calls_per_s=400, section="batches")
+        for size in (100, 1000)
+        for mix in ("put-only", "get-only")
+    ]
     return [
         _row(SHARDKV, "put-only", 1, calls_per_s=500, p50_us=2000),
-        _row(SHARDKV, "get-only", 1, calls_per_s=1000, p50_us=1000, mean_us=1000),
+        _row(SHARDKV, "get-only", 1, calls_per_s=1000, p50_us=1500),
+        _row(SHARDKV, "put-only", 64, calls_per_s=20_000),
         _row(SHARDKV, "put-only", 256, calls_per_s=30_000),
         _row(SHARDKV, "get-only", 256, calls_per_s=50_000, mean_us=5000),
-        _row(SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000, calls_per_s=150),
-        _row(SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000, calls_per_s=300),
+        *batches,
+        _row(SHARDKV12, "put-only", 256, calls_per_s=25_000, section="nodes"),
         _steady(),
-        _row(SHARDD, "get-only", 1, calls_per_s=1200, mean_us=900),
-        _row(SHARDD, "get-only", 256, calls_per_s=60_000, mean_us=4000),
+        _row(SHARDD, "put-only", 1, calls_per_s=1000, p50_us=1200),
+        _row(SHARDD, "get-only", 1, calls_per_s=1200, p50_us=900),
         _row(ETCD1, "put-only", 256, calls_per_s=10_000),
         _row(ETCD1, "get-only", 256, calls_per_s=10_000),
         _row(ETCD3, "put-only", 256, calls_per_s=10_000),
+        _row(ETCD3, "get-only", 256, calls_per_s=9_000),
+        _row(ETCD3, "get-only", 256, calls_per_s=30_000, serializable=True),
+        _row(ETCD3, "put-only", BATCH_IN_FLIGHT, 100, calls_per_s=200, section="batches"),
+        _row(ETCD3, "get-only", BATCH_IN_FLIGHT, 100, calls_per_s=300, section="batches"),
     ]
 
 
@@ -122,6 +146,7 @@ def _the(rows: list[Row], system: str, mix: str, in_flight: int, batch: int = 1)
         and r["cell"]["mix"] == mix
         and r["cell"]["in_flight"] == in_flight
         and r["cell"]["batch"] == batch
+        and not r["cell"]["serializable"]
     )
     return found
 
@@ -130,20 +155,24 @@ def _the(rows: list[Row], system: str, mix: str, in_flight: int, batch: int = 1)
 Supports = list[tuple[tuple[Any, ...], tuple[str, ...]]]
 # The cells of the system under claim, and the targets each one supports.
 OURS: Supports = [
-    ((SHARDKV, "put-only", 256), (PUT_VS_ETCD3, PUT_VS_ETCD1)),
-    ((SHARDKV, "get-only", 256), (GET_VS_ETCD1, DIRECT_256)),
-    ((SHARDKV, "get-only", 1), (GET_P50, DIRECT_1)),
+    ((SHARDKV, "put-only", 256), (ROUTER_PUT, SERVER_CPU)),
+    ((SHARDKV, "get-only", 256), (ROUTER_GET,)),
+    ((SHARDKV, "get-only", 1), (GET_P50,)),
     ((SHARDKV, "put-only", 1), (PUT_P50,)),
-    ((SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000), (BATCH_WRITE,)),
-    ((SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000), (BATCH_READ,)),
+    ((SHARDKV, "put-only", 64), (GROWTH,)),
+    ((SHARDKV12, "put-only", 256), (GROWTH,)),
+    ((SHARDKV, "put-only", BATCH_IN_FLIGHT, 100), (ROUTER_BATCH["put-only", 100], WRITES_VS_ETCD3)),
+    ((SHARDKV, "get-only", BATCH_IN_FLIGHT, 100), (ROUTER_BATCH["get-only", 100], READS_VS_ETCD3)),
+    ((SHARDKV, "put-only", BATCH_IN_FLIGHT, 1000), (ROUTER_BATCH["put-only", 1000],)),
+    ((SHARDKV, "get-only", BATCH_IN_FLIGHT, 1000), (ROUTER_BATCH["get-only", 1000],)),
 ]
 # The peers' cells, and the comparisons each one is the baseline of.
 PEERS: Supports = [
-    ((ETCD3, "put-only", 256), (PUT_VS_ETCD3,)),
-    ((ETCD1, "put-only", 256), (PUT_VS_ETCD1,)),
-    ((ETCD1, "get-only", 256), (GET_VS_ETCD1,)),
-    ((SHARDD, "get-only", 1), (DIRECT_1,)),
-    ((SHARDD, "get-only", 256), (DIRECT_256,)),
+    ((ETCD3, "put-only", 256), (SERVER_CPU,)),
+    ((ETCD3, "put-only", BATCH_IN_FLIGHT, 100), (WRITES_VS_ETCD3,)),
+    ((ETCD3, "get-only", BATCH_IN_FLIGHT, 100), (READS_VS_ETCD3,)),
+    ((SHARDD, "get-only", 1), (GET_P50,)),
+    ((SHARDD, "put-only", 1), (PUT_P50,)),
 ]
 # Ways a row can be bad; misses only where the cell reads.
 SPOILS: dict[str, Row] = {
@@ -205,23 +234,22 @@ def test_a_row_without_error_counts_never_passes() -> None:
     for field in ("errors", "misses"):
         del _the(rows, SHARDKV, "put-only", 256)[field]
     verdicts = _verdicts(rows)
-    assert verdicts[PUT_VS_ETCD3].verdict == "MISS"
-    assert "not recorded" in verdicts[PUT_VS_ETCD3].measured
+    assert verdicts[ROUTER_PUT].verdict == "MISS"
+    assert "not recorded" in verdicts[ROUTER_PUT].measured
 
 
 @pytest.mark.parametrize(
     ("cell", "name"),
     [
-        ((ETCD3, "put-only", 256), PUT_VS_ETCD3),
-        ((ETCD1, "put-only", 256), PUT_VS_ETCD1),
-        ((ETCD1, "get-only", 256), GET_VS_ETCD1),
+        ((ETCD3, "put-only", BATCH_IN_FLIGHT, 100), WRITES_VS_ETCD3),
+        ((ETCD3, "get-only", BATCH_IN_FLIGHT, 100), READS_VS_ETCD3),
     ],
 )
-def test_a_peer_at_zero_calls_per_s_is_na(cell: tuple[Any, ...], name: str) -> None:
-    """Any rate over 0 calls/s is 'infinitely' better and proves nothing: n/a, and no
+def test_a_peer_at_zero_keys_per_s_is_na(cell: tuple[Any, ...], name: str) -> None:
+    """Any rate over 0 keys/s is 'infinitely' better and proves nothing: n/a, and no
     infinite ratio in the results (JSON has no infinity)."""
     rows = _clean_rows()
-    _the(rows, *cell)["calls_per_s"] = 0.0
+    _the(rows, *cell)["keys_per_s"] = 0.0
     verdicts = evaluate(rows, PLACEMENT)
     by_name = {v.name: v for v in verdicts}
     assert by_name[name].verdict == "n/a", by_name[name]
@@ -229,11 +257,11 @@ def test_a_peer_at_zero_calls_per_s_is_na(cell: tuple[Any, ...], name: str) -> N
     json.dumps([v.to_json() for v in verdicts], allow_nan=False)
 
 
-@pytest.mark.parametrize(("in_flight", "name"), [(1, DIRECT_1), (256, DIRECT_256)])
-def test_a_direct_shardd_at_zero_latency_is_na(in_flight: int, name: str) -> None:
-    """A baseline mean latency of 0 is no measurement: the router-over-direct ratio is n/a."""
+@pytest.mark.parametrize(("mix", "name"), [("get-only", GET_P50), ("put-only", PUT_P50)])
+def test_a_direct_shardd_at_zero_latency_is_na(mix: str, name: str) -> None:
+    """A baseline p50 of 0 is no measurement: the router-over-direct figure is n/a."""
     rows = _clean_rows()
-    _the(rows, SHARDD, "get-only", in_flight)["latency_us"]["mean"] = 0.0
+    _the(rows, SHARDD, mix, 1)["latency_us"]["p50"] = 0.0
     verdicts = evaluate(rows, PLACEMENT)
     by_name = {v.name: v for v in verdicts}
     assert by_name[name].verdict == "n/a", by_name[name]
@@ -243,8 +271,79 @@ def test_a_direct_shardd_at_zero_latency_is_na(in_flight: int, name: str) -> Non
 def test_a_missing_peer_is_na() -> None:
     rows = [r for r in _clean_rows() if r["system"] not in (ETCD1, ETCD3)]
     verdicts = _verdicts(rows)
-    for name in (PUT_VS_ETCD3, PUT_VS_ETCD1, GET_VS_ETCD1):
+    for name in (WRITES_VS_ETCD3, READS_VS_ETCD3, SERVER_CPU):
         assert verdicts[name].verdict == "n/a"
+
+
+@pytest.mark.parametrize(
+    ("cell", "name"),
+    [
+        ((SHARDKV, "put-only", 256), ROUTER_PUT),
+        ((SHARDKV, "get-only", 256), ROUTER_GET),
+        *(((SHARDKV, m, BATCH_IN_FLIGHT, n), name) for (m, n), name in ROUTER_BATCH.items()),
+    ],
+)
+def test_a_router_dearer_than_1_2_nodes_per_key_is_a_miss(cell: tuple[Any, ...], name: str) -> None:
+    """The router's CPU per key is judged against the mean node of the same cell: 1.2x
+    passes (barely), 1.3x misses, and the client's CPU plays no part."""
+    rows = _clean_rows()
+    row = _the(rows, *cell)
+    row["cpu_s_per_1k_keys"].update(r1=0.024, client=5.0)
+    assert _verdicts(rows)[name].verdict == "PASS"
+    row["cpu_s_per_1k_keys"]["r1"] = 0.026
+    verdict = _verdicts(rows)[name]
+    assert verdict.verdict == "MISS" and verdict.ratio == 1.3, verdict
+
+
+def test_server_cpu_counts_router_and_every_node_against_etcds_members() -> None:
+    """Router + 3 nodes against 3 etcd members (270 µs): 91 µs (0.337x) misses 1/3, 80 µs
+    (0.296x) passes. Client CPU counts on neither side."""
+    rows = _clean_rows()
+    row = _the(rows, SHARDKV, "put-only", 256)
+    row["cpu_s_per_1k_keys"].update(r1=0.031)
+    assert _verdicts(rows)[SERVER_CPU].verdict == "MISS"
+    assert _verdicts(rows)[SERVER_CPU].ratio == 0.34
+    row["cpu_s_per_1k_keys"].update(r1=0.02, client=1.0)
+    verdict = _verdicts(rows)[SERVER_CPU]
+    assert verdict.verdict == "PASS" and verdict.ratio == 0.3, verdict
+
+
+def test_p50_via_router_may_exceed_direct_by_one_millisecond() -> None:
+    rows = _clean_rows()
+    _the(rows, SHARDKV, "put-only", 1)["latency_us"]["p50"] = 2300.0  # direct 1.2 ms
+    assert _verdicts(rows)[PUT_P50].verdict == "MISS"
+    assert "+1.10 ms" in _verdicts(rows)[PUT_P50].measured
+
+
+def test_router_cpu_growing_with_the_cluster_is_a_miss() -> None:
+    """12 nodes at 256 in flight against 3 nodes at 64: 1.25x passes, 1.5x misses; a flawed
+    3-node baseline is a MISS too (both cells are ours)."""
+    rows = _clean_rows()
+    twelve = _the(rows, SHARDKV12, "put-only", 256)
+    twelve["cpu_s_per_1k_keys"]["r1"] = 0.0275
+    assert _verdicts(rows)[GROWTH].verdict == "PASS"
+    twelve["cpu_s_per_1k_keys"]["r1"] = 0.033
+    assert _verdicts(rows)[GROWTH].verdict == "MISS"
+    twelve["cpu_s_per_1k_keys"]["r1"] = 0.022
+    _the(rows, SHARDKV, "put-only", 64)["errors"] = 3
+    assert _verdicts(rows)[GROWTH].verdict == "MISS"
+
+
+def test_serializable_cells_are_told_apart_and_only_compared() -> None:
+    """etcd's serializable Range is a row of its own: find() never mistakes it for the
+    linearizable one, and it appears in the comparisons, not in the targets."""
+    rows = _clean_rows()
+    linear = find(rows, ETCD3, mix="get-only", in_flight=256)
+    fast = find(rows, ETCD3, mix="get-only", in_flight=256, serializable=True)
+    assert linear is not None and fast is not None and linear is not fast
+    found = {c.name: c for c in comparisons(rows)}
+    assert found["Gets/s vs etcd-3 linearizable Range"].ratio == round(50_000 / 9_000, 2)
+    assert found["Gets/s vs etcd-3 serializable Range"].ratio == round(50_000 / 30_000, 2)
+    assert found["Gets/s vs etcd-1 serializable Range"].ratio is None
+    _the(rows, SHARDKV, "get-only", 256)["errors"] = 1
+    assert all(c.ours is None for c in comparisons(rows) if c.name.startswith("Gets/s")), (
+        "a flawed row is left out"
+    )
 
 
 def _steady_row(rows: list[Row]) -> Row:
