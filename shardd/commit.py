@@ -7,6 +7,12 @@ own slice of the results. Writes that arrive while a commit runs wait for the ne
 A caller is answered only after its commit is durable; a failed commit fails only its own
 callers, and the loop keeps serving.
 
+Fencing (shardkv.shardd.fence): each write carries the topology epoch it was routed under,
+and the commit thread checks it against the node's fence just before the transaction that
+would store it; a write routed under an older epoch fails alone with StaleEpoch. The fence
+itself rises only on this same thread (``run(fence.raise_to, ...)``), so a check and its
+commit are never split by a Fence.
+
 The queue is bounded (items and bytes): when writes arrive faster than the disk commits
 them, a write that would overflow it is refused at once with CommitterOverloaded
 (RESOURCE_EXHAUSTED) instead of queueing without limit and growing the node's memory.
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from shardkv.serving.tally import SizeHistogram
+from shardkv.shardd.fence import Fence, StaleEpoch
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Marker, Store
 
@@ -39,12 +46,23 @@ class CommitterOverloaded(RuntimeError):
     """The queue of writes waiting for a commit is full: the node sheds this write."""
 
 
+class _Failed(Exception):
+    """A commit failed: the requests it held (those the fence admitted) and why."""
+
+    def __init__(self, batch: list[_Request], error: Exception) -> None:
+        super().__init__(str(error))
+        self.batch = batch
+        self.error = error
+
+
 @dataclass(frozen=True)
 class _Request:
     records: Sequence[Record]
     hints: Sequence[Hint]
     markers: Sequence[Marker]
     future: asyncio.Future[list[bool | None]]
+    # The topology epoch the write was routed under (None: the call carried none).
+    epoch: int | None
 
     def items(self) -> int:
         return len(self.records) + len(self.hints) + len(self.markers)
@@ -71,8 +89,11 @@ class GroupCommitter:
         max_bytes: int = 64 << 20,
         max_pending_items: int = 65536,
         max_pending_bytes: int = 256 << 20,
+        fence: Fence | None = None,
     ) -> None:
+        """fence: the node's fence, checked before each commit (None: no epochs checked)."""
         self._store = store
+        self._fence = fence
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._max_pending_items = max_pending_items
@@ -95,18 +116,20 @@ class GroupCommitter:
         records: Sequence[Record],
         hints: Sequence[Hint] = (),
         markers: Sequence[Marker] = (),
+        *,
+        epoch: int | None = None,
     ) -> list[bool | None]:
         """Stores records newer than the stored ones, parks hints and keeps markers, all of
         one call in the same commit; returns per record whether it was stored (None: a
         restored record refused, Store.apply). Returns only once the commit holding them
-        is durable."""
+        is durable. Raises StaleEpoch when the fence refuses epoch (module docstring)."""
         if self._closing:
             raise CommitterClosed("the node is shutting down and takes no new writes")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
         future: asyncio.Future[list[bool | None]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        request = _Request(records, hints, markers, future)
+        request = _Request(records, hints, markers, future, epoch)
         self._admit(request)
         self._pending.append(request)
         self._wakeup.set()
@@ -153,18 +176,13 @@ class GroupCommitter:
             self._wakeup.clear()
             while self._pending:
                 batch = self._take()
-                records = [r for request in batch for r in request.records]
-                hints = [h for request in batch for h in request.hints]
-                markers = [m for request in batch for m in request.markers]
-                items = len(records) + len(hints) + len(markers)
+                items = sum(request.items() for request in batch)
                 try:
-                    applied = await loop.run_in_executor(
-                        self._executor, self._store.apply, records, hints, markers
-                    )
-                except Exception as exc:
-                    log.warning("commit failed items=%d error=%r", items, exc)
-                    for request in batch:
-                        request.future.set_exception(exc)
+                    batch, applied = await loop.run_in_executor(self._executor, self._commit, batch)
+                except _Failed as failed:
+                    log.warning("commit failed items=%d error=%r", items, failed.error)
+                    for request in failed.batch:
+                        request.future.set_exception(failed.error)
                 else:
                     self._answer(batch, applied)
                 self.commits += 1
@@ -172,6 +190,30 @@ class GroupCommitter:
                 self.batch_sizes.observe(items)
             if self._closing:
                 return
+
+    def _commit(self, batch: list[_Request]) -> tuple[list[_Request], list[bool | None]]:
+        """On the commit thread: fails each request the fence refuses, then commits the
+        rest in one transaction. Returns the requests committed and their per-record
+        results."""
+        if self._fence is not None:
+            admitted = []
+            for request in batch:
+                try:
+                    self._fence.admit(request.epoch, "a write", write=True)
+                except StaleEpoch as refused:
+                    request.future.get_loop().call_soon_threadsafe(_fail, request.future, refused)
+                else:
+                    admitted.append(request)
+            batch = admitted
+            if not batch:
+                return batch, []
+        records = [r for request in batch for r in request.records]
+        hints = [h for request in batch for h in request.hints]
+        markers = [m for request in batch for m in request.markers]
+        try:
+            return batch, self._store.apply(records, hints, markers)
+        except Exception as exc:
+            raise _Failed(batch, exc) from exc
 
     def _take(self) -> list[_Request]:
         """The oldest pending requests that fit in one commit (at least one)."""
@@ -196,6 +238,11 @@ class GroupCommitter:
             end = offset + len(request.records)
             request.future.set_result(applied[offset:end])
             offset = end
+
+
+def _fail(future: asyncio.Future[list[bool | None]], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _retrieve(future: asyncio.Future[list[bool | None]]) -> None:

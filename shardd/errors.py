@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 from shardkv.serving.status import register, streaming, unary
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
+from shardkv.shardd.fence import FenceLowered, StaleEpoch
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.identity import IdentityConflict
 from shardkv.shardd.snapshot import SnapshotsBusy
@@ -34,5 +35,8 @@ register(
 register(grpc.StatusCode.RESOURCE_EXHAUSTED, SnapshotsBusy)
 # The directory's identity is not what the caller saw, or another router rebuilds the node.
 register(grpc.StatusCode.FAILED_PRECONDITION, IdentityConflict)
+# A call routed under an epoch older than the node's fence (the router reloads its topology
+# and routes it again), or a Fence below it.
+register(grpc.StatusCode.FAILED_PRECONDITION, StaleEpoch, FenceLowered)
 # The node is shutting down: another replica can answer.
 register(grpc.StatusCode.UNAVAILABLE, StoreClosed, CommitterClosed)

@@ -2,6 +2,8 @@
 commit, and versions for the node's own writes from its hybrid logical clock.
 
 The gRPC services call only this; it keeps every LMDB call off the event loop's thread.
+It also holds the node's fence (shardkv.shardd.fence), loaded with the store: writes and
+purges are checked against it on the commit thread, where it also rises.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TypeVar
 
 from shardkv.common.hlc import HybridClock, writer_number
 from shardkv.shardd.commit import GroupCommitter
+from shardkv.shardd.fence import Fence
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Marker, Store
 
@@ -46,8 +49,13 @@ class NodeStorage:
         page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self.store = store
+        # Loaded before the node serves anything (one read of the store's meta database).
+        self.fence = Fence(store, node_id)
         self.committer = GroupCommitter(
-            store, max_items=commit_max_items, max_pending_items=max_pending_writes
+            store,
+            max_items=commit_max_items,
+            max_pending_items=max_pending_writes,
+            fence=self.fence,
         )
         self.clock = clock or HybridClock()
         self.node_id = node_id
@@ -69,10 +77,14 @@ class NodeStorage:
         records: Sequence[Record],
         hints: Sequence[Hint] = (),
         markers: Sequence[Marker] = (),
+        *,
+        epoch: int | None = None,
     ) -> list[bool | None]:
         """Replica writes: stores records newer than the stored ones, parks hints and keeps
         markers for other owners of the records, in one commit. Per record: whether it was
-        stored, None for a restored one refused as possibly deleted (Store.apply).
+        stored, None for a restored one refused as possibly deleted (Store.apply). epoch:
+        the topology epoch the call was routed under, checked against the fence in the
+        commit (StaleEpoch).
 
         The clock observes every incoming version first, so a later write through this
         node's own API orders after what routers wrote here. A version further ahead of
@@ -82,7 +94,7 @@ class NodeStorage:
             self.clock.check(record.version, f"record of key {record.key[:64]!r}")
         for record in records:
             self.clock.observe(record.version)
-        return await self.committer.apply(records, hints, markers)
+        return await self.committer.apply(records, hints, markers, epoch=epoch)
 
     async def write(self, writes: Sequence[Write]) -> list[Record]:
         """The node's own writes, versioned by its clock; returns the records written.
@@ -107,10 +119,32 @@ class NodeStorage:
         value = b"" if write.delete else write.value
         return Record(write.key, value, self.clock.now(), self.writer, write.delete)
 
-    async def delete_hints(self, target: str, records: Sequence[Record]) -> int:
+    async def delete_hints(
+        self, target: str, records: Sequence[Record], *, epoch: int | None = None
+    ) -> int:
         """Removes handed-back hints and markers (on the commit thread, like every other
-        write)."""
-        return await self.committer.run(self.store.delete_hints, target, records)
+        write, after the fence admitted epoch)."""
+
+        def delete() -> int:
+            self.fence.admit(epoch, f"deleting hints for {target}", write=True)
+            return self.store.delete_hints(target, records)
+
+        return await self.committer.run(delete)
+
+    async def purge(self, records: Sequence[Record], watermark: int, *, epoch: int | None) -> int:
+        """Store.purge on the commit thread, only while the fence is exactly epoch
+        (Fence.admit_purge), checked in the same step as the purge."""
+
+        def purge() -> int:
+            self.fence.admit_purge(epoch)
+            return self.store.purge(records, watermark)
+
+        return await self.committer.run(purge)
+
+    async def raise_fence(self, epoch: int) -> int:
+        """Raises the fence to epoch durably (Fence.raise_to) on the commit thread, between
+        commits; returns the fence."""
+        return await self.committer.run(self.fence.raise_to, epoch)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -146,14 +146,20 @@ async def stream_ranges(
 
 
 async def purge_ranges(
-    storage: NodeStorage, ranges: TokenRanges, *, tombstones_before: int, all_records: bool
+    storage: NodeStorage,
+    ranges: TokenRanges,
+    *,
+    tombstones_before: int,
+    all_records: bool,
+    epoch: int | None,
 ) -> int:
     """Removes the tombstones of the ranges older than tombstones_before, or every record
     of the ranges when all_records; returns how many were removed. Each page's picks are
     removed on the commit thread only where the stored record is still the one picked,
     and the purge watermark rises to tombstones_before with the first of them (with an
     empty commit when there are none: a node that purged nothing holds no older
-    tombstone of the ranges either, so the bound holds for it too)."""
+    tombstone of the ranges either, so the bound holds for it too). Each commit runs only
+    while the node's fence is exactly epoch (NodeStorage.purge)."""
     if not all_records and not tombstones_before:
         raise LimitExceeded("nothing to purge: set tombstones_before or all_records")
 
@@ -169,8 +175,8 @@ async def purge_ranges(
     raised = False
     async for picked in _walk(storage, doomed, pace=0):
         if picked:
-            purged += await storage.committer.run(storage.store.purge, picked, tombstones_before)
+            purged += await storage.purge(picked, tombstones_before, epoch=epoch)
             raised = True
     if not raised and tombstones_before:
-        await storage.committer.run(storage.store.purge, [], tombstones_before)
+        await storage.purge([], tombstones_before, epoch=epoch)
     return purged

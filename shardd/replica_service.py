@@ -1,19 +1,23 @@
 """The internal Replica API that routers use: versioned records, hints, ranges and digests.
 
 Each handler validates the request, delegates to NodeStorage and builds the answer; errors
-are mapped by shardkv.shardd.errors.
+are mapped by shardkv.shardd.errors. Every call that touches records is fenced
+(shardkv.shardd.fence): the epoch it was routed under comes from its metadata, and a
+refusal carries the node's fence in the trailing metadata (``_fenced``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc.aio
 from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.common.ring_tokens import TokenRanges
 from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
 from shardkv.shardd.errors import streaming, unary
+from shardkv.shardd.fence import StaleEpoch, epoch_of
 from shardkv.shardd.identity import Change, DirectoryIdentity, View
 from shardkv.shardd.metrics import stats_response
 from shardkv.shardd.node import NodeStorage
@@ -24,6 +28,41 @@ from shardkv.shardd.validate import check_range, check_record, check_target, res
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _fenced(
+    handler: Callable[[ReplicaServicer, Req, Context], Awaitable[Resp]],
+) -> Callable[[ReplicaServicer, Req, Context], Awaitable[Resp]]:
+    """Puts the node's fence in the trailing metadata of a call the fence refused."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: ReplicaServicer, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except StaleEpoch as refused:
+            context.set_trailing_metadata(refused.trailing_metadata())
+            raise
+
+    return wrapper
+
+
+def _fenced_stream(
+    handler: Callable[[ReplicaServicer, Req, Context], AsyncIterator[Resp]],
+) -> Callable[[ReplicaServicer, Req, Context], AsyncIterator[Resp]]:
+    """_fenced for a server-streaming handler."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: ReplicaServicer, request: Req, context: Context) -> AsyncIterator[Resp]:
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except StaleEpoch as refused:
+            context.set_trailing_metadata(refused.trailing_metadata())
+            raise
+
+    return wrapper
 
 
 class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
@@ -37,6 +76,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self._directory = directory
 
     @unary
+    @_fenced
     async def Apply(
         self, request: replica_pb2.ApplyRequest, context: Context
     ) -> replica_pb2.ApplyResponse:
@@ -57,6 +97,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             [record_from_pb(r) for r in request.records],
             [hint_from_pb(h) for h in request.hints],
             markers_of(request),
+            epoch=epoch_of(context.invocation_metadata()),
         )
         return replica_pb2.ApplyResponse(
             applied=[a is True for a in applied],
@@ -64,6 +105,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         )
 
     @unary
+    @_fenced
     async def Read(
         self, request: replica_pb2.ReadRequest, context: Context
     ) -> replica_pb2.ReadResponse:
@@ -74,7 +116,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         # before they are copied, so memory stays within it whatever the keys.
         budget = response_budget(self._limits)
         max_bytes = min(request.max_bytes, budget) if request.max_bytes else budget
+        epoch = self._admit(context, "a read")
         records = await self._storage.read(list(request.keys), max_bytes=max_bytes)
+        # Again once read: a purge under a newer fence may have run meanwhile.
+        self._storage.fence.admit(epoch, "a read", write=False)
         return replica_pb2.ReadResponse(
             records=[
                 missing_pb(key) if record is None else record_to_pb(record)
@@ -84,31 +129,40 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         )
 
     @unary
+    @_fenced
     async def ScanRecords(
         self, request: replica_pb2.ScanRecordsRequest, context: Context
     ) -> replica_pb2.ScanRecordsResponse:
         start, end = check_range(request.start, request.end)
         limit = self._limits.page_size(request.limit)
+        epoch = self._admit(context, "a scan")
         records, next_start = await self._storage.scan(start, end, limit)
+        self._storage.fence.admit(epoch, "a scan", write=False)
         return replica_pb2.ScanRecordsResponse(
             records=[record_to_pb(r) for r in records], next_start=next_start
         )
 
     @streaming
+    @_fenced_stream
     async def StreamRange(
         self, request: replica_pb2.StreamRangeRequest, context: Context
     ) -> AsyncIterator[replica_pb2.RecordBatch]:
         start, end = check_range(request.start, request.end)
         batch_size = self._limits.page_size(request.batch_size)
+        epoch = self._admit(context, "a range stream")
         async for batch in self._storage.batches(start, end, batch_size):
+            self._storage.fence.admit(epoch, "a range stream", write=False)
             yield replica_pb2.RecordBatch(records=[record_to_pb(r) for r in batch])
 
     @unary
+    @_fenced
     async def Digest(
         self, request: replica_pb2.DigestRequest, context: Context
     ) -> replica_pb2.DigestResponse:
         start, end = check_range(request.start, request.end)
+        epoch = self._admit(context, "a digest")
         digest, count = await self._storage.digest(start, end)
+        self._storage.fence.admit(epoch, "a digest", write=False)
         return replica_pb2.DigestResponse(digest=digest, count=count)
 
     @unary
@@ -124,15 +178,19 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         )
 
     @unary
+    @_fenced
     async def ReadHints(
         self, request: replica_pb2.ReadHintsRequest, context: Context
     ) -> replica_pb2.ReadHintsResponse:
         check_target(request.target)
         limit = self._limits.page_size(request.limit)
+        epoch = self._admit(context, "reading hints")
         records = await self._storage.read_hints(request.target, limit)
+        self._storage.fence.admit(epoch, "reading hints", write=False)
         return replica_pb2.ReadHintsResponse(records=[record_to_pb(r) for r in records])
 
     @unary
+    @_fenced
     async def DeleteHints(
         self, request: replica_pb2.DeleteHintsRequest, context: Context
     ) -> replica_pb2.DeleteHintsResponse:
@@ -141,21 +199,26 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         for record in request.records:
             self._limits.check_key(record.key)
         deleted = await self._storage.delete_hints(
-            request.target, [record_from_pb(r) for r in request.records]
+            request.target,
+            [record_from_pb(r) for r in request.records],
+            epoch=epoch_of(context.invocation_metadata()),
         )
         return replica_pb2.DeleteHintsResponse(deleted=deleted)
 
     @unary
+    @_fenced
     async def TokenDigests(
         self, request: replica_pb2.TokenDigestsRequest, context: Context
     ) -> replica_pb2.TokenDigestsResponse:
         ranges = TokenRanges((r.start, r.end) for r in request.ranges)
+        epoch = self._admit(context, "token digests")
         digests = await digest_ranges(
             self._storage,
             ranges,
             count_only=request.count_only,
             pace=request.max_records_per_second,
         )
+        self._storage.fence.admit(epoch, "token digests", write=False)
         return replica_pb2.TokenDigestsResponse(
             digests=[
                 replica_pb2.TokenDigest(digest=d.digest, count=d.count, bytes=d.size)
@@ -164,10 +227,12 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         )
 
     @streaming
+    @_fenced_stream
     async def StreamTokenRanges(
         self, request: replica_pb2.StreamTokenRangesRequest, context: Context
     ) -> AsyncIterator[replica_pb2.RecordBatch]:
         ranges = TokenRanges((r.start, r.end) for r in request.ranges)
+        epoch = self._admit(context, "a token range stream")
         batches = stream_ranges(
             self._storage,
             ranges,
@@ -177,18 +242,23 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             pace=request.max_records_per_second,
         )
         async for batch in batches:
+            self._storage.fence.admit(epoch, "a token range stream", write=False)
             yield replica_pb2.RecordBatch(records=[record_to_pb(r) for r in batch])
 
     @unary
+    @_fenced
     async def PurgeTokenRanges(
         self, request: replica_pb2.PurgeTokenRangesRequest, context: Context
     ) -> replica_pb2.PurgeTokenRangesResponse:
         ranges = TokenRanges((r.start, r.end) for r in request.ranges)
+        epoch = epoch_of(context.invocation_metadata())
+        self._storage.fence.admit_purge(epoch)
         purged = await purge_ranges(
             self._storage,
             ranges,
             tombstones_before=request.tombstones_before,
             all_records=request.all_records,
+            epoch=epoch,
         )
         return replica_pb2.PurgeTokenRangesResponse(purged=purged)
 
@@ -199,15 +269,18 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         return await stats_response(self._storage)
 
     @streaming
+    @_fenced_stream
     async def Snapshot(
         self, request: replica_pb2.SnapshotRequest, context: Context
     ) -> AsyncIterator[replica_pb2.SnapshotBatch]:
+        epoch = self._admit(context, "a snapshot")
         batches = snapshot_batches(
             self._storage.store,
             batch_size=self._limits.page_size(request.batch_size),
             max_bytes=self._limits.max_message_bytes // 4,
         )
         async for target, batch in batches:
+            self._storage.fence.admit(epoch, "a snapshot", write=False)
             yield replica_pb2.SnapshotBatch(
                 records=[record_to_pb(r) for r in batch], hint_target=target
             )
@@ -216,7 +289,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     async def Identity(
         self, request: replica_pb2.IdentityRequest, context: Context
     ) -> replica_pb2.DirectoryIdentity:
-        return identity_pb(self._directory.view())
+        return identity_pb(self._directory.view(), self._storage.fence.epoch)
 
     @unary
     async def SetIdentity(
@@ -231,7 +304,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             advance_boot=request.advance_boot,
             rebuild_by=request.rebuild_by,
         )
-        return identity_pb(await self._directory.change(change))
+        return identity_pb(await self._directory.change(change), self._storage.fence.epoch)
 
     @unary
     async def RebuildLease(
@@ -239,10 +312,24 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.DirectoryIdentity:
         if not request.router_id:
             raise LimitExceeded("RebuildLease needs a router_id")
-        return identity_pb(self._directory.lease(request.router_id, release=request.release))
+        view = self._directory.lease(request.router_id, release=request.release)
+        return identity_pb(view, self._storage.fence.epoch)
+
+    @unary
+    async def Fence(
+        self, request: replica_pb2.FenceRequest, context: Context
+    ) -> replica_pb2.FenceResponse:
+        epoch = await self._storage.raise_fence(request.epoch)
+        return replica_pb2.FenceResponse(epoch=epoch)
+
+    def _admit(self, context: Context, what: str) -> int | None:
+        """The epoch the call was routed under, once the fence admitted it for a read."""
+        epoch = epoch_of(context.invocation_metadata())
+        self._storage.fence.admit(epoch, what, write=False)
+        return epoch
 
 
-def identity_pb(view: View) -> replica_pb2.DirectoryIdentity:
+def identity_pb(view: View, fence: int) -> replica_pb2.DirectoryIdentity:
     identity = view.identity
     return replica_pb2.DirectoryIdentity(
         node_id=identity.node_id,
@@ -253,6 +340,7 @@ def identity_pb(view: View) -> replica_pb2.DirectoryIdentity:
         advanced_boot=identity.advanced_boot,
         rebuild_by=view.rebuild_by,
         rebuild_idle_ms=view.rebuild_idle_ms,
+        fence_epoch=fence,
     )
 
 

@@ -230,6 +230,18 @@ class PurgeTokenRangesResponse(_message.Message):
     purged: int
     def __init__(self, purged: _Optional[int] = ...) -> None: ...
 
+class FenceRequest(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class FenceResponse(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -275,7 +287,7 @@ class IdentityRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DirectoryIdentity(_message.Message):
-    __slots__ = ("node_id", "cluster_id", "generation", "claimed", "boot", "advanced_boot", "rebuild_by", "rebuild_idle_ms")
+    __slots__ = ("node_id", "cluster_id", "generation", "claimed", "boot", "advanced_boot", "rebuild_by", "rebuild_idle_ms", "fence_epoch")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +296,7 @@ class DirectoryIdentity(_message.Message):
     ADVANCED_BOOT_FIELD_NUMBER: _ClassVar[int]
     REBUILD_BY_FIELD_NUMBER: _ClassVar[int]
     REBUILD_IDLE_MS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cluster_id: str
     generation: int
@@ -292,7 +305,8 @@ class DirectoryIdentity(_message.Message):
     advanced_boot: str
     rebuild_by: str
     rebuild_idle_ms: int
-    def __init__(self, node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., generation: _Optional[int] = ..., claimed: _Optional[bool] = ..., boot: _Optional[str] = ..., advanced_boot: _Optional[str] = ..., rebuild_by: _Optional[str] = ..., rebuild_idle_ms: _Optional[int] = ...) -> None: ...
+    fence_epoch: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., generation: _Optional[int] = ..., claimed: _Optional[bool] = ..., boot: _Optional[str] = ..., advanced_boot: _Optional[str] = ..., rebuild_by: _Optional[str] = ..., rebuild_idle_ms: _Optional[int] = ..., fence_epoch: _Optional[int] = ...) -> None: ...
 
 class SetIdentityRequest(_message.Message):
     __slots__ = ("expect_generation", "expect_claimed", "expect_cluster_id", "cluster_id", "generation", "advance_boot", "rebuild_by")

@@ -115,6 +115,11 @@ class ReplicaStub:
                 request_serializer=shardkv_dot_v1_dot_replica__pb2.RebuildLeaseRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
                 _registered_method=True)
+        self.Fence = channel.unary_unary(
+                '/shardkv.v1.Replica/Fence',
+                request_serializer=shardkv_dot_v1_dot_replica__pb2.FenceRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_replica__pb2.FenceResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -238,6 +243,15 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fence(self, request, context):
+        """Raises the node's fence epoch, durably, to max(its fence, epoch) before answering
+        (FAILED_PRECONDITION naming both epochs when epoch is below the fence; the same epoch
+        again is a no-op). Only this call changes the fence: see "Fencing" below.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -320,6 +334,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.RebuildLease,
                     request_deserializer=shardkv_dot_v1_dot_replica__pb2.RebuildLeaseRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.SerializeToString,
+            ),
+            'Fence': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fence,
+                    request_deserializer=shardkv_dot_v1_dot_replica__pb2.FenceRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_replica__pb2.FenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -755,6 +774,33 @@ class Replica:
             '/shardkv.v1.Replica/RebuildLease',
             shardkv_dot_v1_dot_replica__pb2.RebuildLeaseRequest.SerializeToString,
             shardkv_dot_v1_dot_replica__pb2.DirectoryIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.Replica/Fence',
+            shardkv_dot_v1_dot_replica__pb2.FenceRequest.SerializeToString,
+            shardkv_dot_v1_dot_replica__pb2.FenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
