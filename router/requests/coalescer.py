@@ -54,8 +54,8 @@ SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
 OnFailure = Callable[[NodeFailure, float], None]
 # Receives one item's result, or the NodeFailure of its call; must not raise.
 Deliver = Callable[[Result | NodeFailure], None]
-# A queued item: (item, deadline, deliver, request id, size of the item).
-_Pending = tuple[Item, float, Deliver[Result], str | None, int]
+# A queued item: (item, deadline, deliver, request id, size of the item, entries it holds).
+_Pending = tuple[Item, float, Deliver[Result], str | None, int, int]
 
 
 class Coalescer(Generic[Item, Result]):
@@ -75,10 +75,13 @@ class Coalescer(Generic[Item, Result]):
         max_pending: int = 20_000,
         max_pending_bytes: int = 128 << 20,
         resumable: bool = False,
+        count_of: Callable[[Item], int] | None = None,
     ) -> None:
         """resumable: send may answer a prefix of a batch (a node that stopped at its byte
         budget); the items answered get their results and the rest go back to the front
-        of the queue, to leave in the next call. Otherwise a short answer fails the batch."""
+        of the queue, to leave in the next call. Otherwise a short answer fails the batch.
+        count_of: how many of the node's batch entries an item holds (a chunk of a batch's
+        records holds many; None: one each); max_items and max_pending count entries."""
         self._node_id = node_id
         self._resumable = resumable
         self._send = send
@@ -88,7 +91,9 @@ class Coalescer(Generic[Item, Result]):
         self._max_in_flight = max_in_flight
         self._call_timeout_s = call_timeout_s
         self._size_of = size_of
+        self._count_of = count_of
         self._max_pending = max_pending
+        self._pending_count = 0
         self._max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
         # (item, deadline, deliver, request id of the request the item belongs to, its size:
@@ -105,13 +110,16 @@ class Coalescer(Generic[Item, Result]):
         when the queue is full they fail together with RESOURCE_EXHAUSTED."""
         sizes = [self._size_of(item) for item, _ in items]
         size = sum(sizes)
+        count_of = self._count_of
+        counts = [1] * len(items) if count_of is None else [count_of(item) for item, _ in items]
+        count = sum(counts)
         if self._pending and (
-            len(self._pending) + len(items) > self._max_pending
+            self._pending_count + count > self._max_pending
             or self._pending_bytes + size > self._max_pending_bytes
         ):
             failure = self._failure(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"router overloaded: {len(self._pending)} items ({self._pending_bytes} bytes)"
+                f"router overloaded: {self._pending_count} items ({self._pending_bytes} bytes)"
                 f" already queued for node {self._node_id} (limits {self._max_pending} items,"
                 f" {self._max_pending_bytes} bytes)",
             )
@@ -119,10 +127,11 @@ class Coalescer(Generic[Item, Result]):
                 _deliver(deliver, failure)
             return
         self._pending_bytes += size
+        self._pending_count += count
         rid = requestid.current.get()
         self._pending.extend(
-            (item, deadline, deliver, rid, item_size)
-            for (item, deliver), item_size in zip(items, sizes, strict=True)
+            (item, deadline, deliver, rid, item_size, item_count)
+            for (item, deliver), item_size, item_count in zip(items, sizes, counts, strict=True)
         )
         self._pump()
 
@@ -135,20 +144,24 @@ class Coalescer(Generic[Item, Result]):
         while self._pending and self._in_flight < self._max_in_flight:
             now = loop.time()
             batch: list[_Pending[Item, Result]] = []
-            size = 0
-            while self._pending and len(batch) < self._max_items:
+            size = count = 0
+            while self._pending:
                 entry = self._pending[0]
-                item_size = entry[4]
-                if batch and size + item_size > self._max_bytes:
+                item_size, item_count = entry[4], entry[5]
+                if batch and (
+                    size + item_size > self._max_bytes or count + item_count > self._max_items
+                ):
                     break
                 self._pending.popleft()
                 self._pending_bytes -= item_size
+                self._pending_count -= item_count
                 if entry[1] <= now:
                     expired = self._failure(grpc.StatusCode.DEADLINE_EXCEEDED, "expired in queue")
                     _deliver(entry[2], expired)
                     continue
                 batch.append(entry)
                 size += item_size
+                count += item_count
             if not batch:
                 continue
             self._in_flight += 1
@@ -165,7 +178,7 @@ class Coalescer(Generic[Item, Result]):
         )
         results: Sequence[Result | NodeFailure]
         try:
-            self.batch_sizes.observe(len(batch))
+            self.batch_sizes.observe(sum(entry[5] for entry in batch))
             # This task's own context: the call carries the ids of the requests it serves.
             requestid.current.set(requestid.join(entry[3] for entry in batch))
             results = await self._send([entry[0] for entry in batch], timeout)
@@ -190,6 +203,7 @@ class Coalescer(Generic[Item, Result]):
         if rest:
             self._pending.extendleft(reversed(rest))
             self._pending_bytes += sum(entry[4] for entry in rest)
+            self._pending_count += sum(entry[5] for entry in rest)
         for entry, result in zip(batch, results, strict=False):
             try:  # inline rather than _deliver: this runs for every item
                 entry[2](result)

@@ -132,3 +132,37 @@ def test_quorum_decides_at_needed_and_settles_when_all_replied() -> None:
         assert "n2 (no answer before the deadline)" in late.describe("read", b"k", 3)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_an_item_holding_many_entries_counts_them_against_the_call_and_queue_bounds() -> None:
+    """A chunk of a batch's records is one item but many of the node's entries: a call
+    carries at most max_items entries, however few items, and the queue bound counts
+    entries too (here item n holds n entries)."""
+
+    async def scenario() -> None:
+        send, failures = Recorder(), []
+        c: Coalescer[int, int] = Coalescer(
+            "n1",
+            send,
+            on_failure=lambda failure, timeout: failures.append(failure),
+            max_items=100,
+            max_bytes=1 << 20,
+            max_in_flight=1,
+            call_timeout_s=1.0,
+            size_of=lambda item: 1,
+            max_pending=150,
+            count_of=lambda item: item,
+        )
+        deadline = asyncio.get_running_loop().time() + 5
+        first = await submit(c, [10], deadline)  # leaves at once, alone
+        queued = [await submit(c, [n], deadline) for n in (60, 30, 20, 40)]
+        refused = await submit(c, [1], deadline)  # 151 entries waiting: over 150
+        [shed] = await refused
+        assert isinstance(shed, NodeFailure) and shed.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await first == [100]
+        assert [(await q)[0] for q in queued] == [600, 300, 200, 400]
+        assert send.batches == [[10], [60, 30], [20, 40]]
+        assert not failures
+
+    asyncio.run(scenario())
