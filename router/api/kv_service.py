@@ -175,6 +175,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         page = await scan_page(
             self._clients,
             self._health,
+            placement=self._coordinator.placement,
             replication=self._topology.replication,
             needed=needed,
             start=page_token or start,

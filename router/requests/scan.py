@@ -1,16 +1,21 @@
 """Scan through the router: fan out ScanRecords to the nodes, merge one ordered page.
 
-Every live node is asked for the same key range; each holds the keys it owns (and repairs
-and hints never put a key on a node that does not own it), so the union covers the range
-as long as every key keeps at least ``needed`` live owners. That is guaranteed when at
-most N - needed nodes are down; with more down the scan is refused as UNAVAILABLE rather
-than silently missing keys. Records merge by key, the newest (version, writer) wins and
-tombstones are dropped, so the result equals a scan of one node holding all the data.
+Every live node is asked for the same key range, and of each node's answer only the keys
+it owns under the current placement are kept (its old or pending preference list during a
+move). A node that gave a range away keeps its copy until the move's drop, and anti-entropy
+and tombstone GC look only at owners: a copy a non-owner still holds may be a value whose
+delete the owners have since purged, so it must never be read. A node that does not count
+toward quorums (its data directory is new, behind or being rebuilt) is read no more than a
+quorum read reads it. The kept answers cover the range as long as every key keeps at least
+``needed`` live owners, which is guaranteed when at most N - needed nodes are missing; with
+more missing the scan is refused as UNAVAILABLE rather than silently missing keys. Records
+merge by key, the newest (version, writer) wins and tombstones are dropped, so the result
+equals a scan of one node holding all the owners' data.
 
 Nodes page their answers, so a node's page ends at its own resume point: only keys below
 the smallest resume point are complete and may be emitted. When that leaves the page
-short (many tombstones, or small node pages) the router asks again from that point until
-the page is full, the range is exhausted, or the deadline nears.
+short (many tombstones, non-owned copies, or small node pages) the router asks again from
+that point until the page is full, the range is exhausted, or the deadline nears.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shardkv.common.limits import after
+from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
@@ -42,6 +48,7 @@ async def scan_page(
     clients: Mapping[str, NodeClient],
     health: NodeHealth,
     *,
+    placement: Placement,
     replication: int,
     needed: int,
     start: bytes,
@@ -53,8 +60,9 @@ async def scan_page(
     """One page of at most limit live records of [start, end) (end b"" = open), cut short
     once it holds max_bytes of keys and values (so it fits in one message)."""
     loop = asyncio.get_running_loop()
-    live = [node_id for node_id in clients if not health.is_down(node_id)]
-    _check_coverage(health, clients, live, replication, needed)
+    uncounted = placement.uncounted
+    live = [n for n in clients if not health.is_down(n) and n not in uncounted]
+    _check_coverage(health, clients, live, replication, needed, uncounted)
     emitted: list[replica_pb2.Record] = []
     size = 0
     cursor = start
@@ -65,13 +73,17 @@ async def scan_page(
                 for node_id in live
             )
         )
-        failed = [r for r in replies if isinstance(r, NodeFailure)]
-        if failed:
-            live = [n for n, r in zip(live, replies, strict=True) if not isinstance(r, NodeFailure)]
-            _check_coverage(health, clients, live, replication, needed, failed)
-        pages = [r for r in replies if not isinstance(r, NodeFailure)]
-        bound = _safe_bound(pages)
-        for record in _merge(pages, bound):
+        pages = [
+            (node_id, reply)
+            for node_id, reply in zip(live, replies, strict=True)
+            if not isinstance(reply, NodeFailure)
+        ]
+        if len(pages) < len(live):
+            failed = [r for r in replies if isinstance(r, NodeFailure)]
+            live = [node_id for node_id, _ in pages]
+            _check_coverage(health, clients, live, replication, needed, uncounted, failed)
+        bound = _safe_bound([page for _, page in pages])
+        for record in _merge(pages, bound, placement, replication):
             if len(emitted) == limit or size >= max_bytes:
                 return Page(emitted, after(emitted[-1].key))
             emitted.append(record)
@@ -95,14 +107,20 @@ def _safe_bound(pages: Sequence[replica_pb2.ScanRecordsResponse]) -> bytes | Non
 
 
 def _merge(
-    pages: Sequence[replica_pb2.ScanRecordsResponse], bound: bytes | None
+    pages: Sequence[tuple[str, replica_pb2.ScanRecordsResponse]],
+    bound: bytes | None,
+    placement: Placement,
+    replication: int,
 ) -> list[replica_pb2.Record]:
-    """Live records below bound, one per key (the newest), in key order."""
+    """Live records below bound, one per key (the newest among the nodes that own it),
+    in key order."""
     best: dict[bytes, replica_pb2.Record] = {}
-    for page in pages:
+    for node_id, page in pages:
         for record in page.records:
             if bound is not None and record.key >= bound:
                 break
+            if node_id not in placement.preference_list(record.key, replication):
+                continue  # a copy left on a node that gave the key's range away
             seen = best.get(record.key)
             if seen is None or (record.version, record.writer) > (seen.version, seen.writer):
                 best[record.key] = record
@@ -115,6 +133,7 @@ def _check_coverage(
     live: Sequence[str],
     replication: int,
     needed: int,
+    uncounted: frozenset[str],
     failed: Sequence[NodeFailure] = (),
 ) -> None:
     """Refuses the scan when some key may have fewer than needed owners among live."""
@@ -122,6 +141,10 @@ def _check_coverage(
     if len(missing) <= replication - needed:
         return
     reasons = {f.node_id: str(f) for f in failed}
+    reasons.update(
+        (n, "not counted toward quorums: its data directory is new, behind or rebuilding")
+        for n in uncounted
+    )
     names = ", ".join(f"{n} ({reasons.get(n) or health.last_error(n) or 'DOWN'})" for n in missing)
     raise ScanUnavailable(
         f"scan needs {needed} of N={replication} replicas of every key, so at most"
