@@ -6,6 +6,13 @@ Every transition is logged once. A DOWN node stays on the ring: requests route a
 (reads do not ask it, writes leave a hint for it) and it is never re-placed by a timeout.
 A node that comes back from DOWN may have missed writes: listeners registered with
 ``on_return`` (hint hand-off, anti-entropy) are told at once.
+
+A node that answered a request since its last check needs no check this round: a reply
+says as much as a health check, and under load the checks would otherwise cost the
+router a call per node every interval, growing with the cluster. Only an UP node is
+excused (DOWN and unchecked nodes become UP through a check alone), and never for more
+than ``MAX_EXCUSED`` rounds in a row, so a node that goes NOT_SERVING while still
+answering (a graceful stop) is seen within a few intervals.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ NodeState: TypeAlias = admin_pb2.NodeState
 
 log = logging.getLogger(__name__)
 
+# Rounds in a row a node's check may be skipped because it answered requests meanwhile.
+MAX_EXCUSED = 4
+
 UNKNOWN: NodeState = admin_pb2.NODE_STATE_UNKNOWN
 UP: NodeState = admin_pb2.UP
 DOWN: NodeState = admin_pb2.DOWN
@@ -33,6 +43,10 @@ class NodeHealth:
         self._state: dict[str, NodeState] = dict.fromkeys(node_ids, UNKNOWN)
         self._error: dict[str, str] = {}
         self._on_return: list[Callable[[str], None]] = []
+        # Nodes marked DOWN, kept as one set so a batch checks its owners against it once.
+        self._down: frozenset[str] = frozenset()
+        # Per node, how many replies it sent since the health monitor last looked.
+        self._heard: dict[str, int] = {}
 
     def on_return(self, listener: Callable[[str], None]) -> None:
         """Calls listener(node_id), on the event loop, each time a node goes from DOWN to
@@ -54,6 +68,19 @@ class NodeHealth:
     def is_up(self, node_id: str) -> bool:
         return bool(self._state[node_id] == UP)
 
+    @property
+    def down(self) -> frozenset[str]:
+        """Every node marked DOWN."""
+        return self._down
+
+    def heard_from(self, node_id: str) -> None:
+        """The node answered a request (a data call succeeded)."""
+        self._heard[node_id] = self._heard.get(node_id, 0) + 1
+
+    def take_heard(self, node_id: str) -> bool:
+        """Whether the node answered a request since the last call, and forgets it."""
+        return bool(self._heard.pop(node_id, 0))
+
     def last_error(self, node_id: str) -> str:
         return self._error.get(node_id, "") if self._state[node_id] == DOWN else ""
 
@@ -63,6 +90,7 @@ class NodeHealth:
             return
         log.info("node_up node=%s was=%s", node_id, admin_pb2.NodeState.Name(was))
         self._state[node_id] = UP
+        self._down = self._down - {node_id}
         if was == DOWN:
             for listener in self._on_return:
                 try:
@@ -75,6 +103,7 @@ class NodeHealth:
         if self._state[node_id] != DOWN:
             log.warning("node_down node=%s reason=%r", node_id, reason)
             self._state[node_id] = DOWN
+            self._down = self._down | {node_id}
 
 
 class HealthMonitor:
@@ -133,9 +162,17 @@ class HealthMonitor:
 
     async def _watch(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
         loop = asyncio.get_running_loop()
+        health = self._health
+        excused = 0
         while True:
             started = loop.time()
-            await self._check(node_id, check)
+            # Replies since the last round stand in for a check of an UP node (see above).
+            answered = health.take_heard(node_id)
+            if answered and excused < MAX_EXCUSED and health.is_up(node_id):
+                excused += 1
+            else:
+                excused = 0
+                await self._check(node_id, check)
             await asyncio.sleep(max(0.0, self._interval_s - (loop.time() - started)))
 
     async def _check(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:

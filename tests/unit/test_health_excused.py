@@ -1,0 +1,69 @@
+"""The health monitor skips the check of an UP node that answered requests since its last
+round (a reply says as much as a check), never more than MAX_EXCUSED rounds in a row, and
+never for a node that is DOWN or not yet checked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from shardkv.router.requests.health import MAX_EXCUSED, HealthMonitor, NodeHealth
+
+
+class Checks:
+    """A check per node that answers serving (or a problem) and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.problem: str | None = None
+
+    def of(self, node_id: str) -> Callable[[float], Awaitable[str | None]]:
+        async def check(timeout_s: float) -> str | None:
+            self.calls[node_id] = self.calls.get(node_id, 0) + 1
+            return self.problem
+
+        return check
+
+
+@pytest.mark.timeout(10)
+def test_a_busy_up_node_is_checked_once_every_few_rounds_and_an_idle_one_every_round() -> None:
+    async def scenario() -> None:
+        health = NodeHealth(["busy", "idle"])
+        checks = Checks()
+        monitor = HealthMonitor(
+            {n: checks.of(n) for n in ("busy", "idle")}, health, interval_s=0.01, timeout_s=1
+        )
+        monitor.start()
+        await asyncio.sleep(0.005)  # first round: both checked, both UP
+        assert health.is_up("busy") and health.is_up("idle")
+        rounds = 4 * (MAX_EXCUSED + 1)
+        for _ in range(rounds):
+            health.heard_from("busy")
+            await asyncio.sleep(0.01)
+        await monitor.stop()
+        assert checks.calls["idle"] >= rounds - 2
+        assert 3 <= checks.calls["busy"] <= rounds // 2, checks.calls
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_replies_never_excuse_a_down_node_from_its_check() -> None:
+    async def scenario() -> None:
+        health = NodeHealth(["n1"])
+        checks = Checks()
+        checks.problem = "UNAVAILABLE: gone"
+        monitor = HealthMonitor({"n1": checks.of("n1")}, health, interval_s=0.01, timeout_s=1)
+        monitor.start()
+        for _ in range(10):
+            health.heard_from("n1")  # a late reply of a call sent before it went down
+            await asyncio.sleep(0.01)
+        await monitor.stop()
+        assert health.down == frozenset({"n1"})
+        assert checks.calls["n1"] >= 8
+        checks.problem = None
+        await monitor.check_all()
+        assert health.is_up("n1") and health.down == frozenset()
+
+    asyncio.run(scenario())
