@@ -23,6 +23,7 @@ from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.metrics import RouterCollector, router_registry
 from shardkv.router.api.operations import Operations
 from shardkv.router.api.security import TokenInterceptor, channel_credentials, server_credentials
+from shardkv.router.membership.fencing import RouterEpoch
 from shardkv.router.membership.identity import IdentityGuard
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_driver import Rebalancer
@@ -151,6 +152,8 @@ class RouterServer:
         credentials = (
             channel_credentials(node_tls.ca, node_tls.cert, node_tls.key) if node_tls else None
         )
+        # The epoch this router routes under; fence refusals reload it (fencing.py).
+        epochs = RouterEpoch(topology.epoch)
 
         def new_client(node: NodeConfig) -> NodeClient:
             return NodeClient(
@@ -161,6 +164,7 @@ class RouterServer:
                 credentials=credentials,
                 max_queued=config.max_queued_per_node,
                 token=config.node_token,
+                epochs=epochs,
             )
 
         self._clients = {node.id: new_client(node) for node in topology.nodes}
@@ -175,6 +179,7 @@ class RouterServer:
             clients=self._clients,
             health=self.health,
             new_client=new_client,
+            epochs=epochs,
         )
         antientropy = self._antientropy = AntiEntropy(
             membership=membership,
@@ -197,6 +202,7 @@ class RouterServer:
             clock=clock,
             writer=writer_number(config.router_id),
             repair_timeout_s=self._call_timeout_s,
+            epochs=epochs,
         )
         health_interval_s = timeouts.health_interval_ms / 1000
         self._monitor = HealthMonitor(

@@ -9,10 +9,10 @@ this router then serves what the store holds if it is newer. Every router follow
 store (the file is polled every ``timeouts.watch_interval_ms``; etcd is watched) and
 adopts a topology whose epoch is higher than the one it serves; one at its own epoch with
 other content cannot come from a router (every change raises the epoch) and is refused
-with an error in the log. A router started later reads the store at start. The rebalance
-settle delay (``[rebalance] settle_ms``) must exceed the time routers take to follow, so
-all routers follow a transition before ranges are streamed and before given-away ranges
-are dropped.
+with an error in the log. A router started later reads the store at start. A router need
+not follow in time: a move fences every node at each new epoch (fencing.py), a node
+refuses what a router routes under an older one, and the router then reloads the store at
+once (``reload``) and routes the request again.
 
 Adopting a topology opens channels (and health checks) to new nodes before the placement
 names them, and closes a removed node's channel only after the settle delay, when no
@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from shardkv.router.membership.fencing import RouterEpoch
 from shardkv.router.membership.topology import (
     NodeConfig,
     Topology,
@@ -62,11 +63,15 @@ class Membership:
         clients: dict[str, NodeClient],
         health: NodeHealth,
         new_client: ClientFactory,
+        epochs: RouterEpoch | None = None,
     ) -> None:
         """clients is the dict every service reads (changed in place); store is where the
         topology is kept, None when changes cannot be persisted (they are then refused).
-        The membership owns the store and closes it when stopped."""
+        The membership owns the store and closes it when stopped. epochs is told of
+        every epoch adopted and reloads through this membership."""
         self.store = store
+        self.epochs = epochs or RouterEpoch(topology.epoch)
+        self.epochs.bind(self.reload)
         self.clients = clients
         self.health = health
         self._topology = topology
@@ -105,6 +110,15 @@ class Membership:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
+
+    async def reload(self) -> None:
+        """Reads the store now and adopts what it holds if newer (a node refused a call
+        as routed under an older epoch than its fence)."""
+        if self.store is None:
+            return
+        topology = await self.store.load()
+        async with self._lock:
+            self._consider(topology, self.store.name)
 
     async def commit(self, topology: Topology, *, expected: Topology) -> None:
         """Stores topology if the store still holds expected (the topology it was computed
@@ -146,6 +160,7 @@ class Membership:
         self._topology = topology
         self._layout = layout_of(topology)
         self.placement.use(self._layout)
+        self.epochs.epoch = topology.epoch
         for node_id in old_nodes.keys() - new_nodes.keys():
             client = self.clients.pop(node_id, None)
             if client is not None:

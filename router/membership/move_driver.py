@@ -5,15 +5,29 @@ A move goes through these steps, each stored (compare-and-swap) before it takes 
 1. Transition (epoch + 1): the node is written as ``joining`` (or ``leaving``) with a
    ``[move]`` table. Every router then sends writes to the old and the new owners of each
    key and reads from both (placement.py), with one more reply per pending owner.
-2. Settle (``[rebalance] settle_ms``): requests begun under the old placement finish and
-   the other routers follow the store.
+2. Fence the transition: every node of the old and the new topology (the transition's
+   nodes: members, the joining and the leaving one) takes the transition's epoch
+   (Replica.Fence, fencing.py). From then on no node stores, serves or drops anything a
+   router routed under the old placement: a write routed before the transition either
+   committed before the fence (and the stream below copies it) or is refused and routed
+   again under the transition. No settle delay is needed, however long a router paused.
 3. Count, then stream: moves.py plans which pieces go from which node to which; each source
    counts its pieces (for progress), then streams them, and the router applies every batch
-   to the target (LWW, so repeating any of it is harmless).
+   to the target (LWW, so repeating any of it is harmless), routed under the move's epoch.
 4. Switch (epoch + 1): the node becomes a plain member, or is dropped from the file. Only now
    does the new placement become authoritative, after the copy is complete.
-5. After another settle delay, nodes that gave pieces away drop them, so a stale copy can
-   never resurface (in a scan, or after a later move).
+5. Fence the switch on the same nodes (the removed one included): a router still routing
+   under the transition (writes to old and new owners) is refused and reloads.
+6. Drop: nodes that gave pieces away purge them, routed under the switch's epoch, which a
+   node accepts only while fenced at exactly that epoch — so a drop computed for one
+   placement never runs once a later change was fenced. A stale copy can then never
+   resurface (in a scan, or after a later move).
+
+Fencing covers every node that is up. A node DOWN when an epoch is fenced (a dead node
+being removed, or one that failed meanwhile) is skipped; it serves nobody while down, and
+routers fence it at their epoch when it returns, before it counts again (identity.py).
+The one settle delay left is the close of a removed node's channel (live_topology.py):
+requests still using it finish first; nothing depends on it for safety.
 
 A failure leaves the transition in force (writes keep reaching both sides; nothing is lost)
 and the move FAILED: repeating the request resumes it, the opposite request aborts it. The
@@ -29,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import grpc
+from shardkv.router.membership.fencing import fence_nodes
 from shardkv.router.membership.live_topology import ClientFactory, Membership
 from shardkv.router.membership.move_plan import (
     ADD,
@@ -261,18 +276,8 @@ class Rebalancer:
         try:
             await self._pause_repair()
             topology = self._membership.topology
-            settle_s = topology.rebalance.settle_ms / 1000
-            timeouts = topology.timeouts
-            if topology.rebalance.settle_ms < timeouts.request_ms + timeouts.watch_interval_ms:
-                log.warning(
-                    "move %s: settle_ms %d is below request_ms + watch_interval_ms (%d): a"
-                    " write begun under the old placement, or through a router that has not"
-                    " read the file yet, may miss the copy",
-                    progress.id,
-                    topology.rebalance.settle_ms,
-                    timeouts.request_ms + timeouts.watch_interval_ms,
-                )
-            await asyncio.sleep(settle_s)
+            check_driver(topology, progress.id, self._router_id)
+            await self._fence(topology, topology.nodes)
             layout = self._membership.layout
             assert layout.new is not None, "a move runs only during a transition"
             changed = [
@@ -287,6 +292,7 @@ class Rebalancer:
                 pacer=Pacer(topology.rebalance.max_records_per_s),
                 on_batch=progress.moved,
                 name=f"move {progress.id}",
+                epoch=topology.epoch,
             )
             async with asyncio.TaskGroup() as group:
                 for transfer in transfers:
@@ -300,9 +306,9 @@ class Rebalancer:
                 "move %s: switched at epoch %d after streaming %d records (%d bytes)",
                 progress.id, final.epoch, progress.keys_moved, progress.bytes_moved,
             )  # fmt: skip
+            await self._fence(final, current.nodes)
             if progress.kind == REMOVE:
                 await self._rehome(final, progress)
-            await asyncio.sleep(settle_s)
             await self._drop(changed, final, progress)
             progress.state = admin_pb2.MOVE_DONE
         except asyncio.CancelledError:
@@ -377,7 +383,7 @@ class Rebalancer:
         for node_id, ranges in given_away(changed, members.__contains__).items():
             try:
                 progress.keys_dropped += await self._client(node_id).purge_token_ranges(
-                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S
+                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=final.epoch
                 )
             except grpc.aio.AioRpcError as err:
                 log.warning(
@@ -385,6 +391,21 @@ class Rebalancer:
                     " harmless copies until dropped",
                     progress.id, node_id, err.code().name, err.details(),
                 )  # fmt: skip
+
+    async def _fence(self, topology: Topology, nodes: tuple[NodeConfig, ...]) -> None:
+        """Installs topology's epoch on nodes (those DOWN skipped: module docstring); a
+        node no longer in this router's topology gets a channel of its own for it."""
+        clients = self._membership.clients
+        extra = {n.id: self._probe_client(n) for n in nodes if n.id not in clients}
+        try:
+            await fence_nodes(
+                {**clients, **extra},
+                [n.id for n in nodes],
+                topology.epoch,
+                skip={n.id for n in nodes if self._health.is_down(n.id)},
+            )
+        finally:
+            await asyncio.gather(*(c.close() for c in extra.values()))
 
     def _client(self, node_id: str) -> NodeClient:
         try:

@@ -4,7 +4,9 @@ The source streams the records of the transfer's ranges (StreamTokenRanges); the
 applies each batch to the target with a durable Replica.Apply while the next batches are
 already on their way (a few are read ahead). Apply keeps a record only if it is newer, so a
 batch applied twice, or a record that also arrived by a concurrent write, is harmless; that
-is what makes retrying and resuming a move safe.
+is what makes retrying and resuming a move safe. Streams and applies are routed under the
+move's epoch: once a later epoch is fenced (another router took the move over), a driver
+that paused meanwhile can copy nothing more.
 """
 
 from __future__ import annotations
@@ -43,15 +45,20 @@ class SourceFailed(Exception):
 
 
 async def apply_with_retry(
-    target: NodeClient, records: Sequence[replica_pb2.Record], target_id: str
+    target: NodeClient,
+    records: Sequence[replica_pb2.Record],
+    target_id: str,
+    epoch: int | None = None,
 ) -> None:
-    """Applies one batch, retrying with back-off (a repeat is harmless)."""
+    """Applies one batch routed under epoch (None: the router's), retrying with back-off
+    (a repeat is harmless); a fence refusal is final."""
     for attempt in range(APPLY_ATTEMPTS):
         try:
-            await target.apply_batch(records, APPLY_TIMEOUT_S)
+            await target.apply_batch(records, APPLY_TIMEOUT_S, epoch)
             return
         except grpc.aio.AioRpcError as err:
-            if attempt == APPLY_ATTEMPTS - 1:
+            fenced = err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            if fenced or attempt == APPLY_ATTEMPTS - 1:
                 raise MoveConflict(
                     f"applying {len(records)} records to {target_id} failed {APPLY_ATTEMPTS}"
                     f" times: {err.code().name} {err.details()}"
@@ -63,9 +70,18 @@ class Streamer:
     """Runs transfers between the nodes of clients, sharing one pace."""
 
     def __init__(
-        self, clients: Mapping[str, NodeClient], *, pacer: Pacer, on_batch: OnBatch, name: str
+        self,
+        clients: Mapping[str, NodeClient],
+        *,
+        pacer: Pacer,
+        on_batch: OnBatch,
+        name: str,
+        epoch: int | None = None,
     ) -> None:
+        """epoch: the move's, which every stream and apply is routed under (None: the
+        router's epoch when each call is sent)."""
         self._clients = clients
+        self._epoch = epoch
         self._pacer = pacer
         self._on_batch = on_batch
         self._name = name
@@ -100,6 +116,7 @@ class Streamer:
                 keys_only=False,
                 pace=0,
                 timeout_s=STREAM_TIMEOUT_S,
+                epoch=self._epoch,
             )
             try:
                 async for batch in batches:
@@ -113,7 +130,7 @@ class Streamer:
 
         async def write() -> None:
             while (records := await queue.get()) is not None:
-                await apply_with_retry(target, records, transfer.target)
+                await apply_with_retry(target, records, transfer.target, self._epoch)
                 self._on_batch(len(records), sum(len(r.key) + len(r.value) for r in records))
                 await self._pacer.take(len(records))
 

@@ -29,6 +29,11 @@ During a move a key's owners are its old and its pending new owners, and each re
 needs one more reply per pending owner (placement.py explains why that is enough).
 
 Batches group their items by node; the per-node coalescers turn each group into one call.
+
+Fencing: every item goes out with the topology epoch its owners were picked under. A node
+fenced at a newer epoch refuses it; the request's failed items are then placed again once
+the router has reloaded the topology (router/membership/fencing.py, ``rerouted``), which
+the client never sees.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any
 import grpc
 from shardkv.common import hlc, requestid
 from shardkv.common.hlc import HybridClock
+from shardkv.router.membership.fencing import RouterEpoch, rerouted
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.health import NodeHealth
@@ -107,6 +113,8 @@ class _Write:
     marked: tuple[str, ...] = ()
     # Reply name of each hint on a fallback -> the owner it is for (None: no hint sent).
     hinted: dict[str, str] | None = None
+    # The topology epoch the owners were picked under (sent with every item of the write).
+    epoch: int = 0
 
 
 # Items per node: (record or hint, its write, replica name, whether it goes to an owner).
@@ -126,8 +134,11 @@ class Coordinator:
         clock: HybridClock,
         writer: int,
         repair_timeout_s: float,
+        epochs: RouterEpoch | None = None,
     ) -> None:
+        """epochs: what a fence refusal reloads (None: requests are not routed again)."""
         self._ring = ring
+        self._epochs = epochs
         self._n = replication
         self._clients = clients
         self._health = health
@@ -180,12 +191,20 @@ class Coordinator:
     async def _place(
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
     ) -> list[WriteOutcome]:
+        place = partial(self._place_at, needed=needed, deadline=deadline)
+        return await rerouted(
+            records, place, placement=self._ring, epochs=self._epochs, deadline=deadline
+        )
+
+    async def _place_at(
+        self, records: Sequence[replica_pb2.Record], epoch: int, *, needed: int, deadline: float
+    ) -> list[WriteOutcome]:
         group: QuorumGroup[bool] = QuorumGroup(deadline)
         plans: list[_Write] = []
         outbox: _Outbox = defaultdict(list)
         for record in records:
             owners = self._ring.preference_list(record.key, self._n)
-            plan = _Write(record, owners, set(owners), deadline)
+            plan = _Write(record, owners, set(owners), deadline, epoch=epoch)
             # During a move, one more acknowledgement per pending owner (see placement.py).
             plan.quorum = group.quorum(
                 needed + self._ring.pending(record.key, self._n), partial(self._cover, plan)
@@ -237,22 +256,31 @@ class Coordinator:
                 )
                 for item, plan, name, direct in entries
             ]
-            self._apply(node_id, items, deadline)
+            self._apply(node_id, items, deadline, entries[0][1].epoch)
 
     def _apply(
-        self, node_id: str, items: list[tuple[ApplyItem, Deliver[bool]]], deadline: float
+        self,
+        node_id: str,
+        items: list[tuple[ApplyItem, Deliver[bool]]],
+        deadline: float,
+        epoch: int,
     ) -> None:
-        """Queues items for node_id; a node that left the topology fails them at once."""
+        """Queues items routed under epoch for node_id; a node that left the topology
+        fails them at once."""
         client = self._clients.get(node_id)
         if client is None:
             _gone(node_id, items)
         else:
-            client.apply(items, deadline)
+            client.apply(items, deadline, epoch)
 
     def _redirect(self, plan: _Write, owner: str, failure: NodeFailure) -> None:
         """An owner's write failed before the quorum was decided: park the record on a
-        fallback instead (one that refused for lack of resources is not spilled over)."""
-        if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        fallback instead (one that refused for lack of resources is not spilled over, nor
+        one fenced past the write's epoch: the write is routed again)."""
+        if failure.code in (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ):
             return
         outbox: _Outbox = defaultdict(list)
         if self._hint(plan, owner, outbox):
@@ -284,7 +312,7 @@ class Coordinator:
         item = MarkedRecord(plan.record, missing)
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
         for holder in holders:
-            self._apply(holder, [(item, _ignore)], deadline)
+            self._apply(holder, [(item, _ignore)], deadline, plan.epoch)
         self.markers_kept += len(missing)
 
     def _hint(self, plan: _Write, owner: str, outbox: _Outbox) -> bool:
@@ -316,12 +344,26 @@ class Coordinator:
     ) -> list[ReadOutcome]:
         """Reads every key from its live owners; answers once each key is decided. Replies
         beyond budget (bytes of records held) are dropped as RESOURCE_EXHAUSTED."""
+        read = partial(self._read_at, needed=needed, deadline=deadline, budget=budget)
+        return await rerouted(
+            keys, read, placement=self._ring, epochs=self._epochs, deadline=deadline
+        )
+
+    async def _read_at(
+        self,
+        keys: Sequence[bytes],
+        epoch: int,
+        *,
+        needed: int,
+        deadline: float,
+        budget: ReadBudget | None,
+    ) -> list[ReadOutcome]:
         group: QuorumGroup[replica_pb2.Record] = QuorumGroup(deadline)
         quorums: list[Quorum[replica_pb2.Record]] = []
         outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
         for key in keys:
             quorum = group.quorum(
-                needed + self._ring.pending(key, self._n), partial(self._repair, key)
+                needed + self._ring.pending(key, self._n), partial(self._repair, key, epoch)
             )
             for owner in self._ring.preference_list(key, self._n):
                 if self._health.is_down(owner):
@@ -337,7 +379,7 @@ class Coordinator:
             if client is None:
                 _gone(node_id, asks)
             else:
-                client.read(asks, deadline)
+                client.read(asks, deadline, epoch)
         await group.wait()
         outcomes = []
         for key, quorum in zip(keys, quorums, strict=True):
@@ -362,7 +404,7 @@ class Coordinator:
         counted = [record for name, record in quorum.ok.items() if name not in uncounted]
         return counted or list(quorum.ok.values())
 
-    def _repair(self, key: bytes, quorum: Quorum[replica_pb2.Record]) -> None:
+    def _repair(self, key: bytes, epoch: int, quorum: Quorum[replica_pb2.Record]) -> None:
         """Sends the newest record to every replica that answered with an older one or none."""
         if not quorum.ok:
             return
@@ -382,7 +424,7 @@ class Coordinator:
                 best.version,
                 requestid.current.get() or "-",
             )
-            self._apply(node_id, [(best, _ignore)], deadline)
+            self._apply(node_id, [(best, _ignore)], deadline, epoch)
             self.repairs += 1
 
 

@@ -51,15 +51,58 @@ class FakeNode:
 
     # -- NodeLink --------------------------------------------------------------------------
 
-    def apply(self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float) -> None:
+    def apply(
+        self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float, epoch: int
+    ) -> None:
         self.received.extend(item for item, _ in items)
         self._later(self._answer_apply, list(items))
 
     def read(
-        self, keys: Sequence[tuple[bytes, Deliver[replica_pb2.Record]]], deadline: float
+        self,
+        keys: Sequence[tuple[bytes, Deliver[replica_pb2.Record]]],
+        deadline: float,
+        epoch: int,
     ) -> None:
         self.keys_read.extend(key for key, _ in keys)
         self._later(self._answer_read, list(keys))
+
+    # -- chunks of a batch (batch_write.ChunkLink, batch_read.KeyChunkLink) ----------------
+
+    def apply_chunk(
+        self,
+        records: list[replica_pb2.Record],
+        deliver: Deliver[bool],
+        deadline: float,
+        epoch: int,
+    ) -> None:
+        self.received.extend(records)
+        self._later(self._answer_chunk, [(records, deliver)])
+
+    def read_chunk(
+        self,
+        keys: list[bytes],
+        deliver: Deliver[list[replica_pb2.Record]],
+        deadline: float,
+        epoch: int,
+    ) -> None:
+        self.keys_read.extend(keys)
+        self._later(self._answer_key_chunk, [(keys, deliver)])
+
+    def _answer_chunk(self, items: list[tuple[list[replica_pb2.Record], Deliver[bool]]]) -> None:
+        if self._failed(items):
+            return
+        for records, deliver in items:
+            for record in records:
+                self._store(record)
+            deliver(True)
+
+    def _answer_key_chunk(
+        self, items: list[tuple[list[bytes], Deliver[list[replica_pb2.Record]]]]
+    ) -> None:
+        if self._failed(items):
+            return
+        for keys, deliver in items:
+            deliver([self.records.get(key, replica_pb2.Record(key=key)) for key in keys])
 
     # -- behaviour -------------------------------------------------------------------------
 
