@@ -15,9 +15,11 @@ from pathlib import Path
 from shardkv.common.hlc import ClockStateError
 from shardkv.common.logs import setup_logging
 from shardkv.router.api.security import SecurityError, read_token
+from shardkv.router.membership.etcd_client import EtcdClient
 from shardkv.router.membership.store_etcd import EtcdTarget, open_etcd_store, parse_etcd_url
 from shardkv.router.membership.topology import TopologyError, load_topology
 from shardkv.router.membership.topology_store import StoreUnavailable
+from shardkv.router.membership.writer_claim import LEASE_TTL_S, WriterClaim, WriterIdTaken
 from shardkv.router.requests.node_client import MAX_QUEUED
 from shardkv.router.server import (
     BindError,
@@ -52,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the topology in etcd under PREFIX, shared by routers on several hosts: an"
         " empty PREFIX is seeded from --config, otherwise --config's topology is not used"
         " (default: the --config file, for the routers of one host)",
+    )
+    parser.add_argument(
+        "--etcd-lease-s",
+        type=int,
+        default=LEASE_TTL_S,
+        help="TTL of the etcd lease holding this router's writer id: a router that dies frees"
+        " its id this late, and one that cannot reach etcd this long stops writing"
+        f" (default {LEASE_TTL_S})",
     )
     parser.add_argument("--listen", default="127.0.0.1:7100", help="host:port to serve on")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
@@ -122,6 +132,10 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         parser.error("--node-tls-cert needs --node-tls-ca")
     if args.max_queued_per_node < 1:
         parser.error(f"--max-queued-per-node must be positive, got {args.max_queued_per_node}")
+    if args.etcd_lease_s < 2:
+        parser.error(
+            f"--etcd-lease-s must be at least 2 (etcd's shortest), got {args.etcd_lease_s}"
+        )
     if args.max_concurrent_rpcs < 1:
         parser.error(f"--max-concurrent-rpcs must be positive, got {args.max_concurrent_rpcs}")
     try:
@@ -156,7 +170,7 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
     )
 
 
-async def _serve(config: RouterConfig, etcd: EtcdTarget | None = None) -> int:
+async def _serve(config: RouterConfig, etcd: EtcdTarget | None, lease_s: int) -> int:
     if etcd is not None:
         try:
             store, topology = await open_etcd_store(
@@ -165,11 +179,20 @@ async def _serve(config: RouterConfig, etcd: EtcdTarget | None = None) -> int:
         except (StoreUnavailable, TopologyError) as err:
             log.error("%s", err)
             return 1
-        config = replace(config, topology=topology, store=store)
+        claim = WriterClaim(
+            EtcdClient(etcd.endpoints), etcd.prefix, config.router_id, ttl_s=lease_s
+        )
+        config = replace(config, topology=topology, store=store, writer_claim=claim)
     server = RouterServer(config)
     try:
         await server.start()
-    except (BindError, SecurityError, ClockStateError) as err:
+    except (
+        BindError,
+        SecurityError,
+        ClockStateError,
+        WriterIdTaken,
+        StoreUnavailable,
+    ) as err:
         log.error("%s", err)
         await server.stop(0)
         return 1
@@ -202,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         etcd = parse_etcd_url(args.topology) if args.topology else None
     except ValueError as err:
         parser.error(f"--topology: {err}")
-    sys.exit(asyncio.run(_serve(config, etcd)))
+    sys.exit(asyncio.run(_serve(config, etcd, args.etcd_lease_s)))
 
 
 if __name__ == "__main__":

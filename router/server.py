@@ -30,6 +30,7 @@ from shardkv.router.membership.move_driver import Rebalancer
 from shardkv.router.membership.store_file import FileTopologyStore
 from shardkv.router.membership.topology import NodeConfig, Topology
 from shardkv.router.membership.topology_store import TopologyStore
+from shardkv.router.membership.writer_claim import ClaimedClock, WriterClaim
 from shardkv.router.repair.anti_entropy import AntiEntropy
 from shardkv.router.repair.rebuild import Rebuilder
 from shardkv.router.requests.coalescer import NodeFailure
@@ -96,6 +97,9 @@ class RouterConfig:
     # Where the clock reservation of this router's writer id lives, held under a lock while
     # the router runs (shared by the routers of a host); None (tests) keeps neither.
     state_dir: Path | None = None
+    # The writer id held in etcd, across hosts (with an etcd store; __main__ makes it, the
+    # router claims it at start and releases it when it stops).
+    writer_claim: WriterClaim | None = None
     limits: Limits = DEFAULT_LIMITS
     # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
     max_concurrent_rpcs: int = 4096
@@ -136,17 +140,20 @@ class RouterServer:
         ClockStateError when another router runs with the same writer id."""
         config = self._config
         state = ClockState.open(config.state_dir, config.router_id) if config.state_dir else None
-        return HybridClock(
-            offset_s=config.clock_offset_ms / 1000,
-            max_offset_ms=config.topology.clock.max_offset_ms,
-            state=state,
-        )
+        offset_s, max_offset_ms = config.clock_offset_ms / 1000, config.topology.clock.max_offset_ms
+        if config.writer_claim is not None:
+            return ClaimedClock(
+                config.writer_claim, offset_s=offset_s, max_offset_ms=max_offset_ms, state=state
+            )
+        return HybridClock(offset_s=offset_s, max_offset_ms=max_offset_ms, state=state)
 
     async def start(self) -> int:
-        """Takes the writer id, binds, checks every node once, starts serving; returns the
-        bound port."""
+        """Takes the writer id (on this host, then in etcd), binds, checks every node once,
+        starts serving; returns the bound port."""
         config, topology = self._config, self._config.topology
         clock = self._clock = await asyncio.to_thread(self._open_clock)
+        if config.writer_claim is not None:
+            await config.writer_claim.acquire()
         timeouts = topology.timeouts
         node_tls = config.node_tls
         credentials = (
@@ -181,10 +188,18 @@ class RouterServer:
             new_client=new_client,
             epochs=epochs,
         )
+        handoff = self._handoff = HintHandoff(
+            self._clients,
+            self.health,
+            placement=membership.placement,
+            replication=topology.replication,
+            interval_s=timeouts.hint_interval_ms / 1000,
+        )
         antientropy = self._antientropy = AntiEntropy(
             membership=membership,
             health=self.health,
             moving=lambda: membership.topology.move is not None,
+            hints_placed=handoff.placed,
         )
         rebalancer = self._rebalancer = Rebalancer(
             router_id=config.router_id,
@@ -225,15 +240,12 @@ class RouterServer:
             guard=guard,
             max_records_per_s=topology.rebalance.max_records_per_s,
         )
-        self._handoff = HintHandoff(
-            self._clients, self.health, interval_s=timeouts.hint_interval_ms / 1000
-        )
         registry = router_registry(
             RouterCollector(
                 coordinator=coordinator,
                 clients=self._clients,
                 health=self.health,
-                handoff=self._handoff,
+                handoff=handoff,
                 antientropy=antientropy,
                 rebalancer=rebalancer,
             )
@@ -369,6 +381,8 @@ class RouterServer:
         await asyncio.gather(*(client.close() for client in self._clients.values()))
         if self._metrics is not None:
             await self._metrics.stop()
+        if self._config.writer_claim is not None:
+            await self._config.writer_claim.release()
         if self._clock is not None:
             await asyncio.to_thread(self._clock.close)
         log.info("router %s stopped", self._config.router_id)
