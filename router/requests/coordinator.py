@@ -29,6 +29,9 @@ During a move a key's owners are its old and its pending new owners, and each re
 needs one more reply per pending owner (placement.py explains why that is enough).
 
 Batches group their items by node; the per-node coalescers turn each group into one call.
+Most requests (every owner up, no move, every owner counted) take the batch paths instead
+(batch_write.py, batch_read.py): the same quorums, counted per batch in arrays, with one
+chunk and one reply per node; a key they cannot decide that way comes back here.
 
 Fencing: every item goes out with the topology epoch its owners were picked under. A node
 fenced at a newer epoch refuses it; the request's failed items are then placed again once
@@ -51,9 +54,12 @@ from shardkv.common import hlc, requestid
 from shardkv.common.hlc import HybridClock
 from shardkv.router.membership.fencing import RouterEpoch, rerouted
 from shardkv.router.placement.current import Placement
+from shardkv.router.requests.batch_read import BatchReader
+from shardkv.router.requests.batch_write import BatchWriter
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import ApplyItem, MarkedRecord, NodeLink
+from shardkv.router.requests.node_client import MAX_BATCH_ITEMS, ApplyItem, MarkedRecord, NodeLink
+from shardkv.router.requests.outcomes import Mutation, ReadOutcome, WriteOutcome
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget
 from shardkv.serving.tally import QuorumTally
@@ -61,36 +67,8 @@ from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Mutation:
-    """One write: a value, or a delete (tombstone) when delete is true."""
-
-    key: bytes
-    value: bytes = b""
-    delete: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOutcome:
-    """The version a write got, and why it failed (None when it reached its quorum) with the
-    status that failure maps to; for a restored record, whether a replica refused it as
-    possibly deleted (replica.proto, Record.restore)."""
-
-    version: int
-    error: str | None
-    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
-    possibly_deleted: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ReadOutcome:
-    """The newest record of a key among its replies (None when none holds it), or an error
-    with its status."""
-
-    record: replica_pb2.Record | None
-    error: str | None
-    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+# Mutation and the outcomes live in outcomes.py (shared with the batch paths).
+__all__ = ["Coordinator", "Mutation", "ReadOutcome", "WriteOutcome", "newest"]
 
 
 def newest(records: Sequence[replica_pb2.Record]) -> replica_pb2.Record:
@@ -152,6 +130,26 @@ class Coordinator:
         self.markers_kept = 0
         self.reads = QuorumTally()
         self.writes = QuorumTally()
+        # The batch paths: every owner up, no move, every owner counted (most requests).
+        self._batch_writer = BatchWriter(
+            placement=ring,
+            replication=replication,
+            clients=clients,
+            health=health,
+            keep_markers=self._keep_markers,
+            tally=self.writes,
+            max_chunk=MAX_BATCH_ITEMS,
+        )
+        self._batch_reader = BatchReader(
+            placement=ring,
+            replication=replication,
+            clients=clients,
+            health=health,
+            clock=clock,
+            repair=self._repair_one,
+            tally=self.reads,
+            max_chunk=MAX_BATCH_ITEMS,
+        )
 
     @property
     def placement(self) -> Placement:
@@ -172,7 +170,11 @@ class Coordinator:
             )
             for mutation in mutations
         ]
-        return await self._place(records, needed, deadline)
+        general = partial(self._place_at, needed=needed, deadline=deadline)
+        place = partial(self._batch_writer.place, needed=needed, deadline=deadline, general=general)
+        return await rerouted(
+            records, place, placement=self._ring, epochs=self._epochs, deadline=deadline
+        )
 
     async def write_records(
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
@@ -315,6 +317,14 @@ class Coordinator:
             self._apply(holder, [(item, _ignore)], deadline, plan.epoch)
         self.markers_kept += len(missing)
 
+    def _keep_markers(
+        self, holder: str, record: replica_pb2.Record, targets: tuple[str, ...], epoch: int
+    ) -> None:
+        """The batch path's _cover: holder keeps markers for targets beside record."""
+        deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
+        self._apply(holder, [(MarkedRecord(record, targets), _ignore)], deadline, epoch)
+        self.markers_kept += len(targets)
+
     def _hint(self, plan: _Write, owner: str, outbox: _Outbox) -> bool:
         """Queues a hint for owner on the next fallback not down; False when there is none
         (or the record is a restore's: the owners keep markers for it instead)."""
@@ -344,7 +354,14 @@ class Coordinator:
     ) -> list[ReadOutcome]:
         """Reads every key from its live owners; answers once each key is decided. Replies
         beyond budget (bytes of records held) are dropped as RESOURCE_EXHAUSTED."""
-        read = partial(self._read_at, needed=needed, deadline=deadline, budget=budget)
+        general = partial(self._read_at, needed=needed, deadline=deadline, budget=budget)
+        read = partial(
+            self._batch_reader.read,
+            needed=needed,
+            deadline=deadline,
+            budget=budget,
+            general=general,
+        )
         return await rerouted(
             keys, read, placement=self._ring, epochs=self._epochs, deadline=deadline
         )
@@ -414,18 +431,24 @@ class Coordinator:
         stale = [node_id for node_id, record in quorum.ok.items() if hlc.precedes(record, best)]
         if not stale:
             return
-        deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
         for node_id in stale:
-            log.debug(
-                "read_repair key=%r node=%s from_version=%d to_version=%d request_id=%s",
-                key[:64],
-                node_id,
-                quorum.ok[node_id].version,
-                best.version,
-                requestid.current.get() or "-",
-            )
-            self._apply(node_id, [(best, _ignore)], deadline, epoch)
-            self.repairs += 1
+            self._repair_one(node_id, best, quorum.ok[node_id].version, epoch)
+
+    def _repair_one(
+        self, node_id: str, best: replica_pb2.Record, from_version: int, epoch: int
+    ) -> None:
+        """Sends node_id the newest record of a key it answered at from_version."""
+        log.debug(
+            "read_repair key=%r node=%s from_version=%d to_version=%d request_id=%s",
+            best.key[:64],
+            node_id,
+            from_version,
+            best.version,
+            requestid.current.get() or "-",
+        )
+        deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
+        self._apply(node_id, [(best, _ignore)], deadline, epoch)
+        self.repairs += 1
 
 
 def _ignore(result: bool | NodeFailure) -> None:

@@ -80,6 +80,24 @@ class NodeLink(Protocol):
         """Queues keys routed under epoch; each callback gets the node's record (version
         0: none) or a failure."""
 
+    def apply_chunk(
+        self,
+        records: list[replica_pb2.Record],
+        deliver: Deliver[bool],
+        deadline: float,
+        epoch: int,
+    ) -> None:
+        """Queues a batch's records for this node as one item (batch_write.py)."""
+
+    def read_chunk(
+        self,
+        keys: list[bytes],
+        deliver: Deliver[list[replica_pb2.Record]],
+        deadline: float,
+        epoch: int,
+    ) -> None:
+        """Queues a batch's keys for this node as one item (batch_read.py)."""
+
 
 def channel_options(limits: Limits) -> list[tuple[str, int]]:
     """Message caps from Limits, and quick reconnects so a restarted node is seen soon."""

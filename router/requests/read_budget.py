@@ -88,6 +88,26 @@ class ReadBudget:
         """The same asks, each delivering through this budget first."""
         return [(key, partial(self._deliver, node_id, deliver)) for key, deliver in asks]
 
+    def take(
+        self, node_id: str, records: list[replica_pb2.Record]
+    ) -> list[replica_pb2.Record] | NodeFailure:
+        """A chunk of replies (batch_read.py), held whole or dropped whole: past the bound
+        the chunk's replica counts as failed with RESOURCE_EXHAUSTED for each of its keys."""
+        size = sum(len(record.key) + len(record.value) for record in records)
+        if self.spent or self.held + size > self.max_bytes:
+            self.spent = True
+            return self._refusal(node_id)
+        self.held += size
+        return records
+
+    def _refusal(self, node_id: str) -> NodeFailure:
+        return NodeFailure(
+            node_id,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the request's records passed {self.max_bytes} bytes: its answer cannot"
+            f" fit the message limit of {self._message_limit} bytes",
+        )
+
     def _deliver(
         self,
         node_id: str,
@@ -98,12 +118,7 @@ class ReadBudget:
             size = len(result.key) + len(result.value)
             if self.spent or self.held + size > self.max_bytes:
                 self.spent = True
-                result = NodeFailure(
-                    node_id,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"the request's records passed {self.max_bytes} bytes: its answer cannot"
-                    f" fit the message limit of {self._message_limit} bytes",
-                )
+                result = self._refusal(node_id)
             else:
                 self.held += size
         deliver(result)
