@@ -15,7 +15,17 @@ A pass, in the spirit of Dynamo's Merkle exchange and Riak's active anti-entropy
    the pass's start): every replica held each such tombstone (or something newer) when the
    pass compared them, so no replica can bring the deleted value back. Segments with a
    replica down, or whose replicas have hints waiting (a parked older write could still
-   arrive), are not covered and keep their tombstones.
+   arrive), are not covered and keep their tombstones. That rule sees only hints whose
+   target owns the key; after a topology change a hint may wait for a node that gave the
+   key's range away or left, and its write would reach the key's owners by re-homing
+   (router/requests/hint_delivery.py). So no tombstone at all is purged while some node
+   fails to report its hints, or while hints wait that the hand-off cannot yet vouch were
+   parked under the placement in force (HintHandoff.placed). Nor while some node may hold
+   a copy of a segment it does not own (a move's leftover, until its drop): first every
+   node drops what it holds of the pass's segments it does not own (a sweep, as
+   Cassandra's ``nodetool cleanup``), and tombstones go only if every node did. Such a
+   copy is never read (scans keep only owners' records), but it would come back the day
+   its node owns the range again.
 
 A node that does not count toward quorums (its data directory is new, behind or being
 rebuilt: router/membership/identity.py) takes no part: what an old copy holds may be a
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -58,21 +68,31 @@ MOVE_POLL_S = 5.0
 
 @dataclass(frozen=True)
 class _Plan:
-    """The segments of one pass and, per node, the indices of those it replicates."""
+    """The segments of one pass and, per node, the indices of those it replicates, under
+    the topology epoch they were computed for."""
 
     segments: list[Piece]
     by_node: dict[str, list[int]]
+    epoch: int
 
 
 class AntiEntropy:
     """Runs repair passes in the background and on demand; reports the last one."""
 
     def __init__(
-        self, *, membership: Membership, health: NodeHealth, moving: Callable[[], bool]
+        self,
+        *,
+        membership: Membership,
+        health: NodeHealth,
+        moving: Callable[[], bool],
+        hints_placed: Callable[[Iterable[str]], bool],
     ) -> None:
+        """moving: whether a move is in progress; hints_placed: whether every hint waiting
+        for these targets is for a key its target owns now (HintHandoff.placed)."""
         self._membership = membership
         self._health = health
         self._moving = moving
+        self._hints_placed = hints_placed
         self._task: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self.status = RepairProgress(0, "")
@@ -173,7 +193,7 @@ class AntiEntropy:
         segments = pieces(layout.old, layout.old, topology.replication, cuts=cuts)
         if only:
             segments = [segment for segment in segments if only.intersection(segment.old)]
-        plan = _Plan(segments, _by_node(segments))
+        plan = _Plan(segments, _by_node(segments), layout.epoch)
         status.segments_total = len(segments)
 
         status.phase = "digest"
@@ -203,7 +223,8 @@ class AntiEntropy:
 
         status.phase = "purge"
         cutoff_ms = min(now_ms() - settings.tombstone_grace_s * 1000, status.started_ms)
-        await self._purge(plan, covered, cutoff_ms << LOGICAL_BITS, status)
+        if await self._sweep(plan):
+            await self._purge(plan, covered, cutoff_ms << LOGICAL_BITS, status)
 
     async def _digests(
         self, plan: _Plan, pace: int
@@ -231,11 +252,55 @@ class AntiEntropy:
         found = await asyncio.gather(*(one(n, idx) for n, idx in plan.by_node.items()))
         return {node_id: answers for node_id, answers in (f for f in found if f is not None)}
 
+    async def _sweep(self, plan: _Plan) -> bool:
+        """Every node drops what it holds of the pass's segments it does not own: copies a
+        move left on a node that gave the range away (its drop failed or has not run yet).
+        Nothing else stores records on a non-owner, and such a copy, unseen by the digests,
+        could outlive the owners' purged tombstone and come back when the node owns the
+        range again. Returns whether every node did (else no tombstone may be purged)."""
+        clients = self._membership.clients
+        swept = True
+        for node_id, client in list(clients.items()):
+            if self._membership.layout.epoch != plan.epoch:
+                return False  # a move began: what a node owns is no longer the plan's
+            ranges = merge_ranges(
+                (segment.start, segment.end)
+                for segment in plan.segments
+                if node_id not in segment.old
+            )
+            if not ranges:
+                continue
+            try:
+                dropped = await client.purge_token_ranges(
+                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=plan.epoch
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning(
+                    "repair: %s could not drop copies of ranges it does not own (%s); no"
+                    " tombstone purged",
+                    node_id,
+                    err.code().name,
+                )
+                swept = False
+                continue
+            if dropped:
+                log.info(
+                    "repair: %s dropped %d records of ranges it does not own", node_id, dropped
+                )
+        return swept
+
     async def _purge(
         self, plan: _Plan, covered: set[int], before_version: int, status: RepairProgress
     ) -> None:
         """Drops old tombstones of covered segments whose replicas have no hints waiting."""
         waiting = await self._hint_targets()
+        if not self._hints_placed(waiting):
+            log.info(
+                "repair: no tombstone purged: hints wait for %s, not yet handed to the"
+                " current owners of their keys",
+                ", ".join(sorted(waiting)),
+            )
+            return
         clients = self._membership.clients
         for node_id, indices in plan.by_node.items():
             ranges = merge_ranges(
@@ -247,7 +312,10 @@ class AntiEntropy:
                 continue
             try:
                 status.tombstones_purged += await clients[node_id].purge_token_ranges(
-                    ranges, tombstones_before=before_version, timeout_s=BULK_TIMEOUT_S
+                    ranges,
+                    tombstones_before=before_version,
+                    timeout_s=BULK_TIMEOUT_S,
+                    epoch=plan.epoch,
                 )
             except grpc.aio.AioRpcError as err:
                 log.warning("repair: %s could not purge tombstones: %s", node_id, err.code().name)
