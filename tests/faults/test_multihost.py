@@ -306,6 +306,9 @@ def test_driver_killed_during_a_move_is_taken_over(run: Run) -> None:
         finally:
             windows.append(Window("SIGKILL r1 driving add-n6", killed, time.monotonic(), ("c1",)))
             run.r1.start()  # r1 resumes a move it still drives, so the checks can run
+        if not took:
+            done = wait_member(run.r2, "n6", 60) - killed
+            print(f"[multihost c] the restarted r1 finished the move {done:.2f} s after the kill")
 
     scenario(run, "c", fault, seed=13)
     if not took:
