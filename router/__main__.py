@@ -16,6 +16,7 @@ from shardkv.common.hlc import ClockStateError
 from shardkv.common.logs import setup_logging
 from shardkv.router.api.security import SecurityError, read_token
 from shardkv.router.membership.etcd_client import EtcdClient
+from shardkv.router.membership.etcd_security import EtcdAccessError, EtcdSecurity, read_password
 from shardkv.router.membership.store_etcd import EtcdTarget, open_etcd_store, parse_etcd_url
 from shardkv.router.membership.topology import TopologyError, load_topology
 from shardkv.router.membership.topology_store import StoreUnavailable
@@ -62,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
         help="TTL of the etcd lease holding this router's writer id: a router that dies frees"
         " its id this late, and one that cannot reach etcd this long stops writing"
         f" (default {LEASE_TTL_S})",
+    )
+    parser.add_argument(
+        "--etcd-cacert", type=Path, help="CA (PEM) of etcd's certificates: TLS to etcd"
+    )
+    parser.add_argument(
+        "--etcd-cert", type=Path, help="client certificate (PEM) for etcd's --client-cert-auth"
+    )
+    parser.add_argument("--etcd-key", type=Path, help="private key (PEM) of --etcd-cert")
+    parser.add_argument("--etcd-user", help="etcd user to authenticate as (etcd auth enabled)")
+    parser.add_argument(
+        "--etcd-password-file",
+        type=Path,
+        help="file holding --etcd-user's password (one line; never give it on the command line)",
     )
     parser.add_argument("--listen", default="127.0.0.1:7100", help="host:port to serve on")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
@@ -170,18 +184,37 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
     )
 
 
-async def _serve(config: RouterConfig, etcd: EtcdTarget | None, lease_s: int) -> int:
+def _etcd_security(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EtcdSecurity:
+    """The --etcd-* flags checked and read, or exits through parser.error."""
+    if bool(args.etcd_cert) != bool(args.etcd_key):
+        parser.error("--etcd-cert and --etcd-key must be given together")
+    if args.etcd_cert and not args.etcd_cacert:
+        parser.error("--etcd-cert needs --etcd-cacert (TLS to etcd)")
+    if bool(args.etcd_user) != bool(args.etcd_password_file):
+        parser.error("--etcd-user and --etcd-password-file must be given together")
+    for flag in ("etcd_cacert", "etcd_cert", "etcd_key", "etcd_user"):
+        if getattr(args, flag) and not args.topology:
+            parser.error(f"--{flag.replace('_', '-')} needs --topology etcd://...")
+    try:
+        password = read_password(args.etcd_password_file) if args.etcd_password_file else ""
+    except EtcdAccessError as err:
+        parser.error(str(err))
+    return EtcdSecurity(args.etcd_cacert, args.etcd_cert, args.etcd_key, args.etcd_user, password)
+
+
+async def _serve(
+    config: RouterConfig, etcd: EtcdTarget | None, security: EtcdSecurity, lease_s: int
+) -> int:
     if etcd is not None:
         try:
             store, topology = await open_etcd_store(
-                etcd, seed=config.topology, seed_source=str(config.config_path)
+                etcd, seed=config.topology, seed_source=str(config.config_path), security=security
             )
         except (StoreUnavailable, TopologyError) as err:
             log.error("%s", err)
             return 1
-        claim = WriterClaim(
-            EtcdClient(etcd.endpoints), etcd.prefix, config.router_id, ttl_s=lease_s
-        )
+        client = EtcdClient(etcd.endpoints, security=security)
+        claim = WriterClaim(client, etcd.prefix, config.router_id, ttl_s=lease_s)
         config = replace(config, topology=topology, store=store, writer_claim=claim)
     server = RouterServer(config)
     try:
@@ -225,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         etcd = parse_etcd_url(args.topology) if args.topology else None
     except ValueError as err:
         parser.error(f"--topology: {err}")
-    sys.exit(asyncio.run(_serve(config, etcd, args.etcd_lease_s)))
+    security = _etcd_security(parser, args)
+    sys.exit(asyncio.run(_serve(config, etcd, security, args.etcd_lease_s)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 - ``store_file``     the store as one cluster.toml (a lock file and a re-read), for one host.
 - ``store_etcd``     the store as one etcd key (a Txn on its mod_revision), for many hosts.
 - ``etcd_client``    the etcd calls it makes: read, compare-and-swap, watch, leases, with failover.
+- ``etcd_security``  TLS and user/password for etcd (the password from a file, never logged).
 - ``writer_claim``   the router's writer id held in etcd under a lease, across hosts.
 - ``live_topology``  the running router's node set: applies, persists and watches changes.
 - ``identity``       which nodes count toward R and W: each data directory's identity

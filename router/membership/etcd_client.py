@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from aetcd import rpc  # type: ignore[import-untyped]
+from shardkv.router.membership.etcd_security import PLAINTEXT, EtcdAccessError, EtcdSecurity
 from shardkv.router.membership.topology_store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ _DELETE = 1  # mvccpb.Event.DELETE
 # A keeper whose renewal failed tries again this soon (while the lease may still be alive).
 RENEW_RETRY_S = 0.5
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass(frozen=True)
@@ -82,24 +85,48 @@ class Compacted(Exception):
 
 
 class EtcdClient:
-    """A few etcd v3 calls on one cluster given by its members' host:port."""
+    """A few etcd v3 calls on one cluster given by its members' host:port, with TLS and a
+    user when security says so."""
 
-    def __init__(self, endpoints: Sequence[str], *, call_timeout_s: float = CALL_TIMEOUT_S):
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        security: EtcdSecurity = PLAINTEXT,
+    ):
         if not endpoints:
             raise ValueError("etcd needs at least one endpoint")
         self.endpoints = tuple(endpoints)
         self.name = f"etcd at {','.join(self.endpoints)}"
         self._timeout_s = call_timeout_s
+        self._security = security
+        self._credentials = security.credentials()
         self._channels: dict[int, grpc.aio.Channel] = {}
+        self._tokens: dict[int, str] = {}  # per member: simple tokens are a member's own
         self._current = 0
 
     def _channel(self) -> grpc.aio.Channel:
         index = self._current
         if index not in self._channels:
-            self._channels[index] = grpc.aio.insecure_channel(
-                self.endpoints[index], options=CHANNEL_OPTIONS
+            target, credentials = self.endpoints[index], self._credentials
+            self._channels[index] = (
+                grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
             )
         return self._channels[index]
+
+    async def _metadata(self) -> Metadata:
+        """The current member's auth token as call metadata (authenticating first)."""
+        if self._security.user is None:
+            return ()
+        index = self._current
+        if index not in self._tokens:
+            self._tokens[index] = await self._security.token(
+                self._channel(), self.endpoints[index], self._timeout_s
+            )
+        return (("token", self._tokens[index]),)
 
     def _next(self) -> None:
         self._current = (self._current + 1) % len(self.endpoints)
@@ -108,25 +135,38 @@ class EtcdClient:
         """request on KV/method, on each member in turn until one answers."""
         return await self._on_members(
             f"KV/{method}",
-            lambda channel: getattr(rpc.KVStub(channel), method)(request, timeout=self._timeout_s),
+            lambda channel, metadata: getattr(rpc.KVStub(channel), method)(
+                request, timeout=self._timeout_s, metadata=metadata
+            ),
         )
 
-    async def _on_members(self, what: str, invoke: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
-        """invoke on each member's channel in turn until one answers; raises StoreUnavailable
-        naming etcd, what and the last failure."""
-        failure = ""
-        for _ in self.endpoints:
-            endpoint = self.endpoints[self._current]
+    async def _on_members(
+        self, what: str, invoke: Callable[[grpc.aio.Channel, Metadata], Awaitable[T]]
+    ) -> T:
+        """invoke on each member's channel (with its token) in turn until one answers;
+        raises StoreUnavailable naming etcd, what and the last failure (EtcdAccessError
+        when etcd refuses the credentials)."""
+        failure, tried, renewed = "", 0, False
+        while tried < len(self.endpoints):
+            index = self._current
             try:
-                return await invoke(self._channel())
+                return await invoke(self._channel(), await self._metadata())
             except grpc.aio.AioRpcError as err:
-                failure = f"{endpoint}: {err.code().name}: {err.details()}"
-                if err.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                ):
+                code = err.code()
+                failure = f"{self.endpoints[index]}: {code.name}: {err.details()}"
+                if code == grpc.StatusCode.UNAUTHENTICATED and not renewed:
+                    renewed = self._tokens.pop(index, None) is not None
+                    if renewed:
+                        continue  # the member forgot the token: authenticate again
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise EtcdAccessError(
+                        f"{self.name} refused {what} ({failure}): check --etcd-user,"
+                        " --etcd-password-file and --etcd-cert"
+                    ) from None
+                if code not in _RETRYABLE:
                     raise StoreUnavailable(f"{self.name} refused {what} ({failure})") from err
                 self._next()
+                tried += 1
         raise StoreUnavailable(f"{self.name} is unreachable (last: {failure})")
 
     async def get(self, key: bytes) -> Stored:
@@ -186,8 +226,8 @@ class EtcdClient:
         sent = time.monotonic()
         reply = await self._on_members(
             "Lease/LeaseGrant",
-            lambda channel: rpc.LeaseStub(channel).LeaseGrant(
-                rpc.LeaseGrantRequest(TTL=ttl_s), timeout=self._timeout_s
+            lambda channel, metadata: rpc.LeaseStub(channel).LeaseGrant(
+                rpc.LeaseGrantRequest(TTL=ttl_s), timeout=self._timeout_s, metadata=metadata
             ),
         )
         if reply.error:
@@ -197,8 +237,8 @@ class EtcdClient:
     async def renew(self, lease: int) -> int:
         """Renews lease once; returns the TTL etcd gave it, 0 when it no longer exists."""
 
-        async def once(channel: grpc.aio.Channel) -> int:
-            call = rpc.LeaseStub(channel).LeaseKeepAlive(timeout=self._timeout_s)
+        async def once(channel: grpc.aio.Channel, metadata: Metadata) -> int:
+            call = rpc.LeaseStub(channel).LeaseKeepAlive(timeout=self._timeout_s, metadata=metadata)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
                 reply = await call.read()
@@ -215,8 +255,8 @@ class EtcdClient:
         try:
             await self._on_members(
                 "Lease/LeaseRevoke",
-                lambda channel: rpc.LeaseStub(channel).LeaseRevoke(
-                    rpc.LeaseRevokeRequest(ID=lease), timeout=self._timeout_s
+                lambda channel, metadata: rpc.LeaseStub(channel).LeaseRevoke(
+                    rpc.LeaseRevokeRequest(ID=lease), timeout=self._timeout_s, metadata=metadata
                 ),
             )
         except StoreUnavailable as err:
@@ -233,10 +273,12 @@ class EtcdClient:
         once etcd has accepted the watch. Never ends: raises Compacted when that history
         is gone, StoreUnavailable when the stream breaks for any other reason (the next
         watch goes to the next member)."""
-        endpoint = self.endpoints[self._current]
-        call = rpc.WatchStub(self._channel()).Watch(metadata=_REQUIRE_LEADER)
+        index, endpoint = self._current, self.endpoints[self._current]
+        call = None
         create = rpc.WatchCreateRequest(key=key, start_revision=start_revision)
         try:
+            metadata = _REQUIRE_LEADER + await self._metadata()
+            call = rpc.WatchStub(self._channel()).Watch(metadata=metadata)
             await call.write(rpc.WatchRequest(create_request=create))
             while True:
                 response = await call.read()
@@ -255,6 +297,8 @@ class EtcdClient:
                     value = None if event.type == _DELETE else bytes(kv.value)
                     yield Stored(value, kv.mod_revision, kv.mod_revision)
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                self._tokens.pop(index, None)  # the next watch authenticates again
             self._next()
             raise StoreUnavailable(
                 f"{self.name}: the watch on {endpoint} failed ({err.code().name}: {err.details()})"
@@ -263,7 +307,8 @@ class EtcdClient:
             self._next()
             raise
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from shardkv.router.membership.etcd_client import Compacted, EtcdClient, Stored
+from shardkv.router.membership.etcd_security import PLAINTEXT, EtcdAccessError, EtcdSecurity
 from shardkv.router.membership.topology import Topology, TopologyError, parse_topology
 from shardkv.router.membership.topology_store import (
     StoreUnavailable,
@@ -178,12 +179,18 @@ class EtcdTopologyStore:
 
 
 async def open_etcd_store(
-    target: EtcdTarget, *, seed: Topology, seed_source: str, wait_s: float = START_WAIT_S
+    target: EtcdTarget,
+    *,
+    seed: Topology,
+    seed_source: str,
+    wait_s: float = START_WAIT_S,
+    security: EtcdSecurity = PLAINTEXT,
 ) -> tuple[EtcdTopologyStore, Topology]:
     """Connects (waiting up to wait_s for etcd), seeds an empty prefix from seed, and returns
     the store with the topology to serve. Raises StoreUnavailable naming etcd when it
-    does not answer in time, TopologyError when the prefix holds something else."""
-    client = EtcdClient(target.endpoints)
+    does not answer in time (EtcdAccessError at once when it refuses the credentials),
+    TopologyError when the prefix holds something else."""
+    client = EtcdClient(target.endpoints, security=security)
     store = EtcdTopologyStore(target, client)
     try:
         return store, await _open(store, client, seed, seed_source, wait_s)
@@ -204,6 +211,8 @@ async def _open(
                 break
             count, some = await client.keys(prefix, limit=3)
         except StoreUnavailable as err:
+            if isinstance(err, EtcdAccessError):
+                raise  # waiting will not change the credentials
             if time.monotonic() >= deadline:
                 raise StoreUnavailable(f"{err} (waited {wait_s:g} s at start)") from None
             await asyncio.sleep(0.5)

@@ -1,0 +1,82 @@
+"""How a router proves itself to etcd: TLS (the CA of etcd's certificate, and a client
+certificate for etcd's --client-cert-auth) and etcd's user/password authentication.
+
+With a user, the client calls Auth/Authenticate once per member connection and sends the
+token it gets with every call (etcd's ``token`` metadata, as clientv3 does); a token etcd
+no longer knows (expired, etcd restarted) is replaced on the next call. The password
+comes from a file (--etcd-password-file), is never on a command line, and is never
+logged or shown in a repr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from aetcd import rpc  # type: ignore[import-untyped]
+from shardkv.router.membership.topology_store import StoreUnavailable
+
+
+class EtcdAccessError(StoreUnavailable):
+    """etcd refused this router's credentials (a wrong user or password, no permission): a
+    starting router gives up at once; a running one treats it as etcd being away (keeps
+    serving its last topology, retries)."""
+
+
+@dataclass(frozen=True)
+class EtcdSecurity:
+    """TLS files and the user to authenticate as (all optional)."""
+
+    # CA (PEM) of etcd's server certificates; set: TLS to etcd.
+    ca: Path | None = None
+    # Client certificate and key (PEM) for an etcd started with --client-cert-auth.
+    cert: Path | None = None
+    key: Path | None = None
+    user: str | None = None
+    password: str = field(default="", repr=False)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """The channel credentials for TLS, None for plaintext."""
+        if self.ca is None:
+            return None
+        try:
+            return grpc.ssl_channel_credentials(
+                root_certificates=self.ca.read_bytes(),
+                private_key=self.key.read_bytes() if self.key else None,
+                certificate_chain=self.cert.read_bytes() if self.cert else None,
+            )
+        except OSError as err:  # checked by __main__ already: the files went away since
+            raise EtcdAccessError(f"cannot read the etcd TLS files: {err}") from err
+
+    async def token(self, channel: grpc.aio.Channel, endpoint: str, timeout_s: float) -> str:
+        """A token for self.user from the member behind channel; raises EtcdAccessError
+        when etcd refuses the user or password (other failures pass through)."""
+        assert self.user is not None, "token() needs a user"
+        request = rpc.AuthenticateRequest(name=self.user, password=self.password)
+        try:
+            reply = await rpc.AuthStub(channel).Authenticate(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            raise EtcdAccessError(
+                f"etcd at {endpoint} refused user {self.user!r} ({err.code().name}:"
+                f" {err.details()}): check --etcd-user and --etcd-password-file"
+            ) from None
+        return str(reply.token)
+
+
+def read_password(path: Path) -> str:
+    """The password in path (one line; its trailing newline is not part of it)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise EtcdAccessError(f"cannot read the etcd password file {path}: {err}") from err
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password or "\n" in password:
+        raise EtcdAccessError(f"the etcd password file {path} must hold one non-empty line")
+    return password
+
+
+PLAINTEXT = EtcdSecurity()
