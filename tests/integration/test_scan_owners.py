@@ -82,7 +82,7 @@ def scanned(client: Client) -> list[bytes]:
 def test_a_deleted_key_never_comes_back_through_a_scan_or_a_later_move(cluster: Cluster) -> None:
     giver = cluster.node("n3")
     with Client(cluster.router.address, timeout=10) as client:
-        client.put_many({key: b"old" for key in KEYS})
+        client.put_many({key: b"old" for key in KEYS}, consistency=Consistency.ALL)
         giver.kill()
         wait_node_state(cluster.router.address, "n3", admin_pb2.DOWN)
         wait_move(client, client.add_node("n4", cluster.node("n4").address))
