@@ -29,6 +29,7 @@ from typing import Protocol
 import grpc
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
+from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import WriteOutcome
 from shardkv.serving.tally import QuorumTally
@@ -47,7 +48,7 @@ class ChunkLink(Protocol):
     """What this path needs of a node (NodeClient; fakes in the unit tests)."""
 
     def apply_chunk(
-        self, records: list[Record], deliver: Deliver[bool], deadline: float, epoch: int
+        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         """Queues records as one item; deliver gets True once the node applied (or already
         held) every one of them, or the NodeFailure of the call."""
@@ -190,6 +191,8 @@ class BatchWriter:
         rnd = _Round(len(records), needed, chunks, loop.create_future())
         rnd.undecided = len(records) - len(aside)
         rnd.settle = partial(self._settle, rnd, records, owners_of, epoch)
+        # Each record serialized once, for all the nodes it goes to (framing.py).
+        framed = [frame(record) for record in records] if chunks else []
         if chunks:
             rnd.timer = loop.call_at(deadline, rnd.expire)
         detour = (
@@ -202,7 +205,8 @@ class BatchWriter:
                 if client is None:
                     deliver(_gone(node_id))
                 else:
-                    client.apply_chunk([records[i] for i in indexes], deliver, deadline, epoch)
+                    chunk_records = FramedRecords.join([framed[i] for i in indexes])
+                    client.apply_chunk(chunk_records, deliver, deadline, epoch)
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
             outcomes = self._outcomes(rnd, records, owners_of, aside)

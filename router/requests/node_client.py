@@ -24,6 +24,7 @@ from shardkv.common.limits import Limits
 from shardkv.router.membership.epoch_queues import EpochQueues
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import Coalescer, Deliver
+from shardkv.router.requests.framing import FramedRecords, passthrough
 from shardkv.router.requests.node_calls import (
     MAX_BATCH_BYTES,
     FailureListener,
@@ -81,11 +82,7 @@ class NodeLink(Protocol):
         0: none) or a failure."""
 
     def apply_chunk(
-        self,
-        records: list[replica_pb2.Record],
-        deliver: Deliver[bool],
-        deadline: float,
-        epoch: int,
+        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         """Queues a batch's records for this node as one item (batch_write.py)."""
 
@@ -179,7 +176,13 @@ class NodeClient(NodeCalls):
         )
         # Chunks of a batch's records or keys (batch_write.py, batch_read.py): one item and
         # one reply each, counted as the entries they hold; counted in the same histograms.
-        self._chunk_applies: EpochQueues[list[replica_pb2.Record], bool] = EpochQueues(
+        # Apply fed bytes: records framed once for all their replicas (framing.py).
+        self._apply_framed = self._channel.unary_unary(
+            "/shardkv.v1.Replica/Apply",
+            request_serializer=passthrough,
+            response_deserializer=replica_pb2.ApplyResponse.FromString,
+        )
+        self._chunk_applies: EpochQueues[FramedRecords, bool] = EpochQueues(
             lambda epoch: Coalescer(
                 node.id,
                 lambda chunks, timeout: self._send_chunks(chunks, timeout, epoch),
@@ -188,9 +191,9 @@ class NodeClient(NodeCalls):
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
                 call_timeout_s=call_timeout_s,
-                size_of=_records_size,
+                size_of=_framed_size,
                 max_pending=max_queued,
-                count_of=len,
+                count_of=_framed_count,
             )
         )
         self._chunk_applies.batch_sizes = self._applies.batch_sizes
@@ -232,11 +235,7 @@ class NodeClient(NodeCalls):
         self._reads.submit(keys, deadline, epoch)
 
     def apply_chunk(
-        self,
-        records: list[replica_pb2.Record],
-        deliver: Deliver[bool],
-        deadline: float,
-        epoch: int,
+        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         """Queues records (never a restore's) as one item: deliver gets True once the node
         applied or already held every one, or the call's NodeFailure."""
@@ -311,14 +310,14 @@ class NodeClient(NodeCalls):
         return list(reply.records)
 
     async def _send_chunks(
-        self, chunks: list[list[replica_pb2.Record]], timeout: float, epoch: int | None
+        self, chunks: list[FramedRecords], timeout: float, epoch: int | None
     ) -> list[bool]:
         """One Apply of every chunk's records; True for each chunk the node answered whole."""
-        request = replica_pb2.ApplyRequest()
-        for records in chunks:
-            request.records.extend(records)
-        reply = await self._call(self._replica.Apply, request, timeout, epoch)
-        if len(reply.applied) != len(request.records):
+        body = b"".join(chunk.data for chunk in chunks)
+        reply: replica_pb2.ApplyResponse = await self._call(
+            self._apply_framed, body, timeout, epoch
+        )
+        if len(reply.applied) != sum(chunk.count for chunk in chunks):
             return []  # the coalescer fails the batch as a short reply
         return [True] * len(chunks)
 
@@ -349,8 +348,12 @@ class NodeClient(NodeCalls):
         return split
 
 
-def _records_size(records: list[replica_pb2.Record]) -> int:
-    return sum(len(record.key) + len(record.value) for record in records)
+def _framed_size(records: FramedRecords) -> int:
+    return len(records.data)
+
+
+def _framed_count(records: FramedRecords) -> int:
+    return records.count
 
 
 def _keys_size(keys: list[bytes]) -> int:

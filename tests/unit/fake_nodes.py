@@ -21,6 +21,7 @@ from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
+from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import ApplyItem, MarkedRecord
 from shardkv.v1 import replica_pb2
@@ -69,12 +70,9 @@ class FakeNode:
     # -- chunks of a batch (batch_write.ChunkLink, batch_read.KeyChunkLink) ----------------
 
     def apply_chunk(
-        self,
-        records: list[replica_pb2.Record],
-        deliver: Deliver[bool],
-        deadline: float,
-        epoch: int,
+        self, chunk: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
+        records = list(replica_pb2.ApplyRequest.FromString(chunk.data).records)
         self.received.extend(records)
         self._later(self._answer_chunk, [(records, deliver)])
 
