@@ -26,8 +26,9 @@ When the generation advances:
 
 - A fresh directory has generation 0 and is unclaimed. A new cluster (every node expected at
   generation 0) claims its directories once every node answered unclaimed; a joining node's
-  directory (node add needs it empty) is claimed when it is first seen. A claim takes the
-  expected generation: it writes nothing to the topology.
+  directory (node add needs it empty) is claimed when it is first seen, and by the move
+  itself before it streams into it (``claim_joining``). A claim takes the expected
+  generation: it writes nothing to the topology.
 - A new run of a node (shardd started again) whose directory has the expected generation E:
   the directory advances to E + 1, recording the run, and the topology follows to E + 1 (a
   compare-and-swap, epoch + 1, made when no move is in progress). A directory restored from
@@ -51,6 +52,7 @@ from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.topology import JOINING, NodeConfig, Topology, TopologyError
 from shardkv.router.membership.topology_store import StoreUnavailable, TopologyConflict
 from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ OK, UNCHECKED, NEW, BEHIND = "ok", "unchecked", "new", "behind"
 FOREIGN, AHEAD, REBUILDING = "foreign", "ahead", "rebuilding"
 # A rebuild lease left idle this long has lapsed (the node grants it to another router).
 LEASE_IDLE_MS = 10_000
+# A move's claim of its joining node's directory gets this long per call.
+CLAIM_TIMEOUT_S = 5.0
 
 # Told of a node whose directory must be rebuilt: (node id, "new" or "behind").
 LostListener = Callable[[str, str], None]
@@ -311,3 +315,31 @@ class IdentityGuard:
             ", ".join(f"{n}={g}" for n, g in sorted(raised.items())),
             new.epoch,
         )
+
+
+async def claim_joining(client: NodeClient, node: NodeConfig, topology: Topology) -> None:
+    """Claims a joining node's fresh directory at its expected generation before a move
+    streams into it (a no-op when already claimed, by a guard or an earlier attempt).
+    Without it a quick move could switch before any guard saw the node joining, and the
+    switched member's unclaimed directory would read as a replaced disk and be rebuilt:
+    purged, and copied again from other owners it may not have (N=1)."""
+    identity = await client.identity(replica_pb2.IdentityRequest(), CLAIM_TIMEOUT_S)
+    if identity.claimed:
+        return
+    request = replica_pb2.SetIdentityRequest(
+        expect_generation=identity.generation,
+        expect_claimed=False,
+        expect_cluster_id=identity.cluster_id,
+        cluster_id=topology.cluster_id or identity.cluster_id,
+        generation=node.generation,
+        advance_boot=True,
+    )
+    try:
+        await client.identity(request, CLAIM_TIMEOUT_S)
+    except grpc.aio.AioRpcError as err:
+        again = await client.identity(replica_pb2.IdentityRequest(), CLAIM_TIMEOUT_S)
+        if not again.claimed:
+            raise
+        log.debug("directory of %s claimed meanwhile: %s", node.id, err.details())
+        return
+    log.info("data directory of joining %s claimed: generation %d", node.id, node.generation)

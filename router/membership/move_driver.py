@@ -11,9 +11,11 @@ A move goes through these steps, each stored (compare-and-swap) before it takes 
    router routed under the old placement: a write routed before the transition either
    committed before the fence (and the stream below copies it) or is refused and routed
    again under the transition. No settle delay is needed, however long a router paused.
-3. Count, then stream: moves.py plans which pieces go from which node to which; each source
-   counts its pieces (for progress), then streams them, and the router applies every batch
-   to the target (LWW, so repeating any of it is harmless), routed under the move's epoch.
+3. A joining node's data directory is claimed (identity.py, claim_joining), so that it
+   counts as soon as it owns anything. Count, then stream: moves.py plans which pieces go
+   from which node to which; each source counts its pieces (for progress), then streams
+   them, and the router applies every batch to the target (LWW, so repeating any of it is
+   harmless), routed under the move's epoch.
 4. Switch (epoch + 1): the node becomes a plain member, or is dropped from the file. Only now
    does the new placement become authoritative, after the copy is complete.
 5. Fence the switch on the same nodes (the removed one included): a router still routing
@@ -42,8 +44,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-import grpc
-from shardkv.router.membership.fencing import fence_nodes
+from shardkv.router.membership.identity import claim_joining
 from shardkv.router.membership.live_topology import ClientFactory, Membership
 from shardkv.router.membership.move_plan import (
     ADD,
@@ -53,20 +54,18 @@ from shardkv.router.membership.move_plan import (
     MoveProgress,
     NodeExists,
     NodeUnknown,
-    Transfer,
     check_driver,
     describe_error,
-    given_away,
     now_ms,
     plan_transfers,
 )
+from shardkv.router.membership.move_steps import MoveSteps, count_transfers
 from shardkv.router.membership.node_checks import (
-    BULK_TIMEOUT_S,
     check_new_node,
     check_placement_with,
     probe_new_node,
 )
-from shardkv.router.membership.range_streamer import Streamer, rehome_hints
+from shardkv.router.membership.range_streamer import Streamer
 from shardkv.router.membership.topology import (
     JOINING,
     LEAVING,
@@ -76,7 +75,7 @@ from shardkv.router.membership.topology import (
     Topology,
 )
 from shardkv.router.pace import Pacer
-from shardkv.router.placement.current import Piece, pieces
+from shardkv.router.placement.current import pieces
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import admin_pb2
@@ -104,6 +103,7 @@ class Rebalancer:
         self._health = health
         self._probe_client = probe_client
         self._pause_repair = pause_repair
+        self._finish_steps = MoveSteps(membership, health, probe_client)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.current: MoveProgress | None = None
@@ -277,7 +277,10 @@ class Rebalancer:
             await self._pause_repair()
             topology = self._membership.topology
             check_driver(topology, progress.id, self._router_id)
-            await self._fence(topology, topology.nodes)
+            await self._finish_steps.fence(topology, topology.nodes)
+            joining = next((n for n in topology.nodes if n.state == JOINING), None)
+            if joining is not None:
+                await claim_joining(self._client(joining.id), joining, topology)
             layout = self._membership.layout
             assert layout.new is not None, "a move runs only during a transition"
             changed = [
@@ -285,7 +288,7 @@ class Rebalancer:
             ]
             transfers = plan_transfers(changed, self._health.is_down)
             progress.state = admin_pb2.MOVE_COUNTING
-            transfers = await self._count(transfers, progress)
+            transfers = await count_transfers(self._membership.clients, transfers, progress)
             progress.state = admin_pb2.MOVE_STREAMING
             streamer = Streamer(
                 self._membership.clients,
@@ -306,10 +309,10 @@ class Rebalancer:
                 "move %s: switched at epoch %d after streaming %d records (%d bytes)",
                 progress.id, final.epoch, progress.keys_moved, progress.bytes_moved,
             )  # fmt: skip
-            await self._fence(final, current.nodes)
+            await self._finish_steps.fence(final, current.nodes)
             if progress.kind == REMOVE:
-                await self._rehome(final, progress)
-            await self._drop(changed, final, progress)
+                await self._finish_steps.rehome(final, progress)
+            await self._finish_steps.drop(changed, final, progress)
             progress.state = admin_pb2.MOVE_DONE
         except asyncio.CancelledError:
             progress.error = "stopped with the router; it resumes when the router restarts"
@@ -335,77 +338,6 @@ class Rebalancer:
             if not (n.id == node_id and n.state == LEAVING)
         )
         return replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
-
-    async def _count(self, transfers: list[Transfer], progress: MoveProgress) -> list[Transfer]:
-        """Counts what each transfer will stream; a giver that cannot answer is replaced by
-        the surviving owners of its pieces."""
-
-        async def count(transfer: Transfer) -> list[Transfer]:
-            try:
-                digests = await self._client(transfer.source).token_digests(
-                    transfer.ranges, count_only=True, pace=0, timeout_s=BULK_TIMEOUT_S
-                )
-            except grpc.aio.AioRpcError as err:
-                if not transfer.from_giver:
-                    raise
-                log.warning(
-                    "move %s: %s cannot count (%s); copying from surviving owners instead",
-                    progress.id, transfer.source, err.code().name,
-                )  # fmt: skip
-                return transfer.fallback()
-            progress.keys_total += sum(d.count for d in digests)
-            progress.bytes_total += sum(d.bytes for d in digests)
-            return [transfer]
-
-        planned = await asyncio.gather(*(count(t) for t in transfers))
-        return [t for group in planned for t in group]
-
-    async def _rehome(self, final: Topology, progress: MoveProgress) -> None:
-        """Hints parked for the removed node go to the current owners of their keys."""
-        try:
-            await rehome_hints(
-                self._membership.clients,
-                self._membership.placement,
-                final.replication,
-                progress.node_id,
-            )
-        except (grpc.aio.AioRpcError, MoveConflict) as err:
-            log.warning(
-                "move %s: hints for %s not all re-homed (%s); repair covers their keys",
-                progress.id,
-                progress.node_id,
-                describe_error(err),
-            )
-
-    async def _drop(self, changed: list[Piece], final: Topology, progress: MoveProgress) -> None:
-        """Nodes that gave pieces away and stay in the cluster drop those records."""
-        members = {n.id for n in final.nodes}
-        for node_id, ranges in given_away(changed, members.__contains__).items():
-            try:
-                progress.keys_dropped += await self._client(node_id).purge_token_ranges(
-                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=final.epoch
-                )
-            except grpc.aio.AioRpcError as err:
-                log.warning(
-                    "move %s: %s could not drop the ranges it gave away (%s %s); they are"
-                    " harmless copies until dropped",
-                    progress.id, node_id, err.code().name, err.details(),
-                )  # fmt: skip
-
-    async def _fence(self, topology: Topology, nodes: tuple[NodeConfig, ...]) -> None:
-        """Installs topology's epoch on nodes (those DOWN skipped: module docstring); a
-        node no longer in this router's topology gets a channel of its own for it."""
-        clients = self._membership.clients
-        extra = {n.id: self._probe_client(n) for n in nodes if n.id not in clients}
-        try:
-            await fence_nodes(
-                {**clients, **extra},
-                [n.id for n in nodes],
-                topology.epoch,
-                skip={n.id for n in nodes if self._health.is_down(n.id)},
-            )
-        finally:
-            await asyncio.gather(*(c.close() for c in extra.values()))
 
     def _client(self, node_id: str) -> NodeClient:
         try:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from harness import Proc, shardd_proc, stopped_after
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
-
-from tests.harness import Proc, shardd_proc, stopped_after
 
 WHOLE = [replica_pb2.TokenRange(start=0, end=1 << 32)]
 
