@@ -129,6 +129,15 @@ class Awaited(Generic[I]):
         ]
 
 
+class _Expired(Exception):
+    """A caller's deadline passed while its item was queued or in a call."""
+
+
+def _expire(future: asyncio.Future[R]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 def _whole_call_failed(batch_size: int, err: Exception) -> list[Exception]:
     """The outcome of every item when the call itself failed: an error object per caller."""
     if isinstance(err, ShardKVError):
@@ -174,10 +183,15 @@ class AsyncBatcher(Generic[I, R]):
             task = loop.create_task(self._sender())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        # A timer on the caller's own future, not asyncio.wait_for (which wraps it in a
+        # second future and costs an extra loop turn per call).
+        timer = loop.call_at(loop.time() + deadline - time.monotonic(), _expire, future)
         try:
-            return await asyncio.wait_for(future, deadline - time.monotonic())
-        except TimeoutError:
+            return await future
+        except _Expired:
             raise _timed_out(self._key_of(item)) from None
+        finally:
+            timer.cancel()
 
     async def _sender(self) -> None:
         """Sends what is queued, then what queued up meanwhile, until the queue is empty."""
