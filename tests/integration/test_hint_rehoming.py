@@ -8,12 +8,13 @@ Five shardd, N=3, R=W=2, short settle delays. Two changes that used to strand hi
 - A join is aborted after hints were parked for the joining node: nothing re-homed them,
   so they stayed for an id no longer in the topology, tombstone GC purged deletes of their
   keys, and when the same id was added again they were replayed to it: the deleted values
-  came back. They are re-homed at the next hand-off round (and retried until every owner
-  took them), so a delete stays deleted through the re-add.
+  came back. They are re-homed at the next hand-off round, retried while an owner is down
+  until every owner took them, so a delete stays deleted through the re-add.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +50,11 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         yield running
 
 
-def hints_for(cluster: Cluster, target: str) -> int:
-    """Hints and markers for target on every running node."""
+def hints_for(cluster: Cluster, target: str, *, skip: frozenset[str] = frozenset()) -> int:
+    """Hints and markers for target on every running node but those in skip."""
     total = 0
     for node in cluster.nodes:
-        if not node.alive():
+        if not node.alive() or node.name in skip:
             continue
         with grpc.insecure_channel(node.address) as channel:
             summary = replica_pb2_grpc.ReplicaStub(channel).HintSummary(
@@ -131,8 +132,18 @@ def test_hints_of_an_aborted_join_never_bring_a_delete_back(
         client.put_many({key: b"before-delete" for key in keys})
         assert hints_for(cluster, "n5") > 0, "no hint parked for n5"
         wait_move(client, move, admin_pb2.MOVE_FAILED)
-        client.remove_node("n5")  # aborts the join: n5 leaves the topology
-        # Re-homed to the keys' owners and deleted on every holder.
+        # While an owner of some of the keys is down, their hints cannot all be re-homed.
+        paused = cluster.node("n4")
+        paused.signal(signal.SIGSTOP)
+        try:
+            wait_node_state(cluster.router.address, "n4", admin_pb2.DOWN)
+            client.remove_node("n5")  # aborts the join: n5 leaves the topology
+            time.sleep(1.5)  # three hand-off rounds
+            left = hints_for(cluster, "n5", skip=frozenset({"n4"}))
+            assert left > 0, "hints re-homed although an owner was down"
+        finally:
+            paused.signal(signal.SIGCONT)
+        # Retried until every owner took them, then deleted on every holder.
         wait_hints_gone(cluster, "n5")
         for key in keys:
             client.delete(key)
