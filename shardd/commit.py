@@ -199,7 +199,7 @@ class GroupCommitter:
             admitted = []
             for request in batch:
                 try:
-                    self._fence.admit(request.epoch, "a write", write=True)
+                    self._fence.admit(request.epoch, "a write")
                 except StaleEpoch as refused:
                     request.future.get_loop().call_soon_threadsafe(_fail, request.future, refused)
                 else:

@@ -15,10 +15,12 @@ thread every write transaction of the node starts from: a write is checked again
 fence on that thread just before its commit, so no fence can rise between the check and
 the commit, and a Fence answered means no write routed under a lower epoch commits after.
 
-A call without an epoch: on a node never fenced (fence 0: a node serving alone, a cluster
-that never moved) it is served as before; on a fenced node writes and purges without one
-are refused (no router sends one, so such a call is not router traffic and must not be a
-way around the fence), while reads without one are served (they change nothing).
+A call without an epoch is served unfenced, as before fencing existed: every router sends
+one on every call (NodeClient), so such a call is not router traffic but an operator's
+(grpcurl, tests, tools; under node authentication it needs the node token like any other
+call), and it changes no placement. Like etcd, which checks a revision only where a
+request names one. What this cannot fence is a router of a version before fencing: upgrade
+every router before the first move of a cluster.
 """
 
 from __future__ import annotations
@@ -77,19 +79,11 @@ class Fence:
         raw = store.meta(_META_KEY)
         self.epoch = int(raw) if raw is not None else 0
 
-    def admit(self, epoch: int | None, what: str, *, write: bool) -> None:
-        """Raises StaleEpoch unless a call routed under epoch may do what (a read, or a
-        write when write) now; see the module docstring for a call without one."""
+    def admit(self, epoch: int | None, what: str) -> None:
+        """Raises StaleEpoch unless a call routed under epoch may do what now: epoch is
+        not below the fence (None: not router traffic, module docstring)."""
         fence = self.epoch
-        if epoch is None:
-            if write and fence:
-                raise StaleEpoch(
-                    f"node {self._node_id} is fenced at epoch {fence} and refuses {what}"
-                    f" without the {EPOCH_KEY} metadata routers send",
-                    fence,
-                )
-            return
-        if epoch < fence:
+        if epoch is not None and epoch < fence:
             raise StaleEpoch(
                 f"stale epoch: {what} was routed under topology epoch {epoch}, node"
                 f" {self._node_id} is fenced at epoch {fence}; reload the topology",
@@ -101,12 +95,9 @@ class Fence:
         ranges given away under one epoch may belong to this node again under a later one,
         and a purge under a later epoch than the fence waits until that epoch is fenced."""
         fence = self.epoch
-        if epoch is None and not fence:
-            return
-        if epoch != fence:
-            said = "no epoch" if epoch is None else f"epoch {epoch}"
+        if epoch is not None and epoch != fence:
             raise StaleEpoch(
-                f"purge routed under {said} refused: node {self._node_id} is fenced at epoch"
+                f"purge routed under epoch {epoch} refused: node {self._node_id} is fenced at epoch"
                 f" {fence}, and purges run only at the fenced epoch (fence the node first)",
                 fence,
             )

@@ -126,7 +126,7 @@ class NodeStorage:
         write, after the fence admitted epoch)."""
 
         def delete() -> int:
-            self.fence.admit(epoch, f"deleting hints for {target}", write=True)
+            self.fence.admit(epoch, f"deleting hints for {target}")
             return self.store.delete_hints(target, records)
 
         return await self.committer.run(delete)

@@ -119,7 +119,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         epoch = self._admit(context, "a read")
         records = await self._storage.read(list(request.keys), max_bytes=max_bytes)
         # Again once read: a purge under a newer fence may have run meanwhile.
-        self._storage.fence.admit(epoch, "a read", write=False)
+        self._storage.fence.admit(epoch, "a read")
         return replica_pb2.ReadResponse(
             records=[
                 missing_pb(key) if record is None else record_to_pb(record)
@@ -137,7 +137,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         limit = self._limits.page_size(request.limit)
         epoch = self._admit(context, "a scan")
         records, next_start = await self._storage.scan(start, end, limit)
-        self._storage.fence.admit(epoch, "a scan", write=False)
+        self._storage.fence.admit(epoch, "a scan")
         return replica_pb2.ScanRecordsResponse(
             records=[record_to_pb(r) for r in records], next_start=next_start
         )
@@ -151,7 +151,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         batch_size = self._limits.page_size(request.batch_size)
         epoch = self._admit(context, "a range stream")
         async for batch in self._storage.batches(start, end, batch_size):
-            self._storage.fence.admit(epoch, "a range stream", write=False)
+            self._storage.fence.admit(epoch, "a range stream")
             yield replica_pb2.RecordBatch(records=[record_to_pb(r) for r in batch])
 
     @unary
@@ -162,7 +162,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         start, end = check_range(request.start, request.end)
         epoch = self._admit(context, "a digest")
         digest, count = await self._storage.digest(start, end)
-        self._storage.fence.admit(epoch, "a digest", write=False)
+        self._storage.fence.admit(epoch, "a digest")
         return replica_pb2.DigestResponse(digest=digest, count=count)
 
     @unary
@@ -186,7 +186,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         limit = self._limits.page_size(request.limit)
         epoch = self._admit(context, "reading hints")
         records = await self._storage.read_hints(request.target, limit)
-        self._storage.fence.admit(epoch, "reading hints", write=False)
+        self._storage.fence.admit(epoch, "reading hints")
         return replica_pb2.ReadHintsResponse(records=[record_to_pb(r) for r in records])
 
     @unary
@@ -218,7 +218,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             count_only=request.count_only,
             pace=request.max_records_per_second,
         )
-        self._storage.fence.admit(epoch, "token digests", write=False)
+        self._storage.fence.admit(epoch, "token digests")
         return replica_pb2.TokenDigestsResponse(
             digests=[
                 replica_pb2.TokenDigest(digest=d.digest, count=d.count, bytes=d.size)
@@ -242,7 +242,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             pace=request.max_records_per_second,
         )
         async for batch in batches:
-            self._storage.fence.admit(epoch, "a token range stream", write=False)
+            self._storage.fence.admit(epoch, "a token range stream")
             yield replica_pb2.RecordBatch(records=[record_to_pb(r) for r in batch])
 
     @unary
@@ -280,7 +280,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             max_bytes=self._limits.max_message_bytes // 4,
         )
         async for target, batch in batches:
-            self._storage.fence.admit(epoch, "a snapshot", write=False)
+            self._storage.fence.admit(epoch, "a snapshot")
             yield replica_pb2.SnapshotBatch(
                 records=[record_to_pb(r) for r in batch], hint_target=target
             )
@@ -325,7 +325,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     def _admit(self, context: Context, what: str) -> int | None:
         """The epoch the call was routed under, once the fence admitted it for a read."""
         epoch = epoch_of(context.invocation_metadata())
-        self._storage.fence.admit(epoch, what, write=False)
+        self._storage.fence.admit(epoch, what)
         return epoch
 
 

@@ -38,6 +38,12 @@ When the generation advances:
 The directory always advances first, so a crash in between leaves it one above the topology,
 which counts as ``ok`` and is recorded then. A copy taken since the node's last recorded run
 cannot be told from the directory itself.
+
+Fencing: a node whose fence (shardd/fence.py; the identity reports it) is below the epoch
+this router serves is fenced at that epoch when it is checked, before it counts. That
+covers a node that was DOWN while a move fenced the others, and topology changes that
+fence nothing themselves (a generation recorded here: it changes no placement, and a
+router still at the epoch before serves the same owners, counting fewer of them).
 """
 
 from __future__ import annotations
@@ -224,6 +230,8 @@ class IdentityGuard:
             if identity is None:
                 continue
             identity = await self._claim_or_advance(node, topology, identity, bootstrap=bootstrap)
+            if identity.fence_epoch < topology.epoch:
+                await self._fence(node, topology.epoch)
             if self._returns.get(node.id, 0) != returns.get(node.id, 0):
                 continue  # it went away and came back meanwhile: the next check decides
             state, detail = classify(node, topology, identity)
@@ -245,6 +253,18 @@ class IdentityGuard:
             if node.id in fetched and due and topology.move is None:
                 for listener in self._listeners:
                     listener(node.id, state)
+
+    async def _fence(self, node: NodeConfig, epoch: int) -> None:
+        """Raises node's fence to epoch (a node fenced higher already refuses: fine)."""
+        client = self._membership.clients.get(node.id)
+        if client is None:
+            return
+        try:
+            await client.fence(epoch, self._timeout_s)
+        except grpc.aio.AioRpcError as err:
+            log.info("could not fence %s at epoch %d: %s", node.id, epoch, err.details())
+            return
+        log.info("fenced %s at epoch %d", node.id, epoch)
 
     async def _claim_or_advance(
         self,

@@ -145,6 +145,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
         ),
         "stats": lambda: client.stats(5),
         "identity": lambda: client.identity(replica_pb2.IdentityRequest(), 5),
+        "fence": lambda: client.fence(0, 5),
         "snapshot": lambda: stream(client.snapshot(10, 5)),
     }
 
