@@ -30,7 +30,8 @@ async def _calls() -> int:
         nonlocal left, answered
         while left > 0:
             left -= 1
-            answered += await batcher.submit(1, time.monotonic() + 30)
+            got = await batcher.submit(1, time.monotonic() + 30)
+            answered += got
 
     await asyncio.gather(*(caller() for _ in range(TASKS)))
     return answered
