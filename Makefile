@@ -41,14 +41,18 @@ clean:
 
 # The local cluster: NODES, N, R, W choose the topology of a new cluster; VAR holds its
 # topology, data, logs and pid files; PORT is the router's port, nodes take the next ones.
+# TOPOLOGY=etcd keeps the topology in a local etcd (installed from Debian when missing) on
+# PORT-10, shared by ROUTERS routers (r2 on PORT-1, ...); a cluster remembers both.
 VAR ?= var
 PORT ?= 7100
 CLUSTER := $(BIN)/python scripts/local_cluster.py --var $(VAR) --base-port $(PORT)
-CLUSTER_OPTS := $(if $(NODES),--nodes $(NODES)) $(if $(N),--n $(N)) $(if $(R),--r $(R)) $(if $(W),--w $(W))
+CLUSTER_OPTS := $(if $(NODES),--nodes $(NODES)) $(if $(N),--n $(N)) $(if $(R),--r $(R)) $(if $(W),--w $(W)) \
+	$(if $(TOPOLOGY),--topology $(TOPOLOGY)) $(if $(ROUTERS),--routers $(ROUTERS))
 
 .PHONY: cluster cluster-status cluster-stop cluster-clean
 
 cluster: $(STAMP)
+	@$(if $(filter etcd,$(TOPOLOGY)),scripts/install-system-deps.sh etcd etcdctl)
 	@$(CLUSTER) start $(CLUSTER_OPTS)
 
 cluster-status: $(STAMP)

@@ -2,6 +2,8 @@
 # Installs the Debian packages the test suite and benchmarks run for real, when missing:
 # etcd (topology store and benchmark peer), strace (the fsync-ordering test), promtool
 # (alert rule checks). Runs apt-get as root, or through sudo; does nothing when all are there.
+# Arguments name the commands to check (e.g. `etcd etcdctl` for make cluster TOPOLOGY=etcd);
+# none: all of them.
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
@@ -11,9 +13,12 @@ declare -A PACKAGE_OF=(
     [promtool]=prometheus
 )
 
+commands=("$@")
+[ ${#commands[@]} -eq 0 ] && commands=("${!PACKAGE_OF[@]}")
 missing=()
-for command in "${!PACKAGE_OF[@]}"; do
-    command -v "$command" >/dev/null 2>&1 || missing+=("${PACKAGE_OF[$command]}")
+for command in "${commands[@]}"; do
+    package="${PACKAGE_OF[$command]:?"unknown command $command (known: ${!PACKAGE_OF[*]})"}"
+    command -v "$command" >/dev/null 2>&1 || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -4,11 +4,17 @@ Everything lives under one directory (var/ by default): the topology (cluster.to
 data directory, log file and pid file per process. `start` launches only what is not
 running, so a node that was killed comes back with its data; `stop` sends SIGTERM by PID
 and waits; `clean` stops and removes the directory.
+
+With `--topology etcd` the routers (`--routers`, default 1: r1 on the base port, r2 one
+below, ...) share one topology in a local etcd (scripts/local_etcd.py), seeded from
+cluster.toml by the first router; the choice is kept in settings.json, so later commands
+need not repeat it. etcd starts first and stops last.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from local_etcd import etcd_address, etcd_argv, etcd_status, topology_url
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -37,8 +44,24 @@ def metrics_address(address: str) -> str:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """How the cluster in a VAR dir runs: where its topology lives, how many routers."""
+
+    topology: str = "file"
+    routers: int = 1
+
+    @classmethod
+    def load(cls, var: Path) -> Settings:
+        path = var / "settings.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, var: Path) -> None:
+        (var / "settings.json").write_text(json.dumps(self.__dict__) + "\n")
+
+
+@dataclass(frozen=True)
 class Member:
-    """One process of the local cluster: a node or the router."""
+    """One process of the local cluster: a node, a router or etcd."""
 
     name: str
     address: str
@@ -79,24 +102,29 @@ def write_config(path: Path, *, nodes: int, base_port: int, n: int, r: int, w: i
     path.write_text("\n".join(lines) + "\n")
 
 
-def members(var: Path, config: Path, router_address: str) -> list[Member]:
-    """The router first, then every node of the topology file."""
+def router_member(index: int, config: Path, base_port: int, settings: Settings) -> Member:
+    """Router r<index>: r1 ("router") on base_port, r2 ("router2") one below, and so on."""
+    address = f"127.0.0.1:{base_port - index + 1}"
+    argv = [
+        str(BIN / "shardkv-router"),
+        "--id", f"r{index}",
+        "--config", str(config),
+        "--listen", address,
+        "--metrics-listen", metrics_address(address),
+    ]  # fmt: skip
+    if settings.topology == "etcd":
+        argv += ["--topology", topology_url(base_port)]
+    return Member("router" if index == 1 else f"router{index}", address, tuple(argv))
+
+
+def members(var: Path, config: Path, base_port: int, settings: Settings) -> list[Member]:
+    """etcd (when the topology is there), the routers, then every node of the topology
+    file."""
     topology = tomllib.loads(config.read_text())
-    router = Member(
-        "router",
-        router_address,
-        (
-            str(BIN / "shardkv-router"),
-            "--id",
-            "r1",
-            "--config",
-            str(config),
-            "--listen",
-            router_address,
-            "--metrics-listen",
-            metrics_address(router_address),
-        ),
-    )
+    routers = [
+        router_member(i, config, base_port, settings) for i in range(1, settings.routers + 1)
+    ]
+    etcd = Member("etcd", etcd_address(base_port), etcd_argv(var, base_port))
     nodes = [
         Member(
             node["id"],
@@ -115,7 +143,7 @@ def members(var: Path, config: Path, router_address: str) -> list[Member]:
         )
         for node in topology["nodes"]
     ]
-    return [router, *nodes]
+    return [*([etcd] if settings.topology == "etcd" else []), *routers, *nodes]
 
 
 def running_pid(member: Member, var: Path) -> int | None:
@@ -129,7 +157,9 @@ def running_pid(member: Member, var: Path) -> int | None:
         starting = cmdline == [b""] and state != "Z"
     except (FileNotFoundError, ValueError, ProcessLookupError, IndexError):
         return None
-    return pid if starting or member.address.encode() in cmdline else None
+    address = member.address.encode()
+    ours = any(arg == address or arg.endswith(b"//" + address) for arg in cmdline)  # etcd: URL
+    return pid if starting or ours else None
 
 
 def serving(address: str) -> bool:
@@ -174,7 +204,7 @@ def wait_all_serving(cluster: list[Member], var: Path) -> None:
         sys.exit(f"not SERVING after {START_TIMEOUT_S:.0f}s: {names}; see {var / 'log'}")
 
 
-def check_matches(config: Path, args: argparse.Namespace) -> None:
+def check_matches(config: Path, settings: Settings, args: argparse.Namespace) -> None:
     """Refuses settings that differ from an existing cluster's: its data was placed by them."""
     topology = tomllib.loads(config.read_text())
     existing = {
@@ -182,8 +212,17 @@ def check_matches(config: Path, args: argparse.Namespace) -> None:
         "N": topology["replication"],
         "R": topology["read_quorum"],
         "W": topology["write_quorum"],
+        "TOPOLOGY": settings.topology,
+        "ROUTERS": settings.routers,
     }
-    asked = {"NODES": args.nodes, "N": args.n, "R": args.r, "W": args.w}
+    asked = {
+        "NODES": args.nodes,
+        "N": args.n,
+        "R": args.r,
+        "W": args.w,
+        "TOPOLOGY": args.topology,
+        "ROUTERS": args.routers,
+    }
     differ = [
         f"{k}={asked[k]} (cluster has {v})"
         for k, v in existing.items()
@@ -219,8 +258,13 @@ def start(args: argparse.Namespace) -> None:
     config = var / "cluster.toml"
     var.mkdir(parents=True, exist_ok=True)
     if config.exists():
-        check_matches(config, args)
+        settings = Settings.load(var)
+        check_matches(config, settings, args)
     else:
+        settings = Settings(args.topology or "file", args.routers or 1)
+        if settings.topology == "etcd" and not Path(etcd_argv(var, args.base_port)[0]).exists():
+            sys.exit("etcd is not installed: run scripts/install-system-deps.sh etcd (make does)")
+        settings.save(var)
         nodes = args.nodes or 3
         n = args.n or min(3, nodes)
         quorum = n // 2 + 1
@@ -232,28 +276,37 @@ def start(args: argparse.Namespace) -> None:
             r=args.r or quorum,
             w=args.w or quorum,
         )
-    cluster = members(var, config, f"127.0.0.1:{args.base_port}")
-    router, nodes = cluster[0], cluster[1:]
-    # Nodes first, so that the router's first health checks find them serving.
-    for group in (nodes, [router]):
+    cluster = members(var, config, args.base_port, settings)
+    etcd = [m for m in cluster if m.name == "etcd"]
+    routers = [m for m in cluster if m.name.startswith("router")]
+    nodes = [m for m in cluster if m not in etcd and m not in routers]
+    # etcd and nodes first, so that the routers find them serving; one router at a time,
+    # so that the first seeds etcd's topology and the others read it.
+    for group in (etcd, nodes, *([r] for r in routers)):
         for member in group:
             if running_pid(member, var) is None:
                 pid = launch(member, var)
                 print(f"started {member.name} pid={pid}")
         wait_all_serving(group, var)
-    wait_router_sees_all_up(router.address)
-    print(f"router  {router.address:22} metrics http://{metrics_address(router.address)}/metrics")
+    for router in routers:
+        wait_router_sees_all_up(router.address)
+        print(
+            f"{router.name:7} {router.address:22} metrics http://{metrics_address(router.address)}/metrics"
+        )
     for node in nodes:
         print(
             f"node    {node.name:<4} {node.address:17}"
             f" metrics http://{metrics_address(node.address)}/metrics"
         )
-    print(f"topology: {config}; logs: {var / 'log'}")
+    for member in etcd:
+        print(f"etcd    {member.address:22} topology {topology_url(args.base_port)}")
+    where = f"{config} (seeds etcd)" if etcd else str(config)
+    print(f"topology: {where}; logs: {var / 'log'}")
     print(
-        f"try:    .venv/bin/shardctl --addr {router.address} put hello world "
-        f"&& .venv/bin/shardctl --addr {router.address} get hello"
+        f"try:    .venv/bin/shardctl --addr {routers[0].address} put hello world "
+        f"&& .venv/bin/shardctl --addr {routers[0].address} get hello"
     )
-    print(f"status: .venv/bin/shardctl --addr {router.address} status --watch")
+    print(f"status: .venv/bin/shardctl --addr {routers[0].address} status --watch")
 
 
 def status(args: argparse.Namespace) -> None:
@@ -262,10 +315,12 @@ def status(args: argparse.Namespace) -> None:
     if not config.exists():
         print(f"no cluster in {var} (run make cluster)")
         return
-    for member in members(var, config, f"127.0.0.1:{args.base_port}"):
+    for member in members(var, config, args.base_port, Settings.load(var)):
         pid = running_pid(member, var)
         state = "SERVING" if pid and serving(member.address) else ("running" if pid else "stopped")
         print(f"{member.name:8} {member.address:22} pid={pid or '-':<8} {state}")
+        if member.name == "etcd" and pid:
+            print("\n".join(etcd_status(member.address)))
 
 
 def stop(args: argparse.Namespace) -> None:
@@ -273,8 +328,18 @@ def stop(args: argparse.Namespace) -> None:
     config = var / "cluster.toml"
     if not config.exists():
         return
-    cluster = members(var, config, f"127.0.0.1:{args.base_port}")
-    pids = {m.name: pid for m in cluster if (pid := running_pid(m, var)) is not None}
+    cluster = members(var, config, args.base_port, Settings.load(var))
+    # etcd last: routers release their writer ids in it when they stop.
+    etcd = [m for m in cluster if m.name == "etcd"]
+    for group in ([m for m in cluster if m not in etcd], etcd):
+        stop_group(group, var)
+    for member in cluster:
+        member.pid_file(var).unlink(missing_ok=True)
+
+
+def stop_group(group: list[Member], var: Path) -> None:
+    """SIGTERM to each running member by PID, then waits (SIGKILL after STOP_TIMEOUT_S)."""
+    pids = {m.name: pid for m in group if (pid := running_pid(m, var)) is not None}
     for pid in pids.values():
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -285,8 +350,6 @@ def stop(args: argparse.Namespace) -> None:
             print(f"{name} pid={pid} did not stop in {STOP_TIMEOUT_S:.0f}s; sending SIGKILL")
             os.kill(pid, signal.SIGKILL)
         print(f"stopped {name} pid={pid}")
-    for member in cluster:
-        member.pid_file(var).unlink(missing_ok=True)
 
 
 def clean(args: argparse.Namespace) -> None:
@@ -304,6 +367,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="replication factor N (default min(3, nodes))")
     parser.add_argument("--r", type=int, help="read quorum R (default N/2+1)")
     parser.add_argument("--w", type=int, help="write quorum W (default N/2+1)")
+    parser.add_argument(
+        "--topology", choices=["file", "etcd"], help="where routers keep the topology (file)"
+    )
+    parser.add_argument("--routers", type=int, choices=range(1, 9), help="routers (default 1)")
     args = parser.parse_args()
     args.var = args.var.resolve()
     {"start": start, "status": status, "stop": stop, "clean": clean}[args.command](args)
