@@ -2,13 +2,15 @@
 
 Every process runs on a host of its own, a network namespace on a bridge this module
 creates (netns_hosts.py): three etcd members (e1..e3), five nodes (n1..n5, N=3, R=W=2),
-two routers (r1, r2) sharing the topology in etcd, and two spare nodes (n6, n7) to add.
+two routers (r1, r2) sharing the topology in etcd, and spare nodes (n6, n7, n8) to add.
 SDK writers and readers go through both routers (one client per router: c0 -> r1,
 c1 -> r2) while each fault lasts:
 
 (a) a node host's link is cut (its bridge port down: a black hole), then restored;
 (b) a router host is cut off from the etcd hosts (blackhole routes both ways): it keeps
-    serving its last topology and refuses a change with UNAVAILABLE naming etcd;
+    serving its last topology and refuses a change (adding n8) with UNAVAILABLE naming
+    etcd; should the refused change still land after the heal, it must not be left half
+    done;
 (c) n6 is added through r1, and r1 is SIGKILLed while the move streams: r2 must take the
     move over and finish it (the time it took is printed);
 (d) r2 is SIGSTOPped across a whole move (n7 added through r1, drops included), then
@@ -45,6 +47,7 @@ from netns_cluster import (
     served,
     start_multihost,
     wait_member,
+    wait_one_epoch,
 )
 from netns_hosts import Lan, lan, unavailable
 from shardkv.client import Client
@@ -57,9 +60,11 @@ from faults.observe import HealthWatch, describe, seen_down
 from faults.report import scenario_line
 from faults.workload import Workload, client_of, run_workload
 
-HOSTS = ("e1", "e2", "e3", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "r1", "r2")
+HOSTS = ("e1", "e2", "e3", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "r1", "r2")
 BULK_KEYS = 3000  # streamed by every move: paced at 1000 records/s, a move lasts seconds
 TAKEOVER_BOUND_S = 30.0
+# How long after the heal a change refused while cut off from etcd is watched for.
+REFUSED_GRACE_S = 5.0
 NO_TAKEOVER = (
     "takeover of a move whose driver died (issue 15 item 5: another router finishes it,"
     " with etcd) has not landed"
@@ -104,7 +109,7 @@ def multihost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         pytest.skip(f"multi-host tests need network namespaces: {reason}")
     base = tmp_path_factory.mktemp("multihost")
     with lan(HOSTS) as network:
-        cluster = start_multihost(base, network, spares=("n6", "n7"))
+        cluster = start_multihost(base, network, spares=("n6", "n7", "n8"))
         try:
             run = Run(cluster, network, _bulk_load(cluster))
             yield run
@@ -230,6 +235,7 @@ def test_router_host_cut_off_from_etcd(run: Run) -> None:
     etcd_hosts = [run.lan.host(m.name) for m in run.cluster.etcd]
     refused: list[grpc.RpcError] = []
     epochs: list[int] = []
+    landed: list[float] = []  # seconds after the heal the refused change took effect
 
     def fault(windows: list[Window]) -> None:
         before = served(run.r1).epoch
@@ -237,7 +243,7 @@ def test_router_host_cut_off_from_etcd(run: Run) -> None:
         run.lan.separate([run.lan.host("r1")], etcd_hosts)
         try:
             try:
-                add_node(run.r1, run.cluster.node("n6"), timeout_s=40)
+                add_node(run.r1, run.cluster.node("n8"), timeout_s=40)
             except grpc.RpcError as err:
                 refused.append(err)
             print(f"[multihost b] r1 answered the change {time.monotonic() - start:.1f} s in")
@@ -246,12 +252,31 @@ def test_router_host_cut_off_from_etcd(run: Run) -> None:
         finally:
             run.lan.rejoin()
             windows.append(Window("r1 cut off from etcd", start, time.monotonic(), ("c0", "c1")))
+        # The refused change is of unknown outcome, like a write that timed out: its Txn
+        # may still sit in a TCP send queue, delivered once the routes are back
+        # (retransmissions back off to seconds). If it lands, the move must not be left
+        # half done with nobody to drive it.
+        healed = time.monotonic()
+        while refused and time.monotonic() < healed + REFUSED_GRACE_S:
+            if served(run.r2).epoch != before:
+                landed.append(time.monotonic() - healed)
+                try:
+                    wait_one_epoch([run.r1, run.r2], timeout_s=30)
+                except AssertionError as err:
+                    raise AssertionError(
+                        f"the change r1 refused with UNAVAILABLE took effect {landed[0]:.1f} s"
+                        f" after the heal, and nobody finished it: {err}"
+                    ) from None
+                break
+            time.sleep(0.1)
 
     scenario(run, "b", fault, seed=12)
     assert refused, "r1 cut off from etcd made a topology change"
     assert refused[0].code() == grpc.StatusCode.UNAVAILABLE, refused[0]
     assert "etcd" in (refused[0].details() or ""), refused[0].details()
     assert len(set(epochs)) == 1, f"the epoch changed while r1 was cut off: {epochs}"
+    if landed:
+        print(f"[multihost b] the refused change took effect {landed[0]:.1f} s after the heal")
 
 
 @pytest.mark.timeout(120)
