@@ -230,12 +230,7 @@ class BatchReader:
                 held = best[index]
                 if held is None:
                     best[index] = record
-                elif (
-                    record.version != held.version
-                    or record.writer != held.writer
-                    or record.tombstone != held.tombstone
-                    or record.value != held.value
-                ):
+                elif record != held:  # one comparison in C, not four attribute reads
                     rnd.differ.add(index)
                     if hlc.precedes(held, record):
                         best[index] = record
