@@ -6,8 +6,11 @@
 - ``node_client``  the connection to one node: coalesced Apply/Read and direct calls.
 - ``coalescer``    many concurrent items for one node sent as one batched call.
 - ``read_budget``  bytes of records one read may hold, and whether its answer fits.
-- ``scan``         fan-out of a range scan to the nodes, merged into one ordered page.
+- ``scan``         fan-out of a range scan to the nodes, merged into one ordered page of
+  what each key's owners hold.
 - ``health``       whether each node is up: health checks and call failures.
 - ``hint_handoff`` hints (parked records, owner-held markers) handed to their owners when
-  they return.
+  they return, and re-homed after topology changes.
+- ``hint_delivery`` where a hint goes now: its target while it owns the key, else the
+  key's current owners.
 """
