@@ -1,0 +1,117 @@
+"""The batch paths of the Coordinator (batch_write.py, batch_read.py) over fake nodes: one
+chunk per node for a whole batch, and the keys they cannot decide handed to the general
+path (hints on fallbacks, its errors), while the others are decided in the batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from fake_nodes import FakeCluster, settle
+from shardkv.router.requests.coordinator import Mutation
+from shardkv.v1 import replica_pb2
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+class Counting:
+    """Counts a fake node's calls by kind (chunks of a batch, single items)."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.calls: dict[str, int] = {}
+        for node_id, node in cluster.nodes.items():
+            for kind in ("apply", "read", "apply_chunk", "read_chunk"):
+                setattr(node, kind, self._wrap(node_id, kind, getattr(node, kind)))
+
+    def _wrap(self, node_id: str, kind: str, call: Callable[..., None]) -> Callable[..., None]:
+        def counted(*args: object) -> None:
+            self.calls[kind] = self.calls.get(kind, 0) + 1
+            call(*args)
+
+        return counted
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_sends_each_node_one_chunk_and_no_single_items() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster(5)
+        calls = Counting(cluster)
+        keys = [b"b/%d" % i for i in range(300)]
+        outcomes = await cluster.coordinator.write(
+            [Mutation(k, b"v") for k in keys], 2, cluster.deadline()
+        )
+        assert [o.error for o in outcomes] == [None] * len(keys)
+        reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
+        assert [o.record.value if o.record else None for o in reads] == [b"v"] * len(keys)
+        await settle()
+        assert calls.calls == {"apply_chunk": 5, "read_chunk": 5}
+        for key in keys:
+            assert sum(node.value(key) == b"v" for node in cluster.nodes.values()) == 3
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_key_short_of_its_quorum_through_failed_calls_gets_hints_via_the_general_path() -> None:
+    """Two owners fail their calls but are not known DOWN: the batch cannot reach W=2 for
+    that key, so the general path places it again and parks hints on the fallbacks, which
+    count; the batch's other keys are decided in the batch."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster(5)
+        key = cluster.key_owned("short", "n1")
+        owners = cluster.owners(key)
+        for failing in owners[1:]:
+            cluster.nodes[failing].fail = grpc.StatusCode.UNAVAILABLE
+        others = [b"o/%d" % i for i in range(50)]
+        outcomes = await cluster.coordinator.write(
+            [Mutation(k, b"v") for k in [key, *others]], 2, cluster.deadline()
+        )
+        assert outcomes[0].error is None, outcomes[0].error
+        fallbacks = [n for n in cluster.ids if n not in owners]
+        hinted = {t for n in fallbacks for t in owners[1:] if key in cluster.nodes[n].hinted_for(t)}
+        assert hinted == set(owners[1:])
+        # Every key has fallbacks up here (5 nodes): each one ends acknowledged.
+        assert [o.error for o in outcomes[1:]] == [None] * len(others)
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_node_out_of_resources_fails_its_keys_without_a_second_attempt() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        for node_id in ("n2", "n3"):
+            cluster.nodes[node_id].fail = grpc.StatusCode.RESOURCE_EXHAUSTED
+        calls = Counting(cluster)
+        [outcome] = await cluster.coordinator.write([Mutation(b"k", b"v")], 2, cluster.deadline())
+        assert outcome.error is not None and outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "1 of 2 required replicas acknowledged" in outcome.error
+        await settle()
+        assert calls.calls["apply_chunk"] == 3, "no general-path retry of a shed write"
+        # The owner that took it keeps markers for the two that refused (as _cover does).
+        assert calls.calls.get("apply") == 1
+        assert (
+            cluster.nodes["n1"].marked_for("n2") == cluster.nodes["n1"].marked_for("n3") == {b"k"}
+        )
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_read_short_of_r_fails_with_the_general_paths_error() -> None:
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        for node_id in ("n2", "n3"):
+            cluster.nodes[node_id].fail = grpc.StatusCode.UNAVAILABLE
+        cluster.nodes["n1"].records[b"k"] = replica_pb2.Record(
+            key=b"k", value=b"v", version=3, writer=1
+        )
+        [outcome] = await cluster.coordinator.read([b"k"], 2, cluster.deadline())
+        assert outcome.error is not None and "1 of 2 required replicas answered" in outcome.error
+
+    run(scenario)
