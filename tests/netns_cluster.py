@@ -140,7 +140,8 @@ def start_multihost(
     routers: Sequence[str] = ("r1", "r2"),
 ) -> MultiHostCluster:
     """Starts etcd, the nodes (those of nodes seed the topology; spares run outside it,
-    ready to be added) and the routers, and waits until each one answers."""
+    ready to be added) and the routers, and waits until each one answers and every router
+    counts every node."""
     token_file = base / "node-token"
     token_file.write_text(TOKEN)
     cluster = MultiHostCluster(base, lan, f"/shardkv/multihost-{lan.tag}")
@@ -160,10 +161,13 @@ def start_multihost(
         cluster.routers = [
             router_on(lan, base, r, config, cluster.etcd_url, token_file) for r in routers
         ]
+        # One after the other: the first seeds etcd and claims the fresh nodes' data
+        # directories. Started together, a router that reads the claims half done takes
+        # the unclaimed directories for wiped ones and rebuilds them (seen on a loaded
+        # machine; reported), which is not what these tests are about.
         for router in cluster.routers:
-            router.start(wait=False)
-        for router in cluster.routers:
-            wait_serving(router.address)
+            router.start()
+            wait_counted(router)
     except BaseException:
         cluster.stop()
         print(cluster.logs())
@@ -200,6 +204,18 @@ def wait_one_epoch(routers: Sequence[Proc], timeout_s: float = 30.0) -> admin_pb
             if len(shapes) == 1 and stable:
                 return views[0]
         assert time.monotonic() < deadline, f"routers never served one stable epoch: {last}"
+        time.sleep(0.1)
+
+
+def wait_counted(router: Proc, timeout_s: float = 30.0) -> None:
+    """Waits until router counts every node toward quorums (its data directory "ok")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = served(router).nodes
+        if all(node.directory == "ok" for node in nodes):
+            return
+        shown = [(node.id, node.directory) for node in nodes]
+        assert time.monotonic() < deadline, f"{router.name} does not count every node: {shown}"
         time.sleep(0.1)
 
 
