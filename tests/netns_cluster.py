@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,12 +176,16 @@ def start_multihost(
     return cluster
 
 
-def admin(router: Proc) -> admin_pb2_grpc.AdminStub:
-    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(router.address))
+@contextmanager
+def admin(router: Proc) -> Iterator[admin_pb2_grpc.AdminStub]:
+    """The router's Admin service on a channel closed afterwards."""
+    with grpc.insecure_channel(router.address) as channel:
+        yield admin_pb2_grpc.AdminStub(channel)
 
 
 def served(router: Proc) -> admin_pb2.Topology:
-    reply: admin_pb2.Topology = admin(router).GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
+    with admin(router) as stub:
+        reply: admin_pb2.Topology = stub.GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
     return reply
 
 

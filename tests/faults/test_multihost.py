@@ -53,7 +53,7 @@ from netns_hosts import Lan, lan, unavailable
 from shardkv.client import Client
 from shardkv.v1 import admin_pb2
 
-from faults.checker import Verdict, check
+from faults.checker import check
 from faults.cluster import wait_nodes_up
 from faults.history import OK, History, reads_during
 from faults.observe import HealthWatch, describe, seen_down
@@ -80,8 +80,11 @@ class Run:
     """The module's cluster, and every key written into it so far."""
 
     cluster: MultiHostCluster
-    lan: Lan
     keys: list[bytes] = field(default_factory=list)
+
+    @property
+    def lan(self) -> Lan:
+        return self.cluster.lan
 
     @property
     def r1(self) -> Proc:
@@ -111,11 +114,12 @@ def multihost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     with lan(HOSTS) as network:
         cluster = start_multihost(base, network, spares=("n6", "n7", "n8"))
         try:
-            run = Run(cluster, network, _bulk_load(cluster))
-            yield run
-        except BaseException:
-            print(cluster.logs())
-            raise
+            try:
+                keys = _bulk_load(cluster)
+            except BaseException:
+                print(cluster.logs())
+                raise
+            yield Run(cluster, keys)
         finally:
             cluster.stop()
 
@@ -136,9 +140,9 @@ def _bulk_load(cluster: MultiHostCluster) -> list[bytes]:
     return keys
 
 
-def scenario(run: Run, name: str, fault: Callable[[list[Window]], None], seed: int) -> Verdict:
+def scenario(run: Run, name: str, fault: Callable[[list[Window]], None], seed: int) -> None:
     """Runs the workload through r1 and r2 while fault runs (it appends its windows), then
-    checks everything the module docstring lists; returns the checker's verdict."""
+    checks everything the module docstring lists."""
     spec = Workload(keys=40, workers=8, prefix=f"{name}/".encode())
     windows: list[Window] = []
     targets = [run.r1.address, run.r2.address]
@@ -167,7 +171,6 @@ def scenario(run: Run, name: str, fault: Callable[[list[Window]], None], seed: i
     assert windows, "the fault recorded no window"
     for window in windows:
         assert all(reads[window.name][c] > 0 for c in window.via), (window.name, reads)
-    return verdict
 
 
 def _reads_via(history: History, windows: list[Window]) -> dict[str, dict[str, int]]:
@@ -186,7 +189,8 @@ def _reads_via(history: History, windows: list[Window]) -> dict[str, dict[str, i
 
 def add_node(router: Proc, node: Proc, timeout_s: float = 20) -> admin_pb2.Move:
     request = admin_pb2.AddNodeRequest(id=node.name, address=node.address)
-    move: admin_pb2.Move = admin(router).AddNode(request, timeout=timeout_s)
+    with admin(router) as stub:
+        move: admin_pb2.Move = stub.AddNode(request, timeout=timeout_s)
     return move
 
 
@@ -194,7 +198,8 @@ def wait_move(router: Proc, move_id: str, states: set[int], timeout_s: float = 3
     """Waits until router reports move_id (current or finished) in one of states."""
     deadline = time.monotonic() + timeout_s
     while True:
-        reply = admin(router).GetMoves(admin_pb2.GetMovesRequest(), timeout=5)
+        with admin(router) as stub:
+            reply = stub.GetMoves(admin_pb2.GetMovesRequest(), timeout=5)
         moves = [*reply.history, *([reply.current] if reply.HasField("current") else [])]
         state = next((int(m.state) for m in moves if m.id == move_id), None)
         if state is not None and state in states:
