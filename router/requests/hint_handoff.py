@@ -118,25 +118,31 @@ class HintHandoff:
             for entry in summary.targets:
                 left = entry.count
                 if entry.target not in self._clients or self._health.is_up(entry.target):
-                    left -= await self._hand_off(holder_id, entry.target)
-                pending[entry.target] += max(0, left)
+                    moved, finished = await self._hand_off(holder_id, entry.target)
+                    # Hints parked meanwhile may be among those moved: only a finished walk
+                    # shows that none is left behind.
+                    left = 0 if finished else max(1, left - moved)
+                pending[entry.target] += left
         self.pending = pending
         if complete and self._placement.layout.epoch == epoch:
             for node_id in list(self._clients):
                 if not pending[node_id]:
                     self._clean[node_id] = epoch
 
-    async def _hand_off(self, holder_id: str, target_id: str) -> int:
+    async def _hand_off(self, holder_id: str, target_id: str) -> tuple[int, bool]:
         """Moves hints for target_id from holder_id to where they belong now; returns how
-        many the holder deleted."""
+        many the holder deleted, and whether the walk finished (every hint it read was
+        delivered, and the last page was short)."""
         holder = self._clients.get(holder_id)  # it may have left while this round awaited
         if holder is None:
-            return 0
+            return 0, False
         moved = rehomed = 0
+        finished = False
         try:
             for _ in range(MAX_PAGES_PER_ROUND):
                 records = await holder.read_hints(target_id, HINT_PAGE)
                 if not records:
+                    finished = True
                     break
                 delivered = await deliver(
                     records,
@@ -150,8 +156,13 @@ class HintHandoff:
                     moved += await holder.delete_hints(target_id, delivered.records)
                 rehomed += delivered.rehomed
                 # Undelivered hints stay first in the holder's order: the rest waits too.
-                if len(delivered.records) < len(records) or len(records) < HINT_PAGE:
+                if len(delivered.records) < len(records):
                     break
+                if len(records) < HINT_PAGE:
+                    finished = True
+                    break
+            else:
+                finished = not await holder.read_hints(target_id, 1)
         except grpc.aio.AioRpcError as err:
             log.info(
                 "hint_handoff_stopped target=%s holder=%s code=%s detail=%r",
@@ -166,4 +177,4 @@ class HintHandoff:
                 target_id, holder_id, moved, rehomed,
             )  # fmt: skip
             self.handed_off += moved
-        return moved
+        return moved, finished
