@@ -19,6 +19,7 @@ on a host through ``ip netns exec NS argv...``, which execs: the PID is the serv
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import secrets
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SUBNET = "10.213"
 BRIDGE_HOST = 254  # the test's own address on the bridge: SUBNET.X.254
+LOCK_PATH = "/tmp/shardkv-netns-subnets.lock"
 
 
 class NetnsError(RuntimeError):
@@ -156,6 +158,14 @@ class Lan:
             raise NetnsError(f"could not remove {left} of run {self.tag}")
 
 
+@contextmanager
+def _subnet_lock() -> Iterator[None]:
+    """Holds an exclusive lock shared by every run on this machine (released on close)."""
+    with open(LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _free_octet() -> int:
     """An X whose SUBNET.X.0/24 no address or route of the root namespace uses (a run
     killed before its teardown may have left one behind)."""
@@ -172,10 +182,15 @@ def _free_octet() -> int:
 def lan(names: Sequence[str]) -> Iterator[Lan]:
     """A bridge with one host per name; everything is removed afterwards, however the block
     ends (the caller stops its processes on the hosts first)."""
-    network = Lan(secrets.token_hex(3), _free_octet())
+    with _subnet_lock():  # two runs at once never pick the same subnet
+        network = Lan(secrets.token_hex(3), _free_octet())
+        try:
+            ip("link", "add", network.bridge, "type", "bridge")
+            ip("addr", "add", f"{network.gateway}/24", "dev", network.bridge)
+        except BaseException:
+            network.teardown()
+            raise
     try:
-        ip("link", "add", network.bridge, "type", "bridge")
-        ip("addr", "add", f"{network.gateway}/24", "dev", network.bridge)
         ip("link", "set", network.bridge, "up")
         for name in names:
             network.add_host(name)
