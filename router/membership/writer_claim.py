@@ -54,6 +54,7 @@ class WriterClaim:
         self._client = client
         self._ttl_s = ttl_s
         self._lease: Lease | None = None
+        self._lost_why = ""  # why the last lease was lost, while claiming the id again
         self._regain: asyncio.Task[None] | None = None
 
     async def acquire(self, *, wait_s: float | None = None) -> None:
@@ -94,12 +95,13 @@ class WriterClaim:
         """Why the id may be held elsewhere now; empty while this router surely holds it."""
         lease = self._lease
         if lease is None:
-            return f"{self._what} is not held in {self._client.name}: claiming it again"
+            return f"{self._what} is not held: claiming it again ({self._lost_why})"
         if not lease.alive():
             return f"{self._what} may be held elsewhere: {lease.lost or 'its lease expired'}"
         return ""
 
     def _lost(self, reason: str) -> None:
+        self._lost_why = reason
         log.error("%s: %s; writes refused until it is claimed again", self._what, reason)
         self._regain = asyncio.create_task(self._claim_again(), name="writer-id-claim")
 

@@ -3,7 +3,8 @@ their writer id under a lease. Each router here has a state dir of its own, as o
 hosts, so only etcd can tell two routers with one id apart. A second router with a held id
 is refused at start naming the holder; a clean stop frees the id at once, a SIGKILL within
 the lease's TTL; a router paused past its lease hands out no versions when it resumes
-while another router holds its id, and writes again once the id is free and its own."""
+while another router holds its id, and writes again once the id is free and its own; with
+etcd away past the lease's TTL writes stop, and resume once etcd is back."""
 
 from __future__ import annotations
 
@@ -145,3 +146,29 @@ def test_a_router_paused_past_its_lease_writes_nothing_under_a_taken_id(site: Si
         assert time.monotonic() < deadline, holder(site)
         time.sleep(0.1)
     put(paused, b"w/reclaimed")
+
+
+@pytest.mark.timeout(120)
+def test_writes_stop_while_etcd_is_away_past_the_lease_and_resume_after(site: Site) -> None:
+    router = site.router("alone").start()
+    put(router, b"w/before")
+    site.etcd[0].signal(signal.SIGSTOP)
+    try:
+        time.sleep(TTL_S + 0.5)  # no renewal answered for longer than the lease's TTL
+        with pytest.raises(grpc.RpcError) as refused:
+            put(router, b"w/away")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        assert "hands out no versions" in str(refused.value.details()), refused.value.details()
+    finally:
+        site.etcd[0].signal(signal.SIGCONT)
+    # etcd back: the router claims its id again on a new lease, and writes.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            put(router, b"w/back")
+            break
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            assert time.monotonic() < deadline, "no writes after etcd returned"
+            time.sleep(0.2)
+    assert f"pid {router.pid}" in holder(site)
