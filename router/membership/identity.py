@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 
 import grpc
 from shardkv.router.membership.live_topology import Membership
+from shardkv.router.membership.move_plan import MoveConflict
 from shardkv.router.membership.topology import JOINING, NodeConfig, Topology, TopologyError
 from shardkv.router.membership.topology_store import StoreUnavailable, TopologyConflict
 from shardkv.router.requests.health import NodeHealth
@@ -343,7 +344,13 @@ async def claim_joining(client: NodeClient, node: NodeConfig, topology: Topology
     Without it a quick move could switch before any guard saw the node joining, and the
     switched member's unclaimed directory would read as a replaced disk and be rebuilt:
     purged, and copied again from other owners it may not have (N=1)."""
-    identity = await client.identity(replica_pb2.IdentityRequest(), CLAIM_TIMEOUT_S)
+    try:
+        identity = await client.identity(replica_pb2.IdentityRequest(), CLAIM_TIMEOUT_S)
+    except grpc.aio.AioRpcError as err:
+        raise MoveConflict(
+            f"cannot read the data directory of joining node {node.id}:"
+            f" {err.code().name} {err.details()}"
+        ) from err
     if identity.claimed:
         return
     request = replica_pb2.SetIdentityRequest(

@@ -28,6 +28,7 @@ from typing import Any
 
 from shardkv.router.membership.fencing import RouterEpoch
 from shardkv.router.membership.topology import (
+    DROP,
     NodeConfig,
     Topology,
     TopologyError,
@@ -45,9 +46,13 @@ ClientFactory = Callable[[NodeConfig], NodeClient]
 
 
 def layout_of(topology: Topology) -> Layout:
-    """The rings of a topology: during a move, the ring before it and the ring after it."""
+    """The rings of a topology: while a move streams, the ring before it and the ring after
+    it; once it switched (its drops pending), the ring after it alone."""
+    move = topology.move
+    if move is not None and move.phase == DROP:
+        return Layout(topology.epoch, Ring(topology.weights(joined=True)))
     old = Ring(topology.weights(joined=False))
-    if topology.move is None:
+    if move is None:
         return Layout(topology.epoch, old)
     return Layout(topology.epoch, old, Ring(topology.weights(joined=True)))
 

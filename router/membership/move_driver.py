@@ -16,25 +16,29 @@ A move goes through these steps, each stored (compare-and-swap) before it takes 
    from which node to which; each source counts its pieces (for progress), then streams
    them, and the router applies every batch to the target (LWW, so repeating any of it is
    harmless), routed under the move's epoch.
-4. Switch (epoch + 1): the node becomes a plain member, or is dropped from the file. Only now
-   does the new placement become authoritative, after the copy is complete.
+4. Switch (epoch + 1): the move enters its ``drop`` phase. Only now does the new placement
+   become authoritative (it alone is in force), after the copy is complete.
 5. Fence the switch on the same nodes (the removed one included): a router still routing
    under the transition (writes to old and new owners) is refused and reloads.
-6. Drop: nodes that gave pieces away purge them, routed under the switch's epoch, which a
+6. Drop: nodes that gave pieces away purge them, routed under the epoch in force, which a
    node accepts only while fenced at exactly that epoch — so a drop computed for one
-   placement never runs once a later change was fenced. A stale copy can then never
-   resurface (in a scan, or after a later move).
+   placement never runs once a later change was fenced. Retried until done (move_steps.py);
+   the stored drop phase makes a restarted driver drop them again.
+7. Done (epoch + 1): the node becomes a plain member, or leaves the file. Nothing to fence:
+   the placement is the drop phase's.
+
+A failure leaves the transition in force (writes keep reaching both sides; nothing is lost)
+and the move FAILED: repeating the request resumes it, the opposite request aborts it (the
+nodes that received pieces then purge them: MoveSteps.undo). A switched move cannot be
+aborted; either request finishes its drops. The router that drives a move resumes it
+when restarted, whatever its step. Moves and repair passes exclude each other: a move
+cancels a running pass, and Repair is refused during a move.
 
 Fencing covers every node that is up. A node DOWN when an epoch is fenced (a dead node
 being removed, or one that failed meanwhile) is skipped; it serves nobody while down, and
 routers fence it at their epoch when it returns, before it counts again (identity.py).
 The one settle delay left is the close of a removed node's channel (live_topology.py):
 requests still using it finish first; nothing depends on it for safety.
-
-A failure leaves the transition in force (writes keep reaching both sides; nothing is lost)
-and the move FAILED: repeating the request resumes it, the opposite request aborts it. The
-router that drives a move resumes it when restarted. Moves and repair passes exclude each
-other: a move cancels a running pass, and Repair is refused during a move.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from shardkv.router.membership.move_plan import (
     MoveProgress,
     NodeExists,
     NodeUnknown,
+    changed_pieces,
     check_driver,
     describe_error,
     now_ms,
@@ -67,15 +72,16 @@ from shardkv.router.membership.node_checks import (
 )
 from shardkv.router.membership.range_streamer import Streamer
 from shardkv.router.membership.topology import (
+    DROP,
     JOINING,
     LEAVING,
     MEMBER,
+    STREAM,
     MoveRecord,
     NodeConfig,
     Topology,
 )
 from shardkv.router.pace import Pacer
-from shardkv.router.placement.current import pieces
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import admin_pb2
@@ -103,7 +109,7 @@ class Rebalancer:
         self._health = health
         self._probe_client = probe_client
         self._pause_repair = pause_repair
-        self._finish_steps = MoveSteps(membership, health, probe_client)
+        self._steps = MoveSteps(membership, health, probe_client)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.current: MoveProgress | None = None
@@ -128,9 +134,11 @@ class Rebalancer:
 
     async def add_node(self, node_id: str, address: str, weight: int) -> MoveProgress:
         async with self._lock:
-            topology = self._membership.topology
+            topology = await self._latest()
             moving = self._moving_node(topology)
             if moving is not None:
+                if self._dropping(topology, moving, node_id):
+                    return await self._resume(topology)
                 if moving.id == node_id and moving.state == LEAVING:
                     return await self._abort(topology, moving, ADD)
                 if moving.id == node_id and moving.address == address:
@@ -153,9 +161,11 @@ class Rebalancer:
 
     async def remove_node(self, node_id: str) -> MoveProgress:
         async with self._lock:
-            topology = self._membership.topology
+            topology = await self._latest()
             moving = self._moving_node(topology)
             if moving is not None:
+                if self._dropping(topology, moving, node_id):
+                    return await self._resume(topology)
                 if moving.id == node_id and moving.state == JOINING:
                     return await self._abort(topology, moving, REMOVE)
                 if moving.id == node_id:
@@ -176,6 +186,15 @@ class Rebalancer:
             nodes = tuple(leaving if n.id == node_id else n for n in topology.nodes)
             check_placement_with(topology, nodes, MoveConflict)
             return await self._begin(topology, REMOVE, leaving, nodes)
+
+    async def _latest(self) -> Topology:
+        """The stored topology, read now: a change is judged against what the store holds,
+        not what this router last followed (a move another router began a moment ago)."""
+        try:
+            await self._membership.reload()
+        except Exception as err:  # the change's compare-and-swap will tell
+            log.info("reading the topology store before a change failed: %r", err)
+        return self._membership.topology
 
     # -- starting, resuming, aborting ----------------------------------------------------
 
@@ -209,8 +228,16 @@ class Rebalancer:
         self._launch(progress)
         return progress
 
+    @staticmethod
+    def _dropping(topology: Topology, moving: NodeConfig, node_id: str) -> bool:
+        """Whether a change of node_id asks to finish a switched move of the same node (it
+        cannot be undone any more: its drops are what is left)."""
+        move = topology.move
+        return move is not None and move.phase == DROP and moving.id == node_id
+
     async def _abort(self, topology: Topology, node: NodeConfig, kind: int) -> MoveProgress:
-        """Undoes a stopped transition: the joining node leaves, or the leaving one stays."""
+        """Undoes a stopped transition: the joining node leaves, or the leaving one stays;
+        then the nodes that received pieces purge them (MoveSteps.undo)."""
         if self._task is not None and not self._task.done():
             raise self._conflict(topology)
         assert topology.move is not None
@@ -227,8 +254,14 @@ class Rebalancer:
         log.info("move %s aborted at epoch %d", topology.move.id, stable.epoch)
         progress = MoveProgress(
             f"abort-{topology.move.id}", kind, node.id, node.address, self._router_id,
-            topology.epoch, stable.epoch, state=admin_pb2.MOVE_DONE, finished_ms=now_ms(),
+            topology.epoch, stable.epoch, state=admin_pb2.MOVE_SWITCHED,
         )  # fmt: skip
+        try:
+            await self._steps.undo(topology, stable, progress)
+        except Exception as err:  # the abort stands; a repair pass drops what is left
+            log.warning("move %s aborted, its copies not purged: %s", topology.move.id, err)
+            progress.error = describe_error(err)
+        progress.state, progress.finished_ms = admin_pb2.MOVE_DONE, now_ms()
         self._finish(progress)
         self.current = None
         return progress
@@ -277,43 +310,18 @@ class Rebalancer:
             await self._pause_repair()
             topology = self._membership.topology
             check_driver(topology, progress.id, self._router_id)
-            await self._finish_steps.fence(topology, topology.nodes)
-            joining = next((n for n in topology.nodes if n.state == JOINING), None)
-            if joining is not None:
-                await claim_joining(self._client(joining.id), joining, topology)
-            layout = self._membership.layout
-            assert layout.new is not None, "a move runs only during a transition"
-            changed = [
-                p for p in pieces(layout.old, layout.new, topology.replication) if p.old != p.new
-            ]
-            transfers = plan_transfers(changed, self._health.is_down)
-            progress.state = admin_pb2.MOVE_COUNTING
-            transfers = await count_transfers(self._membership.clients, transfers, progress)
-            progress.state = admin_pb2.MOVE_STREAMING
-            streamer = Streamer(
-                self._membership.clients,
-                pacer=Pacer(topology.rebalance.max_records_per_s),
-                on_batch=progress.moved,
-                name=f"move {progress.id}",
-                epoch=topology.epoch,
-            )
-            async with asyncio.TaskGroup() as group:
-                for transfer in transfers:
-                    group.create_task(streamer.run(transfer))
+            await self._steps.fence(topology, topology.nodes)
+            assert topology.move is not None
+            if topology.move.phase == STREAM:
+                await self._stream_and_switch(topology, progress)
+            progress.state = admin_pb2.MOVE_SWITCHED
+            await self._steps.drop(progress, self._router_id)
             current = self._membership.topology
             check_driver(current, progress.id, self._router_id)
-            final = self._final(current, progress.node_id)
+            final = self._final(current)
             await self._membership.commit(final, expected=current)
-            progress.state, progress.epoch = admin_pb2.MOVE_SWITCHED, final.epoch
-            log.info(
-                "move %s: switched at epoch %d after streaming %d records (%d bytes)",
-                progress.id, final.epoch, progress.keys_moved, progress.bytes_moved,
-            )  # fmt: skip
-            await self._finish_steps.fence(final, current.nodes)
-            if progress.kind == REMOVE:
-                await self._finish_steps.rehome(final, progress)
-            await self._finish_steps.drop(changed, final, progress)
-            progress.state = admin_pb2.MOVE_DONE
+            progress.state, progress.epoch = admin_pb2.MOVE_DONE, final.epoch
+            log.info("move %s: done at epoch %d", progress.id, final.epoch)
         except asyncio.CancelledError:
             progress.error = "stopped with the router; it resumes when the router restarts"
             raise
@@ -327,15 +335,51 @@ class Rebalancer:
                 self._finish(progress)
                 self.current = None
 
+    async def _stream_and_switch(self, topology: Topology, progress: MoveProgress) -> None:
+        """Claims the joining directory, copies every changed piece, switches (the move's
+        drop phase, epoch + 1) and fences the switch on every node of the move."""
+        joining = next((n for n in topology.nodes if n.state == JOINING), None)
+        if joining is not None:
+            await claim_joining(self._client(joining.id), joining, topology)
+        transfers = plan_transfers(changed_pieces(topology), self._health.is_down)
+        progress.state = admin_pb2.MOVE_COUNTING
+        transfers = await count_transfers(self._membership.clients, transfers, progress)
+        progress.state = admin_pb2.MOVE_STREAMING
+        streamer = Streamer(
+            self._membership.clients,
+            pacer=Pacer(topology.rebalance.max_records_per_s),
+            on_batch=progress.moved,
+            name=f"move {progress.id}",
+            epoch=topology.epoch,
+        )
+        async with asyncio.TaskGroup() as group:
+            for transfer in transfers:
+                group.create_task(streamer.run(transfer))
+        current = self._membership.topology
+        check_driver(current, progress.id, self._router_id)
+        assert current.move is not None
+        switched = replace(current, epoch=current.epoch + 1, move=replace(current.move, phase=DROP))
+        await self._membership.commit(switched, expected=current)
+        progress.state, progress.epoch = admin_pb2.MOVE_SWITCHED, switched.epoch
+        log.info(
+            "move %s: switched at epoch %d after streaming %d records (%d bytes)",
+            progress.id, switched.epoch, progress.keys_moved, progress.bytes_moved,
+        )  # fmt: skip
+        await self._steps.fence(switched, switched.nodes)
+        if progress.kind == REMOVE:
+            await self._steps.rehome(switched, progress)
+
     def _finish(self, progress: MoveProgress) -> None:
         self.history = [*self.history, progress][-HISTORY:]
 
     @staticmethod
-    def _final(topology: Topology, node_id: str) -> Topology:
+    def _final(topology: Topology) -> Topology:
+        """The move done: the joined node a member, the left one gone. Nothing to fence:
+        the drop phase already placed keys by this ring."""
         nodes = tuple(
             replace(n, state=MEMBER) if n.state == JOINING else n
             for n in topology.nodes
-            if not (n.id == node_id and n.state == LEAVING)
+            if n.state != LEAVING
         )
         return replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import grpc
 from shardkv.router.membership.topology import Topology
-from shardkv.router.placement.current import Piece, merge_ranges
+from shardkv.router.placement.current import Piece, merge_ranges, pieces
+from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2
 
 ADD, REMOVE = admin_pb2.MOVE_ADD, admin_pb2.MOVE_REMOVE
@@ -108,6 +109,23 @@ def given_away(
         for node_id in piece.leaving:
             if keep(node_id):
                 ranges[node_id].append((piece.start, piece.end))
+    return {node_id: merge_ranges(found) for node_id, found in sorted(ranges.items())}
+
+
+def changed_pieces(topology: Topology) -> list[Piece]:
+    """The pieces whose preference list topology's move changes (its rings before and
+    after, which the topology keeps until the move is done, whatever its phase)."""
+    before = Ring(topology.weights(joined=False))
+    after = Ring(topology.weights(joined=True))
+    return [p for p in pieces(before, after, topology.replication) if p.old != p.new]
+
+
+def received(changed: Sequence[Piece]) -> dict[str, list[tuple[int, int]]]:
+    """Per node, the token ranges it was to receive (what an aborted move's targets purge)."""
+    ranges: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    for piece in changed:
+        for node_id in piece.joining:
+            ranges[node_id].append((piece.start, piece.end))
     return {node_id: merge_ranges(found) for node_id, found in sorted(ranges.items())}
 
 

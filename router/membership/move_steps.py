@@ -1,5 +1,12 @@
 """The I/O steps of a move around its stream: counting, fencing each epoch on the nodes,
-re-homing hints, and dropping what was given away."""
+re-homing hints, dropping what was given away, and purging what an aborted move sent.
+
+Drops are retried until done: the switched topology keeps the move, in its ``drop``
+phase, until every node that gave pieces away dropped them, so a router that restarts (or
+one that takes the move over) drops them again (a purge repeated is harmless). A node DOWN
+at that point is not waited for: what it still holds are copies of ranges it does not
+own, which the next repair pass drops (repair/anti_entropy.py), and no read counts them.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +21,25 @@ from shardkv.router.membership.move_plan import (
     MoveConflict,
     MoveProgress,
     Transfer,
+    changed_pieces,
+    check_driver,
     describe_error,
     given_away,
+    received,
 )
 from shardkv.router.membership.node_checks import BULK_TIMEOUT_S
 from shardkv.router.membership.range_streamer import rehome_hints
 from shardkv.router.membership.topology import NodeConfig, Topology
-from shardkv.router.placement.current import Piece
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 
 log = logging.getLogger(__name__)
+
+# Back-off between rounds of drops (doubling up to the maximum), and how many rounds an
+# aborted move's purge gets.
+DROP_RETRY_S = 0.5
+DROP_RETRY_MAX_S = 10.0
+UNDO_ROUNDS = 5
 
 
 async def count_transfers(
@@ -96,22 +111,80 @@ class MoveSteps:
                 describe_error(err),
             )
 
-    async def drop(self, changed: list[Piece], final: Topology, progress: MoveProgress) -> None:
-        """Nodes that gave pieces away and stay in the cluster drop those records."""
-        members = {n.id for n in final.nodes}
-        for node_id, ranges in given_away(changed, members.__contains__).items():
+    async def drop(self, progress: MoveProgress, router_id: str) -> None:
+        """Every node that gave pieces away and stays drops them, routed under the epoch in
+        force (a node fenced lower is fenced first: NodeCalls.purge_token_ranges); retried
+        until each did, or is DOWN (module docstring). Raises MoveConflict once the move is
+        no longer this router's to finish."""
+        dropped: set[str] = set()
+        delay = DROP_RETRY_S
+        while True:
+            topology = self._membership.topology
+            check_driver(topology, progress.id, router_id)
+            keep = set(topology.weights(joined=True))
+            todo = given_away(changed_pieces(topology), keep.__contains__)
+            failed = await self._purge(
+                {n: r for n, r in todo.items() if n not in dropped}, topology, progress, dropped
+            )
+            if not failed:
+                return
+            log.warning(
+                "move %s: drops not done on %s; again in %.1f s",
+                progress.id, "; ".join(failed), delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DROP_RETRY_MAX_S)
+
+    async def undo(self, transition: Topology, stable: Topology, progress: MoveProgress) -> None:
+        """After an abort: stable's epoch is fenced on every node of the transition, then
+        each node that received pieces purges them (a few rounds; DOWN nodes skipped: a
+        node leaving is checked empty when added again, a member's leftovers go with the
+        next repair pass)."""
+        await self.fence(stable, transition.nodes)
+        todo = received(changed_pieces(transition))
+        purged: set[str] = set()
+        extra = {
+            n.id: self._probe_client(n)
+            for n in transition.nodes
+            if n.id in todo and n.id not in self._membership.clients
+        }
+        try:
+            for _ in range(UNDO_ROUNDS):
+                left = {n: r for n, r in todo.items() if n not in purged}
+                failed = await self._purge(left, stable, progress, purged, extra)
+                if not failed:
+                    return
+                await asyncio.sleep(DROP_RETRY_S)
+            log.warning("move %s: aborted, but not purged on %s", progress.id, "; ".join(failed))
+        finally:
+            await asyncio.gather(*(c.close() for c in extra.values()))
+
+    async def _purge(
+        self,
+        todo: Mapping[str, list[tuple[int, int]]],
+        topology: Topology,
+        progress: MoveProgress,
+        done: set[str],
+        extra: Mapping[str, NodeClient] | None = None,
+    ) -> list[str]:
+        """Purges each node's ranges under topology's epoch, adding those that did (or are
+        DOWN) to done; returns what failed on the others."""
+        clients = {**self._membership.clients, **(extra or {})}
+        failed = []
+        for node_id, ranges in todo.items():
+            if self._health.is_down(node_id):
+                log.warning("move %s: %s is DOWN: its copies wait for repair", progress.id, node_id)
+                done.add(node_id)
+                continue
             try:
-                progress.keys_dropped += await _client(
-                    self._membership.clients, node_id
-                ).purge_token_ranges(
-                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=final.epoch
+                progress.keys_dropped += await _client(clients, node_id).purge_token_ranges(
+                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=topology.epoch
                 )
-            except grpc.aio.AioRpcError as err:
-                log.warning(
-                    "move %s: %s could not drop the ranges it gave away (%s %s); they are"
-                    " harmless copies until dropped",
-                    progress.id, node_id, err.code().name, err.details(),
-                )  # fmt: skip
+            except (grpc.aio.AioRpcError, MoveConflict) as err:
+                failed.append(f"{node_id} ({describe_error(err)})")
+            else:
+                done.add(node_id)
+        return failed
 
 
 def _client(clients: Mapping[str, NodeClient], node_id: str) -> NodeClient:

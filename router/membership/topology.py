@@ -7,7 +7,8 @@ optional ``[repair]`` (interval_s, max_records_per_s, tombstone_grace_s, segment
 ``[rebalance]`` (settle_ms, max_records_per_s) and ``[clock]`` (max_offset_ms) tables;
 one ``[[nodes]]`` table per node with ``id``, ``address`` (host:port), an optional
 ``weight`` (default 1) and, only while a move runs, ``state = "joining"`` or ``"leaving"``
-together with a ``[move]`` table (id, driver, started_ms) that names the move. An optional
+together with a ``[move]`` table (id, driver, started_ms, and after the switch
+``phase = "drop"``) that names the move. An optional
 top-level ``cluster_id`` names the cluster, and a node's optional ``generation`` (default
 0) is the generation its data directory must have to count toward R and W
 (router/membership/identity.py). Unknown keys are errors: a misspelt option must never be
@@ -94,6 +95,9 @@ class MoveRecord:
     driver: str
     # Milliseconds since the Unix epoch when it began.
     started_ms: int
+    # STREAM until the switch (both rings in use), then DROP: the new ring alone is in
+    # force while the nodes that gave ranges away drop them (move_driver.py).
+    phase: str = "stream"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class NodeConfig:
 
 
 MEMBER, JOINING, LEAVING = "member", "joining", "leaving"
+STREAM, DROP = "stream", "drop"
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ _TOP_KEYS = {
     "cluster_id",
 }
 _NODE_KEYS = {"id", "address", "weight", "state", "generation"}
-_MOVE_KEYS = {"id", "driver", "started_ms"}
+_MOVE_KEYS = {"id", "driver", "started_ms", "phase"}
 
 
 def load_topology(path: Path) -> Topology:
@@ -299,10 +304,14 @@ def _move(table: object, nodes: tuple[NodeConfig, ...]) -> MoveRecord | None:
     if not moving:
         raise TopologyError("[move] is present but no node is joining or leaving")
     _no_unknown(table, _MOVE_KEYS, "[move]")
+    phase = _str(table, "phase", "[move]") if "phase" in table else STREAM
+    if phase not in (STREAM, DROP):
+        raise TopologyError(f"[move]: phase {phase!r} is not one of {STREAM!r}, {DROP!r}")
     return MoveRecord(
         _str(table, "id", "[move]"),
         _str(table, "driver", "[move]"),
         _int(table, "started_ms", "[move]", minimum=0),
+        phase,
     )
 
 

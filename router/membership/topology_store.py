@@ -120,6 +120,8 @@ def dump_topology(topology: Topology) -> str:
             f"driver = {_string(move.driver)}",
             f"started_ms = {move.started_ms}",
         ]
+        if move.phase != "stream":
+            lines.append(f"phase = {_string(move.phase)}")
     for node in topology.nodes:
         lines += [
             "",

@@ -61,14 +61,14 @@ def wait_move(cluster: Cluster, move_id: str, state: int, timeout_s: float = 30)
 def test_a_move_resumes_after_its_router_restarts(cluster: Cluster) -> None:
     n4 = cluster.node("n4").address
     started = admin(cluster).AddNode(admin_pb2.AddNodeRequest(id="n4", address=n4), timeout=10)
-    cluster.router.stop()  # during the settle delay, before anything was streamed
+    cluster.router.stop()  # before the move is done
     topology = load_topology(cluster.config)
     assert topology.epoch == 2 and topology.move is not None
     assert topology.node("n4").state == JOINING
     cluster.router.start()
     wait_move(cluster, started.id, admin_pb2.MOVE_DONE)
     topology = load_topology(cluster.config)
-    assert topology.epoch == 3 and topology.move is None
+    assert topology.epoch == 4 and topology.move is None  # transition, switch, done
     with Client(cluster.router.address) as client:
         assert client.get_many(list(KEYS)) == KEYS
 

@@ -176,10 +176,10 @@ def test_add_node_under_load(cluster: Cluster) -> None:
     time.sleep(0.5)
     acked = writer.finish()
     assert done.returncode == 0, done.stderr
-    assert "add-n4@1: MOVE_DONE epoch 3" in done.stdout
+    assert "add-n4@1: MOVE_DONE epoch 4" in done.stdout
     assert "MOVE_DONE [####" in done.stderr  # the progress shown while waiting
     listed = shardctl(cluster, "moves")
-    assert listed.returncode == 0 and "add-n4@1: MOVE_DONE epoch 3;" in listed.stdout
+    assert listed.returncode == 0 and "add-n4@1: MOVE_DONE epoch 4;" in listed.stdout
     move = last_move(cluster)
     verdict, landed = check_writes(cluster, writer)
     inside = under_load("add n4", writer, move_window(move, called, returned), verdict)
@@ -211,11 +211,11 @@ def test_restarted_router_serves_the_new_topology(cluster: Cluster) -> None:
     before = admin(cluster).GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
     cluster.router.restart()
     after = admin(cluster).GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
-    assert after.epoch == before.epoch == 3
+    assert after.epoch == before.epoch == 4
     assert [node.id for node in after.nodes] == ["n1", "n2", "n3", "n4"]
     # The second router picked the change up from cluster.toml (it watches the epoch).
     other = admin(cluster, 1).GetTopology(admin_pb2.GetTopologyRequest(), timeout=5)
-    assert (other.epoch, [n.id for n in other.nodes]) == (3, ["n1", "n2", "n3", "n4"])
+    assert (other.epoch, [n.id for n in other.nodes]) == (4, ["n1", "n2", "n3", "n4"])
     with Client(cluster.router.address) as client:
         assert client.get(b"pre/00042") == b"v42"
 
@@ -232,7 +232,7 @@ def test_remove_node_under_load(cluster: Cluster) -> None:
     time.sleep(0.5)
     acked = writer.finish()
     assert done.returncode == 0, done.stderr
-    assert "remove-n2@3: MOVE_DONE epoch 5" in done.stdout
+    assert "remove-n2@4: MOVE_DONE epoch 7" in done.stdout
     move = last_move(cluster)
     verdict, landed = check_writes(cluster, writer)
     inside = under_load("remove n2", writer, move_window(move, called, returned), verdict)
@@ -258,11 +258,11 @@ def test_concurrent_and_duplicate_changes_are_refused(cluster: Cluster) -> None:
     stub = admin(cluster)
     n5 = cluster.node("n5").address
     started = stub.AddNode(admin_pb2.AddNodeRequest(id="n5", address=n5), timeout=10)
-    assert started.id == "add-n5@5" and started.state != admin_pb2.MOVE_DONE
+    assert started.id == "add-n5@7" and started.state != admin_pb2.MOVE_DONE
     with pytest.raises(grpc.RpcError) as refused:
         stub.RemoveNode(admin_pb2.RemoveNodeRequest(id="n3"), timeout=5)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "add-n5@5" in (refused.value.details() or "")
+    assert "add-n5@7" in (refused.value.details() or "")
     with pytest.raises(grpc.RpcError) as again:
         stub.AddNode(admin_pb2.AddNodeRequest(id="n5", address=n5), timeout=5)
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
