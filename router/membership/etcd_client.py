@@ -234,11 +234,14 @@ class EtcdClient:
             raise StoreUnavailable(f"{self.name} refused a lease of {ttl_s} s: {reply.error}")
         return Lease(self, int(reply.ID), int(reply.TTL), expires=sent + reply.TTL)
 
-    async def renew(self, lease: int) -> int:
-        """Renews lease once; returns the TTL etcd gave it, 0 when it no longer exists."""
+    async def renew(self, lease: int, *, within_s: float | None = None) -> int:
+        """Renews lease once; returns the TTL etcd gave it, 0 when it no longer exists.
+        within_s is shared among the members, so one that does not answer leaves the
+        others time to."""
+        timeout_s = min(self._timeout_s, (within_s or self._timeout_s) / len(self.endpoints))
 
         async def once(channel: grpc.aio.Channel, metadata: Metadata) -> int:
-            call = rpc.LeaseStub(channel).LeaseKeepAlive(timeout=self._timeout_s, metadata=metadata)
+            call = rpc.LeaseStub(channel).LeaseKeepAlive(timeout=timeout_s, metadata=metadata)
             try:
                 await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
                 reply = await call.read()
@@ -354,7 +357,8 @@ class Lease:
                 break
             sent = time.monotonic()
             try:
-                ttl = await asyncio.wait_for(self._client.renew(self.id), timeout=left)
+                renewal = self._client.renew(self.id, within_s=left)
+                ttl = await asyncio.wait_for(renewal, timeout=left)
             except (StoreUnavailable, TimeoutError) as err:
                 failure = str(err) or "the renewal timed out"
                 log.warning("lease %x: renewal failed (%.1f s left): %s", self.id, left, failure)

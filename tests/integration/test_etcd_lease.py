@@ -7,6 +7,7 @@ lease is gone (revoked behind its back) or when no renewal is answered within th
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -129,3 +130,40 @@ def test_keeper_reports_loss_within_the_ttl_when_etcd_does_not_answer(etcd: Proc
             await client.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.timeout(90)
+def test_keeper_fails_over_when_its_member_stops_answering(tmp_path: Path) -> None:
+    """Three members; the client's first endpoint (a follower) is paused for twice the TTL:
+    renewals move to another member in time, and the lease is never lost."""
+    members = etcd_members(tmp_path, 3)
+    try:
+        start_etcd(members)
+        leader = etcdctl(members, "endpoint", "status", "--write-out=fields")
+        leader_id = re.findall(r'"Leader" : (\d+)', leader)[0]
+        ids = dict(zip(re.findall(r'"MemberID" : (\d+)', leader), members, strict=True))
+        follower = next(m for member_id, m in ids.items() if member_id != leader_id)
+        order = [follower, *(m for m in members if m is not follower)]
+
+        async def run() -> None:
+            client = EtcdClient([m.address for m in order])
+            try:
+                lease = await client.grant(3)
+                reasons: list[str] = []
+                lease.keep_alive(reasons.append)
+                await asyncio.sleep(1.5)
+                follower.signal(signal.SIGSTOP)
+                try:
+                    await asyncio.sleep(2 * lease.ttl_s)
+                    assert lease.alive() and not reasons, reasons
+                finally:
+                    follower.signal(signal.SIGCONT)
+                await lease.revoke()
+            finally:
+                await client.close()
+
+        asyncio.run(run())
+    finally:
+        for member in members:
+            member.signal(signal.SIGCONT)
+            member.stop()
