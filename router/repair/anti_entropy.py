@@ -197,7 +197,7 @@ class AntiEntropy:
         status.segments_total = len(segments)
 
         status.phase = "digest"
-        digests = await self._digests(plan, settings.max_records_per_s)
+        digests, foreign = await self._digests(plan, settings.max_records_per_s)
         differing: list[int] = []
         covered: set[int] = set()
         for index, segment in enumerate(segments):
@@ -223,23 +223,24 @@ class AntiEntropy:
 
         status.phase = "purge"
         cutoff_ms = min(now_ms() - settings.tombstone_grace_s * 1000, status.started_ms)
-        if await self._sweep(plan):
+        if await self._sweep(plan, foreign):
             await self._purge(plan, covered, cutoff_ms << LOGICAL_BITS, status)
 
     async def _digests(
         self, plan: _Plan, pace: int
-    ) -> dict[str, dict[int, replica_pb2.TokenDigest]]:
-        """Per node that answered, its digest of each segment it replicates."""
+    ) -> tuple[dict[str, dict[int, replica_pb2.TokenDigest]], dict[str, int]]:
+        """Per node that answered, its digest of each segment it replicates, and how many
+        records it holds of the segments it does not replicate (what the sweep drops). A
+        node walks its whole store whatever ranges it is asked for, so asking for every
+        segment of the pass costs the same walk."""
         clients = self._membership.clients
+        ranges = [(segment.start, segment.end) for segment in plan.segments]
 
-        async def one(
-            node_id: str, indices: list[int]
-        ) -> tuple[str, dict[int, replica_pb2.TokenDigest]] | None:
+        async def one(node_id: str) -> tuple[str, dict[int, replica_pb2.TokenDigest], int] | None:
             if self._health.is_down(node_id) or node_id not in clients:
                 return None
             if node_id in self._membership.placement.uncounted:
                 return None  # its directory is being checked or rebuilt: never a source
-            ranges = [(plan.segments[i].start, plan.segments[i].end) for i in indices]
             try:
                 answers = await clients[node_id].token_digests(
                     ranges, count_only=False, pace=pace, timeout_s=BULK_TIMEOUT_S
@@ -247,22 +248,28 @@ class AntiEntropy:
             except grpc.aio.AioRpcError as err:
                 log.warning("repair: %s could not digest: %s", node_id, err.code().name)
                 return None
-            return node_id, dict(zip(indices, answers, strict=True))
+            owned = {i: answers[i] for i in plan.by_node.get(node_id, [])}
+            foreign = sum(a.count for i, a in enumerate(answers) if i not in owned)
+            return node_id, owned, foreign
 
-        found = await asyncio.gather(*(one(n, idx) for n, idx in plan.by_node.items()))
-        return {node_id: answers for node_id, answers in (f for f in found if f is not None)}
+        found = [f for f in await asyncio.gather(*(one(n) for n in list(clients))) if f]
+        return {n: owned for n, owned, _ in found}, {n: foreign for n, _, foreign in found}
 
-    async def _sweep(self, plan: _Plan) -> bool:
-        """Every node drops what it holds of the pass's segments it does not own: copies a
-        move left on a node that gave the range away (its drop failed or has not run yet).
-        Nothing else stores records on a non-owner, and such a copy, unseen by the digests,
-        could outlive the owners' purged tombstone and come back when the node owns the
-        range again. Returns whether every node did (else no tombstone may be purged)."""
+    async def _sweep(self, plan: _Plan, foreign: dict[str, int]) -> bool:
+        """Every node drops what it holds of the pass's segments it does not own (foreign:
+        how many such records each node that digested holds; a node that did not is asked
+        all the same): copies a move left on a node that gave the range away (its drop
+        failed or has not run yet). Nothing else stores records on a non-owner, and such a
+        copy, unseen by the owners' digests, could outlive their purged tombstone and come
+        back when its node owns the range again. Returns whether every node did (else no
+        tombstone may be purged)."""
         clients = self._membership.clients
         swept = True
         for node_id, client in list(clients.items()):
             if self._membership.layout.epoch != plan.epoch:
                 return False  # a move began: what a node owns is no longer the plan's
+            if foreign.get(node_id) == 0:
+                continue
             ranges = merge_ranges(
                 (segment.start, segment.end)
                 for segment in plan.segments
