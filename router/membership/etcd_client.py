@@ -1,20 +1,17 @@
-"""The etcd calls shardkv makes (read a key, compare-and-swap it, watch it; leases and keys
-held by them), over aetcd's generated etcd v3 stubs on grpc.aio channels, failing over
-between endpoints.
+"""The etcd calls shardkv makes (read, compare-and-swap, watch; leases and keys held by
+them) over aetcd's etcd v3 stubs on grpc.aio channels, failing over between endpoints.
 
-aetcd's high-level ``Client`` is not used: it talks to one endpoint, and its watcher only
-reports a stream that fails with an error (one that simply ends leaves the watch waiting
-for ever). Here every call has a deadline, a call an endpoint cannot answer moves to the
-next endpoint, and a watch ends with an exception whatever ends its stream, so the caller
-always learns that it must watch again. A watch asks for a member with a leader
-(etcd's ``hasleader`` metadata, as clientv3's ``WithRequireLeader``): a member cut off
-from its cluster cancels it instead of leaving it silent.
+Not aetcd's ``Client``: it talks to one endpoint, and its watcher misses a stream that
+simply ends. Here every call has a deadline, a call an endpoint cannot answer moves to the
+next one, and a watch ends with an exception whatever ends its stream, so the caller knows
+to watch again. A watch asks for a member with a leader (``hasleader``, as clientv3's
+``WithRequireLeader``): a member cut off from its cluster cancels it, not silence.
 
-A ``Lease`` is held, not trusted: it counts as alive only until the time of the last
-renewal etcd answered (taken when the renewal was sent) plus the TTL etcd gave, so the
-holder stops believing in it no later than etcd can expire it. Its keeper renews at a
-third of the TTL and reports the loss once, with the reason; whoever acts on a lease
-checks ``alive()`` before each step (and fences the step itself where it can).
+A ``Lease`` is held, not trusted: it counts as alive only until the last renewal etcd
+answered (timed when it was sent) plus the TTL etcd gave, so the holder stops believing
+in it no later than etcd can expire it. Its keeper renews at a third of the TTL and
+reports the loss once, with the reason; whoever acts on a lease checks ``alive()`` before
+each step (and fences the step itself where it can).
 """
 
 from __future__ import annotations
@@ -101,7 +98,6 @@ class EtcdClient:
         self.name = f"etcd at {','.join(self.endpoints)}"
         self._timeout_s = call_timeout_s
         self._security = security
-        self._credentials = security.credentials()
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._tokens: dict[int, str] = {}  # per member: simple tokens are a member's own
         self._current = 0
@@ -109,12 +105,7 @@ class EtcdClient:
     def _channel(self) -> grpc.aio.Channel:
         index = self._current
         if index not in self._channels:
-            target, credentials = self.endpoints[index], self._credentials
-            self._channels[index] = (
-                grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-                if credentials is not None
-                else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-            )
+            self._channels[index] = self._security.channel(self.endpoints[index], CHANNEL_OPTIONS)
         return self._channels[index]
 
     async def _metadata(self) -> Metadata:
@@ -290,6 +281,8 @@ class EtcdClient:
                 if response.compact_revision:
                     raise Compacted(response.compact_revision)
                 if response.canceled:
+                    if "Unauthenticated" in response.cancel_reason:
+                        self._tokens.pop(index, None)  # an expired token: get a new one
                     raise StoreUnavailable(
                         f"{self.name}: {endpoint} cancelled the watch ({response.cancel_reason})"
                     )

@@ -10,8 +10,10 @@ logged or shown in a repr.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -37,18 +39,19 @@ class EtcdSecurity:
     user: str | None = None
     password: str = field(default="", repr=False)
 
-    def credentials(self) -> grpc.ChannelCredentials | None:
-        """The channel credentials for TLS, None for plaintext."""
+    def channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
+        """A channel to the member at target: TLS when a CA is set, else plaintext."""
         if self.ca is None:
-            return None
+            return grpc.aio.insecure_channel(target, options=options)
         try:
-            return grpc.ssl_channel_credentials(
+            credentials = grpc.ssl_channel_credentials(
                 root_certificates=self.ca.read_bytes(),
                 private_key=self.key.read_bytes() if self.key else None,
                 certificate_chain=self.cert.read_bytes() if self.cert else None,
             )
-        except OSError as err:  # checked by __main__ already: the files went away since
+        except OSError as err:
             raise EtcdAccessError(f"cannot read the etcd TLS files: {err}") from err
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def token(self, channel: grpc.aio.Channel, endpoint: str, timeout_s: float) -> str:
         """A token for self.user from the member behind channel; raises EtcdAccessError

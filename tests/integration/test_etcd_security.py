@@ -7,6 +7,7 @@ naming the user; a token the member let expire is replaced by a new one."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from etcd_harness import ETCD, ETCDCTL, etcd_members, etcdctl, start_etcd
 from faults.certs import CertificateAuthority, Issued
 from harness import Proc, failed, free_port, router_proc, shardd_proc, wait_serving
 from harness import write_cluster_toml as write_toml
+from shardkv.client import Client
 from shardkv.common.hlc import writer_number
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -143,12 +145,33 @@ def test_user_and_password(tmp_path: Path, procs: list[Proc]) -> None:
     good = router("r1", "right").start()
     put(good, b"auth/1")
     root = f"--user=root:{PASSWORD}"
-    assert "epoch = " in etcdctl(etcd, root, "get", f"{PREFIX}/topology", "--print-value-only")
+    key = f"{PREFIX}/topology"
+    text = etcdctl(etcd, root, "get", key, "--print-value-only")
+    epoch = int(re.findall(r"^epoch = (\d+)$", text, re.MULTILINE)[0])
 
-    # Tokens expire after a second unused. Past the lease's TTL the router still holds its
-    # id and writes; its clean stop revokes the lease (which etcd checks against the
-    # token, unlike keep-alives) with a new token, freeing the id at once.
-    time.sleep(7)
+    # Tokens expire after a second unused. The restarted member ends the router's watch,
+    # and the watch made again (its token long expired) is cancelled as unauthenticated:
+    # only a new token lets the router follow a change made after.
+    etcd[0].stop()
+    etcd[0].start(wait=False)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            etcdctl(etcd, root, "endpoint", "health")
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    time.sleep(2)
+    etcdctl(etcd, root, "put", key, text.replace(f"epoch = {epoch}\n", f"epoch = {epoch + 1}\n"))
+    deadline = time.monotonic() + 15
+    with Client(good.address) as kv:
+        while kv.topology().epoch != epoch + 1:
+            assert time.monotonic() < deadline, "the router stopped following etcd"
+            time.sleep(0.2)
+
+    # Its clean stop revokes the lease (etcd checks that against the token, unlike a
+    # keep-alive) with a new token, freeing the id at once.
     put(good, b"auth/2")
     holder = f"{PREFIX}/writers/{writer_number('r1'):08x}"
     assert f"pid {good.pid}" in etcdctl(etcd, root, "get", holder)
