@@ -27,6 +27,7 @@ from shardkv.router.membership.fencing import RouterEpoch
 from shardkv.router.membership.identity import IdentityGuard
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_driver import Rebalancer
+from shardkv.router.membership.move_lease import move_lease
 from shardkv.router.membership.store_file import FileTopologyStore
 from shardkv.router.membership.topology import NodeConfig, Topology
 from shardkv.router.membership.topology_store import TopologyStore
@@ -207,6 +208,7 @@ class RouterServer:
             health=self.health,
             probe_client=new_client,
             pause_repair=antientropy.pause,
+            lease=move_lease(store, config.router_id),
         )
 
         coordinator = Coordinator(

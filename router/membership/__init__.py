@@ -13,6 +13,12 @@
   checked against the topology (new, behind, foreign), generations claimed and recorded.
 - ``move_plan``      what a node add or remove must copy, from where to where, and progress.
 - ``node_checks``    what a node must be to join: valid, reachable, empty.
-- ``move_driver``    drives one move through its persisted steps (stream, switch, drop).
+- ``move_driver``    drives one move through its persisted steps (fence, stream, switch,
+  drop, done), resumed at its step by a restarted or a taking-over driver.
+- ``move_steps``     a move's counting, fencing, re-homing, drops and an abort's purges.
+- ``move_lease``     one driver per move on etcd (a key on a lease); dead drivers taken over.
 - ``range_streamer`` copies token ranges from one node to another, batch by batch.
+- ``fencing``        the epoch a router routes under, catching up on a node's refusal,
+  routing a request again, and installing an epoch on nodes (Replica.Fence).
+- ``epoch_queues``   coalescing per routing epoch (a call carries items of one epoch).
 """

@@ -50,6 +50,7 @@ from dataclasses import replace
 
 from shardkv.router.membership.identity import claim_joining
 from shardkv.router.membership.live_topology import ClientFactory, Membership
+from shardkv.router.membership.move_lease import MoveLease, take_over_orphans
 from shardkv.router.membership.move_plan import (
     ADD,
     REMOVE,
@@ -58,11 +59,16 @@ from shardkv.router.membership.move_plan import (
     MoveProgress,
     NodeExists,
     NodeUnknown,
+    aborted_topology,
     changed_pieces,
     check_driver,
     describe_error,
+    dropping,
+    final_topology,
+    moving_node,
     now_ms,
     plan_transfers,
+    progress_of,
 )
 from shardkv.router.membership.move_steps import MoveSteps, count_transfers
 from shardkv.router.membership.node_checks import (
@@ -75,7 +81,6 @@ from shardkv.router.membership.topology import (
     DROP,
     JOINING,
     LEAVING,
-    MEMBER,
     STREAM,
     MoveRecord,
     NodeConfig,
@@ -103,8 +108,12 @@ class Rebalancer:
         health: NodeHealth,
         probe_client: ClientFactory,
         pause_repair: Callable[[], Awaitable[None]],
+        lease: MoveLease | None = None,
     ) -> None:
+        """lease: the right to drive a move, on the etcd back end (move_lease.py)."""
         self._router_id = router_id
+        self._lease = lease
+        self._orphans: asyncio.Task[None] | None = None
         self._membership = membership
         self._health = health
         self._probe_client = probe_client
@@ -121,23 +130,59 @@ class Rebalancer:
         return self._membership.topology.move is not None
 
     def start(self) -> None:
-        """Resumes a move this router was driving when it stopped."""
+        """Resumes a move this router was driving when it stopped; with a lease, takes
+        over moves whose driver died (move_lease.py)."""
         topology = self._membership.topology
         if topology.move is not None and topology.move.driver == self._router_id:
             log.info("resuming move %s after a restart", topology.move.id)
-            self._launch(self._progress_of(topology))
+            self._launch(progress_of(topology, self._router_id))
+        if self._lease is not None:
+            self._orphans = asyncio.create_task(
+                take_over_orphans(
+                    self._lease, lambda: self._membership.topology, self._router_id, self._adopt
+                ),
+                name="move-takeovers",
+            )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._orphans):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._lease is not None:
+            await self._lease.release()
+
+    async def _adopt(self) -> None:
+        """Takes over the move in progress (its driver holds no lease any more)."""
+        async with self._lock:
+            topology = await self._latest()
+            if topology.move is not None and topology.move.driver != self._router_id:
+                await self._resume(topology)
+
+    async def _claim(self, move_id: str) -> None:
+        """Holds the move lease (etcd back end), or raises MoveConflict naming its holder."""
+        if self._lease is None:
+            return
+        holder = await self._lease.acquire(move_id)
+        if holder is not None:
+            raise MoveConflict(
+                f"move {move_id} is driven by {holder}, which holds {self._lease.key.decode()};"
+                " another router takes it over only once that lease expires"
+            )
+
+    def _check(self, topology: Topology, progress: MoveProgress) -> None:
+        """Before each step: the move is still this router's, and so is its lease."""
+        check_driver(topology, progress.id, self._router_id)
+        lapsed = self._lease.lapsed() if self._lease is not None else ""
+        if lapsed:
+            raise MoveConflict(f"move {progress.id} stopped: {lapsed}")
 
     async def add_node(self, node_id: str, address: str, weight: int) -> MoveProgress:
         async with self._lock:
             topology = await self._latest()
-            moving = self._moving_node(topology)
+            moving = moving_node(topology)
             if moving is not None:
-                if self._dropping(topology, moving, node_id):
+                if dropping(topology, moving, node_id):
                     return await self._resume(topology)
                 if moving.id == node_id and moving.state == LEAVING:
                     return await self._abort(topology, moving, ADD)
@@ -162,9 +207,9 @@ class Rebalancer:
     async def remove_node(self, node_id: str) -> MoveProgress:
         async with self._lock:
             topology = await self._latest()
-            moving = self._moving_node(topology)
+            moving = moving_node(topology)
             if moving is not None:
-                if self._dropping(topology, moving, node_id):
+                if dropping(topology, moving, node_id):
                     return await self._resume(topology)
                 if moving.id == node_id and moving.state == JOINING:
                     return await self._abort(topology, moving, REMOVE)
@@ -203,10 +248,11 @@ class Rebalancer:
     ) -> MoveProgress:
         verb = "add" if kind == ADD else "remove"
         record = MoveRecord(f"{verb}-{node.id}@{topology.epoch}", self._router_id, now_ms())
+        await self._claim(record.id)
         transition = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=record)
         await self._membership.commit(transition, expected=topology)
         log.info("move %s: transition at epoch %d", record.id, transition.epoch)
-        progress = self._progress_of(transition)
+        progress = progress_of(transition, self._router_id)
         self._launch(progress)
         return progress
 
@@ -217,23 +263,17 @@ class Rebalancer:
             raise self._conflict(topology)
         move = topology.move
         assert move is not None
+        await self._claim(move.id)
         if move.driver != self._router_id:
             taken = replace(
                 topology, epoch=topology.epoch + 1, move=replace(move, driver=self._router_id)
             )
             await self._membership.commit(taken, expected=topology)
             topology = taken
-        progress = self._progress_of(topology)
+        progress = progress_of(topology, self._router_id)
         log.info("move %s: resumed", progress.id)
         self._launch(progress)
         return progress
-
-    @staticmethod
-    def _dropping(topology: Topology, moving: NodeConfig, node_id: str) -> bool:
-        """Whether a change of node_id asks to finish a switched move of the same node (it
-        cannot be undone any more: its drops are what is left)."""
-        move = topology.move
-        return move is not None and move.phase == DROP and moving.id == node_id
 
     async def _abort(self, topology: Topology, node: NodeConfig, kind: int) -> MoveProgress:
         """Undoes a stopped transition: the joining node leaves, or the leaving one stays;
@@ -241,13 +281,8 @@ class Rebalancer:
         if self._task is not None and not self._task.done():
             raise self._conflict(topology)
         assert topology.move is not None
-        if node.state == JOINING:
-            nodes = tuple(n for n in topology.nodes if n.id != node.id)
-        else:
-            nodes = tuple(
-                replace(n, state=MEMBER) if n.id == node.id else n for n in topology.nodes
-            )
-        stable = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
+        await self._claim(topology.move.id)
+        stable = aborted_topology(topology, node)
         await self._membership.commit(stable, expected=topology)
         if self.current is not None:
             self._finish(self.current)
@@ -266,32 +301,14 @@ class Rebalancer:
         self.current = None
         return progress
 
-    def _progress_of(self, topology: Topology) -> MoveProgress:
-        node = self._moving_node(topology)
-        assert node is not None and topology.move is not None
-        return MoveProgress(
-            topology.move.id,
-            ADD if node.state == JOINING else REMOVE,
-            node.id,
-            node.address,
-            self._router_id,
-            from_epoch=_from_epoch(topology.move.id, topology.epoch - 1),
-            epoch=topology.epoch,
-            started_ms=topology.move.started_ms,
-        )
-
     def _launch(self, progress: MoveProgress) -> None:
         self.current = progress
         self._task = asyncio.create_task(self._run(progress), name=f"move-{progress.id}")
 
-    @staticmethod
-    def _moving_node(topology: Topology) -> NodeConfig | None:
-        return next((n for n in topology.nodes if n.state != MEMBER), None)
-
     def _conflict(self, topology: Topology) -> MoveConflict:
         move = topology.move
         assert move is not None
-        node = self._moving_node(topology)
+        node = moving_node(topology)
         running = self.current is not None and self.current.id == move.id
         status = (
             admin_pb2.MoveState.Name(self.current.state)
@@ -308,17 +325,18 @@ class Rebalancer:
     async def _run(self, progress: MoveProgress) -> None:
         try:
             await self._pause_repair()
+            await self._claim(progress.id)
             topology = self._membership.topology
-            check_driver(topology, progress.id, self._router_id)
+            self._check(topology, progress)
             await self._steps.fence(topology, topology.nodes)
             assert topology.move is not None
             if topology.move.phase == STREAM:
                 await self._stream_and_switch(topology, progress)
             progress.state = admin_pb2.MOVE_SWITCHED
-            await self._steps.drop(progress, self._router_id)
+            await self._steps.drop(progress, lambda now: self._check(now, progress))
             current = self._membership.topology
-            check_driver(current, progress.id, self._router_id)
-            final = self._final(current)
+            self._check(current, progress)
+            final = final_topology(current)
             await self._membership.commit(final, expected=current)
             progress.state, progress.epoch = admin_pb2.MOVE_DONE, final.epoch
             log.info("move %s: done at epoch %d", progress.id, final.epoch)
@@ -334,6 +352,8 @@ class Rebalancer:
             if progress.state == admin_pb2.MOVE_DONE:
                 self._finish(progress)
                 self.current = None
+                if self._lease is not None:
+                    await self._lease.release()
 
     async def _stream_and_switch(self, topology: Topology, progress: MoveProgress) -> None:
         """Claims the joining directory, copies every changed piece, switches (the move's
@@ -356,7 +376,7 @@ class Rebalancer:
             for transfer in transfers:
                 group.create_task(streamer.run(transfer))
         current = self._membership.topology
-        check_driver(current, progress.id, self._router_id)
+        self._check(current, progress)
         assert current.move is not None
         switched = replace(current, epoch=current.epoch + 1, move=replace(current.move, phase=DROP))
         await self._membership.commit(switched, expected=current)
@@ -372,25 +392,8 @@ class Rebalancer:
     def _finish(self, progress: MoveProgress) -> None:
         self.history = [*self.history, progress][-HISTORY:]
 
-    @staticmethod
-    def _final(topology: Topology) -> Topology:
-        """The move done: the joined node a member, the left one gone. Nothing to fence:
-        the drop phase already placed keys by this ring."""
-        nodes = tuple(
-            replace(n, state=MEMBER) if n.state == JOINING else n
-            for n in topology.nodes
-            if n.state != LEAVING
-        )
-        return replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
-
     def _client(self, node_id: str) -> NodeClient:
         try:
             return self._membership.clients[node_id]
         except KeyError:
             raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
-
-
-def _from_epoch(move_id: str, default: int) -> int:
-    """The epoch a move started from, as its id ("<kind>-<node>@<epoch>") says."""
-    tail = move_id.rpartition("@")[2]
-    return int(tail) if tail.isdigit() else default

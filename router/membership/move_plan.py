@@ -16,10 +16,17 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
-from shardkv.router.membership.topology import Topology
+from shardkv.router.membership.topology import (
+    DROP,
+    JOINING,
+    LEAVING,
+    MEMBER,
+    NodeConfig,
+    Topology,
+)
 from shardkv.router.placement.current import Piece, merge_ranges, pieces
 from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2
@@ -201,3 +208,52 @@ def describe_error(err: Exception) -> str:
     if isinstance(err, grpc.aio.AioRpcError):
         return f"{err.code().name}: {err.details()}"
     return str(err) or type(err).__name__
+
+
+def moving_node(topology: Topology) -> NodeConfig | None:
+    """The node joining or leaving (None outside a move)."""
+    return next((n for n in topology.nodes if n.state != MEMBER), None)
+
+
+def dropping(topology: Topology, moving: NodeConfig, node_id: str) -> bool:
+    """Whether a change of node_id asks to finish a switched move of the same node (it
+    cannot be undone any more: its drops are what is left)."""
+    move = topology.move
+    return move is not None and move.phase == DROP and moving.id == node_id
+
+
+def final_topology(topology: Topology) -> Topology:
+    """The move done (epoch + 1): the joined node a member, the left one gone. Nothing to
+    fence: the drop phase already placed keys by this ring."""
+    nodes = tuple(
+        replace(n, state=MEMBER) if n.state == JOINING else n
+        for n in topology.nodes
+        if n.state != LEAVING
+    )
+    return replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
+
+
+def aborted_topology(topology: Topology, node: NodeConfig) -> Topology:
+    """A transition undone (epoch + 1): the joining node gone, or the leaving one a member."""
+    if node.state == JOINING:
+        nodes = tuple(n for n in topology.nodes if n.id != node.id)
+    else:
+        nodes = tuple(replace(n, state=MEMBER) if n.id == node.id else n for n in topology.nodes)
+    return replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=None)
+
+
+def progress_of(topology: Topology, router_id: str) -> MoveProgress:
+    """The progress record of topology's move, driven by router_id."""
+    node = moving_node(topology)
+    assert node is not None and topology.move is not None
+    tail = topology.move.id.rpartition("@")[2]  # "<kind>-<node>@<epoch it started from>"
+    return MoveProgress(
+        topology.move.id,
+        ADD if node.state == JOINING else REMOVE,
+        node.id,
+        node.address,
+        router_id,
+        from_epoch=int(tail) if tail.isdigit() else topology.epoch - 1,
+        epoch=topology.epoch,
+        started_ms=topology.move.started_ms,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 from shardkv.router.membership.fencing import fence_nodes
@@ -22,7 +22,6 @@ from shardkv.router.membership.move_plan import (
     MoveProgress,
     Transfer,
     changed_pieces,
-    check_driver,
     describe_error,
     given_away,
     received,
@@ -111,16 +110,16 @@ class MoveSteps:
                 describe_error(err),
             )
 
-    async def drop(self, progress: MoveProgress, router_id: str) -> None:
+    async def drop(self, progress: MoveProgress, check: Callable[[Topology], None]) -> None:
         """Every node that gave pieces away and stays drops them, routed under the epoch in
         force (a node fenced lower is fenced first: NodeCalls.purge_token_ranges); retried
-        until each did, or is DOWN (module docstring). Raises MoveConflict once the move is
-        no longer this router's to finish."""
+        until each did, or is DOWN (module docstring). check raises MoveConflict once the
+        move is no longer this router's to finish (before every round)."""
         dropped: set[str] = set()
         delay = DROP_RETRY_S
         while True:
             topology = self._membership.topology
-            check_driver(topology, progress.id, router_id)
+            check(topology)
             keep = set(topology.weights(joined=True))
             todo = given_away(changed_pieces(topology), keep.__contains__)
             failed = await self._purge(

@@ -86,6 +86,11 @@ class EtcdTopologyStore:
         self._seen: tuple[Topology, int] | None = None
         self._closed = False
 
+    @property
+    def client(self) -> EtcdClient:
+        """The etcd client this store uses (move_lease.py holds its leases on it)."""
+        return self._client
+
     def _parse(self, stored: Stored) -> Topology:
         if stored.value is None:
             raise TopologyError(
