@@ -109,7 +109,7 @@ class WriterClaim:
         """Revokes the lost lease (its key, if etcd still had it) and claims the id on a new
         one until that wins; logs once who holds it meanwhile."""
         lost, self._lease = self._lease, None
-        told = ""
+        told = ""  # what was last logged: the holder, or that etcd is unreachable
         while True:
             try:
                 if lost is not None:
@@ -117,13 +117,16 @@ class WriterClaim:
                     lost = None
                 holder = await self._try_claim()
             except StoreUnavailable as err:
-                holder = f"nobody known ({err})"
-            if holder is None:
-                log.warning("%s is held again: writes accepted", self._what)
-                return
-            if holder != told:
-                log.error("%s is held by %s: this router refuses writes", self._what, holder)
-                told = holder
+                if told != "unreachable":
+                    log.warning("%s: cannot claim it again yet: %s", self._what, err)
+                    told = "unreachable"
+            else:
+                if holder is None:
+                    log.warning("%s is held again: writes accepted", self._what)
+                    return
+                if holder != told:
+                    log.error("%s is held by %s: this router refuses writes", self._what, holder)
+                    told = holder
             await asyncio.sleep(RETRY_S)
 
     async def release(self) -> None:
