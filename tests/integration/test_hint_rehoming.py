@@ -65,10 +65,13 @@ def hints_for(cluster: Cluster, target: str, *, skip: frozenset[str] = frozenset
 
 
 def wait_hints_gone(cluster: Cluster, target: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
+    """Waits until no node holds hints for target; prints how long that took."""
+    start = time.monotonic()
+    deadline = start + timeout_s
     while (left := hints_for(cluster, target)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"{left} hints for {target} still parked after {timeout_s} s"
+    print(f"hints for {target} all delivered {time.monotonic() - start:.1f} s later")
 
 
 def wait_move(client: Client, move: admin_pb2.Move, state: int, timeout_s: float = 60.0) -> None:
