@@ -48,7 +48,6 @@ class WriterClaim:
     def __init__(self, client: EtcdClient, prefix: str, router_id: str, *, ttl_s: int) -> None:
         number = writer_number(router_id)
         self.key = f"{prefix}/writers/{number:08x}".encode()
-        self.router_id = router_id
         self._what = f"writer id {router_id!r} (writer number {number:#010x})"
         self._value = f"router {router_id!r} on {socket.gethostname()} pid {os.getpid()}".encode()
         self._client = client
@@ -57,10 +56,10 @@ class WriterClaim:
         self._lost_why = ""  # why the last lease was lost, while claiming the id again
         self._regain: asyncio.Task[None] | None = None
 
-    async def acquire(self, *, wait_s: float | None = None) -> None:
-        """Claims the id, waiting up to wait_s (default: the TTL, plus a second) for a
-        holder to let go; raises WriterIdTaken naming the holder, StoreUnavailable."""
-        deadline = time.monotonic() + (self._ttl_s + 1 if wait_s is None else wait_s)
+    async def acquire(self) -> None:
+        """Claims the id, waiting up to the TTL (plus a second) for a holder to let go;
+        raises WriterIdTaken naming the holder, StoreUnavailable."""
+        deadline = time.monotonic() + self._ttl_s + 1
         while (holder := await self._try_claim()) is not None:
             if time.monotonic() >= deadline:
                 raise WriterIdTaken(
