@@ -65,14 +65,6 @@ BULK_KEYS = 3000  # streamed by every move: paced at 1000 records/s, a move last
 TAKEOVER_BOUND_S = 30.0
 # How long after the heal a change refused while cut off from etcd is watched for.
 REFUSED_GRACE_S = 5.0
-NO_TAKEOVER = (
-    "takeover of a move whose driver died (issue 15 item 5: another router finishes it,"
-    " with etcd) has not landed"
-)
-
-
-class NotLanded(AssertionError):
-    """A check of work issue 15 has not landed yet (the xfail markers name it)."""
 
 
 @dataclass
@@ -318,29 +310,22 @@ def test_router_paused_across_a_whole_move(run: Run) -> None:
           f" nodes logged {refused} refusal(s) of a stale epoch")  # fmt: skip
 
 
-@pytest.mark.timeout(150)
-@pytest.mark.xfail(strict=True, raises=NotLanded, reason=NO_TAKEOVER)
+@pytest.mark.timeout(120)
 def test_driver_killed_during_a_move_is_taken_over(run: Run) -> None:
     took: list[float] = []
 
     def fault(windows: list[Window]) -> None:
         move = add_node(run.r1, run.cluster.node("n6"))
-        wait_move(run.r1, move.id, {admin_pb2.MOVE_STREAMING, admin_pb2.MOVE_SWITCHED})
+        state = wait_move(run.r1, move.id, {admin_pb2.MOVE_STREAMING, admin_pb2.MOVE_SWITCHED})
         killed = time.monotonic()
         run.r1.kill()
+        print(f"[multihost c] r1 SIGKILLed with move {move.id} {admin_pb2.MoveState.Name(state)}")
         try:
             assert not run.r1.alive()
             took.append(wait_member(run.r2, "n6", TAKEOVER_BOUND_S) - killed)
-        except TimeoutError as err:
-            print(f"[multihost c] no takeover: {err}")
         finally:
             windows.append(Window("SIGKILL r1 driving add-n6", killed, time.monotonic(), ("c1",)))
-            run.r1.start()  # r1 resumes a move it still drives, so the checks can run
-        if not took:
-            done = wait_member(run.r2, "n6", 60) - killed
-            print(f"[multihost c] the restarted r1 finished the move {done:.2f} s after the kill")
+            run.r1.start()  # both routers again for the checks (and the next test)
 
     scenario(run, "c", fault, seed=13)
-    if not took:
-        raise NotLanded(f"r2 did not finish the move within {TAKEOVER_BOUND_S:.0f} s of the kill")
-    print(f"[multihost c] the move finished {took[0]:.2f} s after its driver was killed")
+    print(f"[multihost c] r2 finished the move {took[0]:.2f} s after its driver was killed")
