@@ -1,21 +1,21 @@
 """A move's drops survive its driver, and an aborted move takes back what it sent.
 
-Three nodes (N=2, R=1, W=2), two routers, a store of 3000 keys and moves paced at 2000
-records a second, so a test can act while a move streams:
+One cluster for the module: three nodes in the ring (N=2, R=1, W=2), n4 and n5 to add,
+two routers, a store of 3000 keys and moves paced at 2000 records a second, so a test can
+act while a move streams. The tests run in order:
 
 - The driver is SIGKILLed between the switch and the drop (a giver's commits are held,
   so the drop cannot run before): the stored topology keeps the move in its drop phase, the
   giver still holds what it gave away, and the restarted driver finishes the move, drops
   included.
-- The driver is SIGKILLed while it streams to the joining n4, and the join is aborted
-  through the other router: n4 ends empty (before, it kept what it had received).
+- The driver is SIGKILLed while it streams to the joining n5, and the join is aborted
+  through the other router: n5 ends empty (before, it kept what it had received).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -25,7 +25,6 @@ from harness import (
     Proc,
     router_proc,
     shardd_proc,
-    stopped_after,
     wait_serving,
     write_cluster_toml,
 )
@@ -38,9 +37,12 @@ KEYS = [b"k/%05d" % i for i in range(3000)]
 WHOLE = [replica_pb2.TokenRange(start=0, end=1 << 32)]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    nodes = [shardd_proc(tmp_path, f"n{i}") for i in range(1, 5)]
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Cluster]:
+    tmp_path = tmp_path_factory.mktemp("drops")
+    nodes = [shardd_proc(tmp_path, f"n{i}") for i in range(1, 6)]
     config = write_cluster_toml(
         tmp_path / "cluster.toml", nodes[:3], replication=2, read_quorum=1, write_quorum=2
     )
@@ -48,7 +50,9 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         config.read_text() + "\n[rebalance]\nmax_records_per_s = 2000\n\n[repair]\ninterval_s = 0\n"
     )
     routers = [router_proc(tmp_path, config, "r1"), router_proc(tmp_path, config, "r2")]
-    with stopped_after(Cluster(tmp_path, nodes, routers, config), request) as running:
+    running = Cluster(tmp_path, nodes, routers, config)
+    failures = request.session.testsfailed
+    try:
         for node in nodes:
             node.start(wait=False)
         for node in nodes:
@@ -58,6 +62,10 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         with Client(running.router.address) as client:
             client.put_many({key: b"v" for key in KEYS})
         yield running
+    finally:
+        running.stop()
+        if request.session.testsfailed != failures:
+            print(running.logs())
 
 
 def _admin(router: Proc) -> admin_pb2_grpc.AdminStub:
@@ -123,16 +131,16 @@ def test_a_restarted_driver_finishes_the_drops_of_its_switched_move(cluster: Clu
 
 @pytest.mark.timeout(120)
 def test_an_aborted_join_purges_what_the_joining_node_received(cluster: Cluster) -> None:
-    r1, r2, n4 = cluster.routers[0], cluster.routers[1], cluster.node("n4")
-    _admin(r1).AddNode(admin_pb2.AddNodeRequest(id="n4", address=n4.address), timeout=30)
+    r1, r2, n5 = cluster.routers[0], cluster.routers[1], cluster.node("n5")
+    _admin(r1).AddNode(admin_pb2.AddNodeRequest(id="n5", address=n5.address), timeout=30)
     _wait("streaming", lambda: _streaming(r1))
-    _wait("n4 receiving", lambda: _count(n4) > 200)
+    _wait("n5 receiving", lambda: _count(n5) > 200)
     r1.kill()  # the move stops mid-stream, driven by nobody
-    received = _count(n4)
-    abort = _admin(r2).RemoveNode(admin_pb2.RemoveNodeRequest(id="n4"), timeout=60)
+    received = _count(n5)
+    abort = _admin(r2).RemoveNode(admin_pb2.RemoveNodeRequest(id="n5"), timeout=60)
     assert abort.state == admin_pb2.MOVE_DONE and abort.id.startswith("abort-"), abort
     assert load_topology(cluster.config).move is None
-    assert _count(n4) == 0, f"n4 kept {_count(n4)} of the {received} records it received"
+    assert _count(n5) == 0, f"n5 kept {_count(n5)} of the {received} records it received"
     with Client(r2.address, timeout=10) as client:
         got = client.get_many(KEYS)
     assert len(got) == len(KEYS), f"{len(KEYS) - len(got)} keys unreadable after the abort"
