@@ -62,6 +62,7 @@ from shardkv.router.membership.move_plan import (
     aborted_topology,
     changed_pieces,
     check_driver,
+    conflict,
     describe_error,
     dropping,
     final_topology,
@@ -149,6 +150,11 @@ class Rebalancer:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self._release()
+
+    async def _release(self) -> None:
+        """Lets go of the move lease: the move is over (done or aborted), or this router
+        stops (another takes the move over at once)."""
         if self._lease is not None:
             await self._lease.release()
 
@@ -188,7 +194,7 @@ class Rebalancer:
                     return await self._abort(topology, moving, ADD)
                 if moving.id == node_id and moving.address == address:
                     return await self._resume(topology)
-                raise self._conflict(topology)
+                raise conflict(topology, self.current)
             check_new_node(node_id, address, weight)
             for node in topology.nodes:
                 if node.id == node_id:
@@ -215,7 +221,7 @@ class Rebalancer:
                     return await self._abort(topology, moving, REMOVE)
                 if moving.id == node_id:
                     return await self._resume(topology)
-                raise self._conflict(topology)
+                raise conflict(topology, self.current)
             node = next((n for n in topology.nodes if n.id == node_id), None)
             if node is None:
                 known = ", ".join(n.id for n in topology.nodes)
@@ -260,7 +266,7 @@ class Rebalancer:
         """Runs a stopped move again (from the settle step; repeats are harmless). A move
         another router drove is taken over: this router becomes its driver."""
         if self._task is not None and not self._task.done():
-            raise self._conflict(topology)
+            raise conflict(topology, self.current)
         move = topology.move
         assert move is not None
         await self._claim(move.id)
@@ -279,7 +285,7 @@ class Rebalancer:
         """Undoes a stopped transition: the joining node leaves, or the leaving one stays;
         then the nodes that received pieces purge them (MoveSteps.undo)."""
         if self._task is not None and not self._task.done():
-            raise self._conflict(topology)
+            raise conflict(topology, self.current)
         assert topology.move is not None
         await self._claim(topology.move.id)
         stable = aborted_topology(topology, node)
@@ -299,26 +305,12 @@ class Rebalancer:
         progress.state, progress.finished_ms = admin_pb2.MOVE_DONE, now_ms()
         self._finish(progress)
         self.current = None
+        await self._release()
         return progress
 
     def _launch(self, progress: MoveProgress) -> None:
         self.current = progress
         self._task = asyncio.create_task(self._run(progress), name=f"move-{progress.id}")
-
-    def _conflict(self, topology: Topology) -> MoveConflict:
-        move = topology.move
-        assert move is not None
-        node = moving_node(topology)
-        running = self.current is not None and self.current.id == move.id
-        status = (
-            admin_pb2.MoveState.Name(self.current.state)
-            if running and self.current is not None
-            else f"driven by router {move.driver!r}"
-        )
-        return MoveConflict(
-            f"move {move.id} ({node.id if node else '?'} {node.state if node else ''}, {status})"
-            " is in progress; wait for it (shardctl moves), or repeat it to resume it"
-        )
 
     # -- running ------------------------------------------------------------------------
 
@@ -352,8 +344,7 @@ class Rebalancer:
             if progress.state == admin_pb2.MOVE_DONE:
                 self._finish(progress)
                 self.current = None
-                if self._lease is not None:
-                    await self._lease.release()
+                await self._release()
 
     async def _stream_and_switch(self, topology: Topology, progress: MoveProgress) -> None:
         """Claims the joining directory, copies every changed piece, switches (the move's

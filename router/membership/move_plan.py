@@ -257,3 +257,20 @@ def progress_of(topology: Topology, router_id: str) -> MoveProgress:
         epoch=topology.epoch,
         started_ms=topology.move.started_ms,
     )
+
+
+def conflict(topology: Topology, current: MoveProgress | None) -> MoveConflict:
+    """The refusal of a change while topology's move is in progress (current: the move
+    this router runs, if any)."""
+    move = topology.move
+    assert move is not None
+    node = moving_node(topology)
+    status = (
+        admin_pb2.MoveState.Name(current.state)
+        if current is not None and current.id == move.id
+        else f"driven by router {move.driver!r}"
+    )
+    return MoveConflict(
+        f"move {move.id} ({node.id if node else '?'} {node.state if node else ''}, {status})"
+        " is in progress; wait for it (shardctl moves), or repeat it to resume it"
+    )
