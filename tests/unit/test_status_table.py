@@ -26,6 +26,7 @@ from shardkv.serving import status
 from shardkv.serving.status import Relayed, streaming, unary
 from shardkv.shardd.commit import CommitterClosed, CommitterOverloaded
 from shardkv.shardd.errors import ResponseTooLarge
+from shardkv.shardd.fence import FenceLowered, StaleEpoch
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.identity import IdentityConflict
 from shardkv.shardd.kv_service import KVServicer
@@ -49,6 +50,8 @@ EXPECTED: dict[type[Exception], grpc.StatusCode] = {
     MoveConflict: Code.FAILED_PRECONDITION,
     TopologyError: Code.FAILED_PRECONDITION,
     IdentityConflict: Code.FAILED_PRECONDITION,
+    StaleEpoch: Code.FAILED_PRECONDITION,
+    FenceLowered: Code.FAILED_PRECONDITION,
     StoreFull: Code.RESOURCE_EXHAUSTED,
     TooManyTargets: Code.RESOURCE_EXHAUSTED,
     CommitterOverloaded: Code.RESOURCE_EXHAUSTED,
