@@ -42,7 +42,7 @@ class StaleEpoch(Exception):
     """A call routed under an epoch the node no longer serves (FAILED_PRECONDITION, with
     the node's fence in the trailing metadata)."""
 
-    def __init__(self, message: str, fence: int) -> None:
+    def __init__(self, message: str, fence: int = 0) -> None:
         super().__init__(message)
         self.fence = fence
 
