@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 import grpc
-from shardkv.router.membership.fencing import fence_nodes
+from shardkv.router.membership.fencing import FenceFailed, fence_nodes
 from shardkv.router.membership.live_topology import ClientFactory, Membership
 from shardkv.router.membership.move_plan import (
     MoveConflict,
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 DROP_RETRY_S = 0.5
 DROP_RETRY_MAX_S = 10.0
 UNDO_ROUNDS = 5
+# Rounds of a fence before the move's step fails (the move then waits to be repeated).
+FENCE_ROUNDS = 3
+FENCE_RETRY_S = 1.0
 
 
 async def count_transfers(
@@ -79,17 +82,26 @@ class MoveSteps:
         self._probe_client = probe_client
 
     async def fence(self, topology: Topology, nodes: tuple[NodeConfig, ...]) -> None:
-        """Installs topology's epoch on nodes (those DOWN skipped: move_driver.py); a node
-        no longer in this router's topology gets a channel of its own for it."""
+        """Installs topology's epoch on nodes (those DOWN skipped: move_driver.py), a few
+        rounds (a node that just died is DOWN by the next); a node no longer in this
+        router's topology gets a channel of its own for it."""
         clients = self._membership.clients
         extra = {n.id: self._probe_client(n) for n in nodes if n.id not in clients}
         try:
-            await fence_nodes(
-                {**clients, **extra},
-                [n.id for n in nodes],
-                topology.epoch,
-                skip={n.id for n in nodes if self._health.is_down(n.id)},
-            )
+            for round_ in range(FENCE_ROUNDS):
+                try:
+                    await fence_nodes(
+                        {**clients, **extra},
+                        [n.id for n in nodes],
+                        topology.epoch,
+                        skip={n.id for n in nodes if self._health.is_down(n.id)},
+                    )
+                    return
+                except FenceFailed as err:
+                    if round_ == FENCE_ROUNDS - 1:
+                        raise
+                    log.warning("%s; again in %.1f s", err, FENCE_RETRY_S)
+                    await asyncio.sleep(FENCE_RETRY_S)
         finally:
             await asyncio.gather(*(c.close() for c in extra.values()))
 
