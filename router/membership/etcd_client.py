@@ -50,6 +50,7 @@ RENEW_RETRY_S = 0.5
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class EtcdClient:
                     renewed = self._tokens.pop(index, None) is not None
                     if renewed:
                         continue  # the member forgot the token: authenticate again
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                if code in _REFUSED or "user name is empty" in str(err.details()):
                     raise EtcdAccessError(
                         f"{self.name} refused {what} ({failure}): check --etcd-user,"
                         " --etcd-password-file and --etcd-cert"

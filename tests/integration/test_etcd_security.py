@@ -127,20 +127,26 @@ def test_user_and_password(tmp_path: Path, procs: list[Proc]) -> None:
     (tmp_path / "right").write_text(PASSWORD + "\n")
     (tmp_path / "wrong").write_text("not-the-password\n")
 
-    def router(name: str, password_file: str) -> Proc:
+    def router(name: str, password_file: str | None) -> Proc:
         flags = ["--topology", f"etcd://{etcd[0].address}{PREFIX}", "--etcd-lease-s", "6"]
-        flags += ["--etcd-user", "root", "--etcd-password-file", str(tmp_path / password_file)]
+        if password_file:
+            flags += ["--etcd-user", "root", "--etcd-password-file", str(tmp_path / password_file)]
         proc = router_proc(tmp_path, config, name, extra=flags)
         procs.append(proc)
         return proc
 
-    refused = router("r9", "wrong").start(wait=False)
-    assert refused.popen is not None
-    started = time.monotonic()
-    assert refused.popen.wait(20) == 1
-    assert time.monotonic() - started < 8, "a wrong password should be refused at once"
-    assert "refused user 'root'" in refused.log(), refused.log()[-3000:]
+    def refused_at_once(proc: Proc, message: str) -> None:
+        proc.start(wait=False)
+        assert proc.popen is not None
+        started = time.monotonic()
+        assert proc.popen.wait(20) == 1
+        assert time.monotonic() - started < 8, "bad credentials should be refused at once"
+        assert message in proc.log(), proc.log()[-3000:]
+
+    refused = router("r9", "wrong")
+    refused_at_once(refused, "refused user 'root'")
     assert "check --etcd-user and --etcd-password-file" in refused.log()
+    refused_at_once(router("r8", None), "user name is empty")
 
     good = router("r1", "right").start()
     put(good, b"auth/1")
