@@ -7,7 +7,8 @@
   store plus its group committer; ``commit`` group commit (one
   transaction and one fsync per batch of writes); ``ranges`` token-range streams,
   digests and purges; ``snapshot`` compacted copies for backups; ``identity`` whose the
-  data directory is (node, cluster, generation), and the rebuild lease.
+  data directory is (node, cluster, generation), and the rebuild lease; ``fence`` the
+  lowest topology epoch the node still serves routers under (Replica.Fence).
 - ``kv_service`` / ``replica_service`` the public and internal gRPC services; ``convert``
   records to and from protobuf; ``validate`` request checks; ``errors`` their status codes;
   ``gate`` closes the store under running calls; ``metrics`` the node's Prometheus metrics.

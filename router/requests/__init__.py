@@ -3,7 +3,8 @@
 - ``coordinator``  writes and reads: versions from the hybrid clock, fan-out to owners,
   quorums, hints for owners that did not answer, read repair.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
-- ``node_client``  the connection to one node: coalesced Apply/Read and direct calls.
+- ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch;
+  ``node_calls`` its direct calls (bulk, operations, Fence), each carrying its epoch.
 - ``coalescer``    many concurrent items for one node sent as one batched call.
 - ``read_budget``  bytes of records one read may hold, and whether its answer fits.
 - ``scan``         fan-out of a range scan to the nodes, merged into one ordered page of
