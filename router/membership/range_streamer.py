@@ -60,8 +60,8 @@ async def apply_with_retry(
             fenced = err.code() == grpc.StatusCode.FAILED_PRECONDITION
             if fenced or attempt == APPLY_ATTEMPTS - 1:
                 raise MoveConflict(
-                    f"applying {len(records)} records to {target_id} failed {APPLY_ATTEMPTS}"
-                    f" times: {err.code().name} {err.details()}"
+                    f"applying {len(records)} records to {target_id} failed"
+                    f" ({attempt + 1} attempt(s)): {err.code().name} {err.details()}"
                 ) from err
             await asyncio.sleep(0.2 * 2**attempt)
 

@@ -145,6 +145,9 @@ def test_a_paused_driver_is_taken_over_and_can_do_nothing_after(cluster: EtcdClu
     took, ended = taken - paused, done - paused
     print(f"paused driver: taken over {took:.1f} s after the pause, done {ended:.1f} s")
     time.sleep(2.0)  # r1's move task runs again: every step it tries is refused
+    moves = _admin(r1).GetMoves(admin_pb2.GetMovesRequest(), timeout=5)
+    assert moves.current.state == admin_pb2.MOVE_FAILED, moves  # it stopped, acting on nothing
+    print(f"the resumed driver stopped: {moves.current.error}")
     final = _stored(cluster)
     assert final.move is None and [n.id for n in final.nodes] == ["n1", "n2", "n3", "n4"]
     epochs = {
