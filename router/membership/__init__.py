@@ -11,6 +11,8 @@
 - ``live_topology``  the running router's node set: applies, persists and watches changes.
 - ``identity``       which nodes count toward R and W: each data directory's identity
   checked against the topology (new, behind, foreign), generations claimed and recorded.
+- ``claims``         claims of fresh directories: a new cluster's half made by another router,
+  a joining node's before its move streams.
 - ``move_plan``      what a node add or remove must copy, from where to where, and progress.
 - ``node_checks``    what a node must be to join: valid, reachable, empty.
 - ``move_driver``    drives one move through its persisted steps (fence, stream, switch,

@@ -35,6 +35,12 @@ When the generation advances:
   a copy taken before that run carries a generation below the topology's: behind.
 - A rebuild completes: the directory gets E + 1, then the topology.
 
+Several routers judge the same directories, each with a topology that may lag the store:
+a directory that looks new, behind, foreign or ahead is judged again against the newest
+stored topology and its identity as it is then, before anything follows from it. And a
+new cluster's claims found half made (routers started together; one stopped mid-way) are
+completed, not taken for wiped directories, while nothing was written (claims.py).
+
 The directory always advances first, so a crash in between leaves it one above the topology,
 which counts as ``ok`` and is recorded then. A copy taken since the node's last recorded run
 cannot be told from the directory itself.
@@ -54,22 +60,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
+
+# claim_joining is the move driver's (move_driver.py imports it from here).
+from shardkv.router.membership.claims import claim_joining as claim_joining
+from shardkv.router.membership.claims import claims_half_made
 from shardkv.router.membership.live_topology import Membership
-from shardkv.router.membership.move_plan import MoveConflict
 from shardkv.router.membership.topology import JOINING, NodeConfig, Topology, TopologyError
 from shardkv.router.membership.topology_store import StoreUnavailable, TopologyConflict
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
 
 OK, UNCHECKED, NEW, BEHIND = "ok", "unchecked", "new", "behind"
 FOREIGN, AHEAD, REBUILDING = "foreign", "ahead", "rebuilding"
+# Judged so only after re-reading the stored topology and the directory (_newest).
+DOUBTFUL = frozenset({NEW, BEHIND, FOREIGN, AHEAD})
 # A rebuild lease left idle this long has lapsed (the node grants it to another router).
 LEASE_IDLE_MS = 10_000
-# A move's claim of its joining node's directory gets this long per call.
-CLAIM_TIMEOUT_S = 5.0
 
 # Told of a node whose directory must be rebuilt: (node id, "new" or "behind").
 LostListener = Callable[[str, str], None]
@@ -82,6 +90,15 @@ class DirectoryView:
     state: str
     identity: replica_pb2.DirectoryIdentity | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One fetch of every node's identity, and the topology it is judged against."""
+
+    topology: Topology
+    returns: dict[str, int]
+    fetched: dict[str, replica_pb2.DirectoryIdentity]
 
 
 UNCHECKED_VIEW = DirectoryView(UNCHECKED, None, "not checked since the node started or returned")
@@ -212,7 +229,9 @@ class IdentityGuard:
             log.debug("identity of %s: %s", node.id, err.code().name)
             return None
 
-    async def _check_round(self) -> None:
+    async def _fetch_round(self) -> _Round:
+        """The served topology, then every node's identity (those that answered and did not
+        come back from DOWN meanwhile)."""
         topology = self._membership.topology
         returns = dict(self._returns)
         answers = await asyncio.gather(*(self._fetch(node) for node in topology.nodes))
@@ -221,11 +240,39 @@ class IdentityGuard:
             for node, identity in zip(topology.nodes, answers, strict=True)
             if identity is not None and self._returns.get(node.id, 0) == returns.get(node.id, 0)
         }
+        return _Round(topology, returns, fetched)
+
+    async def _newest(self) -> _Round:
+        """A round judged against the newest stored topology and the directories as they
+        are now. Fetched identities are newer than the served topology, which may lag the
+        store (another router recorded a generation or claimed meanwhile): a directory
+        that looks new, behind, foreign or ahead is judged again after re-reading both."""
+        first = await self._fetch_round()
+        if not any(
+            classify(node, first.topology, first.fetched[node.id])[0] in DOUBTFUL
+            for node in first.topology.nodes
+            if node.id in first.fetched
+        ):
+            return first
+        try:
+            await self._membership.reload()
+        except (StoreUnavailable, TopologyError, OSError) as err:
+            log.info("could not re-read the topology before judging directories: %s", err)
+        return await self._fetch_round()
+
+    async def _check_round(self) -> None:
+        checked = await self._newest()
+        topology, returns, fetched = checked.topology, checked.returns, checked.fetched
         self._last.update(fetched)
         known = [self._last.get(node.id) for node in topology.nodes]
         bootstrap = all(node.generation == 0 for node in topology.nodes) and all(
             identity is not None and not identity.claimed for identity in known
         )
+        if not bootstrap:
+            # Another router's claims of this new cluster, half made: complete them.
+            bootstrap = await claims_half_made(
+                topology, fetched, self._membership.clients, self._timeout_s
+            )
         for node in topology.nodes:
             identity = fetched.get(node.id)
             if identity is None:
@@ -251,7 +298,7 @@ class IdentityGuard:
         for node in topology.nodes:
             state = self.view(node.id).state
             due = state == BEHIND or (state == NEW and claimed)
-            if node.id in fetched and due and topology.move is None:
+            if node.id in fetched and due and topology.move is None and not bootstrap:
                 for listener in self._listeners:
                     listener(node.id, state)
 
@@ -336,37 +383,3 @@ class IdentityGuard:
             ", ".join(f"{n}={g}" for n, g in sorted(raised.items())),
             new.epoch,
         )
-
-
-async def claim_joining(client: NodeClient, node: NodeConfig, topology: Topology) -> None:
-    """Claims a joining node's fresh directory at its expected generation before a move
-    streams into it (a no-op when already claimed, by a guard or an earlier attempt).
-    Without it a quick move could switch before any guard saw the node joining, and the
-    switched member's unclaimed directory would read as a replaced disk and be rebuilt:
-    purged, and copied again from other owners it may not have (N=1)."""
-    try:
-        identity = await client.identity(replica_pb2.IdentityRequest(), CLAIM_TIMEOUT_S)
-    except grpc.aio.AioRpcError as err:
-        raise MoveConflict(
-            f"cannot read the data directory of joining node {node.id}:"
-            f" {err.code().name} {err.details()}"
-        ) from err
-    if identity.claimed:
-        return
-    request = replica_pb2.SetIdentityRequest(
-        expect_generation=identity.generation,
-        expect_claimed=False,
-        expect_cluster_id=identity.cluster_id,
-        cluster_id=topology.cluster_id or identity.cluster_id,
-        generation=node.generation,
-        advance_boot=True,
-    )
-    try:
-        await client.identity(request, CLAIM_TIMEOUT_S)
-    except grpc.aio.AioRpcError as err:
-        again = await client.identity(replica_pb2.IdentityRequest(), CLAIM_TIMEOUT_S)
-        if not again.claimed:
-            raise
-        log.debug("directory of %s claimed meanwhile: %s", node.id, err.details())
-        return
-    log.info("data directory of joining %s claimed: generation %d", node.id, node.generation)
