@@ -26,10 +26,18 @@ PemSource = str | Path | bytes
 
 
 def channel_options() -> list[tuple[str, int]]:
-    """Options every SDK channel gets: message caps that fit the largest batch or page."""
+    """Options every SDK channel gets: message caps that fit the largest batch or page, and
+    a reconnect back-off bounded at 1 s. gRPC's default grows to 120 s and channels with
+    the same target and options share the backed-off subchannel, so after a long outage
+    even a new Client kept failing for seconds once the router was back; now it reconnects
+    within about a second of it (tests/integration/test_client_reconnect.py). Not
+    ``grpc.min_reconnect_backoff_ms``: despite its name it is the connect timeout (gRPC's
+    MIN_CONNECT_TIMEOUT, 20 s), which a TLS handshake over a slow link needs."""
     return [
         ("grpc.max_send_message_length", DEFAULT_LIMITS.max_message_bytes),
         ("grpc.max_receive_message_length", DEFAULT_LIMITS.max_message_bytes),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 
 
