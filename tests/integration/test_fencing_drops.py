@@ -10,15 +10,21 @@ act while a move streams. The tests run in order:
   included.
 - The driver is SIGKILLed while it streams to the joining n5, and the join is aborted
   through the other router: n5 ends empty (before, it kept what it had received).
+- n5 joins while n2 is stopped (DOWN, so no fence reaches it); once n2 is back, the router
+  fences it at the epoch in force (when it checks n2's directory, and before the repair
+  pass n2's return starts purges there), and a write routed under the epoch before the
+  move is refused there.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from faults.cluster import wait_node_state
 from faults.test_overload import CommitHold
 from harness import (
     Cluster,
@@ -144,3 +150,34 @@ def test_an_aborted_join_purges_what_the_joining_node_received(cluster: Cluster)
     with Client(r2.address, timeout=10) as client:
         got = client.get_many(KEYS)
     assert len(got) == len(KEYS), f"{len(KEYS) - len(got)} keys unreadable after the abort"
+
+
+@pytest.mark.timeout(120)
+def test_a_node_down_while_a_move_fenced_is_fenced_when_it_returns(cluster: Cluster) -> None:
+    r2, n2, n5 = cluster.routers[1], cluster.node("n2"), cluster.node("n5")
+    before = load_topology(cluster.config).epoch
+    n2.signal(signal.SIGSTOP)
+    try:
+        wait_node_state(r2.address, "n2", admin_pb2.DOWN)
+        _admin(r2).AddNode(admin_pb2.AddNodeRequest(id="n5", address=n5.address), timeout=30)
+        _wait("the move's end", lambda: load_topology(cluster.config).move is None, 60)
+    finally:
+        n2.signal(signal.SIGCONT)
+    epoch = load_topology(cluster.config).epoch
+    _wait(f"n2 fenced at epoch {epoch}", lambda: _fence_of(n2) >= epoch)
+    with grpc.insecure_channel(n2.address) as channel:
+        stub = replica_pb2_grpc.ReplicaStub(channel)  # type: ignore[no-untyped-call]
+        record = replica_pb2.Record(key=b"late", value=b"v", version=1 << 40, writer=9)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Apply(
+                replica_pb2.ApplyRequest(records=[record]),
+                metadata=[("shardkv-epoch", str(before))],
+                timeout=10,
+            )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _fence_of(node: Proc) -> int:
+    with grpc.insecure_channel(node.address) as channel:
+        stub = replica_pb2_grpc.ReplicaStub(channel)  # type: ignore[no-untyped-call]
+        return int(stub.Identity(replica_pb2.IdentityRequest(), timeout=10).fence_epoch)
