@@ -8,10 +8,12 @@ making) is not a wipe: a router judges against the newest stored topology and th
 directories as they are now, and completes a new cluster's claims itself while nothing
 was written yet.
 
-Both tests assert the same outcome: every router sees every directory ``ok`` at generation
-0, the topology is unchanged (epoch 1: claims write none), writes through every router
-succeed, and no router ever judged a directory new, behind, foreign or ahead, or began a
-rebuild (their logs say so when they do).
+The first two tests assert the same outcome: every router sees every directory ``ok`` at
+generation 0, the topology is unchanged (epoch 1: claims write none), writes through every
+router succeed, and no router ever judged a directory new, behind, foreign or ahead, or
+began a rebuild (their logs say so when they do). The third checks the other side: a
+directory wiped after data was written is still rebuilt. The fourth, a router whose
+topology lags the store: it judges a directory against what the store holds now.
 """
 
 from __future__ import annotations
@@ -246,3 +248,41 @@ def test_a_wiped_directory_in_a_never_restarted_cluster_is_still_rebuilt(
     seen = {n.id: (n.directory, n.expected_generation) for n in topology(router).nodes}
     assert seen["n2"] == ("ok", 1), seen
     assert [line for line in misjudged([router]) if "n2" not in line] == []
+
+
+def wait_generation(router: Proc, node_id: str, generation: int) -> None:
+    """Waits until router records node_id's directory ok at generation."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        node = next(n for n in topology(router).nodes if n.id == node_id)
+        if (node.directory, node.expected_generation) == ("ok", generation):
+            return
+        assert time.monotonic() < deadline, f"{router.name} sees {node}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+def test_a_router_behind_the_store_judges_against_the_newest_topology(
+    site: Site, tmp_path: Path
+) -> None:
+    """r1 follows cluster.toml only every 30 s. While it is paused, n2 restarts twice and
+    r2 records generation 2 (epoch 3). Resumed, r1 finds n2's directory at 2 while its own
+    topology expects 0: before, that was "ahead" (n2 uncounted, rebuilt only by hand) until
+    its next look at the file; now it re-reads the store before judging and n2 is ok."""
+    nodes = site.nodes(tmp_path / "nodes")
+    config = write_cluster_toml(tmp_path / "cluster.toml", nodes)
+    config.write_text(
+        config.read_text().replace("[timeouts]\n", "[timeouts]\nwatch_interval_ms = 30000\n")
+    )
+    r1, r2 = (site.router(tmp_path, config, f"r{i}").start() for i in (1, 2))
+    wait_all_ok(r1)
+    wait_all_ok(r2)
+    r1.signal(signal.SIGSTOP)
+    n2 = nodes[1]
+    for generation in (1, 2):
+        n2.restart()
+        wait_generation(r2, "n2", generation)
+    r1.signal(signal.SIGCONT)
+    wait_generation(r1, "n2", 2)
+    write_through(r1, "r1")
+    assert misjudged([r1, r2]) == []
