@@ -23,10 +23,9 @@ epoch, and every key written so far (the bulk load too) is held by exactly its o
 from every node directly. Each fault is also seen to take effect (the router saw the cut
 node DOWN, the refusal, the dead driver, the stopped process), so no check passes because
 a fault did nothing. The cluster is shared by the four tests (set-up ~10 s); each test can
-also run alone. The killed driver comes last: an SDK client that saw its router refuse
-connections for long keeps failing fast after the router is back, for as long as gRPC's
-reconnect backoff has grown (up to 120 s: the SDK sets no max_reconnect_backoff_ms), and a
-new client with the same channel options shares that subchannel.
+also run alone. The killed driver comes last, so that no later test starts with clients
+whose reconnect back-off grew while its router was down (the SDK bounds it at 1 s:
+integration/test_client_reconnect.py).
 """
 
 from __future__ import annotations
