@@ -6,10 +6,8 @@ A cell warms up, then measures for its duration: calls finished inside the windo
 their latencies go into an HdrHistogram (µs), and the CPU time and RSS of every server
 process (and of this client process) are read from /proc at both ends of the window.
 
-Keys are `v<value bytes>/<index>`: each value size has its own keyspace, which
-`preload` fills so that reads find what they ask for. Key indices come from a pool drawn
-once per distribution (uniform, or Zipfian with s = 0.99 as in YCSB, the hottest ranks
-scattered over the keyspace by a fixed permutation), so choosing a key costs a slice.
+Keys are `v<value bytes>/<index>`: each value size has its own keyspace (keys.py), which
+`preload` fills so that reads find what they ask for.
 """
 
 from __future__ import annotations
@@ -21,19 +19,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
 
+from benchmarks.keys import key_pool, keyspace_keys, value_of
 from benchmarks.nodemetrics import NodeProbe
 from benchmarks.procstat import Usage, machine_busy_s, usages
 
 # Fraction of operations that are reads, by workload name.
 MIXES: dict[str, float] = {"put-only": 0.0, "get-only": 1.0, "50/50": 0.5, "95/5": 0.95}
 DISTRIBUTIONS = ("uniform", "zipf")
-ZIPF_S = 0.99
-POOL_SIZE = 1 << 18
 DEFAULT_KEYSPACE = 100_000
 CLIENT = "client"
 # How long stragglers may take to finish once a window has closed.
@@ -132,43 +128,6 @@ class CellResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def key_name(value_bytes: int, index: int) -> bytes:
-    return b"v%d/%08d" % (value_bytes, index)
-
-
-@cache
-def keyspace_keys(value_bytes: int, keyspace: int) -> tuple[bytes, ...]:
-    return tuple(key_name(value_bytes, i) for i in range(keyspace))
-
-
-@cache
-def value_of(value_bytes: int) -> bytes:
-    return random.Random(value_bytes).randbytes(value_bytes)
-
-
-@cache
-def index_pool(distribution: str, keyspace: int) -> tuple[int, ...]:
-    """POOL_SIZE key indices drawn from the distribution, fixed for reproducibility."""
-    rnd = random.Random(f"{distribution}/{keyspace}")
-    if distribution == "uniform":
-        return tuple(rnd.randrange(keyspace) for _ in range(POOL_SIZE))
-    cumulative: list[float] = []
-    total = 0.0
-    for rank in range(1, keyspace + 1):
-        total += rank**-ZIPF_S
-        cumulative.append(total)
-    ranks = rnd.choices(range(keyspace), cum_weights=cumulative, k=POOL_SIZE)
-    scatter = list(range(keyspace))
-    rnd.shuffle(scatter)
-    return tuple(scatter[r] for r in ranks)
-
-
-@cache
-def key_pool(distribution: str, value_bytes: int, keyspace: int) -> tuple[bytes, ...]:
-    keys = keyspace_keys(value_bytes, keyspace)
-    return tuple(keys[i] for i in index_pool(distribution, keyspace))
 
 
 async def preload(driver: Driver, *, value_bytes: int, keyspace: int, in_flight: int = 8) -> None:
