@@ -28,6 +28,8 @@ def make_cluster_timeouts() -> dict[str, int]:
     assert spec is not None and spec.loader is not None
     local_cluster = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = local_cluster  # its dataclasses look their module up
+    if str(SCRIPTS) not in sys.path:
+        sys.path.append(str(SCRIPTS))  # it imports its neighbour local_etcd, as a script does
     spec.loader.exec_module(local_cluster)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cluster.toml"
