@@ -101,10 +101,14 @@ class _Round:
             self.done.set_result(None)
 
     def close(self) -> None:
-        """Every reply is in, or the deadline passed: settle once, answer if not yet."""
+        """Every reply is in, or the deadline passed: settle once, answer if not yet. The
+        settle step and the timer refer back to the round: dropped here, so a round is
+        freed by reference counting, not left to the cyclic collector."""
         if self.timer is not None:
             self.timer.cancel()
-        self.settle()
+            self.timer = None
+        settle, self.settle = self.settle, _nothing
+        settle()
         self.finish()
 
     def expire(self) -> None:
