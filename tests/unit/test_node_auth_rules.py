@@ -13,6 +13,7 @@ import grpc
 import pytest
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.router.membership.topology import NodeConfig
+from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.serving.status import status_of
 from shardkv.shardd.__main__ import parse_args
@@ -123,12 +124,22 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
             raise RuntimeError(str(result))
         return result
 
+    async def chunk(submit: Any, item: Any) -> Any:
+        done: asyncio.Future[Any] = loop.create_future()
+        submit(item, done.set_result, loop.time() + 5, 0)
+        result = await done
+        if not isinstance(result, (bool, list)):
+            raise RuntimeError(str(result))
+        return result
+
     async def stream(aiter: Any) -> list[Any]:
         return [item async for item in aiter]
 
     return {
         "apply": lambda: coalesced(client.apply, record),
         "read": lambda: coalesced(client.read, b"k"),
+        "apply_chunk": lambda: chunk(client.apply_chunk, FramedRecords.join([frame(record)])),
+        "read_chunk": lambda: chunk(client.read_chunk, [b"k"]),
         "apply_now": lambda: client.apply_now([record], 5),
         "apply_batch": lambda: client.apply_batch([record], 5),
         "read_batch": lambda: client.read_batch([b"k"], 5),
