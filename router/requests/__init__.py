@@ -2,6 +2,10 @@
 
 - ``coordinator``  writes and reads: versions from the hybrid clock, fan-out to owners,
   quorums, hints for owners that did not answer, read repair.
+- ``batch_write``, ``batch_read``  the same quorums for most requests (every owner up,
+  no move), counted per batch in arrays, one chunk and one reply per node.
+- ``key_reads``    the per-key read path for the rest, and read repair.
+- ``outcomes``, ``framing``  what a request answers per key; records serialized once.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
 - ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch;
   ``node_calls`` its direct calls (bulk, operations, Fence), each carrying its epoch.

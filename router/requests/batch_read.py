@@ -25,7 +25,7 @@ from shardkv.common import hlc
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.batch_write import FINAL_CODES
-from shardkv.router.requests.coalescer import Deliver, NodeFailure
+from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome
 from shardkv.router.requests.read_budget import ReadBudget
@@ -190,7 +190,7 @@ class BatchReader:
                 deliver = partial(self._reply, rnd, chunk, budget)
                 client = self._clients.get(node_id)
                 if client is None:
-                    deliver(_gone(node_id))
+                    deliver(node_left(node_id))
                 else:
                     client.read_chunk([keys[i] for i in indexes], deliver, deadline, epoch)
             if rnd.undecided and rnd.chunks_left:
@@ -323,7 +323,3 @@ def _failure(
 
 def _nothing() -> None:
     """What a round settles with before it is given its settle step."""
-
-
-def _gone(node_id: str) -> NodeFailure:
-    return NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")

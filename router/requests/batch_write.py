@@ -28,7 +28,7 @@ from typing import Protocol
 
 import grpc
 from shardkv.router.placement.current import Placement
-from shardkv.router.requests.coalescer import Deliver, NodeFailure
+from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import WriteOutcome
@@ -207,7 +207,7 @@ class BatchWriter:
                 deliver = partial(self._reply, rnd, chunk)
                 client = self._clients.get(node_id)
                 if client is None:
-                    deliver(_gone(node_id))
+                    deliver(node_left(node_id))
                 else:
                     chunk_records = FramedRecords.join([framed[i] for i in indexes])
                     client.apply_chunk(chunk_records, deliver, deadline, epoch)
@@ -350,7 +350,3 @@ def _failure(
 
 def _nothing() -> None:
     """What a round settles with before it is given its settle step."""
-
-
-def _gone(node_id: str) -> NodeFailure:
-    return NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")

@@ -48,6 +48,12 @@ class NodeFailure:
         return f"{self.code.name}: {self.message}"
 
 
+def node_left(node_id: str) -> NodeFailure:
+    """The failure of an item meant for a node that left the topology while its request
+    ran (its client is gone)."""
+    return NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")
+
+
 # Sends a batch with a timeout in seconds; returns one result per item, in order.
 SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
 # Told of every failed call, with the timeout it had (the health tracker listens).

@@ -23,7 +23,8 @@ record; an owner that fails or stays silent is found when the write's replies ar
 Reads: every owner not known to be DOWN is asked; the answer is the newest (version,
 writer) among the first R replies (a tombstone answers not found). When every asked
 replica has answered (or the deadline passed), each one that answered with an older record
-or none gets the newest one (read repair), without the client waiting for it.
+or none gets the newest one (read repair), without the client waiting for it
+(key_reads.py).
 
 During a move a key's owners are its old and its pending new owners, and each request
 needs one more reply per pending owner (placement.py explains why that is enough).
@@ -47,7 +48,6 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import grpc
 from shardkv.common import hlc, requestid
@@ -58,6 +58,7 @@ from shardkv.router.requests.batch_read import BatchReader
 from shardkv.router.requests.batch_write import BatchWriter
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.key_reads import KeyReader, apply_to, ignore
 from shardkv.router.requests.node_client import MAX_BATCH_ITEMS, ApplyItem, MarkedRecord, NodeLink
 from shardkv.router.requests.outcomes import Mutation, ReadOutcome, WriteOutcome
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
@@ -124,12 +125,21 @@ class Coordinator:
         self._writer = writer
         self._repair_timeout_s = repair_timeout_s
         # Plain counters the metrics endpoint reads (router/api/metrics.py).
-        self.repairs = 0
         self.hints_stored = 0
         # Markers owners were asked to keep for other owners (not hints on fallbacks).
         self.markers_kept = 0
         self.reads = QuorumTally()
         self.writes = QuorumTally()
+        # The per-key read path, and read repair (key_reads.py).
+        self._key_reader = KeyReader(
+            ring=ring,
+            replication=replication,
+            clients=clients,
+            health=health,
+            clock=clock,
+            repair_timeout_s=repair_timeout_s,
+            tally=self.reads,
+        )
         # The batch paths: every owner up, no move, every owner counted (most requests).
         self._batch_writer = BatchWriter(
             placement=ring,
@@ -146,10 +156,15 @@ class Coordinator:
             clients=clients,
             health=health,
             clock=clock,
-            repair=self._repair_one,
+            repair=self._key_reader.repair_one,
             tally=self.reads,
             max_chunk=MAX_BATCH_ITEMS,
         )
+
+    @property
+    def repairs(self) -> int:
+        """Read repairs sent, by either read path."""
+        return self._key_reader.repairs
 
     @property
     def placement(self) -> Placement:
@@ -267,13 +282,7 @@ class Coordinator:
         deadline: float,
         epoch: int,
     ) -> None:
-        """Queues items routed under epoch for node_id; a node that left the topology
-        fails them at once."""
-        client = self._clients.get(node_id)
-        if client is None:
-            _gone(node_id, items)
-        else:
-            client.apply(items, deadline, epoch)
+        apply_to(self._clients, node_id, items, deadline, epoch)
 
     def _redirect(self, plan: _Write, owner: str, failure: NodeFailure) -> None:
         """An owner's write failed before the quorum was decided: park the record on a
@@ -314,7 +323,7 @@ class Coordinator:
         item = MarkedRecord(plan.record, missing)
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
         for holder in holders:
-            self._apply(holder, [(item, _ignore)], deadline, plan.epoch)
+            self._apply(holder, [(item, ignore)], deadline, plan.epoch)
         self.markers_kept += len(missing)
 
     def _keep_markers(
@@ -322,7 +331,7 @@ class Coordinator:
     ) -> None:
         """The batch path's _cover: holder keeps markers for targets beside record."""
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
-        self._apply(holder, [(MarkedRecord(record, targets), _ignore)], deadline, epoch)
+        self._apply(holder, [(MarkedRecord(record, targets), ignore)], deadline, epoch)
         self.markers_kept += len(targets)
 
     def _hint(self, plan: _Write, owner: str, outbox: _Outbox) -> bool:
@@ -354,7 +363,7 @@ class Coordinator:
     ) -> list[ReadOutcome]:
         """Reads every key from its live owners; answers once each key is decided. Replies
         beyond budget (bytes of records held) are dropped as RESOURCE_EXHAUSTED."""
-        general = partial(self._read_at, needed=needed, deadline=deadline, budget=budget)
+        general = partial(self._key_reader.read_at, needed=needed, deadline=deadline, budget=budget)
         read = partial(
             self._batch_reader.read,
             needed=needed,
@@ -365,99 +374,3 @@ class Coordinator:
         return await rerouted(
             keys, read, placement=self._ring, epochs=self._epochs, deadline=deadline
         )
-
-    async def _read_at(
-        self,
-        keys: Sequence[bytes],
-        epoch: int,
-        *,
-        needed: int,
-        deadline: float,
-        budget: ReadBudget | None,
-    ) -> list[ReadOutcome]:
-        group: QuorumGroup[replica_pb2.Record] = QuorumGroup(deadline)
-        quorums: list[Quorum[replica_pb2.Record]] = []
-        outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
-        for key in keys:
-            quorum = group.quorum(
-                needed + self._ring.pending(key, self._n), partial(self._repair, key, epoch)
-            )
-            for owner in self._ring.preference_list(key, self._n):
-                if self._health.is_down(owner):
-                    quorum.fail(owner, f"DOWN ({self._health.last_error(owner) or 'not serving'})")
-                else:
-                    outbox[owner].append((key, quorum))
-            quorums.append(quorum)
-        for node_id, entries in outbox.items():
-            asks = [(key, q.add(node_id)) for key, q in entries]
-            if budget is not None:
-                asks = budget.watch(node_id, asks)
-            client = self._clients.get(node_id)
-            if client is None:
-                _gone(node_id, asks)
-            else:
-                client.read(asks, deadline, epoch)
-        await group.wait()
-        outcomes = []
-        for key, quorum in zip(keys, quorums, strict=True):
-            self.reads.add(quorum.needed, len(quorum.ok))
-            if not quorum.succeeded:
-                error = quorum.describe("read", key, self._n)
-                outcomes.append(ReadOutcome(None, error, quorum.failure_code()))
-                continue
-            best = newest(self._counted(quorum))
-            self._clock.observe(best.version)
-            outcomes.append(ReadOutcome(best if best.version else None, None))
-        return outcomes
-
-    def _counted(self, quorum: Quorum[replica_pb2.Record]) -> list[replica_pb2.Record]:
-        """The replies that decide a read: a node that does not count (its data directory is
-        being checked or rebuilt) may hold a value deleted and purged everywhere else, so
-        its reply never wins nor spreads by read repair (R + pending replies include R
-        from nodes that count)."""
-        uncounted = self._ring.uncounted
-        if not uncounted:
-            return list(quorum.ok.values())
-        counted = [record for name, record in quorum.ok.items() if name not in uncounted]
-        return counted or list(quorum.ok.values())
-
-    def _repair(self, key: bytes, epoch: int, quorum: Quorum[replica_pb2.Record]) -> None:
-        """Sends the newest record to every replica that answered with an older one or none."""
-        if not quorum.ok:
-            return
-        best = newest(self._counted(quorum))
-        if not best.version:
-            return
-        stale = [node_id for node_id, record in quorum.ok.items() if hlc.precedes(record, best)]
-        if not stale:
-            return
-        for node_id in stale:
-            self._repair_one(node_id, best, quorum.ok[node_id].version, epoch)
-
-    def _repair_one(
-        self, node_id: str, best: replica_pb2.Record, from_version: int, epoch: int
-    ) -> None:
-        """Sends node_id the newest record of a key it answered at from_version."""
-        log.debug(
-            "read_repair key=%r node=%s from_version=%d to_version=%d request_id=%s",
-            best.key[:64],
-            node_id,
-            from_version,
-            best.version,
-            requestid.current.get() or "-",
-        )
-        deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
-        self._apply(node_id, [(best, _ignore)], deadline, epoch)
-        self.repairs += 1
-
-
-def _ignore(result: bool | NodeFailure) -> None:
-    """Read repair and late markers are best effort: a failed repair is retried by the
-    next read, a failed marker left to anti-entropy."""
-
-
-def _gone(node_id: str, items: Sequence[tuple[object, Deliver[Any]]]) -> None:
-    """Fails items meant for a node that left the topology while their request ran."""
-    failure = NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")
-    for _, deliver in items:
-        deliver(failure)
