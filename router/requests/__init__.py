@@ -4,6 +4,7 @@
   quorums, hints for owners that did not answer, read repair.
 - ``batch_write``, ``batch_read``  the same quorums for most requests (every owner up,
   no move), counted per batch in arrays, one chunk and one reply per node.
+- ``chunk_round``  what both batch paths keep alike for one batch in flight.
 - ``key_reads``    the per-key read path for the rest, and read repair.
 - ``outcomes``, ``framing``  what a request answers per key; records serialized once.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.

@@ -25,6 +25,7 @@ from shardkv.common import hlc
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.batch_write import FINAL_CODES
+from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome
@@ -49,27 +50,11 @@ class KeyChunkLink(Protocol):
         order (version 0 where it holds none), or the NodeFailure of the call."""
 
 
-class _Round:
+class _Round(ChunkRound):
     """One batch in flight: per key a reply count, the newest record so far and the
     answer; the chunks answered and failed; the future the request awaits."""
 
-    __slots__ = (
-        "answer",
-        "answered",
-        "best",
-        "chunks",
-        "chunks_left",
-        "differ",
-        "done",
-        "expired",
-        "failures",
-        "needed",
-        "open",
-        "replies",
-        "settle",
-        "timer",
-        "undecided",
-    )
+    __slots__ = ("answer", "answered", "best", "differ", "replies")
 
     def __init__(
         self,
@@ -78,38 +63,13 @@ class _Round:
         chunks: list[tuple[str, list[int]]],
         done: asyncio.Future[None],
     ) -> None:
+        super().__init__(needed, chunks, done)
         self.replies = [0] * keys
         self.best: list[Record | None] = [None] * keys
         self.answer: list[Record | None] = [None] * keys
         # Keys whose replicas answered different records (read repair candidates).
         self.differ: set[int] = set()
-        self.needed = needed
-        self.undecided = 0
-        # (node, indexes of its keys) per chunk sent; whether its reply is still awaited.
-        self.chunks = chunks
-        self.open = [True] * len(chunks)
-        self.chunks_left = len(chunks)
         self.answered: list[tuple[str, list[int], list[Record]]] = []
-        self.failures: list[tuple[str, list[int], NodeFailure]] = []
-        self.done = done
-        self.expired = False
-        self.settle: Callable[[], None] = _nothing
-        self.timer: asyncio.TimerHandle | None = None
-
-    def finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def close(self) -> None:
-        """Every reply is in, or the deadline passed: settle once, answer if not yet. The
-        settle step and the timer refer back to the round: dropped here, so a round is
-        freed by reference counting, not left to the cyclic collector."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        settle, self.settle = self.settle, _nothing
-        settle()
-        self.finish()
 
     def expire(self) -> None:
         """The deadline passed: late replies count for nothing (as in quorum.py)."""
@@ -319,7 +279,3 @@ def _failure(
         f" (N={replication}); failed: {', '.join(reasons) or 'none'}"
     )
     return ReadOutcome(None, error, code)
-
-
-def _nothing() -> None:
-    """What a round settles with before it is given its settle step."""

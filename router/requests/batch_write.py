@@ -28,6 +28,7 @@ from typing import Protocol
 
 import grpc
 from shardkv.router.placement.current import Placement
+from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.health import NodeHealth
@@ -54,25 +55,11 @@ class ChunkLink(Protocol):
         held) every one of them, or the NodeFailure of the call."""
 
 
-class _Round:
+class _Round(ChunkRound):
     """One batch in flight: an acknowledgement counter per key, the failed chunks, and
     the future the request awaits."""
 
-    __slots__ = (
-        "acks",
-        "answered",
-        "chunks",
-        "chunks_left",
-        "done",
-        "expired",
-        "failures",
-        "needed",
-        "open",
-        "settle",
-        "silent",
-        "timer",
-        "undecided",
-    )
+    __slots__ = ("acks", "answered", "silent")
 
     def __init__(
         self,
@@ -81,37 +68,11 @@ class _Round:
         chunks: list[tuple[str, list[int]]],
         done: asyncio.Future[None],
     ) -> None:
+        super().__init__(needed, chunks, done)
         self.acks = [0] * keys
-        self.needed = needed
-        self.undecided = 0
-        # (node, indexes of its keys) per chunk sent; whether its reply is still awaited.
-        self.chunks = chunks
-        self.open = [True] * len(chunks)
-        self.chunks_left = len(chunks)
-        # (node, indexes of its chunk, why it failed), for the rare keys that need them.
-        self.failures: list[tuple[str, list[int], NodeFailure]] = []
         # Chunks acknowledged, and chunks still unanswered when the deadline passed.
         self.answered: list[tuple[str, list[int]]] = []
         self.silent: list[tuple[str, list[int]]] = []
-        self.done = done
-        self.expired = False
-        self.settle: Callable[[], None] = _nothing
-        self.timer: asyncio.TimerHandle | None = None
-
-    def finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def close(self) -> None:
-        """Every reply is in, or the deadline passed: settle once, answer if not yet. The
-        settle step and the timer refer back to the round: dropped here, so a round is
-        freed by reference counting, not left to the cyclic collector."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        settle, self.settle = self.settle, _nothing
-        settle()
-        self.finish()
 
     def expire(self) -> None:
         """The deadline passed: chunks not answered count as silent, late replies as
@@ -346,7 +307,3 @@ def _failure(
         f" (N={replication}); failed: {', '.join(reasons) or 'none'}"
     )
     return WriteOutcome(record.version, error, code)
-
-
-def _nothing() -> None:
-    """What a round settles with before it is given its settle step."""

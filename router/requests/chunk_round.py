@@ -1,0 +1,63 @@
+"""What the two batch paths (batch_write.py, batch_read.py) keep alike for one batch in
+flight: the chunks sent, which are still awaited, the failures, the deadline's timer and
+the future the request awaits. Slotted and plain: one round per request on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from shardkv.router.requests.coalescer import NodeFailure
+
+
+def nothing() -> None:
+    """What a round settles with before it is given its settle step."""
+
+
+class ChunkRound:
+    """One batch in flight; each path adds its per-key counters and its expire()."""
+
+    __slots__ = (
+        "chunks",
+        "chunks_left",
+        "done",
+        "expired",
+        "failures",
+        "needed",
+        "open",
+        "settle",
+        "timer",
+        "undecided",
+    )
+
+    def __init__(
+        self, needed: int, chunks: list[tuple[str, list[int]]], done: asyncio.Future[None]
+    ) -> None:
+        self.needed = needed
+        self.undecided = 0
+        # (node, indexes of its keys) per chunk sent; whether its reply is still awaited.
+        self.chunks = chunks
+        self.open = [True] * len(chunks)
+        self.chunks_left = len(chunks)
+        # (node, indexes of its chunk, why it failed), for the rare keys that need them.
+        self.failures: list[tuple[str, list[int], NodeFailure]] = []
+        self.done = done
+        self.expired = False
+        self.settle: Callable[[], None] = nothing
+        self.timer: asyncio.TimerHandle | None = None
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        """Every reply is in, or the deadline passed: settle once, answer if not yet. The
+        settle step and the timer refer back to the round: dropped here, so a round is
+        freed by reference counting, not left to the cyclic collector."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        settle, self.settle = self.settle, nothing
+        settle()
+        self.finish()
