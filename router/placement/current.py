@@ -86,7 +86,7 @@ class Placement:
 
     def fallbacks(self, key: bytes, n: int, *, skip: frozenset[str] = frozenset()) -> Iterator[str]:
         """Nodes beyond the key's owners (old and pending), in old-ring order, leaving out
-        skip: the candidates for sloppy-quorum hints."""
+        skip: the candidates to park hints on."""
         owners = frozenset(self.preference_list(key, n))
         for node_id in self._layout.old.walk(key):
             if node_id not in owners and node_id not in skip:

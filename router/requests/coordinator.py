@@ -5,11 +5,10 @@ the router's writer number) and goes to all N owners of its key at once; the wri
 succeeds when W (or the level asked for) have acknowledged, and the other replica writes
 carry on in the background. An owner that is DOWN, or whose write fails before the quorum
 is decided (any failure but RESOURCE_EXHAUSTED), is replaced by the next node on the ring
-beyond the preference list, which parks the record as a durable hint for the owner; that
-hint counts toward W. This is Dynamo's sloppy quorum: it keeps writes available while a
-node is down, at the price that an acknowledged write may, for a while, sit on fewer than
-W of its owners (R + W > N then guarantees read-your-writes only once the hints are
-handed back).
+beyond the preference list, which parks the record as a durable hint for the owner. As in
+Cassandra, and unlike Dynamo's sloppy quorum, that hint never counts toward W: an
+acknowledged write is on W owners, so any R owners that answer a later read include one
+that holds it (R + W > N). The hint only hands the record over when the owner returns.
 
 Every owner that does not acknowledge a write gets a hint, whatever the failure and in
 every cluster shape. Where no fallback is up (3 nodes, N=3), the live owners keep a
@@ -230,11 +229,10 @@ class Coordinator:
             down = [owner for owner in owners if self._health.is_down(owner)]
             if down:
                 plan.marked = tuple(o for o in down if not self._hint(plan, o, outbox))
-                for owner in plan.marked:
+                for owner in down:
                     reason = self._health.last_error(owner) or "DOWN"
-                    plan.quorum.fail(
-                        owner, f"DOWN ({reason}); no fallback up, owners keep a marker"
-                    )
+                    kept = "owners keep a marker" if owner in plan.marked else "hint parked"
+                    plan.quorum.fail(owner, f"DOWN ({reason}); {kept}")
                 if plan.marked:
                     item = MarkedRecord(record, plan.marked)
                     self.markers_kept += len(plan.marked)
@@ -245,7 +243,7 @@ class Coordinator:
         self._send(outbox, deadline)
         await group.wait()
         for plan in plans:
-            self.writes.add(plan.quorum.needed, len(plan.quorum.ok))
+            self.writes.add(plan.quorum.needed, plan.quorum.acks)
         return [
             WriteOutcome(
                 plan.record.version,
@@ -268,7 +266,9 @@ class Coordinator:
                 (
                     item,
                     plan.quorum.add(
-                        name, partial(self._redirect, plan, node_id) if direct else None
+                        name,
+                        partial(self._redirect, plan, node_id) if direct else None,
+                        counts=direct,
                     ),
                 )
                 for item, plan, name, direct in entries
@@ -303,7 +303,7 @@ class Coordinator:
         fallback's hint failed). Nobody waits for this; a marker that fails to land is
         left to anti-entropy (the owner's return from DOWN starts a pass)."""
         if not quorum.failed:
-            return  # every owner acknowledged, or a hint on a fallback stands in for it
+            return  # every owner acknowledged
         ok = quorum.ok
         holders = [owner for owner in plan.owners if owner in ok]
         covered = set(plan.marked) if holders else set()

@@ -94,28 +94,41 @@ class Quorum(Generic[T]):
         on_settled: Callable[[Quorum[T]], None] | None,
     ) -> None:
         self.needed = needed
+        # Every successful reply, counted or not (hints on fallbacks are not: add()).
         self.ok: dict[str, T] = {}
+        # Successful replies that count toward needed.
+        self.acks = 0
         self.failed: dict[str, str] = {}
         # Replicas that refused for lack of resources (store full, overloaded).
         self.exhausted: set[str] = set()
         self._group = group
         self._on_settled = on_settled
         self._pending: set[str] = set()
+        # Replies that do not count toward needed (hints), and the counted ones awaited.
+        self._uncounted: set[str] = set()
+        self._counted_pending = 0
         self._started = False
         self._decided = False
         self._settled = False
 
     @property
     def succeeded(self) -> bool:
-        return len(self.ok) >= self.needed
+        return self.acks >= self.needed
 
     def add(
-        self, name: str, on_failed: OnFailed | None = None
+        self, name: str, on_failed: OnFailed | None = None, *, counts: bool = True
     ) -> Callable[[T | NodeFailure], None]:
         """Expects a reply from replica name; returns the callback that delivers it.
 
-        on_failed may replace a failed replica before the quorum is decided."""
+        on_failed may replace a failed replica before the quorum is decided. A reply that
+        does not count (a hint on a fallback: it is not an owner's copy, and an owner's
+        quorum read would not see it) is awaited before the quorum settles, never for its
+        decision."""
         self._pending.add(name)
+        if counts:
+            self._counted_pending += 1
+        else:
+            self._uncounted.add(name)
         # A partial of a method, not a closure: one object per replica instead of a
         # function and its cells (this runs for every replica of every key).
         return partial(self._deliver, name, on_failed)
@@ -123,6 +136,10 @@ class Quorum(Generic[T]):
     def _deliver(self, name: str, on_failed: OnFailed | None, result: T | NodeFailure) -> None:
         if name not in self._pending:
             return  # arrived after the deadline
+        counts = not self._uncounted or name not in self._uncounted
+        if counts:
+            self._counted_pending -= 1
+        self._pending.discard(name)
         if isinstance(result, NodeFailure):
             self.failed[name] = str(result)
             if result.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -131,7 +148,8 @@ class Quorum(Generic[T]):
                 on_failed(result)
         else:
             self.ok[name] = result
-        self._pending.discard(name)
+            if counts:
+                self.acks += 1
         self._check()
 
     def fail(self, name: str, reason: str) -> None:
@@ -148,6 +166,7 @@ class Quorum(Generic[T]):
         for name in self._pending:
             self.failed.setdefault(name, "no answer before the deadline")
         self._pending.clear()
+        self._counted_pending = 0
         self._started = True
         self._check()
 
@@ -163,16 +182,18 @@ class Quorum(Generic[T]):
         """Why the quorum failed: how many acknowledged of how many required, and who failed."""
         failures = [f"{name} ({reason})" for name, reason in sorted(self.failed.items())]
         failures += [f"{name} (no answer before the deadline)" for name in sorted(self._pending)]
+        hints = sorted(name for name in self.ok if name in self._uncounted)
         return (
-            f"{action} of key {key[:64]!r}: {len(self.ok)} of {self.needed} required replicas"
+            f"{action} of key {key[:64]!r}: {self.acks} of {self.needed} required replicas"
             f" {'acknowledged' if action == 'write' else 'answered'} (N={replication});"
             f" failed: {', '.join(failures) or 'none'}"
+            + (f"; parked, not counted toward the quorum: {', '.join(hints)}" if hints else "")
         )
 
     def _check(self) -> None:
         if not self._started:
             return
-        if not self._decided and (self.succeeded or not self._pending):
+        if not self._decided and (self.succeeded or not self._counted_pending):
             self._decided = True
             self._group._decided()
         if not self._pending and not self._settled:

@@ -52,7 +52,7 @@ from netns_hosts import Lan, lan, unavailable
 from shardkv.client import Client
 from shardkv.v1 import admin_pb2
 
-from faults.checker import KINDS, STALE, check
+from faults.checker import check
 from faults.cluster import wait_nodes_up
 from faults.history import OK, History, reads_during
 from faults.observe import HealthWatch, describe, seen_down
@@ -131,23 +131,14 @@ def _bulk_load(cluster: MultiHostCluster) -> list[bytes]:
     return keys
 
 
-# A known bug, not found yet: one full run of the suite (about 1 run in 8 of this test) saw
-# 2 stale reads through r2 of a put r1 had acknowledged 40 ms before (c/034, not found
-# twice), 0 lost. Stale reads alone mark the test xfail, so its figures show each time;
-# anything else the checker finds still fails it.
-KNOWN_STALE_AFTER_TAKEOVER = "known bug: stale reads around a move taken over from a killed driver"
-
-
 def scenario(
     run: Run,
     name: str,
     fault: Callable[[list[Window]], None],
     seed: int,
-    known_stale: str | None = None,
 ) -> None:
     """Runs the workload through r1 and r2 while fault runs (it appends its windows), then
-    checks everything the module docstring lists (stale reads alone are known_stale's
-    xfail, when given)."""
+    checks everything the module docstring lists."""
     spec = Workload(keys=40, workers=8, prefix=f"{name}/".encode())
     windows: list[Window] = []
     targets = [run.r1.address, run.r2.address]
@@ -173,9 +164,6 @@ def scenario(
     print(f"[multihost {name}] reads ok per router while each fault lasted: {reads}")
     assert verdict.acknowledged_writes > 100, verdict.summary()
     problems = verdict.problems()
-    only_stale = not any(verdict.of(kind) for kind in KINDS if kind != STALE)
-    if known_stale and problems and only_stale:
-        pytest.xfail(f"{known_stale}: " + "; ".join(problems))
     assert not problems, "\n".join(problems)
     assert windows, "the fault recorded no window"
     for window in windows:
@@ -344,5 +332,5 @@ def test_driver_killed_during_a_move_is_taken_over(run: Run) -> None:
             windows.append(Window("SIGKILL r1 driving add-n6", killed, time.monotonic(), ("c1",)))
             run.r1.start()  # both routers again for the checks (and the next test)
 
-    scenario(run, "c", fault, seed=13, known_stale=KNOWN_STALE_AFTER_TAKEOVER)
+    scenario(run, "c", fault, seed=13)
     print(f"[multihost c] r2 finished the move {took[0]:.2f} s after its driver was killed")

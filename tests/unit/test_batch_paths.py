@@ -58,8 +58,9 @@ def test_a_batch_sends_each_node_one_chunk_and_no_single_items() -> None:
 @pytest.mark.timeout(10)
 def test_a_key_short_of_its_quorum_through_failed_calls_gets_hints_via_the_general_path() -> None:
     """Two owners fail their calls but are not known DOWN: the batch cannot reach W=2 for
-    that key, so the general path places it again and parks hints on the fallbacks, which
-    count; the batch's other keys are decided in the batch."""
+    that key, so the general path places it again and parks hints on the fallbacks. The
+    hints do not count toward W, so the key fails, saying so; the batch's other keys are
+    decided in the batch, each by its owners alone."""
 
     async def scenario() -> None:
         cluster = FakeCluster(5)
@@ -71,12 +72,15 @@ def test_a_key_short_of_its_quorum_through_failed_calls_gets_hints_via_the_gener
         outcomes = await cluster.coordinator.write(
             [Mutation(k, b"v") for k in [key, *others]], 2, cluster.deadline()
         )
-        assert outcomes[0].error is None, outcomes[0].error
+        error = outcomes[0].error
+        assert error is not None and "1 of 2 required replicas acknowledged" in error
+        assert "parked, not counted toward the quorum" in error
         fallbacks = [n for n in cluster.ids if n not in owners]
         hinted = {t for n in fallbacks for t in owners[1:] if key in cluster.nodes[n].hinted_for(t)}
         assert hinted == set(owners[1:])
-        # Every key has fallbacks up here (5 nodes): each one ends acknowledged.
-        assert [o.error for o in outcomes[1:]] == [None] * len(others)
+        for other, outcome in zip(others, outcomes[1:], strict=True):
+            up = [o for o in cluster.owners(other) if o not in owners[1:]]
+            assert (outcome.error is None) == (len(up) >= 2), (other, up, outcome.error)
 
     run(scenario)
 

@@ -153,15 +153,19 @@ def test_an_owner_silent_past_the_deadline_gets_markers_too() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_a_fallback_outside_the_preference_list_holds_a_hint_that_counts() -> None:
+def test_a_fallback_outside_the_preference_list_holds_a_hint_that_does_not_count() -> None:
     async def scenario() -> None:
         cluster = FakeCluster(4)
         key = cluster.key_owned("fb", "n1")
         owners = cluster.owners(key)
         fallback = next(n for n in cluster.ids if n not in owners)
         cluster.down(owners[2])
-        [outcome] = await cluster.coordinator.write([Mutation(key, b"v")], 3, cluster.deadline())
-        assert outcome.error is None, "sloppy quorum: the fallback's hint counts"
+        [at_all] = await cluster.coordinator.write([Mutation(key, b"v")], 3, cluster.deadline())
+        assert at_all.error is not None, "a hint is no owner's copy: W=3 needs three owners"
+        assert f"{owners[2]} (DOWN" in at_all.error and "hint parked" in at_all.error
+        assert f"not counted toward the quorum: {fallback} (hint for {owners[2]})" in at_all.error
+        [outcome] = await cluster.coordinator.write([Mutation(key, b"v")], 2, cluster.deadline())
+        assert outcome.error is None
         assert cluster.nodes[fallback].hinted_for(owners[2]) == {key}
         assert cluster.nodes[fallback].value(key) is None, "a hint is not the fallback's data"
         assert not any(cluster.nodes[o].markers for o in owners[:2])
