@@ -188,6 +188,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             self._clients,
             self._health,
             placement=self._coordinator.placement,
+            epochs=self._coordinator.epochs,
             replication=self._topology.replication,
             needed=needed,
             start=page_token or start,

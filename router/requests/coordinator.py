@@ -170,6 +170,11 @@ class Coordinator:
         """Where keys live now (scans keep only what owners hold: requests/scan.py)."""
         return self._ring
 
+    @property
+    def epochs(self) -> RouterEpoch | None:
+        """What a fence refusal catches up with (scans route their rounds again with it)."""
+        return self._epochs
+
     async def write(
         self, mutations: Sequence[Mutation], needed: int, deadline: float
     ) -> list[WriteOutcome]:

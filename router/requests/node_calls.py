@@ -64,14 +64,16 @@ class NodeCalls:
         )
 
     async def scan_records(
-        self, start: bytes, end: bytes, limit: int, timeout_s: float
+        self, start: bytes, end: bytes, limit: int, timeout_s: float, epoch: int
     ) -> replica_pb2.ScanRecordsResponse | NodeFailure:
+        """One page of the node's records in [start, end), routed under epoch."""
         timeout = min(timeout_s, self._call_timeout_s)
         try:
             reply: replica_pb2.ScanRecordsResponse = await self._call(
                 self._replica.ScanRecords,
                 replica_pb2.ScanRecordsRequest(start=start, end=end, limit=limit),
                 timeout,
+                epoch,
             )
             return reply
         except grpc.aio.AioRpcError as err:

@@ -16,6 +16,11 @@ Nodes page their answers, so a node's page ends at its own resume point: only ke
 the smallest resume point are complete and may be emitted. When that leaves the page
 short (many tombstones, non-owned copies, or small node pages) the router asks again from
 that point until the page is full, the range is exhausted, or the deadline nears.
+
+Each round of node calls is routed under one topology epoch, and its answers are kept by
+that epoch's owners. A node fenced at a newer epoch refuses the round; the router then
+catches up (fencing.py) and asks the same range again under the new placement, as writes
+and reads are routed again, so the client never sees a move it was not told of.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
 from shardkv.common.limits import after
+from shardkv.router.membership.fencing import REROUTES, RouterEpoch
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.health import NodeHealth
@@ -49,6 +56,7 @@ async def scan_page(
     health: NodeHealth,
     *,
     placement: Placement,
+    epochs: RouterEpoch | None,
     replication: int,
     needed: int,
     start: bytes,
@@ -58,32 +66,43 @@ async def scan_page(
     deadline: float,
 ) -> Page:
     """One page of at most limit live records of [start, end) (end b"" = open), cut short
-    once it holds max_bytes of keys and values (so it fits in one message)."""
+    once it holds max_bytes of keys and values (so it fits in one message). epochs: what a
+    fence refusal catches up with (None: the range is not asked again)."""
     loop = asyncio.get_running_loop()
-    uncounted = placement.uncounted
-    live = [n for n in clients if not health.is_down(n) and n not in uncounted]
-    _check_coverage(health, clients, live, replication, needed, uncounted)
+    routed, live = _route(placement, clients, health, replication, needed)
+    reroutes = 0
     emitted: list[replica_pb2.Record] = []
     size = 0
     cursor = start
     while True:
+        epoch = routed.layout.epoch
         replies = await asyncio.gather(
             *(
-                clients[node_id].scan_records(cursor, end, limit, deadline - loop.time())
+                clients[node_id].scan_records(cursor, end, limit, deadline - loop.time(), epoch)
                 for node_id in live
             )
         )
+        failed = [r for r in replies if isinstance(r, NodeFailure)]
+        if (
+            epochs is not None
+            and epochs.fenced > epoch
+            and reroutes < REROUTES
+            and any(f.code == grpc.StatusCode.FAILED_PRECONDITION for f in failed)
+            and await epochs.catch_up(epoch, deadline - loop.time())
+        ):
+            reroutes += 1
+            routed, live = _route(placement, clients, health, replication, needed)
+            continue
         pages = [
             (node_id, reply)
             for node_id, reply in zip(live, replies, strict=True)
             if not isinstance(reply, NodeFailure)
         ]
-        if len(pages) < len(live):
-            failed = [r for r in replies if isinstance(r, NodeFailure)]
+        if failed:
             live = [node_id for node_id, _ in pages]
-            _check_coverage(health, clients, live, replication, needed, uncounted, failed)
+            _check_coverage(health, clients, live, replication, needed, routed.uncounted, failed)
         bound = _safe_bound([page for _, page in pages])
-        for record in _merge(pages, bound, placement, replication):
+        for record in _merge(pages, bound, routed, replication):
             if len(emitted) == limit or size >= max_bytes:
                 return Page(emitted, after(emitted[-1].key))
             emitted.append(record)
@@ -96,6 +115,23 @@ async def scan_page(
             # Out of time with a short page: hand back what is complete and resume later.
             return Page(emitted, bound)
         cursor = bound
+
+
+def _route(
+    placement: Placement,
+    clients: Mapping[str, NodeClient],
+    health: NodeHealth,
+    replication: int,
+    needed: int,
+) -> tuple[Placement, list[str]]:
+    """The placement a round is routed under (fixed for the round, though the router may
+    switch meanwhile) and the nodes it asks: every live node that counts."""
+    routed = Placement(placement.layout)
+    uncounted = placement.uncounted
+    routed.set_uncounted(uncounted)
+    live = [n for n in clients if not health.is_down(n) and n not in uncounted]
+    _check_coverage(health, clients, live, replication, needed, uncounted)
+    return routed, live
 
 
 def _safe_bound(pages: Sequence[replica_pb2.ScanRecordsResponse]) -> bytes | None:

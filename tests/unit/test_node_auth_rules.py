@@ -143,7 +143,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
         "apply_now": lambda: client.apply_now([record], 5),
         "apply_batch": lambda: client.apply_batch([record], 5),
         "read_batch": lambda: client.read_batch([b"k"], 5),
-        "scan_records": lambda: _no_failure(client.scan_records(b"", b"", 10, 5)),
+        "scan_records": lambda: _no_failure(client.scan_records(b"", b"", 10, 5, 1)),
         "hint_summary": lambda: client.hint_summary(),
         "read_hints": lambda: client.read_hints("n2", 10),
         "delete_hints": lambda: client.delete_hints("n2", [record]),
