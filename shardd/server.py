@@ -1,4 +1,5 @@
-"""The shardd gRPC server: KV, Replica, health and reflection over one node's store.
+"""The shardd gRPC server: KV, Replica (and its frames, ReplicaExchange), health and
+reflection over one node's store.
 
 `ShardServer(config).start()` opens the store, binds and serves, returning the bound port
 (listen on port 0 to let the OS pick one); `stop(grace)` turns health to NOT_SERVING, lets
@@ -23,6 +24,8 @@ from shardkv.serving.connections import DEFAULT_CONNECTIONS, ConnectionLimits, s
 from shardkv.serving.metrics_http import MetricsServer
 from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
+from shardkv.shardd.exchange import SERVICE as EXCHANGE_SERVICE
+from shardkv.shardd.exchange import ExchangeServicer
 from shardkv.shardd.identity import DirectoryIdentity
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
@@ -102,6 +105,7 @@ class ShardServer:
         self._storage: NodeStorage | None = None
         self._health = health.aio.HealthServicer()
         self._metrics: MetricsServer | None = None
+        self._exchange: ExchangeServicer | None = None
         self.address = ""
         # host:port of the metrics endpoint; empty when it is off.
         self.metrics_address = ""
@@ -156,12 +160,20 @@ class ShardServer:
         kv_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
             KVServicer(self._storage, limits=config.limits), server
         )
-        replica_pb2_grpc.add_ReplicaServicer_to_server(  # type: ignore[no-untyped-call]
-            ReplicaServicer(self._storage, limits=config.limits, directory=directory), server
-        )
+        replica = ReplicaServicer(self._storage, limits=config.limits, directory=directory)
+        replica_pb2_grpc.add_ReplicaServicer_to_server(replica, server)  # type: ignore[no-untyped-call]
+        self._exchange = ExchangeServicer(replica)
+        server.add_generic_rpc_handlers((self._exchange.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (KV_SERVICE, REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+            (
+                KV_SERVICE,
+                REPLICA_SERVICE,
+                EXCHANGE_SERVICE,
+                HEALTH_SERVICE,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         try:
             port = _bind(server, config.listen, config.tls)
@@ -224,6 +236,8 @@ class ShardServer:
         grace = self.config.grace_s if grace is None else grace
         log.info("stopping node_id=%s grace_s=%s", self.config.node_id, grace)
         await self._health.enter_graceful_shutdown()
+        if self._exchange is not None:
+            self._exchange.close()  # streams end once their frames are answered
         await server.stop(grace)
         if self._metrics is not None:
             await self._metrics.stop()

@@ -266,13 +266,16 @@ class NodeCalls:
             # open until the deadline (forever without one).
             call.cancel()
 
+    def _routed(self, epoch: int | None) -> int | None:
+        """The epoch a call goes under: its own, else the one the router serves now."""
+        return self._epochs.epoch if epoch is None and self._epochs is not None else epoch
+
     def _metadata(self, epoch: int | None) -> tuple[tuple[str, str], ...]:
         """What every call to the node carries: the node token (if any), the epoch it was
-        routed under (None: the one the router serves now) and the request id."""
-        if epoch is None and self._epochs is not None:
-            epoch = self._epochs.epoch
-        routed = () if epoch is None else ((EPOCH_KEY, str(epoch)),)
-        return self._auth + routed + (requestid.outgoing() or ())
+        routed under (_routed) and the request id."""
+        routed = self._routed(epoch)
+        fenced = () if routed is None else ((EPOCH_KEY, str(routed)),)
+        return self._auth + fenced + (requestid.outgoing() or ())
 
     async def _call(
         self,

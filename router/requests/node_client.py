@@ -2,8 +2,10 @@
 
 Single-key work (the records and hints of writes, the keys of reads, read repairs) goes
 through a Coalescer per kind, so concurrent requests share one Replica.Apply or
-Replica.Read call per node. Bulk work that is already batched (scans, hint hand-off,
-health checks) is called directly (node_calls.py).
+Replica.Read call per node. Those calls travel as frames of one long-lived stream per node
+(node_stream.py), which costs the node about half a unary call's CPU and each hop its
+call set-up; a node without the stream service gets unary calls. Bulk work that is
+already batched (scans, hint hand-off, health checks) is called directly (node_calls.py).
 
 Every call carries the topology epoch it was routed under (``shardkv-epoch`` metadata,
 router/membership/fencing.py): the coordinator passes the epoch of the placement it used,
@@ -31,6 +33,7 @@ from shardkv.router.requests.node_calls import (
     NodeCalls,
     TokenSpan,
 )
+from shardkv.router.requests.node_stream import APPLY, READ, NodeStream
 from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
@@ -141,6 +144,13 @@ class NodeClient(NodeCalls):
             on_failure=on_failure,
             token=token,
             epochs=epochs,
+        )
+        self._stream = NodeStream(node.id, self._channel, self._auth, refused=self._noticed)
+        # Unary Read fed bytes, for a node without the stream (Apply: _apply_framed).
+        self._read_bytes = self._channel.unary_unary(
+            "/shardkv.v1.Replica/Read",
+            request_serializer=passthrough,
+            response_deserializer=replica_pb2.ReadResponse.FromString,
         )
         self._health_check = self._channel.unary_unary(
             "/grpc.health.v1.Health/Check",
@@ -271,6 +281,7 @@ class NodeClient(NodeCalls):
         await self._reads.close()
         await self._chunk_applies.close()
         await self._chunk_reads.close()
+        await self._stream.close()
         await self._channel.close()
 
     async def _send_apply(
@@ -286,7 +297,7 @@ class NodeClient(NodeCalls):
                     request.markers.add(key=item.record.key, target=target)
             else:
                 request.records.append(item)
-        reply = await self._call(self._replica.Apply, request, timeout, epoch)
+        reply = await self._apply(request.SerializeToString(), timeout, epoch)
         if len(reply.applied) != len(request.records):
             return []  # the coalescer fails the batch as a short reply
         # A restored record's result is whether the node accepted it: False when refused
@@ -301,12 +312,8 @@ class NodeClient(NodeCalls):
     ) -> list[replica_pb2.Record]:
         """The records of keys, or of the prefix whose values fit MAX_BATCH_BYTES (the
         coalescer sends the rest in its next call)."""
-        reply = await self._call(
-            self._replica.Read,
-            replica_pb2.ReadRequest(keys=keys, max_bytes=MAX_BATCH_BYTES),
-            timeout,
-            epoch,
-        )
+        request = replica_pb2.ReadRequest(keys=keys, max_bytes=MAX_BATCH_BYTES)
+        reply = await self._read(request.SerializeToString(), timeout, epoch)
         return list(reply.records)
 
     async def _send_chunks(
@@ -314,9 +321,7 @@ class NodeClient(NodeCalls):
     ) -> list[bool]:
         """One Apply of every chunk's records; True for each chunk the node answered whole."""
         body = b"".join(chunk.data for chunk in chunks)
-        reply: replica_pb2.ApplyResponse = await self._call(
-            self._apply_framed, body, timeout, epoch
-        )
+        reply = await self._apply(body, timeout, epoch)
         if len(reply.applied) != sum(chunk.count for chunk in chunks):
             return []  # the coalescer fails the batch as a short reply
         return [True] * len(chunks)
@@ -331,9 +336,9 @@ class NodeClient(NodeCalls):
         records: list[replica_pb2.Record] = []
         end = asyncio.get_running_loop().time() + timeout
         while len(records) < len(keys):
-            reply = await self._call(
-                self._replica.Read,
-                replica_pb2.ReadRequest(keys=keys[len(records) :], max_bytes=MAX_BATCH_BYTES),
+            request = replica_pb2.ReadRequest(keys=keys[len(records) :], max_bytes=MAX_BATCH_BYTES)
+            reply = await self._read(
+                request.SerializeToString(),
                 max(0.0, end - asyncio.get_running_loop().time()),
                 epoch,
             )
@@ -346,6 +351,29 @@ class NodeClient(NodeCalls):
             split.append(records[start : start + len(chunk)])
             start += len(chunk)
         return split
+
+    async def _apply(
+        self, body: bytes, timeout: float, epoch: int | None
+    ) -> replica_pb2.ApplyResponse:
+        """One Apply of body (a serialized ApplyRequest) routed under epoch (None: the
+        router's): a frame of the node's stream, or a unary call to a node without it."""
+        reply = await self._stream.send(APPLY, body, timeout, self._routed(epoch))
+        if reply is not None:
+            return reply.apply
+        applied: replica_pb2.ApplyResponse = await self._call(
+            self._apply_framed, body, timeout, epoch
+        )
+        return applied
+
+    async def _read(
+        self, body: bytes, timeout: float, epoch: int | None
+    ) -> replica_pb2.ReadResponse:
+        """One Read of body (a serialized ReadRequest), as _apply."""
+        reply = await self._stream.send(READ, body, timeout, self._routed(epoch))
+        if reply is not None:
+            return reply.read
+        read: replica_pb2.ReadResponse = await self._call(self._read_bytes, body, timeout, epoch)
+        return read
 
 
 def _framed_size(records: FramedRecords) -> int:

@@ -1,0 +1,170 @@
+"""The router's coalesced Apply and Read calls travel as frames of one stream per node
+(router/requests/node_stream.py, shardd/exchange.py) and behave exactly as the unary calls
+they replace: fenced under the epoch each carries, answered with the same status, bounded
+by their deadline even when the node stops answering, and served again once a restarted
+node is back. The node's call counters show that no unary Apply or Read was made."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from harness import Proc, shardd_proc, stopped_after
+from shardkv.common.limits import DEFAULT_LIMITS
+from shardkv.router.membership.topology import NodeConfig
+from shardkv.router.requests.coalescer import NodeFailure
+from shardkv.router.requests.node_client import NodeClient
+from shardkv.serving.telemetry import Observability
+from shardkv.shardd.server import ServerConfig, ShardServer
+from shardkv.v1 import replica_pb2
+
+VERSION = (1_700_000_000_000 << 16) | 1
+
+
+def _record(key: bytes, version: int = VERSION) -> replica_pb2.Record:
+    return replica_pb2.Record(key=key, value=b"v-" + key, version=version, writer=1)
+
+
+def _client(address: str) -> NodeClient:
+    return NodeClient(
+        NodeConfig("n1", address),
+        limits=DEFAULT_LIMITS,
+        call_timeout_s=5,
+        on_failure=lambda failure, timeout: None,
+    )
+
+
+async def _apply(
+    client: NodeClient, record: replica_pb2.Record, epoch: int, within_s: float = 5
+) -> bool | NodeFailure:
+    answer: asyncio.Future[bool | NodeFailure] = asyncio.get_running_loop().create_future()
+    deadline = asyncio.get_running_loop().time() + within_s
+    client.apply([(record, answer.set_result)], deadline, epoch)
+    return await answer
+
+
+async def _read(
+    client: NodeClient, key: bytes, epoch: int, within_s: float = 5
+) -> replica_pb2.Record | NodeFailure:
+    answer: asyncio.Future[replica_pb2.Record | NodeFailure] = (
+        asyncio.get_running_loop().create_future()
+    )
+    deadline = asyncio.get_running_loop().time() + within_s
+    client.read([(key, answer.set_result)], deadline, epoch)
+    return await answer
+
+
+def _unary_calls(metrics_address: str) -> int:
+    """Replica Apply and Read calls the node counted (a stream's frames are not calls)."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("shardkv_grpc_requests_total")
+        and 'service="shardkv.v1.Replica"' in line
+        and ('method="Apply"' in line or 'method="Read"' in line)
+    )
+
+
+@pytest.mark.timeout(60)
+def test_frames_are_fenced_and_answered_like_calls(tmp_path: Path) -> None:
+    async def main() -> None:
+        server = ShardServer(
+            ServerConfig(
+                node_id="n1",
+                data_dir=tmp_path,
+                listen="127.0.0.1:0",
+                observe=Observability(metrics_listen="127.0.0.1:0"),
+            )
+        )
+        port = await server.start()
+        client = _client(f"127.0.0.1:{port}")
+        try:
+            assert await client.fence(5, 5) == 5
+            assert await _apply(client, _record(b"a"), epoch=5) is True
+            read = await _read(client, b"a", epoch=5)
+            assert isinstance(read, replica_pb2.Record) and read.value == b"v-a"
+            # Routed under an epoch below the fence: refused, and nothing written.
+            for stale in (
+                await _apply(client, _record(b"b"), epoch=4),
+                await _read(client, b"a", epoch=4),
+            ):
+                assert isinstance(stale, NodeFailure), stale
+                assert stale.code == grpc.StatusCode.FAILED_PRECONDITION, stale
+                assert "epoch 4" in stale.message and "epoch 5" in stale.message, stale
+            missing = await _read(client, b"b", epoch=5)
+            assert isinstance(missing, replica_pb2.Record) and missing.version == 0
+            # Validation answers as a call's would: an empty key is INVALID_ARGUMENT.
+            invalid = await _apply(client, _record(b""), epoch=5)
+            assert isinstance(invalid, NodeFailure), invalid
+            assert invalid.code == grpc.StatusCode.INVALID_ARGUMENT, invalid
+            assert await asyncio.to_thread(_unary_calls, server.metrics_address) == 0
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+class _Node:
+    def __init__(self, proc: Proc) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        self.proc.signal(signal.SIGCONT)
+        self.proc.stop()
+
+    def logs(self) -> str:
+        return self.proc.log()
+
+
+@pytest.fixture
+def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proc]:
+    proc = shardd_proc(tmp_path, "n1")
+    with stopped_after(_Node(proc), request):
+        proc.start()
+        yield proc
+
+
+@pytest.mark.timeout(90)
+def test_a_silent_node_fails_frames_at_their_deadline_and_a_restarted_one_is_served(
+    node: Proc,
+) -> None:
+    async def main() -> None:
+        client = _client(node.address)
+        try:
+            assert await _apply(client, _record(b"k"), epoch=1) is True
+            # A stopped process keeps its connection open and answers nothing.
+            node.signal(signal.SIGSTOP)
+            started = time.monotonic()
+            silent = await _read(client, b"k", epoch=1, within_s=0.5)
+            waited = time.monotonic() - started
+            assert isinstance(silent, NodeFailure), silent
+            assert silent.code == grpc.StatusCode.DEADLINE_EXCEEDED, silent
+            assert waited < 2.0, f"the frame waited {waited:.2f}s past its 0.5 s deadline"
+            node.signal(signal.SIGCONT)
+            read = await _read(client, b"k", epoch=1)
+            assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
+            # A restarted node ends the old stream; a new one serves the next frames.
+            started = time.monotonic()
+            await asyncio.to_thread(node.stop)
+            stopped = time.monotonic() - started
+            assert stopped < 4.0, f"the node took {stopped:.1f}s to stop with a stream open"
+            await asyncio.to_thread(node.start)
+            for _ in range(50):
+                read = await _read(client, b"k", epoch=1)
+                if isinstance(read, replica_pb2.Record):
+                    break
+                await asyncio.sleep(0.1)
+            assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
+        finally:
+            await client.close()
+
+    asyncio.run(main())
