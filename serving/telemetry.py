@@ -5,7 +5,9 @@ endpoint (served by ``shardkv.serving.metrics_http``).
 Every call to a ``shardkv.v1`` service passes the interceptor once: it takes the call's
 request id (``shardkv.common.requestid``), makes it the running task's, and on the way out
 increments one counter and observes one histogram, both children looked up once per
-(method, code) and cached. Health checks and reflection pass untouched.
+(method, code) and cached. Health checks and reflection pass untouched. A frame of a
+node's ReplicaExchange stream (shardkv.shardd.exchange) is observed through ``observe``
+as the Replica call it replaces.
 
 Request log lines are key=value: ``event=request method=/shardkv.v1.KV/Put code=OK
 duration_ms=1.9 request_id=… peer=…`` (and ``detail=`` for a failure). A request that
@@ -157,11 +159,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             try:
                 response = await behavior(request, context)
             except BaseException as exc:
-                self._done(method, rid, started, _code_of(exc, context), context, peer)
+                self.observe(method, rid, started, _code_of(exc, context), _details(context), peer)
                 raise
             finally:
                 requestid.current.reset(previous)
-            self._done(method, rid, started, context.code() or grpc.StatusCode.OK, context, peer)
+            code = context.code() or grpc.StatusCode.OK
+            self.observe(method, rid, started, code, _details(context), peer)
             return response
 
         return unary
@@ -182,21 +185,23 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
-                self._done(method, rid, started, _code_of(exc, context), context, peer)
+                self.observe(method, rid, started, _code_of(exc, context), _details(context), peer)
                 raise
-            self._done(method, rid, started, context.code() or grpc.StatusCode.OK, context, peer)
+            code = context.code() or grpc.StatusCode.OK
+            self.observe(method, rid, started, code, _details(context), peer)
 
         return streaming
 
-    def _done(
+    def observe(
         self,
         method: str,
         rid: str | None,
         started: float,
         code: grpc.StatusCode,
-        context: Context,
+        details: str | None,
         peer: str,
     ) -> None:
+        """Counts, times (from started, a perf_counter) and logs one answered call."""
         elapsed = time.perf_counter() - started
         counter = self._counters.get((method, code.name))
         if counter is None:
@@ -218,7 +223,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         )
         if not log.isEnabledFor(level):
             return
-        detail = f" detail={context.details()!r}" if failed and context.details() else ""
+        detail = f" detail={details!r}" if failed and details else ""
         log.log(
             level,
             "request method=%s code=%s duration_ms=%.1f request_id=%s peer=%s%s",
@@ -229,6 +234,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             peer,
             detail,
         )
+
+
+def _details(context: Context) -> str | None:
+    details: str | None = context.details()
+    return details
 
 
 def _code_of(exc: BaseException, context: Context) -> grpc.StatusCode:

@@ -7,7 +7,10 @@ latency of every router hop (README, Performance). A frame is served exactly as 
 it replaces: by ReplicaServicer.Apply or .Read themselves (same checks, same fencing under
 the epoch the frame carries, same status table), each frame as its own task, under its
 own deadline; replies are written as frames finish, so a slow commit never holds a read
-back. The stream itself passes the node's auth interceptor once, when it opens.
+back. Each frame is counted, timed and logged as the Replica call it replaces (same
+method name, request ids, status: shardkv.serving.telemetry), so dashboards, alerts and
+request logs see no difference. The stream itself passes the node's auth interceptor
+once, when it opens.
 
 Frames running on one stream are bounded (MAX_RUNNING): beyond it a frame is refused with
 RESOURCE_EXHAUSTED, as a node refuses calls beyond its maximum_concurrent_rpcs.
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -33,6 +38,9 @@ SERVICE = replica_pb2.DESCRIPTOR.services_by_name["ReplicaExchange"].full_name
 MAX_RUNNING = 256
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# RequestInterceptor.observe: (method, request id, started, code, details, peer).
+Observe = Callable[[str, str | None, float, grpc.StatusCode, str | None, str], None]
+METHODS = {"apply": "/shardkv.v1.Replica/Apply", "read": "/shardkv.v1.Replica/Read"}
 # ExchangeReply fields a reply's body goes in (apply = 5, read = 6), as wire tags.
 _APPLY_TAG = b"\x2a"
 _READ_TAG = b"\x32"
@@ -86,8 +94,10 @@ def _length(size: int) -> bytes:
 class ExchangeServicer:
     """shardkv.v1.ReplicaExchange on one node: frames served by its ReplicaServicer."""
 
-    def __init__(self, replica: ReplicaServicer) -> None:
+    def __init__(self, replica: ReplicaServicer, *, observe: Observe) -> None:
+        """observe: told of every frame answered, as the interceptor is of a call."""
         self._replica = replica
+        self._observe = observe
         self._readers: set[asyncio.Task[None]] = set()
 
     def handlers(self) -> grpc.GenericRpcHandler:
@@ -114,8 +124,9 @@ class ExchangeServicer:
         """Serves the frames of one stream until the router closes it (or close())."""
         lock = asyncio.Lock()
         running: set[asyncio.Task[None]] = set()
+        peer = context.peer()  # read while the call is alive (see telemetry._streaming)
         reader = asyncio.get_running_loop().create_task(
-            self._read(requests, context, lock, running)
+            self._read(requests, context, lock, running, peer)
         )
         self._readers.add(reader)
         try:
@@ -135,6 +146,7 @@ class ExchangeServicer:
         context: Context,
         lock: asyncio.Lock,
         running: set[asyncio.Task[None]],
+        peer: str,
     ) -> None:
         loop = asyncio.get_running_loop()
         async for frame in requests:
@@ -145,21 +157,23 @@ class ExchangeServicer:
                 )
                 await _write(context, lock, reply.SerializeToString())
                 continue
-            task = loop.create_task(self._serve(frame, context, lock))
+            task = loop.create_task(self._serve(frame, context, lock, peer))
             running.add(task)
             task.add_done_callback(running.discard)
 
     async def _serve(
-        self, frame: replica_pb2.ExchangeFrame, context: Context, lock: asyncio.Lock
+        self, frame: replica_pb2.ExchangeFrame, context: Context, lock: asyncio.Lock, peer: str
     ) -> None:
         """Answers one frame as its unary call would have been answered."""
-        requestid.current.set(frame.request_id or None)
+        started = time.perf_counter()
+        rid = requestid.from_header(frame.request_id) if frame.request_id else None
+        requestid.current.set(rid)
+        kind = frame.WhichOneof("body")
         frame_context = _FrameContext(frame)
         as_context = cast(Context, frame_context)
         header = replica_pb2.ExchangeReply(id=frame.id)
         try:
             async with asyncio.timeout(frame.timeout_ms / 1000 if frame.timeout_ms else None):
-                kind = frame.WhichOneof("body")
                 if kind == "apply":
                     applied = await self._replica.Apply(frame.apply, as_context)
                     body = _APPLY_TAG + _serialized(applied)
@@ -185,7 +199,14 @@ class ExchangeServicer:
             header.code = grpc.StatusCode.INTERNAL.value[0]
             header.message = f"internal error in Exchange: {type(exc).__name__}"
             reply = header.SerializeToString()
+        code = _CODES.get(header.code, grpc.StatusCode.UNKNOWN)
+        method = METHODS.get(kind or "", "/shardkv.v1.ReplicaExchange/Exchange")
+        self._observe(method, rid, started, code, header.message or None, peer)
         await _write(context, lock, reply)
+
+
+# google.rpc.Code value -> grpc.StatusCode
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _serialized(response: replica_pb2.ApplyResponse | replica_pb2.ReadResponse) -> bytes:

@@ -143,12 +143,10 @@ class ShardServer:
             page_bytes=config.limits.max_message_bytes // 4,
         )
         registry = node_registry(self._storage)
+        telemetry = RequestInterceptor(registry, config.observe, make_ids=False)
         server = grpc.aio.server(
             # Outermost first: refused calls are counted and logged too.
-            interceptors=[
-                RequestInterceptor(registry, config.observe, make_ids=False),
-                *node_interceptors(config.auth),
-            ],
+            interceptors=[telemetry, *node_interceptors(config.auth)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", config.limits.max_message_bytes),
@@ -162,7 +160,7 @@ class ShardServer:
         )
         replica = ReplicaServicer(self._storage, limits=config.limits, directory=directory)
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica, server)  # type: ignore[no-untyped-call]
-        self._exchange = ExchangeServicer(replica)
+        self._exchange = ExchangeServicer(replica, observe=telemetry.observe)
         server.add_generic_rpc_handlers((self._exchange.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -262,6 +262,11 @@ class NodeClient(NodeCalls):
         in order (version 0 where absent), or the call's NodeFailure."""
         self._chunk_reads.submit([(keys, deliver)], deadline, epoch)
 
+    @property
+    def frames_answered(self) -> int:
+        """Calls the node answered as frames of its stream (node_stream.py) so far."""
+        return self._stream.answered
+
     def batch_sizes(self) -> dict[str, SizeHistogram]:
         """Items per coalesced call, by kind of call (for the metrics endpoint)."""
         return {"apply": self._applies.batch_sizes, "read": self._reads.batch_sizes}

@@ -74,6 +74,8 @@ class NodeStream:
         self._ids = itertools.count(1)
         # False once the node answered UNIMPLEMENTED: NodeClient sends unary calls then.
         self.supported = True
+        # Frames the node answered (with any status), for tests and operators.
+        self.answered = 0
 
     async def send(
         self, tag: bytes, body: bytes, timeout: float, epoch: int | None
@@ -181,6 +183,7 @@ class NodeStream:
         failure: grpc.aio.AioRpcError
         try:
             async for reply in call:
+                self.answered += 1
                 waiter = self._waiting.pop(reply.id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)

@@ -1,8 +1,8 @@
 """The router's coalesced Apply and Read calls travel as frames of one stream per node
 (router/requests/node_stream.py, shardd/exchange.py) and behave exactly as the unary calls
-they replace: fenced under the epoch each carries, answered with the same status, bounded
-by their deadline even when the node stops answering, and served again once a restarted
-node is back. The node's call counters show that no unary Apply or Read was made."""
+they replace: fenced under the epoch each carries, answered with the same status, counted
+by the node as the calls they replace, bounded by their deadline even when the node stops
+answering, and served again once a restarted node is back."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ async def _read(
     return await answer
 
 
-def _unary_calls(metrics_address: str) -> int:
-    """Replica Apply and Read calls the node counted (a stream's frames are not calls)."""
+def _replica_calls(metrics_address: str) -> int:
+    """Replica Apply and Read calls the node counted (frames count as the calls)."""
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
         text = reply.read().decode()
     return sum(
@@ -105,7 +105,9 @@ def test_frames_are_fenced_and_answered_like_calls(tmp_path: Path) -> None:
             invalid = await _apply(client, _record(b""), epoch=5)
             assert isinstance(invalid, NodeFailure), invalid
             assert invalid.code == grpc.StatusCode.INVALID_ARGUMENT, invalid
-            assert await asyncio.to_thread(_unary_calls, server.metrics_address) == 0
+            # Six frames, no unary call; the node counted each as the call it replaces.
+            assert client.frames_answered == 6
+            assert await asyncio.to_thread(_replica_calls, server.metrics_address) == 6
         finally:
             await client.close()
             await server.stop(0)
