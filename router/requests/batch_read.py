@@ -1,16 +1,31 @@
 """Reads of a batch coordinated as a unit: per node one chunk of keys and one reply.
 
-The same reads as the general path (coordinator.py): every owner of a key is asked, the
-answer is the newest record among the first R replies, and once every reply is in, each
-owner that answered with an older record (or none) gets the newest one (read repair).
-What changes is the bookkeeping: each node gets one chunk of the batch's keys (one
-coalesced item, one callback for its reply), and per key there is a reply counter, the
-newest record so far and the answer fixed at the R-th reply, in arrays; replies are only
-gone through again for keys whose replicas disagreed.
+Each key asks R of its N owners (R: the level's count; ALL asks all, ONE asks one): ring
+order, except that owners clearly slower than the others by measured reply time go last
+(replica_latency.py, after Cassandra's dynamic snitch). R + W > N still gives
+read-your-writes: any R owners share one with every W owners that acknowledged a write.
+A key whose asked owner fails, or that is still undecided once its round is late, asks its
+remaining owners at once (Cassandra's speculative retry): a slow, stopped or failing owner
+costs a read that delay, never its answer. A round is late after the speculative delay
+(the slowest reply a typical node gave lately, at least 5 ms: replica_latency.py) and
+SPREAD times its first answer; before any answer, after SPREAD times the delay if it asked
+one node, else half its time. So owners merely queued behind other work, as every owner is
+under a load of large batches, are waited for rather than joined by a third owner queued
+behind the same work; a stopped owner is found by the answers of the others. The answer is
+the newest record among the first R replies; once every reply is in, each asked owner
+that answered with an older record (or none) gets the newest one (read repair). An owner
+not asked is left to the next read that asks it, a read at ALL, or anti-entropy, as in
+Cassandra.
 
-Anything else goes to the general path: a move in progress, an owner that does not count
-or is DOWN, and a key left short of R replies by failed calls once every reply is in
-(unless a retry cannot help: a node out of resources, or fenced at a newer epoch).
+The bookkeeping is per batch: each node gets one chunk of the batch's keys (one coalesced
+item, one callback for its reply), and per key there is a reply counter, the newest record
+so far and the answer fixed at the R-th reply, in arrays; replies are only gone through
+again for keys whose replicas disagreed.
+
+Anything else goes to the general path (key_reads.py), which asks every owner not DOWN: a
+move in progress, an owner that does not count or is DOWN, and a key left short of R
+replies once every owner was asked (unless a retry cannot help: a node out of resources,
+or fenced at a newer epoch).
 """
 
 from __future__ import annotations
@@ -20,20 +35,25 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Protocol
 
-import grpc
 from shardkv.common import hlc
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.batch_write import FINAL_CODES
-from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.outcomes import ReadOutcome
+from shardkv.router.requests.outcomes import ReadOutcome, read_failure
 from shardkv.router.requests.read_budget import ReadBudget
+from shardkv.router.requests.read_round import ReadRound
+from shardkv.router.requests.replica_latency import ReplicaLatency, ask_order
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
 Record = replica_pb2.Record
+# How much later than a round's first answer its other owners may answer before it asks
+# more: under a load of batches of 1000 the owners of one round answered up to about twice
+# as late as the first (their queues differ), and at 2 a tenth of such rounds still asked a
+# third owner; a stopped node never answers.
+SPREAD = 3.0
 # The general path: reads keys routed under an epoch (coordinator.py).
 GeneralRead = Callable[[Sequence[bytes], int], Awaitable[list[ReadOutcome]]]
 # Sends node the newest record of a key it answered older (best effort, in background).
@@ -48,35 +68,6 @@ class KeyChunkLink(Protocol):
     ) -> None:
         """Queues keys as one item; deliver gets the node's records of all of them, in
         order (version 0 where it holds none), or the NodeFailure of the call."""
-
-
-class _Round(ChunkRound):
-    """One batch in flight: per key a reply count, the newest record so far and the
-    answer; the chunks answered and failed; the future the request awaits."""
-
-    __slots__ = ("answer", "answered", "best", "differ", "replies")
-
-    def __init__(
-        self,
-        keys: int,
-        needed: int,
-        chunks: list[tuple[str, list[int]]],
-        done: asyncio.Future[None],
-    ) -> None:
-        super().__init__(needed, chunks, done)
-        self.replies = [0] * keys
-        self.best: list[Record | None] = [None] * keys
-        self.answer: list[Record | None] = [None] * keys
-        # Keys whose replicas answered different records (read repair candidates).
-        self.differ: set[int] = set()
-        self.answered: list[tuple[str, list[int], list[Record]]] = []
-
-    def expire(self) -> None:
-        """The deadline passed: late replies count for nothing (as in quorum.py)."""
-        self.expired = True
-        self.open = [False] * len(self.chunks)
-        self.chunks_left = 0
-        self.close()
 
 
 class BatchReader:
@@ -102,6 +93,7 @@ class BatchReader:
         self._repair = repair
         self._tally = tally
         self._max_chunk = max_chunk
+        self._latency = ReplicaLatency()
 
     async def read(
         self,
@@ -120,39 +112,45 @@ class BatchReader:
         if layout.new is not None or self._placement.uncounted or layout.epoch != epoch:
             return await general(keys, epoch)
         ring, n, down = layout.old, self._n, self._health.down
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slow, delay = self._latency.plan(now)
+        first = min(needed, n)
         aside: list[int] = []
+        order: list[tuple[str, ...]] = [()] * len(keys)
         by_node: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
             owners = ring.preference_list(key, n)
             if down and not down.isdisjoint(owners):
                 aside.append(index)
                 continue
-            for node_id in owners:
+            if slow:
+                owners = ask_order(owners, slow)
+            order[index] = owners
+            for node_id in owners[:first]:
                 indexes = by_node.get(node_id)
                 if indexes is None:
                     by_node[node_id] = [index]
                 else:
                     indexes.append(index)
-        loop = asyncio.get_running_loop()
-        chunks = [
-            (node_id, indexes[start : start + self._max_chunk])
-            for node_id, indexes in by_node.items()
-            for start in range(0, len(indexes), self._max_chunk)
-        ]
-        rnd = _Round(len(keys), needed, chunks, loop.create_future())
+        chunks = self._chunked(by_node)
+        rnd = ReadRound(keys, needed, chunks, loop.create_future())
+        rnd.epoch, rnd.deadline, rnd.budget = epoch, deadline, budget
+        rnd.order = order
+        rnd.asked = [first] * len(keys)
+        rnd.sent = [now] * len(chunks)
         rnd.undecided = len(keys) - len(aside)
-        rnd.settle = partial(self._settle, rnd, epoch)
+        rnd.settle = partial(self._settle, rnd)
         if chunks:
-            rnd.timer = loop.call_at(deadline, rnd.expire)
+            # The speculative delay first, if some owner is left to ask.
+            if first < n:
+                rnd.delay = delay
+                rnd.timer = loop.call_at(now + delay, partial(self._late, rnd))
+            else:
+                rnd.timer = loop.call_at(deadline, rnd.expire)
         detour = asyncio.ensure_future(general([keys[i] for i in aside], epoch)) if aside else None
         try:
-            for chunk, (node_id, indexes) in enumerate(chunks):
-                deliver = partial(self._reply, rnd, chunk, budget)
-                client = self._clients.get(node_id)
-                if client is None:
-                    deliver(node_left(node_id))
-                else:
-                    client.read_chunk([keys[i] for i in indexes], deliver, deadline, epoch)
+            self._send(rnd, range(len(chunks)))
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
             outcomes = self._outcomes(rnd, keys, set(aside))
@@ -170,45 +168,132 @@ class BatchReader:
                 outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    def _reply(
-        self,
-        rnd: _Round,
-        chunk: int,
-        budget: ReadBudget | None,
-        result: list[Record] | NodeFailure,
-    ) -> None:
-        """One chunk's reply: each record counts for its key, the newest kept."""
+    def _chunked(self, by_node: dict[str, list[int]]) -> list[tuple[str, list[int]]]:
+        """Each node's key indexes in chunks of at most max_chunk."""
+        return [
+            (node_id, indexes[start : start + self._max_chunk])
+            for node_id, indexes in by_node.items()
+            for start in range(0, len(indexes), self._max_chunk)
+        ]
+
+    def _send(self, rnd: ReadRound, chunks: range) -> None:
+        """Queues the round's chunks numbered chunks, each to its node. A reply may come
+        at once (a node that left): the caller counted every chunk as awaited first."""
+        keys, deadline, epoch = rnd.keys, rnd.deadline, rnd.epoch
+        for chunk in chunks:
+            node_id, indexes = rnd.chunks[chunk]
+            deliver = partial(self._reply, rnd, chunk)
+            client = self._clients.get(node_id)
+            if client is None:
+                deliver(node_left(node_id))
+            else:
+                client.read_chunk([keys[i] for i in indexes], deliver, deadline, epoch)
+
+    def _reply(self, rnd: ReadRound, chunk: int, result: list[Record] | NodeFailure) -> None:
+        """One chunk's reply, timed for the node's estimate. A node's failure has the
+        chunk's undecided keys ask their other owners at once."""
         if not rnd.open[chunk]:
             return  # arrived after the deadline
         rnd.open[chunk] = False
         node_id, indexes = rnd.chunks[chunk]
-        if not isinstance(result, NodeFailure) and budget is not None:
-            result = budget.take(node_id, result)
+        now = asyncio.get_running_loop().time()
         if isinstance(result, NodeFailure):
+            self._latency.failed(node_id, now)
             rnd.failures.append((node_id, indexes, result))
+            self._widen(rnd, indexes)
         else:
-            self._health.heard_from(node_id)
-            rnd.answered.append((node_id, indexes, result))
-            replies, best, answer, needed = rnd.replies, rnd.best, rnd.answer, rnd.needed
-            for index, record in zip(indexes, result, strict=True):
-                held = best[index]
-                if held is None:
-                    best[index] = record
-                elif record != held:  # one comparison in C, not four attribute reads
-                    rnd.differ.add(index)
-                    if hlc.precedes(held, record):
-                        best[index] = record
-                replies[index] += 1
-                if replies[index] == needed:
-                    answer[index] = best[index]
-                    rnd.undecided -= 1
+            self._latency.observe(node_id, now - rnd.sent[chunk], now)
+            if not rnd.first:
+                rnd.first = now - rnd.sent[chunk]
+                if rnd.waiting and rnd.timer is not None:
+                    rnd.timer.cancel()
+                    self._late(rnd)  # sets the moment from this answer
+            records = result if rnd.budget is None else rnd.budget.take(node_id, result)
+            if isinstance(records, NodeFailure):  # the budget is spent: more cannot help
+                rnd.failures.append((node_id, indexes, records))
+            else:
+                self._health.heard_from(node_id)
+                self._count(rnd, node_id, indexes, records)
         rnd.chunks_left -= 1
         if not rnd.chunks_left:
             rnd.close()
         elif not rnd.undecided:
             rnd.finish()
 
-    def _settle(self, rnd: _Round, epoch: int) -> None:
+    @staticmethod
+    def _count(rnd: ReadRound, node_id: str, indexes: list[int], records: list[Record]) -> None:
+        """Each record of a chunk counts for its key; the newest is kept."""
+        rnd.answered.append((node_id, indexes, records))
+        replies, best, answer, needed = rnd.replies, rnd.best, rnd.answer, rnd.needed
+        for index, record in zip(indexes, records, strict=True):
+            held = best[index]
+            if held is None:
+                best[index] = record
+            elif record != held:  # one comparison in C, not four attribute reads
+                rnd.differ.add(index)
+                if hlc.precedes(held, record):
+                    best[index] = record
+            replies[index] += 1
+            if replies[index] == needed:
+                answer[index] = best[index]
+                rnd.undecided -= 1
+
+    def _late(self, rnd: ReadRound) -> None:
+        """The speculative delay passed with replies outstanding. Owners merely queued
+        behind other work answer within about SPREAD times the round's first answer, so
+        the round waits that long. Before any answer, a round that asked one node waits
+        SPREAD times the delay; one that asked several may have them all queued, a third
+        owner with them, so its first answer sets the moment (_reply calls back), or half
+        its time passes. Then each chunk still awaited counts as a reply of at least the
+        time waited, every undecided key asks its other owners, and the round waits for
+        its deadline."""
+        loop = asyncio.get_running_loop()
+        now, start = loop.time(), rnd.sent[0]
+        midpoint = start + (rnd.deadline - start) / 2
+        rnd.waiting = False
+        if rnd.first:
+            moment = start + max(rnd.delay, SPREAD * rnd.first)
+        elif len({node_id for node_id, _ in rnd.chunks}) == 1:
+            moment = start + SPREAD * rnd.delay
+        else:
+            rnd.waiting, moment = True, midpoint
+        moment = min(moment, midpoint)
+        if now < moment:
+            rnd.timer = loop.call_at(moment, partial(self._late, rnd))
+            return
+        rnd.waiting = False
+        rnd.timer = loop.call_at(rnd.deadline, rnd.expire)
+        for chunk, (node_id, _) in enumerate(rnd.chunks):
+            if rnd.open[chunk]:
+                self._latency.observe(node_id, now - rnd.sent[chunk], now)
+        if rnd.undecided:
+            short = [i for i, got in enumerate(rnd.replies) if got < rnd.needed]
+            self._widen(rnd, short)
+
+    def _widen(self, rnd: ReadRound, indexes: Sequence[int]) -> None:
+        """Asks the owners not asked yet of each undecided key among indexes."""
+        if rnd.expired:
+            return
+        by_node: dict[str, list[int]] = {}
+        order, asked, replies, needed = rnd.order, rnd.asked, rnd.replies, rnd.needed
+        for index in indexes:
+            owners = order[index]
+            if replies[index] >= needed or asked[index] >= len(owners):
+                continue
+            for node_id in owners[asked[index] :]:
+                by_node.setdefault(node_id, []).append(index)
+            asked[index] = len(owners)
+        if not by_node:
+            return
+        chunks = self._chunked(by_node)
+        start = len(rnd.chunks)
+        rnd.chunks.extend(chunks)
+        rnd.open.extend([True] * len(chunks))
+        rnd.sent.extend([asyncio.get_running_loop().time()] * len(chunks))
+        rnd.chunks_left += len(chunks)
+        self._send(rnd, range(start, len(rnd.chunks)))
+
+    def _settle(self, rnd: ReadRound) -> None:
         """Every reply is in: each replica that answered a key with an older record than
         the newest gets the newest (keys the general path reads again are repaired there)."""
         if not rnd.differ:
@@ -220,10 +305,10 @@ class BatchReader:
                     continue
                 newest = best[index]
                 if newest is not None and newest.version and hlc.precedes(record, newest):
-                    self._repair(node_id, newest, record.version, epoch)
+                    self._repair(node_id, newest, record.version, rnd.epoch)
 
     def _outcomes(
-        self, rnd: _Round, keys: Sequence[bytes], skipped: set[int]
+        self, rnd: ReadRound, keys: Sequence[bytes], skipped: set[int]
     ) -> list[ReadOutcome | None]:
         """Each key's outcome; None for a key the general path must read again."""
         replies, answer, needed, tally = rnd.replies, rnd.answer, rnd.needed, self._tally
@@ -252,30 +337,8 @@ class BatchReader:
                 outcomes.append(None)
                 continue
             tally.add(needed, got)
-            outcomes.append(_failure(key, got, needed, self._n, reasons, rnd.expired))
+            outcomes.append(read_failure(key, got, needed, self._n, reasons, rnd.expired))
         if newest:
             # Later writes order after every version read (one call for the batch).
             self._clock.observe(newest)
         return outcomes
-
-
-def _failure(
-    key: bytes,
-    got: int,
-    needed: int,
-    replication: int,
-    failed: Sequence[tuple[str, NodeFailure]],
-    expired: bool,
-) -> ReadOutcome:
-    """A key that missed its quorum, worded as the general path words it (quorum.py)."""
-    reasons = [f"{node_id} ({failure})" for node_id, failure in sorted(failed, key=lambda f: f[0])]
-    if expired:
-        reasons.append("others (no answer before the deadline)")
-    code = grpc.StatusCode.UNAVAILABLE
-    if any(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for _, f in failed):
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    error = (
-        f"read of key {key[:64]!r}: {got} of {needed} required replicas answered"
-        f" (N={replication}); failed: {', '.join(reasons) or 'none'}"
-    )
-    return ReadOutcome(None, error, code)

@@ -1,9 +1,11 @@
 """The per-key read path, and read repair: for the keys the batch read path cannot decide
 (an owner DOWN, a move in progress, an owner that does not count yet, or a key its chunks
-left short of R). Every owner not known to be DOWN is asked; the answer is the newest
-(version, writer) among the first R replies that count; once every asked replica has
-answered (or the deadline passed), each one that answered with an older record or none
-gets the newest one, without the client waiting for it.
+left short of R). Every owner not known to be DOWN is asked, not only R as on the batch
+path: during a move or with an owner that does not count, a read needs R + pending replies
+that count, and these rare cases are not worth a second speculation scheme. The answer is
+the newest (version, writer) among the first R replies that count; once every asked
+replica has answered (or the deadline passed), each one that answered with an older
+record or none gets the newest one, without the client waiting for it.
 """
 
 from __future__ import annotations

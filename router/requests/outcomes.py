@@ -6,9 +6,11 @@ ones, whose constructor costs four times as much (object.__setattr__ per field).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.v1 import replica_pb2
 
 
@@ -41,3 +43,27 @@ class ReadOutcome:
     record: replica_pb2.Record | None
     error: str | None
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+
+
+def read_failure(
+    key: bytes,
+    got: int,
+    needed: int,
+    replication: int,
+    failed: Sequence[tuple[str, NodeFailure]],
+    expired: bool,
+) -> ReadOutcome:
+    """A key the batch read path found short of its quorum (got of needed replies, the
+    failures seen, whether the deadline passed), worded as the general path words it
+    (quorum.py)."""
+    reasons = [f"{node_id} ({failure})" for node_id, failure in sorted(failed, key=lambda f: f[0])]
+    if expired:
+        reasons.append("others (no answer before the deadline)")
+    code = grpc.StatusCode.UNAVAILABLE
+    if any(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for _, f in failed):
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    error = (
+        f"read of key {key[:64]!r}: {got} of {needed} required replicas answered"
+        f" (N={replication}); failed: {', '.join(reasons) or 'none'}"
+    )
+    return ReadOutcome(None, error, code)

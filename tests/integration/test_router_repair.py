@@ -1,4 +1,5 @@
-"""Read repair and hinted hand-off, checked on the nodes themselves (5 nodes, N=3, R=W=2)."""
+"""Read repair and hinted hand-off, checked on the nodes themselves (5 nodes, N=3, R=W=2).
+A read asks R owners, so read repair reaches the stale owners a read asked."""
 
 from __future__ import annotations
 
@@ -29,11 +30,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def ring(cluster: Cluster) -> Ring:
+def load_ring(cluster: Cluster) -> Ring:
     """The same placement the router computes from the same file."""
     topology = load_topology(cluster.config)
     return Ring({node.id: node.weight for node in topology.nodes})
+
+
+@pytest.fixture(scope="module")
+def ring(cluster: Cluster) -> Ring:
+    return load_ring(cluster)
 
 
 def kv_stub(cluster: Cluster) -> kv_pb2_grpc.KVStub:
@@ -72,45 +77,91 @@ def read_repairs(cluster: Cluster) -> float:
     return next(s.value for s in samples if s.name == "shardkv_router_read_repairs_total")
 
 
-@pytest.mark.timeout(120)
-def test_read_repair_updates_a_stale_replica(cluster: Cluster, ring: Ring) -> None:
-    """One owner holds an older record than the other two, and nothing but a read can
-    tell: no node went DOWN (so no hint, no marker, no return anti-entropy pass) and the
-    background pass is an hour away. This is what a router that dies between the owners'
-    writes leaves behind. (Making the replica stale by killing it, as this test once did,
-    raced the repair it meant to leave to the read: the owners that acknowledged keep
-    markers for it, handed back the moment it is UP again, and a returning node gets an
-    anti-entropy pass a second later.)"""
-    kv = kv_stub(cluster)
-    key = keys_owned_by(ring, "n1", "repair", 1)[0]
-    owners = ring.preference_list(key, 3)
-    stale, fresh = owners[-1], owners[:-1]
+def keys_read(cluster: Cluster, node_id: str) -> int:
+    """Keys node_id has read since it started (Replica.Stats): whether a read asked it."""
+    with grpc.insecure_channel(cluster.node(node_id).address) as channel:
+        stub = replica_pb2_grpc.ReplicaStub(channel)
+        return stub.Stats(replica_pb2.StatsRequest(), timeout=5).keys_read
+
+
+def stale_on(cluster: Cluster, kv: kv_pb2_grpc.KVStub, key: bytes, stale: str) -> None:
+    """Writes key through the router, then a newer record straight to its owners but
+    stale (its value b"new"). Nothing but a read can tell: no node went
+    DOWN (so no hint, no marker, no return anti-entropy pass) and the background pass is
+    an hour away. This is what a router that dies between the owners' writes leaves
+    behind. (Making the replica stale by killing it, as this test once did, raced the
+    repair it meant to leave to the read: the owners that acknowledged keep markers for
+    it, handed back the moment it is UP again.)"""
+    owners = load_ring(cluster).preference_list(key, 3)
     old_version = kv.Put(kv_pb2.PutRequest(key=key, value=b"old"), timeout=5).version
     deadline = time.monotonic() + 30
     while any(read_on_node(cluster, n, [key])[0].version != old_version for n in owners):
         assert time.monotonic() < deadline, "the put never reached all three owners"
         time.sleep(0.05)
     old = read_on_node(cluster, stale, [key])[0]
-    # The next version from the same writer, stored on two owners only.
     newer = replica_pb2.Record(key=key, value=b"new", version=old.version + 1, writer=old.writer)
-    for node_id in fresh:
+    for node_id in owners:
+        if node_id == stale:
+            continue
         with grpc.insecure_channel(cluster.node(node_id).address) as channel:
             reply = replica_pb2_grpc.ReplicaStub(channel).Apply(
                 replica_pb2.ApplyRequest(records=[newer]), timeout=5
             )
         assert list(reply.applied) == [True]
     assert read_on_node(cluster, stale, [key])[0].value == b"old"
-    repairs_before = read_repairs(cluster)
 
-    got = kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.QUORUM), timeout=5)
-    assert (got.value, got.version) == (b"new", newer.version)
+
+def wait_repaired(cluster: Cluster, node_id: str, key: bytes) -> None:
     deadline = time.monotonic() + 30
-    while read_on_node(cluster, stale, [key])[0].version != newer.version:
-        assert time.monotonic() < deadline, f"{stale} was not repaired"
+    while read_on_node(cluster, node_id, [key])[0].value != b"new":
+        assert time.monotonic() < deadline, f"{node_id} was not repaired"
         time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+def test_read_repair_updates_a_stale_replica_the_read_asked(cluster: Cluster, ring: Ring) -> None:
+    """The first owner in ring order holds an older record than the other two. A QUORUM
+    read asks two owners, the first among them (unless the router measured it clearly
+    slower, when a later read asks it): it answers the newer record and repairs the
+    first owner."""
+    kv = kv_stub(cluster)
+    key = keys_owned_by(ring, "n1", "repair", 1)[0]
+    stale = ring.preference_list(key, 3)[0]
+    stale_on(cluster, kv, key, stale)
+    repairs_before = read_repairs(cluster)
+    for _ in range(5):
+        asked_before = keys_read(cluster, stale)
+        got = kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.QUORUM), timeout=5)
+        assert got.value == b"new"
+        if keys_read(cluster, stale) > asked_before:
+            break
+    else:
+        raise AssertionError(f"five quorum reads never asked {stale}")
+    wait_repaired(cluster, stale, key)
     record = read_on_node(cluster, stale, [key])[0]
-    assert (record.value, record.tombstone, record.writer) == (b"new", False, newer.writer)
+    assert (record.tombstone, record.version) == (False, got.version)
     assert read_repairs(cluster) >= repairs_before + 1
+
+
+@pytest.mark.timeout(120)
+def test_a_stale_replica_no_read_asks_waits_for_a_read_at_all(cluster: Cluster, ring: Ring) -> None:
+    """The last owner in ring order is stale: QUORUM reads ask the first two, answer the
+    newer record and leave the last owner as it is (anti-entropy would bring it the
+    record, as in Cassandra); a read at ALL asks it and repairs it."""
+    kv = kv_stub(cluster)
+    key = keys_owned_by(ring, "n2", "unasked", 1)[0]
+    stale = ring.preference_list(key, 3)[-1]
+    stale_on(cluster, kv, key, stale)
+    asked_before = keys_read(cluster, stale)
+    for _ in range(3):
+        got = kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.QUORUM), timeout=5)
+        assert got.value == b"new"
+    time.sleep(0.3)
+    if keys_read(cluster, stale) == asked_before:  # a late reply may have had it asked
+        assert read_on_node(cluster, stale, [key])[0].value == b"old"
+    got = kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.ALL), timeout=5)
+    assert got.value == b"new"
+    wait_repaired(cluster, stale, key)
 
 
 @pytest.mark.timeout(90)

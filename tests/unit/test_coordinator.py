@@ -1,6 +1,7 @@
 """The real Coordinator over in-process fake nodes (fake_nodes.py): write quorums, hints for
 every owner that did not acknowledge, owner-held markers that never count toward W, reads
-answered by the newest of R replies, and read repair."""
+answered by the newest record of the R owners asked, and read repair of the owners asked.
+Which owners a read asks, and speculation: test_replica_choice.py."""
 
 from __future__ import annotations
 
@@ -220,18 +221,22 @@ def _put(cluster: FakeCluster, node_id: str, key: bytes, value: bytes, version: 
 
 
 @pytest.mark.timeout(10)
-def test_read_answers_with_the_newest_of_the_first_r_replies() -> None:
+def test_read_answers_with_the_newest_of_the_r_owners_it_asks() -> None:
+    """Healthy owners: R=2 asks the first two owners in ring order and answers the newer
+    of their records; the third owner, newer still, is not asked. ALL asks all three."""
+
     async def scenario() -> None:
         cluster = FakeCluster()
-        _put(cluster, "n1", b"k", b"old", 1)
-        _put(cluster, "n2", b"k", b"mid", 2)
-        _put(cluster, "n3", b"k", b"new", 3)
-        cluster.nodes["n3"].hold()
-        [outcome] = await cluster.coordinator.read([b"k"], 2, cluster.deadline())
+        key = cluster.key_owned("k", "n1")
+        first, second, third = cluster.owners(key)
+        _put(cluster, first, key, b"old", 1)
+        _put(cluster, second, key, b"mid", 2)
+        _put(cluster, third, key, b"new", 3)
+        [outcome] = await cluster.coordinator.read([key], 2, cluster.deadline())
         assert outcome.error is None and outcome.record is not None
-        assert outcome.record.value == b"mid", "R=2: the newest of the two first replies"
-        cluster.nodes["n3"].release()
-        [outcome] = await cluster.coordinator.read([b"k"], 3, cluster.deadline())
+        assert outcome.record.value == b"mid", "R=2: the newer of the two owners asked"
+        assert key not in cluster.nodes[third].keys_read
+        [outcome] = await cluster.coordinator.read([key], 3, cluster.deadline())
         assert outcome.record is not None and outcome.record.value == b"new"
         [missing] = await cluster.coordinator.read([b"absent"], 2, cluster.deadline())
         assert missing.error is None and missing.record is None
@@ -252,18 +257,27 @@ def test_read_fails_when_fewer_than_r_answer_and_skips_down_nodes() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_read_repair_brings_every_stale_replica_to_the_newest_record() -> None:
+def test_read_repair_updates_the_stale_owners_a_read_asked() -> None:
+    """The first owner holds an older record, the second the newest, the third none. A
+    read at R=2 answers the newest and repairs the first owner, once every reply is in; it
+    does not ask the third, which keeps nothing until a read asks it (here at ALL; else
+    anti-entropy brings it the record)."""
+
     async def scenario() -> None:
         cluster = FakeCluster()
-        _put(cluster, "n1", b"k", b"old", 1)
-        _put(cluster, "n2", b"k", b"new", 3)
-        cluster.nodes["n3"].hold()  # holds nothing, and answers after the client got its
-        [outcome] = await cluster.coordinator.read([b"k"], 2, cluster.deadline())
+        key = cluster.key_owned("rr", "n1")
+        first, second, third = cluster.owners(key)
+        _put(cluster, first, key, b"old", 1)
+        _put(cluster, second, key, b"new", 3)
+        [outcome] = await cluster.coordinator.read([key], 2, cluster.deadline())
         assert outcome.record is not None and outcome.record.value == b"new"
+        await until(lambda: cluster.nodes[first].value(key) == b"new")
         await settle()
-        assert cluster.nodes["n1"].value(b"k") == b"old", "repair waits for every reply"
-        cluster.nodes["n3"].release()
-        await until(lambda: {n.value(b"k") for n in cluster.nodes.values()} == {b"new"})
+        assert cluster.nodes[third].value(key) is None, "an owner not asked is not repaired"
+        assert cluster.coordinator.repairs == 1
+        [outcome] = await cluster.coordinator.read([key], 3, cluster.deadline())
+        assert outcome.record is not None and outcome.record.value == b"new"
+        await until(lambda: {n.value(key) for n in cluster.nodes.values()} == {b"new"})
         assert cluster.coordinator.repairs == 2
 
     run(scenario)

@@ -1,0 +1,76 @@
+"""One batch read in flight (batch_read.py): per key its reply count, the newest record so
+far, the answer and the owners asked; per chunk when it was sent; the speculative delay.
+Slotted and plain, as ChunkRound: one round per request on the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from shardkv.router.requests.chunk_round import ChunkRound
+from shardkv.router.requests.read_budget import ReadBudget
+from shardkv.v1 import replica_pb2
+
+Record = replica_pb2.Record
+
+
+class ReadRound(ChunkRound):
+    """One batch in flight: per key a reply count, the newest record so far, the answer
+    and its owners in the order asked; the chunks answered and failed, when each chunk was
+    sent; the future the request awaits."""
+
+    __slots__ = (
+        "answer",
+        "answered",
+        "asked",
+        "best",
+        "budget",
+        "deadline",
+        "delay",
+        "differ",
+        "epoch",
+        "first",
+        "keys",
+        "order",
+        "replies",
+        "sent",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        keys: Sequence[bytes],
+        needed: int,
+        chunks: list[tuple[str, list[int]]],
+        done: asyncio.Future[None],
+    ) -> None:
+        super().__init__(needed, chunks, done)
+        # The request: its keys, the epoch they are routed under, its deadline and budget.
+        self.keys = keys
+        self.epoch = 0
+        self.deadline = 0.0
+        self.budget: ReadBudget | None = None
+        self.replies = [0] * len(keys)
+        self.best: list[Record | None] = [None] * len(keys)
+        self.answer: list[Record | None] = [None] * len(keys)
+        # Keys whose replicas answered different records (read repair candidates).
+        self.differ: set[int] = set()
+        self.answered: list[tuple[str, list[int], list[Record]]] = []
+        # Per key its owners in the order asked (empty: left to the general path), and
+        # how many of them were asked (the first R, then all once a read widened).
+        self.order: list[tuple[str, ...]] = []
+        self.asked: list[int] = []
+        # When each chunk was queued (loop time), the speculative delay, and how long the
+        # round's first answer took (0: none yet).
+        self.sent: list[float] = []
+        self.delay = 0.0
+        self.first = 0.0
+        # Whether BatchReader._late waits for the first answer to set when to ask more.
+        self.waiting = False
+
+    def expire(self) -> None:
+        """The deadline passed: late replies count for nothing (as in quorum.py)."""
+        self.expired = True
+        self.open = [False] * len(self.chunks)
+        self.chunks_left = 0
+        self.close()

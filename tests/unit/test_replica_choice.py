@@ -1,0 +1,178 @@
+"""Which owners a read asks (batch_read.py, replica_latency.py), over fake nodes: R of the
+N owners in ring order, all at ALL, one at ONE; a slow, silent or failing owner costs a
+read the speculative delay at most, never its answer; a node measured clearly slower is
+asked last; and the estimates themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from fake_nodes import FakeCluster, settle
+from shardkv.router.requests.replica_latency import (
+    MIN_DELAY_S,
+    PEAK_HALF_LIFE_S,
+    REFRESH_S,
+    STALE_S,
+    ReplicaLatency,
+    ask_order,
+)
+from shardkv.v1 import replica_pb2
+
+KEYS = [b"c/%d" % i for i in range(300)]
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def stored(cluster: FakeCluster, keys: list[bytes]) -> None:
+    """Every owner of every key holds it at version 5."""
+    for key in keys:
+        for owner in cluster.owners(key):
+            cluster.nodes[owner].records[key] = replica_pb2.Record(
+                key=key, value=b"v", version=5, writer=1
+            )
+
+
+def reads_per_node(cluster: FakeCluster) -> dict[str, int]:
+    return {node_id: len(node.keys_read) for node_id, node in cluster.nodes.items()}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("needed", "asked"), [(1, 1), (2, 2), (3, 3)])
+def test_a_read_asks_the_first_r_owners_in_ring_order(needed: int, asked: int) -> None:
+    """ONE, QUORUM and ALL over healthy nodes: each key asks exactly that many owners, the
+    first ones of its preference list, and every node takes its share."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster(4)
+        stored(cluster, KEYS)
+        outcomes = await cluster.coordinator.read(KEYS, needed, cluster.deadline())
+        assert [o.record.value if o.record else None for o in outcomes] == [b"v"] * len(KEYS)
+        await settle()
+        for node_id, node in cluster.nodes.items():
+            expected = [k for k in KEYS if node_id in cluster.owners(k)[:asked]]
+            assert sorted(node.keys_read) == sorted(expected), node_id
+        assert sum(reads_per_node(cluster).values()) == asked * len(KEYS)
+        assert cluster.coordinator.repairs == 0
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("needed", [1, 2])
+def test_a_silent_owner_costs_a_read_the_speculative_delay_not_its_answer(needed: int) -> None:
+    """The first owner of every key never answers (and is not known DOWN): each read asks
+    the remaining owners once its round is late and answers long before its deadline."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        keys = [k for k in KEYS if cluster.owners(k)[0] == "n1"][:50]
+        stored(cluster, keys)
+        cluster.nodes["n1"].silent = True
+        started = time.monotonic()
+        outcomes = await cluster.coordinator.read(keys, needed, cluster.deadline(2.0))
+        took = time.monotonic() - started
+        assert [o.error for o in outcomes] == [None] * len(keys)
+        assert all(o.record is not None and o.record.value == b"v" for o in outcomes)
+        # The delay before any estimate is MIN_DELAY_S; three times it while no owner
+        # answered (ONE), or three times the first answer (QUORUM): far below the deadline.
+        assert took < 0.5, f"the read waited {took:.3f} s for a silent owner"
+        assert all(k in cluster.nodes[cluster.owners(k)[2]].keys_read for k in keys)
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_failing_owner_has_its_keys_ask_the_next_owner_at_once() -> None:
+    """An owner whose calls fail (not DOWN yet): its keys go to their third owner as soon
+    as the failure is in, without waiting for any delay, and the read answers."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        stored(cluster, KEYS)
+        cluster.nodes["n2"].fail = grpc.StatusCode.UNAVAILABLE
+        outcomes = await cluster.coordinator.read(KEYS, 2, cluster.deadline())
+        assert [o.error for o in outcomes] == [None] * len(KEYS)
+        behind_n2 = [k for k in KEYS if "n2" in cluster.owners(k)[:2]]
+        for key in behind_n2:
+            third = cluster.owners(key)[2]
+            assert key in cluster.nodes[third].keys_read
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_reads_ask_a_node_measured_clearly_slower_last() -> None:
+    """n3 answers 40 ms late, the others at once: once measured, reads ask n1 and n2 for
+    every key and leave n3 alone; n3's keys are still answered from R=2 owners."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        stored(cluster, KEYS)
+        cluster.nodes["n3"].delay_s = 0.04
+        for _ in range(2):  # measures every node, past the estimates' refresh interval
+            await cluster.coordinator.read(KEYS[:30], 2, cluster.deadline())
+            await asyncio.sleep(REFRESH_S + 0.01)
+        before = reads_per_node(cluster)
+        started = time.monotonic()
+        outcomes = await cluster.coordinator.read(KEYS, 2, cluster.deadline())
+        took = time.monotonic() - started
+        assert [o.error for o in outcomes] == [None] * len(KEYS)
+        after = reads_per_node(cluster)
+        assert after["n3"] == before["n3"], "the slow node was asked"
+        assert after["n1"] - before["n1"] == after["n2"] - before["n2"] == len(KEYS)
+        assert took < 0.04, f"the read waited {took:.3f} s: it waited for the slow node"
+
+    run(scenario)
+
+
+# -- the estimates ------------------------------------------------------------------------
+
+
+def test_owners_keep_ring_order_unless_a_node_is_clearly_slower() -> None:
+    latency = ReplicaLatency()
+    for node_id, seconds in (("n1", 0.002), ("n2", 0.003), ("n3", 0.004)):
+        latency.observe(node_id, seconds, now=0.0)
+    slow, delay = latency.plan(now=0.0)
+    assert slow == frozenset() and delay == MIN_DELAY_S
+    assert ask_order(("n3", "n1", "n2"), slow) == ("n3", "n1", "n2")
+
+    later = ReplicaLatency()
+    for node_id, seconds in (("n1", 0.002), ("n2", 0.003), ("n3", 0.5)):
+        later.observe(node_id, seconds, now=0.0)
+    slow, delay = later.plan(now=0.0)
+    assert slow == {"n3"}
+    # The peaks of the nodes reads ask, not the slow node's.
+    assert delay == MIN_DELAY_S
+    assert ask_order(("n3", "n1", "n2"), slow) == ("n1", "n2", "n3")
+
+
+def test_a_failure_marks_a_node_slow_and_silence_forgives_it() -> None:
+    latency = ReplicaLatency()
+    for node_id in ("n1", "n2", "n3"):
+        latency.observe(node_id, 0.002, now=0.0)
+    latency.failed("n2", now=0.01)
+    assert latency.plan(now=0.2)[0] == {"n2"}
+    # n2 is asked by no read: once its figure is older than STALE_S it is unknown again,
+    # and the next reply starts its estimate afresh.
+    for node_id in ("n1", "n3"):
+        latency.observe(node_id, 0.002, now=STALE_S + 0.1)
+    assert latency.plan(now=STALE_S + 0.2)[0] == frozenset()
+    latency.observe("n2", 0.002, now=STALE_S + 0.3)
+    assert latency.plan(now=STALE_S + 0.4)[0] == frozenset()
+
+
+def test_the_speculative_delay_follows_the_healthy_nodes_recent_peak() -> None:
+    latency = ReplicaLatency()
+    for node_id in ("n1", "n2", "n3"):
+        latency.observe(node_id, 0.010, now=0.0)
+        latency.observe(node_id, 0.080, now=0.0)  # a burst of queued replies
+    assert latency.plan(now=0.0)[1] == pytest.approx(0.080)
+    # The peak halves every PEAK_HALF_LIFE_S without a slower reply.
+    later = min(PEAK_HALF_LIFE_S, STALE_S) * 0.8
+    assert latency.plan(now=later)[1] == pytest.approx(0.080 * 0.5 ** (later / PEAK_HALF_LIFE_S))
