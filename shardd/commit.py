@@ -30,7 +30,7 @@ from typing import TypeVar
 
 from shardkv.serving.tally import SizeHistogram
 from shardkv.shardd.fence import Fence, StaleEpoch
-from shardkv.shardd.records import Hint, Record
+from shardkv.shardd.records import RECORD_BYTES, Hint, Record
 from shardkv.shardd.store import Marker, Store
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class _Failed(Exception):
         self.error = error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Request:
     records: Sequence[Record]
     hints: Sequence[Hint]
@@ -63,12 +63,24 @@ class _Request:
     future: asyncio.Future[list[bool | None]]
     # The topology epoch the write was routed under (None: the call carried none).
     epoch: int | None
+    # What the request counts for in the queue's and a commit's bounds, measured once.
+    items: int
+    size: int
 
-    def items(self) -> int:
-        return len(self.records) + len(self.hints) + len(self.markers)
 
-    def size(self) -> int:
-        return sum(r.size() for r in self.records) + sum(h.record.size() for h in self.hints)
+def _request(
+    records: Sequence[Record],
+    hints: Sequence[Hint],
+    markers: Sequence[Marker],
+    future: asyncio.Future[list[bool | None]],
+    epoch: int | None,
+) -> _Request:
+    """A queued write with its item count and approximate size (as Record.size)."""
+    size = sum(len(r.key) + len(r.value) for r in records) + RECORD_BYTES * len(records)
+    if hints:
+        size += sum(h.record.size() for h in hints)
+    items = len(records) + len(hints) + len(markers)
+    return _Request(records, hints, markers, future, epoch, items, size)
 
 
 class GroupCommitter:
@@ -129,7 +141,7 @@ class GroupCommitter:
             self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
         future: asyncio.Future[list[bool | None]] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        request = _Request(records, hints, markers, future, epoch)
+        request = _request(records, hints, markers, future, epoch)
         self._admit(request)
         self._pending.append(request)
         self._wakeup.set()
@@ -139,7 +151,7 @@ class GroupCommitter:
 
     def _admit(self, request: _Request) -> None:
         """Counts request into the queue, or refuses it when the queue would overflow."""
-        items, size = request.items(), request.size()
+        items, size = request.items, request.size
         if self._pending and (
             self._pending_items + items > self._max_pending_items
             or self._pending_bytes + size > self._max_pending_bytes
@@ -176,7 +188,7 @@ class GroupCommitter:
             self._wakeup.clear()
             while self._pending:
                 batch = self._take()
-                items = sum(request.items() for request in batch)
+                items = sum(request.items for request in batch)
                 try:
                     batch, applied = await loop.run_in_executor(self._executor, self._commit, batch)
                 except _Failed as failed:
@@ -220,12 +232,12 @@ class GroupCommitter:
         count = items = size = 0
         for request in self._pending:
             if count and (
-                items + request.items() > self._max_items or size + request.size() > self._max_bytes
+                items + request.items > self._max_items or size + request.size > self._max_bytes
             ):
                 break
             count += 1
-            items += request.items()
-            size += request.size()
+            items += request.items
+            size += request.size
         batch, self._pending = self._pending[:count], self._pending[count:]
         self._pending_items -= items
         self._pending_bytes -= size

@@ -1,9 +1,24 @@
-"""Conversion between the store's records and the Replica API's wire messages."""
+"""Conversion between the store's records and the Replica API's wire messages.
+
+Apply and Read move every record of a replicated write or read through here, three times
+per key (once per replica), so the two hot conversions do the least Python work per
+record that they can: ``records_from_pb`` reads each field of a message once and checks
+the limits with plain comparisons (the detailed check, which names the rule broken, runs
+only for a record that fails them), and a Read's answer is built from the fields of the
+LMDB values (``stored_fields``), without a Record in between, each entry added in place.
+"""
 
 from __future__ import annotations
 
-from shardkv.shardd.records import Hint, Record, Restored
+from collections.abc import Iterable, Sequence
+
+from shardkv.common.limits import Limits
+from shardkv.shardd.records import HEADER, TOMBSTONE, CorruptRecord, Hint, Record, Restored
+from shardkv.shardd.validate import check_record
 from shardkv.v1 import replica_pb2
+
+_HEADER_SIZE = HEADER.size
+_unpack_header = HEADER.unpack_from
 
 
 def record_to_pb(record: Record) -> replica_pb2.Record:
@@ -24,6 +39,25 @@ def record_from_pb(message: replica_pb2.Record) -> Record:
     return kind(message.key, value, message.version, message.writer, message.tombstone)
 
 
+def records_from_pb(messages: Iterable[replica_pb2.Record], limits: Limits) -> list[Record]:
+    """The records of an Apply, each checked as validate.check_record checks it (key and
+    value sizes, a positive version; LimitExceeded names the rule broken), as
+    record_from_pb converts it."""
+    max_key = limits.max_key_bytes
+    max_value = limits.max_value_bytes
+    records = []
+    for message in messages:
+        key = message.key
+        value = message.value
+        version = message.version
+        if not 0 < len(key) <= max_key or len(value) > max_value or not version:
+            check_record(limits, message)
+        tombstone = message.tombstone
+        kind = Restored if message.restore else Record
+        records.append(kind(key, b"" if tombstone else value, version, message.writer, tombstone))
+    return records
+
+
 def hint_from_pb(message: replica_pb2.Hint) -> Hint:
     return Hint(message.target, record_from_pb(message.record))
 
@@ -31,3 +65,42 @@ def hint_from_pb(message: replica_pb2.Hint) -> Hint:
 def missing_pb(key: bytes) -> replica_pb2.Record:
     """The reply for a key the node holds no record of (version 0, as replica.proto says)."""
     return replica_pb2.Record(key=key)
+
+
+# What a replica read answers for a stored key, read straight from its LMDB value:
+# (value, version, writer, tombstone); None where the node holds no record of the key.
+Fields = tuple[bytes, int, int, bool]
+
+
+def stored_fields(key: bytes, raw: bytes | memoryview | None) -> Fields | None:
+    """The answer's fields of key, stored as raw (the LMDB value; None: no record), as
+    records.decode would give them, without building a Record. raw may be a view of an
+    LMDB page: the value bytes are copied out of it here."""
+    if raw is None:
+        return None
+    if len(raw) < _HEADER_SIZE:
+        raise CorruptRecord(
+            f"stored value of key {key[:64]!r} has {len(raw)} bytes, "
+            f"shorter than the {_HEADER_SIZE}-byte header"
+        )
+    version, writer, flags = _unpack_header(raw)
+    if flags & TOMBSTONE:
+        return (b"", version, writer, True)
+    return (bytes(raw[_HEADER_SIZE:]), version, writer, False)
+
+
+def read_response(
+    keys: Sequence[bytes], entries: Sequence[Fields | None], resume_at: int
+) -> replica_pb2.ReadResponse:
+    """The Read answer of keys (a prefix of them when entries is shorter): each entry
+    added in place (a message built apart would be copied into the answer), a key the
+    node holds no record of with version 0, as replica.proto says."""
+    response = replica_pb2.ReadResponse(resume_at=resume_at)
+    add = response.records.add
+    for key, fields in zip(keys, entries, strict=False):
+        if fields is None:
+            add(key=key)
+        else:
+            value, version, writer, tombstone = fields
+            add(key=key, value=value, version=version, writer=writer, tombstone=tombstone)
+    return response

@@ -40,10 +40,33 @@ class Gate:
         try:
             yield
         finally:
-            with self._cond:
-                self._shared -= 1
-                if not self._shared:
-                    self._cond.notify_all()
+            self._release_shared()
+
+    @contextmanager
+    def try_shared(self) -> Iterator[bool]:
+        """As shared(), unless that would wait (an exclusive holder holds the gate or waits
+        for it): then yields False at once, without holding the gate."""
+        with self._cond:
+            if self._exclusive or self._waiting_exclusive:
+                held = False
+            elif self._closed:
+                raise StoreClosed("the store is closed")
+            else:
+                self._shared += 1
+                held = True
+        if not held:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._release_shared()
+
+    def _release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if not self._shared:
+                self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

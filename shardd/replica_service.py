@@ -9,19 +9,27 @@ refusal carries the node's fence in the trailing metadata (``_fenced``).
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc.aio
 from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.common.ring_tokens import TokenRanges
-from shardkv.shardd.convert import hint_from_pb, missing_pb, record_from_pb, record_to_pb
+from shardkv.shardd.convert import (
+    hint_from_pb,
+    read_response,
+    record_from_pb,
+    record_to_pb,
+    records_from_pb,
+    stored_fields,
+)
 from shardkv.shardd.errors import streaming, unary
 from shardkv.shardd.fence import StaleEpoch, epoch_of
 from shardkv.shardd.identity import Change, DirectoryIdentity, View
 from shardkv.shardd.metrics import stats_response
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.ranges import digest_ranges, purge_ranges, stream_ranges
+from shardkv.shardd.records import Record
 from shardkv.shardd.snapshot import snapshot_batches
 from shardkv.shardd.store import Marker
 from shardkv.shardd.validate import check_range, check_record, check_target, response_budget
@@ -82,22 +90,22 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.ApplyResponse:
         self._limits.check_batch(request.records, "Apply records")
         self._limits.check_batch(request.hints, "Apply hints")
-        for record in request.records:
-            check_record(self._limits, record)
+        records = records_from_pb(request.records, self._limits)
+        hints = []
         for hint in request.hints:
             check_target(hint.target)
             check_record(self._limits, hint.record)
             if hint.record.restore:  # a fallback cannot judge a restore (Record.restore)
                 raise LimitExceeded(f"hint for {hint.target[:64]!r} carries a restored record")
+            hints.append(hint_from_pb(hint))
         self._limits.check_batch(request.markers, "Apply markers")
-        # Too many hint targets fail this request alone, before it joins a group commit.
-        targets = {h.target for h in request.hints} | {m.target for m in request.markers}
-        self._storage.store.check_targets(targets)
+        markers = markers_of(request.markers, records)
+        if hints or markers:
+            # Too many hint targets fail this request alone, before it joins a group commit.
+            targets = {h.target for h in hints} | {m.target for m in markers}
+            self._storage.store.check_targets(targets)
         applied = await self._storage.apply(
-            [record_from_pb(r) for r in request.records],
-            [hint_from_pb(h) for h in request.hints],
-            markers_of(request),
-            epoch=epoch_of(context.invocation_metadata()),
+            records, hints, markers, epoch=epoch_of(context.invocation_metadata())
         )
         return replica_pb2.ApplyResponse(
             applied=[a is True for a in applied],
@@ -110,23 +118,21 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self, request: replica_pb2.ReadRequest, context: Context
     ) -> replica_pb2.ReadResponse:
         self._limits.check_batch(request.keys, "Read keys")
-        for key in request.keys:
-            self._limits.check_key(key)
+        keys = list(request.keys)
+        max_key = self._limits.max_key_bytes
+        for key in keys:
+            if not 0 < len(key) <= max_key:
+                self._limits.check_key(key)
         # The node's reply budget caps what the caller asks for: values are measured
         # before they are copied, so memory stays within it whatever the keys.
         budget = response_budget(self._limits)
         max_bytes = min(request.max_bytes, budget) if request.max_bytes else budget
         epoch = self._admit(context, "a read")
-        records = await self._storage.read(list(request.keys), max_bytes=max_bytes)
+        # The answer's entries are built from the LMDB values as they are read.
+        entries = await self._storage.read_entries(keys, stored_fields, max_bytes=max_bytes)
         # Again once read: a purge under a newer fence may have run meanwhile.
         self._storage.fence.admit(epoch, "a read")
-        return replica_pb2.ReadResponse(
-            records=[
-                missing_pb(key) if record is None else record_to_pb(record)
-                for key, record in zip(request.keys, records, strict=False)
-            ],
-            resume_at=len(records) if len(records) < len(request.keys) else 0,
-        )
+        return read_response(keys, entries, len(entries) if len(entries) < len(keys) else 0)
 
     @unary
     @_fenced
@@ -344,14 +350,16 @@ def identity_pb(view: View, fence: int) -> replica_pb2.DirectoryIdentity:
     )
 
 
-def markers_of(request: replica_pb2.ApplyRequest) -> list[Marker]:
+def markers_of(messages: Sequence[replica_pb2.Marker], records: Sequence[Record]) -> list[Marker]:
     """The request's markers, each stamped with its record's (version, writer): the record
     of the same key in the same request, so that the two commit together."""
+    if not messages:
+        return []
     stamps: dict[bytes, tuple[int, int]] = {}
-    for record in request.records:
-        stamps[record.key] = max(stamps.get(record.key, (0, 0)), (record.version, record.writer))
+    for record in records:
+        stamps[record.key] = max(stamps.get(record.key, (0, 0)), record.stamp)
     markers = []
-    for marker in request.markers:
+    for marker in messages:
         check_target(marker.target)
         stamp = stamps.get(marker.key)
         if stamp is None:

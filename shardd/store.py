@@ -20,11 +20,18 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
-from shardkv.common.limits import LimitExceeded, after
+from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.gate import Gate, StoreClosed
-from shardkv.shardd.lookup import read_within
+from shardkv.shardd.lookup import Entry, page, read_within, record_or_none, walk
+from shardkv.shardd.lww import put_if_newer, put_records
 from shardkv.shardd.parked import Marker, Opened, Parked, Resume, check_target
-from shardkv.shardd.records import Hint, Record, decode, digest_bytes, encode, stamp_of
+from shardkv.shardd.records import (
+    Hint,
+    Record,
+    decode,
+    digest_bytes,
+    stamp_of,
+)
 from shardkv.shardd.watermark import PurgeWatermark
 
 log = logging.getLogger(__name__)
@@ -138,8 +145,10 @@ class Store:
         newer than the parked one and keeps each marker of a key it holds, all in one
         durable transaction. Returns, per record, whether it was stored; None for a
         Restored record refused as possibly deleted (shardkv.shardd.watermark)."""
+        max_key = self._max_key
         for record in records:
-            self._check_key(record.key)
+            if not 0 < len(record.key) <= max_key:
+                self._check_key(record.key)
         for hint in hints:
             check_target(hint.target)
             self._check_key(hint.record.key)
@@ -150,8 +159,8 @@ class Store:
 
         def body(txn: lmdb.Transaction, opened: Opened) -> list[bool | None]:
             self.check_targets(targets)  # again under the write lock: exact
-            applied = [self._watermark.put(txn, self._data, r, _put_if_newer) for r in records]
-            self._parked.park(txn, hints, opened, _put_if_newer)
+            applied = put_records(txn, self._data, records, self._watermark)
+            self._parked.park(txn, hints, opened, put_if_newer)
             self._parked.mark(txn, [m for m in markers if txn.get(m.key, db=self._data)], opened)
             return applied
 
@@ -249,8 +258,28 @@ class Store:
     def read(self, keys: Sequence[bytes], *, max_bytes: int = 0) -> list[Record | None]:
         """The stored record of each key (tombstones included); None where there is none.
         With max_bytes, only the prefix of keys whose entries fit (lookup.read_within)."""
-        with self._gate.shared(), self._env.begin(buffers=True) as txn:
-            return read_within(txn, self._data, keys, max_key=self._max_key, max_bytes=max_bytes)
+        return self.read_entries(keys, record_or_none, max_bytes=max_bytes)
+
+    def read_entries(
+        self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0
+    ) -> list[T]:
+        """As read, with each key's entry built by entry from its LMDB value (lookup)."""
+        with self._gate.shared():
+            return self._read(keys, entry, max_bytes)
+
+    def read_entries_now(
+        self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0
+    ) -> list[T] | None:
+        """read_entries, or None without reading when that would wait (the map is about to
+        grow or the store to close): for a caller that must not block, an event loop."""
+        with self._gate.try_shared() as held:
+            return self._read(keys, entry, max_bytes) if held else None
+
+    def _read(self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int) -> list[T]:
+        with self._env.begin(buffers=True) as txn:
+            return read_within(
+                txn, self._data, keys, entry, max_key=self._max_key, max_bytes=max_bytes
+            )
 
     def scan(
         self, start: bytes, end: bytes, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
@@ -261,7 +290,7 @@ class Store:
         if limit < 1:
             raise ValueError(f"scan limit must be positive, got {limit}")
         with self._gate.shared(), self._env.begin() as txn:
-            return self._page(txn, self._data, start, end, limit, max_bytes)
+            return page(txn, self._data, start, end, limit, max_bytes, max_key=self._max_key)
 
     def iter_range(
         self, start: bytes, end: bytes, batch_size: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
@@ -280,7 +309,7 @@ class Store:
         hasher = hashlib.sha256()
         count = 0
         with self._gate.shared(), self._env.begin() as txn, txn.cursor(self._data) as cursor:
-            for key, raw in self._walk(cursor, start, end):
+            for key, raw in walk(cursor, start, end, max_key=self._max_key):
                 hasher.update(digest_bytes(decode(key, raw)))
                 count += 1
         return hasher.digest(), count
@@ -340,39 +369,6 @@ class Store:
             used_bytes=(int(info["last_pgno"]) + 1) * self._page_size,
         )
 
-    def _page(
-        self,
-        txn: lmdb.Transaction,
-        db: _Db,
-        start: bytes,
-        end: bytes,
-        limit: int,
-        max_bytes: int,
-    ) -> tuple[list[Record], bytes]:
-        records: list[Record] = []
-        size = 0
-        with txn.cursor(db) as cursor:
-            for key, raw in self._walk(cursor, start, end):
-                if len(records) >= limit or size >= max_bytes:
-                    return records, after(records[-1].key)
-                record = decode(key, raw)
-                records.append(record)
-                size += record.size()
-        return records, b""
-
-    def _walk(self, cursor: lmdb.Cursor, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of [start, end) in key order. A start longer than LMDB's key limit
-        (a resume point after a maximal key) is sought by its prefix, then skipped past."""
-        seek = start[: self._max_key]
-        positioned = cursor.set_range(seek) if seek else cursor.first()
-        while positioned:
-            key = bytes(cursor.key())  # already bytes (buffers=False): narrows the type only
-            if end and key >= end:
-                return
-            if key >= start:
-                yield key, bytes(cursor.value())
-            positioned = cursor.next()
-
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -383,11 +379,3 @@ class Store:
                 self._env.close()
         except StoreClosed:
             return
-
-
-def _put_if_newer(txn: lmdb.Transaction, db: _Db, record: Record) -> bool:
-    raw = txn.get(record.key, db=db)
-    if not record.beats(raw):
-        return False
-    txn.put(record.key, encode(record), db=db)
-    return True
