@@ -119,14 +119,11 @@ def test_reads_ask_a_node_measured_clearly_slower_last() -> None:
             await cluster.coordinator.read(KEYS[:30], 2, cluster.deadline())
             await asyncio.sleep(REFRESH_S + 0.01)
         before = reads_per_node(cluster)
-        started = time.monotonic()
         outcomes = await cluster.coordinator.read(KEYS, 2, cluster.deadline())
-        took = time.monotonic() - started
         assert [o.error for o in outcomes] == [None] * len(KEYS)
         after = reads_per_node(cluster)
         assert after["n3"] == before["n3"], "the slow node was asked"
         assert after["n1"] - before["n1"] == after["n2"] - before["n2"] == len(KEYS)
-        assert took < 0.04, f"the read waited {took:.3f} s: it waited for the slow node"
 
     run(scenario)
 
