@@ -122,6 +122,8 @@ class NodeStream:
             timer.cancel()
             self._waiting.pop(frame_id, None)
             self._carrier.pop(frame_id, None)
+            if self._outbox:  # still unwritten (a stream that cannot be written): drop it
+                self._outbox = deque(entry for entry in self._outbox if entry[0] != frame_id)
         if reply.code:
             code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
             refusal = _error(code, reply.message, dict(reply.trailing))
@@ -147,8 +149,9 @@ class NodeStream:
             waiter.set_exception(_error(code, message))
 
     async def _drain(self) -> None:
-        """Writes the frames queued, in order, opening the stream when it is not open;
-        a frame whose wait already ended (its deadline) is not written."""
+        """Writes the frames queued, in order, opening the stream when it is not open. A
+        frame whose wait ended (its deadline) leaves the queue then (send), so a stream
+        that cannot be written holds the bytes of the frames still waiting, no more."""
         try:
             while self._outbox:
                 frame_id, data = self._outbox.popleft()
