@@ -4,13 +4,17 @@
   quorums, hints for owners that did not answer, read repair.
 - ``batch_write``, ``batch_read``  the same quorums for most requests (every owner up,
   no move), counted per batch in arrays, one chunk and one reply per node.
-- ``chunk_round``  what both batch paths keep alike for one batch in flight.
+- ``chunk_round``  what both batch paths keep alike for one batch in flight;
+  ``read_round`` what a batch read adds to it.
+- ``replica_latency`` read reply times per node: which owners reads ask last, and when a
+  late read asks the others (speculative retry).
 - ``key_reads``    the per-key read path for the rest, and read repair.
 - ``outcomes``, ``framing``  what a request answers per key; records serialized once.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
 - ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch;
   ``node_calls`` its direct calls (bulk, operations, Fence), each carrying its epoch.
 - ``coalescer``    many concurrent items for one node sent as one batched call.
+- ``node_stream``  those calls as frames of one long-lived ReplicaExchange stream per node.
 - ``read_budget``  bytes of records one read may hold, and whether its answer fits.
 - ``scan``         fan-out of a range scan to the nodes, merged into one ordered page of
   what each key's owners hold.

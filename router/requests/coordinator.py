@@ -19,11 +19,13 @@ twice (two of three owners down: W=2 fails). Owners known DOWN get their markers
 record; an owner that fails or stays silent is found when the write's replies are all in
 (or its deadline passed), and the owners that acknowledged then keep markers for it.
 
-Reads: every owner not known to be DOWN is asked; the answer is the newest (version,
-writer) among the first R replies (a tombstone answers not found). When every asked
-replica has answered (or the deadline passed), each one that answered with an older record
-or none gets the newest one (read repair), without the client waiting for it
-(key_reads.py).
+Reads: on the batch path R owners are asked (a node measured much slower than the others
+last), and the rest only when one fails or the request is late (speculative retry,
+batch_read.py, replica_latency.py); on the per-key path every owner not known to be DOWN
+is asked. The answer is the newest (version, writer) among the first R replies (a
+tombstone answers not found). When every asked replica has answered (or the deadline
+passed), each one that answered with an older record or none gets the newest one (read
+repair), without the client waiting for it (key_reads.py).
 
 During a move a key's owners are its old and its pending new owners, and each request
 needs one more reply per pending owner (placement.py explains why that is enough).
