@@ -140,14 +140,15 @@ class GroupCommitter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="shardd-group-commit")
         future: asyncio.Future[list[bool | None]] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)
         request = _request(records, hints, markers, future, epoch)
         self._admit(request)
         self._pending.append(request)
         self._wakeup.set()
-        # A caller that is cancelled leaves its write queued: a timed-out write may still
-        # happen, which is what callers must assume anyway.
-        return await asyncio.shield(future)
+        # A caller that is cancelled (its future with it) leaves its write queued: a
+        # timed-out write may still happen, which is what callers must assume anyway. The
+        # future is awaited without asyncio.shield, which cost a second future per call;
+        # answers skip a cancelled one (_settle).
+        return await future
 
     def _admit(self, request: _Request) -> None:
         """Counts request into the queue, or refuses it when the queue would overflow."""
@@ -194,7 +195,7 @@ class GroupCommitter:
                 except _Failed as failed:
                     log.warning("commit failed items=%d error=%r", items, failed.error)
                     for request in failed.batch:
-                        request.future.set_exception(failed.error)
+                        _settle(request.future, error=failed.error)
                 else:
                     self._answer(batch, applied)
                 self.commits += 1
@@ -213,7 +214,9 @@ class GroupCommitter:
                 try:
                     self._fence.admit(request.epoch, "a write")
                 except StaleEpoch as refused:
-                    request.future.get_loop().call_soon_threadsafe(_fail, request.future, refused)
+                    request.future.get_loop().call_soon_threadsafe(
+                        _settle, request.future, None, refused
+                    )
                 else:
                     admitted.append(request)
             batch = admitted
@@ -248,17 +251,19 @@ class GroupCommitter:
         offset = 0
         for request in batch:
             end = offset + len(request.records)
-            request.future.set_result(applied[offset:end])
+            _settle(request.future, applied[offset:end])
             offset = end
 
 
-def _fail(future: asyncio.Future[list[bool | None]], error: Exception) -> None:
-    if not future.done():
+def _settle(
+    future: asyncio.Future[list[bool | None]],
+    result: list[bool | None] | None = None,
+    error: Exception | None = None,
+) -> None:
+    """Answers a caller with result or error, unless it stopped waiting (cancelled)."""
+    if future.done():
+        return
+    if error is not None:
         future.set_exception(error)
-
-
-def _retrieve(future: asyncio.Future[list[bool | None]]) -> None:
-    """Marks a commit's error as retrieved: the loop logged it already, and a caller that
-    gave up waiting would otherwise make asyncio report it again at garbage collection."""
-    if not future.cancelled():
-        future.exception()
+    else:
+        future.set_result(result or [])

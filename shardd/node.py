@@ -102,14 +102,15 @@ class NodeStorage:
         node's own API orders after what routers wrote here. A version further ahead of
         this node's wall clock than the max clock offset refuses the whole call
         (VersionAhead, INVALID_ARGUMENT) before anything is stored. Only the newest
-        version of the call is checked and observed: if it is within the offset, so is every
-        other, and the clock moves past it as past all of them."""
-        checked = [*records, *(hint.record for hint in hints)] if hints else records
-        if checked:
-            newest = max(checked, key=_version)
+        version of the records is checked and observed: if it is within the offset, so is
+        every other, and the clock moves past it as past all of them."""
+        newest = max(records, key=_version) if records else None
+        if newest is not None:
             self.clock.check(newest.version, f"record of key {newest.key[:64]!r}")
-        if records:
-            self.clock.observe(max(records, key=_version).version)
+        for hint in hints:
+            self.clock.check(hint.record.version, f"hint of key {hint.record.key[:64]!r}")
+        if newest is not None:
+            self.clock.observe(newest.version)
         return await self.committer.apply(records, hints, markers, epoch=epoch)
 
     async def write(self, writes: Sequence[Write]) -> list[Record]:

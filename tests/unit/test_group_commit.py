@@ -137,3 +137,35 @@ def test_close_commits_pending_writes_then_refuses_new_ones(tmp_path: Path) -> N
         assert reopened.stats().entries == 20
     finally:
         reopened.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_caller_that_gives_up_leaves_its_write_queued_and_the_loop_serving(
+    tmp_path: Path,
+) -> None:
+    """A write whose caller timed out (cancelled while its commit runs) is still committed,
+    and answering the cancelled caller breaks nothing for the callers after it."""
+    store = Store(tmp_path / "db")
+
+    async def main() -> None:
+        committer = GroupCommitter(store)
+        first = asyncio.create_task(committer.apply([rec(b"first")]))
+        await asyncio.sleep(0)  # queued: the commit loop has it
+        gave_up = asyncio.create_task(committer.apply([rec(b"gave-up")]))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        assert await first == [True]
+        with pytest.raises(asyncio.CancelledError):
+            await gave_up
+        assert await committer.apply([rec(b"after")]) == [True]
+        await committer.close()
+
+    try:
+        asyncio.run(main())
+        assert [r and r.key for r in store.read([b"first", b"gave-up", b"after"])] == [
+            b"first",
+            b"gave-up",
+            b"after",
+        ]
+    finally:
+        store.close()
