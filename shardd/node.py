@@ -27,8 +27,9 @@ from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Marker, Store
 T = TypeVar("T")
 # Reads of up to this many keys run on the event loop instead of a read thread. An LMDB
 # read from the page cache takes 2-3 µs per key and holds the GIL for most of it anyway,
-# while a hop to a thread and back costs 40-100 µs of CPU (wake-ups, futures, the loop's
-# self-pipe): more than the read itself for the few keys of a coalesced Get. What runs on
+# while a hop to a thread and back cost 77-205 µs of CPU in a micro-benchmark on this
+# 2-core VM (thread wake-ups, futures, the loop's self-pipe): more than the read itself
+# for the few keys of a coalesced Get. What runs on
 # a thread still is a large read, whose page faults (a store larger than memory) would
 # stall the loop, and a read while the map grows (Store.read_entries_now).
 INLINE_READ_KEYS = 128
