@@ -138,6 +138,17 @@ def shardd_proc(
     return Proc(node_id, argv, address, base / f"{node_id}.log")
 
 
+def start_all(nodes: Sequence[Proc], routers: Sequence[Proc] = ()) -> None:
+    """Starts the nodes together and waits until each one serves, then the routers one by
+    one (a router checks every node as it starts, so the nodes come first)."""
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        wait_serving(node.address)
+    for router in routers:
+        router.start()
+
+
 def write_cluster_toml(
     path: Path,
     nodes: Sequence[Proc],
@@ -255,12 +266,7 @@ def start_cluster(
     ]
     cluster = Cluster(base, node_procs, router_procs, config)
     try:
-        for proc in node_procs:
-            proc.start(wait=False)
-        for proc in node_procs:
-            wait_serving(proc.address)
-        for proc in router_procs:
-            proc.start()
+        start_all(node_procs, router_procs)
     except BaseException:
         cluster.stop()
         raise

@@ -34,8 +34,8 @@ from harness import (
     Proc,
     router_proc,
     shardd_proc,
+    start_all,
     stopped_after,
-    wait_serving,
     write_cluster_toml,
 )
 from shardkv.client import AsyncClient, Client
@@ -73,12 +73,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     config.write_text(text + "\n[repair]\ninterval_s = 0\n")
     routers = [router_proc(tmp_path, config, "r1"), router_proc(tmp_path, config, "r2")]
     with stopped_after(Cluster(tmp_path, nodes, routers, config), request) as running:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            wait_serving(node.address)
-        for router in routers:
-            router.start()
+        start_all(nodes, routers)
         yield running
 
 

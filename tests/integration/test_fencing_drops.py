@@ -31,7 +31,7 @@ from harness import (
     Proc,
     router_proc,
     shardd_proc,
-    wait_serving,
+    start_all,
     write_cluster_toml,
 )
 from shardkv.client import Client
@@ -59,12 +59,7 @@ def cluster(
     running = Cluster(tmp_path, nodes, routers, config)
     failures = request.session.testsfailed
     try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            wait_serving(node.address)
-        for router in routers:
-            router.start()
+        start_all(nodes, routers)
         with Client(running.router.address) as client:
             client.put_many({key: b"v" for key in KEYS})
         yield running

@@ -25,7 +25,7 @@ import grpc
 import pytest
 from faults.checker import Verdict, check
 from faults.move_load import Writer, agreed_records, move_window, writes_inside
-from harness import BIN, Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from harness import BIN, Cluster, Proc, router_proc, shardd_proc, start_all, write_cluster_toml
 from shardkv.client import Client
 from shardkv.router.membership.topology import load_topology
 from shardkv.router.placement.ring import Ring
@@ -52,12 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     routers = [router_proc(base, config, "r1"), router_proc(base, config, "r2")]
     running = Cluster(base, nodes, routers, config)
     try:
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            wait_serving(node.address)
-        for router in routers:
-            router.start()
+        start_all(nodes, routers)
         with Client(running.router.address) as client:
             client.put_many({b"pre/%05d" % i: b"v%d" % i for i in range(PRELOAD)})
         yield running

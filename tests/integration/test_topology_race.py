@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from etcd_harness import etcd_members, etcdctl, start_etcd
-from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from harness import Cluster, Proc, router_proc, shardd_proc, start_all, write_cluster_toml
 from shardkv.router.membership.topology import (
     NodeConfig,
     Topology,
@@ -48,12 +48,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
     ETCD[tmp_path] = members
     try:
         start_etcd(members)
-        for node in nodes:
-            node.start(wait=False)
-        for node in nodes:
-            wait_serving(node.address)
-        for router in routers:
-            router.start()
+        start_all(nodes, routers)
         yield running
     except BaseException:
         print(running.logs(), *(m.log()[-5000:] for m in members))
