@@ -24,9 +24,11 @@ TOKEN_SPACE = 1 << 32
 
 
 def ring_token(key: bytes) -> int:
-    """The ring token of key (see the module docstring for why it is computed this way)."""
-    digest = hashlib.md5(key.decode("latin-1").encode("utf-8"), usedforsecurity=False).digest()
-    return int.from_bytes(digest[:4], "little")
+    """The ring token of key (see the module docstring for why it is computed this way).
+    An ASCII key is its own latin-1 decoded UTF-8 form, so it is hashed as it is."""
+    if not key.isascii():
+        key = key.decode("latin-1").encode("utf-8")
+    return int.from_bytes(hashlib.md5(key, usedforsecurity=False).digest()[:4], "little")
 
 
 @dataclass(frozen=True, slots=True)

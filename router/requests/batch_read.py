@@ -119,8 +119,7 @@ class BatchReader:
         aside: list[int] = []
         order: list[tuple[str, ...]] = [()] * len(keys)
         by_node: dict[str, list[int]] = {}
-        for index, key in enumerate(keys):
-            owners = ring.preference_list(key, n)
+        for index, owners in enumerate(ring.preference_lists(keys, n)):
             if down and not down.isdisjoint(owners):
                 aside.append(index)
                 continue

@@ -132,12 +132,10 @@ class BatchWriter:
         if layout.new is not None or self._placement.uncounted or layout.epoch != epoch:
             return await general(records, epoch)
         ring, n, down = layout.old, self._n, self._health.down
-        owners_of: list[tuple[str, ...]] = []
+        owners_of = ring.preference_lists([record.key for record in records], n)
         aside: list[int] = []
         by_node: dict[str, list[int]] = {}
-        for index, record in enumerate(records):
-            owners = ring.preference_list(record.key, n)
-            owners_of.append(owners)
+        for index, owners in enumerate(owners_of):
             if down and not down.isdisjoint(owners):
                 aside.append(index)
                 continue

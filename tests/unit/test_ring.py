@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
-from shardkv.router.placement.ring import DEFAULT_VNODES, Ring
+from shardkv.common.ring_tokens import ring_token
+from shardkv.router.placement.ring import DEFAULT_VNODES, Ring, ring_key
 from uhashring import HashRing
 
 KEYS = [f"key-{i}".encode() for i in range(100_000)]
@@ -97,3 +99,25 @@ def test_lookups_at_up_to_100_nodes_agree_with_uhashring(node_count: int) -> Non
         prefs = ring.preference_list(key, 3)
         assert prefs == tuple(reference.iterate_nodes(key.decode()))[:3], key
         assert len(set(prefs)) == 3
+
+
+def test_ring_token_is_uhashrings_ketama_hash_of_every_key() -> None:
+    """Placement hashes keys with ring_token (md5 of the bytes, ASCII taken as they are);
+    it must equal uhashring's hashi of ring_key(key) for every key, ASCII or not, or keys
+    would silently move."""
+    hashi = HashRing({"n1": {"weight": 1, "vnodes": 1}}, hash_fn="ketama").hashi
+    rng = random.Random(16)
+    keys = [*KEYS[:3000], b"", b"\x00", b"\x7f", b"\x80", b"\xff", "é".encode()]
+    keys += [rng.randbytes(rng.randrange(1, 40)) for _ in range(5000)]
+    keys += [bytes(rng.randrange(0, 128) for _ in range(12)) for _ in range(2000)]
+    for key in keys:
+        assert ring_token(key) == hashi(ring_key(key)), key
+
+
+def test_preference_lists_match_preference_list() -> None:
+    """The batch lookup places each key as the single one does, at every n."""
+    rng = random.Random(17)
+    keys = [*KEYS[:1000], *(rng.randbytes(rng.randrange(0, 30)) for _ in range(1000))]
+    for ring in (Ring({"n1": 1, "n2": 1, "n3": 1}), Ring({f"n{i}": 1 for i in range(12)})):
+        for n in (1, 2, 3, 8, 10):
+            assert ring.preference_lists(keys, n) == [ring.preference_list(k, n) for k in keys]
