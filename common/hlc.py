@@ -167,25 +167,30 @@ class HybridClock:
         return int((self._wall() + self._offset_s) * 1000)
 
     def now(self) -> int:
-        """A version greater than every version this clock gave or observed before.
+        """A version greater than every version this clock gave or observed before."""
+        return self.now_many(1)
 
-        Raises VersionAhead when that version would be beyond the max offset (the wall
-        clock went back by more than it), and ClockStateError when the reservation cannot
-        be renewed in time."""
+    def now_many(self, count: int) -> int:
+        """The first of count (>= 1) consecutive versions, all above every version given or
+        observed before. Raises VersionAhead when the last is beyond the max offset (the
+        wall clock went back more), ClockStateError when the reservation ran out."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, not {count}")
         with self._cond:
             deadline = time.monotonic() + RESERVE_TIMEOUT_S
             while True:
                 wall_ms = self.wall_ms()
-                version = max(wall_ms << LOGICAL_BITS, self._last + 1)
-                self._refuse_ahead(version, wall_ms, "this clock's next version")
-                if self._state is None or version <= self._reserved:
+                first = max(wall_ms << LOGICAL_BITS, self._last + 1)
+                last = first + count - 1
+                self._refuse_ahead(last, wall_ms, "this clock's next version")
+                if self._state is None or last <= self._reserved:
                     break
                 self._wait_for_renewal(deadline)
-            self._last = version
-            if self._state is not None and self._due(version):
+            self._last = last
+            if self._state is not None and self._due(last):
                 self._renew = True
                 self._cond.notify_all()
-            return version
+            return first
 
     def observe(self, version: int) -> bool:
         """Moves the clock past a version seen elsewhere, so later writes order after it.
@@ -216,8 +221,6 @@ class HybridClock:
         if self._thread is not None:
             self._thread.join()
         self._state.close()
-
-    # -- offsets --------------------------------------------------------------------------
 
     def _ahead_ms(self, version: int, wall_ms: int) -> int | None:
         """How far version is ahead of wall_ms when that is beyond the max offset."""
@@ -251,10 +254,8 @@ class HybridClock:
                 self.ignored,
             )
 
-    # -- reservation (self._cond held) ----------------------------------------------------
-
     def _due(self, version: int) -> bool:
-        """Whether version used up half of the reservation's lead."""
+        """Whether version used up half of the reservation's lead (self._cond held, here on)."""
         return version_millis(version) + self._reserve_ms // 2 >= version_millis(self._reserved)
 
     def _bound(self) -> int:

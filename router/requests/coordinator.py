@@ -181,15 +181,18 @@ class Coordinator:
         self, mutations: Sequence[Mutation], needed: int, deadline: float
     ) -> list[WriteOutcome]:
         """Writes every mutation with a fresh version; answers once each is decided."""
+        # One clock call for the batch: its versions are consecutive, in mutation order.
+        first = self._clock.now_many(len(mutations)) if mutations else 0
+        writer, record = self._writer, replica_pb2.Record
         records = [
-            replica_pb2.Record(
+            record(
                 key=mutation.key,
                 value=b"" if mutation.delete else mutation.value,
-                version=self._clock.now(),
-                writer=self._writer,
+                version=version,
+                writer=writer,
                 tombstone=mutation.delete,
             )
-            for mutation in mutations
+            for version, mutation in enumerate(mutations, first)
         ]
         general = partial(self._place_at, needed=needed, deadline=deadline)
         place = partial(self._batch_writer.place, needed=needed, deadline=deadline, general=general)

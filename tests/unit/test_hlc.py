@@ -242,3 +242,26 @@ def test_equal_stamps_with_different_contents_are_ordered_the_same_everywhere() 
 def test_the_default_wall_clock_is_the_system_clock() -> None:
     clock = HybridClock()
     assert abs(version_millis(clock.now()) - time.time() * 1000) < 1000
+
+
+def test_a_batch_gets_consecutive_versions_above_everything_before() -> None:
+    wall = Wall()
+    clock = HybridClock(wall=wall, max_offset_ms=500)
+    before = clock.now()
+    first = clock.now_many(1000)
+    assert first == before + 1
+    assert clock.now() == first + 1000  # the batch's last version was first + 999
+    assert clock.observe(at(T_MS + 300, (1 << LOGICAL_BITS) - 2))
+    first = clock.now_many(5)  # over the logical counter's end, as five now() calls go
+    assert first == at(T_MS + 300, (1 << LOGICAL_BITS) - 1)
+    assert clock.now() == first + 5 == at(T_MS + 301, 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        clock.now_many(0)
+
+
+def test_a_batch_is_refused_when_its_last_version_is_beyond_the_max_offset() -> None:
+    clock = HybridClock(wall=Wall(), max_offset_ms=500)
+    assert clock.observe(at(T_MS + 500, (1 << LOGICAL_BITS) - 3))
+    with pytest.raises(VersionAhead, match="501 ms"):
+        clock.now_many(10)
+    assert clock.now_many(2) == at(T_MS + 500, (1 << LOGICAL_BITS) - 2)
