@@ -57,3 +57,10 @@ class QuorumTally:
         self.acknowledged += acknowledged
         if acknowledged < required:
             self.failures += 1
+
+    def add_reached(self, keys: int, required: int, acknowledged: int) -> None:
+        """keys keys that each reached a quorum of required, acknowledged replies in all
+        (as add() once per key, for a batch)."""
+        self.keys += keys
+        self.required += keys * required
+        self.acknowledged += acknowledged

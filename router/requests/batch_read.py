@@ -317,7 +317,7 @@ class BatchReader:
                 for index in indexes:
                     failed.setdefault(index, []).append((node_id, failure))
         outcomes: list[ReadOutcome | None] = []
-        newest = 0
+        newest = reached = answers = 0  # the clock's, and the tally of keys answered
         for index, key in enumerate(keys):
             if index in skipped:
                 outcomes.append(None)
@@ -325,7 +325,8 @@ class BatchReader:
             got = replies[index]
             record = answer[index]
             if record is not None:
-                tally.add(needed, got)
+                reached += 1
+                answers += got
                 if record.version > newest:
                     newest = record.version
                 outcomes.append(ReadOutcome(record if record.version else None, None))
@@ -337,6 +338,7 @@ class BatchReader:
                 continue
             tally.add(needed, got)
             outcomes.append(read_failure(key, got, needed, self._n, reasons, rnd.expired))
+        tally.add_reached(reached, needed, answers)
         if newest:
             # Later writes order after every version read (one call for the batch).
             self._clock.observe(newest)

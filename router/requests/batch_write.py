@@ -265,13 +265,15 @@ class BatchWriter:
                 for index in indexes:
                     acked.setdefault(index, set()).add(node_id)
         outcomes: list[WriteOutcome | None] = []
+        reached = acknowledged = 0  # the tally of keys that reached W
         for index, record in enumerate(records):
             if index in skipped:
                 outcomes.append(None)
                 continue
             got = acks[index]
             if got >= needed:
-                tally.add(needed, got)
+                reached += 1
+                acknowledged += got
                 outcomes.append(WriteOutcome(record.version, None))
                 continue
             reasons = failed.get(index, [])
@@ -283,6 +285,7 @@ class BatchWriter:
             heard = acked.get(index, set())
             silent = [o for o in owners_of[index] if o not in heard and o not in by_node]
             outcomes.append(_failure(record, got, needed, self._n, by_node, silent))
+        tally.add_reached(reached, needed, acknowledged)
         return outcomes
 
 

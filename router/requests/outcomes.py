@@ -14,9 +14,10 @@ from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.v1 import replica_pb2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Mutation:
-    """One write: a value, or a delete (tombstone) when delete is true."""
+    """One write: a value, or a delete (tombstone) when delete is true (built per key of
+    every write, so plain too; nothing changes it after)."""
 
     key: bytes
     value: bytes = b""
