@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
-from hashlib import md5
 
-from shardkv.common.ring_tokens import ring_token
+from shardkv.common.ring_tokens import md5, ring_token
 from uhashring import HashRing  # type: ignore[import-untyped]
 
 # Ketama points are 32-bit.
@@ -157,9 +156,7 @@ class Ring:
         for key in keys:
             if not key.isascii():
                 key = key.decode("latin-1").encode("utf-8")
-            index = bisect_right(
-                points, from_bytes(md5(key, usedforsecurity=False).digest()[:4], "little")
-            )
+            index = bisect_right(points, from_bytes(md5(key).digest()[:4], "little"))
             append(table[index if index < count else 0])
         return lists
 
