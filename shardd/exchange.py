@@ -27,6 +27,7 @@ from typing import Any, NoReturn, cast
 import grpc
 import grpc.aio
 from shardkv.common import requestid
+from shardkv.common.wire import varint
 from shardkv.shardd.fence import EPOCH_KEY
 from shardkv.shardd.replica_service import ReplicaServicer
 from shardkv.v1 import replica_pb2
@@ -79,16 +80,6 @@ class _FrameContext:
 def _passthrough(reply: bytes) -> bytes:
     """Replies are serialized by hand (a header, then the body's bytes)."""
     return reply
-
-
-def _length(size: int) -> bytes:
-    """size as a protobuf varint."""
-    out = bytearray()
-    while size >= 0x80:
-        out.append((size & 0x7F) | 0x80)
-        size >>= 7
-    out.append(size)
-    return bytes(out)
 
 
 class ExchangeServicer:
@@ -211,7 +202,7 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 def _serialized(response: replica_pb2.ApplyResponse | replica_pb2.ReadResponse) -> bytes:
     body = response.SerializeToString()
-    return _length(len(body)) + body
+    return varint(len(body)) + body
 
 
 async def _write(context: Context, lock: asyncio.Lock, reply: bytes) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shardkv.common.wire import varint
 from shardkv.v1 import replica_pb2
 
 # ApplyRequest.records: field 1, wire type 2 (length-delimited).
@@ -36,12 +37,7 @@ def frame(record: replica_pb2.Record) -> bytes:
     size = len(body)
     if size < 0x80:
         return _RECORDS_TAG + bytes((size,)) + body
-    head = bytearray(_RECORDS_TAG)
-    while size >= 0x80:
-        head.append((size & 0x7F) | 0x80)
-        size >>= 7
-    head.append(size)
-    return bytes(head) + body
+    return _RECORDS_TAG + varint(size) + body
 
 
 def passthrough(body: bytes) -> bytes:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import grpc
 import grpc.aio
 from shardkv.common import requestid
+from shardkv.common.wire import varint
 from shardkv.router.requests.framing import passthrough
 from shardkv.v1 import replica_pb2
 
@@ -105,9 +106,7 @@ class NodeStream:
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"no answer from {self._node_id} within {timeout:.3f}s",
         )
-        self._outbox.append(
-            (frame_id, header.SerializeToString() + tag + _length(len(body)) + body)
-        )
+        self._outbox.append((frame_id, header.SerializeToString() + tag + varint(len(body)) + body))
         if not self._draining:
             self._draining = True
             self._spawn(self._drain())
@@ -219,13 +218,3 @@ def _error(
         grpc.aio.Metadata(*(trailing or {}).items()),
         details=message,
     )
-
-
-def _length(size: int) -> bytes:
-    """size as a protobuf varint."""
-    out = bytearray()
-    while size >= 0x80:
-        out.append((size & 0x7F) | 0x80)
-        size >>= 7
-    out.append(size)
-    return bytes(out)
