@@ -110,11 +110,13 @@ class Proc:
             self.popen.wait(10)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code.
+        A process a test left SIGSTOPped is continued, so it can act on the SIGTERM."""
         if self.popen is None:
             return None
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(signal.SIGCONT)
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:

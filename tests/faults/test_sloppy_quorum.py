@@ -46,11 +46,7 @@ HANDED_OVER_TIMEOUT_S = 30.0
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCluster]:
     with stopped_after(start_faulty_cluster(tmp_path, nodes=len(NODES)), request) as running:
-        try:
-            yield running
-        finally:
-            for node in running.nodes:
-                node.signal(signal.SIGCONT)  # a stopped node would not take SIGTERM
+        yield running
 
 
 def keys_owned_by(owners: tuple[str, ...], count: int) -> list[bytes]:

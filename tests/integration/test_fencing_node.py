@@ -4,34 +4,12 @@ a request claims never raises the fence; a purge runs only at the fenced epoch."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import grpc
 import pytest
-from harness import Proc, shardd_proc, stopped_after
+from harness import Proc
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 WHOLE = [replica_pb2.TokenRange(start=0, end=1 << 32)]
-
-
-class _Node:
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-    def logs(self) -> str:
-        return self.proc.log()
-
-
-@pytest.fixture
-def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proc]:
-    proc = shardd_proc(tmp_path, "n1")
-    with stopped_after(_Node(proc), request):
-        proc.start()
-        yield proc
 
 
 def _stub(proc: Proc) -> tuple[grpc.Channel, replica_pb2_grpc.ReplicaStub]:

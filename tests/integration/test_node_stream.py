@@ -10,12 +10,11 @@ import asyncio
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from harness import Proc, shardd_proc, stopped_after
+from harness import Proc
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import NodeFailure
@@ -113,26 +112,6 @@ def test_frames_are_fenced_and_answered_like_calls(tmp_path: Path) -> None:
             await server.stop(0)
 
     asyncio.run(main())
-
-
-class _Node:
-    def __init__(self, proc: Proc) -> None:
-        self.proc = proc
-
-    def stop(self) -> None:
-        self.proc.signal(signal.SIGCONT)
-        self.proc.stop()
-
-    def logs(self) -> str:
-        return self.proc.log()
-
-
-@pytest.fixture
-def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proc]:
-    proc = shardd_proc(tmp_path, "n1")
-    with stopped_after(_Node(proc), request):
-        proc.start()
-        yield proc
 
 
 @pytest.mark.timeout(90)
