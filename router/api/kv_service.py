@@ -133,7 +133,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         budget = ReadBudget.for_read(self._limits, len(distinct), self._topology.replication + 1)
         deadline = self._deadline(context)
         read = await self._coordinator.read(distinct, needed, deadline, budget=budget)
-        if may_exceed(self._limits, len(keys)):
+        if may_exceed(self._limits, len(keys)) and not (
+            budget is not None and len(distinct) == len(keys) and budget.surely_fits(len(keys))
+        ):
             sizes = {key: entry_size(key, o.record) for key, o in zip(distinct, read, strict=True)}
             problem = too_large(self._limits, keys, sizes, budget)
             if problem is not None:

@@ -88,6 +88,14 @@ class ReadBudget:
         """The same asks, each delivering through this budget first."""
         return [(key, partial(self._deliver, node_id, deliver)) for key, deliver in asks]
 
+    def surely_fits(self, entries: int) -> bool:
+        """Whether an answer of entries distinct keys fits the message limit without
+        measuring it: each entry's record is one this budget took, so the answer carries
+        at most the bytes held and each entry's framing. Most answers are far below the
+        limit and skip measuring each entry (a key named twice counts twice: measure)."""
+        answer_bytes = self._message_limit - REPLY_FRAMING
+        return not self.spent and self.held + entries * ENTRY_BYTES <= answer_bytes
+
     def take(
         self, node_id: str, records: list[replica_pb2.Record]
     ) -> list[replica_pb2.Record] | NodeFailure:

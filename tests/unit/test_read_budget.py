@@ -160,3 +160,15 @@ def test_small_reads_need_no_budget_and_answers_name_the_limit() -> None:
     assert "message limit of 33554432 bytes (max_message_bytes)" in problem
     assert entry_size(b"k", replica_pb2.Record(key=b"k", tombstone=True, version=1)) == 33
     assert entry_size(b"k", None) == 1 + ENTRY_BYTES
+
+
+def test_an_answer_surely_fits_only_while_held_bytes_and_framing_stay_under_the_limit() -> None:
+    limits = Limits()
+    budget = ReadBudget.for_read(limits, 1000, 3)
+    assert budget is not None and budget.surely_fits(1000)
+    room = answer_budget(limits) - 1000 * ENTRY_BYTES
+    budget.take("n1", [replica_pb2.Record(key=b"k", value=b"v" * (room - 1), version=1)])
+    assert budget.surely_fits(1000)  # exactly at the limit: fits
+    assert not budget.surely_fits(1001)  # one entry's framing more: measure it
+    budget.take("n2", [replica_pb2.Record(key=b"k", value=b"v" * (room - 1), version=1)])
+    assert not budget.surely_fits(1)  # replies of two owners: no longer sure
