@@ -196,8 +196,12 @@ def test_limits_fail_fast_without_a_round_trip(make_client: ClientFactory) -> No
         kv.get(b"k" * (DEFAULT_LIMITS.max_key_bytes + 1))
     with pytest.raises(InvalidArgument, match="empty"):
         kv.delete("")
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument, match="empty"):
         kv.get_many(["ok", ""])
+    with pytest.raises(InvalidArgument, match=r"key of 512 bytes .* starts b'kkkk"):
+        kv.get_many(["ok", b"k" * (DEFAULT_LIMITS.max_key_bytes + 1)])
+    with pytest.raises(TypeError, match="key must be bytes or str, not int"):
+        kv.get_many(["ok", 3])
     with pytest.raises(InvalidArgument, match="prefix cannot be combined"):
         kv.scan(prefix="a", start="b")
     with pytest.raises(InvalidArgument, match="must sort before"):
