@@ -8,24 +8,18 @@ answered; writes queued in the same turn of the event loop share a commit. A cal
 answered only after its commit is durable; a failed commit fails only its own callers,
 and the committer keeps serving.
 
-Where a commit runs. Under load, on the commit thread, so the loop keeps reading frames
-and serving reads while the disk syncs: the loop puts the batch on the thread's queue and
-the thread hands the outcome back with one call_soon_threadsafe that answers every caller
-(no executor, no task driving it, no future per hop). When the node is idle (no commit
-answered for INLINE_IDLE_S, nothing on the commit thread, a small batch), on the event
-loop itself: at one write in flight nothing else waits for the loop, and the two thread
-hand-offs with their wake-ups (the thread's, the loop's, the GIL's) cost a node more CPU
-than the commit's own Python (py-spy and perf of a node under single Puts through a
-router: a fifth of its CPU in context switches). The loop is then blocked for one
-commit (about a millisecond on this VM's disk); after a commit slower than INLINE_MAX_S
-every commit goes to the thread for INLINE_BACKOFF_S, so a stalling disk never stalls
-reads for long.
+Where a commit runs: on the commit thread, never on the event loop (an fsync can stall
+for as long as the disk does, and the loop must keep serving reads, health checks and
+fence refusals meanwhile). The loop puts the batch on the thread's queue and the thread
+hands the outcome back with one call_soon_threadsafe that answers every caller: no
+executor, no task driving it, no future per hop (py-spy of a node under single Puts
+through a router: those hops were a fifth of the loop's samples).
 
 Fencing (shardkv.shardd.fence): each write carries the topology epoch it was routed under,
-and the fence is checked just before the transaction that would store it; a write routed
-under an older epoch fails alone with StaleEpoch. The fence itself rises only on the
-commit thread (``run(fence.raise_to, ...)``), and a commit runs on the loop only while no
-job is on that thread, so a check and its commit are never split by a Fence.
+and the commit thread checks it against the node's fence just before the transaction that
+would store it; a write routed under an older epoch fails alone with StaleEpoch. The fence
+itself rises only on this same thread (``run(fence.raise_to, ...)``), so a check and its
+commit are never split by a Fence.
 
 The queue is bounded (items and bytes): when writes arrive faster than the disk commits
 them, a write that would overflow it is refused at once with CommitterOverloaded
@@ -38,7 +32,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -53,15 +46,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # What the commit thread runs, in order: a job that never raises, or None to stop.
 _Job = Callable[[], None] | None
-# A commit runs on the event loop instead of the commit thread when no commit was answered
-# for INLINE_IDLE_S, nothing runs on the commit thread and it holds at most
-# INLINE_MAX_ITEMS items (module docstring; batches of 100 at 8 in flight, committed on the
-# loop, lost a tenth of their keys/s); after a commit slower than INLINE_MAX_S (a slow or
-# stalled disk), none does for INLINE_BACKOFF_S.
-INLINE_IDLE_S = 0.002
-INLINE_MAX_ITEMS = 32
-INLINE_MAX_S = 0.05
-INLINE_BACKOFF_S = 10.0
 
 
 class CommitterClosed(RuntimeError):
@@ -86,14 +70,13 @@ class _Request:
 
 
 class _Outcome(NamedTuple):
-    """What a commit did: the requests the fence admitted and those it refused, the result
-    of each admitted record (or the error that failed them all), and how long it took."""
+    """What a commit did: the requests the fence admitted and those it refused, and the
+    result of each admitted record (or the error that failed them all)."""
 
     admitted: list[_Request]
     refused: list[tuple[_Request, StaleEpoch]]
     applied: list[bool | None]
     error: Exception | None
-    took_s: float
 
 
 def _request(
@@ -120,9 +103,8 @@ class GroupCommitter:
     request the server accepted can be committed). `commits`, `items` and `shed` count
     what was done and refused.
 
-    Everything but a commit on the thread runs on the event loop's thread: the queue,
+    Everything but the commits and run() jobs runs on the event loop's thread: the queue,
     its bounds and the answers. The commit thread starts with the first write or run().
-    `inline_commits` counts the commits that ran on the loop.
     """
 
     def __init__(
@@ -134,13 +116,8 @@ class GroupCommitter:
         max_pending_items: int = 65536,
         max_pending_bytes: int = 256 << 20,
         fence: Fence | None = None,
-        inline_idle_s: float | None = INLINE_IDLE_S,
-        inline_max_s: float = INLINE_MAX_S,
     ) -> None:
-        """fence: the node's fence, checked before each commit (None: no epochs checked).
-        inline_idle_s: how long the committer must have been idle for a commit to run on
-        the event loop (None: never); inline_max_s: a commit slower than this keeps
-        commits off the loop for INLINE_BACKOFF_S."""
+        """fence: the node's fence, checked before each commit (None: no epochs checked)."""
         self._store = store
         self._fence = fence
         self._max_items = max_items
@@ -154,13 +131,6 @@ class GroupCommitter:
         self._kicked = False
         self._committing = False
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        # Commits and run() jobs handed to the commit thread and not yet answered.
-        self._on_thread = 0
-        self._inline_idle_s = inline_idle_s or 0.0
-        self._inline_max_s = inline_max_s
-        # When the last commit was answered; no commit runs on the loop before _inline_from.
-        self._answered = float("-inf")
-        self._inline_from = float("-inf") if inline_idle_s is not None else float("inf")
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # close() waits on this for the last commit to be answered.
@@ -169,7 +139,6 @@ class GroupCommitter:
         self.commits = 0
         self.items = 0
         self.shed = 0
-        self.inline_commits = 0
         # Items per commit (group-commit batch sizes), read by the metrics endpoint.
         self.batch_sizes = SizeHistogram()
 
@@ -218,8 +187,7 @@ class GroupCommitter:
         self._pending_bytes += size
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Runs another write (e.g. deleting hints) on the commit thread between commits
-        (never while a commit runs on the loop: module docstring)."""
+        """Runs another write (e.g. deleting hints) on the commit thread between commits."""
         if self._closing:
             raise CommitterClosed("the node is shutting down and takes no new writes")
         loop = self._loop or self._start()
@@ -233,7 +201,6 @@ class GroupCommitter:
             else:
                 _post(loop, self._job_done, future, result, None)
 
-        self._on_thread += 1
         self._jobs.put(job)
         return await future
 
@@ -263,38 +230,20 @@ class GroupCommitter:
             job()
 
     def _kick(self) -> None:
-        """On the loop: commits the oldest pending requests that fit in one commit, on the
-        loop itself when the node is idle (module docstring), else on the commit thread;
-        nothing while a commit runs (its answer starts the next)."""
+        """On the loop: hands the oldest pending requests that fit in one commit to the
+        commit thread; nothing while a commit runs (its answer starts the next)."""
         self._kicked = False
         if self._committing or not self._pending:
             return
         batch = self._take()
         self._committing = True
-        now = time.monotonic()
-        if (
-            not self._on_thread
-            and now - self._answered >= self._inline_idle_s
-            and now >= self._inline_from
-            and sum(request.items for request in batch) <= INLINE_MAX_ITEMS
-        ):
-            self.inline_commits += 1
-            self._committed(batch, self._store_batch(batch))
-            return
         loop = self._loop
         assert loop is not None  # set by the apply that queued the batch
-        self._on_thread += 1
-        self._jobs.put(lambda: _post(loop, self._thread_committed, batch, self._store_batch(batch)))
-
-    def _thread_committed(self, batch: list[_Request], outcome: _Outcome) -> None:
-        """On the loop: a commit the thread ran is done."""
-        self._on_thread -= 1
-        self._committed(batch, outcome)
+        self._jobs.put(lambda: _post(loop, self._committed, batch, self._store_batch(batch)))
 
     def _store_batch(self, batch: list[_Request]) -> _Outcome:
         """Fails each request the fence refuses and commits the rest in one transaction;
         never raises (a failed commit is its outcome)."""
-        started = time.monotonic()
         refused: list[tuple[_Request, StaleEpoch]] = []
         error: Exception | None = None
         applied: list[bool | None] = []
@@ -316,11 +265,11 @@ class GroupCommitter:
                 applied = self._store.apply(records, hints, markers)
         except Exception as exc:
             error = exc
-        return _Outcome(admitted, refused, applied, error, time.monotonic() - started)
+        return _Outcome(admitted, refused, applied, error)
 
     def _committed(self, batch: list[_Request], outcome: _Outcome) -> None:
         """On the loop: answers the callers of a commit, then starts the next one."""
-        admitted, refused, applied, error, took_s = outcome
+        admitted, refused, applied, error = outcome
         self._committing = False
         items = sum(request.items for request in batch)
         for request, stale in refused:
@@ -338,10 +287,6 @@ class GroupCommitter:
         self.commits += 1
         self.items += items
         self.batch_sizes.observe(items)
-        self._answered = time.monotonic()
-        if took_s > self._inline_max_s:
-            # A slow disk: no commit blocks the loop until commits are quick again.
-            self._inline_from = self._answered + INLINE_BACKOFF_S
         if self._pending:
             self._kick()
         elif self._drained is not None and not self._drained.done():
@@ -351,7 +296,6 @@ class GroupCommitter:
         self, future: asyncio.Future[Any], result: object, error: Exception | None
     ) -> None:
         """On the loop: a run() job finished; answers its caller unless it stopped waiting."""
-        self._on_thread -= 1
         if future.done():
             return
         if error is not None:

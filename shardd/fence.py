@@ -10,11 +10,10 @@ and the router reloads its topology and routes the request again.
 The fence lives in the store's "meta" database, written in its own fsync'd transaction,
 and is loaded when the node opens its store, before it serves anything. It changes only
 through ``raise_to`` (Replica.Fence), never from an epoch a request claims, so a forged
-huge epoch locks nobody out. ``raise_to`` runs on the group committer's thread, and the
-node's write transactions run one at a time, on that thread or (an idle node's commit) on
-the event loop while nothing runs on that thread: a write is checked against the fence
-just before its commit, so no fence can rise between the check and the commit, and a
-Fence answered means no write routed under a lower epoch commits after.
+huge epoch locks nobody out. ``raise_to`` runs on the group committer's thread, the one
+thread every write transaction of the node starts from: a write is checked against the
+fence on that thread just before its commit, so no fence can rise between the check and
+the commit, and a Fence answered means no write routed under a lower epoch commits after.
 
 A call without an epoch is served unfenced, as before fencing existed: every router sends
 one on every call (NodeClient), so such a call is not router traffic but an operator's

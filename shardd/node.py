@@ -1,10 +1,9 @@
 """The asynchronous face of one node's storage: reads on worker threads, writes through group
 commit, and versions for the node's own writes from its hybrid logical clock.
 
-The gRPC services call only this; it keeps LMDB calls off the event loop's thread but for
-small reads (INLINE_READ_KEYS) and an idle node's commits (shardkv.shardd.commit).
+The gRPC services call only this; it keeps every LMDB call off the event loop's thread.
 It also holds the node's fence (shardkv.shardd.fence), loaded with the store: writes and
-purges are checked against it just before they commit, and it rises on the commit thread.
+purges are checked against it on the commit thread, where it also rises.
 """
 
 from __future__ import annotations
