@@ -197,9 +197,9 @@ class GroupCommitter:
             try:
                 result = fn(*args)
             except Exception as exc:
-                _post(loop, self._job_done, future, None, exc)
+                _post(loop, _settle, future, None, exc)
             else:
-                _post(loop, self._job_done, future, result, None)
+                _post(loop, _settle, future, result)
 
         self._jobs.put(job)
         return await future
@@ -273,11 +273,11 @@ class GroupCommitter:
         self._committing = False
         items = sum(request.items for request in batch)
         for request, stale in refused:
-            _settle(request.future, error=stale)
+            _settle(request.future, None, stale)
         if error is not None:
             log.warning("commit failed items=%d error=%r", items, error)
             for request in admitted:
-                _settle(request.future, error=error)
+                _settle(request.future, None, error)
         else:
             offset = 0
             for request in admitted:
@@ -291,17 +291,6 @@ class GroupCommitter:
             self._kick()
         elif self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-
-    def _job_done(
-        self, future: asyncio.Future[Any], result: object, error: Exception | None
-    ) -> None:
-        """On the loop: a run() job finished; answers its caller unless it stopped waiting."""
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
 
     def _take(self) -> list[_Request]:
         """The oldest pending requests that fit in one commit (at least one)."""
@@ -328,15 +317,12 @@ def _post(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args:
         log.debug("commit outcome dropped: %r", exc)
 
 
-def _settle(
-    future: asyncio.Future[list[bool | None]],
-    result: list[bool | None] | None = None,
-    error: Exception | None = None,
-) -> None:
-    """Answers a caller with result or error, unless it stopped waiting (cancelled)."""
+def _settle(future: asyncio.Future[Any], result: object, error: Exception | None = None) -> None:
+    """On the loop: answers a caller (of a commit or a run() job) with result or error,
+    unless it stopped waiting (cancelled)."""
     if future.done():
         return
     if error is not None:
         future.set_exception(error)
     else:
-        future.set_result(result or [])
+        future.set_result(result)
