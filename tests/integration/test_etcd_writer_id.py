@@ -111,7 +111,9 @@ def test_a_held_id_refuses_a_twin_and_is_freed_by_stop_or_death(site: Site) -> N
     # at once: the last test).
     first.kill()
     freed = wait_free(site, TTL_S + 2)
-    assert freed <= TTL_S + 0.5, freed
+    # Within the TTL since the last renewal, plus etcd's sweep of expired leases (every
+    # 500 ms) and this poll's own latency: a full run on a busy machine saw 3.54 s.
+    assert freed <= TTL_S + 1.0, freed
 
 
 @pytest.mark.timeout(120)
