@@ -24,7 +24,6 @@ import asyncio
 import itertools
 import multiprocessing
 import os
-import socket
 import struct
 import sys
 import time
@@ -33,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import grpc
 import grpc.aio
 
+from benchmarks.procs import free_port
 from benchmarks.procstat import usage
 
 REQUEST = b"q" * 1300
@@ -195,19 +195,12 @@ async def _run(
             await _measure(name, await connect(address), in_flight, seconds, server)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.message_cost", description=__doc__)
     parser.add_argument("--in-flight", default="1,8", help="comma-separated, e.g. 1,8")
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args(argv)
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     server = multiprocessing.get_context("spawn").Process(target=_serve, args=ports, daemon=True)
     server.start()
     try:

@@ -36,11 +36,21 @@ class ServerError(RuntimeError):
     """A server did not start or died; the message carries the tail of its log."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on right now (the OS picks it), never one this
+    process handed out before: the OS may pick a port it picked a moment ago, and 60 nodes
+    are given 120 ports before any binds (a full run's 60-node cell once failed with a
+    node's metrics port "already in use")."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.procs import free_port as free_port
+
 BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 20.0
 
@@ -29,19 +30,6 @@ STARTUP_TIMEOUT_S = 20.0
 # Ports free_port has handed out in this process: the OS may offer a closed port again
 # before the server it was picked for binds it (a shardd once got an etcd member's port,
 # and the member's gRPC health check passed for the node).
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (the OS picks it), never one this
-    process handed out before."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def wait_serving(address: str, timeout_s: float = STARTUP_TIMEOUT_S, service: str = "") -> None:
