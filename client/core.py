@@ -88,8 +88,8 @@ def check_value(key: bytes, value: ValueLike) -> bytes:
 def check_keys(keys: Iterable[KeyLike]) -> list[bytes]:
     """Distinct keys as bytes, in first-seen order, each checked. The lengths are checked
     for the whole batch at once (a batch of 100 keys: 0.3 µs a key instead of 0.9 checked
-    one by one); a batch that breaks a limit is checked key by key, so
-    the error names the first key that breaks it."""
+    one by one); a batch that breaks a limit is checked key by key, so the error names the
+    first key that breaks it."""
     raw = [to_bytes(key) for key in keys]
     if raw:
         lengths = list(map(len, raw))

@@ -27,11 +27,6 @@ BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 20.0
 
 
-# Ports free_port has handed out in this process: the OS may offer a closed port again
-# before the server it was picked for binds it (a shardd once got an etcd member's port,
-# and the member's gRPC health check passed for the node).
-
-
 def wait_serving(address: str, timeout_s: float = STARTUP_TIMEOUT_S, service: str = "") -> None:
     """Blocks until the gRPC health service at address answers SERVING."""
     deadline = time.monotonic() + timeout_s
