@@ -11,7 +11,7 @@ router's versions strictly increase in real time (its HLC never goes back, whate
 observes).
 
 How the checker models the skew: it is told which router stamped each operation
-(workload.client_of). Within one router, versions must follow real time, including the
+(workload.writers). Within one router, versions must follow real time, including the
 versions that reads show for unknown-outcome puts; that is never excused. Across the two
 routers versions say nothing about real time, so an acknowledged write that lost to an
 earlier write through the other router counts as an LWW discard (reported, allowed), and
@@ -37,7 +37,7 @@ from faults.checker import Verdict, check
 from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
 from faults.history import OK, Op
 from faults.report import scenario_line
-from faults.workload import Workload, client_of, run_workload
+from faults.workload import Workload, run_workload, writers
 
 SKEW_MS = 3000
 # Above the skew, so nodes take r2's versions and r1's clock adopts them; with the default
@@ -85,7 +85,8 @@ def skew_phase(cluster: FaultyCluster, name: str, spec: Workload) -> tuple[Verdi
     history = run_workload([r1, r2], lambda: time.sleep(2.0), spec=spec, after_s=1.0)
     keys = [spec.key(i) for i in range(spec.keys)]
     converge_s = converge(cluster, keys)
-    verdict = check(history.ops, final_state(cluster, keys), clock_of=client_of)
+    routers = writers([router.name for router in cluster.routers])
+    verdict = check(history.ops, final_state(cluster, keys), writer_of=routers)
     scenario_line(name, history, verdict, [f"r2 clock +{SKEW_MS} ms"], converge_s)
     assert not verdict.problems(allow_discards=True), "\n".join(
         verdict.problems(allow_discards=True)

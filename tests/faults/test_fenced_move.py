@@ -39,6 +39,7 @@ from harness import (
     write_cluster_toml,
 )
 from shardkv.client import AsyncClient, Client
+from shardkv.common.hlc import writer_number
 from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
@@ -164,7 +165,7 @@ def test_router_paused_across_a_move_cannot_write_under_the_old_placement(
 
     ring = Ring({f"n{i}": 1 for i in range(1, 5)})
     finals = agreed_records(cluster, ring, 1, sorted({op.key for op in ops}))
-    verdict = check(ops, finals, clock_of=lambda op: op.worker)
+    verdict = check(ops, finals, writer_of=lambda op: writer_number(op.worker))
     print(
         f"paused router across a move: {verdict.summary()}; r2 after resuming: {written_after} puts"
     )

@@ -57,7 +57,7 @@ from faults.cluster import wait_nodes_up
 from faults.history import OK, History, reads_during
 from faults.observe import HealthWatch, describe, seen_down
 from faults.report import scenario_line
-from faults.workload import Workload, client_of, run_workload
+from faults.workload import Workload, client_of, run_workload, writers
 
 HOSTS = ("e1", "e2", "e3", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "r1", "r2")
 BULK_KEYS = 3000  # streamed by every move: paced at 1000 records/s, a move lasts seconds
@@ -150,7 +150,8 @@ def scenario(
         wait_nodes_up(router.address, 30)
     final = on_exactly_owners(run.cluster, run.keys)
     settle_s = time.monotonic() - started
-    verdict = check(history.ops, {key: final[key] for key in keys}, clock_of=client_of)
+    finals = {key: final[key] for key in keys}
+    verdict = check(history.ops, finals, writer_of=writers([run.r1.name, run.r2.name]))
     reads = _reads_via(history, windows)
     during = {
         w.name: sum(

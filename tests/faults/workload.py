@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from shardkv.client import AsyncClient
+from shardkv.common.hlc import writer_number
 
+from faults.checker import WriterOf
 from faults.history import History, Op
 
 
@@ -62,10 +64,15 @@ async def _worker(
 
 
 def client_of(op: Op) -> str:
-    """The client a workload op went through ("c0" for worker "c0w3"). Each client talks
-    to one router, so this names the clock that stamped the op's version: pass it to
-    checker.check as clock_of when router clocks may disagree."""
+    """The client a workload op went through ("c0" for worker "c0w3")."""
     return op.worker.partition("w")[0]
+
+
+def writers(router_ids: Sequence[str]) -> WriterOf:
+    """Which writer stamped each op, for checker.check: client ci talks to one router,
+    router_ids[i] (run_workload's targets, in order), whose id is its writer number's."""
+    numbers = [writer_number(router_id) for router_id in router_ids]
+    return lambda op: numbers[int(client_of(op)[1:])]
 
 
 def run_workload(

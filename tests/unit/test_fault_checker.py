@@ -4,7 +4,8 @@ Each detection is proven by a small hand-made history that breaks the property o
 (a lost delete, a stale read, a relabelled value, a silent deletion, ...) and must be
 reported with its kind and key; next to them, correct histories (concurrent writes,
 retried puts, unknown outcomes properly ordered) must pass. Times are seconds, versions
-small integers; a worker's first two letters name its clock (router), as in workload.py.
+small integers; a worker's first two letters name its client, whose router is its clock
+(workload.writers).
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ from faults.checker import (
     check,
 )
 from faults.history import DELETE, FAILED, GET, OK, PUT, UNKNOWN, Op, reads_during
-from faults.workload import client_of
+from faults.workload import writers
+from shardkv.common.hlc import writer_number
 
 K = b"k"
+# Client c0 talks to r1, c1 to r2; r2's writer number is the higher (LWW ties go to it).
+ROUTERS = writers(["r1", "r2"])
+R1, R2 = writer_number("r1"), writer_number("r2")
 
 
 def put(
@@ -57,8 +62,10 @@ def get(value: bytes | None, start: float, end: float, version: int, key: bytes 
     return Op("c0w3", GET, key, value, start, end, OK, version)
 
 
-def final(value: bytes, version: int, tombstone: bool = False) -> dict[bytes, Final]:
-    return {K: Final(version, 1, tombstone, value)}
+def final(
+    value: bytes, version: int, tombstone: bool = False, writer: int = 1
+) -> dict[bytes, Final]:
+    return {K: Final(version, writer, tombstone, value)}
 
 
 def tombstone(version: int) -> dict[bytes, Final]:
@@ -281,12 +288,12 @@ def test_an_earlier_write_on_another_clock_winning_is_a_discard() -> None:
     # b (clock c1) was acknowledged after a (clock c0, running ahead) ended; a's higher
     # version wins: LWW discarded b. Allowed only when the caller says clocks may disagree.
     ops = [put(b"a", 0, 1, 50, worker="c0w1"), put(b"b", 2, 3, 20, worker="c1w1")]
-    verdict = check(ops, final(b"a", 50), clock_of=client_of)
+    verdict = check(ops, final(b"a", 50, writer=R1), writer_of=ROUTERS)
     assert only(verdict, DISCARDED) == [ops[1]]
     assert verdict.problems(allow_discards=True) == []
     # Overlapping writes may end in either order: no discard.
     overlapping = [ops[0], put(b"b", 0.5, 3, 20, worker="c1w1")]
-    assert check(overlapping, final(b"a", 50), clock_of=client_of).problems() == []
+    assert check(overlapping, final(b"a", 50, writer=R1), writer_of=ROUTERS).problems() == []
 
 
 def test_one_clock_going_backwards_is_never_excused() -> None:
@@ -304,8 +311,43 @@ def test_an_unknown_delete_on_another_clock_may_carry_any_version() -> None:
         put(b"a", 2, 3, 10, worker="c0w1"),
         get(None, 4, 5, 0),
     ]
-    assert check(ops, final(b"a", 10), clock_of=client_of).problems() == []
+    assert check(ops, final(b"a", 10, writer=R1), writer_of=ROUTERS).problems() == []
     assert only(check(ops, final(b"a", 10)), STALE) == [ops[2]]
+
+
+def test_equal_versions_of_two_routers_order_by_writer_as_replicas_do() -> None:
+    # Routers sharing a wall clock stamp writes of one millisecond alike; every replica
+    # keeps the higher writer's (hlc.precedes). A delete through r2 at the version of an
+    # overlapping put through r1 wins: a read after the put, overlapping the delete's
+    # acknowledgement, finds nothing (multi-host scenario (d), d/005: both stamped in one
+    # millisecond, logical 0).
+    assert R2 > R1
+    ops = [
+        put(b"a", 0, 2, 10, worker="c0w1"),
+        delete(1, 4.5, 10, worker="c1w2"),
+        get(None, 4, 5, 0),
+    ]
+    assert check(ops, final(b"", 10, True, R2), writer_of=ROUTERS).problems() == []
+    # The other way round the put wins the tie, so not-found is stale, and so is a read of
+    # the value the tie threw away.
+    swapped = [
+        put(b"a", 0, 2, 10, worker="c1w1"),
+        delete(1, 4.5, 10, worker="c0w2"),
+        get(None, 4, 5, 0),
+    ]
+    verdict = check(swapped, final(b"a", 10, writer=R2), writer_of=ROUTERS)
+    assert only(verdict, STALE) == [swapped[2]]
+    lost_tie = [
+        put(b"a", 0, 2, 10, worker="c0w1"),
+        put(b"b", 1, 3, 10, worker="c1w1"),
+        get(b"a", 4, 5, 10),
+    ]
+    verdict = check(lost_tie, final(b"b", 10, writer=R2), writer_of=ROUTERS)
+    assert only(verdict, STALE) == [lost_tie[2]]
+    # A final record holding the tie's loser loses the winner.
+    assert only(check(lost_tie[:2], final(b"a", 10, writer=R1), writer_of=ROUTERS), LOST) == [
+        lost_tie[1]
+    ]
 
 
 # Bookkeeping.
