@@ -22,8 +22,8 @@ from pathlib import Path
 
 import grpc
 from etcd_harness import ETCD, wait_etcd
-from faults.checker import Final
 from faults.cluster import read_all_at_all
+from faults.verdict import Final
 from harness import BIN, Proc, wait_serving, write_cluster_toml
 from netns_hosts import Lan
 from shardkv.router.placement.ring import Ring

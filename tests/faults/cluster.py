@@ -29,11 +29,11 @@ import grpc
 from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-from faults.checker import Final
 from faults.history import OK, Op
 from faults.observe import HealthWatch, Sample, seen_down, timed_reads_at_all
 from faults.proxy import FaultProxy
 from faults.timeouts import set_timeouts
+from faults.verdict import Final
 
 READ_CHUNK = 500
 

@@ -19,9 +19,9 @@ from shardkv.client import AsyncClient
 from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2, replica_pb2
 
-from faults.checker import Final
 from faults.cluster import read_all_at_all, read_records
 from faults.history import OK, History
+from faults.verdict import Final
 
 
 class Writer(threading.Thread):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from faults.checker import Verdict
 from faults.history import History
+from faults.verdict import Verdict
 
 
 def scenario_line(

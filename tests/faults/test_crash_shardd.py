@@ -13,9 +13,10 @@ import pytest
 from harness import shardd_proc
 from shardkv.client import AsyncClient, RetryPolicy
 
-from faults.checker import Final, check
+from faults.checker import check
 from faults.cluster import read_records
 from faults.history import History
+from faults.verdict import Final
 
 ITERATIONS = 10
 WRITERS = 48

@@ -33,10 +33,11 @@ import pytest
 from harness import router_proc
 from shardkv.common.hlc import version_millis
 
-from faults.checker import Verdict, check
+from faults.checker import check
 from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
 from faults.history import OK, Op
 from faults.report import scenario_line
+from faults.verdict import Verdict
 from faults.workload import Workload, run_workload, writers
 
 SKEW_MS = 3000

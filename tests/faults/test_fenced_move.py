@@ -43,9 +43,10 @@ from shardkv.common.hlc import writer_number
 from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
-from faults.checker import LOST, STALE, check
+from faults.checker import check
 from faults.history import OK, History
 from faults.move_load import agreed_records
+from faults.verdict import LOST, STALE
 
 UNFENCED = os.environ.get("SHARDKV_TEST_UNFENCED") == "1"
 # Runs shardd with the fence checks of shardkv.shardd.fence disabled (the test's switch).

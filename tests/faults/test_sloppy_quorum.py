@@ -25,7 +25,7 @@ from shardkv.client import AsyncClient
 from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2
 
-from faults.checker import Final, check
+from faults.checker import check
 from faults.cluster import (
     FaultyCluster,
     read_records,
@@ -34,6 +34,7 @@ from faults.cluster import (
     wait_nodes_up,
 )
 from faults.history import OK, History
+from faults.verdict import Final
 
 NODES = [f"n{i}" for i in range(1, 6)]
 DOWN_OWNERS = ("n4", "n5")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from faults.checker import Verdict, check
+from faults.checker import check
 from faults.move_load import Writer, agreed_records, move_window, writes_inside
+from faults.verdict import Verdict
 from harness import BIN, Cluster, Proc, router_proc, shardd_proc, start_all, write_cluster_toml
 from shardkv.client import Client
 from shardkv.router.membership.topology import load_topology

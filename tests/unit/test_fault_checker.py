@@ -11,7 +11,9 @@ small integers; a worker's first two letters name its client, whose router is it
 from __future__ import annotations
 
 import pytest
-from faults.checker import (
+from faults.checker import check
+from faults.history import DELETE, FAILED, GET, OK, PUT, UNKNOWN, Op, reads_during
+from faults.verdict import (
     DISCARDED,
     FUTURE,
     LOST,
@@ -23,9 +25,7 @@ from faults.checker import (
     UNVERSIONED,
     Final,
     Verdict,
-    check,
 )
-from faults.history import DELETE, FAILED, GET, OK, PUT, UNKNOWN, Op, reads_during
 from faults.workload import writers
 from shardkv.common.hlc import writer_number
 
