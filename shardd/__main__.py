@@ -94,7 +94,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     parser.add_argument("--max-value-bytes", type=_size, default=DEFAULT_LIMITS.max_value_bytes)
-    parser.add_argument("--max-batch-items", type=_positive, default=DEFAULT_LIMITS.max_batch_items)
+    parser.add_argument(
+        "--max-batch-items",
+        type=_positive,
+        default=DEFAULT_LIMITS.max_batch_items,
+        help="most records or keys in one call; routers send calls of up to"
+        f" {DEFAULT_LIMITS.max_batch_items}, so a node serving routers keeps the default",
+    )
     parser.add_argument("--max-message-bytes", type=_size, default=DEFAULT_LIMITS.max_message_bytes)
     parser.add_argument(
         "--map-size",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2
-from shardkv.common.limits import Limits
+from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.router.membership.epoch_queues import EpochQueues
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import Coalescer, Deliver
@@ -40,9 +40,10 @@ from shardkv.v1 import replica_pb2, replica_pb2_grpc
 if TYPE_CHECKING:
     from shardkv.router.membership.fencing import RouterEpoch
 
-# Items per coalesced call (the node's batch limit is 1000) and bytes of values per call
-# (well below the 32 MiB message cap; a Read asks the node to stop there, ReadRequest.max_bytes).
-MAX_BATCH_ITEMS = 512
+# Items per coalesced call: the nodes' batch limit (a node's share of a batch of 1000 keys
+# is one call, not two as at 512). Bytes of values per call stay well below the 32 MiB
+# message cap (a Read asks the node to stop there, ReadRequest.max_bytes).
+MAX_BATCH_ITEMS = DEFAULT_LIMITS.max_batch_items
 # Calls of one kind outstanding to one node: the second lets a node commit one batch
 # while the next travels.
 MAX_IN_FLIGHT = 2
