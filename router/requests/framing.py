@@ -34,10 +34,7 @@ class FramedRecords:
 def frame(record: replica_pb2.Record) -> bytes:
     """The record as one ApplyRequest.records entry: tag, varint length, message."""
     body = record.SerializeToString()
-    size = len(body)
-    if size < 0x80:
-        return _RECORDS_TAG + bytes((size,)) + body
-    return _RECORDS_TAG + varint(size) + body
+    return _RECORDS_TAG + varint(len(body)) + body
 
 
 def passthrough(body: bytes) -> bytes:
