@@ -1,7 +1,8 @@
 """The asynchronous face of one node's storage: reads on worker threads, writes through group
 commit, and versions for the node's own writes from its hybrid logical clock.
 
-The gRPC services call only this; it keeps every LMDB call off the event loop's thread.
+The gRPC services call only this; it keeps LMDB calls off the event loop's thread but for
+small reads (INLINE_READ_KEYS); a commit never runs there (shardkv.shardd.commit).
 It also holds the node's fence (shardkv.shardd.fence), loaded with the store: writes and
 purges are checked against it on the commit thread, where it also rises.
 """

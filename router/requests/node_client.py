@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 # message cap (a Read asks the node to stop there, ReadRequest.max_bytes).
 MAX_BATCH_ITEMS = DEFAULT_LIMITS.max_batch_items
 # Calls of one kind outstanding to one node. One: what queues meanwhile leaves as the next,
-# larger call, and a call costs far more than an item in it (at 2, single keys and batches
-# of 100 cost the router and the nodes 10-20% more CPU a key and answered later).
+# larger call, and a call costs far more than an item in it (at 2, batches of 100 cost the
+# router and the nodes 10-20% more CPU a key and answered later; single keys alike).
 MAX_IN_FLIGHT = 1
 # Items queued for one node per kind of call before new ones fail with RESOURCE_EXHAUSTED.
 MAX_QUEUED = 20_000
