@@ -22,7 +22,12 @@ from shardkv.router.api.admin_service import AdminService
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.metrics import RouterCollector, router_registry
 from shardkv.router.api.operations import Operations
-from shardkv.router.api.security import TokenInterceptor, channel_credentials, server_credentials
+from shardkv.router.api.security import (
+    TokenInterceptor,
+    channel_credentials,
+    node_ssl_context,
+    server_credentials,
+)
 from shardkv.router.membership.fencing import RouterEpoch
 from shardkv.router.membership.identity import IdentityGuard
 from shardkv.router.membership.live_topology import Membership
@@ -160,6 +165,7 @@ class RouterServer:
         credentials = (
             channel_credentials(node_tls.ca, node_tls.cert, node_tls.key) if node_tls else None
         )
+        tls = node_ssl_context(node_tls.ca, node_tls.cert, node_tls.key) if node_tls else None
         # The epoch this router routes under; fence refusals reload it (fencing.py).
         epochs = RouterEpoch(topology.epoch)
 
@@ -170,6 +176,7 @@ class RouterServer:
                 call_timeout_s=self._call_timeout_s,
                 on_failure=self._on_call_failure,
                 credentials=credentials,
+                tls=tls,
                 max_queued=config.max_queued_per_node,
                 token=config.node_token,
                 epochs=epochs,

@@ -71,6 +71,12 @@ def _address(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
+    return int(text)
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     """The server config and the log level the flags ask for."""
     parser = argparse.ArgumentParser(prog="shardd", description="shardkv storage node")
@@ -82,6 +88,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         type=_address,
         default="127.0.0.1:7101",
         help="host:port to serve on (port 0: any free port)",
+    )
+    parser.add_argument(
+        "--exchange-port",
+        type=_port,
+        default=0,
+        help="TCP port, on the --listen host, for routers' frames (Apply and Read); with TLS"
+        " and the node token or router certificates as the gRPC port. Default 0: any free"
+        " port, which routers learn from the node (set one to open it in a firewall)",
+    )
+    parser.add_argument(
+        "--advertise-exchange-port",
+        type=_port,
+        default=0,
+        help="the port routers are told to reach the exchange port at, when a proxy or a"
+        " port mapping stands in front of it (default: the port bound)",
     )
     parser.add_argument("--data", type=Path, required=True, help="data directory (LMDB)")
     parser.add_argument(
@@ -184,6 +205,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         node_id=args.id,
         data_dir=args.data,
         listen=args.listen,
+        exchange_port=args.exchange_port,
+        advertise_exchange_port=args.advertise_exchange_port,
         sync=not args.no_sync,
         limits=limits,
         map_size=args.map_size,
@@ -219,14 +242,14 @@ def _tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ServerTls
     if not args.tls_cert:
         return None
 
-    def pem(path: Path, flag: str) -> bytes:
+    def pem(path: Path, flag: str) -> Path:
         try:
             data = path.read_bytes()
         except OSError as exc:
             parser.error(f"{flag} {path}: {exc.strerror or exc}")
         if b"-----BEGIN" not in data:
             parser.error(f"{flag} {path}: not a PEM file")
-        return data
+        return path
 
     return ServerTls(
         cert_chain=pem(args.tls_cert, "--tls-cert"),

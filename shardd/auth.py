@@ -151,46 +151,71 @@ class NodeAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = details.method
         if self._expected is not None:
-            reason = self._token_problem(details.invocation_metadata or ())
+            metadata = details.invocation_metadata or ()
+            sent = [value for key, value in metadata if key == "authorization"]
+            reason = token_problem(self._expected, sent)
             if reason is not None:
                 return _guarded(handler, _refuse(method, grpc.StatusCode.UNAUTHENTICATED, reason))
         if self._names:
             return _guarded(handler, self._check_certificate(method))
         return handler
 
-    def _token_problem(self, metadata: Sequence[tuple[str, str | bytes]]) -> str | None:
-        """Why the call's metadata does not carry the node token; None when it does."""
-        assert self._expected is not None
-        sent = [value for key, value in metadata if key == "authorization"]
-        if not sent:
-            return "no node token: send 'authorization: Bearer <node token>'"
-        if len(sent) > 1 or not isinstance(sent[0], str):
-            return "malformed authorization metadata"
-        if not hmac.compare_digest(sent[0].encode(), self._expected):
-            return "wrong node token"
-        return None
-
     def _check_certificate(self, method: str) -> Check:
         names = self._names
 
         async def check(context: Context) -> None:
             auth_context = context.auth_context()
-            shown = sorted(
-                {
-                    name.decode("utf-8", errors="replace")
-                    for key in _CERT_NAME_KEYS
-                    for name in auth_context.get(key, ())
-                }
-            )
-            if names.isdisjoint(shown):
-                reason = (
-                    f"certificate names {shown} are not router names (--router-cert-names)"
-                    if shown
-                    else "no client certificate"
-                )
+            shown = [
+                name.decode("utf-8", errors="replace")
+                for key in _CERT_NAME_KEYS
+                for name in auth_context.get(key, ())
+            ]
+            reason = certificate_problem(names, shown)
+            if reason is not None:
                 await _refuse(method, grpc.StatusCode.PERMISSION_DENIED, reason)(context)
 
         return check
+
+
+def token_problem(expected: bytes, sent: Sequence[str | bytes]) -> str | None:
+    """Why the authorization values sent are not exactly expected ("Bearer <token>");
+    None when they are. Compared in constant time."""
+    if not sent:
+        return "no node token: send 'authorization: Bearer <node token>'"
+    if len(sent) > 1 or not isinstance(sent[0], str):
+        return "malformed authorization metadata"
+    if not hmac.compare_digest(sent[0].encode(), expected):
+        return "wrong node token"
+    return None
+
+
+def certificate_problem(names: frozenset[str], shown: Sequence[str]) -> str | None:
+    """Why a peer certificate showing these names (subject CN and alternative names) is
+    not a router's; None when it names one of names."""
+    if not names.isdisjoint(shown):
+        return None
+    if shown:
+        return f"certificate names {sorted(set(shown))} are not router names (--router-cert-names)"
+    return "no client certificate"
+
+
+def admission(
+    auth: NodeAuth, authorization: str, shown: Sequence[str]
+) -> tuple[grpc.StatusCode, str] | None:
+    """Whether a connection to the exchange port (exchange_listener.py) that sent this
+    authorization and whose certificate shows these names may send frames: None if so,
+    else the status and reason a call would have been refused with."""
+    if auth.token:
+        reason = token_problem(
+            f"Bearer {auth.token}".encode(), [authorization] if authorization else []
+        )
+        if reason is not None:
+            return grpc.StatusCode.UNAUTHENTICATED, f"{reason}; this node serves routers only"
+    if auth.cert_names:
+        reason = certificate_problem(auth.cert_names, shown)
+        if reason is not None:
+            return grpc.StatusCode.PERMISSION_DENIED, f"{reason}; this node serves routers only"
+    return None
 
 
 def _refuse(method: str, code: grpc.StatusCode, reason: str) -> Check:

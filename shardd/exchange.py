@@ -1,19 +1,13 @@
-"""Replica.Apply and Replica.Read as frames of one long-lived stream (ReplicaExchange).
+"""Replica.Apply and Replica.Read as frames (replica.proto, ExchangeFrame): one frame served.
 
-A router sends each node its coalesced Apply and Read calls as frames of one stream
-instead of a unary call each: a unary call costs a node about twice the CPU of a stream
-message (interceptors, call set-up, headers and trailers), and its set-up adds to the
-latency of every router hop (README, Performance). A frame is served exactly as the call
-it replaces: by ReplicaServicer.Apply or .Read themselves (same checks, same fencing under
-the epoch the frame carries, same status table), each frame as its own task, under its
-own deadline; replies are written as frames finish, so a slow commit never holds a read
-back. Each frame is counted, timed and logged as the Replica call it replaces (same
-method name, request ids, status: shardkv.serving.telemetry), so dashboards, alerts and
-request logs see no difference. The stream itself passes the node's auth interceptor
-once, when it opens.
-
-Frames running on one stream are bounded (MAX_RUNNING): beyond it a frame is refused with
-RESOURCE_EXHAUSTED, as a node refuses calls beyond its maximum_concurrent_rpcs.
+A router sends each node its coalesced Apply and Read calls as frames on one connection to
+the node's exchange port (exchange_listener.py) instead of a gRPC call each: a frame costs
+both ends a small fraction of a gRPC message's CPU and adds far less to a hop's latency
+(README, Performance). A frame is served exactly as the call it replaces: by
+ReplicaServicer.Apply or .Read themselves (same checks, same fencing under the epoch the
+frame carries, same status table), under its own deadline, and counted, timed and logged
+as the Replica call it replaces (same method name, request ids, status:
+shardkv.serving.telemetry), so dashboards, alerts and request logs see no difference.
 """
 
 from __future__ import annotations
@@ -33,10 +27,6 @@ from shardkv.shardd.replica_service import ReplicaServicer
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
-
-SERVICE = replica_pb2.DESCRIPTOR.services_by_name["ReplicaExchange"].full_name
-# Frames served at once on one stream; a router keeps a few per node in flight.
-MAX_RUNNING = 256
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # RequestInterceptor.observe: (method, request id, started, code, details, peer).
@@ -77,85 +67,16 @@ class _FrameContext:
         raise _Aborted(code, details)
 
 
-def _passthrough(reply: bytes) -> bytes:
-    """Replies are serialized by hand (a header, then the body's bytes)."""
-    return reply
-
-
-class ExchangeServicer:
-    """shardkv.v1.ReplicaExchange on one node: frames served by its ReplicaServicer."""
+class FrameServer:
+    """Answers frames with one node's ReplicaServicer."""
 
     def __init__(self, replica: ReplicaServicer, *, observe: Observe) -> None:
         """observe: told of every frame answered, as the interceptor is of a call."""
         self._replica = replica
         self._observe = observe
-        self._readers: set[asyncio.Task[None]] = set()
 
-    def handlers(self) -> grpc.GenericRpcHandler:
-        """The service's handler, for server.add_generic_rpc_handlers."""
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Exchange": grpc.stream_stream_rpc_method_handler(
-                    self.exchange,
-                    request_deserializer=replica_pb2.ExchangeFrame.FromString,
-                    response_serializer=_passthrough,
-                )
-            },
-        )
-
-    def close(self) -> None:
-        """Stops reading frames on every stream; each ends once its frames in flight are
-        answered (the node is stopping: without this, server.stop would wait its whole
-        grace for streams that never end)."""
-        for reader in list(self._readers):
-            reader.cancel()
-
-    async def exchange(self, requests: Any, context: Context) -> None:
-        """Serves the frames of one stream until the router closes it (or close())."""
-        lock = asyncio.Lock()
-        running: set[asyncio.Task[None]] = set()
-        peer = context.peer()  # read while the call is alive (see telemetry._streaming)
-        reader = asyncio.get_running_loop().create_task(
-            self._read(requests, context, lock, running, peer)
-        )
-        self._readers.add(reader)
-        try:
-            await asyncio.wait({reader})
-            if running:
-                await asyncio.wait(running)
-        finally:
-            # The call itself ended (the router went away): nothing is left to answer to.
-            self._readers.discard(reader)
-            reader.cancel()
-            for task in running:
-                task.cancel()
-
-    async def _read(
-        self,
-        requests: Any,
-        context: Context,
-        lock: asyncio.Lock,
-        running: set[asyncio.Task[None]],
-        peer: str,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        async for frame in requests:
-            if len(running) >= MAX_RUNNING:
-                message = f"{MAX_RUNNING} frames already running on this stream"
-                reply = replica_pb2.ExchangeReply(
-                    id=frame.id, code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message=message
-                )
-                await _write(context, lock, reply.SerializeToString())
-                continue
-            task = loop.create_task(self._serve(frame, context, lock, peer))
-            running.add(task)
-            task.add_done_callback(running.discard)
-
-    async def _serve(
-        self, frame: replica_pb2.ExchangeFrame, context: Context, lock: asyncio.Lock, peer: str
-    ) -> None:
-        """Answers one frame as its unary call would have been answered."""
+    async def answer(self, frame: replica_pb2.ExchangeFrame, peer: str) -> bytes:
+        """The serialized ExchangeReply to frame: what its unary call would have answered."""
         started = time.perf_counter()
         rid = requestid.from_header(frame.request_id) if frame.request_id else None
         requestid.current.set(rid)
@@ -188,28 +109,24 @@ class ExchangeServicer:
         except Exception as exc:  # a bug: answered as INTERNAL, as a call would be
             log.error("exchange frame %d failed", frame.id, exc_info=exc)
             header.code = grpc.StatusCode.INTERNAL.value[0]
-            header.message = f"internal error in Exchange: {type(exc).__name__}"
+            header.message = f"internal error serving a frame: {type(exc).__name__}"
             reply = header.SerializeToString()
-        code = _CODES.get(header.code, grpc.StatusCode.UNKNOWN)
-        method = METHODS.get(kind or "", "/shardkv.v1.ReplicaExchange/Exchange")
+        code = CODES.get(header.code, grpc.StatusCode.UNKNOWN)
+        method = METHODS.get(kind or "", "/shardkv.v1.Replica/Exchange")
         self._observe(method, rid, started, code, header.message or None, peer)
-        await _write(context, lock, reply)
+        return reply
 
 
 # google.rpc.Code value -> grpc.StatusCode
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_reply(frame_id: int, code: grpc.StatusCode, message: str) -> bytes:
+    """A serialized ExchangeReply carrying only a status (no body)."""
+    reply = replica_pb2.ExchangeReply(id=frame_id, code=code.value[0], message=message)
+    return reply.SerializeToString()
 
 
 def _serialized(response: replica_pb2.ApplyResponse | replica_pb2.ReadResponse) -> bytes:
     body = response.SerializeToString()
     return varint(len(body)) + body
-
-
-async def _write(context: Context, lock: asyncio.Lock, reply: bytes) -> None:
-    """Writes one reply; one write at a time per call (gRPC allows no more). A stream
-    that ended meanwhile has nobody to answer: its reply is dropped."""
-    async with lock:
-        try:
-            await context.write(reply)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, RuntimeError) as exc:
-            log.debug("exchange reply dropped: %r", exc)

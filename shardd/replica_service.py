@@ -82,6 +82,14 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self._storage = storage
         self._limits = limits
         self._directory = directory
+        # The port of the node's exchange listener, advertised by Identity; the server
+        # sets it once bound (0 until then).
+        self.exchange_port = 0
+
+    def _identity(self, view: View) -> replica_pb2.DirectoryIdentity:
+        identity = identity_pb(view, self._storage.fence.epoch)
+        identity.exchange_port = self.exchange_port
+        return identity
 
     @unary
     @_fenced
@@ -295,7 +303,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
     async def Identity(
         self, request: replica_pb2.IdentityRequest, context: Context
     ) -> replica_pb2.DirectoryIdentity:
-        return identity_pb(self._directory.view(), self._storage.fence.epoch)
+        return self._identity(self._directory.view())
 
     @unary
     async def SetIdentity(
@@ -310,7 +318,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             advance_boot=request.advance_boot,
             rebuild_by=request.rebuild_by,
         )
-        return identity_pb(await self._directory.change(change), self._storage.fence.epoch)
+        return self._identity(await self._directory.change(change))
 
     @unary
     async def RebuildLease(
@@ -319,7 +327,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         if not request.router_id:
             raise LimitExceeded("RebuildLease needs a router_id")
         view = self._directory.lease(request.router_id, release=request.release)
-        return identity_pb(view, self._storage.fence.epoch)
+        return self._identity(view)
 
     @unary
     async def Fence(

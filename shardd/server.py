@@ -1,5 +1,5 @@
-"""The shardd gRPC server: KV, Replica (and its frames, ReplicaExchange), health and
-reflection over one node's store.
+"""The shardd server: gRPC (KV, Replica, health and reflection) and the exchange port
+(routers' frames, exchange_listener.py) over one node's store.
 
 `ShardServer(config).start()` opens the store, binds and serves, returning the bound port
 (listen on port 0 to let the OS pick one); `stop(grace)` turns health to NOT_SERVING, lets
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from shardkv.serving.connections import DEFAULT_CONNECTIONS, ConnectionLimits, s
 from shardkv.serving.metrics_http import MetricsServer
 from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
-from shardkv.shardd.exchange import SERVICE as EXCHANGE_SERVICE
-from shardkv.shardd.exchange import ExchangeServicer
+from shardkv.shardd.exchange import FrameServer
+from shardkv.shardd.exchange_listener import ExchangeListener
 from shardkv.shardd.identity import DirectoryIdentity
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
@@ -48,19 +49,29 @@ class ListenError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerTls:
-    """PEM bytes of the node's certificate chain and key; with client_ca, callers (routers)
-    must present a certificate that chains to it (mutual TLS)."""
+    """PEM files of the node's certificate chain and key; with client_ca, callers (routers)
+    must present a certificate that chains to it (mutual TLS). The same on the gRPC port
+    and the exchange port."""
 
-    cert_chain: bytes
-    private_key: bytes
-    client_ca: bytes | None = None
+    cert_chain: Path
+    private_key: Path
+    client_ca: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
-            [(self.private_key, self.cert_chain)],
-            root_certificates=self.client_ca,
+            [(self.private_key.read_bytes(), self.cert_chain.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
             require_client_auth=self.client_ca is not None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_chain, self.private_key)
+        if self.client_ca is not None:
+            context.load_verify_locations(cafile=self.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,12 @@ class ServerConfig:
     node_id: str
     data_dir: Path
     listen: str = "127.0.0.1:7101"
+    # The exchange port, on the listen address's host; 0: one the OS picks (routers learn
+    # it from Identity).
+    exchange_port: int = 0
+    # The port routers are told (Identity), when a proxy or port mapping fronts the
+    # exchange port; 0: the bound one.
+    advertise_exchange_port: int = 0
     # fsync every commit; False is for benchmarks only (acknowledged writes may be lost).
     sync: bool = True
     limits: Limits = DEFAULT_LIMITS
@@ -105,7 +122,7 @@ class ShardServer:
         self._storage: NodeStorage | None = None
         self._health = health.aio.HealthServicer()
         self._metrics: MetricsServer | None = None
-        self._exchange: ExchangeServicer | None = None
+        self._exchange: ExchangeListener | None = None
         self.address = ""
         # host:port of the metrics endpoint; empty when it is off.
         self.metrics_address = ""
@@ -119,6 +136,7 @@ class ShardServer:
         """Opens the store, binds the listen address and serves; returns the bound port."""
         config = self.config
         self._check_exposure()
+        exchange_tls = _exchange_tls(config.tls)
         store = await asyncio.to_thread(
             Store,
             config.data_dir,
@@ -160,36 +178,47 @@ class ShardServer:
         )
         replica = ReplicaServicer(self._storage, limits=config.limits, directory=directory)
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica, server)  # type: ignore[no-untyped-call]
-        self._exchange = ExchangeServicer(replica, observe=telemetry.observe)
-        server.add_generic_rpc_handlers((self._exchange.handlers(),))
+        exchange = ExchangeListener(
+            FrameServer(replica, observe=telemetry.observe),
+            auth=config.auth,
+            tls=exchange_tls,
+            max_message_bytes=config.limits.max_message_bytes,
+            handshake_timeout_s=config.connections.handshake_timeout_s,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
                 KV_SERVICE,
                 REPLICA_SERVICE,
-                EXCHANGE_SERVICE,
                 HEALTH_SERVICE,
                 reflection.SERVICE_NAME,
             ),
             server,
         )
+        host = config.listen.rsplit(":", 1)[0]
         try:
             port = _bind(server, config.listen, config.tls)
+            exchange_port = await _bind_exchange(exchange, host, config.exchange_port)
+            replica.exchange_port = config.advertise_exchange_port or exchange_port
             await server.start()
             await self._start_metrics(registry)
         except BaseException:
+            await exchange.stop(0)
             await server.stop(None)
             await self._storage.close()
             raise
         self._server = server
+        self._exchange = exchange
         for service in ("", KV_SERVICE, REPLICA_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         log.info(
-            "serving node_id=%s address=%s data=%s sync=%s tls=%s auth=%s",
+            "serving node_id=%s address=%s exchange_port=%d advertised=%d data=%s sync=%s"
+            " tls=%s auth=%s",
             config.node_id,
             self.address,
+            exchange_port,
+            replica.exchange_port,
             config.data_dir,
             config.sync,
             "off" if config.tls is None else "mutual" if config.tls.client_ca else "on",
@@ -234,13 +263,28 @@ class ShardServer:
         grace = self.config.grace_s if grace is None else grace
         log.info("stopping node_id=%s grace_s=%s", self.config.node_id, grace)
         await self._health.enter_graceful_shutdown()
-        if self._exchange is not None:
-            self._exchange.close()  # streams end once their frames are answered
-        await server.stop(grace)
+        if self._exchange is not None:  # frames running are answered, within the grace
+            await asyncio.gather(self._exchange.stop(grace), server.stop(grace))
+        else:
+            await server.stop(grace)
         if self._metrics is not None:
             await self._metrics.stop()
         await self.storage.close()
         log.info("stopped node_id=%s", self.config.node_id)
+
+
+def _exchange_tls(tls: ServerTls | None) -> ssl.SSLContext | None:
+    try:
+        return tls.ssl_context() if tls else None
+    except (ssl.SSLError, OSError) as exc:
+        raise ListenError(f"cannot load the TLS certificate and key: {exc}") from exc
+
+
+async def _bind_exchange(exchange: ExchangeListener, host: str, port: int) -> int:
+    try:
+        return await exchange.start(host, port)
+    except OSError as exc:
+        raise ListenError(f"cannot listen for exchange on {host}:{port}: {exc}") from exc
 
 
 def _bind(server: grpc.aio.Server, listen: str, tls: ServerTls | None) -> int:

@@ -25,15 +25,21 @@ import random
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SUBNET = "10.213"
 BRIDGE_HOST = 254  # the test's own address on the bridge: SUBNET.X.254
 LOCK_PATH = "/tmp/shardkv-netns-subnets.lock"
 NO_NETFILTER = ("nf_call_iptables", "0", "nf_call_ip6tables", "0", "nf_call_arptables", "0")
+
+
+# /sys/class/net/<port>/brport/state of a bridge port that forwards (BR_STATE_FORWARDING).
+BRIDGE_FORWARDING = "3"
 
 
 class NetnsError(RuntimeError):
@@ -122,7 +128,17 @@ class Lan:
         ip("link", "set", host.port, "down")
 
     def restore(self, host: Host) -> None:
+        """The host's link comes back; returns once its bridge port forwards again (a SYN
+        sent before that is lost, and TCP retries it only a second later)."""
         ip("link", "set", host.port, "up")
+        port = Path("/sys/class/net") / host.port
+        deadline = time.monotonic() + 10
+        while (port / "operstate").read_text().strip() != "up" or (
+            port / "brport" / "state"
+        ).read_text().strip() != BRIDGE_FORWARDING:
+            if time.monotonic() > deadline:
+                raise NetnsError(f"bridge port {host.port} did not come back up within 10 s")
+            time.sleep(0.02)
 
     def separate(self, side: Sequence[Host], other: Sequence[Host]) -> None:
         """Hosts of side and hosts of other stop reaching each other (blackhole routes on

@@ -16,7 +16,7 @@ from shardkv.router.requests.coalescer import Deliver
 from shardkv.router.requests.coordinator import Coordinator, Mutation
 from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import ApplyItem
+from shardkv.router.requests.node_link import ApplyItem
 from shardkv.v1 import replica_pb2
 
 KEYS = [b"v100/%08d" % i for i in range(1000)]

@@ -12,9 +12,11 @@
 - ``outcomes``, ``framing``  what a request answers per key; records serialized once.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
 - ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch;
-  ``node_calls`` its direct calls (bulk, operations, Fence), each carrying its epoch.
+  ``node_calls`` its direct calls (bulk, operations, Fence), each carrying its epoch;
+  ``node_link`` what the coordinator needs of it.
 - ``coalescer``    many concurrent items for one node sent as one batched call.
-- ``node_stream``  those calls as frames of one long-lived ReplicaExchange stream per node.
+- ``node_connection`` those calls as frames on one TCP connection per node, to its
+  exchange port.
 - ``read_budget``  bytes of records one read may hold, and whether its answer fits.
 - ``scan``         fan-out of a range scan to the nodes, merged into one ordered page of
   what each key's owners hold.

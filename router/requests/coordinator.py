@@ -60,7 +60,8 @@ from shardkv.router.requests.batch_write import BatchWriter
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.key_reads import KeyReader, apply_to, ignore
-from shardkv.router.requests.node_client import MAX_BATCH_ITEMS, ApplyItem, MarkedRecord, NodeLink
+from shardkv.router.requests.node_client import MAX_BATCH_ITEMS
+from shardkv.router.requests.node_link import ApplyItem, MarkedRecord, NodeLink
 from shardkv.router.requests.outcomes import Mutation, ReadOutcome, WriteOutcome
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget

@@ -21,7 +21,7 @@ from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import ApplyItem, NodeLink
+from shardkv.router.requests.node_link import ApplyItem, NodeLink
 from shardkv.router.requests.outcomes import ReadOutcome
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget

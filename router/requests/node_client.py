@@ -2,10 +2,11 @@
 
 Single-key work (the records and hints of writes, the keys of reads, read repairs) goes
 through a Coalescer per kind, so concurrent requests share one Replica.Apply or
-Replica.Read call per node. Those calls travel as frames of one long-lived stream per node
-(node_stream.py), which costs the node about half a unary call's CPU and each hop its
-call set-up; a node without the stream service gets unary calls. Bulk work that is
-already batched (scans, hint hand-off, health checks) is called directly (node_calls.py).
+Replica.Read call per node. Those calls travel as frames on one long-lived TCP connection
+per node (node_connection.py), which costs both ends a small fraction of a gRPC message's
+CPU and each hop far less latency; a node without an exchange port gets unary calls. Bulk
+work that is already batched (scans, hint hand-off, health checks) is called directly
+(node_calls.py).
 
 Every call carries the topology epoch it was routed under (``shardkv-epoch`` metadata,
 router/membership/fencing.py): the coordinator passes the epoch of the placement it used,
@@ -16,9 +17,9 @@ item routed under an old placement never leaves under a newer epoch.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -31,9 +32,9 @@ from shardkv.router.requests.node_calls import (
     MAX_BATCH_BYTES,
     FailureListener,
     NodeCalls,
-    TokenSpan,
 )
-from shardkv.router.requests.node_stream import APPLY, READ, NodeStream
+from shardkv.router.requests.node_connection import APPLY, READ, NodeConnection
+from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
@@ -50,55 +51,6 @@ MAX_BATCH_ITEMS = DEFAULT_LIMITS.max_batch_items
 MAX_IN_FLIGHT = 1
 # Items queued for one node per kind of call before new ones fail with RESOURCE_EXHAUSTED.
 MAX_QUEUED = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class MarkedRecord:
-    """A record for an owner of its key, which also keeps a marker for each of targets
-    (other owners that did not acknowledge it) in the same commit (replica.proto, Marker)."""
-
-    record: replica_pb2.Record
-    targets: tuple[str, ...]
-
-
-# What one Apply carries per item: a record for an owner, a hint for a fallback, or a
-# record with markers for an owner.
-ApplyItem = replica_pb2.Record | replica_pb2.Hint | MarkedRecord
-__all__ = ["FailureListener", "MarkedRecord", "NodeClient", "NodeLink", "TokenSpan"]
-
-
-class NodeLink(Protocol):
-    """What the coordinator needs of a node: coalesced applies and reads. NodeClient is
-    the real one; the unit tests drive the coordinator with in-process fakes."""
-
-    def apply(
-        self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float, epoch: int
-    ) -> None:
-        """Queues items routed under epoch; each callback gets its result or a
-        NodeFailure, exactly once."""
-
-    def read(
-        self,
-        keys: Sequence[tuple[bytes, Deliver[replica_pb2.Record]]],
-        deadline: float,
-        epoch: int,
-    ) -> None:
-        """Queues keys routed under epoch; each callback gets the node's record (version
-        0: none) or a failure."""
-
-    def apply_chunk(
-        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
-    ) -> None:
-        """Queues a batch's records for this node as one item (batch_write.py)."""
-
-    def read_chunk(
-        self,
-        keys: list[bytes],
-        deliver: Deliver[list[replica_pb2.Record]],
-        deadline: float,
-        epoch: int,
-    ) -> None:
-        """Queues a batch's keys for this node as one item (batch_read.py)."""
 
 
 def channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -123,11 +75,13 @@ class NodeClient(NodeCalls):
         call_timeout_s: float,
         on_failure: FailureListener,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: ssl.SSLContext | None = None,
         max_queued: int = MAX_QUEUED,
         token: str | None = None,
         epochs: RouterEpoch | None = None,
     ) -> None:
-        """credentials: TLS to the node (None: plaintext, for loopback); max_queued: the
+        """credentials, tls: TLS to the node on its gRPC channel and on its exchange
+        connection, both or neither (None: plaintext, for loopback); max_queued: the
         bound of each per-node queue (load shedding); token: the node token, sent with
         every call (shardkv.shardd.auth); epochs: the epoch the router serves, sent with
         calls that name none, and told of fence refusals (None: such calls carry none)."""
@@ -147,7 +101,16 @@ class NodeClient(NodeCalls):
             token=token,
             epochs=epochs,
         )
-        self._stream = NodeStream(node.id, self._channel, self._auth, refused=self._noticed)
+        self._frames = NodeConnection(
+            node.id,
+            node.address,
+            exchange_port=self._exchange_port,
+            tls=tls,
+            authorization=dict(self._auth).get("authorization", ""),
+            max_message_bytes=limits.max_message_bytes,
+            connect_timeout_s=call_timeout_s,
+            refused=self._noticed,
+        )
         # Unary Read fed bytes, for a node without the stream (Apply: _apply_framed).
         self._read_bytes = self._channel.unary_unary(
             "/shardkv.v1.Replica/Read",
@@ -266,8 +229,8 @@ class NodeClient(NodeCalls):
 
     @property
     def frames_answered(self) -> int:
-        """Calls the node answered as frames of its stream (node_stream.py) so far."""
-        return self._stream.answered
+        """Calls the node answered as frames on its exchange connection so far."""
+        return self._frames.answered
 
     def batch_sizes(self) -> dict[str, SizeHistogram]:
         """Items per coalesced call, by kind of call (for the metrics endpoint)."""
@@ -288,8 +251,12 @@ class NodeClient(NodeCalls):
         await self._reads.close()
         await self._chunk_applies.close()
         await self._chunk_reads.close()
-        await self._stream.close()
+        await self._frames.close()
         await self._channel.close()
+
+    async def _exchange_port(self, timeout_s: float) -> int:
+        identity = await self.identity(replica_pb2.IdentityRequest(), timeout_s)
+        return identity.exchange_port
 
     async def _send_apply(
         self, items: list[ApplyItem], timeout: float, epoch: int | None
@@ -363,8 +330,9 @@ class NodeClient(NodeCalls):
         self, body: bytes, timeout: float, epoch: int | None
     ) -> replica_pb2.ApplyResponse:
         """One Apply of body (a serialized ApplyRequest) routed under epoch (None: the
-        router's): a frame of the node's stream, or a unary call to a node without it."""
-        reply = await self._stream.send(APPLY, body, timeout, self._routed(epoch))
+        router's): a frame on the node's exchange connection, or a unary call to a node
+        without one."""
+        reply = await self._frames.send(APPLY, body, timeout, self._routed(epoch))
         if reply is not None:
             return reply.apply
         applied: replica_pb2.ApplyResponse = await self._call(
@@ -376,7 +344,7 @@ class NodeClient(NodeCalls):
         self, body: bytes, timeout: float, epoch: int | None
     ) -> replica_pb2.ReadResponse:
         """One Read of body (a serialized ReadRequest), as _apply."""
-        reply = await self._stream.send(READ, body, timeout, self._routed(epoch))
+        reply = await self._frames.send(READ, body, timeout, self._routed(epoch))
         if reply is not None:
             return reply.read
         read: replica_pb2.ReadResponse = await self._call(self._read_bytes, body, timeout, epoch)

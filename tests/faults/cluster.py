@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
+from harness import (
+    Cluster,
+    Proc,
+    free_port,
+    router_proc,
+    shardd_proc,
+    wait_serving,
+    write_cluster_toml,
+)
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 from faults.history import OK, Op
@@ -161,15 +169,25 @@ def start_faulty_cluster(
     """Starts nodes n1..nN (those in proxied behind a FaultProxy) and routers r1..rM.
     timeouts: None keeps the harness's test-tuned [timeouts]; otherwise the table the
     routers get instead ({}: none, so the router's built-in defaults apply)."""
-    node_procs = [shardd_proc(base, f"n{i + 1}", extra=node_extra) for i in range(nodes)]
+    node_ids = [f"n{i + 1}" for i in range(nodes)]
+    ports = {node_id: (free_port(), free_port()) for node_id in proxied}
     proxies = {
-        node_id: FaultProxy(base_node.address)
-        for node_id, base_node in ((n.name, n) for n in node_procs if n.name in proxied)
+        node_id: FaultProxy(f"127.0.0.1:{port}", f"127.0.0.1:{exchange}")
+        for node_id, (port, exchange) in ports.items()
     }
+    node_procs: list[Proc] = []
     cluster = FaultyCluster(base, node_procs, [], base / "cluster.toml", proxies)
     try:
         for proxy in proxies.values():
             proxy.start()
+        for node_id in node_ids:
+            extra = list(node_extra)
+            if node_id in proxies:  # the exchange port too is reached through the proxy
+                advertised = proxies[node_id].addresses[1].rpartition(":")[2]
+                extra += ["--exchange-port", str(ports[node_id][1])]
+                extra += ["--advertise-exchange-port", advertised]
+            port = ports[node_id][0] if node_id in ports else None
+            node_procs.append(shardd_proc(base, node_id, port=port, extra=extra))
         seen = [
             dataclasses.replace(n, address=proxies[n.name].address) if n.name in proxies else n
             for n in node_procs

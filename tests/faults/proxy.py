@@ -1,8 +1,10 @@
 """A TCP proxy between a router and a node that can delay, black-hole or cut the link.
 
 Like etcd's integration bridge (tests/framework/integration/bridge.go): the router's
-cluster.toml names the proxy's address for the node, so every byte between them passes
-here. The proxy runs its own event loop on a thread, so a test drives it with plain calls:
+cluster.toml names the proxy's address for the node, and the node advertises the proxy's
+second port as its exchange port (shardd --advertise-exchange-port), so every byte between
+them passes here. The proxy runs its own event loop on a thread, so a test drives it with
+plain calls:
 
 - ``heal()``: forward everything (the initial state);
 - ``delay(seconds)``: forward every chunk that much later, in order, both ways;
@@ -17,6 +19,7 @@ cleanly instead of resuming an HTTP/2 stream with bytes missing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -28,27 +31,31 @@ PASS, DELAY, BLACKHOLE, CUT = "pass", "delay", "blackhole", "cut"
 
 
 class FaultProxy:
-    """Listens on 127.0.0.1 (an OS-chosen port) and forwards to upstream host:port."""
+    """Listens on 127.0.0.1 (an OS-chosen port per upstream) and forwards each port to its
+    upstream host:port; every fault applies to all of them."""
 
-    def __init__(self, upstream: str) -> None:
-        host, _, port = upstream.rpartition(":")
-        self._upstream = (host, int(port))
+    def __init__(self, *upstreams: str) -> None:
+        split = (upstream.rpartition(":") for upstream in upstreams)
+        self._upstreams = [(host, int(port)) for host, _, port in split]
         self.mode = PASS
         self._delay_s = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._links: set[_Link] = set()
+        # Where each upstream is reached through the proxy, in order.
+        self.addresses: list[str] = []
         self.address = ""
         self.connections = 0
 
     def start(self) -> FaultProxy:
         self._thread.start()
-        self._server = self._call(
-            asyncio.start_server(self._accept, "127.0.0.1", 0)  # type: ignore[arg-type]
-        )
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = f"127.0.0.1:{port}"
+        for upstream in self._upstreams:
+            accept = functools.partial(self._accept, upstream)
+            server = self._call(asyncio.start_server(accept, "127.0.0.1", 0))  # type: ignore[arg-type]
+            self._servers.append(server)
+            self.addresses.append(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        self.address = self.addresses[0]
         return self
 
     def stop(self) -> None:
@@ -86,13 +93,19 @@ class FaultProxy:
                     link.abort()
 
     async def _stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
+        for server in self._servers:
+            server.close()
         for link in list(self._links):
             link.abort()
-        await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self,
+        upstream: tuple[str, int],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         self.connections += 1
         link = _Link(writer)
         self._links.add(link)
@@ -105,7 +118,7 @@ class FaultProxy:
                     pass
                 return
             try:
-                up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+                up_reader, up_writer = await asyncio.open_connection(*upstream)
             except OSError:
                 return
             link.upstream = up_writer

@@ -46,6 +46,11 @@ class HeldReplica(replica_pb2_grpc.ReplicaServicer):
             self.waiting.set()
             await self.gate.wait()
 
+    async def Identity(
+        self, request: replica_pb2.IdentityRequest, context: Any
+    ) -> replica_pb2.DirectoryIdentity:
+        return replica_pb2.DirectoryIdentity()  # no exchange port: the router sends calls
+
     async def Read(
         self, request: replica_pb2.ReadRequest, context: Any
     ) -> replica_pb2.ReadResponse:

@@ -23,7 +23,7 @@ from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import ApplyItem, MarkedRecord
+from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.v1 import replica_pb2
 
 Stamp = tuple[int, int]

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from fake_nodes import FakeCluster, settle, until
 from shardkv.router.requests.coordinator import Mutation
-from shardkv.router.requests.node_client import MarkedRecord
+from shardkv.router.requests.node_link import MarkedRecord
 from shardkv.v1 import replica_pb2
 
 

@@ -230,6 +230,12 @@ class PurgeTokenRangesResponse(_message.Message):
     purged: int
     def __init__(self, purged: _Optional[int] = ...) -> None: ...
 
+class ExchangeHello(_message.Message):
+    __slots__ = ("authorization",)
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    authorization: str
+    def __init__(self, authorization: _Optional[str] = ...) -> None: ...
+
 class ExchangeFrame(_message.Message):
     __slots__ = ("id", "epoch", "request_id", "timeout_ms", "apply", "read")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -326,7 +332,7 @@ class IdentityRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DirectoryIdentity(_message.Message):
-    __slots__ = ("node_id", "cluster_id", "generation", "claimed", "boot", "advanced_boot", "rebuild_by", "rebuild_idle_ms", "fence_epoch")
+    __slots__ = ("node_id", "cluster_id", "generation", "claimed", "boot", "advanced_boot", "rebuild_by", "rebuild_idle_ms", "fence_epoch", "exchange_port")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +342,7 @@ class DirectoryIdentity(_message.Message):
     REBUILD_BY_FIELD_NUMBER: _ClassVar[int]
     REBUILD_IDLE_MS_FIELD_NUMBER: _ClassVar[int]
     FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_PORT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cluster_id: str
     generation: int
@@ -345,7 +352,8 @@ class DirectoryIdentity(_message.Message):
     rebuild_by: str
     rebuild_idle_ms: int
     fence_epoch: int
-    def __init__(self, node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., generation: _Optional[int] = ..., claimed: _Optional[bool] = ..., boot: _Optional[str] = ..., advanced_boot: _Optional[str] = ..., rebuild_by: _Optional[str] = ..., rebuild_idle_ms: _Optional[int] = ..., fence_epoch: _Optional[int] = ...) -> None: ...
+    exchange_port: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster_id: _Optional[str] = ..., generation: _Optional[int] = ..., claimed: _Optional[bool] = ..., boot: _Optional[str] = ..., advanced_boot: _Optional[str] = ..., rebuild_by: _Optional[str] = ..., rebuild_idle_ms: _Optional[int] = ..., fence_epoch: _Optional[int] = ..., exchange_port: _Optional[int] = ...) -> None: ...
 
 class SetIdentityRequest(_message.Message):
     __slots__ = ("expect_generation", "expect_claimed", "expect_cluster_id", "cluster_id", "generation", "advance_boot", "rebuild_by")

@@ -1,8 +1,9 @@
-"""The router's coalesced Apply and Read calls travel as frames of one stream per node
-(router/requests/node_stream.py, shardd/exchange.py) and behave exactly as the unary calls
-they replace: fenced under the epoch each carries, answered with the same status, counted
-by the node as the calls they replace, bounded by their deadline even when the node stops
-answering, and served again once a restarted node is back."""
+"""The router's coalesced Apply and Read calls travel as frames on one connection per node
+to its exchange port (router/requests/node_connection.py, shardd/exchange_listener.py) and
+behave exactly as the unary calls they replace: fenced under the epoch each carries,
+answered with the same status, counted by the node as the calls they replace, bounded by
+their deadline even when the node stops answering (or reading), and served again once a
+restarted node is back on a new port."""
 
 from __future__ import annotations
 
@@ -133,11 +134,12 @@ def test_a_silent_node_fails_frames_at_their_deadline_and_a_restarted_one_is_ser
             node.signal(signal.SIGCONT)
             read = await _read(client, b"k", epoch=1)
             assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
-            # A restarted node ends the old stream; a new one serves the next frames.
+            # A restarted node ends the old connection; the next frames find its new port.
+            before = await client.identity(replica_pb2.IdentityRequest(), 5)
             started = time.monotonic()
             await asyncio.to_thread(node.stop)
             stopped = time.monotonic() - started
-            assert stopped < 4.0, f"the node took {stopped:.1f}s to stop with a stream open"
+            assert stopped < 4.0, f"the node took {stopped:.1f}s to stop with a connection open"
             await asyncio.to_thread(node.start)
             for _ in range(50):
                 read = await _read(client, b"k", epoch=1)
@@ -145,6 +147,45 @@ def test_a_silent_node_fails_frames_at_their_deadline_and_a_restarted_one_is_ser
                     break
                 await asyncio.sleep(0.1)
             assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
+            after = await client.identity(replica_pb2.IdentityRequest(), 5)
+            assert after.exchange_port and after.exchange_port != before.exchange_port
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(90)
+def test_a_node_that_stops_reading_costs_frames_their_deadline_not_the_connection(
+    node: Proc, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Frames far larger than the socket buffers, to a stopped node: each fails at its
+    deadline, the bytes held for them are let go with the connection, and once the node
+    runs again a new connection carries the next frame."""
+
+    async def main() -> None:
+        client = _client(node.address)
+        try:
+            assert await _apply(client, _record(b"small"), epoch=1) is True
+            node.signal(signal.SIGSTOP)
+            try:
+                for index in range(3):
+                    big = replica_pb2.Record(
+                        key=b"big-%d" % index, value=b"x" * (4 << 20), version=VERSION, writer=1
+                    )
+                    stalled = await _apply(client, big, epoch=1, within_s=0.5)
+                    assert isinstance(stalled, NodeFailure), stalled
+            finally:
+                node.signal(signal.SIGCONT)
+            assert "stopped reading its exchange connection" in caplog.text
+            for _ in range(50):
+                applied = await _apply(client, _record(b"after"), epoch=1)
+                if applied is True:
+                    break
+                await asyncio.sleep(0.1)
+            assert applied is True, applied
+            read = await _read(client, b"small", epoch=1)
+            assert isinstance(read, replica_pb2.Record) and read.value == b"v-small", read
         finally:
             await client.close()
 

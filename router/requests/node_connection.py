@@ -1,0 +1,293 @@
+"""The router's coalesced Apply and Read calls to one node, as frames on one TCP connection.
+
+Measured on this 2-core machine, a message on an open gRPC stream costs each end about
+eight times the CPU of a length-prefixed frame on an asyncio connection, and a unary call
+twice that again; the router's every request is such a hop. So NodeClient sends its
+coalesced calls as frames on one long-lived connection to the node's exchange port
+(replica.proto, ExchangeHello; shardd/exchange_listener.py), learnt from the node's
+Identity and opened on first use, and opened again (asking the port again: a restarted
+node listens on a new one) after it ends. It carries TLS when the router has node TLS,
+with the node's certificate checked as its gRPC channel checks it, and the node token in
+the hello.
+
+A frame behaves as the unary call it replaces: it carries the epoch it was routed under
+(a call's ``shardkv-epoch``), the request ids and its deadline; the router stops waiting at
+that deadline with DEADLINE_EXCEEDED; a refused frame raises the AioRpcError the call
+would have raised, with the node's trailing metadata (a fence refusal's shardkv-fence), so
+callers, the coalescer and the health tracker see no difference. A connection that cannot
+be opened or ends fails every frame it was to carry with UNAVAILABLE (or the status the
+node refused the connection with). A frame whose deadline passes while the node has not
+even taken its bytes (a node that stopped reading) closes the connection, so the bytes
+held for it are let go. A node that advertises no exchange port is sent unary calls
+(``supported``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+from shardkv.common import requestid
+from shardkv.common.wire import varint
+from shardkv.v1 import replica_pb2
+
+log = logging.getLogger(__name__)
+
+# ExchangeFrame fields a frame's body goes in (apply = 5, read = 6), as wire tags.
+APPLY = b"\x2a"
+READ = b"\x32"
+# Every message, either way: its length, 4 bytes big-endian, then its bytes.
+HEADER = struct.Struct(">I")
+# A reply's fields beyond its Apply or Read response.
+REPLY_OVERHEAD = 64 * 1024
+
+Reply = replica_pb2.ExchangeReply
+# Asks the node for its exchange port (0: it has none), within timeout seconds.
+PortLookup = Callable[[float], Awaitable[int]]
+
+
+@dataclass(eq=False)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(HEADER.pack(len(data)) + data)
+
+    def stalled(self) -> bool:
+        """Whether bytes written are still waiting for the node to take them."""
+        transport = self.writer.transport
+        return transport is not None and transport.get_write_buffer_size() > 0
+
+
+class NodeConnection:
+    """One node's exchange connection: frames out, replies matched to them by id."""
+
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        *,
+        exchange_port: PortLookup,
+        tls: ssl.SSLContext | None,
+        authorization: str,
+        max_message_bytes: int,
+        connect_timeout_s: float,
+        refused: Callable[[grpc.aio.AioRpcError], None],
+    ) -> None:
+        """exchange_port: asks the node for its port (Identity); tls: the router's node
+        TLS (None: plaintext, for loopback); authorization: the hello's ("Bearer <node
+        token>", or empty); refused: told of every error a frame raises, as of a call's
+        (NodeCalls._noticed looks for a fence refusal)."""
+        self._node_id = node_id
+        self._host = address.rsplit(":", 1)[0].strip("[]")
+        self._exchange_port = exchange_port
+        self._tls = tls
+        self._hello = replica_pb2.ExchangeHello(authorization=authorization).SerializeToString()
+        self._max_reply = max_message_bytes + REPLY_OVERHEAD
+        self._connect_timeout_s = connect_timeout_s
+        self._refused = refused
+        self._connection: _Connection | None = None
+        # Frames to write, in order, by one _drain task at a time (which opens the
+        # connection first when there is none).
+        self._outbox: deque[tuple[int, bytes]] = deque()
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[int, asyncio.Future[Reply]] = {}
+        # The connection each frame in flight was written on (failed with it if it ends).
+        self._carrier: dict[int, _Connection] = {}
+        self._ids = itertools.count(1)
+        # False once the node advertised no exchange port: NodeClient sends unary calls.
+        self.supported = True
+        # Frames the node answered (with any status), for tests and operators.
+        self.answered = 0
+
+    async def send(
+        self, tag: bytes, body: bytes, timeout: float, epoch: int | None
+    ) -> Reply | None:
+        """Sends body (a serialized ApplyRequest or ReadRequest, tag APPLY or READ) routed
+        under epoch and returns the node's OK reply; raises the AioRpcError its unary call
+        would have raised; None when the node has no exchange port (send a unary call).
+        The wait ends at the deadline even while the connection is being opened."""
+        if not self.supported:
+            return None
+        loop = asyncio.get_running_loop()
+        frame_id = next(self._ids)
+        header = replica_pb2.ExchangeFrame(
+            id=frame_id,
+            request_id=requestid.current.get() or "",
+            timeout_ms=max(1, int(timeout * 1000)),
+        )
+        if epoch is not None:
+            header.epoch = epoch
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        self._waiting[frame_id] = waiter
+        timer = loop.call_later(timeout, self._expire, frame_id, timeout)
+        self._outbox.append((frame_id, header.SerializeToString() + tag + varint(len(body)) + body))
+        if not self._draining:
+            self._draining = True
+            self._spawn(self._drain())
+        try:
+            reply = await waiter
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED and not self.supported:
+                return None
+            self._refused(err)
+            raise
+        finally:
+            timer.cancel()
+            self._waiting.pop(frame_id, None)
+            self._carrier.pop(frame_id, None)
+        if reply.code:
+            code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
+            refusal = _error(code, reply.message, dict(reply.trailing))
+            self._refused(refusal)
+            raise refusal
+        return reply
+
+    async def close(self) -> None:
+        """Closes the connection; frames in flight fail with CANCELLED."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.writer.close()
+        stopping = _error(grpc.StatusCode.CANCELLED, "router stopping")
+        for frame_id in list(self._waiting):
+            self._fail(frame_id, stopping)
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail(self, frame_id: int, error: grpc.aio.AioRpcError) -> None:
+        waiter = self._waiting.pop(frame_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def _expire(self, frame_id: int, timeout: float) -> None:
+        """A frame's deadline passed: it fails; if the node has not even taken the bytes
+        written to it, the connection is closed (its reader fails the other frames)."""
+        message = f"no answer from {self._node_id} within {timeout:.3f}s"
+        self._fail(frame_id, _error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
+        carrier = self._carrier.get(frame_id)
+        if carrier is not None and carrier.stalled():
+            log.warning("node %s stopped reading its exchange connection: closed", self._node_id)
+            carrier.writer.transport.abort()
+
+    async def _drain(self) -> None:
+        """Writes the frames queued, in order, opening the connection when there is none.
+        A frame whose wait ended (its deadline) is skipped."""
+        try:
+            while self._outbox:
+                connection = self._connection
+                if connection is None:
+                    try:
+                        connection = await self._connect()
+                    except grpc.aio.AioRpcError as err:
+                        self._fail_queued(err)
+                        continue
+                    if connection is None:  # no exchange port: every frame goes unary
+                        unary = _error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
+                        self._fail_queued(unary)
+                        continue
+                while self._outbox and self._connection is connection:
+                    frame_id, data = self._outbox.popleft()
+                    if frame_id in self._waiting:
+                        self._carrier[frame_id] = connection
+                        connection.write(data)
+        finally:
+            self._draining = False
+
+    def _fail_queued(self, error: grpc.aio.AioRpcError) -> None:
+        while self._outbox:
+            self._fail(self._outbox.popleft()[0], error)
+
+    async def _connect(self) -> _Connection | None:
+        """Opens the connection and passes the hello; None when the node has no exchange
+        port. Each step is bounded by the call timeout (and every frame by its own)."""
+        port = await self._exchange_port(self._connect_timeout_s)
+        if not port:
+            log.warning("node %s advertises no exchange port: unary calls", self._node_id)
+            self.supported = False
+            return None
+        where = f"{self._node_id}'s exchange port {self._host}:{port}"
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    self._host,
+                    port,
+                    ssl=self._tls,
+                    server_hostname=self._host if self._tls else None,
+                )
+                connection = _Connection(reader, writer)
+                connection.write(self._hello)
+                welcome = await self._message(reader)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot open {where}: {exc!r}") from exc
+        if welcome.code:
+            writer.close()
+            code = _CODES.get(welcome.code, grpc.StatusCode.UNKNOWN)
+            raise _error(code, f"{where} refused the router: {welcome.message}")
+        self._connection = connection
+        self._spawn(self._read(connection))
+        return connection
+
+    async def _message(self, reader: asyncio.StreamReader) -> Reply:
+        (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        if length > self._max_reply:
+            raise DecodeError(f"reply of {length} bytes exceeds {self._max_reply}")
+        return Reply.FromString(await reader.readexactly(length))
+
+    async def _read(self, connection: _Connection) -> None:
+        """Hands each reply to its frame; when the connection ends, fails the frames left."""
+        failure: grpc.aio.AioRpcError
+        try:
+            while True:
+                reply = await self._message(connection.reader)
+                if reply.id == 0:  # the node closes the connection, saying why
+                    code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
+                    failure = _error(
+                        code, f"{self._node_id} closed the connection: {reply.message}"
+                    )
+                    break
+                self.answered += 1
+                waiter = self._waiting.pop(reply.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(reply)
+        except (OSError, asyncio.IncompleteReadError, DecodeError) as exc:
+            message = f"{self._node_id} ended the exchange connection: {exc!r}"
+            failure = _error(grpc.StatusCode.UNAVAILABLE, message)
+        except asyncio.CancelledError:
+            failure = _error(grpc.StatusCode.CANCELLED, "router stopping")
+        if self._connection is connection:
+            self._connection = None
+        connection.writer.close()
+        for frame_id in [f for f, carrier in self._carrier.items() if carrier is connection]:
+            self._fail(frame_id, failure)
+
+
+# google.rpc.Code value -> grpc.StatusCode
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _error(
+    code: grpc.StatusCode, message: str, trailing: dict[str, str] | None = None
+) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*(trailing or {}).items()),
+        details=message,
+    )
