@@ -132,10 +132,16 @@ class NodeConnection:
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
         timer = loop.call_later(timeout, self._expire, frame_id, timeout)
-        self._outbox.append((frame_id, header.SerializeToString() + tag + varint(len(body)) + body))
-        if not self._draining:
-            self._draining = True
-            self._spawn(self._drain())
+        data = header.SerializeToString() + tag + varint(len(body)) + body
+        connection = self._connection
+        if connection is not None and not self._draining:  # open, nothing queued: write now
+            self._carrier[frame_id] = connection
+            connection.write(data)
+        else:
+            self._outbox.append((frame_id, data))
+            if not self._draining:
+                self._draining = True
+                self._spawn(self._drain())
         try:
             reply = await waiter
         except grpc.aio.AioRpcError as err:
