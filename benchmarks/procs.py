@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,20 +38,33 @@ class ServerError(RuntimeError):
 
 
 _HANDED_OUT: set[int] = set()
+# The kernel's ephemeral ports (bind to port 0, outgoing connections) start here.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# How many ports below the ephemeral range free_port hands out.
+_PORTS_BELOW = 12_000
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on right now (the OS picks it), never one this
-    process handed out before: the OS may pick a port it picked a moment ago, and 60 nodes
-    are given 120 ports before any binds (a full run's 60-node cell once failed with a
-    node's metrics port "already in use")."""
+    """A loopback port nothing listens on right now and this process never handed out
+    before, from just below the kernel's ephemeral range. Ports are handed out before the
+    servers bind them (60 nodes get 120 before any binds); an ephemeral port could be
+    taken meanwhile by any socket bound to port 0, as every node's exchange listener is
+    (a full run's 60-node cell failed with a node's metrics port "already in use", once
+    when ports came from the OS's bind to port 0, and again when nodes began binding
+    their exchange port to port 0)."""
+    first_ephemeral = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    low = max(1024, first_ephemeral - _PORTS_BELOW)
     while True:
+        port = random.randrange(low, first_ephemeral)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 @dataclass
