@@ -17,9 +17,10 @@ would have raised, with the node's trailing metadata (a fence refusal's shardkv-
 callers, the coalescer and the health tracker see no difference. A connection that cannot
 be opened or ends fails every frame it was to carry with UNAVAILABLE (or the status the
 node refused the connection with). A frame whose deadline passes while the node has not
-even taken its bytes (a node that stopped reading) closes the connection, so the bytes
-held for it are let go. A node that advertises no exchange port is sent unary calls
-(``supported``).
+even taken its bytes, or has answered nothing on the connection since the frame left (a
+stopped node, a link that drops everything), closes the connection, so the bytes held for
+it are let go and the next frame starts afresh. A node that advertises no exchange port
+is sent unary calls (``supported``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ PortLookup = Callable[[float], Awaitable[int]]
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    # When the node last answered a frame on it (loop time).
+    answered_at: float = 0.0
 
     def write(self, data: bytes) -> None:
         self.writer.write(HEADER.pack(len(data)) + data)
@@ -183,14 +186,24 @@ class NodeConnection:
             waiter.set_exception(error)
 
     def _expire(self, frame_id: int, timeout: float) -> None:
-        """A frame's deadline passed: it fails; if the node has not even taken the bytes
-        written to it, the connection is closed (its reader fails the other frames)."""
+        """A frame's deadline passed: it fails. If the node has not even taken the bytes
+        written to it, or answered nothing on the connection since the frame was sent
+        (a stopped node, or a link that drops everything: TCP would hold the connection
+        open and keep retrying with backoff long after the link is back), the connection
+        is closed: its reader fails the other frames, and the next frame opens a new one."""
         message = f"no answer from {self._node_id} within {timeout:.3f}s"
         self._fail(frame_id, _error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carrier = self._carrier.get(frame_id)
-        if carrier is not None and carrier.stalled():
-            log.warning("node %s stopped reading its exchange connection: closed", self._node_id)
-            carrier.writer.transport.abort()
+        if carrier is None or carrier.writer.transport.is_closing():
+            return
+        if carrier.stalled():
+            problem = "stopped reading its exchange connection"
+        elif carrier.answered_at < asyncio.get_running_loop().time() - timeout:
+            problem = f"answered nothing on its exchange connection for {timeout:.3f}s"
+        else:
+            return
+        log.warning("node %s %s: closed", self._node_id, problem)
+        carrier.writer.transport.abort()
 
     async def _drain(self) -> None:
         """Writes the frames queued, in order, opening the connection when there is none.
@@ -258,6 +271,7 @@ class NodeConnection:
 
     async def _read(self, connection: _Connection) -> None:
         """Hands each reply to its frame; when the connection ends, fails the frames left."""
+        loop = asyncio.get_running_loop()
         failure: grpc.aio.AioRpcError
         try:
             while True:
@@ -269,6 +283,7 @@ class NodeConnection:
                     )
                     break
                 self.answered += 1
+                connection.answered_at = loop.time()
                 waiter = self._waiting.pop(reply.id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)

@@ -117,7 +117,7 @@ def test_frames_are_fenced_and_answered_like_calls(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_a_silent_node_fails_frames_at_their_deadline_and_a_restarted_one_is_served(
-    node: Proc,
+    node: Proc, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
         client = _client(node.address)
@@ -131,6 +131,9 @@ def test_a_silent_node_fails_frames_at_their_deadline_and_a_restarted_one_is_ser
             assert isinstance(silent, NodeFailure), silent
             assert silent.code == grpc.StatusCode.DEADLINE_EXCEEDED, silent
             assert waited < 2.0, f"the frame waited {waited:.2f}s past its 0.5 s deadline"
+            # Nothing answered on the connection for a whole deadline: it is dropped, and
+            # the next frame goes on a new one (as after a link that dropped everything).
+            assert "answered nothing on its exchange connection" in caplog.text
             node.signal(signal.SIGCONT)
             read = await _read(client, b"k", epoch=1)
             assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
