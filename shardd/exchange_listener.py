@@ -9,10 +9,11 @@ What the port admits is what the gRPC port admits for Replica calls: the connect
 first message is an ExchangeHello checked by NodeAuth once for the connection (the node
 token in constant time; under mutual TLS the router certificate's names), refused with the
 status a call would get, logged with the peer and never with what it sent. Bounds, so that
-no peer can take the node down: MAX_CONNECTIONS at once (others are closed at once); the
-TLS handshake and the hello within the node's handshake timeout; a message at most the
-node's message limit plus FRAME_OVERHEAD (a longer one, or one that is not a frame, is
-answered with a status naming the problem and the connection closed); MAX_RUNNING frames
+no peer can take the node down: the node's connection bound (--max-connections) at once
+(others are closed at once); the TLS handshake and the hello within the node's handshake
+timeout; a hello at most MAX_HELLO_BYTES and a frame at most the node's message limit plus
+FRAME_OVERHEAD (a longer one, or one that is not a frame, is answered with a status naming
+the problem and the connection closed); MAX_RUNNING frames
 served at once per connection (more are refused with RESOURCE_EXHAUSTED, as calls beyond
 maximum_concurrent_rpcs); replies wait for a slow reader (the transport's flow control),
 which holds its own connection's frames back, no one else's.
@@ -21,6 +22,7 @@ which holds its own connection's frames back, no one else's.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import struct
@@ -38,8 +40,10 @@ M = TypeVar("M", replica_pb2.ExchangeHello, replica_pb2.ExchangeFrame)
 
 # Every message, either way: its length, 4 bytes big-endian, then its bytes.
 HEADER = struct.Struct(">I")
-# Routers connected at once (one connection each); a cluster has a handful.
-MAX_CONNECTIONS = 256
+# The hello: a token, nothing more, and sent before the peer is known.
+MAX_HELLO_BYTES = 8 * 1024
+# The welcome's trailing metadata naming this node (routers check it).
+NODE_ID_KEY = "shardkv-node-id"
 # Frames served at once on one connection; a router keeps a few per node in flight.
 MAX_RUNNING = 256
 # A frame's fields beyond its Apply or Read request (id, epoch, request ids, deadline).
@@ -62,12 +66,19 @@ class ExchangeListener:
         self,
         frames: FrameServer,
         *,
+        node_id: str,
         auth: NodeAuth,
         tls: ssl.SSLContext | None,
         max_message_bytes: int,
         handshake_timeout_s: float,
+        max_connections: int,
     ) -> None:
+        """max_connections: connections at once, admitted or not (as the gRPC port's
+        bound: a peer that keeps opening connections can hold the ones not admitted yet
+        for the handshake timeout each, no longer)."""
         self._frames = frames
+        self._welcome = replica_pb2.ExchangeReply(trailing={NODE_ID_KEY: node_id})
+        self._max_connections = max_connections
         self._auth = auth
         self._tls = tls
         self._max_bytes = max_message_bytes + FRAME_OVERHEAD
@@ -106,9 +117,10 @@ class ExchangeListener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS or self._server is None:
+        if len(self._connections) >= self._max_connections or self._server is None:
             peer = _peer(writer)
-            log.warning("exchange connection from %s closed: %d open", peer, MAX_CONNECTIONS)
+            bound = self._max_connections
+            log.warning("exchange connection from %s closed: %d open", peer, bound)
             writer.close()
             return
         self._connections.add(task)
@@ -123,15 +135,17 @@ class ExchangeListener:
         running: set[asyncio.Task[None]] = set()
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
-                hello = _parse(replica_pb2.ExchangeHello, await self._message(reader), "hello")
+                hello_bytes = await self._message(reader, MAX_HELLO_BYTES)
+                hello = _parse(replica_pb2.ExchangeHello, hello_bytes, "hello")
             refusal = admission(self._auth, hello.authorization, _certificate_names(writer))
             if refusal is not None:
                 log.warning("refused exchange connection from %s: %s", peer, refusal[1])
                 raise _Refused(*refusal)
-            await _send(writer, b"")  # an ExchangeReply of id 0, code OK: admitted
+            await _send(writer, self._welcome.SerializeToString())  # id 0, code OK: admitted
             loop = asyncio.get_running_loop()
             while True:
-                frame = _parse(replica_pb2.ExchangeFrame, await self._message(reader), "frame")
+                frame_bytes = await self._message(reader, self._max_bytes)
+                frame = _parse(replica_pb2.ExchangeFrame, frame_bytes, "frame")
                 if frame.id == 0:
                     raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
                 if len(running) >= MAX_RUNNING:
@@ -154,12 +168,12 @@ class ExchangeListener:
             if running:  # answered while the connection lasts; stop() bounds the wait
                 await asyncio.wait(running)
 
-    async def _message(self, reader: asyncio.StreamReader) -> bytes:
+    async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes:
         (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
-        if length > self._max_bytes:
+        if length > limit:
             raise _Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds the node's limit of {self._max_bytes}",
+                f"message of {length} bytes exceeds the node's limit of {limit}",
             )
         return await reader.readexactly(length)
 
@@ -202,11 +216,22 @@ def _peer(writer: asyncio.StreamWriter) -> str:
 
 
 def _certificate_names(writer: asyncio.StreamWriter) -> list[str]:
-    """The subject CN and alternative names of the peer's certificate (none without TLS
-    or a client certificate), as gRPC lists them for a call."""
+    """The subject CN and the DNS, IP, URI and email alternative names of the peer's
+    certificate (none without TLS or a client certificate), as gRPC lists them for a call
+    (an IPv6 address as ::1, where Python spells it out)."""
     certificate = writer.get_extra_info("peercert") or {}
     names = [
-        value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"
+        value
+        for rdn in certificate.get("subject", ())
+        for key, value in rdn
+        if key == "commonName" and isinstance(value, str)
     ]
-    names += [value for _kind, value in certificate.get("subjectAltName", ())]
+    for kind, value in certificate.get("subjectAltName", ()):
+        if kind == "IP Address" and isinstance(value, str):
+            try:
+                names.append(str(ipaddress.ip_address(value.strip())))
+            except ValueError:
+                continue
+        elif kind in ("DNS", "URI", "email") and isinstance(value, str):
+            names.append(value)
     return names

@@ -21,7 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS, HybridClock
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
-from shardkv.serving.connections import DEFAULT_CONNECTIONS, ConnectionLimits, server_options
+from shardkv.serving.connections import (
+    DEFAULT_CONNECTIONS,
+    ConnectionLimits,
+    default_bound,
+    descriptor_limit,
+    server_options,
+)
 from shardkv.serving.metrics_http import MetricsServer
 from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
@@ -180,10 +186,12 @@ class ShardServer:
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica, server)  # type: ignore[no-untyped-call]
         exchange = ExchangeListener(
             FrameServer(replica, observe=telemetry.observe),
+            node_id=config.node_id,
             auth=config.auth,
             tls=exchange_tls,
             max_message_bytes=config.limits.max_message_bytes,
             handshake_timeout_s=config.connections.handshake_timeout_s,
+            max_connections=config.connections.max_connections or default_bound(descriptor_limit()),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -48,6 +48,8 @@ APPLY = b"\x2a"
 READ = b"\x32"
 # Every message, either way: its length, 4 bytes big-endian, then its bytes.
 HEADER = struct.Struct(">I")
+# The welcome's trailing metadata naming the node that answered the hello.
+NODE_ID_KEY = "shardkv-node-id"
 # A reply's fields beyond its Apply or Read response.
 REPLY_OVERHEAD = 64 * 1024
 
@@ -62,14 +64,33 @@ class _Connection:
     writer: asyncio.StreamWriter
     # When the node last answered a frame on it (loop time).
     answered_at: float = 0.0
+    # Bytes written to it so far.
+    written: int = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
+        """Writes one message; returns the offset its last byte ends at."""
         self.writer.write(HEADER.pack(len(data)) + data)
+        self.written += HEADER.size + len(data)
+        return self.written
 
-    def stalled(self) -> bool:
-        """Whether bytes written are still waiting for the node to take them."""
-        transport = self.writer.transport
-        return transport is not None and transport.get_write_buffer_size() > 0
+    def taken(self) -> int:
+        """How many of the bytes written the kernel has taken (the node may be reading)."""
+        return self.written - self.writer.transport.get_write_buffer_size()
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A frame waiting for the connection to open: its deadline goes out as the time left
+    when it is written, so the node never works on it past the router's wait."""
+
+    frame_id: int
+    header: replica_pb2.ExchangeFrame
+    payload: bytes
+    deadline: float
+
+    def data(self, now: float) -> bytes:
+        self.header.timeout_ms = max(1, int((self.deadline - now) * 1000))
+        return self.header.SerializeToString() + self.payload
 
 
 class NodeConnection:
@@ -102,12 +123,14 @@ class NodeConnection:
         self._connection: _Connection | None = None
         # Frames to write, in order, by one _drain task at a time (which opens the
         # connection first when there is none).
-        self._outbox: deque[tuple[int, bytes]] = deque()
+        self._outbox: deque[_Queued] = deque()
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
-        # The connection each frame in flight was written on (failed with it if it ends).
-        self._carrier: dict[int, _Connection] = {}
+        # The connection each frame in flight was written on (failed with it if it ends),
+        # and the offset its bytes end at.
+        self._carrier: dict[int, tuple[_Connection, int]] = {}
+        self._closed = False
         self._ids = itertools.count(1)
         # False once the node advertised no exchange port: NodeClient sends unary calls.
         self.supported = True
@@ -123,6 +146,8 @@ class NodeConnection:
         The wait ends at the deadline even while the connection is being opened."""
         if not self.supported:
             return None
+        if self._closed:
+            raise _error(grpc.StatusCode.CANCELLED, "router stopping")
         loop = asyncio.get_running_loop()
         frame_id = next(self._ids)
         header = replica_pb2.ExchangeFrame(
@@ -135,13 +160,13 @@ class NodeConnection:
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
         timer = loop.call_later(timeout, self._expire, frame_id, timeout)
-        data = header.SerializeToString() + tag + varint(len(body)) + body
+        payload = tag + varint(len(body)) + body
         connection = self._connection
         if connection is not None and not self._draining:  # open, nothing queued: write now
-            self._carrier[frame_id] = connection
-            connection.write(data)
+            end = connection.write(header.SerializeToString() + payload)
+            self._carrier[frame_id] = (connection, end)
         else:
-            self._outbox.append((frame_id, data))
+            self._outbox.append(_Queued(frame_id, header, payload, loop.time() + timeout))
             if not self._draining:
                 self._draining = True
                 self._spawn(self._drain())
@@ -156,6 +181,8 @@ class NodeConnection:
             timer.cancel()
             self._waiting.pop(frame_id, None)
             self._carrier.pop(frame_id, None)
+            if self._outbox:  # still unwritten (the connection is opening): let it go
+                self._outbox = deque(q for q in self._outbox if q.frame_id != frame_id)
         if reply.code:
             code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
             refusal = _error(code, reply.message, dict(reply.trailing))
@@ -164,7 +191,9 @@ class NodeConnection:
         return reply
 
     async def close(self) -> None:
-        """Closes the connection; frames in flight fail with CANCELLED."""
+        """Closes the connection; frames in flight, and any sent later, fail with
+        CANCELLED."""
+        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -193,10 +222,11 @@ class NodeConnection:
         is closed: its reader fails the other frames, and the next frame opens a new one."""
         message = f"no answer from {self._node_id} within {timeout:.3f}s"
         self._fail(frame_id, _error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
-        carrier = self._carrier.get(frame_id)
-        if carrier is None or carrier.writer.transport.is_closing():
+        carried = self._carrier.get(frame_id)
+        if carried is None or carried[0].writer.transport.is_closing():
             return
-        if carrier.stalled():
+        carrier, end = carried
+        if carrier.taken() < end:
             problem = "stopped reading its exchange connection"
         elif carrier.answered_at < asyncio.get_running_loop().time() - timeout:
             problem = f"answered nothing on its exchange connection for {timeout:.3f}s"
@@ -208,6 +238,7 @@ class NodeConnection:
     async def _drain(self) -> None:
         """Writes the frames queued, in order, opening the connection when there is none.
         A frame whose wait ended (its deadline) is skipped."""
+        loop = asyncio.get_running_loop()
         try:
             while self._outbox:
                 connection = self._connection
@@ -217,21 +248,26 @@ class NodeConnection:
                     except grpc.aio.AioRpcError as err:
                         self._fail_queued(err)
                         continue
+                    except Exception as exc:  # a bug or an unforeseen failure: say which
+                        log.error("opening %s's exchange connection", self._node_id, exc_info=exc)
+                        message = f"cannot open {self._node_id}'s exchange connection: {exc!r}"
+                        self._fail_queued(_error(grpc.StatusCode.UNAVAILABLE, message))
+                        continue
                     if connection is None:  # no exchange port: every frame goes unary
                         unary = _error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
                         self._fail_queued(unary)
                         continue
                 while self._outbox and self._connection is connection:
-                    frame_id, data = self._outbox.popleft()
-                    if frame_id in self._waiting:
-                        self._carrier[frame_id] = connection
-                        connection.write(data)
+                    queued = self._outbox.popleft()
+                    if queued.frame_id in self._waiting:
+                        end = connection.write(queued.data(loop.time()))
+                        self._carrier[queued.frame_id] = (connection, end)
         finally:
             self._draining = False
 
     def _fail_queued(self, error: grpc.aio.AioRpcError) -> None:
         while self._outbox:
-            self._fail(self._outbox.popleft()[0], error)
+            self._fail(self._outbox.popleft().frame_id, error)
 
     async def _connect(self) -> _Connection | None:
         """Opens the connection and passes the hello; None when the node has no exchange
@@ -250,15 +286,22 @@ class NodeConnection:
                     ssl=self._tls,
                     server_hostname=self._host if self._tls else None,
                 )
-                connection = _Connection(reader, writer)
+        except (OSError, TimeoutError) as exc:
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot open {where}: {exc!r}") from exc
+        connection = _Connection(reader, writer)
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
                 connection.write(self._hello)
                 welcome = await self._message(reader)
+            problem = _welcome_problem(welcome, self._node_id)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot open {where}: {exc!r}") from exc
-        if welcome.code:
-            writer.close()
-            code = _CODES.get(welcome.code, grpc.StatusCode.UNKNOWN)
-            raise _error(code, f"{where} refused the router: {welcome.message}")
+            problem = grpc.StatusCode.UNAVAILABLE, f"no welcome: {exc!r}"
+        except BaseException:
+            writer.transport.abort()
+            raise
+        if problem is not None:
+            writer.transport.abort()
+            raise _error(problem[0], f"{where}: {problem[1]}")
         self._connection = connection
         self._spawn(self._read(connection))
         return connection
@@ -295,12 +338,25 @@ class NodeConnection:
         if self._connection is connection:
             self._connection = None
         connection.writer.close()
-        for frame_id in [f for f, carrier in self._carrier.items() if carrier is connection]:
+        for frame_id in [f for f, (carrier, _) in self._carrier.items() if carrier is connection]:
             self._fail(frame_id, failure)
 
 
 # google.rpc.Code value -> grpc.StatusCode
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _welcome_problem(welcome: Reply, node_id: str) -> tuple[grpc.StatusCode, str] | None:
+    """Why the node's answer to the hello does not let frames go to node_id: a refusal,
+    or another node answering on the port the router was told (a stale or wrong
+    --advertise-exchange-port would otherwise send one node's writes to another)."""
+    if welcome.id != 0 or welcome.code:
+        code = _CODES.get(welcome.code, grpc.StatusCode.UNKNOWN)
+        return code, f"refused the router: {welcome.message}"
+    answered_by = welcome.trailing.get(NODE_ID_KEY, "")
+    if answered_by != node_id:
+        return grpc.StatusCode.UNAVAILABLE, f"answered by node {answered_by!r}, not {node_id!r}"
+    return None
 
 
 def _error(

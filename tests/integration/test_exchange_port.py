@@ -104,6 +104,7 @@ def test_the_exchange_port_admits_the_node_token_only(tmp_path: Path) -> None:
         with _connect(port) as sock:
             welcome = _hello(sock, f"Bearer {TOKEN}")
             assert welcome is not None and welcome.id == 0 and welcome.code == 0, welcome
+            assert welcome.trailing["shardkv-node-id"] == "n1", welcome
             _send(sock, _apply_frame(7, b"admitted"))
             reply = _reply(sock)
             assert reply is not None and reply.id == 7 and reply.code == 0, reply
@@ -152,6 +153,12 @@ def test_bad_input_on_the_exchange_port_is_answered_and_the_node_keeps_serving(
                 assert answer.code == code.value[0], (name, answer)
                 assert answer.message, name
                 assert _reply(sock) is None, f"{name}: the connection stayed open"
+        # A hello is a token, not a message the size of a frame.
+        with _connect(port) as sock:
+            sock.sendall(struct.pack(">I", 9000) + b"\x0a" * 9000)
+            answer = _reply(sock)
+            assert answer is not None and answer.id == 0, answer
+            assert answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], answer
         # A message cut short, then the peer gone.
         with _connect(port) as sock:
             assert _hello(sock) is not None

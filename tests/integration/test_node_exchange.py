@@ -31,9 +31,9 @@ def _record(key: bytes, version: int = VERSION) -> replica_pb2.Record:
     return replica_pb2.Record(key=key, value=b"v-" + key, version=version, writer=1)
 
 
-def _client(address: str) -> NodeClient:
+def _client(address: str, node_id: str = "n1") -> NodeClient:
     return NodeClient(
-        NodeConfig("n1", address),
+        NodeConfig(node_id, address),
         limits=DEFAULT_LIMITS,
         call_timeout_s=5,
         on_failure=lambda failure, timeout: None,
@@ -191,5 +191,29 @@ def test_a_node_that_stops_reading_costs_frames_their_deadline_not_the_connectio
             assert isinstance(read, replica_pb2.Record) and read.value == b"v-small", read
         finally:
             await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_frames_never_reach_a_node_other_than_the_one_meant(node: Proc) -> None:
+    """A router told n2 is at n1's address (a stale topology, a wrong advertised port):
+    n1's welcome names n1, so no frame meant for n2 is served by n1."""
+
+    async def main() -> None:
+        client = _client(node.address, node_id="n2")
+        try:
+            misrouted = await _apply(client, _record(b"for-n2"), epoch=1)
+            assert isinstance(misrouted, NodeFailure), misrouted
+            assert misrouted.code == grpc.StatusCode.UNAVAILABLE, misrouted
+            assert "answered by node 'n1', not 'n2'" in misrouted.message, misrouted
+        finally:
+            await client.close()
+        right = _client(node.address)
+        try:
+            missing = await _read(right, b"for-n2", epoch=1)
+            assert isinstance(missing, replica_pb2.Record) and missing.version == 0, missing
+        finally:
+            await right.close()
 
     asyncio.run(main())
