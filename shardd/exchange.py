@@ -37,8 +37,9 @@ _APPLY_TAG = b"\x2a"
 _READ_TAG = b"\x32"
 
 
-class _Aborted(Exception):
-    """A frame's handler ended it with a status (what context.abort does to a call)."""
+class Refusal(Exception):
+    """A status to answer with: a frame's handler ended it (what context.abort does to a
+    call), or the exchange port refuses a connection (exchange_listener.py)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -64,7 +65,7 @@ class _FrameContext:
         self.trailing = {key: str(value) for key, value in metadata}
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
-        raise _Aborted(code, details)
+        raise Refusal(code, details)
 
 
 class FrameServer:
@@ -93,11 +94,9 @@ class FrameServer:
                     read = await self._replica.Read(frame.read, as_context)
                     body = _READ_TAG + _serialized(read)
                 else:
-                    raise _Aborted(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"frame {frame.id} has no body"
-                    )
+                    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"frame {frame.id} has no body")
             reply = header.SerializeToString() + body
-        except _Aborted as aborted:
+        except Refusal as aborted:
             header.code = aborted.code.value[0]
             header.message = aborted.details
             header.trailing.update(frame_context.trailing)

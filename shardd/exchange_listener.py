@@ -31,7 +31,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from shardkv.shardd.auth import NodeAuth, admission
-from shardkv.shardd.exchange import FrameServer, status_reply
+from shardkv.shardd.exchange import FrameServer, Refusal, status_reply
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,6 @@ NODE_ID_KEY = "shardkv-node-id"
 MAX_RUNNING = 256
 # A frame's fields beyond its Apply or Read request (id, epoch, request ids, deadline).
 FRAME_OVERHEAD = 64 * 1024
-
-
-class _Refused(Exception):
-    """The connection is answered with this status (frame id 0) and closed."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 class ExchangeListener:
@@ -140,14 +131,14 @@ class ExchangeListener:
             refusal = admission(self._auth, hello.authorization, _certificate_names(writer))
             if refusal is not None:
                 log.warning("refused exchange connection from %s: %s", peer, refusal[1])
-                raise _Refused(*refusal)
+                raise Refusal(*refusal)
             await _send(writer, self._welcome.SerializeToString())  # id 0, code OK: admitted
             loop = asyncio.get_running_loop()
             while True:
                 frame_bytes = await self._message(reader, self._max_bytes)
                 frame = _parse(replica_pb2.ExchangeFrame, frame_bytes, "frame")
                 if frame.id == 0:
-                    raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
+                    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
                 if len(running) >= MAX_RUNNING:
                     message = f"{MAX_RUNNING} frames already running on this connection"
                     reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
@@ -157,7 +148,7 @@ class ExchangeListener:
                 for group in (running, self._running):
                     group.add(task)
                     task.add_done_callback(group.discard)
-        except _Refused as refused:
+        except Refusal as refused:
             log.warning("exchange connection from %s closed: %s", peer, refused.details)
             await _send(writer, status_reply(0, refused.code, refused.details))
         except TimeoutError:
@@ -171,7 +162,7 @@ class ExchangeListener:
     async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes:
         (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
         if length > limit:
-            raise _Refused(
+            raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"message of {length} bytes exceeds the node's limit of {limit}",
             )
@@ -191,7 +182,7 @@ def _parse(kind: type[M], data: bytes, what: str) -> M:
     try:
         return kind.FromString(data)
     except DecodeError as exc:
-        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"not an exchange {what}: {exc}") from exc
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"not an exchange {what}: {exc}") from exc
 
 
 async def _send(writer: asyncio.StreamWriter, message: bytes) -> None:
