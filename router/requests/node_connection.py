@@ -14,13 +14,14 @@ A frame behaves as the unary call it replaces: it carries the epoch it was route
 (a call's ``shardkv-epoch``), the request ids and its deadline; the router stops waiting at
 that deadline with DEADLINE_EXCEEDED; a refused frame raises the AioRpcError the call
 would have raised, with the node's trailing metadata (a fence refusal's shardkv-fence), so
-callers, the coalescer and the health tracker see no difference. A connection that cannot
-be opened or ends fails every frame it was to carry with UNAVAILABLE (or the status the
-node refused the connection with). A frame whose deadline passes while the node has not
-even taken its bytes, or has answered nothing on the connection since the frame left (a
+callers, the coalescer and the health tracker see no difference. A connection that ends,
+or whose hello fails, fails every frame it was to carry with UNAVAILABLE (or the status
+the node refused it with). A frame whose deadline passes while the node has not even
+taken its bytes, or has answered nothing on the connection since the frame left (a
 stopped node, a link that drops everything), closes the connection, so the bytes held for
-it are let go and the next frame starts afresh. A node that advertises no exchange port
-is sent unary calls (``supported``).
+it are let go and the next frame starts afresh. A node that advertises no exchange port,
+or whose exchange port cannot be reached while its gRPC port answers, is sent unary calls
+for UNARY_S, then asked again.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ READ = b"\x32"
 HEADER = struct.Struct(">I")
 # The welcome's trailing metadata naming the node that answered the hello.
 NODE_ID_KEY = "shardkv-node-id"
+# How long frames go as unary calls once the exchange port is missing or unreachable,
+# before the router asks for it and tries it again.
+UNARY_S = 30.0
 # A reply's fields beyond its Apply or Read response.
 REPLY_OVERHEAD = 64 * 1024
 
@@ -132,8 +136,9 @@ class NodeConnection:
         self._carrier: dict[int, tuple[_Connection, int]] = {}
         self._closed = False
         self._ids = itertools.count(1)
-        # False once the node advertised no exchange port: NodeClient sends unary calls.
-        self.supported = True
+        # Until then (loop time) NodeClient sends unary calls: the node advertised no
+        # exchange port, or its port could not be reached while its gRPC port could.
+        self._unary_until = 0.0
         # Frames the node answered (with any status), for tests and operators.
         self.answered = 0
 
@@ -144,11 +149,11 @@ class NodeConnection:
         under epoch and returns the node's OK reply; raises the AioRpcError its unary call
         would have raised; None when the node has no exchange port (send a unary call).
         The wait ends at the deadline even while the connection is being opened."""
-        if not self.supported:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._unary_until:
             return None
         if self._closed:
             raise _error(grpc.StatusCode.CANCELLED, "router stopping")
-        loop = asyncio.get_running_loop()
         frame_id = next(self._ids)
         header = replica_pb2.ExchangeFrame(
             id=frame_id,
@@ -173,7 +178,7 @@ class NodeConnection:
         try:
             reply = await waiter
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.UNIMPLEMENTED and not self.supported:
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED and loop.time() < self._unary_until:
                 return None
             self._refused(err)
             raise
@@ -253,7 +258,7 @@ class NodeConnection:
                         message = f"cannot open {self._node_id}'s exchange connection: {exc!r}"
                         self._fail_queued(_error(grpc.StatusCode.UNAVAILABLE, message))
                         continue
-                    if connection is None:  # no exchange port: every frame goes unary
+                    if connection is None:  # no exchange port to reach: frames go unary
                         unary = _error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
                         self._fail_queued(unary)
                         continue
@@ -270,12 +275,16 @@ class NodeConnection:
             self._fail(self._outbox.popleft().frame_id, error)
 
     async def _connect(self) -> _Connection | None:
-        """Opens the connection and passes the hello; None when the node has no exchange
-        port. Each step is bounded by the call timeout (and every frame by its own)."""
+        """Opens the connection and passes the hello; None when frames are to go as unary
+        calls for UNARY_S: the node advertises no exchange port, or answers Identity on
+        its gRPC port but cannot be reached on its exchange port (a firewall that lets one
+        through, a listener gone). Each step is bounded by the call timeout (and every
+        frame by its own)."""
+        loop = asyncio.get_running_loop()
         port = await self._exchange_port(self._connect_timeout_s)
         if not port:
             log.warning("node %s advertises no exchange port: unary calls", self._node_id)
-            self.supported = False
+            self._unary_until = loop.time() + UNARY_S
             return None
         where = f"{self._node_id}'s exchange port {self._host}:{port}"
         try:
@@ -287,7 +296,9 @@ class NodeConnection:
                     server_hostname=self._host if self._tls else None,
                 )
         except (OSError, TimeoutError) as exc:
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"cannot open {where}: {exc!r}") from exc
+            log.warning("cannot open %s: %r; unary calls for %g s", where, exc, UNARY_S)
+            self._unary_until = loop.time() + UNARY_S
+            return None
         connection = _Connection(reader, writer)
         try:
             async with asyncio.timeout(self._connect_timeout_s):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Proc
+from harness import Proc, free_port, shardd_proc
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import NodeFailure
@@ -217,3 +217,30 @@ def test_frames_never_reach_a_node_other_than_the_one_meant(node: Proc) -> None:
             await right.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_a_node_whose_exchange_port_cannot_be_reached_gets_unary_calls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A firewall that lets the gRPC port through and not the exchange port (here: a
+    node advertising a port nothing listens on): writes and reads still work, as calls."""
+    unreachable = free_port()
+    node = shardd_proc(tmp_path, "n1", extra=["--advertise-exchange-port", str(unreachable)])
+    node.start()
+
+    async def main() -> None:
+        client = _client(node.address)
+        try:
+            assert await _apply(client, _record(b"k"), epoch=1) is True
+            read = await _read(client, b"k", epoch=1)
+            assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
+            assert client.frames_answered == 0
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(main())
+        assert f"127.0.0.1:{unreachable}" in caplog.text and "unary calls for" in caplog.text
+    finally:
+        node.stop()
