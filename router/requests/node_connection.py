@@ -147,7 +147,7 @@ class NodeConnection:
     ) -> Reply | None:
         """Sends body (a serialized ApplyRequest or ReadRequest, tag APPLY or READ) routed
         under epoch and returns the node's OK reply; raises the AioRpcError its unary call
-        would have raised; None when the node has no exchange port (send a unary call).
+        would have raised; None when frames go as unary calls for now (_connect).
         The wait ends at the deadline even while the connection is being opened."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._unary_until:
