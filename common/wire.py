@@ -1,8 +1,17 @@
 """Protobuf's wire format, for the few places that join already serialized messages into a
 larger one instead of building and serializing it again (records framed once for every
-replica, frames of the router's stream to a node)."""
+replica, the router's frames to a node), and the framing of the nodes' exchange port."""
 
 from __future__ import annotations
+
+import struct
+
+# Every message on a node's exchange port, either way (replica.proto, ExchangeHello): its
+# length, 4 bytes big-endian, then its bytes.
+LENGTH_PREFIX = struct.Struct(">I")
+# What a frame or a reply carries beyond its Apply or Read message (ids, epoch, request
+# ids, deadline, status), allowed above the message limit.
+FRAME_OVERHEAD = 64 * 1024
 
 
 def varint(value: int) -> bytes:

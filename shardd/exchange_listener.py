@@ -25,11 +25,11 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-import struct
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX
 from shardkv.shardd.auth import NodeAuth, admission
 from shardkv.shardd.exchange import FrameServer, Refusal, status_reply
 from shardkv.v1 import replica_pb2
@@ -38,16 +38,12 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", replica_pb2.ExchangeHello, replica_pb2.ExchangeFrame)
 
-# Every message, either way: its length, 4 bytes big-endian, then its bytes.
-HEADER = struct.Struct(">I")
 # The hello: a token, nothing more, and sent before the peer is known.
 MAX_HELLO_BYTES = 8 * 1024
 # The welcome's trailing metadata naming this node (routers check it).
 NODE_ID_KEY = "shardkv-node-id"
 # Frames served at once on one connection; a router keeps a few per node in flight.
 MAX_RUNNING = 256
-# A frame's fields beyond its Apply or Read request (id, epoch, request ids, deadline).
-FRAME_OVERHEAD = 64 * 1024
 
 
 class ExchangeListener:
@@ -68,7 +64,8 @@ class ExchangeListener:
         bound: a peer that keeps opening connections can hold the ones not admitted yet
         for the handshake timeout each, no longer)."""
         self._frames = frames
-        self._welcome = replica_pb2.ExchangeReply(trailing={NODE_ID_KEY: node_id})
+        welcome = replica_pb2.ExchangeReply(trailing={NODE_ID_KEY: node_id})
+        self._welcome = welcome.SerializeToString()
         self._max_connections = max_connections
         self._auth = auth
         self._tls = tls
@@ -132,7 +129,7 @@ class ExchangeListener:
             if refusal is not None:
                 log.warning("refused exchange connection from %s: %s", peer, refusal[1])
                 raise Refusal(*refusal)
-            await _send(writer, self._welcome.SerializeToString())  # id 0, code OK: admitted
+            await _send(writer, self._welcome)  # id 0, code OK: admitted
             loop = asyncio.get_running_loop()
             while True:
                 frame_bytes = await self._message(reader, self._max_bytes)
@@ -160,7 +157,7 @@ class ExchangeListener:
                 await asyncio.wait(running)
 
     async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes:
-        (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
         if length > limit:
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -190,7 +187,7 @@ async def _send(writer: asyncio.StreamWriter, message: bytes) -> None:
     closed meanwhile has nobody to answer: the message is dropped."""
     if writer.is_closing():
         return
-    writer.write(HEADER.pack(len(message)) + message)
+    writer.write(LENGTH_PREFIX.pack(len(message)) + message)
     try:
         await writer.drain()
     except ConnectionError:

@@ -30,7 +30,6 @@ import asyncio
 import itertools
 import logging
 import ssl
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 from shardkv.common import requestid
-from shardkv.common.wire import varint
+from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, varint
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -47,15 +46,11 @@ log = logging.getLogger(__name__)
 # ExchangeFrame fields a frame's body goes in (apply = 5, read = 6), as wire tags.
 APPLY = b"\x2a"
 READ = b"\x32"
-# Every message, either way: its length, 4 bytes big-endian, then its bytes.
-HEADER = struct.Struct(">I")
 # The welcome's trailing metadata naming the node that answered the hello.
 NODE_ID_KEY = "shardkv-node-id"
 # How long frames go as unary calls once the exchange port is missing or unreachable,
 # before the router asks for it and tries it again.
 UNARY_S = 30.0
-# A reply's fields beyond its Apply or Read response.
-REPLY_OVERHEAD = 64 * 1024
 
 Reply = replica_pb2.ExchangeReply
 # Asks the node for its exchange port (0: it has none), within timeout seconds.
@@ -73,8 +68,8 @@ class _Connection:
 
     def write(self, data: bytes) -> int:
         """Writes one message; returns the offset its last byte ends at."""
-        self.writer.write(HEADER.pack(len(data)) + data)
-        self.written += HEADER.size + len(data)
+        self.writer.write(LENGTH_PREFIX.pack(len(data)) + data)
+        self.written += LENGTH_PREFIX.size + len(data)
         return self.written
 
     def taken(self) -> int:
@@ -121,7 +116,7 @@ class NodeConnection:
         self._exchange_port = exchange_port
         self._tls = tls
         self._hello = replica_pb2.ExchangeHello(authorization=authorization).SerializeToString()
-        self._max_reply = max_message_bytes + REPLY_OVERHEAD
+        self._max_reply = max_message_bytes + FRAME_OVERHEAD
         self._connect_timeout_s = connect_timeout_s
         self._refused = refused
         self._connection: _Connection | None = None
@@ -318,7 +313,7 @@ class NodeConnection:
         return connection
 
     async def _message(self, reader: asyncio.StreamReader) -> Reply:
-        (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
         if length > self._max_reply:
             raise DecodeError(f"reply of {length} bytes exceeds {self._max_reply}")
         return Reply.FromString(await reader.readexactly(length))

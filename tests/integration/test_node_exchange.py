@@ -11,7 +11,9 @@ import asyncio
 import signal
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -25,6 +27,7 @@ from shardkv.shardd.server import ServerConfig, ShardServer
 from shardkv.v1 import replica_pb2
 
 VERSION = (1_700_000_000_000 << 16) | 1
+T = TypeVar("T")
 
 
 def _record(key: bytes, version: int = VERSION) -> replica_pb2.Record:
@@ -58,6 +61,19 @@ async def _read(
     deadline = asyncio.get_running_loop().time() + within_s
     client.read([(key, answer.set_result)], deadline, epoch)
     return await answer
+
+
+async def _eventually(
+    attempt: Callable[[], Awaitable[T | NodeFailure]], tries: int = 50
+) -> T | NodeFailure:
+    """attempt's first answer that is not a failure, retried every 0.1 s (a node coming
+    back); its last failure after tries."""
+    for _ in range(tries - 1):
+        answer = await attempt()
+        if not isinstance(answer, NodeFailure):
+            return answer
+        await asyncio.sleep(0.1)
+    return await attempt()
 
 
 def _replica_calls(metrics_address: str) -> int:
@@ -144,11 +160,7 @@ def test_a_silent_node_fails_frames_at_their_deadline_and_a_restarted_one_is_ser
             stopped = time.monotonic() - started
             assert stopped < 4.0, f"the node took {stopped:.1f}s to stop with a connection open"
             await asyncio.to_thread(node.start)
-            for _ in range(50):
-                read = await _read(client, b"k", epoch=1)
-                if isinstance(read, replica_pb2.Record):
-                    break
-                await asyncio.sleep(0.1)
+            read = await _eventually(lambda: _read(client, b"k", epoch=1))
             assert isinstance(read, replica_pb2.Record) and read.value == b"v-k", read
             after = await client.identity(replica_pb2.IdentityRequest(), 5)
             assert after.exchange_port and after.exchange_port != before.exchange_port
@@ -181,11 +193,7 @@ def test_a_node_that_stops_reading_costs_frames_their_deadline_not_the_connectio
             finally:
                 node.signal(signal.SIGCONT)
             assert "stopped reading its exchange connection" in caplog.text
-            for _ in range(50):
-                applied = await _apply(client, _record(b"after"), epoch=1)
-                if applied is True:
-                    break
-                await asyncio.sleep(0.1)
+            applied = await _eventually(lambda: _apply(client, _record(b"after"), epoch=1))
             assert applied is True, applied
             read = await _read(client, b"small", epoch=1)
             assert isinstance(read, replica_pb2.Record) and read.value == b"v-small", read
