@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
+from shardkv.common import requestid
 from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 from . import core
@@ -19,6 +20,7 @@ from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
 from .coalesce import AsyncBatcher, Awaited, Waiting
 from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
+from .frames import KVFrames
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .transport import TLSConfig, channel_options
 
@@ -43,7 +45,11 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         tls: TLSConfig | None = None,
         bearer_token: str | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        frames: bool = True,
     ) -> None:
+        """frames: send KV calls as frames on the routers' exchange ports where they
+        advertise one (shardkv.client.frames); False, or any interceptors, keeps every
+        call on gRPC (e.g. behind a gRPC proxy)."""
         super().__init__(
             targets,
             timeout=timeout,
@@ -54,6 +60,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         )
         self._credentials = tls.credentials() if tls else None
         self._interceptors = tuple(interceptors)
+        use_frames = frames and not self._interceptors
+        self._frames = KVFrames(tls, self._metadata or ()) if use_frames else None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._kv: dict[str, Any] = {}
         self._admin: dict[str, Any] = {}
@@ -76,7 +84,14 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         would open new channels)."""
         channels, self._channels = list(self._channels.values()), {}
         self._kv, self._admin = {}, {}
+        if self._frames is not None:
+            await self._frames.close()
         await asyncio.gather(*(channel.close() for channel in channels))
+
+    @property
+    def frames_answered(self) -> int:
+        """KV calls the routers answered as frames (shardkv.client.frames) so far."""
+        return 0 if self._frames is None else self._frames.answered
 
     def _connect(self) -> None:
         """Opens one channel per router, in the running loop (see the class docstring)."""
@@ -304,9 +319,17 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         while True:
             target, remaining = self._next_target(attempts, method, in_order=admin is not None)
             try:
-                reply = await getattr(stubs[target], method)(
-                    request, timeout=remaining, metadata=metadata
-                )
+                reply = None
+                if self._frames is not None and admin is None:
+                    rid = dict(metadata)[requestid.HEADER]
+                    timeout = self._timeout if remaining is None else remaining
+                    reply = await self._frames.call(
+                        stubs[target], target, method, request, timeout, rid
+                    )
+                if reply is None:
+                    reply = await getattr(stubs[target], method)(
+                        request, timeout=remaining, metadata=metadata
+                    )
             except grpc.RpcError as err:
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:

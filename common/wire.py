@@ -1,17 +1,20 @@
 """Protobuf's wire format, for the few places that join already serialized messages into a
 larger one instead of building and serializing it again (records framed once for every
-replica, the router's frames to a node), and the framing of the nodes' exchange port."""
+replica, frames on an exchange port), and the framing of exchange ports (exchange.proto)."""
 
 from __future__ import annotations
 
 import struct
 
-# Every message on a node's exchange port, either way (replica.proto, ExchangeHello): its
-# length, 4 bytes big-endian, then its bytes.
+# Every message on an exchange port, either way (exchange.proto): its length, 4 bytes
+# big-endian, then its bytes.
 LENGTH_PREFIX = struct.Struct(">I")
-# What a frame or a reply carries beyond its Apply or Read message (ids, epoch, request
-# ids, deadline, status), allowed above the message limit.
+# What a frame or a reply carries beyond its request or response (ids, method, metadata,
+# request ids, deadline, status), allowed above the message limit.
 FRAME_OVERHEAD = 64 * 1024
+# A node's welcome on its exchange port names it (routers check it: a stale or wrong
+# advertised port must not send one node's writes to another).
+NODE_ID_KEY = "shardkv-node-id"
 
 
 def varint(value: int) -> bytes:

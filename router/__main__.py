@@ -15,6 +15,7 @@ from pathlib import Path
 from shardkv.common.hlc import ClockStateError
 from shardkv.common.logs import setup_logging
 from shardkv.router.api.security import SecurityError, read_token
+from shardkv.router.config import BindError, NodeTlsConfig, RouterConfig, TlsConfig
 from shardkv.router.membership.etcd_client import EtcdClient
 from shardkv.router.membership.etcd_security import EtcdAccessError, EtcdSecurity, read_password
 from shardkv.router.membership.store_etcd import EtcdTarget, open_etcd_store, parse_etcd_url
@@ -22,14 +23,8 @@ from shardkv.router.membership.topology import TopologyError, load_topology
 from shardkv.router.membership.topology_store import StoreUnavailable
 from shardkv.router.membership.writer_claim import LEASE_TTL_S, WriterClaim, WriterIdTaken
 from shardkv.router.requests.node_client import MAX_QUEUED
-from shardkv.router.server import (
-    BindError,
-    NodeTlsConfig,
-    RouterConfig,
-    RouterServer,
-    TlsConfig,
-)
-from shardkv.serving import connections, telemetry
+from shardkv.router.server import RouterServer
+from shardkv.serving import connections, exchange_listener, telemetry
 
 log = logging.getLogger("shardkv.router")
 
@@ -78,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         help="file holding --etcd-user's password (one line; never give it on the command line)",
     )
     parser.add_argument("--listen", default="127.0.0.1:7100", help="host:port to serve on")
+    exchange_listener.add_flags(parser, "KV calls", "clients")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM); enables TLS")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument(
@@ -170,6 +166,8 @@ def _config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Router
         topology=topology,
         config_path=args.config,
         listen=args.listen,
+        exchange_port=args.exchange_port,
+        advertise_exchange_port=args.advertise_exchange_port,
         tls=tls,
         client_token=client_token,
         admin_token=admin_token,

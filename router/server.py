@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from shardkv.common.hlc import ClockState, HybridClock, writer_number
-from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.router.api.admin_service import AdminService
+from shardkv.router.api.exchange import kv_exchange
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.metrics import RouterCollector, router_registry
 from shardkv.router.api.operations import Operations
@@ -28,25 +26,26 @@ from shardkv.router.api.security import (
     node_ssl_context,
     server_credentials,
 )
+from shardkv.router.config import BindError, RouterConfig
 from shardkv.router.membership.fencing import RouterEpoch
 from shardkv.router.membership.identity import IdentityGuard
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_driver import Rebalancer
 from shardkv.router.membership.move_lease import move_lease
 from shardkv.router.membership.store_file import FileTopologyStore
-from shardkv.router.membership.topology import NodeConfig, Topology
-from shardkv.router.membership.topology_store import TopologyStore
-from shardkv.router.membership.writer_claim import ClaimedClock, WriterClaim
+from shardkv.router.membership.topology import NodeConfig
+from shardkv.router.membership.writer_claim import ClaimedClock
 from shardkv.router.repair.anti_entropy import AntiEntropy
 from shardkv.router.repair.rebuild import Rebuilder
 from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.health import HealthMonitor, NodeHealth
 from shardkv.router.requests.hint_handoff import HintHandoff
-from shardkv.router.requests.node_client import MAX_QUEUED, NodeClient
-from shardkv.serving.connections import ROUTER_CONNECTIONS, ConnectionLimits, server_options
+from shardkv.router.requests.node_client import NodeClient
+from shardkv.serving.connections import server_options
+from shardkv.serving.exchange_listener import ExchangeListener
 from shardkv.serving.metrics_http import MetricsServer
-from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
+from shardkv.serving.telemetry import RequestInterceptor
 from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -54,67 +53,6 @@ log = logging.getLogger(__name__)
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-
-
-class BindError(OSError):
-    """The listen address could not be bound (in use, or not a local address)."""
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """Server certificate and key; with client_ca, clients must present a certificate."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-
-@dataclass(frozen=True)
-class NodeTlsConfig:
-    """TLS on the router's channels to its nodes: the CA their certificates chain to, and
-    the router's own certificate and key for nodes that require mutual TLS."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """Everything a router needs; built by __main__ from flags, or by tests directly."""
-
-    router_id: str
-    topology: Topology
-    # cluster.toml: topology changes are written back to it, and changes other routers
-    # write to it are picked up. None (tests) refuses topology changes.
-    config_path: Path | None = None
-    # Where the topology is kept when not in config_path (etcd; __main__ opens it, and
-    # the router closes it when it stops).
-    store: TopologyStore | None = None
-    listen: str = "127.0.0.1:0"
-    tls: TlsConfig | None = None
-    client_token: str | None = None
-    # Admin calls need this token when set (the client token does not open them).
-    admin_token: str | None = None
-    node_tls: NodeTlsConfig | None = None
-    # Sent with every call to a node, for nodes started with --node-token-file.
-    node_token: str | None = None
-    clock_offset_ms: int = 0
-    # Where the clock reservation of this router's writer id lives, held under a lock while
-    # the router runs (shared by the routers of a host); None (tests) keeps neither.
-    state_dir: Path | None = None
-    # The writer id held in etcd, across hosts (with an etcd store; __main__ makes it, the
-    # router claims it at start and releases it when it stops).
-    writer_claim: WriterClaim | None = None
-    limits: Limits = DEFAULT_LIMITS
-    # Calls beyond this many in flight are refused with RESOURCE_EXHAUSTED (load shedding).
-    max_concurrent_rpcs: int = 4096
-    # Items queued for one node (per kind of call) beyond this fail with RESOURCE_EXHAUSTED.
-    max_queued_per_node: int = MAX_QUEUED
-    # The metrics endpoint and request logging.
-    observe: Observability = DEFAULT_OBSERVABILITY
-    # How many connections the router holds, and how long unused or old ones live.
-    connections: ConnectionLimits = ROUTER_CONNECTIONS
 
 
 class RouterServer:
@@ -137,6 +75,7 @@ class RouterServer:
         self._guard: IdentityGuard | None = None
         self._rebuilder: Rebuilder | None = None
         self._metrics: MetricsServer | None = None
+        self._exchange: ExchangeListener | None = None
         self._clock: HybridClock | None = None
         # host:port of the metrics endpoint; empty when it is off.
         self.metrics_address = ""
@@ -260,9 +199,8 @@ class RouterServer:
             )
         )
         # Outermost first: refused calls are counted and logged too.
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            RequestInterceptor(registry, config.observe, make_ids=True)
-        ]
+        telemetry = RequestInterceptor(registry, config.observe, make_ids=True)
+        interceptors: list[grpc.aio.ServerInterceptor] = [telemetry]
         if config.client_token or config.admin_token:
             interceptors.append(TokenInterceptor(config.client_token, config.admin_token))
         server = grpc.aio.server(
@@ -275,11 +213,19 @@ class RouterServer:
                 *server_options(config.connections),
             ],
         )
-        kv_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
-            KVService(
-                coordinator, self._clients, self.health, topology=topology, limits=config.limits
-            ),
-            server,
+        kv = KVService(
+            coordinator, self._clients, self.health, topology=topology, limits=config.limits
+        )
+        kv_pb2_grpc.add_KVServicer_to_server(kv, server)  # type: ignore[no-untyped-call]
+        served_tls = config.tls
+        self._exchange = kv_exchange(
+            kv,
+            router_id=config.router_id,
+            observe=telemetry.observe,
+            client_token=config.client_token,
+            tls=(served_tls.cert, served_tls.key, served_tls.client_ca) if served_tls else None,
+            max_message_bytes=config.limits.max_message_bytes,
+            connections=config.connections,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
             AdminService(
@@ -307,6 +253,7 @@ class RouterServer:
         )
         port = self._bind(server)
         self._server = server
+        kv.exchange_port = config.advertise_exchange_port or await self._bind_exchange()
         await self._start_metrics(registry)
         await self._monitor.check_all()
         await guard.check_all()
@@ -346,6 +293,14 @@ class RouterServer:
             raise BindError(f"cannot listen on {listen}: address in use or not local")
         return int(port)
 
+    async def _bind_exchange(self) -> int:
+        assert self._exchange is not None
+        host, port = self._config.listen.rsplit(":", 1)[0], self._config.exchange_port
+        try:
+            return await self._exchange.start(host, port)
+        except OSError as err:
+            raise BindError(f"cannot listen for exchange on {host}:{port}: {err}") from err
+
     async def _start_metrics(self, registry: CollectorRegistry) -> None:
         listen = self._config.observe.metrics_listen
         if listen is None:
@@ -372,8 +327,9 @@ class RouterServer:
     async def stop(self, grace: float | None = 5.0) -> None:
         """Stops accepting calls, finishes those in flight (up to grace), stops the loops."""
         await self._health_servicer.enter_graceful_shutdown()
-        if self._server is not None:
-            await self._server.stop(grace)
+        if self._server is not None:  # frames running are answered, within the grace
+            exchange = self._exchange.stop(grace or 0) if self._exchange else asyncio.sleep(0)
+            await asyncio.gather(exchange, self._server.stop(grace))
         for loop in (
             self._rebuilder,
             self._guard,

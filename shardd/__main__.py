@@ -24,7 +24,7 @@ from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.logs import setup_logging
 from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
-from shardkv.serving import connections, telemetry
+from shardkv.serving import connections, exchange_listener, telemetry
 from shardkv.shardd.auth import NodeAuth, read_token
 from shardkv.shardd.identity import WrongNode
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
@@ -71,12 +71,6 @@ def _address(text: str) -> str:
     return text
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
-    return int(text)
-
-
 def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
     """The server config and the log level the flags ask for."""
     parser = argparse.ArgumentParser(prog="shardd", description="shardkv storage node")
@@ -89,21 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         default="127.0.0.1:7101",
         help="host:port to serve on (port 0: any free port)",
     )
-    parser.add_argument(
-        "--exchange-port",
-        type=_port,
-        default=0,
-        help="TCP port, on the --listen host, for routers' frames (Apply and Read); with TLS"
-        " and the node token or router certificates as the gRPC port. Default 0: any free"
-        " port, which routers learn from the node (set one to open it in a firewall)",
-    )
-    parser.add_argument(
-        "--advertise-exchange-port",
-        type=_port,
-        default=0,
-        help="the port routers are told to reach the exchange port at, when a proxy or a"
-        " port mapping stands in front of it (default: the port bound)",
-    )
+    exchange_listener.add_flags(parser, "Apply and Read, and KV calls", "routers")
     parser.add_argument("--data", type=Path, required=True, help="data directory (LMDB)")
     parser.add_argument(
         "--no-sync",

@@ -33,6 +33,14 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     def __init__(self, storage: NodeStorage, *, limits: Limits) -> None:
         self._storage = storage
         self._limits = limits
+        # The port answered to ExchangePort (set once the exchange listener is bound).
+        self.exchange_port = 0
+
+    @unary
+    async def ExchangePort(
+        self, request: kv_pb2.ExchangePortRequest, context: Context
+    ) -> kv_pb2.ExchangePortResponse:
+        return kv_pb2.ExchangePortResponse(port=self.exchange_port)
 
     @unary
     async def Get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:

@@ -1,5 +1,6 @@
 """The shardd server: gRPC (KV, Replica, health and reflection) and the exchange port
-(routers' frames, exchange_listener.py) over one node's store.
+(their unary calls as frames: routers', and the SDK's to a node serving alone;
+shardkv.serving.exchange_listener) over one node's store.
 
 `ShardServer(config).start()` opens the store, binds and serves, returning the bound port
 (listen on port 0 to let the OS pick one); `stop(grace)` turns health to NOT_SERVING, lets
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -21,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS, HybridClock
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
+from shardkv.common.wire import NODE_ID_KEY
 from shardkv.serving.connections import (
     DEFAULT_CONNECTIONS,
     ConnectionLimits,
@@ -28,11 +31,11 @@ from shardkv.serving.connections import (
     descriptor_limit,
     server_options,
 )
+from shardkv.serving.exchange_listener import ExchangeListener, server_ssl_context
+from shardkv.serving.exchange_server import FrameServer, unary_methods
 from shardkv.serving.metrics_http import MetricsServer
 from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
-from shardkv.shardd.auth import OPEN, NodeAuth, exposure, node_interceptors
-from shardkv.shardd.exchange import FrameServer
-from shardkv.shardd.exchange_listener import ExchangeListener
+from shardkv.shardd.auth import OPEN, NodeAuth, admission, exposure, node_interceptors
 from shardkv.shardd.identity import DirectoryIdentity
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
@@ -44,8 +47,10 @@ from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
-REPLICA_SERVICE = replica_pb2.DESCRIPTOR.services_by_name["Replica"].full_name
+KV_DESCRIPTOR = kv_pb2.DESCRIPTOR.services_by_name["KV"]
+REPLICA_DESCRIPTOR = replica_pb2.DESCRIPTOR.services_by_name["Replica"]
+KV_SERVICE = KV_DESCRIPTOR.full_name
+REPLICA_SERVICE = REPLICA_DESCRIPTOR.full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -71,13 +76,7 @@ class ServerTls:
         )
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.cert_chain, self.private_key)
-        if self.client_ca is not None:
-            context.load_verify_locations(cafile=self.client_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return server_ssl_context(self.cert_chain, self.private_key, self.client_ca)
 
 
 @dataclass(frozen=True)
@@ -179,15 +178,15 @@ class ShardServer:
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
-        kv_pb2_grpc.add_KVServicer_to_server(  # type: ignore[no-untyped-call]
-            KVServicer(self._storage, limits=config.limits), server
-        )
+        kv = KVServicer(self._storage, limits=config.limits)
+        kv_pb2_grpc.add_KVServicer_to_server(kv, server)  # type: ignore[no-untyped-call]
         replica = ReplicaServicer(self._storage, limits=config.limits, directory=directory)
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica, server)  # type: ignore[no-untyped-call]
+        methods = unary_methods((KV_DESCRIPTOR, kv), (REPLICA_DESCRIPTOR, replica))
         exchange = ExchangeListener(
-            FrameServer(replica, observe=telemetry.observe),
-            node_id=config.node_id,
-            auth=config.auth,
+            FrameServer(methods, observe=telemetry.observe),
+            admission=partial(admission, config.auth),
+            welcome={NODE_ID_KEY: config.node_id},
             tls=exchange_tls,
             max_message_bytes=config.limits.max_message_bytes,
             handshake_timeout_s=config.connections.handshake_timeout_s,
@@ -208,6 +207,7 @@ class ShardServer:
             port = _bind(server, config.listen, config.tls)
             exchange_port = await _bind_exchange(exchange, host, config.exchange_port)
             replica.exchange_port = config.advertise_exchange_port or exchange_port
+            kv.exchange_port = replica.exchange_port
             await server.start()
             await self._start_metrics(registry)
         except BaseException:

@@ -65,6 +65,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._topology = topology
         self._limits = limits
         self._request_s = topology.timeouts.request_ms / 1000
+        # The port answered to ExchangePort (set once the exchange listener is bound).
+        self.exchange_port = 0
 
     def _deadline(self, context: Context) -> float:
         """Loop time by which to answer: the client's deadline, or request_ms without one."""
@@ -177,6 +179,12 @@ class KVService(kv_pb2_grpc.KVServicer):
             else:
                 add(version=o.version, status=_item_status(o))
         return response
+
+    @unary
+    async def ExchangePort(
+        self, request: kv_pb2.ExchangePortRequest, context: Context
+    ) -> kv_pb2.ExchangePortResponse:
+        return kv_pb2.ExchangePortResponse(port=self.exchange_port)
 
     @unary
     async def Scan(self, request: kv_pb2.ScanRequest, context: Context) -> kv_pb2.ScanResponse:

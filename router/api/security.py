@@ -93,6 +93,24 @@ def read_token(path: Path) -> str:
     return bearer_token
 
 
+def client_admission(
+    client_token: str | None, authorization: str, shown: list[str]
+) -> tuple[grpc.StatusCode, str] | None:
+    """Whether a connection to the router's exchange port (KV calls only) that sent this
+    authorization may send frames: None if so, else the status and reason a KV call would
+    have been refused with (TokenInterceptor). Under mutual TLS the handshake has already
+    required a client certificate, as on the gRPC port."""
+    if client_token is None:
+        return None
+    if hmac.compare_digest(authorization.encode(), f"Bearer {client_token}".encode()):
+        return None
+    reason = "wrong bearer token" if authorization else "no bearer token"
+    return (
+        grpc.StatusCode.UNAUTHENTICATED,
+        f"{reason}: send 'authorization: Bearer <token>' with the token",
+    )
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every non-exempt call without the bearer token its service needs."""
 

@@ -3,8 +3,9 @@
 Single-key work (the records and hints of writes, the keys of reads, read repairs) goes
 through a Coalescer per kind, so concurrent requests share one Replica.Apply or
 Replica.Read call per node. Those calls travel as frames on one long-lived TCP connection
-per node (node_connection.py), which costs both ends a small fraction of a gRPC message's
-CPU and each hop far less latency; a node without an exchange port gets unary calls. Bulk
+per node (shardkv.common.exchange_connection), which costs both ends a small fraction of
+a gRPC call's CPU and each hop far less latency; a node without an exchange port gets
+unary calls. Bulk
 work that is already batched (scans, hint hand-off, health checks) is called directly
 (node_calls.py).
 
@@ -23,17 +24,19 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
+from shardkv.common.exchange_connection import ExchangeConnection
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
+from shardkv.common.wire import NODE_ID_KEY
 from shardkv.router.membership.epoch_queues import EpochQueues
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import Coalescer, Deliver
 from shardkv.router.requests.framing import FramedRecords, passthrough
 from shardkv.router.requests.node_calls import (
+    EPOCH_KEY,
     MAX_BATCH_BYTES,
     FailureListener,
     NodeCalls,
 )
-from shardkv.router.requests.node_connection import APPLY, READ, NodeConnection
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
@@ -45,6 +48,9 @@ if TYPE_CHECKING:
 # is one call, not two as at 512). Bytes of values per call stay well below the 32 MiB
 # message cap (a Read asks the node to stop there, ReadRequest.max_bytes).
 MAX_BATCH_ITEMS = DEFAULT_LIMITS.max_batch_items
+# The Replica methods sent as frames.
+APPLY = "/shardkv.v1.Replica/Apply"
+READ = "/shardkv.v1.Replica/Read"
 # Calls of one kind outstanding to one node. One: what queues meanwhile leaves as the next,
 # larger call, and a call costs far more than an item in it (at 2, batches of 100 cost the
 # router and the nodes 10-20% more CPU a key and answered later; single keys alike).
@@ -101,14 +107,15 @@ class NodeClient(NodeCalls):
             token=token,
             epochs=epochs,
         )
-        self._frames = NodeConnection(
-            node.id,
+        self._frames = ExchangeConnection(
+            f"node {node.id}",
             node.address,
             exchange_port=self._exchange_port,
             tls=tls,
             authorization=dict(self._auth).get("authorization", ""),
             max_message_bytes=limits.max_message_bytes,
             connect_timeout_s=call_timeout_s,
+            welcome={NODE_ID_KEY: node.id},
             refused=self._noticed,
         )
         # Unary Read fed bytes, for a node without the stream (Apply: _apply_framed).
@@ -332,9 +339,9 @@ class NodeClient(NodeCalls):
         """One Apply of body (a serialized ApplyRequest) routed under epoch (None: the
         router's): a frame on the node's exchange connection, or a unary call to a node
         without one."""
-        reply = await self._frames.send(APPLY, body, timeout, self._routed(epoch))
+        reply = await self._frames.send(APPLY, body, timeout, self._frame_metadata(epoch))
         if reply is not None:
-            return reply.apply
+            return replica_pb2.ApplyResponse.FromString(reply)
         applied: replica_pb2.ApplyResponse = await self._call(
             self._apply_framed, body, timeout, epoch
         )
@@ -344,11 +351,16 @@ class NodeClient(NodeCalls):
         self, body: bytes, timeout: float, epoch: int | None
     ) -> replica_pb2.ReadResponse:
         """One Read of body (a serialized ReadRequest), as _apply."""
-        reply = await self._frames.send(READ, body, timeout, self._routed(epoch))
+        reply = await self._frames.send(READ, body, timeout, self._frame_metadata(epoch))
         if reply is not None:
-            return reply.read
+            return replica_pb2.ReadResponse.FromString(reply)
         read: replica_pb2.ReadResponse = await self._call(self._read_bytes, body, timeout, epoch)
         return read
+
+    def _frame_metadata(self, epoch: int | None) -> dict[str, str]:
+        """A frame's metadata: the epoch it is routed under (as a call's, _routed)."""
+        routed = self._routed(epoch)
+        return {} if routed is None else {EPOCH_KEY: str(routed)}
 
 
 def _framed_size(records: FramedRecords) -> int:

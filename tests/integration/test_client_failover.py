@@ -210,6 +210,7 @@ def test_bearer_token(tmp_path: Path, running: list[Cluster]) -> None:
     async def with_async_client() -> None:
         async with AsyncClient(address, bearer_token="s3cret-token") as kv:
             assert await kv.get("k") == b"v"
+            assert kv.frames_answered == 1  # the token opened the exchange port too
         async with AsyncClient(address, bearer_token="nope") as kv:
             with pytest.raises(Unauthenticated):
                 await kv.get("k")
@@ -377,6 +378,12 @@ def test_tls_and_mutual_tls(tmp_path: Path, running: list[Cluster]) -> None:
         async with AsyncClient(mutual.address, tls=with_cert) as kv:
             assert await kv.put("mtls", "async") > 0
             assert await kv.get("mtls") == b"async"
+            # On the router's exchange port, over the same mutual TLS.
+            assert kv.frames_answered >= 2
+        async with AsyncClient(mutual.address, tls=TLSConfig(ca=pki.ca), retry=once) as kv:
+            with pytest.raises(Unavailable):
+                await kv.get("mtls")  # no client certificate, on either port
+            assert kv.frames_answered == 0
 
     asyncio.run(with_async_client())
     tls_flags = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert)]

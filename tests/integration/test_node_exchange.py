@@ -214,7 +214,7 @@ def test_frames_never_reach_a_node_other_than_the_one_meant(node: Proc) -> None:
             misrouted = await _apply(client, _record(b"for-n2"), epoch=1)
             assert isinstance(misrouted, NodeFailure), misrouted
             assert misrouted.code == grpc.StatusCode.UNAVAILABLE, misrouted
-            assert "answered by node 'n1', not 'n2'" in misrouted.message, misrouted
+            assert "answered by shardkv-node-id 'n1', not 'n2'" in misrouted.message, misrouted
         finally:
             await client.close()
         right = _client(node.address)
@@ -249,6 +249,6 @@ def test_a_node_whose_exchange_port_cannot_be_reached_gets_unary_calls(
 
     try:
         asyncio.run(main())
-        assert f"127.0.0.1:{unreachable}" in caplog.text and "unary calls for" in caplog.text
+        assert f"127.0.0.1:{unreachable}" in caplog.text and "gRPC calls for" in caplog.text
     finally:
         node.stop()

@@ -167,3 +167,13 @@ class ScanResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[KeyValue]
     next_page_token: bytes
     def __init__(self, records: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., next_page_token: _Optional[bytes] = ...) -> None: ...
+
+class ExchangePortRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExchangePortResponse(_message.Message):
+    __slots__ = ("port",)
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    def __init__(self, port: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class KVStub:
                 request_serializer=shardkv_dot_v1_dot_kv__pb2.ScanRequest.SerializeToString,
                 response_deserializer=shardkv_dot_v1_dot_kv__pb2.ScanResponse.FromString,
                 _registered_method=True)
+        self.ExchangePort = channel.unary_unary(
+                '/shardkv.v1.KV/ExchangePort',
+                request_serializer=shardkv_dot_v1_dot_kv__pb2.ExchangePortRequest.SerializeToString,
+                response_deserializer=shardkv_dot_v1_dot_kv__pb2.ExchangePortResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -113,6 +118,13 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExchangePort(self, request, context):
+        """The port that serves these calls as frames (exchange.proto), for the SDK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Scan,
                     request_deserializer=shardkv_dot_v1_dot_kv__pb2.ScanRequest.FromString,
                     response_serializer=shardkv_dot_v1_dot_kv__pb2.ScanResponse.SerializeToString,
+            ),
+            'ExchangePort': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangePort,
+                    request_deserializer=shardkv_dot_v1_dot_kv__pb2.ExchangePortRequest.FromString,
+                    response_serializer=shardkv_dot_v1_dot_kv__pb2.ExchangePortResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class KV:
             '/shardkv.v1.KV/Scan',
             shardkv_dot_v1_dot_kv__pb2.ScanRequest.SerializeToString,
             shardkv_dot_v1_dot_kv__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangePort(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shardkv.v1.KV/ExchangePort',
+            shardkv_dot_v1_dot_kv__pb2.ExchangePortRequest.SerializeToString,
+            shardkv_dot_v1_dot_kv__pb2.ExchangePortResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -230,51 +230,6 @@ class PurgeTokenRangesResponse(_message.Message):
     purged: int
     def __init__(self, purged: _Optional[int] = ...) -> None: ...
 
-class ExchangeHello(_message.Message):
-    __slots__ = ("authorization",)
-    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
-    authorization: str
-    def __init__(self, authorization: _Optional[str] = ...) -> None: ...
-
-class ExchangeFrame(_message.Message):
-    __slots__ = ("id", "epoch", "request_id", "timeout_ms", "apply", "read")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    EPOCH_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
-    APPLY_FIELD_NUMBER: _ClassVar[int]
-    READ_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    epoch: int
-    request_id: str
-    timeout_ms: int
-    apply: ApplyRequest
-    read: ReadRequest
-    def __init__(self, id: _Optional[int] = ..., epoch: _Optional[int] = ..., request_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., apply: _Optional[_Union[ApplyRequest, _Mapping]] = ..., read: _Optional[_Union[ReadRequest, _Mapping]] = ...) -> None: ...
-
-class ExchangeReply(_message.Message):
-    __slots__ = ("id", "code", "message", "trailing", "apply", "read")
-    class TrailingEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    ID_FIELD_NUMBER: _ClassVar[int]
-    CODE_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    TRAILING_FIELD_NUMBER: _ClassVar[int]
-    APPLY_FIELD_NUMBER: _ClassVar[int]
-    READ_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    code: int
-    message: str
-    trailing: _containers.ScalarMap[str, str]
-    apply: ApplyResponse
-    read: ReadResponse
-    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., trailing: _Optional[_Mapping[str, str]] = ..., apply: _Optional[_Union[ApplyResponse, _Mapping]] = ..., read: _Optional[_Union[ReadResponse, _Mapping]] = ...) -> None: ...
-
 class FenceRequest(_message.Message):
     __slots__ = ("epoch",)
     EPOCH_FIELD_NUMBER: _ClassVar[int]

@@ -1,27 +1,28 @@
-"""The router's coalesced Apply and Read calls to one node, as frames on one TCP connection.
+"""Unary calls as frames on one TCP connection to a server's exchange port (exchange.proto).
 
-Measured on this 2-core machine, a message on an open gRPC stream costs each end about
-eight times the CPU of a length-prefixed frame on an asyncio connection, and a unary call
-twice that again; the router's every request is such a hop. So NodeClient sends its
-coalesced calls as frames on one long-lived connection to the node's exchange port
-(replica.proto, ExchangeHello; shardd/exchange_listener.py), learnt from the node's
-Identity and opened on first use, and opened again (asking the port again: a restarted
-node listens on a new one) after it ends. It carries TLS when the router has node TLS,
-with the node's certificate checked as its gRPC channel checks it, and the node token in
-the hello.
+Measured on this 2-core machine, a unary gRPC call costs its server about 14 times the CPU
+of a length-prefixed frame on an asyncio connection and its client about 10 times, and
+adds far more latency to the hop (README, Performance). So the router sends its
+coalesced Apply and Read calls to each node, and the asyncio SDK its KV calls to each
+router, as frames on one long-lived connection to the server's exchange port, learnt from
+the server (a node's Identity, KV.ExchangePort) and opened on first use, and opened again
+(asking the port again: a restarted server listens on a new one) after it ends. It carries
+TLS when the caller has TLS, with the server's certificate checked as its gRPC channel
+checks it, and the token in the hello; the welcome must name the server meant, when the
+caller knows its name.
 
-A frame behaves as the unary call it replaces: it carries the epoch it was routed under
-(a call's ``shardkv-epoch``), the request ids and its deadline; the router stops waiting at
-that deadline with DEADLINE_EXCEEDED; a refused frame raises the AioRpcError the call
-would have raised, with the node's trailing metadata (a fence refusal's shardkv-fence), so
-callers, the coalescer and the health tracker see no difference. A connection that ends,
-or whose hello fails, fails every frame it was to carry with UNAVAILABLE (or the status
-the node refused it with). A frame whose deadline passes while the node has not even
-taken its bytes, or has answered nothing on the connection since the frame left (a
-stopped node, a link that drops everything), closes the connection, so the bytes held for
-it are let go and the next frame starts afresh. A node that advertises no exchange port,
-or whose exchange port cannot be reached while its gRPC port answers, is sent unary calls
-for UNARY_S, then asked again.
+A frame behaves as the unary call it replaces: it carries the call's metadata, the
+request ids and its deadline; the caller stops waiting at that deadline with
+DEADLINE_EXCEEDED; a refused frame raises the AioRpcError the call would have raised, with
+the server's trailing metadata (a fence refusal's shardkv-fence), so callers, retries and
+health trackers see no difference. A connection that ends, or whose hello fails, fails
+every frame it was to carry with UNAVAILABLE (or the status the server refused it with).
+A frame whose deadline passes while the server has not even taken its bytes, or has
+answered nothing on the connection since the frame left (a stopped server, a link that
+drops everything), closes the connection, so the bytes held for it are let go and the
+next frame starts afresh. A server that advertises no exchange port, or whose exchange
+port cannot be reached while its gRPC port answers, is sent gRPC calls for UNARY_S, then
+asked again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import itertools
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -39,21 +40,18 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 from shardkv.common import requestid
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, varint
-from shardkv.v1 import replica_pb2
+from shardkv.v1 import exchange_pb2
 
 log = logging.getLogger(__name__)
 
-# ExchangeFrame fields a frame's body goes in (apply = 5, read = 6), as wire tags.
-APPLY = b"\x2a"
-READ = b"\x32"
-# The welcome's trailing metadata naming the node that answered the hello.
-NODE_ID_KEY = "shardkv-node-id"
-# How long frames go as unary calls once the exchange port is missing or unreachable,
-# before the router asks for it and tries it again.
+# ExchangeFrame.request (field 3) as a wire tag: a frame's request bytes follow it.
+_REQUEST_TAG = b"\x1a"
+# How long calls go by gRPC once the exchange port is missing or unreachable, before the
+# caller asks for it and tries it again.
 UNARY_S = 30.0
 
-Reply = replica_pb2.ExchangeReply
-# Asks the node for its exchange port (0: it has none), within timeout seconds.
+Reply = exchange_pb2.ExchangeReply
+# Asks the server for its exchange port (0: it has none), within timeout seconds.
 PortLookup = Callable[[float], Awaitable[int]]
 
 
@@ -61,7 +59,7 @@ PortLookup = Callable[[float], Awaitable[int]]
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    # When the node last answered a frame on it (loop time).
+    # When the server last answered a frame on it (loop time).
     answered_at: float = 0.0
     # Bytes written to it so far.
     written: int = 0
@@ -73,17 +71,17 @@ class _Connection:
         return self.written
 
     def taken(self) -> int:
-        """How many of the bytes written the kernel has taken (the node may be reading)."""
+        """How many of the bytes written the kernel has taken (the server may be reading)."""
         return self.written - self.writer.transport.get_write_buffer_size()
 
 
 @dataclass(eq=False)
 class _Queued:
     """A frame waiting for the connection to open: its deadline goes out as the time left
-    when it is written, so the node never works on it past the router's wait."""
+    when it is written, so the server never works on it past the caller's wait."""
 
     frame_id: int
-    header: replica_pb2.ExchangeFrame
+    header: exchange_pb2.ExchangeFrame
     payload: bytes
     deadline: float
 
@@ -92,12 +90,12 @@ class _Queued:
         return self.header.SerializeToString() + self.payload
 
 
-class NodeConnection:
-    """One node's exchange connection: frames out, replies matched to them by id."""
+class ExchangeConnection:
+    """One server's exchange connection: frames out, replies matched to them by id."""
 
     def __init__(
         self,
-        node_id: str,
+        name: str,
         address: str,
         *,
         exchange_port: PortLookup,
@@ -105,17 +103,21 @@ class NodeConnection:
         authorization: str,
         max_message_bytes: int,
         connect_timeout_s: float,
-        refused: Callable[[grpc.aio.AioRpcError], None],
+        welcome: Mapping[str, str] | None = None,
+        refused: Callable[[grpc.aio.AioRpcError], None] | None = None,
     ) -> None:
-        """exchange_port: asks the node for its port (Identity); tls: the router's node
-        TLS (None: plaintext, for loopback); authorization: the hello's ("Bearer <node
-        token>", or empty); refused: told of every error a frame raises, as of a call's
-        (NodeCalls._noticed looks for a fence refusal)."""
-        self._node_id = node_id
+        """name: the server in messages ("node n1", "router host:port"); address: its
+        gRPC address, whose host the exchange port is on; exchange_port: asks the server
+        for its port; tls: the caller's TLS (None: plaintext); authorization: the hello's
+        ("Bearer <token>", or empty); welcome: trailing metadata the welcome must carry
+        (a node's shardkv-node-id: the server meant answered); refused: told of every
+        error a frame raises, as of a call's (a router looks for fence refusals)."""
+        self._name = name
         self._host = address.rsplit(":", 1)[0].strip("[]")
         self._exchange_port = exchange_port
         self._tls = tls
-        self._hello = replica_pb2.ExchangeHello(authorization=authorization).SerializeToString()
+        self._welcome = dict(welcome or {})
+        self._hello = exchange_pb2.ExchangeHello(authorization=authorization).SerializeToString()
         self._max_reply = max_message_bytes + FRAME_OVERHEAD
         self._connect_timeout_s = connect_timeout_s
         self._refused = refused
@@ -131,36 +133,36 @@ class NodeConnection:
         self._carrier: dict[int, tuple[_Connection, int]] = {}
         self._closed = False
         self._ids = itertools.count(1)
-        # Until then (loop time) NodeClient sends unary calls: the node advertised no
+        # Until then (loop time) the caller sends gRPC calls: the server advertised no
         # exchange port, or its port could not be reached while its gRPC port could.
         self._unary_until = 0.0
-        # Frames the node answered (with any status), for tests and operators.
+        # Frames the server answered (with any status), for tests and operators.
         self.answered = 0
 
     async def send(
-        self, tag: bytes, body: bytes, timeout: float, epoch: int | None
-    ) -> Reply | None:
-        """Sends body (a serialized ApplyRequest or ReadRequest, tag APPLY or READ) routed
-        under epoch and returns the node's OK reply; raises the AioRpcError its unary call
-        would have raised; None when frames go as unary calls for now (_connect).
+        self, method: str, body: bytes, timeout: float, metadata: Mapping[str, str]
+    ) -> bytes | None:
+        """Sends body (a serialized request of the unary method, full name) with metadata
+        and returns the server's serialized response; raises the AioRpcError the call
+        would have raised; None when calls go by gRPC for now (_connect).
         The wait ends at the deadline even while the connection is being opened."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._unary_until:
             return None
         if self._closed:
-            raise _error(grpc.StatusCode.CANCELLED, "router stopping")
+            raise _error(grpc.StatusCode.CANCELLED, self._stopping)
         frame_id = next(self._ids)
-        header = replica_pb2.ExchangeFrame(
+        header = exchange_pb2.ExchangeFrame(
             id=frame_id,
+            method=method,
+            metadata=metadata,
             request_id=requestid.current.get() or "",
             timeout_ms=max(1, int(timeout * 1000)),
         )
-        if epoch is not None:
-            header.epoch = epoch
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
         timer = loop.call_later(timeout, self._expire, frame_id, timeout)
-        payload = tag + varint(len(body)) + body
+        payload = _REQUEST_TAG + varint(len(body)) + body
         connection = self._connection
         if connection is not None and not self._draining:  # open, nothing queued: write now
             end = connection.write(header.SerializeToString() + payload)
@@ -175,7 +177,8 @@ class NodeConnection:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNIMPLEMENTED and loop.time() < self._unary_until:
                 return None
-            self._refused(err)
+            if self._refused is not None:
+                self._refused(err)
             raise
         finally:
             timer.cancel()
@@ -186,9 +189,14 @@ class NodeConnection:
         if reply.code:
             code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
             refusal = _error(code, reply.message, dict(reply.trailing))
-            self._refused(refusal)
+            if self._refused is not None:
+                self._refused(refusal)
             raise refusal
-        return reply
+        return reply.response
+
+    @property
+    def _stopping(self) -> str:
+        return f"{self._name}'s exchange connection closed by the caller"
 
     async def close(self) -> None:
         """Closes the connection; frames in flight, and any sent later, fail with
@@ -200,7 +208,7 @@ class NodeConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.writer.close()
-        stopping = _error(grpc.StatusCode.CANCELLED, "router stopping")
+        stopping = _error(grpc.StatusCode.CANCELLED, self._stopping)
         for frame_id in list(self._waiting):
             self._fail(frame_id, stopping)
 
@@ -215,12 +223,12 @@ class NodeConnection:
             waiter.set_exception(error)
 
     def _expire(self, frame_id: int, timeout: float) -> None:
-        """A frame's deadline passed: it fails. If the node has not even taken the bytes
+        """A frame's deadline passed: it fails. If the server has not even taken the bytes
         written to it, or answered nothing on the connection since the frame was sent
-        (a stopped node, or a link that drops everything: TCP would hold the connection
+        (a stopped server, or a link that drops everything: TCP would hold the connection
         open and keep retrying with backoff long after the link is back), the connection
         is closed: its reader fails the other frames, and the next frame opens a new one."""
-        message = f"no answer from {self._node_id} within {timeout:.3f}s"
+        message = f"no answer from {self._name} within {timeout:.3f}s"
         self._fail(frame_id, _error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carried = self._carrier.get(frame_id)
         if carried is None or carried[0].writer.transport.is_closing():
@@ -232,7 +240,7 @@ class NodeConnection:
             problem = f"answered nothing on its exchange connection for {timeout:.3f}s"
         else:
             return
-        log.warning("node %s %s: closed", self._node_id, problem)
+        log.warning("%s %s: closed", self._name, problem)
         carrier.writer.transport.abort()
 
     async def _drain(self) -> None:
@@ -249,8 +257,8 @@ class NodeConnection:
                         self._fail_queued(err)
                         continue
                     except Exception as exc:  # a bug or an unforeseen failure: say which
-                        log.error("opening %s's exchange connection", self._node_id, exc_info=exc)
-                        message = f"cannot open {self._node_id}'s exchange connection: {exc!r}"
+                        log.error("opening %s's exchange connection", self._name, exc_info=exc)
+                        message = f"cannot open {self._name}'s exchange connection: {exc!r}"
                         self._fail_queued(_error(grpc.StatusCode.UNAVAILABLE, message))
                         continue
                     if connection is None:  # no exchange port to reach: frames go unary
@@ -271,17 +279,17 @@ class NodeConnection:
 
     async def _connect(self) -> _Connection | None:
         """Opens the connection and passes the hello; None when frames are to go as unary
-        calls for UNARY_S: the node advertises no exchange port, or answers Identity on
+        calls for UNARY_S: the server advertises no exchange port, or answers on
         its gRPC port but cannot be reached on its exchange port (a firewall that lets one
         through, a listener gone). Each step is bounded by the call timeout (and every
         frame by its own)."""
         loop = asyncio.get_running_loop()
         port = await self._exchange_port(self._connect_timeout_s)
         if not port:
-            log.warning("node %s advertises no exchange port: unary calls", self._node_id)
+            log.warning("%s advertises no exchange port: gRPC calls", self._name)
             self._unary_until = loop.time() + UNARY_S
             return None
-        where = f"{self._node_id}'s exchange port {self._host}:{port}"
+        where = f"{self._name}'s exchange port {self._host}:{port}"
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 reader, writer = await asyncio.open_connection(
@@ -291,7 +299,7 @@ class NodeConnection:
                     server_hostname=self._host if self._tls else None,
                 )
         except (OSError, TimeoutError) as exc:
-            log.warning("cannot open %s: %r; unary calls for %g s", where, exc, UNARY_S)
+            log.warning("cannot open %s: %r; gRPC calls for %g s", where, exc, UNARY_S)
             self._unary_until = loop.time() + UNARY_S
             return None
         connection = _Connection(reader, writer)
@@ -299,7 +307,7 @@ class NodeConnection:
             async with asyncio.timeout(self._connect_timeout_s):
                 connection.write(self._hello)
                 welcome = await self._message(reader)
-            problem = _welcome_problem(welcome, self._node_id)
+            problem = _welcome_problem(welcome, self._welcome)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
             problem = grpc.StatusCode.UNAVAILABLE, f"no welcome: {exc!r}"
         except BaseException:
@@ -325,11 +333,9 @@ class NodeConnection:
         try:
             while True:
                 reply = await self._message(connection.reader)
-                if reply.id == 0:  # the node closes the connection, saying why
+                if reply.id == 0:  # the server closes the connection, saying why
                     code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
-                    failure = _error(
-                        code, f"{self._node_id} closed the connection: {reply.message}"
-                    )
+                    failure = _error(code, f"{self._name} closed the connection: {reply.message}")
                     break
                 self.answered += 1
                 connection.answered_at = loop.time()
@@ -337,10 +343,10 @@ class NodeConnection:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)
         except (OSError, asyncio.IncompleteReadError, DecodeError) as exc:
-            message = f"{self._node_id} ended the exchange connection: {exc!r}"
+            message = f"{self._name} ended the exchange connection: {exc!r}"
             failure = _error(grpc.StatusCode.UNAVAILABLE, message)
         except asyncio.CancelledError:
-            failure = _error(grpc.StatusCode.CANCELLED, "router stopping")
+            failure = _error(grpc.StatusCode.CANCELLED, self._stopping)
         if self._connection is connection:
             self._connection = None
         connection.writer.close()
@@ -352,16 +358,19 @@ class NodeConnection:
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _welcome_problem(welcome: Reply, node_id: str) -> tuple[grpc.StatusCode, str] | None:
-    """Why the node's answer to the hello does not let frames go to node_id: a refusal,
-    or another node answering on the port the router was told (a stale or wrong
+def _welcome_problem(
+    welcome: Reply, expected: Mapping[str, str]
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why the server's answer to the hello does not let frames go to it: a refusal, or
+    another server answering on the port the caller was told (a stale or wrong
     --advertise-exchange-port would otherwise send one node's writes to another)."""
     if welcome.id != 0 or welcome.code:
         code = _CODES.get(welcome.code, grpc.StatusCode.UNKNOWN)
-        return code, f"refused the router: {welcome.message}"
-    answered_by = welcome.trailing.get(NODE_ID_KEY, "")
-    if answered_by != node_id:
-        return grpc.StatusCode.UNAVAILABLE, f"answered by node {answered_by!r}, not {node_id!r}"
+        return code, f"refused the connection: {welcome.message}"
+    for key, value in expected.items():
+        answered = welcome.trailing.get(key, "")
+        if answered != value:
+            return grpc.StatusCode.UNAVAILABLE, f"answered by {key} {answered!r}, not {value!r}"
     return None
 
 

@@ -1,60 +1,101 @@
-"""The node's exchange port: routers' frames on plain TCP connections, TLS when the node
-serves TLS (replica.proto, ExchangeHello, for the wire).
+"""The exchange port: unary calls as frames on plain TCP connections, TLS when the server
+serves TLS (exchange.proto, for the wire), for routers and nodes alike.
 
-Why not a gRPC stream: on this 2-core machine a message on an open gRPC stream cost each
-end about 180 µs of CPU at 8 requests in flight, a length-prefixed frame on an asyncio
-connection about 21, and the router's every request is such a hop (README, Performance).
+Why not gRPC: on this 2-core machine a unary gRPC call cost its server about 470 µs of
+CPU and its client 340 at 8 calls in flight, a length-prefixed frame on an asyncio
+connection 33 and 36 (README, Performance), and every request crosses such hops.
 
-What the port admits is what the gRPC port admits for Replica calls: the connection's
-first message is an ExchangeHello checked by NodeAuth once for the connection (the node
-token in constant time; under mutual TLS the router certificate's names), refused with the
-status a call would get, logged with the peer and never with what it sent. Bounds, so that
-no peer can take the node down: the node's connection bound (--max-connections) at once
-(others are closed at once); the TLS handshake and the hello within the node's handshake
-timeout; a hello at most MAX_HELLO_BYTES and a frame at most the node's message limit plus
-FRAME_OVERHEAD (a longer one, or one that is not a frame, is answered with a status naming
-the problem and the connection closed); MAX_RUNNING frames
-served at once per connection (more are refused with RESOURCE_EXHAUSTED, as calls beyond
+What the port admits is what the gRPC port admits for the same calls: the connection's
+first message is an ExchangeHello checked once for the connection by the server's
+admission rule (a token in constant time; under mutual TLS the certificate's names),
+refused with the status a call would get, logged with the peer and never with what it
+sent. Bounds, so that no peer can take the server down: its connection bound
+(--max-connections) at once (others are closed at once); the TLS handshake and the hello
+within its handshake timeout; a hello at most MAX_HELLO_BYTES and a frame at most the
+message limit plus FRAME_OVERHEAD (a longer one, or one that is not a frame, is answered
+with a status naming the problem and the connection closed); MAX_RUNNING frames served at
+once per connection (more are refused with RESOURCE_EXHAUSTED, as calls beyond
 maximum_concurrent_rpcs); replies wait for a slow reader (the transport's flow control),
 which holds its own connection's frames back, no one else's.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import logging
 import ssl
+from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX
-from shardkv.shardd.auth import NodeAuth, admission
-from shardkv.shardd.exchange import FrameServer, Refusal, status_reply
-from shardkv.v1 import replica_pb2
+from shardkv.serving.exchange_server import FrameServer, Refusal, status_reply
+from shardkv.v1 import exchange_pb2
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", replica_pb2.ExchangeHello, replica_pb2.ExchangeFrame)
+M = TypeVar("M", exchange_pb2.ExchangeHello, exchange_pb2.ExchangeFrame)
+# Whether a connection is admitted: (its hello's authorization, the names of its TLS
+# certificate) -> None, or the status and reason of the refusal.
+Admission = Callable[[str, list[str]], tuple[grpc.StatusCode, str] | None]
 
 # The hello: a token, nothing more, and sent before the peer is known.
 MAX_HELLO_BYTES = 8 * 1024
-# The welcome's trailing metadata naming this node (routers check it).
-NODE_ID_KEY = "shardkv-node-id"
-# Frames served at once on one connection; a router keeps a few per node in flight.
+# Frames served at once on one connection; a caller keeps a few in flight.
 MAX_RUNNING = 256
 
 
+def add_flags(parser: argparse.ArgumentParser, calls: str, callers: str) -> None:
+    """--exchange-port and --advertise-exchange-port, for a server whose callers (e.g.
+    "routers") send these calls (e.g. "Apply and Read") as frames."""
+    parser.add_argument(
+        "--exchange-port",
+        type=_port,
+        default=0,
+        help=f"TCP port, on the --listen host, for {callers}' frames ({calls}); with TLS and"
+        f" the same credentials as the gRPC port. Default 0: any free port, which {callers}"
+        " learn from the server (set one to open it in a firewall)",
+    )
+    parser.add_argument(
+        "--advertise-exchange-port",
+        type=_port,
+        default=0,
+        help=f"the port {callers} are told to reach the exchange port at, when a proxy or a"
+        " port mapping stands in front of it (default: the port bound)",
+    )
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
+    return int(text)
+
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """The exchange port's TLS: the server's certificate and key, and with client_ca
+    callers must present a certificate that chains to it (mutual TLS), as on gRPC."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class ExchangeListener:
-    """Serves frames to routers on one TCP port of the node's host."""
+    """Serves frames on one TCP port of the server's host."""
 
     def __init__(
         self,
         frames: FrameServer,
         *,
-        node_id: str,
-        auth: NodeAuth,
+        admission: Admission,
+        welcome: dict[str, str],
         tls: ssl.SSLContext | None,
         max_message_bytes: int,
         handshake_timeout_s: float,
@@ -62,12 +103,12 @@ class ExchangeListener:
     ) -> None:
         """max_connections: connections at once, admitted or not (as the gRPC port's
         bound: a peer that keeps opening connections can hold the ones not admitted yet
-        for the handshake timeout each, no longer)."""
+        for the handshake timeout each, no longer); welcome: the trailing metadata of the
+        answer to an admitted hello (naming the server, which callers may check)."""
         self._frames = frames
-        welcome = replica_pb2.ExchangeReply(trailing={NODE_ID_KEY: node_id})
-        self._welcome = welcome.SerializeToString()
+        self._welcome = exchange_pb2.ExchangeReply(trailing=welcome).SerializeToString()
         self._max_connections = max_connections
-        self._auth = auth
+        self._admission = admission
         self._tls = tls
         self._max_bytes = max_message_bytes + FRAME_OVERHEAD
         self._handshake_timeout_s = handshake_timeout_s
@@ -124,8 +165,8 @@ class ExchangeListener:
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
                 hello_bytes = await self._message(reader, MAX_HELLO_BYTES)
-                hello = _parse(replica_pb2.ExchangeHello, hello_bytes, "hello")
-            refusal = admission(self._auth, hello.authorization, _certificate_names(writer))
+                hello = _parse(exchange_pb2.ExchangeHello, hello_bytes, "hello")
+            refusal = self._admission(hello.authorization, _certificate_names(writer))
             if refusal is not None:
                 log.warning("refused exchange connection from %s: %s", peer, refusal[1])
                 raise Refusal(*refusal)
@@ -133,7 +174,7 @@ class ExchangeListener:
             loop = asyncio.get_running_loop()
             while True:
                 frame_bytes = await self._message(reader, self._max_bytes)
-                frame = _parse(replica_pb2.ExchangeFrame, frame_bytes, "frame")
+                frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
                 if frame.id == 0:
                     raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
                 if len(running) >= MAX_RUNNING:
@@ -151,7 +192,7 @@ class ExchangeListener:
         except TimeoutError:
             log.warning("exchange connection from %s sent no hello in time", peer)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass  # the router went away (or stopped mid-message): nobody is left to answer
+            pass  # the caller went away (or stopped mid-message): nobody is left to answer
         finally:
             if running:  # answered while the connection lasts; stop() bounds the wait
                 await asyncio.wait(running)
@@ -161,13 +202,13 @@ class ExchangeListener:
         if length > limit:
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds the node's limit of {limit}",
+                f"message of {length} bytes exceeds this server's limit of {limit}",
             )
         return await reader.readexactly(length)
 
     async def _answer(
         self,
-        frame: replica_pb2.ExchangeFrame,
+        frame: exchange_pb2.ExchangeFrame,
         writer: asyncio.StreamWriter,
         peer: str,
     ) -> None:

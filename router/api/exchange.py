@@ -1,0 +1,49 @@
+"""The router's exchange port: its KV calls as frames (exchange.proto), for the asyncio SDK.
+
+The port admits what the gRPC port admits for KV calls (the client token; under mutual
+TLS a client certificate from the client CA) and serves the same KVService handlers, so a
+call answered there and one answered on gRPC cannot differ; Admin calls stay on gRPC.
+"""
+
+from __future__ import annotations
+
+import ssl
+from functools import partial
+from pathlib import Path
+
+from shardkv.router.api.kv_service import KVService
+from shardkv.router.api.security import SecurityError, client_admission
+from shardkv.serving.connections import ConnectionLimits, default_bound, descriptor_limit
+from shardkv.serving.exchange_listener import ExchangeListener, server_ssl_context
+from shardkv.serving.exchange_server import FrameServer, Observe, unary_methods
+from shardkv.v1 import kv_pb2
+
+KV_DESCRIPTOR = kv_pb2.DESCRIPTOR.services_by_name["KV"]
+# The welcome's trailing metadata naming the router that answered.
+ROUTER_ID_KEY = "shardkv-router-id"
+
+
+def kv_exchange(
+    kv: KVService,
+    *,
+    router_id: str,
+    observe: Observe,
+    client_token: str | None,
+    tls: tuple[Path, Path, Path | None] | None,
+    max_message_bytes: int,
+    connections: ConnectionLimits,
+) -> ExchangeListener:
+    """The listener serving kv's calls (tls: certificate, key and client CA files)."""
+    try:
+        context: ssl.SSLContext | None = server_ssl_context(*tls) if tls else None
+    except (ssl.SSLError, OSError) as err:
+        raise SecurityError(f"cannot load the TLS certificate and key {tls}: {err}") from err
+    return ExchangeListener(
+        FrameServer(unary_methods((KV_DESCRIPTOR, kv)), observe=observe),
+        admission=partial(client_admission, client_token),
+        welcome={ROUTER_ID_KEY: router_id},
+        tls=context,
+        max_message_bytes=max_message_bytes,
+        handshake_timeout_s=connections.handshake_timeout_s,
+        max_connections=connections.max_connections or default_bound(descriptor_limit()),
+    )

@@ -1,0 +1,58 @@
+"""Raw TCP on an exchange port (exchange.proto), for tests that speak the wire themselves:
+what anyone who can reach the port could send."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from google.protobuf.message import Message
+from shardkv.v1 import exchange_pb2
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def send(sock: socket.socket, message: bytes) -> None:
+    sock.sendall(struct.pack(">I", len(message)) + message)
+
+
+def reply(sock: socket.socket) -> exchange_pb2.ExchangeReply | None:
+    """The next reply, or None when the server closed the connection."""
+    header = _exactly(sock, 4)
+    if header is None:
+        return None
+    body = _exactly(sock, struct.unpack(">I", header)[0])
+    assert body is not None, "the connection ended inside a reply"
+    return exchange_pb2.ExchangeReply.FromString(body)
+
+
+def hello(sock: socket.socket, authorization: str = "") -> exchange_pb2.ExchangeReply | None:
+    send(sock, exchange_pb2.ExchangeHello(authorization=authorization).SerializeToString())
+    return reply(sock)
+
+
+def frame(frame_id: int, method: str, request: Message | bytes) -> bytes:
+    body = request if isinstance(request, bytes) else request.SerializeToString()
+    message = exchange_pb2.ExchangeFrame(id=frame_id, method=method, request=body, timeout_ms=5000)
+    return message.SerializeToString()
+
+
+def refused_for_good(sock: socket.socket, then: bytes) -> bool:
+    """Whether the server closed the connection: then (a frame sent anyway) is not served."""
+    try:
+        send(sock, then)
+        return reply(sock) is None
+    except (BrokenPipeError, ConnectionResetError):
+        return True
+
+
+def _exactly(sock: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data

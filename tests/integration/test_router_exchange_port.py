@@ -1,0 +1,167 @@
+"""The router's exchange port: KV calls as frames, for the asyncio SDK (exchange.proto).
+
+Raw TCP against a real router shows what the port admits (the client token, nothing
+else), what it serves (KV's unary methods, never Admin's), and that bad input is answered
+and costs the router nothing; the SDK shows that it uses the port, sees the same outcomes
+as on gRPC (values, versions, item errors, refusals), and falls back to gRPC when the
+advertised port cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import exchange_wire as wire
+import grpc
+import pytest
+from harness import Cluster, free_port, router_proc, start_cluster, stopped_after
+from shardkv.client import AsyncClient, InvalidArgument
+from shardkv.v1 import exchange_pb2, kv_pb2, kv_pb2_grpc
+
+TOKEN = "router-exchange-tok-51c2"
+BATCH_WRITE = "/shardkv.v1.KV/BatchWrite"
+BATCH_GET = "/shardkv.v1.KV/BatchGet"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    metrics = ["--metrics-listen", f"127.0.0.1:{free_port()}"]
+    running = start_cluster(tmp_path, router_extra=["--token-file", str(token_file), *metrics])
+    with stopped_after(running, request):
+        yield running
+
+
+def _exchange_port(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        reply = kv.ExchangePort(kv_pb2.ExchangePortRequest(), metadata=metadata, timeout=5)
+    assert reply.port, reply
+    return int(reply.port)
+
+
+def _get(address: str, key: bytes) -> kv_pb2.GetResponse:
+    with grpc.insecure_channel(address) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        return kv.Get(kv_pb2.GetRequest(key=key), metadata=metadata, timeout=5)  # type: ignore[no-any-return]
+
+
+def _write(frame_id: int, key: bytes) -> bytes:
+    mutation = kv_pb2.Mutation(key=key, value=b"v-" + key)
+    return wire.frame(frame_id, BATCH_WRITE, kv_pb2.BatchWriteRequest(mutations=[mutation]))
+
+
+@pytest.mark.timeout(90)
+def test_the_router_exchange_port_admits_the_client_token_and_serves_kv_only(
+    cluster: Cluster,
+) -> None:
+    router = cluster.router
+    port = _exchange_port(router.address)
+    for shown in ("", f"Bearer {TOKEN}x", TOKEN):
+        with wire.connect(port) as sock:
+            refusal = wire.hello(sock, shown)
+            assert refusal is not None and refusal.id == 0, (shown, refusal)
+            assert refusal.code == grpc.StatusCode.UNAUTHENTICATED.value[0], (shown, refusal)
+            assert wire.refused_for_good(sock, _write(1, b"planted"))
+    with wire.connect(port) as sock:
+        welcome = wire.hello(sock, f"Bearer {TOKEN}")
+        assert welcome is not None and welcome.code == 0, welcome
+        assert welcome.trailing["shardkv-router-id"] == "r1", welcome
+        wire.send(sock, _write(1, b"framed"))
+        written = wire.reply(sock)
+        assert written is not None and written.id == 1 and written.code == 0, written
+        [result] = kv_pb2.BatchWriteResponse.FromString(written.response).results
+        assert result.version > 0 and not result.status.code, result
+        # Admin calls stay on gRPC: not served here, even to the client token.
+        wire.send(
+            sock,
+            exchange_pb2.ExchangeFrame(
+                id=2, method="/shardkv.v1.Admin/AddNode"
+            ).SerializeToString(),
+        )
+        admin = wire.reply(sock)
+        assert admin is not None and admin.code == grpc.StatusCode.UNIMPLEMENTED.value[0], admin
+        # A request that is not one, and one the KV service refuses, are answered alone.
+        wire.send(sock, wire.frame(3, BATCH_GET, b"\x0a\xff"))
+        malformed = wire.reply(sock)
+        assert malformed is not None and malformed.id == 3, malformed
+        assert malformed.code == grpc.StatusCode.INVALID_ARGUMENT.value[0], malformed
+        empty_key = kv_pb2.GetRequest(key=b"")
+        wire.send(sock, wire.frame(4, "/shardkv.v1.KV/Get", empty_key))
+        refused = wire.reply(sock)
+        assert refused is not None and refused.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert "key" in refused.message, refused
+        wire.send(sock, wire.frame(5, BATCH_GET, kv_pb2.BatchGetRequest(keys=[b"framed"])))
+        read = wire.reply(sock)
+        assert read is not None and read.code == 0, read
+        [got] = kv_pb2.BatchGetResponse.FromString(read.response).results
+        assert (got.found, got.value, got.version) == (True, b"v-framed", result.version)
+    # Written on the exchange port, read on gRPC: one service.
+    answer = _get(router.address, b"framed")
+    assert (answer.value, answer.version) == (b"v-framed", result.version)
+    assert _get(router.address, b"planted").found is False
+    assert router.alive()
+    log = router.log()
+    assert log.count("refused exchange connection") >= 3 and TOKEN not in log, log
+    # Frames are counted as the calls they are.
+    metrics_port = router.argv[router.argv.index("--metrics-listen") + 1]
+    with urllib.request.urlopen(f"http://{metrics_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    assert 'method="BatchWrite"' in text and 'code="UNIMPLEMENTED"' in text, text[:2000]
+
+
+@pytest.mark.timeout(90)
+def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(cluster: Cluster) -> None:
+    async def main() -> None:
+        async with AsyncClient(cluster.router.address, bearer_token=TOKEN, timeout=5) as kv:
+            version = await kv.put("a", b"1")
+            assert await kv.put_many({"b": b"2", "c": b"3"})
+            assert await kv.get_many(["a", "b", "c", "missing"]) == {
+                b"a": b"1",
+                b"b": b"2",
+                b"c": b"3",
+            }
+            record = await kv.get_record("a")
+            assert record is not None and record.version == version
+            assert await kv.delete("a") > version
+            assert await kv.get("a") is None
+            with pytest.raises(InvalidArgument):
+                await kv.put("x" * 10_000, b"too long a key")
+            assert kv.frames_answered >= 6
+            answered = kv.frames_answered
+        # frames=False keeps every call on gRPC.
+        async with AsyncClient(cluster.router.address, bearer_token=TOKEN, frames=False) as kv:
+            assert await kv.get("b") == b"2" and kv.frames_answered == 0
+        assert answered
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(90)
+def test_the_sdk_uses_grpc_when_the_exchange_port_cannot_be_reached(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    unreachable = free_port()
+    token_file = cluster.base / "token"
+    stray = router_proc(
+        cluster.base,
+        cluster.config,
+        "r2",
+        extra=["--token-file", str(token_file), "--advertise-exchange-port", str(unreachable)],
+    )
+    cluster.routers.append(stray.start())
+
+    async def main() -> None:
+        async with AsyncClient(stray.address, bearer_token=TOKEN, timeout=5) as kv:
+            assert await kv.put("k", b"by grpc") > 0
+            assert await kv.get("k") == b"by grpc"
+            assert kv.frames_answered == 0
+
+    asyncio.run(main())
+    assert f"127.0.0.1:{unreachable}" in caplog.text and "gRPC calls for" in caplog.text
