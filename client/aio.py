@@ -327,6 +327,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                         stubs[target], target, method, request, timeout, rid
                     )
                 if reply is None:
+                    if remaining is not None:  # the frame may have spent some of it
+                        remaining = max(0.0, attempts.remaining())
                     reply = await getattr(stubs[target], method)(
                         request, timeout=remaining, metadata=metadata
                     )

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import grpc
-
-_CODES_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+from shardkv.common.rpc_status import status_code
 
 
 class ShardKVError(Exception):
@@ -136,11 +135,6 @@ class Internal(ShardKVError):
 def error_class(code: grpc.StatusCode) -> type[ShardKVError]:
     """The class for code; codes without a class of their own map to the root class."""
     return _REGISTRY.get(code, ShardKVError)
-
-
-def status_code(number: int) -> grpc.StatusCode:
-    """The grpc.StatusCode for a numeric code as carried in an ItemStatus."""
-    return _CODES_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
 
 
 def from_rpc_error(err: grpc.RpcError, *, target: str | None = None) -> ShardKVError:

@@ -4,30 +4,34 @@ A unary gRPC call costs the SDK about ten times the CPU of a frame on a plain co
 and the router about fourteen, and adds most of a millisecond to each call (README,
 Performance). So ``AsyncClient`` sends its KV calls to a router that advertises an
 exchange port (KV.ExchangePort) as frames on one connection per router, with the same TLS
-and token as its gRPC channel, and falls back to gRPC calls for a while when the router
-advertises none or the port cannot be reached (shardkv.common.exchange_connection). A
-frame's outcome is the call's: the same status, details and retries. Calls stay on gRPC
-when the client was given interceptors (they are to see every call) or frames=False (a
-gRPC proxy in front of the routers), and for Admin calls and the blocking ``Client``.
+and token as its gRPC channel. The router serves a frame with the call's own handler, so
+it answers what the call would (values, versions, item errors, refusals), and the SDK
+retries it as the call. A call goes by gRPC instead when the router advertises no port,
+refuses to name it, cannot be reached on it or answers it with anything but a welcome (for
+UNARY_S at a time: shardkv.common.exchange_connection), when its request is over the
+message limit (gRPC fails it alone), and when 256 frames are already in flight on the
+connection. Every call stays on gRPC when the client was given interceptors (they are to
+see every call), frames=False (a gRPC proxy in front of the routers) or a client certificate
+or key as PEM bytes (ssl loads keys from files only, and the SDK does not write a key to disk);
+so do Admin calls and the blocking ``Client``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from shardkv.common import requestid
 from shardkv.common.exchange_connection import ExchangeConnection
 from shardkv.common.limits import DEFAULT_LIMITS
+from shardkv.common.rpc_status import rpc_error
 from shardkv.v1 import kv_pb2
 
 from .transport import PemSource, TLSConfig
@@ -41,8 +45,15 @@ _RESPONSES: dict[str, Callable[[bytes], Message]] = {
 }
 # Targets that are not a plain host:port (gRPC resolves them; a socket cannot).
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "xds:")
-# How long opening a connection, and asking a router for its port, may take.
-CONNECT_TIMEOUT_S = 5.0
+# Why asking a router for its port may fail where its calls would fail too.
+_UNREACHABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+)
+# How long opening a connection, and asking a router for its port, may take: a port a
+# firewall drops costs the calls waiting meanwhile this much, once per UNARY_S.
+CONNECT_TIMEOUT_S = 1.0
 
 
 class KVFrames:
@@ -76,17 +87,22 @@ class KVFrames:
                 try:
                     self._ssl = ssl_context(self._tls)
                 except (ssl.SSLError, OSError, ValueError) as exc:
-                    log.warning("TLS unusable for frames (%r): every call goes by gRPC", exc)
+                    log.warning("TLS unusable for frames (%r): calls go by gRPC", exc)
                     self._off = True
                     return None
             connection = self._connections[target] = self._open(stub, target)
+        name = f"/{_KV.full_name}/{method}"
         token = requestid.current.set(rid)
         try:
-            body = request.SerializeToString()
-            reply = await connection.send(f"/{_KV.full_name}/{method}", body, timeout, {})
+            reply = await connection.send(name, request.SerializeToString(), timeout, {})
         finally:
             requestid.current.reset(token)
-        return None if reply is None else _RESPONSES[method](reply)
+        if reply is None:
+            return None
+        try:
+            return _RESPONSES[method](reply)
+        except DecodeError as exc:
+            raise rpc_error(grpc.StatusCode.INTERNAL, f"{name}: unreadable reply: {exc}") from exc
 
     @property
     def answered(self) -> int:
@@ -104,9 +120,9 @@ class KVFrames:
             try:
                 reply = await stub.ExchangePort(request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    return 0  # an older router: gRPC only
-                raise
+                if err.code() in _UNREACHABLE:
+                    raise  # the call fails (and is retried) as its gRPC call would
+                return 0  # an older router, or one refusing this call: gRPC answers
             return int(reply.port)
 
         return ExchangeConnection(
@@ -127,8 +143,10 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     ca = _pem_text(tls.ca)
     context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if isinstance(tls.cert, bytes) or isinstance(tls.key, bytes):
+        raise ValueError("client certificate or key as PEM bytes: ssl loads them from files")
     if tls.cert is not None and tls.key is not None:
-        _load_chain(context, tls.cert, tls.key)
+        context.load_cert_chain(tls.cert, tls.key, password=_no_password)
     return context
 
 
@@ -140,19 +158,7 @@ def _pem_text(source: PemSource | None) -> str | None:
     return Path(source).read_text(encoding="ascii")
 
 
-def _load_chain(context: ssl.SSLContext, cert: PemSource, key: PemSource) -> None:
-    """ssl loads a certificate and key from files only: PEM given as bytes goes through a
-    private temporary directory, removed at once."""
-    if not isinstance(cert, bytes) and not isinstance(key, bytes):
-        context.load_cert_chain(cert, key)
-        return
-    with tempfile.TemporaryDirectory(prefix="shardkv-tls-") as directory:
-        paths = []
-        for name, source in (("cert.pem", cert), ("key.pem", key)):
-            path = Path(directory) / name
-            data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            paths.append(path)
-        context.load_cert_chain(paths[0], paths[1])
+def _no_password() -> str:
+    """An encrypted key is not asked a passphrase for on the terminal (as gRPC would
+    not): ssl fails, and calls go by gRPC."""
+    return ""

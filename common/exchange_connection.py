@@ -39,7 +39,8 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 from shardkv.common import requestid
-from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, varint
+from shardkv.common.rpc_status import rpc_error, status_code
+from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING, varint
 from shardkv.v1 import exchange_pb2
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ _REQUEST_TAG = b"\x1a"
 # How long calls go by gRPC once the exchange port is missing or unreachable, before the
 # caller asks for it and tries it again.
 UNARY_S = 30.0
-
+# The longest deadline a frame carries (ExchangeFrame.timeout_ms is 32 bits).
+_MAX_TIMEOUT_MS = 2**32 - 1
 Reply = exchange_pb2.ExchangeReply
 # Asks the server for its exchange port (0: it has none), within timeout seconds.
 PortLookup = Callable[[float], Awaitable[int]]
@@ -144,20 +146,26 @@ class ExchangeConnection:
     ) -> bytes | None:
         """Sends body (a serialized request of the unary method, full name) with metadata
         and returns the server's serialized response; raises the AioRpcError the call
-        would have raised; None when calls go by gRPC for now (_connect).
+        would have raised; None when it is to go by gRPC: for now (_connect), or because
+        the server would refuse it as a frame (larger than the message limit, whose gRPC
+        call fails alone, or beyond the frames it runs at once on a connection).
         The wait ends at the deadline even while the connection is being opened."""
         loop = asyncio.get_running_loop()
-        if loop.time() < self._unary_until:
+        if (
+            loop.time() < self._unary_until
+            or len(body) > self._max_reply - FRAME_OVERHEAD
+            or len(self._waiting) >= MAX_FRAMES_RUNNING
+        ):
             return None
         if self._closed:
-            raise _error(grpc.StatusCode.CANCELLED, self._stopping)
+            raise rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         frame_id = next(self._ids)
         header = exchange_pb2.ExchangeFrame(
             id=frame_id,
             method=method,
             metadata=metadata,
             request_id=requestid.current.get() or "",
-            timeout_ms=max(1, int(timeout * 1000)),
+            timeout_ms=min(_MAX_TIMEOUT_MS, max(1, int(timeout * 1000))),
         )
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
@@ -187,8 +195,8 @@ class ExchangeConnection:
             if self._outbox:  # still unwritten (the connection is opening): let it go
                 self._outbox = deque(q for q in self._outbox if q.frame_id != frame_id)
         if reply.code:
-            code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
-            refusal = _error(code, reply.message, dict(reply.trailing))
+            code = status_code(reply.code)
+            refusal = rpc_error(code, reply.message, dict(reply.trailing))
             if self._refused is not None:
                 self._refused(refusal)
             raise refusal
@@ -208,7 +216,7 @@ class ExchangeConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.writer.close()
-        stopping = _error(grpc.StatusCode.CANCELLED, self._stopping)
+        stopping = rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         for frame_id in list(self._waiting):
             self._fail(frame_id, stopping)
 
@@ -223,17 +231,22 @@ class ExchangeConnection:
             waiter.set_exception(error)
 
     def _expire(self, frame_id: int, timeout: float) -> None:
-        """A frame's deadline passed: it fails. If the server has not even taken the bytes
-        written to it, or answered nothing on the connection since the frame was sent
-        (a stopped server, or a link that drops everything: TCP would hold the connection
-        open and keep retrying with backoff long after the link is back), the connection
-        is closed: its reader fails the other frames, and the next frame opens a new one."""
+        """A frame's deadline passed: it fails. If it is the oldest frame in flight on its
+        connection and the server has not even taken its bytes, or has answered nothing
+        on the connection since it was sent (a stopped server, or a link that drops
+        everything: TCP would hold the connection open and keep retrying with backoff
+        long after the link is back), the connection is closed: its reader fails the
+        other frames, and the next frame opens a new one. A younger frame's deadline
+        never closes it: an older frame still waits for its answer (a slow call, or a
+        large request ahead of it on the wire), as a gRPC call's would."""
         message = f"no answer from {self._name} within {timeout:.3f}s"
-        self._fail(frame_id, _error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
+        self._fail(frame_id, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carried = self._carrier.get(frame_id)
         if carried is None or carried[0].writer.transport.is_closing():
             return
         carrier, end = carried
+        if any(f < frame_id and c is carrier for f, (c, _) in self._carrier.items()):
+            return
         if carrier.taken() < end:
             problem = "stopped reading its exchange connection"
         elif carrier.answered_at < asyncio.get_running_loop().time() - timeout:
@@ -241,6 +254,8 @@ class ExchangeConnection:
         else:
             return
         log.warning("%s %s: closed", self._name, problem)
+        if self._connection is carrier:  # the next frame opens a new one at once
+            self._connection = None
         carrier.writer.transport.abort()
 
     async def _drain(self) -> None:
@@ -259,10 +274,10 @@ class ExchangeConnection:
                     except Exception as exc:  # a bug or an unforeseen failure: say which
                         log.error("opening %s's exchange connection", self._name, exc_info=exc)
                         message = f"cannot open {self._name}'s exchange connection: {exc!r}"
-                        self._fail_queued(_error(grpc.StatusCode.UNAVAILABLE, message))
+                        self._fail_queued(rpc_error(grpc.StatusCode.UNAVAILABLE, message))
                         continue
                     if connection is None:  # no exchange port to reach: frames go unary
-                        unary = _error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
+                        unary = rpc_error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
                         self._fail_queued(unary)
                         continue
                 while self._outbox and self._connection is connection:
@@ -281,8 +296,11 @@ class ExchangeConnection:
         """Opens the connection and passes the hello; None when frames are to go as unary
         calls for UNARY_S: the server advertises no exchange port, or answers on
         its gRPC port but cannot be reached on its exchange port (a firewall that lets one
-        through, a listener gone). Each step is bounded by the call timeout (and every
-        frame by its own)."""
+        through, a listener gone). Each step is bounded by connect_timeout_s (and every
+        frame by its own). A server that answers the hello with anything but a welcome
+        (another protocol on that port) also gets gRPC calls; one that refuses the caller,
+        or names another server, fails the frames (gRPC would refuse them too, or reach
+        the wrong server)."""
         loop = asyncio.get_running_loop()
         port = await self._exchange_port(self._connect_timeout_s)
         if not port:
@@ -309,13 +327,16 @@ class ExchangeConnection:
                 welcome = await self._message(reader)
             problem = _welcome_problem(welcome, self._welcome)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
-            problem = grpc.StatusCode.UNAVAILABLE, f"no welcome: {exc!r}"
+            writer.transport.abort()
+            log.warning("%s answered no welcome: %r; gRPC calls for %g s", where, exc, UNARY_S)
+            self._unary_until = loop.time() + UNARY_S
+            return None
         except BaseException:
             writer.transport.abort()
             raise
         if problem is not None:
             writer.transport.abort()
-            raise _error(problem[0], f"{where}: {problem[1]}")
+            raise rpc_error(problem[0], f"{where}: {problem[1]}")
         self._connection = connection
         self._spawn(self._read(connection))
         return connection
@@ -334,8 +355,10 @@ class ExchangeConnection:
             while True:
                 reply = await self._message(connection.reader)
                 if reply.id == 0:  # the server closes the connection, saying why
-                    code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
-                    failure = _error(code, f"{self._name} closed the connection: {reply.message}")
+                    code = status_code(reply.code)
+                    failure = rpc_error(
+                        code, f"{self._name} closed the connection: {reply.message}"
+                    )
                     break
                 self.answered += 1
                 connection.answered_at = loop.time()
@@ -344,18 +367,14 @@ class ExchangeConnection:
                     waiter.set_result(reply)
         except (OSError, asyncio.IncompleteReadError, DecodeError) as exc:
             message = f"{self._name} ended the exchange connection: {exc!r}"
-            failure = _error(grpc.StatusCode.UNAVAILABLE, message)
+            failure = rpc_error(grpc.StatusCode.UNAVAILABLE, message)
         except asyncio.CancelledError:
-            failure = _error(grpc.StatusCode.CANCELLED, self._stopping)
+            failure = rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         if self._connection is connection:
             self._connection = None
         connection.writer.close()
         for frame_id in [f for f, (carrier, _) in self._carrier.items() if carrier is connection]:
             self._fail(frame_id, failure)
-
-
-# google.rpc.Code value -> grpc.StatusCode
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _welcome_problem(
@@ -365,21 +384,10 @@ def _welcome_problem(
     another server answering on the port the caller was told (a stale or wrong
     --advertise-exchange-port would otherwise send one node's writes to another)."""
     if welcome.id != 0 or welcome.code:
-        code = _CODES.get(welcome.code, grpc.StatusCode.UNKNOWN)
+        code = status_code(welcome.code)
         return code, f"refused the connection: {welcome.message}"
     for key, value in expected.items():
         answered = welcome.trailing.get(key, "")
         if answered != value:
             return grpc.StatusCode.UNAVAILABLE, f"answered by {key} {answered!r}, not {value!r}"
     return None
-
-
-def _error(
-    code: grpc.StatusCode, message: str, trailing: dict[str, str] | None = None
-) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        code,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(*(trailing or {}).items()),
-        details=message,
-    )

@@ -12,6 +12,9 @@ LENGTH_PREFIX = struct.Struct(">I")
 # What a frame or a reply carries beyond its request or response (ids, method, metadata,
 # request ids, deadline, status), allowed above the message limit.
 FRAME_OVERHEAD = 64 * 1024
+# Frames a server runs at once on one connection (more are refused with
+# RESOURCE_EXHAUSTED); a caller with this many in flight sends the next by gRPC.
+MAX_FRAMES_RUNNING = 256
 # A node's welcome on its exchange port names it (routers check it: a stale or wrong
 # advertised port must not send one node's writes to another).
 NODE_ID_KEY = "shardkv-node-id"

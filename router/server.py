@@ -253,7 +253,8 @@ class RouterServer:
         )
         port = self._bind(server)
         self._server = server
-        kv.exchange_port = config.advertise_exchange_port or await self._bind_exchange()
+        bound = await self._bind_exchange()
+        kv.exchange_port = config.advertise_exchange_port or bound
         await self._start_metrics(registry)
         await self._monitor.check_all()
         await guard.check_all()

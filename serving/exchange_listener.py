@@ -13,10 +13,11 @@ sent. Bounds, so that no peer can take the server down: its connection bound
 (--max-connections) at once (others are closed at once); the TLS handshake and the hello
 within its handshake timeout; a hello at most MAX_HELLO_BYTES and a frame at most the
 message limit plus FRAME_OVERHEAD (a longer one, or one that is not a frame, is answered
-with a status naming the problem and the connection closed); MAX_RUNNING frames served at
-once per connection (more are refused with RESOURCE_EXHAUSTED, as calls beyond
-maximum_concurrent_rpcs); replies wait for a slow reader (the transport's flow control),
-which holds its own connection's frames back, no one else's.
+with a status naming the problem and the connection closed); MAX_FRAMES_RUNNING frames
+served at once per connection (more are refused with RESOURCE_EXHAUSTED; callers send
+what is beyond by gRPC, where maximum_concurrent_rpcs bounds it); replies wait for a slow
+reader (the transport's flow control), which holds its own connection's frames back, no
+one else's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX
+from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING
 from shardkv.serving.exchange_server import FrameServer, Refusal, status_reply
 from shardkv.v1 import exchange_pb2
 
@@ -45,8 +46,6 @@ Admission = Callable[[str, list[str]], tuple[grpc.StatusCode, str] | None]
 
 # The hello: a token, nothing more, and sent before the peer is known.
 MAX_HELLO_BYTES = 8 * 1024
-# Frames served at once on one connection; a caller keeps a few in flight.
-MAX_RUNNING = 256
 
 
 def add_flags(parser: argparse.ArgumentParser, calls: str, callers: str) -> None:
@@ -177,8 +176,8 @@ class ExchangeListener:
                 frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
                 if frame.id == 0:
                     raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
-                if len(running) >= MAX_RUNNING:
-                    message = f"{MAX_RUNNING} frames already running on this connection"
+                if len(running) >= MAX_FRAMES_RUNNING:
+                    message = f"{MAX_FRAMES_RUNNING} frames already running on this connection"
                     reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
                     await _send(writer, reply)
                     continue

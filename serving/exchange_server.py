@@ -23,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from shardkv.common import requestid
+from shardkv.common.rpc_status import status_code
 from shardkv.common.wire import varint
 from shardkv.v1 import exchange_pb2
 
@@ -34,13 +35,12 @@ Observe = Callable[[str, str | None, float, grpc.StatusCode, str | None, str], N
 Handler = Callable[[Any, Context], Awaitable[Message]]
 # ExchangeReply.response (field 5) as a wire tag: a reply's response bytes follow it.
 _RESPONSE_TAG = b"\x2a"
-# google.rpc.Code value -> grpc.StatusCode
-CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class Refusal(Exception):
+class Refusal(grpc.aio.AbortError):
     """A status to answer with: a frame's handler ended it (what context.abort does to a
-    call), or the exchange port refuses a connection (exchange_listener.py)."""
+    call: an AbortError, which the status table's wrappers let through), or the exchange
+    port refuses a connection (exchange_listener.py)."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -145,7 +145,7 @@ class FrameServer:
             header.code = grpc.StatusCode.INTERNAL.value[0]
             header.message = f"internal error serving a frame: {type(exc).__name__}"
             reply = header.SerializeToString()
-        code = CODES.get(header.code, grpc.StatusCode.UNKNOWN)
+        code = status_code(header.code)
         name = frame.method if method is not None else "/shardkv.v1.Exchange/Unknown"
         self._observe(name, rid, started, code, header.message or None, peer)
         return reply

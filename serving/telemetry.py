@@ -5,9 +5,9 @@ endpoint (served by ``shardkv.serving.metrics_http``).
 Every call to a ``shardkv.v1`` service passes the interceptor once: it takes the call's
 request id (``shardkv.common.requestid``), makes it the running task's, and on the way out
 increments one counter and observes one histogram, both children looked up once per
-(method, code) and cached. Health checks and reflection pass untouched. A frame on a
-node's exchange port (shardkv.shardd.exchange) is observed through ``observe`` as the
-Replica call it replaces.
+(method, code) and cached. Health checks and reflection pass untouched. A frame on an
+exchange port (shardkv.serving.exchange_server) is observed through ``observe`` as the
+call it replaces.
 
 Request log lines are key=value: ``event=request method=/shardkv.v1.KV/Put code=OK
 duration_ms=1.9 request_id=… peer=…`` (and ``detail=`` for a failure). A request that

@@ -83,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         default="127.0.0.1:7101",
         help="host:port to serve on (port 0: any free port)",
     )
-    exchange_listener.add_flags(parser, "Apply and Read, and KV calls", "routers")
+    exchange_listener.add_flags(parser, "Replica and KV calls", "routers and clients")
     parser.add_argument("--data", type=Path, required=True, help="data directory (LMDB)")
     parser.add_argument(
         "--no-sync",

@@ -202,9 +202,9 @@ def certificate_problem(names: frozenset[str], shown: Sequence[str]) -> str | No
 def admission(
     auth: NodeAuth, authorization: str, shown: Sequence[str]
 ) -> tuple[grpc.StatusCode, str] | None:
-    """Whether a connection to the exchange port (exchange_listener.py) that sent this
-    authorization and whose certificate shows these names may send frames: None if so,
-    else the status and reason a call would have been refused with."""
+    """Whether a connection to the node's exchange port (shardkv.serving.exchange_listener)
+    that sent this authorization and whose certificate shows these names may send frames:
+    None if so, else the status and reason a call would have been refused with."""
     if auth.token:
         reason = token_problem(
             f"Bearer {auth.token}".encode(), [authorization] if authorization else []

@@ -11,12 +11,11 @@
 - ``key_reads``    the per-key read path for the rest, and read repair.
 - ``outcomes``, ``framing``  what a request answers per key; records serialized once.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
-- ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch;
+- ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch,
+  as frames on one TCP connection to its exchange port (shardkv.common.exchange_connection);
   ``node_calls`` its direct calls (bulk, operations, Fence), each carrying its epoch;
   ``node_link`` what the coordinator needs of it.
 - ``coalescer``    many concurrent items for one node sent as one batched call.
-- ``node_connection`` those calls as frames on one TCP connection per node, to its
-  exchange port.
 - ``read_budget``  bytes of records one read may hold, and whether its answer fits.
 - ``scan``         fan-out of a range scan to the nodes, merged into one ordered page of
   what each key's owners hold.

@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 import pytest
 from faults.proxy import FaultProxy
-from harness import Cluster
+from harness import Cluster, free_port, router_proc
 from shardkv.client import AsyncClient, Client, DeadlineExceeded, RetryPolicy
 from shardkv.v1 import kv_pb2
 
@@ -158,3 +158,38 @@ def test_thread_retry_never_resends_a_put_whose_caller_gave_up(
         assert direct.get(KEY) == b"B", "the put that timed out landed after the later one"
     assert sent.carrying(b"patient", after=gave_up) >= 1, "the batch was retried afterwards"
     assert sent.carrying(KEY, after=gave_up) == 0, "A was sent after its caller gave up"
+
+
+@pytest.mark.timeout(90)
+def test_async_retry_over_frames_never_resends_a_put_whose_caller_gave_up(
+    cluster: Cluster,
+) -> None:
+    """The same scenario with the SDK's KV calls as frames on the router's exchange port
+    (no interceptor: frames), both of the router's ports behind the proxy."""
+    port, exchange = free_port(), free_port()
+    proxy = FaultProxy(f"127.0.0.1:{port}", f"127.0.0.1:{exchange}").start()
+    advertised = proxy.addresses[1].rpartition(":")[2]
+    extra = ["--exchange-port", str(exchange), "--advertise-exchange-port", advertised]
+    cluster.routers.append(router_proc(cluster.base, cluster.config, "r2", port=port, extra=extra))
+    cluster.routers[-1].start()
+
+    async def scenario() -> None:
+        async with AsyncClient(proxy.address, retry=PATIENT) as kv:
+            await kv.put("warm-up", b"x")
+            assert kv.frames_answered == 1, "the put went as a frame, through the proxy"
+            proxy.cut()
+            patient = asyncio.ensure_future(kv.put("patient", b"v", timeout=30))
+            with pytest.raises(DeadlineExceeded):
+                await kv.put(KEY, b"A", timeout=1.0)
+            with Client(cluster.router.address) as direct:
+                direct.put(KEY, b"B")  # the caller's next put: acknowledged
+            proxy.heal()
+            assert isinstance(await patient, int)
+            assert kv.frames_answered >= 2, "the retried batch went as a frame"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.stop()
+    with Client(cluster.router.address) as direct:
+        assert direct.get(KEY) == b"B", "the put that timed out landed after the later one"

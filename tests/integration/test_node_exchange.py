@@ -1,5 +1,5 @@
 """The router's coalesced Apply and Read calls travel as frames on one connection per node
-to its exchange port (router/requests/node_connection.py, shardd/exchange_listener.py) and
+to its exchange port (common/exchange_connection.py, serving/exchange_listener.py) and
 behave exactly as the unary calls they replace: fenced under the epoch each carries,
 answered with the same status, counted by the node as the calls they replace, bounded by
 their deadline even when the node stops answering (or reading), and served again once a

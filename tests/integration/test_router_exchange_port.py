@@ -18,7 +18,7 @@ import exchange_wire as wire
 import grpc
 import pytest
 from harness import Cluster, free_port, router_proc, start_cluster, stopped_after
-from shardkv.client import AsyncClient, InvalidArgument
+from shardkv.client import AsyncClient, InvalidArgument, ShardKVError
 from shardkv.v1 import exchange_pb2, kv_pb2, kv_pb2_grpc
 
 TOKEN = "router-exchange-tok-51c2"
@@ -144,16 +144,25 @@ def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(cluster: Cluste
 
 
 @pytest.mark.timeout(90)
-def test_the_sdk_uses_grpc_when_the_exchange_port_cannot_be_reached(
-    cluster: Cluster, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("behind", ["nothing", "grpc"])
+def test_the_sdk_uses_grpc_when_the_exchange_port_cannot_be_used(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, behind: str
 ) -> None:
-    unreachable = free_port()
-    token_file = cluster.base / "token"
+    """The advertised port has nothing listening, or another protocol (the router's own
+    gRPC port, which answers the hello with HTTP/2): calls go by gRPC, with a warning."""
+    port = free_port()
+    advertised = free_port() if behind == "nothing" else port
     stray = router_proc(
         cluster.base,
         cluster.config,
         "r2",
-        extra=["--token-file", str(token_file), "--advertise-exchange-port", str(unreachable)],
+        port=port,
+        extra=[
+            "--token-file",
+            str(cluster.base / "token"),
+            "--advertise-exchange-port",
+            str(advertised),
+        ],
     )
     cluster.routers.append(stray.start())
 
@@ -164,4 +173,26 @@ def test_the_sdk_uses_grpc_when_the_exchange_port_cannot_be_reached(
             assert kv.frames_answered == 0
 
     asyncio.run(main())
-    assert f"127.0.0.1:{unreachable}" in caplog.text and "gRPC calls for" in caplog.text
+    assert f"127.0.0.1:{advertised}" in caplog.text and "gRPC calls for" in caplog.text
+
+
+@pytest.mark.timeout(90)
+def test_calls_beyond_the_frames_a_connection_runs_go_by_grpc(cluster: Cluster) -> None:
+    """300 calls at once on one client: 256 frames run on the router's connection, the rest
+    go by gRPC; none is refused. A request over the message limit fails alone, as on
+    gRPC, and the connection serves on."""
+
+    async def main() -> None:
+        async with AsyncClient(cluster.router.address, bearer_token=TOKEN, timeout=20) as kv:
+            await kv.put_many({f"k{i}": b"v" for i in range(300)})
+            pages = await asyncio.gather(*(kv.get_many([f"k{i}"]) for i in range(300)))
+            assert all(page == {f"k{i}".encode(): b"v"} for i, page in enumerate(pages))
+            assert 256 <= kv.frames_answered < 301
+            answered = kv.frames_answered
+            huge = {f"big{i}": b"x" * (1 << 20) for i in range(40)}  # 40 MiB in one call
+            with pytest.raises(ShardKVError):
+                await kv.put_many(huge)
+            assert await kv.get("k1") == b"v"
+            assert kv.frames_answered == answered + 1
+
+    asyncio.run(main())

@@ -1,0 +1,120 @@
+"""The caller's side of an exchange port against a scripted server on a real TCP port:
+which deadlines close a connection, and which only fail their own frame.
+
+A frame's deadline closes the connection only when that frame is the oldest in flight and
+the server answered nothing for its whole wait (a stopped server or a dead link); a
+younger frame that times out behind a slow one fails alone, and the slow one is answered,
+as two gRPC calls on one channel would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from shardkv.common.exchange_connection import ExchangeConnection
+from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.v1 import exchange_pb2
+
+SLOW = "/test.Slow/Call"
+FAST = "/test.Fast/Call"
+
+
+async def _message(reader: asyncio.StreamReader) -> bytes:
+    (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
+    return await reader.readexactly(length)
+
+
+def _send(writer: asyncio.StreamWriter, reply: exchange_pb2.ExchangeReply) -> None:
+    data = reply.SerializeToString()
+    writer.write(LENGTH_PREFIX.pack(len(data)) + data)
+
+
+class ScriptedServer:
+    """Welcomes every connection; answers SLOW frames after slow_s with their request
+    bytes, and FAST frames never (a call stuck behind other work)."""
+
+    def __init__(self, slow_s: float) -> None:
+        self.slow_s = slow_s
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        await _message(reader)  # the hello
+        _send(writer, exchange_pb2.ExchangeReply())
+        try:
+            while True:
+                frame = exchange_pb2.ExchangeFrame.FromString(await _message(reader))
+                if frame.method == SLOW:
+                    asyncio.get_running_loop().call_later(
+                        self.slow_s,
+                        _send,
+                        writer,
+                        exchange_pb2.ExchangeReply(id=frame.id, response=frame.request),
+                    )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def _connection(port: int) -> ExchangeConnection:
+    async def lookup(timeout: float) -> int:
+        return port
+
+    return ExchangeConnection(
+        "scripted server",
+        "127.0.0.1:1",
+        exchange_port=lookup,
+        tls=None,
+        authorization="",
+        max_message_bytes=1 << 20,
+        connect_timeout_s=2.0,
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_younger_frames_deadline_leaves_the_connection_to_the_older_one() -> None:
+    async def main() -> None:
+        server = ScriptedServer(slow_s=0.8)
+        connection = _connection(await server.start())
+        try:
+            slow = asyncio.ensure_future(connection.send(SLOW, b"written", 5.0, {}))
+            await asyncio.sleep(0.05)
+            with pytest.raises(grpc.aio.AioRpcError) as fast:
+                await connection.send(FAST, b"", 0.2, {})
+            assert fast.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await slow == b"written", "the older frame was answered on its connection"
+            assert server.connections == 1
+        finally:
+            await connection.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_the_connection() -> None:
+    async def main() -> None:
+        server = ScriptedServer(slow_s=0.8)
+        connection = _connection(await server.start())
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as silent:
+                await connection.send(FAST, b"", 0.2, {})
+            assert silent.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # A new connection serves the next frame.
+            assert await connection.send(SLOW, b"again", 5.0, {}) == b"again"
+            assert server.connections == 2
+        finally:
+            await connection.close()
+            await server.stop()
+
+    asyncio.run(main())
