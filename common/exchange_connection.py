@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
-from shardkv.common import requestid
+from shardkv.common import keepalive, requestid
 from shardkv.common.rpc_status import rpc_error, status_code
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING, varint
 from shardkv.v1 import exchange_pb2
@@ -320,6 +320,7 @@ class ExchangeConnection:
             log.warning("cannot open %s: %r; gRPC calls for %g s", where, exc, UNARY_S)
             self._unary_until = loop.time() + UNARY_S
             return None
+        keepalive.enable(writer.transport)
         connection = _Connection(reader, writer)
         try:
             async with asyncio.timeout(self._connect_timeout_s):

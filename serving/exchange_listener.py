@@ -33,6 +33,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from shardkv.common import keepalive
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING
 from shardkv.serving.exchange_server import FrameServer, Refusal, status_reply
 from shardkv.v1 import exchange_pb2
@@ -152,6 +153,7 @@ class ExchangeListener:
             writer.close()
             return
         self._connections.add(task)
+        keepalive.enable(writer.transport)
         try:
             await self._serve(reader, writer)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
 
 from google.protobuf.message import Message
 from shardkv.v1 import exchange_pb2
@@ -56,3 +57,21 @@ def _exactly(sock: socket.socket, count: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+def keepalive_ends(port: int) -> tuple[int, int]:
+    """Of the established TCP connections to port on this host, how many ends, the
+    server's (local port = port) and the callers' (peer port = port), have a keepalive
+    timer running (`ss -o`, as an operator would look)."""
+    listing = subprocess.run(
+        ["ss", "-tno", "state", "established"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[1:]
+    server = caller = 0
+    for line in listing:
+        fields = line.split()
+        if len(fields) < 4 or "keepalive" not in line:
+            continue
+        local, peer = fields[2].rpartition(":")[2], fields[3].rpartition(":")[2]
+        server += local == str(port)
+        caller += peer == str(port)
+    return server, caller

@@ -10,8 +10,9 @@ advertised port cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import exchange_wire as wire
@@ -50,6 +51,17 @@ def _get(address: str, key: bytes) -> kv_pb2.GetResponse:
         kv = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
         metadata = (("authorization", f"Bearer {TOKEN}"),)
         return kv.Get(kv_pb2.GetRequest(key=key), metadata=metadata, timeout=5)  # type: ignore[no-any-return]
+
+
+async def _eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
+    """Whether condition holds within timeout_s (a reply's bytes may still be unacked,
+    when ss shows the retransmit timer in place of keepalive's)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def _write(frame_id: int, key: bytes) -> bytes:
@@ -135,6 +147,9 @@ def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(cluster: Cluste
                 await kv.put("x" * 10_000, b"too long a key")
             assert kv.frames_answered >= 6
             answered = kv.frames_answered
+            # Both ends of the connection probe a peer that may have died silently.
+            port = _exchange_port(cluster.router.address)
+            assert await _eventually(lambda: wire.keepalive_ends(port) == (1, 1))
         # frames=False keeps every call on gRPC.
         async with AsyncClient(cluster.router.address, bearer_token=TOKEN, frames=False) as kv:
             assert await kv.get("b") == b"2" and kv.frames_answered == 0
