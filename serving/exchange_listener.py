@@ -169,7 +169,6 @@ class ExchangeListener:
                 hello = _parse(exchange_pb2.ExchangeHello, hello_bytes, "hello")
             refusal = self._admission(hello.authorization, _certificate_names(writer))
             if refusal is not None:
-                log.warning("refused exchange connection from %s: %s", peer, refusal[1])
                 raise Refusal(*refusal)
             await _send(writer, self._welcome)  # id 0, code OK: admitted
             loop = asyncio.get_running_loop()
@@ -188,15 +187,19 @@ class ExchangeListener:
                     group.add(task)
                     task.add_done_callback(group.discard)
         except Refusal as refused:
-            log.warning("exchange connection from %s closed: %s", peer, refused.details)
+            log.warning("refused exchange connection from %s: %s", peer, refused.details)
             await _send(writer, status_reply(0, refused.code, refused.details))
         except TimeoutError:
             log.warning("exchange connection from %s sent no hello in time", peer)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass  # the caller went away (or stopped mid-message): nobody is left to answer
-        finally:
-            if running:  # answered while the connection lasts; stop() bounds the wait
-                await asyncio.wait(running)
+        # Nobody is left to take the answers of the frames still running: they are
+        # cancelled, as gRPC cancels the calls of a connection that ends. (A server
+        # stopping cancels this task instead, and stop() gives them the grace.)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
 
     async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes:
         (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))

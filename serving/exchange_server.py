@@ -136,6 +136,10 @@ class FrameServer:
             header.message = aborted.details
             header.trailing.update(context.trailing)
             reply = header.SerializeToString()
+        except asyncio.CancelledError:  # the connection ended: counted, never answered
+            message = "the caller's exchange connection ended"
+            self._observe(frame.method, rid, started, grpc.StatusCode.CANCELLED, message, peer)
+            raise
         except TimeoutError:
             header.code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
             header.message = f"frame deadline of {frame.timeout_ms} ms passed on the server"

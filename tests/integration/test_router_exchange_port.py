@@ -10,6 +10,7 @@ advertised port cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -211,3 +212,34 @@ def test_calls_beyond_the_frames_a_connection_runs_go_by_grpc(cluster: Cluster) 
             assert kv.frames_answered == answered + 1
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(90)
+def test_frames_of_a_connection_that_ends_are_cancelled(cluster: Cluster) -> None:
+    """A caller gone mid-frame leaves nobody to answer: the router cancels the frame's
+    call, as gRPC cancels the calls of a connection that ends, instead of working on it
+    until its deadline (here 20 s: every node is stopped)."""
+    router = cluster.router
+    port = _exchange_port(router.address)
+    for node in cluster.nodes:
+        node.signal(signal.SIGSTOP)
+    try:
+        with wire.connect(port) as sock:
+            assert wire.hello(sock, f"Bearer {TOKEN}") is not None
+            read = exchange_pb2.ExchangeFrame(
+                id=1,
+                method=BATCH_GET,
+                request=kv_pb2.BatchGetRequest(keys=[b"stuck"]).SerializeToString(),
+                timeout_ms=20_000,
+            )
+            wire.send(sock, read.SerializeToString())
+            time.sleep(0.3)
+        left = time.monotonic()
+        while "code=CANCELLED" not in router.log():
+            assert time.monotonic() - left < 5, router.log()[-3000:]
+            time.sleep(0.05)
+        assert "method=/shardkv.v1.KV/BatchGet code=CANCELLED" in router.log()
+    finally:
+        for node in cluster.nodes:
+            node.signal(signal.SIGCONT)
+    assert _get(router.address, b"stuck").found is False
