@@ -33,12 +33,12 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive, requestid
+from shardkv.common.exchange_outbox import Connection, Queued, timeout_ms
 from shardkv.common.rpc_status import rpc_error, status_code
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING, varint
 from shardkv.v1 import exchange_pb2
@@ -50,46 +50,9 @@ _REQUEST_TAG = b"\x1a"
 # How long calls go by gRPC once the exchange port is missing or unreachable, before the
 # caller asks for it and tries it again.
 UNARY_S = 30.0
-# The longest deadline a frame carries (ExchangeFrame.timeout_ms is 32 bits).
-_MAX_TIMEOUT_MS = 2**32 - 1
 Reply = exchange_pb2.ExchangeReply
 # Asks the server for its exchange port (0: it has none), within timeout seconds.
 PortLookup = Callable[[float], Awaitable[int]]
-
-
-@dataclass(eq=False)
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    # When the server last answered a frame on it (loop time).
-    answered_at: float = 0.0
-    # Bytes written to it so far.
-    written: int = 0
-
-    def write(self, data: bytes) -> int:
-        """Writes one message; returns the offset its last byte ends at."""
-        self.writer.write(LENGTH_PREFIX.pack(len(data)) + data)
-        self.written += LENGTH_PREFIX.size + len(data)
-        return self.written
-
-    def taken(self) -> int:
-        """How many of the bytes written the kernel has taken (the server may be reading)."""
-        return self.written - self.writer.transport.get_write_buffer_size()
-
-
-@dataclass(eq=False)
-class _Queued:
-    """A frame waiting for the connection to open: its deadline goes out as the time left
-    when it is written, so the server never works on it past the caller's wait."""
-
-    frame_id: int
-    header: exchange_pb2.ExchangeFrame
-    payload: bytes
-    deadline: float
-
-    def data(self, now: float) -> bytes:
-        self.header.timeout_ms = max(1, int((self.deadline - now) * 1000))
-        return self.header.SerializeToString() + self.payload
 
 
 class ExchangeConnection:
@@ -123,16 +86,16 @@ class ExchangeConnection:
         self._max_reply = max_message_bytes + FRAME_OVERHEAD
         self._connect_timeout_s = connect_timeout_s
         self._refused = refused
-        self._connection: _Connection | None = None
+        self._connection: Connection | None = None
         # Frames to write, in order, by one _drain task at a time (which opens the
         # connection first when there is none).
-        self._outbox: deque[_Queued] = deque()
+        self._outbox: deque[Queued] = deque()
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         # The connection each frame in flight was written on (failed with it if it ends),
         # and the offset its bytes end at.
-        self._carrier: dict[int, tuple[_Connection, int]] = {}
+        self._carrier: dict[int, tuple[Connection, int]] = {}
         self._closed = False
         self._ids = itertools.count(1)
         # Until then (loop time) the caller sends gRPC calls: the server advertised no
@@ -165,7 +128,7 @@ class ExchangeConnection:
             method=method,
             metadata=metadata,
             request_id=requestid.current.get() or "",
-            timeout_ms=min(_MAX_TIMEOUT_MS, max(1, int(timeout * 1000))),
+            timeout_ms=timeout_ms(timeout),
         )
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
@@ -176,7 +139,7 @@ class ExchangeConnection:
             end = connection.write(header.SerializeToString() + payload)
             self._carrier[frame_id] = (connection, end)
         else:
-            self._outbox.append(_Queued(frame_id, header, payload, loop.time() + timeout))
+            self._outbox.append(Queued(frame_id, header, payload, loop.time() + timeout))
             if not self._draining:
                 self._draining = True
                 self._spawn(self._drain())
@@ -292,7 +255,7 @@ class ExchangeConnection:
         while self._outbox:
             self._fail(self._outbox.popleft().frame_id, error)
 
-    async def _connect(self) -> _Connection | None:
+    async def _connect(self) -> Connection | None:
         """Opens the connection and passes the hello; None when frames are to go as unary
         calls for UNARY_S: the server advertises no exchange port, or answers on
         its gRPC port but cannot be reached on its exchange port (a firewall that lets one
@@ -321,7 +284,7 @@ class ExchangeConnection:
             self._unary_until = loop.time() + UNARY_S
             return None
         keepalive.enable(writer.transport)
-        connection = _Connection(reader, writer)
+        connection = Connection(reader, writer)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 connection.write(self._hello)
@@ -348,13 +311,29 @@ class ExchangeConnection:
             raise DecodeError(f"reply of {length} bytes exceeds {self._max_reply}")
         return Reply.FromString(await reader.readexactly(length))
 
-    async def _read(self, connection: _Connection) -> None:
+    def _going_away(self, connection: Connection, reply: Reply) -> None:
+        """The server stops: the frames it did not read (after last_id) fail with its
+        status, so their callers may send them elsewhere; the others are still answered
+        on this connection, and the next frame opens a new one."""
+        if self._connection is connection:
+            self._connection = None
+        message = f"{self._name}: {reply.message}; the frame was not read"
+        unread = rpc_error(status_code(reply.code), message)
+        carried = [f for f, (c, _) in self._carrier.items() if c is connection]
+        for frame_id in carried:
+            if frame_id > reply.last_id:
+                self._fail(frame_id, unread)
+
+    async def _read(self, connection: Connection) -> None:
         """Hands each reply to its frame; when the connection ends, fails the frames left."""
         loop = asyncio.get_running_loop()
         failure: grpc.aio.AioRpcError
         try:
             while True:
                 reply = await self._message(connection.reader)
+                if reply.id == 0 and reply.HasField("last_id"):
+                    self._going_away(connection, reply)
+                    continue
                 if reply.id == 0:  # the server closes the connection, saying why
                     code = status_code(reply.code)
                     failure = rpc_error(

@@ -129,8 +129,9 @@ class ExchangeListener:
         return int(server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float) -> None:
-        """Stops accepting and reading; frames already running get up to grace seconds to
-        be answered, then every connection is closed."""
+        """Stops accepting and reading, telling each caller the last frame read (the
+        others may go elsewhere); frames already running get up to grace seconds to be
+        answered, then every connection is closed."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -163,6 +164,7 @@ class ExchangeListener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
         running: set[asyncio.Task[None]] = set()
+        last_id = 0  # the newest frame read
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
                 hello_bytes = await self._message(reader, MAX_HELLO_BYTES)
@@ -177,6 +179,7 @@ class ExchangeListener:
                 frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
                 if frame.id == 0:
                     raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
+                last_id = max(last_id, frame.id)
                 if len(running) >= MAX_FRAMES_RUNNING:
                     message = f"{MAX_FRAMES_RUNNING} frames already running on this connection"
                     reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
@@ -186,6 +189,14 @@ class ExchangeListener:
                 for group in (running, self._running):
                     group.add(task)
                     task.add_done_callback(group.discard)
+        except asyncio.CancelledError:
+            # The server stops (stop()): the caller learns which frames were read, which
+            # are answered within the grace, and sends the others elsewhere.
+            if not writer.is_closing():
+                writer.write(_framed(_going_away(last_id)))
+            if running:
+                await asyncio.wait(running)
+            raise
         except Refusal as refused:
             log.warning("refused exchange connection from %s: %s", peer, refused.details)
             await _send(writer, status_reply(0, refused.code, refused.details))
@@ -227,12 +238,24 @@ def _parse(kind: type[M], data: bytes, what: str) -> M:
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"not an exchange {what}: {exc}") from exc
 
 
+def _going_away(last_id: int) -> bytes:
+    code = grpc.StatusCode.UNAVAILABLE.value[0]
+    message = "server stopping"
+    return exchange_pb2.ExchangeReply(
+        code=code, message=message, last_id=last_id
+    ).SerializeToString()
+
+
+def _framed(message: bytes) -> bytes:
+    return LENGTH_PREFIX.pack(len(message)) + message
+
+
 async def _send(writer: asyncio.StreamWriter, message: bytes) -> None:
     """Writes one message and waits while the peer is slow to read. A connection that
     closed meanwhile has nobody to answer: the message is dropped."""
     if writer.is_closing():
         return
-    writer.write(LENGTH_PREFIX.pack(len(message)) + message)
+    writer.write(_framed(message))
     try:
         await writer.drain()
     except ConnectionError:

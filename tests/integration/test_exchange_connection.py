@@ -33,10 +33,13 @@ def _send(writer: asyncio.StreamWriter, reply: exchange_pb2.ExchangeReply) -> No
 
 class ScriptedServer:
     """Welcomes every connection; answers SLOW frames after slow_s with their request
-    bytes, and FAST frames never (a call stuck behind other work)."""
+    bytes, and FAST frames never (a call stuck behind other work). With stop_after, the
+    server stops once it has read that many frames: it says which it read (last_id),
+    answers those, and reads no more."""
 
-    def __init__(self, slow_s: float) -> None:
+    def __init__(self, slow_s: float, stop_after: int = 0) -> None:
         self.slow_s = slow_s
+        self.stop_after = stop_after
         self.connections = 0
         self._server: asyncio.Server | None = None
 
@@ -55,6 +58,12 @@ class ScriptedServer:
         try:
             while True:
                 frame = exchange_pb2.ExchangeFrame.FromString(await _message(reader))
+                if frame.id == self.stop_after:
+                    going = exchange_pb2.ExchangeReply(code=14, message="stopping", last_id=1)
+                    _send(writer, going)
+                    await asyncio.sleep(self.slow_s + 0.2)  # frame 1's answer leaves
+                    writer.close()
+                    return
                 if frame.method == SLOW:
                     asyncio.get_running_loop().call_later(
                         self.slow_s,
@@ -113,6 +122,28 @@ def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_the_connection() 
             # A new connection serves the next frame.
             assert await connection.send(SLOW, b"again", 5.0, {}) == b"again"
             assert server.connections == 2
+        finally:
+            await connection.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_frames_a_stopping_server_did_not_read_fail_at_once() -> None:
+    async def main() -> None:
+        server = ScriptedServer(slow_s=0.5, stop_after=2)
+        connection = _connection(await server.start())
+        try:
+            read = asyncio.ensure_future(connection.send(SLOW, b"read", 5.0, {}))
+            await asyncio.sleep(0.05)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(grpc.aio.AioRpcError) as unread:
+                await connection.send(SLOW, b"unread", 5.0, {})
+            assert unread.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "not read" in (unread.value.details() or "")
+            assert asyncio.get_running_loop().time() - started < 0.4, "failed at once"
+            assert await read == b"read", "the frame read was still answered"
         finally:
             await connection.close()
             await server.stop()

@@ -243,3 +243,35 @@ def test_frames_of_a_connection_that_ends_are_cancelled(cluster: Cluster) -> Non
         for node in cluster.nodes:
             node.signal(signal.SIGCONT)
     assert _get(router.address, b"stuck").found is False
+
+
+@pytest.mark.timeout(90)
+def test_a_stopping_router_says_which_frames_it_read_and_answers_them(cluster: Cluster) -> None:
+    """SIGTERM with a frame running: the router tells the connection the last frame it
+    read (gRPC's GOAWAY), answers that frame within its grace, never reads the next, and
+    closes; a caller may send the unread frame elsewhere, knowing it was not applied."""
+    router = cluster.router
+    port = _exchange_port(router.address)
+    for node in cluster.nodes:
+        node.signal(signal.SIGSTOP)  # the write waits for its owners
+    try:
+        with wire.connect(port) as sock:
+            assert wire.hello(sock, f"Bearer {TOKEN}") is not None
+            wire.send(sock, _write(1, b"in-flight"))
+            time.sleep(0.3)
+            router.signal(signal.SIGTERM)
+            going = wire.reply(sock)
+            assert going is not None and going.id == 0 and going.HasField("last_id"), going
+            assert going.last_id == 1 and going.code == grpc.StatusCode.UNAVAILABLE.value[0]
+            wire.send(sock, _write(2, b"unread"))
+            for node in cluster.nodes:
+                node.signal(signal.SIGCONT)
+            answered = wire.reply(sock)
+            assert answered is not None and answered.id == 1, answered
+            assert wire.reply(sock) is None, "frame 2 was answered, or the connection stayed"
+    finally:
+        for node in cluster.nodes:
+            node.signal(signal.SIGCONT)
+    assert router.stop() == 0
+    router.restart()
+    assert _get(router.address, b"unread").found is False

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shardkv/v1/exchange.proto\x12\nshardkv.v1\"&\n\rExchangeHello\x12\x15\n\rauthorization\x18\x01 \x01(\t\"\xd0\x01\n\rExchangeFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\x0c\x12\x39\n\x08metadata\x18\x04 \x03(\x0b\x32\'.shardkv.v1.ExchangeFrame.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x01\n\rExchangeReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x39\n\x08trailing\x18\x04 \x03(\x0b\x32\'.shardkv.v1.ExchangeReply.TrailingEntry\x12\x10\n\x08response\x18\x05 \x01(\x0c\x1a/\n\rTrailingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19shardkv/v1/exchange.proto\x12\nshardkv.v1\"&\n\rExchangeHello\x12\x15\n\rauthorization\x18\x01 \x01(\t\"\xd0\x01\n\rExchangeFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0f\n\x07request\x18\x03 \x01(\x0c\x12\x39\n\x08metadata\x18\x04 \x03(\x0b\x32\'.shardkv.v1.ExchangeFrame.MetadataEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xda\x01\n\rExchangeReply\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x39\n\x08trailing\x18\x04 \x03(\x0b\x32\'.shardkv.v1.ExchangeReply.TrailingEntry\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x14\n\x07last_id\x18\x06 \x01(\x04H\x00\x88\x01\x01\x1a/\n\rTrailingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08_last_idb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXCHANGEFRAME_METADATAENTRY']._serialized_start=243
   _globals['_EXCHANGEFRAME_METADATAENTRY']._serialized_end=290
   _globals['_EXCHANGEREPLY']._serialized_start=293
-  _globals['_EXCHANGEREPLY']._serialized_end=477
-  _globals['_EXCHANGEREPLY_TRAILINGENTRY']._serialized_start=430
-  _globals['_EXCHANGEREPLY_TRAILINGENTRY']._serialized_end=477
+  _globals['_EXCHANGEREPLY']._serialized_end=511
+  _globals['_EXCHANGEREPLY_TRAILINGENTRY']._serialized_start=452
+  _globals['_EXCHANGEREPLY_TRAILINGENTRY']._serialized_end=499
 # @@protoc_insertion_point(module_scope)

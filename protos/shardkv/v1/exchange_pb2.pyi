@@ -36,7 +36,7 @@ class ExchangeFrame(_message.Message):
     def __init__(self, id: _Optional[int] = ..., method: _Optional[str] = ..., request: _Optional[bytes] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ExchangeReply(_message.Message):
-    __slots__ = ("id", "code", "message", "trailing", "response")
+    __slots__ = ("id", "code", "message", "trailing", "response", "last_id")
     class TrailingEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,9 +49,11 @@ class ExchangeReply(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRAILING_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     code: int
     message: str
     trailing: _containers.ScalarMap[str, str]
     response: bytes
-    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., trailing: _Optional[_Mapping[str, str]] = ..., response: _Optional[bytes] = ...) -> None: ...
+    last_id: int
+    def __init__(self, id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., trailing: _Optional[_Mapping[str, str]] = ..., response: _Optional[bytes] = ..., last_id: _Optional[int] = ...) -> None: ...

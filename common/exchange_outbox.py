@@ -1,0 +1,56 @@
+"""What ExchangeConnection (exchange_connection.py) keeps of an open connection and of a
+frame waiting for one: write offsets, to tell a server that stopped reading from a slow
+one, and the deadline a queued frame still has when it is finally written."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.v1 import exchange_pb2
+
+# The longest deadline a frame carries (ExchangeFrame.timeout_ms is 32 bits).
+MAX_TIMEOUT_MS = 2**32 - 1
+
+
+@dataclass(eq=False)
+class Connection:
+    """An open exchange connection, with what its frames' deadlines look at."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    # When the server last answered a frame on it (loop time).
+    answered_at: float = 0.0
+    # Bytes written to it so far.
+    written: int = 0
+
+    def write(self, data: bytes) -> int:
+        """Writes one message; returns the offset its last byte ends at."""
+        self.writer.write(LENGTH_PREFIX.pack(len(data)) + data)
+        self.written += LENGTH_PREFIX.size + len(data)
+        return self.written
+
+    def taken(self) -> int:
+        """How many of the bytes written the kernel has taken (the server may be reading)."""
+        return self.written - self.writer.transport.get_write_buffer_size()
+
+
+@dataclass(eq=False)
+class Queued:
+    """A frame waiting for the connection to open: its deadline goes out as the time left
+    when it is written, so the server never works on it past the caller's wait."""
+
+    frame_id: int
+    header: exchange_pb2.ExchangeFrame
+    payload: bytes
+    deadline: float
+
+    def data(self, now: float) -> bytes:
+        self.header.timeout_ms = timeout_ms(self.deadline - now)
+        return self.header.SerializeToString() + self.payload
+
+
+def timeout_ms(seconds: float) -> int:
+    """A frame's deadline on the wire: at least 1 ms, at most MAX_TIMEOUT_MS."""
+    return min(MAX_TIMEOUT_MS, max(1, int(seconds * 1000)))
