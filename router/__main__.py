@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrent-rpcs",
         type=int,
         default=4096,
-        help="calls beyond this many in flight get RESOURCE_EXHAUSTED",
+        help="calls beyond this many in flight get RESOURCE_EXHAUSTED (on the gRPC port, and"
+        " counted apart, on the exchange port)",
     )
     parser.add_argument(
         "--max-queued-per-node",

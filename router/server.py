@@ -226,6 +226,7 @@ class RouterServer:
             tls=(served_tls.cert, served_tls.key, served_tls.client_ca) if served_tls else None,
             max_message_bytes=config.limits.max_message_bytes,
             connections=config.connections,
+            max_running=config.max_concurrent_rpcs,
         )
         admin_pb2_grpc.add_AdminServicer_to_server(  # type: ignore[no-untyped-call]
             AdminService(

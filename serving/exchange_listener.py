@@ -100,14 +100,18 @@ class ExchangeListener:
         max_message_bytes: int,
         handshake_timeout_s: float,
         max_connections: int,
+        max_running: int,
     ) -> None:
         """max_connections: connections at once, admitted or not (as the gRPC port's
         bound: a peer that keeps opening connections can hold the ones not admitted yet
-        for the handshake timeout each, no longer); welcome: the trailing metadata of the
+        for the handshake timeout each, no longer); max_running: frames served at once
+        over all connections (the server's --max-concurrent-rpcs, as on its gRPC port);
+        welcome: the trailing metadata of the
         answer to an admitted hello (naming the server, which callers may check)."""
         self._frames = frames
         self._welcome = exchange_pb2.ExchangeReply(trailing=welcome).SerializeToString()
         self._max_connections = max_connections
+        self._max_running = max_running
         self._admission = admission
         self._tls = tls
         self._max_bytes = max_message_bytes + FRAME_OVERHEAD
@@ -180,9 +184,9 @@ class ExchangeListener:
                 if frame.id == 0:
                     raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
                 last_id = max(last_id, frame.id)
-                if len(running) >= MAX_FRAMES_RUNNING:
-                    message = f"{MAX_FRAMES_RUNNING} frames already running on this connection"
-                    reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+                busy = self._busy(len(running))
+                if busy is not None:
+                    reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
                     await _send(writer, reply)
                     continue
                 task = loop.create_task(self._answer(frame, writer, peer))
@@ -211,6 +215,15 @@ class ExchangeListener:
             task.cancel()
         if running:
             await asyncio.wait(running)
+
+    def _busy(self, running: int) -> str | None:
+        """Why a frame is refused for load (RESOURCE_EXHAUSTED, as gRPC refuses calls
+        beyond maximum_concurrent_rpcs); None when it may run."""
+        if running >= MAX_FRAMES_RUNNING:
+            return f"{MAX_FRAMES_RUNNING} frames already running on this connection"
+        if len(self._running) >= self._max_running:
+            return f"{self._max_running} frames already running on this server"
+        return None
 
     async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes:
         (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))

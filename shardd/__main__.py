@@ -120,7 +120,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         "--max-concurrent-rpcs",
         type=_positive,
         default=2048,
-        help="calls beyond this many in flight get RESOURCE_EXHAUSTED",
+        help="calls beyond this many in flight get RESOURCE_EXHAUSTED (on the gRPC port, and"
+        " counted apart, on the exchange port)",
     )
     parser.add_argument(
         "--max-pending-writes",

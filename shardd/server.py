@@ -191,6 +191,7 @@ class ShardServer:
             max_message_bytes=config.limits.max_message_bytes,
             handshake_timeout_s=config.connections.handshake_timeout_s,
             max_connections=config.connections.max_connections or default_bound(descriptor_limit()),
+            max_running=config.max_concurrent_rpcs,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

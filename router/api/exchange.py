@@ -32,6 +32,7 @@ def kv_exchange(
     tls: tuple[Path, Path, Path | None] | None,
     max_message_bytes: int,
     connections: ConnectionLimits,
+    max_running: int,
 ) -> ExchangeListener:
     """The listener serving kv's calls (tls: certificate, key and client CA files)."""
     try:
@@ -46,4 +47,5 @@ def kv_exchange(
         max_message_bytes=max_message_bytes,
         handshake_timeout_s=connections.handshake_timeout_s,
         max_connections=connections.max_connections or default_bound(descriptor_limit()),
+        max_running=max_running,
     )

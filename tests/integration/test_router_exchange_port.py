@@ -275,3 +275,35 @@ def test_a_stopping_router_says_which_frames_it_read_and_answers_them(cluster: C
     assert router.stop() == 0
     router.restart()
     assert _get(router.address, b"unread").found is False
+
+
+@pytest.mark.timeout(90)
+def test_frames_beyond_the_routers_concurrency_bound_are_refused(cluster: Cluster) -> None:
+    """--max-concurrent-rpcs bounds the frames running on the exchange port too (all its
+    connections together): one more is refused with RESOURCE_EXHAUSTED, alone."""
+    bounded = router_proc(
+        cluster.base,
+        cluster.config,
+        "r2",
+        extra=["--token-file", str(cluster.base / "token"), "--max-concurrent-rpcs", "2"],
+    )
+    cluster.routers.append(bounded.start())
+    port = _exchange_port(bounded.address)
+    for node in cluster.nodes:
+        node.signal(signal.SIGSTOP)  # writes wait for their owners
+    try:
+        with wire.connect(port) as first, wire.connect(port) as second:
+            for sock in (first, second):
+                assert wire.hello(sock, f"Bearer {TOKEN}") is not None
+            wire.send(first, _write(1, b"one"))
+            wire.send(second, _write(1, b"two"))
+            time.sleep(0.3)
+            wire.send(second, _write(2, b"three"))
+            refused = wire.reply(second)
+            assert refused is not None and refused.id == 2, refused
+            assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], refused
+            assert "2 frames already running on this server" in refused.message
+    finally:
+        for node in cluster.nodes:
+            node.signal(signal.SIGCONT)
+    assert _get(bounded.address, b"three").found is False
