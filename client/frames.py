@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +33,7 @@ from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.rpc_status import rpc_error
 from shardkv.v1 import kv_pb2
 
-from .transport import PemSource, TLSConfig
+from .transport import TLSConfig, read_pem
 
 log = logging.getLogger(__name__)
 
@@ -140,22 +139,15 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     """The TLS of tls for a plain connection, as its gRPC credentials: the router's
     certificate checked against ca (None: the system roots) and its host name, and the
     client certificate presented for mutual TLS."""
-    ca = _pem_text(tls.ca)
-    context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
+    ca = read_pem(tls.ca, "CA")
+    # cadata takes PEM as text (bytes would be DER).
+    context = ssl.create_default_context(cadata=ca.decode("ascii") if ca else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if isinstance(tls.cert, bytes) or isinstance(tls.key, bytes):
         raise ValueError("client certificate or key as PEM bytes: ssl loads them from files")
     if tls.cert is not None and tls.key is not None:
         context.load_cert_chain(tls.cert, tls.key, password=_no_password)
     return context
-
-
-def _pem_text(source: PemSource | None) -> str | None:
-    if source is None:
-        return None
-    if isinstance(source, bytes):
-        return source.decode("ascii")
-    return Path(source).read_text(encoding="ascii")
 
 
 def _no_password() -> str:

@@ -50,7 +50,7 @@ def split_targets(targets: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(parsed))
 
 
-def _pem(source: PemSource | None, what: str) -> bytes | None:
+def read_pem(source: PemSource | None, what: str) -> bytes | None:
     """PEM bytes as given, or read from the file a str/Path names."""
     if source is None or isinstance(source, bytes):
         return source
@@ -76,9 +76,9 @@ class TLSConfig:
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
-            root_certificates=_pem(self.ca, "CA"),
-            private_key=_pem(self.key, "key"),
-            certificate_chain=_pem(self.cert, "certificate"),
+            root_certificates=read_pem(self.ca, "CA"),
+            private_key=read_pem(self.key, "key"),
+            certificate_chain=read_pem(self.cert, "certificate"),
         )
 
 

@@ -217,13 +217,12 @@ class RouterServer:
             coordinator, self._clients, self.health, topology=topology, limits=config.limits
         )
         kv_pb2_grpc.add_KVServicer_to_server(kv, server)  # type: ignore[no-untyped-call]
-        served_tls = config.tls
         self._exchange = kv_exchange(
             kv,
             router_id=config.router_id,
             observe=telemetry.observe,
             client_token=config.client_token,
-            tls=(served_tls.cert, served_tls.key, served_tls.client_ca) if served_tls else None,
+            tls=config.tls,
             max_message_bytes=config.limits.max_message_bytes,
             connections=config.connections,
             max_running=config.max_concurrent_rpcs,

@@ -72,11 +72,17 @@ def default_bound(descriptors: int) -> int:
     return min(_INT_MAX - 1, max(MIN_CONNECTIONS, descriptors - reserve))
 
 
+def connection_bound(limits: ConnectionLimits) -> int:
+    """The connections a port holds at once: the configured bound, else what the
+    descriptor limit leaves room for (default_bound)."""
+    return limits.max_connections or default_bound(descriptor_limit())
+
+
 def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
     """gRPC server options enforcing limits (the bound read from the descriptor limit now);
     logs what they are."""
     descriptors = descriptor_limit()
-    bound = limits.max_connections or default_bound(descriptors)
+    bound = connection_bound(limits)
     options = [
         ("grpc.max_allowed_incoming_connections", bound),
         ("grpc.server_handshake_timeout_ms", _ms(limits.handshake_timeout_s)),

@@ -35,6 +35,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING
+from shardkv.serving.connections import ConnectionLimits, connection_bound
 from shardkv.serving.exchange_server import FrameServer, Refusal, status_reply
 from shardkv.v1 import exchange_pb2
 
@@ -98,24 +99,24 @@ class ExchangeListener:
         welcome: dict[str, str],
         tls: ssl.SSLContext | None,
         max_message_bytes: int,
-        handshake_timeout_s: float,
-        max_connections: int,
+        connections: ConnectionLimits,
         max_running: int,
     ) -> None:
-        """max_connections: connections at once, admitted or not (as the gRPC port's
-        bound: a peer that keeps opening connections can hold the ones not admitted yet
-        for the handshake timeout each, no longer); max_running: frames served at once
+        """connections: the server's bound on connections at once, admitted or not, and
+        its handshake timeout, as on its gRPC port (a peer that keeps opening connections
+        can hold the ones not admitted yet for the handshake timeout each, no longer; idle
+        and age limits are gRPC's, and TCP keepalive's here); max_running: frames served at once
         over all connections (the server's --max-concurrent-rpcs, as on its gRPC port);
         welcome: the trailing metadata of the
         answer to an admitted hello (naming the server, which callers may check)."""
         self._frames = frames
         self._welcome = exchange_pb2.ExchangeReply(trailing=welcome).SerializeToString()
-        self._max_connections = max_connections
+        self._max_connections = connection_bound(connections)
         self._max_running = max_running
         self._admission = admission
         self._tls = tls
         self._max_bytes = max_message_bytes + FRAME_OVERHEAD
-        self._handshake_timeout_s = handshake_timeout_s
+        self._handshake_timeout_s = connections.handshake_timeout_s
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._running: set[asyncio.Task[None]] = set()

@@ -27,8 +27,6 @@ from shardkv.common.wire import NODE_ID_KEY
 from shardkv.serving.connections import (
     DEFAULT_CONNECTIONS,
     ConnectionLimits,
-    default_bound,
-    descriptor_limit,
     server_options,
 )
 from shardkv.serving.exchange_listener import ExchangeListener, server_ssl_context
@@ -189,8 +187,7 @@ class ShardServer:
             welcome={NODE_ID_KEY: config.node_id},
             tls=exchange_tls,
             max_message_bytes=config.limits.max_message_bytes,
-            handshake_timeout_s=config.connections.handshake_timeout_s,
-            max_connections=config.connections.max_connections or default_bound(descriptor_limit()),
+            connections=config.connections,
             max_running=config.max_concurrent_rpcs,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

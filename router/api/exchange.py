@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ssl
 from functools import partial
-from pathlib import Path
 
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.security import SecurityError, client_admission
-from shardkv.serving.connections import ConnectionLimits, default_bound, descriptor_limit
+from shardkv.router.config import TlsConfig
+from shardkv.serving.connections import ConnectionLimits
 from shardkv.serving.exchange_listener import ExchangeListener, server_ssl_context
 from shardkv.serving.exchange_server import FrameServer, Observe, unary_methods
 from shardkv.v1 import kv_pb2
@@ -29,14 +29,14 @@ def kv_exchange(
     router_id: str,
     observe: Observe,
     client_token: str | None,
-    tls: tuple[Path, Path, Path | None] | None,
+    tls: TlsConfig | None,
     max_message_bytes: int,
     connections: ConnectionLimits,
     max_running: int,
 ) -> ExchangeListener:
-    """The listener serving kv's calls (tls: certificate, key and client CA files)."""
+    """The listener serving kv's calls, with the router's own TLS (as its gRPC port)."""
     try:
-        context: ssl.SSLContext | None = server_ssl_context(*tls) if tls else None
+        context = server_ssl_context(tls.cert, tls.key, tls.client_ca) if tls else None
     except (ssl.SSLError, OSError) as err:
         raise SecurityError(f"cannot load the TLS certificate and key {tls}: {err}") from err
     return ExchangeListener(
@@ -45,7 +45,6 @@ def kv_exchange(
         welcome={ROUTER_ID_KEY: router_id},
         tls=context,
         max_message_bytes=max_message_bytes,
-        handshake_timeout_s=connections.handshake_timeout_s,
-        max_connections=connections.max_connections or default_bound(descriptor_limit()),
+        connections=connections,
         max_running=max_running,
     )
