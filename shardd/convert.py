@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from shardkv.common.answers import Fields
 from shardkv.common.limits import Limits
 from shardkv.shardd.records import HEADER, TOMBSTONE, CorruptRecord, Hint, Record, Restored
 from shardkv.shardd.validate import check_record
@@ -65,11 +66,6 @@ def hint_from_pb(message: replica_pb2.Hint) -> Hint:
 def missing_pb(key: bytes) -> replica_pb2.Record:
     """The reply for a key the node holds no record of (version 0, as replica.proto says)."""
     return replica_pb2.Record(key=key)
-
-
-# What a replica read answers for a stored key, read straight from its LMDB value:
-# (value, version, writer, tombstone); None where the node holds no record of the key.
-Fields = tuple[bytes, int, int, bool]
 
 
 def stored_fields(key: bytes, raw: bytes | memoryview | None) -> Fields | None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc.aio
+from shardkv.common.answers import read_answers
 from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.common.ring_tokens import TokenRanges
 from shardkv.shardd.convert import (
@@ -140,7 +141,11 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         entries = await self._storage.read_entries(keys, stored_fields, max_bytes=max_bytes)
         # Again once read: a purge under a newer fence may have run meanwhile.
         self._storage.fence.admit(epoch, "a read")
-        return read_response(keys, entries, len(entries) if len(entries) < len(keys) else 0)
+        resume_at = len(entries) if len(entries) < len(keys) else 0
+        if request.answers:
+            answers = read_answers(keys, entries)
+            return replica_pb2.ReadResponse(resume_at=resume_at, answers=answers)
+        return read_response(keys, entries, resume_at)
 
     @unary
     @_fenced

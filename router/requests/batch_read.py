@@ -18,9 +18,12 @@ not asked is left to the next read that asks it, a read at ALL, or anti-entropy,
 Cassandra.
 
 The bookkeeping is per batch: each node gets one chunk of the batch's keys (one coalesced
-item, one callback for its reply), and per key there is a reply counter, the newest record
-so far and the answer fixed at the R-th reply, in arrays; replies are only gone through
-again for keys whose replicas disagreed.
+item, one callback for its reply), and per key there is a reply counter, the newest
+(version, writer) so far with where its entry lies, and the answer fixed at the R-th reply,
+in arrays. Nodes answer each key with its entry of the client's answer, serialized
+(replica_answers.py): the router compares replicas by (version, writer), which names one
+write, and joins the newest entries as they are; an entry is parsed only to repair a
+replica, and replies are only gone through again for keys whose replicas disagreed.
 
 Anything else goes to the general path (key_reads.py), which asks every owner not DOWN: a
 move in progress, an owner that does not count or is DOWN, and a key left short of R
@@ -33,9 +36,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import Protocol
+from typing import Protocol, cast
 
-from shardkv.common import hlc
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.batch_write import FINAL_CODES
@@ -44,6 +46,7 @@ from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
 from shardkv.router.requests.read_budget import ReadBudget
 from shardkv.router.requests.read_round import ReadRound
+from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.router.requests.replica_latency import ReplicaLatency, ask_order
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
@@ -64,10 +67,10 @@ class KeyChunkLink(Protocol):
     """What this path needs of a node (NodeClient; fakes in the unit tests)."""
 
     def read_chunk(
-        self, keys: list[bytes], deliver: Deliver[list[Record]], deadline: float, epoch: int
+        self, keys: list[bytes], deliver: Deliver[ReplicaAnswers], deadline: float, epoch: int
     ) -> None:
-        """Queues keys as one item; deliver gets the node's records of all of them, in
-        order (version 0 where it holds none), or the NodeFailure of the call."""
+        """Queues keys as one item; deliver gets the node's answers to all of them, in
+        order, or the NodeFailure of the call."""
 
 
 class BatchReader:
@@ -188,7 +191,7 @@ class BatchReader:
             else:
                 client.read_chunk([keys[i] for i in indexes], deliver, deadline, epoch)
 
-    def _reply(self, rnd: ReadRound, chunk: int, result: list[Record] | NodeFailure) -> None:
+    def _reply(self, rnd: ReadRound, chunk: int, result: ReplicaAnswers | NodeFailure) -> None:
         """One chunk's reply, timed for the node's estimate. A node's failure has the
         chunk's undecided keys ask their other owners at once."""
         if not rnd.open[chunk]:
@@ -207,12 +210,12 @@ class BatchReader:
                 if rnd.waiting and rnd.timer is not None:
                     rnd.timer.cancel()
                     self._late(rnd)  # sets the moment from this answer
-            records = result if rnd.budget is None else rnd.budget.take(node_id, result)
-            if isinstance(records, NodeFailure):  # the budget is spent: more cannot help
-                rnd.failures.append((node_id, indexes, records))
+            answers = result if rnd.budget is None else rnd.budget.take(node_id, result)
+            if isinstance(answers, NodeFailure):  # the budget is spent: more cannot help
+                rnd.failures.append((node_id, indexes, answers))
             else:
                 self._health.heard_from(node_id)
-                self._count(rnd, node_id, indexes, records)
+                self._count(rnd, node_id, indexes, answers)
         rnd.chunks_left -= 1
         if not rnd.chunks_left:
             rnd.close()
@@ -220,21 +223,29 @@ class BatchReader:
             rnd.finish()
 
     @staticmethod
-    def _count(rnd: ReadRound, node_id: str, indexes: list[int], records: list[Record]) -> None:
-        """Each record of a chunk counts for its key; the newest is kept."""
-        rnd.answered.append((node_id, indexes, records))
-        replies, best, answer, needed = rnd.replies, rnd.best, rnd.answer, rnd.needed
-        for index, record in zip(indexes, records, strict=True):
-            held = best[index]
-            if held is None:
-                best[index] = record
-            elif record != held:  # one comparison in C, not four attribute reads
+    def _count(rnd: ReadRound, node_id: str, indexes: list[int], answers: ReplicaAnswers) -> None:
+        """Each answer of a chunk counts for its key; the newest is kept."""
+        rnd.answered.append((node_id, indexes, answers))
+        replies, newest, writer, source = rnd.replies, rnd.newest, rnd.writer, rnd.source
+        answer, needed = rnd.answer, rnd.needed
+        versions, writers = answers.versions, answers.writers
+        for position, index in enumerate(indexes):
+            version = versions[position]
+            held = newest[index]
+            if held < 0:
+                newest[index] = version
+                writer[index] = writers[position]
+                source[index] = (answers, position)
+            elif version != held or writers[position] != writer[index]:
                 rnd.differ.add(index)
-                if hlc.precedes(held, record):
-                    best[index] = record
-            replies[index] += 1
-            if replies[index] == needed:
-                answer[index] = best[index]
+                if (held, writer[index]) < (version, writers[position]):
+                    newest[index] = version
+                    writer[index] = writers[position]
+                    source[index] = (answers, position)
+            got = replies[index] + 1
+            replies[index] = got
+            if got == needed:
+                answer[index] = source[index]
                 rnd.undecided -= 1
 
     def _late(self, rnd: ReadRound) -> None:
@@ -297,14 +308,16 @@ class BatchReader:
         the newest gets the newest (keys the general path reads again are repaired there)."""
         if not rnd.differ:
             return
-        differ, best = rnd.differ, rnd.best
-        for node_id, indexes, records in rnd.answered:
-            for index, record in zip(indexes, records, strict=True):
-                if index not in differ:
+        differ, newest, writer, source = rnd.differ, rnd.newest, rnd.writer, rnd.source
+        for node_id, indexes, answers in rnd.answered:
+            for position, index in enumerate(indexes):
+                if index not in differ or newest[index] <= 0:
                     continue
-                newest = best[index]
-                if newest is not None and newest.version and hlc.precedes(record, newest):
-                    self._repair(node_id, newest, record.version, rnd.epoch)
+                version = answers.versions[position]
+                if (version, answers.writers[position]) < (newest[index], writer[index]):
+                    held = source[index]
+                    if held is not None:
+                        self._repair(node_id, held[0].record(held[1]), version, rnd.epoch)
 
     def _outcomes(
         self, rnd: ReadRound, keys: Sequence[bytes], skipped: set[int]
@@ -316,20 +329,27 @@ class BatchReader:
             for node_id, indexes, failure in rnd.failures:
                 for index in indexes:
                     failed.setdefault(index, []).append((node_id, failure))
+        top = max(rnd.newest, default=0)
+        if top > 0:
+            # Later writes order after every version read (one call for the batch).
+            self._clock.observe(top)
+        if not skipped and not rnd.undecided:  # every key answered: no check per key
+            tally.add_reached(len(keys), needed, sum(replies))
+            decided = cast(list[tuple[ReplicaAnswers, int]], answer)
+            return [ReadOutcome(a.entries[a.starts[p] : a.ends[p]]) for a, p in decided]
         outcomes: list[ReadOutcome | None] = []
-        newest = reached = answers = 0  # the clock's, and the tally of keys answered
+        reached = answers = 0  # the tally of keys answered
         for index, key in enumerate(keys):
             if index in skipped:
                 outcomes.append(None)
                 continue
             got = replies[index]
-            record = answer[index]
-            if record is not None:
+            chosen = answer[index]
+            if chosen is not None:
                 reached += 1
                 answers += got
-                if record.version > newest:
-                    newest = record.version
-                outcomes.append(ReadOutcome(record if record.version else None, None))
+                found, position = chosen
+                outcomes.append(ReadOutcome(found.entry(position)))
                 continue
             reasons = failed.get(index, [])
             final = any(f.code in FINAL_CODES for _, f in reasons)
@@ -339,7 +359,4 @@ class BatchReader:
             tally.add(needed, got)
             outcomes.append(read_failure(key, got, needed, self._n, reasons, rnd.expired))
         tally.add_reached(reached, needed, answers)
-        if newest:
-            # Later writes order after every version read (one call for the batch).
-            self._clock.observe(newest)
         return outcomes

@@ -17,12 +17,13 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 from shardkv.common import hlc, requestid
+from shardkv.common.answers import record_entry
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, NodeLink
-from shardkv.router.requests.outcomes import ReadOutcome
+from shardkv.router.requests.outcomes import ReadOutcome, read_failed
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget
 from shardkv.serving.tally import QuorumTally
@@ -116,11 +117,11 @@ class KeyReader:
             self._tally.add(quorum.needed, len(quorum.ok))
             if not quorum.succeeded:
                 error = quorum.describe("read", key, self._n)
-                outcomes.append(ReadOutcome(None, error, quorum.failure_code()))
+                outcomes.append(read_failed(key, error, quorum.failure_code()))
                 continue
             best = hlc.newest(self._counted(quorum))
             self._clock.observe(best.version)
-            outcomes.append(ReadOutcome(best if best.version else None, None))
+            outcomes.append(ReadOutcome(record_entry(key, best)))
         return outcomes
 
     def _counted(self, quorum: Quorum[replica_pb2.Record]) -> list[replica_pb2.Record]:

@@ -38,6 +38,7 @@ from shardkv.router.requests.node_calls import (
     NodeCalls,
 )
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
+from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
 from shardkv.serving.tally import SizeHistogram
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
@@ -179,7 +180,7 @@ class NodeClient(NodeCalls):
             )
         )
         self._chunk_applies.batch_sizes = self._applies.batch_sizes
-        self._chunk_reads: EpochQueues[list[bytes], list[replica_pb2.Record]] = EpochQueues(
+        self._chunk_reads: EpochQueues[list[bytes], ReplicaAnswers] = EpochQueues(
             lambda epoch: Coalescer(
                 node.id,
                 lambda chunks, timeout: self._read_chunks(chunks, timeout, epoch),
@@ -226,12 +227,12 @@ class NodeClient(NodeCalls):
     def read_chunk(
         self,
         keys: list[bytes],
-        deliver: Deliver[list[replica_pb2.Record]],
+        deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,
     ) -> None:
-        """Queues keys to read as one item: deliver gets the node's records of all of them,
-        in order (version 0 where absent), or the call's NodeFailure."""
+        """Queues keys to read as one item: deliver gets the node's answers to all of them,
+        in order, or the call's NodeFailure."""
         self._chunk_reads.submit([(keys, deliver)], deadline, epoch)
 
     @property
@@ -309,29 +310,33 @@ class NodeClient(NodeCalls):
 
     async def _read_chunks(
         self, chunks: list[list[bytes]], timeout: float, epoch: int | None
-    ) -> list[list[replica_pb2.Record]]:
-        """The records of every chunk's keys, split back by chunk. A node answers up to
+    ) -> list[ReplicaAnswers]:
+        """The answers to every chunk's keys, split back by chunk. A node answers up to
         MAX_BATCH_BYTES of values per Read: the rest is asked again at once, within the
         same timeout, so a chunk is always answered whole."""
-        keys = [key for chunk in chunks for key in chunk]
-        records: list[replica_pb2.Record] = []
+        request = replica_pb2.ReadRequest(max_bytes=MAX_BATCH_BYTES, answers=True)
+        for chunk in chunks:
+            request.keys.extend(chunk)
+        keys = request.keys
+        replies: list[replica_pb2.ReadAnswers] = []
+        answered = 0
         end = asyncio.get_running_loop().time() + timeout
-        while len(records) < len(keys):
-            request = replica_pb2.ReadRequest(keys=keys[len(records) :], max_bytes=MAX_BATCH_BYTES)
+        while True:
             reply = await self._read(
                 request.SerializeToString(),
                 max(0.0, end - asyncio.get_running_loop().time()),
                 epoch,
             )
-            if not reply.records:
+            answers = answers_of(request.keys, reply)
+            if not answers.ends:
                 return []  # the coalescer fails the batch as a short reply
-            records += reply.records
-        split: list[list[replica_pb2.Record]] = []
-        start = 0
-        for chunk in chunks:
-            split.append(records[start : start + len(chunk)])
-            start += len(chunk)
-        return split
+            replies.append(answers)
+            answered += len(answers.ends)
+            if answered >= len(keys):
+                return split(replies, [len(chunk) for chunk in chunks])
+            request = replica_pb2.ReadRequest(
+                keys=keys[answered:], max_bytes=MAX_BATCH_BYTES, answers=True
+            )
 
     async def _apply(
         self, body: bytes, timeout: float, epoch: int | None

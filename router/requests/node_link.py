@@ -12,6 +12,7 @@ from typing import Protocol
 
 from shardkv.router.requests.coalescer import Deliver
 from shardkv.router.requests.framing import FramedRecords
+from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.v1 import replica_pb2
 
 
@@ -55,7 +56,7 @@ class NodeLink(Protocol):
     def read_chunk(
         self,
         keys: list[bytes],
-        deliver: Deliver[list[replica_pb2.Record]],
+        deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,
     ) -> None:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from shardkv.common.answers import failed_entry
 from shardkv.router.requests.coalescer import NodeFailure
-from shardkv.v1 import replica_pb2
 
 
 @dataclass(slots=True)
@@ -38,12 +38,17 @@ class WriteOutcome:
 
 @dataclass(slots=True)
 class ReadOutcome:
-    """The newest record of a key among its replies (None when none holds it), or an error
-    with its status."""
+    """A key's entry of the answer (common/answers.py): the newest record among its
+    replies, or, when error is set, why it could not be read with its status."""
 
-    record: replica_pb2.Record | None
-    error: str | None
+    entry: bytes
+    error: str | None = None
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+
+
+def read_failed(key: bytes, error: str, code: grpc.StatusCode) -> ReadOutcome:
+    """The outcome of a key that could not be read, its entry carrying the status."""
+    return ReadOutcome(failed_entry(key, code.value[0], error), error, code)
 
 
 def read_failure(
@@ -67,4 +72,4 @@ def read_failure(
         f"read of key {key[:64]!r}: {got} of {needed} required replicas answered"
         f" (N={replication}); failed: {', '.join(reasons) or 'none'}"
     )
-    return ReadOutcome(None, error, code)
+    return read_failed(key, error, code)

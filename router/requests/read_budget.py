@@ -18,6 +18,7 @@ from functools import partial
 import grpc
 from shardkv.common.limits import Limits
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
+from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.v1 import replica_pb2
 
 # Room for the framing of an answer beside its entries (the nodes leave the same).
@@ -60,12 +61,6 @@ def too_large(
     return None
 
 
-def entry_size(key: bytes, record: replica_pb2.Record | None) -> int:
-    """Bytes one answer entry of key takes (a value only when the record is live)."""
-    value = b"" if record is None or record.tombstone else record.value
-    return len(key) + len(value) + ENTRY_BYTES
-
-
 class ReadBudget:
     """Bytes of records one request may hold; replies beyond it are dropped."""
 
@@ -96,17 +91,15 @@ class ReadBudget:
         answer_bytes = self._message_limit - REPLY_FRAMING
         return not self.spent and self.held + entries * ENTRY_BYTES <= answer_bytes
 
-    def take(
-        self, node_id: str, records: list[replica_pb2.Record]
-    ) -> list[replica_pb2.Record] | NodeFailure:
-        """A chunk of replies (batch_read.py), held whole or dropped whole: past the bound
+    def take(self, node_id: str, answers: ReplicaAnswers) -> ReplicaAnswers | NodeFailure:
+        """A chunk of answers (batch_read.py), held whole or dropped whole: past the bound
         the chunk's replica counts as failed with RESOURCE_EXHAUSTED for each of its keys."""
-        size = sum(len(record.key) + len(record.value) for record in records)
+        size = answers.size
         if self.spent or self.held + size > self.max_bytes:
             self.spent = True
             return self._refusal(node_id)
         self.held += size
-        return records
+        return answers
 
     def _refusal(self, node_id: str) -> NodeFailure:
         return NodeFailure(

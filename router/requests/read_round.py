@@ -1,4 +1,4 @@
-"""One batch read in flight (batch_read.py): per key its reply count, the newest record so
+"""One batch read in flight (batch_read.py): per key its reply count, the newest answer so
 far, the answer and the owners asked; per chunk when it was sent; the speculative delay.
 Slotted and plain, as ChunkRound: one round per request on the hot path."""
 
@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.read_budget import ReadBudget
-from shardkv.v1 import replica_pb2
+from shardkv.router.requests.replica_answers import ReplicaAnswers
 
-Record = replica_pb2.Record
+# A key's answer: a chunk's answers, and the key's position among them.
+Answer = tuple[ReplicaAnswers, int]
 
 
 class ReadRound(ChunkRound):
-    """One batch in flight: per key a reply count, the newest record so far, the answer
+    """One batch in flight: per key a reply count, the newest answer so far, the answer
     and its owners in the order asked; the chunks answered and failed, when each chunk was
     sent; the future the request awaits."""
 
@@ -23,7 +24,6 @@ class ReadRound(ChunkRound):
         "answer",
         "answered",
         "asked",
-        "best",
         "budget",
         "deadline",
         "delay",
@@ -31,10 +31,13 @@ class ReadRound(ChunkRound):
         "epoch",
         "first",
         "keys",
+        "newest",
         "order",
         "replies",
         "sent",
+        "source",
         "waiting",
+        "writer",
     )
 
     def __init__(
@@ -51,11 +54,15 @@ class ReadRound(ChunkRound):
         self.deadline = 0.0
         self.budget: ReadBudget | None = None
         self.replies = [0] * len(keys)
-        self.best: list[Record | None] = [None] * len(keys)
-        self.answer: list[Record | None] = [None] * len(keys)
+        # The newest (version, writer) answered so far (-1: no answer yet) and where its
+        # entry lies; the answer, fixed at the R-th reply.
+        self.newest = [-1] * len(keys)
+        self.writer = [0] * len(keys)
+        self.source: list[Answer | None] = [None] * len(keys)
+        self.answer: list[Answer | None] = [None] * len(keys)
         # Keys whose replicas answered different records (read repair candidates).
         self.differ: set[int] = set()
-        self.answered: list[tuple[str, list[int], list[Record]]] = []
+        self.answered: list[tuple[str, list[int], ReplicaAnswers]] = []
         # Per key its owners in the order asked (empty: left to the general path), and
         # how many of them were asked (the first R, then all once a read widened).
         self.order: list[tuple[str, ...]] = []

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from shardkv.common.answers import get_result
 from shardkv.common.hlc import HybridClock
 from shardkv.common.limits import Limits
 from shardkv.router.membership.topology import NodeConfig
@@ -135,7 +136,8 @@ def test_replies_from_a_removed_node_leave_no_caller_without_an_answer() -> None
             await removed.close()
             errors = [o.error for o in outcomes if o.error is not None]
             assert not errors, f"{len(errors)} of {len(KEYS)} keys got no answer: {errors[:2]}"
-            assert [o.record.value for o in outcomes if o.record] == [b"new"] * len(KEYS)
+            results = [get_result(o.entry) for o in outcomes]
+            assert [r.value for r in results if r.found] == [b"new"] * len(KEYS)
 
     asyncio.run(scenario())
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from shardkv.common.answers import get_result
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
@@ -24,6 +25,8 @@ from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
+from shardkv.router.requests.outcomes import ReadOutcome
+from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
 from shardkv.v1 import replica_pb2
 
 Stamp = tuple[int, int]
@@ -79,7 +82,7 @@ class FakeNode:
     def read_chunk(
         self,
         keys: list[bytes],
-        deliver: Deliver[list[replica_pb2.Record]],
+        deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,
     ) -> None:
@@ -94,13 +97,15 @@ class FakeNode:
                 self._store(record)
             deliver(True)
 
-    def _answer_key_chunk(
-        self, items: list[tuple[list[bytes], Deliver[list[replica_pb2.Record]]]]
-    ) -> None:
+    def _answer_key_chunk(self, items: list[tuple[list[bytes], Deliver[ReplicaAnswers]]]) -> None:
+        """Answers as a node does: each key's record as an entry of the client's answer."""
         if self._failed(items):
             return
         for keys, deliver in items:
-            deliver([self.records.get(key, replica_pb2.Record(key=key)) for key in keys])
+            records = [self.records.get(key, replica_pb2.Record(key=key)) for key in keys]
+            reply = replica_pb2.ReadResponse(records=records)
+            [answers] = split([answers_of(keys, reply)], [len(keys)])
+            deliver(answers)
 
     # -- behaviour -------------------------------------------------------------------------
 
@@ -216,6 +221,12 @@ class FakeCluster:
 
     def deadline(self, seconds: float = 2.0) -> float:
         return asyncio.get_running_loop().time() + seconds
+
+
+def read_value(outcome: ReadOutcome) -> bytes | None:
+    """The value a read answered (None: not found, or failed)."""
+    result = get_result(outcome.entry)
+    return result.value if result.found else None
 
 
 async def settle(seconds: float = 0.05) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from fake_nodes import FakeCluster, settle
+from fake_nodes import FakeCluster, read_value, settle
 from shardkv.router.requests.coordinator import Mutation
 from shardkv.v1 import replica_pb2
 
@@ -46,7 +46,7 @@ def test_a_batch_sends_each_node_one_chunk_and_no_single_items() -> None:
         )
         assert [o.error for o in outcomes] == [None] * len(keys)
         reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
-        assert [o.record.value if o.record else None for o in reads] == [b"v"] * len(keys)
+        assert [read_value(o) for o in reads] == [b"v"] * len(keys)
         await settle()
         assert calls.calls == {"apply_chunk": 5, "read_chunk": 5}
         for key in keys:

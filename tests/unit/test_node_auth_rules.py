@@ -13,6 +13,7 @@ import grpc
 import pytest
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.router.membership.topology import NodeConfig
+from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.serving.status import status_of
@@ -128,7 +129,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
         done: asyncio.Future[Any] = loop.create_future()
         submit(item, done.set_result, loop.time() + 5, 0)
         result = await done
-        if not isinstance(result, (bool, list)):
+        if isinstance(result, NodeFailure):
             raise RuntimeError(str(result))
         return result
 

@@ -16,10 +16,10 @@ from shardkv.router.requests.read_budget import (
     ENTRY_BYTES,
     ReadBudget,
     answer_budget,
-    entry_size,
     may_exceed,
     too_large,
 )
+from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
 from shardkv.shardd.records import Record
 from shardkv.shardd.store import Store
 from shardkv.v1 import replica_pb2
@@ -151,15 +151,12 @@ def test_small_reads_need_no_budget_and_answers_name_the_limit() -> None:
     assert ReadBudget.for_read(limits, fits, 4) is None
     budget = ReadBudget.for_read(limits, 1000, 4)
     assert budget is not None and budget.max_bytes == 4 * answer_budget(limits)
-    big = replica_pb2.Record(key=b"big", value=b"v" * MIB, version=1)
-    sizes = {b"big": entry_size(b"big", big)}
+    sizes = {b"big": answers(b"big", MIB).size}
     assert too_large(limits, [b"big"] * 20, sizes, None) is None
     problem = too_large(limits, [b"big"] * 1000, sizes, None)
     assert problem is not None
     assert "of 1000 keys (1 distinct)" in problem
     assert "message limit of 33554432 bytes (max_message_bytes)" in problem
-    assert entry_size(b"k", replica_pb2.Record(key=b"k", tombstone=True, version=1)) == 33
-    assert entry_size(b"k", None) == 1 + ENTRY_BYTES
 
 
 def test_an_answer_surely_fits_only_while_held_bytes_and_framing_stay_under_the_limit() -> None:
@@ -167,8 +164,18 @@ def test_an_answer_surely_fits_only_while_held_bytes_and_framing_stay_under_the_
     budget = ReadBudget.for_read(limits, 1000, 3)
     assert budget is not None and budget.surely_fits(1000)
     room = answer_budget(limits) - 1000 * ENTRY_BYTES
-    budget.take("n1", [replica_pb2.Record(key=b"k", value=b"v" * (room - 1), version=1)])
+    framing = answers(b"k", room).size - room  # tags and lengths of a value that large
+    exact = answers(b"k", room - framing)
+    assert exact.size == room
+    budget.take("n1", exact)
     assert budget.surely_fits(1000)  # exactly at the limit: fits
     assert not budget.surely_fits(1001)  # one entry's framing more: measure it
-    budget.take("n2", [replica_pb2.Record(key=b"k", value=b"v" * (room - 1), version=1)])
+    budget.take("n2", exact)
     assert not budget.surely_fits(1)  # replies of two owners: no longer sure
+
+
+def answers(key: bytes, value_bytes: int) -> ReplicaAnswers:
+    """A node's answer of key holding a value of value_bytes."""
+    record = replica_pb2.Record(key=key, value=b"v" * value_bytes, version=1)
+    [chunk] = split([answers_of([key], replica_pb2.ReadResponse(records=[record]))], [1])
+    return chunk

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from fake_nodes import FakeCluster, settle
+from fake_nodes import FakeCluster, read_value, settle
 from shardkv.router.requests.replica_latency import (
     MIN_DELAY_S,
     PEAK_HALF_LIFE_S,
@@ -52,7 +52,7 @@ def test_a_read_asks_the_first_r_owners_in_ring_order(needed: int, asked: int) -
         cluster = FakeCluster(4)
         stored(cluster, KEYS)
         outcomes = await cluster.coordinator.read(KEYS, needed, cluster.deadline())
-        assert [o.record.value if o.record else None for o in outcomes] == [b"v"] * len(KEYS)
+        assert [read_value(o) for o in outcomes] == [b"v"] * len(KEYS)
         await settle()
         for node_id, node in cluster.nodes.items():
             expected = [k for k in KEYS if node_id in cluster.owners(k)[:asked]]
@@ -78,7 +78,7 @@ def test_a_silent_owner_costs_a_read_the_speculative_delay_not_its_answer(needed
         outcomes = await cluster.coordinator.read(keys, needed, cluster.deadline(2.0))
         took = time.monotonic() - started
         assert [o.error for o in outcomes] == [None] * len(keys)
-        assert all(o.record is not None and o.record.value == b"v" for o in outcomes)
+        assert all(read_value(o) == b"v" for o in outcomes)
         # The delay before any estimate is MIN_DELAY_S; three times it while no owner
         # answered (ONE), or three times the first answer (QUORUM): far below the deadline.
         assert took < 0.5, f"the read waited {took:.3f} s for a silent owner"

@@ -57,20 +57,36 @@ class ApplyResponse(_message.Message):
     def __init__(self, applied: _Optional[_Iterable[bool]] = ..., possibly_deleted: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
-    __slots__ = ("keys", "max_bytes")
+    __slots__ = ("keys", "max_bytes", "answers")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     max_bytes: int
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    answers: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., max_bytes: _Optional[int] = ..., answers: _Optional[bool] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
-    __slots__ = ("records", "resume_at")
+    __slots__ = ("records", "resume_at", "answers")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     RESUME_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     resume_at: int
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., resume_at: _Optional[int] = ...) -> None: ...
+    answers: ReadAnswers
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., resume_at: _Optional[int] = ..., answers: _Optional[_Union[ReadAnswers, _Mapping]] = ...) -> None: ...
+
+class ReadAnswers(_message.Message):
+    __slots__ = ("entries", "ends", "versions", "writers")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ENDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    WRITERS_FIELD_NUMBER: _ClassVar[int]
+    entries: bytes
+    ends: _containers.RepeatedScalarFieldContainer[int]
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    writers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, entries: _Optional[bytes] = ..., ends: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., writers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScanRecordsRequest(_message.Message):
     __slots__ = ("start", "end", "limit")
