@@ -9,6 +9,8 @@ entries the same way for the keys it answers itself (the general read path, fail
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Sequence
 
 from shardkv.common.wire import varint
@@ -16,6 +18,10 @@ from shardkv.v1 import kv_pb2, replica_pb2
 
 # The tag of BatchGetResponse.results (field 1, length-delimited): every entry starts so.
 _RESULTS_TAG = b"\x0a"
+# Type codes of the packed arrays of ReadAnswers: 4-byte and 8-byte unsigned integers.
+UINT32, UINT64 = "I", "Q"
+# Bytes of each key's writer in ReadAnswers.writers: a reply answers that many keys.
+WRITER_BYTES = 4
 # A key's stored fields, as a node reads them: value, version, writer, tombstone; None
 # where it holds no record.
 Fields = tuple[bytes, int, int, bool]
@@ -30,7 +36,7 @@ def read_answers(keys: Sequence[bytes], fields: Sequence[Fields | None]) -> repl
     add = results.results.add
     versions: list[int] = []
     writers: list[int] = []
-    ends: list[int] = []
+    bounds = [0]
     end = 0
     for key, held in zip(keys, fields, strict=False):
         # The GetResult's bytes: the key's tag, length and bytes, then found (2 bytes), the
@@ -53,10 +59,30 @@ def read_answers(keys: Sequence[bytes], fields: Sequence[Fields | None]) -> repl
             versions.append(version)
             writers.append(writer)
         end += 1 + (size.bit_length() + 6) // 7 + size  # the entry's tag and length
-        ends.append(end)
+        bounds.append(end)
     return replica_pb2.ReadAnswers(
-        entries=results.SerializeToString(), ends=ends, versions=versions, writers=writers
+        entries=results.SerializeToString(),
+        bounds=packed(UINT32, bounds),
+        versions=packed(UINT64, versions),
+        writers=packed(UINT32, writers),
     )
+
+
+def packed(code: str, numbers: Sequence[int]) -> bytes:
+    """numbers as a packed array of little-endian integers of type code."""
+    values = array(code, numbers)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()
+
+
+def unpacked(code: str, data: bytes) -> array[int]:
+    """The integers of a packed array of type code."""
+    values = array(code)
+    values.frombytes(data)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
 
 
 def record_entry(key: bytes, record: replica_pb2.Record | None) -> bytes:

@@ -6,7 +6,7 @@ fast, and routers and nodes check them again because not every caller uses the S
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 
 
@@ -34,6 +34,12 @@ class Limits:
                 f"key of {len(key)} bytes exceeds the limit of {self.max_key_bytes} bytes"
                 f" (key starts {key[:32]!r})"
             )
+
+    def check_keys(self, keys: Sequence[bytes]) -> None:
+        """check_key of every key; the lengths are compared without a call per key."""
+        if keys and (min(map(len, keys)) == 0 or max(map(len, keys)) > self.max_key_bytes):
+            for key in keys:
+                self.check_key(key)
 
     def check_value(self, key: bytes, value: bytes) -> None:
         if len(value) > self.max_value_bytes:

@@ -120,10 +120,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         (read_budget.py); the answer is complete, or RESOURCE_EXHAUSTED naming the message
         limit when it cannot fit in one message (a key named twice counts twice)."""
         self._limits.check_batch(request.keys, "BatchGet")
-        for key in request.keys:
-            self._limits.check_key(key)
-        needed = self._reads_needed(request.consistency)
         keys = list(request.keys)
+        self._limits.check_keys(keys)
+        needed = self._reads_needed(request.consistency)
         distinct = list(dict.fromkeys(keys))
         # One answer per replica asked: the N owners, and a pending owner during a move.
         budget = ReadBudget.for_read(self._limits, len(distinct), self._topology.replication + 1)

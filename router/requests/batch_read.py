@@ -45,9 +45,10 @@ from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
 from shardkv.router.requests.read_budget import ReadBudget
+from shardkv.router.requests.read_groups import OwnerGroup, agreed, group_outcomes, plan
 from shardkv.router.requests.read_round import ReadRound
 from shardkv.router.requests.replica_answers import ReplicaAnswers
-from shardkv.router.requests.replica_latency import ReplicaLatency, ask_order
+from shardkv.router.requests.replica_latency import ReplicaLatency
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
@@ -119,26 +120,14 @@ class BatchReader:
         now = loop.time()
         slow, delay = self._latency.plan(now)
         first = min(needed, n)
-        aside: list[int] = []
-        order: list[tuple[str, ...]] = [()] * len(keys)
-        by_node: dict[str, list[int]] = {}
-        for index, owners in enumerate(ring.preference_lists(keys, n)):
-            if down and not down.isdisjoint(owners):
-                aside.append(index)
-                continue
-            if slow:
-                owners = ask_order(owners, slow)
-            order[index] = owners
-            for node_id in owners[:first]:
-                indexes = by_node.get(node_id)
-                if indexes is None:
-                    by_node[node_id] = [index]
-                else:
-                    indexes.append(index)
+        asks = plan(ring.preference_lists(keys, n), first, down=down, slow=slow)
+        aside, by_node = asks.aside, asks.by_node
         chunks = self._chunked(by_node)
         rnd = ReadRound(keys, needed, chunks, loop.create_future())
         rnd.epoch, rnd.deadline, rnd.budget = epoch, deadline, budget
-        rnd.order = order
+        rnd.order = asks.order
+        # Counted by group once all are in (read_groups.py) when each node got one chunk.
+        rnd.groups = asks.groups if len(chunks) == len(by_node) else None
         rnd.asked = [first] * len(keys)
         rnd.sent = [now] * len(chunks)
         rnd.undecided = len(keys) - len(aside)
@@ -202,6 +191,7 @@ class BatchReader:
         if isinstance(result, NodeFailure):
             self._latency.failed(node_id, now)
             rnd.failures.append((node_id, indexes, result))
+            self._count_stored(rnd)
             self._widen(rnd, indexes)
         else:
             self._latency.observe(node_id, now - rnd.sent[chunk], now)
@@ -213,23 +203,34 @@ class BatchReader:
             answers = result if rnd.budget is None else rnd.budget.take(node_id, result)
             if isinstance(answers, NodeFailure):  # the budget is spent: more cannot help
                 rnd.failures.append((node_id, indexes, answers))
+                self._count_stored(rnd)
             else:
                 self._health.heard_from(node_id)
-                self._count(rnd, node_id, indexes, answers)
+                rnd.answered.append((node_id, indexes, answers))
+                if rnd.groups is None:
+                    self._count(rnd, indexes, answers)
         rnd.chunks_left -= 1
         if not rnd.chunks_left:
             rnd.close()
         elif not rnd.undecided:
             rnd.finish()
 
+    def _count_stored(self, rnd: ReadRound) -> None:
+        """Counts the answers held for counting by group, and each one from now on, key by
+        key: a failure, a late round or the deadline need each key's count."""
+        if rnd.groups is not None:
+            rnd.groups = None
+            for _, indexes, answers in rnd.answered:
+                self._count(rnd, indexes, answers)
+
     @staticmethod
-    def _count(rnd: ReadRound, node_id: str, indexes: list[int], answers: ReplicaAnswers) -> None:
-        """Each answer of a chunk counts for its key; the newest is kept."""
-        rnd.answered.append((node_id, indexes, answers))
+    def _count(rnd: ReadRound, indexes: list[int], answers: ReplicaAnswers, start: int = 0) -> None:
+        """Each answer of a chunk (from position start) counts for its key; the newest is
+        kept."""
         replies, newest, writer, source = rnd.replies, rnd.newest, rnd.writer, rnd.source
         answer, needed = rnd.answer, rnd.needed
         versions, writers = answers.versions, answers.writers
-        for position, index in enumerate(indexes):
+        for position, index in enumerate(indexes, start):
             version = versions[position]
             held = newest[index]
             if held < 0:
@@ -277,6 +278,7 @@ class BatchReader:
             if rnd.open[chunk]:
                 self._latency.observe(node_id, now - rnd.sent[chunk], now)
         if rnd.undecided:
+            self._count_stored(rnd)
             short = [i for i, got in enumerate(rnd.replies) if got < rnd.needed]
             self._widen(rnd, short)
 
@@ -305,7 +307,19 @@ class BatchReader:
 
     def _settle(self, rnd: ReadRound) -> None:
         """Every reply is in: each replica that answered a key with an older record than
-        the newest gets the newest (keys the general path reads again are repaired there)."""
+        the newest gets the newest (keys the general path reads again are repaired there).
+        Groups are compared first; the keys of those whose owners disagree are counted."""
+        if rnd.groups is not None:
+            if rnd.expired:
+                self._count_stored(rnd)
+            else:
+                replies = {node_id: answers for node_id, _, answers in rnd.answered}
+                for group in rnd.groups:
+                    together = agreed(group, replies)
+                    rnd.agreed.append(together)
+                    if not together:
+                        for node_id, start in zip(group.nodes, group.starts, strict=True):
+                            self._count(rnd, group.members, replies[node_id], start)
         if not rnd.differ:
             return
         differ, newest, writer, source = rnd.differ, rnd.newest, rnd.writer, rnd.source
@@ -323,6 +337,8 @@ class BatchReader:
         self, rnd: ReadRound, keys: Sequence[bytes], skipped: set[int]
     ) -> list[ReadOutcome | None]:
         """Each key's outcome; None for a key the general path must read again."""
+        if rnd.groups is not None:
+            return self._group_outcomes(rnd, len(keys))
         replies, answer, needed, tally = rnd.replies, rnd.answer, rnd.needed, self._tally
         failed: dict[int, list[tuple[str, NodeFailure]]] = {}
         if rnd.undecided:
@@ -360,3 +376,16 @@ class BatchReader:
             outcomes.append(read_failure(key, got, needed, self._n, reasons, rnd.expired))
         tally.add_reached(reached, needed, answers)
         return outcomes
+
+    def _group_outcomes(self, rnd: ReadRound, count: int) -> list[ReadOutcome | None]:
+        """Each key's outcome when every owner asked answered (counted by group)."""
+        groups = cast(list[OwnerGroup], rnd.groups)
+        replies = {node_id: answers for node_id, _, answers in rnd.answered}
+        top = max((max(answers.versions, default=0) for answers in replies.values()), default=0)
+        if top > 0:
+            # Later writes order after every version read (one call for the batch).
+            self._clock.observe(top)
+        answered = sum(len(group.members) for group in groups)
+        replied = sum(len(group.members) * len(group.nodes) for group in groups)
+        self._tally.add_reached(answered, rnd.needed, replied)
+        return group_outcomes(groups, rnd.agreed, replies, rnd.answer, count)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
+from shardkv.common.answers import WRITER_BYTES
 from shardkv.common.exchange_connection import ExchangeConnection
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.common.wire import NODE_ID_KEY
@@ -328,10 +329,10 @@ class NodeClient(NodeCalls):
                 epoch,
             )
             answers = answers_of(request.keys, reply)
-            if not answers.ends:
+            if not answers.writers:
                 return []  # the coalescer fails the batch as a short reply
             replies.append(answers)
-            answered += len(answers.ends)
+            answered += len(answers.writers) // WRITER_BYTES
             if answered >= len(keys):
                 return split(replies, [len(chunk) for chunk in chunks])
             request = replica_pb2.ReadRequest(
@@ -377,7 +378,7 @@ def _framed_count(records: FramedRecords) -> int:
 
 
 def _keys_size(keys: list[bytes]) -> int:
-    return sum(len(key) for key in keys)
+    return sum(map(len, keys))
 
 
 def _apply_size(item: ApplyItem) -> int:

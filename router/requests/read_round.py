@@ -9,10 +9,8 @@ from collections.abc import Sequence
 
 from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.read_budget import ReadBudget
+from shardkv.router.requests.read_groups import Answer, OwnerGroup
 from shardkv.router.requests.replica_answers import ReplicaAnswers
-
-# A key's answer: a chunk's answers, and the key's position among them.
-Answer = tuple[ReplicaAnswers, int]
 
 
 class ReadRound(ChunkRound):
@@ -21,6 +19,7 @@ class ReadRound(ChunkRound):
     sent; the future the request awaits."""
 
     __slots__ = (
+        "agreed",
         "answer",
         "answered",
         "asked",
@@ -30,6 +29,7 @@ class ReadRound(ChunkRound):
         "differ",
         "epoch",
         "first",
+        "groups",
         "keys",
         "newest",
         "order",
@@ -60,6 +60,10 @@ class ReadRound(ChunkRound):
         self.writer = [0] * len(keys)
         self.source: list[Answer | None] = [None] * len(keys)
         self.answer: list[Answer | None] = [None] * len(keys)
+        # The keys by owners asked, while they are to be counted by group once all are in
+        # (None: key by key), and whether each group's owners agreed.
+        self.groups: list[OwnerGroup] | None = None
+        self.agreed: list[bool] = []
         # Keys whose replicas answered different records (read repair candidates).
         self.differ: set[int] = set()
         self.answered: list[tuple[str, list[int], ReplicaAnswers]] = []

@@ -7,10 +7,11 @@ only to repair a replica that answered an older record.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shardkv.common.answers import get_result, read_answers
+from shardkv.common.answers import UINT32, UINT64, get_result, read_answers, unpacked
 from shardkv.v1 import replica_pb2
 
 
@@ -20,10 +21,10 @@ class ReplicaAnswers:
     chunks of one reply), its version (0: none held) and its writer."""
 
     entries: bytes
-    starts: list[int]
-    ends: list[int]
-    versions: list[int]
-    writers: list[int]
+    starts: array[int]
+    ends: array[int]
+    versions: array[int]
+    writers: array[int]
 
     @property
     def size(self) -> int:
@@ -62,16 +63,18 @@ def answers_of(keys: Sequence[bytes], reply: replica_pb2.ReadResponse) -> replic
 def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[ReplicaAnswers]:
     """The answers of one coalesced read (several replies when the node stopped at its
     byte budget and was asked again for the rest), split by chunk of sizes keys."""
-    entries = replies[0].entries if len(replies) == 1 else b"".join(r.entries for r in replies)
-    ends: list[int] = []
-    versions: list[int] = []
-    writers: list[int] = []
-    for reply in replies:
-        base = ends[-1] if ends else 0
-        ends += reply.ends if not base else [base + end for end in reply.ends]
-        versions += reply.versions
-        writers += reply.writers
-    starts = [0, *ends[:-1]]
+    if len(replies) == 1:
+        [reply] = replies
+        entries, bounds = reply.entries, unpacked(UINT32, reply.bounds)
+        versions, writers = unpacked(UINT64, reply.versions), unpacked(UINT32, reply.writers)
+    else:
+        entries, bounds = b"".join(r.entries for r in replies), array(UINT32, [0])
+        versions, writers = array(UINT64), array(UINT32)
+        for reply in replies:
+            base = bounds[-1]
+            bounds.extend(base + bound for bound in unpacked(UINT32, reply.bounds)[1:])
+            versions += unpacked(UINT64, reply.versions)
+            writers += unpacked(UINT32, reply.writers)
     chunks: list[ReplicaAnswers] = []
     first = 0
     for size in sizes:
@@ -79,8 +82,8 @@ def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[
         chunks.append(
             ReplicaAnswers(
                 entries,
-                starts[first:last],
-                ends[first:last],
+                bounds[first:last],
+                bounds[first + 1 : last + 1],
                 versions[first:last],
                 writers[first:last],
             )

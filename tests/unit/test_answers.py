@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from shardkv.common.answers import Fields, get_result, read_answers
+from shardkv.common.answers import UINT32, UINT64, Fields, get_result, read_answers, unpacked
 from shardkv.router.requests.replica_answers import answers_of, split
 from shardkv.v1 import kv_pb2, replica_pb2
 
@@ -37,8 +37,8 @@ def test_each_entry_ends_where_its_bytes_end_and_parses_as_the_record_read(
     items: list[tuple[bytes, Fields | None]],
 ) -> None:
     answers = read_answers([k for k, _ in items], [f for _, f in items])
-    assert list(answers.versions) == [0 if f is None else f[1] for _, f in items]
-    assert answers.ends[-1] == len(answers.entries)
+    assert list(unpacked(UINT64, answers.versions)) == [0 if f is None else f[1] for _, f in items]
+    assert unpacked(UINT32, answers.bounds)[-1] == len(answers.entries)
     [chunk] = split([answers], [len(items)])
     for position, (key, fields) in enumerate(items):
         assert get_result(chunk.entry(position)) == expected(key, fields)

@@ -119,3 +119,41 @@ def test_a_read_short_of_r_fails_with_the_general_paths_error() -> None:
         assert outcome.error is not None and "1 of 2 required replicas answered" in outcome.error
 
     run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only_stale_ones() -> (
+    None
+):
+    """Owners agree on most keys of a batch and disagree on a few, in every group of keys
+    with the same owners: every key is answered with its newest record, a deleted key as
+    not found, and only the stale replicas are repaired."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        keys = [b"g/%d" % i for i in range(200)]
+        for key in keys:
+            for node_id in cluster.owners(key):
+                cluster.nodes[node_id].records[key] = replica_pb2.Record(
+                    key=key, value=b"same", version=5, writer=1
+                )
+        stale = keys[::25]
+        for key in stale:  # the first owner asked holds a newer write, the second not
+            first = cluster.owners(key)[0]
+            cluster.nodes[first].records[key] = replica_pb2.Record(
+                key=key, value=b"newer", version=9, writer=1
+            )
+        gone = keys[7]
+        for node_id in cluster.owners(gone):
+            cluster.nodes[node_id].records[gone] = replica_pb2.Record(
+                key=gone, version=8, writer=2, tombstone=True
+            )
+        reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
+        expected = [None if key == gone else b"newer" if key in stale else b"same" for key in keys]
+        assert [read_value(o) for o in reads] == expected
+        await settle()
+        assert cluster.coordinator.repairs == len(stale)
+        for key in stale:
+            assert cluster.nodes[cluster.owners(key)[1]].value(key) == b"newer"
+
+    run(scenario)

@@ -77,16 +77,16 @@ class ReadResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., resume_at: _Optional[int] = ..., answers: _Optional[_Union[ReadAnswers, _Mapping]] = ...) -> None: ...
 
 class ReadAnswers(_message.Message):
-    __slots__ = ("entries", "ends", "versions", "writers")
+    __slots__ = ("entries", "bounds", "versions", "writers")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    ENDS_FIELD_NUMBER: _ClassVar[int]
+    BOUNDS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     WRITERS_FIELD_NUMBER: _ClassVar[int]
     entries: bytes
-    ends: _containers.RepeatedScalarFieldContainer[int]
-    versions: _containers.RepeatedScalarFieldContainer[int]
-    writers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, entries: _Optional[bytes] = ..., ends: _Optional[_Iterable[int]] = ..., versions: _Optional[_Iterable[int]] = ..., writers: _Optional[_Iterable[int]] = ...) -> None: ...
+    bounds: bytes
+    versions: bytes
+    writers: bytes
+    def __init__(self, entries: _Optional[bytes] = ..., bounds: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., writers: _Optional[bytes] = ...) -> None: ...
 
 class ScanRecordsRequest(_message.Message):
     __slots__ = ("start", "end", "limit")

@@ -1,0 +1,117 @@
+"""The keys of a batch read grouped by the owners it asks (batch_read.py).
+
+A batch has few distinct owner lists (at most the ring's points, a handful with a few
+nodes), and every owner asked for a group gets the group's keys side by side in its chunk,
+in the same order. Once every owner has answered, the group's versions and writers are
+compared as arrays, in C: where the owners agree, the whole group is answered from one of
+them without a comparison per key; only a group whose owners disagree is gone through key
+by key (and repaired).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from shardkv.router.requests.outcomes import ReadOutcome
+from shardkv.router.requests.replica_answers import ReplicaAnswers
+from shardkv.router.requests.replica_latency import ask_order
+
+# A key's answer: a chunk's answers, and the key's position among them.
+Answer = tuple[ReplicaAnswers, int]
+
+
+@dataclass(slots=True)
+class OwnerGroup:
+    """Keys with the same owners: the owners asked, in order, and where the keys begin in
+    each one's list of keys."""
+
+    nodes: tuple[str, ...]
+    members: list[int]
+    starts: list[int]
+
+
+@dataclass(slots=True)
+class ReadPlan:
+    """Whom a batch read asks: each node's keys (indexes), by group; each key's owners in
+    the order asked (empty for a key left aside); the keys left to the general path."""
+
+    by_node: dict[str, list[int]]
+    groups: list[OwnerGroup]
+    order: list[tuple[str, ...]]
+    aside: list[int]
+
+
+def plan(
+    owner_lists: Sequence[tuple[str, ...]],
+    first: int,
+    *,
+    down: frozenset[str] | set[str],
+    slow: frozenset[str],
+) -> ReadPlan:
+    """Asks each key's first owners (slow nodes last); a key with an owner down is left
+    aside."""
+    grouped: dict[tuple[str, ...], list[int]] = {}
+    for index, owners in enumerate(owner_lists):
+        members = grouped.get(owners)
+        if members is None:
+            grouped[owners] = [index]
+        else:
+            members.append(index)
+    result = ReadPlan({}, [], [()] * len(owner_lists), [])
+    for owners, members in grouped.items():
+        if down and not down.isdisjoint(owners):
+            result.aside += members
+            continue
+        asked = ask_order(owners, slow) if slow else owners
+        for index in members:
+            result.order[index] = asked
+        starts = []
+        for node_id in asked[:first]:
+            keys = result.by_node.setdefault(node_id, [])
+            starts.append(len(keys))
+            keys += members
+        result.groups.append(OwnerGroup(asked[:first], members, starts))
+    result.aside.sort()
+    return result
+
+
+def agreed(group: OwnerGroup, replies: Mapping[str, ReplicaAnswers]) -> bool:
+    """Whether every owner asked answered each of the group's keys with the same (version,
+    writer): the same write."""
+    size = len(group.members)
+    first = replies[group.nodes[0]]
+    start = group.starts[0]
+    versions = first.versions[start : start + size]
+    writers = first.writers[start : start + size]
+    for node_id, other_start in zip(group.nodes[1:], group.starts[1:], strict=True):
+        other = replies[node_id]
+        end = other_start + size
+        if other.versions[other_start:end] != versions or other.writers[other_start:end] != writers:
+            return False
+    return True
+
+
+def group_outcomes(
+    groups: Sequence[OwnerGroup],
+    together: Sequence[bool],
+    replies: Mapping[str, ReplicaAnswers],
+    answer: Sequence[Answer | None],
+    count: int,
+) -> list[ReadOutcome | None]:
+    """Each of count keys' outcome (None for a key in no group): a group whose owners agreed
+    (together) answered from its first owner's entries, any other from answer, its keys'
+    answers counted one by one."""
+    outcomes: list[ReadOutcome | None] = [None] * count
+    for group, agree in zip(groups, together, strict=True):
+        if agree:
+            source = replies[group.nodes[0]]
+            entries, starts, ends = source.entries, source.starts, source.ends
+            for p, index in enumerate(group.members, group.starts[0]):
+                outcomes[index] = ReadOutcome(entries[starts[p] : ends[p]])
+        else:
+            for index in group.members:
+                found, position = cast(Answer, answer[index])
+                outcomes[index] = ReadOutcome(found.entry(position))
+    return outcomes
