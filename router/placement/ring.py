@@ -14,14 +14,17 @@ table is dropped with the old one.
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from shardkv.common.ring_tokens import md5, ring_token
 from uhashring import HashRing  # type: ignore[import-untyped]
 
 # Ketama points are 32-bit.
 _RING_SIZE = 1 << 32
+# A ring token from an MD5 digest: its first 4 bytes, little-endian (ring_tokens.ring_token).
+_token_of = struct.Struct("<I").unpack_from
 # Virtual nodes per unit of weight; uhashring's ketama makes 4 points of each, so a node of
 # weight 1 among equals holds 400 points (busiest of 100 nodes ~1.15x the mean share).
 DEFAULT_VNODES = 100
@@ -142,23 +145,21 @@ class Ring:
             return self._table[index][:n]
         return tuple(self._walk_from(index, n))
 
-    def preference_lists(self, keys: Iterable[bytes], n: int) -> list[tuple[str, ...]]:
-        """preference_list(key, n) of each key, for a batch: the hash (ring_token's, inlined)
-        and the table walk without a call per key."""
+    def preference_lists(self, keys: Sequence[bytes], n: int) -> list[tuple[str, ...]]:
+        """preference_list(key, n) of each key, for a batch: the hash (ring_token's, inlined:
+        an all-ASCII batch, the usual one, is hashed as it is) and the table walk without a
+        call per key."""
         if n > self._depth:
             return [self.preference_list(key, n) for key in keys]
-        points, count, from_bytes = self._points, len(self._points), int.from_bytes
         table = self._sliced.get(n)
         if table is None:  # once per n for the ring's life (N, and R or W of a read)
-            table = self._sliced[n] = [owners[:n] for owners in self._table]
-        lists: list[tuple[str, ...]] = []
-        append = lists.append
-        for key in keys:
-            if not key.isascii():
-                key = key.decode("latin-1").encode("utf-8")
-            index = bisect_right(points, from_bytes(md5(key).digest()[:4], "little"))
-            append(table[index if index < count else 0])
-        return lists
+            # One more entry past the last point: a token beyond it wraps to the first.
+            table = [owners[:n] for owners in self._table]
+            table = self._sliced[n] = [*table, table[0]]
+        points = self._points
+        if all(map(bytes.isascii, keys)):
+            return [table[bisect_right(points, _token_of(md5(key).digest())[0])] for key in keys]
+        return [table[bisect_right(points, ring_token(key))] for key in keys]
 
     @property
     def points(self) -> tuple[int, ...]:

@@ -119,5 +119,10 @@ def test_preference_lists_match_preference_list() -> None:
     rng = random.Random(17)
     keys = [*KEYS[:1000], *(rng.randbytes(rng.randrange(0, 30)) for _ in range(1000))]
     for ring in (Ring({"n1": 1, "n2": 1, "n3": 1}), Ring({f"n{i}": 1 for i in range(12)})):
+        # Keys past the ring's last point wrap around to its first.
+        wrapped = [k for k in KEYS if ring_token(k) >= ring.points[-1]]
+        assert wrapped
         for n in (1, 2, 3, 8, 10):
-            assert ring.preference_lists(keys, n) == [ring.preference_list(k, n) for k in keys]
+            for batch in (keys, KEYS[:1000], wrapped):  # mixed; ASCII, hashed as they are
+                singles = [ring.preference_list(k, n) for k in batch]
+                assert ring.preference_lists(batch, n) == singles
