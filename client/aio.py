@@ -18,7 +18,7 @@ from . import core
 from .admin import AdminCall, AsyncAdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
 from .coalesce import AsyncBatcher, Awaited, Waiting
-from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
+from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .frames import KVFrames
 from .retry import DEFAULT_RETRY, RetryPolicy
@@ -65,7 +65,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._kv: dict[str, Any] = {}
         self._admin: dict[str, Any] = {}
-        self._getters: dict[Consistency | None, AsyncBatcher[bytes, Record | None]] = {}
+        self._getters: dict[Consistency | None, AsyncBatcher[bytes, Found | None]] = {}
         self._writers: dict[Consistency | None, AsyncBatcher[kv_pb2.Mutation, int]] = {}
 
     async def __aenter__(self) -> AsyncClient:
@@ -114,14 +114,20 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
     async def get(
         self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
     ) -> bytes | None:
-        record = await self.get_record(key, consistency=consistency, timeout=timeout)
-        return None if record is None else record.value
+        found = await self._found(core.check_key(key), consistency, timeout)
+        return None if found is None else found[0]
 
     async def get_record(
         self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
     ) -> Record | None:
         raw = core.check_key(key)
-        return await self._getter(self._level(consistency)).submit(raw, self._deadline(timeout))
+        found = await self._found(raw, consistency, timeout)
+        return None if found is None else Record(raw, *found)
+
+    async def _found(
+        self, key: bytes, consistency: Consistency | None, timeout: float | None
+    ) -> Found | None:
+        return await self._getter(self._level(consistency)).submit(key, self._deadline(timeout))
 
     async def put(
         self,
@@ -156,7 +162,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         pages = await asyncio.gather(
             *(self._batch_get(chunk, deadline, level=level) for chunk in core.chunks(wanted))
         )
-        return core.found_values(outcome for page in pages for outcome in page)
+        return core.found_values(wanted, (outcome for page in pages for outcome in page))
 
     async def put_many(
         self,
@@ -208,7 +214,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             if not page_token:
                 return
 
-    def _getter(self, level: Consistency | None) -> AsyncBatcher[bytes, Record | None]:
+    def _getter(self, level: Consistency | None) -> AsyncBatcher[bytes, Found | None]:
         batcher = self._getters.get(level)
         if batcher is None:
             batcher = AsyncBatcher(
@@ -239,7 +245,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         waiting: Waiting | None = None,
         *,
         level: Consistency | None,
-    ) -> list[Record | ShardKVError | None]:
+    ) -> list[Found | ShardKVError | None]:
         """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited)."""
         batch = Awaited(keys, waiting, key_of=bytes)
         build = partial(core.batch_get_request, level=level)

@@ -42,6 +42,10 @@ class Record:
     version: int
 
 
+# What a read found of a key: its value and the version that wrote it.
+Found = tuple[bytes, int]
+
+
 def to_bytes(data: KeyLike, what: str = "key") -> bytes:
     """bytes as they are, str as UTF-8: the one place where keys and values are normalised."""
     if type(data) is bytes:  # nearly every key: no isinstance checks against a union
@@ -136,15 +140,17 @@ def batch_write_request(
 
 def get_outcomes(
     keys: Sequence[bytes], reply: kv_pb2.BatchGetResponse
-) -> list[Record | ShardKVError | None]:
-    """Per key: its Record, None when not found, or the error of its ItemStatus."""
+) -> list[Found | ShardKVError | None]:
+    """Per key: its value and version, None when not found, or the error of its ItemStatus.
+    A found key's status is OK, so only the others' is read; no Record per key (a frozen
+    dataclass costs 0.6 µs to build): get_record builds one for its caller."""
     _check_length(len(keys), len(reply.results), "BatchGet")
-    outcomes: list[Record | ShardKVError | None] = []
+    outcomes: list[Found | ShardKVError | None] = []
     for key, result in zip(keys, reply.results, strict=True):
-        if result.status.code:
+        if result.found:
+            outcomes.append((result.value, result.version))
+        elif result.status.code:
             outcomes.append(from_item_status(result.status.code, result.status.message, key))
-        elif result.found:
-            outcomes.append(Record(key, result.value, result.version))
         else:
             outcomes.append(None)
     return outcomes
@@ -166,17 +172,19 @@ def write_outcomes(
     return outcomes
 
 
-def found_values(outcomes: Iterable[Record | ShardKVError | None]) -> dict[bytes, bytes]:
+def found_values(
+    keys: Iterable[bytes], outcomes: Iterable[Found | ShardKVError | None]
+) -> dict[bytes, bytes]:
     """get_many's answer: found keys only, or one error naming every key that failed."""
     found: dict[bytes, bytes] = {}
     failures: list[ShardKVError] = []
     total = 0
-    for outcome in outcomes:
+    for key, outcome in zip(keys, outcomes, strict=True):
         total += 1
         if isinstance(outcome, ShardKVError):
             failures.append(outcome)
         elif outcome is not None:
-            found[outcome.key] = outcome.value
+            found[key] = outcome[0]
     if failures:
         raise _summary(failures, total, "reads")
     return found

@@ -17,7 +17,7 @@ from . import core
 from .admin import AdminCall, AdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
 from .coalesce import Awaited, ThreadBatcher, Waiting
-from .core import Consistency, KeyLike, Record, ScanPlan, ValueLike
+from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .transport import TLSConfig, channel_options
@@ -87,7 +87,7 @@ class Client(ClientBase, AdminMethods):
         for address, channel in self._channels.items():
             self._kv[address] = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
             self._admin[address] = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
-        self._getters: dict[Consistency | None, ThreadBatcher[bytes, Record | None]] = {}
+        self._getters: dict[Consistency | None, ThreadBatcher[bytes, Found | None]] = {}
         self._writers: dict[Consistency | None, ThreadBatcher[kv_pb2.Mutation, int]] = {}
         self._batchers_lock = threading.Lock()
 
@@ -111,15 +111,21 @@ class Client(ClientBase, AdminMethods):
         self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
     ) -> bytes | None:
         """The value of key, or None when it was never written or was deleted."""
-        record = self.get_record(key, consistency=consistency, timeout=timeout)
-        return None if record is None else record.value
+        found = self._found(core.check_key(key), consistency, timeout)
+        return None if found is None else found[0]
 
     def get_record(
         self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None
     ) -> Record | None:
         """The record of key with its version, or None when it is missing."""
         raw = core.check_key(key)
-        return self._getter(self._level(consistency)).submit(raw, self._deadline(timeout))
+        found = self._found(raw, consistency, timeout)
+        return None if found is None else Record(raw, *found)
+
+    def _found(
+        self, key: bytes, consistency: Consistency | None, timeout: float | None
+    ) -> Found | None:
+        return self._getter(self._level(consistency)).submit(key, self._deadline(timeout))
 
     def put(
         self,
@@ -151,9 +157,12 @@ class Client(ClientBase, AdminMethods):
         wanted = core.check_keys(keys)
         level, deadline = self._level(consistency), self._deadline(timeout)
         return core.found_values(
-            outcome
-            for chunk in core.chunks(wanted)
-            for outcome in self._batch_get(chunk, deadline, level=level)
+            wanted,
+            (
+                outcome
+                for chunk in core.chunks(wanted)
+                for outcome in self._batch_get(chunk, deadline, level=level)
+            ),
         )
 
     def put_many(
@@ -217,7 +226,7 @@ class Client(ClientBase, AdminMethods):
             if not page_token:
                 return
 
-    def _getter(self, level: Consistency | None) -> ThreadBatcher[bytes, Record | None]:
+    def _getter(self, level: Consistency | None) -> ThreadBatcher[bytes, Found | None]:
         batcher = self._getters.get(level)
         if batcher is not None:
             return batcher
@@ -256,7 +265,7 @@ class Client(ClientBase, AdminMethods):
         waiting: Waiting | None = None,
         *,
         level: Consistency | None,
-    ) -> list[Record | ShardKVError | None]:
+    ) -> list[Found | ShardKVError | None]:
         """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited)."""
         batch = Awaited(keys, waiting, key_of=bytes)
         build = partial(core.batch_get_request, level=level)
