@@ -20,7 +20,7 @@ from shardkv.v1 import kv_pb2, replica_pb2
 _RESULTS_TAG = b"\x0a"
 # Type codes of the packed arrays of ReadAnswers: 4-byte and 8-byte unsigned integers.
 UINT32, UINT64 = "I", "Q"
-# Bytes of each key's writer in ReadAnswers.writers: a reply answers that many keys.
+# Bytes of one writer in ReadAnswers.writers: a reply answers len(writers) // this keys.
 WRITER_BYTES = 4
 # A key's stored fields, as a node reads them: value, version, writer, tombstone; None
 # where it holds no record.
@@ -31,7 +31,8 @@ def read_answers(keys: Sequence[bytes], fields: Sequence[Fields | None]) -> repl
     """The answers of keys (a prefix of them when fields is shorter): each result added in
     place and the whole serialized once; each entry's end is worked out from the sizes of
     its fields as it is added (reading the sizes back costs a wrapper object per entry).
-    Keys are at most 511 bytes (LMDB's limit): their length takes one or two bytes."""
+    Keys are shorter than 16 KiB (LMDB takes 511 bytes): their length takes one or two
+    bytes."""
     results = kv_pb2.BatchGetResponse()
     add = results.results.add
     versions: list[int] = []
@@ -53,7 +54,9 @@ def read_answers(keys: Sequence[bytes], fields: Sequence[Fields | None]) -> repl
             else:
                 add(key=key, found=True, value=value, version=version)
                 length = len(value)
-                size += 3 + (version.bit_length() + 6) // 7
+                size += 2
+                if version:
+                    size += 1 + (version.bit_length() + 6) // 7
                 if length:
                     size += 1 + (length.bit_length() + 6) // 7 + length
             versions.append(version)

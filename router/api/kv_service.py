@@ -28,7 +28,7 @@ from shardkv.v1 import kv_pb2, kv_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _item_status(outcome: ReadOutcome | WriteOutcome) -> kv_pb2.ItemStatus:
+def _item_status(outcome: WriteOutcome) -> kv_pb2.ItemStatus:
     if outcome.error is None:
         return kv_pb2.ItemStatus()
     return kv_pb2.ItemStatus(code=outcome.code.value[0], message=outcome.error)
@@ -140,7 +140,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         if len(distinct) < len(keys):  # a key named twice: an answer per key named
             by_key = dict(zip(distinct, read, strict=True))
             read = [by_key[key] for key in keys]
-        # Each key's entry as its replica serialized it (common/answers.py), joined.
+        # Each key's entry (common/answers.py): as its newest replica serialized it, or as
+        # the router wrote it (a failure, a key read by the general path); joined.
         return kv_pb2.BatchGetResponse.FromString(b"".join([o.entry for o in read]))
 
     @unary

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Protocol, cast
 
+from shardkv.common import hlc
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.batch_write import FINAL_CODES
@@ -45,7 +46,7 @@ from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
 from shardkv.router.requests.read_budget import ReadBudget
-from shardkv.router.requests.read_groups import OwnerGroup, agreed, group_outcomes, plan
+from shardkv.router.requests.read_groups import Answer, OwnerGroup, agreed, group_outcomes, plan
 from shardkv.router.requests.read_round import ReadRound
 from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.router.requests.replica_latency import ReplicaLatency
@@ -110,7 +111,7 @@ class BatchReader:
         general: GeneralRead,
     ) -> list[ReadOutcome]:
         """Reads keys routed under epoch; answers once each is decided. Replies beyond
-        budget (bytes of records held) fail their chunk as RESOURCE_EXHAUSTED. general is
+        budget (bytes of answers held) fail their chunk as RESOURCE_EXHAUSTED. general is
         the general path, with this request's quorum, deadline and budget."""
         layout = self._placement.layout
         if layout.new is not None or self._placement.uncounted or layout.epoch != epoch:
@@ -243,6 +244,12 @@ class BatchReader:
                     newest[index] = version
                     writer[index] = writers[position]
                     source[index] = (answers, position)
+            else:  # one stamp: the same write, unless the contents differ (hlc.precedes)
+                found, at = cast(Answer, source[index])
+                if not answers.same(position, found, at):
+                    rnd.differ.add(index)
+                    if hlc.precedes(found.record(at), answers.record(position)):
+                        source[index] = (answers, position)
             got = replies[index] + 1
             replies[index] = got
             if got == needed:
@@ -327,11 +334,11 @@ class BatchReader:
             for position, index in enumerate(indexes):
                 if index not in differ or newest[index] <= 0:
                     continue
-                version = answers.versions[position]
-                if (version, answers.writers[position]) < (newest[index], writer[index]):
-                    held = source[index]
-                    if held is not None:
-                        self._repair(node_id, held[0].record(held[1]), version, rnd.epoch)
+                found, at = cast(Answer, source[index])
+                stamp = (answers.versions[position], answers.writers[position])
+                best = (newest[index], writer[index])
+                if stamp < best or (stamp == best and not answers.same(position, found, at)):
+                    self._repair(node_id, found.record(at), stamp[0], rnd.epoch)
 
     def _outcomes(
         self, rnd: ReadRound, keys: Sequence[bytes], skipped: set[int]

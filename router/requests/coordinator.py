@@ -375,7 +375,7 @@ class Coordinator:
         """Reads every key from R of its owners (more when one is late or fails; every
         live owner during a move or with an owner DOWN or not counted: batch_read.py,
         key_reads.py); answers once each key is decided. Replies beyond budget (bytes of
-        records held) are dropped as RESOURCE_EXHAUSTED."""
+        answers and records held) are dropped as RESOURCE_EXHAUSTED."""
         general = partial(self._key_reader.read_at, needed=needed, deadline=deadline, budget=budget)
         read = partial(
             self._batch_reader.read,

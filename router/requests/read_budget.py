@@ -8,6 +8,8 @@ A ReadBudget watches the replies of one request; past its bound it drops every f
 record (its replica counts as failed with RESOURCE_EXHAUSTED), so the request ends without
 holding more, and the caller answers that the result cannot fit. Node calls themselves are
 capped by value bytes (node_client.MAX_BATCH_BYTES), so what is in flight is bounded too.
+The batch path counts each answer entry whole (key, value, tags and version), the general
+path a record's key and value.
 """
 
 from __future__ import annotations

@@ -78,19 +78,30 @@ def plan(
 
 
 def agreed(group: OwnerGroup, replies: Mapping[str, ReplicaAnswers]) -> bool:
-    """Whether every owner asked answered each of the group's keys with the same (version,
-    writer): the same write."""
+    """Whether every owner asked answered each of the group's keys with the same record:
+    the same (version, writer), and the same entry bytes (equal stamps with different
+    contents are told apart by hlc.precedes, key by key)."""
     size = len(group.members)
     first = replies[group.nodes[0]]
     start = group.starts[0]
     versions = first.versions[start : start + size]
     writers = first.writers[start : start + size]
+    entries = _span(first, start, size)
     for node_id, other_start in zip(group.nodes[1:], group.starts[1:], strict=True):
         other = replies[node_id]
         end = other_start + size
-        if other.versions[other_start:end] != versions or other.writers[other_start:end] != writers:
+        if (
+            other.versions[other_start:end] != versions
+            or other.writers[other_start:end] != writers
+            or _span(other, other_start, size) != entries
+        ):
             return False
     return True
+
+
+def _span(answers: ReplicaAnswers, start: int, size: int) -> bytes:
+    """The entries of size keys from position start, which lie side by side."""
+    return answers.entries[answers.starts[start] : answers.ends[start + size - 1]]
 
 
 def group_outcomes(

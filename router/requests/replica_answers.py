@@ -34,6 +34,12 @@ class ReplicaAnswers:
     def entry(self, position: int) -> bytes:
         return self.entries[self.starts[position] : self.ends[position]]
 
+    def same(self, position: int, other: ReplicaAnswers, other_position: int) -> bool:
+        """Whether the entries at position and at other's other_position are the same
+        bytes: with the same (version, writer), the same record (a tombstone and a value
+        stamped alike, which only a bug or a restore gone wrong makes, are not)."""
+        return self.entry(position) == other.entry(other_position)
+
     def record(self, position: int) -> replica_pb2.Record:
         """The record the entry at position stands for (a live value, or a tombstone when it
         has a version but is not found), to repair another replica with."""
@@ -67,7 +73,7 @@ def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[
         [reply] = replies
         entries, bounds = reply.entries, unpacked(UINT32, reply.bounds)
         versions, writers = unpacked(UINT64, reply.versions), unpacked(UINT32, reply.writers)
-    else:
+    else:  # a call's bytes stay far below 4 GiB: 1000 keys of at most 1 MiB (Limits)
         entries, bounds = b"".join(r.entries for r in replies), array(UINT32, [0])
         versions, writers = array(UINT64), array(UINT32)
         for reply in replies:
@@ -75,6 +81,17 @@ def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[
             bounds.extend(base + bound for bound in unpacked(UINT32, reply.bounds)[1:])
             versions += unpacked(UINT64, reply.versions)
             writers += unpacked(UINT32, reply.writers)
+    keys = sum(sizes)
+    if (
+        len(bounds) != keys + 1
+        or len(versions) != keys
+        or len(writers) != keys
+        or (bounds[-1] != len(entries))
+    ):
+        raise ValueError(
+            f"node answered {len(versions)} versions, {len(writers)} writers and"
+            f" {len(bounds)} bounds over {len(entries)} bytes for {keys} keys"
+        )
     chunks: list[ReplicaAnswers] = []
     first = 0
     for size in sizes:

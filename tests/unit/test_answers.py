@@ -5,6 +5,7 @@ records the node read."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from shardkv.common.answers import UINT32, UINT64, Fields, get_result, read_answers, unpacked
@@ -19,7 +20,7 @@ held: st.SearchStrategy[Fields | None] = st.one_of(
         st.one_of(
             st.just(b""), st.binary(max_size=300), st.binary(min_size=16_384, max_size=20_000)
         ),
-        st.integers(min_value=1, max_value=(1 << 64) - 1),
+        st.integers(min_value=0, max_value=(1 << 64) - 1),  # 0: a corrupt record, still sized
         st.integers(min_value=0, max_value=(1 << 32) - 1),
         st.booleans(),
     ),
@@ -73,3 +74,15 @@ def test_replies_of_one_read_split_by_chunk_whatever_reply_holds_them() -> None:
             two.entry(i) for i in range(len(two.ends))
         ]
         assert one.versions == two.versions and one.size == two.size
+
+
+def test_answers_of_the_wrong_shape_fail_the_call_instead_of_being_misread() -> None:
+    """A node whose arrays do not match the keys asked (a bug, or a version mismatch) fails
+    its chunk with a message saying what it sent; its entries are never sliced wrongly."""
+    answers = read_answers([b"a", b"b"], [None, (b"v", 3, 1, False)])
+    short = replica_pb2.ReadAnswers()
+    short.CopyFrom(answers)
+    short.writers = short.writers[:4]
+    for broken, sizes in ((short, [2]), (answers, [3])):
+        with pytest.raises(ValueError, match="node answered"):
+            split([broken], sizes)

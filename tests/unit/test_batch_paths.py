@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
 from fake_nodes import FakeCluster, read_value, settle
+from shardkv.router.requests import batch_read, read_groups
 from shardkv.router.requests.coordinator import Mutation
 from shardkv.v1 import replica_pb2
 
@@ -121,26 +123,44 @@ def test_a_read_short_of_r_fails_with_the_general_paths_error() -> None:
     run(scenario)
 
 
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the batch read path's comparisons of whole groups of keys."""
+    calls: list[int] = []
+
+    def counted(*args: Any) -> bool:
+        calls.append(1)
+        return read_groups.agreed(*args)
+
+    monkeypatch.setattr(batch_read, "agreed", counted)
+    return calls
+
+
+def _store_alike(cluster: FakeCluster, keys: list[bytes]) -> None:
+    for key in keys:
+        for node_id in cluster.owners(key):
+            cluster.nodes[node_id].records[key] = replica_pb2.Record(
+                key=key, value=b"same", version=5, writer=1
+            )
+
+
 @pytest.mark.timeout(10)
-def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only_stale_ones() -> (
-    None
-):
+def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only_stale_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Owners agree on most keys of a batch and disagree on a few, in every group of keys
-    with the same owners: every key is answered with its newest record, a deleted key as
-    not found, and only the stale replicas are repaired."""
+    with the same owners, the newer record on the first owner asked or the second: every
+    key is answered with its newest record, a deleted key as not found, and only the stale
+    replicas are repaired. The groups were compared whole."""
 
     async def scenario() -> None:
+        compared = _counting(monkeypatch)
         cluster = FakeCluster()
         keys = [b"g/%d" % i for i in range(200)]
-        for key in keys:
-            for node_id in cluster.owners(key):
-                cluster.nodes[node_id].records[key] = replica_pb2.Record(
-                    key=key, value=b"same", version=5, writer=1
-                )
+        _store_alike(cluster, keys)
         stale = keys[::25]
-        for key in stale:  # the first owner asked holds a newer write, the second not
-            first = cluster.owners(key)[0]
-            cluster.nodes[first].records[key] = replica_pb2.Record(
+        for number, key in enumerate(stale):  # one owner asked holds a newer write
+            owner = cluster.owners(key)[number % 2]
+            cluster.nodes[owner].records[key] = replica_pb2.Record(
                 key=key, value=b"newer", version=9, writer=1
             )
         gone = keys[7]
@@ -151,9 +171,63 @@ def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only
         reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
         expected = [None if key == gone else b"newer" if key in stale else b"same" for key in keys]
         assert [read_value(o) for o in reads] == expected
+        assert compared, "the groups were not compared whole"
         await settle()
         assert cluster.coordinator.repairs == len(stale)
         for key in stale:
-            assert cluster.nodes[cluster.owners(key)[1]].value(key) == b"newer"
+            assert [cluster.nodes[n].value(key) for n in cluster.owners(key)[:2]] == [b"newer"] * 2
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_failed_owner_has_the_batch_counted_key_by_key_and_still_answered_newest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """n3 fails every read: its keys ask their third owner, the round counts key by key
+    (no group is compared whole), and every key is answered with the newest record the
+    owners that answered hold."""
+
+    async def scenario() -> None:
+        compared = _counting(monkeypatch)
+        cluster = FakeCluster()
+        keys = [b"f/%d" % i for i in range(120)]
+        _store_alike(cluster, keys)
+        stale = keys[::10]
+        for key in stale:
+            answering = [n for n in cluster.owners(key) if n != "n3"]
+            cluster.nodes[answering[-1]].records[key] = replica_pb2.Record(
+                key=key, value=b"newer", version=9, writer=1
+            )
+        cluster.nodes["n3"].fail = grpc.StatusCode.UNAVAILABLE
+        reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
+        assert [read_value(o) for o in reads] == [
+            b"newer" if key in stale else b"same" for key in keys
+        ]
+        assert not compared, "a round with a failed owner compares key by key"
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_tombstone_and_a_value_with_the_same_stamp_resolve_as_everywhere_else() -> None:
+    """Two owners hold the same (version, writer), one a tombstone and one a value (only a
+    bug makes that): the read answers what hlc.precedes keeps, the tombstone, as the
+    general path and every replica would, and repairs the other owner."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        key = cluster.key_owned("tie", "n1")
+        first, second, _ = cluster.owners(key)
+        cluster.nodes[first].records[key] = replica_pb2.Record(
+            key=key, value=b"v", version=5, writer=1
+        )
+        cluster.nodes[second].records[key] = replica_pb2.Record(
+            key=key, version=5, writer=1, tombstone=True
+        )
+        [outcome] = await cluster.coordinator.read([key], 2, cluster.deadline())
+        assert outcome.error is None and read_value(outcome) is None
+        await settle()
+        assert cluster.coordinator.repairs == 1
 
     run(scenario)
