@@ -6,21 +6,23 @@ Performance). So ``AsyncClient`` sends its KV calls to a router that advertises 
 exchange port (KV.ExchangePort) as frames on one connection per router, with the same TLS
 and token as its gRPC channel. The router serves a frame with the call's own handler, so
 it answers what the call would (values, versions, item errors, refusals), and the SDK
-retries it as the call. A call goes by gRPC instead when the router advertises no port,
-refuses to name it, cannot be reached on it or answers it with anything but a welcome (for
-UNARY_S at a time: shardkv.common.exchange_connection), when its request is over the
-message limit (gRPC fails it alone), and when 256 frames are already in flight on the
-connection. Every call stays on gRPC when the client was given interceptors (they are to
-see every call), frames=False (a gRPC proxy in front of the routers) or a client certificate
-or key as PEM bytes (ssl loads keys from files only, and the SDK does not write a key to disk);
-so do Admin calls and the blocking ``Client``.
+retries it as the call. A call goes by gRPC instead, for UNARY_S at a time
+(shardkv.common.exchange_connection), when the router advertises no port, refuses to name
+it, cannot be reached on it, or answers it with anything but a welcome naming that router
+(another router on that port: a stale advertised port, a host name standing for several
+routers); and, one call at a time, when its request is over the message limit (gRPC fails
+it alone) or 256 frames are already in flight on the connection. Every call stays on gRPC
+when the client was given interceptors (they are to see every call), frames=False (a gRPC
+proxy in front of the routers) or a client certificate or key as PEM bytes (ssl loads keys
+from files only, and the SDK does not write a key to disk); so do Admin calls and the
+blocking ``Client``.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -31,6 +33,7 @@ from shardkv.common import requestid
 from shardkv.common.exchange_connection import ExchangeConnection
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.rpc_status import rpc_error
+from shardkv.common.wire import ROUTER_ID_KEY
 from shardkv.v1 import kv_pb2
 
 from .transport import TLSConfig, read_pem
@@ -113,7 +116,7 @@ class KVFrames:
             await connection.close()
 
     def _open(self, stub: Any, target: str) -> ExchangeConnection:
-        async def port(timeout: float) -> int:
+        async def port(timeout: float) -> tuple[int, Mapping[str, str]]:
             request = kv_pb2.ExchangePortRequest()
             metadata = (("authorization", self._authorization),) if self._authorization else ()
             try:
@@ -121,8 +124,9 @@ class KVFrames:
             except grpc.aio.AioRpcError as err:
                 if err.code() in _UNREACHABLE:
                     raise  # the call fails (and is retried) as its gRPC call would
-                return 0  # an older router, or one refusing this call: gRPC answers
-            return int(reply.port)
+                return 0, {}  # an older router, or one refusing this call: gRPC answers
+            # Frames go only where the router asked answers (else by gRPC, to it).
+            return int(reply.port), {ROUTER_ID_KEY: reply.router_id} if reply.router_id else {}
 
         return ExchangeConnection(
             f"router {target}",

@@ -51,8 +51,9 @@ _REQUEST_TAG = b"\x1a"
 # caller asks for it and tries it again.
 UNARY_S = 30.0
 Reply = exchange_pb2.ExchangeReply
-# Asks the server for its exchange port (0: it has none), within timeout seconds.
-PortLookup = Callable[[float], Awaitable[int]]
+# Asks the server for its exchange port (0: it has none), within timeout seconds, and
+# what the port's welcome must name: the server that answered (empty: no such check).
+PortLookup = Callable[[float], Awaitable[tuple[int, Mapping[str, str]]]]
 
 
 class ExchangeConnection:
@@ -261,11 +262,13 @@ class ExchangeConnection:
         its gRPC port but cannot be reached on its exchange port (a firewall that lets one
         through, a listener gone). Each step is bounded by connect_timeout_s (and every
         frame by its own). A server that answers the hello with anything but a welcome
-        (another protocol on that port) also gets gRPC calls; one that refuses the caller,
-        or names another server, fails the frames (gRPC would refuse them too, or reach
-        the wrong server)."""
+        (another protocol on that port), or whose welcome names another server than the
+        one that answered the lookup (a router's port reached through a name that stands
+        for several), also gets gRPC calls, which reach the server asked; one that refuses
+        the caller, or names another server than the caller expects (welcome), fails the
+        frames (gRPC would refuse them too, or reach the wrong server)."""
         loop = asyncio.get_running_loop()
-        port = await self._exchange_port(self._connect_timeout_s)
+        port, answerer = await self._exchange_port(self._connect_timeout_s)
         if not port:
             log.warning("%s advertises no exchange port: gRPC calls", self._name)
             self._unary_until = loop.time() + UNARY_S
@@ -290,6 +293,7 @@ class ExchangeConnection:
                 connection.write(self._hello)
                 welcome = await self._message(reader)
             problem = _welcome_problem(welcome, self._welcome)
+            stranger = _welcome_problem(welcome, answerer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
             writer.transport.abort()
             log.warning("%s answered no welcome: %r; gRPC calls for %g s", where, exc, UNARY_S)
@@ -301,6 +305,11 @@ class ExchangeConnection:
         if problem is not None:
             writer.transport.abort()
             raise rpc_error(problem[0], f"{where}: {problem[1]}")
+        if stranger is not None:  # gRPC reaches the server that answered the lookup
+            writer.transport.abort()
+            log.warning("%s %s; gRPC calls for %g s", where, stranger[1], UNARY_S)
+            self._unary_until = loop.time() + UNARY_S
+            return None
         self._connection = connection
         self._spawn(self._read(connection))
         return connection

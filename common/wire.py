@@ -18,6 +18,8 @@ MAX_FRAMES_RUNNING = 256
 # A node's welcome on its exchange port names it (routers check it: a stale or wrong
 # advertised port must not send one node's writes to another).
 NODE_ID_KEY = "shardkv-node-id"
+# A router's welcome names it too (KV.ExchangePort says which router a client asked).
+ROUTER_ID_KEY = "shardkv-router-id"
 
 
 def varint(value: int) -> bytes:

@@ -214,7 +214,12 @@ class RouterServer:
             ],
         )
         kv = KVService(
-            coordinator, self._clients, self.health, topology=topology, limits=config.limits
+            coordinator,
+            self._clients,
+            self.health,
+            topology=topology,
+            limits=config.limits,
+            router_id=config.router_id,
         )
         kv_pb2_grpc.add_KVServicer_to_server(kv, server)  # type: ignore[no-untyped-call]
         self._exchange = kv_exchange(

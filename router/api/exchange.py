@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from functools import partial
 
+from shardkv.common.wire import ROUTER_ID_KEY
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.security import SecurityError, client_admission
 from shardkv.router.config import TlsConfig
@@ -19,8 +20,6 @@ from shardkv.serving.exchange_server import FrameServer, Observe, unary_methods
 from shardkv.v1 import kv_pb2
 
 KV_DESCRIPTOR = kv_pb2.DESCRIPTOR.services_by_name["KV"]
-# The welcome's trailing metadata naming the router that answered.
-ROUTER_ID_KEY = "shardkv-router-id"
 
 
 def kv_exchange(

@@ -52,8 +52,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         *,
         topology: Topology,
         limits: Limits,
+        router_id: str,
     ) -> None:
         self._coordinator = coordinator
+        self._router_id = router_id
         self._clients = clients
         self._health = health
         self._topology = topology
@@ -171,7 +173,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def ExchangePort(
         self, request: kv_pb2.ExchangePortRequest, context: Context
     ) -> kv_pb2.ExchangePortResponse:
-        return kv_pb2.ExchangePortResponse(port=self.exchange_port)
+        return kv_pb2.ExchangePortResponse(port=self.exchange_port, router_id=self._router_id)
 
     @unary
     async def Scan(self, request: kv_pb2.ScanRequest, context: Context) -> kv_pb2.ScanResponse:

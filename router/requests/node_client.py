@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -263,9 +263,10 @@ class NodeClient(NodeCalls):
         await self._frames.close()
         await self._channel.close()
 
-    async def _exchange_port(self, timeout_s: float) -> int:
+    async def _exchange_port(self, timeout_s: float) -> tuple[int, Mapping[str, str]]:
+        """The node's port; its welcome must name the node of the topology (welcome)."""
         identity = await self.identity(replica_pb2.IdentityRequest(), timeout_s)
-        return identity.exchange_port
+        return identity.exchange_port, {}
 
     async def _send_apply(
         self, items: list[ApplyItem], timeout: float, epoch: int | None

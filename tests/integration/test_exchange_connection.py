@@ -76,8 +76,8 @@ class ScriptedServer:
 
 
 def _connection(port: int) -> ExchangeConnection:
-    async def lookup(timeout: float) -> int:
-        return port
+    async def lookup(timeout: float) -> tuple[int, dict[str, str]]:
+        return port, {}
 
     return ExchangeConnection(
         "scripted server",

@@ -169,18 +169,24 @@ def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(cluster: Cluste
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("behind", ["nothing", "grpc"])
+@pytest.mark.parametrize("behind", ["nothing", "grpc", "router"])
 def test_the_sdk_uses_grpc_when_the_exchange_port_cannot_be_used(
     cluster: Cluster, caplog: pytest.LogCaptureFixture, behind: str
 ) -> None:
-    """The advertised port has nothing listening, or another protocol (the router's own
-    gRPC port, which answers the hello with HTTP/2): calls go by gRPC, with a warning."""
+    """The advertised port has nothing listening, another protocol (the router's own gRPC
+    port, which answers the hello with HTTP/2), or another router (a stale or wrong
+    advertised port, or a DNS name standing for several routers: its welcome names it):
+    calls go by gRPC, to the router the client was given, with a warning."""
     port = free_port()
-    advertised = free_port() if behind == "nothing" else port
+    advertised = {
+        "nothing": free_port(),
+        "grpc": port,
+        "router": _exchange_port(cluster.router.address),
+    }[behind]
     stray = router_proc(
         cluster.base,
         cluster.config,
-        {"nothing": "r2", "grpc": "r3"}[behind],
+        {"nothing": "r2", "grpc": "r3", "router": "r4"}[behind],
         port=port,
         extra=[
             "--token-file",

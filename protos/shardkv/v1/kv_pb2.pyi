@@ -173,7 +173,9 @@ class ExchangePortRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ExchangePortResponse(_message.Message):
-    __slots__ = ("port",)
+    __slots__ = ("port", "router_id")
     PORT_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
     port: int
-    def __init__(self, port: _Optional[int] = ...) -> None: ...
+    router_id: str
+    def __init__(self, port: _Optional[int] = ..., router_id: _Optional[str] = ...) -> None: ...
