@@ -135,6 +135,12 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _newer_on(cluster: FakeCluster, node_id: str, key: bytes) -> None:
+    cluster.nodes[node_id].records[key] = replica_pb2.Record(
+        key=key, value=b"newer", version=9, writer=1
+    )
+
+
 def _store_alike(cluster: FakeCluster, keys: list[bytes]) -> None:
     for key in keys:
         for node_id in cluster.owners(key):
@@ -159,10 +165,7 @@ def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only
         _store_alike(cluster, keys)
         stale = keys[::25]
         for number, key in enumerate(stale):  # one owner asked holds a newer write
-            owner = cluster.owners(key)[number % 2]
-            cluster.nodes[owner].records[key] = replica_pb2.Record(
-                key=key, value=b"newer", version=9, writer=1
-            )
+            _newer_on(cluster, cluster.owners(key)[number % 2], key)
         gone = keys[7]
         for node_id in cluster.owners(gone):
             cluster.nodes[node_id].records[gone] = replica_pb2.Record(
@@ -195,10 +198,7 @@ def test_a_failed_owner_has_the_batch_counted_key_by_key_and_still_answered_newe
         _store_alike(cluster, keys)
         stale = keys[::10]
         for key in stale:
-            answering = [n for n in cluster.owners(key) if n != "n3"]
-            cluster.nodes[answering[-1]].records[key] = replica_pb2.Record(
-                key=key, value=b"newer", version=9, writer=1
-            )
+            _newer_on(cluster, [n for n in cluster.owners(key) if n != "n3"][-1], key)
         cluster.nodes["n3"].fail = grpc.StatusCode.UNAVAILABLE
         reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
         assert [read_value(o) for o in reads] == [
