@@ -90,16 +90,13 @@ def check_value(key: bytes, value: ValueLike) -> bytes:
 
 
 def check_keys(keys: Iterable[KeyLike]) -> list[bytes]:
-    """Distinct keys as bytes, in first-seen order, each checked. The lengths are checked
-    for the whole batch at once (a batch of 100 keys: 0.3 µs a key instead of 0.9 checked
-    one by one); a batch that breaks a limit is checked key by key, so the error names the
+    """Distinct keys as bytes, in first-seen order, each checked: for the whole batch at
+    once (Limits.keys_fit); a batch that breaks a limit key by key, so the error names the
     first key that breaks it."""
     raw = [to_bytes(key) for key in keys]
-    if raw:
-        lengths = list(map(len, raw))
-        if min(lengths) == 0 or max(lengths) > DEFAULT_LIMITS.max_key_bytes:
-            for key in raw:
-                check_key(key)
+    if not DEFAULT_LIMITS.keys_fit(raw):
+        for key in raw:
+            check_key(key)
     return list(dict.fromkeys(raw))
 
 

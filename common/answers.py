@@ -20,8 +20,6 @@ from shardkv.v1 import kv_pb2, replica_pb2
 _RESULTS_TAG = b"\x0a"
 # Type codes of the packed arrays of ReadAnswers: 4-byte and 8-byte unsigned integers.
 UINT32, UINT64 = "I", "Q"
-# Bytes of one writer in ReadAnswers.writers: a reply answers len(writers) // this keys.
-WRITER_BYTES = 4
 # A key's stored fields, as a node reads them: value, version, writer, tombstone; None
 # where it holds no record.
 Fields = tuple[bytes, int, int, bool]
@@ -69,6 +67,11 @@ def read_answers(keys: Sequence[bytes], fields: Sequence[Fields | None]) -> repl
         versions=packed(UINT64, versions),
         writers=packed(UINT32, writers),
     )
+
+
+def answered(answers: replica_pb2.ReadAnswers) -> int:
+    """How many keys answers answers (one writer each)."""
+    return len(answers.writers) // array(UINT32).itemsize
 
 
 def packed(code: str, numbers: Sequence[int]) -> bytes:

@@ -352,10 +352,7 @@ class BatchReader:
             for node_id, indexes, failure in rnd.failures:
                 for index in indexes:
                     failed.setdefault(index, []).append((node_id, failure))
-        top = max(rnd.newest, default=0)
-        if top > 0:
-            # Later writes order after every version read (one call for the batch).
-            self._clock.observe(top)
+        self._observe(max(rnd.newest, default=0))
         if not skipped and not rnd.undecided:  # every key answered: no check per key
             tally.add_reached(len(keys), needed, sum(replies))
             decided = cast(list[tuple[ReplicaAnswers, int]], answer)
@@ -388,11 +385,13 @@ class BatchReader:
         """Each key's outcome when every owner asked answered (counted by group)."""
         groups = cast(list[OwnerGroup], rnd.groups)
         replies = {node_id: answers for node_id, _, answers in rnd.answered}
-        top = max((max(answers.versions, default=0) for answers in replies.values()), default=0)
-        if top > 0:
-            # Later writes order after every version read (one call for the batch).
-            self._clock.observe(top)
+        self._observe(max((max(a.versions, default=0) for a in replies.values()), default=0))
         answered = sum(len(group.members) for group in groups)
         replied = sum(len(group.members) * len(group.nodes) for group in groups)
         self._tally.add_reached(answered, rnd.needed, replied)
         return group_outcomes(groups, rnd.agreed, replies, rnd.answer, count)
+
+    def _observe(self, newest: int) -> None:
+        """Later writes order after every version read (one call for the batch)."""
+        if newest > 0:
+            self._clock.observe(newest)

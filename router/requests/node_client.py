@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
-from shardkv.common.answers import WRITER_BYTES
+from shardkv.common.answers import answered
 from shardkv.common.exchange_connection import ExchangeConnection
 from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.common.wire import NODE_ID_KEY
@@ -321,7 +321,7 @@ class NodeClient(NodeCalls):
             request.keys.extend(chunk)
         keys = request.keys
         replies: list[replica_pb2.ReadAnswers] = []
-        answered = 0
+        done = 0
         end = asyncio.get_running_loop().time() + timeout
         while True:
             reply = await self._read(
@@ -330,14 +330,15 @@ class NodeClient(NodeCalls):
                 epoch,
             )
             answers = answers_of(request.keys, reply)
-            if not answers.writers:
+            count = answered(answers)
+            if not count:
                 return []  # the coalescer fails the batch as a short reply
             replies.append(answers)
-            answered += len(answers.writers) // WRITER_BYTES
-            if answered >= len(keys):
+            done += count
+            if done >= len(keys):
                 return split(replies, [len(chunk) for chunk in chunks])
             request = replica_pb2.ReadRequest(
-                keys=keys[answered:], max_bytes=MAX_BATCH_BYTES, answers=True
+                keys=keys[done:], max_bytes=MAX_BATCH_BYTES, answers=True
             )
 
     async def _apply(
