@@ -17,11 +17,12 @@ from shardkv.common.answers import get_result
 from shardkv.common.limits import LimitExceeded, Limits, scan_range
 from shardkv.router.api.errors import AnswerTooLarge, Exhausted, Unavailable, unary
 from shardkv.router.membership.topology import Topology
-from shardkv.router.requests.coordinator import Coordinator, Mutation, ReadOutcome, WriteOutcome
+from shardkv.router.requests.coordinator import Coordinator, Mutation, WriteOutcome
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
+from shardkv.router.requests.outcomes import ReadFailure
 from shardkv.router.requests.quorum import replicas_needed
-from shardkv.router.requests.read_budget import ReadBudget, may_exceed, too_large
+from shardkv.router.requests.read_budget import ReadBudget, too_large
 from shardkv.router.requests.scan import scan_page
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
@@ -34,7 +35,7 @@ def _item_status(outcome: WriteOutcome) -> kv_pb2.ItemStatus:
     return kv_pb2.ItemStatus(code=outcome.code.value[0], message=outcome.error)
 
 
-def _failed(outcome: ReadOutcome | WriteOutcome) -> Exception:
+def _failed(outcome: ReadFailure | WriteOutcome) -> Exception:
     """The error a failed single-key outcome is answered with."""
     if outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return Exhausted(outcome.error)
@@ -93,9 +94,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._limits.check_key(request.key)
         needed = self._reads_needed(request.consistency)
         [outcome] = await self._coordinator.read([request.key], needed, self._deadline(context))
-        if outcome.error is not None:
+        if isinstance(outcome, ReadFailure):
             raise _failed(outcome)
-        result = get_result(outcome.entry)
+        result = get_result(outcome)
         return kv_pb2.GetResponse(found=result.found, value=result.value, version=result.version)
 
     @unary
@@ -130,21 +131,17 @@ class KVService(kv_pb2_grpc.KVServicer):
         budget = ReadBudget.for_read(self._limits, len(distinct), self._topology.replication + 1)
         deadline = self._deadline(context)
         read = await self._coordinator.read(distinct, needed, deadline, budget=budget)
-        if may_exceed(self._limits, len(keys)) and not (
-            budget is not None and len(distinct) == len(keys) and budget.surely_fits(len(keys))
-        ):
-            sizes = {key: len(o.entry) for key, o in zip(distinct, read, strict=True)}
-            problem = too_large(self._limits, keys, sizes, budget)
-            if problem is not None:
-                raise AnswerTooLarge(
-                    f"the answer to BatchGet {problem}: ask for fewer keys per call"
-                )
         if len(distinct) < len(keys):  # a key named twice: an answer per key named
             by_key = dict(zip(distinct, read, strict=True))
             read = [by_key[key] for key in keys]
         # Each key's entry (common/answers.py): as its newest replica serialized it, or as
-        # the router wrote it (a failure, a key read by the general path); joined.
-        return kv_pb2.BatchGetResponse.FromString(b"".join([o.entry for o in read]))
+        # the router wrote it (a failure, a key read by the general path); measured (a key
+        # named a thousand times would make a thousand copies), then joined.
+        size = sum(map(len, read))
+        problem = too_large(self._limits, len(keys), len(distinct), size, budget)
+        if problem is not None:
+            raise AnswerTooLarge(f"the answer to BatchGet {problem}: ask for fewer keys per call")
+        return kv_pb2.BatchGetResponse.FromString(b"".join(read))
 
     @unary
     async def BatchWrite(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from shardkv.router.placement.current import Placement
@@ -122,14 +122,8 @@ async def fence_nodes(
         )
 
 
-class _Outcome(Protocol):
-    @property
-    def error(self) -> str | None:
-        """Why the item failed; None when it succeeded."""
-
-
 T = TypeVar("T")
-Outcome = TypeVar("Outcome", bound=_Outcome)
+Outcome = TypeVar("Outcome")
 # How many times one request is routed again after fence refusals.
 REROUTES = 3
 
@@ -137,22 +131,23 @@ REROUTES = 3
 async def rerouted(
     items: Sequence[T],
     attempt: Callable[[Sequence[T], int], Awaitable[list[Outcome]]],
+    failed: Callable[[Outcome], bool],
     *,
     placement: Placement,
     epochs: RouterEpoch | None,
     deadline: float,
 ) -> list[Outcome]:
     """attempt's outcomes for items, routed under the placement's epoch; the items that
-    failed while a node reported a fence above that epoch are routed again once this
-    router serves a newer epoch (at most REROUTES times, within deadline, loop time).
-    Outcomes that still fail keep their error, which names the epochs."""
+    failed (failed says which) while a node reported a fence above that epoch are routed
+    again once this router serves a newer epoch (at most REROUTES times, within deadline,
+    loop time). Outcomes that still fail keep their error, which names the epochs."""
     epoch = placement.layout.epoch
     outcomes = await attempt(items, epoch)
     loop = asyncio.get_running_loop()
     for _ in range(REROUTES):
         if epochs is None or epochs.fenced <= epoch:
             break
-        again = [i for i, outcome in enumerate(outcomes) if outcome.error is not None]
+        again = [i for i, outcome in enumerate(outcomes) if failed(outcome)]
         if not again or not await epochs.catch_up(epoch, deadline - loop.time()):
             break
         log.info("routing %d item(s) again: epoch %d -> %d", len(again), epoch, epochs.epoch)

@@ -356,7 +356,7 @@ class BatchReader:
         if not skipped and not rnd.undecided:  # every key answered: no check per key
             tally.add_reached(len(keys), needed, sum(replies))
             decided = cast(list[tuple[ReplicaAnswers, int]], answer)
-            return [ReadOutcome(a.entries[a.starts[p] : a.ends[p]]) for a, p in decided]
+            return [a.entries[a.starts[p] : a.ends[p]] for a, p in decided]
         outcomes: list[ReadOutcome | None] = []
         reached = answers = 0  # the tally of keys answered
         for index, key in enumerate(keys):
@@ -369,7 +369,7 @@ class BatchReader:
                 reached += 1
                 answers += got
                 found, position = chosen
-                outcomes.append(ReadOutcome(found.entry(position)))
+                outcomes.append(found.entry(position))
                 continue
             reasons = failed.get(index, [])
             final = any(f.code in FINAL_CODES for _, f in reasons)

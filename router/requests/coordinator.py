@@ -62,7 +62,13 @@ from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.key_reads import KeyReader, apply_to, ignore
 from shardkv.router.requests.node_client import MAX_BATCH_ITEMS
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord, NodeLink
-from shardkv.router.requests.outcomes import Mutation, ReadOutcome, WriteOutcome
+from shardkv.router.requests.outcomes import (
+    Mutation,
+    ReadOutcome,
+    WriteOutcome,
+    failed_read,
+    failed_write,
+)
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget
 from shardkv.serving.tally import QuorumTally
@@ -120,6 +126,8 @@ class Coordinator:
         """epochs: what a fence refusal reloads (None: requests are not routed again)."""
         self._ring = ring
         self._epochs = epochs
+        # Runs a request, routing its items again past fence refusals (fencing.py).
+        self._routed = partial(rerouted, placement=ring, epochs=epochs)
         self._n = replication
         self._clients = clients
         self._health = health
@@ -197,9 +205,7 @@ class Coordinator:
         ]
         general = partial(self._place_at, needed=needed, deadline=deadline)
         place = partial(self._batch_writer.place, needed=needed, deadline=deadline, general=general)
-        return await rerouted(
-            records, place, placement=self._ring, epochs=self._epochs, deadline=deadline
-        )
+        return await self._routed(records, place, failed_write, deadline=deadline)
 
     async def write_records(
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
@@ -219,9 +225,7 @@ class Coordinator:
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
     ) -> list[WriteOutcome]:
         place = partial(self._place_at, needed=needed, deadline=deadline)
-        return await rerouted(
-            records, place, placement=self._ring, epochs=self._epochs, deadline=deadline
-        )
+        return await self._routed(records, place, failed_write, deadline=deadline)
 
     async def _place_at(
         self, records: Sequence[replica_pb2.Record], epoch: int, *, needed: int, deadline: float
@@ -372,7 +376,8 @@ class Coordinator:
         *,
         budget: ReadBudget | None = None,
     ) -> list[ReadOutcome]:
-        """Reads every key from R of its owners (more when one is late or fails; every
+        """Each key's entry of the answer (a ReadFailure where it could not be read).
+        Reads every key from R of its owners (more when one is late or fails; every
         live owner during a move or with an owner DOWN or not counted: batch_read.py,
         key_reads.py); answers once each key is decided. Replies beyond budget (bytes of
         answers and records held) are dropped as RESOURCE_EXHAUSTED."""
@@ -384,6 +389,4 @@ class Coordinator:
             budget=budget,
             general=general,
         )
-        return await rerouted(
-            keys, read, placement=self._ring, epochs=self._epochs, deadline=deadline
-        )
+        return await self._routed(keys, read, failed_read, deadline=deadline)

@@ -112,7 +112,7 @@ class KeyReader:
             else:
                 client.read(asks, deadline, epoch)
         await group.wait()
-        outcomes = []
+        outcomes: list[ReadOutcome] = []
         for key, quorum in zip(keys, quorums, strict=True):
             self._tally.add(quorum.needed, len(quorum.ok))
             if not quorum.succeeded:
@@ -121,7 +121,7 @@ class KeyReader:
                 continue
             best = hlc.newest(self._counted(quorum))
             self._clock.observe(best.version)
-            outcomes.append(ReadOutcome(record_entry(key, best)))
+            outcomes.append(record_entry(key, best))
         return outcomes
 
     def _counted(self, quorum: Quorum[replica_pb2.Record]) -> list[replica_pb2.Record]:

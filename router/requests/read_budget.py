@@ -14,7 +14,7 @@ path a record's key and value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import grpc
@@ -46,18 +46,17 @@ def may_exceed(limits: Limits, entries: int) -> bool:
 
 
 def too_large(
-    limits: Limits, keys: Sequence[bytes], sizes: Mapping[bytes, int], budget: ReadBudget | None
+    limits: Limits, keys: int, distinct: int, size: int, budget: ReadBudget | None
 ) -> str | None:
-    """Why the answer to keys (sizes: bytes of each distinct key's entry) cannot be sent in
-    one message, naming the limit; None when it fits."""
-    named = f"of {len(keys)} keys ({len(sizes)} distinct)"
+    """Why the answer to keys keys (distinct of them distinct), whose entries take size
+    bytes, cannot be sent in one message, naming the limit; None when it fits."""
+    named = f"of {keys} keys ({distinct} distinct)"
     limit = f"the message limit of {limits.max_message_bytes} bytes (max_message_bytes)"
     if budget is not None and budget.spent:
         return (
             f"{named} cannot fit {limit}: the records read for it passed {budget.max_bytes}"
             " bytes before every key was read"
         )
-    size = sum(sizes[key] for key in keys)
     if size > answer_budget(limits):
         return f"{named} would carry {size} bytes, over {limit}; a key named twice counts twice"
     return None
@@ -84,14 +83,6 @@ class ReadBudget:
     def watch(self, node_id: str, asks: Sequence[_Ask]) -> list[_Ask]:
         """The same asks, each delivering through this budget first."""
         return [(key, partial(self._deliver, node_id, deliver)) for key, deliver in asks]
-
-    def surely_fits(self, entries: int) -> bool:
-        """Whether an answer of entries distinct keys fits the message limit without
-        measuring it: each entry's record is one this budget took, so the answer carries
-        at most the bytes held and each entry's framing. Most answers are far below the
-        limit and skip measuring each entry (a key named twice counts twice: measure)."""
-        answer_bytes = self._message_limit - REPLY_FRAMING
-        return not self.spent and self.held + entries * ENTRY_BYTES <= answer_bytes
 
     def take(self, node_id: str, answers: ReplicaAnswers) -> ReplicaAnswers | NodeFailure:
         """A chunk of answers (batch_read.py), held whole or dropped whole: past the bound

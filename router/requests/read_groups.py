@@ -120,9 +120,9 @@ def group_outcomes(
             source = replies[group.nodes[0]]
             entries, starts, ends = source.entries, source.starts, source.ends
             for p, index in enumerate(group.members, group.starts[0]):
-                outcomes[index] = ReadOutcome(entries[starts[p] : ends[p]])
+                outcomes[index] = entries[starts[p] : ends[p]]
         else:
             for index in group.members:
                 found, position = cast(Answer, answer[index])
-                outcomes[index] = ReadOutcome(found.entry(position))
+                outcomes[index] = found.entry(position)
     return outcomes

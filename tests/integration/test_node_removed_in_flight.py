@@ -26,6 +26,7 @@ from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coordinator import Coordinator, Mutation
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
+from shardkv.router.requests.outcomes import ReadFailure
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 NODES = ("n1", "n2", "n3")
@@ -134,9 +135,9 @@ def test_replies_from_a_removed_node_leave_no_caller_without_an_answer() -> None
             replicas["n3"].gate.set()
             outcomes = await read
             await removed.close()
-            errors = [o.error for o in outcomes if o.error is not None]
+            errors = [o.error for o in outcomes if isinstance(o, ReadFailure)]
             assert not errors, f"{len(errors)} of {len(KEYS)} keys got no answer: {errors[:2]}"
-            results = [get_result(o.entry) for o in outcomes]
+            results = [get_result(o) for o in outcomes]
             assert [r.value for r in results if r.found] == [b"new"] * len(KEYS)
 
     asyncio.run(scenario())

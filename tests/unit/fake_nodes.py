@@ -25,7 +25,7 @@ from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
-from shardkv.router.requests.outcomes import ReadOutcome
+from shardkv.router.requests.outcomes import ReadFailure, ReadOutcome
 from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
 from shardkv.v1 import replica_pb2
 
@@ -225,8 +225,13 @@ class FakeCluster:
 
 def read_value(outcome: ReadOutcome) -> bytes | None:
     """The value a read answered (None: not found, or failed)."""
-    result = get_result(outcome.entry)
+    result = get_result(outcome)
     return result.value if result.found else None
+
+
+def read_error(outcome: ReadOutcome) -> str | None:
+    """Why a key could not be read (None: it was)."""
+    return outcome.error if isinstance(outcome, ReadFailure) else None
 
 
 async def settle(seconds: float = 0.05) -> None:

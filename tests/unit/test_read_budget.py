@@ -151,27 +151,12 @@ def test_small_reads_need_no_budget_and_answers_name_the_limit() -> None:
     assert ReadBudget.for_read(limits, fits, 4) is None
     budget = ReadBudget.for_read(limits, 1000, 4)
     assert budget is not None and budget.max_bytes == 4 * answer_budget(limits)
-    sizes = {b"big": answers(b"big", MIB).size}
-    assert too_large(limits, [b"big"] * 20, sizes, None) is None
-    problem = too_large(limits, [b"big"] * 1000, sizes, None)
+    size = answers(b"big", MIB).size
+    assert too_large(limits, 20, 1, 20 * size, None) is None
+    problem = too_large(limits, 1000, 1, 1000 * size, None)
     assert problem is not None
     assert "of 1000 keys (1 distinct)" in problem
     assert "message limit of 33554432 bytes (max_message_bytes)" in problem
-
-
-def test_an_answer_surely_fits_only_while_held_bytes_and_framing_stay_under_the_limit() -> None:
-    limits = Limits()
-    budget = ReadBudget.for_read(limits, 1000, 3)
-    assert budget is not None and budget.surely_fits(1000)
-    room = answer_budget(limits) - 1000 * ENTRY_BYTES
-    framing = answers(b"k", room).size - room  # tags and lengths of a value that large
-    exact = answers(b"k", room - framing)
-    assert exact.size == room
-    budget.take("n1", exact)
-    assert budget.surely_fits(1000)  # exactly at the limit: fits
-    assert not budget.surely_fits(1001)  # one entry's framing more: measure it
-    budget.take("n2", exact)
-    assert not budget.surely_fits(1)  # replies of two owners: no longer sure
 
 
 def answers(key: bytes, value_bytes: int) -> ReplicaAnswers:
