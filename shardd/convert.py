@@ -20,6 +20,7 @@ from shardkv.v1 import replica_pb2
 
 _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
+_new = tuple.__new__
 
 
 def record_to_pb(record: Record) -> replica_pb2.Record:
@@ -46,7 +47,8 @@ def records_from_pb(messages: Iterable[replica_pb2.Record], limits: Limits) -> l
     record_from_pb converts it."""
     max_key = limits.max_key_bytes
     max_value = limits.max_value_bytes
-    records = []
+    records: list[Record] = []
+    add = records.append
     for message in messages:
         key = message.key
         value = message.value
@@ -55,7 +57,9 @@ def records_from_pb(messages: Iterable[replica_pb2.Record], limits: Limits) -> l
             check_record(limits, message)
         tombstone = message.tombstone
         kind = Restored if message.restore else Record
-        records.append(kind(key, b"" if tombstone else value, version, message.writer, tombstone))
+        # As Record._make builds it, without the named tuple's constructor call per field
+        # (a third of this loop's time).
+        add(_new(kind, (key, b"" if tombstone else value, version, message.writer, tombstone)))
     return records
 
 
