@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
+from shardkv.common.answers import get_result
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
@@ -17,6 +18,7 @@ from shardkv.router.requests.coordinator import Coordinator, Mutation
 from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem
+from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
 from shardkv.v1 import replica_pb2
 
 KEYS = [b"v100/%08d" % i for i in range(1000)]
@@ -50,11 +52,14 @@ class InstantNode:
     def read_chunk(
         self,
         keys: list[bytes],
-        deliver: Deliver[list[replica_pb2.Record]],
+        deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,
     ) -> None:
-        asyncio.get_running_loop().call_soon(deliver, [STORED[key] for key in keys])
+        """Each key's entry of the client's answer, as a node sends them (replica_answers)."""
+        reply = replica_pb2.ReadResponse(records=[STORED[key] for key in keys])
+        [answers] = split([answers_of(keys, reply)], [len(keys)])
+        asyncio.get_running_loop().call_soon(deliver, answers)
 
 
 def _each(delivers: list[Deliver[bool]], result: bool) -> None:
@@ -105,8 +110,9 @@ def test_read_1000(benchmark: BenchmarkFixture, path: str) -> None:
         if path == "batch":
             outcomes = await coordinator.read(KEYS, 2, deadline)
         else:
-            outcomes = await coordinator._read_at(KEYS, 1, needed=2, deadline=deadline, budget=None)
-        return sum(o.record is not None for o in outcomes)
+            reader = coordinator._key_reader
+            outcomes = await reader.read_at(KEYS, 1, needed=2, deadline=deadline, budget=None)
+        return sum(get_result(o).found for o in outcomes)
 
     assert asyncio.run(once()) == len(KEYS)
     benchmark(lambda: asyncio.run(once()))
