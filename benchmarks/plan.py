@@ -59,14 +59,32 @@ class Planned:
 
 
 @dataclass(frozen=True)
+class Pair:
+    """A comparison whose two systems run the same cell in alternating rounds, both
+    started at once (paired.py): measured minutes apart, as the per-system cells are, the
+    VM's speed moves between them (etcd-3's Txn of 100 puts measured 18,167 to 28,638
+    keys/s in runs a few hours apart with nothing changed)."""
+
+    ours: str
+    theirs: str
+    cell: Cell
+
+
+# Rounds of every pair: ours first in even rounds, theirs first in odd ones; a target
+# takes the median round.
+PAIRED_ROUNDS = 3
+
+
+@dataclass(frozen=True)
 class Profile:
-    """A named plan: the cells per system, in the order they run."""
+    """A named plan: the cells per system, in the order they run, then the pairs."""
 
     name: str
     summary: str
     cells: dict[str, tuple[Planned, ...]]
     # Whether to time preference-list lookups and measure ring balance.
     placement: bool = True
+    pairs: tuple[Pair, ...] = ()
 
     @property
     def systems(self) -> tuple[str, ...]:
@@ -79,13 +97,21 @@ class Profile:
             by_length = sorted({(p.cell.warmup_s, p.cell.duration_s) for p in cells})
             lengths = ", ".join(f"{w:g} s warm-up + {d:g} s measured" for w, d in by_length)
             lines.append(f"- `{system}`: {len(cells)} cells ({lengths})")
+        if self.pairs:
+            compared = "; ".join(f"{p.ours} vs {p.theirs}, {p.cell.label}" for p in self.pairs)
+            lines.append(
+                f"- paired, {PAIRED_ROUNDS} alternating rounds each, the systems up at once:"
+                f" {compared}"
+            )
         return "\n".join(lines)
 
     def total_seconds(self) -> float:
         """Warm-up plus measuring time of every cell (no start-up or preload)."""
-        return sum(
+        alone = sum(
             p.cell.warmup_s + p.cell.duration_s for cells in self.cells.values() for p in cells
         )
+        paired = sum(2 * PAIRED_ROUNDS * (p.cell.warmup_s + p.cell.duration_s) for p in self.pairs)
+        return alone + paired
 
 
 def _sweep(base: Cell) -> list[Planned]:
@@ -142,6 +168,23 @@ def _batches(base: Cell, sizes: tuple[int, ...]) -> list[Planned]:
     ]
 
 
+def _pairs(base: Cell, *, with_etcd: bool) -> tuple[Pair, ...]:
+    """The targets that compare two systems: batches of 100 against etcd-3's Txn, and one
+    call in flight against a lone shardd."""
+    batch = replace(base, batch=100, in_flight=BATCH_IN_FLIGHT)
+    direct = (
+        Pair(SHARDKV, SHARDD, replace(base, mix="get-only", in_flight=1)),
+        Pair(SHARDKV, SHARDD, replace(base, mix="put-only", in_flight=1)),
+    )
+    if not with_etcd:
+        return direct
+    return (
+        Pair(SHARDKV, ETCD3, replace(batch, mix="put-only")),
+        Pair(SHARDKV, ETCD3, replace(batch, mix="get-only")),
+        *direct,
+    )
+
+
 def full(*, with_etcd: bool = True) -> Profile:
     """`make bench`: about 10-15 minutes on the 2-core reference machine."""
     base = Cell("put-only", duration_s=5.0, warmup_s=1.0, keyspace=100_000)
@@ -173,7 +216,8 @@ def full(*, with_etcd: bool = True) -> Profile:
         )
         cells[ETCD1] = etcd
         cells[ETCD3] = etcd
-    return Profile("full", "the whole suite (make bench)", cells)
+    pairs = _pairs(replace(base, keyspace=20_000), with_etcd=with_etcd)
+    return Profile("full", "the whole suite (make bench)", cells, pairs=pairs)
 
 
 def quick(*, with_etcd: bool = True) -> Profile:
@@ -195,7 +239,10 @@ def quick(*, with_etcd: bool = True) -> Profile:
         at256 = tuple(p for p in ends if p.cell.in_flight == 256)
         cells[ETCD1] = (*at256, *_serializable(base, (256,)))
         cells[ETCD3] = (*at256, *_serializable(base, (256,)), *_batches(base, (100,)))
-    return Profile("quick", "the cells the targets need, short (make bench-quick)", cells)
+    pairs = _pairs(base, with_etcd=with_etcd)
+    return Profile(
+        "quick", "the cells the targets need, short (make bench-quick)", cells, pairs=pairs
+    )
 
 
 def soak(*, minutes: float = 5.0) -> Profile:
@@ -235,7 +282,9 @@ def only(profile: Profile, systems: Sequence[str]) -> Profile:
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEM_TITLES)}")
     cells = {s: c for s, c in profile.cells.items() if s in systems}
-    return replace(profile, cells=cells, summary=f"{profile.summary}, only {', '.join(cells)}")
+    pairs = tuple(p for p in profile.pairs if p.ours in systems and p.theirs in systems)
+    summary = f"{profile.summary}, only {', '.join(cells)}"
+    return replace(profile, cells=cells, pairs=pairs, summary=summary)
 
 
 PROFILES = {"full": full, "quick": quick}

@@ -25,7 +25,8 @@ from pathlib import Path
 from benchmarks import plan
 from benchmarks.load import CLIENT, Cell, preload, run_cell
 from benchmarks.procs import BIN, Fleet, etcd_binary
-from benchmarks.run import RESULTS_DIR, make_driver, start_system
+from benchmarks.run import RESULTS_DIR
+from benchmarks.systems import make_driver, start_system
 
 PY_SPY = BIN / "py-spy"
 SAMPLE_RATE = 200

@@ -19,6 +19,8 @@ SECTIONS = {
     "batches": "Batches (one BatchWrite/BatchGet; etcd: one Txn) ",
     "nodes": "One router in front of more nodes (single puts, 100 B values, uniform keys)",
     "steady": "Steady run",
+    "paired": "Paired rounds (both systems up at once, taking turns; the targets comparing two"
+    " systems take the median round)",
 }
 
 HOW = """\
@@ -35,7 +37,11 @@ over the window, from /proc, per 1000 keys; `client` is the load generator itsel
 "other CPU" is the cores' worth used meanwhile by processes not under test (anything
 well above 0 means the cell competed with something else for the two cores; before each
 cell the run waits a few seconds, within a budget, for such processes to calm down).
-Keys are read from a keyspace preloaded before the first cell of each system."""
+Keys are read from a keyspace preloaded before the first cell of each system. The targets
+that compare two systems (batches of 100 against etcd-3, one call in flight against a lone
+shardd) are measured again at the end in paired rounds: both systems up at once, each
+running the cell in turn, three rounds alternating which goes first; the median round
+decides, since this VM's speed drifts over the minutes between two systems' own cells."""
 
 
 def _ms(us: float) -> str:
@@ -68,8 +74,11 @@ def _table(rows: Sequence[Row]) -> list[str]:
     ]
     for row in rows:
         cell = row["cell"]
+        system = row["system"]
+        if "round" in row:
+            system += f" (round {row['round'] + 1})"
         head = (
-            f"| {row['system']} | {_mix(cell)} | {cell['keys']} | {cell['value_bytes']} B "
+            f"| {system} | {_mix(cell)} | {cell['keys']} | {cell['value_bytes']} B "
             f"| {_call(cell)} | {cell['in_flight']} "
         )
         if row["status"] != "ok":

@@ -45,7 +45,8 @@ def find(
     section: str | None = None,
     serializable: bool = False,
 ) -> Row | None:
-    """The ok row of system for that cell, or None."""
+    """The ok row of system for that cell, or None; rows of the paired rounds only when
+    section says "paired"."""
     for row in rows:
         cell = row["cell"]
         if (
@@ -56,7 +57,7 @@ def find(
             and cell["batch"] == batch
             and cell["keys"] == keys
             and cell["value_bytes"] == value_bytes
-            and (section is None or row.get("section") == section)
+            and (row.get("section") == section if section else row.get("section") != "paired")
             and cell.get("serializable", False) == serializable
         ):
             return row
@@ -103,10 +104,6 @@ def _judged(
     return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
 
 
-def _p50_ms(row: Row | None) -> float | None:
-    return None if row is None else row["latency_us"]["p50"] / 1000
-
-
 def _cpu_per_key_us(row: Row, prefix: str) -> float | None:
     """Mean CPU µs per key of the row's processes whose name starts with prefix (r: the
     router, n: the nodes, e: etcd's members); None when none was measured."""
@@ -134,19 +131,51 @@ def _router_vs_node(name: str, row: Row | None) -> Verdict:
     return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, row)
 
 
-def _keys_vs(
-    name: str, ours: Row | None, theirs: Row | None, minimum: float, their_name: str
-) -> Verdict:
-    """Keys per second of ours over theirs (batches: keys, not calls)."""
+Round = tuple[Row, Row]
+
+
+def rounds(rows: Sequence[Row], ours: str, theirs: str, **cell: Any) -> list[Round]:
+    """The (ours, theirs) rows of each paired round of a cell (paired.py) in which both
+    ran; without paired rounds, the cells each system ran alone, as one round."""
+    paired = [r for r in rows if r.get("section") == "paired" and r["status"] == "ok"]
+    by_round: dict[int, dict[str, Row]] = {}
+    for system in (ours, theirs):
+        for row in paired:
+            if row is find([row], system, section="paired", **cell):
+                by_round.setdefault(row["round"], {})[system] = row
+    found = [(r[ours], r[theirs]) for _, r in sorted(by_round.items()) if len(r) == 2]
+    if found:
+        return found
+    mine, other = find(rows, ours, **cell), find(rows, theirs, **cell)
+    return [] if mine is None or other is None else [(mine, other)]
+
+
+def _median_round(measured: Sequence[tuple[float, str]]) -> tuple[float, str]:
+    """The median round's (figure, what was measured) of each round's (the lower middle of
+    an even count), naming every round's figure when there were several."""
+    figure, text = sorted(measured)[(len(measured) - 1) // 2]
+    if len(measured) > 1:
+        figures = ", ".join(f"{m[0]:.2f}" for m in measured)
+        text = f"{text}; median of {len(measured)} alternating rounds ({figures})"
+    return figure, text
+
+
+def _keys_vs(name: str, found: Sequence[Round], minimum: float, their_name: str) -> Verdict:
+    """Keys per second of ours over theirs (batches: keys, not calls), the median round."""
     bound = f">= {minimum:g}x {their_name}"
-    if ours is None or theirs is None:
-        return _na(name, bound, f"{'shardkv' if ours is None else their_name} cell did not run")
-    mine, other = ours["keys_per_s"], theirs["keys_per_s"]
-    if other <= 0:
-        return _na(name, bound, f"{their_name} measured {other:g} keys/s")
-    ratio = mine / other
-    measured = f"{mine:,.0f} vs {other:,.0f} keys/s"
-    return _judged(name, measured, bound, round(ratio, 2), ratio >= minimum, ours, theirs)
+    if not found:
+        return _na(name, bound, "cell did not run")
+    if any(theirs["keys_per_s"] <= 0 for _, theirs in found):
+        return _na(name, bound, f"{their_name} measured 0 keys/s")
+    measured = [
+        (
+            ours["keys_per_s"] / theirs["keys_per_s"],
+            f"{ours['keys_per_s']:,.0f} vs {theirs['keys_per_s']:,.0f} keys/s",
+        )
+        for ours, theirs in found
+    ]
+    ratio, text = _median_round(measured)
+    return _judged_rounds(name, text, bound, round(ratio, 2), ratio >= minimum, found)
 
 
 def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
@@ -164,18 +193,33 @@ def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
     return _judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, ours, theirs)
 
 
-def _p50_over_direct(name: str, router: Row | None, direct: Row | None) -> Verdict:
-    """p50 via the router less p50 of the same call asked of one shardd, 1 in flight."""
+def _p50_over_direct(name: str, found: Sequence[Round]) -> Verdict:
+    """p50 via the router less p50 of the same call asked of one shardd, 1 in flight, the
+    median round."""
     bound = "<= direct + 1.0 ms"
-    if router is None or direct is None:
+    if not found:
         return _na(name, bound, "cell did not run")
-    mine, theirs = _p50_ms(router), _p50_ms(direct)
-    assert mine is not None and theirs is not None
-    if theirs <= 0:
-        return _na(name, bound, f"direct shardd measured a p50 of {theirs:g} ms")
-    extra = mine - theirs
-    measured = f"{mine:.2f} ms vs {theirs:.2f} ms direct (+{extra:.2f} ms)"
-    return _judged(name, measured, bound, round(extra / 1.0, 2), extra <= 1.0, router, direct)
+    if any(direct["latency_us"]["p50"] <= 0 for _, direct in found):
+        return _na(name, bound, "direct shardd measured a p50 of 0 ms")
+    measured = []
+    for router, direct in found:
+        mine, theirs = router["latency_us"]["p50"] / 1000, direct["latency_us"]["p50"] / 1000
+        text = f"{mine:.2f} ms vs {theirs:.2f} ms direct (+{mine - theirs:.2f} ms)"
+        measured.append((mine - theirs, text))
+    extra, text = _median_round(measured)
+    return _judged_rounds(name, text, bound, round(extra / 1.0, 2), extra <= 1.0, found)
+
+
+def _judged_rounds(
+    name: str, measured: str, bound: str, ratio: float, met: bool, found: Sequence[Round]
+) -> Verdict:
+    """_judged over every round's rows: a flawed row of ours in any round is a MISS, a
+    flawed peer row in any round makes the comparison n/a."""
+    for ours, theirs in found:
+        verdict = _judged(name, measured, bound, ratio, met, ours, theirs)
+        if verdict.verdict != "PASS":
+            return verdict
+    return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
 
 
 def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
@@ -267,31 +311,28 @@ def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None = None) -> li
                     cell(SHARDKV, mix, BATCH_IN_FLIGHT, size),
                 )
             )
+    batches = {"in_flight": BATCH_IN_FLIGHT, "batch": 100}
     verdicts += [
         _keys_vs(
             "Keys written/s via router, batches of 100, vs etcd-3 Txn of 100 puts",
-            cell(SHARDKV, "put-only", BATCH_IN_FLIGHT, 100),
-            cell(ETCD3, "put-only", BATCH_IN_FLIGHT, 100),
+            rounds(rows, SHARDKV, ETCD3, mix="put-only", **batches),
             1.5,
             ETCD3,
         ),
         _keys_vs(
             "Keys read/s via router, batches of 100, vs etcd-3 Txn of 100 ranges",
-            cell(SHARDKV, "get-only", BATCH_IN_FLIGHT, 100),
-            cell(ETCD3, "get-only", BATCH_IN_FLIGHT, 100),
+            rounds(rows, SHARDKV, ETCD3, mix="get-only", **batches),
             1.0,
             ETCD3,
         ),
         _server_cpu_vs_etcd(cell(SHARDKV, "put-only", 256), cell(ETCD3, "put-only", 256)),
         _p50_over_direct(
             "Get p50 via router vs direct shardd, 1 in flight",
-            cell(SHARDKV, "get-only", 1),
-            cell(SHARDD, "get-only", 1),
+            rounds(rows, SHARDKV, SHARDD, mix="get-only", in_flight=1),
         ),
         _p50_over_direct(
             "Put p50 via router vs direct shardd, 1 in flight",
-            cell(SHARDKV, "put-only", 1),
-            cell(SHARDD, "put-only", 1),
+            rounds(rows, SHARDKV, SHARDD, mix="put-only", in_flight=1),
         ),
         _growth_with_nodes(cell(SHARDKV, "put-only", 64), cell(SHARDKV12, "put-only", 256)),
         _rss_stable(rows),
