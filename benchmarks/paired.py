@@ -42,37 +42,22 @@ def run_pairs(
     for pair in pairs:
         groups.setdefault((pair.ours, pair.theirs), []).append(pair)
     for number, (systems, grouped) in enumerate(groups.items()):
-        group_root = root / str(number)
-        group_root.mkdir()
-        _run_group(systems, grouped, group_root, etcd, progress, rows, preloads, gate)
-
-
-def _run_group(
-    systems: tuple[str, str],
-    pairs: Sequence[plan.Pair],
-    root: Path,
-    etcd: str | None,
-    progress: Progress,
-    rows: list[dict[str, Any]],
-    preloads: dict[str, float],
-    gate: QuietGate | None,
-) -> None:
-    with ExitStack() as stack:
-        fleets: dict[str, Fleet] = {}
-        addresses: dict[str, list[str]] = {}
-        failed: dict[str, str] = {}
-        for system in systems:
-            base = root / system
-            base.mkdir()
-            fleet = stack.enter_context(Fleet(base))
-            progress.label(f"paired: starting {system}")
-            try:
-                addresses[system] = start_system(system, fleet, etcd)
-                fleets[system] = fleet
-            except ServerError as err:
-                log.error("%s did not start: %s", system, err)
-                failed[system] = str(err)[:200]
-        asyncio.run(_rounds(pairs, fleets, addresses, failed, progress, rows, preloads, gate))
+        with ExitStack() as stack:
+            fleets: dict[str, Fleet] = {}
+            addresses: dict[str, list[str]] = {}
+            failed: dict[str, str] = {}
+            for system in systems:
+                base = root / str(number) / system
+                base.mkdir(parents=True)
+                fleet = stack.enter_context(Fleet(base))
+                progress.label(f"paired: starting {system}")
+                try:
+                    addresses[system] = start_system(system, fleet, etcd)
+                    fleets[system] = fleet
+                except ServerError as err:
+                    log.error("%s did not start: %s", system, err)
+                    failed[system] = str(err)[:200]
+            asyncio.run(_rounds(grouped, fleets, addresses, failed, progress, rows, preloads, gate))
 
 
 async def _rounds(
@@ -85,25 +70,28 @@ async def _rounds(
     preloads: dict[str, float],
     gate: QuietGate | None,
 ) -> None:
-    drivers: dict[str, Driver] = {s: make_driver(s, a) for s, a in addresses.items()}
+    drivers: dict[str, Driver] = {}
     try:
-        for system, driver in drivers.items():
+        for system, address in addresses.items():
+            drivers[system] = make_driver(system, address)
             cells = [_planned(p) for p in pairs if system in (p.ours, p.theirs)]
             try:
                 group = f"paired {pairs[0].ours}/{pairs[0].theirs}: {system}"
-                await preload_all(group, driver, cells, progress, preloads)
+                await preload_all(group, drivers[system], cells, progress, preloads)
             except Exception as err:
                 log.exception("paired %s: preload failed", system)
                 failed[system] = f"preload failed: {type(err).__name__}: {err}"[:300]
         for number in range(plan.PAIRED_ROUNDS):
             for pair in pairs:
                 order = (pair.ours, pair.theirs) if number % 2 == 0 else (pair.theirs, pair.ours)
-                for system in order:
+                for system, peer in (order, order[::-1]):
                     planned = _planned(pair)
                     progress.label(f"paired {number + 1}: {system} {pair.cell.label}")
                     progress.start_cell(planned)
                     if system in failed:
                         row = skipped(system, planned, "failed", failed[system])
+                    elif peer in failed:  # nothing to compare with: not run
+                        row = skipped(system, planned, "n/a", f"not run: {peer} failed")
                     else:
                         row = await run_one(
                             system, fleets[system], drivers[system], planned, progress, gate

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.plan import SYSTEM_TITLES
+from benchmarks.plan import PAIRED_ROUNDS, SYSTEM_TITLES
 
 Row = dict[str, Any]
 # Cores used by processes not under test above which a cell is flagged as disturbed.
@@ -23,7 +23,7 @@ SECTIONS = {
     " systems take the median round)",
 }
 
-HOW = """\
+HOW = f"""\
 How it was measured: every system runs as its own processes on this machine, started by
 the benchmark (data in temp dirs on the same disk, loopback ports). One client process
 drives each system with an asyncio closed loop of K operations in flight; a cell warms
@@ -40,8 +40,14 @@ cell the run waits a few seconds, within a budget, for such processes to calm do
 Keys are read from a keyspace preloaded before the first cell of each system. The targets
 that compare two systems (batches of 100 against etcd-3, one call in flight against a lone
 shardd) are measured again at the end in paired rounds: both systems up at once, each
-running the cell in turn, three rounds alternating which goes first; the median round
-decides, since this VM's speed drifts over the minutes between two systems' own cells."""
+running the cell in turn, {PAIRED_ROUNDS} rounds alternating which goes first; the median
+round decides, since this VM's speed drifts over the minutes between two systems' own
+cells."""
+
+
+def _system(row: Row) -> str:
+    """The row's system, with its round when it ran in the paired rounds."""
+    return row["system"] if "round" not in row else f"{row['system']} (round {row['round'] + 1})"
 
 
 def _ms(us: float) -> str:
@@ -74,11 +80,8 @@ def _table(rows: Sequence[Row]) -> list[str]:
     ]
     for row in rows:
         cell = row["cell"]
-        system = row["system"]
-        if "round" in row:
-            system += f" (round {row['round'] + 1})"
         head = (
-            f"| {system} | {_mix(cell)} | {cell['keys']} | {cell['value_bytes']} B "
+            f"| {_system(row)} | {_mix(cell)} | {cell['keys']} | {cell['value_bytes']} B "
             f"| {_call(cell)} | {cell['in_flight']} "
         )
         if row["status"] != "ok":
@@ -132,7 +135,7 @@ def _inside(rows: Sequence[Row]) -> list[str]:
                 f"{figures['records_per_commit']:.0f}; {calls}"
             )
         lines.append(
-            f"| {row['system']} | {cell['mix']} {cell['keys']} {cell['value_bytes']} B "
+            f"| {_system(row)} | {cell['mix']} {cell['keys']} {cell['value_bytes']} B "
             f"| {_call(cell)} | {cell['in_flight']} | {'<br>'.join(nodes)} |"
         )
     return [*lines, ""]

@@ -48,20 +48,36 @@ def find(
     """The ok row of system for that cell, or None; rows of the paired rounds only when
     section says "paired"."""
     for row in rows:
-        cell = row["cell"]
         if (
-            row["system"] == system
-            and row["status"] == "ok"
-            and cell["mix"] == mix
-            and cell["in_flight"] == in_flight
-            and cell["batch"] == batch
-            and cell["keys"] == keys
-            and cell["value_bytes"] == value_bytes
+            row["status"] == "ok"
+            and _matches(row, system, mix, in_flight, batch, keys, value_bytes, serializable)
             and (row.get("section") == section if section else row.get("section") != "paired")
-            and cell.get("serializable", False) == serializable
         ):
             return row
     return None
+
+
+def _matches(
+    row: Row,
+    system: str,
+    mix: str,
+    in_flight: int,
+    batch: int = 1,
+    keys: str = "uniform",
+    value_bytes: int = 100,
+    serializable: bool = False,
+) -> bool:
+    """Whether row is system's row of that cell, whatever its status and section."""
+    cell = row["cell"]
+    return bool(
+        row["system"] == system
+        and cell["mix"] == mix
+        and cell["in_flight"] == in_flight
+        and cell["batch"] == batch
+        and cell["keys"] == keys
+        and cell["value_bytes"] == value_bytes
+        and cell.get("serializable", False) == serializable
+    )
 
 
 def _na(name: str, bound: str, why: str) -> Verdict:
@@ -91,16 +107,18 @@ def _judged(
     bound: str,
     ratio: float | None,
     met: bool,
-    ours: Row,
-    peer: Row | None = None,
+    ours: Sequence[Row],
+    peers: Sequence[Row] = (),
 ) -> Verdict:
     """The verdict of a measured target: PASS only when the bound is met and every row behind
     it is clean. A flawed row of the system under claim is a MISS (it did not serve its
-    workload cleanly); a flawed peer row makes the comparison meaningless, so n/a."""
-    if mine := flaws(ours):
-        return Verdict(name, f"{measured} ({'; '.join(mine)})", bound, ratio, "MISS")
-    if peer is not None and (theirs := flaws(peer)):
-        return _na(name, bound, f"{peer['system']} cell unfit: {'; '.join(theirs)}")
+    workload cleanly); else a flawed peer row makes the comparison meaningless, so n/a."""
+    for row in ours:
+        if mine := flaws(row):
+            return Verdict(name, f"{measured} ({'; '.join(mine)})", bound, ratio, "MISS")
+    for peer in peers:
+        if theirs := flaws(peer):
+            return _na(name, bound, f"{peer['system']} cell unfit: {'; '.join(theirs)}")
     return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
 
 
@@ -128,43 +146,76 @@ def _router_vs_node(name: str, row: Row | None) -> Verdict:
         return _na(name, bound, "router or node CPU not measured")
     ratio = router / node
     measured = f"router {router:.1f} µs vs node {node:.1f} µs per key"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, row)
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, [row])
 
 
 Round = tuple[Row, Row]
 
 
-def rounds(rows: Sequence[Row], ours: str, theirs: str, **cell: Any) -> list[Round]:
-    """The (ours, theirs) rows of each paired round of a cell (paired.py) in which both
-    ran; without paired rounds, the cells each system ran alone, as one round."""
-    paired = [r for r in rows if r.get("section") == "paired" and r["status"] == "ok"]
+@dataclass(frozen=True)
+class Rounds:
+    """The (ours, theirs) rows of each round of a comparison in which both served the cell,
+    and why ours failed in a round, if it did (a round whose peer failed, or that ours did
+    not run for want of a peer, is left out)."""
+
+    found: list[Round]
+    failed: str | None = None
+
+
+def rounds(rows: Sequence[Row], ours: str, theirs: str, **cell: Any) -> Rounds:
+    """The paired rounds of a cell (paired.py); without any, the cells each system ran
+    alone, as one round."""
     by_round: dict[int, dict[str, Row]] = {}
-    for system in (ours, theirs):
-        for row in paired:
-            if row is find([row], system, section="paired", **cell):
-                by_round.setdefault(row["round"], {})[system] = row
-    found = [(r[ours], r[theirs]) for _, r in sorted(by_round.items()) if len(r) == 2]
-    if found:
-        return found
-    mine, other = find(rows, ours, **cell), find(rows, theirs, **cell)
-    return [] if mine is None or other is None else [(mine, other)]
+    for row in rows:
+        if row.get("section") == "paired":
+            for system in (ours, theirs):
+                if _matches(row, system, **cell):
+                    by_round.setdefault(row["round"], {})[system] = row
+    if not by_round:
+        mine, other = find(rows, ours, **cell), find(rows, theirs, **cell)
+        return Rounds([] if mine is None or other is None else [(mine, other)])
+    found: list[Round] = []
+    failed = None
+    for number, served in sorted(by_round.items()):
+        mine, other = served.get(ours), served.get(theirs)
+        if mine is None or mine["status"] == "failed":
+            why = "did not run" if mine is None else mine.get("reason", "failed")
+            failed = failed or f"{ours} in round {number + 1}: {why}"
+        elif mine["status"] == "ok" and other is not None and other["status"] == "ok":
+            found.append((mine, other))
+    return Rounds(found, failed)
 
 
-def _median_round(measured: Sequence[tuple[float, str]]) -> tuple[float, str]:
-    """The median round's (figure, what was measured) of each round's (the lower middle of
-    an even count), naming every round's figure when there were several."""
-    figure, text = sorted(measured)[(len(measured) - 1) // 2]
+def _median_round(
+    measured: Sequence[tuple[float, str]], *, lower_is_better: bool
+) -> tuple[float, str]:
+    """The median round's (figure, what was measured); of an even count (a round left
+    out), the worse middle one. Names every round's figure when there were several."""
+    ordered = sorted(measured)
+    middle = len(ordered) // 2 if lower_is_better else (len(ordered) - 1) // 2
+    figure, text = ordered[middle]
     if len(measured) > 1:
         figures = ", ".join(f"{m[0]:.2f}" for m in measured)
-        text = f"{text}; median of {len(measured)} alternating rounds ({figures})"
+        text = f"{text}; median of {len(measured)} paired rounds ({figures})"
     return figure, text
 
 
-def _keys_vs(name: str, found: Sequence[Round], minimum: float, their_name: str) -> Verdict:
+def _compared(name: str, bound: str, paired: Rounds) -> Verdict | None:
+    """The verdict of a comparison that cannot be measured: ours failed in a round (a MISS:
+    it did not serve the cell), or no round in which both served it (n/a)."""
+    if paired.failed is not None:
+        return Verdict(name, f"failed: {paired.failed}"[:300], bound, None, "MISS")
+    if not paired.found:
+        return _na(name, bound, "no cell or round that both systems served")
+    return None
+
+
+def _keys_vs(name: str, paired: Rounds, minimum: float, their_name: str) -> Verdict:
     """Keys per second of ours over theirs (batches: keys, not calls), the median round."""
     bound = f">= {minimum:g}x {their_name}"
-    if not found:
-        return _na(name, bound, "cell did not run")
+    if unmeasured := _compared(name, bound, paired):
+        return unmeasured
+    found = paired.found
     if any(theirs["keys_per_s"] <= 0 for _, theirs in found):
         return _na(name, bound, f"{their_name} measured 0 keys/s")
     measured = [
@@ -174,8 +225,9 @@ def _keys_vs(name: str, found: Sequence[Round], minimum: float, their_name: str)
         )
         for ours, theirs in found
     ]
-    ratio, text = _median_round(measured)
-    return _judged_rounds(name, text, bound, round(ratio, 2), ratio >= minimum, found)
+    ratio, text = _median_round(measured, lower_is_better=False)
+    ours_rows, their_rows = [r[0] for r in found], [r[1] for r in found]
+    return _judged(name, text, bound, round(ratio, 2), ratio >= minimum, ours_rows, their_rows)
 
 
 def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
@@ -190,15 +242,16 @@ def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
         return _na(name, bound, "server CPU not measured")
     ratio = mine / other
     measured = f"{mine:.1f} µs vs {other:.1f} µs per write"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, ours, theirs)
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, [ours], [theirs])
 
 
-def _p50_over_direct(name: str, found: Sequence[Round]) -> Verdict:
+def _p50_over_direct(name: str, paired: Rounds) -> Verdict:
     """p50 via the router less p50 of the same call asked of one shardd, 1 in flight, the
     median round."""
     bound = "<= direct + 1.0 ms"
-    if not found:
-        return _na(name, bound, "cell did not run")
+    if unmeasured := _compared(name, bound, paired):
+        return unmeasured
+    found = paired.found
     if any(direct["latency_us"]["p50"] <= 0 for _, direct in found):
         return _na(name, bound, "direct shardd measured a p50 of 0 ms")
     measured = []
@@ -206,20 +259,9 @@ def _p50_over_direct(name: str, found: Sequence[Round]) -> Verdict:
         mine, theirs = router["latency_us"]["p50"] / 1000, direct["latency_us"]["p50"] / 1000
         text = f"{mine:.2f} ms vs {theirs:.2f} ms direct (+{mine - theirs:.2f} ms)"
         measured.append((mine - theirs, text))
-    extra, text = _median_round(measured)
-    return _judged_rounds(name, text, bound, round(extra / 1.0, 2), extra <= 1.0, found)
-
-
-def _judged_rounds(
-    name: str, measured: str, bound: str, ratio: float, met: bool, found: Sequence[Round]
-) -> Verdict:
-    """_judged over every round's rows: a flawed row of ours in any round is a MISS, a
-    flawed peer row in any round makes the comparison n/a."""
-    for ours, theirs in found:
-        verdict = _judged(name, measured, bound, ratio, met, ours, theirs)
-        if verdict.verdict != "PASS":
-            return verdict
-    return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
+    extra, text = _median_round(measured, lower_is_better=True)
+    ours_rows, their_rows = [r[0] for r in found], [r[1] for r in found]
+    return _judged(name, text, bound, round(extra, 2), extra <= 1.0, ours_rows, their_rows)
 
 
 def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
@@ -236,7 +278,7 @@ def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
         return _na(name, bound, "router CPU not measured")
     ratio = mine / base
     measured = f"{mine:.1f} µs vs {base:.1f} µs per put"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.25, large)
+    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.25, [large])
 
 
 def _growth(samples: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -285,7 +327,7 @@ def _rss_stable(rows: Sequence[Row]) -> Verdict:
             f" {anon[-1][worst_anon]:.0f} MiB"
         )
     ratio = growth[worst]
-    return _judged(name, measured, bound, round(ratio, 3), ratio <= 1.10, row)
+    return _judged(name, measured, bound, round(ratio, 3), ratio <= 1.10, [row])
 
 
 def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None = None) -> list[Verdict]:

@@ -29,6 +29,9 @@ STORED = {key: replica_pb2.Record(key=key, value=VALUE, version=5, writer=1) for
 class InstantNode:
     """Answers every call on the next loop turn: acknowledges writes, returns STORED."""
 
+    def __init__(self) -> None:
+        self._answers: dict[tuple[bytes, ...], ReplicaAnswers] = {}
+
     def apply(
         self, items: Sequence[tuple[ApplyItem, Deliver[bool]]], deadline: float, epoch: int
     ) -> None:
@@ -56,9 +59,13 @@ class InstantNode:
         deadline: float,
         epoch: int,
     ) -> None:
-        """Each key's entry of the client's answer, as a node sends them (replica_answers)."""
-        reply = replica_pb2.ReadResponse(records=[STORED[key] for key in keys])
-        [answers] = split([answers_of(keys, reply)], [len(keys)])
+        """Each key's entry of the client's answer, as a node sends them (replica_answers),
+        built once per list of keys: a node's own work is not the router's."""
+        answers = self._answers.get(tuple(keys))
+        if answers is None:
+            reply = replica_pb2.ReadResponse(records=[STORED[key] for key in keys])
+            [answers] = split([answers_of(keys, reply)], [len(keys)])
+            self._answers[tuple(keys)] = answers
         asyncio.get_running_loop().call_soon(deliver, answers)
 
 

@@ -1,7 +1,7 @@
 """What a request asks of the coordinator and what it gets back, per key: shared by the
 general path (coordinator.py) and the batch paths (batch_write.py, batch_read.py).
 
-The outcomes are built once per key of every request: plain slotted classes, not frozen
+Write outcomes are built once per key of every request: plain slotted classes, not frozen
 ones, whose constructor costs four times as much (object.__setattr__ per field). A read's
 outcome is the key's entry of the answer itself, no object around it (0.3 µs a key less:
 a BatchGet joins the entries as they are); a key that could not be read has a ReadFailure,
@@ -46,7 +46,8 @@ ReadOutcome = bytes
 
 class ReadFailure(bytes):
     """The entry of a key that could not be read, carrying its status; error and code say
-    why, for a single-key call to fail with."""
+    why, for a single-key call to fail with. What bytes operations make of it (a slice, a
+    join, a copy) is plain bytes: the status stays in the entry, the reason does not."""
 
     error: str
     code: grpc.StatusCode

@@ -47,7 +47,7 @@ def row(
     section: str = "sweep",
     serializable: bool = False,
 ) -> Row:
-    """A clean row as load.run_cell and run._run_one write it (the fields targets read)."""
+    """A clean row as load.run_cell and systems.run_one write it (the fields targets read)."""
     return {
         "system": system,
         "section": section,

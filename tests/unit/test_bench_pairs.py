@@ -45,7 +45,7 @@ def get_p50_over_direct(extra_ms: list[float]) -> list[Row]:
 def test_the_median_round_decides_and_every_round_is_named() -> None:
     verdict = verdicts_of([*clean_rows(), *reads_vs_etcd3([0.5, 1.4, 1.2])])[READS_VS_ETCD3]
     assert verdict.verdict == "PASS" and verdict.ratio == 1.2
-    assert "median of 3 alternating rounds (0.50, 1.40, 1.20)" in verdict.measured
+    assert "median of 3 paired rounds (0.50, 1.40, 1.20)" in verdict.measured
 
 
 def test_paired_rounds_take_precedence_over_cells_run_alone() -> None:
@@ -73,12 +73,36 @@ def test_a_bad_row_in_any_round_spoils_the_comparison() -> None:
     assert verdicts_of([*clean_rows(), *theirs_failed])[READS_VS_ETCD3].verdict == "n/a"
 
 
-def test_a_round_one_side_of_which_did_not_run_is_left_out() -> None:
-    rounds = reads_vs_etcd3([0.5, 1.4, 1.2])
-    rounds[0] = {**rounds[0], "status": "failed", "reason": "server(s) exited: r1"}
-    verdict = verdicts_of([*clean_rows(), *rounds])[READS_VS_ETCD3]
-    assert verdict.ratio == 1.2
-    assert "median of 2 alternating rounds (1.40, 1.20)" in verdict.measured
+def test_a_round_ours_failed_is_a_miss_whatever_the_cells_run_alone_say() -> None:
+    """A router that died, or did not start, in the paired rounds did not serve the cell:
+    the target is a MISS naming the round, not the verdict of the cells run alone."""
+    for failed in ([0], [0, 1, 2]):
+        paired = reads_vs_etcd3([1.4, 1.5, 1.6])
+        for number in failed:
+            paired[2 * number] = {**paired[2 * number], "status": "failed", "reason": "r1 exited"}
+        verdict = verdicts_of([*clean_rows(), *paired])[READS_VS_ETCD3]
+        assert verdict.verdict == "MISS", verdict
+        assert "shardkv in round 1: r1 exited" in verdict.measured
+
+
+def test_a_round_whose_peer_failed_is_left_out_and_an_even_count_takes_the_worse_middle() -> None:
+    keys = reads_vs_etcd3([1.1, 1.4, 0.9])
+    keys[1] = {**keys[1], "status": "failed", "reason": "e2 exited"}  # round 1, etcd-3
+    verdict = verdicts_of([*clean_rows(), *keys])[READS_VS_ETCD3]
+    assert verdict.ratio == 0.9 and verdict.verdict == "MISS"  # the lower of 1.4 and 0.9
+    assert "median of 2 paired rounds (1.40, 0.90)" in verdict.measured
+    latency = get_p50_over_direct([0.5, 0.7, 1.5])
+    latency[1] = {**latency[1], "status": "failed", "reason": "shardd exited"}
+    verdict = verdicts_of([*clean_rows(), *latency])[GET_P50]
+    assert verdict.ratio == 1.5 and verdict.verdict == "MISS"  # the higher of 0.7 and 1.5
+
+
+def test_a_flawed_row_of_ours_in_any_round_outweighs_a_flawed_peer() -> None:
+    paired = reads_vs_etcd3([1.4, 1.5, 1.6])
+    paired[1]["exited"] = ["e2"]  # round 1, etcd-3
+    paired[4]["errors"] = 3  # round 3, shardkv
+    verdict = verdicts_of([*clean_rows(), *paired])[READS_VS_ETCD3]
+    assert verdict.verdict == "MISS" and "3 errors" in verdict.measured
 
 
 def test_the_full_profile_pairs_every_cross_system_target_and_counts_their_time() -> None:
@@ -116,3 +140,13 @@ def test_targets_within_one_system_never_read_the_paired_rounds() -> None:
     alone.update(status="failed", reason="server(s) exited: n2")
     verdict = verdicts_of(rows)[ROUTER_BATCH["get-only", 100]]
     assert verdict.verdict == "n/a" and "did not run" in verdict.measured
+
+
+def test_a_peer_that_did_not_start_makes_the_comparison_na() -> None:
+    """paired.py records ours as n/a (not run) when its peer failed: nothing to compare."""
+    paired = reads_vs_etcd3([1.4, 1.5, 1.6])
+    for number in range(3):
+        paired[2 * number].update(status="n/a", reason="not run: etcd-3 failed")
+        paired[2 * number + 1].update(status="failed", reason="etcd is not installed")
+    verdict = verdicts_of([*clean_rows(), *paired])[READS_VS_ETCD3]
+    assert verdict.verdict == "n/a", verdict
