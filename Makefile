@@ -65,7 +65,7 @@ cluster-clean: $(STAMP)
 	@$(CLUSTER) clean
 
 # Benchmarks (benchmarks/README.md). bench-deps installs etcd from Debian (as root, or
-# through sudo) (the `bench` extra comes with every install); bench runs the suite (about 10 minutes) and
+# through sudo) (the `bench` extra comes with every install); bench runs the suite (about 13 minutes) and
 # writes benchmarks/results/<timestamp>.{json,md,png}; bench-quick is a one-minute subset;
 # bench-soak a steady 5-minute run (SOAK_MINUTES); bench-micro the pytest-benchmark
 # micro-benchmarks, then group commit at 1 and 64 writers (benchmarks/bench_group_commit.py).
