@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
 
 from benchmarks.plan import CONCURRENCY, SYSTEM_TITLES
-from benchmarks.targets import find
+from benchmarks.rows import find
 
 Row = dict[str, Any]
 PERCENTILES = ("p50", "p99", "p99.9")

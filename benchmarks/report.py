@@ -92,7 +92,7 @@ def _table(rows: Sequence[Row]) -> list[str]:
         errors = str(row["errors"])
         if row["error_kinds"]:
             errors += " (" + ", ".join(f"{k} {v}" for k, v in row["error_kinds"].items()) + ")"
-        # What makes a row unfit for a target (targets.flaws) shows where the errors do.
+        # What makes a row unfit for a target (rows.flaws) shows where the errors do.
         if row.get("misses"):
             errors += f"; {row['misses']:,} reads missed"
         if row.get("exited"):

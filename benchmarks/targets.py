@@ -5,7 +5,7 @@ a profile without them) is reported as n/a, never as a pass. Nor does bad data p
 cell with failed calls, reads that missed preloaded keys, or a server that exited measured
 a system that was not doing its job (a dead node answers fast), so such a cell of the
 system under claim makes its target MISS, and such a peer cell, or a peer measured at 0,
-makes a comparison n/a (see `flaws`).
+makes a comparison n/a (see `rows.flaws`).
 """
 
 from __future__ import annotations
@@ -15,111 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV, SHARDKV12
-
-Row = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One target: what was measured, against what bound, and whether it was met."""
-
-    name: str
-    measured: str
-    bound: str
-    ratio: float | None
-    verdict: str  # PASS, MISS or n/a
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def find(
-    rows: Sequence[Row],
-    system: str,
-    *,
-    mix: str,
-    in_flight: int,
-    batch: int = 1,
-    keys: str = "uniform",
-    value_bytes: int = 100,
-    section: str | None = None,
-    serializable: bool = False,
-) -> Row | None:
-    """The ok row of system for that cell, or None; rows of the paired rounds only when
-    section says "paired"."""
-    for row in rows:
-        if (
-            row["status"] == "ok"
-            and _matches(row, system, mix, in_flight, batch, keys, value_bytes, serializable)
-            and (row.get("section") == section if section else row.get("section") != "paired")
-        ):
-            return row
-    return None
-
-
-def _matches(
-    row: Row,
-    system: str,
-    mix: str,
-    in_flight: int,
-    batch: int = 1,
-    keys: str = "uniform",
-    value_bytes: int = 100,
-    serializable: bool = False,
-) -> bool:
-    """Whether row is system's row of that cell, whatever its status and section."""
-    cell = row["cell"]
-    return bool(
-        row["system"] == system
-        and cell["mix"] == mix
-        and cell["in_flight"] == in_flight
-        and cell["batch"] == batch
-        and cell["keys"] == keys
-        and cell["value_bytes"] == value_bytes
-        and cell.get("serializable", False) == serializable
-    )
-
-
-def _na(name: str, bound: str, why: str) -> Verdict:
-    return Verdict(name, f"n/a ({why})", bound, None, "n/a")
-
-
-def flaws(row: Row) -> list[str]:
-    """Why row's figures cannot support a PASS (empty when they can): failed calls (their
-    time is spent sleeping, not measured), reads that did not find a key the preload wrote
-    (a miss is cheaper than a hit, and a lost key is a failure in itself), and server
-    processes that exited during the cell (survivors answer errors fast; their RSS stops
-    growing). A row that does not record errors or misses cannot show it had none."""
-    found: list[str] = []
-    for count in ("errors", "misses"):
-        if count not in row:
-            found.append(f"{count} not recorded")
-        elif row[count]:
-            found.append(f"{row[count]:,} {count}")
-    if row.get("exited"):
-        found.append(f"exited: {', '.join(row['exited'])}")
-    return found
-
-
-def _judged(
-    name: str,
-    measured: str,
-    bound: str,
-    ratio: float | None,
-    met: bool,
-    ours: Sequence[Row],
-    peers: Sequence[Row] = (),
-) -> Verdict:
-    """The verdict of a measured target: PASS only when the bound is met and every row behind
-    it is clean. A flawed row of the system under claim is a MISS (it did not serve its
-    workload cleanly); else a flawed peer row makes the comparison meaningless, so n/a."""
-    for row in ours:
-        if mine := flaws(row):
-            return Verdict(name, f"{measured} ({'; '.join(mine)})", bound, ratio, "MISS")
-    for peer in peers:
-        if theirs := flaws(peer):
-            return _na(name, bound, f"{peer['system']} cell unfit: {'; '.join(theirs)}")
-    return Verdict(name, measured, bound, ratio, "PASS" if met else "MISS")
+from benchmarks.rows import Row, Verdict, find, flaws, judged, matches, na
 
 
 def _cpu_per_key_us(row: Row, prefix: str) -> float | None:
@@ -140,13 +36,13 @@ def _router_vs_node(name: str, row: Row | None) -> Verdict:
     """Router CPU per key over one node's (the mean of the cell's nodes), same cell."""
     bound = "<= 1.2x a node's"
     if row is None:
-        return _na(name, bound, "cell did not run")
+        return na(name, bound, "cell did not run")
     router, node = _cpu_per_key_us(row, "r"), _cpu_per_key_us(row, "n")
     if router is None or node is None or node <= 0:
-        return _na(name, bound, "router or node CPU not measured")
+        return na(name, bound, "router or node CPU not measured")
     ratio = router / node
     measured = f"router {router:.1f} µs vs node {node:.1f} µs per key"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, [row])
+    return judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, [row])
 
 
 Round = tuple[Row, Row]
@@ -169,7 +65,7 @@ def rounds(rows: Sequence[Row], ours: str, theirs: str, **cell: Any) -> Rounds:
     for row in rows:
         if row.get("section") == "paired":
             for system in (ours, theirs):
-                if _matches(row, system, **cell):
+                if matches(row, system, **cell):
                     by_round.setdefault(row["round"], {})[system] = row
     if not by_round:
         mine, other = find(rows, ours, **cell), find(rows, theirs, **cell)
@@ -206,7 +102,7 @@ def _compared(name: str, bound: str, paired: Rounds) -> Verdict | None:
     if paired.failed is not None:
         return Verdict(name, f"failed: {paired.failed}"[:300], bound, None, "MISS")
     if not paired.found:
-        return _na(name, bound, "no cell or round that both systems served")
+        return na(name, bound, "no cell or round that both systems served")
     return None
 
 
@@ -217,7 +113,7 @@ def _keys_vs(name: str, paired: Rounds, minimum: float, their_name: str) -> Verd
         return unmeasured
     found = paired.found
     if any(theirs["keys_per_s"] <= 0 for _, theirs in found):
-        return _na(name, bound, f"{their_name} measured 0 keys/s")
+        return na(name, bound, f"{their_name} measured 0 keys/s")
     measured = [
         (
             ours["keys_per_s"] / theirs["keys_per_s"],
@@ -227,7 +123,7 @@ def _keys_vs(name: str, paired: Rounds, minimum: float, their_name: str) -> Verd
     ]
     ratio, text = _median_round(measured, lower_is_better=False)
     ours_rows, their_rows = [r[0] for r in found], [r[1] for r in found]
-    return _judged(name, text, bound, round(ratio, 2), ratio >= minimum, ours_rows, their_rows)
+    return judged(name, text, bound, round(ratio, 2), ratio >= minimum, ours_rows, their_rows)
 
 
 def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
@@ -236,13 +132,13 @@ def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
     name = "Server CPU per replicated write (router + 3 nodes vs etcd's 3 members), 256 in flight"
     bound = "<= 0.333x etcd-3"
     if ours is None or theirs is None:
-        return _na(name, bound, f"{'shardkv' if ours is None else ETCD3} cell did not run")
+        return na(name, bound, f"{'shardkv' if ours is None else ETCD3} cell did not run")
     mine, other = _total_cpu_per_key_us(ours, "rn"), _total_cpu_per_key_us(theirs, "e")
     if mine is None or other is None or other <= 0:
-        return _na(name, bound, "server CPU not measured")
+        return na(name, bound, "server CPU not measured")
     ratio = mine / other
     measured = f"{mine:.1f} µs vs {other:.1f} µs per write"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, [ours], [theirs])
+    return judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, [ours], [theirs])
 
 
 def _p50_over_direct(name: str, paired: Rounds) -> Verdict:
@@ -253,7 +149,7 @@ def _p50_over_direct(name: str, paired: Rounds) -> Verdict:
         return unmeasured
     found = paired.found
     if any(direct["latency_us"]["p50"] <= 0 for _, direct in found):
-        return _na(name, bound, "direct shardd measured a p50 of 0 ms")
+        return na(name, bound, "direct shardd measured a p50 of 0 ms")
     measured = []
     for router, direct in found:
         mine, theirs = router["latency_us"]["p50"] / 1000, direct["latency_us"]["p50"] / 1000
@@ -261,7 +157,7 @@ def _p50_over_direct(name: str, paired: Rounds) -> Verdict:
         measured.append((mine - theirs, text))
     extra, text = _median_round(measured, lower_is_better=True)
     ours_rows, their_rows = [r[0] for r in found], [r[1] for r in found]
-    return _judged(name, text, bound, round(extra, 2), extra <= 1.0, ours_rows, their_rows)
+    return judged(name, text, bound, round(extra, 2), extra <= 1.0, ours_rows, their_rows)
 
 
 def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
@@ -270,15 +166,15 @@ def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
     name = "Router CPU per put, 12 nodes at 256 in flight vs 3 nodes at 64"
     bound = "<= 1.25x"
     if small is None or large is None:
-        return _na(name, bound, "cell did not run")
+        return na(name, bound, "cell did not run")
     if spoilt := flaws(small):
         return Verdict(name, f"3-node cell: {'; '.join(spoilt)}", bound, None, "MISS")
     mine, base = _cpu_per_key_us(large, "r"), _cpu_per_key_us(small, "r")
     if mine is None or base is None or base <= 0:
-        return _na(name, bound, "router CPU not measured")
+        return na(name, bound, "router CPU not measured")
     ratio = mine / base
     measured = f"{mine:.1f} µs vs {base:.1f} µs per put"
-    return _judged(name, measured, bound, round(ratio, 2), ratio <= 1.25, [large])
+    return judged(name, measured, bound, round(ratio, 2), ratio <= 1.25, [large])
 
 
 def _growth(samples: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -304,13 +200,13 @@ def _rss_stable(rows: Sequence[Row]) -> Verdict:
     bound = "<= 1.10x"
     steady = [r for r in rows if r.get("section") == "steady"]
     if not steady:
-        return _na(name, bound, "no steady run")
+        return na(name, bound, "no steady run")
     row = steady[-1]
     if row["status"] != "ok":
-        return _na(name, bound, f"steady run {row['status']}: {row.get('reason', '')}")
+        return na(name, bound, f"steady run {row['status']}: {row.get('reason', '')}")
     rss, anon = row["rss_samples"], row.get("anon_samples") or []
     if len(rss) < 2:
-        return _na(name, bound, "RSS not sampled")
+        return na(name, bound, "RSS not sampled")
     if gone := _gone(row):
         return Verdict(name, f"exited during the run: {', '.join(gone)}", bound, None, "MISS")
     growth = _growth(rss)
@@ -327,7 +223,7 @@ def _rss_stable(rows: Sequence[Row]) -> Verdict:
             f" {anon[-1][worst_anon]:.0f} MiB"
         )
     ratio = growth[worst]
-    return _judged(name, measured, bound, round(ratio, 3), ratio <= 1.10, [row])
+    return judged(name, measured, bound, round(ratio, 3), ratio <= 1.10, [row])
 
 
 def evaluate(rows: Sequence[Row], placement: dict[str, Any] | None = None) -> list[Verdict]:

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV, SHARDKV12
-from benchmarks.targets import Verdict, evaluate
+from benchmarks.rows import Verdict
+from benchmarks.targets import evaluate
 
 Row = dict[str, Any]
 

@@ -29,7 +29,8 @@ from bench_rows import (
 )
 
 from benchmarks.plan import BATCH_IN_FLIGHT, ETCD1, ETCD3, SHARDD, SHARDKV, SHARDKV12
-from benchmarks.targets import comparisons, evaluate, find
+from benchmarks.rows import find
+from benchmarks.targets import comparisons, evaluate
 
 
 @pytest.mark.parametrize(
