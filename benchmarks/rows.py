@@ -25,23 +25,14 @@ class Verdict:
 
 
 def find(
-    rows: Sequence[Row],
-    system: str,
-    *,
-    mix: str,
-    in_flight: int,
-    batch: int = 1,
-    keys: str = "uniform",
-    value_bytes: int = 100,
-    section: str | None = None,
-    serializable: bool = False,
+    rows: Sequence[Row], system: str, *, section: str | None = None, **cell: Any
 ) -> Row | None:
-    """The ok row of system for that cell, or None; rows of the paired rounds only when
-    section says "paired"."""
+    """The ok row of system for the cell matches names, or None; rows of the paired rounds
+    only when section says "paired"."""
     for row in rows:
         if (
             row["status"] == "ok"
-            and matches(row, system, mix, in_flight, batch, keys, value_bytes, serializable)
+            and matches(row, system, **cell)
             and (row.get("section") == section if section else row.get("section") != "paired")
         ):
             return row
@@ -51,6 +42,7 @@ def find(
 def matches(
     row: Row,
     system: str,
+    *,
     mix: str,
     in_flight: int,
     batch: int = 1,
