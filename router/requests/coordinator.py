@@ -66,8 +66,8 @@ from shardkv.router.requests.outcomes import (
     Mutation,
     ReadOutcome,
     WriteOutcome,
-    failed_read,
-    failed_write,
+    not_read,
+    not_written,
 )
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget
@@ -205,7 +205,7 @@ class Coordinator:
         ]
         general = partial(self._place_at, needed=needed, deadline=deadline)
         place = partial(self._batch_writer.place, needed=needed, deadline=deadline, general=general)
-        return await self._routed(records, place, failed_write, deadline=deadline)
+        return await self._routed(records, place, not_written, deadline=deadline)
 
     async def write_records(
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
@@ -225,7 +225,7 @@ class Coordinator:
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float
     ) -> list[WriteOutcome]:
         place = partial(self._place_at, needed=needed, deadline=deadline)
-        return await self._routed(records, place, failed_write, deadline=deadline)
+        return await self._routed(records, place, not_written, deadline=deadline)
 
     async def _place_at(
         self, records: Sequence[replica_pb2.Record], epoch: int, *, needed: int, deadline: float
@@ -389,4 +389,4 @@ class Coordinator:
             budget=budget,
             general=general,
         )
-        return await self._routed(keys, read, failed_read, deadline=deadline)
+        return await self._routed(keys, read, not_read, deadline=deadline)

@@ -59,11 +59,13 @@ class ReadFailure(bytes):
         return failure
 
 
-def failed_read(outcome: ReadOutcome) -> bool:
+def not_read(outcome: ReadOutcome) -> bool:
+    """Whether a key could not be read (what a fence refusal has routed again)."""
     return isinstance(outcome, ReadFailure)
 
 
-def failed_write(outcome: WriteOutcome) -> bool:
+def not_written(outcome: WriteOutcome) -> bool:
+    """Whether a write missed its quorum (what a fence refusal has routed again)."""
     return outcome.error is not None
 
 
