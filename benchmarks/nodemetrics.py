@@ -2,7 +2,8 @@
 
 Scraped at both ends of the window (`--metrics-listen`), the counters give per node: group
 commits per second and records per commit (the size of each LMDB transaction and fsync),
-and per gRPC method the calls per second and mean time from arrival to answer (for
+keys read per second (a read at R of N asks each node for a share of the keys only), and
+per gRPC method the calls per second and mean time from arrival to answer (for
 Replica/Apply that is queueing for, and waiting on, a group commit). Where durable writes
 fall short of a target, these say whether the commits are too small or too slow.
 """
@@ -20,6 +21,7 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 _COMMITS = "shardkv_node_commits_total"
 _RECORDS = "shardkv_node_records_committed_total"
+_KEYS_READ = "shardkv_node_keys_read_total"
 _DURATION = "shardkv_grpc_request_duration_seconds"
 
 Sample = dict[str, float]
@@ -64,7 +66,8 @@ class NodeProbe:
     def compare(
         before: dict[str, Sample], after: dict[str, Sample], seconds: float
     ) -> dict[str, Any]:
-        """Per node: commits/s, records per commit, and per method calls/s and mean ms."""
+        """Per node: commits/s, records per commit, keys read/s, and per method calls/s and
+        mean ms."""
         return {
             node: _node_delta(before[node], after[node], seconds)
             for node in after
@@ -94,5 +97,6 @@ def _node_delta(before: Sample, after: Sample, seconds: float) -> dict[str, Any]
     return {
         "commits_per_s": round(commits / seconds, 1),
         "records_per_commit": round(records / commits, 1) if commits else 0.0,
+        "keys_read_per_s": round(delta(_KEYS_READ) / seconds, 1),
         "methods": methods,
     }

@@ -42,7 +42,23 @@ def _router_vs_node(name: str, row: Row | None) -> Verdict:
         return na(name, bound, "router or node CPU not measured")
     ratio = router / node
     measured = f"router {router:.1f} µs vs node {node:.1f} µs per key"
+    share = _share_read(row)
+    if share is not None:
+        measured += f" (a node read {share:.2f} of the keys: {node / share:.1f} µs per key it read)"
     return judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, [row])
+
+
+def _share_read(row: Row) -> float | None:
+    """The mean node's keys read over the keys the cell read, when nodes read fewer than
+    all of them (R of N owners asked): a node's CPU per key of the cell then covers a
+    share of the keys only, while the router handles every one. None when not measured
+    or when each node read every key (writes read none)."""
+    keys_per_s = row.get("keys_per_s") or 0.0
+    read = [m.get("keys_read_per_s", 0.0) for m in (row.get("node_metrics") or {}).values()]
+    if not read or keys_per_s <= 0:
+        return None
+    share = sum(read) / len(read) / keys_per_s
+    return share if 0 < share < 0.95 else None
 
 
 Round = tuple[Row, Row]

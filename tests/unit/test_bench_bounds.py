@@ -90,6 +90,24 @@ def test_a_router_dearer_than_1_2_nodes_per_key_is_a_miss(cell: tuple[Any, ...],
     assert verdict.verdict == "MISS" and verdict.ratio == 1.3, verdict
 
 
+def test_a_read_at_r_of_n_says_what_a_node_spends_per_key_it_read() -> None:
+    """Reads ask R of N owners, so a node reads a share of the cell's keys: the verdict
+    says what a node spent per key it read, and still judges per key of the cell (1.3x a
+    node's misses however few keys each node read). Writes, which every node reads none
+    of, say nothing of it."""
+    rows = clean_rows()
+    read = the(rows, SHARDKV, "get-only", 256)
+    read["cpu_s_per_1k_keys"]["r1"] = 0.026
+    keys = read["keys_per_s"]
+    read["node_metrics"] = {n: {"keys_read_per_s": keys * 2 / 3} for n in ("n1", "n2", "n3")}
+    verdict = verdicts_of(rows)[ROUTER_GET]
+    assert verdict.verdict == "MISS" and verdict.ratio == 1.3, verdict
+    assert "a node read 0.67 of the keys: 30.0 µs per key it read" in verdict.measured
+    written = the(rows, SHARDKV, "put-only", 256)
+    written["node_metrics"] = {n: {"keys_read_per_s": 0.0} for n in ("n1", "n2", "n3")}
+    assert "key it read" not in verdicts_of(rows)[ROUTER_PUT].measured
+
+
 def test_server_cpu_counts_router_and_every_node_against_etcds_members() -> None:
     """Router + 3 nodes against 3 etcd members (270 µs): 91 µs (0.337x) misses 1/3, 80 µs
     (0.296x) passes. Client CPU counts on neither side."""
