@@ -9,13 +9,13 @@ remaining owners at once (Cassandra's speculative retry): a slow, stopped or fai
 costs a read that delay, never its answer. A round is late after the speculative delay
 (the slowest reply a typical node gave lately, at least 5 ms: replica_latency.py) and
 SPREAD times its first answer; before any answer, after SPREAD times the delay if it asked
-one node, else half its time. So owners merely queued behind other work, as every owner is
-under a load of large batches, are waited for rather than joined by a third owner queued
-behind the same work; a stopped owner is found by the answers of the others. The answer is
-the newest record among the first R replies; once every reply is in, each asked owner
-that answered with an older record (or none) gets the newest one (read repair). An owner
-not asked is left to the next read that asks it, a read at ALL, or anti-entropy, as in
-Cassandra.
+one node, else half its time; and never after half its time, however long the delay. So
+owners merely queued behind other work, as every owner is under a load of large batches,
+are waited for rather than joined by a third owner queued behind the same work; a stopped
+owner is found by the answers of the others. The answer is the newest record among the
+first R replies; once every reply is in, each asked owner that answered with an older
+record (or none) gets the newest one (read repair). An owner not asked is left to the next
+read that asks it, a read at ALL, or anti-entropy, as in Cassandra.
 
 The bookkeeping is per batch: each node gets one chunk of the batch's keys (one coalesced
 item, one callback for its reply), and per key there is a reply counter, the newest
@@ -134,10 +134,12 @@ class BatchReader:
         rnd.undecided = len(keys) - len(aside)
         rnd.settle = partial(self._settle, rnd)
         if chunks:
-            # The speculative delay first, if some owner is left to ask.
+            # The speculative delay first, if some owner is left to ask; by half the time
+            # left at the latest, as _late bounds it (a delay may outlast the request).
             if first < n:
                 rnd.delay = delay
-                rnd.timer = loop.call_at(now + delay, partial(self._late, rnd))
+                late = min(now + delay, now + (deadline - now) / 2)
+                rnd.timer = loop.call_at(late, partial(self._late, rnd))
             else:
                 rnd.timer = loop.call_at(deadline, rnd.expire)
         detour = asyncio.ensure_future(general([keys[i] for i in aside], epoch)) if aside else None

@@ -88,6 +88,34 @@ def test_a_silent_owner_costs_a_read_the_speculative_delay_not_its_answer(needed
 
 
 @pytest.mark.timeout(10)
+def test_a_speculative_delay_longer_than_the_time_left_still_asks_before_the_deadline() -> None:
+    """Every owner lately answered in 0.4 s, so the speculative delay is about that; a read
+    given 0.3 s whose first owner falls silent still asks the third owner within its time
+    (by half of it, as a late round does) and answers, instead of waiting out the delay
+    past its deadline and failing every key."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        keys = [k for k in KEYS if cluster.owners(k)[0] == "n1"][:50]
+        stored(cluster, keys)
+        for node in cluster.nodes.values():
+            node.delay_s = 0.4
+        slow = await cluster.coordinator.read(keys, 2, cluster.deadline(2.0))
+        assert [read_error(o) for o in slow] == [None] * len(keys)
+        for node in cluster.nodes.values():
+            node.delay_s = 0.0
+        cluster.nodes["n1"].silent = True
+        started = time.monotonic()
+        outcomes = await cluster.coordinator.read(keys, 2, cluster.deadline(0.3))
+        took = time.monotonic() - started
+        assert [read_error(o) for o in outcomes] == [None] * len(keys)
+        assert [read_value(o) for o in outcomes] == [b"v"] * len(keys)
+        assert took < 0.3, took
+
+    run(scenario)
+
+
+@pytest.mark.timeout(10)
 def test_a_failing_owner_has_its_keys_ask_the_next_owner_at_once() -> None:
     """An owner whose calls fail (not DOWN yet): its keys go to their third owner as soon
     as the failure is in, without waiting for any delay, and the read answers."""
