@@ -66,7 +66,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.exchange_port = 0
 
     def _deadline(self, context: Context) -> float:
-        """Loop time by which to answer: the client's deadline, or request_ms without one."""
+        """Loop time by which to answer: the client's deadline, at most request_ms away (a
+        router bounds what one request may hold, whatever deadline the client set)."""
         remaining: float | None = context.time_remaining()
         if remaining is None or remaining > self._request_s:
             remaining = self._request_s

@@ -35,7 +35,8 @@ class TopologyError(ValueError):
 class Timeouts:
     """How long the router waits, in milliseconds."""
 
-    # A client request that carries no deadline of its own.
+    # The longest the router works on a client request: a request without a deadline of
+    # its own gets this one, and a later deadline is cut to it.
     request_ms: int = 3000
     # One internal call to a node (never beyond the client's remaining deadline).
     node_call_ms: int = 1000
