@@ -47,7 +47,8 @@ _RESPONSES: dict[str, Callable[[bytes], Message]] = {
 }
 # Targets that are not a plain host:port (gRPC resolves them; a socket cannot).
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "xds:")
-# Why asking a router for its port may fail where its calls would fail too.
+# Why asking a router for its port may fail where its calls would fail too (a lookup that
+# only ran out of its own time sends the calls by gRPC instead: exchange_connection).
 _UNREACHABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,

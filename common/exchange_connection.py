@@ -17,12 +17,13 @@ DEADLINE_EXCEEDED; a refused frame raises the AioRpcError the call would have ra
 the server's trailing metadata (a fence refusal's shardkv-fence), so callers, retries and
 health trackers see no difference. A connection that ends, or whose hello fails, fails
 every frame it was to carry with UNAVAILABLE (or the status the server refused it with).
-A frame whose deadline passes while the server has not even taken its bytes, or has
-answered nothing on the connection since the frame left (a stopped server, a link that
+A frame whose deadline passes while the server has answered nothing on the connection
+since the frame left, nor for a whole connect timeout (a stopped server, a link that
 drops everything), closes the connection, so the bytes held for it are let go and the
-next frame starts afresh. A server that advertises no exchange port, or whose exchange
-port cannot be reached while its gRPC port answers, is sent gRPC calls for UNARY_S, then
-asked again.
+next frame starts afresh. A server that advertises no exchange port, does not tell it
+within the connect timeout (a slow server: its calls keep their own deadlines), or whose
+exchange port cannot be reached while its gRPC port answers, is sent gRPC calls for
+UNARY_S, then asked again.
 """
 
 from __future__ import annotations
@@ -196,12 +197,14 @@ class ExchangeConnection:
 
     def _expire(self, frame_id: int, timeout: float) -> None:
         """A frame's deadline passed: it fails. If it is the oldest frame in flight on its
-        connection and the server has not even taken its bytes, or has answered nothing
-        on the connection since it was sent (a stopped server, or a link that drops
-        everything: TCP would hold the connection open and keep retrying with backoff
-        long after the link is back), the connection is closed: its reader fails the
-        other frames, and the next frame opens a new one. A younger frame's deadline
-        never closes it: an older frame still waits for its answer (a slow call, or a
+        connection and the server has answered nothing on it (its welcome included) for
+        the frame's whole wait and for at least the connect timeout (a stopped server, or
+        a link that drops everything, which TCP would retry long after it is back), the
+        connection is closed: its reader fails the other frames, the bytes held for them
+        are let go, and the next frame opens a new one. Shorter silence says nothing: a
+        busy server answers a short frame late, and closing would fail the frames it works
+        on (a router counts the node DOWN) for a connection no quicker to open. A younger
+        frame's deadline never closes it: an older frame still waits (a slow call, or a
         large request ahead of it on the wire), as a gRPC call's would."""
         message = f"no answer from {self._name} within {timeout:.3f}s"
         self._fail(frame_id, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
@@ -211,12 +214,13 @@ class ExchangeConnection:
         carrier, end = carried
         if any(f < frame_id and c is carrier for f, (c, _) in self._carrier.items()):
             return
+        silent_s = asyncio.get_running_loop().time() - carrier.answered_at
+        if silent_s < max(timeout, self._connect_timeout_s):
+            return
         if carrier.taken() < end:
             problem = "stopped reading its exchange connection"
-        elif carrier.answered_at < asyncio.get_running_loop().time() - timeout:
-            problem = f"answered nothing on its exchange connection for {timeout:.3f}s"
         else:
-            return
+            problem = f"answered nothing on its exchange connection for {silent_s:.3f}s"
         log.warning("%s %s: closed", self._name, problem)
         if self._connection is carrier:  # the next frame opens a new one at once
             self._connection = None
@@ -268,7 +272,20 @@ class ExchangeConnection:
         the caller, or names another server than the caller expects (welcome), fails the
         frames (gRPC would refuse them too, or reach the wrong server)."""
         loop = asyncio.get_running_loop()
-        port, answerer = await self._exchange_port(self._connect_timeout_s)
+        try:
+            port, answerer = await self._exchange_port(self._connect_timeout_s)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            # Only the lookup's short wait ran out: gRPC calls get the frames' whole time.
+            log.warning(
+                "%s told no exchange port within %gs: gRPC calls for %g s",
+                self._name,
+                self._connect_timeout_s,
+                UNARY_S,
+            )
+            self._unary_until = loop.time() + UNARY_S
+            return None
         if not port:
             log.warning("%s advertises no exchange port: gRPC calls", self._name)
             self._unary_until = loop.time() + UNARY_S
@@ -310,6 +327,7 @@ class ExchangeConnection:
             log.warning("%s %s; gRPC calls for %g s", where, stranger[1], UNARY_S)
             self._unary_until = loop.time() + UNARY_S
             return None
+        connection.answered_at = loop.time()  # the welcome: silence counts from here
         self._connection = connection
         self._spawn(self._read(connection))
         return connection

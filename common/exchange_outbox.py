@@ -20,7 +20,7 @@ class Connection:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    # When the server last answered a frame on it (loop time).
+    # When the server last answered on it, its welcome included (loop time).
     answered_at: float = 0.0
     # Bytes written to it so far.
     written: int = 0

@@ -2,9 +2,10 @@
 which deadlines close a connection, and which only fail their own frame.
 
 A frame's deadline closes the connection only when that frame is the oldest in flight and
-the server answered nothing for its whole wait (a stopped server or a dead link); a
-younger frame that times out behind a slow one fails alone, and the slow one is answered,
-as two gRPC calls on one channel would be.
+the server answered nothing for its whole wait and a connect timeout (a stopped server or
+a dead link); a younger frame that times out behind a slow one fails alone, and the slow
+one is answered, as two gRPC calls on one channel would be; so does a short frame to a
+busy server.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class ScriptedServer:
             writer.close()
 
 
-def _connection(port: int) -> ExchangeConnection:
+def _connection(port: int, connect_timeout_s: float = 2.0) -> ExchangeConnection:
     async def lookup(timeout: float) -> tuple[int, dict[str, str]]:
         return port, {}
 
@@ -86,7 +87,7 @@ def _connection(port: int) -> ExchangeConnection:
         tls=None,
         authorization="",
         max_message_bytes=1 << 20,
-        connect_timeout_s=2.0,
+        connect_timeout_s=connect_timeout_s,
     )
 
 
@@ -111,13 +112,42 @@ def test_a_younger_frames_deadline_leaves_the_connection_to_the_older_one() -> N
 
 
 @pytest.mark.timeout(30)
-def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_the_connection() -> None:
+def test_a_short_frame_behind_a_busy_server_fails_alone() -> None:
+    """A server that answers every frame after 0.5 s is busy, not stopped: a 0.2 s frame
+    sent behind a first one fails at its deadline, and the connection stays, with the
+    frames the server is working on (a younger one with 5 s is answered on it)."""
+
     async def main() -> None:
-        server = ScriptedServer(slow_s=0.8)
+        server = ScriptedServer(slow_s=0.5)
         connection = _connection(await server.start())
         try:
+            assert await connection.send(SLOW, b"warm", 5.0, {}) == b"warm"
+            short = asyncio.ensure_future(connection.send(SLOW, b"short", 0.2, {}))
+            await asyncio.sleep(0.05)
+            longer = asyncio.ensure_future(connection.send(SLOW, b"longer", 5.0, {}))
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await short
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await longer == b"longer"
+            assert server.connections == 1
+        finally:
+            await connection.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_the_connection() -> None:
+    """Silent for the frame's whole wait and for at least a connect timeout (0.3 s):
+    the connection is closed, and the next frame goes on a new one."""
+
+    async def main() -> None:
+        server = ScriptedServer(slow_s=0.8)
+        connection = _connection(await server.start(), connect_timeout_s=0.3)
+        try:
             with pytest.raises(grpc.aio.AioRpcError) as silent:
-                await connection.send(FAST, b"", 0.2, {})
+                await connection.send(FAST, b"", 0.5, {})
             assert silent.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             # A new connection serves the next frame.
             assert await connection.send(SLOW, b"again", 5.0, {}) == b"again"

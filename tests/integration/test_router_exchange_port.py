@@ -210,6 +210,34 @@ def test_the_sdk_uses_grpc_when_the_exchange_port_cannot_be_used(
     assert f"127.0.0.1:{advertised}" in caplog.text and "gRPC calls for" in caplog.text
 
 
+@pytest.mark.timeout(60)
+def test_a_router_slow_to_tell_its_exchange_port_answers_by_grpc_within_the_calls_time(
+    cluster: Cluster,
+) -> None:
+    """A router that tells its exchange port later than the SDK's lookup waits (1 s; the
+    router is paused for 1.5 s as a client's first call starts) gets the call by gRPC,
+    answered within the call's own 4 s once it resumes, not failed at the lookup's
+    second with DEADLINE_EXCEEDED as no gRPC call would have been."""
+
+    async def main() -> None:
+        async with AsyncClient(cluster.router.address, bearer_token=TOKEN, timeout=4) as kv:
+            loop = asyncio.get_running_loop()
+            cluster.router.signal(signal.SIGSTOP)
+            resume = loop.call_later(1.5, cluster.router.signal, signal.SIGCONT)
+            started = time.monotonic()
+            try:
+                assert await kv.put("paused-port", b"by grpc") > 0
+            finally:
+                resume.cancel()
+                cluster.router.signal(signal.SIGCONT)
+            took = time.monotonic() - started
+            assert 1.4 < took < 4.0, f"answered after {took:.2f}s"
+            assert await kv.get("paused-port") == b"by grpc"
+            assert kv.frames_answered == 0, kv.frames_answered
+
+    asyncio.run(main())
+
+
 @pytest.mark.timeout(90)
 def test_calls_beyond_the_frames_a_connection_runs_go_by_grpc(cluster: Cluster) -> None:
     """300 calls at once on one client: 256 frames run on the router's connection, the rest
