@@ -33,10 +33,12 @@ How, for both flavours below:
 the same event-loop turn leaves in one call, and a caller's cancellation never cancels a
 batch that others wait on.
 
-``ThreadBatcher`` (threads sharing a ``Client``): there is no spare thread, so a caller
-that finds a free slot becomes the leader: it sends its item with everything queued and
-hands out the results, while the followers sleep, each on its own event. When a leader is
-done, it passes its slot to the oldest follower still queued, which leads the next batch.
+``ThreadBatcher`` (threads sharing a ``Client``): a caller that finds a free slot
+becomes the leader: it takes its item with everything queued, and the followers sleep,
+each on its own event. The leader sends the batch on its own thread when no item in it
+may wait longer than the leader's caller (one thread, or callers with equal timeouts: no
+hop), else on a sender thread, so that it too stops waiting at its own deadline. When a
+batch is done, its slot passes to the oldest follower still queued, which leads the next.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Generic, Protocol, TypeVar
@@ -276,6 +279,12 @@ class ThreadBatcher(Generic[I, R]):
         self._queue: deque[_ThreadWaiter[I, R]] = deque()
         self._in_flight = 0  # slots held by leaders (sending or about to)
         self._lock = threading.Lock()
+        # Sends the batches some item of which may wait longer than its leader's caller.
+        self._senders = ThreadPoolExecutor(max_in_flight, thread_name_prefix="shardkv-batch")
+
+    def close(self) -> None:
+        """Lets the sender threads end once their batches are (the client is closing)."""
+        self._senders.shutdown(wait=False)
 
     def submit(self, item: I, deadline: float) -> R:
         """The outcome of item, sent in some batch; deadline is a time.monotonic() value."""
@@ -318,7 +327,9 @@ class ThreadBatcher(Generic[I, R]):
             return [w.state is _State.SENT and w.deadline > now for w in batch]
 
     def _lead(self, own: _ThreadWaiter[I, R]) -> None:
-        """Sends own item with what is queued, hands out the outcomes, passes the slot on."""
+        """Sends own item with what is queued: on this thread when no item may wait longer
+        than own (its caller then waits no longer than its own deadline either), else on a
+        sender thread, while own waits as a follower does."""
         with self._lock:
             if own.deadline > time.monotonic():
                 own.state = _State.SENT
@@ -328,18 +339,28 @@ class ThreadBatcher(Generic[I, R]):
                 batch = _take(self._queue, self._max_batch, self._live)
             for waiter in batch:
                 waiter.state = _State.SENT
+        deadline = max((w.deadline for w in batch), default=own.deadline)
+        if not batch or (own.state is _State.SENT and deadline <= own.deadline):
+            self._send_batch(batch, deadline)
+            return
+        try:
+            self._senders.submit(self._send_batch, batch, deadline)
+        except RuntimeError:  # the client was closed: the call fails at once anyway
+            self._send_batch(batch, deadline)
+
+    def _send_batch(self, batch: list[_ThreadWaiter[I, R]], deadline: float) -> None:
+        """Sends batch, hands out the outcomes, passes the slot on."""
         outcomes: Sequence[R | Exception] | None = None
         try:
             if batch:
                 items = [waiter.item for waiter in batch]
-                deadline = max(w.deadline for w in batch)
                 outcomes = self._send(items, deadline, partial(self._waiting, batch))
             else:
                 outcomes = []
         except Exception as err:
             outcomes = _whole_call_failed(len(batch), err)
         finally:
-            if outcomes is None:  # the leader was interrupted (KeyboardInterrupt...)
+            if outcomes is None:  # the sender was interrupted (KeyboardInterrupt...)
                 outcomes = [Cancelled("the thread sending this batch was interrupted")] * len(batch)
             with self._lock:
                 for waiter, outcome in zip(batch, outcomes, strict=True):

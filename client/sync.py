@@ -106,6 +106,11 @@ class Client(ClientBase, AdminMethods):
         """Closes every channel; calls still running fail with ``Cancelled``."""
         for channel in self._channels.values():
             channel.close()
+        with self._batchers_lock:
+            for getter in self._getters.values():
+                getter.close()
+            for writer in self._writers.values():
+                writer.close()
 
     def get(
         self, key: KeyLike, *, consistency: Consistency | None = None, timeout: float | None = None

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ import pytest
 from harness import Proc
 from shardkv.client import AsyncClient, Client, DeadlineExceeded
 from shardkv.client.base import MAX_IN_FLIGHT
+from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
 CALLS = 200
 
@@ -176,3 +178,52 @@ def test_threads_sharing_a_client_are_coalesced(node: Proc) -> None:
     print(f"\nthreads: {calls} puts + {calls} gets, {threads} threads -> {dict(counter.calls)}")
     assert counter.calls["BatchWrite"] < calls / 2
     assert counter.calls["BatchGet"] < calls / 2
+
+
+class SlowKV(kv_pb2_grpc.KVServicer):
+    """Answers every BatchGet after 1 s (key "long": 2.5 s): calls that stay in flight."""
+
+    def BatchGet(self, request: kv_pb2.BatchGetRequest, context: Any) -> Any:
+        time.sleep(2.5 if b"long" in request.keys else 1.0)
+        found = [kv_pb2.GetResult(key=k, found=True, value=b"v", version=1) for k in request.keys]
+        return kv_pb2.BatchGetResponse(results=found)
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_leading_a_batch_stops_waiting_at_its_own_deadline() -> None:
+    """Both slots busy (a 1 s call and a 2.5 s one); a get with 1.2 s queues, then one
+    with 5 s. When the first slot frees, the short caller leads the next batch, which
+    carries both and runs until the later deadline: the short caller still gets
+    DeadlineExceeded at its own 1.2 s, and the other its value."""
+    assert MAX_IN_FLIGHT == 2, "the scenario fills two slots"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    kv_pb2_grpc.add_KVServicer_to_server(SlowKV(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    outcomes: dict[str, tuple[float, object]] = {}
+
+    def get(kv: Client, key: str, timeout: float) -> None:
+        started = time.monotonic()
+        try:
+            value: object = kv.get(key, timeout=timeout)
+        except DeadlineExceeded as err:
+            value = err
+        outcomes[key] = (time.monotonic() - started, value)
+
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=5) as kv:
+            threads = []
+            for key, timeout in [("first", 5.0), ("long", 5.0), ("hasty", 1.2), ("patient", 5.0)]:
+                thread = threading.Thread(target=get, args=(kv, key, timeout))
+                thread.start()
+                threads.append(thread)
+                time.sleep(0.1)
+            for thread in threads:
+                thread.join(10)
+    finally:
+        server.stop(0)
+    took, hasty = outcomes["hasty"]
+    assert isinstance(hasty, DeadlineExceeded), hasty
+    assert took < 1.4, f"get(timeout=1.2) returned after {took:.2f}s"
+    assert outcomes["patient"][1] == b"v", outcomes["patient"]
+    assert outcomes["first"][1] == b"v" and outcomes["long"][1] == b"v", outcomes
