@@ -262,7 +262,8 @@ class ExchangeConnection:
 
     async def _connect(self) -> Connection | None:
         """Opens the connection and passes the hello; None when frames are to go as unary
-        calls for UNARY_S: the server advertises no exchange port, or answers on
+        calls for UNARY_S (_unary): the server advertises no exchange port, does not tell
+        it within connect_timeout_s, or answers on
         its gRPC port but cannot be reached on its exchange port (a firewall that lets one
         through, a listener gone). Each step is bounded by connect_timeout_s (and every
         frame by its own). A server that answers the hello with anything but a welcome
@@ -271,24 +272,16 @@ class ExchangeConnection:
         for several), also gets gRPC calls, which reach the server asked; one that refuses
         the caller, or names another server than the caller expects (welcome), fails the
         frames (gRPC would refuse them too, or reach the wrong server)."""
-        loop = asyncio.get_running_loop()
         try:
             port, answerer = await self._exchange_port(self._connect_timeout_s)
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
             # Only the lookup's short wait ran out: gRPC calls get the frames' whole time.
-            log.warning(
-                "%s told no exchange port within %gs: gRPC calls for %g s",
-                self._name,
-                self._connect_timeout_s,
-                UNARY_S,
-            )
-            self._unary_until = loop.time() + UNARY_S
+            self._unary(f"{self._name} told no port within {self._connect_timeout_s:g}s")
             return None
         if not port:
-            log.warning("%s advertises no exchange port: gRPC calls", self._name)
-            self._unary_until = loop.time() + UNARY_S
+            self._unary(f"{self._name} advertises no exchange port")
             return None
         where = f"{self._name}'s exchange port {self._host}:{port}"
         try:
@@ -300,8 +293,7 @@ class ExchangeConnection:
                     server_hostname=self._host if self._tls else None,
                 )
         except (OSError, TimeoutError) as exc:
-            log.warning("cannot open %s: %r; gRPC calls for %g s", where, exc, UNARY_S)
-            self._unary_until = loop.time() + UNARY_S
+            self._unary(f"cannot open {where}: {exc!r}")
             return None
         keepalive.enable(writer.transport)
         connection = Connection(reader, writer)
@@ -313,8 +305,7 @@ class ExchangeConnection:
             stranger = _welcome_problem(welcome, answerer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
             writer.transport.abort()
-            log.warning("%s answered no welcome: %r; gRPC calls for %g s", where, exc, UNARY_S)
-            self._unary_until = loop.time() + UNARY_S
+            self._unary(f"{where} answered no welcome: {exc!r}")
             return None
         except BaseException:
             writer.transport.abort()
@@ -324,13 +315,19 @@ class ExchangeConnection:
             raise rpc_error(problem[0], f"{where}: {problem[1]}")
         if stranger is not None:  # gRPC reaches the server that answered the lookup
             writer.transport.abort()
-            log.warning("%s %s; gRPC calls for %g s", where, stranger[1], UNARY_S)
-            self._unary_until = loop.time() + UNARY_S
+            self._unary(f"{where} {stranger[1]}")
             return None
-        connection.answered_at = loop.time()  # the welcome: silence counts from here
+        # The welcome is an answer: silence counts from here.
+        connection.answered_at = asyncio.get_running_loop().time()
         self._connection = connection
         self._spawn(self._read(connection))
         return connection
+
+    def _unary(self, why: str) -> None:
+        """Frames go as gRPC calls for UNARY_S, for the reason why; then the port is asked
+        again."""
+        log.warning("%s; gRPC calls for %g s", why, UNARY_S)
+        self._unary_until = asyncio.get_running_loop().time() + UNARY_S
 
     async def _message(self, reader: asyncio.StreamReader) -> Reply:
         (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))

@@ -138,7 +138,7 @@ class BatchReader:
             # left at the latest, as _late bounds it (a delay may outlast the request).
             if first < n:
                 rnd.delay = delay
-                late = min(now + delay, now + (deadline - now) / 2)
+                late = now + min(delay, (deadline - now) / 2)
                 rnd.timer = loop.call_at(late, partial(self._late, rnd))
             else:
                 rnd.timer = loop.call_at(deadline, rnd.expire)
