@@ -5,10 +5,14 @@ since it was parked: the target may have given the key's range away (a node was 
 or left the cluster (removed, or its join aborted). Handing such a hint to its target
 would put the record on a node that no longer owns the key, where nothing reads, repairs
 or purges it, while the key's real owners miss the write. So each hint goes to its target
-only if the target is a current owner of the key (old or pending, during a move), and
-otherwise to every current owner of the key: it is re-homed. It is delivered once every
-node it goes to holds its record or a newer one (Apply keeps the newer, so a repeat is
-harmless); only then may the holder delete it.
+only if the target is a current owner of the key and stays one through a move in
+progress, and otherwise to every current owner of the key (old and pending): it is
+re-homed. A target that gives the key's range away in the move gets its hint only with
+the key's other owners: the move streams the target's copy to the new owner and drops it
+after the switch, so a hint handed to the target alone would leave the new owner with the
+older copy streamed before it. A hint is delivered once every node it goes to holds
+its record or a newer one (Apply keeps the newer, so a repeat is harmless); only then may
+the holder delete it.
 
 A node id that left the topology is no destination: its hints are re-homed at the next
 hand-off round. A node joining under an id that was in the cluster before could find
@@ -51,12 +55,16 @@ class Delivered:
 def destinations(
     placement: Placement, replication: int, target: str, key: bytes
 ) -> tuple[str, ...]:
-    """The nodes a hint of key for target goes to: the target alone if it owns the key and
-    is not joining, else every current owner of the key."""
+    """The nodes a hint of key for target goes to: the target alone if it owns the key
+    and keeps owning it through the move in progress, else every current owner of the
+    key (old and pending)."""
     owners = placement.preference_list(key, replication)
-    layout = placement.layout
-    joining = layout.new is not None and target not in layout.old.nodes
-    return (target,) if target in owners and not joining else owners
+    new = placement.layout.new
+    if new is None:
+        return (target,) if target in owners else owners
+    joining = target not in placement.layout.old.nodes
+    staying = target in new.preference_list(key, replication)
+    return (target,) if staying and not joining else owners
 
 
 async def deliver(

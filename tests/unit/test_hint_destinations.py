@@ -50,3 +50,24 @@ def test_a_joining_node_gets_hints_only_with_the_other_owners() -> None:
         owners = placement.preference_list(key, N)
         assert "n5" in owners
         assert destinations(placement, N, "n5", key) == owners
+
+
+@pytest.mark.timeout(30)
+def test_a_hint_for_an_owner_giving_the_key_away_during_a_move_reaches_every_owner() -> None:
+    """The move streams the giver's copy of the range to the new owner and drops it after
+    the switch: a hint handed to the giver alone during the transition would leave the
+    new owner with the copy streamed before it, and the write on one replica fewer."""
+    for layout in (Layout(6, FOUR, FIVE), Layout(7, FIVE, FOUR)):  # n5 joins; n5 leaves
+        placement = Placement(layout)
+        assert layout.new is not None
+        moving = [
+            k
+            for k in KEYS
+            if layout.old.preference_list(k, N) != layout.new.preference_list(k, N)
+        ]
+        assert moving
+        for key in moving:
+            owners = placement.preference_list(key, N)
+            new = layout.new.preference_list(key, N)
+            for giver in (o for o in layout.old.preference_list(key, N) if o not in new):
+                assert destinations(placement, N, giver, key) == owners, (key, giver)
