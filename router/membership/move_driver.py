@@ -23,7 +23,9 @@ A move goes through these steps, each stored (compare-and-swap) before it takes 
 6. Drop: nodes that gave pieces away purge them, routed under the epoch in force, which a
    node accepts only while fenced at exactly that epoch — so a drop computed for one
    placement never runs once a later change was fenced. Retried until done (move_steps.py);
-   the stored drop phase makes a restarted driver drop them again.
+   the stored drop phase makes a restarted driver drop them again. A removed node then
+   hands the hints and markers it holds for others to a node that stays (move_hints.py),
+   retried likewise, so they still reach their targets once it is gone.
 7. Done (epoch + 1): the node becomes a plain member, or leaves the file. Nothing to fence:
    the placement is the drop phase's.
 
@@ -326,6 +328,8 @@ class Rebalancer:
                 await self._stream_and_switch(topology, progress)
             progress.state = admin_pb2.MOVE_SWITCHED
             await self._steps.drop(progress, lambda now: self._check(now, progress))
+            if progress.kind == REMOVE:
+                await self._steps.hand_over_hints(progress, lambda now: self._check(now, progress))
             current = self._membership.topology
             self._check(current, progress)
             final = final_topology(current)

@@ -1,5 +1,6 @@
 """The I/O steps of a move around its stream: counting, fencing each epoch on the nodes,
-re-homing hints, dropping what was given away, and purging what an aborted move sent.
+re-homing hints, handing a removed node's hints over, dropping what was given away, and
+purging what an aborted move sent.
 
 Drops are retried until done: the switched topology keeps the move, in its ``drop``
 phase, until every node that gave pieces away dropped them, so a router that restarts (or
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 import grpc
 from shardkv.router.membership.fencing import FenceFailed, fence_nodes
 from shardkv.router.membership.live_topology import ClientFactory, Membership
+from shardkv.router.membership.move_hints import client_of, hand_over_held_hints, rehome_hints
 from shardkv.router.membership.move_plan import (
     MoveConflict,
     MoveProgress,
@@ -27,7 +29,6 @@ from shardkv.router.membership.move_plan import (
     received,
 )
 from shardkv.router.membership.node_checks import BULK_TIMEOUT_S
-from shardkv.router.membership.range_streamer import rehome_hints
 from shardkv.router.membership.topology import NodeConfig, Topology
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
@@ -52,7 +53,7 @@ async def count_transfers(
 
     async def count(transfer: Transfer) -> list[Transfer]:
         try:
-            digests = await _client(clients, transfer.source).token_digests(
+            digests = await client_of(clients, transfer.source).token_digests(
                 transfer.ranges, count_only=True, pace=0, timeout_s=BULK_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as err:
@@ -122,6 +123,33 @@ class MoveSteps:
                 describe_error(err),
             )
 
+    async def hand_over_hints(
+        self, progress: MoveProgress, check: Callable[[Topology], None]
+    ) -> None:
+        """The hints and markers the removed node holds for others go to a node that stays
+        (move_hints.py), retried until done or the node is DOWN: what a dead node held is
+        lost with it, and repair covers those keys. check raises MoveConflict once the
+        move is no longer this router's to finish (before every round)."""
+        leaving = progress.node_id
+        delay = DROP_RETRY_S
+        while True:
+            check(self._membership.topology)
+            if self._health.is_down(leaving):
+                log.warning(
+                    "move %s: %s is DOWN: the hints it holds wait for repair", progress.id, leaving
+                )
+                return
+            try:
+                await hand_over_held_hints(self._membership.clients, self._health, leaving)
+                return
+            except (grpc.aio.AioRpcError, MoveConflict) as err:
+                log.warning(
+                    "move %s: hints held by %s not handed over (%s); again in %.1f s",
+                    progress.id, leaving, describe_error(err), delay,
+                )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DROP_RETRY_MAX_S)
+
     async def drop(self, progress: MoveProgress, check: Callable[[Topology], None]) -> None:
         """Every node that gave pieces away and stays drops them, routed under the epoch in
         force (a node fenced lower is fenced first: NodeCalls.purge_token_ranges); retried
@@ -188,7 +216,7 @@ class MoveSteps:
                 done.add(node_id)
                 continue
             try:
-                progress.keys_dropped += await _client(clients, node_id).purge_token_ranges(
+                progress.keys_dropped += await client_of(clients, node_id).purge_token_ranges(
                     ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=topology.epoch
                 )
             except (grpc.aio.AioRpcError, MoveConflict) as err:
@@ -196,10 +224,3 @@ class MoveSteps:
             else:
                 done.add(node_id)
         return failed
-
-
-def _client(clients: Mapping[str, NodeClient], node_id: str) -> NodeClient:
-    try:
-        return clients[node_id]
-    except KeyError:
-        raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None

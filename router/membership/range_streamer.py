@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 import grpc
 from shardkv.router.membership.move_plan import MoveConflict, Transfer
 from shardkv.router.pace import Pacer
-from shardkv.router.placement.current import Placement
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import replica_pb2
 
@@ -32,9 +31,6 @@ READ_AHEAD = 4
 STREAM_TIMEOUT_S = 3600.0
 APPLY_TIMEOUT_S = 30.0
 APPLY_ATTEMPTS = 4
-
-# Hints re-homed per ReadHints call.
-HINT_PAGE = 500
 
 # Told of every applied batch: (records, bytes of keys and values).
 OnBatch = Callable[[int, int], None]
@@ -140,25 +136,3 @@ class Streamer:
                 group.create_task(write())
         except* SourceFailed as failures:
             raise failures.exceptions[0] from None
-
-
-async def rehome_hints(
-    clients: Mapping[str, NodeClient], placement: Placement, replication: int, gone: str
-) -> int:
-    """Hands hints parked for a node that left the cluster to the current owners of their
-    keys (a write acknowledged through such a hint may be on too few real replicas
-    otherwise), then deletes them. Returns how many were re-homed."""
-    moved = 0
-    for holder_id, holder in list(clients.items()):
-        while records := await holder.read_hints(gone, HINT_PAGE):
-            by_owner: dict[str, list[replica_pb2.Record]] = {}
-            for record in records:
-                for owner in placement.preference_list(record.key, replication):
-                    by_owner.setdefault(owner, []).append(record)
-            for owner, owned in by_owner.items():
-                await apply_with_retry(clients[owner], owned, owner)
-            moved += await holder.delete_hints(gone, records)
-            log.info("re-homed %d hint(s) for %s held by %s", len(records), gone, holder_id)
-            if len(records) < HINT_PAGE:
-                break
-    return moved

@@ -63,6 +63,13 @@ class NodeCalls:
             min(timeout_s, self._call_timeout_s),
         )
 
+    async def park_hints(
+        self, target: str, records: Sequence[replica_pb2.Record], timeout_s: float
+    ) -> None:
+        """One durable Apply that parks records on this node as hints for target."""
+        hints = [replica_pb2.Hint(target=target, record=record) for record in records]
+        await self._call(self._replica.Apply, replica_pb2.ApplyRequest(hints=hints), timeout_s)
+
     async def scan_records(
         self, start: bytes, end: bytes, limit: int, timeout_s: float, epoch: int
     ) -> replica_pb2.ScanRecordsResponse | NodeFailure:

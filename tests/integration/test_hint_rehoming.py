@@ -1,10 +1,13 @@
 """Every hint reaches a current owner of its key, whatever the topology did since it was parked.
 
-Five shardd, N=3, R=W=2, short settle delays. Two changes that used to strand hints:
+Five shardd, N=3, R=W=2, short settle delays. Three changes that used to strand hints:
 
 - A node is added while an owner is down: the hints parked for the down node include keys
   whose range it gave to the new node. They used to go to it when it came back (a copy on a
   node that owns nothing of the key); they go to the keys' current owners.
+- A node holding hints for a down owner is removed: the hints left the cluster with it,
+  so the owner got those writes only from repair. The leaving node hands them to a node
+  that stays before it leaves.
 - A join is aborted after hints were parked for the joining node: nothing re-homed them,
   so they stayed for an id no longer in the topology, tombstone GC purged deletes of their
   keys, and when the same id was added again they were replayed to it: the deleted values
@@ -168,3 +171,39 @@ def test_hints_of_an_aborted_join_never_bring_a_delete_back(
         assert not back, f"{len(back)} deleted keys came back after n5 was added again"
         found = [r.key for r in client.scan(prefix=b"aborted/", consistency=Consistency.ALL)]
         assert not found, f"{len(found)} deleted keys came back in a scan"
+
+
+@pytest.mark.timeout(120)
+def test_hints_held_by_a_removed_node_still_reach_their_target(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    five = Ring({f"n{i}": 1 for i in range(1, 6)})
+    candidates = (b"held/%04d" % i for i in range(3000))
+    # Keys n1 owns whose hints, with n1 down, are parked on n5 (their first fallback).
+    keys = [
+        k
+        for k in candidates
+        if "n1" in five.preference_list(k, 3) and next(five.fallbacks(k, 3)) == "n5"
+    ][:100]
+    with stopped_after(start_cluster(tmp_path, nodes=5, extra_toml=EXTRA_TOML), request) as c:
+        down = c.node("n1")
+        down.kill()
+        wait_node_state(c.router.address, "n1", admin_pb2.DOWN)
+        with Client(c.router.address, timeout=10) as client:
+            client.put_many({key: b"while-n1-down" for key in keys})
+            parked = hints_for(c, "n1")
+            assert parked >= len(keys), f"only {parked} hints parked for n1"
+            move = client.remove_node("n5")
+            wait_move(client, move, admin_pb2.MOVE_DONE)
+        kept = hints_for(c, "n1", skip=frozenset({"n5"}))
+        assert kept >= len(keys), (
+            f"{parked} hints for n1 were parked on n5; after n5 left, the nodes that stay"
+            f" hold {kept}"
+        )
+        down.start()
+        wait_node_state(c.router.address, "n1", admin_pb2.UP)
+        wait_hints_gone(c, "n1")
+        ring, n = ring_now(c)
+        owned = [k for k in keys if "n1" in ring.preference_list(k, n)]
+        lacking = set(owned) - set(held(down, owned))
+        assert not lacking, f"n1 lacks {len(lacking)} of its {len(owned)} hinted keys"

@@ -143,6 +143,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
         "read_chunk": lambda: chunk(client.read_chunk, [b"k"]),
         "apply_now": lambda: client.apply_now([record], 5),
         "apply_batch": lambda: client.apply_batch([record], 5),
+        "park_hints": lambda: client.park_hints("n2", [record], 5),
         "read_batch": lambda: client.read_batch([b"k"], 5),
         "scan_records": lambda: _no_failure(client.scan_records(b"", b"", 10, 5, 1)),
         "hint_summary": lambda: client.hint_summary(),
