@@ -173,7 +173,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
     ) -> dict[bytes, int]:
         mutations = core.put_mutations(mapping)
         level, deadline = self._level(consistency), self._deadline(timeout)
-        chunks = list(core.chunks(mutations))
+        chunks = core.write_chunks(mutations)
         pages = await asyncio.gather(*(self._batch_write(c, deadline, level=level) for c in chunks))
         return core.written_versions(
             (m.key, outcome)
@@ -234,6 +234,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 key_of=core.mutation_key,
                 max_batch=MAX_BATCH,
                 max_in_flight=MAX_IN_FLIGHT,
+                size_of=core.mutation_bytes,
+                max_bytes=core.MAX_REQUEST_BYTES,
             )
             self._writers[level] = batcher
         return batcher
@@ -246,13 +248,29 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         *,
         level: Consistency | None,
     ) -> list[Found | ShardKVError | None]:
-        """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited)."""
+        """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited).
+        Keys whose answer would not fit in one message are asked again in smaller calls
+        (core.answer_too_large, Awaited.parts), concurrently."""
         batch = Awaited(keys, waiting, key_of=bytes)
         build = partial(core.batch_get_request, level=level)
-        reply = await self._invoke(
-            "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
+        outcomes: list[Found | ShardKVError | None]
+        try:
+            reply = await self._invoke(
+                "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
+            )
+            outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply))
+        except ShardKVError as err:
+            if len(keys) == 1 or not core.answer_too_large(err):
+                raise
+            outcomes = [err] * len(keys)
+        parts = batch.parts(core.too_large_items(outcomes)) if len(keys) > 1 else []
+        answers = await asyncio.gather(
+            *(self._batch_get(part, deadline, wait, level=level) for _, part, wait in parts)
         )
-        return batch.outcomes(core.get_outcomes(batch.carried(), reply))
+        for (indexes, _, _), answer in zip(parts, answers, strict=True):
+            for index, outcome in zip(indexes, answer, strict=True):
+                outcomes[index] = outcome
+        return outcomes
 
     async def _batch_write(
         self,

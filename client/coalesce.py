@@ -17,7 +17,14 @@ How, for both flavours below:
   starts at once with everything pending. No timer and no waiting for company: a lone
   call goes out immediately, so coalescing adds no latency.
 - Otherwise the item waits; when a running call returns, its sender takes everything
-  queued (up to ``max_batch`` items, the server's batch limit) and sends it next.
+  queued (up to ``max_batch`` items, the server's batch limit, and for writes up to
+  ``core.MAX_REQUEST_BYTES``: forty 1 MiB values make two calls) and sends it next.
+- Reads cannot be cut by bytes: the values' sizes are not known before the answer. A
+  ``BatchGet`` whose answer would not fit in a message (RESOURCE_EXHAUSTED naming the
+  message limit, ``core.answer_too_large``) is asked again in halves, and keys a node
+  refused alone for that reason in a call of their own (``Awaited.parts``), down to a
+  key per call if need be; so a caller asking one key never fails for its neighbours'
+  values, and batches of small values still go a thousand keys at a time.
 - Every caller gets its own outcome: its item's result, its item's own error (from the
   reply's per-item status), or its own copy of the error that failed the whole call.
 - Every caller keeps its own deadline. One whose deadline passes gets
@@ -33,24 +40,22 @@ How, for both flavours below:
 the same event-loop turn leaves in one call, and a caller's cancellation never cancels a
 batch that others wait on.
 
-``ThreadBatcher`` (threads sharing a ``Client``): a caller that finds a free slot
-becomes the leader: it takes its item with everything queued, and the followers sleep,
-each on its own event. The leader sends the batch on its own thread when no item in it
-may wait longer than the leader's caller (one thread, or callers with equal timeouts: no
-hop), else on a sender thread, so that it too stops waiting at its own deadline. When a
-batch is done, its slot passes to the oldest follower still queued, which leads the next.
+``ThreadBatcher`` (threads sharing a ``Client``, in ``coalesce_threads``): a caller that
+finds a free slot becomes the leader: it takes its item with everything queued, and the
+followers sleep, each on its own event. The leader sends the batch on its own thread
+when no item in it may wait longer than the leader's caller (one thread, or callers with
+equal timeouts: no hop), else on a sender thread, so that it too stops waiting at its
+own deadline. When a batch is done, its slot passes to the oldest follower still queued,
+which leads the next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
@@ -74,14 +79,29 @@ class _Waiter(Protocol):
 _W = TypeVar("_W", bound=_Waiter)
 
 
-def _take(queue: deque[_W], max_items: int, live: Callable[[_W], bool]) -> list[_W]:
-    """Pops up to max_items waiters still wanting an answer, oldest first."""
+def _take(
+    queue: deque[_W],
+    max_items: int,
+    live: Callable[[_W], bool],
+    weight: Callable[[_W], int] | None = None,
+    max_bytes: int = 0,
+) -> list[_W]:
+    """Pops up to max_items waiters still wanting an answer, oldest first; with weight,
+    only while they fit in max_bytes (the first always goes: a batch of one is sent)."""
     now = time.monotonic()
     batch: list[_W] = []
+    held = 0
     while queue and len(batch) < max_items:
-        waiter = queue.popleft()
-        if waiter.deadline > now and live(waiter):
-            batch.append(waiter)
+        waiter = queue[0]
+        if waiter.deadline <= now or not live(waiter):
+            queue.popleft()
+            continue
+        if weight is not None:
+            size = weight(waiter)
+            if batch and held + size > max_bytes:
+                break
+            held += size
+        batch.append(queue.popleft())
     return batch
 
 
@@ -120,6 +140,23 @@ class Awaited(Generic[I]):
 
         return again
 
+    def parts(self, indexes: list[int]) -> list[tuple[list[int], list[I], Waiting | None]]:
+        """The items at indexes to be asked again in smaller calls (a read whose answer was
+        too large): in one call when they are fewer than the items, else in two halves.
+        Each part: its indexes among the items, its items, and who of them still waits."""
+        if not indexes:
+            return []
+        half = (len(indexes) + 1) // 2
+        groups = [indexes] if len(indexes) < len(self._items) else [indexes[:half], indexes[half:]]
+        return [
+            (
+                group,
+                [self._items[i] for i in group],
+                None if self._waiting is None else partial(_picked, self._waiting, group),
+            )
+            for group in groups
+        ]
+
     def outcomes(self, replies: Sequence[R | ShardKVError]) -> list[R | ShardKVError]:
         """Every item's outcome: its reply (replies follow carried()), or DeadlineExceeded
         for one dropped from the retries (its caller gave up: the outcome is unknown)."""
@@ -130,6 +167,11 @@ class Awaited(Generic[I]):
             carried[index] if index in carried else _timed_out(self._key_of(item))
             for index, item in enumerate(self._items)
         ]
+
+
+def _picked(waiting: Waiting, indexes: list[int]) -> list[bool]:
+    every = waiting()
+    return [every[i] for i in indexes]
 
 
 class _Expired(Exception):
@@ -165,11 +207,18 @@ class AsyncBatcher(Generic[I, R]):
         key_of: Callable[[I], bytes],
         max_batch: int,
         max_in_flight: int,
+        size_of: Callable[[I], int] | None = None,
+        max_bytes: int = 0,
     ) -> None:
+        """size_of (an item's bytes in the request), when given, cuts batches at
+        max_bytes as well as at max_batch items."""
         self._send = send
         self._key_of = key_of
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._size_of = size_of
+        self._weight = None if size_of is None else self._weight_of
+        self._max_bytes = max_bytes
         self._queue: deque[_AsyncWaiter[I, R]] = deque()
         self._in_flight = 0
         self._starting = False  # a sender task exists that has not taken its batch yet
@@ -199,13 +248,20 @@ class AsyncBatcher(Generic[I, R]):
     async def _sender(self) -> None:
         """Sends what is queued, then what queued up meanwhile, until the queue is empty."""
         try:
-            batch = _take(self._queue, self._max_batch, self._live)
+            batch = self._take()
             self._starting = False
             while batch:
                 await self._dispatch(batch)
-                batch = _take(self._queue, self._max_batch, self._live)
+                batch = self._take()
         finally:
             self._in_flight -= 1
+
+    def _take(self) -> list[_AsyncWaiter[I, R]]:
+        return _take(self._queue, self._max_batch, self._live, self._weight, self._max_bytes)
+
+    def _weight_of(self, waiter: _AsyncWaiter[I, R]) -> int:
+        assert self._size_of is not None
+        return self._size_of(waiter.item)
 
     @staticmethod
     def _live(waiter: _AsyncWaiter[I, R]) -> bool:
@@ -238,144 +294,3 @@ class AsyncBatcher(Generic[I, R]):
                 waiter.future.set_exception(outcome)
             else:
                 waiter.future.set_result(outcome)
-
-
-class _State(enum.Enum):
-    QUEUED = "queued"  # waiting for a slot
-    LEADING = "leading"  # holds a slot: this caller's thread sends the next batch
-    SENT = "sent"  # in a batch call
-    DONE = "done"  # outcome set
-    ABANDONED = "abandoned"  # the caller's deadline passed; any outcome is dropped
-
-
-@dataclass(eq=False, slots=True)
-class _ThreadWaiter(Generic[I, R]):
-    item: I
-    deadline: float
-    state: _State = _State.QUEUED
-    outcome: R | Exception | None = None
-    wake: threading.Event = field(default_factory=threading.Event)
-
-
-class ThreadBatcher(Generic[I, R]):
-    """Coalesces concurrent ``submit`` calls from threads into batch calls of ``send``.
-
-    Each waiter sleeps on its own event and is woken only for its outcome or to lead the
-    next batch, so a finished batch does not wake every waiting thread.
-    """
-
-    def __init__(
-        self,
-        send: ThreadSend[I, R],
-        *,
-        key_of: Callable[[I], bytes],
-        max_batch: int,
-        max_in_flight: int,
-    ) -> None:
-        self._send = send
-        self._key_of = key_of
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._queue: deque[_ThreadWaiter[I, R]] = deque()
-        self._in_flight = 0  # slots held by leaders (sending or about to)
-        self._lock = threading.Lock()
-        # Sends the batches some item of which may wait longer than its leader's caller.
-        self._senders = ThreadPoolExecutor(max_in_flight, thread_name_prefix="shardkv-batch")
-
-    def close(self) -> None:
-        """Lets the sender threads end once their batches are (the client is closing)."""
-        self._senders.shutdown(wait=False)
-
-    def submit(self, item: I, deadline: float) -> R:
-        """The outcome of item, sent in some batch; deadline is a time.monotonic() value."""
-        waiter: _ThreadWaiter[I, R] = _ThreadWaiter(item, deadline)
-        with self._lock:
-            if self._in_flight < self._max_in_flight:
-                self._in_flight += 1
-                waiter.state = _State.LEADING
-            else:
-                self._queue.append(waiter)
-        while True:
-            with self._lock:
-                state = waiter.state
-                if state is _State.QUEUED or state is _State.SENT:
-                    if time.monotonic() >= waiter.deadline:
-                        waiter.state = state = _State.ABANDONED
-                    else:
-                        waiter.wake.clear()  # a change of state after this sets it again
-            if state is _State.DONE:
-                break
-            if state is _State.ABANDONED:
-                raise _timed_out(self._key_of(item))
-            if state is _State.LEADING:
-                self._lead(waiter)
-            else:
-                waiter.wake.wait(waiter.deadline - time.monotonic())
-        if isinstance(waiter.outcome, Exception):
-            raise waiter.outcome
-        return waiter.outcome  # type: ignore[return-value]  # DONE: an R
-
-    @staticmethod
-    def _live(waiter: _ThreadWaiter[I, R]) -> bool:
-        return waiter.state is _State.QUEUED
-
-    def _waiting(self, batch: list[_ThreadWaiter[I, R]]) -> list[bool]:
-        """Under the lock, so a caller gives up either before this (its item is dropped)
-        or after (the attempt this decides was under way when it gave up)."""
-        with self._lock:
-            now = time.monotonic()
-            return [w.state is _State.SENT and w.deadline > now for w in batch]
-
-    def _lead(self, own: _ThreadWaiter[I, R]) -> None:
-        """Sends own item with what is queued: on this thread when no item may wait longer
-        than own (its caller then waits no longer than its own deadline either), else on a
-        sender thread, while own waits as a follower does."""
-        with self._lock:
-            if own.deadline > time.monotonic():
-                own.state = _State.SENT
-                batch = [own, *_take(self._queue, self._max_batch - 1, self._live)]
-            else:  # own time is up, but the slot it holds still serves the queue
-                own.state = _State.ABANDONED
-                batch = _take(self._queue, self._max_batch, self._live)
-            for waiter in batch:
-                waiter.state = _State.SENT
-        deadline = max((w.deadline for w in batch), default=own.deadline)
-        if not batch or (own.state is _State.SENT and deadline <= own.deadline):
-            self._send_batch(batch, deadline)
-            return
-        try:
-            self._senders.submit(self._send_batch, batch, deadline)
-        except RuntimeError:  # the client was closed: the call fails at once anyway
-            self._send_batch(batch, deadline)
-
-    def _send_batch(self, batch: list[_ThreadWaiter[I, R]], deadline: float) -> None:
-        """Sends batch, hands out the outcomes, passes the slot on."""
-        outcomes: Sequence[R | Exception] | None = None
-        try:
-            if batch:
-                items = [waiter.item for waiter in batch]
-                outcomes = self._send(items, deadline, partial(self._waiting, batch))
-            else:
-                outcomes = []
-        except Exception as err:
-            outcomes = _whole_call_failed(len(batch), err)
-        finally:
-            if outcomes is None:  # the sender was interrupted (KeyboardInterrupt...)
-                outcomes = [Cancelled("the thread sending this batch was interrupted")] * len(batch)
-            with self._lock:
-                for waiter, outcome in zip(batch, outcomes, strict=True):
-                    if waiter.state is _State.SENT:
-                        waiter.outcome = outcome
-                        waiter.state = _State.DONE
-                        waiter.wake.set()
-                self._in_flight -= 1
-                self._promote()
-
-    def _promote(self) -> None:
-        """With the lock held: hands a free slot to the oldest caller still queued."""
-        while self._queue and self._in_flight < self._max_in_flight:
-            waiter = self._queue.popleft()
-            if waiter.state is _State.QUEUED:
-                waiter.state = _State.LEADING
-                self._in_flight += 1
-                waiter.wake.set()

@@ -10,14 +10,22 @@ over the limit fails with ``InvalidArgument`` without a round trip.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from shardkv.common.limits import DEFAULT_LIMITS, LimitExceeded, scan_range
 from shardkv.v1 import kv_pb2
 
-from .errors import Internal, InvalidArgument, ShardKVError, from_item_status
+from .errors import Internal, InvalidArgument, ResourceExhausted, ShardKVError, from_item_status
+
+# Bytes a request may carry: the message limit less room for its framing (as the servers
+# leave for an answer's). A write batch is cut at this many bytes as well as at the item
+# limit, so forty 1 MiB values go as two calls, not as one gRPC refuses.
+MAX_REQUEST_BYTES = DEFAULT_LIMITS.max_message_bytes - (64 << 10)
+# What a mutation takes in a request beside its key and value: its tag and length in the
+# request, the tags and lengths of its fields, the delete flag (an upper bound).
+MUTATION_FRAMING = 16
 
 KeyLike = bytes | bytearray | memoryview | str
 ValueLike = bytes | bytearray | memoryview | str
@@ -113,16 +121,66 @@ def mutation_key(mutation: kv_pb2.Mutation) -> bytes:
     return mutation.key
 
 
+def mutation_bytes(mutation: kv_pb2.Mutation) -> int:
+    """What mutation takes in a BatchWriteRequest, at most (its serialized size, without
+    serializing it)."""
+    return len(mutation.key) + len(mutation.value) + MUTATION_FRAMING
+
+
 def put_mutations(mapping: Mapping[KeyLike, ValueLike]) -> list[kv_pb2.Mutation]:
     """One mutation per distinct key (a str key and its UTF-8 bytes are one key: last wins)."""
     by_key = {m.key: m for m in (put_mutation(key, value) for key, value in mapping.items())}
     return list(by_key.values())
 
 
-def chunks(items: Sequence[T], size: int = DEFAULT_LIMITS.max_batch_items) -> Iterator[list[T]]:
-    """items split into lists of at most size (the server's batch limit)."""
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
+def chunks(
+    items: Sequence[T],
+    size: int = DEFAULT_LIMITS.max_batch_items,
+    *,
+    weight: Callable[[T], int] | None = None,
+    max_bytes: int = MAX_REQUEST_BYTES,
+) -> Iterator[list[T]]:
+    """items split into lists of at most size (the server's batch limit) and, with weight
+    (an item's bytes in the request), of at most max_bytes; an item heavier than that on
+    its own still makes a list of one."""
+    if weight is None:
+        for start in range(0, len(items), size):
+            yield list(items[start : start + size])
+        return
+    chunk: list[T] = []
+    held = 0
+    for item in items:
+        bytes_ = weight(item)
+        if chunk and (len(chunk) >= size or held + bytes_ > max_bytes):
+            yield chunk
+            chunk, held = [], 0
+        chunk.append(item)
+        held += bytes_
+    if chunk:
+        yield chunk
+
+
+def write_chunks(mutations: Sequence[kv_pb2.Mutation]) -> list[list[kv_pb2.Mutation]]:
+    """put_many's batches: within the item limit and MAX_REQUEST_BYTES each."""
+    return list(chunks(mutations, weight=mutation_bytes))
+
+
+def answer_too_large(error: ShardKVError) -> bool:
+    """Whether error says the answer to a read would not fit in one message (the router's
+    whole-call refusal, a node's per-key one, or gRPC's own cap), rather than that a server
+    shed load: then the same keys, asked in smaller batches, can be answered."""
+    if not isinstance(error, ResourceExhausted):
+        return False
+    return "message limit" in error.details or "larger than max" in error.details
+
+
+def too_large_items(outcomes: Sequence[object]) -> list[int]:
+    """The indexes of the read outcomes that failed only because the answer was too large."""
+    return [
+        i
+        for i, outcome in enumerate(outcomes)
+        if isinstance(outcome, ShardKVError) and answer_too_large(outcome)
+    ]
 
 
 def batch_get_request(keys: Sequence[bytes], level: Consistency | None) -> kv_pb2.BatchGetRequest:

@@ -16,7 +16,8 @@ from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from . import core
 from .admin import AdminCall, AdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
-from .coalesce import Awaited, ThreadBatcher, Waiting
+from .coalesce import Awaited, Waiting
+from .coalesce_threads import ThreadBatcher
 from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .retry import DEFAULT_RETRY, RetryPolicy
@@ -186,7 +187,7 @@ class Client(ClientBase, AdminMethods):
         level, deadline = self._level(consistency), self._deadline(timeout)
         return core.written_versions(
             (m.key, outcome)
-            for chunk in list(core.chunks(mutations))
+            for chunk in core.write_chunks(mutations)
             for m, outcome in zip(
                 chunk, self._batch_write(chunk, deadline, level=level), strict=True
             )
@@ -259,6 +260,8 @@ class Client(ClientBase, AdminMethods):
                     key_of=core.mutation_key,
                     max_batch=MAX_BATCH,
                     max_in_flight=MAX_IN_FLIGHT,
+                    size_of=core.mutation_bytes,
+                    max_bytes=core.MAX_REQUEST_BYTES,
                 )
                 self._writers[level] = batcher
             return batcher
@@ -271,13 +274,27 @@ class Client(ClientBase, AdminMethods):
         *,
         level: Consistency | None,
     ) -> list[Found | ShardKVError | None]:
-        """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited)."""
+        """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited).
+        Keys whose answer would not fit in one message are asked again in smaller calls
+        (core.answer_too_large, Awaited.parts)."""
         batch = Awaited(keys, waiting, key_of=bytes)
         build = partial(core.batch_get_request, level=level)
-        reply = self._invoke(
-            "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
-        )
-        return batch.outcomes(core.get_outcomes(batch.carried(), reply))
+        outcomes: list[Found | ShardKVError | None]
+        try:
+            reply = self._invoke(
+                "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
+            )
+            outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply))
+        except ShardKVError as err:
+            if len(keys) == 1 or not core.answer_too_large(err):
+                raise
+            outcomes = [err] * len(keys)
+        parts = batch.parts(core.too_large_items(outcomes)) if len(keys) > 1 else []
+        for indexes, part, wait in parts:
+            answer = self._batch_get(part, deadline, wait, level=level)
+            for index, outcome in zip(indexes, answer, strict=True):
+                outcomes[index] = outcome
+        return outcomes
 
     def _batch_write(
         self,

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 from shardkv.client import DeadlineExceeded
-from shardkv.client.coalesce import AsyncBatcher, Awaited, ThreadBatcher, Waiting
+from shardkv.client.coalesce import AsyncBatcher, Awaited, Waiting
+from shardkv.client.coalesce_threads import ThreadBatcher
 
 
 def test_a_retry_carries_only_the_items_still_awaited() -> None:
