@@ -159,10 +159,19 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
     ) -> dict[bytes, bytes]:
         wanted = core.check_keys(keys)
         level, deadline = self._level(consistency), self._deadline(timeout)
+        chunks = list(core.chunks(wanted))
         pages = await asyncio.gather(
-            *(self._batch_get(chunk, deadline, level=level) for chunk in core.chunks(wanted))
+            *(self._batch_get(chunk, deadline, level=level) for chunk in chunks),
+            return_exceptions=True,
         )
-        return core.found_values(wanted, (outcome for page in pages for outcome in page))
+        return core.found_values(
+            wanted,
+            (
+                outcome
+                for chunk, page in zip(chunks, pages, strict=True)
+                for outcome in core.batch_outcomes(chunk, page)
+            ),
+        )
 
     async def put_many(
         self,
@@ -174,12 +183,15 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         mutations = core.put_mutations(mapping)
         level, deadline = self._level(consistency), self._deadline(timeout)
         chunks = core.write_chunks(mutations)
-        pages = await asyncio.gather(*(self._batch_write(c, deadline, level=level) for c in chunks))
-        return core.written_versions(
-            (m.key, outcome)
-            for chunk, page in zip(chunks, pages, strict=True)
-            for m, outcome in zip(chunk, page, strict=True)
+        pages = await asyncio.gather(
+            *(self._batch_write(c, deadline, level=level) for c in chunks),
+            return_exceptions=True,
         )
+        outcomes: list[tuple[bytes, int | ShardKVError]] = []
+        for chunk, page in zip(chunks, pages, strict=True):
+            keys = [m.key for m in chunk]
+            outcomes.extend(zip(keys, core.batch_outcomes(keys, page), strict=True))
+        return core.written_versions(outcomes)
 
     def scan(
         self,

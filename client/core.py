@@ -227,6 +227,19 @@ def write_outcomes(
     return outcomes
 
 
+def batch_outcomes(
+    keys: Sequence[bytes], page: Sequence[T] | BaseException
+) -> Sequence[T | ShardKVError]:
+    """The outcome per key of one of get_many's or put_many's batches: its own, or, when
+    the whole call failed, that error for each key (ShardKVError.for_key). Anything else
+    raised (a bug, a cancellation) is raised again."""
+    if isinstance(page, ShardKVError):
+        return [page.for_key(key) for key in keys]
+    if isinstance(page, BaseException):
+        raise page
+    return page
+
+
 def found_values(
     keys: Iterable[bytes], outcomes: Iterable[Found | ShardKVError | None]
 ) -> dict[bytes, bytes]:

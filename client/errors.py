@@ -40,6 +40,15 @@ class ShardKVError(Exception):
         where = f" from {self.target}" if self.target else ""
         return f"{self.code.name}{where}: {self.details}"
 
+    def for_key(self, key: bytes) -> ShardKVError:
+        """A copy concerning key alone, naming it: the error of one caller's key, or of one
+        key of a batch, when the whole call failed."""
+        twin = type(self)(
+            f"{self.details} (key {key[:64]!r})", code=self.code, target=self.target, keys=(key,)
+        )
+        twin.__cause__ = self.__cause__
+        return twin
+
     def copy(self) -> ShardKVError:
         """A new instance with the same fields and cause: one per caller that shares a failed
         batch, so that no exception object is raised in two tasks or threads at once."""

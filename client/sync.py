@@ -162,14 +162,15 @@ class Client(ClientBase, AdminMethods):
         """The values of the keys that exist; missing keys are absent from the answer."""
         wanted = core.check_keys(keys)
         level, deadline = self._level(consistency), self._deadline(timeout)
-        return core.found_values(
-            wanted,
-            (
-                outcome
-                for chunk in core.chunks(wanted)
-                for outcome in self._batch_get(chunk, deadline, level=level)
-            ),
-        )
+        outcomes: list[Found | ShardKVError | None] = []
+        for chunk in core.chunks(wanted):
+            page: list[Found | ShardKVError | None] | ShardKVError
+            try:
+                page = self._batch_get(chunk, deadline, level=level)
+            except ShardKVError as err:
+                page = err
+            outcomes.extend(core.batch_outcomes(chunk, page))
+        return core.found_values(wanted, outcomes)
 
     def put_many(
         self,
@@ -180,18 +181,23 @@ class Client(ClientBase, AdminMethods):
     ) -> dict[bytes, int]:
         """Stores every pair; returns the version per key.
 
-        When some items fail, every batch is still sent and then one error is raised, of
-        the class of the first failure, whose ``keys`` names every key not written.
+        When some items fail, or some batches fail whole, every batch is still sent and
+        then one error is raised, of the class of the first failure, whose ``keys`` names
+        every key not written (or, for DeadlineExceeded and Unavailable, whose outcome is
+        unknown); the keys it does not name were written.
         """
         mutations = core.put_mutations(mapping)
         level, deadline = self._level(consistency), self._deadline(timeout)
-        return core.written_versions(
-            (m.key, outcome)
-            for chunk in core.write_chunks(mutations)
-            for m, outcome in zip(
-                chunk, self._batch_write(chunk, deadline, level=level), strict=True
-            )
-        )
+        outcomes: list[tuple[bytes, int | ShardKVError]] = []
+        for chunk in core.write_chunks(mutations):
+            keys = [m.key for m in chunk]
+            page: list[int | ShardKVError] | ShardKVError
+            try:
+                page = self._batch_write(chunk, deadline, level=level)
+            except ShardKVError as err:
+                page = err
+            outcomes.extend(zip(keys, core.batch_outcomes(keys, page), strict=True))
+        return core.written_versions(outcomes)
 
     def scan(
         self,
