@@ -52,7 +52,7 @@ from dataclasses import replace
 
 from shardkv.router.membership.identity import claim_joining
 from shardkv.router.membership.live_topology import ClientFactory, Membership
-from shardkv.router.membership.move_lease import MoveLease, take_over_orphans
+from shardkv.router.membership.move_lease import MoveLease, claim, claimed, take_over_orphans
 from shardkv.router.membership.move_plan import (
     ADD,
     REMOVE,
@@ -167,17 +167,6 @@ class Rebalancer:
             if topology.move is not None and topology.move.driver != self._router_id:
                 await self._resume(topology)
 
-    async def _claim(self, move_id: str) -> None:
-        """Holds the move lease (etcd back end), or raises MoveConflict naming its holder."""
-        if self._lease is None:
-            return
-        holder = await self._lease.acquire(move_id)
-        if holder is not None:
-            raise MoveConflict(
-                f"move {move_id} is driven by {holder}, which holds {self._lease.key.decode()};"
-                " another router takes it over only once that lease expires"
-            )
-
     def _check(self, topology: Topology, progress: MoveProgress) -> None:
         """Before each step: the move is still this router's, and so is its lease."""
         check_driver(topology, progress.id, self._router_id)
@@ -256,9 +245,9 @@ class Rebalancer:
     ) -> MoveProgress:
         verb = "add" if kind == ADD else "remove"
         record = MoveRecord(f"{verb}-{node.id}@{topology.epoch}", self._router_id, now_ms())
-        await self._claim(record.id)
         transition = replace(topology, epoch=topology.epoch + 1, nodes=nodes, move=record)
-        await self._membership.commit(transition, expected=topology)
+        async with claimed(self._lease, record.id):
+            await self._membership.commit(transition, expected=topology)
         log.info("move %s: transition at epoch %d", record.id, transition.epoch)
         progress = progress_of(transition, self._router_id)
         self._launch(progress)
@@ -271,13 +260,13 @@ class Rebalancer:
             raise conflict(topology, self.current)
         move = topology.move
         assert move is not None
-        await self._claim(move.id)
-        if move.driver != self._router_id:
-            taken = replace(
-                topology, epoch=topology.epoch + 1, move=replace(move, driver=self._router_id)
-            )
-            await self._membership.commit(taken, expected=topology)
-            topology = taken
+        async with claimed(self._lease, move.id):
+            if move.driver != self._router_id:
+                taken = replace(
+                    topology, epoch=topology.epoch + 1, move=replace(move, driver=self._router_id)
+                )
+                await self._membership.commit(taken, expected=topology)
+                topology = taken
         progress = progress_of(topology, self._router_id)
         log.info("move %s: resumed", progress.id)
         self._launch(progress)
@@ -289,9 +278,9 @@ class Rebalancer:
         if self._task is not None and not self._task.done():
             raise conflict(topology, self.current)
         assert topology.move is not None
-        await self._claim(topology.move.id)
         stable = aborted_topology(topology, node)
-        await self._membership.commit(stable, expected=topology)
+        async with claimed(self._lease, topology.move.id):
+            await self._membership.commit(stable, expected=topology)
         if self.current is not None:
             self._finish(self.current)
         log.info("move %s aborted at epoch %d", topology.move.id, stable.epoch)
@@ -319,7 +308,7 @@ class Rebalancer:
     async def _run(self, progress: MoveProgress) -> None:
         try:
             await self._pause_repair()
-            await self._claim(progress.id)
+            await claim(self._lease, progress.id)
             topology = self._membership.topology
             self._check(topology, progress)
             await self._steps.fence(topology, topology.nodes)

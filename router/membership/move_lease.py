@@ -13,8 +13,9 @@ When the driver dies, its lease expires within TTL_S and the key goes with it; e
 router looks every WATCH_S for a move whose driver holds no key and takes it over, at the
 step it had reached (drops included). A driver whose move failed keeps the key while it
 runs (the move waits for an operator: repeat it, or abort it); a driver that stops cleanly
-releases it. With the file back end there is no lease: repeating the request resumes a
-move, through any router.
+releases it, and so does a router whose step's compare-and-swap failed (claimed). With
+the file back end there is no lease: repeating the request resumes a move, through any
+router.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from shardkv.router.membership.etcd_client import EtcdClient, Lease
+from shardkv.router.membership.move_plan import MoveConflict
 from shardkv.router.membership.store_etcd import EtcdTopologyStore
 from shardkv.router.membership.topology import Topology
 from shardkv.router.membership.topology_store import StoreUnavailable, TopologyStore
@@ -94,6 +96,36 @@ class MoveLease:
         if lease is not None:
             with contextlib.suppress(StoreUnavailable):
                 await lease.revoke()
+
+
+async def claim(lease: MoveLease | None, move_id: str) -> None:
+    """Holds the move lease (None: the file back end, nothing to hold), or raises
+    MoveConflict naming its holder."""
+    if lease is None:
+        return
+    holder = await lease.acquire(move_id)
+    if holder is not None:
+        raise MoveConflict(
+            f"move {move_id} is driven by {holder}, which holds {lease.key.decode()};"
+            " another router takes it over only once that lease expires"
+        )
+
+
+@contextlib.asynccontextmanager
+async def claimed(lease: MoveLease | None, move_id: str) -> AsyncIterator[None]:
+    """Holds the move lease around the commit of a move's step. A lease taken here is let
+    go when the commit fails: no move of this router's is stored then, and a lease kept
+    for none would refuse every other router's change for as long as this one runs. (A
+    commit whose outcome is unknown may have stored the move: without a lease, another
+    router takes it over, take_over_orphans.)"""
+    held = lease is not None and not lease.lapsed()
+    await claim(lease, move_id)
+    try:
+        yield
+    except BaseException:
+        if lease is not None and not held:
+            await lease.release()
+        raise
 
 
 def move_lease(store: TopologyStore | None, router_id: str) -> MoveLease | None:

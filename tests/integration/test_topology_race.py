@@ -154,3 +154,36 @@ def test_a_topology_at_the_served_epoch_with_other_content_is_refused(cluster: C
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "written outside shardkv" in (refused.value.details() or "")
     assert stored(cluster) == edited
+
+
+@pytest.mark.timeout(90)
+def test_a_change_the_store_refused_leaves_other_routers_free_to_move(cluster: Cluster) -> None:
+    # r1's AddNode loses its compare-and-swap: the store holds a hand-edited topology.
+    now = stored(cluster)
+    n4 = NodeConfig("n4", cluster.node("n4").address)
+    members = ETCD[cluster.base]
+
+    def store(topology: Topology) -> None:
+        if members:
+            etcdctl(members, "put", f"{PREFIX}/topology", dump_topology(topology))
+        else:
+            cluster.config.write_text(dump_topology(topology))
+
+    store(replace(now, nodes=(*now.nodes[:2], n4)))
+    deadline = time.monotonic() + 10
+    while "with other content than this router serves" not in cluster.routers[0].log():
+        assert time.monotonic() < deadline, "r1 did not complain"
+        time.sleep(0.1)
+    request = admin_pb2.AddNodeRequest(id="n5", address=cluster.node("n5").address)
+    with grpc.insecure_channel(cluster.routers[0].address) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            admin_pb2_grpc.AdminStub(channel).AddNode(request, timeout=20)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # The operator puts the topology back; the change goes ahead through another router.
+    store(now)
+    with grpc.insecure_channel(cluster.routers[1].address) as channel:
+        try:
+            move = admin_pb2_grpc.AdminStub(channel).AddNode(request, timeout=20)
+        except grpc.RpcError as err:
+            pytest.fail(f"r2 refused the change r1 gave up: {err.code().name}: {err.details()}")
+    print(f"r1: {refused.value.details()}; then r2 began {move.id}")
