@@ -16,6 +16,7 @@ from .aio import AsyncClient
 from .core import Consistency, Record
 from .errors import (
     Cancelled,
+    ClientClosed,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncClient",
     "Cancelled",
     "Client",
+    "ClientClosed",
     "Consistency",
     "DeadlineExceeded",
     "FailedPrecondition",

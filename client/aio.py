@@ -19,7 +19,7 @@ from .admin import AdminCall, AsyncAdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
 from .coalesce import AsyncBatcher, Awaited, Waiting
 from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
-from .errors import ShardKVError
+from .errors import ClientClosed, ShardKVError
 from .frames import KVFrames
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .transport import TLSConfig, channel_options
@@ -80,10 +80,15 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         await self.close()
 
     async def close(self) -> None:
-        """Closes every channel; calls still running fail with ``Cancelled`` (a later call
-        would open new channels)."""
-        channels, self._channels = list(self._channels.values()), {}
-        self._kv, self._admin = {}, {}
+        """Closes every channel; calls still running, and any made later, fail with
+        ``ClientClosed`` (a ``Cancelled``)."""
+        self._closed = True
+        closed = ClientClosed("the client was closed")
+        for getter in self._getters.values():
+            getter.close(closed)
+        for writer in self._writers.values():
+            writer.close(closed)
+        channels = list(self._channels.values())
         if self._frames is not None:
             await self._frames.close()
         await asyncio.gather(*(channel.close() for channel in channels))
@@ -309,11 +314,13 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         self, call: AdminCall[Reply], timeout: float | None
     ) -> AsyncIterator[Reply]:
         """A server stream, retried only until its first message (see ``RetryPolicy``)."""
+        self._check_open(call.method)
         if not self._channels:
             self._connect()
         attempts = Attempts(self._stream_deadline(timeout))
         metadata = self._call_metadata()
         while True:
+            self._check_open(call.method)
             target, remaining = self._next_target(attempts, call.method, in_order=True)
             stream = getattr(self._admin[target], call.method)(
                 call.request, timeout=remaining, metadata=metadata
@@ -323,7 +330,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 async for message in stream:
                     received = True
                     yield call.result(message)
-            except grpc.RpcError as err:
+            except (grpc.RpcError, grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                err = self._closed_meanwhile(call.method, exc)
                 error, wait = self._after_failure(attempts, target, err)
                 if received or wait is None:
                     raise error from err
@@ -333,6 +341,20 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 return
             finally:
                 stream.cancel()  # the caller stopped early: end the RPC, not just the loop
+
+    def _closed_meanwhile(self, method: str, err: BaseException) -> grpc.RpcError:
+        """ClientClosed when close() ended the attempt that failed with err (CANCELLED, a
+        closed channel's UsageError, or the CancelledError grpc.aio raises in the task of
+        a call whose channel closed), else err again unless it is a grpc.RpcError (for
+        _after_failure); the caller's own cancellation is raised as it is."""
+        task = asyncio.current_task()
+        cancelled = isinstance(err, asyncio.CancelledError)
+        if cancelled and task is not None and task.cancelling():
+            raise err
+        self._check_open(method, err)
+        if not isinstance(err, grpc.RpcError):
+            raise err
+        return err
 
     async def _invoke(
         self,
@@ -347,12 +369,14 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         routers in order and are retried as the call allows (see ``shardkv.client.admin``).
         again, when given, makes each retry's request after the back-off; None from it
         ends the call with the last error (nobody waits for a retry)."""
+        self._check_open(method)
         if not self._channels:
             self._connect()
         stubs: Mapping[str, Any] = self._kv if admin is None else self._admin
         repeatable = admin is None or admin.repeatable
         metadata = self._call_metadata()
         while True:
+            self._check_open(method)
             target, remaining = self._next_target(attempts, method, in_order=admin is not None)
             try:
                 reply = None
@@ -368,7 +392,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                     reply = await getattr(stubs[target], method)(
                         request, timeout=remaining, metadata=metadata
                     )
-            except grpc.RpcError as err:
+            except (grpc.RpcError, grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                err = self._closed_meanwhile(method, exc)
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
                     raise error from err

@@ -15,7 +15,7 @@ from shardkv.common import requestid
 from shardkv.common.limits import DEFAULT_LIMITS
 
 from .core import Consistency
-from .errors import DeadlineExceeded, ShardKVError, from_rpc_error
+from .errors import ClientClosed, DeadlineExceeded, ShardKVError, from_rpc_error
 from .retry import RetryPolicy
 from .transport import Targets, TLSConfig, auth_metadata, plaintext_token_targets, split_targets
 
@@ -62,6 +62,8 @@ class ClientBase:
         self._retry = retry
         self._tls = tls
         self._metadata = auth_metadata(bearer_token)
+        # Set by close(): every call then fails with ClientClosed (_check_open).
+        self._closed = False
         exposed = plaintext_token_targets(self._targets.addresses, tls, bearer_token)
         if exposed:  # once per client: here, not per call
             log.warning(
@@ -85,6 +87,13 @@ class ClientBase:
     def _stream_deadline(self, timeout: float | None) -> float:
         """A stream's deadline: none (infinity) unless timeout is given."""
         return math.inf if timeout is None else self._deadline(timeout)
+
+    def _check_open(self, method: str, cause: BaseException | None = None) -> None:
+        """ClientClosed once close() was called: before each attempt of a call, so that a
+        call never reopens what close() closed, and one in flight when it was closed
+        fails (its retry too) rather than waiting for its timeout."""
+        if self._closed:
+            raise ClientClosed(f"{method}: the client was closed") from cause
 
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
         """The bearer token (if any) and the request id of one RPC: the caller's (set with

@@ -223,9 +223,21 @@ class AsyncBatcher(Generic[I, R]):
         self._in_flight = 0
         self._starting = False  # a sender task exists that has not taken its batch yet
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed: ShardKVError | None = None
+
+    def close(self, error: ShardKVError) -> None:
+        """Fails the items queued, and any submitted later, with a copy of error each (the
+        client is closing); those in a call fail as the call does."""
+        self._closed = error
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(error.for_key(self._key_of(waiter.item)))
 
     async def submit(self, item: I, deadline: float) -> R:
         """The outcome of item, sent in some batch; deadline is a time.monotonic() value."""
+        if self._closed is not None:
+            raise self._closed.for_key(self._key_of(item))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.append(_AsyncWaiter(item, deadline, future))

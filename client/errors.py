@@ -78,6 +78,12 @@ class Cancelled(ShardKVError):
     """The call was cancelled before it completed (by the server or a shutdown)."""
 
 
+class ClientClosed(Cancelled):
+    """The client was closed: a call made after ``close()`` fails at once, without a round
+    trip, and so does a call still in flight when ``close()`` was called. A ``Cancelled``
+    (code CANCELLED) that no server sends: not in the registry."""
+
+
 @_maps(grpc.StatusCode.INVALID_ARGUMENT)
 class InvalidArgument(ShardKVError):
     """The request is malformed or breaks a limit (key or value size, batch size, range).

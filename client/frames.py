@@ -112,6 +112,7 @@ class KVFrames:
         return sum(connection.answered for connection in self._connections.values())
 
     async def close(self) -> None:
+        self._off = True  # a call already past the client's check opens no new connection
         connections, self._connections = list(self._connections.values()), {}
         for connection in connections:
             await connection.close()

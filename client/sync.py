@@ -104,7 +104,9 @@ class Client(ClientBase, AdminMethods):
         self.close()
 
     def close(self) -> None:
-        """Closes every channel; calls still running fail with ``Cancelled``."""
+        """Closes every channel; calls still running, and any made later, fail with
+        ``ClientClosed`` (a ``Cancelled``)."""
+        self._closed = True
         for channel in self._channels.values():
             channel.close()
         with self._batchers_lock:
@@ -328,16 +330,22 @@ class Client(ClientBase, AdminMethods):
         attempts = Attempts(self._stream_deadline(timeout))
         metadata = self._call_metadata()
         while True:
+            self._check_open(call.method)
             target, remaining = self._next_target(attempts, call.method, in_order=True)
-            stream = getattr(self._admin[target], call.method)(
-                call.request, timeout=remaining, metadata=metadata
-            )
+            try:
+                stream = getattr(self._admin[target], call.method)(
+                    call.request, timeout=remaining, metadata=metadata
+                )
+            except ValueError as err:  # grpc: "Cannot invoke RPC on closed channel!"
+                self._check_open(call.method, err)
+                raise err
             received = False
             try:
                 for message in stream:
                     received = True
                     yield call.result(message)
             except grpc.RpcError as err:
+                self._check_open(call.method, err)
                 error, wait = self._after_failure(attempts, target, err)
                 if received or wait is None:
                     raise error from err
@@ -365,12 +373,17 @@ class Client(ClientBase, AdminMethods):
         repeatable = admin is None or admin.repeatable
         metadata = self._call_metadata()
         while True:
+            self._check_open(method)
             target, remaining = self._next_target(attempts, method, in_order=admin is not None)
             try:
                 reply = getattr(stubs[target], method)(
                     request, timeout=remaining, metadata=metadata
                 )
-            except grpc.RpcError as err:
+            except (grpc.RpcError, ValueError) as err:
+                # Closed meanwhile: CANCELLED, or ValueError for a closed channel.
+                self._check_open(method, err)
+                if not isinstance(err, grpc.RpcError):
+                    raise
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
                     raise error from err
