@@ -27,6 +27,22 @@ log = logging.getLogger(__name__)
 # larger batches contend less for the GIL); with 256 asyncio tasks the two were alike.
 MAX_IN_FLIGHT = 2
 MAX_BATCH = DEFAULT_LIMITS.max_batch_items
+# The longest timeout a call may be given: a week. Longer ones would overflow what carries
+# a deadline (a frame's 32-bit milliseconds end at 49 days, gRPC's nanoseconds at 292
+# years from now, 9.2e9 s), and math.inf is no deadline at all.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def check_timeout(seconds: float) -> float:
+    """seconds as given, or ValueError naming it and the bound: a timeout must be more than
+    0 and at most MAX_TIMEOUT_S (not inf, not NaN). The one check of both clients, for
+    their default and for each call's."""
+    if not 0 < seconds <= MAX_TIMEOUT_S:  # NaN compares false
+        raise ValueError(
+            f"timeout of {seconds!r} s is out of range: it must be more than 0 and at most"
+            f" {MAX_TIMEOUT_S:g} s (MAX_TIMEOUT_S, a week)"
+        )
+    return seconds
 
 
 @dataclass(slots=True)
@@ -54,8 +70,7 @@ class ClientBase:
         tls: TLSConfig | None,
         bearer_token: str | None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        check_timeout(timeout)
         self._targets = Targets(split_targets(targets))
         self._timeout = timeout
         self._consistency = consistency
@@ -79,9 +94,7 @@ class ClientBase:
 
     def _deadline(self, timeout: float | None) -> float:
         """The time.monotonic() by which a call must be answered."""
-        seconds = self._timeout if timeout is None else timeout
-        if seconds <= 0:
-            raise ValueError(f"timeout must be positive, got {seconds}")
+        seconds = self._timeout if timeout is None else check_timeout(timeout)
         return time.monotonic() + seconds
 
     def _stream_deadline(self, timeout: float | None) -> float:
