@@ -14,7 +14,7 @@ import grpc
 from shardkv.common import requestid
 from shardkv.common.limits import DEFAULT_LIMITS
 
-from .core import Consistency
+from .core import Consistency, check_level
 from .errors import ClientClosed, DeadlineExceeded, ShardKVError, from_rpc_error
 from .retry import RetryPolicy
 from .transport import Targets, TLSConfig, auth_metadata, plaintext_token_targets, split_targets
@@ -73,7 +73,7 @@ class ClientBase:
         check_timeout(timeout)
         self._targets = Targets(split_targets(targets))
         self._timeout = timeout
-        self._consistency = consistency
+        self._consistency = check_level(consistency)
         self._retry = retry
         self._tls = tls
         self._metadata = auth_metadata(bearer_token)
@@ -116,7 +116,7 @@ class ClientBase:
 
     def _level(self, consistency: Consistency | None) -> Consistency | None:
         """The call's level, else the client's (None = the cluster's default)."""
-        return self._consistency if consistency is None else consistency
+        return self._consistency if consistency is None else check_level(consistency)
 
     def _next_target(
         self, attempts: Attempts, method: str, *, in_order: bool = False

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, Protocol, TypeVar
 
-from .errors import Cancelled, DeadlineExceeded, ShardKVError
+from .errors import ClientClosed, DeadlineExceeded, ShardKVError
 
 I = TypeVar("I")  # noqa: E741 - the item type of a batch
 R = TypeVar("R")
@@ -183,11 +183,12 @@ def _expire(future: asyncio.Future[R]) -> None:
         future.set_exception(_Expired())
 
 
-def _whole_call_failed(batch_size: int, err: Exception) -> list[Exception]:
-    """The outcome of every item when the call itself failed: an error object per caller."""
+def _whole_call_failed(keys: Sequence[bytes], err: Exception) -> list[Exception]:
+    """The outcome of every item when the call itself failed: an error object per caller,
+    naming the caller's key (ShardKVError.for_key)."""
     if isinstance(err, ShardKVError):
-        return [err.copy() for _ in range(batch_size)]
-    return [err] * batch_size  # a bug in send: better raised everywhere than hung on
+        return [err.for_key(key) for key in keys]
+    return [err] * len(keys)  # a bug in send: better raised everywhere than hung on
 
 
 @dataclass(eq=False, slots=True)
@@ -295,10 +296,11 @@ class AsyncBatcher(Generic[I, R]):
         except asyncio.CancelledError:
             for waiter in batch:
                 if not waiter.future.done():
-                    waiter.future.set_exception(Cancelled("the client was closed"))
+                    closed = ClientClosed("the client was closed")
+                    waiter.future.set_exception(closed.for_key(self._key_of(waiter.item)))
             raise
         except Exception as err:
-            outcomes = _whole_call_failed(len(batch), err)
+            outcomes = _whole_call_failed([self._key_of(w.item) for w in batch], err)
         for waiter, outcome in zip(batch, outcomes, strict=True):
             if waiter.future.done():
                 continue

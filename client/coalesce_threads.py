@@ -149,7 +149,7 @@ class ThreadBatcher(Generic[I, R]):
             else:
                 outcomes = []
         except Exception as err:
-            outcomes = _whole_call_failed(len(batch), err)
+            outcomes = _whole_call_failed([self._key_of(w.item) for w in batch], err)
         finally:
             if outcomes is None:  # the sender was interrupted (KeyboardInterrupt...)
                 outcomes = [Cancelled("the thread sending this batch was interrupted")] * len(batch)

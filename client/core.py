@@ -72,6 +72,19 @@ _WIRE_LEVELS = {
 }
 
 
+def check_level(level: object) -> Consistency | None:
+    """level as a Consistency (None: the cluster's default), or InvalidArgument listing the
+    levels there are."""
+    if level is None:
+        return None
+    if isinstance(level, int) and not isinstance(level, bool) and level in _WIRE_LEVELS:
+        return Consistency(level)
+    raise InvalidArgument(
+        f"consistency must be one of Consistency.ONE, QUORUM, ALL, or None for the"
+        f" cluster's default (R for reads, W for writes), not {level!r}"
+    )
+
+
 def wire_consistency(level: Consistency | None) -> kv_pb2.Consistency:
     """The proto enum value for a level; None is the cluster default."""
     return kv_pb2.CONSISTENCY_DEFAULT if level is None else _WIRE_LEVELS[level]
