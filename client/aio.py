@@ -169,14 +169,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             *(self._batch_get(chunk, deadline, level=level) for chunk in chunks),
             return_exceptions=True,
         )
-        return core.found_values(
-            wanted,
-            (
-                outcome
-                for chunk, page in zip(chunks, pages, strict=True)
-                for outcome in core.batch_outcomes(chunk, page)
-            ),
-        )
+        return core.found_values(wanted, (o for _, o in core.paired_outcomes(chunks, pages)))
 
     async def put_many(
         self,
@@ -192,11 +185,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             *(self._batch_write(c, deadline, level=level) for c in chunks),
             return_exceptions=True,
         )
-        outcomes: list[tuple[bytes, int | ShardKVError]] = []
-        for chunk, page in zip(chunks, pages, strict=True):
-            keys = [m.key for m in chunk]
-            outcomes.extend(zip(keys, core.batch_outcomes(keys, page), strict=True))
-        return core.written_versions(outcomes)
+        keys = [[m.key for m in chunk] for chunk in chunks]
+        return core.written_versions(core.paired_outcomes(keys, pages))
 
     def scan(
         self,
@@ -272,10 +262,11 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         build = partial(core.batch_get_request, level=level)
         outcomes: list[Found | ShardKVError | None]
         try:
+            attempts = Attempts(deadline)
             reply = await self._invoke(
-                "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
+                "BatchGet", build(keys), attempts, again=batch.retry_with(build)
             )
-            outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply))
+            outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply, attempts.tried[-1]))
         except ShardKVError as err:
             if len(keys) == 1 or not core.answer_too_large(err):
                 raise
@@ -301,10 +292,11 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         a write whose caller got DeadlineExceeded is never sent again (coalesce.Awaited)."""
         batch = Awaited(mutations, waiting, key_of=core.mutation_key)
         build = partial(core.batch_write_request, level=level)
+        attempts = Attempts(deadline)
         reply = await self._invoke(
-            "BatchWrite", build(mutations), Attempts(deadline), again=batch.retry_with(build)
+            "BatchWrite", build(mutations), attempts, again=batch.retry_with(build)
         )
-        return batch.outcomes(core.write_outcomes(batch.carried(), reply))
+        return batch.outcomes(core.write_outcomes(batch.carried(), reply, attempts.tried[-1]))
 
     async def _admin_call(self, call: AdminCall[Reply], timeout: float | None) -> Reply:
         attempts = Attempts(self._deadline(timeout))
@@ -344,9 +336,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
 
     def _closed_meanwhile(self, method: str, err: BaseException) -> grpc.RpcError:
         """ClientClosed when close() ended the attempt that failed with err (CANCELLED, a
-        closed channel's UsageError, or the CancelledError grpc.aio raises in the task of
-        a call whose channel closed), else err again unless it is a grpc.RpcError (for
-        _after_failure); the caller's own cancellation is raised as it is."""
+        closed channel's UsageError, grpc.aio's CancelledError in the sending task); else
+        err, raised unless it is a grpc.RpcError. The caller's own cancellation is raised."""
         task = asyncio.current_task()
         cancelled = isinstance(err, asyncio.CancelledError)
         if cancelled and task is not None and task.cancelling():

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
 from shardkv.common.limits import DEFAULT_LIMITS, LimitExceeded, scan_range
+from shardkv.common.rpc_status import status_code
 from shardkv.v1 import kv_pb2
 
 from .errors import Internal, InvalidArgument, ResourceExhausted, ShardKVError, from_item_status
@@ -207,7 +209,7 @@ def batch_write_request(
 
 
 def get_outcomes(
-    keys: Sequence[bytes], reply: kv_pb2.BatchGetResponse
+    keys: Sequence[bytes], reply: kv_pb2.BatchGetResponse, target: str | None = None
 ) -> list[Found | ShardKVError | None]:
     """Per key: its value and version, None when not found, or the error of its ItemStatus.
     A found key's status is OK, so only the others' is read; no Record per key (a frozen
@@ -218,23 +220,29 @@ def get_outcomes(
         if result.found:
             outcomes.append((result.value, result.version))
         elif result.status.code:
-            outcomes.append(from_item_status(result.status.code, result.status.message, key))
+            status = result.status
+            outcomes.append(from_item_status(status.code, status.message, key, target=target))
         else:
             outcomes.append(None)
     return outcomes
 
 
 def write_outcomes(
-    mutations: Sequence[kv_pb2.Mutation], reply: kv_pb2.BatchWriteResponse
+    mutations: Sequence[kv_pb2.Mutation],
+    reply: kv_pb2.BatchWriteResponse,
+    target: str | None = None,
 ) -> list[int | ShardKVError]:
-    """Per mutation: the version written, or the error of its ItemStatus."""
+    """Per mutation: the version written, or the error of its ItemStatus (an UNAVAILABLE
+    one saying that the write may have been stored all the same: errors.Unavailable)."""
     _check_length(len(mutations), len(reply.results), "BatchWrite")
     outcomes: list[int | ShardKVError] = []
     for mutation, result in zip(mutations, reply.results, strict=True):
-        if result.status.code:
-            outcomes.append(
-                from_item_status(result.status.code, result.status.message, mutation.key)
-            )
+        status = result.status
+        if status.code:
+            message = status.message
+            if status_code(status.code) is grpc.StatusCode.UNAVAILABLE:
+                message += _MAYBE_STORED
+            outcomes.append(from_item_status(status.code, message, mutation.key, target=target))
         else:
             outcomes.append(result.version)
     return outcomes
@@ -251,6 +259,18 @@ def batch_outcomes(
     if isinstance(page, BaseException):
         raise page
     return page
+
+
+# What a write's UNAVAILABLE item error adds to the router's message (errors.Unavailable).
+_MAYBE_STORED = "; the outcome is unknown: the write may have been stored on fewer replicas"
+
+
+def paired_outcomes(
+    keys: Sequence[Sequence[bytes]], pages: Sequence[Sequence[T] | BaseException]
+) -> Iterator[tuple[bytes, T | ShardKVError]]:
+    """(key, outcome) for every key of every batch, keys[i] being the keys of pages[i]."""
+    for chunk, page in zip(keys, pages, strict=True):
+        yield from zip(chunk, batch_outcomes(chunk, page), strict=True)
 
 
 def found_values(
@@ -299,6 +319,7 @@ def _summary(failures: Sequence[ShardKVError], total: int, what: str) -> ShardKV
         f"{len(failures)} of {total} {what} failed (keys {names}{more});"
         f" first error: {first.details}",
         code=first.code,
+        target=first.target,
         keys=keys,
     )
 

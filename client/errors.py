@@ -138,7 +138,10 @@ class Unimplemented(ShardKVError):
 class Unavailable(ShardKVError):
     """No server could be reached, or not enough replicas answered for the consistency asked.
 
-    Raised after the retry policy gave up.
+    Raised after the retry policy gave up. For a write the outcome is unknown, as for
+    ``DeadlineExceeded`` (Cassandra's WriteTimeout): it may have been stored on fewer
+    replicas than the consistency asked, and may later spread to the others by repair,
+    so a later read may return it. Write again (or read the key back) to be sure.
     """
 
 
@@ -161,7 +164,10 @@ def from_rpc_error(err: grpc.RpcError, *, target: str | None = None) -> ShardKVE
     return error
 
 
-def from_item_status(number: int, message: str, key: bytes) -> ShardKVError:
-    """The SDK error for one failed item of a batch reply (code != 0)."""
+def from_item_status(
+    number: int, message: str, key: bytes, *, target: str | None = None
+) -> ShardKVError:
+    """The SDK error for one failed item of a batch reply (code != 0) from target."""
     code = status_code(number)
-    return error_class(code)(message or f"key {key[:64]!r} failed", code=code, keys=(key,))
+    details = message or f"key {key[:64]!r} failed"
+    return error_class(code)(details, code=code, target=target, keys=(key,))

@@ -289,10 +289,9 @@ class Client(ClientBase, AdminMethods):
         build = partial(core.batch_get_request, level=level)
         outcomes: list[Found | ShardKVError | None]
         try:
-            reply = self._invoke(
-                "BatchGet", build(keys), Attempts(deadline), again=batch.retry_with(build)
-            )
-            outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply))
+            attempts = Attempts(deadline)
+            reply = self._invoke("BatchGet", build(keys), attempts, again=batch.retry_with(build))
+            outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply, attempts.tried[-1]))
         except ShardKVError as err:
             if len(keys) == 1 or not core.answer_too_large(err):
                 raise
@@ -316,10 +315,11 @@ class Client(ClientBase, AdminMethods):
         a write whose caller got DeadlineExceeded is never sent again (coalesce.Awaited)."""
         batch = Awaited(mutations, waiting, key_of=core.mutation_key)
         build = partial(core.batch_write_request, level=level)
+        attempts = Attempts(deadline)
         reply = self._invoke(
-            "BatchWrite", build(mutations), Attempts(deadline), again=batch.retry_with(build)
+            "BatchWrite", build(mutations), attempts, again=batch.retry_with(build)
         )
-        return batch.outcomes(core.write_outcomes(batch.carried(), reply))
+        return batch.outcomes(core.write_outcomes(batch.carried(), reply, attempts.tried[-1]))
 
     def _admin_call(self, call: AdminCall[Reply], timeout: float | None) -> Reply:
         attempts = Attempts(self._deadline(timeout))
