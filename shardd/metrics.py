@@ -103,4 +103,5 @@ async def stats_response(storage: NodeStorage) -> replica_pb2.StatsResponse:
         keys_read=storage.keys_read,
         records_written=storage.committer.items,
         uptime_seconds=time.monotonic() - storage.started,
+        purge_watermark=stats.purge_watermark,
     )

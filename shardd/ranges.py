@@ -158,8 +158,9 @@ async def purge_ranges(
     removed on the commit thread only where the stored record is still the one picked,
     and the purge watermark rises to tombstones_before with the first of them (with an
     empty commit when there are none: a node that purged nothing holds no older
-    tombstone of the ranges either, so the bound holds for it too). Each commit runs only
-    while the node's fence is exactly epoch (NodeStorage.purge)."""
+    tombstone of the ranges either, so the bound holds for it too). No ranges only raises
+    the watermark. Each commit runs only while the node's fence is exactly epoch
+    (NodeStorage.purge)."""
     if not all_records and not tombstones_before:
         raise LimitExceeded("nothing to purge: set tombstones_before or all_records")
 
@@ -171,6 +172,9 @@ async def purge_ranges(
             and ranges.find(ring_token(r.key)) >= 0
         ]
 
+    if not ranges:  # a move or rebuild handing the node its peers' watermark
+        await storage.purge([], tombstones_before, epoch=epoch)
+        return 0
     purged = 0
     raised = False
     async for picked in _walk(storage, doomed, pace=0):

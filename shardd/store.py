@@ -83,6 +83,8 @@ class StoreStats:
     map_size: int
     max_map_size: int
     used_bytes: int
+    # The highest bound tombstone GC purged under (shardkv.shardd.watermark).
+    purge_watermark: int
 
 
 class Store:
@@ -357,10 +359,12 @@ class Store:
             return txn.get(key, db=self._meta)
 
     def stats(self) -> StoreStats:
-        """Record and hint counts and map sizes; cheap (reads database headers only)."""
+        """Record and hint counts, map sizes and the purge watermark; cheap (reads database
+        headers and one key only)."""
         with self._gate.shared(), self._env.begin() as txn:
             entries = int(txn.stat(self._data)["entries"])
             hints = self._parked.count(txn)
+            watermark = self._watermark.get(txn)
             info = self._env.info()
         return StoreStats(
             entries=entries,
@@ -368,6 +372,7 @@ class Store:
             map_size=int(info["map_size"]),
             max_map_size=self._max_map_size,
             used_bytes=(int(info["last_pgno"]) + 1) * self._page_size,
+            purge_watermark=watermark,
         )
 
     # -- lifecycle ------------------------------------------------------------------------

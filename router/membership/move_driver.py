@@ -15,7 +15,8 @@ A move goes through these steps, each stored (compare-and-swap) before it takes 
    counts as soon as it owns anything. Count, then stream: moves.py plans which pieces go
    from which node to which; each source counts its pieces (for progress), then streams
    them, and the router applies every batch to the target (LWW, so repeating any of it is
-   harmless), routed under the move's epoch.
+   harmless), routed under the move's epoch; each target then takes the highest purge
+   watermark of the nodes (range_streamer.carry_watermark).
 4. Switch (epoch + 1): the move enters its ``drop`` phase. Only now does the new placement
    become authoritative (it alone is in force), after the copy is complete.
 5. Fence the switch on the same nodes (the removed one included): a router still routing
@@ -79,7 +80,7 @@ from shardkv.router.membership.node_checks import (
     check_placement_with,
     probe_new_node,
 )
-from shardkv.router.membership.range_streamer import Streamer
+from shardkv.router.membership.range_streamer import Streamer, carry_watermark
 from shardkv.router.membership.topology import (
     DROP,
     JOINING,
@@ -359,6 +360,8 @@ class Rebalancer:
         async with asyncio.TaskGroup() as group:
             for transfer in transfers:
                 group.create_task(streamer.run(transfer))
+        targets = {t.target for t in transfers}
+        await carry_watermark(self._membership.clients, self._health, targets, topology.epoch)
         current = self._membership.topology
         self._check(current, progress)
         assert current.move is not None

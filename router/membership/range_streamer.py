@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import grpc
 from shardkv.router.membership.move_plan import MoveConflict, Transfer
 from shardkv.router.pace import Pacer
+from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import replica_pb2
 
@@ -136,3 +137,30 @@ class Streamer:
                 group.create_task(write())
         except* SourceFailed as failures:
             raise failures.exceptions[0] from None
+
+
+async def carry_watermark(
+    clients: Mapping[str, NodeClient],
+    health: NodeHealth,
+    targets: Iterable[str],
+    epoch: int | None = None,
+) -> int:
+    """Raises each target's purge watermark to the highest of the UP nodes' (shardd's
+    watermark.py), routed under epoch. A node given ranges by a move or a rebuild holds no
+    tombstone that GC purged before: without the watermark, it would store a restored
+    record of a key deleted and purged since the backup, which read repair then spreads.
+    GC raises the same bound on every replica of a range it purges, so one DOWN node
+    hides no bound. Returns the watermark carried (0: none to carry)."""
+    up = [n for n in clients if health.is_up(n)]
+    stats = await asyncio.gather(*(clients[n].stats(APPLY_TIMEOUT_S) for n in up))
+    watermark = max((s.purge_watermark for s in stats), default=0)
+    if watermark:
+        await asyncio.gather(
+            *(
+                clients[t].purge_token_ranges(
+                    [], tombstones_before=watermark, timeout_s=APPLY_TIMEOUT_S, epoch=epoch
+                )
+                for t in set(targets)
+            )
+        )
+    return watermark

@@ -12,7 +12,8 @@ copy) does not count toward R and W (router/membership/identity.py) until it is 
 3. Count, then stream: for every piece of the token space the node owns, its records are
    streamed to the node from EVERY other owner of the piece, newest winning on apply: a
    write acknowledged by the lost directory and one other owner lives on that one only.
-   Every other owner must be up; a rebuild with one DOWN fails and is tried again.
+   Every other owner must be up; a rebuild with one DOWN fails and is tried again. The
+   node then takes the highest purge watermark of the nodes (carry_watermark).
 4. Finish: the directory gets the topology's generation + 1 and the lease goes, in one
    compare-and-set on the node; the router then records the generation in the topology,
    and the node counts again.
@@ -36,7 +37,11 @@ from shardkv.common.ring_tokens import TOKEN_SPACE
 from shardkv.router.membership.identity import AHEAD, OK, IdentityGuard, classify
 from shardkv.router.membership.live_topology import Membership
 from shardkv.router.membership.move_plan import MoveConflict, NodeUnknown, Transfer, now_ms
-from shardkv.router.membership.range_streamer import STREAM_TIMEOUT_S, Streamer
+from shardkv.router.membership.range_streamer import (
+    STREAM_TIMEOUT_S,
+    Streamer,
+    carry_watermark,
+)
 from shardkv.router.membership.topology import Topology
 from shardkv.router.pace import Pacer
 from shardkv.router.placement.current import Piece, pieces
@@ -264,6 +269,7 @@ class Rebuilder:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        await carry_watermark(clients, self._health, [progress.node_id])
 
     async def _renew(self, node_id: str) -> None:
         request = replica_pb2.RebuildLeaseRequest(router_id=self._router_id)

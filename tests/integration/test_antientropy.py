@@ -11,6 +11,7 @@ key deleted after the backup, while repair and read repair still copy old live r
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from harness import (
     BIN,
     Cluster,
     Proc,
+    shardd_proc,
     start_cluster,
 )
 from shardkv.client import Client, Consistency
@@ -216,3 +218,57 @@ def test_restore_after_tombstone_gc_keeps_later_deletes_deleted(
     repair(cluster)
     for node in cluster.nodes:
         assert records(node, [b"old/repair"])[0].value == b"repair", node.name
+
+
+def rebuilt(cluster: Cluster, node: Proc, timeout_s: float = 60.0) -> None:
+    """Waits until the router rebuilt node's directory and counts it again."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(cluster.router.address) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+        while True:
+            rebuilds = admin.GetRebuilds(admin_pb2.GetRebuildsRequest(), timeout=5).rebuilds
+            nodes = admin.GetTopology(admin_pb2.GetTopologyRequest(), timeout=5).nodes
+            done = any(
+                r.node_id == node.name and r.state == admin_pb2.REBUILD_DONE for r in rebuilds
+            )
+            if done and all(n.directory == "ok" for n in nodes):
+                return
+            assert time.monotonic() < deadline, f"{node.name} not rebuilt: {list(rebuilds)}"
+            time.sleep(0.05)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["added", "rebuilt"])
+def test_a_node_given_ranges_after_tombstone_gc_restores_no_purged_delete(
+    cluster: Cluster, tmp_path: Path, how: str
+) -> None:
+    keys = [b"ra/%03d" % i for i in range(100)]
+    deleted = keys[:50]
+    with Client(cluster.router.address) as client:
+        client.put_many({k: b"backed-up" for k in keys})
+    shardctl(cluster, "backup", str(tmp_path / "backup"))
+    with Client(cluster.router.address) as client:
+        for key in deleted:
+            client.delete(key)
+    time.sleep(GRACE_S + 0.2)
+    assert f"{len(deleted) * 3} tombstones purged" in repair(cluster)
+    # A node receives ranges after the purge, and no tombstone of these keys.
+    if how == "added":
+        (tmp_path / "n4home").mkdir()
+        given = shardd_proc(tmp_path / "n4home", "n4")
+        cluster.nodes.append(given)
+        given.start()
+        shardctl(cluster, "node", "add", "--id", "n4", "--addr", given.address)
+    else:
+        given = cluster.node("n3")
+        given.stop()
+        shutil.rmtree(cluster.base / "n3")
+        given.start()
+        rebuilt(cluster, given)
+    summary = json.loads(shardctl(cluster, "--json", "restore", str(tmp_path / "backup")))
+    back = [r.key for r in records(given, deleted) if r.version]
+    assert not back, f"{given.name} ({how}) stored {len(back)} restored records of purged keys"
+    with Client(cluster.router.address) as client:
+        assert client.get_many(deleted, consistency=Consistency.ALL) == {}
+        assert client.get_many(keys[50:]) == {k: b"backed-up" for k in keys[50:]}
+    assert summary["skipped"] == len(deleted) * 3, summary

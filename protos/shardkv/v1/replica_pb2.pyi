@@ -263,7 +263,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "records", "hints", "used_bytes", "map_size_bytes", "max_map_size_bytes", "keys_read", "records_written", "uptime_seconds")
+    __slots__ = ("node_id", "records", "hints", "used_bytes", "map_size_bytes", "max_map_size_bytes", "keys_read", "records_written", "uptime_seconds", "purge_watermark")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     HINTS_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +273,7 @@ class StatsResponse(_message.Message):
     KEYS_READ_FIELD_NUMBER: _ClassVar[int]
     RECORDS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PURGE_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     records: int
     hints: int
@@ -282,7 +283,8 @@ class StatsResponse(_message.Message):
     keys_read: int
     records_written: int
     uptime_seconds: float
-    def __init__(self, node_id: _Optional[str] = ..., records: _Optional[int] = ..., hints: _Optional[int] = ..., used_bytes: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., max_map_size_bytes: _Optional[int] = ..., keys_read: _Optional[int] = ..., records_written: _Optional[int] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+    purge_watermark: int
+    def __init__(self, node_id: _Optional[str] = ..., records: _Optional[int] = ..., hints: _Optional[int] = ..., used_bytes: _Optional[int] = ..., map_size_bytes: _Optional[int] = ..., max_map_size_bytes: _Optional[int] = ..., keys_read: _Optional[int] = ..., records_written: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., purge_watermark: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("batch_size",)
