@@ -76,9 +76,11 @@ async def deliver(
     placement: Placement,
     replication: int,
 ) -> Delivered:
-    """Applies a page of target's hints to their destinations, one Apply per destination;
-    a record with a destination that is down or failed is not delivered (it waits for the
-    next round)."""
+    """Applies a page of target's hints to their destinations, one Apply per destination,
+    routed under the epoch of the placement that chose them (a node fenced at a later one
+    refuses, as it refuses a write routed so); a record with a destination that is down
+    or failed is not delivered (it waits for the next round)."""
+    epoch = placement.layout.epoch
     by_node: dict[str, list[int]] = {}
     rehomed: set[int] = set()
     for index, record in enumerate(records):
@@ -95,7 +97,7 @@ async def deliver(
             failed.update(indices)
             return
         try:
-            await client.apply_now([records[i] for i in indices], timeout_s=APPLY_TIMEOUT_S)
+            await client.apply_now([records[i] for i in indices], APPLY_TIMEOUT_S, epoch)
         except grpc.aio.AioRpcError as err:
             log.info(
                 "hint_delivery_failed target=%s to=%s records=%d code=%s detail=%r",

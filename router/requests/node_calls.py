@@ -55,12 +55,16 @@ class NodeCalls:
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._epochs = epochs
 
-    async def apply_now(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
-        """One direct Apply of records that are already a batch (hint hand-off)."""
+    async def apply_now(
+        self, records: Sequence[replica_pb2.Record], timeout_s: float, epoch: int | None = None
+    ) -> None:
+        """One direct Apply of records that are already a batch (hint hand-off), routed
+        under epoch (None: the router's when sent)."""
         await self._call(
             self._replica.Apply,
             replica_pb2.ApplyRequest(records=records),
             min(timeout_s, self._call_timeout_s),
+            epoch,
         )
 
     async def park_hints(

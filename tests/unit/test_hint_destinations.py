@@ -61,9 +61,7 @@ def test_a_hint_for_an_owner_giving_the_key_away_during_a_move_reaches_every_own
         placement = Placement(layout)
         assert layout.new is not None
         moving = [
-            k
-            for k in KEYS
-            if layout.old.preference_list(k, N) != layout.new.preference_list(k, N)
+            k for k in KEYS if layout.old.preference_list(k, N) != layout.new.preference_list(k, N)
         ]
         assert moving
         for key in moving:
