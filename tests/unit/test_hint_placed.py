@@ -57,7 +57,9 @@ class HintNode:
             del parked[key]
         return len(gone)
 
-    async def apply_now(self, records: Sequence[replica_pb2.Record], timeout_s: float) -> None:
+    async def apply_now(
+        self, records: Sequence[replica_pb2.Record], timeout_s: float, epoch: int | None = None
+    ) -> None:
         self._check()
         for record in records:
             held = self.records.get(record.key)
