@@ -125,7 +125,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         limit when it cannot fit in one message (a key named twice counts twice)."""
         self._limits.check_batch(request.keys, "BatchGet")
         keys = list(request.keys)
-        self._limits.check_keys(keys)
+        self._limits.check_keys(keys, "BatchGet")
         needed = self._reads_needed(request.consistency)
         distinct = list(dict.fromkeys(keys))
         # One answer per replica asked: the N owners, and a pending owner during a move.
@@ -150,10 +150,13 @@ class KVService(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.BatchWriteResponse:
         self._limits.check_batch(request.mutations, "BatchWrite")
         mutations = []
-        for m in request.mutations:
-            self._limits.check_key(m.key)
-            if not m.delete:
-                self._limits.check_value(m.key, m.value)
+        for index, m in enumerate(request.mutations):
+            try:  # no cost in Python 3.11 unless it raises
+                self._limits.check_key(m.key)
+                if not m.delete:
+                    self._limits.check_value(m.key, m.value)
+            except LimitExceeded as err:
+                raise LimitExceeded(f"BatchWrite mutation {index}: {err}") from None
             mutations.append(Mutation(m.key, b"" if m.delete else m.value, m.delete))
         needed = self._writes_needed(request.consistency)
         outcomes = await self._coordinator.write(mutations, needed, self._deadline(context))

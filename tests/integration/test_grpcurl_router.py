@@ -67,6 +67,28 @@ def test_grpcurl_list_put_get_topology(cluster: Cluster) -> None:
     assert sum(n["ring_share"] for n in topology["nodes"]) == pytest.approx(1.0)
 
 
+def refused(address: str, method: str, data: object) -> str:
+    """grpcurl's error output for a call the server must refuse."""
+    argv = [str(GRPCURL), "-plaintext", "-d", json.dumps(data), address, method]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode != 0, f"{method} was not refused: {result.stdout}"
+    return result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_item_of_a_batch_is_named_by_its_place(cluster: Cluster) -> None:
+    address = cluster.router.address
+    good = [{"key": b64(b"grpcurl/batch/%d" % i), "value": b64(b"v")} for i in range(2)]
+    error = refused(address, "shardkv.v1.KV/BatchWrite", {"mutations": [*good, {"key": ""}]})
+    assert "InvalidArgument" in error and "BatchWrite mutation 2: key must not be empty" in error
+    keys = [g["key"] for g in good]
+    error = refused(address, "shardkv.v1.KV/BatchGet", {"keys": [*keys, b64(b"k" * 2000)]})
+    assert "BatchGet key 2: key of 2000 bytes exceeds the limit" in error, error
+    # The whole batch was refused: nothing of it was written.
+    got = json.loads(grpcurl(address, "shardkv.v1.KV/BatchGet", data={"keys": keys}))
+    assert not any(r.get("found") for r in got["results"]), got
+
+
 def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
