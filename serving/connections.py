@@ -5,12 +5,18 @@ clients' calls timed out (issue 14 item 7). So each server, router and shardd al
 
 - raises its descriptor limit (``RLIMIT_NOFILE``) to the hard maximum at start
   (``raise_descriptor_limit``, called by each ``__main__``);
-- holds at most ``max_connections`` connections; gRPC closes any further one as soon as it
-  has accepted it (``grpc.max_allowed_incoming_connections``). The default bound is the
-  descriptor limit less a reserve for the process's own files and channels;
-- closes a connection that has not finished the HTTP/2 handshake within
-  ``handshake_timeout_s`` (``grpc.server_handshake_timeout_ms``; gRPC's own default is
-  120 s), and one that has carried no call for ``idle_s`` (``grpc.max_connection_idle_ms``);
+- holds at most ``max_connections`` connections over its two ports together. The default
+  bound is the descriptor limit less a reserve for the process's own files and channels.
+  gRPC counts its port's connections inside its core (``grpc.max_allowed_incoming_connections``,
+  a number fixed at start, which nothing outside gRPC can add to), so the one bound is
+  split once between the ports (``connection_shares``): half for the gRPC port, whose core
+  closes any further connection as soon as it has accepted it, half for the exchange port
+  (``exchange_listener.py``), which does the same. Counted apart, each with the whole bound,
+  idle connections to both ports took every descriptor (README, Operations);
+- closes a connection that has not finished the HTTP/2 handshake (or sent its exchange
+  hello) within ``handshake_timeout_s`` (``grpc.server_handshake_timeout_ms``; gRPC's own
+  default is 120 s), and one that has carried no call, or no frame, for ``idle_s``
+  (``grpc.max_connection_idle_ms``, and the exchange listener's own timer);
 - with ``max_age_s``, sends every client to a new connection once its connection is that
   old (``grpc.max_connection_age_ms``); calls still running on the old one are cut after
   ``age_grace_s`` (``grpc.max_connection_age_grace_ms``), or run to their end when it is
@@ -47,7 +53,8 @@ class ConnectionLimits:
     max_connections: int | None = None
     # Closes connections that have not finished the HTTP/2 handshake by then.
     handshake_timeout_s: float = 10.0
-    # Closes connections that carried no call for this long; None: never.
+    # Closes connections that carried no call (gRPC) or frame (exchange) for this long;
+    # None: never.
     idle_s: float | None = 60.0
     # Sends clients to a new connection after this long; None: never.
     max_age_s: float | None = None
@@ -73,18 +80,35 @@ def default_bound(descriptors: int) -> int:
 
 
 def connection_bound(limits: ConnectionLimits) -> int:
-    """The connections a port holds at once: the configured bound, else what the
-    descriptor limit leaves room for (default_bound)."""
+    """The connections a server holds at once over both its ports: the configured bound,
+    else what the descriptor limit leaves room for (default_bound)."""
     return limits.max_connections or default_bound(descriptor_limit())
 
 
-def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
-    """gRPC server options enforcing limits (the bound read from the descriptor limit now);
-    logs what they are."""
-    descriptors = descriptor_limit()
+@dataclass(frozen=True)
+class ConnectionShares:
+    """The one connection bound, split between a server's two ports."""
+
+    grpc: int
+    exchange: int
+
+
+def connection_shares(limits: ConnectionLimits) -> ConnectionShares:
+    """Half of the bound for each port (the gRPC port gets the odd one; each at least one).
+    Most callers hold one connection to each: a router's channel and exchange connection
+    to a node, the asyncio SDK's to a router."""
     bound = connection_bound(limits)
+    exchange = max(1, bound // 2)
+    return ConnectionShares(grpc=max(1, bound - exchange), exchange=exchange)
+
+
+def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
+    """gRPC server options enforcing limits on the gRPC port (its share of the bound read
+    from the descriptor limit now); logs what they are."""
+    descriptors = descriptor_limit()
+    shares = connection_shares(limits)
     options = [
-        ("grpc.max_allowed_incoming_connections", bound),
+        ("grpc.max_allowed_incoming_connections", shares.grpc),
         ("grpc.server_handshake_timeout_ms", _ms(limits.handshake_timeout_s)),
     ]
     if limits.idle_s:
@@ -94,9 +118,11 @@ def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
         if limits.age_grace_s is not None:
             options.append(("grpc.max_connection_age_grace_ms", _ms(limits.age_grace_s)))
     log.info(
-        "connection_limits max_connections=%d descriptors=%d handshake_timeout_s=%g idle_s=%s"
-        " max_age_s=%s age_grace_s=%s",
-        bound,
+        "connection_limits max_connections=%d grpc=%d exchange=%d descriptors=%d"
+        " handshake_timeout_s=%g idle_s=%s max_age_s=%s age_grace_s=%s",
+        shares.grpc + shares.exchange,
+        shares.grpc,
+        shares.exchange,
         descriptors,
         limits.handshake_timeout_s,
         f"{limits.idle_s:g}" if limits.idle_s else "off",
@@ -145,21 +171,24 @@ def add_flags(parser: argparse.ArgumentParser, defaults: ConnectionLimits) -> No
         "--max-connections",
         type=_count,
         default=defaults.max_connections,
-        help="connections held at once; more are closed when accepted (default: the"
-        f" descriptor limit less an eighth of it, or less {RESERVE_MIN} if that is more)",
+        help="connections held at once over the gRPC and exchange ports, half each; more are"
+        " closed when accepted (default: the descriptor limit less an eighth of it, or less"
+        f" {RESERVE_MIN} if that is more)",
     )
     group.add_argument(
         "--handshake-timeout-s",
         type=_positive_seconds,
         default=defaults.handshake_timeout_s,
-        help="close connections that have not finished the HTTP/2 handshake by then"
+        help="close connections that have not finished the HTTP/2 handshake (or sent their"
+        " exchange hello) by then"
         f" (default {defaults.handshake_timeout_s:g})",
     )
     group.add_argument(
         "--max-connection-idle-s",
         type=_seconds,
         default=defaults.idle_s or 0,
-        help="close connections that carried no call for this long; 0: never"
+        help="close connections that carried no call (gRPC) or frame (exchange port) for this"
+        " long; 0: never"
         f" (default {defaults.idle_s or 0:g})",
     )
     group.add_argument(

@@ -9,15 +9,24 @@ What the port admits is what the gRPC port admits for the same calls: the connec
 first message is an ExchangeHello checked once for the connection by the server's
 admission rule (a token in constant time; under mutual TLS the certificate's names),
 refused with the status a call would get, logged with the peer and never with what it
-sent. Bounds, so that no peer can take the server down: its connection bound
-(--max-connections) at once (others are closed at once); the TLS handshake and the hello
-within its handshake timeout; a hello at most MAX_HELLO_BYTES and a frame at most the
+sent. Bounds, so that no peer can take the server down: the port's share of the server's
+connection bound (--max-connections, shared with the gRPC port: connections.py) at once
+(others are closed at once); the TLS handshake and the hello within its handshake timeout;
+no frame for the idle time (--max-connection-idle-s: nothing read and nothing running)
+closes the connection, saying which frame was read last (last_id), as gRPC's
+max_connection_idle sends a GOAWAY; a hello at most MAX_HELLO_BYTES and a frame at most the
 message limit plus FRAME_OVERHEAD (a longer one, or one that is not a frame, is answered
 with a status naming the problem and the connection closed); MAX_FRAMES_RUNNING frames
 served at once per connection (more are refused with RESOURCE_EXHAUSTED; callers send
 what is beyond by gRPC, where maximum_concurrent_rpcs bounds it); replies wait for a slow
 reader (the transport's flow control), which holds its own connection's frames back, no
 one else's.
+
+A caller that ends its half of the stream between two messages (a TCP half-close) may
+still read: it is told the last frame read, its frames run and are answered, then the
+connection closes. A caller gone for good is noticed by the reset that answers that: its
+frames are cancelled, as gRPC cancels the calls of a connection that ends; so are those
+of a connection that ends inside a message, or whose reply cannot be written.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +45,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING
-from shardkv.serving.connections import ConnectionLimits, connection_bound
+from shardkv.serving.connections import ConnectionLimits, connection_shares
+from shardkv.serving.exchange_accept import Acceptor, peer_name
 from shardkv.serving.exchange_server import FrameServer, Refusal, status_reply
 from shardkv.v1 import exchange_pb2
 
@@ -48,6 +59,9 @@ Admission = Callable[[str, list[str]], tuple[grpc.StatusCode, str] | None]
 
 # The hello: a token, nothing more, and sent before the peer is known.
 MAX_HELLO_BYTES = 8 * 1024
+# How often a connection whose caller ended its stream is checked for a reset (the caller
+# gone), while its frames run.
+GONE_POLL_S = 0.1
 
 
 def add_flags(parser: argparse.ArgumentParser, calls: str, callers: str) -> None:
@@ -102,120 +116,162 @@ class ExchangeListener:
         connections: ConnectionLimits,
         max_running: int,
     ) -> None:
-        """connections: the server's bound on connections at once, admitted or not, and
-        its handshake timeout, as on its gRPC port (a peer that keeps opening connections
-        can hold the ones not admitted yet for the handshake timeout each, no longer; idle
-        and age limits are gRPC's, and TCP keepalive's here); max_running: frames served at once
+        """connections: the server's bound on connections at once (this port holds its
+        share, admitted or not), its handshake timeout and idle time, as on its gRPC port
+        (a peer that keeps opening connections can hold the ones not admitted yet for the
+        handshake timeout each, admitted ones for the idle time; the age limit is gRPC's
+        alone, and TCP keepalive drops dead peers here); max_running: frames served at once
         over all connections (the server's --max-concurrent-rpcs, as on its gRPC port);
-        welcome: the trailing metadata of the
-        answer to an admitted hello (naming the server, which callers may check)."""
+        welcome: the trailing metadata of the answer to an admitted hello (naming the
+        server, which callers may check)."""
         self._frames = frames
         self._welcome = exchange_pb2.ExchangeReply(trailing=welcome).SerializeToString()
-        self._max_connections = connection_bound(connections)
+        self._idle_s = connections.idle_s
         self._max_running = max_running
         self._admission = admission
-        self._tls = tls
         self._max_bytes = max_message_bytes + FRAME_OVERHEAD
         self._handshake_timeout_s = connections.handshake_timeout_s
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._acceptor = Acceptor(
+            self._accept,
+            bound=connection_shares(connections).exchange,
+            tls=tls,
+            handshake_timeout_s=connections.handshake_timeout_s,
+        )
+        self._serving = False
         self._running: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int = 0) -> int:
         """Listens on host:port (0: a port the OS picks); returns the bound port."""
-        server = await asyncio.start_server(
-            self._accept,
-            host.strip("[]"),
-            port,
-            ssl=self._tls,
-            ssl_handshake_timeout=self._handshake_timeout_s if self._tls else None,
-        )
-        self._server = server
-        return int(server.sockets[0].getsockname()[1])
+        bound = await self._acceptor.start(host.strip("[]"), port)
+        self._serving = True
+        return bound
 
     async def stop(self, grace: float) -> None:
         """Stops accepting and reading, telling each caller the last frame read (the
         others may go elsewhere); frames already running get up to grace seconds to be
         answered, then every connection is closed."""
-        server, self._server = self._server, None
-        if server is None:
+        if not self._serving:
             return
-        server.close()
-        for connection in list(self._connections):
+        self._serving = False
+        self._acceptor.close()
+        connections = list(self._acceptor.connections)
+        for connection in connections:
             connection.cancel()
         if self._running:
             await asyncio.wait(set(self._running), timeout=grace)
         for task in list(self._running):
             task.cancel()
-        await asyncio.gather(*self._connections, *self._running, return_exceptions=True)
+        await asyncio.gather(*connections, *self._running, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= self._max_connections or self._server is None:
-            peer = _peer(writer)
-            bound = self._max_connections
-            log.warning("exchange connection from %s closed: %d open", peer, bound)
-            writer.close()
-            return
-        self._connections.add(task)
         keepalive.enable(writer.transport)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._connections.discard(task)
-            writer.close()
+        await self._serve(reader, writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer(writer)
-        running: set[asyncio.Task[None]] = set()
-        last_id = 0  # the newest frame read
+        caller = _Caller(writer)
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
                 hello_bytes = await self._message(reader, MAX_HELLO_BYTES)
+                if hello_bytes is None:
+                    return  # gone before its hello
                 hello = _parse(exchange_pb2.ExchangeHello, hello_bytes, "hello")
             refusal = self._admission(hello.authorization, _certificate_names(writer))
             if refusal is not None:
                 raise Refusal(*refusal)
             await _send(writer, self._welcome)  # id 0, code OK: admitted
-            loop = asyncio.get_running_loop()
-            while True:
-                frame_bytes = await self._message(reader, self._max_bytes)
-                frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
-                if frame.id == 0:
-                    raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
-                last_id = max(last_id, frame.id)
-                busy = self._busy(len(running))
-                if busy is not None:
-                    reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
-                    await _send(writer, reply)
-                    continue
-                task = loop.create_task(self._answer(frame, writer, peer))
-                for group in (running, self._running):
-                    group.add(task)
-                    task.add_done_callback(group.discard)
+            if await self._read_frames(reader, caller):
+                await self._finish(caller)
+            else:
+                idle = f"no frame for {self._idle_s:g}s"
+                log.info("exchange connection from %s closed: %s", caller.peer, idle)
+                caller.tell(idle)
         except asyncio.CancelledError:
             # The server stops (stop()): the caller learns which frames were read, which
             # are answered within the grace, and sends the others elsewhere.
-            if not writer.is_closing():
-                writer.write(_framed(_going_away(last_id)))
-            if running:
-                await asyncio.wait(running)
+            caller.tell("server stopping")
+            if caller.running:
+                await asyncio.wait(caller.running)
             raise
         except Refusal as refused:
-            log.warning("refused exchange connection from %s: %s", peer, refused.details)
+            log.warning("refused exchange connection from %s: %s", caller.peer, refused.details)
             await _send(writer, status_reply(0, refused.code, refused.details))
         except TimeoutError:
-            log.warning("exchange connection from %s sent no hello in time", peer)
+            log.warning("exchange connection from %s sent no hello in time", caller.peer)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass  # the caller went away (or stopped mid-message): nobody is left to answer
+            pass  # the caller went away mid-message, or reset: nobody is left to answer
         # Nobody is left to take the answers of the frames still running: they are
         # cancelled, as gRPC cancels the calls of a connection that ends. (A server
         # stopping cancels this task instead, and stop() gives them the grace.)
-        for task in running:
+        for task in caller.running:
             task.cancel()
-        if running:
-            await asyncio.wait(running)
+        if caller.running:
+            await asyncio.wait(caller.running)
+
+    async def _read_frames(self, reader: asyncio.StreamReader, caller: _Caller) -> bool:
+        """Reads frames and starts each, until the caller ends its stream between two
+        messages (True) or the connection carries no frame for the idle time, none read
+        and none running (False; a frame that arrives as it ends stays unread)."""
+        loop = asyncio.get_running_loop()
+        running = caller.running
+        idle = asyncio.timeout(None)
+        active_at = loop.time()  # when a frame was last read or answered
+        timer: asyncio.TimerHandle | None = None
+
+        def answered(_: object) -> None:
+            nonlocal active_at
+            active_at = loop.time()
+
+        def check(idle_s: float) -> None:  # once per idle time at most, not once per frame
+            nonlocal timer
+            now = loop.time()
+            if running or now < active_at + idle_s:
+                timer = loop.call_at((now if running else active_at) + idle_s, check, idle_s)
+            else:
+                idle.reschedule(now)  # the read in progress ends with TimeoutError
+
+        if self._idle_s:
+            timer = loop.call_at(active_at + self._idle_s, check, self._idle_s)
+        try:
+            async with idle:
+                while (frame_bytes := await self._message(reader, self._max_bytes)) is not None:
+                    active_at = loop.time()
+                    frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
+                    if frame.id == 0:
+                        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
+                    caller.last_id = max(caller.last_id, frame.id)
+                    busy = self._busy(len(running))
+                    if busy is not None:
+                        reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
+                        await _send(caller.writer, reply)
+                        continue
+                    task = loop.create_task(self._answer(frame, caller.writer, caller.peer))
+                    for group in (running, self._running):
+                        group.add(task)
+                        task.add_done_callback(group.discard)
+                    task.add_done_callback(answered)
+                return True
+        except TimeoutError:
+            if not idle.expired():
+                raise
+            return False
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _finish(self, caller: _Caller) -> None:
+        """The caller ended its stream between two messages (a TCP half-close) and may
+        still read: it is told the last frame read, and the frames running write their
+        replies. Returns at once when it turns out to be gone (the socket reset, as a
+        closed socket answers what is sent to it, or a reply failed to be written): the
+        frames left are then cancelled."""
+        if not caller.running:
+            return
+        caller.tell("the caller ended its stream")
+        sock = caller.writer.get_extra_info("socket")
+        while caller.running and not caller.writer.is_closing():
+            await asyncio.wait(set(caller.running), timeout=GONE_POLL_S)
+            if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                return
 
     def _busy(self, running: int) -> str | None:
         """Why a frame is refused for load (RESOURCE_EXHAUSTED, as gRPC refuses calls
@@ -226,8 +282,15 @@ class ExchangeListener:
             return f"{self._max_running} frames already running on this server"
         return None
 
-    async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes:
-        (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
+    async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes | None:
+        """The next message; None when the stream ends before it, between two messages."""
+        try:
+            prefix = await reader.readexactly(LENGTH_PREFIX.size)
+        except asyncio.IncompleteReadError as ended:
+            if ended.partial:
+                raise
+            return None
+        (length,) = LENGTH_PREFIX.unpack(prefix)
         if length > limit:
             raise Refusal(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -245,6 +308,24 @@ class ExchangeListener:
         await _send(writer, reply)
 
 
+class _Caller:
+    """One admitted connection: its writer, the frames running and the newest frame read."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.peer = _peer(writer)
+        self.running: set[asyncio.Task[None]] = set()
+        self.last_id = 0
+        self._told = False
+
+    def tell(self, why: str) -> None:
+        """Tells the caller (once) that no frame after last_id is read, and why: the frames
+        up to it are answered, later ones may go elsewhere (gRPC's GOAWAY)."""
+        if not self._told and not self.writer.is_closing():
+            self.writer.write(_framed(_going_away(self.last_id, why)))
+        self._told = True
+
+
 def _parse(kind: type[M], data: bytes, what: str) -> M:
     try:
         return kind.FromString(data)
@@ -252,9 +333,8 @@ def _parse(kind: type[M], data: bytes, what: str) -> M:
         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"not an exchange {what}: {exc}") from exc
 
 
-def _going_away(last_id: int) -> bytes:
+def _going_away(last_id: int, message: str) -> bytes:
     code = grpc.StatusCode.UNAVAILABLE.value[0]
-    message = "server stopping"
     return exchange_pb2.ExchangeReply(
         code=code, message=message, last_id=last_id
     ).SerializeToString()
@@ -278,11 +358,7 @@ async def _send(writer: asyncio.StreamWriter, message: bytes) -> None:
 
 def _peer(writer: asyncio.StreamWriter) -> str:
     """The peer as gRPC names one ("ipv4:127.0.0.1:50000"), for logs and telemetry."""
-    address = writer.get_extra_info("peername")
-    if not address:
-        return "unknown"
-    host, port = address[0], address[1]
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+    return peer_name(writer.get_extra_info("peername"))
 
 
 def _certificate_names(writer: asyncio.StreamWriter) -> list[str]:

@@ -3,10 +3,11 @@
 Idle TCP connections took every descriptor of the router (then new clients' calls timed
 out) and the metrics endpoint ran a thread per connection. Now the descriptor limit is
 raised to its hard maximum at start, gRPC closes connections beyond a bound derived from
-it, connections that never speak HTTP/2 and idle ones are closed after a while, and the
-metrics endpoint is an asyncio server on the event loop with its own bound. Every process
-runs for real; the router's descriptor limit is lowered with prlimit so that it is
-reachable with a few thousand connections.
+it (one bound over the gRPC and exchange ports together), connections that never speak
+HTTP/2 and idle ones (on either port) are closed after a while, and the metrics endpoint is
+an asyncio server on the event loop with its own bound. Every process runs for real; the
+router's descriptor limit is lowered with prlimit so that it is reachable with a few
+thousand connections.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import exchange_wire as wire
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import Cluster, Proc, router_proc, shardd_proc, wait_serving, write_cluster_toml
-from shardkv.v1 import kv_pb2, kv_pb2_grpc
+from shardkv.v1 import exchange_pb2, kv_pb2, kv_pb2_grpc
 
 METRICS = ["--metrics-listen", "127.0.0.1:0"]
 
@@ -32,6 +34,11 @@ METRICS = ["--metrics-listen", "127.0.0.1:0"]
 SOFT, HARD = 256, 1024
 FLOOD = 2000
 METRICS_FLOOD = 1000
+# Idle connections to each port of a router pinned to SOFT descriptors (bound 192: 96 each).
+PORT_FLOOD = 200
+IDLE_S = 4
+# An HTTP/2 client's first bytes: the preface and an empty SETTINGS frame.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
 
 
 def _status(pid: int, field: str) -> int:
@@ -92,10 +99,24 @@ def _scrape(address: str) -> tuple[int, float]:
 def limited(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """Three nodes and a router, all serving metrics; the router is started by prlimit with
     SOFT descriptors, HARD at most."""
+    yield from _cluster(tmp_path, request, getattr(request, "param", []), SOFT, HARD)
+
+
+@pytest.fixture
+def pinned(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """As limited, but the router's SOFT descriptors are also its hard limit (it cannot
+    raise it), and it closes connections idle for IDLE_S."""
+    idle = ["--max-connection-idle-s", str(IDLE_S)]
+    yield from _cluster(tmp_path, request, idle, SOFT, SOFT)
+
+
+def _cluster(
+    tmp_path: Path, request: pytest.FixtureRequest, extra: Sequence[str], soft: int, hard: int
+) -> Iterator[Cluster]:
     nodes = [shardd_proc(tmp_path, f"n{i}", extra=METRICS) for i in (1, 2, 3)]
     config = write_cluster_toml(tmp_path / "cluster.toml", nodes)
-    router = router_proc(tmp_path, config, extra=[*METRICS, *getattr(request, "param", [])])
-    router.argv = ["prlimit", f"--nofile={SOFT}:{HARD}", "--", *router.argv]
+    router = router_proc(tmp_path, config, extra=[*METRICS, *extra])
+    router.argv = ["prlimit", f"--nofile={soft}:{hard}", "--", *router.argv]
     cluster = Cluster(tmp_path, nodes, [router], config)
     try:
         for proc in nodes:
@@ -238,3 +259,102 @@ def test_idle_and_old_connections_are_closed(limited: Cluster) -> None:
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
         assert "max connection age" in (err.value.details() or "")
         assert time.monotonic() - started < 5
+
+
+def _exchange_port(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        reply = kv_pb2_grpc.KVStub(channel).ExchangePort(kv_pb2.ExchangePortRequest(), timeout=5)
+    return int(reply.port)
+
+
+def _put_frame(sock: socket.socket, frame_id: int, key: bytes) -> int:
+    """The status code of a Put sent as a frame on an admitted exchange connection."""
+    wire.send(sock, wire.frame(frame_id, "/shardkv.v1.KV/Put", kv_pb2.PutRequest(key=key)))
+    reply = wire.reply(sock)
+    while reply is not None and reply.id == 0 and reply.HasField("last_id"):
+        reply = wire.reply(sock)  # told it was idle, in the same instant: not the answer
+    assert reply is not None and reply.id == frame_id, reply
+    return int(reply.code)
+
+
+def _closed_by_server(sock: socket.socket, deadline: float) -> bool:
+    """Whether the server ends the connection by deadline (whatever it says first)."""
+    sock.settimeout(max(0.01, deadline - time.monotonic()))
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_idle_connections_to_both_ports_leave_descriptors_in_reserve(pinned: Cluster) -> None:
+    """The gRPC and exchange ports share one bound: 200 idle exchange connections (hello
+    sent) and 200 idle HTTP/2 connections to a router with 256 descriptors hold at most 192
+    (96 each) and leave it the rest; connected clients are served throughout; idle exchange
+    connections are closed after the idle time, as gRPC closes its idle ones, and a new
+    client is served. Before, each port held up to 192: the flood took all 256 descriptors,
+    nothing closed the exchange connections, and a new client's Put timed out."""
+    router = pinned.router
+    pid = router.pid
+    port = _exchange_port(router.address)
+    with grpc.insecure_channel(router.address) as connected, wire.connect(port) as early:
+        welcome = wire.hello(early)
+        assert welcome is not None and welcome.code == 0, welcome
+        assert _put_frame(early, 1, b"early") == 0
+        _put(connected, b"before", 5)
+        base = _descriptors(pid)
+        exchange: list[socket.socket] = []
+        http2: list[socket.socket] = []
+        try:
+            for _ in range(PORT_FLOOD):
+                exchange.append(sock := socket.create_connection(("127.0.0.1", port), 5))
+                wire.send(sock, exchange_pb2.ExchangeHello().SerializeToString())
+            grpc_port = int(router.address.rpartition(":")[2])
+            for _ in range(PORT_FLOOD):
+                http2.append(sock := socket.create_connection(("127.0.0.1", grpc_port), 5))
+                sock.sendall(HTTP2_PREFACE)
+            time.sleep(1.5)
+            held = _descriptors(pid)
+            assert held - base <= 192 + 4, f"{held - base} connections held, bound 192 ({held})"
+            assert held < SOFT - 32, f"{held} descriptors open of {SOFT}"
+            # Clients connected before the flood are served throughout, on both ports.
+            _put(connected, b"during", 5)
+            assert _put_frame(early, 2, b"early-during") == 0
+            started = time.monotonic()
+            deadline = started + IDLE_S + 6
+            closed = [_closed_by_server(sock, deadline) for sock in exchange]
+            closed_within = time.monotonic() - started
+            assert all(closed), f"{closed.count(False)} idle exchange connections left open"
+            # A new client is served once idle connections are closed.
+            started = time.monotonic()
+            options = [
+                ("grpc.use_local_subchannel_pool", 1),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+            with grpc.insecure_channel(router.address, options=options) as fresh:
+                try:
+                    _put(fresh, b"new-client", 30)
+                except grpc.RpcError as err:
+                    raise AssertionError(
+                        f"a new client's call failed: {err.code()}; router descriptors"
+                        f" {_descriptors(pid)} of {SOFT}"
+                    ) from err
+            with wire.connect(port) as late:
+                welcome = wire.hello(late)
+                assert welcome is not None and welcome.code == 0, welcome
+                assert _put_frame(late, 1, b"late") == 0
+            waited = time.monotonic() - started
+        finally:
+            for sock in exchange + http2:
+                sock.close()
+    print(
+        f"{PORT_FLOOD} idle exchange and {PORT_FLOOD} idle HTTP/2 connections: router"
+        f" descriptors {base} -> {held} of {SOFT}; {sum(closed)} exchange connections closed"
+        f" within {closed_within:.1f} s; a new client served after {waited:.1f} s"
+    )
+    assert "File descriptor limit reached" not in router.log()
+    assert re.search(r"connection_limits max_connections=192 grpc=96 exchange=96", router.log())

@@ -4,10 +4,13 @@ Raw TCP against a real shardd (exchange.proto, for the wire): without the
 node token, or with a wrong one, the connection is refused with UNAUTHENTICATED before any
 frame is read; oversized, malformed or truncated messages and silence get a status naming
 the problem (or just the connection closed), and the node keeps serving and loses nothing.
+Frames sent before the caller ends its half of the stream are answered; a connection that
+carries no frame for the idle time is closed.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from pathlib import Path
@@ -156,5 +159,61 @@ def test_bad_input_on_the_exchange_port_is_answered_and_the_node_keeps_serving(
         log = node.log()
         assert "exceeds this server's limit" in log and "not an exchange frame" in log, log
         assert "sent no hello in time" in log, log
+    finally:
+        node.stop()
+
+
+def _replies(sock: socket.socket) -> list[exchange_pb2.ExchangeReply]:
+    """Every reply until the node closes the connection."""
+    replies = []
+    while (answer := wire.reply(sock)) is not None:
+        replies.append(answer)
+    return replies
+
+
+@pytest.mark.timeout(60)
+def test_frames_sent_before_a_half_close_are_answered(node: Proc) -> None:
+    """A caller that sends its frames and then ends its half of the stream (shutdown
+    SHUT_WR) still reads: the node says which frames it read (last_id), answers each, then
+    closes. Before, it took the end of the stream for the caller gone, cancelled the frames
+    and closed without an answer, though the write could be applied."""
+    port = _port(node)
+    with wire.connect(port) as sock:
+        assert wire.hello(sock) is not None
+        get = wire.frame(2, "/shardkv.v1.KV/Get", kv_pb2.GetRequest(key=b"before-eof"))
+        data = b"".join(struct.pack(">I", len(m)) + m for m in (_apply_frame(1, b"half"), get))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        replies = _replies(sock)
+    answered = sorted((r.id, r.code) for r in replies if r.id)
+    print("replies after the half-close:", [(r.id, r.code, r.last_id) for r in replies])
+    assert answered == [(1, 0), (2, 0)], replies
+    going = [r for r in replies if r.id == 0]
+    assert len(going) == 1 and going[0].last_id == 2, replies
+    assert _value(node, b"half") == b"v-half"
+    assert node.alive()
+
+
+@pytest.mark.timeout(60)
+def test_idle_exchange_connections_are_closed(tmp_path: Path) -> None:
+    """A connection that carries no frame for --max-connection-idle-s is told which frame
+    was read last and closed (gRPC's max_connection_idle and its GOAWAY). Before, an
+    admitted connection stayed open for good, however long it carried nothing."""
+    node = shardd_proc(tmp_path, "n1", extra=["--max-connection-idle-s", "1"]).start()
+    try:
+        port = _port(node)
+        with wire.connect(port) as sock:
+            assert wire.hello(sock) is not None
+            wire.send(sock, _apply_frame(3, b"idle"))
+            answer = wire.reply(sock)
+            assert answer is not None and answer.id == 3 and answer.code == 0, answer
+            started = time.monotonic()
+            replies = _replies(sock)
+            closed_after = time.monotonic() - started
+        assert [(r.id, r.code, r.last_id) for r in replies] == [
+            (0, grpc.StatusCode.UNAVAILABLE.value[0], 3)
+        ], replies
+        assert 0.8 < closed_after < 3, closed_after
+        assert _value(node, b"idle") == b"v-idle"
     finally:
         node.stop()

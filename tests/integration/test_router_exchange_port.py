@@ -326,6 +326,37 @@ def test_frames_beyond_the_routers_concurrency_bound_are_refused(cluster: Cluste
 
 
 @pytest.mark.timeout(90)
+def test_a_frame_running_past_the_idle_time_keeps_its_connection(cluster: Cluster) -> None:
+    """--max-connection-idle-s counts from the last frame answered: a write running
+    longer than that (its owners are stopped: it ends when the router's node calls time
+    out, after 1 s) is answered on its connection, which is closed (last_id told) only
+    once idle for that long after the answer."""
+    token = ["--token-file", str(cluster.base / "token")]
+    extra = [*token, "--max-connection-idle-s", "0.5"]
+    idle = router_proc(cluster.base, cluster.config, "r5", extra=extra)
+    cluster.routers.append(idle.start())
+    with wire.connect(_exchange_port(idle.address)) as sock:
+        assert wire.hello(sock, f"Bearer {TOKEN}") is not None
+        for node in cluster.nodes:
+            node.signal(signal.SIGSTOP)
+        try:
+            sent = time.monotonic()
+            wire.send(sock, _write(1, b"slow"))
+            answered = wire.reply(sock)
+            ran = time.monotonic() - sent
+            going = wire.reply(sock)
+            quiet = time.monotonic() - sent - ran
+            assert wire.reply(sock) is None
+        finally:
+            for node in cluster.nodes:
+                node.signal(signal.SIGCONT)
+    assert answered is not None and answered.id == 1, answered
+    assert going is not None and going.id == 0 and going.last_id == 1, going
+    assert ran > 0.8 and 0.4 < quiet < 2, (ran, quiet)
+    idle.stop()
+
+
+@pytest.mark.timeout(90)
 def test_a_stopping_router_says_which_frames_it_read_and_answers_them(cluster: Cluster) -> None:
     """SIGTERM with a frame running: the router tells the connection the last frame it
     read (gRPC's GOAWAY), answers that frame within its grace, never reads the next, and

@@ -97,17 +97,22 @@ def test_a_taken_port_is_an_os_error_naming_the_address() -> None:
 
 def test_connection_limits_become_grpc_options() -> None:
     limits = connections.ConnectionLimits(max_connections=100, max_age_s=2.5, age_grace_s=1)
+    # The gRPC port holds half the bound; the exchange port the other half.
+    assert connections.connection_shares(limits) == connections.ConnectionShares(50, 50)
     assert dict(connections.server_options(limits)) == {
-        "grpc.max_allowed_incoming_connections": 100,
+        "grpc.max_allowed_incoming_connections": 50,
         "grpc.server_handshake_timeout_ms": 10_000,
         "grpc.max_connection_idle_ms": 60_000,
         "grpc.max_connection_age_ms": 2500,
         "grpc.max_connection_age_grace_ms": 1000,
     }
     options = dict(connections.server_options(connections.ConnectionLimits(idle_s=None)))
-    assert options["grpc.max_allowed_incoming_connections"] == connections.default_bound(
-        connections.descriptor_limit()
-    )
+    bound = connections.default_bound(connections.descriptor_limit())
+    assert options["grpc.max_allowed_incoming_connections"] == bound - bound // 2
+    odd = connections.ConnectionLimits(max_connections=7)
+    assert connections.connection_shares(odd) == connections.ConnectionShares(4, 3)
+    one = connections.ConnectionLimits(max_connections=1)
+    assert connections.connection_shares(one) == connections.ConnectionShares(1, 1)
     assert "grpc.max_connection_idle_ms" not in options
     assert "grpc.max_connection_age_ms" not in options
     assert connections.default_bound(1024) == 896
