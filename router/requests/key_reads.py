@@ -88,12 +88,16 @@ class KeyReader:
         budget: ReadBudget | None,
     ) -> list[ReadOutcome]:
         """Reads keys from their live owners, routed under epoch."""
+        # The nodes that count as the quorums are sized: the replies left out when the
+        # answer is chosen and repairs sent (set_uncounted: requests in flight keep theirs).
+        uncounted = self._ring.uncounted
         group: QuorumGroup[replica_pb2.Record] = QuorumGroup(deadline)
         quorums: list[Quorum[replica_pb2.Record]] = []
         outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
         for key in keys:
             quorum = group.quorum(
-                needed + self._ring.pending(key, self._n), partial(self._repair, key, epoch)
+                needed + self._ring.pending(key, self._n),
+                partial(self._repair, key, epoch, uncounted),
             )
             for owner in self._ring.preference_list(key, self._n):
                 if self._health.is_down(owner):
@@ -119,27 +123,22 @@ class KeyReader:
                 error = quorum.describe("read", key, self._n)
                 outcomes.append(read_failed(key, error, quorum.failure_code()))
                 continue
-            best = hlc.newest(self._counted(quorum))
+            best = hlc.newest(_counted(quorum, uncounted))
             self._clock.observe(best.version)
             outcomes.append(record_entry(key, best))
         return outcomes
 
-    def _counted(self, quorum: Quorum[replica_pb2.Record]) -> list[replica_pb2.Record]:
-        """The replies that decide a read: a node that does not count (its data directory is
-        being checked or rebuilt) may hold a value deleted and purged everywhere else, so
-        its reply never wins nor spreads by read repair (R + pending replies include R
-        from nodes that count)."""
-        uncounted = self._ring.uncounted
-        if not uncounted:
-            return list(quorum.ok.values())
-        counted = [record for name, record in quorum.ok.items() if name not in uncounted]
-        return counted or list(quorum.ok.values())
-
-    def _repair(self, key: bytes, epoch: int, quorum: Quorum[replica_pb2.Record]) -> None:
+    def _repair(
+        self,
+        key: bytes,
+        epoch: int,
+        uncounted: frozenset[str],
+        quorum: Quorum[replica_pb2.Record],
+    ) -> None:
         """Sends the newest record to every replica that answered with an older one or none."""
         if not quorum.ok:
             return
-        best = hlc.newest(self._counted(quorum))
+        best = hlc.newest(_counted(quorum, uncounted))
         if not best.version:
             return
         for node_id, record in quorum.ok.items():
@@ -161,3 +160,16 @@ class KeyReader:
         deadline = asyncio.get_running_loop().time() + self._repair_timeout_s
         apply_to(self._clients, node_id, [(best, ignore)], deadline, epoch)
         self.repairs += 1
+
+
+def _counted(
+    quorum: Quorum[replica_pb2.Record], uncounted: frozenset[str]
+) -> list[replica_pb2.Record]:
+    """The replies that decide a read: a node that does not count (its data directory is
+    being checked or rebuilt) may hold a value deleted and purged everywhere else, so its
+    reply never wins nor spreads by read repair (R + pending replies include R from nodes
+    that count). uncounted: as the read's quorums were sized."""
+    if not uncounted:
+        return list(quorum.ok.values())
+    counted = [record for name, record in quorum.ok.items() if name not in uncounted]
+    return counted or list(quorum.ok.values())

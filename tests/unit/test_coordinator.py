@@ -281,3 +281,38 @@ def test_read_repair_updates_the_stale_owners_a_read_asked() -> None:
         assert cluster.coordinator.repairs == 2
 
     run(scenario)
+
+
+@pytest.mark.timeout(10)
+def test_a_node_becoming_uncounted_mid_read_leaves_the_quorum_it_was_counted_in() -> None:
+    """A read sizes its quorums by the nodes that count when it starts (Placement.
+    set_uncounted: requests in flight keep their quorums). Its answer dropped the reply
+    of an owner found uncounted meanwhile (a node going DOWN and UP again is checked anew)
+    and answered from the one stale reply left."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster(4)
+        placement = cluster.coordinator.placement
+        key = next(k for k in (b"k/%d" % i for i in range(10_000)) if "n4" not in cluster.owners(k))
+        first, slow, behind = cluster.owners(key)
+        other = next(
+            k
+            for k in (b"j/%d" % i for i in range(10_000))
+            if {slow, "n4"} <= set(cluster.owners(k))
+        )
+        new = replica_pb2.Record(key=key, value=b"v2", version=20, writer=7)
+        cluster.nodes[first].records[key] = cluster.nodes[slow].records[key] = new
+        cluster.nodes[behind].records[key] = replica_pb2.Record(
+            key=key, value=b"v1", version=10, writer=7
+        )
+        placement.set_uncounted(frozenset({"n4"}))  # n4 is rebuilt: the general read path
+        cluster.nodes[slow].silent = cluster.nodes["n4"].silent = True  # other keeps it open
+        read = asyncio.ensure_future(
+            cluster.coordinator.read([key, other], 2, cluster.deadline(0.5))
+        )
+        await settle()  # first and behind answered: the key's quorum of 2 is decided
+        placement.set_uncounted(frozenset({"n4", first}))
+        outcomes = await read
+        assert read_value(outcomes[0]) == b"v2", read_error(outcomes[0]) or "the older value"
+
+    run(scenario)
