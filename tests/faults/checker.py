@@ -77,7 +77,8 @@ WriterOf = Callable[[Op], int]
 
 
 def one_writer(op: Op) -> int:
-    """Every version comes from one writer: one router (or one node serving alone)."""
+    """Every version comes from one writer: one router (or one node serving alone), named
+    0 whatever its number."""
     return 0
 
 
@@ -259,14 +260,16 @@ class _KeyHistory:
                 self._add(LOST, read, f"the version it read is above the {self.final}")
 
     def _check_tombstone(self) -> None:
-        """A final tombstone must be a delete's: an acknowledged one with its version, or an
-        unknown-outcome one whose clock could have stamped that version."""
-        if not (self.final.version and self.final.tombstone):
+        """A final tombstone must be a delete's: an acknowledged one with its stamp
+        (version and writer), or an unknown-outcome one whose clock is the tombstone's
+        writer and could have stamped that version."""
+        final = self.final
+        if not (final.version and final.tombstone):
             return
-        deletes = [op for op in self.writes if op.kind == DELETE]
-        if any(op.outcome == OK and op.version == self.final.version for op in deletes):
+        deletes = [op for op in self.writes if op.kind == DELETE and self._final_writer(op)]
+        if any(op.outcome == OK and op.version == final.version for op in deletes):
             return
-        if any(op.outcome != OK and self._could_stamp(op, self.final.version) for op in deletes):
+        if any(op.outcome != OK and self._could_stamp(op, final.version) for op in deletes):
             return
         self._add(
             SILENT_DELETE,
@@ -274,6 +277,11 @@ class _KeyHistory:
             f"no delete wrote the {self.final} ({len(deletes)} deletes of the key, none"
             " acknowledged with that version or could have been stamped with it)",
         )
+
+    def _final_writer(self, write: Op) -> bool:
+        """Whether write's writer is the final record's: the same number, or the one writer
+        of a history that names none (one_writer's 0)."""
+        return self.writer_of(write) in (0, self.final.writer)
 
     def _could_stamp(self, write: Op, version: int) -> bool:
         """Whether write's clock could have stamped it with version, given the stamps known

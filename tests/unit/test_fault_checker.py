@@ -186,6 +186,22 @@ def test_a_final_tombstone_no_delete_wrote_is_a_silent_deletion() -> None:
     assert check(late, tombstone(30)).problems() == []
 
 
+def test_a_tombstone_carries_the_writer_of_the_delete_that_wrote_it() -> None:
+    # A delete through r1 and a put through r2 acknowledged at one version: the put wins
+    # the tie, so a final tombstone with r2's writer was written by no delete.
+    ops = [delete(0, 1, 10, worker="c0w2"), put(b"a", 0, 1, 10, worker="c1w1")]
+    assert SILENT_DELETE in kinds(check(ops, final(b"", 10, True, R2), writer_of=ROUTERS))
+    assert check(ops[:1], final(b"", 10, True, R1), writer_of=ROUTERS).problems() == []
+    # A delete through r1 of unknown outcome stamps r1's writer, never r2's.
+    unknown = [
+        put(b"a", 0, 1, 10, worker="c1w1"),
+        delete(0.5, 1.5, 0, outcome=UNKNOWN, worker="c0w2"),
+        get(None, 2, 3, 0),
+    ]
+    verdict = check(unknown, final(b"", 10, True, R2), writer_of=ROUTERS)
+    assert SILENT_DELETE in kinds(verdict), verdict.problems()
+
+
 def test_an_acknowledged_write_with_version_0_is_unversioned() -> None:
     # Without the check, version 0 would hide that the write is lost.
     ops = [put(b"a", 0, 1, 10), put(b"b", 2, 3, 0)]
