@@ -34,8 +34,11 @@ value deleted and purged everywhere else, so it is never a source, and its segme
 Passes run every ``[repair] interval_s``, on demand (Admin Repair), and shortly after a
 node comes back from DOWN (over the segments it replicates only: it may have missed
 writes that no hint covers), one at a time, paced to ``max_records_per_s`` on the nodes'
-walks and on the records copied. A move cancels a running pass, and no pass starts while
-the topology is in transition (a returning node's pass waits until the move is over).
+walks and on the records copied. A node marked DOWN is not asked, and a long call to a
+node that goes DOWN meanwhile (hung, or cut off without a reset) is given up (while_up):
+its segments are skipped and no tombstone is purged by that pass. A move cancels a
+running pass, and no pass starts while the topology is in transition (a returning node's
+pass waits until the move is over).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from shardkv.router.membership.move_plan import MoveConflict, now_ms
 from shardkv.router.pace import Pacer
 from shardkv.router.placement.current import Piece, merge_ranges, pieces, segment_cuts
 from shardkv.router.repair.reconcile import Reconciler, RepairProgress
-from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.health import NodeHealth, NodeWentDown, while_up
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
@@ -212,7 +215,7 @@ class AntiEntropy:
         status.segments_covered = len(covered)
 
         status.phase = "exchange"
-        reconciler = Reconciler(self._membership.clients, pacer=pacer, status=status)
+        reconciler = Reconciler(self._membership.clients, self._health, pacer=pacer, status=status)
         reconciled = await reconciler.run(
             [segments[i] for i in differing], pace=settings.max_records_per_s
         )
@@ -242,11 +245,15 @@ class AntiEntropy:
             if node_id in self._membership.placement.uncounted:
                 return None  # its directory is being checked or rebuilt: never a source
             try:
-                answers = await clients[node_id].token_digests(
-                    ranges, count_only=False, pace=pace, timeout_s=BULK_TIMEOUT_S
+                answers = await while_up(
+                    self._health,
+                    node_id,
+                    clients[node_id].token_digests(
+                        ranges, count_only=False, pace=pace, timeout_s=BULK_TIMEOUT_S
+                    ),
                 )
-            except grpc.aio.AioRpcError as err:
-                log.warning("repair: %s could not digest: %s", node_id, err.code().name)
+            except (grpc.aio.AioRpcError, NodeWentDown) as err:
+                log.warning("repair: %s could not digest: %s", node_id, _reason(err))
                 return None
             owned = {i: answers[i] for i in plan.by_node.get(node_id, [])}
             foreign = sum(a.count for i, a in enumerate(answers) if i not in owned)
@@ -262,7 +269,7 @@ class AntiEntropy:
         failed or has not run yet). Nothing else stores records on a non-owner, and such a
         copy, unseen by the owners' digests, could outlive their purged tombstone and come
         back when its node owns the range again. Returns whether every node did (else no
-        tombstone may be purged)."""
+        tombstone may be purged); a node DOWN did not."""
         clients = self._membership.clients
         swept = True
         for node_id, client in list(clients.items()):
@@ -278,15 +285,21 @@ class AntiEntropy:
             if not ranges:
                 continue
             try:
-                dropped = await client.purge_token_ranges(
-                    ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=plan.epoch
+                if self._health.is_down(node_id):
+                    raise NodeWentDown(f"{node_id} is DOWN")
+                dropped = await while_up(
+                    self._health,
+                    node_id,
+                    client.purge_token_ranges(
+                        ranges, all_records=True, timeout_s=BULK_TIMEOUT_S, epoch=plan.epoch
+                    ),
                 )
-            except grpc.aio.AioRpcError as err:
+            except (grpc.aio.AioRpcError, NodeWentDown) as err:
                 log.warning(
                     "repair: %s could not drop copies of ranges it does not own (%s); no"
                     " tombstone purged",
                     node_id,
-                    err.code().name,
+                    _reason(err),
                 )
                 swept = False
                 continue
@@ -315,17 +328,21 @@ class AntiEntropy:
                 for i in indices
                 if i in covered and not waiting.intersection(plan.segments[i].old)
             )
-            if not ranges or node_id not in clients:
-                continue
+            if not ranges or node_id not in clients or self._health.is_down(node_id):
+                continue  # a node DOWN keeps its tombstones until a later pass
             try:
-                status.tombstones_purged += await clients[node_id].purge_token_ranges(
-                    ranges,
-                    tombstones_before=before_version,
-                    timeout_s=BULK_TIMEOUT_S,
-                    epoch=plan.epoch,
+                status.tombstones_purged += await while_up(
+                    self._health,
+                    node_id,
+                    clients[node_id].purge_token_ranges(
+                        ranges,
+                        tombstones_before=before_version,
+                        timeout_s=BULK_TIMEOUT_S,
+                        epoch=plan.epoch,
+                    ),
                 )
-            except grpc.aio.AioRpcError as err:
-                log.warning("repair: %s could not purge tombstones: %s", node_id, err.code().name)
+            except (grpc.aio.AioRpcError, NodeWentDown) as err:
+                log.warning("repair: %s could not purge tombstones: %s", node_id, _reason(err))
 
     async def _hint_targets(self) -> set[str]:
         """Nodes some node holds hints for; every node must answer (else: all, no purge)."""
@@ -345,3 +362,7 @@ def _by_node(segments: Sequence[Piece]) -> dict[str, list[int]]:
         for node_id in segment.old:
             by_node.setdefault(node_id, []).append(index)
     return by_node
+
+
+def _reason(err: Exception) -> str:
+    return err.code().name if isinstance(err, grpc.aio.AioRpcError) else str(err)

@@ -6,8 +6,13 @@ record, read from one replica that has it. So only the differing records travel,
 replica that lacks them. Records with equal (version, writer) but different contents are
 told apart only by their values, which the listing leaves out: a segment that differs
 although every listed key agrees is read in full from each replica, and the newest by the
-shared comparison (shardkv.common.hlc.precedes) goes where it is lacking. Also the
-progress record of a repair pass (RepairProgress).
+shared comparison (shardkv.common.hlc.precedes) goes where it is lacking. In a segment
+that also needed copies such a tie is not looked for (that would read every key of every
+differing segment in full): the segment still differs at the next pass, with nothing to
+copy, and that pass settles it. Tombstone GC does not wait for it: a tombstone and a value
+never tie (the stamp compares the tombstone flag), and two contents under one (version,
+writer) come only from a damaged or hand-written record. Also the progress record of a
+repair pass (RepairProgress).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from shardkv.router.membership.move_plan import MoveConflict, now_ms
 from shardkv.router.membership.range_streamer import apply_with_retry
 from shardkv.router.pace import Pacer
 from shardkv.router.placement.current import Piece, merge_ranges
+from shardkv.router.requests.health import NodeHealth, NodeWentDown, while_up
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import admin_pb2, replica_pb2
 
@@ -94,9 +100,15 @@ class Reconciler:
     """Brings the replicas of differing segments to the newest record of every key."""
 
     def __init__(
-        self, clients: Mapping[str, NodeClient], *, pacer: Pacer, status: RepairProgress
+        self,
+        clients: Mapping[str, NodeClient],
+        health: NodeHealth,
+        *,
+        pacer: Pacer,
+        status: RepairProgress,
     ) -> None:
         self._clients = clients
+        self._health = health
         self._pacer = pacer
         self._status = status
         self._failed: set[int] = set()
@@ -150,12 +162,14 @@ class Reconciler:
     async def _versions(
         self, node_id: str, segments: list[Piece], pace: int
     ) -> dict[bytes, Stamp] | None:
-        """The node's keys of segments with their (version, writer); None if it failed."""
+        """The node's keys of segments with their (version, writer); None if it failed or
+        went DOWN meanwhile."""
         client = self._clients.get(node_id)
         if client is None:
             return None
         found: dict[bytes, Stamp] = {}
-        try:
+
+        async def listing() -> None:
             async for batch in client.stream_token_ranges(
                 merge_ranges((s.start, s.end) for s in segments),
                 batch_size=1000,
@@ -165,8 +179,14 @@ class Reconciler:
             ):
                 for record in batch:
                     found[record.key] = (record.version, record.writer, record.tombstone)
+
+        try:
+            await while_up(self._health, node_id, listing())
         except grpc.aio.AioRpcError as err:
             log.warning("repair: %s could not list versions: %s", node_id, err.code().name)
+            return None
+        except NodeWentDown as err:
+            log.warning("repair: %s could not list versions: %s", node_id, err)
             return None
         return found
 

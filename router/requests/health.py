@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from shardkv.v1 import admin_pb2
 
 NodeState: TypeAlias = admin_pb2.NodeState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Rounds in a row a node's check may be skipped because it answered requests meanwhile.
 MAX_EXCUSED = 4
@@ -104,6 +106,33 @@ class NodeHealth:
             log.warning("node_down node=%s reason=%r", node_id, reason)
             self._state[node_id] = DOWN
             self._down = self._down | {node_id}
+
+
+class NodeWentDown(Exception):
+    """A node was marked DOWN while a long call to it ran; the call was given up."""
+
+
+# How often a long call checks whether its node went DOWN.
+DOWN_POLL_S = 0.5
+
+
+async def while_up(health: NodeHealth, node_id: str, call: Awaitable[T]) -> T:
+    """Awaits call, given up (NodeWentDown) once node_id is marked DOWN. A bulk call (a
+    store walk gets an hour) to a node that hangs, stopped or cut off without a reset,
+    would otherwise hold its caller for its whole deadline, while the health checks see
+    the node DOWN within a second or two."""
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DOWN_POLL_S)
+            if done:
+                return task.result()
+            if health.is_down(node_id):
+                raise NodeWentDown(f"{node_id} went DOWN ({health.last_error(node_id)})")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class HealthMonitor:

@@ -8,7 +8,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from shardkv.router.requests.health import MAX_EXCUSED, HealthMonitor, NodeHealth
+from shardkv.router.requests.health import (
+    DOWN_POLL_S,
+    MAX_EXCUSED,
+    HealthMonitor,
+    NodeHealth,
+    NodeWentDown,
+    while_up,
+)
 
 
 class Checks:
@@ -65,5 +72,24 @@ def test_replies_never_excuse_a_down_node_from_its_check() -> None:
         checks.problem = None
         await monitor.check_all()
         assert health.is_up("n1") and health.down == frozenset()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_a_long_call_is_given_up_once_its_node_is_marked_down() -> None:
+    """A store walk to a node that hangs would hold a repair pass for the walk's hour."""
+
+    async def scenario() -> None:
+        health = NodeHealth(["n1"])
+        health.mark_up("n1")
+        never = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.3, health.mark_down, "n1", "health check failed")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(NodeWentDown, match="n1 went DOWN"):
+            await while_up(health, "n1", never)
+        assert asyncio.get_running_loop().time() - started < 0.3 + 2 * DOWN_POLL_S
+        assert never.cancelled()
+        assert await while_up(health, "n1", asyncio.sleep(0, "done")) == "done"
 
     asyncio.run(scenario())
