@@ -5,8 +5,17 @@ writes queue on the event loop and one `Store.apply` commits everything pending 
 cap), then each caller is answered with its own slice of the results. Writes that arrive
 while a commit runs wait for the next one, which starts as soon as that commit is
 answered; writes queued in the same turn of the event loop share a commit. A caller is
-answered only after its commit is durable; a failed commit fails only its own callers,
-and the committer keeps serving.
+answered only after the commit holding its records is durable, and the committer keeps
+serving whatever a commit raised.
+
+Each request gets its own outcome. A shared commit that fails with an error that may
+belong to one request alone (``OWN_ERRORS``: a key over the limit, one hint target too
+many, a write the full map cannot hold, a damaged record it would overwrite) is split in
+two halves, each committed the same way, so only the requests that fail alone fail: one
+bad request among n costs about 2·log2(n) commits more, on that path only; the common
+path stays one commit. Before, one request's TooManyTargets or StoreFull failed every
+request sharing its commit. Any other error (the store closed, an I/O error) fails the
+whole commit.
 
 Where a commit runs: on the commit thread, never on the event loop (an fsync can stall
 for as long as the disk does, and the loop must keep serving reads, health checks and
@@ -36,16 +45,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+from shardkv.common.limits import LimitExceeded
 from shardkv.serving.tally import SizeHistogram
 from shardkv.shardd.fence import Fence, StaleEpoch
-from shardkv.shardd.records import RECORD_BYTES, Hint, Record
-from shardkv.shardd.store import Marker, Store
+from shardkv.shardd.records import RECORD_BYTES, CorruptRecord, Hint, Record
+from shardkv.shardd.store import Marker, Store, StoreFull, TooManyTargets
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # What the commit thread runs, in order: a job that never raises, or None to stop.
 _Job = Callable[[], None] | None
+# Errors a commit raises that may belong to one of its requests alone (module docstring).
+OWN_ERRORS = (LimitExceeded, TooManyTargets, StoreFull, CorruptRecord)
+# What one request got: its per-record results, or the error that failed it.
+_Result = list[bool | None] | Exception
 
 
 class CommitterClosed(RuntimeError):
@@ -70,13 +84,11 @@ class _Request:
 
 
 class _Outcome(NamedTuple):
-    """What a commit did: the requests the fence admitted and those it refused, and the
-    result of each admitted record (or the error that failed them all)."""
+    """What a commit did: each request's result or error (a fence refusal included), in
+    the batch's order, and the items of each transaction that committed."""
 
-    admitted: list[_Request]
-    refused: list[tuple[_Request, StaleEpoch]]
-    applied: list[bool | None]
-    error: Exception | None
+    results: list[_Result]
+    commits: list[int]
 
 
 def _request(
@@ -242,51 +254,87 @@ class GroupCommitter:
         self._jobs.put(lambda: _post(loop, self._committed, batch, self._store_batch(batch)))
 
     def _store_batch(self, batch: list[_Request]) -> _Outcome:
-        """Fails each request the fence refuses and commits the rest in one transaction;
-        never raises (a failed commit is its outcome)."""
-        refused: list[tuple[_Request, StaleEpoch]] = []
-        error: Exception | None = None
-        applied: list[bool | None] = []
-        admitted = batch
+        """Fails each request the fence refuses and commits the rest, in one transaction
+        unless it fails with one of OWN_ERRORS (_commit); never raises."""
+        results: list[_Result | None] = [None] * len(batch)
+        commits: list[int] = []
+        admitted = list(range(len(batch)))
         try:
             if self._fence is not None:
                 admitted = []
-                for request in batch:
+                for index, request in enumerate(batch):
                     try:
                         self._fence.admit(request.epoch, "a write")
                     except StaleEpoch as stale:
-                        refused.append((request, stale))
+                        results[index] = stale
                     else:
-                        admitted.append(request)
+                        admitted.append(index)
             if admitted:
-                records = [r for request in admitted for r in request.records]
-                hints = [h for request in admitted for h in request.hints]
-                markers = [m for request in admitted for m in request.markers]
-                applied = self._store.apply(records, hints, markers)
+                self._commit(batch, admitted, results, commits)
+        except Exception as exc:  # the fence failed: nothing was committed
+            results = [exc if result is None else result for result in results]
+        done = [result for result in results if result is not None]
+        assert len(done) == len(batch)  # _commit sets the result of every request
+        return _Outcome(done, commits)
+
+    def _commit(
+        self,
+        batch: list[_Request],
+        indexes: list[int],
+        results: list[_Result | None],
+        commits: list[int],
+    ) -> None:
+        """Commits the requests of batch at indexes in one transaction and sets each one's
+        result; when the commit fails with one of OWN_ERRORS, commits each half the same
+        way, so a request fails only with an error it raises alone. Store.apply returns
+        once its transaction is durable, so every result set here is one to acknowledge.
+        The fence cannot rise between these commits: it rises only on this thread."""
+        requests = [batch[i] for i in indexes]
+        try:
+            applied = self._store.apply(
+                [r for request in requests for r in request.records],
+                [h for request in requests for h in request.hints],
+                [m for request in requests for m in request.markers],
+            )
+        except OWN_ERRORS as exc:
+            if len(indexes) == 1:
+                results[indexes[0]] = exc
+                return
+            half = len(indexes) // 2
+            self._commit(batch, indexes[:half], results, commits)
+            self._commit(batch, indexes[half:], results, commits)
+            return
         except Exception as exc:
-            error = exc
-        return _Outcome(admitted, refused, applied, error)
+            for index in indexes:
+                results[index] = exc
+            return
+        commits.append(sum(request.items for request in requests))
+        offset = 0
+        for index, request in zip(indexes, requests, strict=True):
+            end = offset + len(request.records)
+            results[index] = applied[offset:end]
+            offset = end
 
     def _committed(self, batch: list[_Request], outcome: _Outcome) -> None:
         """On the loop: answers the callers of a commit, then starts the next one."""
-        admitted, refused, applied, error = outcome
         self._committing = False
         items = sum(request.items for request in batch)
-        for request, stale in refused:
-            _settle(request.future, None, stale)
-        if error is not None:
-            log.warning("commit failed items=%d error=%r", items, error)
-            for request in admitted:
-                _settle(request.future, None, error)
-        else:
-            offset = 0
-            for request in admitted:
-                end = offset + len(request.records)
-                _settle(request.future, applied[offset:end])
-                offset = end
-        self.commits += 1
+        failed = [
+            e for e in outcome.results if isinstance(e, Exception) and not isinstance(e, StaleEpoch)
+        ]
+        if failed:
+            log.warning(
+                "commit failed requests=%d of=%d first_error=%r", len(failed), len(batch), failed[0]
+            )
+        for request, result in zip(batch, outcome.results, strict=True):
+            if isinstance(result, Exception):
+                _settle(request.future, None, result)
+            else:
+                _settle(request.future, result)
+        self.commits += len(outcome.commits)
         self.items += items
-        self.batch_sizes.observe(items)
+        for size in outcome.commits:
+            self.batch_sizes.observe(size)
         if self._pending:
             self._kick()
         elif self._drained is not None and not self._drained.done():

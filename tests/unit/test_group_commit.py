@@ -9,7 +9,7 @@ import pytest
 from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.commit import CommitterClosed, GroupCommitter
 from shardkv.shardd.records import Hint, Record
-from shardkv.shardd.store import Store, StoreFull
+from shardkv.shardd.store import Store, StoreFull, TooManyTargets
 
 
 def rec(key: bytes, value: bytes = b"v", version: int = 1) -> Record:
@@ -67,25 +67,89 @@ def test_each_caller_gets_its_own_slice_of_results(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_failed_commit_fails_only_its_callers_and_the_loop_goes_on(tmp_path: Path) -> None:
+@pytest.mark.timeout(30)
+def test_a_failed_request_fails_alone_and_the_loop_goes_on(tmp_path: Path) -> None:
+    """A request the store refuses (a key over the limit) shares its commit with others:
+    it fails alone, the others are stored and acknowledged, and the loop goes on."""
     store = Store(tmp_path / "db", sync=False)
 
     async def main() -> GroupCommitter:
         committer = GroupCommitter(store)
         assert await committer.apply([rec(b"before")]) == [True]
-        # Submitted in the same tick, these two share one commit, which the bad key fails.
+        # Submitted in the same tick, these share one commit, which the bad key fails.
         bad = committer.apply([rec(b"x" * 600)])
         bystander = committer.apply([rec(b"bystander")])
-        failed = await asyncio.gather(bad, bystander, return_exceptions=True)
-        assert all(isinstance(result, LimitExceeded) for result in failed), failed
+        failed, stored = await asyncio.gather(bad, bystander, return_exceptions=True)
+        assert isinstance(failed, LimitExceeded), failed
+        assert stored == [True]
         assert await committer.apply([rec(b"after")]) == [True]
         await committer.close()
         return committer
 
     try:
         committer = asyncio.run(main())
-        assert committer.commits == 3
+        assert committer.commits == 3  # the failed attempts hold nothing and count not
         assert [r is not None for r in store.read([b"before", b"bystander", b"after"])] == [
+            True,
+            True,
+            True,
+        ]
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(30)
+def test_too_many_hint_targets_fail_only_the_request_that_adds_one_too_many(
+    tmp_path: Path,
+) -> None:
+    """Two requests that each fit the target limit alone share a commit with a plain
+    write: the first hint is parked, the second fails TooManyTargets, the plain write and
+    the second request's neighbours are stored (before, all three failed)."""
+    store = Store(tmp_path / "db", sync=False, max_targets=1)
+
+    async def main() -> list[object]:
+        committer = GroupCommitter(store)
+        results = await asyncio.gather(
+            committer.apply([rec(b"a")], [Hint("n1", rec(b"ha"))]),
+            committer.apply([rec(b"b")], [Hint("n2", rec(b"hb"))]),
+            committer.apply([rec(b"plain")]),
+            return_exceptions=True,
+        )
+        await committer.close()
+        return list(results)
+
+    try:
+        first, second, plain = asyncio.run(main())
+        assert first == [True] and plain == [True], (first, plain)
+        assert isinstance(second, TooManyTargets), second
+        assert [r is not None for r in store.read([b"a", b"b", b"plain"])] == [True, False, True]
+        assert store.hint_summary() == {"n1": 1}
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_request_too_big_for_a_full_store_fails_alone(tmp_path: Path) -> None:
+    """A 1-byte write sharing a commit with a write the full map cannot hold is stored."""
+    store = Store(tmp_path / "db", sync=False, map_size=1 << 20, max_map_size=1 << 20)
+
+    async def main() -> list[object]:
+        committer = GroupCommitter(store)
+        assert await committer.apply([rec(b"fill", b"x" * 300_000)]) == [True]
+        results = await asyncio.gather(
+            committer.apply([rec(b"small-1", b"s")]),
+            committer.apply([rec(b"big", b"y" * 900_000)]),
+            committer.apply([rec(b"small-2", b"s")]),
+            return_exceptions=True,
+        )
+        await committer.close()
+        return list(results)
+
+    try:
+        small_1, big, small_2 = asyncio.run(main())
+        assert isinstance(big, StoreFull), big
+        assert small_1 == [True] and small_2 == [True], (small_1, small_2)
+        assert [r is not None for r in store.read([b"small-1", b"big", b"small-2"])] == [
             True,
             False,
             True,
