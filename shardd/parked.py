@@ -16,6 +16,13 @@ Both are handed back the same way (``page``), removed once the target holds what
 stood for (``delete``), and counted together (``summary``): anti-entropy purges no
 tombstone of a range while any of them waits for one of its replicas. Every function
 runs inside a transaction its caller (``store.Store``) opened.
+
+Reads use ``Handles``, a copy of the handles taken before their transaction begins. The
+commit thread adopts the handle of a database it created once that commit is done, and a
+read transaction that began before the commit cannot use it: LMDB answers EINVAL
+(``mdb_stat``, ``mdb_cursor_open``: Invalid argument). Every handle in a copy taken before
+begin() names a database committed before the transaction began. Write transactions use
+the live maps: one runs at a time, and a handle is adopted only after its commit.
 """
 
 from __future__ import annotations
@@ -89,6 +96,11 @@ class Parked:
         """Every node a hints or marks database exists for."""
         return set(self._hints) | set(self._marks)
 
+    def handles(self) -> Handles:
+        """The handles adopted so far, for a read transaction that begins after this call
+        (module docstring)."""
+        return Handles(dict(self._hints), dict(self._marks))
+
     def adopt(self, opened: Opened) -> None:
         """Makes databases created by a committed transaction visible to later calls."""
         self._hints.update(opened.hints)
@@ -151,13 +163,19 @@ class Parked:
         for db in list(self._marks.values()):
             txn.delete(key, db=db)
 
-    # -- reads ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Handles:
+    """The hints and marks databases as of one moment, for reads (module docstring)."""
+
+    hints: dict[str, _Db]
+    marks: dict[str, _Db]
 
     def summary(self, txn: lmdb.Transaction) -> dict[str, int]:
         """Hints plus markers waiting per target (targets with none left out)."""
         counts: dict[str, int] = {}
-        for kind in (self._hints, self._marks):
-            for target, db in list(kind.items()):
+        for kind in (self.hints, self.marks):
+            for target, db in kind.items():
                 entries = int(txn.stat(db)["entries"])
                 if entries:
                     counts[target] = counts.get(target, 0) + entries
@@ -183,8 +201,8 @@ class Parked:
         records: list[Record] = []
         size = 0
         walks = (
-            (self._hints.get(target), start[0], False),
-            (self._marks.get(target), start[1], True),
+            (self.hints.get(target), start[0], False),
+            (self.marks.get(target), start[1], True),
         )
         for index, (db, begin, resolve) in enumerate(walks):
             if db is None or begin is None:

@@ -319,16 +319,18 @@ class Store:
 
     def hint_summary(self) -> dict[str, int]:
         """How many hints and markers wait for each target (targets with none left out)."""
+        handles = self._parked.handles()  # before begin(): shardkv.shardd.parked
         with self._gate.shared(), self._env.begin() as txn:
-            return self._parked.summary(txn)
+            return handles.summary(txn)
 
     def read_hints(
         self, target: str, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
     ) -> list[Record]:
         """Up to limit records for target: the hints parked for it in key order, then this
         node's current record of each key it keeps a marker for."""
+        handles = self._parked.handles()
         with self._gate.shared(), self._env.begin() as txn:
-            records, _ = self._parked.page(txn, self._data, target, limit, max_bytes)
+            records, _ = handles.page(txn, self._data, target, limit, max_bytes)
         return records
 
     def iter_hints(
@@ -338,8 +340,9 @@ class Store:
         transaction."""
         start: Resume | None = (b"", b"")
         while start is not None:
+            handles = self._parked.handles()
             with self._gate.shared(), self._env.begin() as txn:
-                batch, start = self._parked.page(
+                batch, start = handles.page(
                     txn, self._data, target, batch_size, max_bytes, start=start
                 )
             if batch:
@@ -361,9 +364,10 @@ class Store:
     def stats(self) -> StoreStats:
         """Record and hint counts, map sizes and the purge watermark; cheap (reads database
         headers and one key only)."""
+        handles = self._parked.handles()
         with self._gate.shared(), self._env.begin() as txn:
             entries = int(txn.stat(self._data)["entries"])
-            hints = self._parked.count(txn)
+            hints = handles.count(txn)
             watermark = self._watermark.get(txn)
             info = self._env.info()
         return StoreStats(
