@@ -1,11 +1,11 @@
 """Snapshots for backups: a compacted copy of the store, streamed batch by batch.
 
-``Store.copy`` (LMDB's ``env.copy(compact=True)``, like ``mdb_copy -c``) writes a
-consistent copy of the whole environment at disk speed under one read transaction; the
-records are then streamed from that private copy at the reader's pace. So a slow backup
-client never keeps a read transaction of the live store open, which would pin old pages
-and make the live file grow. The copy sits in a ``.snapshot-*`` directory inside the data
-directory (same filesystem, no extra configuration).
+``copy_store`` (LMDB's ``env.copy(compact=True)``, like ``mdb_copy -c``, run by a child
+process) writes a consistent copy of the whole environment at disk speed under one read
+transaction; the records are then streamed from that private copy at the reader's pace.
+So a slow backup client never keeps a read transaction of the live store open, which would
+pin old pages and make the live file grow. The copy sits in a ``.snapshot-*`` directory
+inside the data directory (same filesystem, no extra configuration).
 
 Each copy costs as much disk as the store, so they are bounded and never outlive their
 stream:
@@ -29,6 +29,8 @@ import asyncio
 import functools
 import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -82,7 +84,7 @@ async def _reserve(store: Store, max_copies: int, wait_s: float) -> Path:
 
 
 def _open_copy(store: Store, directory: Path) -> Store:
-    store.copy(directory)
+    copy_store(store, directory)
     return Store(directory, sync=False)
 
 
@@ -139,3 +141,38 @@ def remove_leftovers(data_dir: Path) -> list[tuple[Path, int]]:
         log.info("snapshot_leftover_removed path=%s bytes=%d", path, size)
         removed.append((path, size))
     return removed
+
+
+# What the child process runs: argv = the store's directory, the copy's, a map size.
+_COPY = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], readonly=True, map_size=int(sys.argv[3]), subdir=True)
+env.copy(sys.argv[2], compact=True)
+"""
+
+
+def copy_store(store: Store, directory: Path) -> None:
+    """Writes a consistent, compacted copy of store's environment (records and hints)
+    into the empty directory, from a child process that opens the environment read-only.
+
+    Why a child process: the copy holds one read transaction for as long as it writes,
+    and in this process nothing may hold one while the map grows. Under the gate
+    (Store's shared side), a write that had to grow the map waited for the whole copy,
+    and every read and write queued behind that waiting growth (gate.py). Without the
+    gate it is no better: py-lmdb's set_mapsize invalidates this process's open
+    transactions, and its copy holds a lock that set_mapsize and the abort of any write
+    transaction (a MapFullError's, a refused write's) wait for (py-lmdb 3.0.0). Growing
+    the map ahead of the copy would leave only a guessed headroom. A reader in another
+    process is LMDB's ordinary multi-process use (its own map, its own reader slot in
+    lock.mdb): the node grows its map and commits meanwhile, stalled by nothing. The
+    child maps up to the store's maximum map size, so a map grown before its transaction
+    begins stays readable. It costs a Python start (tens of milliseconds) per snapshot.
+    Raises OSError if the copy fails."""
+    size = str(store.stats().max_map_size)
+    argv = [sys.executable, "-c", _COPY, str(store.path), str(directory), size]
+    done = subprocess.run(argv, capture_output=True, check=False)
+    if done.returncode:
+        error = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise OSError(
+            f"copying the store into {directory} failed (exit {done.returncode}): {error}"
+        )

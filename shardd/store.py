@@ -23,7 +23,7 @@ from typing import TypeVar
 import lmdb
 from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.gate import Gate, StoreClosed
-from shardkv.shardd.lookup import Entry, page, read_within, record_or_none, walk
+from shardkv.shardd.lookup import Entry, page, read_within, record_or_none
 from shardkv.shardd.lww import put_if_newer, put_records
 from shardkv.shardd.parked import Marker, Opened, Parked, Resume, check_target
 from shardkv.shardd.records import (
@@ -43,6 +43,8 @@ DEFAULT_MAX_MAP_SIZE = 64 << 30
 DEFAULT_PAGE_BYTES = 8 << 20
 # Distinct nodes one store keeps hints or markers for (two LMDB databases each at most).
 MAX_TARGETS = 64
+# Records one transaction of a digest reads at most (Store.digest).
+DIGEST_PAGE = 1000
 _DATA_DB = b"data"
 
 T = TypeVar("T")
@@ -308,13 +310,19 @@ class Store:
                 return
 
     def digest(self, start: bytes, end: bytes) -> tuple[bytes, int]:
-        """SHA-256 over every record of [start, end) in key order, and how many there are."""
+        """SHA-256 over every record of [start, end) in key order, and how many there are.
+
+        Read in pages, each in its own short transaction (iter_range): a walk of the whole
+        store in one transaction held the gate's shared side to its end, so a write that
+        had to grow the map waited for it, and every read and write behind that waiting
+        growth (gate.py). A record written during the walk is counted or not, as if it
+        had come a moment earlier or later; a quiet range digests the same either way."""
         hasher = hashlib.sha256()
         count = 0
-        with self._gate.shared(), self._env.begin() as txn, txn.cursor(self._data) as cursor:
-            for key, raw in walk(cursor, start, end, max_key=self._max_key):
-                hasher.update(digest_bytes(decode(key, raw)))
-                count += 1
+        for batch in self.iter_range(start, end, DIGEST_PAGE):
+            for record in batch:
+                hasher.update(digest_bytes(record))
+            count += len(batch)
         return hasher.digest(), count
 
     def hint_summary(self) -> dict[str, int]:
@@ -347,12 +355,6 @@ class Store:
                 )
             if batch:
                 yield batch
-
-    def copy(self, path: str | Path) -> None:
-        """Writes a consistent, compacted copy of the whole environment (records and hints)
-        into the empty directory path, for backups. Map growth waits until it is done."""
-        with self._gate.shared():
-            self._env.copy(str(path), compact=True)
 
     def meta(self, key: bytes, value: bytes | None = None) -> bytes | None:
         """The "meta" database's entry of key (None: absent); with value, stores it first."""
