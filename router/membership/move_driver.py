@@ -352,6 +352,7 @@ class Rebalancer:
         progress.state = admin_pb2.MOVE_STREAMING
         streamer = Streamer(
             self._membership.clients,
+            self._health,
             pacer=Pacer(topology.rebalance.max_records_per_s),
             on_batch=progress.moved,
             name=f"move {progress.id}",

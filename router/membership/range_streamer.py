@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import grpc
 from shardkv.router.membership.move_plan import MoveConflict, Transfer
 from shardkv.router.pace import Pacer
-from shardkv.router.requests.health import NodeHealth
+from shardkv.router.requests.health import NodeHealth, NodeWentDown, while_up
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import replica_pb2
 
@@ -69,6 +69,7 @@ class Streamer:
     def __init__(
         self,
         clients: Mapping[str, NodeClient],
+        health: NodeHealth,
         *,
         pacer: Pacer,
         on_batch: OnBatch,
@@ -76,8 +77,11 @@ class Streamer:
         epoch: int | None = None,
     ) -> None:
         """epoch: the move's, which every stream and apply is routed under (None: the
-        router's epoch when each call is sent)."""
+        router's epoch when each call is sent). A source that goes DOWN while it streams
+        (hung, or cut off without a reset) fails at once rather than at the stream's
+        deadline, and a giver's pieces then come from the surviving owners."""
         self._clients = clients
+        self._health = health
         self._epoch = epoch
         self._pacer = pacer
         self._on_batch = on_batch
@@ -106,7 +110,7 @@ class Streamer:
         target = self._client(transfer.target)
         queue: asyncio.Queue[list[replica_pb2.Record] | None] = asyncio.Queue(READ_AHEAD)
 
-        async def read() -> None:
+        async def pull() -> None:
             batches = source.stream_token_ranges(
                 transfer.ranges,
                 batch_size=STREAM_BATCH,
@@ -115,14 +119,17 @@ class Streamer:
                 timeout_s=STREAM_TIMEOUT_S,
                 epoch=self._epoch,
             )
+            async for batch in batches:
+                await queue.put(batch)
+
+        async def read() -> None:
+            failed = f"stream from {transfer.source} to {transfer.target} failed"
             try:
-                async for batch in batches:
-                    await queue.put(batch)
+                await while_up(self._health, transfer.source, pull())
             except grpc.aio.AioRpcError as err:
-                raise SourceFailed(
-                    f"stream from {transfer.source} to {transfer.target} failed:"
-                    f" {err.code().name} {err.details()}"
-                ) from err
+                raise SourceFailed(f"{failed}: {err.code().name} {err.details()}") from err
+            except NodeWentDown as err:
+                raise SourceFailed(f"{failed}: {err}") from err
             await queue.put(None)
 
         async def write() -> None:

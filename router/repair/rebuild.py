@@ -260,7 +260,11 @@ class Rebuilder:
             progress.keys_total += sum(c.count for c in counts)
         progress.phase = "stream"
         streamer = Streamer(
-            clients, pacer=self._pacer, on_batch=progress.copied, name=f"rebuild {progress.node_id}"
+            clients,
+            self._health,
+            pacer=self._pacer,
+            on_batch=progress.copied,
+            name=f"rebuild {progress.node_id}",
         )
         tasks = [asyncio.create_task(streamer.run(transfer)) for transfer in transfers]
         try:

@@ -1,8 +1,10 @@
-"""A move survives its router's restart, and a move stopped by a dead target is aborted
-cleanly (real processes: 3 nodes + 2 spares, N=3, one router)."""
+"""A move survives its router's restart, a move stopped by a dead target is aborted cleanly,
+and a giver that hangs mid-stream is replaced by the surviving owners (real processes: 3
+nodes + 2 spares, N=3, one router)."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +18,26 @@ from shardkv.router.membership.topology import JOINING, load_topology
 from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
 KEYS = {b"resume/%04d" % i: b"r%d" % i for i in range(3000)}
+# Enough that a giver's part outlasts what the router reads ahead of its applies.
+MANY = {b"paced/%05d" % i: b"p" * 4096 for i in range(20_000)}
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from started(tmp_path, "settle_ms = 1500", KEYS)
+
+
+@pytest.fixture
+def paced(tmp_path: Path) -> Iterator[Cluster]:
+    """Moves stream 2,000 records a second: a move of these keys takes seconds."""
+    yield from started(tmp_path, "max_records_per_s = 2000", MANY)
+
+
+def started(tmp_path: Path, rebalance: str, keys: dict[bytes, bytes]) -> Iterator[Cluster]:
     nodes = [shardd_proc(tmp_path, f"n{i}") for i in range(1, 6)]
     config = write_cluster_toml(tmp_path / "cluster.toml", nodes[:3])
     with config.open("a") as out:
-        out.write("\n[rebalance]\nsettle_ms = 1500\n\n[repair]\ninterval_s = 0\n")
+        out.write(f"\n[rebalance]\n{rebalance}\n\n[repair]\ninterval_s = 0\n")
     running = Cluster(tmp_path, nodes, [router_proc(tmp_path, config)], config)
     try:
         for node in nodes:
@@ -32,7 +46,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             wait_serving(node.address)
         running.router.start()
         with Client(running.router.address) as client:
-            client.put_many(KEYS)
+            client.put_many(keys)
         yield running
     except BaseException:
         print(running.logs())
@@ -91,3 +105,21 @@ def test_a_failed_move_keeps_the_data_and_can_be_aborted(cluster: Cluster) -> No
     assert topology.move is None and [n.id for n in topology.nodes] == ["n1", "n2", "n3"]
     with Client(cluster.router.address) as client:
         assert client.get_many(list(KEYS)) == KEYS
+
+
+@pytest.mark.timeout(120)
+def test_a_giver_that_hangs_mid_stream_is_replaced_by_the_surviving_owners(
+    paced: Cluster,
+) -> None:
+    n4 = paced.node("n4").address
+    started = admin(paced).AddNode(admin_pb2.AddNodeRequest(id="n4", address=n4), timeout=10)
+    time.sleep(1.0)  # streaming: about 15,000 records at 2,000 a second
+    hung = paced.node("n1")
+    hung.signal(signal.SIGSTOP)
+    try:
+        done = wait_move(paced, started.id, admin_pb2.MOVE_DONE, timeout_s=60)
+    finally:
+        hung.signal(signal.SIGCONT)
+    print(f"move done with n1 stopped mid-stream: {done.keys_moved} records moved")
+    with Client(paced.router.address) as client:
+        assert client.get_many(list(MANY)) == MANY
