@@ -343,7 +343,7 @@ class ClockState:
             reserved, sequence = _read_slots(path, os.pread(fd, _HOLDER_AT, 0))
             os.ftruncate(fd, _HOLDER_AT)
             os.pwrite(fd, f"{role} {writer_id!r} pid {os.getpid()}\n".encode(), _HOLDER_AT)
-            _sync_directory(directory)
+            sync_directory(directory)
         except BaseException:
             os.close(fd)
             raise
@@ -392,7 +392,7 @@ def _read_slots(path: Path, data: bytes) -> tuple[int, int]:
     return best
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

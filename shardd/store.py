@@ -8,7 +8,8 @@ worker thread, or on an event loop only for a small read (shardkv.shardd.node); 
 never runs on an event loop.
 
 The map grows (doubling) when a commit finds it full, up to max_map_size; beyond that a
-write raises StoreFull while reads keep working. Commits are fsync'd unless sync=False.
+write raises StoreFull while reads keep working. Commits are fsync'd unless sync=False, and
+so are the data directory's entry and data.mdb's once opened (shardkv.shardd.durable_dir).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 import lmdb
 from shardkv.common.limits import LimitExceeded
+from shardkv.shardd.durable_dir import make_directories, sync_entries
 from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.lookup import Entry, page, read_within, record_or_none
 from shardkv.shardd.lww import put_if_newer, put_records
@@ -109,7 +111,7 @@ class Store:
         if self.path.exists() and not self.path.is_dir():
             raise StoreOpenError(f"cannot open the store in {self.path}: not a directory")
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            created = make_directories(self.path)
             self._env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
@@ -119,6 +121,8 @@ class Store:
                 metasync=sync,
                 subdir=True,
             )
+            if sync:
+                sync_entries(self.path, created)
         except (OSError, lmdb.Error) as exc:
             raise StoreOpenError(f"cannot open the store in {self.path}: {exc}") from exc
         stale = self._env.reader_check()

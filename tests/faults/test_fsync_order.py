@@ -43,7 +43,7 @@ import pytest
 from harness import BIN, free_port, wait_serving
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
-from faults.strace_log import Exchange, FileOp, node_activity, parse_trace
+from faults.strace_log import Call, Exchange, FileOp, node_activity, parse_trace
 
 STRACE = shutil.which("strace")
 SEQUENTIAL_PUTS = 20
@@ -221,3 +221,75 @@ def test_no_write_is_acknowledged_before_its_commit_is_synced(tmp_path: Path) ->
 )
 def test_power_loss_keeps_every_acknowledged_write() -> None:
     raise AssertionError("not built")
+
+
+# -- the data directory's own entries ---------------------------------------------------------
+
+
+def directory_syncs_missing(calls: list[Call], data_dir: Path) -> list[str]:
+    """What is not durable before the node accepts its first connection: the entry of each
+    directory it created (an fsync of the parent after the mkdir) and the entry of
+    data.mdb (an fsync of the data directory after LMDB created the file)."""
+    accepted = [c.exit for c in calls if c.name == "accept4" and c.ret is not None and c.ret >= 0]
+    serving = min(accepted, default=0)
+    assert serving, "the node never accepted a connection"
+    opened: dict[int, str] = {}
+    synced: list[tuple[int, str]] = []  # (line, directory)
+    created: list[tuple[int, str]] = []
+    data_file = None
+    for call in calls:
+        if call.name in ("mkdir", "mkdirat") and call.ret == 0:
+            created.append((call.exit, os.path.normpath(call.strings()[0].decode())))
+        elif call.name in ("open", "openat") and call.ret is not None and call.ret >= 0:
+            path = os.path.normpath(call.strings()[0].decode())
+            opened[call.ret] = path
+            if path == str(data_dir / "data.mdb") and data_file is None:
+                data_file = call.exit
+        elif call.name in ("fsync", "fdatasync") and call.ret == 0 and call.fd() in opened:
+            synced.append((call.exit, opened[call.fd()]))
+    assert data_file is not None, f"no open of {data_dir / 'data.mdb'} in the trace"
+
+    def synced_between(directory: str, after: int) -> bool:
+        return any(after < line < serving and path == directory for line, path in synced)
+
+    missing = [
+        f"{path} was created (line {line + 1}), {os.path.dirname(path)} never fsync'd after it"
+        for line, path in created
+        if not synced_between(os.path.dirname(path), line)
+    ]
+    if not synced_between(str(data_dir), data_file):
+        missing.append(f"data.mdb was created (line {data_file + 1}), {data_dir} never fsync'd")
+    return missing
+
+
+@pytest.mark.timeout(120)
+def test_a_new_data_directory_is_durable_before_the_node_serves(tmp_path: Path) -> None:
+    """A node started on a data directory that does not exist yet, two parents deep: every
+    directory it created and data.mdb have their entries fsync'd in their parents before it
+    accepts a connection, so a power loss cannot take the store (identity, fence, every
+    acknowledged write) away with an unsynced directory entry. Before, neither the created
+    directories nor data.mdb were: no fsync of any directory appeared in the trace."""
+    data_dir = tmp_path / "new" / "deeper" / "n1"
+    trace = tmp_path / "dirs.strace"
+    address = f"127.0.0.1:{free_port()}"
+    calls = "mkdir,mkdirat,open,openat,fsync,fdatasync,accept4"
+    argv = [str(STRACE), "-f", "-tt", "-xx", "-o", str(trace), "-e", f"trace={calls}"]
+    argv += [str(BIN / "shardd"), "--id", "n1", "--listen", address, "--data", str(data_dir)]
+    with (tmp_path / "dirs.log").open("wb") as out:
+        tracer = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(address, timeout_s=90)
+        with grpc.insecure_channel(address) as channel:
+            put = kv_pb2.PutRequest(key=b"k", value=b"v")
+            assert kv_pb2_grpc.KVStub(channel).Put(put, timeout=30).version
+    finally:
+        for pid in _children(tracer.pid) if tracer.poll() is None else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)  # strace exits when the node has
+        try:
+            tracer.wait(60)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait(10)
+    missing = directory_syncs_missing(parse_trace(trace.read_text()), data_dir)
+    assert not missing, "\n".join(missing)
