@@ -23,12 +23,18 @@ read transaction that began before the commit cannot use it: LMDB answers EINVAL
 (``mdb_stat``, ``mdb_cursor_open``: Invalid argument). Every handle in a copy taken before
 begin() names a database committed before the transaction began. Write transactions use
 the live maps: one runs at a time, and a handle is adopted only after its commit.
+
+A target's databases are dropped once nothing is left in them, when a write would
+otherwise name one target too many (``drop_empty``), so the bound counts nodes that
+still wait for something rather than every node hints were ever parked for. A dropped
+handle is invalid everywhere, so the drop runs with the store held alone, and readers
+take their copy while they hold the store's gate, before begin().
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lmdb
@@ -77,12 +83,18 @@ class Opened:
     marks: dict[str, _Db] = field(default_factory=dict)
 
 
-class Parked:
-    """The handles of every hints:<target> and marks:<target> database of one store."""
+class TooManyTargets(Exception):
+    """A write would keep hints or markers for more distinct nodes than the store allows."""
 
-    def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+
+class Parked:
+    """The handles of every hints:<target> and marks:<target> database of one store, and
+    the bound on how many targets they may name."""
+
+    def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction, max_targets: int) -> None:
         """Opens the databases that exist (txn: a write transaction on the main database)."""
         self._env = env
+        self._max_targets = max_targets
         self._hints: dict[str, _Db] = {}
         self._marks: dict[str, _Db] = {}
         names = [bytes(key) for key, _ in txn.cursor()]
@@ -91,10 +103,36 @@ class Parked:
                 continue
             kind = self._hints if name.startswith(HINT_PREFIX) else self._marks
             kind[name.split(b":", 1)[1].decode()] = env.open_db(name, txn=txn, create=False)
+        self._targets = self.targets()
 
     def targets(self) -> set[str]:
         """Every node a hints or marks database exists for."""
         return set(self._hints) | set(self._marks)
+
+    def check_targets(self, targets: Iterable[str]) -> None:
+        """Raises TooManyTargets when keeping hints or markers for targets would make the
+        store hold databases for more than max_targets distinct nodes. Reads no LMDB page."""
+        new = set(targets) - self._targets
+        if new and len(self._targets) + len(new) > self._max_targets:
+            raise TooManyTargets(
+                f"hint targets: this node keeps hints or markers for {len(self._targets)}"
+                f" nodes; {len(new)} more ({', '.join(sorted(new)[:3])[:200]}) would exceed"
+                f" its limit of {self._max_targets} distinct targets"
+            )
+
+    def drop_empty(self, txn: lmdb.Transaction) -> list[str]:
+        """Drops the databases of targets with nothing left (every hint handed over), so
+        the bound counts nodes that still wait for something, not every node hints were
+        ever parked for. The caller must hold the store alone (no transaction may hold
+        a dropped handle: Gate.exclusive); returns the targets that no longer count."""
+        for kind in (self._hints, self._marks):
+            for target, db in list(kind.items()):
+                if not txn.stat(db)["entries"]:
+                    txn.drop(db, delete=True)
+                    del kind[target]
+        gone = sorted(self._targets - self.targets())
+        self._targets = self.targets()
+        return gone
 
     def handles(self) -> Handles:
         """The handles adopted so far, for a read transaction that begins after this call
@@ -105,6 +143,7 @@ class Parked:
         """Makes databases created by a committed transaction visible to later calls."""
         self._hints.update(opened.hints)
         self._marks.update(opened.marks)
+        self._targets.update(opened.hints, opened.marks)
 
     # -- writes ---------------------------------------------------------------------------
 

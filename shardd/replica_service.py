@@ -109,10 +109,6 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
             hints.append(hint_from_pb(hint))
         self._limits.check_batch(request.markers, "Apply markers")
         markers = markers_of(request.markers, records)
-        if hints or markers:
-            # Too many hint targets fail this request alone, before it joins a group commit.
-            targets = {h.target for h in hints} | {m.target for m in markers}
-            self._storage.store.check_targets(targets)
         applied = await self._storage.apply(
             records, hints, markers, epoch=epoch_of(context.invocation_metadata())
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +27,7 @@ from shardkv.shardd.durable_dir import make_directories, sync_entries
 from shardkv.shardd.gate import Gate, StoreClosed
 from shardkv.shardd.lookup import Entry, page, read_within, record_or_none
 from shardkv.shardd.lww import put_if_newer, put_records
-from shardkv.shardd.parked import Marker, Opened, Parked, Resume, check_target
+from shardkv.shardd.parked import Marker, Opened, Parked, Resume, TooManyTargets, check_target
 from shardkv.shardd.records import (
     Hint,
     Record,
@@ -59,10 +59,6 @@ class StoreOpenError(OSError):
 
 class StoreFull(Exception):
     """The map reached its configured maximum size: writes fail, reads keep working."""
-
-
-class TooManyTargets(Exception):
-    """A write would keep hints or markers for more distinct nodes than the store allows."""
 
 
 __all__ = [
@@ -137,10 +133,8 @@ class Store:
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
             self._meta = self._env.open_db(b"meta", txn=txn, create=True)  # shardd.identity
-            self._parked = Parked(self._env, txn)
+            self._parked = Parked(self._env, txn, max_targets)
             self._watermark = PurgeWatermark(self._env, txn)
-        self._max_targets = max_targets  # targets with a hints or marks database, at most
-        self._targets = self._parked.targets()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -167,7 +161,7 @@ class Store:
         targets = {h.target for h in hints} | {m.target for m in markers}
 
         def body(txn: lmdb.Transaction, opened: Opened) -> list[bool | None]:
-            self.check_targets(targets)  # again under the write lock: exact
+            self._parked.check_targets(targets)  # under the write lock: exact
             applied = put_records(txn, self._data, records, self._watermark)
             self._parked.park(txn, hints, opened, put_if_newer)
             self._parked.mark(txn, [m for m in markers if txn.get(m.key, db=self._data)], opened)
@@ -213,7 +207,10 @@ class Store:
         return self._write(body)
 
     def _write(self, body: Callable[[lmdb.Transaction, Opened], T]) -> T:
-        """Runs body in one write transaction, growing the map and retrying when it is full."""
+        """Runs body in one write transaction, growing the map and retrying when it is
+        full, and dropping emptied hint databases and retrying once when a target is one
+        too many."""
+        reclaimed = False
         while True:
             seen = self._map_size
             opened = Opened()
@@ -223,23 +220,24 @@ class Store:
                         result = body(txn, opened)
                     # Handles opened in a transaction are valid only once it committed.
                     self._parked.adopt(opened)
-                    self._targets.update(opened.hints, opened.marks)
                 return result
             except lmdb.MapFullError:
                 self._grow(seen)
-            except lmdb.DbsFullError as exc:
-                raise TooManyTargets(f"hint targets: database limit reached ({exc})") from exc
+            except (TooManyTargets, lmdb.DbsFullError) as exc:
+                if reclaimed or not self._reclaim_targets():
+                    if isinstance(exc, TooManyTargets):
+                        raise
+                    raise TooManyTargets(f"hint targets: database limit reached ({exc})") from exc
+                reclaimed = True
 
-    def check_targets(self, targets: Iterable[str]) -> None:
-        """Raises TooManyTargets when keeping hints or markers for targets would make this
-        store hold them for more than max_targets distinct nodes. Reads no LMDB page."""
-        new = set(targets) - self._targets
-        if new and len(self._targets) + len(new) > self._max_targets:
-            raise TooManyTargets(
-                f"hint targets: this node keeps hints or markers for {len(self._targets)}"
-                f" nodes; {len(new)} more ({', '.join(sorted(new)[:3])[:200]}) would exceed"
-                f" its limit of {self._max_targets} distinct targets"
-            )
+    def _reclaim_targets(self) -> bool:
+        """Drops the databases of targets with no hint or marker left (Parked.drop_empty);
+        returns whether any target stopped counting."""
+        with self._gate.exclusive(), self._env.begin(write=True) as txn:
+            gone = self._parked.drop_empty(txn)
+        if gone:
+            log.info("hint targets reclaimed path=%s targets=%s", self.path, ",".join(gone))
+        return bool(gone)
 
     def _grow(self, seen: int) -> None:
         """Doubles the map (up to the maximum) unless another writer grew it since seen."""
@@ -331,18 +329,20 @@ class Store:
 
     def hint_summary(self) -> dict[str, int]:
         """How many hints and markers wait for each target (targets with none left out)."""
-        handles = self._parked.handles()  # before begin(): shardkv.shardd.parked
-        with self._gate.shared(), self._env.begin() as txn:
-            return handles.summary(txn)
+        with self._gate.shared():
+            handles = self._parked.handles()  # before begin(): shardkv.shardd.parked
+            with self._env.begin() as txn:
+                return handles.summary(txn)
 
     def read_hints(
         self, target: str, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
     ) -> list[Record]:
         """Up to limit records for target: the hints parked for it in key order, then this
         node's current record of each key it keeps a marker for."""
-        handles = self._parked.handles()
-        with self._gate.shared(), self._env.begin() as txn:
-            records, _ = handles.page(txn, self._data, target, limit, max_bytes)
+        with self._gate.shared():
+            handles = self._parked.handles()
+            with self._env.begin() as txn:
+                records, _ = handles.page(txn, self._data, target, limit, max_bytes)
         return records
 
     def iter_hints(
@@ -352,11 +352,12 @@ class Store:
         transaction."""
         start: Resume | None = (b"", b"")
         while start is not None:
-            handles = self._parked.handles()
-            with self._gate.shared(), self._env.begin() as txn:
-                batch, start = handles.page(
-                    txn, self._data, target, batch_size, max_bytes, start=start
-                )
+            with self._gate.shared():
+                handles = self._parked.handles()
+                with self._env.begin() as txn:
+                    batch, start = handles.page(
+                        txn, self._data, target, batch_size, max_bytes, start=start
+                    )
             if batch:
                 yield batch
 
@@ -370,12 +371,13 @@ class Store:
     def stats(self) -> StoreStats:
         """Record and hint counts, map sizes and the purge watermark; cheap (reads database
         headers and one key only)."""
-        handles = self._parked.handles()
-        with self._gate.shared(), self._env.begin() as txn:
-            entries = int(txn.stat(self._data)["entries"])
-            hints = handles.count(txn)
-            watermark = self._watermark.get(txn)
-            info = self._env.info()
+        with self._gate.shared():
+            handles = self._parked.handles()
+            with self._env.begin() as txn:
+                entries = int(txn.stat(self._data)["entries"])
+                hints = handles.count(txn)
+                watermark = self._watermark.get(txn)
+                info = self._env.info()
         return StoreStats(
             entries=entries,
             hints=hints,

@@ -99,7 +99,24 @@ def test_hint_targets_are_bounded_and_survive_a_restart(tmp_path: Path) -> None:
     store.close()
     reopened = Store(tmp_path, sync=False, max_targets=3)
     with pytest.raises(TooManyTargets):
-        reopened.check_targets(["e"])
+        reopened.apply([], [hint("e")])
+    reopened.close()
+
+
+def test_a_target_whose_hints_were_all_handed_over_stops_counting(tmp_path: Path) -> None:
+    """The bound counts nodes that still wait for something: over a cluster's life, hints
+    are parked for many more nodes than are ever down at once."""
+    store = Store(tmp_path, sync=False, max_targets=3, max_dbs=5)  # "data", "meta" + 3
+    store.apply([], [hint("a"), hint("b"), hint("c")])
+    assert store.delete_hints("a", [Record(b"k", b"v", 1, 1)]) == 1  # a got its hint
+    store.apply([], [hint("d")])  # a's database goes, d's comes
+    assert store.hint_summary() == {"b": 1, "c": 1, "d": 1}
+    with pytest.raises(TooManyTargets, match="limit of 3 distinct targets"):
+        store.apply([], [hint("e")])  # b, c and d still wait
+    store.close()
+    reopened = Store(tmp_path, sync=False, max_targets=3, max_dbs=5)
+    assert reopened.hint_summary() == {"b": 1, "c": 1, "d": 1}
+    assert reopened.read_hints("d", 10) == [Record(b"k", b"v", 1, 1)]
     reopened.close()
 
 
