@@ -142,6 +142,7 @@ class NodeClient(NodeCalls):
                 call_timeout_s=call_timeout_s,
                 size_of=_apply_size,
                 max_pending=max_queued,
+                count_of=_apply_count,
             )
         )
         self._reads: EpochQueues[bytes, replica_pb2.Record] = EpochQueues(
@@ -381,6 +382,12 @@ def _framed_count(records: FramedRecords) -> int:
 
 def _keys_size(keys: list[bytes]) -> int:
     return sum(map(len, keys))
+
+
+def _apply_count(item: ApplyItem) -> int:
+    """Entries an item adds to an Apply: its record or hint, and a marker per target (the
+    node takes at most MAX_BATCH_ITEMS of each kind a call)."""
+    return 1 + len(item.targets) if isinstance(item, MarkedRecord) else 1
 
 
 def _apply_size(item: ApplyItem) -> int:
