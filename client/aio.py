@@ -16,7 +16,7 @@ from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 from . import core
 from .admin import AdminCall, AsyncAdminMethods, Reply
-from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
+from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase, check_timeout
 from .coalesce import AsyncBatcher, Awaited, Waiting
 from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ClientClosed, ShardKVError
@@ -207,6 +207,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             limit=limit,
             level=self._level(consistency),
         )
+        if timeout is not None:
+            check_timeout(timeout)  # now, as every call does; each page gets it afresh
         return self._pages(plan, timeout)
 
     async def _pages(self, plan: ScanPlan, timeout: float | None) -> AsyncIterator[Record]:

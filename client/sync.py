@@ -15,7 +15,7 @@ from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 from . import core
 from .admin import AdminCall, AdminMethods, Reply
-from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase
+from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase, check_timeout
 from .coalesce import Awaited, Waiting
 from .coalesce_threads import ThreadBatcher
 from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
@@ -226,6 +226,8 @@ class Client(ClientBase, AdminMethods):
             limit=limit,
             level=self._level(consistency),
         )
+        if timeout is not None:
+            check_timeout(timeout)  # now, as every call does; each page gets it afresh
         return self._pages(plan, timeout)
 
     def _pages(self, plan: ScanPlan, timeout: float | None) -> Iterator[Record]:

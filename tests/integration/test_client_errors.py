@@ -166,6 +166,8 @@ def test_timeouts_are_checked_in_one_place(shardd: str, flavour: str) -> None:
             for bad in BAD_TIMEOUTS:
                 with pytest.raises(ValueError, match=f"{MAX_TIMEOUT_S:g}"):
                     await kv.put("t", b"v", timeout=bad)
+                with pytest.raises(ValueError, match=f"{MAX_TIMEOUT_S:g}"):
+                    kv.scan(timeout=bad)  # when called, not when first iterated
             await kv.put("t", b"v")
             return await asyncio.gather(*(kv.get(f"t-{i}") for i in range(32)))
 
@@ -174,6 +176,8 @@ def test_timeouts_are_checked_in_one_place(shardd: str, flavour: str) -> None:
             for bad in BAD_TIMEOUTS:
                 with pytest.raises(ValueError, match=f"{MAX_TIMEOUT_S:g}"):
                     kv.put("t", b"v", timeout=bad)
+                with pytest.raises(ValueError, match=f"{MAX_TIMEOUT_S:g}"):
+                    kv.scan(timeout=bad)  # when called, not when first iterated
             kv.put("t", b"v")
             results: list[Any] = []
             threads = [
