@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import TracebackType
@@ -22,7 +23,7 @@ from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ClientClosed, ShardKVError
 from .frames import KVFrames
 from .retry import DEFAULT_RETRY, RetryPolicy
-from .transport import TLSConfig, channel_options
+from .transport import TLSConfig, aio_channel
 
 
 class AsyncClient(ClientBase, AsyncAdminMethods):
@@ -67,6 +68,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         self._admin: dict[str, Any] = {}
         self._getters: dict[Consistency | None, AsyncBatcher[bytes, Found | None]] = {}
         self._writers: dict[Consistency | None, AsyncBatcher[kv_pb2.Mutation, int]] = {}
+        # Set by close(), waking calls asleep in a back-off (bound to the loop of its use).
+        self._woken = asyncio.Event()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -81,8 +84,9 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
 
     async def close(self) -> None:
         """Closes every channel; calls still running, and any made later, fail with
-        ``ClientClosed`` (a ``Cancelled``)."""
-        self._closed = True
+        ``ClientClosed`` (a ``Cancelled``), those asleep in a back-off at once."""
+        self._closing.set()
+        self._woken.set()
         closed = ClientClosed("the client was closed")
         for getter in self._getters.values():
             getter.close(closed)
@@ -101,17 +105,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
     def _connect(self) -> None:
         """Opens one channel per router, in the running loop (see the class docstring)."""
         for address in self._targets.addresses:
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(
-                    address, options=channel_options(), interceptors=self._interceptors
-                )
-            else:
-                channel = grpc.aio.secure_channel(
-                    address,
-                    self._credentials,
-                    options=channel_options(),
-                    interceptors=self._interceptors,
-                )
+            channel = aio_channel(address, self._credentials, self._interceptors)
             self._channels[address] = channel
             self._kv[address] = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
             self._admin[address] = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
@@ -329,12 +323,18 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 error, wait = self._after_failure(attempts, target, err)
                 if received or wait is None:
                     raise error from err
-                await asyncio.sleep(wait)
+                await self._back_off(call.method, wait, err)
             else:
                 self._succeeded(target)
                 return
             finally:
                 stream.cancel()  # the caller stopped early: end the RPC, not just the loop
+
+    async def _back_off(self, method: str, wait: float, cause: BaseException) -> None:
+        """Sleeps wait seconds before a retry, or until close(): then ClientClosed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), wait)
+        self._check_open(method, cause)
 
     def _closed_meanwhile(self, method: str, err: BaseException) -> grpc.RpcError:
         """ClientClosed when close() ended the attempt that failed with err (CANCELLED, a
@@ -390,7 +390,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
                     raise error from err
-                await asyncio.sleep(wait)
+                await self._back_off(method, wait, err)
                 retry = request if again is None else again()
                 if retry is None:
                     raise error from err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,8 +78,9 @@ class ClientBase:
         self._retry = retry
         self._tls = tls
         self._metadata = auth_metadata(bearer_token)
-        # Set by close(): every call then fails with ClientClosed (_check_open).
-        self._closed = False
+        # Set by close(): every call then fails with ClientClosed (_check_open), and a call
+        # asleep in a back-off wakes (Client's waits on it, AsyncClient's on its own).
+        self._closing = threading.Event()
         exposed = plaintext_token_targets(self._targets.addresses, tls, bearer_token)
         if exposed:  # once per client: here, not per call
             log.warning(
@@ -105,7 +107,7 @@ class ClientBase:
         """ClientClosed once close() was called: before each attempt of a call, so that a
         call never reopens what close() closed, and one in flight when it was closed
         fails (its retry too) rather than waiting for its timeout."""
-        if self._closed:
+        if self._closing.is_set():
             raise ClientClosed(f"{method}: the client was closed") from cause
 
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from types import TracebackType
@@ -21,7 +20,7 @@ from .coalesce_threads import ThreadBatcher
 from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .retry import DEFAULT_RETRY, RetryPolicy
-from .transport import TLSConfig, channel_options
+from .transport import TLSConfig, sync_channel
 
 
 class Client(ClientBase, AdminMethods):
@@ -78,10 +77,7 @@ class Client(ClientBase, AdminMethods):
         credentials = tls.credentials() if tls else None
         self._channels: dict[str, grpc.Channel] = {}
         for address in self._targets.addresses:
-            if credentials is None:
-                channel = grpc.insecure_channel(address, options=channel_options())
-            else:
-                channel = grpc.secure_channel(address, credentials, options=channel_options())
+            channel = sync_channel(address, credentials)
             self._channels[address] = grpc.intercept_channel(channel, *interceptors)
         self._kv: dict[str, Any] = {}
         self._admin: dict[str, Any] = {}
@@ -105,8 +101,8 @@ class Client(ClientBase, AdminMethods):
 
     def close(self) -> None:
         """Closes every channel; calls still running, and any made later, fail with
-        ``ClientClosed`` (a ``Cancelled``)."""
-        self._closed = True
+        ``ClientClosed`` (a ``Cancelled``), those asleep in a back-off at once."""
+        self._closing.set()
         for channel in self._channels.values():
             channel.close()
         with self._batchers_lock:
@@ -351,7 +347,8 @@ class Client(ClientBase, AdminMethods):
                 error, wait = self._after_failure(attempts, target, err)
                 if received or wait is None:
                     raise error from err
-                time.sleep(wait)
+                if self._closing.wait(wait):  # close() ends the back-off
+                    self._check_open(call.method, err)
             else:
                 self._succeeded(target)
                 return
@@ -389,7 +386,8 @@ class Client(ClientBase, AdminMethods):
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
                     raise error from err
-                time.sleep(wait)
+                if self._closing.wait(wait):  # close() ends the back-off
+                    self._check_open(method, err)
                 retry = request if again is None else again()
                 if retry is None:
                     raise error from err

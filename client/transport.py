@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import grpc.aio
 from shardkv.common.limits import DEFAULT_LIMITS
 
 # How long a router that answered UNAVAILABLE is passed over by the round robin (it is
@@ -39,6 +40,25 @@ def channel_options() -> list[tuple[str, int]]:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
+
+
+def sync_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    """A blocking channel to address (not yet connected): TLS with credentials, else plain."""
+    if credentials is None:
+        return grpc.insecure_channel(address, options=channel_options())
+    return grpc.secure_channel(address, credentials, options=channel_options())
+
+
+def aio_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor],
+) -> grpc.aio.Channel:
+    """An asyncio channel to address, bound to the running loop on its first call."""
+    options, wrap = channel_options(), list(interceptors)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options, interceptors=wrap)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=wrap)
 
 
 def split_targets(targets: str | Sequence[str]) -> list[str]:

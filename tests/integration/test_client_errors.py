@@ -283,3 +283,49 @@ def test_an_unavailable_write_says_it_may_be_stored(cluster: Cluster) -> None:
         assert err.keys == (b"unk-k",)
         time.sleep(3)
         print("value after the nodes resumed:", kv.get("unk-k"))
+
+
+# One router that is not there and a long back-off: a call is asleep in it when closed.
+SLOW_BACKOFF = RetryPolicy(max_attempts=3, initial_backoff=4.0, max_backoff=4.0, jitter=False)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("flavour", ["sync", "async-frames", "async-grpc"])
+def test_close_ends_a_call_sleeping_in_its_back_off(flavour: str) -> None:
+    """The call fails with ClientClosed at once, not when its 4 s back-off ends."""
+    dead = f"127.0.0.1:{free_port()}"
+    ended: list[float] = []
+
+    def sync() -> BaseException:
+        kv = Client(dead, timeout=20, retry=SLOW_BACKOFF)
+        raised: list[BaseException] = []
+
+        def call() -> None:
+            with pytest.raises(ShardKVError) as info:
+                kv.get("k")
+            raised.append(info.value)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(0.5)  # the first attempt was refused: asleep in its back-off
+        ended.append(time.monotonic())
+        kv.close()
+        thread.join(10)
+        ended.append(time.monotonic())
+        return raised[0]
+
+    async def aio() -> BaseException:
+        kv = AsyncClient(dead, timeout=20, retry=SLOW_BACKOFF, frames=flavour == "async-frames")
+        call = asyncio.create_task(kv.get("k"))
+        await asyncio.sleep(0.5)
+        ended.append(time.monotonic())
+        await kv.close()
+        with pytest.raises(ShardKVError) as raised:
+            await asyncio.wait_for(call, 10)
+        ended.append(time.monotonic())
+        return raised.value
+
+    err = sync() if flavour == "sync" else asyncio.run(aio())
+    print(f"{flavour}: returned {ended[1] - ended[0]:.2f} s after close(): {err!r}")
+    assert isinstance(err, Cancelled) and "closed" in str(err), repr(err)
+    assert ended[1] - ended[0] < 1.0, "close() wakes a call in its back-off"
