@@ -3,7 +3,8 @@
 - ``shardctl``   the command: global flags, get/put/delete/scan, topology, health.
 - ``topology``   node add/remove, moves, repair.
 - ``operations`` status, backup, restore; ``status`` draws the cluster table (rich);
-  ``backup`` the backup directory and its format.
+  ``backup`` the backup directory and its format; ``backup_files`` its files, written
+  for the user alone and never through a link.
 
 Every call goes through the SDK's ``Client`` (its Admin methods: ``shardkv.client.admin``).
 """

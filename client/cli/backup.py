@@ -19,7 +19,11 @@ compacting copy (``Replica.Snapshot``), so each file is one consistent moment of
 Node ids become file names, so each must be a plain name (``shardkv.common.node_ids``), and
 no file is written or read outside the backup directory: a path that leads out of it
 (``..``, an absolute path, a symbolic link) is refused, whatever the router or the manifest
-says. Restore verifies every file's SHA-256 first, then sends the records through the router
+says. The directory is this user's alone (mode 0700; an existing one must be empty, its
+owner's and writable by no one else) and its files are mode 0600, each created new, never
+through a link (``backup_files``). Restore opens every file once, verifies its SHA-256 and
+reads the records from that open file, so it sends what it verified; verifying all of
+them comes first, then it sends the records through the router
 (``Admin.Restore``) in batches: each record goes to the owners the current ring gives its
 key, with the version it carries, and replicas keep it only when it is newer than theirs
 (and, where they hold none, only when their tombstone GC has not reached past it: see
@@ -44,7 +48,7 @@ from shardkv.client.sync import Client
 from shardkv.common.node_ids import BadNodeId, check_node_id
 from shardkv.v1 import admin_pb2, replica_pb2
 
-from . import CommandError
+from .backup_files import BackupError, PrivateDir, open_verified
 
 FORMAT = "shardkv-backup/1"
 MANIFEST = "manifest.json"
@@ -53,10 +57,6 @@ RESTORE_BATCH_RECORDS = 500
 RESTORE_BATCH_BYTES = 4 << 20
 
 Progress = Callable[[str], None]
-
-
-class BackupError(CommandError):
-    """The backup directory cannot be written or read; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,32 @@ class RestoreSummary:
 def backup(client: Client, directory: Path, *, progress: Progress) -> dict[str, Any]:
     """Copies every node's store and the topology into directory (new or empty); returns
     the manifest. Fails, naming the node, if any node cannot be copied."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise BackupError(f"{directory} exists and is not an empty directory")
-    (directory / "nodes").mkdir(parents=True, exist_ok=True)
     topology = client.topology()
-    paths = [_node_path(directory, node.id) for node in topology.nodes]  # before any write
-    _write_text(directory / "topology.json", json.dumps(_topology_json(topology), indent=2))
-    _write_text(directory / "cluster.toml", _cluster_toml(topology))
+    names = [_node_name(node.id) for node in topology.nodes]  # before any write
+    top = PrivateDir.create(directory)
+    try:
+        nodes = top.subdir("nodes")
+        try:
+            return _write_backup(client, topology, top, nodes, names, progress)
+        finally:
+            nodes.close()
+    finally:
+        top.close()
+
+
+def _write_backup(
+    client: Client,
+    topology: admin_pb2.Topology,
+    top: PrivateDir,
+    nodes: PrivateDir,
+    names: list[str],
+    progress: Progress,
+) -> dict[str, Any]:
+    top.write_text("topology.json", json.dumps(_topology_json(topology), indent=2))
+    top.write_text("cluster.toml", _cluster_toml(topology))
     files = []
-    for node, path in zip(topology.nodes, paths, strict=True):
-        node_file = _backup_node(client, node.id, path)
+    for node, name in zip(topology.nodes, names, strict=True):
+        node_file = _backup_node(client, node.id, nodes, name)
         progress(
             f"{node.id}: {node_file.records} records, {node_file.hints} hints,"
             f" {node_file.bytes} bytes"
@@ -107,18 +123,17 @@ def backup(client: Client, directory: Path, *, progress: Progress) -> dict[str, 
         "epoch": topology.epoch,
         "nodes": [asdict(f) for f in files],
     }
-    _write_text(directory / MANIFEST, json.dumps(manifest, indent=2))
+    top.write_text(MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 
-def _node_path(directory: Path, node_id: str) -> Path:
-    """Where node_id's snapshot goes: nodes/<id>.snapshot, for an id that is a plain name."""
+def _node_name(node_id: str) -> str:
+    """The name of node_id's snapshot in nodes/, <id>.snapshot, for an id that is a plain name."""
     try:
         check_node_id(node_id, "the router names a node whose id")
     except BadNodeId as err:
         raise BackupError(f"{err}; it cannot be a file name") from None
-    _inside(directory, f"nodes/{node_id}.snapshot")
-    return directory / "nodes" / f"{node_id}.snapshot"
+    return f"{node_id}.snapshot"
 
 
 def _inside(directory: Path, name: str) -> Path:
@@ -130,12 +145,11 @@ def _inside(directory: Path, name: str) -> Path:
     return path
 
 
-def _backup_node(client: Client, node_id: str, path: Path) -> NodeFile:
-    partial = path.with_name(path.name + ".partial")
+def _backup_node(client: Client, node_id: str, nodes: PrivateDir, name: str) -> NodeFile:
     digest = hashlib.sha256()
     records = hints = size = 0
-    try:
-        with partial.open("wb") as out:
+    with nodes.new_file(name) as out:
+        try:
             for batch in client.backup(node_id):
                 data = batch.SerializeToString()
                 frame = len(data).to_bytes(4, "big") + data
@@ -146,11 +160,9 @@ def _backup_node(client: Client, node_id: str, path: Path) -> NodeFile:
                     hints += len(batch.records)
                 else:
                     records += len(batch.records)
-            out.flush()
-    except OSError as err:
-        raise BackupError(f"cannot write {partial}: {err.strerror or err}") from err
-    partial.replace(path)
-    return NodeFile(node_id, f"nodes/{path.name}", records, hints, size, digest.hexdigest())
+        except OSError as err:
+            raise BackupError(f"cannot write {nodes.path / name}: {err.strerror or err}") from err
+    return NodeFile(node_id, f"nodes/{name}", records, hints, size, digest.hexdigest())
 
 
 def restore(
@@ -162,23 +174,29 @@ def restore(
     batch_bytes: int = RESTORE_BATCH_BYTES,
 ) -> RestoreSummary:
     """Writes every record of the backup in directory back into the cluster."""
-    files = _verified_files(directory)
+    files: list[tuple[NodeFile, Path, BinaryIO]] = []
     sent = restored = skipped = 0
     failures: list[str] = []
-    for node_file, path in files:
-        before = sent
-        for chunk in _chunks(path, batch_records, batch_bytes):
-            reply = client.restore(chunk)
-            sent += len(chunk)
-            restored += reply.restored
-            skipped += reply.skipped
-            failures.extend(reply.failures)
-        progress(f"{node_file.id}: sent {sent - before} records")
+    try:
+        _verified_files(directory, files)
+        for node_file, shown, stream in files:
+            before = sent
+            for chunk in _chunks(stream, shown, batch_records, batch_bytes):
+                reply = client.restore(chunk)
+                sent += len(chunk)
+                restored += reply.restored
+                skipped += reply.skipped
+                failures.extend(reply.failures)
+            progress(f"{node_file.id}: sent {sent - before} records")
+    finally:
+        for _, _, stream in files:
+            stream.close()
     return RestoreSummary(sent, restored, skipped, failures)
 
 
-def _verified_files(directory: Path) -> list[tuple[NodeFile, Path]]:
-    """The manifest's node files with their paths, each checked against its size and SHA-256."""
+def _verified_files(directory: Path, files: list[tuple[NodeFile, Path, BinaryIO]]) -> None:
+    """Appends to files the manifest's node files, each with its name and the file opened
+    and checked against its SHA-256 (the caller closes them, also after an error)."""
     where = directory / MANIFEST
     try:
         manifest = json.loads(where.read_text())
@@ -189,23 +207,11 @@ def _verified_files(directory: Path) -> list[tuple[NodeFile, Path]]:
         raise BackupError(f"{where}: format {found!r} is not {FORMAT}")
     if not isinstance(manifest.get("nodes"), list):
         raise BackupError(f"{where}: 'nodes' must be a list of node files")
-    files = []
     for position, entry in enumerate(manifest["nodes"], start=1):
         node_file = _node_file(entry, f"{where}: node file #{position}")
-        path = _inside(directory, node_file.file)
-        digest = hashlib.sha256()
-        try:
-            if not path.is_file():
-                raise BackupError(f"{directory / node_file.file} is not a regular file")
-            with path.open("rb") as stream:
-                while block := stream.read(1 << 20):
-                    digest.update(block)
-        except OSError as err:
-            raise BackupError(f"cannot read {directory / node_file.file}: {err}") from err
-        if digest.hexdigest() != node_file.sha256:
-            raise BackupError(f"{directory / node_file.file} is damaged: SHA-256 differs")
-        files.append((node_file, path))
-    return files
+        shown = directory / node_file.file
+        stream = open_verified(_inside(directory, node_file.file), shown, node_file.sha256)
+        files.append((node_file, shown, stream))
 
 
 def _node_file(entry: object, where: str) -> NodeFile:
@@ -227,15 +233,14 @@ def _node_file(entry: object, where: str) -> NodeFile:
     return NodeFile(**entry)
 
 
-def _batches(path: Path) -> Iterator[replica_pb2.SnapshotBatch]:
-    with path.open("rb") as stream:
-        while header := stream.read(4):
-            data = _read_exact(stream, int.from_bytes(header, "big"), path)
-            try:
-                batch = replica_pb2.SnapshotBatch.FromString(data)
-            except DecodeError as err:
-                raise BackupError(f"{path} holds a batch that does not decode: {err}") from None
-            yield batch
+def _batches(stream: BinaryIO, path: Path) -> Iterator[replica_pb2.SnapshotBatch]:
+    while header := stream.read(4):
+        data = _read_exact(stream, int.from_bytes(header, "big"), path)
+        try:
+            batch = replica_pb2.SnapshotBatch.FromString(data)
+        except DecodeError as err:
+            raise BackupError(f"{path} holds a batch that does not decode: {err}") from None
+        yield batch
 
 
 def _read_exact(stream: BinaryIO, size: int, path: Path) -> bytes:
@@ -245,11 +250,13 @@ def _read_exact(stream: BinaryIO, size: int, path: Path) -> bytes:
     return data
 
 
-def _chunks(path: Path, max_records: int, max_bytes: int) -> Iterator[list[replica_pb2.Record]]:
+def _chunks(
+    stream: BinaryIO, path: Path, max_records: int, max_bytes: int
+) -> Iterator[list[replica_pb2.Record]]:
     """The file's records (own and hints alike) in Restore-sized lists."""
     chunk: list[replica_pb2.Record] = []
     size = 0
-    for batch in _batches(path):
+    for batch in _batches(stream, path):
         for record in batch.records:
             chunk.append(record)
             size += len(record.key) + len(record.value)
@@ -284,10 +291,3 @@ def _cluster_toml(topology: admin_pb2.Topology) -> str:
             f"weight = {node.weight}",
         ]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.write_text(text + ("" if text.endswith("\n") else "\n"))
-    except OSError as err:
-        raise BackupError(f"cannot write {path}: {err.strerror or err}") from err
