@@ -4,10 +4,14 @@ prometheus-client's ``start_http_server`` ran a thread per connection: 1,000 idl
 connections made 1,012 threads (issue 14 item 7). Here a connection is a coroutine of the
 event loop, not a thread, and connections are bounded and short-lived:
 
-- at most ``max_connections`` at once; a further one is answered 503 and closed;
-- a connection is closed when a request's head (at most 8 KiB) has not arrived within
-  ``idle_s`` (also between requests on a kept-alive connection), or when its answer cannot
-  be written within ``idle_s``.
+- at most ``max_connections`` at once. When they are all open, a new connection takes the
+  place of the oldest one that has no request in flight (that one is closed, as nginx and
+  Go's servers drop idle keep-alive connections); only when every one has a request in
+  flight is the new one answered 503 and closed. So connections that send nothing cannot
+  shut scrapes out: each new connection pushes the oldest idle one out;
+- a new connection is closed when its first request's head (at most 8 KiB) has not
+  arrived within ``first_head_s`` (2 s); a kept-alive one when the next head has not
+  arrived within ``idle_s``; either when its answer cannot be written within ``idle_s``.
 
 The registry is rendered (prometheus-client's ``generate_latest``, or OpenMetrics when the
 scraper asks for it; gzip when it accepts it) on one worker thread of this server's own: so
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 32
 IDLE_S = 10.0
+# A new connection's first request head must arrive within this (a scraper sends it at once).
+FIRST_HEAD_S = 2.0
 # Longest request head (request line and headers) read; a longer one gets 431.
 HEAD_LIMIT = 8192
 PATHS = ("/metrics", "/")
@@ -52,13 +58,16 @@ class MetricsServer:
         *,
         max_connections: int = MAX_CONNECTIONS,
         idle_s: float = IDLE_S,
+        first_head_s: float = FIRST_HEAD_S,
     ) -> None:
         self._registry = registry
         self._listen = listen
         self._max_connections = max_connections
         self._idle_s = idle_s
+        self._first_head_s = first_head_s
         self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
+        # Open connections, oldest first: whether each has a request in flight.
+        self._open: dict[asyncio.StreamWriter, bool] = {}
         self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
         self.address = ""
 
@@ -92,27 +101,51 @@ class MetricsServer:
         self._render.shutdown(wait=False)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._open) >= self._max_connections:
+        if len(self._open) >= self._max_connections and not self._evict_idle():
             writer.write(_response(503, b"too many connections\n", keep_alive=False))
             writer.close()
             return
-        self._open.add(writer)
+        self._open[writer] = False
         try:
-            while await self._answer(reader, writer):
-                pass
+            wait_s = self._first_head_s
+            while await self._answer(reader, writer, wait_s):
+                wait_s = self._idle_s
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            pass  # the client went away, or was too slow
+            pass  # the client went away, was too slow, or was evicted
         finally:
-            self._open.discard(writer)
+            self._open.pop(writer, None)
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        """Reads one request and answers it; False when the connection is to be closed."""
+    def _evict_idle(self) -> bool:
+        """Closes the oldest connection with no request in flight; False if there is none."""
+        oldest = next((writer for writer, busy in self._open.items() if not busy), None)
+        if oldest is None:
+            return False
+        del self._open[oldest]
+        oldest.close()  # its coroutine's read ends (IncompleteReadError) and it returns
+        return True
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait_s: float
+    ) -> bool:
+        """Reads one request (its head within wait_s) and answers it; False when the
+        connection is to be closed."""
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._idle_s)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait_s)
         except asyncio.LimitOverrunError:
             await self._send(writer, _response(431, b"request head too long\n", keep_alive=False))
             return False
+        if writer not in self._open:
+            return False  # evicted just as its request arrived
+        self._open[writer] = True
+        try:
+            return await self._respond(head, writer)
+        finally:
+            if writer in self._open:
+                self._open[writer] = False
+
+    async def _respond(self, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answers the request whose head is head; False when the connection is to close."""
         request, *lines = head.decode("latin-1").split("\r\n")
         headers = {}
         for line in lines:

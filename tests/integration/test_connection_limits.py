@@ -194,8 +194,8 @@ def test_idle_metrics_connections_start_no_threads(limited: Cluster) -> None:
         time.sleep(3)
         threads = [_status(proc.pid, "Threads") for proc in procs]
         descriptors = [_descriptors(proc.pid) for proc in procs]
-        # Refused at once (503, or closed) while the bound is full, then answered 200
-        # once the idle connections have been closed.
+        # Answered at once: a new connection takes the place of the oldest idle one
+        # (before, 503 until the idle connections had been closed).
         started = time.monotonic()
         scrapes: list[list[tuple[int, float]]] = [[], []]
         while any(not tried or tried[-1][0] != 200 for tried in scrapes):

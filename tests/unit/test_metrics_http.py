@@ -7,9 +7,11 @@ import argparse
 import asyncio
 import gzip
 import threading
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
 from shardkv.serving import connections
 from shardkv.serving.metrics_http import MetricsServer
 
@@ -60,26 +62,61 @@ def test_answers_get_head_and_errors_on_one_kept_alive_connection() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.timeout(30)
 def test_bounds_connections_closes_idle_ones_and_starts_no_thread() -> None:
     async def main() -> None:
-        server, host, port = await _server(max_connections=2, idle_s=0.3)
+        server, host, port = await _server(max_connections=2, idle_s=0.3, first_head_s=0.3)
         # Threads other tests left may end meanwhile; none may start.
         threads = set(threading.enumerate())
         held = [await asyncio.open_connection(host, port) for _ in range(2)]
         await asyncio.sleep(0.05)
-        reader, writer = await asyncio.open_connection(host, port)
-        assert (await reader.read()).startswith(b"HTTP/1.1 503 Service Unavailable")
-        writer.close()
-        # Held connections that send nothing are closed after idle_s.
-        for held_reader, _ in held:
-            assert await asyncio.wait_for(held_reader.read(), 2) == b""
         assert set(threading.enumerate()) <= threads
+        # Full: a new connection takes the place of the oldest idle one (before: 503).
         conn = await asyncio.open_connection(host, port)
         assert (await _request(conn, "GET /metrics HTTP/1.1\r\n\r\n"))[0].endswith("200 OK")
+        assert await asyncio.wait_for(held[0][0].read(), 2) == b""
+        conn[1].close()
+        # Connections that send no request are closed after first_head_s.
+        assert await asyncio.wait_for(held[1][0].read(), 2) == b""
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n")
         assert (await reader.read()).startswith(b"HTTP/1.1 431")
         await server.stop()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+class Blocking:
+    """A collector that holds every scrape until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def collect(self) -> Iterator[Metric]:
+        self.release.wait(5)
+        yield from ()
+
+
+@pytest.mark.timeout(30)
+def test_refuses_only_when_every_connection_has_a_request_in_flight() -> None:
+    async def main() -> None:
+        registry = CollectorRegistry()
+        blocking = Blocking()
+        registry.register(blocking)  # type: ignore[arg-type]
+        server = MetricsServer(registry, "127.0.0.1:0", max_connections=2, idle_s=5)
+        host, _, port = (await server.start()).rpartition(":")
+        busy = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+        for _, writer in busy:
+            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.2)  # both heads read: two requests in flight
+        reader, writer = await asyncio.open_connection(host, int(port))
+        assert (await reader.read()).startswith(b"HTTP/1.1 503 Service Unavailable")
+        writer.close()
+        blocking.release.set()
+        for conn in busy:  # neither was evicted: both are answered
+            assert (await conn[0].readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+            conn[1].close()
         await server.stop()
 
     asyncio.run(main())
