@@ -288,7 +288,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         a write whose caller got DeadlineExceeded is never sent again (coalesce.Awaited)."""
         batch = Awaited(mutations, waiting, key_of=core.mutation_key)
         build = partial(core.batch_write_request, level=level)
-        attempts = Attempts(deadline)
+        attempts = Attempts(deadline, write=True)
         reply = await self._invoke(
             "BatchWrite", build(mutations), attempts, again=batch.retry_with(build)
         )
@@ -322,7 +322,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 err = self._closed_meanwhile(call.method, exc)
                 error, wait = self._after_failure(attempts, target, err)
                 if received or wait is None:
-                    raise error from err
+                    raise error from error.__cause__
                 await self._back_off(call.method, wait, err)
             else:
                 self._succeeded(target)
@@ -389,11 +389,11 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
                 err = self._closed_meanwhile(method, exc)
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
-                    raise error from err
+                    raise error from error.__cause__
                 await self._back_off(method, wait, err)
                 retry = request if again is None else again()
                 if retry is None:
-                    raise error from err
+                    raise error from error.__cause__
                 request = retry
             else:
                 self._succeeded(target)

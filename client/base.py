@@ -15,7 +15,7 @@ import grpc
 from shardkv.common import requestid
 from shardkv.common.limits import DEFAULT_LIMITS
 
-from .core import Consistency, check_level
+from .core import MAYBE_STORED, Consistency, check_level
 from .errors import ClientClosed, DeadlineExceeded, ShardKVError, from_rpc_error
 from .retry import RetryPolicy
 from .transport import Targets, TLSConfig, auth_metadata, plaintext_token_targets, split_targets
@@ -32,6 +32,26 @@ MAX_BATCH = DEFAULT_LIMITS.max_batch_items
 # a deadline (a frame's 32-bit milliseconds end at 49 days, gRPC's nanoseconds at 292
 # years from now, 9.2e9 s), and math.inf is no deadline at all.
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+# A call's time ran out at a router, or the router could not be reached: it is passed over
+# for a while (transport.Targets), so a hung router holds one call, not every other one.
+_PASS_OVER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Whole-call errors after which a write is known not to be stored: the router refused it,
+# or it was never sent (no connection could be made; a frame the router said it did not
+# read). After any other (the router died or hung with it, or timed out itself) it may be.
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+_NOT_SENT = ("failed to connect to all addresses", "DNS resolution failed", "was not read")
 
 
 def check_timeout(seconds: float) -> float:
@@ -48,14 +68,42 @@ def check_timeout(seconds: float) -> float:
 
 @dataclass(slots=True)
 class Attempts:
-    """The retry bookkeeping of one call: which routers it tried and since when."""
+    """The retry bookkeeping of one call: which routers it tried and since when; for a
+    write, the first attempt that may have stored it (router and error)."""
 
     deadline: float
+    write: bool = False
     started: float = field(default_factory=time.monotonic)
     tried: list[str] = field(default_factory=list)
+    sent: tuple[str, grpc.RpcError] | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def failed(self, target: str, err: grpc.RpcError) -> None:
+        """Notes an attempt's failure: for a write, whether it may have been stored."""
+        if not self.write or self.sent is not None or err.code() in _REFUSED:
+            return
+        not_sent = err.code() is grpc.StatusCode.UNAVAILABLE
+        if not (not_sent and any(s in (err.details() or "") for s in _NOT_SENT)):
+            self.sent = (target, err)
+
+    def final(self, error: ShardKVError) -> ShardKVError:
+        """error as the call raises it: a write's says so when an attempt may have stored
+        it, and is caused by that attempt's error (a later one may only have been refused
+        a connection to the router that died with it)."""
+        if self.sent is None:
+            return error
+        target, err = self.sent
+        first = "" if err is error.__cause__ else f" (sent to {target}: {err.details()})"
+        unknown = type(error)(
+            f"{error.details}{MAYBE_STORED}{first}",
+            code=error.code,
+            target=error.target,
+            keys=error.keys,
+        )
+        unknown.__cause__ = err
+        return unknown
 
 
 class ClientBase:
@@ -128,7 +176,9 @@ class ClientBase:
         remaining = attempts.remaining()
         if remaining <= 0:
             last = f" (last tried {attempts.tried[-1]})" if attempts.tried else ""
-            raise DeadlineExceeded(f"{method}: timeout passed before an answer{last}")
+            late = DeadlineExceeded(f"{method}: timeout passed before an answer{last}")
+            error = attempts.final(late)
+            raise error from error.__cause__
         target = self._targets.pick(attempts.tried, in_order=in_order)
         attempts.tried.append(target)
         return target, None if math.isinf(remaining) else remaining
@@ -136,9 +186,11 @@ class ClientBase:
     def _after_failure(
         self, attempts: Attempts, target: str, err: grpc.RpcError, *, repeatable: bool = True
     ) -> tuple[ShardKVError, float | None]:
-        """The error of a failed attempt and how long to wait before retrying (None: raise);
-        a call that is not repeatable only fails over (see ``RetryPolicy.delay``)."""
-        error = from_rpc_error(err, target=target)
+        """The error to raise (``from`` its ``__cause__``) if the call ends here, and how long
+        to wait before retrying (None: raise); a call that is not repeatable only fails
+        over (see ``RetryPolicy.delay``). A write's error says when it may be stored."""
+        attempts.failed(target, err)
+        error = attempts.final(from_rpc_error(err, target=target))
         now = time.monotonic()
         wait = self._retry.delay(
             error.code,
@@ -148,7 +200,7 @@ class ClientBase:
             untried_target=self._targets.untried(attempts.tried),
             repeatable=repeatable,
         )
-        if error.code is grpc.StatusCode.UNAVAILABLE:
+        if error.code in _PASS_OVER:
             self._targets.failed(target)
         return error, wait
 

@@ -241,7 +241,7 @@ def write_outcomes(
         if status.code:
             message = status.message
             if status_code(status.code) is grpc.StatusCode.UNAVAILABLE:
-                message += _MAYBE_STORED
+                message += MAYBE_STORED + " on fewer replicas"
             outcomes.append(from_item_status(status.code, message, mutation.key, target=target))
         else:
             outcomes.append(result.version)
@@ -261,8 +261,9 @@ def batch_outcomes(
     return page
 
 
-# What a write's UNAVAILABLE item error adds to the router's message (errors.Unavailable).
-_MAYBE_STORED = "; the outcome is unknown: the write may have been stored on fewer replicas"
+# What a write's error adds to its message when the write may be stored all the same: an
+# UNAVAILABLE item error (errors.Unavailable), or a call an attempt of which was sent (base).
+MAYBE_STORED = "; the outcome is unknown: the write may have been stored"
 
 
 def paired_outcomes(

@@ -313,7 +313,7 @@ class Client(ClientBase, AdminMethods):
         a write whose caller got DeadlineExceeded is never sent again (coalesce.Awaited)."""
         batch = Awaited(mutations, waiting, key_of=core.mutation_key)
         build = partial(core.batch_write_request, level=level)
-        attempts = Attempts(deadline)
+        attempts = Attempts(deadline, write=True)
         reply = self._invoke(
             "BatchWrite", build(mutations), attempts, again=batch.retry_with(build)
         )
@@ -346,7 +346,7 @@ class Client(ClientBase, AdminMethods):
                 self._check_open(call.method, err)
                 error, wait = self._after_failure(attempts, target, err)
                 if received or wait is None:
-                    raise error from err
+                    raise error from error.__cause__
                 if self._closing.wait(wait):  # close() ends the back-off
                     self._check_open(call.method, err)
             else:
@@ -385,12 +385,12 @@ class Client(ClientBase, AdminMethods):
                     raise
                 error, wait = self._after_failure(attempts, target, err, repeatable=repeatable)
                 if wait is None:
-                    raise error from err
+                    raise error from error.__cause__
                 if self._closing.wait(wait):  # close() ends the back-off
                     self._check_open(method, err)
                 retry = request if again is None else again()
                 if retry is None:
-                    raise error from err
+                    raise error from error.__cause__
                 request = retry
             else:
                 self._succeeded(target)

@@ -18,9 +18,11 @@ import grpc
 import grpc.aio
 from shardkv.common.limits import DEFAULT_LIMITS
 
-# How long a router that answered UNAVAILABLE is passed over by the round robin (it is
-# still used when every router is in that state). gRPC reconnects in the background, so
-# this only saves the calls that would fail fast in the meantime.
+# How long a router that answered UNAVAILABLE, or held a call until its time ran out
+# (DEADLINE_EXCEEDED: a hung router), is passed over by the round robin (it is still used
+# when every router is in that state). gRPC reconnects in the background, so for a router
+# that is down this saves the calls that would fail fast in the meantime; for a hung one
+# the calls that would wait out their whole timeout on it.
 FAILED_TARGET_COOLDOWN_S = 2.0
 
 PemSource = str | Path | bytes
