@@ -258,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         parser.error(f"--topology: {err}")
     security = _etcd_security(parser, args)
+    for warning in security.clear_text_warnings(etcd.endpoints if etcd else ()):
+        log.warning("%s", warning)
     sys.exit(asyncio.run(_serve(config, etcd, security, args.etcd_lease_s)))
 
 

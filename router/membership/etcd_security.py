@@ -5,11 +5,15 @@ With a user, the client calls Auth/Authenticate once per member connection and s
 token it gets with every call (etcd's ``token`` metadata, as clientv3 does); a token etcd
 no longer knows (expired, etcd restarted) is replaced on the next call. The password
 comes from a file (--etcd-password-file), is never on a command line, and is never
-logged or shown in a repr.
+logged or shown in a repr. Without TLS it crosses the network as it is, so, as for the
+node token (shardd's ``exposure``), a user without --etcd-cacert to an etcd endpoint that
+is not loopback is allowed with a warning (``clear_text_warnings``), logged at start.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,20 @@ class EtcdSecurity:
     key: Path | None = None
     user: str | None = None
     password: str = field(default="", repr=False)
+
+    def clear_text_warnings(self, endpoints: Sequence[str]) -> list[str]:
+        """What to warn about before connecting to endpoints (HOST:PORT): the password
+        crossing the network in clear text, when there is a user, no TLS and an endpoint
+        that is not loopback. Never shows the password."""
+        if self.user is None or self.ca is not None:
+            return []
+        exposed = [endpoint for endpoint in endpoints if not _is_loopback(endpoint)]
+        if not exposed:
+            return []
+        return [
+            f"the etcd password of user {self.user!r} crosses the network in clear text to"
+            f" {', '.join(exposed)}: use --etcd-cacert (TLS to etcd)"
+        ]
 
     def channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
         """A channel to the member at target: TLS when a CA is set, else plaintext."""
@@ -68,6 +86,21 @@ class EtcdSecurity:
                 f" {err.details()}): check --etcd-user and --etcd-password-file"
             ) from None
         return str(reply.token)
+
+
+def _is_loopback(endpoint: str) -> bool:
+    """Whether HOST:PORT (IPv6 in brackets) is this machine only: a loopback address, or a
+    name all of whose addresses are (the rule of shardd/auth.py's is_loopback)."""
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 def read_password(path: Path) -> str:

@@ -186,3 +186,36 @@ def test_user_and_password(tmp_path: Path, procs: list[Proc]) -> None:
     for proc in (good, refused):
         assert PASSWORD not in proc.log()
         assert not any(PASSWORD in arg for arg in proc.argv)
+
+
+@pytest.mark.timeout(90)
+def test_a_password_sent_in_clear_text_is_warned_about(tmp_path: Path, procs: list[Proc]) -> None:
+    """As the node token: a password on a plaintext link to an etcd that is not loopback
+    is allowed, with a warning naming the endpoint; on loopback, no warning."""
+    etcd = etcd_members(tmp_path)
+    procs.extend(etcd)
+    start_etcd(etcd)
+    etcdctl(etcd, "user", "add", f"root:{PASSWORD}")
+    etcdctl(etcd, "auth", "enable")
+    config = nodes_config(tmp_path, procs)
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    port = etcd[0].address.rpartition(":")[2]
+    logs = {}
+    # 0.0.0.0 reaches the member on 127.0.0.1 (Linux) but is not a loopback address.
+    for name, host in (("r1", "0.0.0.0"), ("r2", "127.0.0.1")):
+        flags = ["--topology", f"etcd://{host}:{port}{PREFIX}"]
+        flags += ["--etcd-user", "root", "--etcd-password-file", str(tmp_path / "pw")]
+        router = router_proc(tmp_path, config, name, extra=flags)
+        procs.append(router)
+        router.start()
+        put(router, f"{name}/1".encode())
+        assert router.stop() == 0
+        logs[host] = router.log()
+    # Before: no warning at all.
+    warning = (
+        "the etcd password of user 'root' crosses the network in clear text to"
+        f" 0.0.0.0:{port}: use --etcd-cacert"
+    )
+    assert warning in logs["0.0.0.0"], logs["0.0.0.0"][-3000:]
+    assert "clear text" not in logs["127.0.0.1"]
+    assert all(PASSWORD not in log for log in logs.values())

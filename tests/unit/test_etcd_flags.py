@@ -56,3 +56,20 @@ def test_a_lease_shorter_than_etcd_grants_is_refused(capsys: pytest.CaptureFixtu
     with pytest.raises(SystemExit):
         _config(parser, args)
     assert "--etcd-lease-s must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(10)
+def test_a_password_in_clear_text_to_a_remote_etcd_is_warned_about() -> None:
+    """The node token's rule (shardd/auth.py, exposure): warned about, not refused."""
+    user = EtcdSecurity(user="root", password="s3cret")
+    remote = ["10.0.0.5:2379", "etcd.example.invalid:2379", "0.0.0.0:2379"]
+    local = ["127.0.0.1:2379", "localhost:2379", "[::1]:2379"]
+    warnings = user.clear_text_warnings([*local, *remote])
+    assert len(warnings) == 1 and "s3cret" not in warnings[0]
+    assert all(endpoint in warnings[0] for endpoint in remote), warnings
+    assert not any(endpoint in warnings[0] for endpoint in local), warnings
+    assert "use --etcd-cacert" in warnings[0]
+    assert user.clear_text_warnings(local) == []
+    with_tls = EtcdSecurity(ca=Path("ca.pem"), user="root", password="s3cret")
+    assert with_tls.clear_text_warnings(remote) == []
+    assert EtcdSecurity().clear_text_warnings(remote) == []  # no password to expose
