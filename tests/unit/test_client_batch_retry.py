@@ -1,18 +1,23 @@
 """Which items of a coalesced batch a retry may carry (client.coalesce): only those whose
-callers still wait, and nothing when none does. The integration test with real processes
-is tests/integration/test_client_abandoned_retry.py."""
+callers still wait, and nothing when none does; and when a write's error says it may
+have been stored (base.Attempts). The integration tests with real processes are
+tests/integration/test_client_abandoned_retry.py and test_client_router_faults.py."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Sequence
 
+import grpc
 import pytest
 from shardkv.client import DeadlineExceeded
+from shardkv.client.base import Attempts
 from shardkv.client.coalesce import AsyncBatcher, Awaited, Waiting
 from shardkv.client.coalesce_threads import ThreadBatcher
+from shardkv.client.errors import from_rpc_error
 
 
 def test_a_retry_carries_only_the_items_still_awaited() -> None:
@@ -82,3 +87,40 @@ def test_async_batch_sees_a_caller_give_up() -> None:
     asyncio.run(scenario())
     # "hasty" was queued first ("patient" starts only at the await), so it is item 0.
     assert seen == [[True, True], [False, True]]
+
+
+class _Failed(grpc.RpcError):
+    """A failed attempt's error, as gRPC (or a frame) raises it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_write_says_it_may_be_stored_after_an_attempt_that_was_sent() -> None:
+    unavailable, refused = grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"
+    never_sent = [
+        _Failed(unavailable, f"{refused}; last error: Connection refused"),
+        _Failed(unavailable, "router r1: server stopping; the frame was not read"),
+        _Failed(grpc.StatusCode.UNAUTHENTICATED, "bad token"),
+    ]
+    for err in never_sent:  # and reads never say so
+        for attempts in (Attempts(math.inf, write=True), Attempts(math.inf)):
+            attempts.failed("r1", err)
+            assert attempts.final(from_rpc_error(err)).details == err.details()
+    lost = _Failed(unavailable, "Stream removed (Socket closed)")
+    last = _Failed(unavailable, f"{refused}; last error: Connection refused")
+    attempts = Attempts(math.inf, write=True)
+    for err in (lost, last):
+        attempts.failed("r1", err)
+    error = attempts.final(from_rpc_error(last, target="r1"))
+    assert error.details.startswith(refused) and error.__cause__ is lost
+    assert "the outcome is unknown" in error.details and "Socket closed" in error.details
+    timed_out = Attempts(math.inf, write=True)
+    timed_out.failed("r1", _Failed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+    assert timed_out.sent is not None
