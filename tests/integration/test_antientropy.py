@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -173,21 +173,34 @@ def test_tombstones_survive_a_pass_that_missed_a_replica(cluster: Cluster) -> No
         assert client.get_many(keys) == {}
 
 
+def back_up_then_delete(
+    cluster: Cluster,
+    backup: Path,
+    keys: list[bytes],
+    deleted: list[bytes],
+    rewritten: Sequence[bytes] = (),
+) -> None:
+    """Writes keys "backed-up", backs them up, deletes some and rewrites others
+    "after-backup", then has a repair pass purge the deletes' tombstones."""
+    with Client(cluster.router.address) as client:
+        client.put_many({k: b"backed-up" for k in keys})
+    shardctl(cluster, "backup", str(backup))
+    with Client(cluster.router.address) as client:
+        for key in deleted:
+            client.delete(key)
+        if rewritten:
+            client.put_many({k: b"after-backup" for k in rewritten})
+    time.sleep(GRACE_S + 0.2)
+    assert f"{len(deleted) * 3} tombstones purged" in repair(cluster)
+
+
 @pytest.mark.timeout(120)
 def test_restore_after_tombstone_gc_keeps_later_deletes_deleted(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     keys = [b"rs/%03d" % i for i in range(100)]
     deleted, rewritten = keys[:50], keys[50:60]
-    with Client(cluster.router.address) as client:
-        client.put_many({k: b"backed-up" for k in keys})
-    shardctl(cluster, "backup", str(tmp_path / "backup"))
-    with Client(cluster.router.address) as client:
-        for key in deleted:
-            client.delete(key)
-        client.put_many({k: b"after-backup" for k in rewritten})
-    time.sleep(GRACE_S + 0.2)
-    assert f"{len(deleted) * 3} tombstones purged" in repair(cluster)
+    back_up_then_delete(cluster, tmp_path / "backup", keys, deleted, rewritten)
     for node in cluster.nodes:
         assert not any(r.version for r in records(node, deleted)), f"{node.name} kept tombstones"
 
@@ -246,14 +259,7 @@ def test_a_node_given_ranges_after_tombstone_gc_restores_no_purged_delete(
 ) -> None:
     keys = [b"ra/%03d" % i for i in range(100)]
     deleted = keys[:50]
-    with Client(cluster.router.address) as client:
-        client.put_many({k: b"backed-up" for k in keys})
-    shardctl(cluster, "backup", str(tmp_path / "backup"))
-    with Client(cluster.router.address) as client:
-        for key in deleted:
-            client.delete(key)
-    time.sleep(GRACE_S + 0.2)
-    assert f"{len(deleted) * 3} tombstones purged" in repair(cluster)
+    back_up_then_delete(cluster, tmp_path / "backup", keys, deleted)
     # A node receives ranges after the purge, and no tombstone of these keys.
     if how == "added":
         (tmp_path / "n4home").mkdir()
