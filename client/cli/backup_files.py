@@ -80,6 +80,7 @@ class PrivateDir:
         try:
             os.mkdir(name, DIR_MODE, dir_fd=self._fd)
             fd = os.open(name, _DIR, dir_fd=self._fd)
+            os.fsync(self._fd)
         except OSError as err:
             raise BackupError(f"cannot create {self.path / name}: {err.strerror or err}") from err
         return PrivateDir(self.path / name, fd)
@@ -99,6 +100,7 @@ class PrivateDir:
             yield out
             try:
                 out.flush()
+                os.fsync(out.fileno())  # a backup reported done survives a power loss
                 written = os.fstat(out.fileno())
                 found = os.stat(partial, dir_fd=self._fd, follow_symlinks=False)
             except OSError as err:
@@ -109,6 +111,7 @@ class PrivateDir:
                 raise BackupError(f"{self.path / partial} was replaced while it was written")
             try:
                 os.replace(partial, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+                os.fsync(self._fd)  # the new name, durable
             except OSError as err:
                 raise BackupError(f"cannot rename {self.path / partial}: {err}") from err
 

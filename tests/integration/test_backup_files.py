@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults.strace_log import parse_trace
 from harness import BIN, Cluster, start_cluster
 from shardkv.client import Client
 from shardkv.client.cli import backup
@@ -172,3 +173,37 @@ def test_restore_sends_the_file_it_verified(cluster: Cluster, tmp_path: Path) ->
         # Before: the forged record was sent and stored (kv.get gave b"evil").
         assert kv.get("planted") is None
         assert summary.sent == 50  # the 50 records backed up, not the forged one
+
+
+@pytest.mark.timeout(90)
+def test_a_backup_reported_done_is_durable(cluster: Cluster, tmp_path: Path) -> None:
+    """Every file is fsync'd before it takes its name, and its directory after: before,
+    nothing was, and a power loss after "backed up" could leave empty or missing files."""
+    log = tmp_path / "strace.log"
+    strace = ["strace", "-f", "-tt", "-xx", "-e", "trace=openat,fsync,renameat,renameat2"]
+    command = [SHARDCTL, "--addr", cluster.router.address, "backup", str(tmp_path / "bk")]
+    done = subprocess.run(
+        [*strace, "-o", str(log), *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    synced: set[int] = set()
+    partial: dict[bytes, int] = {}
+    renamed: list[bytes] = []
+    for call in sorted(parse_trace(log.read_text()), key=lambda c: c.exit):
+        if call.ret is None or call.ret < 0:
+            continue
+        names = [name for name in call.strings() if name.endswith(b".partial")]
+        if call.name == "openat" and names:
+            partial[names[0]] = call.ret
+            synced.discard(call.ret)
+        elif call.name == "fsync":
+            synced.add(call.fd())
+            renamed.clear()  # a directory's fsync makes the renames before it durable
+        elif call.name.startswith("renameat") and names:
+            assert partial.get(names[0]) in synced, f"{names[0]!r} renamed before its fsync"
+            renamed.append(names[0])
+    assert len(partial) == 5, sorted(partial)  # two node files, topology, toml, manifest
+    assert not renamed, f"no directory fsync after the rename of {renamed}"
