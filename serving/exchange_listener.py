@@ -270,7 +270,7 @@ class ExchangeListener:
         sock = caller.writer.get_extra_info("socket")
         while caller.running and not caller.writer.is_closing():
             await asyncio.wait(set(caller.running), timeout=GONE_POLL_S)
-            if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            if sock is not None and gone(sock):
                 return
 
     def _busy(self, running: int) -> str | None:
@@ -381,3 +381,12 @@ def _certificate_names(writer: asyncio.StreamWriter) -> list[str]:
         elif kind in ("DNS", "URI", "email") and isinstance(value, str):
             names.append(value)
     return names
+
+
+def gone(sock: socket.socket) -> bool:
+    """Whether a caller's socket reset (a closed socket answers what is sent to it with
+    one) or was closed meanwhile (a reply that failed to be written closes it: EBADF)."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except OSError:
+        return True
