@@ -54,6 +54,11 @@ def node_left(node_id: str) -> NodeFailure:
     return NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")
 
 
+# A call may take node_call_ms and a second more per this many bytes it carries: a node
+# writing a call of 1 MiB values (8 MiB a call) beside two others on a busy host takes
+# more than a second to apply and fsync it without being down.
+CALL_BYTES_PER_S = 8 << 20
+
 # Sends a batch with a timeout in seconds; returns one result per item, in order.
 SendBatch = Callable[[list[Item], float], Awaitable[Sequence[Result]]]
 # Told of every failed call, with the timeout it had (the health tracker listens).
@@ -177,9 +182,12 @@ class Coalescer(Generic[Item, Result]):
 
     async def _call(self, batch: list[_Pending[Item, Result]]) -> None:
         # One call serves items of several requests: it may run until the latest of their
-        # deadlines (each request stops waiting at its own), never beyond node_call_ms.
+        # deadlines (each request stops waiting at its own), never beyond node_call_ms
+        # plus the time its bytes may take (a call of large values is slow, not a node
+        # down: it would be marked DOWN for using its whole time).
+        allowance = sum(entry[4] for entry in batch) / CALL_BYTES_PER_S
         timeout = min(
-            self._call_timeout_s,
+            self._call_timeout_s + allowance,
             max(entry[1] for entry in batch) - asyncio.get_running_loop().time(),
         )
         results: Sequence[Result | NodeFailure]

@@ -22,7 +22,7 @@ class Recorder:
         self.fail = fail
 
     async def __call__(self, items: list[int], timeout: float) -> list[int]:
-        assert 0 < timeout <= 1.0
+        assert 0 < timeout <= 1.01  # node_call_ms, and its few bytes' allowance
         self.batches.append(items)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -164,5 +164,38 @@ def test_an_item_holding_many_entries_counts_them_against_the_call_and_queue_bou
         assert [(await q)[0] for q in queued] == [600, 300, 200, 400]
         assert send.batches == [[10], [60, 30], [20, 40]]
         assert not failures
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_a_call_gets_a_second_more_per_8_mib_it_carries() -> None:
+    """A call of large values is slow, not a node down: it was given node_call_ms alone,
+    and a node applying three 8 MiB calls at once on a busy host was marked DOWN."""
+
+    async def scenario() -> None:
+        timeouts: list[float] = []
+
+        async def send(items: list[int], timeout: float) -> list[int]:
+            timeouts.append(timeout)
+            return items
+
+        c: Coalescer[int, int] = Coalescer(
+            "n1",
+            send,
+            on_failure=lambda failure, timeout: None,
+            max_items=100,
+            max_bytes=64 << 20,
+            max_in_flight=1,
+            call_timeout_s=1.0,
+            size_of=lambda item: item,
+        )
+        far = asyncio.get_running_loop().time() + 60
+        await (await submit(c, [1], far))
+        await (await submit(c, [8 << 20, 8 << 20], far))
+        await (await submit(c, [8 << 20], asyncio.get_running_loop().time() + 1.5))
+        assert timeouts[0] == pytest.approx(1.0, abs=0.01)
+        assert timeouts[1] == pytest.approx(3.0, abs=0.01)
+        assert timeouts[2] == pytest.approx(1.5, abs=0.05)  # never past the item's deadline
 
     asyncio.run(scenario())
