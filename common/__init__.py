@@ -8,4 +8,5 @@
 - ``logs``        the key=value log line format.
 - ``extras``      which optional dependencies a server needs, and the message when missing.
 - ``launch``      the server commands' entry points.
+- ``loopback``    whether a host is this machine only (where secrets may go without TLS).
 """

@@ -21,9 +21,7 @@ unless told ``insecure`` (``--insecure``), and then with a warning.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any, TypeAlias
 
 import grpc
 import grpc.aio
+from shardkv.common.loopback import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +81,6 @@ def read_token(path: Path) -> str:
     if not text or any(c.isspace() for c in text):
         raise ValueError(f"node token file {path} must hold one token without spaces")
     return text
-
-
-def is_loopback(host: str) -> bool:
-    """Whether host (an address or a name, IPv6 possibly in brackets) is this machine only."""
-    host = host.strip("[]")
-    if not host:
-        return False  # ":port" listens on every interface
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 def exposure(

@@ -12,8 +12,6 @@ is not loopback is allowed with a warning (``clear_text_warnings``), logged at s
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from aetcd import rpc  # type: ignore[import-untyped]
+from shardkv.common.loopback import is_loopback
 from shardkv.router.membership.topology_store import StoreUnavailable
 
 
@@ -49,7 +48,9 @@ class EtcdSecurity:
         that is not loopback. Never shows the password."""
         if self.user is None or self.ca is not None:
             return []
-        exposed = [endpoint for endpoint in endpoints if not _is_loopback(endpoint)]
+        exposed = [
+            endpoint for endpoint in endpoints if not is_loopback(endpoint.rpartition(":")[0])
+        ]
         if not exposed:
             return []
         return [
@@ -86,21 +87,6 @@ class EtcdSecurity:
                 f" {err.details()}): check --etcd-user and --etcd-password-file"
             ) from None
         return str(reply.token)
-
-
-def _is_loopback(endpoint: str) -> bool:
-    """Whether HOST:PORT (IPv6 in brackets) is this machine only: a loopback address, or a
-    name all of whose addresses are (the rule of shardd/auth.py's is_loopback)."""
-    host = endpoint.rpartition(":")[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 def read_password(path: Path) -> str:

@@ -12,13 +12,14 @@ from typing import Any
 import grpc
 import pytest
 from shardkv.common.limits import DEFAULT_LIMITS
+from shardkv.common.loopback import is_loopback
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import NodeFailure
 from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.serving.status import status_of
 from shardkv.shardd.__main__ import parse_args
-from shardkv.shardd.auth import NodeAuth, exposure, is_loopback, read_token
+from shardkv.shardd.auth import NodeAuth, exposure, read_token
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.server import ServerConfig, ShardServer
 from shardkv.shardd.store import Store, TooManyTargets
