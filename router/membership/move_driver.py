@@ -65,6 +65,7 @@ from shardkv.router.membership.move_plan import (
     aborted_topology,
     changed_pieces,
     check_driver,
+    client_of,
     conflict,
     describe_error,
     dropping,
@@ -92,7 +93,6 @@ from shardkv.router.membership.topology import (
 )
 from shardkv.router.pace import Pacer
 from shardkv.router.requests.health import NodeHealth
-from shardkv.router.requests.node_client import NodeClient
 from shardkv.v1 import admin_pb2
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ class Rebalancer:
         drop phase, epoch + 1) and fences the switch on every node of the move."""
         joining = next((n for n in topology.nodes if n.state == JOINING), None)
         if joining is not None:
-            await claim_joining(self._client(joining.id), joining, topology)
+            await claim_joining(client_of(self._membership.clients, joining.id), joining, topology)
         transfers = plan_transfers(changed_pieces(topology), self._health.is_down)
         progress.state = admin_pb2.MOVE_COUNTING
         transfers = await count_transfers(self._membership.clients, transfers, progress)
@@ -379,9 +379,3 @@ class Rebalancer:
 
     def _finish(self, progress: MoveProgress) -> None:
         self.history = [*self.history, progress][-HISTORY:]
-
-    def _client(self, node_id: str) -> NodeClient:
-        try:
-            return self._membership.clients[node_id]
-        except KeyError:
-            raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from shardkv.router.membership.move_plan import MoveConflict
+from shardkv.router.membership.move_plan import MoveConflict, client_of
 from shardkv.router.membership.range_streamer import apply_with_retry
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.health import NodeHealth
@@ -89,11 +89,3 @@ def _keeper(
         if node_id not in (leaving, target) and health.is_up(node_id):
             return node_id
     raise MoveConflict(f"no node that stays is UP to keep the hints {leaving} holds for {target}")
-
-
-def client_of(clients: Mapping[str, NodeClient], node_id: str) -> NodeClient:
-    """The channel to node_id; MoveConflict once it left the topology."""
-    try:
-        return clients[node_id]
-    except KeyError:
-        raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None

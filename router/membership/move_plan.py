@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import grpc
 from shardkv.router.membership.topology import (
@@ -30,6 +31,8 @@ from shardkv.router.membership.topology import (
 from shardkv.router.placement.current import Piece, merge_ranges, pieces
 from shardkv.router.placement.ring import Ring
 from shardkv.v1 import admin_pb2
+
+T = TypeVar("T")
 
 ADD, REMOVE = admin_pb2.MOVE_ADD, admin_pb2.MOVE_REMOVE
 
@@ -199,6 +202,14 @@ class MoveProgress:
             router_id=self.router_id,
             keys_dropped=self.keys_dropped,
         )
+
+
+def client_of(clients: Mapping[str, T], node_id: str) -> T:
+    """The channel to node_id; MoveConflict once it left the topology."""
+    try:
+        return clients[node_id]
+    except KeyError:
+        raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
 
 
 def describe_error(err: Exception) -> str:

@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 import grpc
 from shardkv.router.membership.fencing import FenceFailed, fence_nodes
 from shardkv.router.membership.live_topology import ClientFactory, Membership
-from shardkv.router.membership.move_hints import client_of, hand_over_held_hints, rehome_hints
+from shardkv.router.membership.move_hints import hand_over_held_hints, rehome_hints
 from shardkv.router.membership.move_plan import (
     MoveConflict,
     MoveProgress,
     Transfer,
     changed_pieces,
+    client_of,
     describe_error,
     given_away,
     received,

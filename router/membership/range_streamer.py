@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import grpc
-from shardkv.router.membership.move_plan import MoveConflict, Transfer
+from shardkv.router.membership.move_plan import MoveConflict, Transfer, client_of
 from shardkv.router.pace import Pacer
 from shardkv.router.requests.health import NodeHealth, NodeWentDown, while_up
 from shardkv.router.requests.node_client import NodeClient
@@ -99,15 +99,9 @@ class Streamer:
             for fallback in transfer.fallback():
                 await self.run(fallback)
 
-    def _client(self, node_id: str) -> NodeClient:
-        try:
-            return self._clients[node_id]
-        except KeyError:
-            raise MoveConflict(f"node {node_id!r} is not in the topology any more") from None
-
     async def _stream(self, transfer: Transfer) -> None:
-        source = self._client(transfer.source)
-        target = self._client(transfer.target)
+        source = client_of(self._clients, transfer.source)
+        target = client_of(self._clients, transfer.target)
         queue: asyncio.Queue[list[replica_pb2.Record] | None] = asyncio.Queue(READ_AHEAD)
 
         async def pull() -> None:

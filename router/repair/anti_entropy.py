@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import grpc
 from shardkv.common.hlc import LOGICAL_BITS
 from shardkv.router.membership.live_topology import Membership
-from shardkv.router.membership.move_plan import MoveConflict, now_ms
+from shardkv.router.membership.move_plan import MoveConflict, describe_error, now_ms
 from shardkv.router.pace import Pacer
 from shardkv.router.placement.current import Piece, merge_ranges, pieces, segment_cuts
 from shardkv.router.repair.reconcile import Reconciler, RepairProgress
@@ -253,7 +253,7 @@ class AntiEntropy:
                     ),
                 )
             except (grpc.aio.AioRpcError, NodeWentDown) as err:
-                log.warning("repair: %s could not digest: %s", node_id, _reason(err))
+                log.warning("repair: %s could not digest: %s", node_id, describe_error(err))
                 return None
             owned = {i: answers[i] for i in plan.by_node.get(node_id, [])}
             foreign = sum(a.count for i, a in enumerate(answers) if i not in owned)
@@ -299,7 +299,7 @@ class AntiEntropy:
                     "repair: %s could not drop copies of ranges it does not own (%s); no"
                     " tombstone purged",
                     node_id,
-                    _reason(err),
+                    describe_error(err),
                 )
                 swept = False
                 continue
@@ -342,7 +342,8 @@ class AntiEntropy:
                     ),
                 )
             except (grpc.aio.AioRpcError, NodeWentDown) as err:
-                log.warning("repair: %s could not purge tombstones: %s", node_id, _reason(err))
+                reason = describe_error(err)
+                log.warning("repair: %s could not purge tombstones: %s", node_id, reason)
 
     async def _hint_targets(self) -> set[str]:
         """Nodes some node holds hints for; every node must answer (else: all, no purge)."""
@@ -362,7 +363,3 @@ def _by_node(segments: Sequence[Piece]) -> dict[str, list[int]]:
         for node_id in segment.old:
             by_node.setdefault(node_id, []).append(index)
     return by_node
-
-
-def _reason(err: Exception) -> str:
-    return err.code().name if isinstance(err, grpc.aio.AioRpcError) else str(err)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import grpc
 from shardkv.common.hlc import newest, precedes
 from shardkv.common.ring_tokens import ring_token
-from shardkv.router.membership.move_plan import MoveConflict, now_ms
+from shardkv.router.membership.move_plan import MoveConflict, describe_error, now_ms
 from shardkv.router.membership.range_streamer import apply_with_retry
 from shardkv.router.pace import Pacer
 from shardkv.router.placement.current import Piece, merge_ranges
@@ -182,11 +182,8 @@ class Reconciler:
 
         try:
             await while_up(self._health, node_id, listing())
-        except grpc.aio.AioRpcError as err:
-            log.warning("repair: %s could not list versions: %s", node_id, err.code().name)
-            return None
-        except NodeWentDown as err:
-            log.warning("repair: %s could not list versions: %s", node_id, err)
+        except (grpc.aio.AioRpcError, NodeWentDown) as err:
+            log.warning("repair: %s could not list versions: %s", node_id, describe_error(err))
             return None
         return found
 

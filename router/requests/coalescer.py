@@ -176,16 +176,16 @@ class Coalescer(Generic[Item, Result]):
             if not batch:
                 continue
             self._in_flight += 1
-            task = loop.create_task(self._call(batch))
+            task = loop.create_task(self._call(batch, size))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, batch: list[_Pending[Item, Result]]) -> None:
+    async def _call(self, batch: list[_Pending[Item, Result]], size: int) -> None:
         # One call serves items of several requests: it may run until the latest of their
         # deadlines (each request stops waiting at its own), never beyond node_call_ms
         # plus the time its bytes may take (a call of large values is slow, not a node
         # down: it would be marked DOWN for using its whole time).
-        allowance = sum(entry[4] for entry in batch) / CALL_BYTES_PER_S
+        allowance = size / CALL_BYTES_PER_S
         timeout = min(
             self._call_timeout_s + allowance,
             max(entry[1] for entry in batch) - asyncio.get_running_loop().time(),
