@@ -104,7 +104,10 @@ def test_a_write_whose_router_died_says_it_may_be_stored(
             outcome.append(raised.value)
 
         def kill_router() -> None:
-            time.sleep(0.3)  # the put waits at the router on the stopped node
+            # The put waits at the router on the stopped node, which the router gives up at
+            # node_call_ms (1 s) after the put arrived: killed at 0.8 s, the router holds
+            # it whenever it arrived within 0.8 s (0.3 s was too short under a full suite).
+            time.sleep(0.8)
             router.kill()
             node.signal(signal.SIGCONT)
 
@@ -117,11 +120,14 @@ def test_a_write_whose_router_died_says_it_may_be_stored(
             run(put_async)
         err = outcome[0]
         print(f"{flavour}: {type(err).__name__}: {err}\n  caused by: {err.__cause__!r}")
+        # Closed first: its channel's connection to the dead router, backing off after the
+        # refusals, would be shared by the check's channel to the same address (gRPC's
+        # subchannel pool) and fail its call at once.
+        run(kv.close) if flavour != "sync" else kv.close()
         router.start()
         with Client(router.address, timeout=4) as check:
             stored = check.get("maybe")
         print(f"{flavour}: after the router restarted, get('maybe') = {stored!r}")
-        run(kv.close) if flavour != "sync" else kv.close()
         assert "the outcome is unknown" in str(err) and "may have been stored" in str(err)
         cause = err.__cause__
         assert isinstance(cause, grpc.RpcError), repr(cause)
