@@ -28,7 +28,7 @@ from shardkv.serving import connections, exchange_listener, telemetry
 from shardkv.shardd.auth import NodeAuth, read_token
 from shardkv.shardd.identity import WrongNode
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
-from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
+from shardkv.shardd.store_env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, StoreOpenError
 
 log = logging.getLogger("shardkv.shardd")
 

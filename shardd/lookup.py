@@ -25,6 +25,11 @@ T = TypeVar("T")
 # Builds the entry of a key from its LMDB value (None: no record); it must copy what it
 # keeps out of the value, a view valid only inside the transaction.
 Entry = Callable[[bytes, bytes | memoryview | None], T]
+# The stored value of a key (None: no record).
+Get = Callable[[bytes], bytes | memoryview | None]
+# Records journaled and not yet in LMDB: (active, frozen), key -> LMDB value.
+Pending = tuple[dict[bytes, bytes], dict[bytes, bytes]]
+NOTHING_PENDING: Pending = ({}, {})
 
 
 def record_or_none(key: bytes, raw: bytes | memoryview | None) -> Record | None:
@@ -32,30 +37,39 @@ def record_or_none(key: bytes, raw: bytes | memoryview | None) -> Record | None:
     return None if raw is None else decode(key, raw)
 
 
+def layered(txn: lmdb.Transaction, db: lmdb._Database, pending: Pending) -> Get:
+    """The value lookup of a read: the journal's records (shardkv.shardd.write_ahead), newest
+    first, before LMDB's. pending must be taken before txn began (write_ahead says why)."""
+    active, frozen = pending
+    lmdb_get = txn.get
+    if not (active or frozen):
+        return lambda key: lmdb_get(key, db=db)
+    return lambda key: active.get(key) or frozen.get(key) or lmdb_get(key, db=db)
+
+
 def read_within(
-    txn: lmdb.Transaction,
-    db: lmdb._Database,
+    get: Get,
     keys: Sequence[bytes],
     entry: Entry[T],
     *,
     max_key: int,
     max_bytes: int,
 ) -> list[T]:
-    """The entry of each key, built by entry from its stored value in a transaction
-    opened with buffers=True. With max_bytes > 0, stops before the first entry that would
-    take the answer past it, found or not (the first entry is always read): the list is
-    then a prefix of keys. Entries of a key named more than once share one object."""
+    """The entry of each key, built by entry from its stored value (get: layered, in a
+    transaction opened with buffers=True). With max_bytes > 0, stops before the first
+    entry that would take the answer past it, found or not (the first entry is always
+    read): the list is then a prefix of keys. Entries of a key named more than once share
+    one object."""
     out: list[T] = []
     seen: dict[bytes, tuple[T, int]] = {}
     size = 0
-    get = txn.get
     for key in keys:
         known = seen.get(key)
         if known is not None:
             item, entry_bytes = known
         else:
             # LMDB rejects empty and oversized keys; no such key can be stored.
-            raw = get(key, db=db) if 0 < len(key) <= max_key else None
+            raw = get(key) if 0 < len(key) <= max_key else None
             value_bytes = 0 if raw is None else max(0, len(raw) - HEADER.size)
             entry_bytes = len(key) + value_bytes + RECORD_BYTES
             if max_bytes and out and size + entry_bytes > max_bytes:

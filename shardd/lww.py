@@ -7,7 +7,7 @@ per record; a Restored record goes through the purge watermark (shardkv.shardd.w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import lmdb
 from shardkv.shardd.records import Record, Restored, encode
@@ -46,3 +46,26 @@ def put_records(
         else:
             applied.append(False)
     return applied
+
+
+def winners_of(
+    records: Sequence[Record], get: Callable[[bytes], bytes | memoryview | None]
+) -> tuple[dict[bytes, bytes], list[bool], int]:
+    """put_records for the journal (shardkv.shardd.write_ahead), deciding without writing:
+    the LMDB value of each key whose record beats what it holds (get: lookup.layered), the
+    last winner of a key named twice; what each put did; and how many winners are keys
+    held nowhere before."""
+    winners: dict[bytes, bytes] = {}
+    applied: list[bool] = []
+    new_keys = 0
+    for record in records:
+        key = record.key
+        raw = winners.get(key) or get(key)
+        if raw is None:
+            new_keys += 1
+        elif not record.beats(raw):
+            applied.append(False)
+            continue
+        winners[key] = encode(record)
+        applied.append(True)
+    return winners, applied, new_keys

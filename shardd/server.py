@@ -40,7 +40,8 @@ from shardkv.shardd.metrics import node_registry
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.replica_service import ReplicaServicer
 from shardkv.shardd.snapshot import remove_leftovers
-from shardkv.shardd.store import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
+from shardkv.shardd.store import Store
+from shardkv.shardd.store_env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger(__name__)

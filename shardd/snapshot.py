@@ -168,6 +168,7 @@ def copy_store(store: Store, directory: Path) -> None:
     child maps up to the store's maximum map size, so a map grown before its transaction
     begins stays readable. It costs a Python start (tens of milliseconds) per snapshot.
     Raises OSError if the copy fails."""
+    store.flush()  # the copy reads LMDB alone: the journal's records first (write_ahead)
     size = str(store.stats().max_map_size)
     argv = [sys.executable, "-c", _COPY, str(store.path), str(directory), size]
     done = subprocess.run(argv, capture_output=True, check=False)

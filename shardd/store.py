@@ -8,39 +8,42 @@ worker thread, or on an event loop only for a small read (shardkv.shardd.node); 
 never runs on an event loop.
 
 The map grows (doubling) when a commit finds it full, up to max_map_size; beyond that a
-write raises StoreFull while reads keep working. Commits are fsync'd unless sync=False, and
-so are the data directory's entry and data.mdb's once opened (shardkv.shardd.durable_dir).
+write raises StoreFull while reads keep working. Durable (unless sync=False): a write of
+records alone is journaled first and reaches LMDB in a later, larger commit
+(shardkv.shardd.write_ahead); every other write is an fsync'd LMDB commit after the
+journal's records; the data directory's entries are fsync'd once created
+(shardkv.shardd.durable_dir).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
-from shardkv.common.limits import LimitExceeded
-from shardkv.shardd.durable_dir import make_directories, sync_entries
-from shardkv.shardd.gate import Gate, StoreClosed
-from shardkv.shardd.lookup import Entry, page, read_within, record_or_none
-from shardkv.shardd.lww import put_if_newer, put_records
+from shardkv.shardd.gate import StoreClosed
+from shardkv.shardd.journal import Journal, replay
+from shardkv.shardd.lookup import NOTHING_PENDING, Entry, layered, page, read_within, record_or_none
+from shardkv.shardd.lww import put_if_newer, put_records, winners_of
 from shardkv.shardd.parked import Marker, Opened, Parked, Resume, TooManyTargets, check_target
-from shardkv.shardd.records import (
-    Hint,
-    Record,
-    decode,
-    digest_bytes,
-    stamp_of,
+from shardkv.shardd.records import Hint, Record, Restored, decode, digest_bytes, stamp_of
+from shardkv.shardd.store_env import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
+    StoreEnv,
+    StoreFull,
+    StoreOpenError,
+    StoreStats,
 )
 from shardkv.shardd.watermark import PurgeWatermark
+from shardkv.shardd.write_ahead import WriteAhead
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAP_SIZE = 1 << 30
-DEFAULT_MAX_MAP_SIZE = 64 << 30
 # Bytes of records one scan page or streamed batch holds at most (one record may overshoot).
 DEFAULT_PAGE_BYTES = 8 << 20
 # Distinct nodes one store keeps hints or markers for (two LMDB databases each at most).
@@ -50,15 +53,6 @@ DIGEST_PAGE = 1000
 _DATA_DB = b"data"
 
 T = TypeVar("T")
-_Db = lmdb._Database  # the handle type py-lmdb returns from open_db
-
-
-class StoreOpenError(OSError):
-    """The data directory cannot hold a store (not writable, not a directory, damaged)."""
-
-
-class StoreFull(Exception):
-    """The map reached its configured maximum size: writes fail, reads keep working."""
 
 
 __all__ = [
@@ -73,21 +67,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class StoreStats:
-    """Cheap counters for admin and metrics."""
-
-    entries: int
-    # Hints parked for other nodes plus markers kept for other owners.
-    hints: int
-    map_size: int
-    max_map_size: int
-    used_bytes: int
-    # The highest bound tombstone GC purged under (shardkv.shardd.watermark).
-    purge_watermark: int
-
-
-class Store:
+class Store(StoreEnv):
     """Records and hints of one node in one LMDB environment at path."""
 
     def __init__(
@@ -101,40 +81,23 @@ class Store:
         max_readers: int = 126,
         max_targets: int = MAX_TARGETS,
     ) -> None:
-        if map_size > max_map_size:
-            raise ValueError(f"map_size {map_size} exceeds max_map_size {max_map_size}")
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise StoreOpenError(f"cannot open the store in {self.path}: not a directory")
-        try:
-            created = make_directories(self.path)
-            self._env = lmdb.open(
-                str(self.path),
-                map_size=map_size,
-                max_dbs=max_dbs,
-                max_readers=max_readers,
-                sync=sync,
-                metasync=sync,
-                subdir=True,
-            )
-            if sync:
-                sync_entries(self.path, created)
-        except (OSError, lmdb.Error) as exc:
-            raise StoreOpenError(f"cannot open the store in {self.path}: {exc}") from exc
-        stale = self._env.reader_check()
-        if stale:
-            log.warning("cleared stale reader slots path=%s count=%d", self.path, stale)
-        self._gate = Gate()
-        # An existing file may already be larger than map_size; LMDB then maps the file.
-        self._map_size = int(self._env.info()["map_size"])
-        self._max_map_size = max(max_map_size, self._map_size)
-        self._page_size = int(self._env.stat()["psize"])
-        self._max_key = int(self._env.max_key_size())
+        super().__init__(
+            path,
+            sync=sync,
+            map_size=map_size,
+            max_map_size=max_map_size,
+            max_dbs=max_dbs,
+            max_readers=max_readers,
+        )
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
             self._meta = self._env.open_db(b"meta", txn=txn, create=True)  # shardd.identity
             self._parked = Parked(self._env, txn, max_targets)
             self._watermark = PurgeWatermark(self._env, txn)
+        self._ahead: WriteAhead | None = None
+        if self._journal is not None:
+            self._replay(self._journal)
+            self._ahead = WriteAhead(self._journal, self._checkpoint)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -158,6 +121,11 @@ class Store:
         for marker in markers:
             check_target(marker.target)
             self._check_key(marker.key)
+        if self._ahead is not None:
+            journaled = not (hints or markers) and all(type(r) is not Restored for r in records)
+            if journaled and not self._short_of_room():
+                return self._journaled(self._ahead, records)
+            self._ahead.flush()  # a Restored record is judged by LMDB's watermark
         targets = {h.target for h in hints} | {m.target for m in markers}
 
         def body(txn: lmdb.Transaction, opened: Opened) -> list[bool | None]:
@@ -174,6 +142,7 @@ class Store:
         those whose (version, writer) is not above the record's, so one parked or marked
         for a newer write meanwhile survives. Returns how many were removed."""
         valid = [r for r in records if 0 < len(r.key) <= self._max_key]
+        self.flush()
 
         def body(txn: lmdb.Transaction, opened: Opened) -> int:
             return self._parked.delete(txn, target, valid)
@@ -186,6 +155,7 @@ class Store:
         after a move). A tombstone some owner still waits for (a marker) stays until it is
         handed over; a live record goes with its markers. Returns how many were removed.
         The purge watermark rises to watermark (tombstone GC's bound) in the same commit."""
+        self.flush()
 
         def body(txn: lmdb.Transaction, opened: Opened) -> int:
             self._watermark.raise_to(txn, watermark)
@@ -205,6 +175,42 @@ class Store:
             return purged
 
         return self._write(body)
+
+    def flush(self) -> None:
+        """Returns once LMDB holds every record written before the call (write_ahead)."""
+        if self._ahead is not None:
+            self._ahead.flush()
+
+    def _checkpoint(self, entries: dict[bytes, bytes]) -> None:
+        """Commits journaled records into LMDB, durably. Plain puts: each beat what LMDB
+        held when it was journaled, and LMDB changes only through this thread or after a
+        flush (every other writer flushes first)."""
+
+        def body(txn: lmdb.Transaction, opened: Opened) -> None:
+            put, data = txn.put, self._data
+            for key in sorted(entries):
+                put(key, entries[key], db=data)
+
+        self._write(body)
+
+    def _journaled(self, ahead: WriteAhead, records: Sequence[Record]) -> list[bool | None]:
+        """apply() of records alone, through the journal (shardkv.shardd.write_ahead)."""
+        pending = ahead.pending  # before the transaction begins: lookup.layered
+        with self._gate.shared(), self._env.begin() as txn:
+            winners, applied, new_keys = winners_of(records, layered(txn, self._data, pending))
+        if winners:
+            ahead.append(winners, new_keys)
+        return list(applied)
+
+    def _replay(self, journal: Journal) -> None:
+        """Commits what the journal files hold (a crash left them), last-writer-wins like
+        any write, then empties them."""
+        records = [decode(key, raw) for key, raw in replay(self.path)]
+        if records:
+            self._write(lambda txn, _: [put_if_newer(txn, self._data, r) for r in records])
+            log.info("journal replayed path=%s records=%d", self.path, len(records))
+        journal.clear(0)
+        journal.clear(1)
 
     def _write(self, body: Callable[[lmdb.Transaction, Opened], T]) -> T:
         """Runs body in one write transaction, growing the map and retrying when it is
@@ -239,27 +245,6 @@ class Store:
             log.info("hint targets reclaimed path=%s targets=%s", self.path, ",".join(gone))
         return bool(gone)
 
-    def _grow(self, seen: int) -> None:
-        """Doubles the map (up to the maximum) unless another writer grew it since seen."""
-        with self._gate.exclusive():
-            if self._map_size != seen:
-                return
-            if seen >= self._max_map_size:
-                raise StoreFull(
-                    f"store at {self.path} is full: map size {seen} bytes reached the"
-                    f" configured maximum of {self._max_map_size} bytes"
-                )
-            self._env.set_mapsize(min(self._max_map_size, seen * 2))
-            self._map_size = int(self._env.info()["map_size"])
-        log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
-
-    def _check_key(self, key: bytes) -> None:
-        if not key or len(key) > self._max_key:
-            raise LimitExceeded(
-                f"key of {len(key)} bytes is outside 1..{self._max_key} bytes"
-                f" (key starts {key[:32]!r})"
-            )
-
     # -- reads ----------------------------------------------------------------------------
 
     def read(self, keys: Sequence[bytes], *, max_bytes: int = 0) -> list[Record | None]:
@@ -283,10 +268,10 @@ class Store:
             return self._read(keys, entry, max_bytes) if held else None
 
     def _read(self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int) -> list[T]:
+        pending = self._ahead.pending if self._ahead is not None else NOTHING_PENDING
         with self._env.begin(buffers=True) as txn:
-            return read_within(
-                txn, self._data, keys, entry, max_key=self._max_key, max_bytes=max_bytes
-            )
+            get = layered(txn, self._data, pending)
+            return read_within(get, keys, entry, max_key=self._max_key, max_bytes=max_bytes)
 
     def scan(
         self, start: bytes, end: bytes, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
@@ -296,6 +281,7 @@ class Store:
         key the next page starts at, b"" when the range is exhausted."""
         if limit < 1:
             raise ValueError(f"scan limit must be positive, got {limit}")
+        self.flush()
         with self._gate.shared(), self._env.begin() as txn:
             return page(txn, self._data, start, end, limit, max_bytes, max_key=self._max_key)
 
@@ -339,6 +325,7 @@ class Store:
     ) -> list[Record]:
         """Up to limit records for target: the hints parked for it in key order, then this
         node's current record of each key it keeps a marker for."""
+        self.flush()
         with self._gate.shared():
             handles = self._parked.handles()
             with self._env.begin() as txn:
@@ -352,6 +339,7 @@ class Store:
         transaction."""
         start: Resume | None = (b"", b"")
         while start is not None:
+            self.flush()
             with self._gate.shared():
                 handles = self._parked.handles()
                 with self._env.begin() as txn:
@@ -370,7 +358,13 @@ class Store:
 
     def stats(self) -> StoreStats:
         """Record and hint counts, map sizes and the purge watermark; cheap (reads database
-        headers and one key only)."""
+        headers and one key only). Records still only in the journal count too."""
+        if self._ahead is None:
+            return self._stats()
+        stats, journaled = self._ahead.beside(self._stats)
+        return dataclasses.replace(stats, entries=stats.entries + journaled)
+
+    def _stats(self) -> StoreStats:
         with self._gate.shared():
             handles = self._parked.handles()
             with self._env.begin() as txn:
@@ -390,7 +384,10 @@ class Store:
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Waits for open transactions, then closes the environment (idempotent)."""
+        """Commits the journal's records, waits for open transactions, then closes the
+        environment (idempotent)."""
+        if self._ahead is not None:
+            self._ahead.close()
         try:
             with self._gate.exclusive():
                 self._gate.close()

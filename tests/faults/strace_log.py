@@ -100,6 +100,7 @@ class FileOp:
     data: bytes = b""
     offset: int | None = None  # None: unknown
     dsync: bool = False  # written through an O_DSYNC descriptor: durable when it returns
+    file: str = "data.mdb"  # which of the store's files: data.mdb or a journal file
 
 
 @dataclass
@@ -169,6 +170,17 @@ def _effect(call: Call) -> int:
     return call.entry if call.name == "close" else call.exit
 
 
+def _store_file(path: str) -> str:
+    """The name of a file whose writes make a node's records durable ("" for any other):
+    LMDB's data.mdb, or a journal file (shardkv.shardd.journal)."""
+    name = path.rsplit("/", 1)[-1]
+    return (
+        name
+        if name == "data.mdb" or (name.startswith("journal-") and name.endswith(".log"))
+        else ""
+    )
+
+
 def node_activity(calls: list[Call]) -> tuple[list[FileOp], list[Exchange]]:
     files: dict[int, tuple[str, bool]] = {}  # fd -> (path, O_DSYNC)
     positions: dict[int, int] = {}
@@ -196,7 +208,7 @@ def node_activity(calls: list[Call]) -> tuple[list[FileOp], list[Exchange]]:
             positions[call.fd()] = ret
         elif name in ("write", "writev", "pwrite64", "pwritev", "pwritev2"):
             fd = call.fd()
-            if fd in files and files[fd][0].endswith("/data.mdb"):
+            if fd in files and _store_file(files[fd][0]):
                 if name.startswith("pwrite"):
                     offset: int | None = int(call.args.rsplit(",", 1)[1].strip().split(",")[0])
                     if name == "pwritev2":
@@ -204,13 +216,14 @@ def node_activity(calls: list[Call]) -> tuple[list[FileOp], list[Exchange]]:
                 else:
                     offset = positions.get(fd)
                     positions[fd] = (offset or 0) + ret
-                ops.append(FileOp(call, "write", call.payload(), offset, files[fd][1]))
+                path, dsync = files[fd]
+                ops.append(FileOp(call, "write", call.payload(), offset, dsync, _store_file(path)))
             elif fd in connection:
                 outbound[connection[fd]].add(call, call.payload())
         elif name in ("fdatasync", "fsync"):
             fd = call.fd()
-            if fd in files and files[fd][0].endswith("/data.mdb"):
-                ops.append(FileOp(call, "sync"))
+            if fd in files and _store_file(files[fd][0]):
+                ops.append(FileOp(call, "sync", file=_store_file(files[fd][0])))
         elif name in ("sendmsg", "sendto") and call.fd() in connection:
             outbound[connection[call.fd()]].add(call, call.payload())
         elif name in ("recvmsg", "recvfrom") and call.fd() in connection:

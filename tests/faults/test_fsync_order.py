@@ -13,11 +13,14 @@ For every Put the client saw acknowledged, the test finds in the trace:
 1. the request: the HTTP/2 stream whose DATA (received by ``recvmsg`` on the client's
    connection) carries the Put's unique key;
 2. the reply: the first DATA frame the node sent on that stream (``sendmsg``);
-3. the commit holding the key, which LMDB makes durable in two steps: the data pages
-   (a write to ``data.mdb`` whose bytes hold the key), then ``fdatasync``/``fsync`` of
-   ``data.mdb``, then the meta page that points at them (a write to one of the file's
-   first two pages), itself durable because it went through the ``O_DSYNC`` descriptor
-   LMDB opens for it, or because another ``fdatasync``/``fsync`` followed it.
+3. what made the key durable: the journal frame holding it (a write to ``journal-0.log``
+   or ``journal-1.log`` whose bytes hold the key) and then ``fdatasync`` of that file
+   (shardkv.shardd.write_ahead); or, for a write that went to LMDB directly, the commit
+   holding it, which LMDB makes durable in two steps: the data pages (a write to
+   ``data.mdb`` whose bytes hold the key), then ``fdatasync``/``fsync`` of ``data.mdb``,
+   then the meta page that points at them (a write to one of the file's first two pages),
+   itself durable because it went through the ``O_DSYNC`` descriptor LMDB opens for it, or
+   because another ``fdatasync``/``fsync`` followed it.
 
 Every step must have returned before the reply's ``sendmsg`` began. The same workload runs
 against ``shardd --no-sync``, and there the check must find every acknowledgement early:
@@ -41,6 +44,7 @@ from pathlib import Path
 import grpc
 import pytest
 from harness import BIN, free_port, wait_serving
+from shardkv.shardd.journal import FILES as JOURNAL_FILES
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
 from faults.strace_log import Call, Exchange, FileOp, node_activity, parse_trace
@@ -73,9 +77,13 @@ def early_acknowledgement(key: bytes, ops: list[FileOp], exchanges: list[Exchang
     assert exchange.reply is not None, f"no reply to the Put of {key!r} in the trace"
     arrived, replied = exchange.received.exit, exchange.reply.entry
 
-    def first(kind: str, after: int, *, holding: bytes = b"", meta: bool = False) -> FileOp | None:
+    def first(
+        kind: str, after: int, *, holding: bytes = b"", meta: bool = False, file: str = "data.mdb"
+    ) -> FileOp | None:
         for op in ops:
             if op.kind != kind or op.call.entry <= after or op.call.exit >= replied:
+                continue
+            if op.file != file:
                 continue
             if holding and holding not in op.data:
                 continue
@@ -84,9 +92,13 @@ def early_acknowledgement(key: bytes, ops: list[FileOp], exchanges: list[Exchang
             return op
         return None
 
+    for journal in JOURNAL_FILES:
+        appended = first("write", arrived, holding=key, file=journal)
+        if appended is not None and first("sync", appended.call.exit, file=journal):
+            return None  # journaled: the frame holding the key, then its file's fdatasync
     pages = first("write", arrived, holding=key)
     if pages is None:
-        return "no write of data.mdb holding the key returned before the reply"
+        return "no write of data.mdb or a synced journal file holding the key before the reply"
     synced = first("sync", pages.call.exit)
     if synced is None:
         return f"no fdatasync/fsync of data.mdb after its pages (line {pages.call.exit + 1})"
@@ -201,7 +213,7 @@ def test_no_write_is_acknowledged_before_its_commit_is_synced(tmp_path: Path) ->
         print(
             f"[fsync order] {label}: {len(run.keys)} acknowledged Puts checked,"
             f" {len(run.early)} acknowledged before their commit was durable;"
-            f" data.mdb syncs={run.syncs} writes={sum(op.kind == 'write' for op in run.ops)}"
+            f" store file syncs={run.syncs} writes={sum(op.kind == 'write' for op in run.ops)}"
             f" trace lines={run.lines} first={example}"
         )
     assert len(durable.keys) == len(unsynced.keys) == SEQUENTIAL_PUTS + CONCURRENT_PUTS

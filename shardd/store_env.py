@@ -1,0 +1,122 @@
+"""The LMDB environment a Store works in: opening it in a data directory, its map and how
+the map grows, the key size LMDB accepts, and the journal files beside it.
+
+Kept apart from shardkv.shardd.store, which holds what the node stores (records, hints,
+markers) on top of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+from shardkv.common.limits import LimitExceeded
+from shardkv.shardd.durable_dir import make_directories, sync_entries
+from shardkv.shardd.gate import Gate
+from shardkv.shardd.journal import Journal
+from shardkv.shardd.write_ahead import BACKLOG, MAX_BYTES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAX_MAP_SIZE = 64 << 30
+# Room the map must have left to take a write through the journal: what the journal may
+# hold (BACKLOG + 1 times MAX_BYTES) with LMDB's page overhead, twice over. With less,
+# writes go to LMDB directly, so StoreFull refuses them before they are acknowledged.
+JOURNAL_HEADROOM = 4 * (BACKLOG + 1) * MAX_BYTES
+
+
+class StoreOpenError(OSError):
+    """The data directory cannot hold a store (not writable, not a directory, damaged)."""
+
+
+class StoreFull(Exception):
+    """The map reached its configured maximum size: writes fail, reads keep working."""
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Cheap counters for admin and metrics."""
+
+    entries: int
+    # Hints parked for other nodes plus markers kept for other owners.
+    hints: int
+    map_size: int
+    max_map_size: int
+    used_bytes: int
+    # The highest bound tombstone GC purged under (shardkv.shardd.watermark).
+    purge_watermark: int
+
+
+class StoreEnv:
+    """One LMDB environment at path, opened for a Store; with sync, durable commits and
+    the journal files (shardkv.shardd.journal) created beside data.mdb."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        sync: bool,
+        map_size: int,
+        max_map_size: int,
+        max_dbs: int,
+        max_readers: int,
+    ) -> None:
+        if map_size > max_map_size:
+            raise ValueError(f"map_size {map_size} exceeds max_map_size {max_map_size}")
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreOpenError(f"cannot open the store in {self.path}: not a directory")
+        try:
+            created = make_directories(self.path)
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=max_dbs,
+                max_readers=max_readers,
+                sync=sync,
+                metasync=sync,
+                subdir=True,
+            )
+            self._journal = Journal(self.path) if sync else None
+            if sync:
+                sync_entries(self.path, created)
+        except (OSError, lmdb.Error) as exc:
+            raise StoreOpenError(f"cannot open the store in {self.path}: {exc}") from exc
+        stale = self._env.reader_check()
+        if stale:
+            log.warning("cleared stale reader slots path=%s count=%d", self.path, stale)
+        self._gate = Gate()
+        # An existing file may already be larger than map_size; LMDB then maps the file.
+        self._map_size = int(self._env.info()["map_size"])
+        self._max_map_size = max(max_map_size, self._map_size)
+        self._page_size = int(self._env.stat()["psize"])
+        self._max_key = int(self._env.max_key_size())
+
+    def _grow(self, seen: int) -> None:
+        """Doubles the map (up to the maximum) unless another writer grew it since seen."""
+        with self._gate.exclusive():
+            if self._map_size != seen:
+                return
+            if seen >= self._max_map_size:
+                raise StoreFull(
+                    f"store at {self.path} is full: map size {seen} bytes reached the"
+                    f" configured maximum of {self._max_map_size} bytes"
+                )
+            self._env.set_mapsize(min(self._max_map_size, seen * 2))
+            self._map_size = int(self._env.info()["map_size"])
+        log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
+
+    def _short_of_room(self) -> bool:
+        """Whether the map is too close to its maximum to take a write through the journal."""
+        used = (int(self._env.info()["last_pgno"]) + 1) * self._page_size
+        return bool(self._max_map_size - used < JOURNAL_HEADROOM)
+
+    def _check_key(self, key: bytes) -> None:
+        if not key or len(key) > self._max_key:
+            raise LimitExceeded(
+                f"key of {len(key)} bytes is outside 1..{self._max_key} bytes"
+                f" (key starts {key[:32]!r})"
+            )
