@@ -65,8 +65,10 @@ class Journal:
             parts.append(value)
         payload = b"".join(parts)
         fd = self._fds[self._current]
+        frame = memoryview(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
         try:
-            os.write(fd, _FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
+            while frame:  # a write may take part of the frame (a full disk, a size limit)
+                frame = frame[os.write(fd, frame) :]
             os.fdatasync(fd)
         except OSError as exc:
             self._broken = exc
@@ -86,9 +88,23 @@ class Journal:
         os.fdatasync(fd)
 
     def close(self) -> None:
-        for fd in self._fds:
+        fds, self._fds = self._fds, []
+        for fd in fds:
             os.close(fd)
-        self._fds = []
+
+
+def clear_files(directory: Path) -> None:
+    """Empties the journal files in directory that hold anything, durably (after a replay;
+    also for a store opened without sync, which keeps no journal of its own)."""
+    for name in FILES:
+        path = directory / name
+        if path.exists() and path.stat().st_size:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
 
 
 def replay(directory: Path) -> Iterator[tuple[bytes, bytes]]:

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import lmdb
 from shardkv.shardd.gate import StoreClosed
-from shardkv.shardd.journal import Journal, replay
+from shardkv.shardd.journal import clear_files, replay
 from shardkv.shardd.lookup import NOTHING_PENDING, Entry, layered, page, read_within, record_or_none
 from shardkv.shardd.lww import put_if_newer, put_records, winners_of
 from shardkv.shardd.parked import Marker, Opened, Parked, Resume, TooManyTargets, check_target
@@ -94,9 +94,9 @@ class Store(StoreEnv):
             self._meta = self._env.open_db(b"meta", txn=txn, create=True)  # shardd.identity
             self._parked = Parked(self._env, txn, max_targets)
             self._watermark = PurgeWatermark(self._env, txn)
+        self._replay()
         self._ahead: WriteAhead | None = None
         if self._journal is not None:
-            self._replay(self._journal)
             self._ahead = WriteAhead(self._journal, self._checkpoint)
 
     # -- writes ---------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class Store(StoreEnv):
             for key in sorted(entries):
                 put(key, entries[key], db=data)
 
-        self._write(body)
+        self._write(body, acknowledged=True)
 
     def _journaled(self, ahead: WriteAhead, records: Sequence[Record]) -> list[bool | None]:
         """apply() of records alone, through the journal (shardkv.shardd.write_ahead)."""
@@ -202,20 +202,24 @@ class Store(StoreEnv):
             ahead.append(winners, new_keys)
         return list(applied)
 
-    def _replay(self, journal: Journal) -> None:
-        """Commits what the journal files hold (a crash left them), last-writer-wins like
-        any write, then empties them."""
+    def _replay(self) -> None:
+        """Commits what the journal files hold (a crash left them), last-writer-wins, then
+        empties them, durably even without sync: frames left by a store opened with sync
+        would else come back at its next start with sync, after later writes and purges."""
         records = [decode(key, raw) for key, raw in replay(self.path)]
         if records:
-            self._write(lambda txn, _: [put_if_newer(txn, self._data, r) for r in records])
+            data, mark = self._data, self._watermark
+            self._write(lambda txn, _: put_records(txn, data, records, mark), acknowledged=True)
+            self._env.sync(True)
             log.info("journal replayed path=%s records=%d", self.path, len(records))
-        journal.clear(0)
-        journal.clear(1)
+        clear_files(self.path)
 
-    def _write(self, body: Callable[[lmdb.Transaction, Opened], T]) -> T:
+    def _write(
+        self, body: Callable[[lmdb.Transaction, Opened], T], *, acknowledged: bool = False
+    ) -> T:
         """Runs body in one write transaction, growing the map and retrying when it is
-        full, and dropping emptied hint databases and retrying once when a target is one
-        too many."""
+        full (past its maximum for acknowledged records: StoreEnv._grow), and dropping
+        emptied hint databases and retrying once when a target is one too many."""
         reclaimed = False
         while True:
             seen = self._map_size
@@ -228,7 +232,7 @@ class Store(StoreEnv):
                     self._parked.adopt(opened)
                 return result
             except lmdb.MapFullError:
-                self._grow(seen)
+                self._grow(seen, past_max=acknowledged)
             except (TooManyTargets, lmdb.DbsFullError) as exc:
                 if reclaimed or not self._reclaim_targets():
                     if isinstance(exc, TooManyTargets):

@@ -95,19 +95,29 @@ class StoreEnv:
         self._page_size = int(self._env.stat()["psize"])
         self._max_key = int(self._env.max_key_size())
 
-    def _grow(self, seen: int) -> None:
-        """Doubles the map (up to the maximum) unless another writer grew it since seen."""
+    def _grow(self, seen: int, *, past_max: bool = False) -> None:
+        """Doubles the map (up to the maximum) unless another writer grew it since seen.
+        past_max: for records already acknowledged (the journal's), which the maximum
+        must not turn away; it refuses new writes only."""
         with self._gate.exclusive():
             if self._map_size != seen:
                 return
-            if seen >= self._max_map_size:
+            if seen >= self._max_map_size and not past_max:
                 raise StoreFull(
                     f"store at {self.path} is full: map size {seen} bytes reached the"
                     f" configured maximum of {self._max_map_size} bytes"
                 )
-            self._env.set_mapsize(min(self._max_map_size, seen * 2))
+            size = seen * 2 if past_max else min(self._max_map_size, seen * 2)
+            self._env.set_mapsize(size)
             self._map_size = int(self._env.info()["map_size"])
-        log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
+        if self._map_size > self._max_map_size:
+            log.warning(
+                "map grown past its maximum for acknowledged records path=%s to=%d",
+                self.path,
+                self._map_size,
+            )
+        else:
+            log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
 
     def _short_of_room(self) -> bool:
         """Whether the map is too close to its maximum to take a write through the journal."""

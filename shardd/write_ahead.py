@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import Final, TypeVar
 
+from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.journal import Journal, JournalBroken
 from shardkv.shardd.lookup import Pending
 
@@ -82,7 +83,13 @@ class WriteAhead:
             while self._checkpointing and self._full(BACKLOG):
                 self._lock.wait()
                 self._check()
-            self._journal.append(winners)
+            try:
+                self._journal.append(winners)
+            except JournalBroken as exc:
+                # Nothing may be written after a frame of unknown fate: a later write or
+                # purge of its keys could be undone by its replay (journal.py).
+                self._failure = exc
+                raise
             self.pending[0].update(winners)
             self._active_bytes += sum(len(k) + len(v) for k, v in winners.items())
             self._new[0] += new_keys
@@ -106,19 +113,22 @@ class WriteAhead:
             return read(), self._new[0] + self._new[1]
 
     def close(self) -> None:
-        """Checkpoints everything, stops the checkpoint thread and closes the files."""
-        with self._lock:
-            if self._closing:
-                return
-            try:
-                if self._failure is None:
-                    self.flush()
-            finally:
-                self._closing = True
-                self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-        self._journal.close()
+        """Checkpoints everything, stops the checkpoint thread and closes the files (after
+        a failure, the files keep what LMDB does not hold, for the replay at restart)."""
+        try:
+            with self._lock:
+                if self._closing:
+                    return
+                try:
+                    if self._failure is None:
+                        self.flush()
+                finally:
+                    self._closing = True
+                    self._lock.notify_all()
+            if self._thread is not None:
+                self._thread.join()
+        finally:
+            self._journal.close()
 
     def _full(self, factor: int) -> bool:
         return (
@@ -127,12 +137,10 @@ class WriteAhead:
         )
 
     def _check(self) -> None:
-        if self._failure is not None:
-            raise JournalBroken(
-                f"committing the journal into LMDB failed ({self._failure}); restart the node"
-            )
         if self._closing:
-            raise JournalBroken("the store is closing")
+            raise StoreClosed("the store is closing")
+        if self._failure is not None:
+            raise JournalBroken(f"the journal failed ({self._failure}); restart the node")
 
     def _settle(self) -> None:
         """Under the lock: waits for a running checkpoint, raising if it failed."""
@@ -168,6 +176,8 @@ class WriteAhead:
                 done = 1 - self._journal.current
             try:
                 self._checkpoint(frozen)
+                with self._lock:
+                    self._new[1] = 0  # LMDB counts them now (frozen stays readable)
                 self._journal.clear(done)
             except Exception as exc:
                 log.error("journal checkpoint failed records=%d error=%r", len(frozen), exc)

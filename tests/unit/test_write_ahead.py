@@ -5,14 +5,19 @@ journal's records."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from shardkv.shardd.journal import FILES
-from shardkv.shardd.records import Record
+from shardkv.shardd import store_env
+from shardkv.shardd.journal import FILES, JournalBroken
+from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Marker, Store
 from shardkv.shardd.write_ahead import WriteAhead
 
@@ -150,3 +155,104 @@ def test_readers_never_miss_a_write_while_checkpoints_run(store: Store) -> None:
         for thread in readers:
             thread.join()
     assert errors == []
+
+
+_SHORT_WRITER = """
+import resource, signal, sys
+from shardkv.shardd.records import Record
+from shardkv.shardd.store import Store
+store = Store(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+for i in range(10):
+    try:
+        store.apply([Record(b"key%d" % i, b"v" * 1000, 10, 1)])
+    except OSError as exc:
+        print("refused", i, exc, flush=True)
+        break
+    print("acknowledged", i, flush=True)
+signal.raise_signal(signal.SIGKILL)
+"""
+
+
+def test_a_frame_the_disk_took_only_part_of_is_not_acknowledged(tmp_path: Path) -> None:
+    """A file size limit cuts a write short as a full disk does: the write that did not
+    fit fails, and every one acknowledged before it is there after the crash."""
+    path = tmp_path / "db"
+    Store(path).close()
+    child = subprocess.run(
+        [sys.executable, "-c", _SHORT_WRITER, str(path)], capture_output=True, timeout=60
+    )
+    lines = child.stdout.decode().splitlines()
+    acknowledged = [int(line.split()[1]) for line in lines if line.startswith("acknowledged")]
+    assert acknowledged and any(line.startswith("refused") for line in lines), lines
+    restarted = Store(path)
+    try:
+        found = restarted.read([b"key%d" % i for i in acknowledged])
+        assert [r is not None for r in found] == [True] * len(acknowledged), lines
+    finally:
+        restarted.close()
+
+
+def test_a_store_opened_without_sync_replays_the_journal_first(
+    store: Store, tmp_path: Path
+) -> None:
+    store.apply([rec(b"k", version=10, value=b"v1")])
+    copy = tmp_path / "copy"
+    shutil.copytree(store.path, copy)
+    (copy / "lock.mdb").unlink()
+    unsynced = Store(copy, sync=False)
+    try:
+        assert unsynced.read([b"k"]) == [rec(b"k", 10, b"v1")]
+        tombstone = rec(b"k", version=11, tombstone=True)
+        unsynced.apply([tombstone])
+        assert unsynced.purge([tombstone]) == 1
+    finally:
+        unsynced.close()
+    synced = Store(copy)
+    try:
+        assert synced.read([b"k"]) == [None]  # the old frame did not come back
+    finally:
+        synced.close()
+
+
+def test_after_a_failed_journal_sync_nothing_is_written_until_a_restart(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        monkeypatch.setattr(os, "fdatasync", real)
+        raise OSError(errno.EIO, "injected I/O error")
+
+    store.apply([rec(b"k", version=10)])
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(JournalBroken):
+        store.apply([rec(b"k", version=15, value=b"unknown fate")])
+    tombstone = rec(b"k", version=20, tombstone=True)
+    for write in (
+        lambda: store.apply([rec(b"j")]),
+        lambda: store.apply([tombstone], [Hint("n2", tombstone)]),
+        lambda: store.purge([rec(b"k", version=10)]),
+    ):
+        with pytest.raises(JournalBroken):
+            write()
+    assert store.read([b"k"]) == [rec(b"k", version=10)]
+
+
+def test_acknowledged_records_are_checkpointed_past_the_maximum_map_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The maximum refuses new writes; records the journal acknowledged already must reach
+    LMDB however full it is."""
+    monkeypatch.setattr(store_env, "JOURNAL_HEADROOM", 0)
+    small = Store(tmp_path / "db", map_size=1 << 20, max_map_size=1 << 20)
+    try:
+        records = [rec(b"k%05d" % i, value=b"x" * 1000) for i in range(3000)]
+        for start in range(0, len(records), 500):
+            small.apply(records[start : start + 500])
+        small.flush()
+        assert small.stats().map_size > 1 << 20
+        assert small.read([r.key for r in records]) == records
+    finally:
+        small.close()
