@@ -188,6 +188,5 @@ class WriteAhead:
                 return
             with self._lock:
                 self.pending = (self.pending[0], {})
-                self._new[1] = 0
                 self._checkpointing = False
                 self._lock.notify_all()
