@@ -34,7 +34,7 @@ class NodeCollector(Collector):
         storage, committer = self._storage, self._storage.committer
         yield CounterMetricFamily(
             "shardkv_node_commits",
-            "Group commits (one LMDB transaction and fsync each).",
+            "Group commits (one journal append and fsync, or one LMDB transaction, each).",
             value=committer.commits,
         )
         yield CounterMetricFamily(
@@ -80,6 +80,16 @@ class NodeCollector(Collector):
         )
         for name, documentation, value in gauges:
             yield GaugeMetricFamily(name, documentation, value=value)
+        yield GaugeMetricFamily(
+            "shardkv_node_journal_records",
+            "Records journaled and not yet checkpointed into LMDB (replayed at a restart).",
+            value=stats.journal.records,
+        )
+        yield CounterMetricFamily(
+            "shardkv_node_checkpoints",
+            "Checkpoints of the journal into LMDB (one LMDB transaction and fsync each).",
+            value=stats.journal.checkpoints,
+        )
 
 
 def node_registry(storage: NodeStorage) -> CollectorRegistry:

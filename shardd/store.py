@@ -365,8 +365,8 @@ class Store(StoreEnv):
         headers and one key only). Records still only in the journal count too."""
         if self._ahead is None:
             return self._stats()
-        stats, journaled = self._ahead.beside(self._stats)
-        return dataclasses.replace(stats, entries=stats.entries + journaled)
+        stats, journal = self._ahead.beside(self._stats)
+        return dataclasses.replace(stats, entries=stats.entries + journal.new_keys, journal=journal)
 
     def _stats(self) -> StoreStats:
         with self._gate.shared():

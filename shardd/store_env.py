@@ -16,7 +16,7 @@ from shardkv.common.limits import LimitExceeded
 from shardkv.shardd.durable_dir import make_directories, sync_entries
 from shardkv.shardd.gate import Gate
 from shardkv.shardd.journal import Journal
-from shardkv.shardd.write_ahead import BACKLOG, MAX_BYTES
+from shardkv.shardd.write_ahead import BACKLOG, MAX_BYTES, NO_JOURNAL, JournalStats
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class StoreStats:
     used_bytes: int
     # The highest bound tombstone GC purged under (shardkv.shardd.watermark).
     purge_watermark: int
+    journal: JournalStats = NO_JOURNAL
 
 
 class StoreEnv:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from shardkv.shardd.gate import StoreClosed
@@ -46,6 +47,21 @@ MAX_BYTES: Final = 16 << 20
 # While a checkpoint runs, the active dict may grow to this many times those bounds; a
 # write beyond waits for the checkpoint (the disk sets the pace, memory stays bounded).
 BACKLOG: Final = 4
+
+
+@dataclass(frozen=True)
+class JournalStats:
+    """What the journal holds and did, for metrics (Store.stats)."""
+
+    # Records journaled and not yet in LMDB (a checkpoint's count them until it ends).
+    records: int
+    # Of them, keys LMDB holds no record of (Store.stats adds them to its entries).
+    new_keys: int
+    # Checkpoints committed into LMDB since the store opened.
+    checkpoints: int
+
+
+NO_JOURNAL = JournalStats(0, 0, 0)
 
 
 class WriteAhead:
@@ -74,6 +90,7 @@ class WriteAhead:
         self._failure: Exception | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
+        self.checkpoints = 0
 
     def append(self, winners: dict[bytes, bytes], new_keys: int) -> None:
         """Journals winners (key -> LMDB value, each beating what the key holds) durably,
@@ -104,13 +121,15 @@ class WriteAhead:
                 self._freeze()
                 self._settle()
 
-    def beside(self, read: Callable[[], T]) -> tuple[T, int]:
-        """read() (of LMDB) and the number of keys held here and not in LMDB, as one state:
-        taken with no checkpoint running, so none commits in between."""
+    def beside(self, read: Callable[[], T]) -> tuple[T, JournalStats]:
+        """read() (of LMDB) and the journal's figures as one state: taken with no
+        checkpoint running, so none commits in between."""
         with self._lock:
             while self._checkpointing:
                 self._lock.wait()
-            return read(), self._new[0] + self._new[1]
+            active, frozen = self.pending
+            new_keys = self._new[0] + self._new[1]
+            return read(), JournalStats(len(active) + len(frozen), new_keys, self.checkpoints)
 
     def close(self) -> None:
         """Checkpoints everything, stops the checkpoint thread and closes the files (after
@@ -188,5 +207,6 @@ class WriteAhead:
                 return
             with self._lock:
                 self.pending = (self.pending[0], {})
+                self.checkpoints += 1
                 self._checkpointing = False
                 self._lock.notify_all()

@@ -19,7 +19,7 @@ from shardkv.shardd import store_env
 from shardkv.shardd.journal import FILES, JournalBroken
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Marker, Store
-from shardkv.shardd.write_ahead import WriteAhead
+from shardkv.shardd.write_ahead import JournalStats, WriteAhead
 
 
 def rec(key: bytes, version: int = 10, value: bytes = b"v", tombstone: bool = False) -> Record:
@@ -106,11 +106,15 @@ def test_replay_ignores_a_torn_tail_and_never_lets_an_older_record_win(
 
 def test_checkpoints_move_records_into_lmdb_and_empty_the_journal(store: Store) -> None:
     small_journal(store, max_records=100)
+    store.apply([rec(b"k%03d" % i, version=9) for i in range(50)])
+    assert store.stats().journal == JournalStats(records=50, new_keys=50, checkpoints=0)
     for round_ in range(10):
         store.apply([rec(b"k%03d" % i, version=10 + round_) for i in range(150)])
     store.flush()
     assert journal_bytes(store) == 0
     assert store.stats().entries == 150
+    journal = store.stats().journal
+    assert (journal.records, journal.new_keys) == (0, 0) and journal.checkpoints >= 2
     assert {r.version for r in store.read([b"k%03d" % i for i in range(150)]) if r} == {19}
 
 
