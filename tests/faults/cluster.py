@@ -43,6 +43,8 @@ from faults.proxy import FaultProxy
 from faults.timeouts import set_timeouts
 from faults.verdict import Final
 
+# Bytes of values one read asks for at most (under gRPC's 4 MiB default message limit).
+READ_BYTES = 3 << 20
 READ_CHUNK = 500
 
 
@@ -250,8 +252,13 @@ def read_records(address: str, keys: Sequence[bytes]) -> list[replica_pb2.Record
     records: list[replica_pb2.Record] = []
     with grpc.insecure_channel(address) as channel:
         replica = replica_pb2_grpc.ReplicaStub(channel)
-        for i in range(0, len(keys), READ_CHUNK):
-            chunk = replica_pb2.ReadRequest(keys=keys[i : i + READ_CHUNK])
+        while len(records) < len(keys):
+            # A node answers a prefix of the keys within max_bytes (large values); the
+            # rest is asked again.
+            start = len(records)
+            chunk = replica_pb2.ReadRequest(
+                keys=keys[start : start + READ_CHUNK], max_bytes=READ_BYTES
+            )
             records.extend(replica.Read(chunk, timeout=10).records)
     return records
 
