@@ -5,10 +5,8 @@ for."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Marker, Store
 
@@ -19,15 +17,6 @@ def rec(key: bytes, value: bytes = b"v", version: int = 10, tombstone: bool = Fa
 
 def mark(record: Record, target: str) -> Marker:
     return Marker(record.key, target, record.stamp)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_a_marker_hands_over_the_holders_current_record(store: Store) -> None:

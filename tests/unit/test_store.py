@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ def rec(
     key: bytes, value: bytes = b"v", version: int = 10, writer: int = W1, tombstone: bool = False
 ) -> Record:
     return Record(key, b"" if tombstone else value, version, writer, tombstone)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_put_get_delete_round_trip(store: Store) -> None:

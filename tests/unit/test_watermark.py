@@ -3,10 +3,8 @@ record may write back under it; other records are never judged by it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from shardkv.shardd.records import Record, Restored
 from shardkv.shardd.store import Marker, Store
 
@@ -17,15 +15,6 @@ def rec(key: bytes, version: int, tombstone: bool = False) -> Record:
 
 def restored(key: bytes, version: int) -> Restored:
     return Restored(key, b"v%d" % version, version, 1)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_a_restored_record_below_the_watermark_of_an_absent_key_is_refused(store: Store) -> None:

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from shardkv.shardd.write_ahead import JournalStats, WriteAhead
 
 def rec(key: bytes, version: int = 10, value: bytes = b"v", tombstone: bool = False) -> Record:
     return Record(key, b"" if tombstone else value, version, 1, tombstone)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "db")
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def small_journal(store: Store, max_records: int) -> None:
