@@ -40,6 +40,7 @@ class Journal:
     """The two journal files of one store directory, opened for appending."""
 
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self._paths = [directory / name for name in FILES]
         self._fds = [
             os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -74,12 +75,9 @@ class Journal:
             self._broken = exc
             raise JournalBroken(f"appending to {self._paths[self._current]} failed: {exc}") from exc
 
-    def switch(self) -> int:
-        """Sends appends to the other file (empty: cleared after its last checkpoint);
-        returns the file appends went to until now."""
-        previous = self._current
-        self._current = 1 - previous
-        return previous
+    def switch(self) -> None:
+        """Sends appends to the other file (empty: cleared after its last checkpoint)."""
+        self._current = 1 - self._current
 
     def clear(self, index: int) -> None:
         """Empties file index once LMDB durably holds its records."""
@@ -88,14 +86,17 @@ class Journal:
         os.fdatasync(fd)
 
     def close(self) -> None:
+        """Closes both files (idempotent)."""
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)
 
 
-def clear_files(directory: Path) -> None:
-    """Empties the journal files in directory that hold anything, durably (after a replay;
-    also for a store opened without sync, which keeps no journal of its own)."""
+def clear_files(directory: Path, *, replayed: int) -> None:
+    """Empties the journal files in directory that hold anything, durably, once LMDB holds
+    the replayed records (also for a store opened without sync, which keeps no journal)."""
+    if replayed:
+        log.info("journal replayed path=%s records=%d", directory, replayed)
     for name in FILES:
         path = directory / name
         if path.exists() and path.stat().st_size:
@@ -120,6 +121,7 @@ def replay(directory: Path) -> Iterator[tuple[bytes, bytes]]:
 
 
 def _entries(path: Path, data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The entries of the intact frames of one file's data, in order."""
     offset = 0
     while offset + _FRAME.size <= len(data):
         length, crc = _FRAME.unpack_from(data, offset)

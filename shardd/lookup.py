@@ -14,12 +14,13 @@ so a replica read makes no Record it would only convert.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import lmdb
 from shardkv.common.limits import after
-from shardkv.shardd.records import HEADER, RECORD_BYTES, Record, decode
+from shardkv.shardd.records import HEADER, RECORD_BYTES, Record, decode, digest_bytes
 
 T = TypeVar("T")
 # Builds the entry of a key from its LMDB value (None: no record); it must copy what it
@@ -82,6 +83,17 @@ def read_within(
         size += entry_bytes
         out.append(item)
     return out
+
+
+def digest_pages(pages: Iterable[list[Record]]) -> tuple[bytes, int]:
+    """SHA-256 over every record of pages, in order (records.digest_bytes), and how many."""
+    hasher = hashlib.sha256()
+    count = 0
+    for batch in pages:
+        for record in batch:
+            hasher.update(digest_bytes(record))
+        count += len(batch)
+    return hasher.digest(), count
 
 
 def page(

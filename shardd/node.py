@@ -23,7 +23,8 @@ from shardkv.shardd.commit import GroupCommitter
 from shardkv.shardd.fence import Fence
 from shardkv.shardd.lookup import Entry, record_or_none
 from shardkv.shardd.records import Hint, Record
-from shardkv.shardd.store import DEFAULT_PAGE_BYTES, Marker, Store
+from shardkv.shardd.store import Marker, Store
+from shardkv.shardd.store_reads import DEFAULT_PAGE_BYTES
 
 T = TypeVar("T")
 # Reads of up to this many keys run on the event loop instead of a read thread. An LMDB

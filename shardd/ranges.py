@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -22,7 +22,6 @@ from shardkv.common.limits import LimitExceeded
 from shardkv.common.ring_tokens import TokenRanges, ring_token
 from shardkv.shardd.node import NodeStorage
 from shardkv.shardd.records import Record, digest_bytes
-from shardkv.shardd.store import Store
 
 T = TypeVar("T")
 
@@ -74,29 +73,30 @@ class _Tally:
         ]
 
 
-def _read_page(
-    store: Store, start: bytes, step: Callable[[list[Record]], T]
-) -> tuple[T, bytes, int]:
-    """One page from start, processed by step; returns step's result, the next start and
-    how many records were read. Runs on a worker thread."""
-    records, next_start = store.scan(start, b"", WALK_PAGE)
-    return step(records), next_start, len(records)
+def _next_page(
+    pages: Iterator[list[Record]], step: Callable[[list[Record]], T]
+) -> tuple[T, int] | None:
+    """The next page of pages processed by step, and how many records it held; None after
+    the last. Runs on a worker thread."""
+    records = next(pages, None)
+    return None if records is None else (step(records), len(records))
 
 
 async def _walk(
     storage: NodeStorage, step: Callable[[list[Record]], T], *, pace: int
 ) -> AsyncIterator[T]:
     """step's result for every page of the store, at most pace records per second (0 =
-    unpaced)."""
+    unpaced). Each page is read in its own transaction (Store.iter_range)."""
     loop = asyncio.get_running_loop()
     began = loop.time()
-    start = b""
+    pages = storage.store.iter_range(b"", b"", WALK_PAGE)
     seen = 0
     while True:
-        result, start, read = await asyncio.to_thread(_read_page, storage.store, start, step)
-        yield result
-        if not start:
+        page = await asyncio.to_thread(_next_page, pages, step)
+        if page is None:
             return
+        result, read = page
+        yield result
         seen += read
         if pace:
             delay = began + seen / pace - loop.time()

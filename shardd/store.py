@@ -8,49 +8,41 @@ worker thread, or on an event loop only for a small read (shardkv.shardd.node); 
 never runs on an event loop.
 
 The map grows (doubling) when a commit finds it full, up to max_map_size; beyond that a
-write raises StoreFull while reads keep working. Durable (unless sync=False): a write of
-records alone is journaled first and reaches LMDB in a later, larger commit
-(shardkv.shardd.write_ahead); every other write is an fsync'd LMDB commit after the
-journal's records; the data directory's entries are fsync'd once created
-(shardkv.shardd.durable_dir).
+write raises StoreFull while reads keep working. Durable (unless sync=False): a write's
+records are journaled and reach LMDB in a later, larger commit (shardkv.shardd.write_ahead),
+its hints and markers in an fsync'd LMDB commit; a restore, purge or hint delete is an
+fsync'd LMDB commit after the journal's records; the data directory's entries are fsync'd
+once created (shardkv.shardd.durable_dir). Reads are in shardkv.shardd.store_reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import lmdb
 from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.journal import clear_files, replay
-from shardkv.shardd.lookup import NOTHING_PENDING, Entry, layered, page, read_within, record_or_none
+from shardkv.shardd.lookup import layered
 from shardkv.shardd.lww import put_if_newer, put_records, winners_of
-from shardkv.shardd.parked import Marker, Opened, Parked, Resume, TooManyTargets, check_target
-from shardkv.shardd.records import Hint, Record, Restored, decode, digest_bytes, stamp_of
+from shardkv.shardd.parked import Marker, Opened, TooManyTargets, check_target
+from shardkv.shardd.records import Hint, Record, Restored, decode, stamp_of
 from shardkv.shardd.store_env import (
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_MAP_SIZE,
-    StoreEnv,
     StoreFull,
     StoreOpenError,
     StoreStats,
 )
-from shardkv.shardd.watermark import PurgeWatermark
+from shardkv.shardd.store_reads import StoreReads
 from shardkv.shardd.write_ahead import WriteAhead
 
 log = logging.getLogger(__name__)
 
-# Bytes of records one scan page or streamed batch holds at most (one record may overshoot).
-DEFAULT_PAGE_BYTES = 8 << 20
 # Distinct nodes one store keeps hints or markers for (two LMDB databases each at most).
 MAX_TARGETS = 64
-# Records one transaction of a digest reads at most (Store.digest).
-DIGEST_PAGE = 1000
-_DATA_DB = b"data"
 
 T = TypeVar("T")
 
@@ -67,7 +59,7 @@ __all__ = [
 ]
 
 
-class Store(StoreEnv):
+class Store(StoreReads):
     """Records and hints of one node in one LMDB environment at path."""
 
     def __init__(
@@ -88,14 +80,9 @@ class Store(StoreEnv):
             max_map_size=max_map_size,
             max_dbs=max_dbs,
             max_readers=max_readers,
+            max_targets=max_targets,
         )
-        with self._env.begin(write=True) as txn:
-            self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
-            self._meta = self._env.open_db(b"meta", txn=txn, create=True)  # shardd.identity
-            self._parked = Parked(self._env, txn, max_targets)
-            self._watermark = PurgeWatermark(self._env, txn)
         self._replay()
-        self._ahead: WriteAhead | None = None
         if self._journal is not None:
             self._ahead = WriteAhead(self._journal, self._checkpoint)
 
@@ -108,9 +95,10 @@ class Store(StoreEnv):
         markers: Sequence[Marker] = (),
     ) -> list[bool | None]:
         """Stores each record that is newer than the stored one, parks each hint that is
-        newer than the parked one and keeps each marker of a key it holds, all in one
-        durable transaction. Returns, per record, whether it was stored; None for a
-        Restored record refused as possibly deleted (shardkv.shardd.watermark)."""
+        newer than the parked one and keeps each marker of a key it holds, durably before
+        it returns. Returns, per record, whether it was stored; None for a Restored record
+        refused as possibly deleted (shardkv.shardd.watermark). From one thread at a time
+        (the node's commit thread): the journal's winners are decided before its append."""
         max_key = self._max_key
         for record in records:
             if not 0 < len(record.key) <= max_key:
@@ -121,12 +109,12 @@ class Store(StoreEnv):
         for marker in markers:
             check_target(marker.target)
             self._check_key(marker.key)
-        if self._ahead is not None:
-            journaled = not (hints or markers) and all(type(r) is not Restored for r in records)
-            if journaled and not self._short_of_room():
-                return self._journaled(self._ahead, records)
-            self._ahead.flush()  # a Restored record is judged by LMDB's watermark
         targets = {h.target for h in hints} | {m.target for m in markers}
+        if self._ahead is not None and all(type(r) is not Restored for r in records):
+            applied = self._journaled(self._ahead, records, targets, hints, markers)
+            if applied is not None:
+                return applied
+        self.flush()  # LMDB alone decides: a Restored record by its purge watermark
 
         def body(txn: lmdb.Transaction, opened: Opened) -> list[bool | None]:
             self._parked.check_targets(targets)  # under the write lock: exact
@@ -176,11 +164,6 @@ class Store(StoreEnv):
 
         return self._write(body)
 
-    def flush(self) -> None:
-        """Returns once LMDB holds every record written before the call (write_ahead)."""
-        if self._ahead is not None:
-            self._ahead.flush()
-
     def _checkpoint(self, entries: dict[bytes, bytes]) -> None:
         """Commits journaled records into LMDB, durably. Plain puts: each beat what LMDB
         held when it was journaled, and LMDB changes only through this thread or after a
@@ -193,11 +176,34 @@ class Store(StoreEnv):
 
         self._write(body, acknowledged=True)
 
-    def _journaled(self, ahead: WriteAhead, records: Sequence[Record]) -> list[bool | None]:
-        """apply() of records alone, through the journal (shardkv.shardd.write_ahead)."""
+    def _journaled(
+        self,
+        ahead: WriteAhead,
+        records: Sequence[Record],
+        targets: set[str],
+        hints: Sequence[Hint],
+        markers: Sequence[Marker],
+    ) -> list[bool | None] | None:
+        """apply() with the records journaled (write_ahead); None, having done nothing,
+        when the map is too close to its maximum (store_env.JOURNAL_HEADROOM). Hints and
+        markers are committed first, so one too many targets fails before anything is
+        journaled; a marker is kept for a key held already or won by these records."""
         pending = ahead.pending  # before the transaction begins: lookup.layered
-        with self._gate.shared(), self._env.begin() as txn:
-            winners, applied, new_keys = winners_of(records, layered(txn, self._data, pending))
+        with self._gate.shared():
+            if self._short_of_room():
+                return None
+            with self._env.begin() as txn:
+                winners, applied, new_keys = winners_of(records, layered(txn, self._data, pending))
+
+        def keep(txn: lmdb.Transaction, opened: Opened) -> None:
+            self._parked.check_targets(targets)  # under the write lock: exact
+            self._parked.park(txn, hints, opened, put_if_newer)
+            held = layered(txn, self._data, pending)
+            kept = [m for m in markers if m.key in winners or held(m.key)]
+            self._parked.mark(txn, kept, opened)
+
+        if hints or markers:
+            self._write(keep)
         if winners:
             ahead.append(winners, new_keys)
         return list(applied)
@@ -211,8 +217,7 @@ class Store(StoreEnv):
             data, mark = self._data, self._watermark
             self._write(lambda txn, _: put_records(txn, data, records, mark), acknowledged=True)
             self._env.sync(True)
-            log.info("journal replayed path=%s records=%d", self.path, len(records))
-        clear_files(self.path)
+        clear_files(self.path, replayed=len(records))
 
     def _write(
         self, body: Callable[[lmdb.Transaction, Opened], T], *, acknowledged: bool = False
@@ -249,109 +254,7 @@ class Store(StoreEnv):
             log.info("hint targets reclaimed path=%s targets=%s", self.path, ",".join(gone))
         return bool(gone)
 
-    # -- reads ----------------------------------------------------------------------------
-
-    def read(self, keys: Sequence[bytes], *, max_bytes: int = 0) -> list[Record | None]:
-        """The stored record of each key (tombstones included); None where there is none.
-        With max_bytes, only the prefix of keys whose entries fit (lookup.read_within)."""
-        return self.read_entries(keys, record_or_none, max_bytes=max_bytes)
-
-    def read_entries(
-        self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0
-    ) -> list[T]:
-        """As read, with each key's entry built by entry from its LMDB value (lookup)."""
-        with self._gate.shared():
-            return self._read(keys, entry, max_bytes)
-
-    def read_entries_now(
-        self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0
-    ) -> list[T] | None:
-        """read_entries, or None without reading when that would wait (the map is about to
-        grow or the store to close): for a caller that must not block, an event loop."""
-        with self._gate.try_shared() as held:
-            return self._read(keys, entry, max_bytes) if held else None
-
-    def _read(self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int) -> list[T]:
-        pending = self._ahead.pending if self._ahead is not None else NOTHING_PENDING
-        with self._env.begin(buffers=True) as txn:
-            get = layered(txn, self._data, pending)
-            return read_within(get, keys, entry, max_key=self._max_key, max_bytes=max_bytes)
-
-    def scan(
-        self, start: bytes, end: bytes, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
-    ) -> tuple[list[Record], bytes]:
-        """Up to limit records of [start, end) (end b"" = open) in key order, tombstones
-        included, stopping early once max_bytes are collected. Returns the records and the
-        key the next page starts at, b"" when the range is exhausted."""
-        if limit < 1:
-            raise ValueError(f"scan limit must be positive, got {limit}")
-        self.flush()
-        with self._gate.shared(), self._env.begin() as txn:
-            return page(txn, self._data, start, end, limit, max_bytes, max_key=self._max_key)
-
-    def iter_range(
-        self, start: bytes, end: bytes, batch_size: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
-    ) -> Iterator[list[Record]]:
-        """Every record of [start, end) in batches; each batch is read in its own short
-        transaction, so no transaction stays open while the consumer holds a batch."""
-        while True:
-            batch, start = self.scan(start, end, batch_size, max_bytes=max_bytes)
-            if batch:
-                yield batch
-            if not start:
-                return
-
-    def digest(self, start: bytes, end: bytes) -> tuple[bytes, int]:
-        """SHA-256 over every record of [start, end) in key order, and how many there are.
-
-        Read in pages, each in its own short transaction (iter_range): a walk of the whole
-        store in one transaction held the gate's shared side to its end, so a write that
-        had to grow the map waited for it, and every read and write behind that waiting
-        growth (gate.py). A record written during the walk is counted or not, as if it
-        had come a moment earlier or later; a quiet range digests the same either way."""
-        hasher = hashlib.sha256()
-        count = 0
-        for batch in self.iter_range(start, end, DIGEST_PAGE):
-            for record in batch:
-                hasher.update(digest_bytes(record))
-            count += len(batch)
-        return hasher.digest(), count
-
-    def hint_summary(self) -> dict[str, int]:
-        """How many hints and markers wait for each target (targets with none left out)."""
-        with self._gate.shared():
-            handles = self._parked.handles()  # before begin(): shardkv.shardd.parked
-            with self._env.begin() as txn:
-                return handles.summary(txn)
-
-    def read_hints(
-        self, target: str, limit: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
-    ) -> list[Record]:
-        """Up to limit records for target: the hints parked for it in key order, then this
-        node's current record of each key it keeps a marker for."""
-        self.flush()
-        with self._gate.shared():
-            handles = self._parked.handles()
-            with self._env.begin() as txn:
-                records, _ = handles.page(txn, self._data, target, limit, max_bytes)
-        return records
-
-    def iter_hints(
-        self, target: str, batch_size: int, *, max_bytes: int = DEFAULT_PAGE_BYTES
-    ) -> Iterator[list[Record]]:
-        """Every record read_hints would hand target, in batches, each read in its own short
-        transaction."""
-        start: Resume | None = (b"", b"")
-        while start is not None:
-            self.flush()
-            with self._gate.shared():
-                handles = self._parked.handles()
-                with self._env.begin() as txn:
-                    batch, start = handles.page(
-                        txn, self._data, target, batch_size, max_bytes, start=start
-                    )
-            if batch:
-                yield batch
+    # -- meta ----------------------------------------------------------------------------
 
     def meta(self, key: bytes, value: bytes | None = None) -> bytes | None:
         """The "meta" database's entry of key (None: absent); with value, stores it first."""
@@ -360,41 +263,18 @@ class Store(StoreEnv):
         with self._gate.shared(), self._env.begin() as txn:
             return txn.get(key, db=self._meta)
 
-    def stats(self) -> StoreStats:
-        """Record and hint counts, map sizes and the purge watermark; cheap (reads database
-        headers and one key only). Records still only in the journal count too."""
-        if self._ahead is None:
-            return self._stats()
-        stats, journal = self._ahead.beside(self._stats)
-        return dataclasses.replace(stats, entries=stats.entries + journal.new_keys, journal=journal)
-
-    def _stats(self) -> StoreStats:
-        with self._gate.shared():
-            handles = self._parked.handles()
-            with self._env.begin() as txn:
-                entries = int(txn.stat(self._data)["entries"])
-                hints = handles.count(txn)
-                watermark = self._watermark.get(txn)
-                info = self._env.info()
-        return StoreStats(
-            entries=entries,
-            hints=hints,
-            map_size=int(info["map_size"]),
-            max_map_size=self._max_map_size,
-            used_bytes=(int(info["last_pgno"]) + 1) * self._page_size,
-            purge_watermark=watermark,
-        )
-
     # -- lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
         """Commits the journal's records, waits for open transactions, then closes the
         environment (idempotent)."""
-        if self._ahead is not None:
-            self._ahead.close()
         try:
-            with self._gate.exclusive():
-                self._gate.close()
-                self._env.close()
-        except StoreClosed:
-            return
+            if self._ahead is not None:
+                self._ahead.close()  # raises if its last checkpoint failed (replayed later)
+        finally:
+            try:
+                with self._gate.exclusive():
+                    self._gate.close()
+                    self._env.close()
+            except StoreClosed:
+                pass

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 64 << 30
 # Room the map must have left to take a write through the journal: what the journal may
-# hold (BACKLOG + 1 times MAX_BYTES) with LMDB's page overhead, twice over. With less,
-# writes go to LMDB directly, so StoreFull refuses them before they are acknowledged.
+# hold (BACKLOG + 1 times MAX_BYTES, active and frozen) with LMDB's page overhead, twice
+# over. With less, writes go to LMDB directly, so StoreFull refuses them before they are
+# acknowledged.
 JOURNAL_HEADROOM = 4 * (BACKLOG + 1) * MAX_BYTES
 
 
@@ -95,6 +96,7 @@ class StoreEnv:
         self._max_map_size = max(max_map_size, self._map_size)
         self._page_size = int(self._env.stat()["psize"])
         self._max_key = int(self._env.max_key_size())
+        self._said_short = False
 
     def _grow(self, seen: int, *, past_max: bool = False) -> None:
         """Doubles the map (up to the maximum) unless another writer grew it since seen.
@@ -121,9 +123,24 @@ class StoreEnv:
             log.info("map grown path=%s from=%d to=%d", self.path, seen, self._map_size)
 
     def _short_of_room(self) -> bool:
-        """Whether the map is too close to its maximum to take a write through the journal."""
-        used = (int(self._env.info()["last_pgno"]) + 1) * self._page_size
-        return bool(self._max_map_size - used < JOURNAL_HEADROOM)
+        """Whether the map is too close to its maximum to take a write through the journal
+        (under the gate: the map may be growing). Said once in the log, since every write
+        then costs an LMDB commit."""
+        left = self._max_map_size - (int(self._env.info()["last_pgno"]) + 1) * self._page_size
+        if left >= JOURNAL_HEADROOM:
+            return False
+        if not self._said_short:
+            self._said_short = True
+            log.warning(
+                "writes go to LMDB directly, not through the journal: path=%s has %d bytes"
+                " left below its maximum map size of %d, under the %d the journal needs"
+                " (raise --max-map-size)",
+                self.path,
+                left,
+                self._max_map_size,
+                JOURNAL_HEADROOM,
+            )
+        return True
 
     def _check_key(self, key: bytes) -> None:
         if not key or len(key) > self._max_key:

@@ -10,20 +10,29 @@ thread, took 3-4 ms a group and 2 µs of system time a key (85,000-95,000 keys/s
 README's Performance section has what it did to the cluster. etcd works the same way (a
 WAL, its B-tree committed every 100 ms), as does Cassandra (commit log and memtable).
 
-How: a write that carries records only is journaled (shardkv.shardd.journal) and then made
-visible in ``active``, a dict of key -> LMDB value; once ``active`` holds max_records or
-max_bytes it is frozen, appends go to the other journal file, and the checkpoint thread
-commits the frozen records into LMDB (one durable transaction), empties their file and
-drops them. So a key's newest value is in ``active``, else ``frozen``, else LMDB. Readers
-take ``pending`` (both dicts, swapped as one tuple) before they open their LMDB
-transaction: a reader that got the frozen dict reads it whatever the checkpoint did since,
-and one that came after it was dropped begins after the commit that holds its records.
+How: a write's records (every record but a restore's) are journaled
+(shardkv.shardd.journal) and then made visible in ``active``, a dict of key -> LMDB value;
+once ``active`` holds max_records or max_bytes it is frozen, appends go to the other
+journal file, and the checkpoint thread commits the frozen records into LMDB (one durable
+transaction), empties their file and drops them. So a key's newest value is in
+``active``, else ``frozen``, else LMDB. A checkpoint holds what ``active`` gathered while
+the previous one ran, up to BACKLOG times the bounds (the writes wait beyond): at most
+(BACKLOG + 1) times them in memory, active and frozen together. ``pending`` (the two
+dicts) is replaced as one tuple when a checkpoint starts or ends, and ``active`` grows in
+place by whole appends. Readers take ``pending`` before they open their LMDB transaction:
+a reader that got the frozen dict reads it whatever the checkpoint did since, and one that
+came after it was dropped begins after the commit that holds its records. (A read of
+many keys racing an append may see some of its records and not others: reads are per
+key, as everywhere in shardkv.)
 
-Everything else that reads or writes records in bulk (scans, digests, hints, purges, copies
-for backups) first calls flush(), which checkpoints what is pending and waits for it, then
-works on LMDB alone. Replay after a crash is last-writer-wins like every write, so a frame
-replayed twice, or after its records reached LMDB, changes nothing; a file is emptied
-before any purge can run (flush), so replay never brings back a purged record.
+Everything else that reads or writes records in LMDB (scans and walks, digests, hint reads,
+purges, hint deletes, restores, copies for backups) first calls flush(), which
+checkpoints what is pending and waits for it, then works on LMDB alone; a write's hints
+and markers go to LMDB beside its journaled records (Store._journaled).
+
+Replay after a crash is last-writer-wins like every write, so a frame replayed twice, or
+after its records reached LMDB, changes nothing; a file is emptied before any purge can
+run (flush), so replay never brings back a purged record.
 """
 
 from __future__ import annotations
@@ -91,6 +100,9 @@ class WriteAhead:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.checkpoints = 0
+        # Callers waiting for the checkpoint running now (flush, beside): no new one
+        # starts meanwhile, so each waits for one at most.
+        self._waiting = 0
 
     def append(self, winners: dict[bytes, bytes], new_keys: int) -> None:
         """Journals winners (key -> LMDB value, each beating what the key holds) durably,
@@ -110,11 +122,12 @@ class WriteAhead:
             self.pending[0].update(winners)
             self._active_bytes += sum(len(k) + len(v) for k, v in winners.items())
             self._new[0] += new_keys
-            if not self._checkpointing and self._full(1):
+            if not (self._checkpointing or self._waiting) and self._full(1):
                 self._freeze()
 
     def flush(self) -> None:
-        """Returns once LMDB holds every record journaled before the call."""
+        """Returns once LMDB holds every record journaled before the call: after the
+        checkpoint running now, if any, and one of what active holds."""
         with self._lock:
             self._settle()
             if self.pending[0]:
@@ -125,8 +138,7 @@ class WriteAhead:
         """read() (of LMDB) and the journal's figures as one state: taken with no
         checkpoint running, so none commits in between."""
         with self._lock:
-            while self._checkpointing:
-                self._lock.wait()
+            self._settle(check=False)
             active, frozen = self.pending
             new_keys = self._new[0] + self._new[1]
             return read(), JournalStats(len(active) + len(frozen), new_keys, self.checkpoints)
@@ -150,6 +162,7 @@ class WriteAhead:
             self._journal.close()
 
     def _full(self, factor: int) -> bool:
+        """Whether active holds factor times the bounds."""
         return (
             len(self.pending[0]) >= factor * self._max_records
             or self._active_bytes >= factor * self._max_bytes
@@ -157,15 +170,24 @@ class WriteAhead:
 
     def _check(self) -> None:
         if self._closing:
-            raise StoreClosed("the store is closing")
+            raise StoreClosed(f"the store at {self._journal.directory} is closing")
         if self._failure is not None:
-            raise JournalBroken(f"the journal failed ({self._failure}); restart the node")
+            raise JournalBroken(
+                f"the journal in {self._journal.directory} failed ({self._failure});"
+                " no write is taken until the node restarts and replays it"
+            )
 
-    def _settle(self) -> None:
-        """Under the lock: waits for a running checkpoint, raising if it failed."""
-        while self._checkpointing:
-            self._lock.wait()
-        self._check()
+    def _settle(self, *, check: bool = True) -> None:
+        """Under the lock: waits for the running checkpoint, if any, raising if it failed
+        (unless not check); no other starts meanwhile."""
+        self._waiting += 1
+        try:
+            while self._checkpointing:
+                self._lock.wait()
+        finally:
+            self._waiting -= 1
+        if check:
+            self._check()
 
     def _freeze(self) -> None:
         """Under the lock, no checkpoint running: hands active to the checkpoint thread."""
@@ -199,7 +221,12 @@ class WriteAhead:
                     self._new[1] = 0  # LMDB counts them now (frozen stays readable)
                 self._journal.clear(done)
             except Exception as exc:
-                log.error("journal checkpoint failed records=%d error=%r", len(frozen), exc)
+                log.error(
+                    "journal checkpoint failed path=%s records=%d error=%r",
+                    self._journal.directory,
+                    len(frozen),
+                    exc,
+                )
                 with self._lock:
                     self._failure = exc
                     self._checkpointing = False

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from shardkv.shardd import store_env
+from shardkv.shardd.gate import StoreClosed
 from shardkv.shardd.journal import FILES, JournalBroken
 from shardkv.shardd.records import Hint, Record
-from shardkv.shardd.store import Marker, Store
+from shardkv.shardd.store import Marker, Store, TooManyTargets
 from shardkv.shardd.write_ahead import JournalStats, WriteAhead
 
 
@@ -250,3 +251,52 @@ def test_acknowledged_records_are_checkpointed_past_the_maximum_map_size(
         assert small.read([r.key for r in records]) == records
     finally:
         small.close()
+
+
+def test_a_write_with_markers_stays_journaled_and_keeps_its_markers(tmp_path: Path) -> None:
+    """A degraded cluster sends markers with most writes: they must not force the records
+    into LMDB (a checkpoint per write), and one target too many refuses the whole write
+    before anything is journaled."""
+    store = Store(tmp_path / "db", max_targets=1)
+    try:
+        assert store.apply([rec(b"m")], markers=[Marker(b"m", "n2", (10, 1))]) == [True]
+        assert store.hint_summary() == {"n2": 1}
+        journal = store.stats().journal
+        assert (journal.records, journal.checkpoints) == (1, 0)
+        with pytest.raises(TooManyTargets):
+            store.apply([rec(b"x")], markers=[Marker(b"x", "n3", (10, 1))])
+        assert store.read([b"x"]) == [None]
+    finally:
+        store.close()
+
+
+def test_a_walk_flushes_the_journal_once(store: Store) -> None:
+    store.apply([rec(b"k%02d" % i) for i in range(10)])
+    pages = store.iter_range(b"", b"", 2)
+    walked = list(next(pages))
+    for i, page in enumerate(pages):
+        walked += page
+        store.apply([rec(b"z%02d" % i)])  # written during the walk: read or not
+    assert [r.key for r in walked[:10]] == [b"k%02d" % i for i in range(10)]
+    journal = store.stats().journal
+    assert journal.checkpoints == 1 and journal.records > 0
+
+
+def test_a_store_whose_last_checkpoint_failed_still_closes(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(entries: dict[bytes, bytes]) -> None:
+        raise OSError(errno.EIO, "injected I/O error")
+
+    assert store._ahead is not None
+    monkeypatch.setattr(store._ahead, "_checkpoint", failing)
+    store.apply([rec(b"kept")])
+    with pytest.raises(JournalBroken):
+        store.close()  # its checkpoint fails
+    with pytest.raises(StoreClosed):
+        store.read([b"kept"])
+    reopened = Store(store.path)  # the journal kept the record for the replay
+    try:
+        assert reopened.read([b"kept"]) == [rec(b"kept")]
+    finally:
+        reopened.close()
