@@ -80,8 +80,8 @@ class Store(StoreReads):
             max_map_size=max_map_size,
             max_dbs=max_dbs,
             max_readers=max_readers,
-            max_targets=max_targets,
         )
+        self._open_databases(max_targets)
         self._replay()
         if self._journal is not None:
             self._ahead = WriteAhead(self._journal, self._checkpoint)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 from shardkv.shardd.lookup import (
@@ -41,25 +40,8 @@ T = TypeVar("T")
 class StoreReads(StoreEnv):
     """The databases of one store and every read of them."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        sync: bool,
-        map_size: int,
-        max_map_size: int,
-        max_dbs: int,
-        max_readers: int,
-        max_targets: int,
-    ) -> None:
-        super().__init__(
-            path,
-            sync=sync,
-            map_size=map_size,
-            max_map_size=max_map_size,
-            max_dbs=max_dbs,
-            max_readers=max_readers,
-        )
+    def _open_databases(self, max_targets: int) -> None:
+        """Opens (creating) the store's databases once the environment is open."""
         with self._env.begin(write=True) as txn:
             self._data = self._env.open_db(_DATA_DB, txn=txn, create=True)
             self._meta = self._env.open_db(b"meta", txn=txn, create=True)  # shardd.identity
