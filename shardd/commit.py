@@ -1,8 +1,10 @@
-"""Group commit: concurrent writes share one LMDB transaction and one fsync.
+"""Group commit: concurrent writes share one journal append (or LMDB transaction) and one
+fsync.
 
-LMDB allows one write transaction at a time and an fsync costs far more than a put, so
-writes queue on the event loop and one `Store.apply` commits everything pending (up to a
-cap), then each caller is answered with its own slice of the results. Writes that arrive
+The store takes one write at a time (its journal, LMDB's one write transaction) and an
+fsync costs far more than a put, so writes queue on the event loop and one `Store.apply`
+commits everything pending (up to a cap; shardkv.shardd.write_ahead says where records
+go), then each caller is answered with its own slice of the results. Writes that arrive
 while a commit runs wait for the next one, which starts as soon as that commit is
 answered; writes queued in the same turn of the event loop share a commit. A caller is
 answered only after the commit holding its records is durable, and the committer keeps
