@@ -81,9 +81,7 @@ class Journal:
 
     def clear(self, index: int) -> None:
         """Empties file index once LMDB durably holds its records."""
-        fd = self._fds[index]
-        os.ftruncate(fd, 0)
-        os.fdatasync(fd)
+        _empty(self._fds[index])
 
     def close(self) -> None:
         """Closes both files (idempotent)."""
@@ -92,20 +90,23 @@ class Journal:
             os.close(fd)
 
 
-def clear_files(directory: Path, *, replayed: int) -> None:
+def clear_files(directory: Path) -> None:
     """Empties the journal files in directory that hold anything, durably, once LMDB holds
     the replayed records (also for a store opened without sync, which keeps no journal)."""
-    if replayed:
-        log.info("journal replayed path=%s records=%d", directory, replayed)
     for name in FILES:
         path = directory / name
         if path.exists() and path.stat().st_size:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.ftruncate(fd, 0)
-                os.fdatasync(fd)
+                _empty(fd)
             finally:
                 os.close(fd)
+
+
+def _empty(fd: int) -> None:
+    """Truncates the file to nothing, durably (the size is metadata fdatasync writes)."""
+    os.ftruncate(fd, 0)
+    os.fdatasync(fd)
 
 
 def replay(directory: Path) -> Iterator[tuple[bytes, bytes]]:

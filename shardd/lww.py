@@ -7,9 +7,10 @@ per record; a Restored record goes through the purge watermark (shardkv.shardd.w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import lmdb
+from shardkv.shardd.lookup import Get
 from shardkv.shardd.records import Record, Restored, encode
 from shardkv.shardd.watermark import PurgeWatermark
 
@@ -48,9 +49,7 @@ def put_records(
     return applied
 
 
-def winners_of(
-    records: Sequence[Record], get: Callable[[bytes], bytes | memoryview | None]
-) -> tuple[dict[bytes, bytes], list[bool], int]:
+def winners_of(records: Sequence[Record], get: Get) -> tuple[dict[bytes, bytes], list[bool], int]:
     """put_records for the journal (shardkv.shardd.write_ahead), deciding without writing:
     the LMDB value of each key whose record beats what it holds (get: lookup.layered), the
     last winner of a key named twice; what each put did; and how many winners are keys

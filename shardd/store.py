@@ -217,7 +217,8 @@ class Store(StoreReads):
             data, mark = self._data, self._watermark
             self._write(lambda txn, _: put_records(txn, data, records, mark), acknowledged=True)
             self._env.sync(True)
-        clear_files(self.path, replayed=len(records))
+            log.info("journal replayed path=%s records=%d", self.path, len(records))
+        clear_files(self.path)
 
     def _write(
         self, body: Callable[[lmdb.Transaction, Opened], T], *, acknowledged: bool = False

@@ -95,6 +95,7 @@ class StoreReads(StoreEnv):
     def _page(
         self, start: bytes, end: bytes, limit: int, max_bytes: int
     ) -> tuple[list[Record], bytes]:
+        """One page of scan, in its own transaction, the journal left alone."""
         with self._gate.shared(), self._env.begin() as txn:
             return page(txn, self._data, start, end, limit, max_bytes, max_key=self._max_key)
 
@@ -147,9 +148,9 @@ class StoreReads(StoreEnv):
     ) -> Iterator[list[Record]]:
         """Every record read_hints would hand target, in batches, each read in its own short
         transaction."""
+        self.flush()  # once, as iter_range
         start: Resume | None = (b"", b"")
         while start is not None:
-            self.flush()
             with self._gate.shared():
                 handles = self._parked.handles()
                 with self._env.begin() as txn:
