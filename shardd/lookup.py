@@ -55,15 +55,17 @@ def read_within(
     *,
     max_key: int,
     max_bytes: int,
-) -> list[T]:
+    used: int = 0,
+) -> tuple[list[T], int]:
     """The entry of each key, built by entry from its stored value (get: layered, in a
-    transaction opened with buffers=True). With max_bytes > 0, stops before the first
-    entry that would take the answer past it, found or not (the first entry is always
-    read): the list is then a prefix of keys. Entries of a key named more than once share
-    one object."""
+    transaction opened with buffers=True), and the bytes the answer takes with them. With
+    max_bytes > 0, stops before the first entry that would take the answer past it, found
+    or not: the list is then a prefix of keys. used: what earlier slices of the same
+    answer took; the first entry of an answer (used 0) is always read. Entries of a key
+    named more than once share one object."""
     out: list[T] = []
     seen: dict[bytes, tuple[T, int]] = {}
-    size = 0
+    size = used
     for key in keys:
         known = seen.get(key)
         if known is not None:
@@ -73,16 +75,16 @@ def read_within(
             raw = get(key) if 0 < len(key) <= max_key else None
             value_bytes = 0 if raw is None else max(0, len(raw) - HEADER.size)
             entry_bytes = len(key) + value_bytes + RECORD_BYTES
-            if max_bytes and out and size + entry_bytes > max_bytes:
-                return out
+            if max_bytes and size and size + entry_bytes > max_bytes:
+                return out, size
             # entry copies the value out of the page: the only copy made.
             item = entry(key, raw)
             seen[key] = (item, entry_bytes)
-        if max_bytes and out and size + entry_bytes > max_bytes:
-            return out
+        if max_bytes and size and size + entry_bytes > max_bytes:
+            return out, size
         size += entry_bytes
         out.append(item)
-    return out
+    return out, size
 
 
 def digest_pages(pages: Iterable[list[Record]]) -> tuple[bytes, int]:

@@ -58,6 +58,12 @@ class NodeCollector(Collector):
             "Keys read (Replica.Read and KV reads).",
             value=storage.keys_read,
         )
+        yield CounterMetricFamily(
+            "shardkv_node_read_disk_waits",
+            "Reads on the event loop that waited for the disk (a store larger than memory);"
+            " each sends reads to the read threads for a while.",
+            value=storage.read_place.disk_waits,
+        )
         try:
             stats = storage.store.stats()
         except StoreClosed:

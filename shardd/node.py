@@ -1,8 +1,9 @@
-"""The asynchronous face of one node's storage: reads on worker threads, writes through group
-commit, and versions for the node's own writes from its hybrid logical clock.
+"""The asynchronous face of one node's storage: reads on the loop or read threads, writes
+through group commit, and versions for the node's own writes from its hybrid logical clock.
 
-The gRPC services call only this; it keeps LMDB calls off the event loop's thread but for
-small reads (INLINE_READ_KEYS); a commit never runs there (shardkv.shardd.commit).
+The gRPC services call only this; reads of keys run on the event loop's thread while the
+store answers them from memory (shardkv.shardd.read_place), every other LMDB call on
+worker threads; a commit never runs on the loop (shardkv.shardd.commit).
 It also holds the node's fence (shardkv.shardd.fence), loaded with the store: writes and
 purges are checked against it on the commit thread, where it also rises.
 """
@@ -22,19 +23,15 @@ from shardkv.common.hlc import HybridClock, writer_number
 from shardkv.shardd.commit import GroupCommitter
 from shardkv.shardd.fence import Fence
 from shardkv.shardd.lookup import Entry, record_or_none
+from shardkv.shardd.read_place import ReadPlace, major_faults
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Marker, Store
 from shardkv.shardd.store_reads import DEFAULT_PAGE_BYTES
 
 T = TypeVar("T")
-# Reads of up to this many keys run on the event loop instead of a read thread. An LMDB
-# read from the page cache takes 2-3 µs per key and holds the GIL for most of it anyway,
-# while a hop to a thread and back cost 77-205 µs of CPU in a micro-benchmark on this
-# 2-core VM (thread wake-ups, futures, the loop's self-pipe): more than the read itself
-# for the few keys of a coalesced Get. What runs on
-# a thread still is a large read, whose page faults (a store larger than memory) would
-# stall the loop, and a read while the map grows (Store.read_entries_now).
-INLINE_READ_KEYS = 128
+# A read runs on the event loop in slices of this many keys, each in its own transaction,
+# the loop serving other calls between slices (read_place.py says why not on a thread).
+READ_SLICE_KEYS = 128
 _version = operator.attrgetter("version")
 
 
@@ -57,7 +54,7 @@ class NodeStorage:
         node_id: str,
         clock: HybridClock | None = None,
         read_workers: int = 4,
-        inline_read_keys: int = INLINE_READ_KEYS,
+        read_slice_keys: int = READ_SLICE_KEYS,
         commit_max_items: int = 4096,
         max_pending_writes: int = 65536,
         page_bytes: int = DEFAULT_PAGE_BYTES,
@@ -78,7 +75,8 @@ class NodeStorage:
         # For operators (Stats, metrics): when the node started and keys read since then.
         self.started = time.monotonic()
         self.keys_read = 0
-        self._inline_read_keys = inline_read_keys
+        self._read_slice_keys = read_slice_keys
+        self.read_place = ReadPlace()
         self._reads = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="shardd-read")
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
@@ -176,16 +174,40 @@ class NodeStorage:
     async def read_entries(
         self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0
     ) -> list[T]:
-        """As read, with each key's entry built by entry (Store.read_entries). A read of
-        at most inline_read_keys keys runs on the event loop (INLINE_READ_KEYS) unless the
-        store's gate is busy; a larger one on a read thread."""
+        """As read, with each key's entry built by entry (Store.read_entries): in slices of
+        read_slice_keys on the event loop, yielding to it between slices; the rest on a read
+        thread when reads are there for now (read_place) or the store's gate is busy (the
+        map is growing)."""
         self.keys_read += len(keys)
-        if len(keys) <= self._inline_read_keys:
-            entries = self.store.read_entries_now(keys, entry, max_bytes=max_bytes)
-            if entries is not None:
-                return entries
-        read = functools.partial(self.store.read_entries, max_bytes=max_bytes)
-        return await self._in_thread(read, keys, entry)
+        entries: list[T] = []
+        done = used = 0
+        while done < len(keys) and self.read_place.on_loop():
+            if done:
+                await asyncio.sleep(0)
+            part = keys[done : done + self._read_slice_keys]
+            read = self._read_on_loop(part, entry, max_bytes, used)
+            if read is None:
+                break
+            got, used = read
+            entries += got
+            done += len(got)
+            if len(got) < len(part):
+                return entries  # the answer is as large as max_bytes lets it be
+        if done < len(keys):
+            rest = functools.partial(self.store.read_entries, max_bytes=max_bytes, used=used)
+            got, _ = await self._in_thread(rest, keys[done:], entry)
+            entries += got
+        return entries
+
+    def _read_on_loop(
+        self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int, used: int
+    ) -> tuple[list[T], int] | None:
+        """Store.read_entries_now, telling read_place when it waited for the disk."""
+        faults = major_faults()
+        read = self.store.read_entries_now(keys, entry, max_bytes=max_bytes, used=used)
+        if major_faults() != faults:
+            self.read_place.read_faulted()
+        return read
 
     async def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[Record], bytes]:
         scan = functools.partial(self.store.scan, max_bytes=self._page_bytes)

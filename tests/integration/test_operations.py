@@ -159,6 +159,8 @@ def test_metrics_count_requests_quorums_and_node_work(observed: Cluster) -> None
         checkpoints = value(now, "shardkv_node_checkpoints_total")
         assert journaled >= puts or checkpoints > value(before, "shardkv_node_checkpoints_total")
         assert value(now, "shardkv_node_store_used_bytes") > 0
+        # A store this small is read from memory: no read waited for the disk.
+        assert now[("shardkv_node_read_disk_waits_total", frozenset())] == 0
 
 
 @pytest.mark.timeout(60)

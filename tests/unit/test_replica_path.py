@@ -116,7 +116,7 @@ def test_the_read_answer_built_from_lmdb_values_is_the_one_built_from_records(
         ],
         resume_at=len(records) if len(records) < len(keys) else 0,
     )
-    entries = store.read_entries(keys, stored_fields, max_bytes=max_bytes)
+    entries, _ = store.read_entries(keys, stored_fields, max_bytes=max_bytes)
     assert len(entries) == len(records)
     resume_at = len(entries) if len(entries) < len(keys) else 0
     got = read_response(keys, entries, resume_at)
