@@ -21,6 +21,8 @@ from typing import NamedTuple
 from shardkv.common.hlc import precedes
 
 HEADER = struct.Struct(">QIB")
+# The header's (version, writer): what every write compares with the stored record.
+_STAMP = struct.Struct(">QI")
 TOMBSTONE = 0x01
 # Bytes a record takes on the wire beside its key and value bytes, roughly (Record.size).
 RECORD_BYTES = 32
@@ -62,9 +64,10 @@ class Record(NamedTuple):
         the shared order of records; the stored contents are decoded only on a tie."""
         if stored is None:
             return True
-        stamp = stamp_of(stored)
-        if stamp != self.stamp:
-            return self.stamp > stamp
+        stamp = _STAMP.unpack_from(stored)
+        ours = (self.version, self.writer)
+        if stamp != ours:
+            return ours > stamp
         return precedes(decode(self.key, stored), self)
 
     def size(self) -> int:
@@ -108,7 +111,7 @@ def decode(key: bytes, raw: bytes | memoryview) -> Record:
 
 def stamp_of(raw: bytes | memoryview) -> Stamp:
     """The (version, writer) of a stored value, without copying its value bytes."""
-    version, writer, _ = HEADER.unpack_from(raw)
+    version, writer = _STAMP.unpack_from(raw)
     return (version, writer)
 
 
