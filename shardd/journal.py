@@ -54,9 +54,9 @@ class Journal:
         """Which file appends go to."""
         return self._current
 
-    def append(self, entries: Mapping[bytes, bytes]) -> None:
+    def append(self, entries: Mapping[bytes, bytes]) -> int:
         """Appends entries (key -> LMDB value) as one frame and fdatasyncs the file; returns
-        once the frame is durable."""
+        once the frame is durable, with the bytes of its entries."""
         if self._broken is not None:
             raise JournalBroken(f"the journal failed earlier ({self._broken}); restart the node")
         parts = []
@@ -74,6 +74,7 @@ class Journal:
         except OSError as exc:
             self._broken = exc
             raise JournalBroken(f"appending to {self._paths[self._current]} failed: {exc}") from exc
+        return len(payload)
 
     def switch(self) -> None:
         """Sends appends to the other file (empty: cleared after its last checkpoint)."""

@@ -50,7 +50,8 @@ from shardkv.shardd.lookup import Pending
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Records, and bytes of keys and values, the active dict holds before it is checkpointed.
+# Records the active dict holds, and bytes journaled for it (keys, values, their lengths),
+# before it is checkpointed.
 MAX_RECORDS: Final = 16384
 MAX_BYTES: Final = 16 << 20
 # While a checkpoint runs, the active dict may grow to this many times those bounds; a
@@ -113,14 +114,14 @@ class WriteAhead:
                 self._lock.wait()
                 self._check()
             try:
-                self._journal.append(winners)
+                journaled = self._journal.append(winners)
             except JournalBroken as exc:
                 # Nothing may be written after a frame of unknown fate: a later write or
                 # purge of its keys could be undone by its replay (journal.py).
                 self._failure = exc
                 raise
             self.pending[0].update(winners)
-            self._active_bytes += sum(len(k) + len(v) for k, v in winners.items())
+            self._active_bytes += journaled
             self._new[0] += new_keys
             if not (self._checkpointing or self._waiting) and self._full(1):
                 self._freeze()
