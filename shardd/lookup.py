@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import lmdb
 from shardkv.common.limits import after
@@ -48,6 +49,16 @@ def layered(txn: lmdb.Transaction, db: lmdb._Database, pending: Pending) -> Get:
     return lambda key: active.get(key) or frozen.get(key) or lmdb_get(key, db=db)
 
 
+@dataclass(slots=True)
+class Answer(Generic[T]):
+    """An answer read so far, when it is read in slices, each in its own transaction
+    (NodeStorage.read_entries): the bytes its entries take, and the entry of each key read,
+    which a key named again reuses, so one answer holds one record per key."""
+
+    size: int = 0
+    seen: dict[bytes, tuple[T, int]] = field(default_factory=dict)
+
+
 def read_within(
     get: Get,
     keys: Sequence[bytes],
@@ -55,17 +66,18 @@ def read_within(
     *,
     max_key: int,
     max_bytes: int,
-    used: int = 0,
-) -> tuple[list[T], int]:
+    answer: Answer[T] | None = None,
+) -> list[T]:
     """The entry of each key, built by entry from its stored value (get: layered, in a
-    transaction opened with buffers=True), and the bytes the answer takes with them. With
-    max_bytes > 0, stops before the first entry that would take the answer past it, found
-    or not: the list is then a prefix of keys. used: what earlier slices of the same
-    answer took; the first entry of an answer (used 0) is always read. Entries of a key
-    named more than once share one object."""
+    transaction opened with buffers=True). With max_bytes > 0, stops before the first
+    entry that would take the answer past it, found or not (the first entry of an answer
+    is always read): the list is then a prefix of keys. answer: what earlier slices of the
+    same answer read, updated here. Entries of a key named more than once share one
+    object."""
+    answer = Answer() if answer is None else answer
     out: list[T] = []
-    seen: dict[bytes, tuple[T, int]] = {}
-    size = used
+    seen = answer.seen
+    size = answer.size
     for key in keys:
         known = seen.get(key)
         if known is not None:
@@ -76,15 +88,16 @@ def read_within(
             value_bytes = 0 if raw is None else max(0, len(raw) - HEADER.size)
             entry_bytes = len(key) + value_bytes + RECORD_BYTES
             if max_bytes and size and size + entry_bytes > max_bytes:
-                return out, size
+                break
             # entry copies the value out of the page: the only copy made.
             item = entry(key, raw)
             seen[key] = (item, entry_bytes)
         if max_bytes and size and size + entry_bytes > max_bytes:
-            return out, size
+            break
         size += entry_bytes
         out.append(item)
-    return out, size
+    answer.size = size
+    return out
 
 
 def digest_pages(pages: Iterable[list[Record]]) -> tuple[bytes, int]:

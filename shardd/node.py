@@ -22,7 +22,7 @@ from typing import TypeVar
 from shardkv.common.hlc import HybridClock, writer_number
 from shardkv.shardd.commit import GroupCommitter
 from shardkv.shardd.fence import Fence
-from shardkv.shardd.lookup import Entry, record_or_none
+from shardkv.shardd.lookup import Answer, Entry, record_or_none
 from shardkv.shardd.read_place import ReadPlace, major_faults
 from shardkv.shardd.records import Hint, Record
 from shardkv.shardd.store import Marker, Store
@@ -75,6 +75,8 @@ class NodeStorage:
         # For operators (Stats, metrics): when the node started and keys read since then.
         self.started = time.monotonic()
         self.keys_read = 0
+        if read_slice_keys < 1:
+            raise ValueError(f"read_slice_keys must be at least 1, got {read_slice_keys}")
         self._read_slice_keys = read_slice_keys
         self.read_place = ReadPlace()
         self._reads = ThreadPoolExecutor(max_workers=read_workers, thread_name_prefix="shardd-read")
@@ -174,40 +176,43 @@ class NodeStorage:
     async def read_entries(
         self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0
     ) -> list[T]:
-        """As read, with each key's entry built by entry (Store.read_entries): in slices of
-        read_slice_keys on the event loop, yielding to it between slices; the rest on a read
-        thread when reads are there for now (read_place) or the store's gate is busy (the
-        map is growing)."""
+        """As read, with each key's entry built by entry (Store.read_entries): in slices on
+        the event loop (of read_slice_keys, smaller while read_place probes), yielding to
+        it between slices; the rest on a read thread once reads are there for now
+        (read_place) or the store's gate is busy (the map is growing)."""
         self.keys_read += len(keys)
+        answer: Answer[T] = Answer()
         entries: list[T] = []
-        done = used = 0
-        while done < len(keys) and self.read_place.on_loop():
+        done = 0
+        while done < len(keys):
             if done:
                 await asyncio.sleep(0)
-            part = keys[done : done + self._read_slice_keys]
-            read = self._read_on_loop(part, entry, max_bytes, used)
-            if read is None:
+            if not self.read_place.on_loop():
                 break
-            got, used = read
+            part = keys[done : done + self.read_place.slice_keys(self._read_slice_keys)]
+            got = self._read_on_loop(part, entry, max_bytes, answer)
+            if got is None:
+                break
             entries += got
             done += len(got)
             if len(got) < len(part):
                 return entries  # the answer is as large as max_bytes lets it be
         if done < len(keys):
-            rest = functools.partial(self.store.read_entries, max_bytes=max_bytes, used=used)
-            got, _ = await self._in_thread(rest, keys[done:], entry)
-            entries += got
+            rest = functools.partial(self.store.read_entries, max_bytes=max_bytes, answer=answer)
+            entries += await self._in_thread(rest, keys[done:], entry)
         return entries
 
     def _read_on_loop(
-        self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int, used: int
-    ) -> tuple[list[T], int] | None:
-        """Store.read_entries_now, telling read_place when it waited for the disk."""
+        self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int, answer: Answer[T]
+    ) -> list[T] | None:
+        """Store.read_entries_now, telling read_place whether it waited for the disk."""
         faults = major_faults()
-        read = self.store.read_entries_now(keys, entry, max_bytes=max_bytes, used=used)
+        got = self.store.read_entries_now(keys, entry, max_bytes=max_bytes, answer=answer)
         if major_faults() != faults:
             self.read_place.read_faulted()
-        return read
+        elif got is not None:
+            self.read_place.read_clean()
+        return got
 
     async def scan(self, start: bytes, end: bytes, limit: int) -> tuple[list[Record], bytes]:
         scan = functools.partial(self.store.scan, max_bytes=self._page_bytes)

@@ -4,8 +4,8 @@ One LMDB environment per node. User records live in the named database "data"; w
 node keeps for other nodes that missed a write (hints parked as a fallback, markers kept
 as an owner) lives in per-target databases described in shardkv.shardd.parked. Every
 method is synchronous and opens and closes its own transaction, so callers run it on a
-worker thread, or on an event loop only for a small read (shardkv.shardd.node); a commit
-never runs on an event loop.
+worker thread, or on an event loop for reads of keys from memory (shardkv.shardd.node,
+shardkv.shardd.read_place); a commit never runs on an event loop.
 
 The map grows (doubling) when a commit finds it full, up to max_map_size; beyond that a
 write raises StoreFull while reads keep working. Durable (unless sync=False): a write's

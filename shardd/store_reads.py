@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from shardkv.shardd.lookup import (
     NOTHING_PENDING,
+    Answer,
     Entry,
     digest_pages,
     layered,
@@ -58,32 +59,42 @@ class StoreReads(StoreEnv):
     def read(self, keys: Sequence[bytes], *, max_bytes: int = 0) -> list[Record | None]:
         """The stored record of each key (tombstones included); None where there is none.
         With max_bytes, only the prefix of keys whose entries fit (lookup.read_within)."""
-        return self.read_entries(keys, record_or_none, max_bytes=max_bytes)[0]
+        return self.read_entries(keys, record_or_none, max_bytes=max_bytes)
 
     def read_entries(
-        self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0, used: int = 0
-    ) -> tuple[list[T], int]:
-        """As read, with each key's entry built by entry from its LMDB value, and the bytes
-        the answer takes with them (lookup.read_within, which says what used is)."""
+        self,
+        keys: Sequence[bytes],
+        entry: Entry[T],
+        *,
+        max_bytes: int = 0,
+        answer: Answer[T] | None = None,
+    ) -> list[T]:
+        """As read, with each key's entry built by entry from its LMDB value; answer: the
+        answer these keys continue, read in slices (lookup.read_within)."""
         with self._gate.shared():
-            return self._read(keys, entry, max_bytes, used)
+            return self._read(keys, entry, max_bytes, answer)
 
     def read_entries_now(
-        self, keys: Sequence[bytes], entry: Entry[T], *, max_bytes: int = 0, used: int = 0
-    ) -> tuple[list[T], int] | None:
+        self,
+        keys: Sequence[bytes],
+        entry: Entry[T],
+        *,
+        max_bytes: int = 0,
+        answer: Answer[T] | None = None,
+    ) -> list[T] | None:
         """read_entries, or None without reading when that would wait (the map is about to
         grow or the store to close): for a caller that must not block, an event loop."""
         with self._gate.try_shared() as held:
-            return self._read(keys, entry, max_bytes, used) if held else None
+            return self._read(keys, entry, max_bytes, answer) if held else None
 
     def _read(
-        self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int, used: int
-    ) -> tuple[list[T], int]:
+        self, keys: Sequence[bytes], entry: Entry[T], max_bytes: int, answer: Answer[T] | None
+    ) -> list[T]:
         pending = self._ahead.pending if self._ahead is not None else NOTHING_PENDING
         with self._env.begin(buffers=True) as txn:
             get = layered(txn, self._data, pending)
             return read_within(
-                get, keys, entry, max_key=self._max_key, max_bytes=max_bytes, used=used
+                get, keys, entry, max_key=self._max_key, max_bytes=max_bytes, answer=answer
             )
 
     def scan(

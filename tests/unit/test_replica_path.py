@@ -1,8 +1,8 @@
 """The node's fast replica paths against the plain conversions they replace, on real LMDB.
 
 Apply converts and checks records in one pass (convert.records_from_pb), Read builds its
-answer from the LMDB values (convert.stored_fields, read_response), small reads run on the
-event loop (NodeStorage.read_entries) and the clock checks only a call's newest version
+answer from the LMDB values (convert.stored_fields, read_response), reads run on the event
+loop (NodeStorage.read_entries) and the clock checks only a call's newest version
 (NodeStorage.apply): each must answer exactly what the slower path did.
 """
 
@@ -116,7 +116,7 @@ def test_the_read_answer_built_from_lmdb_values_is_the_one_built_from_records(
         ],
         resume_at=len(records) if len(records) < len(keys) else 0,
     )
-    entries, _ = store.read_entries(keys, stored_fields, max_bytes=max_bytes)
+    entries = store.read_entries(keys, stored_fields, max_bytes=max_bytes)
     assert len(entries) == len(records)
     resume_at = len(entries) if len(entries) < len(keys) else 0
     got = read_response(keys, entries, resume_at)
