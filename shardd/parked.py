@@ -33,22 +33,19 @@ take their copy while they hold the store's gate, before begin().
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lmdb
 from shardkv.common.limits import LimitExceeded
-from shardkv.shardd.records import Hint, Record, decode, stamp_of
+from shardkv.shardd.records import STAMP, Hint, Record, Stamp, decode, stamp_of
 
 _Db = lmdb._Database
 HINT_PREFIX = b"hints:"
 MARK_PREFIX = b"marks:"
 # The longest target id a hints or marks database name holds.
 MAX_TARGET_BYTES = 255
-_STAMP = struct.Struct(">QI")
 
-Stamp = tuple[int, int]
 # Stores a record in a database unless what it holds wins; returns whether it stored it.
 PutIfNewer = Callable[[lmdb.Transaction, _Db, Record], bool]
 # Where a page of hints starts: in the hints, then in the markers (None: that walk is done).
@@ -161,8 +158,8 @@ class Parked:
         for marker in markers:
             db = self._db_for_write(txn, MARK_PREFIX, marker.target, self._marks, opened.marks)
             raw = txn.get(marker.key, db=db)
-            if raw is None or marker.stamp > _stamp(raw):
-                txn.put(marker.key, _STAMP.pack(*marker.stamp), db=db)
+            if raw is None or marker.stamp > stamp_of(raw):
+                txn.put(marker.key, STAMP.pack(*marker.stamp), db=db)
 
     def delete(self, txn: lmdb.Transaction, target: str, records: Sequence[Record]) -> int:
         """Removes target's hints and markers of the records' keys whose (version, writer) is
@@ -170,12 +167,14 @@ class Parked:
         stood for. One parked or marked for a newer write meanwhile survives. Returns how
         many were removed."""
         deleted = 0
-        for db, stamp in ((self._hints.get(target), stamp_of), (self._marks.get(target), _stamp)):
+        # A hint's value starts with its record's (version, writer), a marker's is nothing
+        # else: stamp_of reads both.
+        for db in (self._hints.get(target), self._marks.get(target)):
             if db is None:
                 continue
             for record in records:
                 raw = txn.get(record.key, db=db)
-                if raw is not None and stamp(raw) <= record.stamp:
+                if raw is not None and stamp_of(raw) <= record.stamp:
                     txn.delete(record.key, db=db)
                     deleted += 1
         return deleted
@@ -254,12 +253,6 @@ class Handles:
                     records.append(record)
                     size += record.size()
         return records, None
-
-
-def _stamp(raw: bytes | memoryview) -> Stamp:
-    """The (version, writer) a marker was kept for."""
-    version, writer = _STAMP.unpack(raw)
-    return (version, writer)
 
 
 def _current(txn: lmdb.Transaction, data: _Db, key: bytes) -> Record | None:

@@ -21,8 +21,9 @@ from typing import NamedTuple
 from shardkv.common.hlc import precedes
 
 HEADER = struct.Struct(">QIB")
-# The header's (version, writer): what every write compares with the stored record.
-_STAMP = struct.Struct(">QI")
+# The header's (version, writer): what every write compares with the stored record; a
+# marker's whole value (shardkv.shardd.parked).
+STAMP = struct.Struct(">QI")
 TOMBSTONE = 0x01
 # Bytes a record takes on the wire beside its key and value bytes, roughly (Record.size).
 RECORD_BYTES = 32
@@ -64,7 +65,7 @@ class Record(NamedTuple):
         the shared order of records; the stored contents are decoded only on a tie."""
         if stored is None:
             return True
-        stamp = _STAMP.unpack_from(stored)
+        stamp = STAMP.unpack_from(stored)
         ours = (self.version, self.writer)
         if stamp != ours:
             return ours > stamp
@@ -111,7 +112,7 @@ def decode(key: bytes, raw: bytes | memoryview) -> Record:
 
 def stamp_of(raw: bytes | memoryview) -> Stamp:
     """The (version, writer) of a stored value, without copying its value bytes."""
-    version, writer = _STAMP.unpack_from(raw)
+    version, writer = STAMP.unpack_from(raw)
     return (version, writer)
 
 
