@@ -13,13 +13,13 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 from shardkv.common import requestid
-from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2_grpc, kv_pb2_grpc
 
-from . import core
+from . import coalesce, core
 from .admin import AdminCall, AsyncAdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase, check_timeout
 from .coalesce import AsyncBatcher, Awaited, Waiting
-from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
+from .core import Consistency, Found, KeyLike, Mutation, Record, ScanPlan, ValueLike
 from .errors import ClientClosed, ShardKVError
 from .frames import KVFrames
 from .retry import DEFAULT_RETRY, RetryPolicy
@@ -67,7 +67,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
         self._kv: dict[str, Any] = {}
         self._admin: dict[str, Any] = {}
         self._getters: dict[Consistency | None, AsyncBatcher[bytes, Found | None]] = {}
-        self._writers: dict[Consistency | None, AsyncBatcher[kv_pb2.Mutation, int]] = {}
+        self._writers: dict[Consistency | None, AsyncBatcher[Mutation, int]] = {}
         # Set by close(), waking calls asleep in a back-off (bound to the loop of its use).
         self._woken = asyncio.Event()
 
@@ -163,7 +163,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             *(self._batch_get(chunk, deadline, level=level) for chunk in chunks),
             return_exceptions=True,
         )
-        return core.found_values(wanted, (o for _, o in core.paired_outcomes(chunks, pages)))
+        return core.found_values(wanted, (o for _, o in coalesce.paired_outcomes(chunks, pages)))
 
     async def put_many(
         self,
@@ -179,8 +179,8 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             *(self._batch_write(c, deadline, level=level) for c in chunks),
             return_exceptions=True,
         )
-        keys = [[m.key for m in chunk] for chunk in chunks]
-        return core.written_versions(core.paired_outcomes(keys, pages))
+        keys = [[key for key, _, _ in chunk] for chunk in chunks]
+        return core.written_versions(coalesce.paired_outcomes(keys, pages))
 
     def scan(
         self,
@@ -229,7 +229,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             self._getters[level] = batcher
         return batcher
 
-    def _writer(self, level: Consistency | None) -> AsyncBatcher[kv_pb2.Mutation, int]:
+    def _writer(self, level: Consistency | None) -> AsyncBatcher[Mutation, int]:
         batcher = self._writers.get(level)
         if batcher is None:
             batcher = AsyncBatcher(
@@ -253,7 +253,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
     ) -> list[Found | ShardKVError | None]:
         """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited).
         Keys whose answer would not fit in one message are asked again in smaller calls
-        (core.answer_too_large, Awaited.parts), concurrently."""
+        (coalesce.answer_too_large, Awaited.parts), concurrently."""
         batch = Awaited(keys, waiting, key_of=bytes)
         build = partial(core.batch_get_request, level=level)
         outcomes: list[Found | ShardKVError | None]
@@ -264,10 +264,10 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
             )
             outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply, attempts.tried[-1]))
         except ShardKVError as err:
-            if len(keys) == 1 or not core.answer_too_large(err):
+            if len(keys) == 1 or not coalesce.answer_too_large(err):
                 raise
             outcomes = [err] * len(keys)
-        parts = batch.parts(core.too_large_items(outcomes)) if len(keys) > 1 else []
+        parts = batch.parts(coalesce.too_large_items(outcomes)) if len(keys) > 1 else []
         answers = await asyncio.gather(
             *(self._batch_get(part, deadline, wait, level=level) for _, part, wait in parts)
         )
@@ -278,7 +278,7 @@ class AsyncClient(ClientBase, AsyncAdminMethods):
 
     async def _batch_write(
         self,
-        mutations: list[kv_pb2.Mutation],
+        mutations: list[Mutation],
         deadline: float,
         waiting: Waiting | None = None,
         *,

@@ -21,7 +21,7 @@ How, for both flavours below:
   ``core.MAX_REQUEST_BYTES``: forty 1 MiB values make two calls) and sends it next.
 - Reads cannot be cut by bytes: the values' sizes are not known before the answer. A
   ``BatchGet`` whose answer would not fit in a message (RESOURCE_EXHAUSTED naming the
-  message limit, ``core.answer_too_large``) is asked again in halves, and keys a node
+  message limit, ``answer_too_large``) is asked again in halves, and keys a node
   refused alone for that reason in a call of their own (``Awaited.parts``), down to a
   key per call if need be; so a caller asking one key never fails for its neighbours'
   values, and batches of small values still go a thousand keys at a time.
@@ -35,6 +35,10 @@ How, for both flavours below:
   callers still wait, and is not retried when none does (``Awaited``): a caller that got
   ``DeadlineExceeded`` may have written the key again since, and a late repeat of its
   first write would overwrite that acknowledged write.
+
+``get_many`` and ``put_many`` share two parts of this with the batchers: which read items
+to ask again in smaller calls (``answer_too_large``, ``too_large_items``) and each key's
+outcome of a batch whose call may have failed whole (``batch_outcomes``, ``paired_outcomes``).
 
 ``AsyncBatcher`` (asyncio): the sender is a task of its own, so everything submitted in
 the same event-loop turn leaves in one call, and a caller's cancellation never cancels a
@@ -54,12 +58,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import chain
 from typing import Generic, Protocol, TypeVar
 
-from .errors import ClientClosed, DeadlineExceeded, ShardKVError
+from .errors import ClientClosed, DeadlineExceeded, ResourceExhausted, ShardKVError
 
 I = TypeVar("I")  # noqa: E741 - the item type of a batch
 R = TypeVar("R")
@@ -167,6 +172,48 @@ class Awaited(Generic[I]):
             carried[index] if index in carried else _timed_out(self._key_of(item))
             for index, item in enumerate(self._items)
         ]
+
+
+def answer_too_large(error: ShardKVError) -> bool:
+    """Whether error says the answer to a read would not fit in one message (the router's
+    whole-call refusal, a node's per-key one, or gRPC's own cap), rather than that a server
+    shed load: then the same keys, asked in smaller batches, can be answered."""
+    if not isinstance(error, ResourceExhausted):
+        return False
+    return "message limit" in error.details or "larger than max" in error.details
+
+
+def too_large_items(outcomes: Sequence[object]) -> list[int]:
+    """The indexes of the read outcomes that failed only because the answer was too large."""
+    return [
+        i
+        for i, outcome in enumerate(outcomes)
+        if isinstance(outcome, ShardKVError) and answer_too_large(outcome)
+    ]
+
+
+def batch_outcomes(
+    keys: Sequence[bytes], page: Sequence[T] | BaseException
+) -> Sequence[T | ShardKVError]:
+    """The outcome per key of one of get_many's or put_many's batches: its own, or, when
+    the whole call failed, that error for each key (ShardKVError.for_key). Anything else
+    raised (a bug, a cancellation) is raised again."""
+    if isinstance(page, ShardKVError):
+        return [page.for_key(key) for key in keys]
+    if isinstance(page, BaseException):
+        raise page
+    return page
+
+
+def paired_outcomes(
+    keys: Sequence[Sequence[bytes]], pages: Sequence[Sequence[T] | BaseException]
+) -> Iterator[tuple[bytes, T | ShardKVError]]:
+    """(key, outcome) for every key of every batch, keys[i] being the keys of pages[i];
+    chained, not yielded one by one (a generator's step per key cost 0.08 µs)."""
+    return chain.from_iterable(
+        zip(chunk, batch_outcomes(chunk, page), strict=True)
+        for chunk, page in zip(keys, pages, strict=True)
+    )
 
 
 def _picked(waiting: Waiting, indexes: list[int]) -> list[bool]:

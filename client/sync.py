@@ -10,14 +10,14 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from shardkv.v1 import admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2_grpc, kv_pb2_grpc
 
-from . import core
+from . import coalesce, core
 from .admin import AdminCall, AdminMethods, Reply
 from .base import MAX_BATCH, MAX_IN_FLIGHT, Attempts, ClientBase, check_timeout
 from .coalesce import Awaited, Waiting
 from .coalesce_threads import ThreadBatcher
-from .core import Consistency, Found, KeyLike, Record, ScanPlan, ValueLike
+from .core import Consistency, Found, KeyLike, Mutation, Record, ScanPlan, ValueLike
 from .errors import ShardKVError
 from .retry import DEFAULT_RETRY, RetryPolicy
 from .transport import TLSConfig, sync_channel
@@ -85,7 +85,7 @@ class Client(ClientBase, AdminMethods):
             self._kv[address] = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
             self._admin[address] = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
         self._getters: dict[Consistency | None, ThreadBatcher[bytes, Found | None]] = {}
-        self._writers: dict[Consistency | None, ThreadBatcher[kv_pb2.Mutation, int]] = {}
+        self._writers: dict[Consistency | None, ThreadBatcher[Mutation, int]] = {}
         self._batchers_lock = threading.Lock()
 
     def __enter__(self) -> Client:
@@ -167,7 +167,7 @@ class Client(ClientBase, AdminMethods):
                 page = self._batch_get(chunk, deadline, level=level)
             except ShardKVError as err:
                 page = err
-            outcomes.extend(core.batch_outcomes(chunk, page))
+            outcomes.extend(coalesce.batch_outcomes(chunk, page))
         return core.found_values(wanted, outcomes)
 
     def put_many(
@@ -188,13 +188,13 @@ class Client(ClientBase, AdminMethods):
         level, deadline = self._level(consistency), self._deadline(timeout)
         outcomes: list[tuple[bytes, int | ShardKVError]] = []
         for chunk in core.write_chunks(mutations):
-            keys = [m.key for m in chunk]
+            keys = [key for key, _, _ in chunk]
             page: list[int | ShardKVError] | ShardKVError
             try:
                 page = self._batch_write(chunk, deadline, level=level)
             except ShardKVError as err:
                 page = err
-            outcomes.extend(zip(keys, core.batch_outcomes(keys, page), strict=True))
+            outcomes.extend(zip(keys, coalesce.batch_outcomes(keys, page), strict=True))
         return core.written_versions(outcomes)
 
     def scan(
@@ -254,7 +254,7 @@ class Client(ClientBase, AdminMethods):
                 self._getters[level] = batcher
             return batcher
 
-    def _writer(self, level: Consistency | None) -> ThreadBatcher[kv_pb2.Mutation, int]:
+    def _writer(self, level: Consistency | None) -> ThreadBatcher[Mutation, int]:
         batcher = self._writers.get(level)
         if batcher is not None:
             return batcher
@@ -282,7 +282,7 @@ class Client(ClientBase, AdminMethods):
     ) -> list[Found | ShardKVError | None]:
         """One BatchGet; a retry asks only for the keys still awaited (coalesce.Awaited).
         Keys whose answer would not fit in one message are asked again in smaller calls
-        (core.answer_too_large, Awaited.parts)."""
+        (coalesce.answer_too_large, Awaited.parts)."""
         batch = Awaited(keys, waiting, key_of=bytes)
         build = partial(core.batch_get_request, level=level)
         outcomes: list[Found | ShardKVError | None]
@@ -291,10 +291,10 @@ class Client(ClientBase, AdminMethods):
             reply = self._invoke("BatchGet", build(keys), attempts, again=batch.retry_with(build))
             outcomes = batch.outcomes(core.get_outcomes(batch.carried(), reply, attempts.tried[-1]))
         except ShardKVError as err:
-            if len(keys) == 1 or not core.answer_too_large(err):
+            if len(keys) == 1 or not coalesce.answer_too_large(err):
                 raise
             outcomes = [err] * len(keys)
-        parts = batch.parts(core.too_large_items(outcomes)) if len(keys) > 1 else []
+        parts = batch.parts(coalesce.too_large_items(outcomes)) if len(keys) > 1 else []
         for indexes, part, wait in parts:
             answer = self._batch_get(part, deadline, wait, level=level)
             for index, outcome in zip(indexes, answer, strict=True):
@@ -303,7 +303,7 @@ class Client(ClientBase, AdminMethods):
 
     def _batch_write(
         self,
-        mutations: list[kv_pb2.Mutation],
+        mutations: list[Mutation],
         deadline: float,
         waiting: Waiting | None = None,
         *,
