@@ -57,6 +57,18 @@ class Limits:
                 f" {self.max_value_bytes} bytes"
             )
 
+    def check_writes(self, keys: Sequence[bytes], values: Sequence[bytes], what: str) -> None:
+        """check_key and check_value of every write, one by one only when some write breaks
+        a limit (the error names the first that does, and where it is in what)."""
+        if self.keys_fit(keys) and (not values or max(map(len, values)) <= self.max_value_bytes):
+            return
+        for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            try:
+                self.check_key(key)
+                self.check_value(key, value)
+            except LimitExceeded as err:
+                raise LimitExceeded(f"{what} {index}: {err}") from None
+
     def check_batch(self, items: Sized, what: str = "batch") -> None:
         if len(items) > self.max_batch_items:
             raise LimitExceeded(

@@ -11,9 +11,10 @@ LMDB values (``stored_fields``), without a Record in between, each entry added i
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import chain, repeat
 
-from shardkv.common.answers import Fields
-from shardkv.common.limits import Limits
+from shardkv.common.answers import UINT32, UINT64, Fields, unpacked
+from shardkv.common.limits import LimitExceeded, Limits
 from shardkv.shardd.records import HEADER, TOMBSTONE, CorruptRecord, Hint, Record, Restored
 from shardkv.shardd.validate import check_record
 from shardkv.v1 import replica_pb2
@@ -61,6 +62,86 @@ def records_from_pb(messages: Iterable[replica_pb2.Record], limits: Limits) -> l
         # (a third of this loop's time).
         add(_new(kind, (key, b"" if tombstone else value, version, message.writer, tombstone)))
     return records
+
+
+def records_from_columns(
+    columns: Iterable[replica_pb2.RecordColumns], limits: Limits
+) -> list[Record]:
+    """The records of an Apply's columns, in order, checked as records_from_pb checks
+    records. Columns that do not describe records (arrays of different lengths, ends out
+    of order or past their bytes, a flag neither 0 nor 1) are refused whole: LimitExceeded
+    names the columns and what is wrong."""
+    records: list[Record] = []
+    for number, message in enumerate(columns):
+        records += _column_records(message, limits, f"Apply columns {number}")
+    return records
+
+
+def _column_records(message: replica_pb2.RecordColumns, limits: Limits, what: str) -> list[Record]:
+    key_ends = _numbers(UINT32, message.key_ends, f"{what} key_ends")
+    value_ends = _numbers(UINT32, message.value_ends, f"{what} value_ends")
+    versions = _numbers(UINT64, message.versions, f"{what} versions")
+    tombstones = message.tombstones
+    count = len(key_ends)
+    if not len(value_ends) == len(versions) == len(tombstones) == count:
+        raise LimitExceeded(
+            f"{what}: {count} key ends, {len(value_ends)} value ends, {len(versions)} versions"
+            f" and {len(tombstones)} tombstone flags; each must have one per record"
+        )
+    keys = _cut(message.keys, key_ends, f"{what} keys")
+    values = _cut(message.values, value_ends, f"{what} values")
+    if count and (
+        not limits.keys_fit(keys)
+        or max(map(len, values)) > limits.max_value_bytes
+        or not min(versions)
+        or max(tombstones) > 1
+    ):
+        checked = zip(keys, values, versions, tombstones, strict=True)
+        for index, (key, value, version, flag) in enumerate(checked):
+            if flag > 1:
+                raise LimitExceeded(
+                    f"{what} record {index}: tombstone flag {flag} of key {key[:64]!r} is"
+                    " neither 0 nor 1"
+                )
+            try:
+                check_record(limits, replica_pb2.Record(key=key, value=value, version=version))
+            except LimitExceeded as err:
+                raise LimitExceeded(f"{what} record {index}: {err}") from None
+    flags: Iterable[bool] = repeat(False, count)
+    if any(tombstones):  # a tombstone keeps no value, whatever was sent
+        flags = [flag == 1 for flag in tombstones]
+        values = [b"" if flag else value for value, flag in zip(values, flags, strict=True)]
+    # Each record built as records_from_pb builds it, by map: a loop in C.
+    rows = zip(keys, values, versions, repeat(message.writer, count), flags, strict=True)
+    return list(map(_new, repeat(Record, count), rows))
+
+
+def _numbers(code: str, data: bytes, what: str) -> Sequence[int]:
+    """The integers of a packed array, or LimitExceeded when data is not a whole number
+    of them."""
+    size = 8 if code == UINT64 else 4
+    if len(data) % size:
+        raise LimitExceeded(
+            f"{what}: {len(data)} bytes is not a whole number of {size}-byte integers"
+        )
+    return unpacked(code, data)
+
+
+def _cut(data: bytes, ends: Sequence[int], what: str) -> list[bytes]:
+    """data cut at ends (where each part ends), or LimitExceeded when ends are not in order
+    or do not end where data does."""
+    if not ends:
+        if data:
+            raise LimitExceeded(f"{what}: {len(data)} bytes for no record")
+        return []
+    if ends[-1] != len(data) or max(ends) != len(data):
+        raise LimitExceeded(f"{what}: the ends do not end at its {len(data)} bytes")
+    parts = [data[start:end] for start, end in zip(chain((0,), ends), ends, strict=False)]
+    # With every end within data, the parts add up to more than data where one end is
+    # below the end before it.
+    if sum(map(len, parts)) != len(data):
+        raise LimitExceeded(f"{what}: the ends are not in order")
+    return parts
 
 
 def hint_from_pb(message: replica_pb2.Hint) -> Hint:

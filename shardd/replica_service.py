@@ -21,6 +21,7 @@ from shardkv.shardd.convert import (
     read_response,
     record_from_pb,
     record_to_pb,
+    records_from_columns,
     records_from_pb,
     stored_fields,
 )
@@ -100,6 +101,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self._limits.check_batch(request.records, "Apply records")
         self._limits.check_batch(request.hints, "Apply hints")
         records = records_from_pb(request.records, self._limits)
+        if request.columns:
+            records += records_from_columns(request.columns, self._limits)
+            self._limits.check_batch(records, "Apply records and columns")
         hints = []
         for hint in request.hints:
             check_target(hint.target)

@@ -14,11 +14,12 @@ from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coalescer import Deliver
-from shardkv.router.requests.coordinator import Coordinator, Mutation
+from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem
 from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
+from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
 
 KEYS = [b"v100/%08d" % i for i in range(1000)]
@@ -93,7 +94,7 @@ def _coordinator() -> Coordinator:
 @pytest.mark.parametrize("path", ["general", "batch"])
 def test_write_1000(benchmark: BenchmarkFixture, path: str) -> None:
     coordinator = _coordinator()
-    mutations = [Mutation(key, VALUE) for key in KEYS]
+    mutations = Mutations.of([(key, VALUE) for key in KEYS])
     records = [replica_pb2.Record(key=k, value=VALUE, version=9, writer=1) for k in KEYS]
 
     async def once() -> int:

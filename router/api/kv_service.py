@@ -17,7 +17,7 @@ from shardkv.common.answers import get_result
 from shardkv.common.limits import LimitExceeded, Limits, scan_range
 from shardkv.router.api.errors import AnswerTooLarge, Exhausted, Unavailable, unary
 from shardkv.router.membership.topology import Topology
-from shardkv.router.requests.coordinator import Coordinator, Mutation, WriteOutcome
+from shardkv.router.requests.coordinator import Coordinator, Mutations, WriteOutcome
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.router.requests.outcomes import ReadFailure
@@ -81,11 +81,16 @@ class KVService(kv_pb2_grpc.KVServicer):
         t = self._topology
         return replicas_needed(consistency, replication=t.replication, default=t.write_quorum)
 
-    async def _write_one(self, mutation: Mutation, consistency: int, context: Context) -> int:
-        self._limits.check_key(mutation.key)
-        self._limits.check_value(mutation.key, mutation.value)
+    async def _write_one(
+        self, key: bytes, value: bytes | None, consistency: int, context: Context
+    ) -> int:
+        """Writes value to key (None: deletes it)."""
+        self._limits.check_key(key)
+        if value is not None:
+            self._limits.check_value(key, value)
         needed = self._writes_needed(consistency)
-        [outcome] = await self._coordinator.write([mutation], needed, self._deadline(context))
+        mutations = Mutations.of([(key, value)])
+        [outcome] = await self._coordinator.write(mutations, needed, self._deadline(context))
         if outcome.error is not None:
             raise _failed(outcome)
         return outcome.version
@@ -102,18 +107,16 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @unary
     async def Put(self, request: kv_pb2.PutRequest, context: Context) -> kv_pb2.PutResponse:
-        mutation = Mutation(request.key, request.value)
         return kv_pb2.PutResponse(
-            version=await self._write_one(mutation, request.consistency, context)
+            version=await self._write_one(request.key, request.value, request.consistency, context)
         )
 
     @unary
     async def Delete(
         self, request: kv_pb2.DeleteRequest, context: Context
     ) -> kv_pb2.DeleteResponse:
-        mutation = Mutation(request.key, delete=True)
         return kv_pb2.DeleteResponse(
-            version=await self._write_one(mutation, request.consistency, context)
+            version=await self._write_one(request.key, None, request.consistency, context)
         )
 
     @unary
@@ -148,16 +151,19 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def BatchWrite(
         self, request: kv_pb2.BatchWriteRequest, context: Context
     ) -> kv_pb2.BatchWriteResponse:
-        self._limits.check_batch(request.mutations, "BatchWrite")
-        mutations = []
-        for index, m in enumerate(request.mutations):
-            try:  # no cost in Python 3.11 unless it raises
-                self._limits.check_key(m.key)
-                if not m.delete:
-                    self._limits.check_value(m.key, m.value)
-            except LimitExceeded as err:
-                raise LimitExceeded(f"BatchWrite mutation {index}: {err}") from None
-            mutations.append(Mutation(m.key, b"" if m.delete else m.value, m.delete))
+        batch = request.mutations
+        self._limits.check_batch(batch, "BatchWrite")
+        # As columns (writes.py): no object per mutation. Each message is wrapped once, not
+        # once per column (0.41 -> 0.26 µs a mutation).
+        listed = list(batch)
+        keys = [m.key for m in listed]
+        values = [m.value for m in listed]
+        deletes = bytes([m.delete for m in listed])
+        if any(deletes):  # a delete's value is dropped, whatever was sent
+            pairs = zip(values, deletes, strict=True)
+            values = [b"" if delete else value for value, delete in pairs]
+        self._limits.check_writes(keys, values, "BatchWrite mutation")
+        mutations = Mutations(keys, values, deletes)
         needed = self._writes_needed(request.consistency)
         outcomes = await self._coordinator.write(mutations, needed, self._deadline(context))
         response = kv_pb2.BatchWriteResponse()

@@ -5,8 +5,8 @@ replica, and a hint or marker plan per key: right for every case, but per key an
 it costs Python objects and calls that dwarf what a node spends on the record. Most writes
 need none of it: every owner of every key is up, no move is in progress and every owner
 counts. For those, this path sends each node one chunk of the batch's records (one
-coalesced item, one callback for its reply) and counts acknowledgements in an array, one
-slot per key: a key is decided when its slot reaches W.
+coalesced item, one callback for its reply), as columns (writes.py), and counts
+acknowledgements in an array, one slot per key: a key is decided when its slot reaches W.
 
 Anything else goes to the general path, which may be given a key at any time: the record
 keeps its version and writer, and a replica that already holds it treats the second copy
@@ -30,9 +30,10 @@ import grpc
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
-from shardkv.router.requests.framing import FramedRecords, frame
+from shardkv.router.requests.framing import FramedRecords
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import WriteOutcome
+from shardkv.router.requests.writes import Writes
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
@@ -127,12 +128,14 @@ class BatchWriter:
         general: GeneralPlace,
     ) -> list[WriteOutcome]:
         """Writes records routed under epoch; answers once each is decided. general is
-        the general path, with this request's quorum and deadline."""
+        the general path, with this request's quorum and deadline. records are a
+        request's Writes, or Records of one writer routed again (Writes.of_records)."""
         layout = self._placement.layout
         if layout.new is not None or self._placement.uncounted or layout.epoch != epoch:
             return await general(records, epoch)
+        writes = records if isinstance(records, Writes) else Writes.of_records(records)
         ring, n, down = layout.old, self._n, self._health.down
-        owners_of = ring.preference_lists([record.key for record in records], n)
+        owners_of = ring.preference_lists(writes.keys, n)
         aside: list[int] = []
         by_node: dict[str, list[int]] = {}
         for index, owners in enumerate(owners_of):
@@ -151,15 +154,13 @@ class BatchWriter:
             for node_id, indexes in by_node.items()
             for start in range(0, len(indexes), self._max_chunk)
         ]
-        rnd = _Round(len(records), needed, chunks, loop.create_future())
-        rnd.undecided = len(records) - len(aside)
-        rnd.settle = partial(self._settle, rnd, records, owners_of, epoch)
-        # Each record serialized once, for all the nodes it goes to (framing.py).
-        framed = [frame(record) for record in records] if chunks else []
+        rnd = _Round(len(writes), needed, chunks, loop.create_future())
+        rnd.undecided = len(writes) - len(aside)
+        rnd.settle = partial(self._settle, rnd, writes, owners_of, epoch)
         if chunks:
             rnd.timer = loop.call_at(deadline, rnd.expire)
         detour = (
-            asyncio.ensure_future(general([records[i] for i in aside], epoch)) if aside else None
+            asyncio.ensure_future(general([writes[i] for i in aside], epoch)) if aside else None
         )
         try:
             for chunk, (node_id, indexes) in enumerate(chunks):
@@ -168,12 +169,11 @@ class BatchWriter:
                 if client is None:
                     deliver(node_left(node_id))
                 else:
-                    chunk_records = FramedRecords.join([framed[i] for i in indexes])
-                    client.apply_chunk(chunk_records, deliver, deadline, epoch)
+                    client.apply_chunk(writes.framed(indexes), deliver, deadline, epoch)
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
-            outcomes = self._outcomes(rnd, records, owners_of, aside)
-            retry = [i for i in range(len(records)) if outcomes[i] is None]
+            outcomes = self._outcomes(rnd, writes, owners_of, aside)
+            retry = [i for i in range(len(writes)) if outcomes[i] is None]
             if detour is not None:
                 for index, outcome in zip(aside, await detour, strict=True):
                     outcomes[index] = outcome
@@ -182,7 +182,7 @@ class BatchWriter:
             if detour is not None and not detour.done():
                 detour.cancel()
         if retry:
-            again = await general([records[i] for i in retry], epoch)
+            again = await general([writes[i] for i in retry], epoch)
             for index, outcome in zip(retry, again, strict=True):
                 outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
@@ -230,7 +230,7 @@ class BatchWriter:
     def _settle(
         self,
         rnd: _Round,
-        records: Sequence[Record],
+        writes: Writes,
         owners_of: Sequence[tuple[str, ...]],
         epoch: int,
     ) -> None:
@@ -246,12 +246,12 @@ class BatchWriter:
             missing = tuple(nodes)
             for holder in owners_of[index]:
                 if holder not in missing:
-                    self._keep_markers(holder, records[index], missing, epoch)
+                    self._keep_markers(holder, writes[index], missing, epoch)
 
     def _outcomes(
         self,
         rnd: _Round,
-        records: Sequence[Record],
+        writes: Writes,
         owners_of: Sequence[tuple[str, ...]],
         general: Sequence[int],
     ) -> list[WriteOutcome | None]:
@@ -266,7 +266,7 @@ class BatchWriter:
                     acked.setdefault(index, set()).add(node_id)
         outcomes: list[WriteOutcome | None] = []
         reached = acknowledged = 0  # the tally of keys that reached W
-        for index, record in enumerate(records):
+        for index, version in enumerate(writes.versions):
             if index in skipped:
                 outcomes.append(None)
                 continue
@@ -274,7 +274,7 @@ class BatchWriter:
             if got >= needed:
                 reached += 1
                 acknowledged += got
-                outcomes.append(WriteOutcome(record.version, None))
+                outcomes.append(WriteOutcome(version, None))
                 continue
             reasons = failed.get(index, [])
             if rnd.retried(index, [f for _, f in reasons]):
@@ -284,27 +284,32 @@ class BatchWriter:
             by_node = dict(reasons)
             heard = acked.get(index, set())
             silent = [o for o in owners_of[index] if o not in heard and o not in by_node]
-            outcomes.append(_failure(record, got, needed, self._n, by_node, silent))
+            failure = _failure(writes.keys[index], got, needed, self._n, by_node, silent)
+            outcomes.append(WriteOutcome(version, failure, _code(by_node)))
         tally.add_reached(reached, needed, acknowledged)
         return outcomes
 
 
 def _failure(
-    record: Record,
+    key: bytes,
     got: int,
     needed: int,
     replication: int,
     failed: dict[str, NodeFailure],
     silent: Sequence[str],
-) -> WriteOutcome:
-    """A key that missed its quorum, worded as the general path words it (quorum.py)."""
+) -> str:
+    """Why a key missed its quorum, worded as the general path words it (quorum.py)."""
     reasons = [f"{node_id} ({failure})" for node_id, failure in sorted(failed.items())]
     reasons += [f"{node_id} (no answer before the deadline)" for node_id in sorted(silent)]
-    code = grpc.StatusCode.UNAVAILABLE
-    if any(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for f in failed.values()):
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    error = (
-        f"write of key {record.key[:64]!r}: {got} of {needed} required replicas acknowledged"
+    return (
+        f"write of key {key[:64]!r}: {got} of {needed} required replicas acknowledged"
         f" (N={replication}); failed: {', '.join(reasons) or 'none'}"
     )
-    return WriteOutcome(record.version, error, code)
+
+
+def _code(failed: dict[str, NodeFailure]) -> grpc.StatusCode:
+    """The status of a key that missed its quorum: RESOURCE_EXHAUSTED when an owner shed
+    it, else UNAVAILABLE."""
+    if any(f.code == grpc.StatusCode.RESOURCE_EXHAUSTED for f in failed.values()):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.UNAVAILABLE

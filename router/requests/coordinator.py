@@ -62,22 +62,17 @@ from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.key_reads import KeyReader, apply_to, ignore
 from shardkv.router.requests.node_client import MAX_BATCH_ITEMS
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord, NodeLink
-from shardkv.router.requests.outcomes import (
-    Mutation,
-    ReadOutcome,
-    WriteOutcome,
-    not_read,
-    not_written,
-)
+from shardkv.router.requests.outcomes import ReadOutcome, WriteOutcome, not_read, not_written
 from shardkv.router.requests.quorum import Quorum, QuorumGroup
 from shardkv.router.requests.read_budget import ReadBudget
+from shardkv.router.requests.writes import Mutations, Writes
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
 log = logging.getLogger(__name__)
 
-# Mutation and the outcomes live in outcomes.py (shared with the batch paths).
-__all__ = ["Coordinator", "Mutation", "ReadOutcome", "WriteOutcome", "newest"]
+# The outcomes live in outcomes.py (shared with the batch paths), Mutations in writes.py.
+__all__ = ["Coordinator", "Mutations", "ReadOutcome", "WriteOutcome", "newest"]
 
 
 def newest(records: Sequence[replica_pb2.Record]) -> replica_pb2.Record:
@@ -186,26 +181,21 @@ class Coordinator:
         """What a fence refusal catches up with (scans route their rounds again with it)."""
         return self._epochs
 
-    async def write(
-        self, mutations: Sequence[Mutation], needed: int, deadline: float
-    ) -> list[WriteOutcome]:
+    async def write(self, mutations: Mutations, needed: int, deadline: float) -> list[WriteOutcome]:
         """Writes every mutation with a fresh version; answers once each is decided."""
         # One clock call for the batch: its versions are consecutive, in mutation order.
-        first = self._clock.now_many(len(mutations)) if mutations else 0
-        writer, record = self._writer, replica_pb2.Record
-        records = [
-            record(
-                key=mutation.key,
-                value=b"" if mutation.delete else mutation.value,
-                version=version,
-                writer=writer,
-                tombstone=mutation.delete,
-            )
-            for version, mutation in enumerate(mutations, first)
-        ]
+        count = len(mutations.keys)
+        first = self._clock.now_many(count) if count else 0
+        writes = Writes(
+            mutations.keys,
+            mutations.values,
+            mutations.deletes,
+            range(first, first + count),
+            self._writer,
+        )
         general = partial(self._place_at, needed=needed, deadline=deadline)
         place = partial(self._batch_writer.place, needed=needed, deadline=deadline, general=general)
-        return await self._routed(records, place, not_written, deadline=deadline)
+        return await self._routed(writes, place, not_written, deadline=deadline)
 
     async def write_records(
         self, records: Sequence[replica_pb2.Record], needed: int, deadline: float

@@ -18,16 +18,6 @@ from shardkv.router.requests.coalescer import NodeFailure
 
 
 @dataclass(slots=True)
-class Mutation:
-    """One write: a value, or a delete (tombstone) when delete is true (built per key of
-    every write, so plain too; nothing changes it after)."""
-
-    key: bytes
-    value: bytes = b""
-    delete: bool = False
-
-
-@dataclass(slots=True)
 class WriteOutcome:
     """The version a write got, and why it failed (None when it reached its quorum) with the
     status that failure maps to; for a restored record, whether a replica refused it as

@@ -19,14 +19,16 @@ import grpc
 import pytest
 from shardkv.common.answers import get_result
 from shardkv.common.hlc import HybridClock
-from shardkv.common.limits import Limits
+from shardkv.common.limits import DEFAULT_LIMITS, Limits
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
-from shardkv.router.requests.coordinator import Coordinator, Mutation
+from shardkv.router.requests.coordinator import Coordinator
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.router.requests.outcomes import ReadFailure
+from shardkv.router.requests.writes import Mutations
+from shardkv.shardd.convert import record_to_pb, records_from_columns
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
 NODES = ("n1", "n2", "n3")
@@ -34,8 +36,8 @@ KEYS = [b"inflight/%02d" % i for i in range(40)]
 
 
 class HeldReplica(replica_pb2_grpc.ReplicaServicer):
-    """Just enough of shardkv.v1.Replica: records in a dict (newest wins), and a gate that
-    holds Read and Apply calls until opened."""
+    """Just enough of shardkv.v1.Replica: records in a dict (newest wins; sent as messages
+    or as columns), and a gate that holds Read and Apply calls until opened."""
 
     def __init__(self) -> None:
         self.records: dict[bytes, replica_pb2.Record] = {}
@@ -66,7 +68,8 @@ class HeldReplica(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.ApplyResponse:
         await self._pass_gate()
         applied = []
-        for record in request.records:
+        columns = records_from_columns(request.columns, DEFAULT_LIMITS)
+        for record in [*request.records, *map(record_to_pb, columns)]:
             held = self.records.get(record.key)
             newer = held is None or (record.version, record.writer) > (held.version, held.writer)
             if newer:
@@ -121,7 +124,7 @@ def test_replies_from_a_removed_node_leave_no_caller_without_an_answer() -> None
         async with cluster() as (replicas, clients, coordinator):
             loop = asyncio.get_running_loop()
             written = await coordinator.write(
-                [Mutation(key, b"new") for key in KEYS], 3, loop.time() + 10
+                Mutations.of([(key, b"new") for key in KEYS]), 3, loop.time() + 10
             )
             assert all(outcome.error is None for outcome in written)
             for key in KEYS:  # n3 is stale: every key read there needs a repair
@@ -153,7 +156,7 @@ def test_writes_to_a_removed_node_are_answered() -> None:
             loop = asyncio.get_running_loop()
             replicas["n3"].gate.clear()
             write = asyncio.create_task(
-                coordinator.write([Mutation(key, b"w") for key in KEYS], 3, loop.time() + 10)
+                coordinator.write(Mutations.of([(key, b"w") for key in KEYS]), 3, loop.time() + 10)
             )
             await asyncio.wait_for(replicas["n3"].waiting.wait(), 10)
             removed = clients.pop("n3")
@@ -162,7 +165,7 @@ def test_writes_to_a_removed_node_are_answered() -> None:
             await removed.close()
             assert [o.error for o in outcomes] == [None] * len(KEYS)
             # The ring still names n3, whose client is gone: W=2 of the other two.
-            late = await coordinator.write([Mutation(b"after", b"x")], 2, loop.time() + 10)
+            late = await coordinator.write(Mutations.of([(b"after", b"x")]), 2, loop.time() + 10)
             assert late[0].error is None, late[0].error
 
     asyncio.run(scenario())

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from shardkv.common.answers import get_result
 from shardkv.common.hlc import HybridClock
+from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
@@ -27,6 +28,7 @@ from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.router.requests.outcomes import ReadFailure, ReadOutcome
 from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
+from shardkv.shardd.convert import record_to_pb, records_from_columns
 from shardkv.v1 import replica_pb2
 
 Stamp = tuple[int, int]
@@ -75,7 +77,9 @@ class FakeNode:
     def apply_chunk(
         self, chunk: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
-        records = list(replica_pb2.ApplyRequest.FromString(chunk.data).records)
+        request = replica_pb2.ApplyRequest.FromString(chunk.data)
+        columns = records_from_columns(request.columns, DEFAULT_LIMITS)  # as a node reads them
+        records = [*request.records, *map(record_to_pb, columns)]
         self.received.extend(records)
         self._later(self._answer_chunk, [(records, deliver)])
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from fake_nodes import FakeCluster, read_error, read_value, settle
 from shardkv.router.requests import batch_read, read_groups
-from shardkv.router.requests.coordinator import Mutation
+from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
 
 
@@ -44,7 +44,7 @@ def test_a_batch_sends_each_node_one_chunk_and_no_single_items() -> None:
         calls = Counting(cluster)
         keys = [b"b/%d" % i for i in range(300)]
         outcomes = await cluster.coordinator.write(
-            [Mutation(k, b"v") for k in keys], 2, cluster.deadline()
+            Mutations.of([(k, b"v") for k in keys]), 2, cluster.deadline()
         )
         assert [o.error for o in outcomes] == [None] * len(keys)
         reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
@@ -72,7 +72,7 @@ def test_a_key_short_of_its_quorum_through_failed_calls_gets_hints_via_the_gener
             cluster.nodes[failing].fail = grpc.StatusCode.UNAVAILABLE
         others = [b"o/%d" % i for i in range(50)]
         outcomes = await cluster.coordinator.write(
-            [Mutation(k, b"v") for k in [key, *others]], 2, cluster.deadline()
+            Mutations.of([(k, b"v") for k in [key, *others]]), 2, cluster.deadline()
         )
         error = outcomes[0].error
         assert error is not None and "1 of 2 required replicas acknowledged" in error
@@ -94,7 +94,9 @@ def test_a_node_out_of_resources_fails_its_keys_without_a_second_attempt() -> No
         for node_id in ("n2", "n3"):
             cluster.nodes[node_id].fail = grpc.StatusCode.RESOURCE_EXHAUSTED
         calls = Counting(cluster)
-        [outcome] = await cluster.coordinator.write([Mutation(b"k", b"v")], 2, cluster.deadline())
+        [outcome] = await cluster.coordinator.write(
+            Mutations.of([(b"k", b"v")]), 2, cluster.deadline()
+        )
         assert outcome.error is not None and outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "1 of 2 required replicas acknowledged" in outcome.error
         await settle()

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 from fake_nodes import FakeCluster, read_error, read_value, settle, until
-from shardkv.router.requests.coordinator import Mutation
 from shardkv.router.requests.node_link import MarkedRecord
+from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
 
 
@@ -31,7 +31,7 @@ def test_write_answers_at_w_and_reaches_every_owner() -> None:
         slow.hold()
         keys = [b"w/%d" % i for i in range(20)]
         outcomes = await cluster.coordinator.write(
-            [Mutation(k, b"v") for k in keys], 2, cluster.deadline()
+            Mutations.of([(k, b"v") for k in keys]), 2, cluster.deadline()
         )
         # Answered at W=2, while the third owner has not answered yet.
         assert [o.error for o in outcomes] == [None] * len(keys)
@@ -53,7 +53,7 @@ def test_write_fails_when_fewer_than_w_acknowledge_by_the_deadline() -> None:
         cluster.nodes["n2"].silent = True
         cluster.nodes["n3"].silent = True
         [outcome] = await cluster.coordinator.write(
-            [Mutation(b"k", b"v")], 2, cluster.deadline(0.1)
+            Mutations.of([(b"k", b"v")]), 2, cluster.deadline(0.1)
         )
         assert outcome.error is not None and outcome.code == grpc.StatusCode.UNAVAILABLE
         assert "1 of 2 required replicas acknowledged" in outcome.error
@@ -70,7 +70,9 @@ def test_two_owners_down_the_survivor_alone_never_makes_w2() -> None:
     async def scenario() -> None:
         cluster = FakeCluster()
         cluster.down("n2", "n3")
-        [outcome] = await cluster.coordinator.write([Mutation(b"k", b"v")], 2, cluster.deadline())
+        [outcome] = await cluster.coordinator.write(
+            Mutations.of([(b"k", b"v")]), 2, cluster.deadline()
+        )
         assert outcome.error is not None and outcome.code == grpc.StatusCode.UNAVAILABLE
         assert "1 of 2 required replicas acknowledged" in outcome.error
         n1 = cluster.nodes["n1"]
@@ -81,7 +83,9 @@ def test_two_owners_down_the_survivor_alone_never_makes_w2() -> None:
         assert [type(item) for item in n1.received] == [MarkedRecord]
         assert not cluster.nodes["n2"].received and not cluster.nodes["n3"].received
 
-        [one] = await cluster.coordinator.write([Mutation(b"k1", b"v")], 1, cluster.deadline())
+        [one] = await cluster.coordinator.write(
+            Mutations.of([(b"k1", b"v")]), 1, cluster.deadline()
+        )
         assert one.error is None
         assert n1.marked_for("n2") == {b"k", b"k1"}
 
@@ -95,12 +99,12 @@ def test_one_owner_down_markers_ride_with_the_record_to_both_live_owners() -> No
         cluster.down("n3")
         keys = [b"m/%d" % i for i in range(10)]
         outcomes = await cluster.coordinator.write(
-            [Mutation(k, b"v") for k in keys], 3, cluster.deadline()
+            Mutations.of([(k, b"v") for k in keys]), 3, cluster.deadline()
         )
         # ALL: two acknowledgements of three; markers do not make up the third.
         assert all("2 of 3 required replicas acknowledged" in (o.error or "") for o in outcomes)
         outcomes = await cluster.coordinator.write(
-            [Mutation(k, b"v2") for k in keys], 2, cluster.deadline()
+            Mutations.of([(k, b"v2") for k in keys]), 2, cluster.deadline()
         )
         assert [o.error for o in outcomes] == [None] * len(keys)
         for node_id in ("n1", "n2"):
@@ -130,7 +134,9 @@ def test_an_owner_whose_write_fails_gets_markers_on_the_owners_that_acknowledged
         cluster = FakeCluster()
         failing = cluster.nodes["n3"]
         failing.fail, failing.delay_s = code, 0.05  # fails after the quorum is decided
-        [outcome] = await cluster.coordinator.write([Mutation(b"k", b"v")], 2, cluster.deadline())
+        [outcome] = await cluster.coordinator.write(
+            Mutations.of([(b"k", b"v")]), 2, cluster.deadline()
+        )
         assert outcome.error is None
         await until(lambda: all(cluster.nodes[n].marked_for("n3") == {b"k"} for n in ("n1", "n2")))
         assert not cluster.nodes["n1"].marked_for("n2")
@@ -144,7 +150,7 @@ def test_an_owner_silent_past_the_deadline_gets_markers_too() -> None:
         cluster = FakeCluster()
         cluster.nodes["n2"].silent = True
         [outcome] = await cluster.coordinator.write(
-            [Mutation(b"k", b"v")], 2, cluster.deadline(0.1)
+            Mutations.of([(b"k", b"v")]), 2, cluster.deadline(0.1)
         )
         assert outcome.error is None
         await until(lambda: cluster.nodes["n1"].marked_for("n2") == {b"k"})
@@ -161,11 +167,15 @@ def test_a_fallback_outside_the_preference_list_holds_a_hint_that_does_not_count
         owners = cluster.owners(key)
         fallback = next(n for n in cluster.ids if n not in owners)
         cluster.down(owners[2])
-        [at_all] = await cluster.coordinator.write([Mutation(key, b"v")], 3, cluster.deadline())
+        [at_all] = await cluster.coordinator.write(
+            Mutations.of([(key, b"v")]), 3, cluster.deadline()
+        )
         assert at_all.error is not None, "a hint is no owner's copy: W=3 needs three owners"
         assert f"{owners[2]} (DOWN" in at_all.error and "hint parked" in at_all.error
         assert f"not counted toward the quorum: {fallback} (hint for {owners[2]})" in at_all.error
-        [outcome] = await cluster.coordinator.write([Mutation(key, b"v")], 2, cluster.deadline())
+        [outcome] = await cluster.coordinator.write(
+            Mutations.of([(key, b"v")]), 2, cluster.deadline()
+        )
         assert outcome.error is None
         assert cluster.nodes[fallback].hinted_for(owners[2]) == {key}
         assert cluster.nodes[fallback].value(key) is None, "a hint is not the fallback's data"
@@ -183,7 +193,9 @@ def test_a_failed_fallback_hint_is_replaced_by_owner_markers() -> None:
         fallback = next(n for n in cluster.ids if n not in owners)
         cluster.down(owners[2])
         cluster.nodes[fallback].fail = grpc.StatusCode.UNAVAILABLE
-        [outcome] = await cluster.coordinator.write([Mutation(key, b"v")], 2, cluster.deadline())
+        [outcome] = await cluster.coordinator.write(
+            Mutations.of([(key, b"v")]), 2, cluster.deadline()
+        )
         assert outcome.error is None
         await until(
             lambda: all(cluster.nodes[o].marked_for(owners[2]) == {key} for o in owners[:2])

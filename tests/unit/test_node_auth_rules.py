@@ -15,8 +15,8 @@ from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.loopback import is_loopback
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import NodeFailure
-from shardkv.router.requests.framing import FramedRecords, frame
 from shardkv.router.requests.node_client import NodeClient
+from shardkv.router.requests.writes import Writes
 from shardkv.serving.status import status_of
 from shardkv.shardd.__main__ import parse_args
 from shardkv.shardd.auth import NodeAuth, exposure, read_token
@@ -157,7 +157,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
     return {
         "apply": lambda: coalesced(client.apply, record),
         "read": lambda: coalesced(client.read, b"k"),
-        "apply_chunk": lambda: chunk(client.apply_chunk, FramedRecords.join([frame(record)])),
+        "apply_chunk": lambda: chunk(client.apply_chunk, Writes.of_records([record]).framed([0])),
         "read_chunk": lambda: chunk(client.read_chunk, [b"k"]),
         "apply_now": lambda: client.apply_now([record], 5),
         "apply_batch": lambda: client.apply_batch([record], 5),

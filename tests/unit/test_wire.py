@@ -1,13 +1,17 @@
-"""common/wire.varint writes what protobuf writes: the router joins messages it framed
-itself (records framed once for every replica, its stream's frames), and nodes parse
-them as protobuf."""
+"""What the router frames itself parses as protobuf on the other end: common/wire.varint
+writes what protobuf writes (the router's stream frames), and a batch's writes framed as
+columns for each owner (framing.py, writes.py) are, joined, the ApplyRequest whose records
+a node reads back (shardd/convert.py), every field and in order."""
 
 from __future__ import annotations
 
 from hypothesis import example, given
 from hypothesis import strategies as st
+from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.wire import varint
-from shardkv.router.requests.framing import frame
+from shardkv.router.requests.writes import Writes
+from shardkv.shardd.convert import records_from_columns
+from shardkv.shardd.records import Record
 from shardkv.v1 import replica_pb2
 
 
@@ -23,15 +27,46 @@ def test_varint_is_protobufs(value: int) -> None:
     assert (b"\x10" + varint(value) if value else b"") == encoded
 
 
-@given(st.binary(min_size=1, max_size=64), st.integers(min_value=0, max_value=20_000))
-@example(b"k", 100)
-@example(b"k", 16_370)
-def test_framed_records_parse_as_the_apply_request_they_join_into(
-    key: bytes, value_bytes: int
+_writes = st.lists(
+    st.tuples(
+        st.binary(min_size=1, max_size=64),
+        st.binary(max_size=300) | st.none(),  # None: a delete
+        st.integers(min_value=1, max_value=2**64 - 1),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(_writes, st.integers(min_value=0, max_value=2**32 - 1), st.data())
+@example([(b"k", b"v" * 16_370, 1), (b"k", None, 2**64 - 1)], 7, None)
+def test_framed_columns_parse_as_the_records_of_the_apply_they_join_into(
+    writes: list[tuple[bytes, bytes | None, int]], writer: int, data: st.DataObject | None
 ) -> None:
-    records = [
-        replica_pb2.Record(key=key, value=b"v" * value_bytes, version=2**56 + i, writer=7)
-        for i in range(2)
+    batch = Writes(
+        [key for key, _, _ in writes],
+        [b"" if value is None else value for _, value, _ in writes],
+        bytes(value is None for _, value, _ in writes),
+        [version for _, _, version in writes],
+        writer,
+    )
+    # Two chunks of the batch, as two requests' items joined into one coalesced Apply.
+    picked = list(range(len(writes)))
+    if data is not None:
+        picked = data.draw(st.permutations(picked))
+    cut = len(picked) // 2
+    chunks = [batch.framed(picked[:cut]), batch.framed(picked[cut:])]
+    request = replica_pb2.ApplyRequest.FromString(b"".join(chunk.data for chunk in chunks))
+    records = records_from_columns(request.columns, DEFAULT_LIMITS)
+    assert sum(chunk.count for chunk in chunks) == len(records) == len(writes)
+    assert records == [
+        Record(key, value or b"", version, writer, value is None)
+        for key, value, version in (writes[i] for i in picked)
     ]
-    request = replica_pb2.ApplyRequest.FromString(b"".join(frame(r) for r in records))
-    assert list(request.records) == records
+    # A key leaving the batch path gets the Record the columns stand for.
+    assert [batch[i] for i in picked] == [
+        replica_pb2.Record(
+            key=key, value=value or b"", version=version, writer=writer, tombstone=value is None
+        )
+        for key, value, version in (writes[i] for i in picked)
+    ]

@@ -39,14 +39,34 @@ class Marker(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., target: _Optional[str] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("records", "hints", "markers")
+    __slots__ = ("records", "hints", "markers", "columns")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     HINTS_FIELD_NUMBER: _ClassVar[int]
     MARKERS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[Record]
     hints: _containers.RepeatedCompositeFieldContainer[Hint]
     markers: _containers.RepeatedCompositeFieldContainer[Marker]
-    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hints: _Optional[_Iterable[_Union[Hint, _Mapping]]] = ..., markers: _Optional[_Iterable[_Union[Marker, _Mapping]]] = ...) -> None: ...
+    columns: _containers.RepeatedCompositeFieldContainer[RecordColumns]
+    def __init__(self, records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., hints: _Optional[_Iterable[_Union[Hint, _Mapping]]] = ..., markers: _Optional[_Iterable[_Union[Marker, _Mapping]]] = ..., columns: _Optional[_Iterable[_Union[RecordColumns, _Mapping]]] = ...) -> None: ...
+
+class RecordColumns(_message.Message):
+    __slots__ = ("keys", "key_ends", "values", "value_ends", "versions", "writer", "tombstones")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ENDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_ENDS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    keys: bytes
+    key_ends: bytes
+    values: bytes
+    value_ends: bytes
+    versions: bytes
+    writer: int
+    tombstones: bytes
+    def __init__(self, keys: _Optional[bytes] = ..., key_ends: _Optional[bytes] = ..., values: _Optional[bytes] = ..., value_ends: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., writer: _Optional[int] = ..., tombstones: _Optional[bytes] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("applied", "possibly_deleted")
