@@ -1,6 +1,7 @@
 """Protobuf's wire format, for the few places that join already serialized messages into a
-larger one instead of building and serializing it again (records framed once for every
-replica, frames on an exchange port), and the framing of exchange ports (exchange.proto)."""
+larger one instead of building and serializing it again (a batch's records as columns,
+router/requests/framing.py; frames on an exchange port), and the framing of exchange ports
+(exchange.proto)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def varint(value: int) -> bytes:
     """value (>= 0) as a protobuf varint: a length prefix of a length-delimited field."""
     if value < 0x80:
         return bytes((value,))
-    if value < 0x4000:  # two bytes: a record of up to 16 KiB, as most framed ones are
+    if value < 0x4000:  # two bytes: up to 16 KiB, as most lengths framed are
         return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:

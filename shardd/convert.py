@@ -11,7 +11,8 @@ LMDB values (``stored_fields``), without a Record in between, each entry added i
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
+from operator import gt
 
 from shardkv.common.answers import UINT32, UINT64, Fields, unpacked
 from shardkv.common.limits import LimitExceeded, Limits
@@ -65,12 +66,17 @@ def records_from_pb(messages: Iterable[replica_pb2.Record], limits: Limits) -> l
 
 
 def records_from_columns(
-    columns: Iterable[replica_pb2.RecordColumns], limits: Limits
+    columns: Sequence[replica_pb2.RecordColumns], limits: Limits, *, held: int = 0
 ) -> list[Record]:
     """The records of an Apply's columns, in order, checked as records_from_pb checks
     records. Columns that do not describe records (arrays of different lengths, ends out
     of order or past their bytes, a flag neither 0 nor 1) are refused whole: LimitExceeded
-    names the columns and what is wrong."""
+    names the columns and what is wrong. held: the records the Apply carries as messages;
+    with the columns' they may not exceed the batch limit, checked before any column is
+    read, as a batch of messages is refused before any is converted."""
+    limits.check_batch(columns, "Apply columns")
+    total = held + sum(len(message.key_ends) // 4 for message in columns)
+    limits.check_batch(range(total), "Apply records and columns")
     records: list[Record] = []
     for number, message in enumerate(columns):
         records += _column_records(message, limits, f"Apply columns {number}")
@@ -129,19 +135,17 @@ def _numbers(code: str, data: bytes, what: str) -> Sequence[int]:
 
 def _cut(data: bytes, ends: Sequence[int], what: str) -> list[bytes]:
     """data cut at ends (where each part ends), or LimitExceeded when ends are not in order
-    or do not end where data does."""
+    or do not end where data does: checked before anything is cut, since ends out of order
+    would have each part copy up to all of data."""
     if not ends:
         if data:
             raise LimitExceeded(f"{what}: {len(data)} bytes for no record")
         return []
-    if ends[-1] != len(data) or max(ends) != len(data):
-        raise LimitExceeded(f"{what}: the ends do not end at its {len(data)} bytes")
-    parts = [data[start:end] for start, end in zip(chain((0,), ends), ends, strict=False)]
-    # With every end within data, the parts add up to more than data where one end is
-    # below the end before it.
-    if sum(map(len, parts)) != len(data):
+    if any(map(gt, ends, islice(ends, 1, None))):
         raise LimitExceeded(f"{what}: the ends are not in order")
-    return parts
+    if ends[-1] != len(data):
+        raise LimitExceeded(f"{what}: the ends do not end at its {len(data)} bytes")
+    return [data[start:end] for start, end in zip(chain((0,), ends), ends, strict=False)]
 
 
 def hint_from_pb(message: replica_pb2.Hint) -> Hint:

@@ -102,8 +102,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServicer):
         self._limits.check_batch(request.hints, "Apply hints")
         records = records_from_pb(request.records, self._limits)
         if request.columns:
-            records += records_from_columns(request.columns, self._limits)
-            self._limits.check_batch(records, "Apply records and columns")
+            records += records_from_columns(request.columns, self._limits, held=len(records))
         hints = []
         for hint in request.hints:
             check_target(hint.target)

@@ -9,7 +9,8 @@
 - ``replica_latency`` read reply times per node: which owners reads ask last, and when a
   late read asks the others (speculative retry).
 - ``key_reads``    the per-key read path for the rest, and read repair.
-- ``outcomes``, ``framing``  what a request answers per key; records serialized once.
+- ``outcomes``     what a request answers per key.
+- ``writes``, ``framing``  a request's writes as columns, and framed as such for an Apply.
 - ``quorum``       counting one key's replica replies until a quorum is reached or lost.
 - ``node_client``  the connection to one node: coalesced Apply/Read per routing epoch,
   as frames on one TCP connection to its exchange port (shardkv.common.exchange_connection);

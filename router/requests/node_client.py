@@ -161,7 +161,7 @@ class NodeClient(NodeCalls):
         )
         # Chunks of a batch's records or keys (batch_write.py, batch_read.py): one item and
         # one reply each, counted as the entries they hold; counted in the same histograms.
-        # Apply fed bytes: records framed once for all their replicas (framing.py).
+        # Apply fed bytes: a batch's records framed as columns (framing.py).
         self._apply_framed = self._channel.unary_unary(
             "/shardkv.v1.Replica/Apply",
             request_serializer=passthrough,

@@ -30,6 +30,19 @@ class Mutations:
     values: list[bytes]
     deletes: bytes
 
+    def __post_init__(self) -> None:
+        """One value and one flag per key, and no value for a delete: the columns go to
+        the nodes as they are (a node would drop the value, but count it to the limit)."""
+        if not len(self.keys) == len(self.values) == len(self.deletes):
+            raise ValueError(
+                f"{len(self.keys)} keys, {len(self.values)} values and {len(self.deletes)}"
+                " delete flags: one each per write"
+            )
+        if any(self.deletes) and any(
+            value for value, delete in zip(self.values, self.deletes, strict=True) if delete
+        ):
+            raise ValueError("a delete carries no value")
+
     @classmethod
     def of(cls, writes: Sequence[tuple[bytes, bytes | None]]) -> Mutations:
         """(key, value) pairs; a value of None deletes the key."""

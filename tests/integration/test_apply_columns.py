@@ -104,7 +104,7 @@ CASES = [
     (_broken(key_ends=b"\x01\x02\x03"), "not a whole number of 4-byte integers"),
     (_broken(versions=packed(UINT64, [7])), "1 versions"),
     (_broken(tombstones=b"\x00"), "1 tombstone flags"),
-    (_broken(key_ends=packed(UINT32, [len(REFUSED) + 1, 3])), "do not end at"),
+    (_broken(key_ends=packed(UINT32, [4, len(REFUSED) + 1])), "do not end at"),
     (
         # Three keys of 9 bytes: ends 18, 9, 27, each within the 27 bytes, the second back.
         replica_pb2.RecordColumns(
@@ -164,6 +164,12 @@ def test_more_records_than_the_batch_limit_across_records_and_columns(
         replica.Apply(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"limit of {MAX_BATCH} items" in err.value.details()
+    # Entries that hold nothing count as well: each costs the node some work.
+    empty = replica_pb2.ApplyRequest(columns=[replica_pb2.RecordColumns()] * (MAX_BATCH + 1))
+    with pytest.raises(grpc.RpcError) as err:
+        replica.Apply(empty, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"Apply columns of {MAX_BATCH + 1} items" in err.value.details()
     assert _refused_stored(replica) == []
 
 

@@ -5,11 +5,12 @@ a node reads back (shardd/convert.py), every field and in order."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.wire import varint
-from shardkv.router.requests.writes import Writes
+from shardkv.router.requests.writes import Mutations, Writes
 from shardkv.shardd.convert import records_from_columns
 from shardkv.shardd.records import Record
 from shardkv.v1 import replica_pb2
@@ -70,3 +71,11 @@ def test_framed_columns_parse_as_the_records_of_the_apply_they_join_into(
         )
         for key, value, version in (writes[i] for i in picked)
     ]
+
+
+def test_mutations_hold_one_value_and_flag_per_key_and_no_value_for_a_delete() -> None:
+    assert Mutations.of([(b"a", b"1"), (b"b", None)]).deletes == b"\x00\x01"
+    with pytest.raises(ValueError, match="a delete carries no value"):
+        Mutations([b"a"], [b"stale"], b"\x01")
+    with pytest.raises(ValueError, match="one each per write"):
+        Mutations([b"a", b"b"], [b"1"], b"\x00\x00")
