@@ -15,7 +15,7 @@ from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coalescer import Deliver
 from shardkv.router.requests.coordinator import Coordinator
-from shardkv.router.requests.framing import FramedRecords
+from shardkv.router.requests.framing import ColumnChunk
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem
 from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
@@ -49,7 +49,7 @@ class InstantNode:
             loop.call_soon(deliver, STORED[key])
 
     def apply_chunk(
-        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
+        self, records: ColumnChunk, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         asyncio.get_running_loop().call_soon(deliver, True)
 

@@ -30,7 +30,7 @@ import grpc
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
-from shardkv.router.requests.framing import FramedRecords
+from shardkv.router.requests.framing import ColumnChunk
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import WriteOutcome
 from shardkv.router.requests.writes import Writes
@@ -50,7 +50,7 @@ class ChunkLink(Protocol):
     """What this path needs of a node (NodeClient; fakes in the unit tests)."""
 
     def apply_chunk(
-        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
+        self, records: ColumnChunk, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         """Queues records as one item; deliver gets True once the node applied (or already
         held) every one of them, or the NodeFailure of the call."""
@@ -169,7 +169,7 @@ class BatchWriter:
                 if client is None:
                     deliver(node_left(node_id))
                 else:
-                    client.apply_chunk(writes.framed(indexes), deliver, deadline, epoch)
+                    client.apply_chunk(writes.chunk(indexes), deliver, deadline, epoch)
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
             outcomes = self._outcomes(rnd, writes, owners_of, aside)

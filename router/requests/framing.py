@@ -1,19 +1,21 @@
-"""Records framed as ApplyRequest entries, so that an Apply's body is their bytes joined.
+"""A batch's records as columns, bound for one node, and framed as one Apply body.
 
-A batch's records travel to each owner as one RecordColumns entry (replica.proto): the
-keys and values joined, their ends, versions and tombstones as packed arrays, all built
-from the batch's columns (writes.py) without a message per record. The entry is written
-here field by field, each field's bytes copied once into the frame (a RecordColumns
-message would copy the keys and values in, and again when serialized). Protobuf
-concatenation appends repeated fields, so the entries of several chunks joined are one
-ApplyRequest, sent through a stub whose request serializer passes bytes through.
+A batch's records travel to each owner as a ColumnChunk: the keys, values, versions and
+tombstone flags of its share, picked out of the batch's columns (writes.py) without a
+message per record. The chunks of every request that leave in one coalesced call are
+framed together, as one RecordColumns entry of an ApplyRequest (replica.proto), written
+here field by field: each field's bytes are copied once into the body (a RecordColumns
+message would copy the keys and values in, and again when serialized), and the node reads
+one set of columns per call, not one per request (a set costs it some 15 µs to unpack
+whatever it holds). The body goes through a stub whose request serializer passes bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, chain, groupby
+from operator import attrgetter
 
 from shardkv.common.answers import UINT32, UINT64, packed
 from shardkv.common.wire import varint
@@ -24,38 +26,52 @@ _COLUMNS_TAG = b"\x22"
 # tombstones 7 length-delimited (wire type 2); writer 6 a varint (wire type 0).
 _KEYS, _KEY_ENDS, _VALUES, _VALUE_ENDS, _VERSIONS = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x2a"
 _WRITER, _TOMBSTONES = b"\x30", b"\x3a"
+# Bytes a record adds to a call beyond its key and value: two ends, a version, a flag.
+RECORD_BYTES = 17
 
 
 @dataclass(frozen=True, slots=True)
-class FramedRecords:
-    """count records, framed as ApplyRequest entries, joined in data."""
+class ColumnChunk:
+    """The records of one batch bound for one node: one coalesced item (node_client.py).
+    size: the bytes it adds to a call, which the coalescer budgets calls by."""
 
-    count: int
-    data: bytes
+    keys: Sequence[bytes]
+    values: Sequence[bytes]
+    versions: Sequence[int]
+    tombstones: bytes
+    writer: int
+    size: int
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
 
 
-def framed_columns(
-    keys: Sequence[bytes],
-    values: Sequence[bytes],
-    versions: Sequence[int],
-    writer: int,
-    tombstones: bytes,
-) -> FramedRecords:
-    """The records of these columns (one entry each, in order) as one ApplyRequest.columns
-    entry: tag, varint length, RecordColumns."""
+def apply_body(chunks: Sequence[ColumnChunk]) -> bytes:
+    """The serialized ApplyRequest of chunks' records, in order: one RecordColumns entry
+    per run of chunks of one writer (every chunk of a router has its writer)."""
+    entries = [_entry([*run]) for _, run in groupby(chunks, key=attrgetter("writer"))]
+    return b"".join(entries)
+
+
+def _entry(chunks: list[ColumnChunk]) -> bytes:
+    """chunks' records (all of one writer) as one ApplyRequest.columns entry: tag, varint
+    length, RecordColumns."""
+    keys = [*chain.from_iterable(chunk.keys for chunk in chunks)]
+    values = [*chain.from_iterable(chunk.values for chunk in chunks)]
     fields = (
         (_KEYS, b"".join(keys)),
-        (_KEY_ENDS, packed(UINT32, list(accumulate(map(len, keys))))),
+        (_KEY_ENDS, packed(UINT32, [*accumulate(map(len, keys))])),
         (_VALUES, b"".join(values)),
-        (_VALUE_ENDS, packed(UINT32, list(accumulate(map(len, values))))),
-        (_VERSIONS, packed(UINT64, versions)),
-        (_TOMBSTONES, tombstones),
+        (_VALUE_ENDS, packed(UINT32, [*accumulate(map(len, values))])),
+        (_VERSIONS, packed(UINT64, [*chain.from_iterable(chunk.versions for chunk in chunks)])),
+        (_TOMBSTONES, b"".join(chunk.tombstones for chunk in chunks)),
     )
-    parts = [_WRITER, varint(writer)]
+    parts = [_WRITER, varint(chunks[0].writer)]
     for tag, data in fields:
         parts += (tag, varint(len(data)), data)
     body = sum(map(len, parts))
-    return FramedRecords(len(keys), b"".join([_COLUMNS_TAG, varint(body), *parts]))
+    return b"".join([_COLUMNS_TAG, varint(body), *parts])
 
 
 def passthrough(body: bytes) -> bytes:

@@ -31,7 +31,7 @@ from shardkv.common.wire import NODE_ID_KEY
 from shardkv.router.membership.epoch_queues import EpochQueues
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import Coalescer, Deliver
-from shardkv.router.requests.framing import FramedRecords, passthrough
+from shardkv.router.requests.framing import ColumnChunk, apply_body, passthrough
 from shardkv.router.requests.node_calls import (
     EPOCH_KEY,
     MAX_BATCH_BYTES,
@@ -161,13 +161,13 @@ class NodeClient(NodeCalls):
         )
         # Chunks of a batch's records or keys (batch_write.py, batch_read.py): one item and
         # one reply each, counted as the entries they hold; counted in the same histograms.
-        # Apply fed bytes: a batch's records framed as columns (framing.py).
+        # Apply fed bytes: the chunks of a call framed as one set of columns (framing.py).
         self._apply_framed = self._channel.unary_unary(
             "/shardkv.v1.Replica/Apply",
             request_serializer=passthrough,
             response_deserializer=replica_pb2.ApplyResponse.FromString,
         )
-        self._chunk_applies: EpochQueues[FramedRecords, bool] = EpochQueues(
+        self._chunk_applies: EpochQueues[ColumnChunk, bool] = EpochQueues(
             lambda epoch: Coalescer(
                 node.id,
                 lambda chunks, timeout: self._send_chunks(chunks, timeout, epoch),
@@ -176,9 +176,9 @@ class NodeClient(NodeCalls):
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
                 call_timeout_s=call_timeout_s,
-                size_of=_framed_size,
+                size_of=_chunk_size,
                 max_pending=max_queued,
-                count_of=_framed_count,
+                count_of=_chunk_count,
             )
         )
         self._chunk_applies.batch_sizes = self._applies.batch_sizes
@@ -220,7 +220,7 @@ class NodeClient(NodeCalls):
         self._reads.submit(keys, deadline, epoch)
 
     def apply_chunk(
-        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
+        self, records: ColumnChunk, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         """Queues records (never a restore's) as one item: deliver gets True once the node
         applied or already held every one, or the call's NodeFailure."""
@@ -302,10 +302,10 @@ class NodeClient(NodeCalls):
         return list(reply.records)
 
     async def _send_chunks(
-        self, chunks: list[FramedRecords], timeout: float, epoch: int | None
+        self, chunks: list[ColumnChunk], timeout: float, epoch: int | None
     ) -> list[bool]:
         """One Apply of every chunk's records; True for each chunk the node answered whole."""
-        body = b"".join(chunk.data for chunk in chunks)
+        body = apply_body(chunks)
         reply = await self._apply(body, timeout, epoch)
         if len(reply.applied) != sum(chunk.count for chunk in chunks):
             return []  # the coalescer fails the batch as a short reply
@@ -372,11 +372,11 @@ class NodeClient(NodeCalls):
         return {} if routed is None else {EPOCH_KEY: str(routed)}
 
 
-def _framed_size(records: FramedRecords) -> int:
-    return len(records.data)
+def _chunk_size(records: ColumnChunk) -> int:
+    return records.size
 
 
-def _framed_count(records: FramedRecords) -> int:
+def _chunk_count(records: ColumnChunk) -> int:
     return records.count
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shardkv.router.requests.coalescer import Deliver
-from shardkv.router.requests.framing import FramedRecords
+from shardkv.router.requests.framing import ColumnChunk
 from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.v1 import replica_pb2
 
@@ -49,7 +49,7 @@ class NodeLink(Protocol):
         0: none) or a failure."""
 
     def apply_chunk(
-        self, records: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
+        self, records: ColumnChunk, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
         """Queues a batch's records for this node as one item (batch_write.py)."""
 

@@ -4,7 +4,7 @@ version it got, and the one writer of them all.
 A BatchWrite of a hundred keys used to become a hundred Mutation objects and then a hundred
 Record messages, each built and serialized: per key more than the router spends on the key
 otherwise. Its columns come straight from the request and go to every owner as one
-RecordColumns per chunk (framing.py); a Record is built only for a key that leaves the
+RecordColumns per call (framing.py); a Record is built only for a key that leaves the
 batch path (the general path, a marker), which is why Writes is a Sequence of Records.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, overload
 
-from shardkv.router.requests.framing import FramedRecords, framed_columns
+from shardkv.router.requests.framing import RECORD_BYTES, ColumnChunk
 from shardkv.v1 import replica_pb2
 
 Record = replica_pb2.Record
@@ -107,16 +107,17 @@ class Writes(Sequence[Record]):
             tombstone=bool(self.tombstones[index]),
         )
 
-    def framed(self, indexes: Sequence[int]) -> FramedRecords:
-        """The writes at indexes, framed for an Apply (framing.py)."""
+    def chunk(self, indexes: Sequence[int]) -> ColumnChunk:
+        """The writes at indexes, as one node's chunk (framing.py)."""
         pick = _picker(indexes)
-        tombstones = self.tombstones
-        return framed_columns(
-            pick(self.keys),
-            pick(self.values),
+        keys, values, tombstones = pick(self.keys), pick(self.values), self.tombstones
+        return ColumnChunk(
+            keys,
+            values,
             pick(self.versions),
-            self.writer,
             bytes(pick(tombstones)) if any(tombstones) else bytes(len(indexes)),
+            self.writer,
+            sum(map(len, keys)) + sum(map(len, values)) + RECORD_BYTES * len(indexes),
         )
 
 

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from harness import Proc, shardd_proc
 from shardkv.common.answers import UINT32, UINT64, packed
+from shardkv.router.requests.framing import apply_body
 from shardkv.router.requests.writes import Writes
 from shardkv.v1 import replica_pb2, replica_pb2_grpc
 
@@ -48,10 +49,10 @@ def replica(node: Proc) -> Iterator[replica_pb2_grpc.ReplicaStub]:
 def _columns(
     keys: list[bytes], values: list[bytes], versions: list[int], tombstones: bytes, writer: int = 3
 ) -> replica_pb2.RecordColumns:
-    """Columns as a router builds them (Writes.framed), parsed back into a message."""
+    """Columns as a router builds them (framing.apply_body), parsed back into a message."""
     batch = Writes(keys, values, tombstones, versions, writer)
-    framed = batch.framed(range(len(keys)))
-    [columns] = replica_pb2.ApplyRequest.FromString(framed.data).columns
+    body = apply_body([batch.chunk(range(len(keys)))])
+    [columns] = replica_pb2.ApplyRequest.FromString(body).columns
     return columns
 
 

@@ -23,7 +23,7 @@ from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
-from shardkv.router.requests.framing import FramedRecords
+from shardkv.router.requests.framing import ColumnChunk, apply_body
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.router.requests.outcomes import ReadFailure, ReadOutcome
@@ -75,9 +75,9 @@ class FakeNode:
     # -- chunks of a batch (batch_write.ChunkLink, batch_read.KeyChunkLink) ----------------
 
     def apply_chunk(
-        self, chunk: FramedRecords, deliver: Deliver[bool], deadline: float, epoch: int
+        self, chunk: ColumnChunk, deliver: Deliver[bool], deadline: float, epoch: int
     ) -> None:
-        request = replica_pb2.ApplyRequest.FromString(chunk.data)
+        request = replica_pb2.ApplyRequest.FromString(apply_body([chunk]))
         columns = records_from_columns(request.columns, DEFAULT_LIMITS)  # as a node reads them
         records = [*request.records, *map(record_to_pb, columns)]
         self.received.extend(records)

@@ -157,7 +157,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
     return {
         "apply": lambda: coalesced(client.apply, record),
         "read": lambda: coalesced(client.read, b"k"),
-        "apply_chunk": lambda: chunk(client.apply_chunk, Writes.of_records([record]).framed([0])),
+        "apply_chunk": lambda: chunk(client.apply_chunk, Writes.of_records([record]).chunk([0])),
         "read_chunk": lambda: chunk(client.read_chunk, [b"k"]),
         "apply_now": lambda: client.apply_now([record], 5),
         "apply_batch": lambda: client.apply_batch([record], 5),

@@ -1,7 +1,7 @@
 """What the router frames itself parses as protobuf on the other end: common/wire.varint
-writes what protobuf writes (the router's stream frames), and a batch's writes framed as
-columns for each owner (framing.py, writes.py) are, joined, the ApplyRequest whose records
-a node reads back (shardd/convert.py), every field and in order."""
+writes what protobuf writes (the router's stream frames), and the chunks of batches' writes
+that leave in one call, framed as columns (framing.py, writes.py), are the ApplyRequest
+whose records a node reads back (shardd/convert.py), every field and in order."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.wire import varint
+from shardkv.router.requests.framing import RECORD_BYTES, apply_body
 from shardkv.router.requests.writes import Mutations, Writes
 from shardkv.shardd.convert import records_from_columns
 from shardkv.shardd.records import Record
@@ -41,7 +42,7 @@ _writes = st.lists(
 
 @given(_writes, st.integers(min_value=0, max_value=2**32 - 1), st.data())
 @example([(b"k", b"v" * 16_370, 1), (b"k", None, 2**64 - 1)], 7, None)
-def test_framed_columns_parse_as_the_records_of_the_apply_they_join_into(
+def test_chunks_framed_together_parse_as_the_records_of_one_apply(
     writes: list[tuple[bytes, bytes | None, int]], writer: int, data: st.DataObject | None
 ) -> None:
     batch = Writes(
@@ -51,18 +52,28 @@ def test_framed_columns_parse_as_the_records_of_the_apply_they_join_into(
         [version for _, _, version in writes],
         writer,
     )
-    # Two chunks of the batch, as two requests' items joined into one coalesced Apply.
+    # Two chunks of the batch, as two requests' items leaving in one coalesced Apply,
+    # then one of another writer's batch: one set of columns per writer.
     picked = list(range(len(writes)))
     if data is not None:
         picked = data.draw(st.permutations(picked))
     cut = len(picked) // 2
-    chunks = [batch.framed(picked[:cut]), batch.framed(picked[cut:])]
-    request = replica_pb2.ApplyRequest.FromString(b"".join(chunk.data for chunk in chunks))
+    other = Writes([b"other"], [b"o"], b"\x00", [5], (writer + 1) % 2**32)
+    chunks = [batch.chunk(picked[:cut]), batch.chunk(picked[cut:]), other.chunk([0])]
+    request = replica_pb2.ApplyRequest.FromString(apply_body(chunks))
+    assert len(request.columns) == 2
     records = records_from_columns(request.columns, DEFAULT_LIMITS)
-    assert sum(chunk.count for chunk in chunks) == len(records) == len(writes)
+    assert sum(chunk.count for chunk in chunks) == len(records) == len(writes) + 1
     assert records == [
-        Record(key, value or b"", version, writer, value is None)
-        for key, value, version in (writes[i] for i in picked)
+        *(
+            Record(key, value or b"", version, writer, value is None)
+            for key, value, version in (writes[i] for i in picked)
+        ),
+        Record(b"other", b"o", 5, (writer + 1) % 2**32, False),
+    ]
+    assert [chunk.size for chunk in chunks[:2]] == [
+        sum(len(writes[i][0]) + len(writes[i][1] or b"") + RECORD_BYTES for i in part)
+        for part in (picked[:cut], picked[cut:])
     ]
     # A key leaving the batch path gets the Record the columns stand for.
     assert [batch[i] for i in picked] == [
