@@ -96,11 +96,13 @@ def _column_records(message: replica_pb2.RecordColumns, limits: Limits, what: st
         )
     keys = _cut(message.keys, key_ends, f"{what} keys")
     values = _cut(message.values, value_ends, f"{what} values")
+    # Whole-column checks first, in C (bytes.count, `in`); key by key only to name a fault.
+    live = tombstones.count(0) == count
     if count and (
         not limits.keys_fit(keys)
         or max(map(len, values)) > limits.max_value_bytes
-        or not min(versions)
-        or max(tombstones) > 1
+        or 0 in versions
+        or (not live and tombstones.translate(None, b"\x00\x01"))
     ):
         checked = zip(keys, values, versions, tombstones, strict=True)
         for index, (key, value, version, flag) in enumerate(checked):
@@ -114,7 +116,7 @@ def _column_records(message: replica_pb2.RecordColumns, limits: Limits, what: st
             except LimitExceeded as err:
                 raise LimitExceeded(f"{what} record {index}: {err}") from None
     flags: Iterable[bool] = repeat(False, count)
-    if any(tombstones):  # a tombstone keeps no value, whatever was sent
+    if not live:  # a tombstone keeps no value, whatever was sent
         flags = [flag == 1 for flag in tombstones]
         values = [b"" if flag else value for value, flag in zip(values, flags, strict=True)]
     # Each record built as records_from_pb builds it, by map: a loop in C.
