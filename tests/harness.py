@@ -141,6 +141,18 @@ def shardd_proc(
     return Proc(node_id, argv, address, base / f"{node_id}.log")
 
 
+@contextmanager
+def small_shardd(base: Path, *, max_value_bytes: int, max_batch_items: int) -> Iterator[Proc]:
+    """A started shardd with small value and batch limits, so that oversized requests stay
+    cheap; stopped when the block ends."""
+    limits = ["--max-value-bytes", str(max_value_bytes), "--max-batch-items", str(max_batch_items)]
+    proc = shardd_proc(base, "n1", extra=limits).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 def start_all(nodes: Sequence[Proc], routers: Sequence[Proc] = ()) -> None:
     """Starts the nodes together and waits until each one serves, then the routers one by
     one (a router checks every node as it starts, so the nodes come first)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Proc, shardd_proc
+from harness import Proc, small_shardd
 from shardkv.common.answers import UINT32, UINT64, packed
 from shardkv.router.requests.framing import apply_body
 from shardkv.router.requests.writes import Writes
@@ -30,14 +30,9 @@ GRPCURL = Path(sys.executable).parent / "grpcurl"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
-    base: Path = tmp_path_factory.mktemp("columns")
-    proc = shardd_proc(
-        base, "n1", extra=["--max-value-bytes", str(MAX_VALUE), "--max-batch-items", str(MAX_BATCH)]
-    ).start()
-    try:
+    base = tmp_path_factory.mktemp("columns")
+    with small_shardd(base, max_value_bytes=MAX_VALUE, max_batch_items=MAX_BATCH) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

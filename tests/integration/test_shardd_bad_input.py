@@ -5,11 +5,10 @@ writes nothing (no key of it is on the node afterwards, not even a tombstone).""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from harness import Proc, shardd_proc
+from harness import Proc, small_shardd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shardkv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
@@ -27,14 +26,9 @@ _SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Heal
 @pytest.fixture(scope="module")
 def small_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """A node with small value and batch limits, so oversized requests stay cheap."""
-    base: Path = tmp_path_factory.mktemp("bad_input")
-    proc = shardd_proc(
-        base, "n1", extra=["--max-value-bytes", str(MAX_VALUE), "--max-batch-items", str(MAX_BATCH)]
-    ).start()
-    try:
+    base = tmp_path_factory.mktemp("bad_input")
+    with small_shardd(base, max_value_bytes=MAX_VALUE, max_batch_items=MAX_BATCH) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
