@@ -10,6 +10,7 @@ LMDB values (``stored_fields``), without a Record in between, each entry added i
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
 from itertools import chain, islice, repeat
 from operator import gt
@@ -23,6 +24,8 @@ from shardkv.v1 import replica_pb2
 _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
 _new = tuple.__new__
+# Bytes of one integer of each packed array type (RecordColumns' ends and versions).
+_SIZE = {code: array(code).itemsize for code in (UINT32, UINT64)}
 
 
 def record_to_pb(record: Record) -> replica_pb2.Record:
@@ -75,7 +78,7 @@ def records_from_columns(
     with the columns' they may not exceed the batch limit, checked before any column is
     read, as a batch of messages is refused before any is converted."""
     limits.check_batch(columns, "Apply columns")
-    total = held + sum(len(message.key_ends) // 4 for message in columns)
+    total = held + sum(len(message.key_ends) // _SIZE[UINT32] for message in columns)
     limits.check_batch(range(total), "Apply records and columns")
     records: list[Record] = []
     for number, message in enumerate(columns):
@@ -127,7 +130,7 @@ def _column_records(message: replica_pb2.RecordColumns, limits: Limits, what: st
 def _numbers(code: str, data: bytes, what: str) -> Sequence[int]:
     """The integers of a packed array, or LimitExceeded when data is not a whole number
     of them."""
-    size = 8 if code == UINT64 else 4
+    size = _SIZE[code]
     if len(data) % size:
         raise LimitExceeded(
             f"{what}: {len(data)} bytes is not a whole number of {size}-byte integers"

@@ -159,7 +159,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         keys = [m.key for m in listed]
         values = [m.value for m in listed]
         deletes = bytes([m.delete for m in listed])
-        if any(deletes):  # a delete's value is dropped, whatever was sent
+        if deletes.count(0) != len(deletes):  # a delete's value is dropped, whatever was sent
             pairs = zip(values, deletes, strict=True)
             values = [b"" if delete else value for value, delete in pairs]
         self._limits.check_writes(keys, values, "BatchWrite mutation")

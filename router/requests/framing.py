@@ -27,7 +27,7 @@ _COLUMNS_TAG = b"\x22"
 _KEYS, _KEY_ENDS, _VALUES, _VALUE_ENDS, _VERSIONS = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x2a"
 _WRITER, _TOMBSTONES = b"\x30", b"\x3a"
 # Bytes a record adds to a call beyond its key and value: two ends, a version, a flag.
-RECORD_BYTES = 17
+COLUMN_RECORD_BYTES = 17
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, overload
 
-from shardkv.router.requests.framing import RECORD_BYTES, ColumnChunk
+from shardkv.router.requests.framing import COLUMN_RECORD_BYTES, ColumnChunk
 from shardkv.v1 import replica_pb2
 
 Record = replica_pb2.Record
@@ -38,7 +38,7 @@ class Mutations:
                 f"{len(self.keys)} keys, {len(self.values)} values and {len(self.deletes)}"
                 " delete flags: one each per write"
             )
-        if any(self.deletes) and any(
+        if self.deletes.count(0) != len(self.deletes) and any(
             value for value, delete in zip(self.values, self.deletes, strict=True) if delete
         ):
             raise ValueError("a delete carries no value")
@@ -110,14 +110,15 @@ class Writes(Sequence[Record]):
     def chunk(self, indexes: Sequence[int]) -> ColumnChunk:
         """The writes at indexes, as one node's chunk (framing.py)."""
         pick = _picker(indexes)
-        keys, values, tombstones = pick(self.keys), pick(self.values), self.tombstones
+        keys, values, flags = pick(self.keys), pick(self.values), self.tombstones
+        deleting = flags.count(0) != len(flags)  # counted in C, not stepped through
         return ColumnChunk(
             keys,
             values,
             pick(self.versions),
-            bytes(pick(tombstones)) if any(tombstones) else bytes(len(indexes)),
+            bytes(pick(flags)) if deleting else bytes(len(indexes)),
             self.writer,
-            sum(map(len, keys)) + sum(map(len, values)) + RECORD_BYTES * len(indexes),
+            sum(map(len, keys)) + sum(map(len, values)) + COLUMN_RECORD_BYTES * len(indexes),
         )
 
 

@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.wire import varint
-from shardkv.router.requests.framing import RECORD_BYTES, apply_body
+from shardkv.router.requests.framing import COLUMN_RECORD_BYTES, apply_body
 from shardkv.router.requests.writes import Mutations, Writes
 from shardkv.shardd.convert import records_from_columns
 from shardkv.shardd.records import Record
@@ -72,7 +72,7 @@ def test_chunks_framed_together_parse_as_the_records_of_one_apply(
         Record(b"other", b"o", 5, (writer + 1) % 2**32, False),
     ]
     assert [chunk.size for chunk in chunks[:2]] == [
-        sum(len(writes[i][0]) + len(writes[i][1] or b"") + RECORD_BYTES for i in part)
+        sum(len(writes[i][0]) + len(writes[i][1] or b"") + COLUMN_RECORD_BYTES for i in part)
         for part in (picked[:cut], picked[cut:])
     ]
     # A key leaving the batch path gets the Record the columns stand for.
