@@ -28,6 +28,14 @@ _token_of = struct.Struct("<I").unpack_from
 # Virtual nodes per unit of weight; uhashring's ketama makes 4 points of each, so a node of
 # weight 1 among equals holds 400 points (busiest of 100 nodes ~1.15x the mean share).
 DEFAULT_VNODES = 100
+# A batch lookup first tries a direct table over the token space cut into buckets of equal
+# width: a bucket that holds no point sends all its tokens to the same point, so its owners
+# are one list index away; only tokens of a bucket that holds a point are bisected. The
+# bisect probes a list of ints scattered over memory (0.14 µs a key alone, more in a busy
+# router); about 64 buckets per point leave 1-2% of keys to it at 3 nodes and 9% at 60,
+# for 1-2 MiB per ring and n.
+BUCKETS_PER_POINT = 64
+MAX_BUCKET_BITS = 18
 # How many distinct successors the table keeps per point; longer walks fall back to
 # stepping along the points (only for sloppy-quorum fallbacks with many nodes down).
 DEFAULT_TABLE_DEPTH = 8
@@ -90,8 +98,9 @@ class Ring:
             )
         self._depth = min(table_depth, len(self._weights))
         self._table = self._successor_table()
-        # The table cut to n nodes per point, for preference_lists, built on first use.
-        self._sliced: dict[int, list[tuple[str, ...]]] = {}
+        # preference_lists' tables per n, built on first use (once per n for the ring's life:
+        # N, and R or W of a read): the table cut to n nodes per point, and the direct one.
+        self._batch_tables: dict[int, tuple[list[tuple[str, ...]], DirectTable]] = {}
 
     def _successor_table(self) -> list[tuple[str, ...]]:
         """For each point, the first ``depth`` distinct nodes clockwise from it.
@@ -147,19 +156,30 @@ class Ring:
 
     def preference_lists(self, keys: Sequence[bytes], n: int) -> list[tuple[str, ...]]:
         """preference_list(key, n) of each key, for a batch: the hash (ring_token's, inlined:
-        an all-ASCII batch, the usual one, is hashed as it is) and the table walk without a
-        call per key."""
+        an all-ASCII batch, the usual one, is hashed as it is), then the direct table, and
+        the bisect only for a token whose bucket holds a point; no call per key."""
         if n > self._depth:
             return [self.preference_list(key, n) for key in keys]
-        table = self._sliced.get(n)
-        if table is None:  # once per n for the ring's life (N, and R or W of a read)
-            # One more entry past the last point: a token beyond it wraps to the first.
-            table = [owners[:n] for owners in self._table]
-            table = self._sliced[n] = [*table, table[0]]
+        tables = self._batch_tables.get(n)
+        if tables is None:
+            tables = self._batch_tables[n] = self._tables_for(n)
+        table, (direct, shift) = tables
         points = self._points
         if all(map(bytes.isascii, keys)):
-            return [table[bisect_right(points, _token_of(md5(key).digest())[0])] for key in keys]
-        return [table[bisect_right(points, ring_token(key))] for key in keys]
+            tokens = [_token_of(md5(key).digest())[0] for key in keys]
+        else:
+            tokens = [ring_token(key) for key in keys]
+        return [direct[t >> shift] or table[bisect_right(points, t)] for t in tokens]
+
+    def _tables_for(self, n: int) -> tuple[list[tuple[str, ...]], DirectTable]:
+        """The successor table cut to n nodes, one more entry past the last point (a token
+        beyond it wraps to the first), each distinct list one tuple (the direct table
+        then points at a few objects, which stay in cache); and its direct table."""
+        lists: dict[tuple[str, ...], tuple[str, ...]] = {}
+        table = [lists.setdefault(owners[:n], owners[:n]) for owners in self._table]
+        table.append(table[0])
+        bits = min(MAX_BUCKET_BITS, (len(self._points) * BUCKETS_PER_POINT - 1).bit_length())
+        return table, direct_table(self._points, table, bits)
 
     @property
     def points(self) -> tuple[int, ...]:
@@ -199,6 +219,27 @@ class Ring:
             share[owner] += point - previous
             previous = point
         return {node_id: arc / _RING_SIZE for node_id, arc in share.items()}
+
+
+# A direct table: an entry per bucket of tokens (None: the bucket holds a point), and the
+# shift that turns a token into its bucket.
+DirectTable = tuple[list[tuple[str, ...] | None], int]
+
+
+def direct_table(points: Sequence[int], table: Sequence[tuple[str, ...]], bits: int) -> DirectTable:
+    """The 2**bits buckets of the token space, each the entry of table (one per point and
+    one past the last) that every token of the bucket finds by bisect_right over points,
+    or None where a point lies in the bucket (its tokens differ around the point)."""
+    shift = 32 - bits
+    direct: list[tuple[str, ...] | None] = [None] * (1 << bits)
+    start = 0  # the first bucket not decided yet
+    for index, point in enumerate(points):
+        bucket = point >> shift
+        if bucket > start:  # the buckets before this point's own hold no point
+            direct[start:bucket] = [table[index]] * (bucket - start)
+        start = bucket + 1
+    direct[start:] = [table[len(points)]] * (len(direct) - start)
+    return direct, shift
 
 
 def ketama_groups(weights: Mapping[str, int], *, vnodes: int = DEFAULT_VNODES) -> dict[str, int]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from collections import Counter
 
 import pytest
 from shardkv.common.ring_tokens import ring_token
-from shardkv.router.placement.ring import DEFAULT_VNODES, Ring, ring_key
+from shardkv.router.placement.ring import DEFAULT_VNODES, Ring, direct_table, ring_key
 from uhashring import HashRing
 
 KEYS = [f"key-{i}".encode() for i in range(100_000)]
@@ -126,3 +127,32 @@ def test_preference_lists_match_preference_list() -> None:
             for batch in (keys, KEYS[:1000], wrapped):  # mixed; ASCII, hashed as they are
                 singles = [ring.preference_list(k, n) for k in batch]
                 assert ring.preference_lists(batch, n) == singles
+
+
+@pytest.mark.parametrize("bits", [6, 12, 17])
+def test_direct_table_finds_what_bisect_finds(bits: int) -> None:
+    """Every bucket the direct table decides gives each of its tokens the entry bisect would:
+    tokens at, beside and between points, at bucket edges, several points in a bucket,
+    points on a bucket's first and last token, and tokens past the last point."""
+    shift = 32 - bits
+    rng = random.Random(bits)
+    edges = [b << shift for b in {1, 2, (1 << bits) - 1} if b < 1 << bits]
+    scattered = (rng.randrange(1 << 32) for _ in range(40 if bits > 6 else 1))
+    points = sorted({*scattered, *edges, edges[0] - 1, 7, 8})
+    table = [(f"n{i}",) for i in range(len(points) + 1)]
+    direct, got_shift = direct_table(points, table, bits)
+    assert got_shift == shift and len(direct) == 1 << bits
+    tokens = {0, (1 << 32) - 1, *rng.sample(range(1 << 32), 2000)}
+    for point in points:
+        tokens |= {max(0, point - 1), point, min(point + 1, (1 << 32) - 1)}
+    for bucket in range(0, 1 << bits, max(1, (1 << bits) // 64)):
+        tokens |= {bucket << shift, ((bucket + 1) << shift) - 1}
+    decided = 0
+    for token in sorted(tokens):
+        entry = direct[token >> shift]
+        if entry is not None:
+            decided += 1
+            assert entry == table[bisect_right(points, token)], token
+    assert decided
+    held = {point >> shift for point in points}
+    assert all((direct[b] is None) == (b in held) for b in range(1 << bits))
