@@ -14,9 +14,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
-from shardkv.common.hlc import ClockState, HybridClock, writer_number
+from shardkv.common.clock_state import ClockState
+from shardkv.common.hlc import HybridClock, writer_number
 from shardkv.router.api.admin_service import AdminService
-from shardkv.router.api.exchange import kv_exchange
+from shardkv.router.api.exchange import KV_DESCRIPTOR, kv_exchange
 from shardkv.router.api.kv_service import KVService
 from shardkv.router.api.metrics import RouterCollector, router_registry
 from shardkv.router.api.operations import Operations
@@ -45,12 +46,13 @@ from shardkv.router.requests.node_client import NodeClient
 from shardkv.serving.connections import server_options
 from shardkv.serving.exchange_listener import ExchangeListener
 from shardkv.serving.metrics_http import MetricsServer
+from shardkv.serving.services import add_service
 from shardkv.serving.telemetry import RequestInterceptor
-from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
+KV_SERVICE = KV_DESCRIPTOR.full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -221,7 +223,7 @@ class RouterServer:
             limits=config.limits,
             router_id=config.router_id,
         )
-        kv_pb2_grpc.add_KVServicer_to_server(kv, server)  # type: ignore[no-untyped-call]
+        add_service(server, KV_DESCRIPTOR, kv)  # BatchGet answers bytes (services.py)
         self._exchange = kv_exchange(
             kv,
             router_id=config.router_id,

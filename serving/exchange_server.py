@@ -25,6 +25,7 @@ from google.protobuf.message_factory import GetMessageClass
 from shardkv.common import requestid
 from shardkv.common.rpc_status import status_code
 from shardkv.common.wire import varint
+from shardkv.serving.services import serialized
 from shardkv.v1 import exchange_pb2
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 # RequestInterceptor.observe: (method, request id, started, code, details, peer).
 Observe = Callable[[str, str | None, float, grpc.StatusCode, str | None, str], None]
-Handler = Callable[[Any, Context], Awaitable[Message]]
+# A response is a message, or its bytes already serialized (shardkv.serving.services).
+Handler = Callable[[Any, Context], Awaitable[Message | bytes]]
 # ExchangeReply.response (field 5) as a wire tag: a reply's response bytes follow it.
 _RESPONSE_TAG = b"\x2a"
 
@@ -129,7 +131,7 @@ class FrameServer:
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, problem) from exc
             async with asyncio.timeout(timeout):
                 response = await method.handler(request, cast(Context, context))
-            body = response.SerializeToString()
+            body = serialized(response)
             reply = header.SerializeToString() + _RESPONSE_TAG + varint(len(body)) + body
         except Refusal as aborted:
             header.code = aborted.code.value[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shardkv.common.hlc import sync_directory
+from shardkv.common.clock_state import sync_directory
 
 
 def make_directories(path: Path) -> list[Path]:

@@ -120,9 +120,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         )
 
     @unary
-    async def BatchGet(
-        self, request: kv_pb2.BatchGetRequest, context: Context
-    ) -> kv_pb2.BatchGetResponse:
+    async def BatchGet(self, request: kv_pb2.BatchGetRequest, context: Context) -> bytes:
         """Each distinct key is read once, holding at most a few answers' worth of records
         (read_budget.py); the answer is complete, or RESOURCE_EXHAUSTED naming the message
         limit when it cannot fit in one message (a key named twice counts twice)."""
@@ -145,7 +143,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         problem = too_large(self._limits, len(keys), len(distinct), size, budget)
         if problem is not None:
             raise AnswerTooLarge(f"the answer to BatchGet {problem}: ask for fewer keys per call")
-        return kv_pb2.BatchGetResponse.FromString(b"".join(read))
+        # The entries joined are the serialized BatchGetResponse (a message parsed only to
+        # be serialized again would cost ~0.1 µs a key): answered as bytes (services.py).
+        return b"".join(read)
 
     @unary
     async def BatchWrite(

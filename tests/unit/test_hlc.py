@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from shardkv.common.clock_state import ClockState
 from shardkv.common.hlc import (
     LOGICAL_BITS,
     MAX_VERSION,
-    ClockState,
     ClockStateError,
     HybridClock,
     VersionAhead,
