@@ -232,6 +232,7 @@ _ops = st.lists(
 )
 
 
+@pytest.mark.parametrize("sync", [False, True])  # True: decided by the journal (lww.winners_of)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ops=_ops,
@@ -239,7 +240,7 @@ _ops = st.lists(
     limit=st.integers(1, 7),
 )
 def test_scan_equals_a_sorted_lww_model(
-    ops: list[tuple[bytes, bytes, int, bool]], bounds: tuple[bytes, bytes], limit: int
+    sync: bool, ops: list[tuple[bytes, bytes, int, bool]], bounds: tuple[bytes, bytes], limit: int
 ) -> None:
     model: dict[bytes, Record] = {}
     for key, value, version, tombstone in ops:
@@ -248,7 +249,7 @@ def test_scan_equals_a_sorted_lww_model(
             model[key] = record
     start, end = sorted(bounds)
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(tmp, sync=False, map_size=1 << 20)
+        store = Store(tmp, sync=sync, map_size=1 << 20)
         try:
             for chunk in range(0, len(ops), 7):  # several commits, out of version order
                 store.apply(
