@@ -27,7 +27,7 @@ def rec(key: bytes, version: int = 10, value: bytes = b"v", tombstone: bool = Fa
 
 
 def small_journal(store: Store, max_records: int) -> None:
-    """Checkpoints every max_records records instead of every 16,384."""
+    """Checkpoints every max_records records instead of every MAX_RECORDS."""
     assert store._ahead is not None and store._journal is not None
     store._ahead = WriteAhead(store._journal, store._checkpoint, max_records=max_records)
 
