@@ -190,9 +190,10 @@ class HybridClock:
             return first
 
     def observe(self, version: int) -> bool:
-        """Moves the clock past a version seen elsewhere, so later writes order after it
-        (one it is past changes nothing: no lock, for every batch a router reads). A
-        version beyond the max offset is ignored (logged, counted): returns False."""
+        """Moves the clock past a version seen elsewhere, so later writes order after it.
+        One it is already past changes nothing: True at once, without the lock (a router
+        observes every batch it reads). Else a version beyond the max offset is ignored
+        (logged, counted): returns False."""
         if version <= self._last:  # _last only grows
             return True
         wall_ms = self.wall_ms()

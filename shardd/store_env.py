@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 64 << 30
 # Room the map must have left to take a write through the journal: what the journal may
-# hold (BACKLOG + 1 times MAX_BYTES, active and frozen) with LMDB's page overhead, twice
-# over. With less, writes go to LMDB directly, so StoreFull refuses them before they are
-# acknowledged.
+# hold (2 * BACKLOG times MAX_BYTES, active and frozen: write_ahead.py) with LMDB's page
+# overhead, and more. With less, writes go to LMDB directly, so StoreFull refuses them
+# before they are acknowledged.
 JOURNAL_HEADROOM = 4 * (BACKLOG + 1) * MAX_BYTES
 
 

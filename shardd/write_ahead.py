@@ -16,8 +16,9 @@ once ``active`` holds max_records or max_bytes it is frozen, appends go to the o
 journal file, and the checkpoint thread commits the frozen records into LMDB (one durable
 transaction), empties their file and drops them. So a key's newest value is in
 ``active``, else ``frozen``, else LMDB. A checkpoint holds what ``active`` gathered while
-the previous one ran, up to BACKLOG times the bounds (the writes wait beyond): at most
-(BACKLOG + 1) times them in memory, active and frozen together. ``pending`` (the two
+the previous one ran, up to BACKLOG times the bounds (the writes wait beyond), while
+``active`` may gather as much again: at most 2 * BACKLOG times them in memory, active and
+frozen together, and as much in the two journal files for a replay. ``pending`` (the two
 dicts) is replaced as one tuple when a checkpoint starts or ends, and ``active`` grows in
 place by whole appends. Readers take ``pending`` before they open their LMDB transaction:
 a reader that got the frozen dict reads it whatever the checkpoint did since, and one that
@@ -55,8 +56,9 @@ T = TypeVar("T")
 # so where keys share leaves (100,000 keys fill a few thousand) the more records one
 # carries the less each costs: at 65,536 rather than 16,384, a node spent ~0.4 µs less
 # system time a key of batches of 100 written into 100,000 keys (1.1-1.4 -> 0.7-0.9), for
-# ~25 MiB more memory. The records bound is what holds small records (~230 bytes of Python
-# objects each beside their bytes) to (BACKLOG + 1) * MAX_RECORDS, some 75 MiB.
+# ~25 MiB more memory in that run. The records bound is what holds small records (~230
+# bytes of Python objects each beside their bytes) to 2 * BACKLOG * MAX_RECORDS, some 115
+# MiB at worst, below what the bytes bound allows larger ones (128 MiB of journaled bytes).
 MAX_RECORDS: Final = 65536
 MAX_BYTES: Final = 16 << 20
 # While a checkpoint runs, the active dict may grow to this many times those bounds; a

@@ -18,7 +18,7 @@ def reference(value: str) -> str:
     parts = value.split(",")[: MAX_FORWARDED + 1]
     cleaned = [
         part
-        if re.fullmatch(r"\+\d{1,9}", part)
+        if re.fullmatch(r"\+[0-9]{1,9}", part)
         else re.sub(r"[^A-Za-z0-9._:@/-]", "_", part[:MAX_ID_CHARS])
         for part in parts
     ]
@@ -48,3 +48,4 @@ def test_examples() -> None:
     assert from_header("a" * (MAX_ID_CHARS + 1)) == "a" * MAX_ID_CHARS
     assert from_header("id with\nnewline,+2") == "id_with_newline,+2"
     assert from_header("+1234567890") == "_1234567890"
+    assert from_header("a,+\u0663") == "a,__"  # "+N" in ASCII digits only
