@@ -32,7 +32,7 @@ DEFAULT_VNODES = 100
 # width: a bucket that holds no point sends all its tokens to the same point, so its owners
 # are one list index away; only tokens of a bucket that holds a point are bisected. The
 # bisect probes a list of ints scattered over memory (0.14 µs a key alone, more in a busy
-# router); about 64 buckets per point leave 1-2% of keys to it at 3 nodes and 9% at 60,
+# router); about 64 buckets per point leave about 1% of keys to it at 3 nodes and 9% at 60,
 # for 1-2 MiB per ring and n.
 BUCKETS_PER_POINT = 64
 MAX_BUCKET_BITS = 18
