@@ -24,6 +24,7 @@ from shardkv.router.requests.outcomes import ReadFailure
 from shardkv.router.requests.quorum import replicas_needed
 from shardkv.router.requests.read_budget import ReadBudget, too_large
 from shardkv.router.requests.scan import scan_page
+from shardkv.router.requests.writes import any_set
 from shardkv.v1 import kv_pb2, kv_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -159,7 +160,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         keys = [m.key for m in listed]
         values = [m.value for m in listed]
         deletes = bytes([m.delete for m in listed])
-        if deletes.count(0) != len(deletes):  # a delete's value is dropped, whatever was sent
+        if any_set(deletes):  # a delete's value is dropped, whatever was sent
             pairs = zip(values, deletes, strict=True)
             values = [b"" if delete else value for value, delete in pairs]
         self._limits.check_writes(keys, values, "BatchWrite mutation")
