@@ -72,17 +72,17 @@ class Placement:
         pending = tuple(o for o in layout.new.preference_list(key, n) if o not in owners)
         return owners + pending
 
-    def pending(self, key: bytes, n: int) -> int:
-        """How many owners of key are pending (0 outside a move, with every owner
-        counted): extra replies needed."""
+    def pending_owners(self, key: bytes, n: int) -> tuple[str, ...]:
+        """The owners of key that each need one more reply (none outside a move, with every
+        owner counted): those that do not count, then those joining (new list only)."""
         layout, uncounted = self._layout, self._uncounted
         if layout.new is None and not uncounted:
-            return 0
+            return ()
         old = layout.old.preference_list(key, n)
-        extra = sum(1 for o in old if o in uncounted) if uncounted else 0
+        extra = tuple(o for o in old if o in uncounted)
         if layout.new is None:
             return extra
-        return extra + sum(1 for o in layout.new.preference_list(key, n) if o not in old)
+        return extra + tuple(o for o in layout.new.preference_list(key, n) if o not in old)
 
     def fallbacks(self, key: bytes, n: int, *, skip: frozenset[str] = frozenset()) -> Iterator[str]:
         """Nodes beyond the key's owners (old and pending), in old-ring order, leaving out

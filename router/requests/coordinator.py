@@ -228,7 +228,9 @@ class Coordinator:
             plan = _Write(record, owners, set(owners), deadline, epoch=epoch)
             # During a move, one more acknowledgement per pending owner (see placement.py).
             plan.quorum = group.quorum(
-                needed + self._ring.pending(record.key, self._n), partial(self._cover, plan)
+                needed,
+                partial(self._cover, plan),
+                pending=self._ring.pending_owners(record.key, self._n),
             )
             item: ApplyItem = record
             down = [owner for owner in owners if self._health.is_down(owner)]

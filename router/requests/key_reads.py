@@ -96,8 +96,9 @@ class KeyReader:
         outbox: defaultdict[str, list[tuple[bytes, Quorum[replica_pb2.Record]]]] = defaultdict(list)
         for key in keys:
             quorum = group.quorum(
-                needed + self._ring.pending(key, self._n),
+                needed,
                 partial(self._repair, key, epoch, uncounted),
+                pending=self._ring.pending_owners(key, self._n),
             )
             for owner in self._ring.preference_list(key, self._n):
                 if self._health.is_down(owner):

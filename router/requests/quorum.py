@@ -53,9 +53,15 @@ class QuorumGroup(Generic[T]):
         self._timer = loop.call_at(deadline, self._expire)
 
     def quorum(
-        self, needed: int, on_settled: Callable[[Quorum[T]], None] | None = None
+        self,
+        needed: int,
+        on_settled: Callable[[Quorum[T]], None] | None = None,
+        *,
+        pending: tuple[str, ...] = (),
     ) -> Quorum[T]:
-        quorum = Quorum(self, needed, on_settled)
+        """A key's quorum: needed replies, one more for each pending owner (one that does
+        not count yet or is joining: placement.pending_owners)."""
+        quorum = Quorum(self, needed + len(pending), on_settled, pending)
         self._quorums.append(quorum)
         self._undecided += 1
         self._unsettled += 1
@@ -92,8 +98,11 @@ class Quorum(Generic[T]):
         group: QuorumGroup[T],
         needed: int,
         on_settled: Callable[[Quorum[T]], None] | None,
+        pending: tuple[str, ...] = (),
     ) -> None:
         self.needed = needed
+        # The owners that raised needed by one each, named when the quorum fails.
+        self.pending = pending
         # Every successful reply, counted or not (hints on fallbacks are not: add()).
         self.ok: dict[str, T] = {}
         # Successful replies that count toward needed.
@@ -179,13 +188,20 @@ class Quorum(Generic[T]):
         return grpc.StatusCode.UNAVAILABLE
 
     def describe(self, action: str, key: bytes, replication: int) -> str:
-        """Why the quorum failed: how many acknowledged of how many required, and who failed."""
+        """Why the quorum failed: how many acknowledged of how many required, who failed,
+        and which pending owners raised the count (at ALL, one that does not count makes
+        the count more than the owners: such a read or write fails until it counts)."""
         failures = [f"{name} ({reason})" for name, reason in sorted(self.failed.items())]
         failures += [f"{name} (no answer before the deadline)" for name in sorted(self._pending)]
         hints = sorted(name for name in self.ok if name in self._uncounted)
+        extra = (
+            f"; one more for each owner not counted yet or joining: {', '.join(self.pending)}"
+            if self.pending
+            else ""
+        )
         return (
             f"{action} of key {key[:64]!r}: {self.acks} of {self.needed} required replicas"
-            f" {'acknowledged' if action == 'write' else 'answered'} (N={replication});"
+            f" {'acknowledged' if action == 'write' else 'answered'} (N={replication}{extra});"
             f" failed: {', '.join(failures) or 'none'}"
             + (f"; parked, not counted toward the quorum: {', '.join(hints)}" if hints else "")
         )

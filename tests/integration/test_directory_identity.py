@@ -27,7 +27,7 @@ from shardkv.client import Client
 from shardkv.router.membership.topology import load_topology
 from shardkv.shardd.identity import Identity
 from shardkv.shardd.store import Store
-from shardkv.v1 import admin_pb2, admin_pb2_grpc
+from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 WAIT_S = 30.0
 
@@ -124,6 +124,28 @@ def test_shardctl_rebuilds_a_node_and_status_shows_it(cluster: Cluster) -> None:
     assert unknown.returncode == 2 and "no node 'n9'" in unknown.stderr, unknown.stderr
 
 
+def refuses_all_naming_n3(router: Proc) -> None:
+    """While n3 does not count, every key (N=3 of 3 nodes) needs one reply more than at
+    QUORUM: a write and a read at QUORUM succeed (3 of 3 replies), at ALL they cannot (4
+    of 3), and the error names n3 as the owner that raised the count."""
+    with grpc.insecure_channel(router.address) as channel:
+        kv = kv_pb2_grpc.KVStub(channel)
+        key = b"identity/all"
+        kv.Put(kv_pb2.PutRequest(key=key, value=b"v", consistency=kv_pb2.QUORUM), timeout=10)
+        got = kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.QUORUM), timeout=10)
+        assert got.value == b"v"
+        for call in (
+            lambda: kv.Put(kv_pb2.PutRequest(key=key, value=b"w", consistency=kv_pb2.ALL)),
+            lambda: kv.Get(kv_pb2.GetRequest(key=key, consistency=kv_pb2.ALL)),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = refused.value.details() or ""
+            assert "3 of 4 required replicas" in details, details
+            assert "not counted yet or joining: n3" in details, details
+
+
 def test_a_directory_of_another_cluster_never_counts_until_rebuilt(tmp_path: Path) -> None:
     nodes = [shardd_proc(tmp_path, f"n{i}") for i in (1, 2, 3)]
     config = write_cluster_toml(tmp_path / "cluster.toml", nodes)
@@ -147,6 +169,7 @@ def test_a_directory_of_another_cluster_never_counts_until_rebuilt(tmp_path: Pat
         assert [n.directory for n in topology(router).nodes] == ["ok", "ok", "foreign"]
         time.sleep(1)  # never rebuilt by the router itself
         assert next(n for n in topology(router).nodes if n.id == "n3").directory == "foreign"
+        refuses_all_naming_n3(router)
         done = shardctl(router, "node", "rebuild", "n3")
         assert done.returncode == 0, done.stdout + done.stderr
         wait_directory(router, "n3", "ok", 1)

@@ -68,15 +68,17 @@ def held(node: Proc, key: bytes) -> tuple[int, int, bool, bytes]:
 
 
 def wait_up(cluster: Cluster, node_id: str) -> None:
-    """Until the router sees node_id UP again (after a restart)."""
+    """Until the router sees node_id UP again (after a restart) and counts it: until its
+    data directory is checked, a read at ALL needs one reply more than there are owners."""
     admin = admin_pb2_grpc.AdminStub(grpc.insecure_channel(cluster.router.address))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         nodes = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=5).nodes
-        if next(n.state for n in nodes if n.id == node_id) == admin_pb2.UP:
+        node = next(n for n in nodes if n.id == node_id)
+        if node.state == admin_pb2.UP and node.directory == "ok":
             return
         time.sleep(0.05)
-    raise TimeoutError(f"the router never saw {node_id} UP")
+    raise TimeoutError(f"the router never counted {node_id} again")
 
 
 def wall_version(ahead_ms: int = 0) -> int:

@@ -95,17 +95,17 @@ def test_uncounted_owners_need_one_more_reply_each() -> None:
     placement = Placement(Layout(1, ring))
     key = b"some key"
     owners = placement.preference_list(key, 3)
-    assert placement.pending(key, 3) == 0
+    assert placement.pending_owners(key, 3) == ()
     placement.set_uncounted(frozenset({owners[0]}))
-    assert placement.pending(key, 3) == 1
+    assert placement.pending_owners(key, 3) == (owners[0],)
     assert placement.preference_list(key, 3) == owners  # it still takes writes
     outsider = next(n for n in ("n1", "n2", "n3", "n4") if n not in owners)
     placement.set_uncounted(frozenset({outsider}))
-    assert placement.pending(key, 3) == 0
+    assert placement.pending_owners(key, 3) == ()
     moving = Placement(Layout(2, ring, Ring({"n1": 1, "n2": 1, "n3": 1, "n4": 1, "n5": 1})))
-    base = moving.pending(key, 3)
+    joining = moving.pending_owners(key, 3)
     moving.set_uncounted(frozenset(owners[:2]))
-    assert moving.pending(key, 3) == base + 2
+    assert moving.pending_owners(key, 3) == owners[:2] + joining
 
 
 def test_shardd_keeps_its_directorys_identity(tmp_path: Path) -> None:

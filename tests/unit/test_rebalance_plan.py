@@ -89,11 +89,11 @@ def test_pending_owners_raise_the_quorum_during_a_move() -> None:
     placement = Placement(Layout(1, old))
     key = next(k for k in KEYS if "n4" in new.preference_list(k, N))
     assert placement.preference_list(key, N) == old.preference_list(key, N)
-    assert placement.pending(key, N) == 0
+    assert placement.pending_owners(key, N) == ()
     placement.use(Layout(2, old, new))
     owners = placement.preference_list(key, N)
     assert owners[:N] == old.preference_list(key, N) and owners[N:] == ("n4",)
-    assert placement.pending(key, N) == 1
+    assert placement.pending_owners(key, N) == ("n4",)
     assert not set(placement.fallbacks(key, N)) & set(owners)
 
 
