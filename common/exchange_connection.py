@@ -17,13 +17,12 @@ DEADLINE_EXCEEDED; a refused frame raises the AioRpcError the call would have ra
 the server's trailing metadata (a fence refusal's shardkv-fence), so callers, retries and
 health trackers see no difference. A connection that ends, or whose hello fails, fails
 every frame it was to carry with UNAVAILABLE (or the status the server refused it with).
-A frame whose deadline passes while the server has answered nothing on the connection
-since the frame left, nor for a whole connect timeout (a stopped server, a link that
-drops everything), closes the connection, so the bytes held for it are let go and the
-next frame starts afresh. A server that advertises no exchange port, does not tell it
-within the connect timeout (a slow server: its calls keep their own deadlines), or whose
-exchange port cannot be reached while its gRPC port answers, is sent gRPC calls for
-UNARY_S, then asked again.
+A long silence on the connection has the server pinged, and the connection closed if
+the ping goes unanswered too (a stopped server, a dead link: _expire); a server whose
+frames wait on a stalled disk answers it. A server that advertises no exchange port, does
+not tell it within the connect timeout (a slow server: its calls keep their own
+deadlines), or whose exchange port cannot be reached while its gRPC port answers, is sent
+gRPC calls for UNARY_S, then asked again.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
 import grpc
-import grpc.aio
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive, requestid
 from shardkv.common.exchange_outbox import Connection, Queued, timeout_ms
@@ -197,15 +195,15 @@ class ExchangeConnection:
 
     def _expire(self, frame_id: int, timeout: float) -> None:
         """A frame's deadline passed: it fails. If it is the oldest frame in flight on its
-        connection and the server has answered nothing on it (its welcome included) for
-        the frame's whole wait and for at least the connect timeout (a stopped server, or
-        a link that drops everything, which TCP would retry long after it is back), the
-        connection is closed: its reader fails the other frames, the bytes held for them
-        are let go, and the next frame opens a new one. Shorter silence says nothing: a
-        busy server answers a short frame late, and closing would fail the frames it works
-        on (a router counts the node DOWN) for a connection no quicker to open. A younger
-        frame's deadline never closes it: an older frame still waits (a slow call, or a
-        large request ahead of it on the wire), as a gRPC call's would."""
+        connection and the server answered nothing on it (its welcome included) for the
+        frame's whole wait and at least the connect timeout, the connection may be dead (a
+        stopped server, a link that drops everything, which TCP would retry long after it
+        is back): it is closed if the server has not even taken the bytes written, else
+        once a ping gets no answer within the connect timeout (_unanswered). A server that
+        answers the ping is slow, not gone (its frames wait on a stalled disk): closing
+        would fail the frames it works on, and a router would count the node DOWN. Shorter
+        silence says nothing, nor does a younger frame's deadline: an older frame still
+        waits (a slow call, or a large request ahead of it), as a gRPC call's would."""
         message = f"no answer from {self._name} within {timeout:.3f}s"
         self._fail(frame_id, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carried = self._carrier.get(frame_id)
@@ -214,17 +212,23 @@ class ExchangeConnection:
         carrier, end = carried
         if any(f < frame_id and c is carrier for f, (c, _) in self._carrier.items()):
             return
-        silent_s = asyncio.get_running_loop().time() - carrier.answered_at
-        if silent_s < max(timeout, self._connect_timeout_s):
+        loop = asyncio.get_running_loop()
+        if loop.time() - carrier.answered_at < max(timeout, self._connect_timeout_s):
             return
         if carrier.taken() < end:
-            problem = "stopped reading its exchange connection"
-        else:
-            problem = f"answered nothing on its exchange connection for {silent_s:.3f}s"
+            self._abandon(carrier, "stopped reading its exchange connection")
+        elif carrier.ping(next(self._ids), loop.time()):
+            loop.call_later(self._connect_timeout_s, self._unanswered, carrier)
+
+    def _unanswered(self, carrier: Connection) -> None:
+        if carrier.unanswered():
+            self._abandon(carrier, f"answered no ping within {self._connect_timeout_s:g}s")
+
+    def _abandon(self, carrier: Connection, problem: str) -> None:
         log.warning("%s %s: closed", self._name, problem)
         if self._connection is carrier:  # the next frame opens a new one at once
             self._connection = None
-        carrier.writer.transport.abort()
+        carrier.abandon(f"{self._name} {problem}: the connection was closed")
 
     async def _drain(self) -> None:
         """Writes the frames queued, in order, opening the connection when there is none.
@@ -263,15 +267,15 @@ class ExchangeConnection:
     async def _connect(self) -> Connection | None:
         """Opens the connection and passes the hello; None when frames are to go as unary
         calls for UNARY_S (_unary): the server advertises no exchange port, does not tell
-        it within connect_timeout_s, or answers on
-        its gRPC port but cannot be reached on its exchange port (a firewall that lets one
-        through, a listener gone). Each step is bounded by connect_timeout_s (and every
-        frame by its own). A server that answers the hello with anything but a welcome
-        (another protocol on that port), or whose welcome names another server than the
-        one that answered the lookup (a router's port reached through a name that stands
-        for several), also gets gRPC calls, which reach the server asked; one that refuses
-        the caller, or names another server than the caller expects (welcome), fails the
-        frames (gRPC would refuse them too, or reach the wrong server)."""
+        it within connect_timeout_s, or answers on its gRPC port but cannot be reached on
+        its exchange port (a firewall that lets one through, a listener gone). Each step
+        is bounded by connect_timeout_s (and every frame by its own). A server that
+        answers the hello with anything but a welcome (another protocol on that port), or
+        whose welcome names another server than the one that answered the lookup (a
+        router's port reached through a name that stands for several), also gets gRPC
+        calls, which reach the server asked; one that refuses the caller, or names another
+        server than the caller expects (welcome), fails the frames (gRPC would refuse them
+        too, or reach the wrong server)."""
         try:
             port, answerer = await self._exchange_port(self._connect_timeout_s)
         except grpc.aio.AioRpcError as err:
@@ -324,8 +328,7 @@ class ExchangeConnection:
         return connection
 
     def _unary(self, why: str) -> None:
-        """Frames go as gRPC calls for UNARY_S, for the reason why; then the port is asked
-        again."""
+        """Frames go as gRPC calls for UNARY_S, for the reason why; then the port again."""
         log.warning("%s; gRPC calls for %g s", why, UNARY_S)
         self._unary_until = asyncio.get_running_loop().time() + UNARY_S
 
@@ -370,8 +373,8 @@ class ExchangeConnection:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)
         except (OSError, asyncio.IncompleteReadError, DecodeError) as exc:
-            message = f"{self._name} ended the exchange connection: {exc!r}"
-            failure = rpc_error(grpc.StatusCode.UNAVAILABLE, message)
+            ended = f"{self._name} ended the exchange connection: {exc!r}"
+            failure = rpc_error(grpc.StatusCode.UNAVAILABLE, connection.closed_why or ended)
         except asyncio.CancelledError:
             failure = rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         if self._connection is connection:

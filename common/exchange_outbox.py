@@ -24,6 +24,11 @@ class Connection:
     answered_at: float = 0.0
     # Bytes written to it so far.
     written: int = 0
+    # When a ping was last sent on it (loop time; 0: never); answered once answered_at
+    # is later.
+    pinged_at: float = 0.0
+    # Why the caller closed it, when it did (its reader fails the frames left with it).
+    closed_why: str = ""
 
     def write(self, data: bytes) -> int:
         """Writes one message; returns the offset its last byte ends at."""
@@ -34,6 +39,24 @@ class Connection:
     def taken(self) -> int:
         """How many of the bytes written the kernel has taken (the server may be reading)."""
         return self.written - self.writer.transport.get_write_buffer_size()
+
+    def ping(self, frame_id: int, now: float) -> bool:
+        """Sends a ping (a frame with no method) as frame_id, unless one awaits its answer;
+        returns whether it sent one."""
+        if self.pinged_at > self.answered_at:
+            return False
+        self.pinged_at = now
+        self.write(exchange_pb2.ExchangeFrame(id=frame_id).SerializeToString())
+        return True
+
+    def unanswered(self) -> bool:
+        """Whether the last ping has no answer yet, on a connection still open."""
+        return self.answered_at < self.pinged_at and not self.writer.transport.is_closing()
+
+    def abandon(self, why: str) -> None:
+        """Closes the connection at once; its reader fails the frames left with why."""
+        self.closed_why = why
+        self.writer.transport.abort()
 
 
 @dataclass(eq=False)

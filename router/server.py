@@ -321,12 +321,15 @@ class RouterServer:
         self._metrics = metrics
 
     def _on_call_failure(self, failure: NodeFailure, timeout_s: float) -> None:
-        """A node that refuses calls, or lets one use its whole budget, is marked DOWN."""
-        timed_out = failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        if failure.code == grpc.StatusCode.UNAVAILABLE or (
-            timed_out and timeout_s >= self._call_timeout_s * 0.99
-        ):
+        """A node that refuses calls is marked DOWN. One that lets a call use its whole
+        budget is checked at once, and DOWN only if the check fails too: a node whose disk
+        stalls still answers its checks and its reads, and marking it DOWN would fail every
+        request sent to it meanwhile (a hung node fails the check)."""
+        if failure.code == grpc.StatusCode.UNAVAILABLE:
             self.health.mark_down(failure.node_id, f"call failed: {failure}")
+        elif failure.code == grpc.StatusCode.DEADLINE_EXCEEDED and self._monitor is not None:
+            if timeout_s >= self._call_timeout_s * 0.99:
+                self._monitor.check_soon(failure.node_id)
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None, "start() first"

@@ -239,6 +239,9 @@ class ExchangeListener:
                     if frame.id == 0:
                         raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
                     caller.last_id = max(caller.last_id, frame.id)
+                    if not frame.method:  # a ping: answered now, never refused for load
+                        await _send(caller.writer, _pong(frame.id))
+                        continue
                     busy = self._busy(len(running))
                     if busy is not None:
                         reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
@@ -338,6 +341,10 @@ def _going_away(last_id: int, message: str) -> bytes:
     return exchange_pb2.ExchangeReply(
         code=code, message=message, last_id=last_id
     ).SerializeToString()
+
+
+def _pong(frame_id: int) -> bytes:
+    return exchange_pb2.ExchangeReply(id=frame_id).SerializeToString()
 
 
 def _framed(message: bytes) -> bytes:

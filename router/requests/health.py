@@ -1,7 +1,9 @@
 """Whether each node is up: the router's belief, and the loop of health checks that feeds it.
 
-A node is DOWN after a failed health check or a failed internal call (UNAVAILABLE, or a
-call that used its whole node_call_ms budget), and UP again after a successful check.
+A node is DOWN after a failed health check or an internal call it refused (UNAVAILABLE),
+and UP again after a successful check. A call that used its whole node_call_ms budget
+has the node checked at once (``check_soon``): a hung node fails that check, a node whose
+disk stalls passes it and stays UP, its reads (from memory) still served.
 Every transition is logged once. A DOWN node stays on the ring: requests route around it
 (reads do not ask it, writes leave a hint for it) and it is never re-placed by a timeout.
 A node that comes back from DOWN may have missed writes: listeners registered with
@@ -153,6 +155,8 @@ class HealthMonitor:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Checks out of turn (check_soon), one at a time per node.
+        self._soon: dict[str, asyncio.Task[None]] = {}
         self._started = False
 
     def start(self) -> None:
@@ -179,12 +183,23 @@ class HealthMonitor:
             self._watch(node_id, check), name=f"health-{node_id}"
         )
 
+    def check_soon(self, node_id: str) -> None:
+        """Checks node_id now, outside its round (a call to it used its whole time): a
+        node that hangs is DOWN within the check's timeout, one that is merely slow stays
+        UP. One such check runs at a time per node; the others are not needed."""
+        check = self._checks.get(node_id)
+        if check is None or node_id in self._soon:
+            return
+        task = asyncio.get_running_loop().create_task(self._check(node_id, check))
+        self._soon[node_id] = task
+        task.add_done_callback(lambda _: self._soon.pop(node_id, None))
+
     async def check_all(self) -> None:
         """One round of checks of every node, at once (used at start-up)."""
         await asyncio.gather(*(self._check(n, c) for n, c in self._checks.items()))
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._soon.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -40,6 +40,7 @@ from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_p
 from faults.history import OK, Op
 from faults.observe import HealthWatch, Sample, seen_down, timed_reads_at_all
 from faults.proxy import FaultProxy
+from faults.slow_disk import stalled_writes
 from faults.timeouts import set_timeouts
 from faults.verdict import Final
 
@@ -118,6 +119,14 @@ class FaultyCluster(Cluster):
                 time.sleep(paused_s)
             finally:
                 node.signal(signal.SIGCONT)
+
+    @contextmanager
+    def stalled_disks(self) -> Iterator[None]:
+        """While the block runs, every node's disk writes wait (faults/slow_disk.py); the
+        nodes run on meanwhile."""
+        with stalled_writes([node.pid for node in self.nodes], self.base):
+            with self._fault("disk writes of every node stalled"):
+                yield
 
     def partition(self, node_id: str, how: str, seconds: float, *, delay_s: float = 0.3) -> None:
         """Spoils the router-node link through the node's proxy: "delay", "blackhole" or

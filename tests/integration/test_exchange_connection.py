@@ -1,11 +1,13 @@
 """The caller's side of an exchange port against a scripted server on a real TCP port:
 which deadlines close a connection, and which only fail their own frame.
 
-A frame's deadline closes the connection only when that frame is the oldest in flight and
-the server answered nothing for its whole wait and a connect timeout (a stopped server or
-a dead link); a younger frame that times out behind a slow one fails alone, and the slow
-one is answered, as two gRPC calls on one channel would be; so does a short frame to a
-busy server.
+A frame's deadline can close the connection only when that frame is the oldest in flight
+and the server answered nothing for its whole wait and a connect timeout: the server is
+then pinged, and the connection closed if the ping too goes unanswered for a connect
+timeout (a stopped server or a dead link); a server that answers the ping keeps it (its
+frames wait on a stalled disk). A younger frame that times out behind a slow one fails
+alone, and the slow one is answered, as two gRPC calls on one channel would be; so does a
+short frame to a busy server.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ def _send(writer: asyncio.StreamWriter, reply: exchange_pb2.ExchangeReply) -> No
 
 class ScriptedServer:
     """Welcomes every connection; answers SLOW frames after slow_s with their request
-    bytes, and FAST frames never (a call stuck behind other work). With stop_after, the
-    server stops once it has read that many frames: it says which it read (last_id),
-    answers those, and reads no more."""
+    bytes, and FAST frames never (a call stuck behind other work); with pongs, pings (a
+    frame with no method) at once. With stop_after, the server stops once it has read
+    that many frames: it says which it read (last_id), answers those, and reads no more."""
 
-    def __init__(self, slow_s: float, stop_after: int = 0) -> None:
+    def __init__(self, slow_s: float, stop_after: int = 0, *, pongs: bool = False) -> None:
         self.slow_s = slow_s
         self.stop_after = stop_after
+        self.pongs = pongs
+        self.pings = 0
         self.connections = 0
         self._server: asyncio.Server | None = None
 
@@ -65,6 +69,10 @@ class ScriptedServer:
                     await asyncio.sleep(self.slow_s + 0.2)  # frame 1's answer leaves
                     writer.close()
                     return
+                if not frame.method:
+                    self.pings += 1
+                    if self.pongs:
+                        _send(writer, exchange_pb2.ExchangeReply(id=frame.id))
                 if frame.method == SLOW:
                     asyncio.get_running_loop().call_later(
                         self.slow_s,
@@ -138,9 +146,12 @@ def test_a_short_frame_behind_a_busy_server_fails_alone() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_the_connection() -> None:
-    """Silent for the frame's whole wait and for at least a connect timeout (0.3 s):
-    the connection is closed, and the next frame goes on a new one."""
+def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_a_connection_that_answers_no_ping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Silent for the frame's whole wait and for at least a connect timeout (0.3 s), and
+    silent to the ping that follows for another: the connection is closed, and the next
+    frame goes on a new one."""
 
     async def main() -> None:
         server = ScriptedServer(slow_s=0.8)
@@ -149,9 +160,40 @@ def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_the_connection() 
             with pytest.raises(grpc.aio.AioRpcError) as silent:
                 await connection.send(FAST, b"", 0.5, {})
             assert silent.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.4)
+            assert server.pings == 1
+            assert "answered no ping within 0.3s: closed" in caplog.text
             # A new connection serves the next frame.
             assert await connection.send(SLOW, b"again", 5.0, {}) == b"again"
             assert server.connections == 2
+        finally:
+            await connection.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_answers_the_ping_keeps_its_connection() -> None:
+    """The same silence from a server that answers the ping (its frames wait on a disk
+    that stalls): the frame fails at its deadline, the frames it still works on stay, and
+    later frames are answered on the same connection."""
+
+    async def main() -> None:
+        server = ScriptedServer(slow_s=1.5, pongs=True)
+        connection = _connection(await server.start(), connect_timeout_s=0.3)
+        try:
+            stuck = asyncio.ensure_future(connection.send(FAST, b"", 0.5, {}))
+            await asyncio.sleep(0.05)
+            working = asyncio.ensure_future(connection.send(SLOW, b"working", 5.0, {}))
+            with pytest.raises(grpc.aio.AioRpcError) as silent:
+                await stuck
+            assert silent.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.sleep(0.4)
+            assert server.pings >= 1
+            assert await working == b"working", "the frame the server worked on was answered"
+            assert await connection.send(SLOW, b"later", 5.0, {}) == b"later"
+            assert server.connections == 1
         finally:
             await connection.close()
             await server.stop()
