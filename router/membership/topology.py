@@ -38,7 +38,8 @@ class Timeouts:
     # The longest the router works on a client request: a request without a deadline of
     # its own gets this one, and a later deadline is cut to it.
     request_ms: int = 3000
-    # One internal call to a node (never beyond the client's remaining deadline).
+    # One internal read call to a node (never beyond the client's remaining deadline); a
+    # write's calls wait for the request's deadline, as only owners' acknowledgements count.
     node_call_ms: int = 1000
     # Between health checks of a node.
     health_interval_ms: int = 500

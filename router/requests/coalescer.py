@@ -182,9 +182,9 @@ class Coalescer(Generic[Item, Result]):
 
     async def _call(self, batch: list[_Pending[Item, Result]], size: int) -> None:
         # One call serves items of several requests: it may run until the latest of their
-        # deadlines (each request stops waiting at its own), never beyond node_call_ms
-        # plus the time its bytes may take (a call of large values is slow, not a node
-        # down: it would be marked DOWN for using its whole time).
+        # deadlines (each request stops waiting at its own), never beyond the call timeout
+        # (node_call_ms for reads; writes have none: node_client.py) plus the time its
+        # bytes may take (a call of large values is slow, not a node that hangs).
         allowance = size / CALL_BYTES_PER_S
         timeout = min(
             self._call_timeout_s + allowance,

@@ -18,6 +18,7 @@ item routed under an old placement never leaves under a newer epoch.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -59,6 +60,10 @@ READ = "/shardkv.v1.Replica/Read"
 MAX_IN_FLIGHT = 1
 # Items queued for one node per kind of call before new ones fail with RESOURCE_EXHAUSTED.
 MAX_QUEUED = 20_000
+# A write's calls wait for its requests' deadlines, not node_call_ms: only owners' own
+# acknowledgements count toward W, so giving up on a slow owner (a stalled disk) only
+# fails the write sooner; a hung node is found by its health checks meanwhile.
+WRITE_CALL_TIMEOUT_S = math.inf
 
 
 def channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -139,7 +144,7 @@ class NodeClient(NodeCalls):
                 max_items=MAX_BATCH_ITEMS,
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
-                call_timeout_s=call_timeout_s,
+                call_timeout_s=WRITE_CALL_TIMEOUT_S,
                 size_of=_apply_size,
                 max_pending=max_queued,
                 count_of=_apply_count,
@@ -175,7 +180,7 @@ class NodeClient(NodeCalls):
                 max_items=MAX_BATCH_ITEMS,
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
-                call_timeout_s=call_timeout_s,
+                call_timeout_s=WRITE_CALL_TIMEOUT_S,
                 size_of=_chunk_size,
                 max_pending=max_queued,
                 count_of=_chunk_count,
