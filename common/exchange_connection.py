@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 import grpc
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive, requestid
-from shardkv.common.exchange_outbox import Connection, Queued, timeout_ms
+from shardkv.common.exchange_outbox import Connection, Queued, timeout_ms, welcome_problem
 from shardkv.common.rpc_status import rpc_error, status_code
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING, varint
 from shardkv.v1 import exchange_pb2
@@ -194,34 +194,38 @@ class ExchangeConnection:
             waiter.set_exception(error)
 
     def _expire(self, frame_id: int, timeout: float) -> None:
-        """A frame's deadline passed: it fails. If it is the oldest frame in flight on its
-        connection and the server answered nothing on it (its welcome included) for the
-        frame's whole wait and at least the connect timeout, the connection may be dead (a
-        stopped server, a link that drops everything, which TCP would retry long after it
-        is back): it is closed if the server has not even taken the bytes written, else
-        once a ping gets no answer within the connect timeout (_unanswered). A server that
-        answers the ping is slow, not gone (its frames wait on a stalled disk): closing
-        would fail the frames it works on, and a router would count the node DOWN. Shorter
-        silence says nothing, nor does a younger frame's deadline: an older frame still
-        waits (a slow call, or a large request ahead of it), as a gRPC call's would."""
+        """A frame's deadline passed: it fails. If the server answered nothing on its
+        connection (its welcome included) for the frame's whole wait and at least the
+        connect timeout, the connection may be dead (a stopped server, a link that drops
+        everything, which TCP would retry long after it is back): it is closed if the
+        server has not taken even the oldest frame's bytes, else once a ping gets no
+        answer within the connect timeout (_unanswered). A server that answers the ping
+        is slow, not gone (its frames wait on a stalled disk): closing would fail the
+        frames it works on, and a router would count the node DOWN. A younger frame's
+        bytes may wait behind a large request ahead of them: only pinged for."""
         message = f"no answer from {self._name} within {timeout:.3f}s"
         self._fail(frame_id, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carried = self._carrier.get(frame_id)
         if carried is None or carried[0].writer.transport.is_closing():
             return
         carrier, end = carried
-        if any(f < frame_id and c is carrier for f, (c, _) in self._carrier.items()):
-            return
         loop = asyncio.get_running_loop()
         if loop.time() - carrier.answered_at < max(timeout, self._connect_timeout_s):
             return
-        if carrier.taken() < end:
+        oldest = not any(f < frame_id and c is carrier for f, (c, _) in self._carrier.items())
+        if oldest and carrier.taken() < end:
             self._abandon(carrier, "stopped reading its exchange connection")
         elif carrier.ping(next(self._ids), loop.time()):
-            loop.call_later(self._connect_timeout_s, self._unanswered, carrier)
+            loop.call_later(self._connect_timeout_s, self._unanswered, carrier, False)
 
-    def _unanswered(self, carrier: Connection) -> None:
-        if carrier.unanswered():
+    def _unanswered(self, carrier: Connection, read: bool) -> None:
+        """A ping's time passed: replies received by now are read first (the reader's task
+        runs a turn later), then a connection that answered nothing since is closed."""
+        if not carrier.unanswered():
+            return
+        if not read:
+            asyncio.get_running_loop().call_soon(self._unanswered, carrier, True)
+        else:
             self._abandon(carrier, f"answered no ping within {self._connect_timeout_s:g}s")
 
     def _abandon(self, carrier: Connection, problem: str) -> None:
@@ -305,8 +309,8 @@ class ExchangeConnection:
             async with asyncio.timeout(self._connect_timeout_s):
                 connection.write(self._hello)
                 welcome = await self._message(reader)
-            problem = _welcome_problem(welcome, self._welcome)
-            stranger = _welcome_problem(welcome, answerer)
+            problem = welcome_problem(welcome, self._welcome)
+            stranger = welcome_problem(welcome, answerer)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
             writer.transport.abort()
             self._unary(f"{where} answered no welcome: {exc!r}")
@@ -367,8 +371,9 @@ class ExchangeConnection:
                         code, f"{self._name} closed the connection: {reply.message}"
                     )
                     break
+                if connection.heard(reply.id, loop.time()):
+                    continue  # the ping's answer
                 self.answered += 1
-                connection.answered_at = loop.time()
                 waiter = self._waiting.pop(reply.id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(reply)
@@ -382,19 +387,3 @@ class ExchangeConnection:
         connection.writer.close()
         for frame_id in [f for f, (carrier, _) in self._carrier.items() if carrier is connection]:
             self._fail(frame_id, failure)
-
-
-def _welcome_problem(
-    welcome: Reply, expected: Mapping[str, str]
-) -> tuple[grpc.StatusCode, str] | None:
-    """Why the server's answer to the hello does not let frames go to it: a refusal, or
-    another server answering on the port the caller was told (a stale or wrong
-    --advertise-exchange-port would otherwise send one node's writes to another)."""
-    if welcome.id != 0 or welcome.code:
-        code = status_code(welcome.code)
-        return code, f"refused the connection: {welcome.message}"
-    for key, value in expected.items():
-        answered = welcome.trailing.get(key, "")
-        if answered != value:
-            return grpc.StatusCode.UNAVAILABLE, f"answered by {key} {answered!r}, not {value!r}"
-    return None

@@ -1,12 +1,16 @@
 """What ExchangeConnection (exchange_connection.py) keeps of an open connection and of a
-frame waiting for one: write offsets, to tell a server that stopped reading from a slow
-one, and the deadline a queued frame still has when it is finally written."""
+frame waiting for one, and how it judges a server: write offsets and pings, to tell a
+server that stopped reading or answering from a slow one; the deadline a queued frame
+still has when it is finally written; whether a welcome lets frames go to the server."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import grpc
+from shardkv.common.rpc_status import status_code
 from shardkv.common.wire import LENGTH_PREFIX
 from shardkv.v1 import exchange_pb2
 
@@ -24,9 +28,10 @@ class Connection:
     answered_at: float = 0.0
     # Bytes written to it so far.
     written: int = 0
-    # When a ping was last sent on it (loop time; 0: never); answered once answered_at
-    # is later.
+    # When a ping was last sent on it (loop time; 0: never), and its frame id; answered
+    # once answered_at is later.
     pinged_at: float = 0.0
+    ping_id: int = 0
     # Why the caller closed it, when it did (its reader fails the frames left with it).
     closed_why: str = ""
 
@@ -45,9 +50,14 @@ class Connection:
         returns whether it sent one."""
         if self.pinged_at > self.answered_at:
             return False
-        self.pinged_at = now
+        self.pinged_at, self.ping_id = now, frame_id
         self.write(exchange_pb2.ExchangeFrame(id=frame_id).SerializeToString())
         return True
+
+    def heard(self, reply_id: int, now: float) -> bool:
+        """Notes that the server answered; whether it was the ping (no frame waits for it)."""
+        self.answered_at = now
+        return reply_id == self.ping_id
 
     def unanswered(self) -> bool:
         """Whether the last ping has no answer yet, on a connection still open."""
@@ -77,3 +87,19 @@ class Queued:
 def timeout_ms(seconds: float) -> int:
     """A frame's deadline on the wire: at least 1 ms, at most MAX_TIMEOUT_MS."""
     return min(MAX_TIMEOUT_MS, max(1, int(seconds * 1000)))
+
+
+def welcome_problem(
+    welcome: exchange_pb2.ExchangeReply, expected: Mapping[str, str]
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why the server's answer to the hello does not let frames go to it: a refusal, or
+    another server answering on the port the caller was told (a stale or wrong
+    --advertise-exchange-port would otherwise send one node's writes to another)."""
+    if welcome.id != 0 or welcome.code:
+        code = status_code(welcome.code)
+        return code, f"refused the connection: {welcome.message}"
+    for key, value in expected.items():
+        answered = welcome.trailing.get(key, "")
+        if answered != value:
+            return grpc.StatusCode.UNAVAILABLE, f"answered by {key} {answered!r}, not {value!r}"
+    return None

@@ -116,6 +116,7 @@ class RouterServer:
                 limits=config.limits,
                 call_timeout_s=self._call_timeout_s,
                 on_failure=self._on_call_failure,
+                write_timeout_s=max(self._call_timeout_s, timeouts.request_ms / 1000),
                 credentials=credentials,
                 tls=tls,
                 max_queued=config.max_queued_per_node,

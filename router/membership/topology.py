@@ -39,7 +39,7 @@ class Timeouts:
     # its own gets this one, and a later deadline is cut to it.
     request_ms: int = 3000
     # One internal read call to a node (never beyond the client's remaining deadline); a
-    # write's calls wait for the request's deadline, as only owners' acknowledgements count.
+    # write's calls may take request_ms, as only owners' acknowledgements count toward W.
     node_call_ms: int = 1000
     # Between health checks of a node.
     health_interval_ms: int = 500

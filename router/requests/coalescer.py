@@ -54,7 +54,7 @@ def node_left(node_id: str) -> NodeFailure:
     return NodeFailure(node_id, grpc.StatusCode.UNAVAILABLE, f"node {node_id} left the topology")
 
 
-# A call may take node_call_ms and a second more per this many bytes it carries: a node
+# A call may take its timeout and a second more per this many bytes it carries: a node
 # writing a call of 1 MiB values (8 MiB a call) beside two others on a busy host takes
 # more than a second to apply and fsync it without being down.
 CALL_BYTES_PER_S = 8 << 20

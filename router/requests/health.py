@@ -1,9 +1,10 @@
 """Whether each node is up: the router's belief, and the loop of health checks that feeds it.
 
 A node is DOWN after a failed health check or an internal call it refused (UNAVAILABLE),
-and UP again after a successful check. A call that used its whole node_call_ms budget
-has the node checked at once (``check_soon``): a hung node fails that check, a node whose
-disk stalls passes it and stays UP, its reads (from memory) still served.
+and UP again after a successful check. A call that used its whole time (node_call_ms for
+a read, the request's bound for a write) has the node checked at once (``check_soon``): a
+hung node fails that check, a node whose disk stalls passes it and stays UP, its reads
+(from memory) still served.
 Every transition is logged once. A DOWN node stays on the ring: requests route around it
 (reads do not ask it, writes leave a hint for it) and it is never re-placed by a timeout.
 A node that comes back from DOWN may have missed writes: listeners registered with
@@ -174,9 +175,9 @@ class HealthMonitor:
     def unwatch(self, node_id: str) -> None:
         """Stops checking a node that left the topology."""
         self._checks.pop(node_id, None)
-        task = self._tasks.pop(node_id, None)
-        if task is not None:
-            task.cancel()
+        for task in (self._tasks.pop(node_id, None), self._soon.pop(node_id, None)):
+            if task is not None:
+                task.cancel()
 
     def _spawn(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
         self._tasks[node_id] = asyncio.create_task(
@@ -188,7 +189,7 @@ class HealthMonitor:
         node that hangs is DOWN within the check's timeout, one that is merely slow stays
         UP. One such check runs at a time per node; the others are not needed."""
         check = self._checks.get(node_id)
-        if check is None or node_id in self._soon:
+        if check is None or node_id in self._soon or not self._started:
             return
         task = asyncio.get_running_loop().create_task(self._check(node_id, check))
         self._soon[node_id] = task
@@ -199,6 +200,7 @@ class HealthMonitor:
         await asyncio.gather(*(self._check(n, c) for n, c in self._checks.items()))
 
     async def stop(self) -> None:
+        self._started = False  # calls failing as the router stops ask for no more checks
         tasks = [*self._tasks.values(), *self._soon.values()]
         for task in tasks:
             task.cancel()

@@ -18,7 +18,6 @@ item routed under an old placement never leaves under a newer epoch.
 from __future__ import annotations
 
 import asyncio
-import math
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -60,10 +59,6 @@ READ = "/shardkv.v1.Replica/Read"
 MAX_IN_FLIGHT = 1
 # Items queued for one node per kind of call before new ones fail with RESOURCE_EXHAUSTED.
 MAX_QUEUED = 20_000
-# A write's calls wait for its requests' deadlines, not node_call_ms: only owners' own
-# acknowledgements count toward W, so giving up on a slow owner (a stalled disk) only
-# fails the write sooner; a hung node is found by its health checks meanwhile.
-WRITE_CALL_TIMEOUT_S = math.inf
 
 
 def channel_options(limits: Limits) -> list[tuple[str, int]]:
@@ -87,13 +82,17 @@ class NodeClient(NodeCalls):
         limits: Limits,
         call_timeout_s: float,
         on_failure: FailureListener,
+        write_timeout_s: float | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         tls: ssl.SSLContext | None = None,
         max_queued: int = MAX_QUEUED,
         token: str | None = None,
         epochs: RouterEpoch | None = None,
     ) -> None:
-        """credentials, tls: TLS to the node on its gRPC channel and on its exchange
+        """write_timeout_s: an Apply's call timeout (None: call_timeout_s); a router gives
+        a request's own bound, as only owners' acknowledgements count toward W and giving
+        up on a slow owner (a stalled disk) would only fail the write sooner.
+        credentials, tls: TLS to the node on its gRPC channel and on its exchange
         connection, both or neither (None: plaintext, for loopback); max_queued: the
         bound of each per-node queue (load shedding); token: the node token, sent with
         every call (shardkv.shardd.auth); epochs: the epoch the router serves, sent with
@@ -144,7 +143,7 @@ class NodeClient(NodeCalls):
                 max_items=MAX_BATCH_ITEMS,
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
-                call_timeout_s=WRITE_CALL_TIMEOUT_S,
+                call_timeout_s=write_timeout_s or call_timeout_s,
                 size_of=_apply_size,
                 max_pending=max_queued,
                 count_of=_apply_count,
@@ -180,7 +179,7 @@ class NodeClient(NodeCalls):
                 max_items=MAX_BATCH_ITEMS,
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
-                call_timeout_s=WRITE_CALL_TIMEOUT_S,
+                call_timeout_s=write_timeout_s or call_timeout_s,
                 size_of=_chunk_size,
                 max_pending=max_queued,
                 count_of=_chunk_count,

@@ -102,7 +102,7 @@ class Quorum(Generic[T]):
     ) -> None:
         self.needed = needed
         # The owners that raised needed by one each, named when the quorum fails.
-        self.pending = pending
+        self.pending_owners = pending
         # Every successful reply, counted or not (hints on fallbacks are not: add()).
         self.ok: dict[str, T] = {}
         # Successful replies that count toward needed.
@@ -194,11 +194,10 @@ class Quorum(Generic[T]):
         failures = [f"{name} ({reason})" for name, reason in sorted(self.failed.items())]
         failures += [f"{name} (no answer before the deadline)" for name in sorted(self._pending)]
         hints = sorted(name for name in self.ok if name in self._uncounted)
-        extra = (
-            f"; one more for each owner not counted yet or joining: {', '.join(self.pending)}"
-            if self.pending
-            else ""
-        )
+        extra = ""
+        if self.pending_owners:
+            owners = ", ".join(self.pending_owners)
+            extra = f"; one more for each owner not counted yet or joining: {owners}"
         return (
             f"{action} of key {key[:64]!r}: {self.acks} of {self.needed} required replicas"
             f" {'acknowledged' if action == 'write' else 'answered'} (N={replication}{extra});"

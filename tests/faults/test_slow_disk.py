@@ -35,7 +35,7 @@ STALL_S = 2.2
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCluster]:
-    reason = unavailable()
+    reason = unavailable(tmp_path)
     if reason is not None:
         pytest.skip(reason)
     with stopped_after(start_faulty_cluster(tmp_path, timeouts={}), request) as running:

@@ -104,9 +104,9 @@ def test_a_write_whose_router_died_says_it_may_be_stored(
             outcome.append(raised.value)
 
         def kill_router() -> None:
-            # The put waits at the router on the stopped node, which the router gives up at
-            # node_call_ms (1 s) after the put arrived: killed at 0.8 s, the router holds
-            # it whenever it arrived within 0.8 s (0.3 s was too short under a full suite).
+            # The put waits at the router on the stopped node (a write's node calls wait for
+            # the request's bound): killed at 0.8 s, the router still holds it (0.3 s was
+            # too short under a full suite).
             time.sleep(0.8)
             router.kill()
             node.signal(signal.SIGCONT)

@@ -194,6 +194,7 @@ def test_a_server_that_answers_the_ping_keeps_its_connection() -> None:
             assert await working == b"working", "the frame the server worked on was answered"
             assert await connection.send(SLOW, b"later", 5.0, {}) == b"later"
             assert server.connections == 1
+            assert connection.answered == 2, "the ping's answer counted as a frame's"
         finally:
             await connection.close()
             await server.stop()
@@ -216,6 +217,35 @@ def test_frames_a_stopping_server_did_not_read_fail_at_once() -> None:
             assert "not read" in (unread.value.details() or "")
             assert asyncio.get_running_loop().time() - started < 0.4, "failed at once"
             assert await read == b"read", "the frame read was still answered"
+        finally:
+            await connection.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_younger_frame_after_a_long_silence_pings_and_finds_a_dead_connection() -> None:
+    """An older frame that may wait long (a write waits for its request's bound) does not
+    hide a dead connection: a younger frame's deadline after a long silence pings, and the
+    unanswered ping closes the connection, failing the older frame too."""
+
+    async def main() -> None:
+        server = ScriptedServer(slow_s=10.0)
+        connection = _connection(await server.start(), connect_timeout_s=0.3)
+        try:
+            older = asyncio.ensure_future(connection.send(SLOW, b"older", 8.0, {}))
+            await asyncio.sleep(0.05)
+            with pytest.raises(grpc.aio.AioRpcError) as short:
+                await connection.send(FAST, b"", 0.5, {})
+            assert short.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(grpc.aio.AioRpcError) as dead:
+                await older
+            assert dead.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "answered no ping" in (dead.value.details() or "")
+            assert asyncio.get_running_loop().time() - started < 1.0
+            assert server.pings == 1
         finally:
             await connection.close()
             await server.stop()

@@ -93,3 +93,32 @@ def test_a_long_call_is_given_up_once_its_node_is_marked_down() -> None:
         assert await while_up(health, "n1", asyncio.sleep(0, "done")) == "done"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_check_soon_checks_at_once_one_at_a_time_and_never_after_stop() -> None:
+    """A call that used its whole time has its node checked at once (not at the next
+    round): a node that answers stays UP, one that does not is DOWN; checks asked for
+    while one runs are not added, and none is started once the monitor stopped."""
+
+    async def scenario() -> None:
+        health = NodeHealth(["n1"])
+        checks = Checks()
+        monitor = HealthMonitor({"n1": checks.of("n1")}, health, interval_s=60, timeout_s=1)
+        monitor.start()
+        await asyncio.sleep(0.01)  # the first round
+        assert health.is_up("n1") and checks.calls["n1"] == 1
+        monitor.check_soon("n1")
+        monitor.check_soon("n1")
+        await asyncio.sleep(0.01)
+        assert health.is_up("n1") and checks.calls["n1"] == 2
+        checks.problem = "DEADLINE_EXCEEDED: no answer"
+        monitor.check_soon("n1")
+        await asyncio.sleep(0.01)
+        assert health.down == frozenset({"n1"}) and checks.calls["n1"] == 3
+        await monitor.stop()
+        monitor.check_soon("n1")
+        await asyncio.sleep(0.01)
+        assert checks.calls["n1"] == 3
+
+    asyncio.run(scenario())
