@@ -12,7 +12,8 @@
   serves routers under (Replica.Fence).
 - ``kv_service`` / ``replica_service`` the public and internal gRPC services; ``convert``
   records to and from protobuf; ``validate`` request checks; ``errors`` their status codes;
-  ``gate`` closes the store under running calls; ``metrics`` the node's Prometheus metrics.
+  ``gate`` closes the store under running calls; ``metrics`` the node's Prometheus metrics;
+  ``disk_watch`` says NOT_SERVING while a commit waits on a disk that stays stalled.
 - ``server`` wires the services into one ShardServer; ``__main__`` is the command.
 """
 

@@ -166,6 +166,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         help="records whose version is further ahead of this node's wall clock are refused"
         " (INVALID_ARGUMENT); keep it equal to the routers' [clock] max_offset_ms",
     )
+    parser.add_argument(
+        "--disk-stall-s",
+        type=float,
+        default=10.0,
+        help="once a commit has waited this long for the disk, the node says NOT_SERVING"
+        " (routers count it DOWN) until the commit completes",
+    )
     telemetry.add_flags(parser)
     connections.add_flags(parser, connections.DEFAULT_CONNECTIONS)
     args = parser.parse_args(argv)
@@ -198,6 +205,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ServerConfig, str]:
         tls=tls,
         auth=_auth(parser, args),
         max_clock_offset_ms=args.max_clock_offset_ms,
+        disk_stall_s=args.disk_stall_s,
         observe=telemetry.from_flags(args),
         connections=connections.from_flags(args),
     ), args.log_level

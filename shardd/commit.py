@@ -141,9 +141,11 @@ class GroupCommitter:
         self._pending: list[_Request] = []
         self._pending_items = 0
         self._pending_bytes = 0
-        # A start of the next commit is scheduled on the loop / a commit is on the thread.
+        # A start of the next commit is scheduled on the loop / a commit is on the thread,
+        # since then (loop time).
         self._kicked = False
         self._committing = False
+        self._committing_since = 0.0
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -250,10 +252,14 @@ class GroupCommitter:
         if self._committing or not self._pending:
             return
         batch = self._take()
-        self._committing = True
         loop = self._loop
         assert loop is not None  # set by the apply that queued the batch
+        self._committing, self._committing_since = True, loop.time()
         self._jobs.put(lambda: _post(loop, self._committed, batch, self._store_batch(batch)))
+
+    def waiting_s(self, now: float) -> float:
+        """How long the commit on the thread has run by now (loop time); 0 when none runs."""
+        return now - self._committing_since if self._committing else 0.0
 
     def _store_batch(self, batch: list[_Request]) -> _Outcome:
         """Fails each request the fence refuses and commits the rest, in one transaction

@@ -34,6 +34,7 @@ from shardkv.serving.exchange_server import FrameServer, unary_methods
 from shardkv.serving.metrics_http import MetricsServer
 from shardkv.serving.telemetry import DEFAULT_OBSERVABILITY, Observability, RequestInterceptor
 from shardkv.shardd.auth import OPEN, NodeAuth, admission, exposure, node_interceptors
+from shardkv.shardd.disk_watch import DiskWatch
 from shardkv.shardd.identity import DirectoryIdentity
 from shardkv.shardd.kv_service import KVServicer
 from shardkv.shardd.metrics import node_registry
@@ -111,6 +112,8 @@ class ServerConfig:
     auth: NodeAuth = OPEN
     # Versions further ahead of this node's wall clock are refused (Replica.Apply).
     max_clock_offset_ms: int = DEFAULT_MAX_OFFSET_MS
+    # A commit waiting this long makes the node say NOT_SERVING until it completes.
+    disk_stall_s: float = 10.0
     # The metrics endpoint and request logging.
     observe: Observability = DEFAULT_OBSERVABILITY
     # How many connections the node holds, and how long unused ones live.
@@ -127,6 +130,7 @@ class ShardServer:
         self._health = health.aio.HealthServicer()
         self._metrics: MetricsServer | None = None
         self._exchange: ExchangeListener | None = None
+        self._disk_watch: DiskWatch | None = None
         self.address = ""
         # host:port of the metrics endpoint; empty when it is off.
         self.metrics_address = ""
@@ -216,8 +220,13 @@ class ShardServer:
             raise
         self._server = server
         self._exchange = exchange
-        for service in ("", KV_SERVICE, REPLICA_SERVICE):
+        services = ("", KV_SERVICE, REPLICA_SERVICE)
+        for service in services:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._disk_watch = DiskWatch(
+            self.storage.committer, self._health, services, stall_s=config.disk_stall_s
+        )
+        self._disk_watch.start()
         self.address = f"{host}:{port}"
         log.info(
             "serving node_id=%s address=%s exchange_port=%d advertised=%d data=%s sync=%s"
@@ -269,6 +278,8 @@ class ShardServer:
             return
         grace = self.config.grace_s if grace is None else grace
         log.info("stopping node_id=%s grace_s=%s", self.config.node_id, grace)
+        if self._disk_watch is not None:
+            await self._disk_watch.stop()
         await self._health.enter_graceful_shutdown()
         if self._exchange is not None:  # frames running are answered, within the grace
             await asyncio.gather(self._exchange.stop(grace), server.stop(grace))

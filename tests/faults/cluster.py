@@ -121,11 +121,12 @@ class FaultyCluster(Cluster):
                 node.signal(signal.SIGCONT)
 
     @contextmanager
-    def stalled_disks(self) -> Iterator[None]:
-        """While the block runs, every node's disk writes wait (faults/slow_disk.py); the
-        nodes run on meanwhile."""
-        with stalled_writes([node.pid for node in self.nodes], self.base):
-            with self._fault("disk writes of every node stalled"):
+    def stalled_disks(self, node_id: str | None = None) -> Iterator[None]:
+        """While the block runs, the disk writes of node_id (None: of every node) wait
+        (faults/slow_disk.py); the nodes run on meanwhile."""
+        nodes = [n for n in self.nodes if node_id is None or n.name == node_id]
+        with stalled_writes([node.pid for node in nodes], self.base):
+            with self._fault(f"disk writes of {node_id or 'every node'} stalled", node_id):
                 yield
 
     def partition(self, node_id: str, how: str, seconds: float, *, delay_s: float = 0.3) -> None:

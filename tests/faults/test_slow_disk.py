@@ -20,10 +20,16 @@ from pathlib import Path
 import grpc
 import pytest
 from harness import stopped_after
-from shardkv.v1 import kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2, kv_pb2, kv_pb2_grpc
 
 from faults.checker import check
-from faults.cluster import FaultyCluster, converge, final_state, start_faulty_cluster
+from faults.cluster import (
+    FaultyCluster,
+    converge,
+    final_state,
+    start_faulty_cluster,
+    wait_node_state,
+)
 from faults.history import OK
 from faults.observe import PROBE_KEY, HealthWatch, describe, seen_down
 from faults.report import scenario_line
@@ -38,7 +44,11 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[FaultyCl
     reason = unavailable(tmp_path)
     if reason is not None:
         pytest.skip(reason)
-    with stopped_after(start_faulty_cluster(tmp_path, timeouts={}), request) as running:
+    stall_s = getattr(request, "param", 10.0)  # shardd's --disk-stall-s
+    started = start_faulty_cluster(
+        tmp_path, timeouts={}, node_extra=["--disk-stall-s", str(stall_s)]
+    )
+    with stopped_after(started, request) as running:
         yield running
 
 
@@ -96,3 +106,38 @@ def test_a_disk_stall_on_every_node_fails_nothing_and_marks_no_node_down(
     assert not any(seen_down(s) for s in samples.values()), {
         n: describe(s) for n, s in samples.items()
     }
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("cluster", [1.0], indirect=True)
+def test_a_node_whose_disk_stays_stalled_says_not_serving_until_it_recovers(
+    cluster: FaultyCluster,
+) -> None:
+    """n1's disk writes stalled 3.5 s, its nodes' --disk-stall-s 1: once a commit has
+    waited a second n1 says NOT_SERVING and the router counts it DOWN (its writes park
+    markers with n2 and n3, its reads go to them); when the stall ends n1 serves again and
+    the router counts it UP. Nothing fails meanwhile (W=R=2 from n2 and n3), and nothing is
+    lost. Before the watch, n1 stayed UP through any stall and every write waited on it."""
+    spec = Workload(timeout_s=5.0)
+
+    def stall() -> None:
+        with cluster.stalled_disks("n1"):
+            time.sleep(3.5)
+
+    history = run_workload(cluster.addresses(), stall, spec=spec, after_s=3.0)
+    wait_node_state(cluster.router.address, "n1", admin_pb2.UP, timeout_s=10)
+    keys = [spec.key(i) for i in range(spec.keys)]
+    converge_s = converge(cluster, keys)
+    verdict = check(history.ops, final_state(cluster, keys))
+    during = cluster.acknowledged_during_faults(history.ops)
+    scenario_line("one disk stalled", history, verdict, cluster.faults, converge_s, during, {})
+    [fault] = cluster.faults
+    print(f"[router's view of n1] {describe(cluster.seen[fault])}")
+    assert not verdict.problems(), "\n".join(verdict.problems())
+    failed = [str(op) for op in history.ops if op.outcome != OK]
+    assert not failed, f"{len(failed)} operations failed or timed out, e.g. {failed[:5]}"
+    assert during[fault] > 50, during
+    down = cluster.seen_down(fault)
+    assert down and all("NOT_SERVING" in sample.reason for sample in down), describe(
+        cluster.seen[fault]
+    )
