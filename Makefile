@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 # Directories whose file lists the strict editable install links; their mtime changes when
 # a module is added or removed, which is when the install must be redone.
 PKG_DIRS := protos/shardkv protos/shardkv/v1 common serving shardd $(wildcard router router/*/) client client/cli
+# The C sources the install compiles (ring_tokens.py falls back to Python without them).
+NATIVE_SRC := common/_ring_hash.c
 
 .PHONY: venv system-deps test proto lint typecheck clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml $(PKG_DIRS)
+$(STAMP): pyproject.toml $(PKG_DIRS) $(NATIVE_SRC)
+	PYTHON=$(PYTHON) scripts/install-system-deps.sh cc python-headers
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=strict

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and benchmarks run for real, when missing:
 # etcd (topology store and benchmark peer), strace (the fsync-ordering test), promtool
-# (alert rule checks). Runs apt-get as root, or through sudo; does nothing when all are there.
-# Arguments name the commands to check (e.g. `etcd etcdctl` for make cluster TOPOLOGY=etcd);
-# none: all of them.
+# (alert rule checks), and what the install compiles the C ring hash with (a C compiler and
+# Python's headers). Runs apt-get as root, or through sudo; does nothing when all are there.
+# Arguments name the commands to check (e.g. `etcd etcdctl` for make cluster TOPOLOGY=etcd;
+# `python-headers` checks for the Python.h of $PYTHON); none: all of them.
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
@@ -11,14 +12,26 @@ declare -A PACKAGE_OF=(
     [etcdctl]=etcd-client
     [strace]=strace
     [promtool]=prometheus
+    [cc]=gcc
+    [python-headers]=python3-dev
 )
+
+present() {
+    if [ "$1" = python-headers ]; then
+        local include
+        include="$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+        [ -f "$include/Python.h" ]
+    else
+        command -v "$1" >/dev/null 2>&1
+    fi
+}
 
 commands=("$@")
 [ ${#commands[@]} -eq 0 ] && commands=("${!PACKAGE_OF[@]}")
 missing=()
 for command in "${commands[@]}"; do
     package="${PACKAGE_OF[$command]:?"unknown command $command (known: ${!PACKAGE_OF[*]})"}"
-    command -v "$command" >/dev/null 2>&1 || missing+=("$package")
+    present "$command" || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

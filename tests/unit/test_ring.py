@@ -1,17 +1,65 @@
-"""The ring places keys evenly, by weight, stably, and the same way in every router."""
+"""The ring places keys evenly, by weight, stably, and the same way in every router; the C
+ring hash (common/_ring_hash.c) and the Python one place every key alike."""
 
 from __future__ import annotations
 
+import os
 import random
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
-from shardkv.common.ring_tokens import ring_token
+from hypothesis import given
+from hypothesis import strategies as st
+from shardkv.common import ring_tokens
+from shardkv.common.ring_tokens import native_points, python_ring_token, ring_token
+from shardkv.router.placement import ring as ring_module
 from shardkv.router.placement.ring import DEFAULT_VNODES, Ring, direct_table, ring_key
 from uhashring import HashRing
 
 KEYS = [f"key-{i}".encode() for i in range(100_000)]
+NATIVE = ring_tokens.NATIVE
+
+
+@pytest.fixture(autouse=True, params=["C", "Python"])
+def hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test runs with the C ring hash and with the Python one, which a router uses
+    where the install could not compile the C one."""
+    if request.param == "C":
+        if NATIVE is None:
+            pytest.skip("the C ring hash is not built (test_the_c_ring_hash_is_built says why)")
+    else:
+        monkeypatch.setattr(ring_tokens, "NATIVE", None)
+        monkeypatch.setattr(ring_module, "ring_token", python_ring_token)
+    yield request.param
+
+
+def test_the_c_ring_hash_is_built() -> None:
+    """make builds common/_ring_hash.c (installing a compiler when missing); the Python hash
+    runs only where SHARDKV_NO_EXTENSIONS says so."""
+    if os.environ.get("SHARDKV_NO_EXTENSIONS"):
+        pytest.skip("SHARDKV_NO_EXTENSIONS is set")
+    assert NATIVE is not None, "the install did not build shardkv.common._ring_hash"
+
+
+@given(st.binary(max_size=300))
+def test_the_c_and_python_ring_tokens_agree(key: bytes) -> None:
+    if NATIVE is None:
+        pytest.skip("the C ring hash is not built")
+    assert NATIVE.token(key) == python_ring_token(key)
+
+
+def test_the_c_ring_hash_refuses_what_is_not_a_key() -> None:
+    if NATIVE is None:
+        pytest.skip("the C ring hash is not built")
+    points = native_points([10, 20])
+    with pytest.raises(TypeError, match="key 1 is str, not bytes"):
+        NATIVE.successors([b"a", "b"], points, ["x", "y", "z"])
+    with pytest.raises(ValueError, match="table has 2 items for 2 points"):
+        NATIVE.successors([b"a"], points, ["x", "y"])
+    with pytest.raises(TypeError, match="a key is bytes, not int"):
+        NATIVE.token(7)  # type: ignore[arg-type]
 
 
 def primaries(ring: Ring, keys: list[bytes] = KEYS) -> dict[bytes, str]:
@@ -102,17 +150,21 @@ def test_lookups_at_up_to_100_nodes_agree_with_uhashring(node_count: int) -> Non
         assert len(set(prefs)) == 3
 
 
-def test_ring_token_is_uhashrings_ketama_hash_of_every_key() -> None:
+def test_ring_token_is_uhashrings_ketama_hash_of_every_key(hashing: str) -> None:
     """Placement hashes keys with ring_token (md5 of the bytes, ASCII taken as they are);
     it must equal uhashring's hashi of ring_key(key) for every key, ASCII or not, or keys
     would silently move."""
     hashi = HashRing({"n1": {"weight": 1, "vnodes": 1}}, hash_fn="ketama").hashi
     rng = random.Random(16)
     keys = [*KEYS[:3000], b"", b"\x00", b"\x7f", b"\x80", b"\xff", "é".encode()]
+    # Around MD5's block edges: 55, 56 and 64 bytes hashed, non-ASCII bytes counting two.
+    keys += [b"k" * size for size in (55, 56, 63, 64, 65, 119, 120)]
+    keys += [b"\xe9" * size for size in (27, 28, 32, 60)]
     keys += [rng.randbytes(rng.randrange(1, 40)) for _ in range(5000)]
     keys += [bytes(rng.randrange(0, 128) for _ in range(12)) for _ in range(2000)]
+    token = ring_token if hashing == "C" else python_ring_token
     for key in keys:
-        assert ring_token(key) == hashi(ring_key(key)), key
+        assert token(key) == hashi(ring_key(key)), key
 
 
 def test_preference_lists_match_preference_list() -> None:

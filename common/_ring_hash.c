@@ -1,0 +1,172 @@
+/* Ring tokens in C: the hash placement pays for every key a router routes.
+ *
+ * A key's ring token is the first four bytes, little-endian, of the MD5 of the key decoded
+ * as latin-1 and encoded as UTF-8 (common/ring_tokens.py says why). In Python that is a
+ * hash object, a digest and an unpack per key (0.3 us a key in a batch, twice that in a
+ * busy router); here it is one MD5 compression for a key under 56 bytes, with no object made.
+ *
+ * successors(keys, points, table) is the batch lookup of router/placement/ring.py: for each
+ * key, table[bisect_right(points, token)], where points is a packed array of ascending
+ * uint32 tokens and table holds one item per point and one past the last.
+ *
+ * ring_tokens.py keeps the pure-Python version of both, used where this module was not
+ * built or SHARDKV_NO_EXTENSIONS is set; the unit tests check the two against each other.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* MD5 (RFC 1321). The sines table is computed at import, as the RFC defines it. */
+static uint32_t md5_sines[64];
+static const uint8_t md5_shifts[64] = {
+    7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22,
+    5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20, 5, 9,  14, 20,
+    4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23,
+    6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21};
+
+static inline uint32_t rotate_left(uint32_t x, int count) {
+    return (x << count) | (x >> (32 - count));
+}
+
+static void md5_compress(uint32_t state[4], const uint8_t block[64]) {
+    uint32_t words[16];
+    for (int i = 0; i < 16; i++) {
+        words[i] = (uint32_t)block[4 * i] | (uint32_t)block[4 * i + 1] << 8 |
+                   (uint32_t)block[4 * i + 2] << 16 | (uint32_t)block[4 * i + 3] << 24;
+    }
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+#define MD5_STEP(mix, i, word)                                                           \
+    do {                                                                                 \
+        uint32_t next = b + rotate_left(a + (mix) + md5_sines[i] + words[word],          \
+                                        md5_shifts[i]);                                  \
+        a = d;                                                                           \
+        d = c;                                                                           \
+        c = b;                                                                           \
+        b = next;                                                                        \
+    } while (0)
+    for (int i = 0; i < 16; i++) MD5_STEP((b & c) | (~b & d), i, i);
+    for (int i = 16; i < 32; i++) MD5_STEP((d & b) | (~d & c), i, (5 * i + 1) & 15);
+    for (int i = 32; i < 48; i++) MD5_STEP(b ^ c ^ d, i, (3 * i + 5) & 15);
+    for (int i = 48; i < 64; i++) MD5_STEP(c ^ (b | ~d), i, (7 * i) & 15);
+#undef MD5_STEP
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+}
+
+static uint32_t ring_token(const uint8_t *key, Py_ssize_t size) {
+    uint32_t state[4] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476};
+    uint8_t block[64];
+    int used = 0;
+    uint64_t length = 0;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        /* latin-1 to UTF-8: a byte from 0x80 up becomes two. */
+        uint8_t byte = key[i];
+        uint8_t utf8[2] = {byte, 0};
+        int count = 1;
+        if (byte >= 0x80) {
+            utf8[0] = (uint8_t)(0xC0 | (byte >> 6));
+            utf8[1] = (uint8_t)(0x80 | (byte & 0x3F));
+            count = 2;
+        }
+        for (int j = 0; j < count; j++) {
+            block[used++] = utf8[j];
+            if (used == 64) {
+                md5_compress(state, block);
+                used = 0;
+            }
+        }
+        length += (uint64_t)count;
+    }
+    block[used++] = 0x80;
+    if (used > 56) {
+        memset(block + used, 0, 64 - used);
+        md5_compress(state, block);
+        used = 0;
+    }
+    memset(block + used, 0, 56 - used);
+    length *= 8;
+    for (int i = 0; i < 8; i++) block[56 + i] = (uint8_t)(length >> (8 * i));
+    md5_compress(state, block);
+    return state[0]; /* the digest's first four bytes, read little-endian */
+}
+
+static PyObject *token(PyObject *module, PyObject *key) {
+    (void)module;
+    if (!PyBytes_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "a key is bytes, not %.100s", Py_TYPE(key)->tp_name);
+        return NULL;
+    }
+    uint32_t t = ring_token((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+    return PyLong_FromUnsignedLong(t);
+}
+
+static PyObject *successors(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *keys, *table, *result = NULL;
+    Py_buffer points;
+    if (!PyArg_ParseTuple(args, "Oy*O!:successors", &keys, &points, &PyList_Type, &table)) {
+        return NULL;
+    }
+    const uint32_t *tokens = points.buf;
+    Py_ssize_t count = points.len / (Py_ssize_t)sizeof(uint32_t);
+    PyObject *sequence = NULL;
+    if (PyList_GET_SIZE(table) != count + 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "table has %zd items for %zd points: one per point and one past the last",
+                     PyList_GET_SIZE(table), count);
+        goto done;
+    }
+    sequence = PySequence_Fast(keys, "keys must be a sequence of bytes");
+    if (sequence == NULL) goto done;
+    Py_ssize_t size = PySequence_Fast_GET_SIZE(sequence);
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    result = PyList_New(size);
+    if (result == NULL) goto done;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *key = items[i];
+        if (!PyBytes_Check(key)) {
+            PyErr_Format(PyExc_TypeError, "key %zd is %.100s, not bytes", i,
+                         Py_TYPE(key)->tp_name);
+            Py_CLEAR(result);
+            goto done;
+        }
+        uint32_t t = ring_token((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+        Py_ssize_t low = 0, high = count; /* bisect_right */
+        while (low < high) {
+            Py_ssize_t middle = low + (high - low) / 2;
+            if (t < tokens[middle]) {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        PyObject *item = PyList_GET_ITEM(table, low);
+        Py_INCREF(item);
+        PyList_SET_ITEM(result, i, item);
+    }
+done:
+    Py_XDECREF(sequence);
+    PyBuffer_Release(&points);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"token", token, METH_O, "token(key) -> the key's ring token (ring_tokens.ring_token)."},
+    {"successors", successors, METH_VARARGS,
+     "successors(keys, points, table) -> table[bisect_right(points, token(key))] per key."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_ring_hash", "Ring tokens in C (see _ring_hash.c).", -1, methods,
+    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__ring_hash(void) {
+    for (int i = 0; i < 64; i++) {
+        md5_sines[i] = (uint32_t)(fabs(sin((double)(i + 1))) * 4294967296.0);
+    }
+    return PyModule_Create(&module_def);
+}
