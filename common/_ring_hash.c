@@ -7,7 +7,9 @@
  *
  * successors(keys, points, table) is the batch lookup of router/placement/ring.py: for each
  * key, table[bisect_right(points, token)], where points is a packed array of ascending
- * uint32 tokens and table holds one item per point and one past the last.
+ * uint32 tokens and table holds one item per point and one past the last. grouped(...) is
+ * the same lookup with the keys gathered by item: {item: [index of each key, ascending]},
+ * which is what a batch read plans its chunks from.
  *
  * ring_tokens.py keeps the pure-Python version of both, used where this module was not
  * built or SHARDKV_NO_EXTENSIONS is set; the unit tests check the two against each other.
@@ -104,16 +106,30 @@ static PyObject *token(PyObject *module, PyObject *key) {
     return PyLong_FromUnsignedLong(t);
 }
 
-static PyObject *successors(PyObject *module, PyObject *args) {
-    (void)module;
-    PyObject *keys, *table, *result = NULL;
-    Py_buffer points;
-    if (!PyArg_ParseTuple(args, "Oy*O!:successors", &keys, &points, &PyList_Type, &table)) {
-        return NULL;
+/* The table index of key's successor point: bisect_right(points, token). */
+static Py_ssize_t successor(PyObject *key, const uint32_t *points, Py_ssize_t count) {
+    uint32_t t = ring_token((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+    Py_ssize_t low = 0, high = count;
+    while (low < high) {
+        Py_ssize_t middle = low + (high - low) / 2;
+        if (t < points[middle]) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
     }
-    const uint32_t *tokens = points.buf;
+    return low;
+}
+
+/* Calls found(result, index, item) for each key's item of table; 0, or -1 with an error set. */
+typedef int (*Found)(PyObject *result, Py_ssize_t index, PyObject *item);
+
+static PyObject *look_up(PyObject *args, const char *format, PyObject *(*make)(Py_ssize_t),
+                         Found found) {
+    PyObject *keys, *table, *result = NULL, *sequence = NULL;
+    Py_buffer points;
+    if (!PyArg_ParseTuple(args, format, &keys, &points, &PyList_Type, &table)) return NULL;
     Py_ssize_t count = points.len / (Py_ssize_t)sizeof(uint32_t);
-    PyObject *sequence = NULL;
     if (PyList_GET_SIZE(table) != count + 1) {
         PyErr_Format(PyExc_ValueError,
                      "table has %zd items for %zd points: one per point and one past the last",
@@ -124,29 +140,20 @@ static PyObject *successors(PyObject *module, PyObject *args) {
     if (sequence == NULL) goto done;
     Py_ssize_t size = PySequence_Fast_GET_SIZE(sequence);
     PyObject **items = PySequence_Fast_ITEMS(sequence);
-    result = PyList_New(size);
+    result = make(size);
     if (result == NULL) goto done;
     for (Py_ssize_t i = 0; i < size; i++) {
-        PyObject *key = items[i];
-        if (!PyBytes_Check(key)) {
+        if (!PyBytes_Check(items[i])) {
             PyErr_Format(PyExc_TypeError, "key %zd is %.100s, not bytes", i,
-                         Py_TYPE(key)->tp_name);
+                         Py_TYPE(items[i])->tp_name);
             Py_CLEAR(result);
             goto done;
         }
-        uint32_t t = ring_token((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
-        Py_ssize_t low = 0, high = count; /* bisect_right */
-        while (low < high) {
-            Py_ssize_t middle = low + (high - low) / 2;
-            if (t < tokens[middle]) {
-                high = middle;
-            } else {
-                low = middle + 1;
-            }
+        PyObject *item = PyList_GET_ITEM(table, successor(items[i], points.buf, count));
+        if (found(result, i, item) < 0) {
+            Py_CLEAR(result);
+            goto done;
         }
-        PyObject *item = PyList_GET_ITEM(table, low);
-        Py_INCREF(item);
-        PyList_SET_ITEM(result, i, item);
     }
 done:
     Py_XDECREF(sequence);
@@ -154,10 +161,57 @@ done:
     return result;
 }
 
+static int set_item(PyObject *result, Py_ssize_t index, PyObject *item) {
+    Py_INCREF(item);
+    PyList_SET_ITEM(result, index, item);
+    return 0;
+}
+
+static int add_to_group(PyObject *result, Py_ssize_t index, PyObject *item) {
+    PyObject *position = PyLong_FromSsize_t(index);
+    if (position == NULL) return -1;
+    PyObject *members = PyDict_GetItemWithError(result, item); /* borrowed */
+    int status;
+    if (members != NULL) {
+        status = PyList_Append(members, position);
+    } else if (PyErr_Occurred()) {
+        status = -1;
+    } else {
+        members = PyList_New(1);
+        if (members == NULL) {
+            Py_DECREF(position);
+            return -1;
+        }
+        Py_INCREF(position);
+        PyList_SET_ITEM(members, 0, position);
+        status = PyDict_SetItem(result, item, members);
+        Py_DECREF(members);
+    }
+    Py_DECREF(position);
+    return status;
+}
+
+static PyObject *new_dict(Py_ssize_t size) {
+    (void)size;
+    return PyDict_New();
+}
+
+static PyObject *successors(PyObject *module, PyObject *args) {
+    (void)module;
+    return look_up(args, "Oy*O!:successors", PyList_New, set_item);
+}
+
+static PyObject *grouped(PyObject *module, PyObject *args) {
+    (void)module;
+    return look_up(args, "Oy*O!:grouped", new_dict, add_to_group);
+}
+
 static PyMethodDef methods[] = {
     {"token", token, METH_O, "token(key) -> the key's ring token (ring_tokens.ring_token)."},
     {"successors", successors, METH_VARARGS,
      "successors(keys, points, table) -> table[bisect_right(points, token(key))] per key."},
+    {"grouped", grouped, METH_VARARGS,
+     "grouped(keys, points, table) -> {item: [index of each key whose item it is]}."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

@@ -61,6 +61,13 @@ class NativeRingHash(Protocol):
         ascending uint32 (native_points), table one item per point and one past the last."""
         ...
 
+    def grouped(
+        self, keys: Sequence[bytes], points: bytes, table: list[T], /
+    ) -> dict[T, list[int]]:
+        """successors' items, each with the indexes of its keys (ascending), in the order
+        keys first name them."""
+        ...
+
 
 def _native() -> NativeRingHash | None:
     """The C ring hash, which costs a third of the Python one per key; None where the

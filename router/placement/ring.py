@@ -168,10 +168,7 @@ class Ring:
         point; no call per key."""
         if n > self._depth:
             return [self.preference_list(key, n) for key in keys]
-        tables = self._batch_tables.get(n)
-        if tables is None:
-            tables = self._batch_tables[n] = self._tables_for(n)
-        table, direct_shift = tables
+        table, direct_shift = self._tables(n)
         if direct_shift is None:
             return cast(NativeRingHash, self._native).successors(keys, self._native_points, table)
         direct, shift = direct_shift
@@ -181,6 +178,31 @@ class Ring:
         else:
             tokens = [ring_token(key) for key in keys]
         return [direct[t >> shift] or table[bisect_right(points, t)] for t in tokens]
+
+    def preference_groups(self, keys: Sequence[bytes], n: int) -> dict[tuple[str, ...], list[int]]:
+        """The indexes of keys by preference list (n nodes), ascending, the lists in the
+        order keys first name them: what a batch read plans its chunks from, gathered in C
+        where it was built (no list per key)."""
+        if n <= self._depth:
+            table, direct_shift = self._tables(n)
+            if direct_shift is None:
+                native = cast(NativeRingHash, self._native)
+                return native.grouped(keys, self._native_points, table)
+        grouped: dict[tuple[str, ...], list[int]] = {}
+        for index, owners in enumerate(self.preference_lists(keys, n)):
+            members = grouped.get(owners)
+            if members is None:
+                grouped[owners] = [index]
+            else:
+                members.append(index)
+        return grouped
+
+    def _tables(self, n: int) -> tuple[list[tuple[str, ...]], DirectTable | None]:
+        """_tables_for(n), built on first use."""
+        tables = self._batch_tables.get(n)
+        if tables is None:
+            tables = self._batch_tables[n] = self._tables_for(n)
+        return tables
 
     def _tables_for(self, n: int) -> tuple[list[tuple[str, ...]], DirectTable | None]:
         """The successor table cut to n nodes, one more entry past the last point (a token

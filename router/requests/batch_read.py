@@ -41,12 +41,13 @@ from typing import Protocol, cast
 from shardkv.common import hlc
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
+from shardkv.router.requests import read_groups
 from shardkv.router.requests.batch_write import FINAL_CODES
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
 from shardkv.router.requests.read_budget import ReadBudget
-from shardkv.router.requests.read_groups import Answer, OwnerGroup, agreed, group_outcomes, plan
+from shardkv.router.requests.read_groups import Answer, OwnerGroup, agreed, plan
 from shardkv.router.requests.read_round import ReadRound
 from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.router.requests.replica_latency import ReplicaLatency
@@ -121,12 +122,11 @@ class BatchReader:
         now = loop.time()
         slow, delay = self._latency.plan(now)
         first = min(needed, n)
-        asks = plan(ring.preference_lists(keys, n), first, down=down, slow=slow)
+        asks = plan(ring.preference_groups(keys, n), first, down=down, slow=slow)
         aside, by_node = asks.aside, asks.by_node
         chunks = self._chunked(by_node)
         rnd = ReadRound(keys, needed, chunks, loop.create_future())
-        rnd.epoch, rnd.deadline, rnd.budget = epoch, deadline, budget
-        rnd.order = asks.order
+        rnd.epoch, rnd.deadline, rnd.budget, rnd.planned = epoch, deadline, budget, asks.groups
         # Counted by group once all are in (read_groups.py) when each node got one chunk.
         rnd.groups = asks.groups if len(chunks) == len(by_node) else None
         rnd.asked = [first] * len(keys)
@@ -148,6 +148,8 @@ class BatchReader:
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
             outcomes = self._outcomes(rnd, keys, set(aside))
+            if not aside and (rnd.groups is not None or not rnd.undecided):
+                return cast(list[ReadOutcome], outcomes)  # every key answered
             retry = [i for i in range(len(keys)) if outcomes[i] is None]
             if detour is not None:
                 for index, outcome in zip(aside, await detour, strict=True):
@@ -296,7 +298,7 @@ class BatchReader:
         if rnd.expired:
             return
         by_node: dict[str, list[int]] = {}
-        order, asked, replies, needed = rnd.order, rnd.asked, rnd.replies, rnd.needed
+        order, asked, replies, needed = rnd.orders(), rnd.asked, rnd.replies, rnd.needed
         for index in indexes:
             owners = order[index]
             if replies[index] >= needed or asked[index] >= len(owners):
@@ -354,7 +356,8 @@ class BatchReader:
             for node_id, indexes, failure in rnd.failures:
                 for index in indexes:
                     failed.setdefault(index, []).append((node_id, failure))
-        self._observe(max(rnd.newest, default=0))
+        # Later writes order after every version read (one clock call for the batch).
+        self._clock.observe(max(rnd.newest, default=0))
         if not skipped and not rnd.undecided:  # every key answered: no check per key
             tally.add_reached(len(keys), needed, sum(replies))
             decided = cast(list[tuple[ReplicaAnswers, int]], answer)
@@ -387,13 +390,8 @@ class BatchReader:
         """Each key's outcome when every owner asked answered (counted by group)."""
         groups = cast(list[OwnerGroup], rnd.groups)
         replies = {node_id: answers for node_id, _, answers in rnd.answered}
-        self._observe(max((max(a.versions, default=0) for a in replies.values()), default=0))
+        self._clock.observe(read_groups.newest_read(groups, rnd.agreed, replies, rnd.newest))
         answered = sum(len(group.members) for group in groups)
         replied = sum(len(group.members) * len(group.nodes) for group in groups)
         self._tally.add_reached(answered, rnd.needed, replied)
-        return group_outcomes(groups, rnd.agreed, replies, rnd.answer, count)
-
-    def _observe(self, newest: int) -> None:
-        """Later writes order after every version read (one call for the batch)."""
-        if newest > 0:
-            self._clock.observe(newest)
+        return read_groups.group_outcomes(groups, rnd.agreed, replies, rnd.answer, count)

@@ -24,57 +24,58 @@ Answer = tuple[ReplicaAnswers, int]
 
 @dataclass(slots=True)
 class OwnerGroup:
-    """Keys with the same owners: the owners asked, in order, and where the keys begin in
-    each one's list of keys."""
+    """Keys with the same owners: the owners asked first (nodes), every owner in the order
+    asked (order), and where the keys begin in each first one's list of keys."""
 
     nodes: tuple[str, ...]
+    order: tuple[str, ...]
     members: list[int]
     starts: list[int]
 
 
 @dataclass(slots=True)
 class ReadPlan:
-    """Whom a batch read asks: each node's keys (indexes), by group; each key's owners in
-    the order asked (empty for a key left aside); the keys left to the general path."""
+    """Whom a batch read asks: each node's keys (indexes), by group; the keys left to the
+    general path."""
 
     by_node: dict[str, list[int]]
     groups: list[OwnerGroup]
-    order: list[tuple[str, ...]]
     aside: list[int]
 
 
 def plan(
-    owner_lists: Sequence[tuple[str, ...]],
+    grouped: Mapping[tuple[str, ...], list[int]],
     first: int,
     *,
     down: frozenset[str] | set[str],
     slow: frozenset[str],
 ) -> ReadPlan:
-    """Asks each key's first owners (slow nodes last); a key with an owner down is left
-    aside."""
-    grouped: dict[tuple[str, ...], list[int]] = {}
-    for index, owners in enumerate(owner_lists):
-        members = grouped.get(owners)
-        if members is None:
-            grouped[owners] = [index]
-        else:
-            members.append(index)
-    result = ReadPlan({}, [], [()] * len(owner_lists), [])
+    """Asks the first owners of each group of keys (keys by owners: Ring.preference_groups),
+    slow nodes last; a key with an owner down is left aside."""
+    result = ReadPlan({}, [], [])
     for owners, members in grouped.items():
         if down and not down.isdisjoint(owners):
             result.aside += members
             continue
         asked = ask_order(owners, slow) if slow else owners
-        for index in members:
-            result.order[index] = asked
         starts = []
         for node_id in asked[:first]:
             keys = result.by_node.setdefault(node_id, [])
             starts.append(len(keys))
             keys += members
-        result.groups.append(OwnerGroup(asked[:first], members, starts))
+        result.groups.append(OwnerGroup(asked[:first], asked, members, starts))
     result.aside.sort()
     return result
+
+
+def owner_orders(groups: Sequence[OwnerGroup], count: int) -> list[tuple[str, ...]]:
+    """Each of count keys' owners in the order asked (empty for a key in no group): built
+    only when a read asks more owners than its first ones."""
+    orders: list[tuple[str, ...]] = [()] * count
+    for group in groups:
+        for index in group.members:
+            orders[index] = group.order
+    return orders
 
 
 def agreed(group: OwnerGroup, replies: Mapping[str, ReplicaAnswers]) -> bool:
@@ -126,3 +127,23 @@ def group_outcomes(
                 found, position = cast(Answer, answer[index])
                 outcomes[index] = found.entry(position)
     return outcomes
+
+
+def newest_read(
+    groups: Sequence[OwnerGroup],
+    together: Sequence[bool],
+    replies: Mapping[str, ReplicaAnswers],
+    newest: Sequence[int],
+) -> int:
+    """The highest version among the answers (0: none): a group whose owners agreed from
+    its first owner's versions (the others' are the same), any other from each key's newest
+    (counted one by one)."""
+    highest = 0
+    for group, agree in zip(groups, together, strict=True):
+        if agree:
+            start = group.starts[0]
+            versions = replies[group.nodes[0]].versions[start : start + len(group.members)]
+            highest = max(highest, max(versions, default=0))
+        else:
+            highest = max(highest, max(newest[index] for index in group.members))
+    return highest

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from shardkv.router.requests.chunk_round import ChunkRound
 from shardkv.router.requests.read_budget import ReadBudget
-from shardkv.router.requests.read_groups import Answer, OwnerGroup
+from shardkv.router.requests.read_groups import Answer, OwnerGroup, owner_orders
 from shardkv.router.requests.replica_answers import ReplicaAnswers
 
 
@@ -33,6 +33,7 @@ class ReadRound(ChunkRound):
         "keys",
         "newest",
         "order",
+        "planned",
         "replies",
         "sent",
         "source",
@@ -67,9 +68,11 @@ class ReadRound(ChunkRound):
         # Keys whose replicas answered different records (read repair candidates).
         self.differ: set[int] = set()
         self.answered: list[tuple[str, list[int], ReplicaAnswers]] = []
-        # Per key its owners in the order asked (empty: left to the general path), and
+        # The groups of keys planned (each with its owners in the order asked); per key those
+        # owners (empty: left to the general path), built from them when a read widens; and
         # how many of them were asked (the first R, then all once a read widened).
-        self.order: list[tuple[str, ...]] = []
+        self.planned: list[OwnerGroup] = []
+        self.order: list[tuple[str, ...]] | None = None
         self.asked: list[int] = []
         # When each chunk was queued (loop time), the speculative delay, and how long the
         # round's first answer took (0: none yet).
@@ -85,3 +88,10 @@ class ReadRound(ChunkRound):
         self.open = [False] * len(self.chunks)
         self.chunks_left = 0
         self.close()
+
+    def orders(self) -> list[tuple[str, ...]]:
+        """Each key's owners in the order asked (empty: left to the general path), built
+        from the groups planned when a read first asks more owners than its first ones."""
+        if self.order is None:
+            self.order = owner_orders(self.planned, len(self.keys))
+        return self.order

@@ -195,12 +195,13 @@ class FakeCluster:
         self.health = NodeHealth(self.ids)
         for node_id in self.ids:
             self.health.mark_up(node_id)
+        self.clock = HybridClock()
         self.coordinator = Coordinator(
             ring=Placement(Layout(1, self.ring)),
             replication=replication,
             clients=self.nodes,
             health=self.health,
-            clock=HybridClock(),
+            clock=self.clock,
             writer=7,
             repair_timeout_s=1.0,
         )

@@ -5,12 +5,14 @@ path (hints on fallbacks, its errors), while the others are decided in the batch
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 from fake_nodes import FakeCluster, read_error, read_value, settle
+from shardkv.common.hlc import HybridClock
 from shardkv.router.requests import batch_read, read_groups
 from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
@@ -181,6 +183,32 @@ def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only
         assert cluster.coordinator.repairs == len(stale)
         for key in stale:
             assert [cluster.nodes[n].value(key) for n in cluster.owners(key)[:2]] == [b"newer"] * 2
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("agree", [True, False], ids=["owners agree", "owners differ"])
+@pytest.mark.timeout(10)
+def test_a_batch_read_moves_the_routers_clock_past_the_newest_version_read(agree: bool) -> None:
+    """A version read (here 200 ms ahead of the router's clock, within the max offset) is
+    observed, so a later write through this router orders after it: read from the first
+    owner of a group whose owners agreed, or as one key's newest where they differ."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster()
+        keys = [b"c/%d" % i for i in range(60)]
+        _store_alike(cluster, keys)
+        ahead = HybridClock(wall=lambda: time.time() + 0.2).now()
+        key = keys[37]
+        owners = cluster.owners(key) if agree else cluster.owners(key)[1:2]
+        for node_id in owners:
+            cluster.nodes[node_id].records[key] = replica_pb2.Record(
+                key=key, value=b"ahead", version=ahead, writer=1
+            )
+        assert cluster.clock.now() < ahead
+        reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
+        assert read_value(reads[37]) == b"ahead"
+        assert cluster.clock.now() > ahead
 
     run(scenario)
 

@@ -58,6 +58,10 @@ def test_the_c_ring_hash_refuses_what_is_not_a_key() -> None:
         NATIVE.successors([b"a", "b"], points, ["x", "y", "z"])
     with pytest.raises(ValueError, match="table has 2 items for 2 points"):
         NATIVE.successors([b"a"], points, ["x", "y"])
+    with pytest.raises(TypeError, match="key 0 is NoneType, not bytes"):
+        NATIVE.grouped([None], points, ["x", "y", "z"])
+    with pytest.raises(TypeError, match="unhashable"):
+        NATIVE.grouped([b"a"], points, [[], [], []])
     with pytest.raises(TypeError, match="a key is bytes, not int"):
         NATIVE.token(7)  # type: ignore[arg-type]
 
@@ -179,6 +183,11 @@ def test_preference_lists_match_preference_list() -> None:
             for batch in (keys, KEYS[:1000], wrapped):  # mixed; ASCII, hashed as they are
                 singles = [ring.preference_list(k, n) for k in batch]
                 assert ring.preference_lists(batch, n) == singles
+                groups: dict[tuple[str, ...], list[int]] = {}
+                for index, owners in enumerate(singles):
+                    groups.setdefault(owners, []).append(index)
+                got = ring.preference_groups(batch, n)
+                assert list(got.items()) == list(groups.items())  # first named, first
 
 
 @pytest.mark.parametrize("bits", [6, 12, 17])

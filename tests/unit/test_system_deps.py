@@ -69,4 +69,4 @@ def test_make_cluster_with_etcd_runs_it_for_etcd_only() -> None:
         text=True,
         timeout=30,
     )
-    assert "install-system-deps" not in plain.stdout, plain.stdout
+    assert "install-system-deps.sh etcd" not in plain.stdout, plain.stdout
