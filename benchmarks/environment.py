@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from shardkv.common import ring_tokens
+
 from benchmarks.procs import etcd_version
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,4 +82,6 @@ def describe_machine(*, etcd: str | None, data_root: Path | None) -> dict[str, A
         "grpcio": metadata.version("grpcio"),
         "etcd": etcd_version(etcd) if etcd else None,
         "commit": _commit(),
+        # The router's ring hash: C (common/_ring_hash.c), or Python where it is not built.
+        "ring_hash": "Python" if ring_tokens.NATIVE is None else "C",
     }
