@@ -7,12 +7,14 @@
  *
  * successors(keys, points, table) is the batch lookup of router/placement/ring.py: for each
  * key, table[bisect_right(points, token)], where points is a packed array of ascending
- * uint32 tokens and table holds one item per point and one past the last. grouped(...) is
+ * uint32 tokens (native byte order) and table a tuple of one item per point and one past
+ * the last. grouped(...) is
  * the same lookup with the keys gathered by item: {item: [index of each key, ascending]},
  * which is what a batch read plans its chunks from.
  *
- * ring_tokens.py keeps the pure-Python version of both, used where this module was not
- * built or SHARDKV_NO_EXTENSIONS is set; the unit tests check the two against each other.
+ * ring_tokens.py keeps the pure-Python version of both, which runs where SHARDKV_NO_EXTENSIONS
+ * is set (the install always builds this module); the unit tests check the two against
+ * each other.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -106,13 +108,16 @@ static PyObject *token(PyObject *module, PyObject *key) {
     return PyLong_FromUnsignedLong(t);
 }
 
-/* The table index of key's successor point: bisect_right(points, token). */
-static Py_ssize_t successor(PyObject *key, const uint32_t *points, Py_ssize_t count) {
+/* The table index of key's successor point: bisect_right(points, token). Each probe is
+   copied out of the buffer, which need not be aligned for uint32_t. */
+static Py_ssize_t successor(PyObject *key, const char *points, Py_ssize_t count) {
     uint32_t t = ring_token((const uint8_t *)PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
     Py_ssize_t low = 0, high = count;
     while (low < high) {
         Py_ssize_t middle = low + (high - low) / 2;
-        if (t < points[middle]) {
+        uint32_t point;
+        memcpy(&point, points + middle * (Py_ssize_t)sizeof(point), sizeof(point));
+        if (t < point) {
             high = middle;
         } else {
             low = middle + 1;
@@ -121,42 +126,50 @@ static Py_ssize_t successor(PyObject *key, const uint32_t *points, Py_ssize_t co
     return low;
 }
 
-/* Calls found(result, index, item) for each key's item of table; 0, or -1 with an error set. */
+/* Calls found(result, index, item) for each key's item of table; 0, or -1 with an error set.
+   found may run Python code (a dict hashing an item), so the keys are looked up in a tuple
+   of their own and the table must be a tuple: nothing it does can pull either from under
+   the loop. */
 typedef int (*Found)(PyObject *result, Py_ssize_t index, PyObject *item);
 
 static PyObject *look_up(PyObject *args, const char *format, PyObject *(*make)(Py_ssize_t),
                          Found found) {
-    PyObject *keys, *table, *result = NULL, *sequence = NULL;
+    PyObject *keys, *table, *result = NULL, *snapshot = NULL;
     Py_buffer points;
-    if (!PyArg_ParseTuple(args, format, &keys, &points, &PyList_Type, &table)) return NULL;
+    if (!PyArg_ParseTuple(args, format, &keys, &points, &PyTuple_Type, &table)) return NULL;
     Py_ssize_t count = points.len / (Py_ssize_t)sizeof(uint32_t);
-    if (PyList_GET_SIZE(table) != count + 1) {
-        PyErr_Format(PyExc_ValueError,
-                     "table has %zd items for %zd points: one per point and one past the last",
-                     PyList_GET_SIZE(table), count);
+    if (points.len % (Py_ssize_t)sizeof(uint32_t) != 0) {
+        PyErr_Format(PyExc_ValueError, "points are %zd bytes: not a whole number of uint32",
+                     points.len);
         goto done;
     }
-    sequence = PySequence_Fast(keys, "keys must be a sequence of bytes");
-    if (sequence == NULL) goto done;
-    Py_ssize_t size = PySequence_Fast_GET_SIZE(sequence);
-    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    if (PyTuple_GET_SIZE(table) != count + 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "table has %zd items for %zd points: one per point and one past the last",
+                     PyTuple_GET_SIZE(table), count);
+        goto done;
+    }
+    snapshot = PySequence_Tuple(keys);
+    if (snapshot == NULL) goto done;
+    Py_ssize_t size = PyTuple_GET_SIZE(snapshot);
     result = make(size);
     if (result == NULL) goto done;
     for (Py_ssize_t i = 0; i < size; i++) {
-        if (!PyBytes_Check(items[i])) {
+        PyObject *key = PyTuple_GET_ITEM(snapshot, i);
+        if (!PyBytes_Check(key)) {
             PyErr_Format(PyExc_TypeError, "key %zd is %.100s, not bytes", i,
-                         Py_TYPE(items[i])->tp_name);
+                         Py_TYPE(key)->tp_name);
             Py_CLEAR(result);
             goto done;
         }
-        PyObject *item = PyList_GET_ITEM(table, successor(items[i], points.buf, count));
+        PyObject *item = PyTuple_GET_ITEM(table, successor(key, points.buf, count));
         if (found(result, i, item) < 0) {
             Py_CLEAR(result);
             goto done;
         }
     }
 done:
-    Py_XDECREF(sequence);
+    Py_XDECREF(snapshot);
     PyBuffer_Release(&points);
     return result;
 }

@@ -7,23 +7,24 @@
 # `python-headers` checks for the Python.h of $PYTHON); none: all of them.
 set -euo pipefail
 
+PYTHON="${PYTHON:-python3}"
 declare -A PACKAGE_OF=(
     [etcd]=etcd-server
     [etcdctl]=etcd-client
     [strace]=strace
     [promtool]=prometheus
     [cc]=gcc
-    [python-headers]=python3-dev
+    [python-headers]="python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo 3)-dev"
 )
 
+# Whether a command is there; `cc` is the compiler $PYTHON builds extensions with, and
+# `python-headers` its Python.h.
 present() {
-    if [ "$1" = python-headers ]; then
-        local include
-        include="$("${PYTHON:-python3}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-        [ -f "$include/Python.h" ]
-    else
-        command -v "$1" >/dev/null 2>&1
-    fi
+    case "$1" in
+        cc) command -v "$("$PYTHON" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])' 2>/dev/null || echo cc)" >/dev/null 2>&1 ;;
+        python-headers) [ -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)/Python.h" ] ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
 }
 
 commands=("$@")
@@ -46,3 +47,9 @@ fi
 echo "installing Debian packages: ${missing[*]}"
 "${sudo[@]}" apt-get update -qq
 DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+for command in "${commands[@]}"; do
+    present "$command" || {
+        echo "still missing after installing ${PACKAGE_OF[$command]}: $command (for $PYTHON)" >&2
+        exit 1
+    }
+done

@@ -104,10 +104,10 @@ class Ring:
         self._table = self._successor_table()
         # preference_lists' tables per n, built on first use (once per n for the ring's life:
         # N, and R or W of a read): the table cut to n nodes per point, and the direct one
-        # (None when the C lookup, which needs none, is there: native_points for it).
+        # (None when the C lookup, which needs none, is there: the points packed for it).
         self._native = ring_tokens.NATIVE
-        self._native_points = native_points(self._points)
-        self._batch_tables: dict[int, tuple[list[tuple[str, ...]], DirectTable | None]] = {}
+        self._native_points = b"" if self._native is None else native_points(self._points)
+        self._batch_tables: dict[int, tuple[OwnerTable, DirectTable | None]] = {}
 
     def _successor_table(self) -> list[tuple[str, ...]]:
         """For each point, the first ``depth`` distinct nodes clockwise from it.
@@ -197,21 +197,21 @@ class Ring:
                 members.append(index)
         return grouped
 
-    def _tables(self, n: int) -> tuple[list[tuple[str, ...]], DirectTable | None]:
+    def _tables(self, n: int) -> tuple[OwnerTable, DirectTable | None]:
         """_tables_for(n), built on first use."""
         tables = self._batch_tables.get(n)
         if tables is None:
             tables = self._batch_tables[n] = self._tables_for(n)
         return tables
 
-    def _tables_for(self, n: int) -> tuple[list[tuple[str, ...]], DirectTable | None]:
+    def _tables_for(self, n: int) -> tuple[OwnerTable, DirectTable | None]:
         """The successor table cut to n nodes, one more entry past the last point (a token
         beyond it wraps to the first), each distinct list one tuple (the direct table
         then points at a few objects, which stay in cache); and its direct table, unless
         the lookup is in C."""
         lists: dict[tuple[str, ...], tuple[str, ...]] = {}
-        table = [lists.setdefault(owners[:n], owners[:n]) for owners in self._table]
-        table.append(table[0])
+        cut = [lists.setdefault(owners[:n], owners[:n]) for owners in self._table]
+        table = (*cut, cut[0])
         if self._native is not None:
             return table, None
         bits = min(MAX_BUCKET_BITS, (len(self._points) * BUCKETS_PER_POINT - 1).bit_length())
@@ -257,6 +257,8 @@ class Ring:
         return {node_id: arc / _RING_SIZE for node_id, arc in share.items()}
 
 
+# Per ring point the first n owners clockwise, and one more entry past the last point.
+OwnerTable = tuple[tuple[str, ...], ...]
 # A direct table: an entry per bucket of tokens (None: the bucket holds a point), and the
 # shift that turns a token into its bucket.
 DirectTable = tuple[list[tuple[str, ...] | None], int]

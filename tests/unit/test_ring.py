@@ -55,15 +55,36 @@ def test_the_c_ring_hash_refuses_what_is_not_a_key() -> None:
         pytest.skip("the C ring hash is not built")
     points = native_points([10, 20])
     with pytest.raises(TypeError, match="key 1 is str, not bytes"):
-        NATIVE.successors([b"a", "b"], points, ["x", "y", "z"])
-    with pytest.raises(ValueError, match="table has 2 items for 2 points"):
-        NATIVE.successors([b"a"], points, ["x", "y"])
+        NATIVE.successors([b"a", "b"], points, ("x", "y", "z"))  # type: ignore[list-item]
     with pytest.raises(TypeError, match="key 0 is NoneType, not bytes"):
-        NATIVE.grouped([None], points, ["x", "y", "z"])
-    with pytest.raises(TypeError, match="unhashable"):
-        NATIVE.grouped([b"a"], points, [[], [], []])
+        NATIVE.grouped([None], points, ("x", "y", "z"))  # type: ignore[list-item]
     with pytest.raises(TypeError, match="a key is bytes, not int"):
         NATIVE.token(7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table has 2 items for 2 points"):
+        NATIVE.successors([b"a"], points, ("x", "y"))
+    with pytest.raises(ValueError, match="points are 7 bytes: not a whole number of uint32"):
+        NATIVE.successors([b"a"], points[:7], ("x", "y"))
+    with pytest.raises(TypeError, match="must be tuple, not list"):
+        NATIVE.grouped([b"a"], points, ["x", "y", "z"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unhashable"):
+        NATIVE.grouped([b"a"], points, ([], [], []))
+
+
+def test_the_c_lookup_survives_a_table_item_that_changes_the_keys() -> None:
+    """grouped hashes the table's items, which may run Python code; keys that code empties
+    are still looked up as they were passed (a snapshot), never read after being freed."""
+    if NATIVE is None:
+        pytest.skip("the C ring hash is not built")
+    keys = [b"k%d" % i for i in range(50)]
+
+    class Meddling:
+        def __hash__(self) -> int:
+            keys.clear()
+            return 1
+
+    item = Meddling()
+    got = NATIVE.grouped(keys, native_points([5]), (item, item))
+    assert got == {item: list(range(50))}
 
 
 def primaries(ring: Ring, keys: list[bytes] = KEYS) -> dict[bytes, str]:

@@ -16,14 +16,20 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "install-system-deps.sh"
 
 
-def run_script(tmp_path: Path, *commands: str) -> tuple[subprocess.CompletedProcess[str], str]:
-    """The script with only id and a recording apt-get on PATH (as root: CI's case)."""
+def run_script(
+    tmp_path: Path, *commands: str, installs: str = ""
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The script with only id and a recording apt-get on PATH (as root: CI's case); the
+    stand-in's install puts the commands named by installs on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     record = tmp_path / "apt-get.calls"
     os.symlink(shutil.which("id") or "/usr/bin/id", bin_dir / "id")
     fake = bin_dir / "apt-get"
-    fake.write_text(f'#!/bin/bash\necho "$*" >> {record}\n')
+    links = "".join(f" /bin/ln -s /bin/true {bin_dir / c};" for c in installs.split())
+    fake.write_text(
+        f'#!/bin/bash\necho "$*" >> {record}\nif [ "$1" = install ]; then{links} :; fi\n'
+    )
     fake.chmod(0o755)
     done = subprocess.run(
         ["/bin/bash", str(SCRIPT), *commands],
@@ -38,12 +44,20 @@ def run_script(tmp_path: Path, *commands: str) -> tuple[subprocess.CompletedProc
 def test_installs_only_what_is_missing_after_an_update(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("not root: the script would go through sudo (CI runs as root)")
-    done, calls = run_script(tmp_path, "etcd", "etcdctl")
+    done, calls = run_script(tmp_path, "etcd", "etcdctl", installs="etcd etcdctl")
     assert done.returncode == 0, done.stderr
     assert calls.splitlines() == [
         "update -qq",
         "install -y -qq --no-install-recommends etcd-server etcd-client",
     ], calls
+
+
+def test_a_package_that_leaves_its_command_missing_fails_saying_which(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("not root: the script would go through sudo (CI runs as root)")
+    done, _ = run_script(tmp_path, "etcd", "etcdctl", installs="etcd")
+    assert done.returncode != 0
+    assert "still missing after installing etcd-client: etcdctl" in done.stderr, done.stderr
 
 
 def test_an_unknown_command_is_refused(tmp_path: Path) -> None:
