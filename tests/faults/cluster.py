@@ -243,14 +243,20 @@ def wait_nodes_up(router: str, timeout_s: float = 20.0) -> None:
             time.sleep(0.1)
 
 
-def wait_node_state(router: str, node_id: str, state: int, timeout_s: float = 10.0) -> None:
-    """Blocks until the router's Admin view shows node_id in state (admin_pb2.UP/DOWN)."""
+def wait_node_state(
+    router: str, node_id: str, state: int, timeout_s: float = 10.0, *, counted: bool = False
+) -> None:
+    """Blocks until the router's Admin view shows node_id in state (admin_pb2.UP/DOWN);
+    counted: UP and counted toward quorums again (its data directory checked, which a
+    restarted node's is some time after it is UP: until then each of its keys needs one
+    reply more)."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(router) as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         while True:
             nodes = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=2).nodes
-            if next(n.state for n in nodes if n.id == node_id) == state:
+            node = next(n for n in nodes if n.id == node_id)
+            if node.state == state and (not counted or node.directory == "ok"):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{node_id} never reached {admin_pb2.NodeState.Name(state)}")

@@ -45,8 +45,10 @@ def test_node_kill_hang_and_router_restart(cluster: FaultyCluster) -> None:
 
     def faults() -> None:
         cluster.kill_restart("n1", down_s=2.0)
-        # n2 UP when its fault begins: a DOWN seen meanwhile is the pause's doing.
-        wait_node_state(cluster.router.address, "n2", admin_pb2.UP, timeout_s=30)
+        # One node out at a time: n1 counted again (with n1 uncounted and n2 paused a write
+        # needs n2), and n2 UP when its fault begins, so a DOWN seen meanwhile is the pause's.
+        for node_id in ("n1", "n2"):
+            wait_node_state(cluster.router.address, node_id, admin_pb2.UP, 30, counted=True)
         cluster.pause("n2", paused_s=3.0)
         cluster.restart_router(0, kill=True)
 
