@@ -82,6 +82,7 @@ def describe_machine(*, etcd: str | None, data_root: Path | None) -> dict[str, A
         "grpcio": metadata.version("grpcio"),
         "etcd": etcd_version(etcd) if etcd else None,
         "commit": _commit(),
-        # The router's ring hash: C (common/_ring_hash.c), or Python where it is not built.
+        # The ring hash the bench's processes load: C (common/_ring_hash.c), or Python
+        # under SHARDKV_NO_EXTENSIONS (they share this process's install and environment).
         "ring_hash": "Python" if ring_tokens.NATIVE is None else "C",
     }

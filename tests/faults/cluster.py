@@ -259,7 +259,9 @@ def wait_node_state(
             if node.state == state and (not counted or node.directory == "ok"):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{node_id} never reached {admin_pb2.NodeState.Name(state)}")
+                counting = " and counted" if counted else ""
+                name = admin_pb2.NodeState.Name(state)
+                raise TimeoutError(f"{node_id} never reached {name}{counting}")
             time.sleep(0.05)
 
 

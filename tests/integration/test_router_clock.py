@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from faults.cluster import wait_node_state
 from harness import (
     BIN,
     Cluster,
@@ -65,20 +66,6 @@ def replica(proc: Proc) -> replica_pb2_grpc.ReplicaStub:
 def held(node: Proc, key: bytes) -> tuple[int, int, bool, bytes]:
     [record] = replica(node).Read(replica_pb2.ReadRequest(keys=[key]), timeout=10).records
     return (record.version, record.writer, record.tombstone, record.value)
-
-
-def wait_up(cluster: Cluster, node_id: str) -> None:
-    """Until the router sees node_id UP again (after a restart) and counts it: until its
-    data directory is checked, a read at ALL needs one reply more than there are owners."""
-    admin = admin_pb2_grpc.AdminStub(grpc.insecure_channel(cluster.router.address))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        nodes = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=5).nodes
-        node = next(n for n in nodes if n.id == node_id)
-        if node.state == admin_pb2.UP and node.directory == "ok":
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"the router never counted {node_id} again")
 
 
 def wall_version(ahead_ms: int = 0) -> int:
@@ -144,7 +131,9 @@ def test_a_version_too_far_ahead_is_refused_and_never_adopted(cluster: Cluster) 
     store.apply([Record(b"clock/wild", b"wild", WILD, 7)])
     store.close()
     n1.start()
-    wait_up(cluster, "n1")
+    # Counted again: until its data directory is checked, a read at ALL needs one reply
+    # more than there are owners.
+    wait_node_state(cluster.router.address, "n1", admin_pb2.UP, 20, counted=True)
     router = kv(cluster.router)
     got = router.Get(kv_pb2.GetRequest(key=b"clock/wild", consistency=kv_pb2.ALL), timeout=10)
     assert got.version == WILD

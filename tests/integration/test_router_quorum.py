@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from faults.cluster import wait_node_state
 from harness import Cluster, start_cluster
-from shardkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from shardkv.v1 import admin_pb2, kv_pb2, kv_pb2_grpc
 
 ONE, QUORUM, ALL = kv_pb2.ONE, kv_pb2.QUORUM, kv_pb2.ALL
 
@@ -28,19 +28,10 @@ def kv(cluster: Cluster) -> Iterator[kv_pb2_grpc.KVStub]:
         yield kv_pb2_grpc.KVStub(channel)
 
 
-def wait_state(cluster: Cluster, node_id: str, state: int, timeout_s: float = 10.0) -> None:
-    """Polls the router's Admin view until node_id reaches state; UP also waits until its
-    data directory was checked and it counts toward quorums again (directory "ok")."""
-    with grpc.insecure_channel(cluster.router.address) as channel:
-        admin = admin_pb2_grpc.AdminStub(channel)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            nodes = admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=2).nodes
-            node = next(n for n in nodes if n.id == node_id)
-            if node.state == state and (state != admin_pb2.UP or node.directory == "ok"):
-                return
-            time.sleep(0.05)
-    raise TimeoutError(f"{node_id} never reached {admin_pb2.NodeState.Name(state)}")
+def wait_state(cluster: Cluster, node_id: str, state: int) -> None:
+    """Until node_id reaches state in the router's view; UP also waits until it counts
+    toward quorums again (its data directory checked)."""
+    wait_node_state(cluster.router.address, node_id, state, counted=state == admin_pb2.UP)
 
 
 @pytest.mark.timeout(60)
