@@ -10,6 +10,12 @@ Every transition is logged once. A DOWN node stays on the ring: requests route a
 A node that comes back from DOWN may have missed writes: listeners registered with
 ``on_return`` (hint hand-off, anti-entropy) are told at once.
 
+A check that fails while this router itself stood still (a process stopped, a VM not
+scheduled, a loop held by long work) says nothing of the node: its deadline passed on our
+side. The monitor notes such local pauses with a ticker, and a check that failed across
+one is asked again at once before the node is marked DOWN (Cassandra's failure detector
+likewise convicts nobody after a local pause).
+
 A node that answered a request since its last check needs no check this round: a reply
 says as much as a health check, and under load the checks would otherwise cost the
 router a call per node every interval, growing with the cluster. Only an UP node is
@@ -35,6 +41,9 @@ T = TypeVar("T")
 
 # Rounds in a row a node's check may be skipped because it answered requests meanwhile.
 MAX_EXCUSED = 4
+# How often the monitor's ticker runs; a gap between ticks longer than this plus half the
+# check timeout is a local pause.
+TICK_S = 0.1
 
 UNKNOWN: NodeState = admin_pb2.NODE_STATE_UNKNOWN
 UP: NodeState = admin_pb2.UP
@@ -159,11 +168,30 @@ class HealthMonitor:
         # Checks out of turn (check_soon), one at a time per node.
         self._soon: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        # The ticker (loop time of its last run) and when the last local pause ended.
+        self._ticker: asyncio.TimerHandle | None = None
+        self._last_tick = 0.0
+        self._paused_until = float("-inf")
 
     def start(self) -> None:
         self._started = True
+        self._tick()
         for node_id, check in self._checks.items():
             self._spawn(node_id, check)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._stood_still():
+            self._paused_until = loop.time()
+            log.info("this router stood still for %.2fs", loop.time() - self._last_tick)
+        self._last_tick = loop.time()
+        self._ticker = loop.call_later(TICK_S, self._tick)
+
+    def _stood_still(self) -> bool:
+        """Whether the ticker is overdue by more than half a check's timeout: the loop (or
+        the whole process) stood still since it last ran."""
+        late = asyncio.get_running_loop().time() - self._last_tick - TICK_S
+        return bool(self._last_tick) and late > self._timeout_s / 2
 
     def watch(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
         """Starts checking a node that joined the topology."""
@@ -201,6 +229,8 @@ class HealthMonitor:
 
     async def stop(self) -> None:
         self._started = False  # calls failing as the router stops ask for no more checks
+        if self._ticker is not None:
+            self._ticker.cancel()
         tasks = [*self._tasks.values(), *self._soon.values()]
         for task in tasks:
             task.cancel()
@@ -222,7 +252,11 @@ class HealthMonitor:
             await asyncio.sleep(max(0.0, self._interval_s - (loop.time() - started)))
 
     async def _check(self, node_id: str, check: Callable[[float], Awaitable[str | None]]) -> None:
+        started = asyncio.get_running_loop().time()
         problem = await check(self._timeout_s)
+        if problem is not None and (self._paused_until >= started or self._stood_still()):
+            log.info("%s's check failed across a local pause (%s): again", node_id, problem)
+            problem = await check(self._timeout_s)
         if problem is None:
             self._health.mark_up(node_id)
         else:

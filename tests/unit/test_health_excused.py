@@ -5,6 +5,7 @@ never for a node that is DOWN or not yet checked."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -120,5 +121,60 @@ def test_check_soon_checks_at_once_one_at_a_time_and_never_after_stop() -> None:
         monitor.check_soon("n1")
         await asyncio.sleep(0.01)
         assert checks.calls["n1"] == 3
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("node_answers_after", [True, False], ids=["node fine", "node hung"])
+def test_a_check_failed_across_a_local_pause_is_asked_again_before_down(
+    node_answers_after: bool,
+) -> None:
+    """The router's loop stands still longer than half a check's timeout while a check is
+    out (here the check itself holds the loop, as a SIGSTOP of the router or a VM not
+    scheduled would) and the check fails: the node is asked again at once, and marked DOWN
+    only if that fails too. A failure without a pause marks it DOWN at once."""
+
+    async def scenario() -> None:
+        health = NodeHealth(["n1"])
+        calls = 0
+        stall = True
+
+        async def check(timeout_s: float) -> str | None:
+            nonlocal calls
+            calls += 1
+            if stall and calls == 2:
+                time.sleep(0.4)  # the loop stands still: a local pause
+                return "DEADLINE_EXCEEDED: Deadline Exceeded"
+            if calls == 1 or node_answers_after:
+                return None
+            return "DEADLINE_EXCEEDED: Deadline Exceeded"
+
+        monitor = HealthMonitor({"n1": check}, health, interval_s=60, timeout_s=0.5)
+        monitor.start()
+        await asyncio.sleep(0.25)  # the first round, and ticks
+        assert health.is_up("n1") and calls == 1
+        monitor.check_soon("n1")
+        await asyncio.sleep(0.05)
+        assert calls == 3  # the failed check was asked again
+        assert health.is_up("n1") is node_answers_after
+        await monitor.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(10)
+def test_a_check_failed_without_a_local_pause_marks_the_node_down_at_once() -> None:
+    async def scenario() -> None:
+        health = NodeHealth(["n1"])
+        checks = Checks()
+        monitor = HealthMonitor({"n1": checks.of("n1")}, health, interval_s=60, timeout_s=0.5)
+        monitor.start()
+        await asyncio.sleep(0.25)
+        checks.problem = "DEADLINE_EXCEEDED: no answer"
+        monitor.check_soon("n1")
+        await asyncio.sleep(0.05)
+        assert health.down == frozenset({"n1"}) and checks.calls["n1"] == 2
+        await monitor.stop()
 
     asyncio.run(scenario())
