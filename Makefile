@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # a module is added or removed, which is when the install must be redone.
 PKG_DIRS := protos/shardkv protos/shardkv/v1 common serving shardd $(wildcard router router/*/) client client/cli
 # The C sources the install compiles (it needs a compiler: system-deps below).
-NATIVE_SRC := common/_ring_hash.c
+NATIVE_SRC := common/_ring_hash.c router/requests/_spans.c
 
 .PHONY: venv system-deps test proto lint typecheck clean
 
@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
-	rm -f common/*.so
+	rm -f common/*.so router/requests/*.so
 
 # The local cluster: NODES, N, R, W choose the topology of a new cluster; VAR holds its
 # topology, data, logs and pid files; PORT is the router's port, nodes take the next ones.

@@ -10,9 +10,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from shardkv.common import ring_tokens
+from shardkv.common import native
 
 from benchmarks.procs import etcd_version
+
+# The C modules the install builds (pyproject.toml).
+EXTENSIONS = ("shardkv.common._ring_hash", "shardkv.router.requests._spans")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,7 +85,8 @@ def describe_machine(*, etcd: str | None, data_root: Path | None) -> dict[str, A
         "grpcio": metadata.version("grpcio"),
         "etcd": etcd_version(etcd) if etcd else None,
         "commit": _commit(),
-        # The ring hash the bench's processes load: C (common/_ring_hash.c), or Python
-        # under SHARDKV_NO_EXTENSIONS (they share this process's install and environment).
-        "ring_hash": "Python" if ring_tokens.NATIVE is None else "C",
+        # The hot loops the bench's processes load: in C (the ring hash, the batch read's
+        # answer), or in Python under SHARDKV_NO_EXTENSIONS (common/native.py; they share
+        # this process's install and environment).
+        "extensions": "C" if all(map(native.extension, EXTENSIONS)) else "Python",
     }

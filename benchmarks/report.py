@@ -228,7 +228,7 @@ def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
         f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB, "
         f"Linux {meta['kernel']}; data dirs on {meta['data_fs']}. Python {meta['python']}, "
         f"grpcio {meta['grpcio']}, etcd {meta['etcd'] or 'not installed'}; shardkv "
-        f"{meta['commit']}, ring hash in {meta.get('ring_hash', 'Python')}.",
+        f"{meta['commit']}, hot loops in {meta.get('extensions', 'Python')}.",
         "",
     ]
     noisy = [r for r in rows if r["status"] == "ok" and r["other_cpu_cores"] > NOISY_CORES]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar, cast
 
+from shardkv.common import native
 from shardkv.common.limits import LimitExceeded
 
 T = TypeVar("T")
@@ -70,15 +70,9 @@ class NativeRingHash(Protocol):
 
 
 def _native() -> NativeRingHash | None:
-    """The C ring hash, which costs about 0.4 of the Python one per key; None where
-    SHARDKV_NO_EXTENSIONS is set, to run the Python one (the install always compiles the C
-    one: make installs a compiler when missing), or in a checkout never installed."""
-    if os.environ.get("SHARDKV_NO_EXTENSIONS"):
-        return None
-    try:
-        return cast(NativeRingHash, importlib.import_module("shardkv.common._ring_hash"))
-    except ImportError:
-        return None
+    """The C ring hash, which costs about 0.4 of the Python one per key (native.py says
+    when it is None: the install always compiles it, make installs a compiler)."""
+    return cast(NativeRingHash | None, native.extension("shardkv.common._ring_hash"))
 
 
 NATIVE = _native()

@@ -149,7 +149,7 @@ class BatchReader:
                 await rnd.done
             outcomes = self._outcomes(rnd, keys, set(aside))
             if not aside and (rnd.groups is not None or not rnd.undecided):
-                return cast(list[ReadOutcome], outcomes)  # every key answered
+                return cast("list[ReadOutcome]", outcomes)  # every key answered
             retry = [i for i in range(len(keys)) if outcomes[i] is None]
             if detour is not None:
                 for index, outcome in zip(aside, await detour, strict=True):
@@ -360,7 +360,7 @@ class BatchReader:
         self._clock.observe(max(rnd.newest, default=0))
         if not skipped and not rnd.undecided:  # every key answered: no check per key
             tally.add_reached(len(keys), needed, sum(replies))
-            decided = cast(list[tuple[ReplicaAnswers, int]], answer)
+            decided = cast("list[tuple[ReplicaAnswers, int]]", answer)
             return [a.entries[a.starts[p] : a.ends[p]] for a, p in decided]
         outcomes: list[ReadOutcome | None] = []
         reached = answers = 0  # the tally of keys answered
@@ -388,7 +388,7 @@ class BatchReader:
 
     def _group_outcomes(self, rnd: ReadRound, count: int) -> list[ReadOutcome | None]:
         """Each key's outcome when every owner asked answered (counted by group)."""
-        groups = cast(list[OwnerGroup], rnd.groups)
+        groups = cast("list[OwnerGroup]", rnd.groups)
         replies = {node_id: answers for node_id, _, answers in rnd.answered}
         self._clock.observe(read_groups.newest_read(groups, rnd.agreed, replies, rnd.newest))
         answered = sum(len(group.members) for group in groups)

@@ -50,6 +50,9 @@ def too_large(
 ) -> str | None:
     """Why the answer to keys keys (distinct of them distinct), whose entries take size
     bytes, cannot be sent in one message, naming the limit; None when it fits."""
+    spent = budget is not None and budget.spent
+    if not spent and size <= answer_budget(limits):
+        return None  # the common case, before any message is written
     named = f"of {keys} keys ({distinct} distinct)"
     limit = f"the message limit of {limits.max_message_bytes} bytes (max_message_bytes)"
     if budget is not None and budget.spent:
@@ -57,9 +60,7 @@ def too_large(
             f"{named} cannot fit {limit}: the records read for it passed {budget.max_bytes}"
             " bytes before every key was read"
         )
-    if size > answer_budget(limits):
-        return f"{named} would carry {size} bytes, over {limit}; a key named twice counts twice"
-    return None
+    return f"{named} would carry {size} bytes, over {limit}; a key named twice counts twice"
 
 
 class ReadBudget:

@@ -10,10 +10,12 @@ by key (and repaired).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from shardkv.common import native
 from shardkv.router.requests.outcomes import ReadOutcome
 from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.router.requests.replica_latency import ask_order
@@ -120,13 +122,33 @@ def group_outcomes(
         if agree:
             source = replies[group.nodes[0]]
             entries, starts, ends = source.entries, source.starts, source.ends
-            for p, index in enumerate(group.members, group.starts[0]):
-                outcomes[index] = entries[starts[p] : ends[p]]
+            place(outcomes, group.members, entries, starts, ends, group.starts[0])
         else:
             for index in group.members:
                 found, position = cast(Answer, answer[index])
                 outcomes[index] = found.entry(position)
     return outcomes
+
+
+def python_place(
+    outcomes: list[ReadOutcome | None],
+    members: Sequence[int],
+    entries: bytes,
+    starts: array[int],
+    ends: array[int],
+    first: int,
+) -> None:
+    """outcomes[members[j]] = entries[starts[first + j] : ends[first + j]] for each j:
+    each key's entry put at its place in the answer (_spans.c does it in C)."""
+    for p, index in enumerate(members, first):
+        outcomes[index] = entries[starts[p] : ends[p]]
+
+
+Place = Callable[
+    [list[ReadOutcome | None], Sequence[int], bytes, "array[int]", "array[int]", int], None
+]
+_SPANS = native.extension("shardkv.router.requests._spans")
+place: Place = python_place if _SPANS is None else _SPANS.place
 
 
 def newest_read(

@@ -1,0 +1,102 @@
+/* Answer entries placed in C: the per-key step of a batch read's answer.
+ *
+ * When every owner asked for a group of keys answered the same (read_groups.py), each key
+ * is answered with its entry from the first owner's reply: a slice of that reply's
+ * entries, put at the key's place in the answer. In Python that loop cost about 0.2 us a
+ * key alone (twice that in a busy router), a fifth of what the router did per key read;
+ * here it is one bytes object made per key and nothing else.
+ *
+ * place(outcomes, members, entries, starts, ends, first): for each j,
+ * outcomes[members[j]] = entries[starts[first + j]:ends[first + j]], where starts and ends
+ * are buffers of uint32 (array('I')). Every index and bound is checked: a bad one raises
+ * IndexError or ValueError naming it, and the places before it are already filled.
+ *
+ * read_groups.py keeps the Python loop, which runs where SHARDKV_NO_EXTENSIONS is set; the
+ * unit tests check the two against each other.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static int uint32_buffer(PyObject *source, Py_buffer *view, const char *name) {
+    if (PyObject_GetBuffer(source, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->itemsize != 4 || view->format == NULL || strcmp(view->format, "I") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be an array of uint32 ('I'), not format '%s'",
+                     name, view->format == NULL ? "B" : view->format);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *place(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *outcomes, *members_arg, *starts_arg, *ends_arg;
+    Py_buffer entries, starts = {0}, ends = {0};
+    Py_ssize_t first;
+    if (!PyArg_ParseTuple(args, "O!Oy*OOn:place", &PyList_Type, &outcomes, &members_arg,
+                          &entries, &starts_arg, &ends_arg, &first)) {
+        return NULL;
+    }
+    PyObject *result = NULL, *members = NULL;
+    if (uint32_buffer(starts_arg, &starts, "starts") < 0) goto done;
+    if (uint32_buffer(ends_arg, &ends, "ends") < 0) goto done;
+    /* A snapshot: freeing an entry replaced in outcomes may run Python code. */
+    members = PySequence_Tuple(members_arg);
+    if (members == NULL) goto done;
+    Py_ssize_t count = PyTuple_GET_SIZE(members);
+    Py_ssize_t positions = starts.len / 4 < ends.len / 4 ? starts.len / 4 : ends.len / 4;
+    if (first < 0 || first > positions || count > positions - first) {
+        PyErr_Format(PyExc_IndexError,
+                     "positions %zd to %zd are outside the %zd starts and ends answered",
+                     first, first + count - 1, positions);
+        goto done;
+    }
+    const uint32_t *start_at = starts.buf, *end_at = ends.buf;
+    const char *bytes = entries.buf;
+    for (Py_ssize_t j = 0; j < count; j++) {
+        PyObject *member = PyTuple_GET_ITEM(members, j);
+        if (!PyLong_CheckExact(member)) {
+            PyErr_Format(PyExc_TypeError, "member %zd is %.100s, not int", j,
+                         Py_TYPE(member)->tp_name);
+            goto done;
+        }
+        Py_ssize_t index = PyLong_AsSsize_t(member);
+        if (index == -1 && PyErr_Occurred()) goto done;
+        if (index < 0 || index >= PyList_GET_SIZE(outcomes)) {
+            PyErr_Format(PyExc_IndexError, "member %zd is %zd, outside the %zd outcomes", j,
+                         index, PyList_GET_SIZE(outcomes));
+            goto done;
+        }
+        uint32_t start = start_at[first + j], end = end_at[first + j];
+        if (start > end || (Py_ssize_t)end > entries.len) {
+            PyErr_Format(PyExc_ValueError,
+                         "entry at position %zd spans [%u, %u) of %zd bytes of entries",
+                         first + j, start, end, entries.len);
+            goto done;
+        }
+        PyObject *entry = PyBytes_FromStringAndSize(bytes + start, end - start);
+        if (entry == NULL) goto done;
+        if (PyList_SetItem(outcomes, index, entry) < 0) goto done; /* steals entry */
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(members);
+    if (ends.obj != NULL) PyBuffer_Release(&ends);
+    if (starts.obj != NULL) PyBuffer_Release(&starts);
+    PyBuffer_Release(&entries);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"place", place, METH_VARARGS,
+     "place(outcomes, members, entries, starts, ends, first): outcomes[members[j]] ="
+     " entries[starts[first + j]:ends[first + j]] for each j."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_spans", "Answer entries placed in C (see _spans.c).", -1,
+    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__spans(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,97 @@
+"""A batch read's answer entries placed in C (router/requests/_spans.c) land where the
+Python loop puts them, and bad positions raise instead of reading past a buffer."""
+
+from __future__ import annotations
+
+import os
+from array import array
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from shardkv.router.requests import read_groups
+from shardkv.router.requests.read_groups import python_place
+
+NATIVE = None if read_groups.place is python_place else read_groups.place
+
+
+def native() -> read_groups.Place:
+    if NATIVE is None:
+        pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
+    return NATIVE
+
+
+def test_the_c_spans_are_built() -> None:
+    """make builds router/requests/_spans.c; the Python loop runs only where
+    SHARDKV_NO_EXTENSIONS says so."""
+    if os.environ.get("SHARDKV_NO_EXTENSIONS"):
+        pytest.skip("SHARDKV_NO_EXTENSIONS is set")
+    assert NATIVE is not None, "the install did not build shardkv.router.requests._spans"
+
+
+def answered(entries: list[bytes]) -> tuple[bytes, array[int], array[int]]:
+    """A reply's entries joined, with where each starts and ends."""
+    bounds = array("I", [0])
+    for entry in entries:
+        bounds.append(bounds[-1] + len(entry))
+    return b"".join(entries), bounds[:-1], bounds[1:]
+
+
+@given(
+    st.lists(st.binary(max_size=40), min_size=1, max_size=60).flatmap(
+        lambda entries: st.tuples(
+            st.just(entries),
+            st.integers(0, len(entries)),
+            st.randoms(use_true_random=False),
+        )
+    )
+)
+def test_c_and_python_place_every_entry_alike(case: tuple[list[bytes], int, object]) -> None:
+    entries, first, rng = case
+    members = list(range(len(entries) - first))
+    rng.shuffle(members)  # type: ignore[attr-defined]
+    joined, starts, ends = answered(entries)
+    by_c: list[bytes | None] = [None] * (len(members) + 2)
+    by_python: list[bytes | None] = [None] * (len(members) + 2)
+    native()(by_c, members, joined, starts, ends, first)
+    python_place(by_python, members, joined, starts, ends, first)
+    assert by_c == by_python
+    assert [by_c[index] for index in members] == entries[first:]
+
+
+def test_the_c_place_refuses_positions_outside_what_was_answered() -> None:
+    place = native()
+    joined, starts, ends = answered([b"ab", b"cde"])
+    outcomes: list[bytes | None] = [None, None, None]
+    with pytest.raises(IndexError, match="positions 1 to 2 are outside the 2 starts"):
+        place(outcomes, [0, 1], joined, starts, ends, 1)
+    with pytest.raises(IndexError, match="member 1 is 3, outside the 3 outcomes"):
+        place(outcomes, [0, 3], joined, starts, ends, 0)
+    assert outcomes[0] == b"ab"  # places before the bad one are filled
+    with pytest.raises(IndexError, match="member 0 is -1"):
+        place(outcomes, [-1], joined, starts, ends, 0)
+    with pytest.raises(TypeError, match="member 0 is str, not int"):
+        place(outcomes, ["0"], joined, starts, ends, 0)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"spans \[0, 9\) of 5 bytes"):
+        place(outcomes, [0], joined, starts, array("I", [9, 9]), 0)
+    with pytest.raises(ValueError, match=r"spans \[3, 2\)"):
+        place(outcomes, [0], joined, array("I", [3, 0]), ends, 0)
+    with pytest.raises(TypeError, match="starts must be an array of uint32"):
+        place(outcomes, [0], joined, array("Q", [0]), ends, 0)
+    with pytest.raises(TypeError):
+        place((None,), [0], joined, starts, ends, 0)  # type: ignore[arg-type]
+
+
+def test_an_entry_replaced_may_run_code_that_empties_the_answer() -> None:
+    """Freeing what a place held may run Python code; one that empties the outcomes list
+    mid-call gets an IndexError, not a write past the list."""
+    place = native()
+
+    class Emptier:
+        def __del__(self) -> None:
+            outcomes.clear()
+
+    joined, starts, ends = answered([b"ab", b"cde"])
+    outcomes: list[object] = [Emptier(), None]
+    with pytest.raises(IndexError, match="member 1 is 1, outside the 0 outcomes"):
+        place(outcomes, [0, 1], joined, starts, ends, 0)  # type: ignore[arg-type]
