@@ -11,8 +11,14 @@
  * are buffers of uint32 (array('I')). Every index and bound is checked: a bad one raises
  * IndexError or ValueError naming it, and the places before it are already filled.
  *
- * read_groups.py keeps the Python loop, which runs where SHARDKV_NO_EXTENSIONS is set; the
- * unit tests check the two against each other.
+ * same(a, a_start, b, b_start, count): whether a[a_start:a_start + count] ==
+ * b[b_start:b_start + count], for two buffers of one item size (arrays of versions or
+ * writers, entries' bytes), compared in place: how read_groups.agreed tells that every
+ * owner of a group answered alike without slicing each owner's columns (six copies a
+ * group).
+ *
+ * read_groups.py keeps the Python versions, which run where SHARDKV_NO_EXTENSIONS is set;
+ * the unit tests check the two against each other.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -89,10 +95,38 @@ done:
     return result;
 }
 
+static PyObject *same(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer a, b;
+    Py_ssize_t a_start, b_start, count;
+    if (!PyArg_ParseTuple(args, "y*ny*nn:same", &a, &a_start, &b, &b_start, &count)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t a_items = a.len / a.itemsize, b_items = b.len / b.itemsize;
+    if (a.itemsize != b.itemsize) {
+        PyErr_Format(PyExc_TypeError, "items of %zd and %zd bytes cannot be compared",
+                     a.itemsize, b.itemsize);
+    } else if (count < 0 || a_start < 0 || b_start < 0 || a_start > a_items ||
+               b_start > b_items || count > a_items - a_start || count > b_items - b_start) {
+        PyErr_Format(PyExc_IndexError,
+                     "%zd items from %zd and from %zd do not lie within %zd and %zd items",
+                     count, a_start, b_start, a_items, b_items);
+    } else {
+        const char *a_at = (const char *)a.buf + a_start * a.itemsize;
+        const char *b_at = (const char *)b.buf + b_start * b.itemsize;
+        result = PyBool_FromLong(memcmp(a_at, b_at, (size_t)(count * a.itemsize)) == 0);
+    }
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&a);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"place", place, METH_VARARGS,
      "place(outcomes, members, entries, starts, ends, first): outcomes[members[j]] ="
      " entries[starts[first + j]:ends[first + j]] for each j."},
+    {"same", same, METH_VARARGS,
+     "same(a, a_start, b, b_start, count) -> a[a_start:a_start + count] =="
+     " b[b_start:b_start + count], for buffers of one item size."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module_def = {

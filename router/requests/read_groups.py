@@ -83,28 +83,23 @@ def owner_orders(groups: Sequence[OwnerGroup], count: int) -> list[tuple[str, ..
 def agreed(group: OwnerGroup, replies: Mapping[str, ReplicaAnswers]) -> bool:
     """Whether every owner asked answered each of the group's keys with the same record:
     the same (version, writer), and the same entry bytes (equal stamps with different
-    contents are told apart by hlc.precedes, key by key)."""
+    contents are told apart by hlc.precedes, key by key). The group's keys lie side by
+    side in each owner's answers: compared in place (same), not copied."""
     size = len(group.members)
     first = replies[group.nodes[0]]
     start = group.starts[0]
-    versions = first.versions[start : start + size]
-    writers = first.writers[start : start + size]
-    entries = _span(first, start, size)
+    low, high = first.starts[start], first.ends[start + size - 1]
     for node_id, other_start in zip(group.nodes[1:], group.starts[1:], strict=True):
         other = replies[node_id]
-        end = other_start + size
+        other_low = other.starts[other_start]
         if (
-            other.versions[other_start:end] != versions
-            or other.writers[other_start:end] != writers
-            or _span(other, other_start, size) != entries
+            other.ends[other_start + size - 1] - other_low != high - low
+            or not same(first.versions, start, other.versions, other_start, size)
+            or not same(first.writers, start, other.writers, other_start, size)
+            or not same(first.entries, low, other.entries, other_low, high - low)
         ):
             return False
     return True
-
-
-def _span(answers: ReplicaAnswers, start: int, size: int) -> bytes:
-    """The entries of size keys from position start, which lie side by side."""
-    return answers.entries[answers.starts[start] : answers.ends[start + size - 1]]
 
 
 def group_outcomes(
@@ -144,11 +139,21 @@ def python_place(
         outcomes[index] = entries[starts[p] : ends[p]]
 
 
+def python_same(
+    a: bytes | array[int], a_start: int, b: bytes | array[int], b_start: int, count: int
+) -> bool:
+    """Whether a[a_start : a_start + count] == b[b_start : b_start + count] (_spans.c
+    compares them in place)."""
+    return a[a_start : a_start + count] == b[b_start : b_start + count]
+
+
 Place = Callable[
     [list[ReadOutcome | None], Sequence[int], bytes, "array[int]", "array[int]", int], None
 ]
+Same = Callable[["bytes | array[int]", int, "bytes | array[int]", int, int], bool]
 _SPANS = native.extension("shardkv.router.requests._spans")
 place: Place = python_place if _SPANS is None else _SPANS.place
+same: Same = python_same if _SPANS is None else _SPANS.same
 
 
 def newest_read(

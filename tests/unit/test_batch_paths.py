@@ -20,9 +20,10 @@ from shardkv.v1 import replica_pb2
 
 @pytest.fixture(autouse=True, params=["C", "Python"])
 def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with the answer's entries placed in C (_spans.c) and in Python."""
+    """Every test runs with the answers compared and placed in C (_spans.c) and in Python."""
     if request.param == "Python":
         monkeypatch.setattr(read_groups, "place", read_groups.python_place)
+        monkeypatch.setattr(read_groups, "same", read_groups.python_same)
     elif read_groups.place is read_groups.python_place:
         pytest.skip("the C spans are not built (test_spans.py says why)")
     return str(request.param)

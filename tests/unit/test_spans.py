@@ -1,5 +1,5 @@
-"""A batch read's answer entries placed in C (router/requests/_spans.c) land where the
-Python loop puts them, and bad positions raise instead of reading past a buffer."""
+"""A batch read's answers compared and placed in C (router/requests/_spans.c) give what the
+Python versions give, and bad positions raise instead of reading past a buffer."""
 
 from __future__ import annotations
 
@@ -10,15 +10,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from shardkv.router.requests import read_groups
-from shardkv.router.requests.read_groups import python_place
+from shardkv.router.requests.read_groups import python_place, python_same
 
 NATIVE = None if read_groups.place is python_place else read_groups.place
+NATIVE_SAME = None if read_groups.same is python_same else read_groups.same
 
 
 def native() -> read_groups.Place:
     if NATIVE is None:
         pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
     return NATIVE
+
+
+def native_same() -> read_groups.Same:
+    if NATIVE_SAME is None:
+        pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
+    return NATIVE_SAME
 
 
 def test_the_c_spans_are_built() -> None:
@@ -95,3 +102,42 @@ def test_an_entry_replaced_may_run_code_that_empties_the_answer() -> None:
     outcomes: list[object] = [Emptier(), None]
     with pytest.raises(IndexError, match="member 1 is 1, outside the 0 outcomes"):
         place(outcomes, [0, 1], joined, starts, ends, 0)  # type: ignore[arg-type]
+
+
+_columns = st.sampled_from(["I", "Q", "bytes"]).flatmap(
+    lambda kind: st.tuples(
+        st.just(kind),
+        st.lists(st.integers(0, 3), max_size=12),
+        st.lists(st.integers(0, 3), max_size=12),
+    )
+)
+
+
+@given(_columns, st.integers(0, 13), st.integers(0, 13), st.integers(0, 13))
+def test_c_and_python_compare_spans_alike(
+    columns: tuple[str, list[int], list[int]], a_start: int, b_start: int, count: int
+) -> None:
+    """Few distinct values, so that spans are often equal; spans that do not fit raise."""
+    kind, a_values, b_values = columns
+    a: bytes | array[int] = bytes(a_values) if kind == "bytes" else array(kind, a_values)
+    b: bytes | array[int] = bytes(b_values) if kind == "bytes" else array(kind, b_values)
+    fits = a_start + count <= len(a_values) and b_start + count <= len(b_values)
+    if fits:
+        expected = python_same(a, a_start, b, b_start, count)
+        assert native_same()(a, a_start, b, b_start, count) is expected
+    else:
+        with pytest.raises(IndexError, match=f"{count} items from {a_start} and from"):
+            native_same()(a, a_start, b, b_start, count)
+
+
+def test_the_c_comparison_refuses_columns_of_different_item_sizes() -> None:
+    same = native_same()
+    with pytest.raises(TypeError, match="items of 8 and 4 bytes cannot be compared"):
+        same(array("Q", [1]), 0, array("I", [1]), 0, 1)
+    with pytest.raises(IndexError):
+        same(b"ab", -1, b"ab", 0, 1)
+    with pytest.raises(IndexError):
+        same(b"ab", 0, b"ab", 0, -1)
+    assert same(array("Q", [1, 2, 3]), 1, array("Q", [9, 2, 3]), 1, 2)
+    assert not same(array("Q", [1, 2, 3]), 0, array("Q", [9, 2, 3]), 0, 2)
+    assert same(b"", 0, b"", 0, 0)
