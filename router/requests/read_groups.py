@@ -18,7 +18,6 @@ from typing import cast
 from shardkv.common import native
 from shardkv.router.requests.outcomes import ReadOutcome
 from shardkv.router.requests.replica_answers import ReplicaAnswers
-from shardkv.router.requests.replica_latency import ask_order
 
 # A key's answer: a chunk's answers, and the key's position among them.
 Answer = tuple[ReplicaAnswers, int]
@@ -50,16 +49,24 @@ def plan(
     first: int,
     *,
     down: frozenset[str] | set[str],
-    slow: frozenset[str],
+    order: Callable[[tuple[str, ...]], tuple[str, ...]],
 ) -> ReadPlan:
-    """Asks the first owners of each group of keys (keys by owners: Ring.preference_groups),
-    slow nodes last; a key with an owner down is left aside."""
+    """Asks the first owners of each group of keys (keys by owners: Ring.preference_groups)
+    in the batch's order of the nodes (replica_latency.AskOrder); groups whose owners that
+    order makes alike are one group. A key with an owner down is left aside."""
     result = ReadPlan({}, [], [])
+    by_order: dict[tuple[str, ...], list[int]] = {}
     for owners, members in grouped.items():
         if down and not down.isdisjoint(owners):
             result.aside += members
             continue
-        asked = ask_order(owners, slow) if slow else owners
+        asked = order(owners)
+        held = by_order.get(asked)
+        if held is None:
+            by_order[asked] = members
+        else:
+            held += members
+    for asked, members in by_order.items():
         starts = []
         for node_id in asked[:first]:
             keys = result.by_node.setdefault(node_id, [])

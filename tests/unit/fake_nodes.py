@@ -210,6 +210,17 @@ class FakeCluster:
     def owners(self, key: bytes) -> tuple[str, ...]:
         return self.ring.preference_list(key, self.replication)
 
+    def asked(self, key: bytes, turn: int = 0) -> tuple[str, ...]:
+        """key's owners in the order a batch read asks them: from the batch's turn onwards
+        around the sorted node ids (replica_latency.Rotation; turn 0 is the first batch
+        read of the cluster), no node slow."""
+        nodes = sorted(self.ids)
+
+        def rank(node_id: str) -> int:
+            return (nodes.index(node_id) - turn) % len(nodes)
+
+        return tuple(sorted(self.owners(key), key=rank))
+
     def key_owned(self, prefix: str, first: str) -> bytes:
         """A key whose preference list starts with node first."""
         for i in range(10_000):

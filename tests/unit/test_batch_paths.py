@@ -63,7 +63,10 @@ def test_a_batch_sends_each_node_one_chunk_and_no_single_items() -> None:
         reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
         assert [read_value(o) for o in reads] == [b"v"] * len(keys)
         await settle()
-        assert calls.calls == {"apply_chunk": 5, "read_chunk": 5}
+        # Each node the batch asks gets one chunk: every node its writes, and the nodes
+        # first in the batch's order of some key's owners its reads.
+        asked = {node_id for key in keys for node_id in cluster.asked(key)[:2]}
+        assert calls.calls == {"apply_chunk": 5, "read_chunk": len(asked)}
         for key in keys:
             assert sum(node.value(key) == b"v" for node in cluster.nodes.values()) == 3
 
@@ -180,7 +183,7 @@ def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only
         _store_alike(cluster, keys)
         stale = keys[::25]
         for number, key in enumerate(stale):  # one owner asked holds a newer write
-            _newer_on(cluster, cluster.owners(key)[number % 2], key)
+            _newer_on(cluster, cluster.asked(key)[number % 2], key)
         gone = keys[7]
         for node_id in cluster.owners(gone):
             cluster.nodes[node_id].records[gone] = replica_pb2.Record(
@@ -193,7 +196,7 @@ def test_a_batch_answers_each_key_with_the_newest_of_its_owners_and_repairs_only
         await settle()
         assert cluster.coordinator.repairs == len(stale)
         for key in stale:
-            assert [cluster.nodes[n].value(key) for n in cluster.owners(key)[:2]] == [b"newer"] * 2
+            assert [cluster.nodes[n].value(key) for n in cluster.asked(key)[:2]] == [b"newer"] * 2
 
     run(scenario)
 
@@ -228,9 +231,9 @@ def test_a_batch_read_moves_the_routers_clock_past_the_newest_version_read(agree
 def test_a_failed_owner_has_the_batch_counted_key_by_key_and_still_answered_newest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """n3 fails every read: its keys ask their third owner, the round counts key by key
-    (no group is compared whole), and every key is answered with the newest record the
-    owners that answered hold."""
+    """n1, first in the batch's order, fails every read: its keys ask their third owner,
+    the round counts key by key (no group is compared whole), and every key is answered
+    with the newest record the owners that answered hold (some on that third owner)."""
 
     async def scenario() -> None:
         compared = _counting(monkeypatch)
@@ -239,8 +242,8 @@ def test_a_failed_owner_has_the_batch_counted_key_by_key_and_still_answered_newe
         _store_alike(cluster, keys)
         stale = keys[::10]
         for key in stale:
-            _newer_on(cluster, [n for n in cluster.owners(key) if n != "n3"][-1], key)
-        cluster.nodes["n3"].fail = grpc.StatusCode.UNAVAILABLE
+            _newer_on(cluster, [n for n in cluster.asked(key) if n != "n1"][-1], key)
+        cluster.nodes["n1"].fail = grpc.StatusCode.UNAVAILABLE
         reads = await cluster.coordinator.read(keys, 2, cluster.deadline())
         assert [read_value(o) for o in reads] == [
             b"newer" if key in stale else b"same" for key in keys

@@ -234,13 +234,14 @@ def _put(cluster: FakeCluster, node_id: str, key: bytes, value: bytes, version: 
 
 @pytest.mark.timeout(10)
 def test_read_answers_with_the_newest_of_the_r_owners_it_asks() -> None:
-    """Healthy owners: R=2 asks the first two owners in ring order and answers the newer
-    of their records; the third owner, newer still, is not asked. ALL asks all three."""
+    """Healthy owners: R=2 asks the first two owners in the batch's order and answers the
+    newer of their records; the third owner, newer still, is not asked. ALL asks all
+    three."""
 
     async def scenario() -> None:
         cluster = FakeCluster()
         key = cluster.key_owned("k", "n1")
-        first, second, third = cluster.owners(key)
+        first, second, third = cluster.asked(key)
         _put(cluster, first, key, b"old", 1)
         _put(cluster, second, key, b"mid", 2)
         _put(cluster, third, key, b"new", 3)
@@ -278,7 +279,7 @@ def test_read_repair_updates_the_stale_owners_a_read_asked() -> None:
     async def scenario() -> None:
         cluster = FakeCluster()
         key = cluster.key_owned("rr", "n1")
-        first, second, third = cluster.owners(key)
+        first, second, third = cluster.asked(key)
         _put(cluster, first, key, b"old", 1)
         _put(cluster, second, key, b"new", 3)
         [outcome] = await cluster.coordinator.read([key], 2, cluster.deadline())

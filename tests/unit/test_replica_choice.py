@@ -1,7 +1,7 @@
 """Which owners a read asks (batch_read.py, replica_latency.py), over fake nodes: R of the
-N owners in ring order, all at ALL, one at ONE; a slow, silent or failing owner costs a
-read the speculative delay at most, never its answer; a node measured clearly slower is
-asked last; and the estimates themselves."""
+N owners in the batch's order of the nodes, all at ALL, one at ONE; a slow, silent or
+failing owner costs a read the speculative delay at most, never its answer; a node
+measured clearly slower is asked last; and the estimates themselves."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shardkv.router.requests.replica_latency import (
     REFRESH_S,
     STALE_S,
     ReplicaLatency,
-    ask_order,
+    Rotation,
 )
 from shardkv.v1 import replica_pb2
 
@@ -44,20 +44,38 @@ def reads_per_node(cluster: FakeCluster) -> dict[str, int]:
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(("needed", "asked"), [(1, 1), (2, 2), (3, 3)])
-def test_a_read_asks_the_first_r_owners_in_ring_order(needed: int, asked: int) -> None:
+def test_a_batch_asks_r_owners_of_each_key_in_its_turn_of_the_nodes(
+    needed: int, asked: int
+) -> None:
     """ONE, QUORUM and ALL over healthy nodes: each key asks exactly that many owners, the
-    first ones of its preference list, and every node takes its share."""
+    first ones in its batch's order of the nodes (from the batch's turn onwards around the
+    sorted node ids), so keys with the same owners ask the same ones; over a whole turn of
+    batches every node takes its share."""
 
     async def scenario() -> None:
         cluster = FakeCluster(4)
         stored(cluster, KEYS)
-        outcomes = await cluster.coordinator.read(KEYS, needed, cluster.deadline())
-        assert [read_value(o) for o in outcomes] == [b"v"] * len(KEYS)
-        await settle()
-        for node_id, node in cluster.nodes.items():
-            expected = [k for k in KEYS if node_id in cluster.owners(k)[:asked]]
-            assert sorted(node.keys_read) == sorted(expected), node_id
-        assert sum(reads_per_node(cluster).values()) == asked * len(KEYS)
+        nodes = sorted(cluster.nodes)
+        totals = dict.fromkeys(nodes, 0)
+        for turn in range(len(nodes)):
+            before = reads_per_node(cluster)
+            outcomes = await cluster.coordinator.read(KEYS, needed, cluster.deadline())
+            assert [read_value(o) for o in outcomes] == [b"v"] * len(KEYS)
+            await settle()
+            after = reads_per_node(cluster)
+
+            def rank(node_id: str, turn: int = turn) -> int:
+                return (nodes.index(node_id) - turn) % len(nodes)
+
+            for node_id in nodes:
+                expected = [
+                    k for k in KEYS if node_id in sorted(cluster.owners(k), key=rank)[:asked]
+                ]
+                assert after[node_id] - before[node_id] == len(expected), (turn, node_id)
+                totals[node_id] += after[node_id] - before[node_id]
+            assert sum(after.values()) - sum(before.values()) == asked * len(KEYS)
+        if asked < 3:  # with ALL every owner reads every key it owns
+            assert max(totals.values()) <= 1.5 * min(totals.values()), totals
         assert cluster.coordinator.repairs == 0
 
     run(scenario)
@@ -126,9 +144,9 @@ def test_a_failing_owner_has_its_keys_ask_the_next_owner_at_once() -> None:
         cluster.nodes["n2"].fail = grpc.StatusCode.UNAVAILABLE
         outcomes = await cluster.coordinator.read(KEYS, 2, cluster.deadline())
         assert [read_error(o) for o in outcomes] == [None] * len(KEYS)
-        behind_n2 = [k for k in KEYS if "n2" in cluster.owners(k)[:2]]
+        behind_n2 = [k for k in KEYS if "n2" in cluster.asked(k)[:2]]
         for key in behind_n2:
-            third = cluster.owners(key)[2]
+            third = cluster.asked(key)[2]
             assert key in cluster.nodes[third].keys_read
 
     run(scenario)
@@ -143,7 +161,9 @@ def test_reads_ask_a_node_measured_clearly_slower_last() -> None:
         cluster = FakeCluster()
         stored(cluster, KEYS)
         cluster.nodes["n3"].delay_s = 0.04
-        for _ in range(2):  # measures every node, past the estimates' refresh interval
+        # Two turns of the batches' order (each asks n3 for every key in two of three
+        # batches), past the estimates' refresh interval: n3 is measured.
+        for _ in range(6):
             await cluster.coordinator.read(KEYS[:30], 2, cluster.deadline())
             await asyncio.sleep(REFRESH_S + 0.01)
         before = reads_per_node(cluster)
@@ -159,13 +179,20 @@ def test_reads_ask_a_node_measured_clearly_slower_last() -> None:
 # -- the estimates ------------------------------------------------------------------------
 
 
-def test_owners_keep_ring_order_unless_a_node_is_clearly_slower() -> None:
+def test_the_order_of_the_nodes_turns_per_batch_with_clearly_slower_nodes_last() -> None:
     latency = ReplicaLatency()
     for node_id, seconds in (("n1", 0.002), ("n2", 0.003), ("n3", 0.004)):
         latency.observe(node_id, seconds, now=0.0)
     slow, delay = latency.plan(now=0.0)
     assert slow == frozenset() and delay == MIN_DELAY_S
-    assert ask_order(("n3", "n1", "n2"), slow) == ("n3", "n1", "n2")
+    rotation = Rotation()
+    nodes = ("n1", "n2", "n3")
+    orders = [rotation.next(nodes, slow)(("n3", "n1", "n2")) for _ in range(4)]
+    assert orders == [("n1", "n2", "n3"), ("n2", "n3", "n1"), ("n3", "n1", "n2")] * 1 + [
+        ("n1", "n2", "n3")
+    ]
+    # Owners are ordered among themselves: a node not among them is skipped.
+    assert rotation.next(("n0", *nodes), slow)(("n3", "n1")) == ("n1", "n3")
 
     later = ReplicaLatency()
     for node_id, seconds in (("n1", 0.002), ("n2", 0.003), ("n3", 0.5)):
@@ -174,7 +201,9 @@ def test_owners_keep_ring_order_unless_a_node_is_clearly_slower() -> None:
     assert slow == {"n3"}
     # The peaks of the nodes reads ask, not the slow node's.
     assert delay == MIN_DELAY_S
-    assert ask_order(("n3", "n1", "n2"), slow) == ("n1", "n2", "n3")
+    rotation = Rotation()
+    orders = [rotation.next(nodes, slow)(("n3", "n1", "n2")) for _ in range(3)]
+    assert orders == [("n1", "n2", "n3"), ("n2", "n1", "n3"), ("n1", "n2", "n3")]
 
 
 def test_a_failure_marks_a_node_slow_and_silence_forgives_it() -> None:
