@@ -219,6 +219,8 @@ def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
     """The whole Markdown report of the results document `doc` (see run.py)."""
     meta = doc["meta"]
     rows: list[Row] = doc["results"]
+    # Runs before the batch read's answers were placed in C named only the ring hash.
+    extensions = meta.get("extensions", meta.get("ring_hash", "Python"))
     lines = [
         f"# shardkv benchmark, {meta['started']}",
         "",
@@ -228,7 +230,7 @@ def render(doc: dict[str, Any], charts: Sequence[Path]) -> str:
         f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB, "
         f"Linux {meta['kernel']}; data dirs on {meta['data_fs']}. Python {meta['python']}, "
         f"grpcio {meta['grpcio']}, etcd {meta['etcd'] or 'not installed'}; shardkv "
-        f"{meta['commit']}, hot loops in {meta.get('extensions', 'Python')}.",
+        f"{meta['commit']}, hot loops in {extensions}.",
         "",
     ]
     noisy = [r for r in rows if r["status"] == "ok" and r["other_cpu_cores"] > NOISY_CORES]

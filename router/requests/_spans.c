@@ -7,18 +7,22 @@
  * here it is one bytes object made per key and nothing else.
  *
  * place(outcomes, members, entries, starts, ends, first): for each j,
- * outcomes[members[j]] = entries[starts[first + j]:ends[first + j]], where starts and ends
- * are buffers of uint32 (array('I')). Every index and bound is checked: a bad one raises
- * IndexError or ValueError naming it, and the places before it are already filled.
+ * outcomes[members[j]] = entries[starts[first + j]:ends[first + j]], where members are
+ * ints, entries bytes, and starts and ends arrays of uint32 (array('I')). Every index and
+ * bound is checked: a member that is not an int or lies outside outcomes, positions past
+ * starts or ends, an entry's span reversed or past entries, each raises naming it (the
+ * places before it are already filled).
  *
- * same(a, a_start, b, b_start, count): whether a[a_start:a_start + count] ==
- * b[b_start:b_start + count], for two buffers of one item size (arrays of versions or
- * writers, entries' bytes), compared in place: how read_groups.agreed tells that every
+ * same(a, a_start, b, b_start, count): whether the count items of a from a_start and of b
+ * from b_start are the same bytes, for two buffers of one item size (arrays of versions
+ * or writers, entries' bytes), compared in place: how read_groups.agreed tells that every
  * owner of a group answered alike without slicing each owner's columns (six copies a
- * group).
+ * group). Spans that do not lie within the buffers raise IndexError.
  *
  * read_groups.py keeps the Python versions, which run where SHARDKV_NO_EXTENSIONS is set;
- * the unit tests check the two against each other.
+ * on what a batch read passes them (replica_answers.split checks a node's reply), the unit
+ * tests check the two give the same results. On other inputs the Python ones act as
+ * Python slices and comparisons do (they do not raise).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -55,8 +59,8 @@ static PyObject *place(PyObject *module, PyObject *args) {
     Py_ssize_t positions = starts.len / 4 < ends.len / 4 ? starts.len / 4 : ends.len / 4;
     if (first < 0 || first > positions || count > positions - first) {
         PyErr_Format(PyExc_IndexError,
-                     "positions %zd to %zd are outside the %zd starts and ends answered",
-                     first, first + count - 1, positions);
+                     "%zd positions from %zd are outside the %zd starts and ends answered",
+                     count, first, positions);
         goto done;
     }
     const uint32_t *start_at = starts.buf, *end_at = ends.buf;
@@ -101,6 +105,11 @@ static PyObject *same(PyObject *module, PyObject *args) {
     Py_ssize_t a_start, b_start, count;
     if (!PyArg_ParseTuple(args, "y*ny*nn:same", &a, &a_start, &b, &b_start, &count)) return NULL;
     PyObject *result = NULL;
+    if (a.itemsize < 1 || b.itemsize < 1) {
+        PyErr_Format(PyExc_TypeError, "items of %zd and %zd bytes cannot be compared",
+                     a.itemsize, b.itemsize);
+        goto done;
+    }
     Py_ssize_t a_items = a.len / a.itemsize, b_items = b.len / b.itemsize;
     if (a.itemsize != b.itemsize) {
         PyErr_Format(PyExc_TypeError, "items of %zd and %zd bytes cannot be compared",
@@ -115,6 +124,7 @@ static PyObject *same(PyObject *module, PyObject *args) {
         const char *b_at = (const char *)b.buf + b_start * b.itemsize;
         result = PyBool_FromLong(memcmp(a_at, b_at, (size_t)(count * a.itemsize)) == 0);
     }
+done:
     PyBuffer_Release(&b);
     PyBuffer_Release(&a);
     return result;

@@ -1,8 +1,8 @@
 """Reads of a batch coordinated as a unit: per node one chunk of keys and one reply.
 
 Each key asks R of its N owners (R: the level's count; ALL asks all, ONE asks one), in an
-order of the nodes that turns one step per batch, owners clearly slower than the others by
-measured reply time last (replica_latency.py, after Cassandra's dynamic snitch): the keys of
+order of the nodes drawn per batch, owners clearly slower than the others by measured
+reply time last (replica_latency.py, after Cassandra's dynamic snitch): the keys of
 a batch that share their owners ask the same ones, and batches spread over the nodes.
 R + W > N still gives read-your-writes: any R owners share one with every W owners that
 acknowledged a write.
@@ -52,7 +52,7 @@ from shardkv.router.requests.read_budget import ReadBudget
 from shardkv.router.requests.read_groups import Answer, OwnerGroup, agreed, plan
 from shardkv.router.requests.read_round import ReadRound
 from shardkv.router.requests.replica_answers import ReplicaAnswers
-from shardkv.router.requests.replica_latency import ReplicaLatency, Rotation
+from shardkv.router.requests.replica_latency import AskOrders, ReplicaLatency
 from shardkv.serving.tally import QuorumTally
 from shardkv.v1 import replica_pb2
 
@@ -102,7 +102,7 @@ class BatchReader:
         self._tally = tally
         self._max_chunk = max_chunk
         self._latency = ReplicaLatency()
-        self._rotation = Rotation()
+        self._orders = AskOrders()
 
     async def read(
         self,
@@ -124,7 +124,7 @@ class BatchReader:
         loop = asyncio.get_running_loop()
         now = loop.time()
         slow, delay = self._latency.plan(now)
-        first, order = min(needed, n), self._rotation.next(ring.nodes, slow)
+        first, order = min(needed, n), self._orders.next(ring.nodes, slow)
         asks = plan(ring.preference_groups(keys, n), first, down=down, order=order)
         aside, by_node = asks.aside, asks.by_node
         chunks = self._chunked(by_node)

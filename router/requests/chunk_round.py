@@ -59,5 +59,7 @@ class ChunkRound:
             self.timer.cancel()
             self.timer = None
         settle, self.settle = self.settle, nothing
-        settle()
-        self.finish()
+        try:
+            settle()
+        finally:  # the request is answered even if settling failed (a bug: it is logged)
+            self.finish()

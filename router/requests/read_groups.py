@@ -62,10 +62,7 @@ def plan(
             continue
         asked = order(owners)
         held = by_order.get(asked)
-        if held is None:
-            by_order[asked] = members
-        else:
-            held += members
+        by_order[asked] = members if held is None else held + members  # grouped kept whole
     for asked, members in by_order.items():
         starts = []
         for node_id in asked[:first]:

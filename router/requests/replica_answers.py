@@ -10,6 +10,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import le
 
 from shardkv.common.answers import UINT32, UINT64, get_result, read_answers, unpacked
 from shardkv.v1 import replica_pb2
@@ -92,6 +94,10 @@ def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[
             f"node answered {len(versions)} versions, {len(writers)} writers and"
             f" {len(bounds)} bounds over {len(entries)} bytes for {keys} keys"
         )
+    # Entries lie side by side: each starts where the one before ends (a reply that says
+    # otherwise fails its call, as one of the wrong size does, and its keys ask elsewhere).
+    if not all(map(le, bounds, islice(bounds, 1, None))):
+        raise ValueError(f"node answered bounds that go backwards over {len(entries)} bytes")
     chunks: list[ReplicaAnswers] = []
     first = 0
     for size in sizes:

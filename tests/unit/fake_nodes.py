@@ -210,14 +210,14 @@ class FakeCluster:
     def owners(self, key: bytes) -> tuple[str, ...]:
         return self.ring.preference_list(key, self.replication)
 
-    def asked(self, key: bytes, turn: int = 0) -> tuple[str, ...]:
-        """key's owners in the order a batch read asks them: from the batch's turn onwards
-        around the sorted node ids (replica_latency.Rotation; turn 0 is the first batch
-        read of the cluster), no node slow."""
+    def asked(self, key: bytes, first: int = 0) -> tuple[str, ...]:
+        """key's owners in the order a batch read asks them when the batch's order starts at
+        the node with the first-th smallest id (replica_latency.AskOrder; always the first
+        under the first_node_first fixture), no node slow."""
         nodes = sorted(self.ids)
 
         def rank(node_id: str) -> int:
-            return (nodes.index(node_id) - turn) % len(nodes)
+            return (nodes.index(node_id) - first) % len(nodes)
 
         return tuple(sorted(self.owners(key), key=rank))
 

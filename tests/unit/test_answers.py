@@ -8,7 +8,15 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from shardkv.common.answers import UINT32, UINT64, Fields, get_result, read_answers, unpacked
+from shardkv.common.answers import (
+    UINT32,
+    UINT64,
+    Fields,
+    get_result,
+    packed,
+    read_answers,
+    unpacked,
+)
 from shardkv.router.requests.replica_answers import answers_of, split
 from shardkv.v1 import kv_pb2, replica_pb2
 
@@ -83,6 +91,11 @@ def test_answers_of_the_wrong_shape_fail_the_call_instead_of_being_misread() -> 
     short = replica_pb2.ReadAnswers()
     short.CopyFrom(answers)
     short.writers = short.writers[:4]
-    for broken, sizes in ((short, [2]), (answers, [3])):
+    backwards = replica_pb2.ReadAnswers()
+    backwards.CopyFrom(answers)
+    bounds = unpacked(UINT32, answers.bounds)
+    bounds[1] = bounds[2] + 1  # the first entry ends past the second's end
+    backwards.bounds = packed(UINT32, bounds)
+    for broken, sizes in ((short, [2]), (answers, [3]), (backwards, [2])):
         with pytest.raises(ValueError, match="node answered"):
             split([broken], sizes)

@@ -17,6 +17,9 @@ from shardkv.router.requests import batch_read, read_groups
 from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
 
+# Reads ask owners in a known order (FakeCluster.asked).
+pytestmark = pytest.mark.usefixtures("first_node_first")
+
 
 @pytest.fixture(autouse=True, params=["C", "Python"])
 def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -15,6 +15,9 @@ from shardkv.router.requests.node_link import MarkedRecord
 from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
 
+# Reads ask owners in a known order (FakeCluster.asked).
+pytestmark = pytest.mark.usefixtures("first_node_first")
+
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(scenario())  # type: ignore[arg-type]

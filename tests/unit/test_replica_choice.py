@@ -6,23 +6,52 @@ measured clearly slower is asked last; and the estimates themselves."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 from fake_nodes import FakeCluster, read_error, read_value, settle
+from shardkv.router.requests import replica_latency
 from shardkv.router.requests.replica_latency import (
     MIN_DELAY_S,
     PEAK_HALF_LIFE_S,
     REFRESH_S,
     STALE_S,
+    AskOrders,
     ReplicaLatency,
-    Rotation,
 )
 from shardkv.v1 import replica_pb2
 
 KEYS = [b"c/%d" % i for i in range(300)]
+
+
+class Turns:
+    """In place of the random module for replica_latency.AskOrders: the batches' orders
+    start at the first node, then the second, and so on around (among those not slow)."""
+
+    def __init__(self) -> None:
+        self.draws = 0
+
+    def randrange(self, count: int) -> int:
+        return self._next(list(range(count)))
+
+    def choice(self, positions: list[int]) -> int:
+        return self._next(positions)
+
+    def _next(self, positions: list[int]) -> int:
+        self.draws += 1
+        return positions[(self.draws - 1) % len(positions)]
+
+
+@pytest.fixture(autouse=True)
+def turns(monkeypatch: pytest.MonkeyPatch) -> Turns:
+    """Batches start at each node in turn, so a test knows whom each batch asks."""
+    drawn = Turns()
+    monkeypatch.setattr(replica_latency, "random", drawn)
+    return drawn
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -44,34 +73,28 @@ def reads_per_node(cluster: FakeCluster) -> dict[str, int]:
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(("needed", "asked"), [(1, 1), (2, 2), (3, 3)])
-def test_a_batch_asks_r_owners_of_each_key_in_its_turn_of_the_nodes(
+def test_a_batch_asks_r_owners_of_each_key_in_its_order_of_the_nodes(
     needed: int, asked: int
 ) -> None:
     """ONE, QUORUM and ALL over healthy nodes: each key asks exactly that many owners, the
-    first ones in its batch's order of the nodes (from the batch's turn onwards around the
-    sorted node ids), so keys with the same owners ask the same ones; over a whole turn of
-    batches every node takes its share."""
+    first ones in its batch's order of the nodes (from the batch's first node onwards
+    around the sorted node ids), so keys with the same owners ask the same ones; batches
+    starting at each node in turn share the reads evenly."""
 
     async def scenario() -> None:
         cluster = FakeCluster(4)
         stored(cluster, KEYS)
         nodes = sorted(cluster.nodes)
         totals = dict.fromkeys(nodes, 0)
-        for turn in range(len(nodes)):
+        for first in range(len(nodes)):
             before = reads_per_node(cluster)
             outcomes = await cluster.coordinator.read(KEYS, needed, cluster.deadline())
             assert [read_value(o) for o in outcomes] == [b"v"] * len(KEYS)
             await settle()
             after = reads_per_node(cluster)
-
-            def rank(node_id: str, turn: int = turn) -> int:
-                return (nodes.index(node_id) - turn) % len(nodes)
-
             for node_id in nodes:
-                expected = [
-                    k for k in KEYS if node_id in sorted(cluster.owners(k), key=rank)[:asked]
-                ]
-                assert after[node_id] - before[node_id] == len(expected), (turn, node_id)
+                expected = [k for k in KEYS if node_id in cluster.asked(k, first)[:asked]]
+                assert after[node_id] - before[node_id] == len(expected), (first, node_id)
                 totals[node_id] += after[node_id] - before[node_id]
             assert sum(after.values()) - sum(before.values()) == asked * len(KEYS)
         if asked < 3:  # with ALL every owner reads every key it owns
@@ -179,20 +202,21 @@ def test_reads_ask_a_node_measured_clearly_slower_last() -> None:
 # -- the estimates ------------------------------------------------------------------------
 
 
-def test_the_order_of_the_nodes_turns_per_batch_with_clearly_slower_nodes_last() -> None:
+def test_a_batchs_order_of_the_nodes_starts_anywhere_with_clearly_slower_nodes_last(
+    turns: Turns,
+) -> None:
     latency = ReplicaLatency()
     for node_id, seconds in (("n1", 0.002), ("n2", 0.003), ("n3", 0.004)):
         latency.observe(node_id, seconds, now=0.0)
     slow, delay = latency.plan(now=0.0)
     assert slow == frozenset() and delay == MIN_DELAY_S
-    rotation = Rotation()
+    orders = AskOrders()
     nodes = ("n1", "n2", "n3")
-    orders = [rotation.next(nodes, slow)(("n3", "n1", "n2")) for _ in range(4)]
-    assert orders == [("n1", "n2", "n3"), ("n2", "n3", "n1"), ("n3", "n1", "n2")] * 1 + [
-        ("n1", "n2", "n3")
-    ]
+    drawn = [orders.next(nodes, slow)(("n3", "n1", "n2")) for _ in range(3)]
+    assert drawn == [("n1", "n2", "n3"), ("n2", "n3", "n1"), ("n3", "n1", "n2")]
     # Owners are ordered among themselves: a node not among them is skipped.
-    assert rotation.next(("n0", *nodes), slow)(("n3", "n1")) == ("n1", "n3")
+    turns.draws = 0
+    assert orders.next(("n0", *nodes), slow)(("n3", "n1")) == ("n1", "n3")
 
     later = ReplicaLatency()
     for node_id, seconds in (("n1", 0.002), ("n2", 0.003), ("n3", 0.5)):
@@ -201,9 +225,27 @@ def test_the_order_of_the_nodes_turns_per_batch_with_clearly_slower_nodes_last()
     assert slow == {"n3"}
     # The peaks of the nodes reads ask, not the slow node's.
     assert delay == MIN_DELAY_S
-    rotation = Rotation()
-    orders = [rotation.next(nodes, slow)(("n3", "n1", "n2")) for _ in range(3)]
-    assert orders == [("n1", "n2", "n3"), ("n2", "n1", "n3"), ("n1", "n2", "n3")]
+    turns.draws = 0
+    drawn = [orders.next(nodes, slow)(("n3", "n1", "n2")) for _ in range(4)]
+    # Only a node not slow starts a batch's order: each as often as the other.
+    assert drawn == [("n1", "n2", "n3"), ("n2", "n1", "n3")] * 2
+
+
+def test_every_node_not_slow_is_first_as_often_as_any_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Drawn at random, whatever the pattern of batches (the order of one batch does not
+    depend on the batches before it); a slow node is never first, and the node after it
+    in id order is not first more often than the others."""
+    monkeypatch.setattr(replica_latency, "random", random.Random(7))
+    orders = AskOrders()
+    nodes = tuple(f"n{i}" for i in range(1, 7))
+    for slow in (frozenset(), frozenset({"n3"})):
+        firsts = Counter(orders.next(nodes, slow)(nodes)[0] for _ in range(6000))
+        fast = [n for n in nodes if n not in slow]
+        assert set(firsts) == set(fast)
+        share = 6000 / len(fast)
+        assert all(0.85 * share < firsts[n] < 1.15 * share for n in fast), firsts
 
 
 def test_a_failure_marks_a_node_slow_and_silence_forgives_it() -> None:

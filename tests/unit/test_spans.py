@@ -3,6 +3,7 @@ Python versions give, and bad positions raise instead of reading past a buffer."
 
 from __future__ import annotations
 
+import ctypes
 import os
 from array import array
 
@@ -70,7 +71,7 @@ def test_the_c_place_refuses_positions_outside_what_was_answered() -> None:
     place = native()
     joined, starts, ends = answered([b"ab", b"cde"])
     outcomes: list[bytes | None] = [None, None, None]
-    with pytest.raises(IndexError, match="positions 1 to 2 are outside the 2 starts"):
+    with pytest.raises(IndexError, match="2 positions from 1 are outside the 2 starts"):
         place(outcomes, [0, 1], joined, starts, ends, 1)
     with pytest.raises(IndexError, match="member 1 is 3, outside the 3 outcomes"):
         place(outcomes, [0, 3], joined, starts, ends, 0)
@@ -141,3 +142,15 @@ def test_the_c_comparison_refuses_columns_of_different_item_sizes() -> None:
     assert same(array("Q", [1, 2, 3]), 1, array("Q", [9, 2, 3]), 1, 2)
     assert not same(array("Q", [1, 2, 3]), 0, array("Q", [9, 2, 3]), 0, 2)
     assert same(b"", 0, b"", 0, 0)
+
+
+def test_the_c_comparison_refuses_buffers_of_items_without_bytes() -> None:
+    """A buffer whose items have no size (an empty ctypes structure) is refused, not
+    divided by."""
+    same = native_same()
+
+    class Empty(ctypes.Structure):
+        _fields_ = []
+
+    with pytest.raises(TypeError, match="items of 0 and 0 bytes"):
+        same(Empty(), 0, Empty(), 0, 0)
