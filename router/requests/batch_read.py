@@ -1,11 +1,9 @@
 """Reads of a batch coordinated as a unit: per node one chunk of keys and one reply.
 
-Each key asks R of its N owners (R: the level's count; ALL asks all, ONE asks one), in an
-order of the nodes drawn per batch, owners clearly slower than the others by measured
-reply time last (replica_latency.py, after Cassandra's dynamic snitch): the keys of
-a batch that share their owners ask the same ones, and batches spread over the nodes.
-R + W > N still gives read-your-writes: any R owners share one with every W owners that
-acknowledged a write.
+Each key asks R of its N owners (R: the level's count; ALL asks all, ONE asks one) in one
+order of the nodes per batch, the least asked now first, the clearly slower last
+(replica_latency.py): keys that share owners ask the same ones. R + W > N still gives
+read-your-writes: any R owners share one with every W owners that acknowledged a write.
 A key whose asked owner fails, or that is still undecided once its round is late, asks its
 remaining owners at once (Cassandra's speculative retry): a slow, stopped or failing owner
 costs a read that delay, never its answer. A round is late after the speculative delay
@@ -182,6 +180,7 @@ class BatchReader:
         for chunk in chunks:
             node_id, indexes = rnd.chunks[chunk]
             deliver = partial(self._reply, rnd, chunk)
+            self._orders.sent(node_id, len(indexes))  # replied: every chunk gets one _reply
             client = self._clients.get(node_id)
             if client is None:
                 deliver(node_left(node_id))
@@ -191,10 +190,11 @@ class BatchReader:
     def _reply(self, rnd: ReadRound, chunk: int, result: ReplicaAnswers | NodeFailure) -> None:
         """One chunk's reply, timed for the node's estimate. A node's failure has the
         chunk's undecided keys ask their other owners at once."""
+        node_id, indexes = rnd.chunks[chunk]
+        self._orders.replied(node_id, len(indexes))
         if not rnd.open[chunk]:
             return  # arrived after the deadline
         rnd.open[chunk] = False
-        node_id, indexes = rnd.chunks[chunk]
         now = asyncio.get_running_loop().time()
         if isinstance(result, NodeFailure):
             self._latency.failed(node_id, now)

@@ -10,12 +10,13 @@ what a read waits for. Per node there are two figures:
   clearly slower than the median node (its smoothed time over BADNESS times the median's
   and more than SLOW_MARGIN_S above it) after the others, Cassandra's dynamic snitch in
   two tiers and with a high badness threshold, so that ordinary noise between equally
-  loaded nodes never makes every read hammer one node; within a tier, from a node drawn at
-  random per batch (AskOrders). So the keys of a batch that share their owners ask the
-  same ones (with three nodes and N=3, every key: two chunks and one group to compare
-  instead of three chunks and six groups), and batches spread evenly over the nodes on
-  average (one batch leans on its first node: at 12 nodes and R=2, 30 of a batch's 200
-  asks go to its busiest node, 24 when each key asked its first owners in ring order).
+  loaded nodes never makes every read hammer one node; within a tier, the nodes with the
+  fewest keys asked and not yet answered first, ties from a node drawn at random
+  (AskOrders). So the keys of a batch that share their owners ask the same ones (with
+  three nodes and N=3, every key: two chunks and one group to compare instead of three
+  chunks and six groups), and the batches in flight spread over the nodes (one batch
+  leans on its first node: at 12 nodes and R=2, 30 of a batch's 200 asks go to its
+  busiest node, 24 when each key asked its first owners in ring order).
   Asking each key's owners in ring order spread every batch over all of them; a batch's
   own order made a batch of 100 read cost the router 11-17% less CPU per key and the
   nodes 3-11% less (3 nodes).
@@ -127,31 +128,51 @@ class ReplicaLatency:
 @dataclass(frozen=True, slots=True)
 class AskOrder:
     """One batch's order of the nodes: those not slow, then the slow ones; within each
-    tier, from the batch's first node onwards around the ring's sorted node ids."""
+    tier, the nodes with the fewest keys asked and not yet answered first (outstanding,
+    read while the batch is planned), then from the batch's first node onwards around the
+    ring's sorted node ids."""
 
     positions: Mapping[str, int]
     first: int
     slow: frozenset[str]
+    outstanding: Mapping[str, int]
 
     def __call__(self, owners: tuple[str, ...]) -> tuple[str, ...]:
         """owners in the order the batch asks them."""
         return tuple(sorted(owners, key=self._rank))
 
-    def _rank(self, node_id: str) -> tuple[bool, int]:
-        return node_id in self.slow, (self.positions[node_id] - self.first) % len(self.positions)
+    def _rank(self, node_id: str) -> tuple[bool, int, int]:
+        turn = (self.positions[node_id] - self.first) % len(self.positions)
+        return node_id in self.slow, self.outstanding.get(node_id, 0), turn
 
 
 class AskOrders:
-    """Draws each batch read's order of the nodes (AskOrder) from a node picked at random
-    among those not slow. Every key of a batch with the same owners asks the same ones,
-    and whatever the pattern of requests (a Get between two batches, clients in
-    lockstep), each node not slow is first, and second, as often as any other: a shared
-    counter turning one step per batch let a periodic pattern put the large batches on
-    the same nodes, and gave a slow node's turn to the node after it."""
+    """Each batch read's order of the nodes (AskOrder). Every key of a batch with the same
+    owners asks the same ones; the nodes least asked right now come first, as a
+    least-request balancer does, so the batches in flight spread over the nodes and no
+    pattern of requests (a Get between two batches, clients in lockstep) keeps the large
+    ones on the same nodes, as a counter turning one step per batch did; ties start at a
+    node drawn at random among those not slow (a slow node's turn is nobody's)."""
 
     def __init__(self) -> None:
         self._nodes: tuple[str, ...] = ()
         self._positions: dict[str, int] = {}
+        self._outstanding: dict[str, int] = {}
+
+    @property
+    def outstanding(self) -> Mapping[str, int]:
+        """Keys asked of each node and not yet answered (or failed)."""
+        return self._outstanding
+
+    def sent(self, node_id: str, keys: int) -> None:
+        self._outstanding[node_id] = self._outstanding.get(node_id, 0) + keys
+
+    def replied(self, node_id: str, keys: int) -> None:
+        left = self._outstanding[node_id] - keys
+        if left:
+            self._outstanding[node_id] = left
+        else:
+            del self._outstanding[node_id]
 
     def next(self, nodes: tuple[str, ...], slow: frozenset[str]) -> AskOrder:
         """A batch's order of nodes (the ring's node ids, sorted), slow ones last."""
@@ -159,6 +180,8 @@ class AskOrders:
             self._nodes = nodes
             self._positions = {node_id: i for i, node_id in enumerate(nodes)}
         if slow.isdisjoint(nodes):
-            return AskOrder(self._positions, random.randrange(len(nodes)), slow)
-        fast = [i for i, node_id in enumerate(nodes) if node_id not in slow]
-        return AskOrder(self._positions, random.choice(fast or range(len(nodes))), slow)
+            first = random.randrange(len(nodes))
+        else:
+            fast = [i for i, node_id in enumerate(nodes) if node_id not in slow]
+            first = random.choice(fast or range(len(nodes)))
+        return AskOrder(self._positions, first, slow, self._outstanding)

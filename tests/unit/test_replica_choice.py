@@ -272,3 +272,41 @@ def test_the_speculative_delay_follows_the_healthy_nodes_recent_peak() -> None:
     # The peak halves every PEAK_HALF_LIFE_S without a slower reply.
     later = min(PEAK_HALF_LIFE_S, STALE_S) * 0.8
     assert latency.plan(now=later)[1] == pytest.approx(0.080 * 0.5 ** (later / PEAK_HALF_LIFE_S))
+
+
+def test_the_nodes_least_asked_right_now_come_first_and_slow_ones_still_last(
+    turns: Turns,
+) -> None:
+    """Keys asked of a node and not yet answered put it after the others (a least-request
+    balancer): the batches in flight spread over the nodes; a slow node stays last."""
+    orders = AskOrders()
+    nodes = ("n1", "n2", "n3")
+    orders.sent("n1", 100)
+    orders.sent("n2", 30)
+    assert orders.next(nodes, frozenset())(nodes) == ("n3", "n2", "n1")
+    assert orders.next(nodes, frozenset({"n3"}))(nodes) == ("n2", "n1", "n3")
+    orders.replied("n1", 100)
+    assert dict(orders.outstanding) == {"n2": 30}
+    turns.draws = 0
+    assert orders.next(nodes, frozenset())(nodes) == ("n1", "n3", "n2")
+
+
+@pytest.mark.timeout(10)
+def test_every_key_asked_is_answered_back_whatever_befalls_its_chunk() -> None:
+    """What a batch read counts as asked of each node comes back to nothing once every
+    chunk is answered: answered, failed, or answered after the round's deadline (a count
+    left behind would push a node back in every later batch's order)."""
+
+    async def scenario() -> None:
+        cluster = FakeCluster(4)
+        stored(cluster, KEYS)
+        orders = cluster.coordinator._batch_reader._orders
+        cluster.nodes["n2"].fail = grpc.StatusCode.UNAVAILABLE
+        cluster.nodes["n3"].delay_s = 0.3
+        for _ in range(4):
+            await cluster.coordinator.read(KEYS, 2, asyncio.get_running_loop().time() + 0.1)
+        await asyncio.sleep(0.4)  # n3's late replies arrive after their rounds ended
+        await settle()
+        assert dict(orders.outstanding) == {}
+
+    run(scenario)
