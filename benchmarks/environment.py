@@ -14,9 +14,6 @@ from shardkv.common import native
 
 from benchmarks.procs import etcd_version
 
-# The C modules the install builds (pyproject.toml).
-EXTENSIONS = ("shardkv.common._ring_hash", "shardkv.router.requests._spans")
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -88,5 +85,5 @@ def describe_machine(*, etcd: str | None, data_root: Path | None) -> dict[str, A
         # The hot loops the bench's processes load: in C (the ring hash, the batch read's
         # answer), or in Python under SHARDKV_NO_EXTENSIONS (common/native.py; they share
         # this process's install and environment).
-        "extensions": "C" if all(map(native.extension, EXTENSIONS)) else "Python",
+        "extensions": "C" if all(map(native.extension, native.BUILT)) else "Python",
     }

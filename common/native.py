@@ -13,6 +13,11 @@ from types import ModuleType
 
 # Set (to anything non-empty) to run the Python version of every extension.
 NO_EXTENSIONS = "SHARDKV_NO_EXTENSIONS"
+# The modules pyproject.toml builds: the ring hash (ring_tokens.py), and the comparing and
+# placing of a batch read's answers (router/requests/read_groups.py).
+RING_HASH = "shardkv.common._ring_hash"
+SPANS = "shardkv.router.requests._spans"
+BUILT = (RING_HASH, SPANS)
 
 
 def extension(name: str) -> ModuleType | None:

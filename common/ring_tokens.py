@@ -72,7 +72,7 @@ class NativeRingHash(Protocol):
 def _native() -> NativeRingHash | None:
     """The C ring hash, which costs about 0.4 of the Python one per key (native.py says
     when it is None: the install always compiles it, make installs a compiler)."""
-    return cast(NativeRingHash | None, native.extension("shardkv.common._ring_hash"))
+    return cast(NativeRingHash | None, native.extension(native.RING_HASH))
 
 
 NATIVE = _native()

@@ -50,8 +50,7 @@ def too_large(
 ) -> str | None:
     """Why the answer to keys keys (distinct of them distinct), whose entries take size
     bytes, cannot be sent in one message, naming the limit; None when it fits."""
-    spent = budget is not None and budget.spent
-    if not spent and size <= answer_budget(limits):
+    if not (budget is not None and budget.spent) and size <= answer_budget(limits):
         return None  # the common case, before any message is written
     named = f"of {keys} keys ({distinct} distinct)"
     limit = f"the message limit of {limits.max_message_bytes} bytes (max_message_bytes)"

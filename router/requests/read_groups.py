@@ -155,7 +155,7 @@ Place = Callable[
     [list[ReadOutcome | None], Sequence[int], bytes, "array[int]", "array[int]", int], None
 ]
 Same = Callable[["bytes | array[int]", int, "bytes | array[int]", int, int], bool]
-_SPANS = native.extension("shardkv.router.requests._spans")
+_SPANS = native.extension(native.SPANS)
 place: Place = python_place if _SPANS is None else _SPANS.place
 same: Same = python_same if _SPANS is None else _SPANS.same
 
