@@ -328,9 +328,12 @@ class RouterServer:
         request sent to it meanwhile (a hung node fails the check)."""
         if failure.code == grpc.StatusCode.UNAVAILABLE:
             self.health.mark_down(failure.node_id, f"call failed: {failure}")
-        elif failure.code == grpc.StatusCode.DEADLINE_EXCEEDED and self._monitor is not None:
-            if timeout_s >= self._call_timeout_s * 0.99:
-                self._monitor.check_soon(failure.node_id)
+        elif (
+            failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            and self._monitor is not None
+            and timeout_s >= self._call_timeout_s * 0.99
+        ):
+            self._monitor.check_soon(failure.node_id)
 
     async def wait_for_termination(self) -> None:
         assert self._server is not None, "start() first"

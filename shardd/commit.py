@@ -141,11 +141,10 @@ class GroupCommitter:
         self._pending: list[_Request] = []
         self._pending_items = 0
         self._pending_bytes = 0
-        # A start of the next commit is scheduled on the loop / a commit is on the thread,
-        # since then (loop time).
+        # A start of the next commit is scheduled on the loop; when the commit on the
+        # thread started (loop time; None: no commit runs).
         self._kicked = False
-        self._committing = False
-        self._committing_since = 0.0
+        self._committing_since: float | None = None
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,7 +176,7 @@ class GroupCommitter:
         request = _request(records, hints, markers, future, epoch)
         self._admit(request)
         self._pending.append(request)
-        if not (self._kicked or self._committing):
+        if not self._kicked and self._committing_since is None:
             # Started at the end of this turn of the loop, so that the writes queued in
             # the same turn share the commit.
             self._kicked = True
@@ -225,9 +224,9 @@ class GroupCommitter:
         self._closing = True
         if self._thread is None:
             return
-        if self._pending or self._committing:
+        if self._pending or self._committing_since is not None:
             self._drained = asyncio.get_running_loop().create_future()
-            if not (self._kicked or self._committing):
+            if not self._kicked and self._committing_since is None:
                 self._kick()
             await self._drained
         self._jobs.put(None)
@@ -249,17 +248,17 @@ class GroupCommitter:
         """On the loop: hands the oldest pending requests that fit in one commit to the
         commit thread; nothing while a commit runs (its answer starts the next)."""
         self._kicked = False
-        if self._committing or not self._pending:
+        if self._committing_since is not None or not self._pending:
             return
         batch = self._take()
         loop = self._loop
         assert loop is not None  # set by the apply that queued the batch
-        self._committing, self._committing_since = True, loop.time()
+        self._committing_since = loop.time()
         self._jobs.put(lambda: _post(loop, self._committed, batch, self._store_batch(batch)))
 
     def waiting_s(self, now: float) -> float:
         """How long the commit on the thread has run by now (loop time); 0 when none runs."""
-        return now - self._committing_since if self._committing else 0.0
+        return 0.0 if self._committing_since is None else now - self._committing_since
 
     def _store_batch(self, batch: list[_Request]) -> _Outcome:
         """Fails each request the fence refuses and commits the rest, in one transaction
@@ -325,7 +324,7 @@ class GroupCommitter:
 
     def _committed(self, batch: list[_Request], outcome: _Outcome) -> None:
         """On the loop: answers the callers of a commit, then starts the next one."""
-        self._committing = False
+        self._committing_since = None
         items = sum(request.items for request in batch)
         failed = [
             e for e in outcome.results if isinstance(e, Exception) and not isinstance(e, StaleEpoch)
