@@ -28,6 +28,7 @@ gRPC calls for UNARY_S, then asked again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import ssl
@@ -35,11 +36,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
 import grpc
-from google.protobuf.message import DecodeError
 from shardkv.common import keepalive, requestid
-from shardkv.common.exchange_outbox import Connection, Queued, timeout_ms, welcome_problem
+from shardkv.common.exchange_outbox import (
+    Carried,
+    Connection,
+    Queued,
+    timeout_ms,
+    welcome_problem,
+)
+from shardkv.common.exchange_replies import Reply, ReplyReader
 from shardkv.common.rpc_status import rpc_error, status_code
-from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING, varint
+from shardkv.common.wire import FRAME_OVERHEAD, MAX_FRAMES_RUNNING, varint
 from shardkv.v1 import exchange_pb2
 
 log = logging.getLogger(__name__)
@@ -49,7 +56,6 @@ _REQUEST_TAG = b"\x1a"
 # How long calls go by gRPC once the exchange port is missing or unreachable, before the
 # caller asks for it and tries it again.
 UNARY_S = 30.0
-Reply = exchange_pb2.ExchangeReply
 # Asks the server for its exchange port (0: it has none), within timeout seconds, and
 # what the port's welcome must name: the server that answered (empty: no such check).
 PortLookup = Callable[[float], Awaitable[tuple[int, Mapping[str, str]]]]
@@ -95,7 +101,7 @@ class ExchangeConnection:
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         # The connection each frame in flight was written on (failed with it if it ends),
         # and the offset its bytes end at.
-        self._carrier: dict[int, tuple[Connection, int]] = {}
+        self._carrier: dict[int, Carried] = {}
         self._closed = False
         self._ids = itertools.count(1)
         # Until then (loop time) the caller sends gRPC calls: the server advertised no
@@ -137,7 +143,7 @@ class ExchangeConnection:
         connection = self._connection
         if connection is not None and not self._draining:  # open, nothing queued: write now
             end = connection.write(header.SerializeToString() + payload)
-            self._carrier[frame_id] = (connection, end)
+            self._carrier[frame_id] = Carried(connection, end, loop.time())
         else:
             self._outbox.append(Queued(frame_id, header, payload, loop.time() + timeout))
             if not self._draining:
@@ -178,7 +184,7 @@ class ExchangeConnection:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.writer.close()
+            connection.transport.close()
         stopping = rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         for frame_id in list(self._waiting):
             self._fail(frame_id, stopping)
@@ -195,8 +201,9 @@ class ExchangeConnection:
 
     def _expire(self, frame_id: int, timeout: float) -> None:
         """A frame's deadline passed: it fails. If the server answered nothing on its
-        connection (its welcome included) for the frame's whole wait and at least the
-        connect timeout, the connection may be dead (a stopped server, a link that drops
+        connection since the frame was written on it (a frame queued while the connection
+        opened was written after its welcome) and for at least the connect timeout, the
+        connection may be dead (a stopped server, a link that drops
         everything, which TCP would retry long after it is back): it is closed if the
         server has not taken even the oldest frame's bytes, else once a ping gets no
         answer within the connect timeout (_unanswered). A server that answers the ping
@@ -206,26 +213,24 @@ class ExchangeConnection:
         message = f"no answer from {self._name} within {timeout:.3f}s"
         self._fail(frame_id, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carried = self._carrier.get(frame_id)
-        if carried is None or carried[0].writer.transport.is_closing():
+        if carried is None or carried.connection.transport.is_closing():
             return
-        carrier, end = carried
+        carrier, end, written_at = carried
         loop = asyncio.get_running_loop()
-        if loop.time() - carrier.answered_at < max(timeout, self._connect_timeout_s):
+        silent_s = loop.time() - carrier.answered_at
+        if carrier.answered_at > written_at or silent_s < self._connect_timeout_s:
             return
-        oldest = not any(f < frame_id and c is carrier for f, (c, _) in self._carrier.items())
+        oldest = not any(f < frame_id and c.connection is carrier for f, c in self._carrier.items())
         if oldest and carrier.taken() < end:
             self._abandon(carrier, "stopped reading its exchange connection")
         elif carrier.ping(next(self._ids), loop.time()):
-            loop.call_later(self._connect_timeout_s, self._unanswered, carrier, False)
+            loop.call_later(self._connect_timeout_s, self._unanswered, carrier)
 
-    def _unanswered(self, carrier: Connection, read: bool) -> None:
-        """A ping's time passed: replies received by now are read first (the reader's task
-        runs a turn later), then a connection that answered nothing since is closed."""
-        if not carrier.unanswered():
-            return
-        if not read:
-            asyncio.get_running_loop().call_soon(self._unanswered, carrier, True)
-        else:
+    def _unanswered(self, carrier: Connection) -> None:
+        """A ping's time passed: a connection that answered nothing since is closed. (A
+        reply that arrived by now has been read: the loop runs what its socket brought
+        before the timers due in the same turn.)"""
+        if carrier.unanswered():
             self._abandon(carrier, f"answered no ping within {self._connect_timeout_s:g}s")
 
     def _abandon(self, carrier: Connection, problem: str) -> None:
@@ -260,7 +265,7 @@ class ExchangeConnection:
                     queued = self._outbox.popleft()
                     if queued.frame_id in self._waiting:
                         end = connection.write(queued.data(loop.time()))
-                        self._carrier[queued.frame_id] = (connection, end)
+                        self._carrier[queued.frame_id] = Carried(connection, end, loop.time())
         finally:
             self._draining = False
 
@@ -292,9 +297,11 @@ class ExchangeConnection:
             self._unary(f"{self._name} advertises no exchange port")
             return None
         where = f"{self._name}'s exchange port {self._host}:{port}"
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                reader, writer = await asyncio.open_connection(
+                transport, replies = await loop.create_connection(
+                    lambda: ReplyReader(self._max_reply),
                     self._host,
                     port,
                     ssl=self._tls,
@@ -303,44 +310,41 @@ class ExchangeConnection:
         except (OSError, TimeoutError) as exc:
             self._unary(f"cannot open {where}: {exc!r}")
             return None
-        keepalive.enable(writer.transport)
-        connection = Connection(reader, writer)
+        keepalive.enable(transport)
+        connection = Connection(transport)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 connection.write(self._hello)
-                welcome = await self._message(reader)
+                welcome = await replies.welcome
             problem = welcome_problem(welcome, self._welcome)
             stranger = welcome_problem(welcome, answerer)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, DecodeError) as exc:
-            writer.transport.abort()
+        except (OSError, TimeoutError) as exc:  # ConnectionError: it ended first
+            transport.abort()
             self._unary(f"{where} answered no welcome: {exc!r}")
             return None
         except BaseException:
-            writer.transport.abort()
+            transport.abort()
             raise
         if problem is not None:
-            writer.transport.abort()
+            transport.abort()
             raise rpc_error(problem[0], f"{where}: {problem[1]}")
         if stranger is not None:  # gRPC reaches the server that answered the lookup
-            writer.transport.abort()
+            transport.abort()
             self._unary(f"{where} {stranger[1]}")
             return None
         # The welcome is an answer: silence counts from here.
-        connection.answered_at = asyncio.get_running_loop().time()
+        connection.answered_at = loop.time()
         self._connection = connection
-        self._spawn(self._read(connection))
+        replies.deliver(
+            functools.partial(self._reply, connection),
+            functools.partial(self._ended, connection),
+        )
         return connection
 
     def _unary(self, why: str) -> None:
         """Frames go as gRPC calls for UNARY_S, for the reason why; then the port again."""
         log.warning("%s; gRPC calls for %g s", why, UNARY_S)
         self._unary_until = asyncio.get_running_loop().time() + UNARY_S
-
-    async def _message(self, reader: asyncio.StreamReader) -> Reply:
-        (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
-        if length > self._max_reply:
-            raise DecodeError(f"reply of {length} bytes exceeds {self._max_reply}")
-        return Reply.FromString(await reader.readexactly(length))
 
     def _going_away(self, connection: Connection, reply: Reply) -> None:
         """The server stops: the frames it did not read (after last_id) fail with its
@@ -350,40 +354,39 @@ class ExchangeConnection:
             self._connection = None
         message = f"{self._name}: {reply.message}; the frame was not read"
         unread = rpc_error(status_code(reply.code), message)
-        carried = [f for f, (c, _) in self._carrier.items() if c is connection]
-        for frame_id in carried:
+        for frame_id in self._carried_by(connection):
             if frame_id > reply.last_id:
                 self._fail(frame_id, unread)
 
-    async def _read(self, connection: Connection) -> None:
-        """Hands each reply to its frame; when the connection ends, fails the frames left."""
-        loop = asyncio.get_running_loop()
-        failure: grpc.aio.AioRpcError
-        try:
-            while True:
-                reply = await self._message(connection.reader)
-                if reply.id == 0 and reply.HasField("last_id"):
-                    self._going_away(connection, reply)
-                    continue
-                if reply.id == 0:  # the server closes the connection, saying why
-                    code = status_code(reply.code)
-                    failure = rpc_error(
-                        code, f"{self._name} closed the connection: {reply.message}"
-                    )
-                    break
-                if connection.heard(reply.id, loop.time()):
-                    continue  # the ping's answer
-                self.answered += 1
-                waiter = self._waiting.pop(reply.id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(reply)
-        except (OSError, asyncio.IncompleteReadError, DecodeError) as exc:
-            ended = f"{self._name} ended the exchange connection: {exc!r}"
-            failure = rpc_error(grpc.StatusCode.UNAVAILABLE, connection.closed_why or ended)
-        except asyncio.CancelledError:
-            failure = rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
+    def _reply(self, connection: Connection, reply: Reply) -> None:
+        """Hands a reply to its frame, in the loop's turn its bytes arrived."""
+        if reply.id == 0 and reply.HasField("last_id"):
+            self._going_away(connection, reply)
+        elif reply.id == 0:  # the server closes the connection, saying why
+            failure = rpc_error(
+                status_code(reply.code), f"{self._name} closed the connection: {reply.message}"
+            )
+            self._end(connection, failure)
+        elif not connection.heard(reply.id, asyncio.get_running_loop().time()):  # not a pong
+            self.answered += 1
+            waiter = self._waiting.pop(reply.id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(reply)
+
+    def _ended(self, connection: Connection, why: Exception | None) -> None:
+        """The connection ended (why: what broke it; None: the server closed it)."""
+        ended = f"{self._name} ended the exchange connection: {why or 'closed by the server'!r}"
+        message = connection.closed_why or ended
+        self._end(connection, rpc_error(grpc.StatusCode.UNAVAILABLE, message))
+
+    def _end(self, connection: Connection, failure: grpc.aio.AioRpcError) -> None:
+        """Fails the frames the connection carried; the next frame opens a new one."""
         if self._connection is connection:
             self._connection = None
-        connection.writer.close()
-        for frame_id in [f for f, (carrier, _) in self._carrier.items() if carrier is connection]:
+        connection.transport.close()
+        for frame_id in self._carried_by(connection):
             self._fail(frame_id, failure)
+
+    def _carried_by(self, connection: Connection) -> list[int]:
+        """The frames written on connection and not answered yet."""
+        return [f for f, carried in self._carrier.items() if carried.connection is connection]

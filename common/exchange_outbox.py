@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 from shardkv.common.rpc_status import status_code
@@ -22,8 +23,7 @@ MAX_TIMEOUT_MS = 2**32 - 1
 class Connection:
     """An open exchange connection, with what its frames' deadlines look at."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
     # When the server last answered on it, its welcome included (loop time).
     answered_at: float = 0.0
     # Bytes written to it so far.
@@ -37,13 +37,13 @@ class Connection:
 
     def write(self, data: bytes) -> int:
         """Writes one message; returns the offset its last byte ends at."""
-        self.writer.write(LENGTH_PREFIX.pack(len(data)) + data)
+        self.transport.write(LENGTH_PREFIX.pack(len(data)) + data)
         self.written += LENGTH_PREFIX.size + len(data)
         return self.written
 
     def taken(self) -> int:
         """How many of the bytes written the kernel has taken (the server may be reading)."""
-        return self.written - self.writer.transport.get_write_buffer_size()
+        return self.written - self.transport.get_write_buffer_size()
 
     def ping(self, frame_id: int, now: float) -> bool:
         """Sends a ping (a frame with no method) as frame_id, unless one awaits its answer;
@@ -61,12 +61,21 @@ class Connection:
 
     def unanswered(self) -> bool:
         """Whether the last ping has no answer yet, on a connection still open."""
-        return self.answered_at < self.pinged_at and not self.writer.transport.is_closing()
+        return self.answered_at < self.pinged_at and not self.transport.is_closing()
 
     def abandon(self, why: str) -> None:
         """Closes the connection at once; its reader fails the frames left with why."""
         self.closed_why = why
-        self.writer.transport.abort()
+        self.transport.abort()
+
+
+class Carried(NamedTuple):
+    """A frame written and not answered yet: its connection, the offset its bytes end at
+    there, and when it was written (loop time)."""
+
+    connection: Connection
+    end: int
+    written_at: float
 
 
 @dataclass(eq=False)

@@ -212,14 +212,16 @@ class ExchangeListener:
         messages (True) or the connection carries no frame for the idle time, none read
         and none running (False; a frame that arrives as it ends stays unread)."""
         loop = asyncio.get_running_loop()
-        running = caller.running
+        running, server_running = caller.running, self._running
         idle = asyncio.timeout(None)
         active_at = loop.time()  # when a frame was last read or answered
         timer: asyncio.TimerHandle | None = None
 
-        def answered(_: object) -> None:
+        def answered(task: asyncio.Task[None]) -> None:  # one callback, not one per set
             nonlocal active_at
             active_at = loop.time()
+            running.discard(task)
+            server_running.discard(task)
 
         def check(idle_s: float) -> None:  # once per idle time at most, not once per frame
             nonlocal timer
@@ -248,9 +250,8 @@ class ExchangeListener:
                         await _send(caller.writer, reply)
                         continue
                     task = loop.create_task(self._answer(frame, caller.writer, caller.peer))
-                    for group in (running, self._running):
-                        group.add(task)
-                        task.add_done_callback(group.discard)
+                    running.add(task)
+                    server_running.add(task)
                     task.add_done_callback(answered)
                 return True
         except TimeoutError:

@@ -1,0 +1,119 @@
+"""The caller's end of an exchange connection (exchange_connection.py), read as its bytes
+arrive: each length-prefixed reply is parsed in data_received and handed on at once.
+
+Why a Protocol and not asyncio's StreamReader with a task looping on readexactly: the
+stream wakes the reading task, which wakes the frame's caller, each a turn of the event
+loop later; here a reply reaches its caller in the turn its bytes arrive, and no task,
+future or readexactly runs per reply. A router asks two or three nodes per request and
+reads each one's reply, so that turn was paid two or three times a request.
+
+Replies that arrive before the connection's owner takes them (between the welcome and
+``deliver``), and an end that comes meanwhile, wait here and are handed on in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.v1 import exchange_pb2
+
+Reply = exchange_pb2.ExchangeReply
+# Takes each reply, in the order the server sent them.
+OnReply = Callable[[Reply], None]
+# Told once that the connection ended, with why: the OSError that broke it, the
+# DecodeError of a reply that could not be read, or None for the server's clean close.
+OnEnd = Callable[[Exception | None], None]
+
+_PREFIX = LENGTH_PREFIX.size
+
+
+class ReplyReader(asyncio.Protocol):
+    """Parses replies as they arrive; the first one (the welcome) resolves ``welcome``,
+    the others go to the handler ``deliver`` sets."""
+
+    def __init__(self, max_reply: int) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.welcome: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._max_reply = max_reply
+        # Bytes of a reply not whole yet, and how many the buffer needs before the next
+        # reply can be whole (its prefix, then the prefix and its length).
+        self._buffer = bytearray()
+        self._needed = _PREFIX
+        self._on_reply: OnReply | None = None
+        self._on_end: OnEnd | None = None
+        # What came before deliver(): replies, and the end (a 1-tuple once it ended).
+        self._early: list[Reply] = []
+        self._ended: tuple[Exception | None] | None = None
+
+    def deliver(self, on_reply: OnReply, on_end: OnEnd) -> None:
+        """From now on replies go to on_reply and the end to on_end; those that came
+        before go first."""
+        early, self._early = self._early, []
+        for reply in early:
+            on_reply(reply)
+        if self._ended is not None:
+            on_end(self._ended[0])
+            return
+        self._on_reply, self._on_end = on_reply, on_end
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return
+            data = bytes(buffer)
+            buffer.clear()
+        size, offset = len(data), 0
+        try:
+            while size - offset >= _PREFIX:
+                (length,) = LENGTH_PREFIX.unpack_from(data, offset)
+                if length > self._max_reply:
+                    raise DecodeError(f"reply of {length} bytes exceeds {self._max_reply}")
+                end = offset + _PREFIX + length
+                if end > size:
+                    break
+                reply = Reply.FromString(data[offset + _PREFIX : end])
+                offset = end
+                self._hand(reply)
+        except DecodeError as exc:
+            self._end(exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if offset < size:
+            buffer += data[offset:]
+            self._needed = _PREFIX
+            if len(buffer) >= _PREFIX:
+                self._needed += LENGTH_PREFIX.unpack_from(buffer)[0]
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost says the server ended it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    def _hand(self, reply: Reply) -> None:
+        if not self.welcome.done():
+            self.welcome.set_result(reply)
+        elif self._on_reply is not None:
+            self._on_reply(reply)
+        else:
+            self._early.append(reply)
+
+    def _end(self, why: Exception | None) -> None:
+        if self._ended is not None:
+            return
+        self._ended = (why,)
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(f"the connection ended: {why!r}"))
+        if self._on_end is not None:
+            on_end, self._on_end, self._on_reply = self._on_end, None, None
+            on_end(why)
