@@ -93,6 +93,8 @@ class ExchangeConnection:
         self._connect_timeout_s = connect_timeout_s
         self._refused = refused
         self._connection: Connection | None = None
+        # Connections not ended: the current one, one a going-away left answering.
+        self._open: set[Connection] = set()
         # Frames to write, in order, by one _drain task at a time (which opens the
         # connection first when there is none).
         self._outbox: deque[Queued] = deque()
@@ -182,8 +184,8 @@ class ExchangeConnection:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        connection, self._connection = self._connection, None
-        if connection is not None:
+        self._connection = None
+        for connection in self._open:  # one a going-away left still carries frames
             connection.transport.close()
         stopping = rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         for frame_id in list(self._waiting):
@@ -335,7 +337,11 @@ class ExchangeConnection:
         # The welcome is an answer: silence counts from here.
         connection.answered_at = loop.time()
         self._connection = connection
-        replies.deliver(
+        self._open.add(connection)
+        # What came with the welcome is handed on after _drain wrote the frames queued
+        # meanwhile: a close or going-away fails them, not sends _drain to reconnect.
+        loop.call_soon(
+            replies.deliver,
             functools.partial(self._reply, connection),
             functools.partial(self._ended, connection),
         )
@@ -359,14 +365,15 @@ class ExchangeConnection:
                 self._fail(frame_id, unread)
 
     def _reply(self, connection: Connection, reply: Reply) -> None:
-        """Hands a reply to its frame, in the loop's turn its bytes arrived."""
+        """Hands a reply to its frame, in the loop's turn its bytes arrived; nothing after
+        the connection ended (after a server's close message in the same read)."""
+        if connection not in self._open:
+            return
         if reply.id == 0 and reply.HasField("last_id"):
             self._going_away(connection, reply)
         elif reply.id == 0:  # the server closes the connection, saying why
-            failure = rpc_error(
-                status_code(reply.code), f"{self._name} closed the connection: {reply.message}"
-            )
-            self._end(connection, failure)
+            closed = f"{self._name} closed the connection: {reply.message}"
+            self._end(connection, rpc_error(status_code(reply.code), closed))
         elif not connection.heard(reply.id, asyncio.get_running_loop().time()):  # not a pong
             self.answered += 1
             waiter = self._waiting.pop(reply.id, None)
@@ -375,14 +382,15 @@ class ExchangeConnection:
 
     def _ended(self, connection: Connection, why: Exception | None) -> None:
         """The connection ended (why: what broke it; None: the server closed it)."""
-        ended = f"{self._name} ended the exchange connection: {why or 'closed by the server'!r}"
-        message = connection.closed_why or ended
-        self._end(connection, rpc_error(grpc.StatusCode.UNAVAILABLE, message))
+        reason = repr(why) if why is not None else "closed by the server"
+        ended = connection.closed_why or f"{self._name} ended the exchange connection: {reason}"
+        self._end(connection, rpc_error(grpc.StatusCode.UNAVAILABLE, ended))
 
     def _end(self, connection: Connection, failure: grpc.aio.AioRpcError) -> None:
         """Fails the frames the connection carried; the next frame opens a new one."""
         if self._connection is connection:
             self._connection = None
+        self._open.discard(connection)
         connection.transport.close()
         for frame_id in self._carried_by(connection):
             self._fail(frame_id, failure)

@@ -24,7 +24,8 @@ Reply = exchange_pb2.ExchangeReply
 # Takes each reply, in the order the server sent them.
 OnReply = Callable[[Reply], None]
 # Told once that the connection ended, with why: the OSError that broke it, the
-# DecodeError of a reply that could not be read, or None for the server's clean close.
+# DecodeError of a reply that could not be read, a ConnectionError when it ended inside a
+# reply, or None for the server's clean close.
 OnEnd = Callable[[Exception | None], None]
 
 _PREFIX = LENGTH_PREFIX.size
@@ -98,6 +99,8 @@ class ReplyReader(asyncio.Protocol):
         return False  # the transport closes; connection_lost says the server ended it
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self._buffer:  # the server's close cut a reply short
+            exc = ConnectionError(f"the connection ended {len(self._buffer)} bytes into a reply")
         self._end(exc)
 
     def _hand(self, reply: Reply) -> None:
@@ -114,6 +117,8 @@ class ReplyReader(asyncio.Protocol):
         self._ended = (why,)
         if not self.welcome.done():
             self.welcome.set_exception(ConnectionError(f"the connection ended: {why!r}"))
+            # Retrieved now: nobody awaits it when the connect was given up as it opened.
+            self.welcome.exception()
         if self._on_end is not None:
             on_end, self._on_end, self._on_reply = self._on_end, None, None
             on_end(why)

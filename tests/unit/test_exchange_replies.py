@@ -100,7 +100,8 @@ def test_an_end_before_the_welcome_fails_the_wait_and_reaches_the_owner_later() 
         with pytest.raises(ConnectionError):
             await reader.welcome
         pair.deliver()
-        assert pair.ended == [None] and pair.replies == []
+        assert len(pair.ended) == 1 and isinstance(pair.ended[0], ConnectionError)
+        assert "2 bytes into a reply" in str(pair.ended[0]) and pair.replies == []
 
     asyncio.run(main())
 
@@ -115,5 +116,22 @@ def test_unreadable_bytes_end_the_connection() -> None:
         await pair.send(LENGTH_PREFIX.pack(3) + b"\xff\xff\xff")
         assert len(pair.ended) == 1 and isinstance(pair.ended[0], DecodeError)
         pair.close()
+
+    asyncio.run(main())
+
+
+def test_an_end_inside_a_reply_is_not_a_clean_close() -> None:
+    async def main() -> None:
+        pair = Pair()
+        reader = await pair.open()
+        await pair.send(_framed(Reply()))
+        await reader.welcome
+        pair.deliver()
+        await pair.send(_framed(Reply(id=1, response=b"cut short"))[:-3])
+        pair.close()
+        await asyncio.sleep(0.05)
+        assert len(pair.ended) == 1 and isinstance(pair.ended[0], ConnectionError)
+        assert "bytes into a reply" in str(pair.ended[0])
+        assert pair.replies == []
 
     asyncio.run(main())
