@@ -1,13 +1,17 @@
 """Raw TCP on an exchange port (exchange.proto), for tests that speak the wire themselves:
-what anyone who can reach the port could send."""
+what anyone who can reach the port could send; and, for scripted servers, their side of
+the wire and a caller's ExchangeConnection to them."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import subprocess
 
 from google.protobuf.message import Message
+from shardkv.common.exchange_connection import ExchangeConnection
+from shardkv.common.wire import LENGTH_PREFIX
 from shardkv.v1 import exchange_pb2
 
 
@@ -75,3 +79,32 @@ def keepalive_ends(port: int) -> tuple[int, int]:
         server += local == str(port)
         caller += peer == str(port)
     return server, caller
+
+
+async def read_message(reader: asyncio.StreamReader) -> bytes:
+    """A scripted server's next message from its caller."""
+    (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
+    return await reader.readexactly(length)
+
+
+def framed(*replies: exchange_pb2.ExchangeReply) -> bytes:
+    """Replies as a scripted server writes them, each after its length."""
+    data = [reply.SerializeToString() for reply in replies]
+    return b"".join(LENGTH_PREFIX.pack(len(d)) + d for d in data)
+
+
+def caller(port: int, connect_timeout_s: float = 2.0) -> ExchangeConnection:
+    """An ExchangeConnection to a scripted server on port (its port lookup answers port)."""
+
+    async def lookup(timeout: float) -> tuple[int, dict[str, str]]:
+        return port, {}
+
+    return ExchangeConnection(
+        "scripted server",
+        "127.0.0.1:1",
+        exchange_port=lookup,
+        tls=None,
+        authorization="",
+        max_message_bytes=1 << 20,
+        connect_timeout_s=connect_timeout_s,
+    )

@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import asyncio
 
+import exchange_wire as wire
 import grpc
 import pytest
-from shardkv.common.exchange_connection import ExchangeConnection
-from shardkv.common.wire import LENGTH_PREFIX
 from shardkv.v1 import exchange_pb2
 
 SLOW = "/test.Slow/Call"
 FAST = "/test.Fast/Call"
-
-
-async def _message(reader: asyncio.StreamReader) -> bytes:
-    (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
-    return await reader.readexactly(length)
-
-
-def _send(writer: asyncio.StreamWriter, reply: exchange_pb2.ExchangeReply) -> None:
-    data = reply.SerializeToString()
-    writer.write(LENGTH_PREFIX.pack(len(data)) + data)
 
 
 class ScriptedServer:
@@ -58,52 +47,35 @@ class ScriptedServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        await _message(reader)  # the hello
-        _send(writer, exchange_pb2.ExchangeReply())
+        await wire.read_message(reader)  # the hello
+        writer.write(wire.framed(exchange_pb2.ExchangeReply()))
         try:
             while True:
-                frame = exchange_pb2.ExchangeFrame.FromString(await _message(reader))
+                frame = exchange_pb2.ExchangeFrame.FromString(await wire.read_message(reader))
                 if frame.id == self.stop_after:
                     going = exchange_pb2.ExchangeReply(code=14, message="stopping", last_id=1)
-                    _send(writer, going)
+                    writer.write(wire.framed(going))
                     await asyncio.sleep(self.slow_s + 0.2)  # frame 1's answer leaves
                     writer.close()
                     return
                 if not frame.method:
                     self.pings += 1
                     if self.pongs:
-                        _send(writer, exchange_pb2.ExchangeReply(id=frame.id))
+                        writer.write(wire.framed(exchange_pb2.ExchangeReply(id=frame.id)))
                 if frame.method == SLOW:
+                    answer = exchange_pb2.ExchangeReply(id=frame.id, response=frame.request)
                     asyncio.get_running_loop().call_later(
-                        self.slow_s,
-                        _send,
-                        writer,
-                        exchange_pb2.ExchangeReply(id=frame.id, response=frame.request),
+                        self.slow_s, writer.write, wire.framed(answer)
                     )
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
-
-
-def _connection(port: int, connect_timeout_s: float = 2.0) -> ExchangeConnection:
-    async def lookup(timeout: float) -> tuple[int, dict[str, str]]:
-        return port, {}
-
-    return ExchangeConnection(
-        "scripted server",
-        "127.0.0.1:1",
-        exchange_port=lookup,
-        tls=None,
-        authorization="",
-        max_message_bytes=1 << 20,
-        connect_timeout_s=connect_timeout_s,
-    )
 
 
 @pytest.mark.timeout(30)
 def test_a_younger_frames_deadline_leaves_the_connection_to_the_older_one() -> None:
     async def main() -> None:
         server = ScriptedServer(slow_s=0.8)
-        connection = _connection(await server.start())
+        connection = wire.caller(await server.start())
         try:
             slow = asyncio.ensure_future(connection.send(SLOW, b"written", 5.0, {}))
             await asyncio.sleep(0.05)
@@ -127,7 +99,7 @@ def test_a_short_frame_behind_a_busy_server_fails_alone() -> None:
 
     async def main() -> None:
         server = ScriptedServer(slow_s=0.5)
-        connection = _connection(await server.start())
+        connection = wire.caller(await server.start())
         try:
             assert await connection.send(SLOW, b"warm", 5.0, {}) == b"warm"
             short = asyncio.ensure_future(connection.send(SLOW, b"short", 0.2, {}))
@@ -155,7 +127,7 @@ def test_the_oldest_frame_unanswered_for_its_whole_wait_closes_a_connection_that
 
     async def main() -> None:
         server = ScriptedServer(slow_s=0.8)
-        connection = _connection(await server.start(), connect_timeout_s=0.3)
+        connection = wire.caller(await server.start(), connect_timeout_s=0.3)
         try:
             with pytest.raises(grpc.aio.AioRpcError) as silent:
                 await connection.send(FAST, b"", 0.5, {})
@@ -181,7 +153,7 @@ def test_a_server_that_answers_the_ping_keeps_its_connection() -> None:
 
     async def main() -> None:
         server = ScriptedServer(slow_s=1.5, pongs=True)
-        connection = _connection(await server.start(), connect_timeout_s=0.3)
+        connection = wire.caller(await server.start(), connect_timeout_s=0.3)
         try:
             stuck = asyncio.ensure_future(connection.send(FAST, b"", 0.5, {}))
             await asyncio.sleep(0.05)
@@ -206,7 +178,7 @@ def test_a_server_that_answers_the_ping_keeps_its_connection() -> None:
 def test_frames_a_stopping_server_did_not_read_fail_at_once() -> None:
     async def main() -> None:
         server = ScriptedServer(slow_s=0.5, stop_after=2)
-        connection = _connection(await server.start())
+        connection = wire.caller(await server.start())
         try:
             read = asyncio.ensure_future(connection.send(SLOW, b"read", 5.0, {}))
             await asyncio.sleep(0.05)
@@ -232,7 +204,7 @@ def test_a_younger_frame_after_a_long_silence_pings_and_finds_a_dead_connection(
 
     async def main() -> None:
         server = ScriptedServer(slow_s=10.0)
-        connection = _connection(await server.start(), connect_timeout_s=0.3)
+        connection = wire.caller(await server.start(), connect_timeout_s=0.3)
         try:
             older = asyncio.ensure_future(connection.send(SLOW, b"older", 8.0, {}))
             await asyncio.sleep(0.05)

@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
+import exchange_wire as wire
 import grpc
 import pytest
 from shardkv.common.exchange_connection import ExchangeConnection
-from shardkv.common.wire import LENGTH_PREFIX
 from shardkv.v1 import exchange_pb2
 
 pytestmark = pytest.mark.timeout(30)
 
 METHOD = "/test.Echo/Call"
 Reply = exchange_pb2.ExchangeReply
-
-
-def _framed(*replies: Reply) -> bytes:
-    return b"".join(
-        LENGTH_PREFIX.pack(len(data)) + data for data in (r.SerializeToString() for r in replies)
-    )
-
-
-async def _message(reader: asyncio.StreamReader) -> bytes:
-    (length,) = LENGTH_PREFIX.unpack(await reader.readexactly(LENGTH_PREFIX.size))
-    return await reader.readexactly(length)
 
 
 class Server:
@@ -57,39 +46,24 @@ class Server:
         self.connections += 1
         self._writers.append(writer)
         try:
-            await _message(reader)  # the hello
+            await wire.read_message(reader)  # the hello
             if self.first is not None and (self.every or self.connections == 1):
-                writer.write(_framed(Reply(), self.first))
+                writer.write(wire.framed(Reply(), self.first))
                 if not self.first.HasField("last_id"):  # a close message: the end
                     writer.close()
                     return
             else:
-                writer.write(_framed(Reply()))
+                writer.write(wire.framed(Reply()))
             while True:
-                frame = exchange_pb2.ExchangeFrame.FromString(await _message(reader))
+                frame = exchange_pb2.ExchangeFrame.FromString(await wire.read_message(reader))
                 if self.hold:
-                    writer.write(_framed(Reply(code=14, message="stopping", last_id=frame.id)))
+                    writer.write(wire.framed(Reply(code=14, message="stopping", last_id=frame.id)))
                     await reader.read()  # until the caller closes
                     self.ended.set()
                     return
-                writer.write(_framed(Reply(id=frame.id, response=frame.request)))
+                writer.write(wire.framed(Reply(id=frame.id, response=frame.request)))
         except (asyncio.IncompleteReadError, ConnectionError):
             self.ended.set()
-
-
-def _connection(port: int) -> ExchangeConnection:
-    async def lookup(timeout: float) -> tuple[int, dict[str, str]]:
-        return port, {}
-
-    return ExchangeConnection(
-        "scripted server",
-        "127.0.0.1:1",
-        exchange_port=lookup,
-        tls=None,
-        authorization="",
-        max_message_bytes=1 << 20,
-        connect_timeout_s=2.0,
-    )
 
 
 async def _outcomes(connection: ExchangeConnection, count: int) -> list[tuple[str, str]]:
@@ -105,7 +79,7 @@ async def _outcomes(connection: ExchangeConnection, count: int) -> list[tuple[st
 def test_a_close_with_every_welcome_fails_the_queued_frames_with_the_servers_status() -> None:
     async def main() -> None:
         server = Server(Reply(code=8, message="too many callers"), every=True)
-        connection = _connection(await server.start())
+        connection = wire.caller(await server.start())
         try:
             started = asyncio.get_running_loop().time()
             outcomes = await _outcomes(connection, 2)
@@ -135,7 +109,7 @@ def test_a_going_away_with_the_welcome_fails_the_frames_as_not_read() -> None:
 
     async def main() -> None:
         server = Server(Reply(code=14, message="server stopping", last_id=0))
-        connection = _connection(await server.start())
+        connection = wire.caller(await server.start())
         try:
             outcomes = await _outcomes(connection, 2)
             not_read = "scripted server: server stopping; the frame was not read"
@@ -152,7 +126,7 @@ def test_a_going_away_with_the_welcome_fails_the_frames_as_not_read() -> None:
 def test_close_closes_the_connection_a_going_away_left_answering() -> None:
     async def main() -> None:
         server = Server(hold=True)
-        connection = _connection(await server.start())
+        connection = wire.caller(await server.start())
         try:
             waiting = asyncio.ensure_future(connection.send(METHOD, b"read", 5.0, {}))
             await asyncio.sleep(0.2)  # read by the server, which says it stops

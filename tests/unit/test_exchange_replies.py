@@ -39,6 +39,14 @@ class Pair:
         )
         return self.reader
 
+    async def welcomed(self) -> ReplyReader:
+        """Opened, welcomed, and handing replies on."""
+        reader = await self.open()
+        await self.send(_framed(Reply()))
+        await reader.welcome
+        self.deliver()
+        return reader
+
     def deliver(self) -> None:
         self.reader.deliver(self.replies.append, self.ended.append)
 
@@ -78,10 +86,7 @@ def test_replies_cut_anywhere_come_out_whole_and_in_order() -> None:
 def test_a_reply_longer_than_the_limit_ends_the_connection_with_why() -> None:
     async def main() -> None:
         pair = Pair(max_reply=100)
-        reader = await pair.open()
-        await pair.send(_framed(Reply()))
-        await reader.welcome
-        pair.deliver()
+        reader = await pair.welcomed()
         await pair.send(LENGTH_PREFIX.pack(101) + b"x" * 101)
         assert len(pair.ended) == 1 and isinstance(pair.ended[0], DecodeError)
         assert "reply of 101 bytes exceeds 100" in str(pair.ended[0])
@@ -109,10 +114,7 @@ def test_an_end_before_the_welcome_fails_the_wait_and_reaches_the_owner_later() 
 def test_unreadable_bytes_end_the_connection() -> None:
     async def main() -> None:
         pair = Pair()
-        reader = await pair.open()
-        await pair.send(_framed(Reply()))
-        await reader.welcome
-        pair.deliver()
+        await pair.welcomed()
         await pair.send(LENGTH_PREFIX.pack(3) + b"\xff\xff\xff")
         assert len(pair.ended) == 1 and isinstance(pair.ended[0], DecodeError)
         pair.close()
@@ -123,10 +125,7 @@ def test_unreadable_bytes_end_the_connection() -> None:
 def test_an_end_inside_a_reply_is_not_a_clean_close() -> None:
     async def main() -> None:
         pair = Pair()
-        reader = await pair.open()
-        await pair.send(_framed(Reply()))
-        await reader.welcome
-        pair.deliver()
+        await pair.welcomed()
         await pair.send(_framed(Reply(id=1, response=b"cut short"))[:-3])
         pair.close()
         await asyncio.sleep(0.05)
