@@ -101,8 +101,8 @@ class ExchangeConnection:
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
-        # The connection each frame in flight was written on (failed with it if it ends),
-        # and the offset its bytes end at.
+        # Where and when each frame in flight was written (failed with its connection if
+        # that ends; its silence counted from then: _expire).
         self._carrier: dict[int, Carried] = {}
         self._closed = False
         self._ids = itertools.count(1)
@@ -205,13 +205,13 @@ class ExchangeConnection:
         """A frame's deadline passed: it fails. If the server answered nothing on its
         connection since the frame was written on it (a frame queued while the connection
         opened was written after its welcome) and for at least the connect timeout, the
-        connection may be dead (a stopped server, a link that drops
-        everything, which TCP would retry long after it is back): it is closed if the
-        server has not taken even the oldest frame's bytes, else once a ping gets no
-        answer within the connect timeout (_unanswered). A server that answers the ping
-        is slow, not gone (its frames wait on a stalled disk): closing would fail the
-        frames it works on, and a router would count the node DOWN. A younger frame's
-        bytes may wait behind a large request ahead of them: only pinged for."""
+        connection may be dead (a stopped server, a link that drops everything, which TCP
+        would retry long after it is back): it is closed if the server has not taken even
+        the oldest frame's bytes, else once a ping gets no answer within the connect
+        timeout (_unanswered). A server that answers the ping is slow, not gone (its
+        frames wait on a stalled disk): closing would fail the frames it works on, and a
+        router would count the node DOWN. A younger frame's bytes may wait behind a large
+        request ahead of them: only pinged for."""
         message = f"no answer from {self._name} within {timeout:.3f}s"
         self._fail(frame_id, rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, message))
         carried = self._carrier.get(frame_id)
