@@ -18,12 +18,13 @@ record (or none) gets the newest one (read repair). An owner not asked is left t
 read that asks it, a read at ALL, or anti-entropy, as in Cassandra.
 
 The bookkeeping is per batch: each node gets one chunk of the batch's keys (one coalesced
-item, one callback for its reply), and per key there is a reply counter, the newest
-(version, writer) so far with where its entry lies, and the answer fixed at the R-th reply,
-in arrays. Nodes answer each key with its entry of the client's answer, serialized
-(replica_answers.py): the router compares replicas by (version, writer), which names one
-write, and joins the newest entries as they are; an entry is parsed only to repair a
-replica, and replies are only gone through again for keys whose replicas disagreed.
+item, one callback for its reply; owners asked the same keys share its list), and per key
+a reply counter, the newest (version, writer) so far with where its entry lies, and the
+answer fixed at the R-th reply, in arrays. Nodes answer each key with its entry of the
+client's answer, serialized (replica_answers.py): the router compares replicas by
+(version, writer), which names one write, joins the newest entries as they are, parses one
+only to repair a replica, and goes through replies again only for keys whose replicas
+disagreed.
 
 Anything else goes to the general path (key_reads.py), which asks every owner not DOWN: a
 move in progress, an owner that does not count or is DOWN, and a key left short of R
@@ -43,6 +44,7 @@ from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests import read_groups
 from shardkv.router.requests.batch_write import FINAL_CODES
+from shardkv.router.requests.chunk_round import chunked
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
@@ -125,7 +127,7 @@ class BatchReader:
         first, order = min(needed, n), self._orders.next(ring.nodes, slow)
         asks = plan(ring.preference_groups(keys, n), first, down=down, order=order)
         aside, by_node = asks.aside, asks.by_node
-        chunks = self._chunked(by_node)
+        chunks = chunked(by_node, self._max_chunk)
         rnd = ReadRound(keys, needed, chunks, loop.create_future())
         rnd.epoch, rnd.deadline, rnd.budget, rnd.planned = epoch, deadline, budget, asks.groups
         # Counted by group once all are in (read_groups.py) when each node got one chunk.
@@ -165,18 +167,11 @@ class BatchReader:
                 outcomes[index] = outcome
         return [o for o in outcomes if o is not None]
 
-    def _chunked(self, by_node: dict[str, list[int]]) -> list[tuple[str, list[int]]]:
-        """Each node's key indexes in chunks of at most max_chunk."""
-        return [
-            (node_id, indexes[start : start + self._max_chunk])
-            for node_id, indexes in by_node.items()
-            for start in range(0, len(indexes), self._max_chunk)
-        ]
-
     def _send(self, rnd: ReadRound, chunks: range) -> None:
         """Queues the round's chunks numbered chunks, each to its node. A reply may come
         at once (a node that left): the caller counted every chunk as awaited first."""
         keys, deadline, epoch = rnd.keys, rnd.deadline, rnd.epoch
+        shared: tuple[list[int], list[bytes]] | None = None
         for chunk in chunks:
             node_id, indexes = rnd.chunks[chunk]
             deliver = partial(self._reply, rnd, chunk)
@@ -185,7 +180,9 @@ class BatchReader:
             if client is None:
                 deliver(node_left(node_id))
             else:
-                client.read_chunk([keys[i] for i in indexes], deliver, deadline, epoch)
+                if shared is None or shared[0] != indexes:
+                    shared = (indexes, [keys[i] for i in indexes])
+                client.read_chunk(shared[1], deliver, deadline, epoch)
 
     def _reply(self, rnd: ReadRound, chunk: int, result: ReplicaAnswers | NodeFailure) -> None:
         """One chunk's reply, timed for the node's estimate. A node's failure has the
@@ -311,7 +308,7 @@ class BatchReader:
             asked[index] = len(owners)
         if not by_node:
             return
-        chunks = self._chunked(by_node)
+        chunks = chunked(by_node, self._max_chunk)
         start = len(rnd.chunks)
         rnd.chunks.extend(chunks)
         rnd.open.extend([True] * len(chunks))

@@ -5,8 +5,9 @@ replica, and a hint or marker plan per key: right for every case, but per key an
 it costs Python objects and calls that dwarf what a node spends on the record. Most writes
 need none of it: every owner of every key is up, no move is in progress and every owner
 counts. For those, this path sends each node one chunk of the batch's records (one
-coalesced item, one callback for its reply), as columns (writes.py), and counts
-acknowledgements in an array, one slot per key: a key is decided when its slot reaches W.
+coalesced item, one callback for its reply), as columns (writes.py; owners that take the
+same records share one chunk, framed once: framing.py), and counts acknowledgements in an
+array, one slot per key: a key is decided when its slot reaches W.
 
 Anything else goes to the general path, which may be given a key at any time: the record
 keeps its version and writer, and a replica that already holds it treats the second copy
@@ -28,7 +29,7 @@ from typing import Protocol
 
 import grpc
 from shardkv.router.placement.current import Placement
-from shardkv.router.requests.chunk_round import ChunkRound
+from shardkv.router.requests.chunk_round import ChunkRound, chunked
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.framing import ColumnChunk
 from shardkv.router.requests.health import NodeHealth
@@ -149,11 +150,7 @@ class BatchWriter:
                 else:
                     indexes.append(index)
         loop = asyncio.get_running_loop()
-        chunks = [
-            (node_id, indexes[start : start + self._max_chunk])
-            for node_id, indexes in by_node.items()
-            for start in range(0, len(indexes), self._max_chunk)
-        ]
+        chunks = chunked(by_node, self._max_chunk)
         rnd = _Round(len(writes), needed, chunks, loop.create_future())
         rnd.undecided = len(writes) - len(aside)
         rnd.settle = partial(self._settle, rnd, writes, owners_of, epoch)
@@ -163,13 +160,18 @@ class BatchWriter:
             asyncio.ensure_future(general([writes[i] for i in aside], epoch)) if aside else None
         )
         try:
+            shared: tuple[list[int], ColumnChunk] | None = None
             for chunk, (node_id, indexes) in enumerate(chunks):
                 deliver = partial(self._reply, rnd, chunk)
                 client = self._clients.get(node_id)
                 if client is None:
                     deliver(node_left(node_id))
-                else:
-                    client.apply_chunk(writes.chunk(indexes), deliver, deadline, epoch)
+                    continue
+                # Owners taking the same records (every key of a single put, every owner
+                # when the nodes are N) share one chunk: built and framed once.
+                if shared is None or shared[0] != indexes:
+                    shared = (indexes, writes.chunk(indexes))
+                client.apply_chunk(shared[1], deliver, deadline, epoch)
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
             outcomes = self._outcomes(rnd, writes, owners_of, aside)

@@ -11,6 +11,15 @@ from collections.abc import Callable
 from shardkv.router.requests.coalescer import NodeFailure
 
 
+def chunked(by_node: dict[str, list[int]], most: int) -> list[tuple[str, list[int]]]:
+    """Each node's key indexes in chunks of at most most."""
+    return [
+        (node_id, indexes[start : start + most])
+        for node_id, indexes in by_node.items()
+        for start in range(0, len(indexes), most)
+    ]
+
+
 def nothing() -> None:
     """What a round settles with before it is given its settle step."""
 

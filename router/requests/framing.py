@@ -13,7 +13,7 @@ whatever it holds). The body goes through a stub whose request serializer passes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate, chain, groupby
 from operator import attrgetter
 
@@ -30,9 +30,10 @@ _WRITER, _TOMBSTONES = b"\x30", b"\x3a"
 COLUMN_RECORD_BYTES = 17
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ColumnChunk:
-    """The records of one batch bound for one node: one coalesced item (node_client.py).
+    """The records of one batch bound for one or more nodes (the same chunk goes to every
+    owner that takes the same records): one coalesced item per node (node_client.py).
     size: the bytes it adds to a call, which the coalescer budgets calls by."""
 
     keys: Sequence[bytes]
@@ -41,6 +42,9 @@ class ColumnChunk:
     tombstones: bytes
     writer: int
     size: int
+    # Its records framed as one entry, once the first call that carried it alone framed
+    # them: the replicas' calls share the bytes.
+    entry: bytes | None = field(default=None, init=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -49,7 +53,13 @@ class ColumnChunk:
 
 def apply_body(chunks: Sequence[ColumnChunk]) -> bytes:
     """The serialized ApplyRequest of chunks' records, in order: one RecordColumns entry
-    per run of chunks of one writer (every chunk of a router has its writer)."""
+    per run of chunks of one writer (every chunk of a router has its writer). A chunk that
+    leaves alone is framed once for all its replicas."""
+    if len(chunks) == 1:
+        chunk = chunks[0]
+        if chunk.entry is None:
+            chunk.entry = _entry([chunk])
+        return chunk.entry
     entries = [_entry([*run]) for _, run in groupby(chunks, key=attrgetter("writer"))]
     return b"".join(entries)
 
