@@ -17,30 +17,36 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
-# Serves one accepted connection (its TLS handshake done); the acceptor closes it after.
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+P = TypeVar("P", bound=asyncio.Protocol)
+
+# Serves one accepted connection (its TLS handshake done), read by the protocol the
+# acceptor made for it; the acceptor closes it after.
+Handler = Callable[[asyncio.Transport, P], Awaitable[None]]
 # The kernel's queue of connections not accepted yet (asyncio's default).
 BACKLOG = 100
 # How long accepting pauses when it fails for want of descriptors (asyncio's own pause).
 ACCEPT_RETRY_S = 1.0
 
 
-class Acceptor:
+class Acceptor(Generic[P]):
     """Listens on a host's port and serves each connection with a handler, holding at
     most bound connections at once (connections: their tasks)."""
 
     def __init__(
         self,
-        handler: Handler,
+        handler: Handler[P],
+        protocol: Callable[[], P],
         *,
         bound: int,
         tls: ssl.SSLContext | None,
         handshake_timeout_s: float,
     ) -> None:
         self._handler = handler
+        self._protocol = protocol
         self._bound = bound
         self._tls = tls
         self._handshake_timeout_s = handshake_timeout_s
@@ -96,11 +102,9 @@ class Acceptor:
     async def _connection(self, conn: socket.socket, peer: str) -> None:
         """The TLS handshake (within the handshake timeout), then the handler."""
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
+            transport, protocol = await loop.connect_accepted_socket(
+                self._protocol,
                 conn,
                 ssl=self._tls,
                 ssl_handshake_timeout=self._handshake_timeout_s if self._tls else None,
@@ -112,11 +116,10 @@ class Acceptor:
         except BaseException:
             conn.close()
             raise
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:
-            await self._handler(reader, writer)
+            await self._handler(transport, protocol)
         finally:
-            writer.close()
+            transport.close()
 
 
 def peer_name(address: object) -> str:

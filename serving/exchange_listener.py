@@ -18,9 +18,9 @@ max_connection_idle sends a GOAWAY; a hello at most MAX_HELLO_BYTES and a frame 
 message limit plus FRAME_OVERHEAD (a longer one, or one that is not a frame, is answered
 with a status naming the problem and the connection closed); MAX_FRAMES_RUNNING frames
 served at once per connection (more are refused with RESOURCE_EXHAUSTED; callers send
-what is beyond by gRPC, where maximum_concurrent_rpcs bounds it); replies wait for a slow
-reader (the transport's flow control), which holds its own connection's frames back, no
-one else's.
+what is beyond by gRPC, where maximum_concurrent_rpcs bounds it); a caller slow to read
+its replies is not read meanwhile (the transport's flow control: exchange_frames.py),
+which holds its own connection's frames back, no one else's.
 
 A caller that ends its half of the stream between two messages (a TCP half-close) may
 still read: it is told the last frame read, its frames run and are answered, then the
@@ -47,6 +47,7 @@ from shardkv.common import keepalive
 from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING
 from shardkv.serving.connections import ConnectionLimits, connection_shares
 from shardkv.serving.exchange_accept import Acceptor, peer_name
+from shardkv.serving.exchange_frames import FrameReader
 from shardkv.serving.exchange_server import FrameServer, Refusal, status_reply
 from shardkv.v1 import exchange_pb2
 
@@ -132,7 +133,8 @@ class ExchangeListener:
         self._max_bytes = max_message_bytes + FRAME_OVERHEAD
         self._handshake_timeout_s = connections.handshake_timeout_s
         self._acceptor = Acceptor(
-            self._accept,
+            self._serve,
+            lambda: FrameReader(MAX_HELLO_BYTES, self._max_bytes),
             bound=connection_shares(connections).exchange,
             tls=tls,
             handshake_timeout_s=connections.handshake_timeout_s,
@@ -163,22 +165,19 @@ class ExchangeListener:
             task.cancel()
         await asyncio.gather(*connections, *self._running, return_exceptions=True)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        keepalive.enable(writer.transport)
-        await self._serve(reader, writer)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        caller = _Caller(writer)
+    async def _serve(self, transport: asyncio.Transport, reader: FrameReader) -> None:
+        keepalive.enable(transport)
+        caller = _Caller(transport)
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
-                hello_bytes = await self._message(reader, MAX_HELLO_BYTES)
+                hello_bytes = await reader.hello
                 if hello_bytes is None:
                     return  # gone before its hello
                 hello = _parse(exchange_pb2.ExchangeHello, hello_bytes, "hello")
-            refusal = self._admission(hello.authorization, _certificate_names(writer))
+            refusal = self._admission(hello.authorization, _certificate_names(transport))
             if refusal is not None:
                 raise Refusal(*refusal)
-            await _send(writer, self._welcome)  # id 0, code OK: admitted
+            caller.send(self._welcome)  # id 0, code OK: admitted
             if await self._read_frames(reader, caller):
                 await self._finish(caller)
             else:
@@ -188,13 +187,14 @@ class ExchangeListener:
         except asyncio.CancelledError:
             # The server stops (stop()): the caller learns which frames were read, which
             # are answered within the grace, and sends the others elsewhere.
+            reader.stop()
             caller.tell("server stopping")
             if caller.running:
                 await asyncio.wait(caller.running)
             raise
         except Refusal as refused:
             log.warning("refused exchange connection from %s: %s", caller.peer, refused.details)
-            await _send(writer, status_reply(0, refused.code, refused.details))
+            caller.send(status_reply(0, refused.code, refused.details))
         except TimeoutError:
             log.warning("exchange connection from %s sent no hello in time", caller.peer)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
@@ -207,8 +207,8 @@ class ExchangeListener:
         if caller.running:
             await asyncio.wait(caller.running)
 
-    async def _read_frames(self, reader: asyncio.StreamReader, caller: _Caller) -> bool:
-        """Reads frames and starts each, until the caller ends its stream between two
+    async def _read_frames(self, reader: FrameReader, caller: _Caller) -> bool:
+        """Starts each frame as it arrives, until the caller ends its stream between two
         messages (True) or the connection carries no frame for the idle time, none read
         and none running (False; a frame that arrives as it ends stays unread)."""
         loop = asyncio.get_running_loop()
@@ -229,31 +229,34 @@ class ExchangeListener:
             if running or now < active_at + idle_s:
                 timer = loop.call_at((now if running else active_at) + idle_s, check, idle_s)
             else:
-                idle.reschedule(now)  # the read in progress ends with TimeoutError
+                reader.stop()
+                idle.reschedule(now)  # the wait ends with TimeoutError
+
+        def start(frame_bytes: bytes) -> None:
+            nonlocal active_at
+            active_at = loop.time()
+            frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
+            if frame.id == 0:
+                raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
+            caller.last_id = max(caller.last_id, frame.id)
+            if not frame.method:  # a ping: answered now, never refused for load
+                caller.send(_pong(frame.id))
+                return
+            busy = self._busy(len(running))
+            if busy is not None:
+                caller.send(status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, busy))
+                return
+            task = loop.create_task(self._answer(frame, caller))
+            running.add(task)
+            server_running.add(task)
+            task.add_done_callback(answered)
 
         if self._idle_s:
             timer = loop.call_at(active_at + self._idle_s, check, self._idle_s)
         try:
             async with idle:
-                while (frame_bytes := await self._message(reader, self._max_bytes)) is not None:
-                    active_at = loop.time()
-                    frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
-                    if frame.id == 0:
-                        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "frame id 0 is reserved")
-                    caller.last_id = max(caller.last_id, frame.id)
-                    if not frame.method:  # a ping: answered now, never refused for load
-                        await _send(caller.writer, _pong(frame.id))
-                        continue
-                    busy = self._busy(len(running))
-                    if busy is not None:
-                        reply = status_reply(frame.id, grpc.StatusCode.RESOURCE_EXHAUSTED, busy)
-                        await _send(caller.writer, reply)
-                        continue
-                    task = loop.create_task(self._answer(frame, caller.writer, caller.peer))
-                    running.add(task)
-                    server_running.add(task)
-                    task.add_done_callback(answered)
-                return True
+                reader.deliver(start)
+                return await reader.ended
         except TimeoutError:
             if not idle.expired():
                 raise
@@ -271,8 +274,8 @@ class ExchangeListener:
         if not caller.running:
             return
         caller.tell("the caller ended its stream")
-        sock = caller.writer.get_extra_info("socket")
-        while caller.running and not caller.writer.is_closing():
+        sock = caller.transport.get_extra_info("socket")
+        while caller.running and not caller.transport.is_closing():
             await asyncio.wait(set(caller.running), timeout=GONE_POLL_S)
             if sock is not None and gone(sock):
                 return
@@ -286,47 +289,31 @@ class ExchangeListener:
             return f"{self._max_running} frames already running on this server"
         return None
 
-    async def _message(self, reader: asyncio.StreamReader, limit: int) -> bytes | None:
-        """The next message; None when the stream ends before it, between two messages."""
-        try:
-            prefix = await reader.readexactly(LENGTH_PREFIX.size)
-        except asyncio.IncompleteReadError as ended:
-            if ended.partial:
-                raise
-            return None
-        (length,) = LENGTH_PREFIX.unpack(prefix)
-        if length > limit:
-            raise Refusal(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds this server's limit of {limit}",
-            )
-        return await reader.readexactly(length)
-
-    async def _answer(
-        self,
-        frame: exchange_pb2.ExchangeFrame,
-        writer: asyncio.StreamWriter,
-        peer: str,
-    ) -> None:
-        reply = await self._frames.answer(frame, peer)
-        await _send(writer, reply)
+    async def _answer(self, frame: exchange_pb2.ExchangeFrame, caller: _Caller) -> None:
+        caller.send(await self._frames.answer(frame, caller.peer))
 
 
 class _Caller:
-    """One admitted connection: its writer, the frames running and the newest frame read."""
+    """One connection: its transport, the frames running and the newest frame read."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.peer = _peer(writer)
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.peer = peer_name(transport.get_extra_info("peername"))
         self.running: set[asyncio.Task[None]] = set()
         self.last_id = 0
         self._told = False
 
+    def send(self, message: bytes) -> None:
+        """Writes one message; a connection that closed meanwhile has nobody to answer.
+        (A caller slow to read its replies is not read meanwhile: FrameReader.)"""
+        if not self.transport.is_closing():
+            self.transport.write(LENGTH_PREFIX.pack(len(message)) + message)
+
     def tell(self, why: str) -> None:
         """Tells the caller (once) that no frame after last_id is read, and why: the frames
         up to it are answered, later ones may go elsewhere (gRPC's GOAWAY)."""
-        if not self._told and not self.writer.is_closing():
-            self.writer.write(_framed(_going_away(self.last_id, why)))
+        if not self._told:
+            self.send(_going_away(self.last_id, why))
         self._told = True
 
 
@@ -348,32 +335,11 @@ def _pong(frame_id: int) -> bytes:
     return exchange_pb2.ExchangeReply(id=frame_id).SerializeToString()
 
 
-def _framed(message: bytes) -> bytes:
-    return LENGTH_PREFIX.pack(len(message)) + message
-
-
-async def _send(writer: asyncio.StreamWriter, message: bytes) -> None:
-    """Writes one message and waits while the peer is slow to read. A connection that
-    closed meanwhile has nobody to answer: the message is dropped."""
-    if writer.is_closing():
-        return
-    writer.write(_framed(message))
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    """The peer as gRPC names one ("ipv4:127.0.0.1:50000"), for logs and telemetry."""
-    return peer_name(writer.get_extra_info("peername"))
-
-
-def _certificate_names(writer: asyncio.StreamWriter) -> list[str]:
+def _certificate_names(transport: asyncio.Transport) -> list[str]:
     """The subject CN and the DNS, IP, URI and email alternative names of the peer's
     certificate (none without TLS or a client certificate), as gRPC lists them for a call
     (an IPv6 address as ::1, where Python spells it out)."""
-    certificate = writer.get_extra_info("peercert") or {}
+    certificate = transport.get_extra_info("peercert") or {}
     names = [
         value
         for rdn in certificate.get("subject", ())

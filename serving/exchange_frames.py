@@ -1,0 +1,146 @@
+"""The server's end of an exchange connection (exchange_listener.py), read as its bytes
+arrive: each length-prefixed message is cut out in data_received and handed on at once.
+
+Why a Protocol and not asyncio's StreamReader with a task looping on readexactly: the
+stream wakes the reading task, which starts the frame's task, each a turn of the event
+loop later; here a frame's task is started in the turn its bytes arrive. A request
+crosses two such hops (SDK to router, router to nodes), so the turn was paid on each.
+(The caller's end reads its replies the same way: common/exchange_replies.py.)
+
+The first message is the hello (``hello``); the frames after it go to the handler
+``deliver`` sets, those that came before it first. A peer that does not read its replies
+is not read either: reading pauses while the transport holds more unsent bytes than its
+high-water mark, so a slow reader holds back its own connection's frames, no one else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.serving.exchange_server import Refusal
+
+# Takes each frame's bytes, in the order the caller sent them; may raise Refusal, which
+# ends the connection with that status.
+OnFrame = Callable[[bytes], None]
+
+_PREFIX = LENGTH_PREFIX.size
+
+
+class FrameReader(asyncio.Protocol):
+    """Cuts the stream into messages: the hello resolves ``hello`` (None: the stream ended
+    first), the frames go to ``deliver``'s handler. ``ended`` resolves when reading ends:
+    True when the caller ended its stream between two messages (a half-close; it may
+    still read), or raises why it ended otherwise (ConnectionError, the OSError that
+    broke it, asyncio.IncompleteReadError inside a message, or the Refusal of a message
+    that could not be taken)."""
+
+    def __init__(self, hello_limit: int, frame_limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.hello: asyncio.Future[bytes | None] = loop.create_future()
+        self.ended: asyncio.Future[bool] = loop.create_future()
+        self._limit = hello_limit
+        self._frame_limit = frame_limit
+        self._buffer = bytearray()
+        self._needed = _PREFIX
+        self._on_frame: OnFrame | None = None
+        self._early: list[bytes] = []  # frames before deliver()
+        self._stopped = False
+
+    def deliver(self, on_frame: OnFrame) -> None:
+        """From now on frames go to on_frame; those that came with the hello go first."""
+        self._on_frame = on_frame
+        early, self._early = self._early, []
+        try:
+            for frame in early:
+                on_frame(frame)
+        except Refusal as refused:
+            self._end(refused)
+
+    def stop(self) -> None:
+        """Takes nothing more (the connection is idle or ending): frames that arrive stay
+        unread. They are still drained from the socket, so that closing it sends the
+        caller a clean end rather than the reset that unread bytes would cause."""
+        self._stopped = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return
+            data = bytes(buffer)
+            buffer.clear()
+        size, offset = len(data), 0
+        try:
+            while size - offset >= _PREFIX and not self._stopped:
+                (length,) = LENGTH_PREFIX.unpack_from(data, offset)
+                if length > self._limit:
+                    limit = self._limit
+                    problem = f"message of {length} bytes exceeds this server's limit of {limit}"
+                    raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
+                end = offset + _PREFIX + length
+                if end > size:
+                    break
+                message, offset = data[offset + _PREFIX : end], end
+                self._take(message)
+        except Refusal as refused:
+            self._end(refused)
+            return
+        if offset < size and not self._stopped:
+            buffer += data[offset:]
+            # The bytes the next message needs: its prefix, then the prefix and its length.
+            self._needed = _PREFIX
+            if len(buffer) >= _PREFIX:
+                self._needed += LENGTH_PREFIX.unpack_from(buffer)[0]
+
+    def _take(self, message: bytes) -> None:
+        if not self.hello.done():
+            self.hello.set_result(message)
+            self._limit = self._frame_limit
+        elif self._on_frame is None:
+            self._early.append(message)
+        else:
+            self._on_frame(message)
+
+    def eof_received(self) -> bool:
+        self._end(asyncio.IncompleteReadError(bytes(self._buffer), None) if self._buffer else None)
+        # Kept open: the caller may still read its frames' answers (a half-close; TLS has
+        # none, and asyncio warns when asked to keep a TLS transport open).
+        return self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc if exc is not None else ConnectionError("the connection was closed"))
+
+    def pause_writing(self) -> None:
+        """The caller is slow to read its replies: it is not read meanwhile."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def _end(self, why: BaseException | None) -> None:
+        """Reading ends: None for the caller's half-close between two messages, else why
+        (a hello not read yet gets the same: None, or why)."""
+        self._stopped = True
+        for waiter in (self.hello, self.ended):
+            if waiter.done():
+                continue
+            if why is not None:
+                waiter.set_exception(why)
+                waiter.exception()  # retrieved: a connection nobody waits for is no bug
+            elif waiter is self.hello:
+                self.hello.set_result(None)
+            else:
+                self.ended.set_result(True)
