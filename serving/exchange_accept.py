@@ -17,29 +17,29 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+
+from shardkv.serving.exchange_frames import FrameReader
 
 log = logging.getLogger(__name__)
 
-P = TypeVar("P", bound=asyncio.Protocol)
 
-# Serves one accepted connection (its TLS handshake done), read by the protocol the
+# Serves one accepted connection (its TLS handshake done), read by the FrameReader the
 # acceptor made for it; the acceptor closes it after.
-Handler = Callable[[asyncio.Transport, P], Awaitable[None]]
+Handler = Callable[[asyncio.Transport, FrameReader], Awaitable[None]]
 # The kernel's queue of connections not accepted yet (asyncio's default).
 BACKLOG = 100
 # How long accepting pauses when it fails for want of descriptors (asyncio's own pause).
 ACCEPT_RETRY_S = 1.0
 
 
-class Acceptor(Generic[P]):
+class Acceptor:
     """Listens on a host's port and serves each connection with a handler, holding at
     most bound connections at once (connections: their tasks)."""
 
     def __init__(
         self,
-        handler: Handler[P],
-        protocol: Callable[[], P],
+        handler: Handler,
+        protocol: Callable[[], FrameReader],
         *,
         bound: int,
         tls: ssl.SSLContext | None,
@@ -120,6 +120,19 @@ class Acceptor(Generic[P]):
             await self._handler(transport, protocol)
         finally:
             transport.close()
+            await self._closed(transport, protocol, peer)
+
+    async def _closed(self, transport: asyncio.Transport, reader: FrameReader, peer: str) -> None:
+        """Waits for the connection's last bytes to leave: until then it counts against
+        the bound, so a caller that stops reading cannot hold more. One that takes them no
+        faster than the handshake timeout is cut off."""
+        try:
+            async with asyncio.timeout(self._handshake_timeout_s):
+                await asyncio.shield(reader.closed)
+        except TimeoutError:
+            wait = self._handshake_timeout_s
+            log.warning("exchange connection from %s took no replies for %gs: cut off", peer, wait)
+            transport.abort()
 
 
 def peer_name(address: object) -> str:

@@ -10,7 +10,9 @@ crosses two such hops (SDK to router, router to nodes), so the turn was paid on 
 The first message is the hello (``hello``); the frames after it go to the handler
 ``deliver`` sets, those that came before it first. A peer that does not read its replies
 is not read either: reading pauses while the transport holds more unsent bytes than its
-high-water mark, so a slow reader holds back its own connection's frames, no one else's.
+high-water mark, and each reply's writer waits (``drained``) until they are below it, as a
+StreamWriter's drain waits; so a slow reader holds back its own connection's frames, no
+one else's, and a frame counts as running until its reply has left.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ class FrameReader(asyncio.Protocol):
         self._on_frame: OnFrame | None = None
         self._early: list[bytes] = []  # frames before deliver()
         self._stopped = False
+        # Writers waiting for the unsent bytes to fall below the high-water mark (one
+        # future each: a waiter cancelled must not cancel the others' wait).
+        self._paused = False
+        self._drains: list[asyncio.Future[None]] = []
+        # Resolves once the connection is closed (its last bytes sent, or given up).
+        self.closed: asyncio.Future[None] = loop.create_future()
 
     def deliver(self, on_frame: OnFrame) -> None:
         """From now on frames go to on_frame; those that came with the hello go first."""
@@ -62,9 +70,20 @@ class FrameReader(asyncio.Protocol):
 
     def stop(self) -> None:
         """Takes nothing more (the connection is idle or ending): frames that arrive stay
-        unread. They are still drained from the socket, so that closing it sends the
-        caller a clean end rather than the reset that unread bytes would cause."""
+        unread. They are still drained from the socket, also while replies wait to be
+        sent, so that closing it sends the caller a clean end rather than the reset that
+        unread bytes would cause."""
         self._stopped = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def drained(self) -> None:
+        """Returns once the transport's unsent bytes are below its high-water mark, or
+        the connection closed."""
+        if self._paused and not self.closed.done():
+            drain = asyncio.get_running_loop().create_future()
+            self._drains.append(drain)
+            await drain
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -120,15 +139,28 @@ class FrameReader(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(exc if exc is not None else ConnectionError("the connection was closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._wake()
 
     def pause_writing(self) -> None:
-        """The caller is slow to read its replies: it is not read meanwhile."""
-        if self.transport is not None:
+        """The caller is slow to read its replies: it is not read meanwhile (unless
+        reading stopped: then what comes is drained and dropped)."""
+        self._paused = True
+        if self.transport is not None and not self._stopped:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        self._paused = False
+        if self.transport is not None and not self._stopped:
             self.transport.resume_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        drains, self._drains = self._drains, []
+        for drain in drains:
+            if not drain.done():
+                drain.set_result(None)
 
     def _end(self, why: BaseException | None) -> None:
         """Reading ends: None for the caller's half-close between two messages, else why

@@ -167,7 +167,7 @@ class ExchangeListener:
 
     async def _serve(self, transport: asyncio.Transport, reader: FrameReader) -> None:
         keepalive.enable(transport)
-        caller = _Caller(transport)
+        caller = _Caller(transport, reader)
         try:
             async with asyncio.timeout(self._handshake_timeout_s):
                 hello_bytes = await reader.hello
@@ -234,6 +234,8 @@ class ExchangeListener:
 
         def start(frame_bytes: bytes) -> None:
             nonlocal active_at
+            if not self._serving:  # stop() began this turn: left unread, as after it
+                return
             active_at = loop.time()
             frame = _parse(exchange_pb2.ExchangeFrame, frame_bytes, "frame")
             if frame.id == 0:
@@ -290,14 +292,19 @@ class ExchangeListener:
         return None
 
     async def _answer(self, frame: exchange_pb2.ExchangeFrame, caller: _Caller) -> None:
+        """Runs the frame and writes its reply; it counts as running (for the idle time,
+        the load bounds and a stop's grace) until its reply has left."""
         caller.send(await self._frames.answer(frame, caller.peer))
+        await caller.reader.drained()
 
 
 class _Caller:
-    """One connection: its transport, the frames running and the newest frame read."""
+    """One connection: its transport and reader, the frames running and the newest frame
+    read."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, reader: FrameReader) -> None:
         self.transport = transport
+        self.reader = reader
         self.peer = peer_name(transport.get_extra_info("peername"))
         self.running: set[asyncio.Task[None]] = set()
         self.last_id = 0
