@@ -120,19 +120,6 @@ class Acceptor:
             await self._handler(transport, protocol)
         finally:
             transport.close()
-            await self._closed(transport, protocol, peer)
-
-    async def _closed(self, transport: asyncio.Transport, reader: FrameReader, peer: str) -> None:
-        """Waits for the connection's last bytes to leave: until then it counts against
-        the bound, so a caller that stops reading cannot hold more. One that takes them no
-        faster than the handshake timeout is cut off."""
-        try:
-            async with asyncio.timeout(self._handshake_timeout_s):
-                await asyncio.shield(reader.closed)
-        except TimeoutError:
-            wait = self._handshake_timeout_s
-            log.warning("exchange connection from %s took no replies for %gs: cut off", peer, wait)
-            transport.abort()
 
 
 def peer_name(address: object) -> str:

@@ -12,7 +12,7 @@ The first message is the hello (``hello``); the frames after it go to the handle
 is not read either: reading pauses while the transport holds more unsent bytes than its
 high-water mark, and each reply's writer waits (``drained``) until they are below it, as a
 StreamWriter's drain waits; so a slow reader holds back its own connection's frames, no
-one else's, and a frame counts as running until its reply has left.
+one else's, and a frame counts as running until its reply is written but for that mark.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ class FrameReader(asyncio.Protocol):
         # future each: a waiter cancelled must not cancel the others' wait).
         self._paused = False
         self._drains: list[asyncio.Future[None]] = []
-        # Resolves once the connection is closed (its last bytes sent, or given up).
-        self.closed: asyncio.Future[None] = loop.create_future()
+        self._lost = False
 
     def deliver(self, on_frame: OnFrame) -> None:
         """From now on frames go to on_frame; those that came with the hello go first."""
@@ -80,7 +79,7 @@ class FrameReader(asyncio.Protocol):
     async def drained(self) -> None:
         """Returns once the transport's unsent bytes are below its high-water mark, or
         the connection closed."""
-        if self._paused and not self.closed.done():
+        if self._paused and not self._lost:
             drain = asyncio.get_running_loop().create_future()
             self._drains.append(drain)
             await drain
@@ -139,8 +138,7 @@ class FrameReader(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(exc if exc is not None else ConnectionError("the connection was closed"))
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self._lost = True
         self._wake()
 
     def pause_writing(self) -> None:

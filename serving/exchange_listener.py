@@ -293,7 +293,8 @@ class ExchangeListener:
 
     async def _answer(self, frame: exchange_pb2.ExchangeFrame, caller: _Caller) -> None:
         """Runs the frame and writes its reply; it counts as running (for the idle time,
-        the load bounds and a stop's grace) until its reply has left."""
+        the load bounds and a stop's grace) until the transport took the reply but for
+        its high-water mark of unsent bytes (as a StreamWriter's drain)."""
         caller.send(await self._frames.answer(frame, caller.peer))
         await caller.reader.drained()
 
