@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
-from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.common.wire import MessageCutter, TooLong
 from shardkv.v1 import exchange_pb2
 
 Reply = exchange_pb2.ExchangeReply
@@ -28,8 +28,6 @@ OnReply = Callable[[Reply], None]
 # reply, or None for the server's clean close.
 OnEnd = Callable[[Exception | None], None]
 
-_PREFIX = LENGTH_PREFIX.size
-
 
 class ReplyReader(asyncio.Protocol):
     """Parses replies as they arrive; the first one (the welcome) resolves ``welcome``,
@@ -38,11 +36,7 @@ class ReplyReader(asyncio.Protocol):
     def __init__(self, max_reply: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.welcome: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._max_reply = max_reply
-        # Bytes of a reply not whole yet, and how many the buffer needs before the next
-        # reply can be whole (its prefix, then the prefix and its length).
-        self._buffer = bytearray()
-        self._needed = _PREFIX
+        self._messages = MessageCutter(max_reply)
         self._on_reply: OnReply | None = None
         self._on_end: OnEnd | None = None
         # What came before deliver(): replies, and the end (a 1-tuple once it ended).
@@ -65,42 +59,26 @@ class ReplyReader(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            if len(buffer) < self._needed:
-                return
-            data = bytes(buffer)
-            buffer.clear()
-        size, offset = len(data), 0
         try:
-            while size - offset >= _PREFIX:
-                (length,) = LENGTH_PREFIX.unpack_from(data, offset)
-                if length > self._max_reply:
-                    raise DecodeError(f"reply of {length} bytes exceeds {self._max_reply}")
-                end = offset + _PREFIX + length
-                if end > size:
-                    break
-                reply = Reply.FromString(data[offset + _PREFIX : end])
-                offset = end
-                self._hand(reply)
+            for message in self._messages.cut(data):
+                self._hand(Reply.FromString(message))
+        except TooLong as long:
+            self._unreadable(DecodeError(f"reply of {long.length} bytes exceeds {long.limit}"))
         except DecodeError as exc:
-            self._end(exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        if offset < size:
-            buffer += data[offset:]
-            self._needed = _PREFIX
-            if len(buffer) >= _PREFIX:
-                self._needed += LENGTH_PREFIX.unpack_from(buffer)[0]
+            self._unreadable(exc)
+
+    def _unreadable(self, why: DecodeError) -> None:
+        self._end(why)
+        if self.transport is not None:
+            self.transport.abort()
 
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost says the server ended it
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None and self._buffer:  # the server's close cut a reply short
-            exc = ConnectionError(f"the connection ended {len(self._buffer)} bytes into a reply")
+        if exc is None and self._messages.partial:  # the server's close cut a reply short
+            partial = self._messages.partial
+            exc = ConnectionError(f"the connection ended {partial} bytes into a reply")
         self._end(exc)
 
     def _hand(self, reply: Reply) -> None:

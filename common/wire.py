@@ -6,6 +6,7 @@ router/requests/framing.py; frames on an exchange port), and the framing of exch
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 # Every message on an exchange port, either way (exchange.proto): its length, 4 bytes
 # big-endian, then its bytes.
@@ -35,3 +36,54 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+class TooLong(ValueError):
+    """A message longer than the reader's limit: the stream cannot be read further."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"message of {length} bytes exceeds the limit of {limit}")
+        self.length, self.limit = length, limit
+
+
+class MessageCutter:
+    """Cuts an exchange port's byte stream into its length-prefixed messages, in whatever
+    pieces the network delivers them (an asyncio Protocol's data_received): what arrives
+    whole is cut from the piece itself; only a message split across pieces is gathered in
+    a buffer, and only looked at again once enough bytes for it arrived."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+        self._needed = LENGTH_PREFIX.size  # bytes the buffer needs before a message is whole
+
+    @property
+    def partial(self) -> int:
+        """Bytes of a message not whole yet."""
+        return len(self._buffer)
+
+    def cut(self, data: bytes) -> Iterator[bytes]:
+        """The messages made whole by data, in order; raises TooLong for one longer than
+        limit. Stopping early drops the rest of data."""
+        buffer, prefix = self._buffer, LENGTH_PREFIX.size
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return
+            data = bytes(buffer)
+            buffer.clear()
+        size, offset = len(data), 0
+        while size - offset >= prefix:
+            (length,) = LENGTH_PREFIX.unpack_from(data, offset)
+            if length > self.limit:
+                raise TooLong(length, self.limit)
+            end = offset + prefix + length
+            if end > size:
+                break
+            message, offset = data[offset + prefix : end], end
+            yield message
+        if offset < size:
+            buffer += data[offset:]
+            self._needed = prefix
+            if len(buffer) >= prefix:
+                self._needed += LENGTH_PREFIX.unpack_from(buffer)[0]

@@ -21,33 +21,29 @@ import asyncio
 from collections.abc import Callable
 
 import grpc
-from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.common.wire import MessageCutter, TooLong
 from shardkv.serving.exchange_server import Refusal
 
 # Takes each frame's bytes, in the order the caller sent them; may raise Refusal, which
 # ends the connection with that status.
 OnFrame = Callable[[bytes], None]
 
-_PREFIX = LENGTH_PREFIX.size
-
 
 class FrameReader(asyncio.Protocol):
     """Cuts the stream into messages: the hello resolves ``hello`` (None: the stream ended
     first), the frames go to ``deliver``'s handler. ``ended`` resolves when reading ends:
     True when the caller ended its stream between two messages (a half-close; it may
-    still read), or raises why it ended otherwise (ConnectionError, the OSError that
-    broke it, asyncio.IncompleteReadError inside a message, or the Refusal of a message
-    that could not be taken)."""
+    still read), or raises why it ended otherwise (ConnectionError, also for an end inside
+    a message; the OSError that broke it; or the Refusal of a message that could not be
+    taken)."""
 
     def __init__(self, hello_limit: int, frame_limit: int) -> None:
         loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.hello: asyncio.Future[bytes | None] = loop.create_future()
         self.ended: asyncio.Future[bool] = loop.create_future()
-        self._limit = hello_limit
+        self._messages = MessageCutter(hello_limit)
         self._frame_limit = frame_limit
-        self._buffer = bytearray()
-        self._needed = _PREFIX
         self._on_frame: OnFrame | None = None
         self._early: list[bytes] = []  # frames before deliver()
         self._stopped = False
@@ -91,47 +87,30 @@ class FrameReader(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            if len(buffer) < self._needed:
-                return
-            data = bytes(buffer)
-            buffer.clear()
-        size, offset = len(data), 0
         try:
-            while size - offset >= _PREFIX and not self._stopped:
-                (length,) = LENGTH_PREFIX.unpack_from(data, offset)
-                if length > self._limit:
-                    limit = self._limit
-                    problem = f"message of {length} bytes exceeds this server's limit of {limit}"
-                    raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
-                end = offset + _PREFIX + length
-                if end > size:
-                    break
-                message, offset = data[offset + _PREFIX : end], end
+            for message in self._messages.cut(data):
                 self._take(message)
+                if self._stopped:
+                    return
+        except TooLong as long:
+            problem = f"message of {long.length} bytes exceeds this server's limit of {long.limit}"
+            self._end(Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, problem))
         except Refusal as refused:
             self._end(refused)
-            return
-        if offset < size and not self._stopped:
-            buffer += data[offset:]
-            # The bytes the next message needs: its prefix, then the prefix and its length.
-            self._needed = _PREFIX
-            if len(buffer) >= _PREFIX:
-                self._needed += LENGTH_PREFIX.unpack_from(buffer)[0]
 
     def _take(self, message: bytes) -> None:
         if not self.hello.done():
             self.hello.set_result(message)
-            self._limit = self._frame_limit
+            self._messages.limit = self._frame_limit
         elif self._on_frame is None:
             self._early.append(message)
         else:
             self._on_frame(message)
 
     def eof_received(self) -> bool:
-        self._end(asyncio.IncompleteReadError(bytes(self._buffer), None) if self._buffer else None)
+        partial = self._messages.partial
+        cut = ConnectionError(f"the caller ended its stream {partial} bytes into a message")
+        self._end(cut if partial else None)
         # Kept open: the caller may still read its frames' answers (a half-close; TLS has
         # none, and asyncio warns when asked to keep a TLS transport open).
         return self.transport is not None and self.transport.get_extra_info("sslcontext") is None

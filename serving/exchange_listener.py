@@ -197,7 +197,7 @@ class ExchangeListener:
             caller.send(status_reply(0, refused.code, refused.details))
         except TimeoutError:
             log.warning("exchange connection from %s sent no hello in time", caller.peer)
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):
             pass  # the caller went away mid-message, or reset: nobody is left to answer
         # Nobody is left to take the answers of the frames still running: they are
         # cancelled, as gRPC cancels the calls of a connection that ends. (A server

@@ -118,7 +118,7 @@ def test_a_stream_cut_inside_a_message_or_a_refused_frame_ends_reading() -> None
         await pair.send(_framed(b"hi") + LENGTH_PREFIX.pack(10) + b"abc")
         assert await reader.hello == b"hi"
         pair.peer.shutdown(socket.SHUT_WR)
-        with pytest.raises(asyncio.IncompleteReadError):
+        with pytest.raises(ConnectionError, match="ended its stream 7 bytes into a message"):
             await asyncio.wait_for(reader.ended, 5)
         pair.transport.close()
         pair.peer.close()
