@@ -142,7 +142,7 @@ class FrameReader(asyncio.Protocol):
     def _end(self, why: BaseException | None) -> None:
         """Reading ends: None for the caller's half-close between two messages, else why
         (a hello not read yet gets the same: None, or why)."""
-        self._stopped = True
+        self.stop()
         for waiter in (self.hello, self.ended):
             if waiter.done():
                 continue
