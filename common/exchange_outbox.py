@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import grpc
 from shardkv.common.rpc_status import status_code
-from shardkv.common.wire import LENGTH_PREFIX
+from shardkv.common.wire import framed
 from shardkv.v1 import exchange_pb2
 
 # The longest deadline a frame carries (ExchangeFrame.timeout_ms is 32 bits).
@@ -37,8 +37,9 @@ class Connection:
 
     def write(self, data: bytes) -> int:
         """Writes one message; returns the offset its last byte ends at."""
-        self.transport.write(LENGTH_PREFIX.pack(len(data)) + data)
-        self.written += LENGTH_PREFIX.size + len(data)
+        message = framed(data)
+        self.transport.write(message)
+        self.written += len(message)
         return self.written
 
     def taken(self) -> int:

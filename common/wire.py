@@ -24,6 +24,11 @@ NODE_ID_KEY = "shardkv-node-id"
 ROUTER_ID_KEY = "shardkv-router-id"
 
 
+def framed(message: bytes) -> bytes:
+    """message as it goes on an exchange port: its length prefix, then its bytes."""
+    return LENGTH_PREFIX.pack(len(message)) + message
+
+
 def varint(value: int) -> bytes:
     """value (>= 0) as a protobuf varint: a length prefix of a length-delimited field."""
     if value < 0x80:

@@ -44,7 +44,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive
-from shardkv.common.wire import FRAME_OVERHEAD, LENGTH_PREFIX, MAX_FRAMES_RUNNING
+from shardkv.common.wire import FRAME_OVERHEAD, MAX_FRAMES_RUNNING, framed
 from shardkv.serving.connections import ConnectionLimits, connection_shares
 from shardkv.serving.exchange_accept import Acceptor, peer_name
 from shardkv.serving.exchange_frames import FrameReader
@@ -315,7 +315,7 @@ class _Caller:
         """Writes one message; a connection that closed meanwhile has nobody to answer.
         (A caller slow to read its replies is not read meanwhile: FrameReader.)"""
         if not self.transport.is_closing():
-            self.transport.write(LENGTH_PREFIX.pack(len(message)) + message)
+            self.transport.write(framed(message))
 
     def tell(self, why: str) -> None:
         """Tells the caller (once) that no frame after last_id is read, and why: the frames

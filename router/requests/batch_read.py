@@ -44,7 +44,7 @@ from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests import read_groups
 from shardkv.router.requests.batch_write import FINAL_CODES
-from shardkv.router.requests.chunk_round import chunked
+from shardkv.router.requests.chunk_round import SameKeys, chunked
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
@@ -171,7 +171,7 @@ class BatchReader:
         """Queues the round's chunks numbered chunks, each to its node. A reply may come
         at once (a node that left): the caller counted every chunk as awaited first."""
         keys, deadline, epoch = rnd.keys, rnd.deadline, rnd.epoch
-        shared: tuple[list[int], list[bytes]] | None = None
+        keys_of = SameKeys(lambda indexes: [keys[i] for i in indexes])
         for chunk in chunks:
             node_id, indexes = rnd.chunks[chunk]
             deliver = partial(self._reply, rnd, chunk)
@@ -180,9 +180,7 @@ class BatchReader:
             if client is None:
                 deliver(node_left(node_id))
             else:
-                if shared is None or shared[0] != indexes:
-                    shared = (indexes, [keys[i] for i in indexes])
-                client.read_chunk(shared[1], deliver, deadline, epoch)
+                client.read_chunk(keys_of(indexes), deliver, deadline, epoch)
 
     def _reply(self, rnd: ReadRound, chunk: int, result: ReplicaAnswers | NodeFailure) -> None:
         """One chunk's reply, timed for the node's estimate. A node's failure has the

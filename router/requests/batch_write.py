@@ -29,7 +29,7 @@ from typing import Protocol
 
 import grpc
 from shardkv.router.placement.current import Placement
-from shardkv.router.requests.chunk_round import ChunkRound, chunked
+from shardkv.router.requests.chunk_round import ChunkRound, SameKeys, chunked
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
 from shardkv.router.requests.framing import ColumnChunk
 from shardkv.router.requests.health import NodeHealth
@@ -160,18 +160,14 @@ class BatchWriter:
             asyncio.ensure_future(general([writes[i] for i in aside], epoch)) if aside else None
         )
         try:
-            shared: tuple[list[int], ColumnChunk] | None = None
+            chunk_of = SameKeys(writes.chunk)  # built and framed once for its owners
             for chunk, (node_id, indexes) in enumerate(chunks):
                 deliver = partial(self._reply, rnd, chunk)
                 client = self._clients.get(node_id)
                 if client is None:
                     deliver(node_left(node_id))
-                    continue
-                # Owners taking the same records (every key of a single put, every owner
-                # when the nodes are N) share one chunk: built and framed once.
-                if shared is None or shared[0] != indexes:
-                    shared = (indexes, writes.chunk(indexes))
-                client.apply_chunk(shared[1], deliver, deadline, epoch)
+                else:
+                    client.apply_chunk(chunk_of(indexes), deliver, deadline, epoch)
             if rnd.undecided and rnd.chunks_left:
                 await rnd.done
             outcomes = self._outcomes(rnd, writes, owners_of, aside)

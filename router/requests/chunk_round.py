@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from shardkv.router.requests.coalescer import NodeFailure
+
+T = TypeVar("T")
 
 
 def chunked(by_node: dict[str, list[int]], most: int) -> list[tuple[str, list[int]]]:
@@ -18,6 +21,22 @@ def chunked(by_node: dict[str, list[int]], most: int) -> list[tuple[str, list[in
         for node_id, indexes in by_node.items()
         for start in range(0, len(indexes), most)
     ]
+
+
+class SameKeys(Generic[T]):
+    """What build made of a chunk's indexes, made again only when a chunk names other
+    indexes: owners that take the same keys (every owner of a single key; every owner
+    when the nodes are N) share one list of keys or chunk of records, built once."""
+
+    def __init__(self, build: Callable[[list[int]], T]) -> None:
+        self._build = build
+        self._last: tuple[list[int], T] | None = None
+
+    def __call__(self, indexes: list[int]) -> T:
+        last = self._last
+        if last is None or last[0] != indexes:
+            last = self._last = (indexes, self._build(indexes))
+        return last[1]
 
 
 def nothing() -> None:
