@@ -37,8 +37,9 @@ class Limits:
 
     def keys_fit(self, keys: Sequence[bytes]) -> bool:
         """Whether every key's length is within the limits, compared without a call per key
-        (a batch of 100 keys: 0.03 µs a key instead of 0.9 checked one by one)."""
-        return not keys or (b"" not in keys and max(map(len, keys)) <= self.max_key_bytes)
+        (a batch of 100 keys: 0.03 µs a key instead of 0.9 checked one by one; an empty
+        key is told by its truth, not compared)."""
+        return not keys or (all(keys) and max(map(len, keys)) <= self.max_key_bytes)
 
     def check_keys(self, keys: Sequence[bytes], what: str = "batch") -> None:
         """check_key of every key, one by one only when some key breaks a limit (the error

@@ -8,11 +8,10 @@ only to repair a replica that answered an older record.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import islice
-from operator import le
 
+from shardkv.common import native
 from shardkv.common.answers import UINT32, UINT64, get_result, read_answers, unpacked
 from shardkv.v1 import replica_pb2
 
@@ -96,7 +95,7 @@ def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[
         )
     # Entries lie side by side: each starts where the one before ends (a reply that says
     # otherwise fails its call, as one of the wrong size does, and its keys ask elsewhere).
-    if not all(map(le, bounds, islice(bounds, 1, None))):
+    if not ascending(bounds):
         raise ValueError(f"node answered bounds that go backwards over {len(entries)} bytes")
     chunks: list[ReplicaAnswers] = []
     first = 0
@@ -113,3 +112,13 @@ def split(replies: list[replica_pb2.ReadAnswers], sizes: Sequence[int]) -> list[
         )
         first = last
     return chunks
+
+
+def python_ascending(bounds: array[int]) -> bool:
+    """Whether bounds never go down (_spans.c checks it in C)."""
+    listed = bounds.tolist()
+    return listed == sorted(listed)
+
+
+_SPANS = native.extension(native.SPANS)
+ascending: Callable[[array[int]], bool] = python_ascending if _SPANS is None else _SPANS.ascending

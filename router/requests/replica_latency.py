@@ -125,25 +125,32 @@ class ReplicaLatency:
         self._delay = max([MIN_DELAY_S, *peaks])
 
 
-@dataclass(frozen=True, slots=True)
-class AskOrder:
+class AskOrder(dict[str, tuple[bool, int, int]]):
     """One batch's order of the nodes: those not slow, then the slow ones; within each
     tier, the nodes with the fewest keys asked and not yet answered first (outstanding,
     read while the batch is planned), then from the batch's first node onwards around the
-    ring's sorted node ids."""
+    ring's sorted node ids. Each node's rank is worked out once per batch, when a group
+    of keys first names it (a batch's groups name the same few nodes again and again)."""
 
-    positions: Mapping[str, int]
-    first: int
-    slow: frozenset[str]
-    outstanding: Mapping[str, int]
+    def __init__(
+        self,
+        positions: Mapping[str, int],
+        first: int,
+        slow: frozenset[str],
+        outstanding: Mapping[str, int],
+    ) -> None:
+        super().__init__()
+        self.positions, self.first, self.slow = positions, first, slow
+        self.outstanding = outstanding
 
     def __call__(self, owners: tuple[str, ...]) -> tuple[str, ...]:
         """owners in the order the batch asks them."""
-        return tuple(sorted(owners, key=self._rank))
+        return tuple(sorted(owners, key=self.__getitem__))
 
-    def _rank(self, node_id: str) -> tuple[bool, int, int]:
+    def __missing__(self, node_id: str) -> tuple[bool, int, int]:
         turn = (self.positions[node_id] - self.first) % len(self.positions)
-        return node_id in self.slow, self.outstanding.get(node_id, 0), turn
+        rank = self[node_id] = node_id in self.slow, self.outstanding.get(node_id, 0), turn
+        return rank
 
 
 class AskOrders:

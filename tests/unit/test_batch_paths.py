@@ -13,7 +13,7 @@ import grpc
 import pytest
 from fake_nodes import FakeCluster, read_error, read_value, settle
 from shardkv.common.hlc import HybridClock
-from shardkv.router.requests import batch_read, read_groups
+from shardkv.router.requests import batch_read, read_groups, replica_answers
 from shardkv.router.requests.writes import Mutations
 from shardkv.v1 import replica_pb2
 
@@ -27,6 +27,7 @@ def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if request.param == "Python":
         monkeypatch.setattr(read_groups, "place", read_groups.python_place)
         monkeypatch.setattr(read_groups, "same", read_groups.python_same)
+        monkeypatch.setattr(replica_answers, "ascending", replica_answers.python_ascending)
     elif read_groups.place is read_groups.python_place:
         pytest.skip("the C spans are not built (test_spans.py says why)")
     return str(request.param)

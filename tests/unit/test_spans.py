@@ -6,15 +6,20 @@ from __future__ import annotations
 import ctypes
 import os
 from array import array
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from shardkv.router.requests import read_groups
+from shardkv.router.requests import read_groups, replica_answers
 from shardkv.router.requests.read_groups import python_place, python_same
+from shardkv.router.requests.replica_answers import python_ascending
 
 NATIVE = None if read_groups.place is python_place else read_groups.place
 NATIVE_SAME = None if read_groups.same is python_same else read_groups.same
+NATIVE_ASCENDING = (
+    None if replica_answers.ascending is python_ascending else replica_answers.ascending
+)
 
 
 def native() -> read_groups.Place:
@@ -27,6 +32,12 @@ def native_same() -> read_groups.Same:
     if NATIVE_SAME is None:
         pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
     return NATIVE_SAME
+
+
+def native_ascending() -> Callable[[array[int]], bool]:
+    if NATIVE_ASCENDING is None:
+        pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
+    return NATIVE_ASCENDING
 
 
 def test_the_c_spans_are_built() -> None:
@@ -154,3 +165,20 @@ def test_the_c_comparison_refuses_buffers_of_items_without_bytes() -> None:
 
     with pytest.raises(TypeError, match="items of 0 and 0 bytes"):
         same(Empty(), 0, Empty(), 0, 0)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=30))
+def test_c_and_python_tell_ascending_bounds_alike(values: list[int]) -> None:
+    """Sorted bounds (the usual reply) and any others: both say whether they never go
+    down."""
+    ascending = native_ascending()
+    for bounds in (array("I", sorted(values)), array("I", values)):
+        assert ascending(bounds) is python_ascending(bounds) is (list(bounds) == sorted(bounds))
+
+
+def test_the_c_ascending_check_refuses_other_arrays() -> None:
+    ascending = native_ascending()
+    with pytest.raises(TypeError, match="bounds must be an array of uint32"):
+        ascending(array("Q", [1, 2]))
+    assert ascending(array("I")) and ascending(array("I", [7]))
+    assert not ascending(array("I", [0, 5, 4]))
