@@ -64,6 +64,8 @@ from functools import partial
 from itertools import chain
 from typing import Generic, Protocol, TypeVar
 
+from shardkv.common.deadlines import Deadlines
+
 from .errors import ClientClosed, DeadlineExceeded, ResourceExhausted, ShardKVError
 
 I = TypeVar("I")  # noqa: E741 - the item type of a batch
@@ -271,6 +273,8 @@ class AsyncBatcher(Generic[I, R]):
         self._in_flight = 0
         self._starting = False  # a sender task exists that has not taken its batch yet
         self._tasks: set[asyncio.Task[None]] = set()
+        # Each call's deadline, dropped when its answer comes first.
+        self._deadlines = Deadlines()
         self._closed: ShardKVError | None = None
 
     def close(self, error: ShardKVError) -> None:
@@ -295,9 +299,9 @@ class AsyncBatcher(Generic[I, R]):
             task = loop.create_task(self._sender())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # A timer on the caller's own future, not asyncio.wait_for (which wraps it in a
+        # A deadline on the caller's own future, not asyncio.wait_for (which wraps it in a
         # second future and costs an extra loop turn per call).
-        timer = loop.call_at(loop.time() + deadline - time.monotonic(), _expire, future)
+        timer = self._deadlines.at(loop.time() + deadline - time.monotonic(), _expire, future)
         try:
             return await future
         except _Expired:

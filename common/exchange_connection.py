@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 
 import grpc
 from shardkv.common import keepalive, requestid
+from shardkv.common.deadlines import Deadlines
 from shardkv.common.exchange_outbox import (
     Carried,
     Connection,
@@ -100,9 +101,10 @@ class ExchangeConnection:
         self._outbox: deque[Queued] = deque()
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Each frame in flight: its caller, and its deadline (_expire); where and when it
+        # was written (failed with its connection if that ends; silence counted from then).
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
-        # Where and when each frame in flight was written (failed with its connection if
-        # that ends; its silence counted from then: _expire).
+        self._deadlines = Deadlines()
         self._carrier: dict[int, Carried] = {}
         self._closed = False
         self._ids = itertools.count(1)
@@ -140,7 +142,7 @@ class ExchangeConnection:
         )
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
-        timer = loop.call_later(timeout, self._expire, frame_id, timeout)
+        timer = self._deadlines.at(loop.time() + timeout, self._expire, frame_id, timeout)
         payload = _REQUEST_TAG + varint(len(body)) + body
         connection = self._connection
         if connection is not None and not self._draining:  # open, nothing queued: write now
@@ -260,8 +262,7 @@ class ExchangeConnection:
                         self._fail_queued(rpc_error(grpc.StatusCode.UNAVAILABLE, message))
                         continue
                     if connection is None:  # no exchange port to reach: frames go unary
-                        unary = rpc_error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
-                        self._fail_queued(unary)
+                        self._fail_queued(rpc_error(grpc.StatusCode.UNIMPLEMENTED, "no port"))
                         continue
                 while self._outbox and self._connection is connection:
                     queued = self._outbox.popleft()
@@ -334,8 +335,7 @@ class ExchangeConnection:
             transport.abort()
             self._unary(f"{where} {stranger[1]}")
             return None
-        # The welcome is an answer: silence counts from here.
-        connection.answered_at = loop.time()
+        connection.answered_at = loop.time()  # the welcome answers: silence counts from here
         self._connection = connection
         self._open.add(connection)
         # What came with the welcome is handed on after _drain wrote the frames queued

@@ -23,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 from shardkv.common import requestid
+from shardkv.common.deadlines import Deadlines
 from shardkv.common.rpc_status import status_code
 from shardkv.common.wire import varint
 from shardkv.serving.services import serialized
@@ -34,7 +35,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # RequestInterceptor.observe: (method, request id, started, code, details, peer).
 Observe = Callable[[str, str | None, float, grpc.StatusCode, str | None, str], None]
 # A response is a message, or its bytes already serialized (shardkv.serving.services).
-Handler = Callable[[Any, Context], Awaitable[Message | bytes]]
+Response = Message | bytes
+Handler = Callable[[Any, Context], Awaitable[Response]]
 # ExchangeReply.response (field 5) as a wire tag: a reply's response bytes follow it.
 _RESPONSE_TAG = b"\x2a"
 
@@ -107,6 +109,28 @@ class FrameServer:
         """observe: told of every frame answered, as the interceptor is of a call."""
         self._methods = methods
         self._observe = observe
+        # Each frame's deadline: its handler is cancelled when it passes (as
+        # asyncio.timeout would, on a timer of its own per frame).
+        self._deadlines = Deadlines()
+
+    async def _within(self, timeout: float | None, handling: Awaitable[Response]) -> Response:
+        """What handling returns, or TimeoutError once timeout seconds pass: the frame's
+        task is cancelled then, and the cancellation becomes the timeout unless the task
+        was cancelled from elsewhere too (asyncio.timeout's rule)."""
+        if timeout is None:
+            return await handling
+        task = asyncio.current_task()
+        assert task is not None  # a frame runs as its own task (exchange_listener.py)
+        cancelling = task.cancelling()
+        expiry = self._deadlines.at(asyncio.get_running_loop().time() + timeout, task.cancel)
+        try:
+            return await handling
+        except asyncio.CancelledError:
+            if expiry.passed and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            expiry.cancel()
 
     async def answer(self, frame: exchange_pb2.ExchangeFrame, peer: str) -> bytes:
         """The serialized ExchangeReply to frame: what its unary call would have answered."""
@@ -129,8 +153,7 @@ class FrameServer:
             except DecodeError as exc:
                 problem = f"not a request of {frame.method}: {exc}"
                 raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, problem) from exc
-            async with asyncio.timeout(timeout):
-                response = await method.handler(request, cast(Context, context))
+            response = await self._within(timeout, method.handler(request, cast(Context, context)))
             body = serialized(response)
             reply = header.SerializeToString() + _RESPONSE_TAG + varint(len(body)) + body
         except Refusal as aborted:

@@ -40,6 +40,7 @@ from functools import partial
 from typing import Protocol, cast
 
 from shardkv.common import hlc
+from shardkv.common.deadlines import Deadlines
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests import read_groups
@@ -103,6 +104,7 @@ class BatchReader:
         self._max_chunk = max_chunk
         self._latency = ReplicaLatency()
         self._orders = AskOrders()
+        self._deadlines = Deadlines()
 
     async def read(
         self,
@@ -142,9 +144,9 @@ class BatchReader:
             if first < n:
                 rnd.delay = delay
                 late = now + min(delay, (deadline - now) / 2)
-                rnd.timer = loop.call_at(late, partial(self._late, rnd))
+                rnd.timer = self._deadlines.at(late, self._late, rnd)
             else:
-                rnd.timer = loop.call_at(deadline, rnd.expire)
+                rnd.timer = self._deadlines.at(deadline, rnd.expire)
         detour = asyncio.ensure_future(general([keys[i] for i in aside], epoch)) if aside else None
         try:
             self._send(rnd, range(len(chunks)))
@@ -279,10 +281,10 @@ class BatchReader:
             rnd.waiting, moment = True, midpoint
         moment = min(moment, midpoint)
         if now < moment:
-            rnd.timer = loop.call_at(moment, partial(self._late, rnd))
+            rnd.timer = self._deadlines.at(moment, self._late, rnd)
             return
         rnd.waiting = False
-        rnd.timer = loop.call_at(rnd.deadline, rnd.expire)
+        rnd.timer = self._deadlines.at(rnd.deadline, rnd.expire)
         for chunk, (node_id, _) in enumerate(rnd.chunks):
             if rnd.open[chunk]:
                 self._latency.observe(node_id, now - rnd.sent[chunk], now)

@@ -28,6 +28,7 @@ from functools import partial
 from typing import Protocol
 
 import grpc
+from shardkv.common.deadlines import Deadlines
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests.chunk_round import ChunkRound, SameKeys, chunked
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
@@ -118,6 +119,7 @@ class BatchWriter:
         self._keep_markers = keep_markers
         self._tally = tally
         self._max_chunk = max_chunk
+        self._deadlines = Deadlines()
 
     async def place(
         self,
@@ -155,7 +157,7 @@ class BatchWriter:
         rnd.undecided = len(writes) - len(aside)
         rnd.settle = partial(self._settle, rnd, writes, owners_of, epoch)
         if chunks:
-            rnd.timer = loop.call_at(deadline, rnd.expire)
+            rnd.timer = self._deadlines.at(deadline, rnd.expire)
         detour = (
             asyncio.ensure_future(general([writes[i] for i in aside], epoch)) if aside else None
         )

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from shardkv.common.deadlines import Deadline
 from shardkv.router.requests.coalescer import NodeFailure
 
 T = TypeVar("T")
@@ -73,7 +74,7 @@ class ChunkRound:
         self.done = done
         self.expired = False
         self.settle: Callable[[], None] = nothing
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: Deadline | None = None
 
     def finish(self) -> None:
         if not self.done.done():

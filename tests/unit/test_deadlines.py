@@ -1,0 +1,110 @@
+"""Deadlines behind one loop timer (common/deadlines.py), on a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from shardkv.common.deadlines import SWEEP_AT, Deadlines
+
+
+def test_deadlines_pass_in_order_and_dropped_ones_never_run() -> None:
+    async def scenario() -> tuple[list[str], list[float]]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        ran: list[str] = []
+        late: list[float] = []
+        start = loop.time()
+
+        def note(name: str, when: float) -> None:
+            ran.append(name)
+            late.append(loop.time() - when)
+
+        for name, after in (("c", 0.06), ("a", 0.02), ("dropped", 0.03), ("b", 0.04)):
+            deadline = deadlines.at(start + after, note, name, start + after)
+            if name == "dropped":
+                deadline.cancel()
+        # Armed after the others and earlier than all of them: the timer is moved up.
+        deadlines.at(start + 0.01, note, "first", start + 0.01)
+        await asyncio.sleep(0.1)
+        return ran, late
+
+    ran, late = asyncio.run(scenario())
+    assert ran == ["first", "a", "b", "c"]
+    assert all(0 <= delay < 0.05 for delay in late), late
+
+
+def test_a_callback_that_raises_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        ran: list[int] = []
+        when = loop.time() + 0.01
+
+        def fail() -> None:
+            raise RuntimeError("boom")
+
+        deadlines.at(when, ran.append, 1)
+        deadlines.at(when, fail)
+        deadlines.at(when, ran.append, 2)
+        await asyncio.sleep(0.05)
+        return ran
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(scenario()) == [1, 2]
+    assert "a deadline's callback raised" in caplog.text
+
+
+def test_a_callback_may_drop_or_arm_others_due_at_once() -> None:
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        ran: list[str] = []
+        when = loop.time() + 0.01
+        doomed = deadlines.at(when + 0.001, ran.append, "doomed")
+
+        def first() -> None:
+            ran.append("first")
+            doomed.cancel()
+            deadlines.at(loop.time(), ran.append, "armed by first")
+
+        deadlines.at(when, first)
+        await asyncio.sleep(0.05)
+        assert doomed.settled and not doomed.passed
+        return ran
+
+    assert asyncio.run(scenario()) == ["first", "armed by first"]
+
+
+def test_dropping_after_it_passed_changes_nothing() -> None:
+    async def scenario() -> None:
+        deadlines = Deadlines()
+        ran: list[int] = []
+        deadline = deadlines.at(asyncio.get_running_loop().time(), ran.append, 1)
+        await asyncio.sleep(0.01)
+        deadline.cancel()
+        assert deadline.passed and ran == [1] and len(deadlines) == 0
+
+    asyncio.run(scenario())
+
+
+def test_deadlines_dropped_long_before_they_pass_do_not_pile_up() -> None:
+    """A server's frames are answered long before their deadlines: what they leave on the
+    heap is swept out once it is most of it."""
+
+    async def scenario() -> None:
+        deadlines = Deadlines()
+        far = asyncio.get_running_loop().time() + 3600
+        ran: list[int] = []
+        for _ in range(20):
+            batch = [deadlines.at(far, ran.append, i) for i in range(1000)]
+            for deadline in batch:
+                deadline.cancel()
+            assert len(deadlines) <= 2 * SWEEP_AT
+        kept = deadlines.at(far - 1, ran.append, -1)
+        assert len(deadlines) <= 2 * SWEEP_AT + 1 and not kept.settled and not ran
+
+    asyncio.run(scenario())
