@@ -47,6 +47,7 @@ from shardkv.router.requests import read_groups
 from shardkv.router.requests.batch_write import FINAL_CODES
 from shardkv.router.requests.chunk_round import SameKeys, chunked
 from shardkv.router.requests.coalescer import Deliver, NodeFailure, node_left
+from shardkv.router.requests.framing import KeyChunk
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.outcomes import ReadOutcome, read_failure
 from shardkv.router.requests.read_budget import ReadBudget
@@ -73,7 +74,7 @@ class KeyChunkLink(Protocol):
     """What this path needs of a node (NodeClient; fakes in the unit tests)."""
 
     def read_chunk(
-        self, keys: list[bytes], deliver: Deliver[ReplicaAnswers], deadline: float, epoch: int
+        self, keys: KeyChunk, deliver: Deliver[ReplicaAnswers], deadline: float, epoch: int
     ) -> None:
         """Queues keys as one item; deliver gets the node's answers to all of them, in
         order, or the NodeFailure of the call."""
@@ -173,7 +174,7 @@ class BatchReader:
         """Queues the round's chunks numbered chunks, each to its node. A reply may come
         at once (a node that left): the caller counted every chunk as awaited first."""
         keys, deadline, epoch = rnd.keys, rnd.deadline, rnd.epoch
-        keys_of = SameKeys(lambda indexes: [keys[i] for i in indexes])
+        keys_of = SameKeys(lambda indexes: KeyChunk.of([keys[i] for i in indexes]))
         for chunk in chunks:
             node_id, indexes = rnd.chunks[chunk]
             deliver = partial(self._reply, rnd, chunk)

@@ -1,4 +1,5 @@
-"""A batch's records as columns, bound for one node, and framed as one Apply body.
+"""A batch's records as columns, bound for one node, and framed as one Apply body; a
+batch's keys, bound for one node, and framed as one Read body.
 
 A batch's records travel to each owner as a ColumnChunk: the keys, values, versions and
 tombstone flags of its share, picked out of the batch's columns (writes.py) without a
@@ -8,6 +9,11 @@ here field by field: each field's bytes are copied once into the body (a RecordC
 message would copy the keys and values in, and again when serialized), and the node reads
 one set of columns per call, not one per request (a set costs it some 15 µs to unpack
 whatever it holds). The body goes through a stub whose request serializer passes bytes.
+
+A batch read's keys travel to each owner asked as a KeyChunk, serialized once as the keys
+of a ReadRequest for every owner asked them and every call that carries them: a call's
+body is its chunks' serialized keys side by side, then its other fields (protobuf joins
+the repeated field), not the keys copied into a request and serialized per call.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from operator import attrgetter
 
 from shardkv.common.answers import UINT32, UINT64, packed
 from shardkv.common.wire import varint
+from shardkv.v1 import replica_pb2
 
 # ApplyRequest.columns: field 4, wire type 2 (length-delimited).
 _COLUMNS_TAG = b"\x22"
@@ -82,6 +89,38 @@ def _entry(chunks: list[ColumnChunk]) -> bytes:
         parts += (tag, varint(len(data)), data)
     body = sum(map(len, parts))
     return b"".join([_COLUMNS_TAG, varint(body), *parts])
+
+
+@dataclass(slots=True)
+class KeyChunk:
+    """The keys of one batch read bound for one or more nodes (owners asked the same keys
+    share it): one coalesced item per node (node_client.py). size: the bytes of its keys,
+    which the coalescer budgets calls by."""
+
+    keys: list[bytes]
+    size: int
+    # Its keys as ReadRequest.keys fields, once the first call that carried it framed them.
+    wire: bytes | None = field(default=None, init=False, compare=False)
+
+    @classmethod
+    def of(cls, keys: list[bytes]) -> KeyChunk:
+        return cls(keys, sum(map(len, keys)))
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+
+def read_body(chunks: Sequence[KeyChunk], max_bytes: int) -> bytes:
+    """The serialized ReadRequest asking for answers (up to max_bytes) to chunks' keys, in
+    order."""
+    parts = []
+    for chunk in chunks:
+        if chunk.wire is None:
+            chunk.wire = replica_pb2.ReadRequest(keys=chunk.keys).SerializeToString()
+        parts.append(chunk.wire)
+    parts.append(replica_pb2.ReadRequest(max_bytes=max_bytes, answers=True).SerializeToString())
+    return b"".join(parts)
 
 
 def passthrough(body: bytes) -> bytes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import grpc
@@ -31,7 +32,13 @@ from shardkv.common.wire import NODE_ID_KEY
 from shardkv.router.membership.epoch_queues import EpochQueues
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import Coalescer, Deliver
-from shardkv.router.requests.framing import ColumnChunk, apply_body, passthrough
+from shardkv.router.requests.framing import (
+    ColumnChunk,
+    KeyChunk,
+    apply_body,
+    passthrough,
+    read_body,
+)
 from shardkv.router.requests.node_calls import (
     EPOCH_KEY,
     MAX_BATCH_BYTES,
@@ -180,13 +187,13 @@ class NodeClient(NodeCalls):
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
                 call_timeout_s=write_timeout_s or call_timeout_s,
-                size_of=_chunk_size,
+                size_of=attrgetter("size"),
                 max_pending=max_queued,
-                count_of=_chunk_count,
+                count_of=attrgetter("count"),
             )
         )
         self._chunk_applies.batch_sizes = self._applies.batch_sizes
-        self._chunk_reads: EpochQueues[list[bytes], ReplicaAnswers] = EpochQueues(
+        self._chunk_reads: EpochQueues[KeyChunk, ReplicaAnswers] = EpochQueues(
             lambda epoch: Coalescer(
                 node.id,
                 lambda chunks, timeout: self._read_chunks(chunks, timeout, epoch),
@@ -195,9 +202,9 @@ class NodeClient(NodeCalls):
                 max_bytes=MAX_BATCH_BYTES,
                 max_in_flight=MAX_IN_FLIGHT,
                 call_timeout_s=call_timeout_s,
-                size_of=_keys_size,
+                size_of=attrgetter("size"),
                 max_pending=max_queued,
-                count_of=len,
+                count_of=attrgetter("count"),
             )
         )
         self._chunk_reads.batch_sizes = self._reads.batch_sizes
@@ -232,7 +239,7 @@ class NodeClient(NodeCalls):
 
     def read_chunk(
         self,
-        keys: list[bytes],
+        keys: KeyChunk,
         deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,
@@ -316,35 +323,34 @@ class NodeClient(NodeCalls):
         return [True] * len(chunks)
 
     async def _read_chunks(
-        self, chunks: list[list[bytes]], timeout: float, epoch: int | None
+        self, chunks: list[KeyChunk], timeout: float, epoch: int | None
     ) -> list[ReplicaAnswers]:
         """The answers to every chunk's keys, split back by chunk. A node answers up to
         MAX_BATCH_BYTES of values per Read: the rest is asked again at once, within the
-        same timeout, so a chunk is always answered whole."""
-        request = replica_pb2.ReadRequest(max_bytes=MAX_BATCH_BYTES, answers=True)
-        for chunk in chunks:
-            request.keys.extend(chunk)
-        keys = request.keys
+        same timeout, so a chunk is always answered whole. The keys are listed one by one
+        only to ask for that rest, or for a node that answers records (answers_of)."""
+        body = read_body(chunks, MAX_BATCH_BYTES)
+        total = sum(chunk.count for chunk in chunks)
         replies: list[replica_pb2.ReadAnswers] = []
         done = 0
         end = asyncio.get_running_loop().time() + timeout
         while True:
-            reply = await self._read(
-                request.SerializeToString(),
-                max(0.0, end - asyncio.get_running_loop().time()),
-                epoch,
-            )
-            answers = answers_of(request.keys, reply)
+            reply = await self._read(body, max(0.0, end - asyncio.get_running_loop().time()), epoch)
+            if reply.HasField("answers"):
+                answers = reply.answers
+            else:
+                answers = answers_of(_keys(chunks)[done:], reply)
             count = answered(answers)
             if not count:
                 return []  # the coalescer fails the batch as a short reply
             replies.append(answers)
             done += count
-            if done >= len(keys):
-                return split(replies, [len(chunk) for chunk in chunks])
+            if done >= total:
+                return split(replies, [chunk.count for chunk in chunks])
             request = replica_pb2.ReadRequest(
-                keys=keys[done:], max_bytes=MAX_BATCH_BYTES, answers=True
+                keys=_keys(chunks)[done:], max_bytes=MAX_BATCH_BYTES, answers=True
             )
+            body = request.SerializeToString()
 
     async def _apply(
         self, body: bytes, timeout: float, epoch: int | None
@@ -376,16 +382,8 @@ class NodeClient(NodeCalls):
         return {} if routed is None else {EPOCH_KEY: str(routed)}
 
 
-def _chunk_size(records: ColumnChunk) -> int:
-    return records.size
-
-
-def _chunk_count(records: ColumnChunk) -> int:
-    return records.count
-
-
-def _keys_size(keys: list[bytes]) -> int:
-    return sum(map(len, keys))
+def _keys(chunks: list[KeyChunk]) -> list[bytes]:
+    return [key for chunk in chunks for key in chunk.keys]
 
 
 def _apply_count(item: ApplyItem) -> int:

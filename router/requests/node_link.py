@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shardkv.router.requests.coalescer import Deliver
-from shardkv.router.requests.framing import ColumnChunk
+from shardkv.router.requests.framing import ColumnChunk, KeyChunk
 from shardkv.router.requests.replica_answers import ReplicaAnswers
 from shardkv.v1 import replica_pb2
 
@@ -55,7 +55,7 @@ class NodeLink(Protocol):
 
     def read_chunk(
         self,
-        keys: list[bytes],
+        keys: KeyChunk,
         deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,

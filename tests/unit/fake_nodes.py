@@ -23,7 +23,7 @@ from shardkv.router.placement.current import Layout, Placement
 from shardkv.router.placement.ring import Ring
 from shardkv.router.requests.coalescer import Deliver, NodeFailure
 from shardkv.router.requests.coordinator import Coordinator
-from shardkv.router.requests.framing import ColumnChunk, apply_body
+from shardkv.router.requests.framing import ColumnChunk, KeyChunk, apply_body
 from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.router.requests.outcomes import ReadFailure, ReadOutcome
@@ -85,13 +85,13 @@ class FakeNode:
 
     def read_chunk(
         self,
-        keys: list[bytes],
+        keys: KeyChunk,
         deliver: Deliver[ReplicaAnswers],
         deadline: float,
         epoch: int,
     ) -> None:
-        self.keys_read.extend(keys)
-        self._later(self._answer_key_chunk, [(keys, deliver)])
+        self.keys_read.extend(keys.keys)
+        self._later(self._answer_key_chunk, [(keys.keys, deliver)])
 
     def _answer_chunk(self, items: list[tuple[list[replica_pb2.Record], Deliver[bool]]]) -> None:
         if self._failed(items):

@@ -15,6 +15,7 @@ from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.loopback import is_loopback
 from shardkv.router.membership.topology import NodeConfig
 from shardkv.router.requests.coalescer import NodeFailure
+from shardkv.router.requests.framing import KeyChunk
 from shardkv.router.requests.node_client import NodeClient
 from shardkv.router.requests.writes import Writes
 from shardkv.serving.status import status_of
@@ -158,7 +159,7 @@ def calls(client: NodeClient, loop: asyncio.AbstractEventLoop) -> dict[str, Any]
         "apply": lambda: coalesced(client.apply, record),
         "read": lambda: coalesced(client.read, b"k"),
         "apply_chunk": lambda: chunk(client.apply_chunk, Writes.of_records([record]).chunk([0])),
-        "read_chunk": lambda: chunk(client.read_chunk, [b"k"]),
+        "read_chunk": lambda: chunk(client.read_chunk, KeyChunk.of([b"k"])),
         "apply_now": lambda: client.apply_now([record], 5),
         "apply_batch": lambda: client.apply_batch([record], 5),
         "park_hints": lambda: client.park_hints("n2", [record], 5),
