@@ -12,12 +12,14 @@ the heap (as asyncio does with its own cancelled timers), so deadlines far in th
 that are dropped early do not pile up.
 
 Callbacks run on the loop, in the order of their deadlines (of their arming, for equal
-ones); one that raises is logged and the others still run.
+ones), each in the context it was armed in (as loop.call_at runs them: a request's id
+stays its own); one that raises is logged and the others still run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import logging
@@ -33,12 +35,13 @@ SWEEP_AT = 256
 class Deadline:
     """One deadline: cancel() drops it (nothing happens if it passed or was dropped)."""
 
-    __slots__ = ("_args", "_callback", "_owner", "passed", "settled")
+    __slots__ = ("_args", "_callback", "_context", "_owner", "passed", "settled")
 
     def __init__(self, owner: Deadlines, callback: Callable[..., object], args: tuple[Any, ...]):
         self._owner = owner
         self._callback = callback
         self._args = args
+        self._context = contextvars.copy_context()
         # Whether its callback ran; whether it ran or was dropped.
         self.passed = False
         self.settled = False
@@ -56,8 +59,10 @@ class Deadline:
         callback, args = self._callback, self._args
         self._callback, self._args = _nothing, ()
         try:
-            callback(*args)
-        except Exception:
+            self._context.run(callback, *args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:  # as the loop's own handles: logged, the others still run
             log.exception("a deadline's callback raised; the others still run")
 
 
@@ -78,11 +83,22 @@ class Deadlines:
 
     def at(self, when: float, callback: Callable[..., object], *args: Any) -> Deadline:
         """Calls callback(*args) once the loop's time reaches when, unless dropped first."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._bind(loop)
         deadline = Deadline(self, callback, args)
         heapq.heappush(self._heap, (when, next(self._order), deadline))
         if when < self._armed:
             self._arm(when)
         return deadline
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serves loop from now on. What was armed on another one (a loop since closed:
+        another asyncio.run) belongs to it and is dropped, with its timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop, self._timer, self._armed = loop, None, float("inf")
+        self._heap, self._dropped = [], 0
 
     def dropped(self) -> None:
         """One more entry was dropped (Deadline.cancel); sweeps when they are most."""
@@ -94,12 +110,12 @@ class Deadlines:
             self._dropped = 0
 
     def _arm(self, when: float) -> None:
+        """Moves the loop's timer to when."""
         if self._timer is not None:
             self._timer.cancel()
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        self._timer = loop.call_at(when, self._fire)
+        assert self._loop is not None  # bound by the first deadline armed
+        # In a context of its own: each deadline runs in the one it was armed in.
+        self._timer = self._loop.call_at(when, self._fire, context=contextvars.Context())
         self._armed = when
 
     def _fire(self) -> None:
@@ -108,14 +124,16 @@ class Deadlines:
         self._timer, self._armed = None, float("inf")
         assert self._loop is not None  # armed on it
         now = self._loop.time()
-        while self._heap and (self._heap[0][0] <= now or self._heap[0][2].settled):
-            _, _, deadline = heapq.heappop(self._heap)
-            if deadline.settled:
-                self._dropped -= 1
-            else:
-                deadline.run()
-        if self._heap:
-            self._arm(self._heap[0][0])
+        try:
+            while self._heap and (self._heap[0][0] <= now or self._heap[0][2].settled):
+                _, _, deadline = heapq.heappop(self._heap)
+                if deadline.settled:
+                    self._dropped -= 1
+                else:
+                    deadline.run()
+        finally:  # SystemExit or KeyboardInterrupt: the deadlines left still pass
+            if self._heap:
+                self._arm(self._heap[0][0])
 
 
 def _nothing(*_: object) -> None:

@@ -123,14 +123,19 @@ class FrameServer:
         assert task is not None  # a frame runs as its own task (exchange_listener.py)
         cancelling = task.cancelling()
         expiry = self._deadlines.at(asyncio.get_running_loop().time() + timeout, task.cancel)
+        uncancelled = False
         try:
             return await handling
         except asyncio.CancelledError:
-            if expiry.passed and task.uncancel() <= cancelling:
-                raise TimeoutError from None
+            if expiry.passed:
+                uncancelled = True
+                if task.uncancel() <= cancelling:
+                    raise TimeoutError from None
             raise
         finally:
             expiry.cancel()
+            if expiry.passed and not uncancelled:  # the handler let the cancellation go
+                task.uncancel()
 
     async def answer(self, frame: exchange_pb2.ExchangeFrame, peer: str) -> bytes:
         """The serialized ExchangeReply to frame: what its unary call would have answered."""

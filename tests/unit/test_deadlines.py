@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 import pytest
@@ -108,3 +109,60 @@ def test_deadlines_dropped_long_before_they_pass_do_not_pile_up() -> None:
         assert len(deadlines) <= 2 * SWEEP_AT + 1 and not kept.settled and not ran
 
     asyncio.run(scenario())
+
+
+def test_each_callback_runs_in_the_context_it_was_armed_in() -> None:
+    """As loop.call_at: a request's id (a context variable) reaches what its deadline does,
+    whichever request armed the loop's one timer."""
+    request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="-")
+
+    async def scenario() -> list[tuple[str, str]]:
+        deadlines = Deadlines()
+        seen: list[tuple[str, str]] = []
+        when = asyncio.get_running_loop().time() + 0.01
+
+        async def arm(name: str, after: float) -> None:
+            request.set(name)
+            deadlines.at(when + after, lambda: seen.append((name, request.get())))
+
+        await asyncio.gather(arm("a", 0.002), arm("b", 0.0), arm("c", 0.001))
+        await asyncio.sleep(0.05)
+        return seen
+
+    assert asyncio.run(scenario()) == [("b", "b"), ("c", "c"), ("a", "a")]
+
+
+def test_a_callback_that_raises_cancelled_error_keeps_the_later_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> list[int]:
+        deadlines = Deadlines()
+        ran: list[int] = []
+        when = asyncio.get_running_loop().time() + 0.01
+
+        def cancelled() -> None:
+            raise asyncio.CancelledError
+
+        deadlines.at(when, cancelled)
+        deadlines.at(when, ran.append, 1)
+        deadlines.at(when + 0.01, ran.append, 2)
+        await asyncio.sleep(0.05)
+        return ran
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_deadlines_armed_on_a_loop_since_closed_are_dropped_with_it() -> None:
+    """One Deadlines used by two asyncio.run in turn: the first loop's deadlines (and its
+    timer, armed earlier than the second loop's deadline) go with it."""
+    deadlines = Deadlines()
+    ran: list[str] = []
+
+    async def arm(name: str, after: float, wait: float) -> None:
+        deadlines.at(asyncio.get_running_loop().time() + after, ran.append, name)
+        await asyncio.sleep(wait)
+
+    asyncio.run(arm("first loop's", 0.05, 0))
+    asyncio.run(arm("second loop's", 0.1, 0.2))
+    assert ran == ["second loop's"]

@@ -90,3 +90,32 @@ def test_a_frame_cancelled_from_elsewhere_is_not_taken_for_its_deadline() -> Non
         assert reads.cancelled == 1 and observed == [grpc.StatusCode.CANCELLED]
 
     asyncio.run(scenario())
+
+
+def test_a_handler_that_lets_the_deadline_go_leaves_its_task_uncancelled() -> None:
+    """As asyncio.timeout: once the deadline passed, the task's cancellation count is
+    taken back even when the handler swallowed the cancellation and answered."""
+
+    class Stubborn:
+        async def Read(self, request: replica_pb2.ReadRequest, context: Any) -> bytes:
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                pass
+            return b""
+
+    async def scenario() -> None:
+        observed: list[grpc.StatusCode] = []
+        parse = replica_pb2.ReadRequest.FromString
+        server = FrameServer(
+            {METHOD: UnaryMethod(parse, Stubborn().Read)},
+            observe=lambda method, rid, started, code, *_: observed.append(code),
+        )
+        reply = exchange_pb2.ExchangeReply.FromString(
+            await server.answer(frame(takes_ms=0, timeout_ms=20), "test")
+        )
+        assert reply.code == 0 and observed == [grpc.StatusCode.OK]
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+
+    asyncio.run(scenario())
