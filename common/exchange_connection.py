@@ -41,8 +41,9 @@ from shardkv.common.deadlines import Deadlines
 from shardkv.common.exchange_outbox import (
     Carried,
     Connection,
+    Heads,
     Queued,
-    timeout_ms,
+    deadline_field,
     welcome_problem,
 )
 from shardkv.common.exchange_replies import Reply, ReplyReader
@@ -105,6 +106,7 @@ class ExchangeConnection:
         # was written (failed with its connection if that ends; silence counted from then).
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         self._deadlines = Deadlines()
+        self._heads = Heads()
         self._carrier: dict[int, Carried] = {}
         self._closed = False
         self._ids = itertools.count(1)
@@ -133,23 +135,17 @@ class ExchangeConnection:
         if self._closed:
             raise rpc_error(grpc.StatusCode.CANCELLED, self._stopping)
         frame_id = next(self._ids)
-        header = exchange_pb2.ExchangeFrame(
-            id=frame_id,
-            method=method,
-            metadata=metadata,
-            request_id=requestid.current.get() or "",
-            timeout_ms=timeout_ms(timeout),
-        )
+        head = self._heads.head(frame_id, method, metadata, requestid.current.get() or "")
         waiter: asyncio.Future[Reply] = loop.create_future()
         self._waiting[frame_id] = waiter
         timer = self._deadlines.at(loop.time() + timeout, self._expire, frame_id, timeout)
         payload = _REQUEST_TAG + varint(len(body)) + body
         connection = self._connection
         if connection is not None and not self._draining:  # open, nothing queued: write now
-            end = connection.write(header.SerializeToString() + payload)
+            end = connection.write(head + deadline_field(timeout) + payload)
             self._carrier[frame_id] = Carried(connection, end, loop.time())
         else:
-            self._outbox.append(Queued(frame_id, header, payload, loop.time() + timeout))
+            self._outbox.append(Queued(frame_id, head, payload, loop.time() + timeout))
             if not self._draining:
                 self._draining = True
                 self._spawn(self._drain())

@@ -1,7 +1,8 @@
 """What ExchangeConnection (exchange_connection.py) keeps of an open connection and of a
 frame waiting for one, and how it judges a server: write offsets and pings, to tell a
-server that stopped reading or answering from a slow one; the deadline a queued frame
-still has when it is finally written; whether a welcome lets frames go to the server."""
+server that stopped reading or answering from a slow one; a frame's header; the deadline a
+queued frame still has when it is finally written; whether a welcome lets frames go to the
+server."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ from typing import NamedTuple
 
 import grpc
 from shardkv.common.rpc_status import status_code
-from shardkv.common.wire import framed
+from shardkv.common.wire import framed, varint
 from shardkv.v1 import exchange_pb2
 
 # The longest deadline a frame carries (ExchangeFrame.timeout_ms is 32 bits).
 MAX_TIMEOUT_MS = 2**32 - 1
+# ExchangeFrame's id (field 1), request_id (5) and timeout_ms (6) as wire tags.
+_ID_TAG, _REQUEST_ID_TAG, _TIMEOUT_TAG = b"\x08", b"\x2a", b"\x30"
+# Methods and metadata whose fields are kept serialized (a router's: a few methods, under
+# the current epoch and the one before).
+MAX_HEADS = 64
 
 
 @dataclass(eq=False)
@@ -79,19 +85,48 @@ class Carried(NamedTuple):
     written_at: float
 
 
+class Heads:
+    """Frame headers as bytes. A frame's method and metadata are those of every frame a
+    caller sends under one epoch: serialized once and kept, where building the message
+    for each frame cost more than the rest of its header (a map field); the fields of
+    the frame itself (id, request ids; the deadline, last: deadline_field) are written
+    after them. Protobuf reads fields in any order."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def head(self, frame_id: int, method: str, metadata: Mapping[str, str], rid: str) -> bytes:
+        """A frame's header but for its deadline."""
+        key = (method, tuple(metadata.items()))
+        kept = self._kept.get(key)
+        if kept is None:
+            if len(self._kept) >= MAX_HEADS:
+                self._kept.clear()
+            frame = exchange_pb2.ExchangeFrame(method=method, metadata=metadata)
+            kept = self._kept[key] = frame.SerializeToString()
+        encoded = rid.encode()
+        return b"".join(
+            (_ID_TAG, varint(frame_id), kept, _REQUEST_ID_TAG, varint(len(encoded)), encoded)
+        )
+
+
+def deadline_field(seconds: float) -> bytes:
+    """A frame's timeout_ms field for a deadline seconds away."""
+    return _TIMEOUT_TAG + varint(timeout_ms(seconds))
+
+
 @dataclass(eq=False)
 class Queued:
     """A frame waiting for the connection to open: its deadline goes out as the time left
     when it is written, so the server never works on it past the caller's wait."""
 
     frame_id: int
-    header: exchange_pb2.ExchangeFrame
+    head: bytes
     payload: bytes
     deadline: float
 
     def data(self, now: float) -> bytes:
-        self.header.timeout_ms = timeout_ms(self.deadline - now)
-        return self.header.SerializeToString() + self.payload
+        return self.head + deadline_field(self.deadline - now) + self.payload
 
 
 def timeout_ms(seconds: float) -> int:
