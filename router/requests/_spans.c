@@ -19,6 +19,10 @@
  * owner of a group answered alike without slicing each owner's columns (six copies a
  * group). Spans that do not lie within the buffers raise IndexError.
  *
+ * highest(versions, start, count): the largest of count uint64 ('Q') from start, 0 for none:
+ * the newest version a group of keys read (read_groups.newest_read), without an int object
+ * made per key (versions are hybrid-clock stamps, far above the ints Python keeps made).
+ *
  * ascending(bounds): whether an array of uint32 ('I') never goes down from one item to the
  * next: how replica_answers.split checks that a node's entries lie side by side before
  * anything slices them (in Python, about 4 us a reply of 100 keys; here a loop over
@@ -147,6 +151,35 @@ static PyObject *ascending(PyObject *module, PyObject *bounds_arg) {
     return PyBool_FromLong(rising);
 }
 
+static PyObject *highest(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *versions_arg;
+    Py_ssize_t start, count;
+    if (!PyArg_ParseTuple(args, "Onn:highest", &versions_arg, &start, &count)) return NULL;
+    Py_buffer versions;
+    if (PyObject_GetBuffer(versions_arg, &versions, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_ssize_t items = versions.len / 8;
+    if (versions.itemsize != 8 || versions.format == NULL || strcmp(versions.format, "Q") != 0) {
+        PyErr_Format(PyExc_TypeError, "versions must be an array of uint64 ('Q'), not '%s'",
+                     versions.format == NULL ? "B" : versions.format);
+    } else if (start < 0 || count < 0 || start > items || count > items - start) {
+        PyErr_Format(PyExc_IndexError, "%zd versions from %zd do not lie within %zd", count,
+                     start, items);
+    } else {
+        const uint64_t *at = (const uint64_t *)versions.buf + start;
+        uint64_t top = 0;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (at[i] > top) top = at[i];
+        }
+        result = PyLong_FromUnsignedLongLong(top);
+    }
+    PyBuffer_Release(&versions);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"place", place, METH_VARARGS,
      "place(outcomes, members, entries, starts, ends, first): outcomes[members[j]] ="
@@ -154,6 +187,8 @@ static PyMethodDef methods[] = {
     {"same", same, METH_VARARGS,
      "same(a, a_start, b, b_start, count) -> a[a_start:a_start + count] =="
      " b[b_start:b_start + count], for buffers of one item size."},
+    {"highest", highest, METH_VARARGS,
+     "highest(versions, start, count) -> the largest uint64 of the span, 0 for none."},
     {"ascending", ascending, METH_O,
      "ascending(bounds) -> whether the uint32 array bounds never goes down."},
     {NULL, NULL, 0, NULL}};

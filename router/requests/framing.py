@@ -18,6 +18,7 @@ the repeated field), not the keys copied into a request and serialized per call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, groupby
@@ -119,8 +120,14 @@ def read_body(chunks: Sequence[KeyChunk], max_bytes: int) -> bytes:
         if chunk.wire is None:
             chunk.wire = replica_pb2.ReadRequest(keys=chunk.keys).SerializeToString()
         parts.append(chunk.wire)
-    parts.append(replica_pb2.ReadRequest(max_bytes=max_bytes, answers=True).SerializeToString())
+    parts.append(_read_fields(max_bytes))
     return b"".join(parts)
+
+
+@functools.cache
+def _read_fields(max_bytes: int) -> bytes:
+    """A Read body's fields but for its keys: the same for every call."""
+    return replica_pb2.ReadRequest(max_bytes=max_bytes, answers=True).SerializeToString()
 
 
 def passthrough(body: bytes) -> bytes:

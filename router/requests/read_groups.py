@@ -151,6 +151,11 @@ def python_same(
     return a[a_start : a_start + count] == b[b_start : b_start + count]
 
 
+def python_top(versions: array[int], start: int, count: int) -> int:
+    """The largest of versions[start : start + count], 0 for none (_spans.c: highest)."""
+    return max(versions[start : start + count], default=0)
+
+
 Place = Callable[
     [list[ReadOutcome | None], Sequence[int], bytes, "array[int]", "array[int]", int], None
 ]
@@ -158,6 +163,7 @@ Same = Callable[["bytes | array[int]", int, "bytes | array[int]", int, int], boo
 _SPANS = native.extension(native.SPANS)
 place: Place = python_place if _SPANS is None else _SPANS.place
 same: Same = python_same if _SPANS is None else _SPANS.same
+top: Callable[[array[int], int, int], int] = python_top if _SPANS is None else _SPANS.highest
 
 
 def newest_read(
@@ -172,9 +178,8 @@ def newest_read(
     highest = 0
     for group, agree in zip(groups, together, strict=True):
         if agree:
-            start = group.starts[0]
-            versions = replies[group.nodes[0]].versions[start : start + len(group.members)]
-            highest = max(highest, max(versions, default=0))
+            versions = replies[group.nodes[0]].versions
+            highest = max(highest, top(versions, group.starts[0], len(group.members)))
         else:
             highest = max(highest, max(newest[index] for index in group.members))
     return highest

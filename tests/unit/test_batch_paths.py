@@ -27,6 +27,7 @@ def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if request.param == "Python":
         monkeypatch.setattr(read_groups, "place", read_groups.python_place)
         monkeypatch.setattr(read_groups, "same", read_groups.python_same)
+        monkeypatch.setattr(read_groups, "top", read_groups.python_top)
         monkeypatch.setattr(replica_answers, "ascending", replica_answers.python_ascending)
     elif read_groups.place is read_groups.python_place:
         pytest.skip("the C spans are not built (test_spans.py says why)")

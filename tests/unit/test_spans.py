@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from shardkv.router.requests import read_groups, replica_answers
-from shardkv.router.requests.read_groups import python_place, python_same
+from shardkv.router.requests.read_groups import python_place, python_same, python_top
 from shardkv.router.requests.replica_answers import python_ascending
 
 NATIVE = None if read_groups.place is python_place else read_groups.place
 NATIVE_SAME = None if read_groups.same is python_same else read_groups.same
+NATIVE_TOP = None if read_groups.top is python_top else read_groups.top
 NATIVE_ASCENDING = (
     None if replica_answers.ascending is python_ascending else replica_answers.ascending
 )
@@ -182,3 +183,26 @@ def test_the_c_ascending_check_refuses_other_arrays() -> None:
         ascending(array("Q", [1, 2]))
     assert ascending(array("I")) and ascending(array("I", [7]))
     assert not ascending(array("I", [0, 5, 4]))
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=30), st.integers(0, 31), st.integers(0, 31))
+def test_c_and_python_find_the_highest_version_alike(
+    values: list[int], start: int, count: int
+) -> None:
+    if NATIVE_TOP is None:
+        pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
+    versions = array("Q", values)
+    if start + count <= len(values):
+        assert NATIVE_TOP(versions, start, count) == python_top(versions, start, count)
+    else:
+        with pytest.raises(IndexError, match=f"{count} versions from {start}"):
+            NATIVE_TOP(versions, start, count)
+
+
+def test_the_c_highest_version_refuses_other_arrays() -> None:
+    if NATIVE_TOP is None:
+        pytest.skip("the C spans are not built (test_the_c_spans_are_built says why)")
+    with pytest.raises(TypeError, match="versions must be an array of uint64"):
+        NATIVE_TOP(array("I", [1, 2]), 0, 2)
+    assert NATIVE_TOP(array("Q"), 0, 0) == 0
+    assert NATIVE_TOP(array("Q", [2**64 - 1, 3]), 0, 2) == 2**64 - 1
