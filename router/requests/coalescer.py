@@ -154,8 +154,12 @@ class Coalescer(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         while self._pending and self._in_flight < self._max_in_flight:
             now = loop.time()
+            # What the call needs of its items, gathered in this one pass over them.
             batch: list[_Pending[Item, Result]] = []
+            items: list[Item] = []
+            rids: list[str | None] = []
             size = count = 0
+            latest = now
             while self._pending:
                 entry = self._pending[0]
                 item_size, item_count = entry[4], entry[5]
@@ -171,31 +175,37 @@ class Coalescer(Generic[Item, Result]):
                     _deliver(entry[2], expired)
                     continue
                 batch.append(entry)
+                items.append(entry[0])
+                rids.append(entry[3])
                 size += item_size
                 count += item_count
+                latest = max(latest, entry[1])
             if not batch:
                 continue
             self._in_flight += 1
-            task = loop.create_task(self._call(batch, size))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.batch_sizes.observe(count)
+            # One call serves items of several requests: it may run until the latest of
+            # their deadlines (each request stops waiting at its own), never beyond the
+            # call timeout (node_call_ms for reads; writes have none: node_client.py) plus
+            # the time its bytes may take (a call of large values is slow, not a node that
+            # hangs).
+            timeout = min(self._call_timeout_s + size / CALL_BYTES_PER_S, latest - now)
+            call = self._call(batch, items, timeout, requestid.join(rids))
+            self._tasks.add(loop.create_task(call))
 
-    async def _call(self, batch: list[_Pending[Item, Result]], size: int) -> None:
-        # One call serves items of several requests: it may run until the latest of their
-        # deadlines (each request stops waiting at its own), never beyond the call timeout
-        # (node_call_ms for reads; writes have none: node_client.py) plus the time its
-        # bytes may take (a call of large values is slow, not a node that hangs).
-        allowance = size / CALL_BYTES_PER_S
-        timeout = min(
-            self._call_timeout_s + allowance,
-            max(entry[1] for entry in batch) - asyncio.get_running_loop().time(),
-        )
+    async def _call(
+        self,
+        batch: list[_Pending[Item, Result]],
+        items: list[Item],
+        timeout: float,
+        rid: str | None,
+    ) -> None:
+        """Sends items (batch's) with timeout, under rid: the ids of the requests the
+        call serves, in this task's own context."""
         results: Sequence[Result | NodeFailure]
         try:
-            self.batch_sizes.observe(sum(entry[5] for entry in batch))
-            # This task's own context: the call carries the ids of the requests it serves.
-            requestid.current.set(requestid.join(entry[3] for entry in batch))
-            results = await self._send([entry[0] for entry in batch], timeout)
+            requestid.current.set(rid)
+            results = await self._send(items, timeout)
             partial = self._resumable and 0 < len(results) < len(batch)
             if len(results) != len(batch) and not partial:
                 raise _ShortReply(len(results), len(batch))
@@ -213,6 +223,8 @@ class Coalescer(Generic[Item, Result]):
             results = [failure] * len(batch)
         finally:
             self._in_flight -= 1
+            # Its last step (nothing below waits): no done callback, a loop handle a call.
+            self._tasks.discard(asyncio.current_task())
         rest = batch[len(results) :]  # a resumable answer's unanswered items leave next
         if rest:
             self._pending.extendleft(reversed(rest))
