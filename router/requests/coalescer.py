@@ -189,19 +189,22 @@ class Coalescer(Generic[Item, Result]):
             # call timeout (node_call_ms for reads; writes have none: node_client.py) plus
             # the time its bytes may take (a call of large values is slow, not a node that
             # hangs).
-            timeout = min(self._call_timeout_s + size / CALL_BYTES_PER_S, latest - now)
-            call = self._call(batch, items, timeout, requestid.join(rids))
+            limit = self._call_timeout_s + size / CALL_BYTES_PER_S
+            call = self._call(batch, items, limit, latest, requestid.join(rids))
             self._tasks.add(loop.create_task(call))
 
     async def _call(
         self,
         batch: list[_Pending[Item, Result]],
         items: list[Item],
-        timeout: float,
+        limit: float,
+        latest: float,
         rid: str | None,
     ) -> None:
-        """Sends items (batch's) with timeout, under rid: the ids of the requests the
+        """Sends items (batch's) for at most limit seconds and never past latest (loop
+        time, counted from when the task starts), under rid: the ids of the requests the
         call serves, in this task's own context."""
+        timeout = min(limit, latest - asyncio.get_running_loop().time())
         results: Sequence[Result | NodeFailure]
         try:
             requestid.current.set(rid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
@@ -199,3 +200,34 @@ def test_a_call_gets_a_second_more_per_8_mib_it_carries() -> None:
         assert timeouts[2] == pytest.approx(1.5, abs=0.05)  # never past the item's deadline
 
     asyncio.run(scenario())
+
+
+def test_a_call_waits_no_longer_than_its_latest_deadline_from_when_it_starts() -> None:
+    """A call's time is counted when its task starts, not when its items were queued: a
+    loop held up in between (a long turn) does not let it outlast its callers."""
+
+    async def scenario() -> list[float]:
+        timeouts: list[float] = []
+
+        async def send(items: list[int], timeout: float) -> list[int]:
+            timeouts.append(timeout)
+            return items
+
+        c: Coalescer[int, int] = Coalescer(
+            "n1",
+            send,
+            on_failure=lambda failure, timeout: None,
+            max_items=100,
+            max_bytes=1 << 20,
+            max_in_flight=1,
+            call_timeout_s=5.0,
+            size_of=lambda item: 1,
+        )
+        loop = asyncio.get_running_loop()
+        done = await submit(c, [1], loop.time() + 0.5)  # queued; its call's task not started
+        time.sleep(0.2)  # this turn holds the loop before the task runs
+        assert await done == [1]
+        return timeouts
+
+    timeouts = asyncio.run(scenario())
+    assert len(timeouts) == 1 and timeouts[0] <= 0.31, timeouts
