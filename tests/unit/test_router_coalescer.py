@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -169,6 +170,28 @@ def test_an_item_holding_many_entries_counts_them_against_the_call_and_queue_bou
     asyncio.run(scenario())
 
 
+def timing(
+    timeouts: list[float], *, call_timeout_s: float, size_of: Callable[[int], int]
+) -> Coalescer[int, int]:
+    """A coalescer, one call at a time, whose node answers at once and notes each call's
+    timeout in timeouts."""
+
+    async def send(items: list[int], timeout: float) -> list[int]:
+        timeouts.append(timeout)
+        return items
+
+    return Coalescer(
+        "n1",
+        send,
+        on_failure=lambda failure, timeout: None,
+        max_items=100,
+        max_bytes=64 << 20,
+        max_in_flight=1,
+        call_timeout_s=call_timeout_s,
+        size_of=size_of,
+    )
+
+
 @pytest.mark.timeout(10)
 def test_a_call_gets_a_second_more_per_8_mib_it_carries() -> None:
     """A call of large values is slow, not a node down: it was given node_call_ms alone,
@@ -176,21 +199,7 @@ def test_a_call_gets_a_second_more_per_8_mib_it_carries() -> None:
 
     async def scenario() -> None:
         timeouts: list[float] = []
-
-        async def send(items: list[int], timeout: float) -> list[int]:
-            timeouts.append(timeout)
-            return items
-
-        c: Coalescer[int, int] = Coalescer(
-            "n1",
-            send,
-            on_failure=lambda failure, timeout: None,
-            max_items=100,
-            max_bytes=64 << 20,
-            max_in_flight=1,
-            call_timeout_s=1.0,
-            size_of=lambda item: item,
-        )
+        c = timing(timeouts, call_timeout_s=1.0, size_of=lambda item: item)
         far = asyncio.get_running_loop().time() + 60
         await (await submit(c, [1], far))
         await (await submit(c, [8 << 20, 8 << 20], far))
@@ -208,21 +217,7 @@ def test_a_call_waits_no_longer_than_its_latest_deadline_from_when_it_starts() -
 
     async def scenario() -> list[float]:
         timeouts: list[float] = []
-
-        async def send(items: list[int], timeout: float) -> list[int]:
-            timeouts.append(timeout)
-            return items
-
-        c: Coalescer[int, int] = Coalescer(
-            "n1",
-            send,
-            on_failure=lambda failure, timeout: None,
-            max_items=100,
-            max_bytes=1 << 20,
-            max_in_flight=1,
-            call_timeout_s=5.0,
-            size_of=lambda item: 1,
-        )
+        c = timing(timeouts, call_timeout_s=5.0, size_of=lambda item: 1)
         loop = asyncio.get_running_loop()
         done = await submit(c, [1], loop.time() + 0.5)  # queued; its call's task not started
         time.sleep(0.2)  # this turn holds the loop before the task runs
