@@ -258,7 +258,8 @@ class ExchangeConnection:
                         self._fail_queued(rpc_error(grpc.StatusCode.UNAVAILABLE, message))
                         continue
                     if connection is None:  # no exchange port to reach: frames go unary
-                        self._fail_queued(rpc_error(grpc.StatusCode.UNIMPLEMENTED, "no port"))
+                        no_port = rpc_error(grpc.StatusCode.UNIMPLEMENTED, "no exchange port")
+                        self._fail_queued(no_port)
                         continue
                 while self._outbox and self._connection is connection:
                     queued = self._outbox.popleft()
