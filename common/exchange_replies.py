@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from google.protobuf.message import DecodeError
 from shardkv.common.wire import MessageCutter, TooLong
@@ -55,8 +56,9 @@ class ReplyReader(asyncio.Protocol):
         self._on_reply, self._on_end = on_reply, on_end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; not always a subclass of asyncio.Transport (uvloop's are
+        # not), so told by what it is, not checked.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:

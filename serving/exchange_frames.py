@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 import grpc
 from shardkv.common.wire import MessageCutter, TooLong
@@ -81,8 +82,9 @@ class FrameReader(asyncio.Protocol):
             await drain
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; not always a subclass of asyncio.Transport (uvloop's are
+        # not), so told by what it is, not checked.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._stopped:

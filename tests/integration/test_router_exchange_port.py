@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import exchange_wire as wire
 import grpc
 import pytest
+import uvloop
 from harness import Cluster, free_port, router_proc, start_cluster
 from shardkv.client import AsyncClient, InvalidArgument
 from shardkv.v1 import exchange_pb2, kv_pb2, kv_pb2_grpc
@@ -139,7 +140,13 @@ def test_the_router_exchange_port_admits_the_client_token_and_serves_kv_only(
 
 
 @pytest.mark.timeout(90)
-def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(cluster: Cluster) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(
+    cluster: Cluster, loop: str
+) -> None:
+    """On asyncio's own loop and on uvloop (whose transports are not asyncio.Transport
+    subclasses: the SDK once fell back to gRPC on it, warning every 30 s)."""
+
     async def main() -> None:
         async with AsyncClient(cluster.router.address, bearer_token=TOKEN, timeout=5) as kv:
             version = await kv.put("a", b"1")
@@ -165,7 +172,8 @@ def test_the_sdk_sends_kv_calls_as_frames_with_the_same_outcomes(cluster: Cluste
             assert await kv.get("b") == b"2" and kv.frames_answered == 0
         assert answered
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as run:
+        run.run(main())
 
 
 @pytest.mark.timeout(90)
