@@ -9,7 +9,15 @@ from importlib.util import find_spec
 
 # Top-level modules each extra provides (pyproject.toml's optional dependencies).
 EXTRA_MODULES = {
-    "server": ("lmdb", "uhashring", "prometheus_client", "grpc_health", "grpc_reflection", "aetcd"),
+    "server": (
+        "lmdb",
+        "uhashring",
+        "prometheus_client",
+        "grpc_health",
+        "grpc_reflection",
+        "aetcd",
+        "uvloop",
+    ),
     "cli": ("rich",),
 }
 

@@ -24,7 +24,7 @@ from shardkv.router.membership.topology_store import StoreUnavailable
 from shardkv.router.membership.writer_claim import LEASE_TTL_S, WriterClaim, WriterIdTaken
 from shardkv.router.requests.node_client import MAX_QUEUED
 from shardkv.router.server import RouterServer
-from shardkv.serving import connections, exchange_listener, telemetry
+from shardkv.serving import connections, event_loop, exchange_listener, telemetry
 
 log = logging.getLogger("shardkv.router")
 
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     security = _etcd_security(parser, args)
     for warning in security.clear_text_warnings(etcd.endpoints if etcd else ()):
         log.warning("%s", warning)
-    sys.exit(asyncio.run(_serve(config, etcd, security, args.etcd_lease_s)))
+    sys.exit(event_loop.run(_serve(config, etcd, security, args.etcd_lease_s)))
 
 
 if __name__ == "__main__":

@@ -102,9 +102,12 @@ class Acceptor:
     async def _connection(self, conn: socket.socket, peer: str) -> None:
         """The TLS handshake (within the handshake timeout), then the handler."""
         loop = asyncio.get_running_loop()
+        # The protocol made here is the one handed on: uvloop's loop returns its own TLS
+        # protocol in its place.
+        protocol = self._protocol()
         try:
-            transport, protocol = await loop.connect_accepted_socket(
-                self._protocol,
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
                 conn,
                 ssl=self._tls,
                 ssl_handshake_timeout=self._handshake_timeout_s if self._tls else None,

@@ -24,7 +24,7 @@ from shardkv.common.hlc import DEFAULT_MAX_OFFSET_MS
 from shardkv.common.limits import DEFAULT_LIMITS
 from shardkv.common.logs import setup_logging
 from shardkv.common.node_ids import NODE_ID_RULE, BadNodeId, check_node_id
-from shardkv.serving import connections, exchange_listener, telemetry
+from shardkv.serving import connections, event_loop, exchange_listener, telemetry
 from shardkv.shardd.auth import NodeAuth, read_token
 from shardkv.shardd.identity import WrongNode
 from shardkv.shardd.server import ListenError, ServerConfig, ServerTls, ShardServer
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level, process=config.node_id)
     connections.raise_descriptor_limit()
     try:
-        asyncio.run(serve(config))
+        event_loop.run(serve(config))
     except (StoreOpenError, ListenError) as exc:
         log.error("cannot start node_id=%s error=%s", config.node_id, exc)
         return 1
