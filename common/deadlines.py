@@ -14,6 +14,14 @@ that are dropped early do not pile up.
 Callbacks run on the loop, in the order of their deadlines (of their arming, for equal
 ones), each in the context it was armed in (as loop.call_at runs them: a request's id
 stays its own); one that raises is logged and the others still run.
+
+A deadline is due once the loop's clock is within CLOCK_GRAIN_S of it (come()), as
+asyncio's own loop runs a timer within its clock's resolution: the servers' loop
+(uvloop's, serving/event_loop.py) counts whole milliseconds and fires a timer when its
+clock reaches the millisecond asked for, up to half of one before the time itself. Judged
+to the nanosecond, such a deadline was not due yet, and re-arming it for the same moment
+fired again at once, a busy loop until the millisecond passed (about 300 turns of the
+loop a deadline).
 """
 
 from __future__ import annotations
@@ -30,6 +38,13 @@ log = logging.getLogger(__name__)
 
 # Below this many entries the dropped ones are left to the top of the heap.
 SWEEP_AT = 256
+# How close to the loop's clock a moment has come (the module docstring).
+CLOCK_GRAIN_S = 0.001
+
+
+def come(when: float, now: float) -> bool:
+    """Whether the moment when has come at the loop's time now (within CLOCK_GRAIN_S)."""
+    return when <= now + CLOCK_GRAIN_S
 
 
 class Deadline:
@@ -125,7 +140,7 @@ class Deadlines:
         assert self._loop is not None  # armed on it
         now = self._loop.time()
         try:
-            while self._heap and (self._heap[0][0] <= now or self._heap[0][2].settled):
+            while self._heap and (come(self._heap[0][0], now) or self._heap[0][2].settled):
                 _, _, deadline = heapq.heappop(self._heap)
                 if deadline.settled:
                     self._dropped -= 1

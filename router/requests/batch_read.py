@@ -40,7 +40,7 @@ from functools import partial
 from typing import Protocol, cast
 
 from shardkv.common import hlc
-from shardkv.common.deadlines import Deadlines
+from shardkv.common.deadlines import Deadlines, come
 from shardkv.common.hlc import HybridClock
 from shardkv.router.placement.current import Placement
 from shardkv.router.requests import read_groups
@@ -201,7 +201,7 @@ class BatchReader:
             self._widen(rnd, indexes)
         else:
             self._latency.observe(node_id, now - rnd.sent[chunk], now)
-            if not rnd.first:
+            if rnd.first is None:
                 rnd.first = now - rnd.sent[chunk]
                 if rnd.waiting and rnd.timer is not None:
                     rnd.timer.cancel()
@@ -274,14 +274,14 @@ class BatchReader:
         now, start = loop.time(), rnd.sent[0]
         midpoint = start + (rnd.deadline - start) / 2
         rnd.waiting = False
-        if rnd.first:
+        if rnd.first is not None:
             moment = start + max(rnd.delay, SPREAD * rnd.first)
         elif len({node_id for node_id, _ in rnd.chunks}) == 1:
             moment = start + SPREAD * rnd.delay
         else:
             rnd.waiting, moment = True, midpoint
         moment = min(moment, midpoint)
-        if now < moment:
+        if not come(moment, now):
             rnd.timer = self._deadlines.at(moment, self._late, rnd)
             return
         rnd.waiting = False

@@ -75,10 +75,11 @@ class ReadRound(ChunkRound):
         self.order: list[tuple[str, ...]] | None = None
         self.asked: list[int] = []
         # When each chunk was queued (loop time), the speculative delay, and how long the
-        # round's first answer took (0: none yet).
+        # round's first answer took (None: none yet; 0.0 is a time: the servers' loop
+        # counts whole milliseconds, serving/event_loop.py).
         self.sent: list[float] = []
         self.delay = 0.0
-        self.first = 0.0
+        self.first: float | None = None
         # Whether BatchReader._late waits for the first answer to set when to ask more.
         self.waiting = False
 

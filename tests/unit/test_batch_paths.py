@@ -4,7 +4,6 @@ path (hints on fallbacks, its errors), while the others are decided in the batch
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +14,7 @@ from fake_nodes import FakeCluster, read_error, read_value, settle
 from shardkv.common.hlc import HybridClock
 from shardkv.router.requests import batch_read, read_groups, replica_answers
 from shardkv.router.requests.writes import Mutations
+from shardkv.serving import event_loop
 from shardkv.v1 import replica_pb2
 
 # Reads ask owners in a known order (FakeCluster.asked).
@@ -35,7 +35,8 @@ def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())  # type: ignore[arg-type]
+    """On the router's own event loop (uvloop: its clock counts whole milliseconds)."""
+    event_loop.run(scenario())  # type: ignore[arg-type]
 
 
 class Counting:

@@ -13,6 +13,7 @@ import pytest
 from fake_nodes import FakeCluster, read_error, read_value, settle, until
 from shardkv.router.requests.node_link import MarkedRecord
 from shardkv.router.requests.writes import Mutations
+from shardkv.serving import event_loop
 from shardkv.v1 import replica_pb2
 
 # Reads ask owners in a known order (FakeCluster.asked).
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("first_node_first")
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())  # type: ignore[arg-type]
+    """On the router's own event loop (uvloop: its clock counts whole milliseconds)."""
+    event_loop.run(scenario())  # type: ignore[arg-type]
 
 
 # -- writes: W acknowledgements --------------------------------------------------------------
