@@ -42,7 +42,11 @@ class Connection:
     closed_why: str = ""
 
     def write(self, data: bytes) -> int:
-        """Writes one message; returns the offset its last byte ends at."""
+        """Writes one message; returns the offset its last byte ends at. On a connection
+        already lost nothing is written (asyncio's loop drops the bytes, uvloop's raises):
+        its reader fails the frames it carried once it hands on its end."""
+        if self.transport.is_closing():
+            return self.written
         message = framed(data)
         self.transport.write(message)
         self.written += len(message)

@@ -44,6 +44,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from shardkv.common import keepalive
+from shardkv.common.deadlines import come
 from shardkv.common.wire import FRAME_OVERHEAD, MAX_FRAMES_RUNNING, framed
 from shardkv.serving.connections import ConnectionLimits, connection_shares
 from shardkv.serving.exchange_accept import Acceptor, peer_name
@@ -226,7 +227,7 @@ class ExchangeListener:
         def check(idle_s: float) -> None:  # once per idle time at most, not once per frame
             nonlocal timer
             now = loop.time()
-            if running or now < active_at + idle_s:
+            if running or not come(active_at + idle_s, now):  # uvloop fires a timer early
                 timer = loop.call_at((now if running else active_at) + idle_s, check, idle_s)
             else:
                 reader.stop()
@@ -367,8 +368,9 @@ def _certificate_names(transport: asyncio.Transport) -> list[str]:
 
 def gone(sock: socket.socket) -> bool:
     """Whether a caller's socket reset (a closed socket answers what is sent to it with
-    one) or was closed meanwhile (a reply that failed to be written closes it: EBADF)."""
+    one) or was closed meanwhile (a reply that failed to be written closes it: EBADF from
+    asyncio's socket, ValueError from uvloop's, whose descriptor is then -1)."""
     try:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-    except OSError:
+    except (OSError, ValueError):
         return True

@@ -186,6 +186,8 @@ class MetricsServer:
         return keep_alive
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if writer.is_closing():  # the scraper went away meanwhile (uvloop's write raises)
+            raise ConnectionResetError("the scraper closed the connection")
         writer.write(data)
         await asyncio.wait_for(writer.drain(), self._idle_s)
 
