@@ -8,10 +8,12 @@ cells of each loop three times (README, Performance): router 521-530 µs of CPU 
 571-608, each node 442-448 against 509-536, p50 1.49-1.50 ms against 1.63-1.70; a lone
 shardd 402-417 µs against 448-477.
 
-uvloop's clock counts whole milliseconds (libuv's): a timer fires up to a millisecond
-late and a reply time is measured to the millisecond. Nothing here needs finer: frame
-deadlines travel in milliseconds, a speculative read waits at least 5 ms and a node is
-judged slow only 10 ms beyond the median (replica_latency.py).
+uvloop's clock counts whole milliseconds (libuv's): a timer fires up to half a
+millisecond early or a millisecond late, and a reply time is measured to the millisecond
+(0.0 s for a fast one). Frame deadlines travel in milliseconds, a speculative read waits
+at least 5 ms and a node is judged slow only 10 ms beyond the median (replica_latency.py);
+what did assume a finer clock now judges a moment come within a millisecond
+(deadlines.come) and tells "no answer yet" from an answer in 0.0 s (read_round.py).
 """
 
 from __future__ import annotations
