@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from shardkv.router.requests.health import NodeHealth
 from shardkv.router.requests.node_link import ApplyItem, MarkedRecord
 from shardkv.router.requests.outcomes import ReadFailure, ReadOutcome
 from shardkv.router.requests.replica_answers import ReplicaAnswers, answers_of, split
+from shardkv.serving import event_loop
 from shardkv.shardd.convert import record_to_pb, records_from_columns
 from shardkv.v1 import replica_pb2
 
@@ -262,3 +263,8 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     while not condition():
         assert loop.time() < deadline, "the condition never held"
         await asyncio.sleep(0.01)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    """On the router's own event loop (uvloop: its clock counts whole milliseconds)."""
+    event_loop.run(scenario())  # type: ignore[arg-type]

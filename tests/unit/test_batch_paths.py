@@ -5,16 +5,15 @@ path (hints on fallbacks, its errors), while the others are decided in the batch
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
-from fake_nodes import FakeCluster, read_error, read_value, settle
+from fake_nodes import FakeCluster, read_error, read_value, run, settle
 from shardkv.common.hlc import HybridClock
 from shardkv.router.requests import batch_read, read_groups, replica_answers
 from shardkv.router.requests.writes import Mutations
-from shardkv.serving import event_loop
 from shardkv.v1 import replica_pb2
 
 # Reads ask owners in a known order (FakeCluster.asked).
@@ -32,11 +31,6 @@ def placing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     elif read_groups.place is read_groups.python_place:
         pytest.skip("the C spans are not built (test_spans.py says why)")
     return str(request.param)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """On the router's own event loop (uvloop: its clock counts whole milliseconds)."""
-    event_loop.run(scenario())  # type: ignore[arg-type]
 
 
 class Counting:

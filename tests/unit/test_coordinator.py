@@ -6,23 +6,16 @@ Which owners a read asks, and speculation: test_replica_choice.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from fake_nodes import FakeCluster, read_error, read_value, settle, until
+from fake_nodes import FakeCluster, read_error, read_value, run, settle, until
 from shardkv.router.requests.node_link import MarkedRecord
 from shardkv.router.requests.writes import Mutations
-from shardkv.serving import event_loop
 from shardkv.v1 import replica_pb2
 
 # Reads ask owners in a known order (FakeCluster.asked).
 pytestmark = pytest.mark.usefixtures("first_node_first")
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """On the router's own event loop (uvloop: its clock counts whole milliseconds)."""
-    event_loop.run(scenario())  # type: ignore[arg-type]
 
 
 # -- writes: W acknowledgements --------------------------------------------------------------

@@ -9,11 +9,10 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
-from fake_nodes import FakeCluster, read_error, read_value, settle
+from fake_nodes import FakeCluster, read_error, read_value, run, settle
 from shardkv.router.requests import replica_latency
 from shardkv.router.requests.replica_latency import (
     MIN_DELAY_S,
@@ -23,7 +22,6 @@ from shardkv.router.requests.replica_latency import (
     AskOrders,
     ReplicaLatency,
 )
-from shardkv.serving import event_loop
 from shardkv.v1 import replica_pb2
 
 KEYS = [b"c/%d" % i for i in range(300)]
@@ -53,11 +51,6 @@ def turns(monkeypatch: pytest.MonkeyPatch) -> Turns:
     drawn = Turns()
     monkeypatch.setattr(replica_latency, "random", drawn)
     return drawn
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """On the router's own event loop (uvloop: its clock counts whole milliseconds)."""
-    event_loop.run(scenario())  # type: ignore[arg-type]
 
 
 def stored(cluster: FakeCluster, keys: list[bytes]) -> None:
