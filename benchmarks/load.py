@@ -334,7 +334,7 @@ def _result(
         name: round(after[name].cpu_s - before[name].cpu_s, 3) for name in after if name in before
     }
     per_1k = {
-        name: round(s * 1000 / window.keys, 4) if window.keys else 0.0 for name, s in cpu.items()
+        name: round(s * 1000 / window.keys, 6) if window.keys else 0.0 for name, s in cpu.items()
     }
     util = {name: round(s / elapsed, 3) for name, s in cpu.items()}
     status = "ok" if window.calls else "failed"

@@ -41,10 +41,10 @@ def _router_vs_node(name: str, row: Row | None) -> Verdict:
     if router is None or node is None or node <= 0:
         return na(name, bound, "router or node CPU not measured")
     ratio = router / node
-    measured = f"router {router:.1f} µs vs node {node:.1f} µs per key"
+    measured = f"router {router:.2f} µs vs node {node:.2f} µs per key"
     share = _share_read(row)
     if share is not None:
-        measured += f" (a node read {share:.2f} of the keys: {node / share:.1f} µs per key it read)"
+        measured += f" (a node read {share:.2f} of the keys: {node / share:.2f} µs per key it read)"
     return judged(name, measured, bound, round(ratio, 2), ratio <= 1.2, [row])
 
 
@@ -153,7 +153,7 @@ def _server_cpu_vs_etcd(ours: Row | None, theirs: Row | None) -> Verdict:
     if mine is None or other is None or other <= 0:
         return na(name, bound, "server CPU not measured")
     ratio = mine / other
-    measured = f"{mine:.1f} µs vs {other:.1f} µs per write"
+    measured = f"{mine:.2f} µs vs {other:.2f} µs per write"
     return judged(name, measured, bound, round(ratio, 2), ratio <= 1 / 3, [ours], [theirs])
 
 
@@ -189,7 +189,7 @@ def _growth_with_nodes(small: Row | None, large: Row | None) -> Verdict:
     if mine is None or base is None or base <= 0:
         return na(name, bound, "router CPU not measured")
     ratio = mine / base
-    measured = f"{mine:.1f} µs vs {base:.1f} µs per put"
+    measured = f"{mine:.2f} µs vs {base:.2f} µs per put"
     return judged(name, measured, bound, round(ratio, 2), ratio <= 1.25, [large])
 
 

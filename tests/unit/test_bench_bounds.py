@@ -102,7 +102,7 @@ def test_a_read_at_r_of_n_says_what_a_node_spends_per_key_it_read() -> None:
     read["node_metrics"] = {n: {"keys_read_per_s": keys * 2 / 3} for n in ("n1", "n2", "n3")}
     verdict = verdicts_of(rows)[ROUTER_GET]
     assert verdict.verdict == "MISS" and verdict.ratio == 1.3, verdict
-    assert "a node read 0.67 of the keys: 30.0 µs per key it read" in verdict.measured
+    assert "a node read 0.67 of the keys: 30.00 µs per key it read" in verdict.measured
     written = the(rows, SHARDKV, "put-only", 256)
     written["node_metrics"] = {n: {"keys_read_per_s": 0.0} for n in ("n1", "n2", "n3")}
     assert "key it read" not in verdicts_of(rows)[ROUTER_PUT].measured
