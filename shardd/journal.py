@@ -7,9 +7,18 @@ append never creates a file whose directory entry would still need syncing.
 
 A frame is ``u32 payload length, u32 CRC-32 of the payload`` (little-endian) and the
 payload, a run of ``u16 key length, u32 value length, key, value`` (the value as LMDB stores
-it, shardkv.shardd.records). A frame is acknowledged only once its fdatasync returned, so
-after a crash only the last frame of a file can be torn; replay stops at the first frame
-that is short or fails its CRC.
+it, shardkv.shardd.records); no frame is empty. A frame is acknowledged only once its
+fdatasync returned, so after a crash only the last frame of a file can be torn; replay
+stops at the first frame that is short or fails its CRC, or at a zero length: the end.
+
+Frames are written into space already zeroed rather than appended. An fdatasync after a
+write that grew the file must also commit the file's new size through the filesystem's
+own journal; one after a write inside the file's size flushes the data blocks alone (on
+this project's VM, ext4: 133 against 195 µs a sync for one process, 212 against 261 with
+three syncing at once, and ~29 µs less CPU a write). So a file grows by RESERVE_BYTES of
+zeros at a time, each step written and synced once, and frames overwrite the zeros from
+the start. Emptied, a file is truncated, so no frame of an earlier round
+can follow the zeros: what a replay reads after the last frame is zeros, or nothing.
 
 After an append or sync fails, the journal is broken for good: what reached the file is
 unknown (a failed fsync may have dropped pages the kernel no longer reports), so every
@@ -28,6 +37,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FILES = ("journal-0.log", "journal-1.log")
+# Zeros a file grows by when a frame would not fit in its size (module docstring): one
+# step holds ~7,000 frames of a single 100-byte put.
+RESERVE_BYTES = 1 << 20
 _FRAME = struct.Struct("<II")
 _ENTRY = struct.Struct("<HI")
 
@@ -43,9 +55,12 @@ class Journal:
         self.directory = directory
         self._paths = [directory / name for name in FILES]
         self._fds = [
-            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            for path in self._paths
+            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600) for path in self._paths
         ]
+        # Where each file's next frame goes, and its size (zeros from the end on). The
+        # store empties both files before its first append (Store._replay).
+        self._ends = [0, 0]
+        self._sizes = [0, 0]
         self._current = 0
         self._broken: OSError | None = None
 
@@ -59,22 +74,37 @@ class Journal:
         once the frame is durable, with the bytes of its entries."""
         if self._broken is not None:
             raise JournalBroken(f"the journal failed earlier ({self._broken}); restart the node")
+        if not entries:
+            return 0  # an empty frame would read as the file's end
         parts = []
         for key, value in entries.items():
             parts.append(_ENTRY.pack(len(key), len(value)))
             parts.append(key)
             parts.append(value)
         payload = b"".join(parts)
-        fd = self._fds[self._current]
-        frame = memoryview(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
+        frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        current = self._current
+        fd, end = self._fds[current], self._ends[current]
         try:
-            while frame:  # a write may take part of the frame (a full disk, a size limit)
-                frame = frame[os.write(fd, frame) :]
+            if end + len(frame) > self._sizes[current]:
+                self._grow(current, end + len(frame))
+            _write_at(fd, frame, end)
             os.fdatasync(fd)
         except OSError as exc:
             self._broken = exc
-            raise JournalBroken(f"appending to {self._paths[self._current]} failed: {exc}") from exc
+            raise JournalBroken(f"appending to {self._paths[current]} failed: {exc}") from exc
+        self._ends[current] = end + len(frame)
         return len(payload)
+
+    def _grow(self, index: int, needed: int) -> None:
+        """Zeroes file index from its size on, in RESERVE_BYTES steps, to hold needed bytes;
+        synced at once, so the frame's own fdatasync finds the size committed."""
+        size = self._sizes[index]
+        grown = size + -(-(needed - size) // RESERVE_BYTES) * RESERVE_BYTES
+        fd = self._fds[index]
+        _write_at(fd, bytes(grown - size), size)
+        os.fdatasync(fd)
+        self._sizes[index] = grown
 
     def switch(self) -> None:
         """Sends appends to the other file (empty: cleared after its last checkpoint)."""
@@ -83,6 +113,7 @@ class Journal:
     def clear(self, index: int) -> None:
         """Empties file index once LMDB durably holds its records."""
         _empty(self._fds[index])
+        self._ends[index] = self._sizes[index] = 0
 
     def close(self) -> None:
         """Closes both files (idempotent)."""
@@ -102,6 +133,14 @@ def clear_files(directory: Path) -> None:
                 _empty(fd)
             finally:
                 os.close(fd)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """Writes all of data at offset (a write may take part of it: a full disk, a limit)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _empty(fd: int) -> None:
@@ -127,6 +166,8 @@ def _entries(path: Path, data: bytes) -> Iterator[tuple[bytes, bytes]]:
     offset = 0
     while offset + _FRAME.size <= len(data):
         length, crc = _FRAME.unpack_from(data, offset)
+        if not length:
+            break  # the zeros after the last frame
         start = offset + _FRAME.size
         payload = data[start : start + length]
         if len(payload) < length or zlib.crc32(payload) != crc:
@@ -140,7 +181,7 @@ def _entries(path: Path, data: bytes) -> Iterator[tuple[bytes, bytes]]:
             yield key, payload[at : at + value_len]
             at += value_len
         offset = start + length
-    if offset != len(data):
+    tail = data[offset:].rstrip(b"\0")
+    if tail:
         # Only an unacknowledged append (cut short by a crash) can end a file this way.
-        tail = len(data) - offset
-        log.warning("journal tail ignored path=%s offset=%d bytes=%d", path, offset, tail)
+        log.warning("journal tail ignored path=%s offset=%d bytes=%d", path, offset, len(tail))
