@@ -17,8 +17,11 @@ own journal; one after a write inside the file's size flushes the data blocks al
 this project's VM, ext4: 133 against 195 µs a sync for one process, 212 against 261 with
 three syncing at once, and ~29 µs less CPU a write). So a file grows by RESERVE_BYTES of
 zeros at a time, each step written and synced once, and frames overwrite the zeros from
-the start. Emptied, a file is truncated, so no frame of an earlier round
-can follow the zeros: what a replay reads after the last frame is zeros, or nothing.
+the start. Emptied, a file is truncated and its first step zeroed again (by the thread
+that empties it, not the one appending), so no frame of an earlier round can follow the
+zeros: what a replay reads after the last frame is zeros, or nothing. That holds only for
+a file emptied by the journal itself, so a file takes appends only once clear() emptied
+it since it was opened (the store replays it first).
 
 After an append or sync fails, the journal is broken for good: what reached the file is
 unknown (a failed fsync may have dropped pages the kernel no longer reports), so every
@@ -40,6 +43,7 @@ FILES = ("journal-0.log", "journal-1.log")
 # Zeros a file grows by when a frame would not fit in its size (module docstring): one
 # step holds ~7,000 frames of a single 100-byte put.
 RESERVE_BYTES = 1 << 20
+_ZEROS = bytes(RESERVE_BYTES)
 _FRAME = struct.Struct("<II")
 _ENTRY = struct.Struct("<HI")
 
@@ -49,7 +53,7 @@ class JournalBroken(OSError):
 
 
 class Journal:
-    """The two journal files of one store directory, opened for appending."""
+    """The two journal files of one store directory, taking frames once emptied."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -57,10 +61,11 @@ class Journal:
         self._fds = [
             os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600) for path in self._paths
         ]
-        # Where each file's next frame goes, and its size (zeros from the end on). The
-        # store empties both files before its first append (Store._replay).
+        # Where each file's next frame goes, its size (zeros from the end on), and whether
+        # clear() emptied it since it was opened (its frames replayed: Store._replay).
         self._ends = [0, 0]
         self._sizes = [0, 0]
+        self._emptied = [False, False]
         self._current = 0
         self._broken: OSError | None = None
 
@@ -85,6 +90,12 @@ class Journal:
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         current = self._current
         fd, end = self._fds[current], self._ends[current]
+        if not self._emptied[current]:
+            raise JournalBroken(
+                f"{self._paths[current]} takes no frame before it was emptied: its frames"
+                " must be replayed first, and new ones written from its start could be"
+                " followed by older ones in a replay"
+            )
         try:
             if end + len(frame) > self._sizes[current]:
                 self._grow(current, end + len(frame))
@@ -98,11 +109,13 @@ class Journal:
 
     def _grow(self, index: int, needed: int) -> None:
         """Zeroes file index from its size on, in RESERVE_BYTES steps, to hold needed bytes;
-        synced at once, so the frame's own fdatasync finds the size committed."""
-        size = self._sizes[index]
-        grown = size + -(-(needed - size) // RESERVE_BYTES) * RESERVE_BYTES
-        fd = self._fds[index]
-        _write_at(fd, bytes(grown - size), size)
+        synced at once, so the frame's own fdatasync finds the size committed. (A step
+        that failed part way leaves zeros beyond the size, which the next one rewrites.)"""
+        size, fd = self._sizes[index], self._fds[index]
+        grown = size
+        while grown < needed:
+            _write_at(fd, _ZEROS, grown)
+            grown += RESERVE_BYTES
         os.fdatasync(fd)
         self._sizes[index] = grown
 
@@ -111,9 +124,15 @@ class Journal:
         self._current = 1 - self._current
 
     def clear(self, index: int) -> None:
-        """Empties file index once LMDB durably holds its records."""
+        """Empties file index once LMDB durably holds its records (or its frames were
+        replayed), then zeroes its first step for the appends to come."""
         _empty(self._fds[index])
         self._ends[index] = self._sizes[index] = 0
+        self._emptied[index] = True
+        try:
+            self._grow(index, 1)
+        except OSError as exc:  # the first append grows it, or fails if the disk is full
+            log.warning("journal step not zeroed path=%s error=%r", self._paths[index], exc)
 
     def close(self) -> None:
         """Closes both files (idempotent)."""
@@ -124,7 +143,7 @@ class Journal:
 
 def clear_files(directory: Path) -> None:
     """Empties the journal files in directory that hold anything, durably, once LMDB holds
-    the replayed records (also for a store opened without sync, which keeps no journal)."""
+    the replayed records, for a store opened without sync (which keeps no journal)."""
     for name in FILES:
         path = directory / name
         if path.exists() and path.stat().st_size:

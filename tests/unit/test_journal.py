@@ -1,7 +1,8 @@
 """The journal's files (shardd/journal.py) on real files: frames overwrite zeros written
 ahead of them, so a sync after an append leaves the file's size alone; a replay reads
 every frame and stops at the zeros after the last one (quietly) or at a torn frame
-(saying so); a frame larger than a step of zeros grows the file by as many steps."""
+(saying so); a frame larger than a step of zeros grows the file by as many steps; a file
+takes frames only once the journal emptied it."""
 
 from __future__ import annotations
 
@@ -10,23 +11,31 @@ import os
 from pathlib import Path
 
 import pytest
-from shardkv.shardd.journal import FILES, RESERVE_BYTES, Journal, clear_files, replay
+from shardkv.shardd.journal import FILES, RESERVE_BYTES, Journal, JournalBroken, replay
 
 
 def sizes(directory: Path) -> list[int]:
     return [(directory / name).stat().st_size for name in FILES]
 
 
+def emptied(directory: Path) -> Journal:
+    """A journal whose files were emptied, as the store's replay leaves them."""
+    journal = Journal(directory)
+    for index in range(len(FILES)):
+        journal.clear(index)
+    return journal
+
+
 def test_appends_overwrite_zeros_written_ahead_so_the_size_stays_put(tmp_path: Path) -> None:
     """The size is what an fdatasync must commit besides the data: it changes once per
     RESERVE_BYTES of frames, not once per append."""
-    journal = Journal(tmp_path)
+    journal = emptied(tmp_path)
     try:
+        assert sizes(tmp_path) == [RESERVE_BYTES, RESERVE_BYTES]  # zeroed when emptied
         journal.append({b"first": b"v"})
-        assert sizes(tmp_path) == [RESERVE_BYTES, 0]
         for i in range(500):
             journal.append({b"k%d" % i: b"x" * 100})
-        assert sizes(tmp_path) == [RESERVE_BYTES, 0]
+        assert sizes(tmp_path) == [RESERVE_BYTES, RESERVE_BYTES]
     finally:
         journal.close()
     entries = list(replay(tmp_path))
@@ -37,7 +46,7 @@ def test_appends_overwrite_zeros_written_ahead_so_the_size_stays_put(tmp_path: P
 def test_zeros_after_the_last_frame_end_a_replay_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    journal = Journal(tmp_path)
+    journal = emptied(tmp_path)
     try:
         journal.append({b"a": b"1", b"b": b"2"})
         journal.append({b"c": b"3"})
@@ -53,7 +62,7 @@ def test_a_torn_frame_over_the_zeros_is_ignored_and_said(
 ) -> None:
     """A crash cut the frame written after the last acknowledged one: its header and part
     of its payload reached the file, the rest of it is still zeros."""
-    journal = Journal(tmp_path)
+    journal = emptied(tmp_path)
     try:
         journal.append({b"kept": b"v"})
     finally:
@@ -70,7 +79,7 @@ def test_a_torn_frame_over_the_zeros_is_ignored_and_said(
 
 
 def test_a_frame_larger_than_a_step_grows_the_file_by_as_many_steps(tmp_path: Path) -> None:
-    journal = Journal(tmp_path)
+    journal = emptied(tmp_path)
     large = os.urandom(RESERVE_BYTES + RESERVE_BYTES // 2)
     try:
         journal.append({b"small": b"v"})
@@ -82,10 +91,46 @@ def test_a_frame_larger_than_a_step_grows_the_file_by_as_many_steps(tmp_path: Pa
     assert list(replay(tmp_path)) == [(b"small", b"v"), (b"large", large), (b"after", b"w")]
 
 
+def test_frames_that_end_on_a_step_boundary_and_one_past_it(tmp_path: Path) -> None:
+    """The first frame fills the first step to its last byte (8 bytes of header, 6 per
+    entry, the key and the value); the next needs a step of its own."""
+    journal = emptied(tmp_path)
+    exact = b"e" * (RESERVE_BYTES - 8 - 6 - len(b"exact"))
+    try:
+        journal.append({b"exact": exact})
+        assert sizes(tmp_path)[0] == RESERVE_BYTES
+        journal.append({b"next": b"n"})
+        assert sizes(tmp_path)[0] == 2 * RESERVE_BYTES
+    finally:
+        journal.close()
+    assert list(replay(tmp_path)) == [(b"exact", exact), (b"next", b"n")]
+
+
+def test_a_write_the_kernel_takes_in_pieces_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pwrite may take part of what it is given (a signal, a full disk): the rest follows
+    at the right offset, for the zeros and the frames alike."""
+    journal = emptied(tmp_path)
+    real = os.pwrite
+
+    def seven_bytes(fd: int, data: bytes | memoryview, offset: int) -> int:
+        return real(fd, bytes(data[:7]), offset)
+
+    monkeypatch.setattr(os, "pwrite", seven_bytes)
+    try:
+        journal.append({b"a": b"first value"})
+        journal.append({b"b": b"second value"})
+    finally:
+        monkeypatch.setattr(os, "pwrite", real)
+        journal.close()
+    assert list(replay(tmp_path)) == [(b"a", b"first value"), (b"b", b"second value")]
+
+
 def test_nothing_to_append_writes_no_frame_that_would_end_the_file(tmp_path: Path) -> None:
     """An empty frame reads as the zeros after the last frame: the frames after it would
     be lost to a replay."""
-    journal = Journal(tmp_path)
+    journal = emptied(tmp_path)
     try:
         journal.append({b"before": b"1"})
         assert journal.append({}) == 0
@@ -96,20 +141,34 @@ def test_nothing_to_append_writes_no_frame_that_would_end_the_file(tmp_path: Pat
 
 
 def test_an_emptied_file_starts_again_from_nothing(tmp_path: Path) -> None:
-    """clear() truncates, as clear_files() does after a replay: no frame of an earlier
-    round can follow the zeros of a later one."""
-    journal = Journal(tmp_path)
+    """clear() truncates before it zeroes a step again: no frame of an earlier round can
+    follow the zeros of a later one, however far the earlier round reached."""
+    journal = emptied(tmp_path)
     try:
-        journal.append({b"old": b"1" * 1000})
+        journal.append({b"old": b"1" * (2 * RESERVE_BYTES)})
         journal.switch()
         journal.clear(0)
-        assert sizes(tmp_path) == [0, 0]
+        assert sizes(tmp_path) == [RESERVE_BYTES, RESERVE_BYTES]
         journal.append({b"other file": b"2"})
         journal.switch()
         journal.append({b"new": b"3"})
-        assert sizes(tmp_path) == [RESERVE_BYTES, RESERVE_BYTES]
     finally:
         journal.close()
     assert list(replay(tmp_path)) == [(b"new", b"3"), (b"other file", b"2")]
-    clear_files(tmp_path)
-    assert sizes(tmp_path) == [0, 0]
+
+
+def test_a_file_not_emptied_since_it_was_opened_takes_no_frame(tmp_path: Path) -> None:
+    """Frames written from the start of a file that still holds a longer earlier round
+    would be followed by its older frames in a replay (a purged key could come back)."""
+    journal = emptied(tmp_path)
+    try:
+        journal.append({b"earlier": b"1" * (2 * RESERVE_BYTES)})
+    finally:
+        journal.close()
+    reopened = Journal(tmp_path)
+    try:
+        with pytest.raises(JournalBroken, match="emptied"):
+            reopened.append({b"new": b"2"})
+    finally:
+        reopened.close()
+    assert [key for key, _ in replay(tmp_path)] == [b"earlier"]
