@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+from shardkv.common.deadlines import come
 from shardkv.router.placement.current import Placement
 
 if TYPE_CHECKING:
@@ -83,8 +84,10 @@ class RouterEpoch:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(timeout_s, CATCH_UP_S)
         while self.epoch <= routed or self.epoch < self.fenced:
+            if come(deadline, loop.time()):
+                return False  # no reload started that nobody would wait for
             task = self._start_reload()
-            if task is None or loop.time() >= deadline:
+            if task is None:
                 return False
             await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
             if self.epoch <= routed or self.epoch < self.fenced:
