@@ -126,6 +126,7 @@ class Journal:
     def clear(self, index: int) -> None:
         """Empties file index once LMDB durably holds its records (or its frames were
         replayed), then zeroes its first step for the appends to come."""
+        self._emptied[index] = False  # until the truncation is durable
         _empty(self._fds[index])
         self._ends[index] = self._sizes[index] = 0
         self._emptied[index] = True

@@ -85,7 +85,7 @@ class RouterEpoch:
         deadline = loop.time() + min(timeout_s, CATCH_UP_S)
         while self.epoch <= routed or self.epoch < self.fenced:
             if come(deadline, loop.time()):
-                return False  # no reload started that nobody would wait for
+                return False  # before starting a reload nobody would wait for
             task = self._start_reload()
             if task is None:
                 return False

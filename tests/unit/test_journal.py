@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,21 +112,60 @@ def test_a_write_the_kernel_takes_in_pieces_is_written_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pwrite may take part of what it is given (a signal, a full disk): the rest follows
-    at the right offset, for the zeros and the frames alike."""
-    journal = emptied(tmp_path)
+    at the right offset, for the zeros (the steps zeroed when emptied and the one a large
+    frame adds) and the frames alike."""
     real = os.pwrite
+    pieces = 0
 
-    def seven_bytes(fd: int, data: bytes | memoryview, offset: int) -> int:
-        return real(fd, bytes(data[:7]), offset)
+    def a_third(fd: int, data: bytes | memoryview, offset: int) -> int:
+        nonlocal pieces
+        pieces += 1
+        return real(fd, bytes(data[: max(1, len(data) // 3)]), offset)
 
-    monkeypatch.setattr(os, "pwrite", seven_bytes)
+    monkeypatch.setattr(os, "pwrite", a_third)
+    large = os.urandom(RESERVE_BYTES)
     try:
+        journal = emptied(tmp_path)
         journal.append({b"a": b"first value"})
+        journal.append({b"large": large})
         journal.append({b"b": b"second value"})
+        journal.close()
     finally:
         monkeypatch.setattr(os, "pwrite", real)
-        journal.close()
-    assert list(replay(tmp_path)) == [(b"a", b"first value"), (b"b", b"second value")]
+    assert sizes(tmp_path) == [2 * RESERVE_BYTES, RESERVE_BYTES] and pieces > 100
+    entries = [(b"a", b"first value"), (b"large", large), (b"b", b"second value")]
+    assert list(replay(tmp_path)) == entries
+
+
+_NO_ROOM = """
+import resource, signal, sys
+from pathlib import Path
+from shardkv.shardd.journal import Journal, JournalBroken
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+journal = Journal(Path(sys.argv[1]))
+journal.clear(0)
+journal.clear(1)
+print("emptied", flush=True)
+try:
+    journal.append({b"k": b"v"})
+except JournalBroken as exc:
+    print("refused", exc, flush=True)
+"""
+
+
+def test_a_disk_without_room_for_a_step_refuses_the_first_append(tmp_path: Path) -> None:
+    """Emptying zeroes a step only as a courtesy: a file that cannot take it is still
+    emptied (a warning says so), and the append that needs the room fails as broken,
+    acknowledging nothing."""
+    child = subprocess.run(
+        [sys.executable, "-c", _NO_ROOM, str(tmp_path)], capture_output=True, timeout=60
+    )
+    out, err = child.stdout.decode(), child.stderr.decode()
+    assert child.returncode == 0, err
+    assert "emptied" in out and "refused" in out and "File too large" in out, out
+    assert "journal step not zeroed" in err
+    assert list(replay(tmp_path)) == []
 
 
 def test_nothing_to_append_writes_no_frame_that_would_end_the_file(tmp_path: Path) -> None:
@@ -172,3 +213,26 @@ def test_a_file_not_emptied_since_it_was_opened_takes_no_frame(tmp_path: Path) -
     finally:
         reopened.close()
     assert [key for key, _ in replay(tmp_path)] == [b"earlier"]
+
+
+def test_a_file_whose_emptying_failed_takes_no_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A truncation whose sync failed leaves the file's state unknown: a frame written
+    where the last round ended would follow a hole, and a replay would stop before it."""
+    journal = emptied(tmp_path)
+    try:
+        journal.append({b"old": b"1" * 5000})
+        real = os.fdatasync
+
+        def failing(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        with pytest.raises(OSError):
+            journal.clear(0)
+        monkeypatch.setattr(os, "fdatasync", real)
+        with pytest.raises(JournalBroken, match="emptied"):
+            journal.append({b"new": b"2"})
+    finally:
+        journal.close()

@@ -51,9 +51,9 @@ def test_no_reload_starts_once_the_time_is_spent() -> None:
     run(scenario)
 
 
-def test_a_store_with_nothing_newer_leaves_no_reload_behind() -> None:
-    """Every reload catch_up started has ended when it gives up: none is left running
-    past the request's deadline."""
+def test_a_store_with_nothing_newer_starts_no_reload_as_it_gives_up() -> None:
+    """catch_up polls the store until its time is spent; it starts no reload in its last
+    turn (one could still be running that began earlier, with time left to wait for it)."""
 
     async def scenario() -> None:
         epochs = RouterEpoch(3)
