@@ -81,6 +81,13 @@ class Journal:
             raise JournalBroken(f"the journal failed earlier ({self._broken}); restart the node")
         if not entries:
             return 0  # an empty frame would read as the file's end
+        current = self._current
+        if not self._emptied[current]:
+            raise JournalBroken(
+                f"{self._paths[current]} takes no frame before it was emptied: its frames"
+                " must be replayed first, and new ones written from its start could be"
+                " followed by older ones in a replay"
+            )
         parts = []
         for key, value in entries.items():
             parts.append(_ENTRY.pack(len(key), len(value)))
@@ -88,14 +95,7 @@ class Journal:
             parts.append(value)
         payload = b"".join(parts)
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-        current = self._current
         fd, end = self._fds[current], self._ends[current]
-        if not self._emptied[current]:
-            raise JournalBroken(
-                f"{self._paths[current]} takes no frame before it was emptied: its frames"
-                " must be replayed first, and new ones written from its start could be"
-                " followed by older ones in a replay"
-            )
         try:
             if end + len(frame) > self._sizes[current]:
                 self._grow(current, end + len(frame))
@@ -134,6 +134,11 @@ class Journal:
             self._grow(index, 1)
         except OSError as exc:  # the first append grows it, or fails if the disk is full
             log.warning("journal step not zeroed path=%s error=%r", self._paths[index], exc)
+
+    def clear_all(self) -> None:
+        """Empties both files, once their frames were replayed (Store._replay)."""
+        for index in range(len(self._fds)):
+            self.clear(index)
 
     def close(self) -> None:
         """Closes both files (idempotent)."""

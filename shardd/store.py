@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import lmdb
 from shardkv.shardd.gate import StoreClosed
-from shardkv.shardd.journal import FILES, clear_files, replay
+from shardkv.shardd.journal import clear_files, replay
 from shardkv.shardd.lookup import layered
 from shardkv.shardd.lww import put_if_newer, put_records, winners_of
 from shardkv.shardd.parked import Marker, Opened, TooManyTargets, check_target
@@ -221,8 +221,7 @@ class Store(StoreReads):
         if self._journal is None:
             clear_files(self.path)
         else:
-            for index in range(len(FILES)):
-                self._journal.clear(index)
+            self._journal.clear_all()
 
     def _write(
         self, body: Callable[[lmdb.Transaction, Opened], T], *, acknowledged: bool = False

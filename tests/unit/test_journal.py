@@ -23,8 +23,7 @@ def sizes(directory: Path) -> list[int]:
 def emptied(directory: Path) -> Journal:
     """A journal whose files were emptied, as the store's replay leaves them."""
     journal = Journal(directory)
-    for index in range(len(FILES)):
-        journal.clear(index)
+    journal.clear_all()
     return journal
 
 
