@@ -108,6 +108,8 @@ class Ring:
         self._native = ring_tokens.NATIVE
         self._native_points = b"" if self._native is None else native_points(self._points)
         self._batch_tables: dict[int, tuple[OwnerTable, DirectTable | None]] = {}
+        # owner_groups' tables per n: each point's n owners as a set (owner_set).
+        self._set_tables: dict[int, OwnerTable] = {}
 
     def _successor_table(self) -> list[tuple[str, ...]]:
         """For each point, the first ``depth`` distinct nodes clockwise from it.
@@ -179,22 +181,24 @@ class Ring:
             tokens = [ring_token(key) for key in keys]
         return [direct[t >> shift] or table[bisect_right(points, t)] for t in tokens]
 
-    def preference_groups(self, keys: Sequence[bytes], n: int) -> dict[tuple[str, ...], list[int]]:
-        """The indexes of keys by preference list (n nodes), ascending, the lists in the
-        order keys first name them: what a batch read plans its chunks from, gathered in C
-        where it was built (no list per key)."""
-        if n <= self._depth:
-            table, direct_shift = self._tables(n)
-            if direct_shift is None:
-                native = cast(NativeRingHash, self._native)
-                return native.grouped(keys, self._native_points, table)
+    def owner_groups(self, keys: Sequence[bytes], n: int) -> dict[tuple[str, ...], list[int]]:
+        """The indexes of keys by owners (the n nodes of their preference lists, as a set:
+        owner_set), ascending, the groups in the order keys first name them: what a batch
+        read plans its chunks from, which asks a key's owners in its own order of the nodes
+        whatever their order on the ring (at 3 nodes and N = 3 one group, not the six orders
+        of three owners). Gathered in C where it was built (no list per key)."""
+        if n <= self._depth and self._native is not None:
+            table = self._set_tables.get(n)
+            if table is None:
+                sets: dict[tuple[str, ...], tuple[str, ...]] = {}
+                lists = self._tables(n)[0]
+                table = self._set_tables[n] = tuple(
+                    sets.setdefault(owner_set(owners), owner_set(owners)) for owners in lists
+                )
+            return self._native.grouped(keys, self._native_points, table)
         grouped: dict[tuple[str, ...], list[int]] = {}
         for index, owners in enumerate(self.preference_lists(keys, n)):
-            members = grouped.get(owners)
-            if members is None:
-                grouped[owners] = [index]
-            else:
-                members.append(index)
+            grouped.setdefault(owner_set(owners), []).append(index)
         return grouped
 
     def _tables(self, n: int) -> tuple[OwnerTable, DirectTable | None]:
@@ -255,6 +259,11 @@ class Ring:
             share[owner] += point - previous
             previous = point
         return {node_id: arc / _RING_SIZE for node_id, arc in share.items()}
+
+
+def owner_set(owners: tuple[str, ...]) -> tuple[str, ...]:
+    """A set of owners as one tuple whatever their order: their ids sorted."""
+    return tuple(sorted(owners))
 
 
 # Per ring point the first n owners clockwise, and one more entry past the last point.

@@ -128,7 +128,7 @@ class BatchReader:
         now = loop.time()
         slow, delay = self._latency.plan(now)
         first, order = min(needed, n), self._orders.next(ring.nodes, slow)
-        asks = plan(ring.preference_groups(keys, n), first, down=down, order=order)
+        asks = plan(ring.owner_groups(keys, n), first, down=down, order=order)
         aside, by_node = asks.aside, asks.by_node
         chunks = chunked(by_node, self._max_chunk)
         rnd = ReadRound(keys, needed, chunks, loop.create_future())

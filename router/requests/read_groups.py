@@ -51,19 +51,15 @@ def plan(
     down: frozenset[str] | set[str],
     order: Callable[[tuple[str, ...]], tuple[str, ...]],
 ) -> ReadPlan:
-    """Asks the first owners of each group of keys (keys by owners: Ring.preference_groups)
-    in the batch's order of the nodes (replica_latency.AskOrder); groups whose owners that
-    order makes alike are one group. A key with an owner down is left aside."""
+    """Asks the first owners of each group of keys (keys by owners: Ring.owner_groups) in
+    the batch's order of the nodes (replica_latency.AskOrder). A key with an owner down is
+    left aside."""
     result = ReadPlan({}, [], [])
-    by_order: dict[tuple[str, ...], list[int]] = {}
     for owners, members in grouped.items():
         if down and not down.isdisjoint(owners):
             result.aside += members
             continue
         asked = order(owners)
-        held = by_order.get(asked)
-        by_order[asked] = members if held is None else held + members  # grouped kept whole
-    for asked, members in by_order.items():
         starts = []
         for node_id in asked[:first]:
             keys = result.by_node.setdefault(node_id, [])

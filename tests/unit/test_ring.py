@@ -206,8 +206,8 @@ def test_preference_lists_match_preference_list() -> None:
                 assert ring.preference_lists(batch, n) == singles
                 groups: dict[tuple[str, ...], list[int]] = {}
                 for index, owners in enumerate(singles):
-                    groups.setdefault(owners, []).append(index)
-                got = ring.preference_groups(batch, n)
+                    groups.setdefault(tuple(sorted(owners)), []).append(index)
+                got = ring.owner_groups(batch, n)
                 assert list(got.items()) == list(groups.items())  # first named, first
 
 
