@@ -102,9 +102,10 @@ class Ring:
             )
         self._depth = min(table_depth, len(self._weights))
         self._table = self._successor_table()
-        # preference_lists' tables per n, built on first use (once per n for the ring's life:
-        # N, and R or W of a read): the table cut to n nodes per point, and the direct one
-        # (None when the C lookup, which needs none, is there: the points packed for it).
+        # preference_lists' (and owner_groups') tables per n, built on first use (once per n
+        # for the ring's life: N, and R or W of a read): the table cut to n nodes per point,
+        # and the direct one (None when the C lookup, which needs none, is there: the points
+        # packed for it).
         self._native = ring_tokens.NATIVE
         self._native_points = b"" if self._native is None else native_points(self._points)
         self._batch_tables: dict[int, tuple[OwnerTable, DirectTable | None]] = {}
@@ -190,15 +191,18 @@ class Ring:
         if n <= self._depth and self._native is not None:
             table = self._set_tables.get(n)
             if table is None:
-                sets: dict[tuple[str, ...], tuple[str, ...]] = {}
-                lists = self._tables(n)[0]
+                interned: dict[tuple[str, ...], tuple[str, ...]] = {}
                 table = self._set_tables[n] = tuple(
-                    sets.setdefault(owner_set(owners), owner_set(owners)) for owners in lists
+                    interned.setdefault(s, s) for s in map(owner_set, self._tables(n)[0])
                 )
             return self._native.grouped(keys, self._native_points, table)
         grouped: dict[tuple[str, ...], list[int]] = {}
+        sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # a batch has few distinct lists
         for index, owners in enumerate(self.preference_lists(keys, n)):
-            grouped.setdefault(owner_set(owners), []).append(index)
+            owners_set = sets.get(owners)
+            if owners_set is None:
+                owners_set = sets[owners] = owner_set(owners)
+            grouped.setdefault(owners_set, []).append(index)
         return grouped
 
     def _tables(self, n: int) -> tuple[OwnerTable, DirectTable | None]:

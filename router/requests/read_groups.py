@@ -1,7 +1,7 @@
 """The keys of a batch read grouped by the owners it asks (batch_read.py).
 
-A batch has few distinct owner lists (at most the ring's points, a handful with a few
-nodes), and every owner asked for a group gets the group's keys side by side in its chunk,
+A batch has few distinct sets of owners (at most the ring's points, one at 3 nodes and
+N = 3), and every owner asked for a group gets the group's keys side by side in its chunk,
 in the same order. Once every owner has answered, the group's versions and writers are
 compared as arrays, in C: where the owners agree, the whole group is answered from one of
 them without a comparison per key; only a group whose owners disagree is gone through key
