@@ -1,14 +1,15 @@
 """`python -m benchmarks.message_cost`: CPU per message of the transports a hop could use.
 
-The router's CPU per call is mostly what its messages cost, not its Python per key: a
-BatchGet of 100 keys is one unary call in and, under load, about 2.4 stream frames out and
-as many replies (README, Performance). This measures that floor on this machine, apart
-from shardkv: an echo server in its own process answers a 1,300-byte request (a read of
-about 67 keys) with a 1,300-byte reply, through
+A router's CPU per request is mostly what its messages cost, not its Python per key
+(README, Performance): every request is a message in and out, and a message to each node
+it asks and back. This measures that floor on this machine, apart from shardkv: an echo
+server in its own process answers a 1,300-byte request (a read of about 67 keys) with a
+1,300-byte reply, through
 
-- a gRPC unary call (how a client calls the router),
-- a message each way on one open gRPC stream (how the router calls a node), and
-- a length-prefixed frame each way on a plain asyncio TCP connection,
+- a gRPC unary call (how a gRPC client, grpcurl or the blocking SDK, calls the router),
+- a message each way on one open gRPC stream, and
+- a length-prefixed frame each way on a plain asyncio TCP connection (how the asyncio SDK
+  calls a router and a router calls a node: the exchange port),
 
 with K requests in flight from one asyncio client, and prints requests/s and the CPU
 time per request of the server process and of the client process (user + system, all

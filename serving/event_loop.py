@@ -4,9 +4,9 @@ Every frame a server answers costs a few turns of its event loop (its socket rea
 started and resumed, the answer written), and a routed write three nodes' and a router's
 turns. asyncio's own loop runs each turn in Python; uvloop runs it in C over libuv, with
 the same asyncio API. A Put at one in flight through a router of 3 nodes, alternating 8 s
-cells of each loop three times (README, Performance): router 521-530 µs of CPU against
-571-608, each node 442-448 against 509-536, p50 1.49-1.50 ms against 1.63-1.70; a lone
-shardd 402-417 µs against 448-477.
+cells of each loop three times (benchmarks/HISTORY.md, *The servers on uvloop*): router
+521-530 µs of CPU against 571-608, each node 442-448 against 509-536, p50 1.49-1.50 ms
+against 1.63-1.70; a lone shardd 402-417 µs against 448-477.
 
 uvloop's clock counts whole milliseconds (libuv's): a timer fires up to half a
 millisecond early or a millisecond late, and a reply time is measured to the millisecond

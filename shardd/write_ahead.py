@@ -6,9 +6,10 @@ waits for the disk to take them. In bare py-lmdb loops on this project's 2-core 
 processes each committing 400 random keys at a time into a 100,000-key store took 14 ms a
 commit and 7.8 µs of system time a key (27,000 keys/s each); appending the same groups to a
 journal with one fdatasync each, and committing them into LMDB 16,000 at a time on another
-thread, took 3-4 ms a group and 2 µs of system time a key (85,000-95,000 keys/s each). The
-README's Performance section has what it did to the cluster. etcd works the same way (a
-WAL, its B-tree committed every 100 ms), as does Cassandra (commit log and memtable).
+thread, took 3-4 ms a group and 2 µs of system time a key (85,000-95,000 keys/s each).
+benchmarks/HISTORY.md (*Durable writes through a journal*) has what it did to the
+cluster. etcd works the same way (a WAL, its B-tree committed every 100 ms), as does
+Cassandra (commit log and memtable).
 
 How: a write's records (every record but a restore's) are journaled
 (shardkv.shardd.journal) and then made visible in ``active``, a dict of key -> LMDB value;
